@@ -1,0 +1,175 @@
+//! `/run/weft/node.json`: what the agent tells the plugin about this node.
+//!
+//! The agent writes it (atomically, only when it changes); the plugin reads it
+//! on every ADD when its network config has no `subnets`. Keeping this file the
+//! only channel means the plugin never calls the agent or the API server.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use ipnetwork::IpNetwork;
+use serde::{Deserialize, Serialize};
+
+use crate::cni::parse_subnets;
+
+/// Format version written in the file; readers reject newer ones.
+pub const NODE_CONFIG_VERSION: u32 = 1;
+
+/// Errors reading or writing the node config; each names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeConfigError {
+    /// The file does not exist (yet): the agent has not configured this node.
+    #[error("{path} does not exist; is weft-agent running on this node?")]
+    Missing {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Reading or writing failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What we were doing.
+        op: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The content is not a valid node config.
+    #[error("{path}: {reason}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// The node's pod networking settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeConfig {
+    /// Format version, [`NODE_CONFIG_VERSION`].
+    pub version: u32,
+    /// The Kubernetes node name (for logs).
+    #[serde(default)]
+    pub node_name: String,
+    /// The node's pod subnets (`spec.podCIDRs`), one per family.
+    pub subnets: Vec<String>,
+    /// MTU for pod interfaces (underlay MTU minus any encapsulation).
+    pub mtu: u32,
+    /// The cluster's pod CIDRs (informational for the plugin).
+    #[serde(default)]
+    pub cluster_cidrs: Vec<String>,
+}
+
+impl NodeConfig {
+    /// Reads and validates the file.
+    pub fn load(path: &Path) -> Result<NodeConfig, NodeConfigError> {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(NodeConfigError::Missing { path: path.to_path_buf() });
+            }
+            Err(source) => return Err(NodeConfigError::Io { op: "read", path: path.to_path_buf(), source }),
+        };
+        let invalid = |reason: String| NodeConfigError::Invalid { path: path.to_path_buf(), reason };
+        let cfg: NodeConfig = serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
+        if cfg.version > NODE_CONFIG_VERSION {
+            return Err(invalid(format!(
+                "format version {} is newer than this plugin understands ({NODE_CONFIG_VERSION})",
+                cfg.version
+            )));
+        }
+        cfg.subnets().map_err(invalid)?;
+        crate::cni::validate_mtu(cfg.mtu, "mtu").map_err(|e| invalid(e.to_string()))?;
+        Ok(cfg)
+    }
+
+    /// The pod subnets, parsed.
+    pub fn subnets(&self) -> Result<Vec<IpNetwork>, String> {
+        parse_subnets(&self.subnets, "subnets")
+    }
+
+    /// Writes the file atomically (temp file + rename) unless it already holds
+    /// exactly this content. Returns whether it wrote.
+    pub fn write_if_changed(&self, path: &Path) -> Result<bool, NodeConfigError> {
+        let mut json = serde_json::to_vec_pretty(self).map_err(|e| NodeConfigError::Invalid {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        json.push(b'\n');
+        write_file_atomic_if_changed(path, &json)
+            .map_err(|(op, source)| NodeConfigError::Io { op, path: path.to_path_buf(), source })
+    }
+}
+
+/// Replaces `path` with `content` atomically: readers see the old file or the
+/// new one, never a partial write. Skips the write when nothing changed, so
+/// watchers (containerd watches the CNI conf dir) are not woken for nothing.
+pub fn write_file_atomic_if_changed(path: &Path, content: &[u8]) -> Result<bool, (&'static str, std::io::Error)> {
+    if std::fs::read(path).is_ok_and(|old| old == content) {
+        return Ok(false);
+    }
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| ("create directory for", e))?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp).map_err(|e| ("create", e))?;
+        f.write_all(content).map_err(|e| ("write", e))?;
+        f.sync_all().map_err(|e| ("sync", e))?;
+        std::fs::rename(&tmp, path).map_err(|e| ("rename into", e))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map(|()| true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> NodeConfig {
+        NodeConfig {
+            version: 1,
+            node_name: "node1".into(),
+            subnets: vec!["10.244.1.0/24".into(), "fd00:10:244:1::/64".into()],
+            mtu: 1450,
+            cluster_cidrs: vec!["10.244.0.0/16".into()],
+        }
+    }
+
+    #[test]
+    fn write_then_load_round_trips_and_skips_identical_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/node.json");
+        assert!(sample().write_if_changed(&path).unwrap());
+        assert!(!sample().write_if_changed(&path).unwrap());
+        assert_eq!(NodeConfig::load(&path).unwrap(), sample());
+        let mut changed = sample();
+        changed.mtu = 1400;
+        assert!(changed.write_if_changed(&path).unwrap());
+        assert_eq!(NodeConfig::load(&path).unwrap().mtu, 1400);
+        // No temp files left behind.
+        assert_eq!(std::fs::read_dir(path.parent().unwrap()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn load_errors_name_the_file_and_the_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.json");
+        assert!(matches!(NodeConfig::load(&path), Err(NodeConfigError::Missing { .. })));
+        std::fs::write(&path, "{").unwrap();
+        let err = NodeConfig::load(&path).unwrap_err();
+        assert!(matches!(err, NodeConfigError::Invalid { .. }));
+        assert!(err.to_string().contains("node.json"));
+        std::fs::write(&path, r#"{"version":1,"subnets":["10.0.0.1/24"],"mtu":1500}"#).unwrap();
+        assert!(NodeConfig::load(&path).unwrap_err().to_string().contains("host bits"));
+        std::fs::write(&path, r#"{"version":9,"subnets":["10.0.0.0/24"],"mtu":1500}"#).unwrap();
+        assert!(NodeConfig::load(&path).unwrap_err().to_string().contains("newer"));
+        std::fs::write(&path, r#"{"version":1,"subnets":["10.0.0.0/24"],"mtu":10}"#).unwrap();
+        assert!(NodeConfig::load(&path).unwrap_err().to_string().contains("mtu"));
+    }
+}
