@@ -1,0 +1,165 @@
+//! Thin helpers over `rtnetlink` for the kernel objects weft owns.
+//!
+//! Everything weft programs carries one visible marker: routes use the
+//! [`RTPROT_WEFT`] protocol number, devices start with `weft`. Errno handling
+//! lives in one place ([`NetlinkError::errno`]) so callers can treat "already
+//! exists" and "already gone" uniformly.
+
+mod addr;
+mod link;
+mod neigh;
+mod route;
+
+use std::os::fd::{FromRawFd, IntoRawFd};
+
+use futures::TryStreamExt;
+pub use netlink_packet_route::link::LinkMessage;
+use rtnetlink::Handle;
+
+pub use self::addr::AddressEntry;
+pub use self::link::{HOST_VETH_PREFIX, LinkInfo, VethSpec, host_veth_name};
+pub use self::route::{RouteEntry, RouteSpec};
+
+/// Route protocol number marking routes weft installed (`ip route show proto 87`).
+pub const RTPROT_WEFT: u8 = 87;
+
+/// A failed netlink operation; `op` says what we were doing to which object.
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    /// The kernel (or the library) rejected a request.
+    #[error("{op}: {source}")]
+    Request {
+        /// E.g. `add route 10.244.1.5/32 dev weft1a2b3c`.
+        op: String,
+        /// The underlying error.
+        #[source]
+        source: rtnetlink::Error,
+    },
+    /// The netlink socket could not be set up.
+    #[error("open netlink socket: {0}")]
+    Socket(#[source] std::io::Error),
+}
+
+impl NetlinkError {
+    /// The kernel's errno, if the kernel answered with one.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            NetlinkError::Request { source: rtnetlink::Error::NetlinkError(msg), .. } => Some(-msg.raw_code()),
+            _ => None,
+        }
+    }
+
+    /// The object already exists.
+    pub fn is_exists(&self) -> bool {
+        self.errno() == Some(libc::EEXIST)
+    }
+
+    /// The object (or the device it hangs off) does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self.errno(), Some(libc::ENOENT) | Some(libc::ENODEV) | Some(libc::ESRCH))
+    }
+}
+
+/// Wraps an rtnetlink error with what we were doing.
+pub(crate) fn ctx(op: impl FnOnce() -> String) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
+    move |source| NetlinkError::Request { op: op(), source }
+}
+
+/// A netlink connection in one network namespace. Must be created inside a
+/// tokio runtime: the connection task is spawned on it.
+#[derive(Clone)]
+pub struct Netlink {
+    handle: Handle,
+}
+
+impl Netlink {
+    /// A connection in the calling thread's namespace.
+    pub fn connect() -> Result<Netlink, NetlinkError> {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(NetlinkError::Socket)?;
+        tokio::spawn(conn);
+        Ok(Netlink { handle })
+    }
+
+    /// A connection over a socket opened elsewhere (typically in another
+    /// namespace by [`crate::netns::NetNs::route_socket`]); the socket keeps
+    /// talking to the namespace it was created in.
+    pub fn from_socket(socket: netlink_sys::Socket) -> Result<Netlink, NetlinkError> {
+        socket.set_non_blocking(true).map_err(NetlinkError::Socket)?;
+        // SAFETY: we own the fd (into_raw_fd gives up the Socket's ownership).
+        let socket = unsafe { netlink_sys::TokioSocket::from_raw_fd(socket.into_raw_fd()) };
+        let (conn, handle, _) = rtnetlink::from_socket(socket);
+        tokio::spawn(conn);
+        Ok(Netlink { handle })
+    }
+
+    /// The underlying rtnetlink handle, for requests not wrapped here.
+    pub fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
+    /// The link called `name`, or `None`.
+    pub async fn link_by_name(&self, name: &str) -> Result<Option<LinkInfo>, NetlinkError> {
+        let res = self.handle.link().get().match_name(name.to_string()).execute().try_next().await;
+        match res {
+            Ok(Some(msg)) => Ok(Some(LinkInfo::from_message(&msg))),
+            Ok(None) => Ok(None),
+            Err(e) => {
+                let err = ctx(|| format!("get link {name}"))(e);
+                if err.is_not_found() { Ok(None) } else { Err(err) }
+            }
+        }
+    }
+
+    /// Every link in the namespace.
+    pub async fn links(&self) -> Result<Vec<LinkInfo>, NetlinkError> {
+        let msgs: Vec<LinkMessage> =
+            self.handle.link().get().execute().try_collect().await.map_err(ctx(|| "list links".into()))?;
+        Ok(msgs.iter().map(LinkInfo::from_message).collect())
+    }
+
+    /// Deletes the link called `name`; `Ok(false)` when it was already gone.
+    pub async fn delete_link(&self, name: &str) -> Result<bool, NetlinkError> {
+        let Some(link) = self.link_by_name(name).await? else { return Ok(false) };
+        match self.handle.link().del(link.index).execute().await {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                let err = ctx(|| format!("delete link {name}"))(e);
+                if err.is_not_found() { Ok(false) } else { Err(err) }
+            }
+        }
+    }
+}
+
+/// Formats a MAC address as `aa:bb:cc:dd:ee:ff`.
+pub fn format_mac(mac: &[u8]) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut out = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in out.iter_mut() {
+        let p = parts.next()?;
+        if p.len() != 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_round_trip() {
+        let mac = [0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x05];
+        assert_eq!(format_mac(&mac), "0a:58:0a:f4:01:05");
+        assert_eq!(parse_mac("0a:58:0a:f4:01:05"), Some(mac));
+        assert_eq!(parse_mac("0a:58:0a:f4:01"), None);
+        assert_eq!(parse_mac("0a:58:0a:f4:01:05:06"), None);
+        assert_eq!(parse_mac("zz:58:0a:f4:01:05"), None);
+    }
+}

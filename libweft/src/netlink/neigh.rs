@@ -1,0 +1,50 @@
+//! Permanent neighbour entries.
+
+use std::net::IpAddr;
+
+use futures::TryStreamExt;
+use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState};
+
+use super::{Netlink, NetlinkError, ctx};
+
+impl Netlink {
+    /// Adds or replaces a permanent `ip -> mac` entry on a link, so the kernel
+    /// never has to resolve `ip` (the pod's gateway, a peer's VTEP).
+    pub async fn replace_neighbour(&self, index: u32, ip: IpAddr, mac: &[u8]) -> Result<(), NetlinkError> {
+        self.handle
+            .neighbours()
+            .add(index, ip)
+            .link_layer_address(mac)
+            .state(NeighbourState::Permanent)
+            .replace()
+            .execute()
+            .await
+            .map_err(ctx(|| format!("add neighbour {ip} lladdr {} dev {index}", super::format_mac(mac))))
+    }
+
+    /// Permanent neighbours on a link: `(ip, mac)`.
+    pub async fn permanent_neighbours(&self, index: u32) -> Result<Vec<(IpAddr, Vec<u8>)>, NetlinkError> {
+        let msgs: Vec<_> =
+            self.handle.neighbours().get().execute().try_collect().await.map_err(ctx(|| "list neighbours".into()))?;
+        let mut out = Vec::new();
+        for m in msgs {
+            if m.header.ifindex != index || m.header.state != NeighbourState::Permanent {
+                continue;
+            }
+            let mut ip = None;
+            let mut mac = Vec::new();
+            for a in &m.attributes {
+                match a {
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => ip = Some(IpAddr::V4(*v4)),
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => ip = Some(IpAddr::V6(*v6)),
+                    NeighbourAttribute::LinkLayerAddress(l) => mac = l.clone(),
+                    _ => {}
+                }
+            }
+            if let Some(ip) = ip {
+                out.push((ip, mac));
+            }
+        }
+        Ok(out)
+    }
+}
