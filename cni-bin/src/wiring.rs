@@ -1,0 +1,184 @@
+//! The L3 pod wiring (no bridge), Calico/ptp style.
+//!
+//! Pod side: `eth0` holds `<ip>/32` and `<ip6>/128`; its default routes point
+//! at link-local gateways (169.254.1.1, fe80::1) that no device owns, made
+//! reachable by permanent neighbour entries resolving to the host veth's MAC.
+//! So the pod never ARPs for its gateway, and every packet it sends lands on
+//! the host veth, where the host's routing takes over.
+//! Host side: no address, just a `/32` (`/128`) route to the pod, tagged with
+//! weft's route protocol.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ipnetwork::IpNetwork;
+use libweft::cni::{AddResult, CniError, Interface, IpConfig, Route};
+use libweft::netlink::{Netlink, RTPROT_WEFT, RouteSpec, VethSpec, format_mac};
+use libweft::netns::NetNs;
+
+/// The pod's IPv4 gateway: link-local, owned by no device.
+pub const GATEWAY_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+/// The pod's IPv6 gateway.
+pub const GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+/// Every host veth has this MAC (as Calico does): the pod's gateway entries
+/// can be written without asking the kernel for the host veth's address.
+pub const HOST_VETH_MAC: [u8; 6] = [0xee; 6];
+
+/// One pod attachment to wire.
+pub struct Pod<'a> {
+    pub container_id: &'a str,
+    pub ifname: &'a str,
+    pub host_veth: &'a str,
+    pub netns: &'a NetNs,
+    pub ips: &'a [IpAddr],
+    pub mtu: u32,
+}
+
+fn gateway_for(ip: IpAddr) -> IpAddr {
+    if ip.is_ipv4() { IpAddr::V4(GATEWAY_V4) } else { IpAddr::V6(GATEWAY_V6) }
+}
+
+fn host_prefix(ip: IpAddr) -> IpNetwork {
+    IpNetwork::new(ip, if ip.is_ipv4() { 32 } else { 128 }).expect("/32 and /128 are valid")
+}
+
+fn default_route(ip: IpAddr) -> IpNetwork {
+    if ip.is_ipv4() {
+        IpNetwork::new(Ipv4Addr::UNSPECIFIED.into(), 0).expect("valid")
+    } else {
+        IpNetwork::new(Ipv6Addr::UNSPECIFIED.into(), 0).expect("valid")
+    }
+}
+
+/// A locally administered MAC derived from the pod's address (`0a:58:` + the
+/// IPv4 address, or the low 32 bits of the IPv6 one), so a pod's MAC tells an
+/// operator its IP, and neighbours stay valid if the veth is re-created.
+pub fn pod_mac(ips: &[IpAddr]) -> [u8; 6] {
+    let low: [u8; 4] = match ips.iter().find(|ip| ip.is_ipv4()).or(ips.first()) {
+        Some(IpAddr::V4(v4)) => v4.octets(),
+        Some(IpAddr::V6(v6)) => {
+            let o = v6.octets();
+            [o[12], o[13], o[14], o[15]]
+        }
+        None => [0; 4],
+    };
+    [0x0a, 0x58, low[0], low[1], low[2], low[3]]
+}
+
+/// Creates the veth pair and programs both sides. The caller undoes a
+/// partial setup by deleting the host veth (which takes the peer with it).
+pub async fn setup(host: &Netlink, pod_nl: &Netlink, pod: &Pod<'_>) -> Result<AddResult, CniError> {
+    // A previous ADD of the same attachment (a retry after a crash or a
+    // timeout) may have left the pair behind; start from scratch.
+    host.delete_link(pod.host_veth).await?;
+
+    let pod_mac = pod_mac(pod.ips);
+    host.create_veth(&VethSpec {
+        host_name: pod.host_veth,
+        host_mac: HOST_VETH_MAC,
+        peer_name: pod.ifname,
+        peer_mac: pod_mac,
+        mtu: pod.mtu,
+        peer_netns: pod.netns,
+        alias: Some(format!("weft pod {}", pod.container_id.get(..12).unwrap_or(pod.container_id))),
+    })
+    .await?;
+
+    // Pod side.
+    let eth = pod_nl.link_by_name(pod.ifname).await?.ok_or_else(|| {
+        CniError::Internal(format!("{} vanished from {} right after creation", pod.ifname, pod.netns.path().display()))
+    })?;
+    pod_nl.set_link_up(eth.index, pod.ifname).await?;
+    for &ip in pod.ips {
+        let gw = gateway_for(ip);
+        pod_nl.add_address(eth.index, ip, host_prefix(ip).prefix()).await?;
+        // Neighbour before route: the route's gateway must resolve at once.
+        pod_nl.replace_neighbour(eth.index, gw, &HOST_VETH_MAC).await?;
+        pod_nl
+            .add_route(&RouteSpec {
+                dst: default_route(ip),
+                gateway: Some(gw),
+                oif: eth.index,
+                // 169.254.1.1 is on no connected subnet of the pod; fe80::/64 is.
+                onlink: ip.is_ipv4(),
+                protocol: RTPROT_WEFT,
+            })
+            .await?;
+    }
+
+    // Host side: the route to the pod, last, so traffic only flows once the pod is ready.
+    let host_link = host
+        .link_by_name(pod.host_veth)
+        .await?
+        .ok_or_else(|| CniError::Internal(format!("{} vanished right after creation", pod.host_veth)))?;
+    for &ip in pod.ips {
+        host.replace_route(&RouteSpec {
+            dst: host_prefix(ip),
+            gateway: None,
+            oif: host_link.index,
+            onlink: false,
+            protocol: RTPROT_WEFT,
+        })
+        .await?;
+    }
+
+    Ok(AddResult {
+        interfaces: vec![
+            Interface { name: pod.host_veth.to_string(), mac: format_mac(&HOST_VETH_MAC), mtu: pod.mtu, sandbox: None },
+            Interface {
+                name: pod.ifname.to_string(),
+                mac: format_mac(&pod_mac),
+                mtu: pod.mtu,
+                sandbox: Some(pod.netns.path().display().to_string()),
+            },
+        ],
+        ips: pod
+            .ips
+            .iter()
+            .map(|&ip| IpConfig { address: host_prefix(ip), gateway: Some(gateway_for(ip)), interface: 1 })
+            .collect(),
+        routes: pod.ips.iter().map(|&ip| Route { dst: default_route(ip), gw: Some(gateway_for(ip)) }).collect(),
+    })
+}
+
+/// Verifies that the wiring is as `setup` left it; the error names what drifted.
+pub async fn check(host: &Netlink, pod_nl: &Netlink, pod: &Pod<'_>) -> Result<(), CniError> {
+    let drift = |what: String| Err(CniError::CheckFailed(what));
+
+    let Some(host_link) = host.link_by_name(pod.host_veth).await? else {
+        return drift(format!("host veth {} is missing", pod.host_veth));
+    };
+    if !host_link.up {
+        return drift(format!("host veth {} is down", pod.host_veth));
+    }
+    let Some(eth) = pod_nl.link_by_name(pod.ifname).await? else {
+        return drift(format!("{} is missing in {}", pod.ifname, pod.netns.path().display()));
+    };
+    if !eth.up {
+        return drift(format!("{} is down in {}", pod.ifname, pod.netns.path().display()));
+    }
+    if eth.mtu != host_link.mtu {
+        return drift(format!("MTU differs: {} has {}, {} has {}", pod.ifname, eth.mtu, pod.host_veth, host_link.mtu));
+    }
+
+    let addrs = pod_nl.addresses(eth.index).await?;
+    let neighbours = pod_nl.permanent_neighbours(eth.index).await?;
+    for &ip in pod.ips {
+        let want = host_prefix(ip);
+        if !addrs.iter().any(|a| a.ip == ip && a.prefix == want.prefix()) {
+            return drift(format!("{} lacks address {want}", pod.ifname));
+        }
+        let gw = gateway_for(ip);
+        if !neighbours.iter().any(|(n, mac)| *n == gw && mac.as_slice() == HOST_VETH_MAC) {
+            return drift(format!("{} has no permanent neighbour {gw} -> {}", pod.ifname, format_mac(&HOST_VETH_MAC)));
+        }
+        let pod_routes = pod_nl.routes(ip.is_ipv6(), None).await?;
+        if !pod_routes.iter().any(|r| r.dst == default_route(ip) && r.gateway == Some(gw) && r.oif == eth.index) {
+            return drift(format!("{} has no default route via {gw} dev {}", pod.netns.path().display(), pod.ifname));
+        }
+        let host_routes = host.routes(ip.is_ipv6(), Some(RTPROT_WEFT)).await?;
+        if !host_routes.iter().any(|r| r.dst == want && r.oif == host_link.index) {
+            return drift(format!("host route {want} dev {} is missing", pod.host_veth));
+        }
+    }
+    Ok(())
+}
