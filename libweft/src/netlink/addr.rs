@@ -66,3 +66,35 @@ impl Netlink {
         Ok(out)
     }
 }
+
+impl Netlink {
+    /// Every address in the namespace: `(ifindex, address)`.
+    pub async fn all_addresses(&self) -> Result<Vec<(u32, AddressEntry)>, NetlinkError> {
+        let msgs: Vec<_> =
+            self.handle.address().get().execute().try_collect().await.map_err(ctx(|| "list addresses".into()))?;
+        Ok(msgs
+            .iter()
+            .filter_map(|m| {
+                let ip = m.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Address(ip) => Some(*ip),
+                    _ => None,
+                })?;
+                Some((
+                    m.header.index,
+                    AddressEntry { ip, prefix: m.header.prefix_len, link_scope: m.header.scope == AddressScope::Link },
+                ))
+            })
+            .collect())
+    }
+
+    /// Removes an address; `Ok(false)` when it was already gone.
+    pub async fn delete_address(&self, index: u32, ip: IpAddr, prefix: u8) -> Result<bool, NetlinkError> {
+        let msg = match ip {
+            IpAddr::V4(v4) => rtnetlink::AddressMessageBuilder::<std::net::Ipv4Addr>::new().index(index).address(v4, prefix).build(),
+            IpAddr::V6(v6) => rtnetlink::AddressMessageBuilder::<std::net::Ipv6Addr>::new().index(index).address(v6, prefix).build(),
+        };
+        super::tolerate_gone(self.handle.address().del(msg).execute().await, || {
+            format!("delete address {ip}/{prefix} from link {index}")
+        })
+    }
+}

@@ -9,6 +9,7 @@ mod addr;
 mod link;
 mod neigh;
 mod route;
+mod vxlan;
 
 use std::os::fd::{FromRawFd, IntoRawFd};
 
@@ -19,9 +20,14 @@ use rtnetlink::Handle;
 pub use self::addr::AddressEntry;
 pub use self::link::{HOST_VETH_PREFIX, LinkInfo, VethSpec, host_veth_name};
 pub use self::route::{RouteEntry, RouteSpec};
+pub use self::vxlan::{Ensured, VxlanLink};
 
-/// Route protocol number marking routes weft installed (`ip route show proto 87`).
+/// Route protocol of the pod routes the CNI plugin installs (`ip route show proto 87`).
 pub const RTPROT_WEFT: u8 = 87;
+/// Route protocol of the routes to peers' pod subnets that weft-agent installs.
+/// A number of its own, so the agent's reconciler can never mistake a pod
+/// route for a stale peer route.
+pub const RTPROT_WEFT_PEER: u8 = 88;
 
 /// A failed netlink operation; `op` says what we were doing to which object.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +69,18 @@ impl NetlinkError {
 /// Wraps an rtnetlink error with what we were doing.
 pub(crate) fn ctx(op: impl FnOnce() -> String) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
     move |source| NetlinkError::Request { op: op(), source }
+}
+
+/// `Ok(true)` on success, `Ok(false)` when the object was already gone, so
+/// every `delete_*` treats "already gone" as success in the same way.
+pub(crate) fn tolerate_gone(res: Result<(), rtnetlink::Error>, op: impl FnOnce() -> String) -> Result<bool, NetlinkError> {
+    match res {
+        Ok(()) => Ok(true),
+        Err(e) => {
+            let err = ctx(op)(e);
+            if err.is_not_found() { Ok(false) } else { Err(err) }
+        }
+    }
 }
 
 /// A netlink connection in one network namespace. Must be created inside a
@@ -120,13 +138,7 @@ impl Netlink {
     /// Deletes the link called `name`; `Ok(false)` when it was already gone.
     pub async fn delete_link(&self, name: &str) -> Result<bool, NetlinkError> {
         let Some(link) = self.link_by_name(name).await? else { return Ok(false) };
-        match self.handle.link().del(link.index).execute().await {
-            Ok(()) => Ok(true),
-            Err(e) => {
-                let err = ctx(|| format!("delete link {name}"))(e);
-                if err.is_not_found() { Ok(false) } else { Err(err) }
-            }
-        }
+        tolerate_gone(self.handle.link().del(link.index).execute().await, || format!("delete link {name}"))
     }
 }
 

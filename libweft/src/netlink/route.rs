@@ -5,10 +5,10 @@ use std::net::IpAddr;
 use futures::TryStreamExt;
 use ipnetwork::IpNetwork;
 use netlink_packet_route::AddressFamily;
-use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteProtocol, RouteScope};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope};
 use rtnetlink::RouteMessageBuilder;
 
-use super::{Netlink, NetlinkError, ctx};
+use super::{Netlink, NetlinkError, ctx, tolerate_gone};
 
 /// A route to install.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,13 +89,7 @@ impl Netlink {
 
     /// Deletes a route; `Ok(false)` when it was already gone.
     pub async fn delete_route(&self, spec: &RouteSpec) -> Result<bool, NetlinkError> {
-        match self.handle.route().del(route_message(spec)).execute().await {
-            Ok(()) => Ok(true),
-            Err(e) => {
-                let err = ctx(|| describe("delete", spec))(e);
-                if err.is_not_found() { Ok(false) } else { Err(err) }
-            }
-        }
+        tolerate_gone(self.handle.route().del(route_message(spec)).execute().await, || describe("delete", spec))
     }
 
     /// Routes of one family in the main table, optionally only one protocol's.
@@ -112,7 +106,7 @@ impl Netlink {
             .map_err(ctx(|| format!("list IPv{} routes", if ipv6 { 6 } else { 4 })))?;
         Ok(msgs
             .iter()
-            .filter(|m| m.header.table == RouteMessage::default().header.table || m.header.table == 254)
+            .filter(|m| m.header.table == RouteHeader::RT_TABLE_MAIN)
             .filter_map(entry_from_message)
             .filter(|e| protocol.is_none_or(|p| e.protocol == p))
             .collect())
@@ -144,7 +138,6 @@ fn entry_from_message(m: &RouteMessage) -> Option<RouteEntry> {
     }
     let dst_ip = dst_ip.unwrap_or(if ipv6 { IpAddr::from([0u16; 8]) } else { IpAddr::from([0u8; 4]) });
     let dst = IpNetwork::new(dst_ip, m.header.destination_prefix_length).ok()?;
-    let _ = RouteFlags::Onlink; // flags are not needed by callers
     Some(RouteEntry { dst, gateway, oif, protocol: u8::from(m.header.protocol) })
 }
 
