@@ -94,13 +94,14 @@ impl NodeConfig {
     /// Writes the file atomically (temp file + rename) unless it already holds
     /// exactly this content. Returns whether it wrote.
     pub fn write_if_changed(&self, path: &Path) -> Result<bool, NodeConfigError> {
-        let mut json = serde_json::to_vec_pretty(self).map_err(|e| NodeConfigError::Invalid {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+        let mut json = serde_json::to_vec_pretty(self)
+            .map_err(|e| NodeConfigError::Invalid { path: path.to_path_buf(), reason: e.to_string() })?;
         json.push(b'\n');
-        write_file_atomic_if_changed(path, &json)
-            .map_err(|(op, source)| NodeConfigError::Io { op, path: path.to_path_buf(), source })
+        write_file_atomic_if_changed(path, &json).map_err(|(op, source)| NodeConfigError::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
+        })
     }
 }
 

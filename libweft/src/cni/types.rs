@@ -114,9 +114,9 @@ impl NetConf {
     /// The `cni.dev/valid-attachments` list; GC without it is a config error,
     /// because freeing "everything not listed" would free every pod's address.
     pub fn gc_valid_attachments(&self) -> Result<&[ValidAttachment], CniError> {
-        self.valid_attachments.as_deref().ok_or_else(|| {
-            CniError::InvalidConfig("GC needs the field \"cni.dev/valid-attachments\"".to_string())
-        })
+        self.valid_attachments
+            .as_deref()
+            .ok_or_else(|| CniError::InvalidConfig("GC needs the field \"cni.dev/valid-attachments\"".to_string()))
     }
 }
 
@@ -137,7 +137,10 @@ pub fn parse_subnets(raw: &[String], field: &str) -> Result<Vec<IpNetwork>, Stri
             ));
         }
         if subnets.iter().any(|o| o.is_ipv4() == net.is_ipv4()) {
-            return Err(format!("field {field:?}: more than one {} subnet", if net.is_ipv4() { "IPv4" } else { "IPv6" }));
+            return Err(format!(
+                "field {field:?}: more than one {} subnet",
+                if net.is_ipv4() { "IPv4" } else { "IPv6" }
+            ));
         }
         subnets.push(net);
     }
@@ -172,9 +175,7 @@ pub fn validate_mtu(mtu: u32, field: &str) -> Result<(), CniError> {
 /// Log levels accepted in `logLevel`.
 pub fn parse_log_level(level: &str) -> Result<tracing::Level, CniError> {
     level.parse().map_err(|_| {
-        CniError::InvalidConfig(format!(
-            "field \"logLevel\" is {level:?}; use error, warn, info, debug or trace"
-        ))
+        CniError::InvalidConfig(format!("field \"logLevel\" is {level:?}; use error, warn, info, debug or trace"))
     })
 }
 
@@ -242,7 +243,13 @@ impl RuntimeEnv {
             }
         };
         let per_container = matches!(command, Command::Add | Command::Del | Command::Check);
-        let mut env = RuntimeEnv { command, container_id: String::new(), netns: None, ifname: String::new(), args: HashMap::new() };
+        let mut env = RuntimeEnv {
+            command,
+            container_id: String::new(),
+            netns: None,
+            ifname: String::new(),
+            args: HashMap::new(),
+        };
         if per_container {
             env.container_id = require(&get, "CNI_CONTAINERID")?;
             validate_container_id(&env.container_id)?;
@@ -486,7 +493,8 @@ mod tests {
     fn config_validation_names_the_field() {
         let base = r#""cniVersion":"1.1.0","name":"weft","type":"weft""#;
         assert!(conf(&format!("{{{base}}}")).is_ok());
-        let ok = conf(&format!(r#"{{{base},"subnets":["10.244.1.0/24","fd00:10:244:1::/64"],"unknownKey":1}}"#)).unwrap();
+        let ok =
+            conf(&format!(r#"{{{base},"subnets":["10.244.1.0/24","fd00:10:244:1::/64"],"unknownKey":1}}"#)).unwrap();
         assert_eq!(ok.configured_subnets().unwrap().unwrap().len(), 2);
         let cases = [
             (r#","subnets":["10.244.1.7/24"]"#, "host bits"),
@@ -512,11 +520,24 @@ mod tests {
         AddResult {
             interfaces: vec![
                 Interface { name: "weft0123".into(), mac: "ee:ee:ee:ee:ee:ee".into(), mtu: 1450, sandbox: None },
-                Interface { name: "eth0".into(), mac: "0a:58:0a:f4:01:05".into(), mtu: 1450, sandbox: Some("/run/netns/x".into()) },
+                Interface {
+                    name: "eth0".into(),
+                    mac: "0a:58:0a:f4:01:05".into(),
+                    mtu: 1450,
+                    sandbox: Some("/run/netns/x".into()),
+                },
             ],
             ips: vec![
-                IpConfig { address: "10.244.1.5/32".parse().unwrap(), gateway: Some("169.254.1.1".parse().unwrap()), interface: 1 },
-                IpConfig { address: "fd00:10:244:1::5/128".parse().unwrap(), gateway: Some("fe80::1".parse().unwrap()), interface: 1 },
+                IpConfig {
+                    address: "10.244.1.5/32".parse().unwrap(),
+                    gateway: Some("169.254.1.1".parse().unwrap()),
+                    interface: 1,
+                },
+                IpConfig {
+                    address: "fd00:10:244:1::5/128".parse().unwrap(),
+                    gateway: Some("fe80::1".parse().unwrap()),
+                    interface: 1,
+                },
             ],
             routes: vec![Route { dst: "0.0.0.0/0".parse().unwrap(), gw: Some("169.254.1.1".parse().unwrap()) }],
         }

@@ -3,8 +3,8 @@
 use std::net::IpAddr;
 
 use futures::TryStreamExt;
-use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressScope};
 use netlink_packet_route::AddressFamily;
+use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressScope};
 
 use super::{Netlink, NetlinkError, ctx};
 
@@ -90,8 +90,12 @@ impl Netlink {
     /// Removes an address; `Ok(false)` when it was already gone.
     pub async fn delete_address(&self, index: u32, ip: IpAddr, prefix: u8) -> Result<bool, NetlinkError> {
         let msg = match ip {
-            IpAddr::V4(v4) => rtnetlink::AddressMessageBuilder::<std::net::Ipv4Addr>::new().index(index).address(v4, prefix).build(),
-            IpAddr::V6(v6) => rtnetlink::AddressMessageBuilder::<std::net::Ipv6Addr>::new().index(index).address(v6, prefix).build(),
+            IpAddr::V4(v4) => {
+                rtnetlink::AddressMessageBuilder::<std::net::Ipv4Addr>::new().index(index).address(v4, prefix).build()
+            }
+            IpAddr::V6(v6) => {
+                rtnetlink::AddressMessageBuilder::<std::net::Ipv6Addr>::new().index(index).address(v6, prefix).build()
+            }
         };
         super::tolerate_gone(self.handle.address().del(msg).execute().await, || {
             format!("delete address {ip}/{prefix} from link {index}")

@@ -1,6 +1,8 @@
 //! Links: lookup, and veth pairs whose peer is born in another namespace.
 
-use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage};
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage,
+};
 use rtnetlink::{LinkMessageBuilder, LinkUnspec};
 
 use super::{Netlink, NetlinkError, ctx};
@@ -93,12 +95,9 @@ impl Netlink {
         if let Some(alias) = &spec.alias {
             host = host.alias(alias.clone());
         }
-        self.handle
-            .link()
-            .add(host.build())
-            .execute()
-            .await
-            .map_err(ctx(|| format!("create veth {} <-> {}:{}", spec.host_name, spec.peer_netns.path().display(), spec.peer_name)))
+        self.handle.link().add(host.build()).execute().await.map_err(ctx(|| {
+            format!("create veth {} <-> {}:{}", spec.host_name, spec.peer_netns.path().display(), spec.peer_name)
+        }))
     }
 
     /// Sets a link up.

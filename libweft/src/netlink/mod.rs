@@ -73,7 +73,10 @@ pub(crate) fn ctx(op: impl FnOnce() -> String) -> impl FnOnce(rtnetlink::Error) 
 
 /// `Ok(true)` on success, `Ok(false)` when the object was already gone, so
 /// every `delete_*` treats "already gone" as success in the same way.
-pub(crate) fn tolerate_gone(res: Result<(), rtnetlink::Error>, op: impl FnOnce() -> String) -> Result<bool, NetlinkError> {
+pub(crate) fn tolerate_gone(
+    res: Result<(), rtnetlink::Error>,
+    op: impl FnOnce() -> String,
+) -> Result<bool, NetlinkError> {
     match res {
         Ok(()) => Ok(true),
         Err(e) => {

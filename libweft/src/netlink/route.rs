@@ -68,12 +68,7 @@ impl Netlink {
                 spec.dst
             ))));
         }
-        self.handle
-            .route()
-            .add(route_message(spec))
-            .execute()
-            .await
-            .map_err(ctx(|| describe("add", spec)))
+        self.handle.route().add(route_message(spec)).execute().await.map_err(ctx(|| describe("add", spec)))
     }
 
     /// Adds or replaces the route with this destination.

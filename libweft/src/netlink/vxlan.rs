@@ -87,10 +87,18 @@ impl Netlink {
                 if info.mtu != want.mtu || info.mac != want.mac || !info.up {
                     self.handle
                         .link()
-                        .set(LinkUnspec::new_with_index(info.index).mtu(want.mtu).address(want.mac.to_vec()).up().build())
+                        .set(
+                            LinkUnspec::new_with_index(info.index)
+                                .mtu(want.mtu)
+                                .address(want.mac.to_vec())
+                                .up()
+                                .build(),
+                        )
                         .execute()
                         .await
-                        .map_err(ctx(|| format!("update {} (mtu {}, mac {})", want.name, want.mtu, format_mac(&want.mac))))?;
+                        .map_err(ctx(|| {
+                            format!("update {} (mtu {}, mac {})", want.name, want.mtu, format_mac(&want.mac))
+                        }))?;
                     done = Ensured::Updated;
                 }
                 return Ok((info.index, done));
@@ -105,11 +113,9 @@ impl Netlink {
         };
         let msg = b.mtu(want.mtu).address(want.mac.to_vec()).up().build();
         self.handle.link().add(msg).execute().await.map_err(ctx(|| format!("create VXLAN device {}", want.name)))?;
-        let index = self
-            .link_by_name(&want.name)
-            .await?
-            .map(|l| l.index)
-            .ok_or_else(|| NetlinkError::Socket(std::io::Error::other(format!("{} vanished after creation", want.name))))?;
+        let index = self.link_by_name(&want.name).await?.map(|l| l.index).ok_or_else(|| {
+            NetlinkError::Socket(std::io::Error::other(format!("{} vanished after creation", want.name)))
+        })?;
         Ok((index, Ensured::Created))
     }
 
@@ -179,10 +185,9 @@ impl Netlink {
             IpAddr::V4(v4) => NeighbourAddress::Inet(v4),
             IpAddr::V6(v6) => NeighbourAddress::Inet6(v6),
         }));
-        tolerate_gone(
-            self.handle.neighbours().del(msg).execute().await,
-            || format!("delete FDB {} dst {dst} dev {index}", format_mac(&mac)),
-        )
+        tolerate_gone(self.handle.neighbours().del(msg).execute().await, || {
+            format!("delete FDB {} dst {dst} dev {index}", format_mac(&mac))
+        })
     }
 
     /// Deletes a neighbour entry; `Ok(false)` when already gone.
@@ -194,6 +199,8 @@ impl Netlink {
             IpAddr::V4(v4) => NeighbourAddress::Inet(v4),
             IpAddr::V6(v6) => NeighbourAddress::Inet6(v6),
         }));
-        tolerate_gone(self.handle.neighbours().del(msg).execute().await, || format!("delete neighbour {ip} dev {index}"))
+        tolerate_gone(self.handle.neighbours().del(msg).execute().await, || {
+            format!("delete neighbour {ip} dev {index}")
+        })
     }
 }
