@@ -1,0 +1,230 @@
+//! The agent's configuration: a JSON file (the chart renders it into a
+//! ConfigMap), then flags and environment variables on top. Every invalid
+//! value stops startup with a message naming the key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use ipnetwork::IpNetwork;
+use serde::Deserialize;
+
+/// How traffic reaches a peer's pods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// Encapsulate in VXLAN (flannel-compatible semantics).
+    Vxlan,
+    /// Plain host routes via the peer's node address (needs one L2 segment).
+    Routes,
+    /// Per peer: routes when the peer is on the local L2 segment, else VXLAN.
+    Auto,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Vxlan => "vxlan",
+            Backend::Routes => "routes",
+            Backend::Auto => "auto",
+        }
+    }
+}
+
+impl FromStr for Backend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "vxlan" => Ok(Backend::Vxlan),
+            "routes" => Ok(Backend::Routes),
+            "auto" => Ok(Backend::Auto),
+            other => Err(format!("{other:?} is not a backend; use vxlan, routes or auto")),
+        }
+    }
+}
+
+/// VXLAN settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct VxlanConfig {
+    /// VXLAN network identifier.
+    pub vni: u32,
+    /// UDP port (8472 like flannel and the Linux default; 4789 is IANA's).
+    pub port: u16,
+    /// Transmit checksum offload on the VXLAN device (see README: off by default).
+    pub tx_checksum_offload: bool,
+}
+
+impl Default for VxlanConfig {
+    fn default() -> Self {
+        VxlanConfig { vni: 1, port: 8472, tx_checksum_offload: false }
+    }
+}
+
+/// The configuration file, as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default, rename = "clusterCIDRs")]
+    pub cluster_cidrs: Vec<String>,
+    #[serde(default)]
+    pub backend: Option<Backend>,
+    #[serde(default)]
+    pub vxlan: Option<VxlanConfig>,
+    #[serde(default)]
+    pub mtu: Option<u32>,
+    #[serde(default)]
+    pub masquerade: Option<bool>,
+    #[serde(default, rename = "nonMasqueradeCIDRs")]
+    pub non_masquerade_cidrs: Vec<String>,
+    #[serde(default)]
+    pub underlay_interface: Option<String>,
+    #[serde(default)]
+    pub listen_address: Option<String>,
+    #[serde(default)]
+    pub resync_period_seconds: Option<u64>,
+    #[serde(default)]
+    pub ipam_gc_period_seconds: Option<u64>,
+    #[serde(default)]
+    pub cri_socket: Option<PathBuf>,
+    #[serde(default)]
+    pub cni_conf_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub cni_bin_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub run_dir: Option<PathBuf>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub cluster_cidrs: Vec<IpNetwork>,
+    pub backend: Backend,
+    pub vxlan: VxlanConfig,
+    pub mtu: Option<u32>,
+    pub masquerade: bool,
+    pub non_masquerade_cidrs: Vec<IpNetwork>,
+    pub underlay_interface: Option<String>,
+    pub listen_address: SocketAddr,
+    pub resync_period: Duration,
+    pub ipam_gc_period: Duration,
+    pub cri_socket: PathBuf,
+    pub cni_conf_dir: PathBuf,
+    pub cni_bin_dir: PathBuf,
+    pub run_dir: PathBuf,
+}
+
+fn err(key: &str, msg: impl std::fmt::Display) -> String {
+    format!("config key {key:?}: {msg}")
+}
+
+fn cidrs(key: &str, raw: &[String]) -> Result<Vec<IpNetwork>, String> {
+    raw.iter()
+        .map(|s| {
+            let net: IpNetwork = s.parse().map_err(|e| err(key, format!("{s:?} is not a CIDR: {e}")))?;
+            if net.ip() != net.network() {
+                return Err(err(key, format!("{s:?} has host bits set")));
+            }
+            Ok(net)
+        })
+        .collect()
+}
+
+impl FileConfig {
+    /// Reads the file; a missing file is an error only if `required`.
+    pub fn load(path: &Path) -> Result<FileConfig, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("read config {}: {e}", path.display()))?;
+        serde_json::from_str(&text).map_err(|e| format!("config {}: {e}", path.display()))
+    }
+
+    /// Checks every value; errors name the key.
+    pub fn validate(self) -> Result<Config, String> {
+        let cluster_cidrs = cidrs("clusterCIDRs", &self.cluster_cidrs)?;
+        if cluster_cidrs.is_empty() {
+            return Err(err("clusterCIDRs", "required: the cluster's pod CIDRs, e.g. [\"10.244.0.0/16\"]"));
+        }
+        let vxlan = self.vxlan.unwrap_or_default();
+        if vxlan.vni == 0 || vxlan.vni > 0x00ff_ffff {
+            return Err(err("vxlan.vni", format!("{} is outside 1..=16777215", vxlan.vni)));
+        }
+        if vxlan.port == 0 {
+            return Err(err("vxlan.port", "must not be 0"));
+        }
+        if let Some(mtu) = self.mtu {
+            libweft::cni::validate_mtu(mtu, "mtu").map_err(|e| err("mtu", e))?;
+        }
+        let listen = self.listen_address.unwrap_or_else(|| "0.0.0.0:9959".into());
+        let listen_address =
+            listen.parse().map_err(|e| err("listenAddress", format!("{listen:?} is not HOST:PORT: {e}")))?;
+        let resync = self.resync_period_seconds.unwrap_or(60);
+        if !(1..=3600).contains(&resync) {
+            return Err(err("resyncPeriodSeconds", format!("{resync} is outside 1..=3600")));
+        }
+        let gc = self.ipam_gc_period_seconds.unwrap_or(300);
+        if !(10..=86400).contains(&gc) {
+            return Err(err("ipamGcPeriodSeconds", format!("{gc} is outside 10..=86400")));
+        }
+        if let Some(i) = &self.underlay_interface
+            && libweft::cni::validate_ifname(i).is_err()
+        {
+            return Err(err("underlayInterface", format!("{i:?} is not an interface name")));
+        }
+        Ok(Config {
+            cluster_cidrs,
+            backend: self.backend.unwrap_or(Backend::Auto),
+            vxlan,
+            mtu: self.mtu,
+            masquerade: self.masquerade.unwrap_or(true),
+            non_masquerade_cidrs: cidrs("nonMasqueradeCIDRs", &self.non_masquerade_cidrs)?,
+            underlay_interface: self.underlay_interface,
+            listen_address,
+            resync_period: Duration::from_secs(resync),
+            ipam_gc_period: Duration::from_secs(gc),
+            cri_socket: self.cri_socket.unwrap_or_else(|| "/run/containerd/containerd.sock".into()),
+            cni_conf_dir: self.cni_conf_dir.unwrap_or_else(|| "/etc/cni/net.d".into()),
+            cni_bin_dir: self.cni_bin_dir.unwrap_or_else(|| "/opt/cni/bin".into()),
+            run_dir: self.run_dir.unwrap_or_else(|| "/run/weft".into()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<Config, String> {
+        serde_json::from_str::<FileConfig>(json).map_err(|e| e.to_string())?.validate()
+    }
+
+    #[test]
+    fn defaults_are_sane() {
+        let c = parse(r#"{"clusterCIDRs":["10.244.0.0/16","fd00:10:244::/56"]}"#).unwrap();
+        assert_eq!(c.backend, Backend::Auto);
+        assert_eq!(c.vxlan, VxlanConfig { vni: 1, port: 8472, tx_checksum_offload: false });
+        assert!(c.masquerade);
+        assert_eq!(c.resync_period, Duration::from_secs(60));
+        assert_eq!(c.listen_address.port(), 9959);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            (r#"{}"#, "clusterCIDRs"),
+            (r#"{"clusterCIDRs":["10.244.0.1/16"]}"#, "clusterCIDRs"),
+            (r#"{"clusterCIDRs":["10.244.0.0/16"],"backend":"ipip"}"#, "ipip"),
+            (r#"{"clusterCIDRs":["10.244.0.0/16"],"vxlan":{"vni":0}}"#, "vxlan.vni"),
+            (r#"{"clusterCIDRs":["10.244.0.0/16"],"vxlan":{"port":0}}"#, "vxlan.port"),
+            (r#"{"clusterCIDRs":["10.244.0.0/16"],"mtu":70000}"#, "mtu"),
+            (r#"{"clusterCIDRs":["10.244.0.0/16"],"nonMasqueradeCIDRs":["x"]}"#, "nonMasqueradeCIDRs"),
+            (r#"{"clusterCIDRs":["10.244.0.0/16"],"listenAddress":"nope"}"#, "listenAddress"),
+            (r#"{"clusterCIDRs":["10.244.0.0/16"],"resyncPeriodSeconds":0}"#, "resyncPeriodSeconds"),
+            (r#"{"clusterCIDRs":["10.244.0.0/16"],"underlayInterface":"a/b"}"#, "underlayInterface"),
+            (r#"{"clusterCIDRs":["10.244.0.0/16"],"typo":1}"#, "typo"),
+        ];
+        for (json, key) in cases {
+            let e = parse(json).unwrap_err();
+            assert!(e.contains(key), "{json}: {e}");
+        }
+    }
+}

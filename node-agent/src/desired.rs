@@ -1,0 +1,385 @@
+//! The desired kernel state: a pure function of the node list, the local
+//! node and the configuration. Everything the reconciler programs comes from
+//! here, so every decision (which backend per peer, which MTU, what to skip)
+//! is unit-tested without a kernel.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
+
+use crate::config::{Backend, Config};
+use crate::peer::NodeView;
+
+/// weft's VXLAN device. It carries both pod families over one underlay
+/// family (IPv4 when the node has it), so an IPv6 pod network needs no
+/// second device.
+pub const VXLAN_DEV: &str = "weft.vxlan";
+/// VXLAN over IPv4 costs 50 bytes (outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14).
+pub const VXLAN_OVERHEAD_V4: u32 = 50;
+/// Over IPv6 the outer header is 40 bytes.
+pub const VXLAN_OVERHEAD_V6: u32 = 70;
+
+/// The local node's underlay, as observed in the kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Underlay {
+    pub ifindex: u32,
+    pub name: String,
+    pub mtu: u32,
+    /// Underlay addresses with their on-link prefix (the L2 segment).
+    pub v4: Option<IpNetwork>,
+    pub v6: Option<IpNetwork>,
+}
+
+impl Underlay {
+    fn net(&self, ipv6: bool) -> Option<IpNetwork> {
+        if ipv6 { self.v6 } else { self.v4 }
+    }
+
+    /// The family VXLAN packets travel over.
+    pub fn vxlan_family_v6(&self) -> bool {
+        self.v4.is_none()
+    }
+}
+
+/// The VXLAN device weft wants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanSpec {
+    pub vni: u32,
+    pub port: u16,
+    pub local: IpAddr,
+    pub underlay_ifindex: u32,
+    pub mtu: u32,
+    pub mac: [u8; 6],
+    /// The VTEP addresses: the network address of each local pod CIDR, as /32 or /128.
+    pub addresses: Vec<IpNetwork>,
+    pub tx_checksum_offload: bool,
+}
+
+/// How to reach one peer pod CIDR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Hop {
+    /// `<cidr> via <peer node IP> dev <underlay>`.
+    Direct { gateway: IpAddr },
+    /// `<cidr> via <peer VTEP> dev weft.vxlan onlink`.
+    Vxlan { gateway: IpAddr },
+}
+
+/// What the kernel should hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Desired {
+    pub vxlan: Option<VxlanSpec>,
+    /// Peer pod CIDR -> hop.
+    pub routes: BTreeMap<IpNetwork, Hop>,
+    /// Permanent neighbours on the VXLAN device: peer VTEP address -> peer VTEP MAC.
+    pub neighbours: BTreeMap<IpAddr, [u8; 6]>,
+    /// FDB entries on the VXLAN device: peer VTEP MAC -> peer underlay address.
+    pub fdb: BTreeMap<[u8; 6], IpAddr>,
+    /// The MTU pods get (written to node.json).
+    pub pod_mtu: u32,
+    /// Backend chosen per peer (for metrics and logs).
+    pub peer_backends: BTreeMap<String, Backend>,
+    /// Peers (or families of peers) that cannot be programmed, and why.
+    pub skipped: Vec<(String, String)>,
+}
+
+/// Computes the desired state. `local` is the node this agent runs on.
+pub fn desired(
+    config: &Config,
+    local: &NodeView,
+    underlay: &Underlay,
+    vtep_mac: [u8; 6],
+    nodes: &[NodeView],
+) -> Desired {
+    let uses_vxlan = config.backend != Backend::Routes;
+    let vxlan_v6 = underlay.vxlan_family_v6();
+    let overhead = if vxlan_v6 { VXLAN_OVERHEAD_V6 } else { VXLAN_OVERHEAD_V4 };
+    let vxlan_mtu = underlay.mtu.saturating_sub(overhead);
+    // A pod has one MTU for every destination: when any peer may be reached
+    // over VXLAN, every pod must fit in a VXLAN packet.
+    let pod_mtu = config.mtu.unwrap_or(if uses_vxlan { vxlan_mtu } else { underlay.mtu });
+
+    let mut d = Desired { pod_mtu, ..Desired::default() };
+    if uses_vxlan && let Some(local_ip) = underlay.net(vxlan_v6).map(|n| n.ip()) {
+        d.vxlan = Some(VxlanSpec {
+            vni: config.vxlan.vni,
+            port: config.vxlan.port,
+            local: local_ip,
+            underlay_ifindex: underlay.ifindex,
+            mtu: vxlan_mtu,
+            mac: vtep_mac,
+            addresses: local.pod_cidrs.iter().map(|c| host_net(c.network())).collect(),
+            tx_checksum_offload: config.vxlan.tx_checksum_offload,
+        });
+    }
+
+    for peer in nodes.iter().filter(|n| n.name != local.name) {
+        if peer.pod_cidrs.is_empty() {
+            continue; // not allocated yet; nothing to route to
+        }
+        let mut chosen = None;
+        for cidr in &peer.pod_cidrs {
+            if local.pod_cidrs.iter().any(|own| overlaps(own, cidr)) {
+                d.skipped.push((peer.name.clone(), format!("pod CIDR {cidr} overlaps this node's")));
+                continue;
+            }
+            let family_v6 = cidr.is_ipv6();
+            let direct = match (peer.ip(family_v6), underlay.net(family_v6)) {
+                (Some(ip), Some(net)) => Some((ip, net.contains(ip))),
+                _ => None,
+            };
+            let want_direct = match config.backend {
+                Backend::Routes => true,
+                Backend::Vxlan => false,
+                Backend::Auto => direct.is_some_and(|(_, same_l2)| same_l2),
+            };
+            if want_direct {
+                match direct {
+                    Some((gateway, _)) => {
+                        d.routes.insert(*cidr, Hop::Direct { gateway });
+                        chosen.get_or_insert(Backend::Routes);
+                    }
+                    None => d.skipped.push((
+                        peer.name.clone(),
+                        format!("no IPv{} node address to route {cidr} to", if family_v6 { 6 } else { 4 }),
+                    )),
+                }
+                continue;
+            }
+            let (Some(_), Some(mac), Some(peer_underlay)) = (&d.vxlan, peer.vtep_mac, peer.ip(vxlan_v6)) else {
+                d.skipped.push((
+                    peer.name.clone(),
+                    format!("no VTEP MAC or underlay address yet to reach {cidr} over VXLAN"),
+                ));
+                continue;
+            };
+            let vtep = cidr.network();
+            d.routes.insert(*cidr, Hop::Vxlan { gateway: vtep });
+            d.neighbours.insert(vtep, mac);
+            d.fdb.insert(mac, peer_underlay);
+            chosen = Some(Backend::Vxlan);
+        }
+        if let Some(b) = chosen {
+            d.peer_backends.insert(peer.name.clone(), b);
+        }
+    }
+    d
+}
+
+/// `ip/32` or `ip/128`.
+pub fn host_net(ip: IpAddr) -> IpNetwork {
+    IpNetwork::new(ip, if ip.is_ipv4() { 32 } else { 128 }).expect("full-length prefix is valid")
+}
+
+fn overlaps(a: &IpNetwork, b: &IpNetwork) -> bool {
+    a.is_ipv4() == b.is_ipv4() && (a.contains(b.network()) || b.contains(a.network()))
+}
+
+/// A stable, locally administered unicast MAC for the node's VXLAN device,
+/// derived from the node name: peers' FDB entries point at it, so it must
+/// not change when the agent or the device is re-created (flannel#1795).
+pub fn vtep_mac_for(node_name: &str) -> [u8; 6] {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in node_name.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    let b = h.to_be_bytes();
+    [0x0e, b[0], b[1], b[2], b[3], b[4]]
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use super::*;
+    use crate::config::FileConfig;
+
+    /// Test builder: `node("n2").cidrs(&[..]).ip4("198.51.100.12")`.
+    fn node(name: &str) -> NodeView {
+        NodeView {
+            name: name.into(),
+            ipv4: None,
+            ipv6: None,
+            pod_cidrs: vec![],
+            vtep_mac: Some(vtep_mac_for(name)),
+            backend: None,
+        }
+    }
+
+    trait Build {
+        fn cidrs(self, c: &[&str]) -> Self;
+        fn ip4(self, ip: &str) -> Self;
+        fn ip6(self, ip: &str) -> Self;
+        fn no_mac(self) -> Self;
+    }
+
+    impl Build for NodeView {
+        fn cidrs(mut self, c: &[&str]) -> Self {
+            self.pod_cidrs = c.iter().map(|s| s.parse().unwrap()).collect();
+            self
+        }
+        fn ip4(mut self, ip: &str) -> Self {
+            self.ipv4 = Some(ip.parse::<Ipv4Addr>().unwrap());
+            self
+        }
+        fn ip6(mut self, ip: &str) -> Self {
+            self.ipv6 = Some(ip.parse::<Ipv6Addr>().unwrap());
+            self
+        }
+        fn no_mac(mut self) -> Self {
+            self.vtep_mac = None;
+            self
+        }
+    }
+
+    fn config(backend: &str) -> Config {
+        serde_json::from_str::<FileConfig>(&format!(
+            r#"{{"clusterCIDRs":["10.244.0.0/16","fd00:10:244::/56"],"backend":"{backend}"}}"#
+        ))
+        .unwrap()
+        .validate()
+        .unwrap()
+    }
+
+    fn underlay() -> Underlay {
+        Underlay {
+            ifindex: 2,
+            name: "eth0".into(),
+            mtu: 1500,
+            v4: Some("198.51.100.11/24".parse().unwrap()),
+            v6: Some("2001:db8:a::11/64".parse().unwrap()),
+        }
+    }
+
+    fn me() -> NodeView {
+        node("n1").cidrs(&["10.244.1.0/24", "fd00:10:244:1::/64"]).ip4("198.51.100.11").ip6("2001:db8:a::11")
+    }
+
+    fn same_segment() -> NodeView {
+        node("n2").cidrs(&["10.244.2.0/24", "fd00:10:244:2::/64"]).ip4("198.51.100.12").ip6("2001:db8:a::12")
+    }
+
+    fn other_segment() -> NodeView {
+        node("n3").cidrs(&["10.244.3.0/24", "fd00:10:244:3::/64"]).ip4("203.0.113.13").ip6("2001:db8:b::13")
+    }
+
+    fn net(s: &str) -> IpNetwork {
+        s.parse().unwrap()
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn routes_backend_uses_node_addresses_per_family_and_no_vxlan() {
+        let nodes = [me(), same_segment()];
+        let d = desired(&config("routes"), &me(), &underlay(), vtep_mac_for("n1"), &nodes);
+        assert!(d.vxlan.is_none());
+        assert_eq!(d.routes[&net("10.244.2.0/24")], Hop::Direct { gateway: ip("198.51.100.12") });
+        assert_eq!(d.routes[&net("fd00:10:244:2::/64")], Hop::Direct { gateway: ip("2001:db8:a::12") });
+        assert!(d.neighbours.is_empty() && d.fdb.is_empty());
+        assert_eq!(d.pod_mtu, 1500);
+        assert_eq!(d.peer_backends["n2"], Backend::Routes);
+    }
+
+    #[test]
+    fn vxlan_backend_programs_route_neighbour_and_fdb_for_both_families() {
+        let nodes = [me(), same_segment()];
+        let d = desired(&config("vxlan"), &me(), &underlay(), vtep_mac_for("n1"), &nodes);
+        let vx = d.vxlan.as_ref().unwrap();
+        assert_eq!(vx.local, ip("198.51.100.11"));
+        assert_eq!(vx.mtu, 1450);
+        assert_eq!(vx.addresses, vec![net("10.244.1.0/32"), net("fd00:10:244:1::/128")]);
+        assert_eq!(d.pod_mtu, 1450);
+        assert_eq!(d.routes[&net("10.244.2.0/24")], Hop::Vxlan { gateway: ip("10.244.2.0") });
+        assert_eq!(d.routes[&net("fd00:10:244:2::/64")], Hop::Vxlan { gateway: ip("fd00:10:244:2::") });
+        let mac = vtep_mac_for("n2");
+        assert_eq!(d.neighbours[&ip("10.244.2.0")], mac);
+        assert_eq!(d.neighbours[&ip("fd00:10:244:2::")], mac);
+        // Both families travel over the IPv4 underlay.
+        assert_eq!(d.fdb[&mac], ip("198.51.100.12"));
+    }
+
+    #[test]
+    fn auto_is_direct_on_the_segment_and_vxlan_beyond_it() {
+        let nodes = [me(), same_segment(), other_segment()];
+        let d = desired(&config("auto"), &me(), &underlay(), vtep_mac_for("n1"), &nodes);
+        assert!(matches!(d.routes[&net("10.244.2.0/24")], Hop::Direct { .. }));
+        assert!(matches!(d.routes[&net("10.244.3.0/24")], Hop::Vxlan { .. }));
+        assert!(matches!(d.routes[&net("fd00:10:244:3::/64")], Hop::Vxlan { .. }));
+        assert_eq!(d.fdb[&vtep_mac_for("n3")], ip("203.0.113.13"));
+        assert_eq!(d.peer_backends["n2"], Backend::Routes);
+        assert_eq!(d.peer_backends["n3"], Backend::Vxlan);
+        assert_eq!(d.pod_mtu, 1450, "auto may use VXLAN, so pods fit in it");
+    }
+
+    #[test]
+    fn ipv6_underlay_costs_70_bytes() {
+        let u = Underlay { v4: None, ..underlay() };
+        let local = me();
+        let nodes = [local.clone(), other_segment()];
+        let d = desired(&config("vxlan"), &local, &u, vtep_mac_for("n1"), &nodes);
+        assert_eq!(d.pod_mtu, 1430);
+        assert_eq!(d.vxlan.unwrap().local, ip("2001:db8:a::11"));
+        assert_eq!(d.fdb[&vtep_mac_for("n3")], ip("2001:db8:b::13"));
+    }
+
+    #[test]
+    fn configured_mtu_wins() {
+        let mut c = config("vxlan");
+        c.mtu = Some(1400);
+        assert_eq!(desired(&c, &me(), &underlay(), vtep_mac_for("n1"), &[me()]).pod_mtu, 1400);
+    }
+
+    #[test]
+    fn incomplete_peers_are_skipped_with_a_reason() {
+        let nodes = [
+            me(),
+            node("pending"),          // no podCIDRs yet: silently waits
+            other_segment().no_mac(), // VXLAN needs the MAC
+            node("v4only").cidrs(&["10.244.5.0/24", "fd00:10:244:5::/64"]).ip4("198.51.100.15"),
+            node("clash").cidrs(&["10.244.1.0/25"]).ip4("198.51.100.16"), // overlaps ours
+        ];
+        let d = desired(&config("routes"), &me(), &underlay(), vtep_mac_for("n1"), &nodes);
+        assert!(d.routes.contains_key(&net("10.244.5.0/24")));
+        assert!(!d.routes.contains_key(&net("fd00:10:244:5::/64")));
+        assert!(!d.routes.contains_key(&net("10.244.1.0/25")));
+        let reasons: Vec<String> = d.skipped.iter().map(|(n, r)| format!("{n}: {r}")).collect();
+        assert!(reasons.iter().any(|r| r.starts_with("v4only: no IPv6")), "{reasons:?}");
+        assert!(reasons.iter().any(|r| r.starts_with("clash:") && r.contains("overlaps")), "{reasons:?}");
+        assert!(!reasons.iter().any(|r| r.starts_with("pending")));
+
+        let d = desired(&config("vxlan"), &me(), &underlay(), vtep_mac_for("n1"), &nodes);
+        assert!(!d.routes.contains_key(&net("10.244.3.0/24")));
+        assert!(d.skipped.iter().any(|(n, r)| n == "n3" && r.contains("VTEP MAC")));
+    }
+
+    #[test]
+    fn own_node_is_never_a_peer_and_deleted_nodes_vanish() {
+        let d = desired(&config("vxlan"), &me(), &underlay(), vtep_mac_for("n1"), &[me(), same_segment()]);
+        assert!(!d.routes.contains_key(&net("10.244.1.0/24")));
+        let gone = desired(&config("vxlan"), &me(), &underlay(), vtep_mac_for("n1"), &[me()]);
+        assert!(gone.routes.is_empty() && gone.neighbours.is_empty() && gone.fdb.is_empty());
+    }
+
+    #[test]
+    fn changes_of_a_peer_show_up_in_the_desired_state() {
+        let before = desired(&config("vxlan"), &me(), &underlay(), vtep_mac_for("n1"), &[me(), same_segment()]);
+        let mut moved = same_segment().ip4("198.51.100.99");
+        moved.vtep_mac = Some([0x0e, 1, 2, 3, 4, 5]);
+        let after = desired(&config("vxlan"), &me(), &underlay(), vtep_mac_for("n1"), &[me(), moved]);
+        assert_eq!(after.fdb[&[0x0e, 1, 2, 3, 4, 5]], ip("198.51.100.99"));
+        assert!(!after.fdb.contains_key(&vtep_mac_for("n2")));
+        assert_ne!(before.neighbours, after.neighbours);
+    }
+
+    #[test]
+    fn vtep_mac_is_stable_unicast_and_local() {
+        let mac = vtep_mac_for("node-a");
+        assert_eq!(mac, vtep_mac_for("node-a"));
+        assert_ne!(mac, vtep_mac_for("node-b"));
+        assert_eq!(mac[0] & 0b11, 0b10, "locally administered unicast");
+    }
+}
