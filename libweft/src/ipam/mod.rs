@@ -331,6 +331,11 @@ impl<S: Store> Allocator<S> {
         })
     }
 
+    /// Every attachment that holds (or is being given) addresses.
+    pub fn attachments(&self) -> Result<Vec<Attachment>, IpamError> {
+        self.store.locked(|| Ok(self.store.indexes()?.into_iter().map(|(a, _)| a).collect()))
+    }
+
     /// Reserved vs usable addresses per subnet.
     pub fn usage(&self) -> Result<Vec<SubnetUsage>, IpamError> {
         self.store.locked(|| {

@@ -1,0 +1,178 @@
+//! Makes the kernel match the desired state: observe what weft owns (peer
+//! routes by protocol number, the VXLAN device by name, neighbours and FDB
+//! entries on it), delete what is wrong, add what is missing. Nothing else is
+//! ever touched, and state that is already right is left alone, so a
+//! restarted agent adopts the kernel as it is without disturbing traffic.
+//!
+//! Order (flannel `handleSubnetEvents`): the VXLAN device first, then FDB
+//! and neighbour entries, and routes last, so the kernel never has a route
+//! whose next hop it would have to resolve by ARP over VXLAN.
+
+use ipnetwork::IpNetwork;
+use libweft::netlink::{Ensured, Netlink, NetlinkError, RTPROT_WEFT_PEER, RouteSpec, VxlanLink};
+
+use crate::desired::{Desired, Hop, VXLAN_DEV};
+
+/// What one sync did and found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// Objects added, replaced or deleted.
+    pub changes: usize,
+    pub routes: usize,
+    pub neighbours: usize,
+    pub fdb: usize,
+    /// Per-object failures; the rest of the sync still ran.
+    pub errors: Vec<String>,
+}
+
+fn route_spec(dst: IpNetwork, hop: Hop, underlay: u32, vxlan: Option<u32>) -> Option<RouteSpec> {
+    Some(match hop {
+        Hop::Direct { gateway } => {
+            RouteSpec { dst, gateway: Some(gateway), oif: underlay, onlink: false, protocol: RTPROT_WEFT_PEER }
+        }
+        // The peer's VTEP address is on no connected subnet: onlink says "just send it out of this device".
+        Hop::Vxlan { gateway } => {
+            RouteSpec { dst, gateway: Some(gateway), oif: vxlan?, onlink: true, protocol: RTPROT_WEFT_PEER }
+        }
+    })
+}
+
+/// One reconcile pass. Fails only when the VXLAN device itself cannot be
+/// made right; individual entries that fail are reported in `errors`.
+pub async fn sync(nl: &Netlink, d: &Desired, underlay: u32) -> Result<Applied, NetlinkError> {
+    let mut out = Applied::default();
+
+    let vxlan = match &d.vxlan {
+        Some(spec) => {
+            let link = VxlanLink {
+                name: VXLAN_DEV.into(),
+                vni: spec.vni,
+                port: spec.port,
+                local: spec.local,
+                underlay: spec.underlay_ifindex,
+                mtu: spec.mtu,
+                mac: spec.mac,
+            };
+            let (index, ensured) = nl.ensure_vxlan(&link).await?;
+            if ensured != Ensured::Kept {
+                out.changes += 1;
+                tracing::info!(device = VXLAN_DEV, ?ensured, vni = spec.vni, port = spec.port, local = %spec.local, "VXLAN device");
+            }
+            sync_addresses(nl, index, &spec.addresses, &mut out).await?;
+            Some(index)
+        }
+        None => {
+            // Deleting the device also removes its routes, neighbours and FDB.
+            if nl.delete_link(VXLAN_DEV).await? {
+                out.changes += 1;
+                tracing::info!(device = VXLAN_DEV, "removed VXLAN device (backend no longer uses it)");
+            }
+            None
+        }
+    };
+
+    let wanted: Vec<RouteSpec> =
+        d.routes.iter().filter_map(|(dst, hop)| route_spec(*dst, *hop, underlay, vxlan)).collect();
+    let mut present = Vec::new();
+    for v6 in [false, true] {
+        present.extend(nl.routes(v6, Some(RTPROT_WEFT_PEER)).await?);
+    }
+    // Stale routes go first.
+    for r in &present {
+        if !wanted.iter().any(|w| w.dst == r.dst && w.gateway == r.gateway && w.oif == r.oif) {
+            let spec =
+                RouteSpec { dst: r.dst, gateway: r.gateway, oif: r.oif, onlink: false, protocol: RTPROT_WEFT_PEER };
+            record(&mut out, nl.delete_route(&spec).await.map(|gone| gone as usize), "route");
+        }
+    }
+
+    if let Some(index) = vxlan {
+        let fdb = nl.fdb_entries(index).await?;
+        for (mac, dst) in &fdb {
+            if d.fdb.get(mac) != Some(dst) {
+                record(&mut out, nl.delete_fdb(index, *mac, *dst).await.map(usize::from), "FDB entry");
+            }
+        }
+        for (mac, dst) in &d.fdb {
+            if !fdb.contains(&(*mac, *dst)) {
+                record(&mut out, nl.replace_fdb(index, *mac, *dst).await.map(|()| 1), "FDB entry");
+            }
+        }
+        let neigh = nl.permanent_neighbours(index).await?;
+        for (ip, mac) in &neigh {
+            if d.neighbours.get(ip).map(|m| m.as_slice()) != Some(mac.as_slice()) {
+                record(&mut out, nl.delete_neighbour(index, *ip).await.map(usize::from), "neighbour");
+            }
+        }
+        for (ip, mac) in &d.neighbours {
+            if !neigh.iter().any(|(i, m)| i == ip && m.as_slice() == mac) {
+                record(&mut out, nl.replace_neighbour(index, *ip, mac).await.map(|()| 1), "neighbour");
+            }
+        }
+        out.fdb = d.fdb.len();
+        out.neighbours = d.neighbours.len();
+    }
+
+    let mut failed = 0;
+    for w in &wanted {
+        if !present.iter().any(|r| r.dst == w.dst && r.gateway == w.gateway && r.oif == w.oif) {
+            let res = nl.replace_route(w).await;
+            failed += usize::from(res.is_err());
+            record(&mut out, res.map(|()| 1), "route");
+        }
+    }
+    out.routes = wanted.len() - failed;
+    Ok(out)
+}
+
+fn record(out: &mut Applied, res: Result<usize, NetlinkError>, what: &str) {
+    match res {
+        Ok(n) => out.changes += n,
+        Err(e) => {
+            tracing::warn!("{what}: {e}");
+            out.errors.push(format!("{what}: {e}"));
+        }
+    }
+}
+
+/// The VTEP addresses: exactly the wanted ones on the device.
+async fn sync_addresses(nl: &Netlink, index: u32, wanted: &[IpNetwork], out: &mut Applied) -> Result<(), NetlinkError> {
+    let present = nl.addresses(index).await?;
+    for a in present.iter().filter(|a| !a.link_scope) {
+        if !wanted.iter().any(|w| w.ip() == a.ip && w.prefix() == a.prefix) {
+            nl.delete_address(index, a.ip, a.prefix).await?;
+            out.changes += 1;
+        }
+    }
+    for w in wanted {
+        if !present.iter().any(|a| a.ip == w.ip() && a.prefix == w.prefix()) {
+            nl.add_address(index, w.ip(), w.prefix()).await?;
+            out.changes += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Turns on forwarding for both families; a node that routes pods needs it.
+pub fn ensure_forwarding() -> std::io::Result<()> {
+    for path in ["/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding"] {
+        if std::fs::read_to_string(path)?.trim() != "1" {
+            std::fs::write(path, "1")?;
+            tracing::info!("set {path} = 1");
+        }
+    }
+    Ok(())
+}
+
+/// Removes everything the agent programs (for `weft-agent cleanup`).
+pub async fn remove_all(nl: &Netlink) -> Result<usize, NetlinkError> {
+    let mut removed = usize::from(nl.delete_link(VXLAN_DEV).await?);
+    for v6 in [false, true] {
+        for r in nl.routes(v6, Some(RTPROT_WEFT_PEER)).await? {
+            let spec =
+                RouteSpec { dst: r.dst, gateway: r.gateway, oif: r.oif, onlink: false, protocol: RTPROT_WEFT_PEER };
+            removed += usize::from(nl.delete_route(&spec).await?);
+        }
+    }
+    Ok(removed)
+}

@@ -1,0 +1,192 @@
+//! A lab of network namespaces shaped like the design's address plan:
+//! segment A (198.51.100.0/24, 2001:db8:a::/64) and segment B
+//! (203.0.113.0/25, 2001:db8:b::/64) as bridges in a lab namespace, joined
+//! by a router namespace. Nothing touches the machine's own namespace.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use libweft::netlink::Netlink;
+use libweft::netns::NetNs;
+use libweft::testutil::TestNs;
+use serde_json::json;
+
+pub const WEFT: &str = env!("CARGO_BIN_EXE_weft-agent");
+
+/// The CNI plugin binary, built next to this test binary's target dir.
+pub fn weft_cni() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test> -> target/<profile>/weft
+    let path = exe.parent().unwrap().parent().unwrap().join("weft");
+    assert!(path.exists(), "build the plugin first: cargo build -p weft-cni ({} missing)", path.display());
+    path
+}
+
+pub mod cluster;
+
+pub struct Lab {
+    pub lab: TestNs,
+    pub router: TestNs,
+    /// An "external" host behind the router, outside the cluster: 203.0.113.200, 2001:db8:e::200.
+    pub external: TestNs,
+    pub nodes: Vec<Node>,
+}
+
+pub const EXTERNAL_V4: &str = "203.0.113.200";
+pub const EXTERNAL_V6: &str = "2001:db8:e::200";
+
+pub struct Node {
+    pub name: String,
+    pub ns: TestNs,
+    pub v4: String,
+    pub v6: String,
+    pub pod_v4: String,
+    pub pod_v6: String,
+    pub ipam: tempfile::TempDir,
+}
+
+impl Lab {
+    /// `segments[i]` is 'A' or 'B' for node i+1.
+    pub fn new(segments: &[char]) -> Lab {
+        let lab = TestNs::new("lab");
+        let router = TestNs::new("router");
+        for (br, gw4, gw6) in
+            [("brA", "198.51.100.1/24", "2001:db8:a::1/64"), ("brB", "203.0.113.1/25", "2001:db8:b::1/64")]
+        {
+            lab.exec_ok(&["ip", "link", "add", br, "type", "bridge"]);
+            lab.exec_ok(&["ip", "link", "set", br, "up"]);
+            let (a, b) = (format!("r-{br}"), format!("{br}-r"));
+            veth(&router, &a, &lab, &b);
+            lab.exec_ok(&["ip", "link", "set", &b, "master", br, "up"]);
+            router.exec_ok(&["ip", "link", "set", &a, "up"]);
+            router.exec_ok(&["ip", "addr", "add", gw4, "dev", &a]);
+            router.exec_ok(&["ip", "addr", "add", gw6, "dev", &a, "nodad"]);
+        }
+        router.enable_forwarding();
+        let external = TestNs::new("ext");
+        veth(&router, "r-ext", &external, "eth0");
+        router.exec_ok(&["ip", "link", "set", "r-ext", "up"]);
+        router.exec_ok(&["ip", "addr", "add", "203.0.113.129/25", "dev", "r-ext"]);
+        router.exec_ok(&["ip", "addr", "add", "2001:db8:e::1/64", "dev", "r-ext", "nodad"]);
+        external.exec_ok(&["ip", "link", "set", "eth0", "up"]);
+        external.exec_ok(&["ip", "addr", "add", &format!("{EXTERNAL_V4}/25"), "dev", "eth0"]);
+        external.exec_ok(&["ip", "addr", "add", &format!("{EXTERNAL_V6}/64"), "dev", "eth0", "nodad"]);
+        // The external host knows the node networks but not the pod networks:
+        // pod traffic reaches it only if masqueraded.
+        for (net, gw) in [("198.51.100.0/24", "203.0.113.129"), ("203.0.113.0/25", "203.0.113.129")] {
+            external.exec_ok(&["ip", "route", "add", net, "via", gw]);
+        }
+        for net in ["2001:db8:a::/64", "2001:db8:b::/64"] {
+            external.exec_ok(&["ip", "-6", "route", "add", net, "via", "2001:db8:e::1"]);
+        }
+        let mut nodes = Vec::new();
+        for (i, seg) in segments.iter().enumerate() {
+            let n = i + 1;
+            let name = format!("node{n}");
+            let ns = TestNs::new(&name);
+            let (v4, v6, plen4, gw4, gw6, other4, other6) = if *seg == 'A' {
+                (
+                    format!("198.51.100.{}", 10 + n),
+                    format!("2001:db8:a::{}", 10 + n),
+                    24,
+                    "198.51.100.1",
+                    "2001:db8:a::1",
+                    "203.0.113.0/25",
+                    "2001:db8:b::/64",
+                )
+            } else {
+                (
+                    format!("203.0.113.{}", 10 + n),
+                    format!("2001:db8:b::{}", 10 + n),
+                    25,
+                    "203.0.113.1",
+                    "2001:db8:b::1",
+                    "198.51.100.0/24",
+                    "2001:db8:a::/64",
+                )
+            };
+            let br = if *seg == 'A' { "brA" } else { "brB" };
+            let port = format!("{br}-n{n}");
+            veth(&ns, "eth0", &lab, &port);
+            lab.exec_ok(&["ip", "link", "set", &port, "master", br, "up"]);
+            ns.exec_ok(&["ip", "link", "set", "eth0", "up"]);
+            ns.exec_ok(&["ip", "addr", "add", &format!("{v4}/{plen4}"), "dev", "eth0"]);
+            ns.exec_ok(&["ip", "addr", "add", &format!("{v6}/64"), "dev", "eth0", "nodad"]);
+            // Only the other segment is routed, via the lab router: no default route, nothing can leave the lab.
+            ns.exec_ok(&["ip", "route", "add", other4, "via", gw4]);
+            ns.exec_ok(&["ip", "-6", "route", "add", other6, "via", gw6]);
+            ns.exec_ok(&["ip", "route", "add", "203.0.113.128/25", "via", gw4]);
+            ns.exec_ok(&["ip", "-6", "route", "add", "2001:db8:e::/64", "via", gw6]);
+            ns.enable_forwarding();
+            nodes.push(Node {
+                name,
+                ns,
+                v4,
+                v6,
+                pod_v4: format!("10.244.{n}.0/24"),
+                pod_v6: format!("fd00:10:244:{n}::/64"),
+                ipam: tempfile::tempdir().unwrap(),
+            });
+        }
+        Lab { lab, router, external, nodes }
+    }
+}
+
+fn veth(a: &TestNs, a_name: &str, b: &TestNs, b_name: &str) {
+    a.exec_ok(&["ip", "link", "add", a_name, "type", "veth", "peer", "name", b_name, "netns", b.name()]);
+}
+
+impl Node {
+    /// Wires a pod with the real plugin and explicit subnets; returns (pod ns, IPv4, IPv6).
+    pub fn add_pod(&self, id: &str, mtu: u32) -> (TestNs, String, String) {
+        self.add_pod_with(
+            id,
+            json!({"cniVersion": "1.1.0", "name": "weft", "type": "weft",
+            "subnets": [self.pod_v4, self.pod_v6], "dataDir": self.ipam.path(), "mtu": mtu}),
+        )
+    }
+
+    /// Wires a pod the way the agent's conflist does: subnets and MTU from node.json.
+    pub fn add_pod_from_node_config(&self, id: &str, node_json: &std::path::Path) -> (TestNs, String, String) {
+        self.add_pod_with(
+            id,
+            json!({"cniVersion": "1.1.0", "name": "weft", "type": "weft",
+            "nodeConfig": node_json, "dataDir": self.ipam.path()}),
+        )
+    }
+
+    fn add_pod_with(&self, id: &str, conf: serde_json::Value) -> (TestNs, String, String) {
+        let pod = TestNs::new(id);
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", self.ns.name()])
+            .arg(weft_cni())
+            .env("CNI_COMMAND", "ADD")
+            .env("CNI_CONTAINERID", id)
+            .env("CNI_NETNS", pod.path())
+            .env("CNI_IFNAME", "eth0")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(conf.to_string().as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(out.status.success(), "ADD {id}: {result}");
+        let ips: Vec<String> = result["ips"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["address"].as_str().unwrap().split('/').next().unwrap().to_string())
+            .collect();
+        let v4 = ips.iter().find(|i| i.contains('.')).unwrap().clone();
+        let v6 = ips.iter().find(|i| i.contains(':')).unwrap().clone();
+        (pod, v4, v6)
+    }
+
+    /// A netlink connection inside this node (call within a tokio runtime).
+    pub fn netlink(&self) -> Netlink {
+        Netlink::from_socket(NetNs::open(&self.ns.path()).unwrap().route_socket().unwrap()).unwrap()
+    }
+}
