@@ -1,0 +1,30 @@
+//! The node's pod sandboxes, from the container runtime's CRI socket.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use k8s_cri::v1::ListPodSandboxRequest;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use tonic::transport::{Endpoint, Uri};
+
+/// IDs of every pod sandbox the runtime knows (ready or not): their
+/// network attachments are still valid.
+pub async fn sandbox_ids(socket: &Path) -> Result<HashSet<String>, String> {
+    let path: PathBuf = socket.to_path_buf();
+    let channel = Endpoint::from_static("http://[::]:50051")
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(10))
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let path = path.clone();
+            async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+        }))
+        .await
+        .map_err(|e| format!("connect to CRI socket {}: {e}", socket.display()))?;
+    let reply = RuntimeServiceClient::new(channel)
+        .list_pod_sandbox(ListPodSandboxRequest { filter: None })
+        .await
+        .map_err(|e| format!("CRI ListPodSandbox on {}: {e}", socket.display()))?;
+    Ok(reply.into_inner().items.into_iter().map(|s| s.id).collect())
+}

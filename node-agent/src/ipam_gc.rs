@@ -1,0 +1,74 @@
+//! IPAM garbage collection. containerd never calls CNI GC, so an address
+//! whose DEL never ran (a node crash mid-teardown, a plugin killed at the
+//! wrong instant) would stay reserved forever. Periodically the agent asks
+//! the runtime for the node's pod sandboxes and frees reservations of
+//! containers it no longer knows, using the plugin's own GC code. A grace
+//! period spares ADDs in flight, whose address is reserved before the
+//! runtime lists their sandbox. When the runtime cannot be asked, nothing is
+//! freed.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use libweft::ipam::{Allocator, Attachment, DiskStore};
+use libweft::node_config::NodeConfig;
+
+use crate::config::Config;
+use crate::metrics::{Metrics, SubnetLabel};
+
+/// ADDs finish well within this; younger reservations are never collected.
+pub const GRACE: Duration = Duration::from_secs(120);
+/// The plugin's network name (the conflist's `name`).
+pub const NETWORK: &str = "weft";
+
+/// Runs GC every `ipam_gc_period` forever.
+pub async fn run(cfg: Config, metrics: Arc<Metrics>) {
+    let mut tick = tokio::time::interval(cfg.ipam_gc_period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match gc_once(&cfg, &metrics).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(freed = n, "IPAM GC reclaimed leaked addresses"),
+            Err(e) => {
+                metrics.error("ipam_gc");
+                tracing::warn!("IPAM GC skipped: {e}");
+            }
+        }
+    }
+}
+
+/// One pass; returns how many addresses were freed.
+pub async fn gc_once(cfg: &Config, metrics: &Metrics) -> Result<usize, String> {
+    let Ok(node) = NodeConfig::load(&crate::cniconf::node_config_path(cfg)) else {
+        return Ok(0); // node not configured yet: the plugin has allocated nothing
+    };
+    let sandboxes = crate::cri::sandbox_ids(&cfg.cri_socket).await?;
+    let dir = cfg.run_dir.join("ipam");
+    let subnets = node.subnets()?;
+    let (freed, usage) = tokio::task::spawn_blocking(move || {
+        let alloc = Allocator::new(DiskStore::open(&dir, NETWORK).map_err(|e| e.to_string())?, subnets).map_err(|e| e.to_string())?;
+        let valid: HashSet<Attachment> = alloc
+            .attachments()
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .filter(|a| sandboxes.contains(&a.container_id))
+            .collect();
+        let freed = alloc.gc_older_than(&valid, GRACE).map_err(|e| e.to_string())?;
+        let usage = alloc.usage().map_err(|e| e.to_string())?;
+        Ok::<_, String>((freed, usage))
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+    for u in usage {
+        let label = SubnetLabel { subnet: u.subnet.to_string() };
+        metrics.ipam_in_use.get_or_create(&label).set(u.used as f64);
+        metrics.ipam_capacity.get_or_create(&label).set(u.capacity as f64);
+    }
+    metrics.ipam_gc_freed.inc_by(freed.len() as u64);
+    if !freed.is_empty() {
+        tracing::info!(addresses = ?freed, "freed addresses of pods the runtime no longer knows");
+    }
+    Ok(freed.len())
+}

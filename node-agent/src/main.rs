@@ -1,0 +1,184 @@
+//! weft-agent: programs pod networking between nodes from the Kubernetes API.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use weft_agent::config::{self, Backend, FileConfig};
+use weft_agent::{agent, cniconf, http, ipam_gc, masq, metrics, reconcile};
+
+#[derive(Parser)]
+#[command(
+    name = "weft-agent",
+    version,
+    about = "weft node agent: routes pod subnets between nodes and masquerades egress"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the agent (the DaemonSet's main container).
+    Run(RunArgs),
+    /// Install the weft CNI binary (and the conflist, once the node is configured); the init container runs this.
+    InstallCni {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// The plugin binary to install.
+        #[arg(long, env = "WEFT_CNI_BINARY", default_value = "/usr/local/bin/weft")]
+        binary: PathBuf,
+    },
+    /// Remove everything weft created on this node (for uninstall).
+    Cleanup {
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Print the version.
+    Version,
+}
+
+#[derive(Args)]
+struct ConfigArgs {
+    /// Configuration file (JSON).
+    #[arg(long, env = "WEFT_CONFIG", default_value = "/etc/weft/config.json")]
+    config: PathBuf,
+    /// Overrides `clusterCIDRs` (comma-separated).
+    #[arg(long, env = "WEFT_CLUSTER_CIDRS", value_delimiter = ',')]
+    cluster_cidrs: Option<Vec<String>>,
+    /// Overrides `backend`: vxlan, routes or auto.
+    #[arg(long, env = "WEFT_BACKEND")]
+    backend: Option<String>,
+    /// Overrides `mtu`.
+    #[arg(long, env = "WEFT_MTU")]
+    mtu: Option<u32>,
+    /// Overrides `masquerade`.
+    #[arg(long, env = "WEFT_MASQUERADE")]
+    masquerade: Option<bool>,
+    /// Overrides `underlayInterface`.
+    #[arg(long, env = "WEFT_UNDERLAY_INTERFACE")]
+    underlay_interface: Option<String>,
+    /// Overrides `listenAddress`.
+    #[arg(long, env = "WEFT_LISTEN_ADDRESS")]
+    listen_address: Option<String>,
+    /// Overrides `cniConfDir`.
+    #[arg(long, env = "WEFT_CNI_CONF_DIR")]
+    cni_conf_dir: Option<PathBuf>,
+    /// Overrides `cniBinDir`.
+    #[arg(long, env = "WEFT_CNI_BIN_DIR")]
+    cni_bin_dir: Option<PathBuf>,
+    /// Overrides `runDir`.
+    #[arg(long, env = "WEFT_RUN_DIR")]
+    run_dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// This node's name (the chart sets it from the downward API).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+}
+
+impl ConfigArgs {
+    /// File first (optional when flags give the required keys), then flags and environment.
+    fn load(&self) -> anyhow::Result<config::Config> {
+        let mut file = if self.config.exists() {
+            FileConfig::load(&self.config).map_err(anyhow::Error::msg)?
+        } else {
+            serde_json::from_str::<FileConfig>("{}").expect("empty config parses")
+        };
+        if let Some(c) = &self.cluster_cidrs {
+            file.cluster_cidrs = c.clone();
+        }
+        if let Some(b) = &self.backend {
+            file.backend = Some(b.parse::<Backend>().map_err(|e| anyhow::anyhow!("config key \"backend\": {e}"))?);
+        }
+        file.mtu = self.mtu.or(file.mtu);
+        file.masquerade = self.masquerade.or(file.masquerade);
+        file.underlay_interface = self.underlay_interface.clone().or(file.underlay_interface);
+        file.listen_address = self.listen_address.clone().or(file.listen_address);
+        file.cni_conf_dir = self.cni_conf_dir.clone().or(file.cni_conf_dir);
+        file.cni_bin_dir = self.cni_bin_dir.clone().or(file.cni_bin_dir);
+        file.run_dir = self.run_dir.clone().or(file.run_dir);
+        file.validate().map_err(anyhow::Error::msg)
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG").unwrap_or_else(|_| "info".into()))
+        .with_target(false)
+        .init();
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("weft-agent: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(dispatch(cli.command)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
+    match cmd {
+        Cmd::Version => {
+            println!("weft-agent {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        Cmd::Run(args) => {
+            let cfg = args.config.load()?;
+            let client = kube::Client::try_default().await.context("connect to the Kubernetes API")?;
+            let metrics = Arc::new(metrics::Metrics::new());
+            let health = Arc::new(agent::Health::default());
+            let stale = cfg.resync_period.as_secs() * 3 + 30;
+            let server = http::serve(cfg.listen_address, health.clone(), metrics.clone(), stale);
+            tokio::spawn(ipam_gc::run(cfg.clone(), metrics.clone()));
+            tokio::select! {
+                r = server => r,
+                r = agent::run(cfg, args.node_name, client, metrics, health) => r,
+            }
+        }
+        Cmd::InstallCni { config, binary } => {
+            let cfg = config.load()?;
+            let dst = cniconf::install_binary(&binary, &cfg.cni_bin_dir).map_err(anyhow::Error::msg)?;
+            tracing::info!(path = %dst.display(), "installed the weft CNI plugin");
+            // The conflist only once node.json exists (written by `run`): a
+            // conflist makes containerd report the network ready.
+            match libweft::node_config::NodeConfig::load(&cniconf::node_config_path(&cfg)) {
+                Ok(node) => {
+                    cniconf::write(&cfg, &node).map_err(anyhow::Error::msg)?;
+                    tracing::info!("node already configured: conflist written");
+                }
+                Err(_) => tracing::info!("conflist will be written by weft-agent run once the node has its podCIDRs"),
+            }
+            Ok(())
+        }
+        Cmd::Cleanup { config } => {
+            let cfg = config.load()?;
+            let nl = libweft::netlink::Netlink::connect()?;
+            let removed = reconcile::remove_all(&nl).await?;
+            masq::remove().await.map_err(anyhow::Error::msg)?;
+            for path in [cniconf::conflist_path(&cfg), cniconf::node_config_path(&cfg), cfg.cni_bin_dir.join("weft")] {
+                match std::fs::remove_file(&path) {
+                    Ok(()) => tracing::info!(path = %path.display(), "removed"),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(anyhow::anyhow!("remove {}: {e}", path.display())),
+                }
+            }
+            tracing::info!(kernel_objects = removed, "removed weft's VXLAN device, peer routes and nftables table");
+            Ok(())
+        }
+    }
+}

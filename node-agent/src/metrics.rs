@@ -1,0 +1,119 @@
+//! Prometheus metrics, served on `/metrics`.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendLabel {
+    pub backend: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FieldLabel {
+    pub field: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SubnetLabel {
+    pub subnet: String,
+}
+
+/// Every metric the agent exports.
+pub struct Metrics {
+    pub registry: Registry,
+    pub peers: Family<BackendLabel, Gauge>,
+    pub routes: Gauge,
+    pub neighbours: Gauge,
+    pub fdb_entries: Gauge,
+    pub reconcile_seconds: Histogram,
+    pub event_to_programmed_seconds: Histogram,
+    pub errors: Family<KindLabel, Counter>,
+    pub rejected_annotations: Family<FieldLabel, Counter>,
+    pub ipam_in_use: Family<SubnetLabel, Gauge<f64, AtomicU64>>,
+    pub ipam_capacity: Family<SubnetLabel, Gauge<f64, AtomicU64>>,
+    pub ipam_gc_freed: Counter,
+    pub tx_checksum_offload: Gauge,
+    pub nodes: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("weft");
+        let m = Metrics {
+            peers: Family::default(),
+            routes: Gauge::default(),
+            neighbours: Gauge::default(),
+            fdb_entries: Gauge::default(),
+            // 0.5 ms .. ~16 s
+            reconcile_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            event_to_programmed_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            errors: Family::default(),
+            rejected_annotations: Family::default(),
+            ipam_in_use: Family::default(),
+            ipam_capacity: Family::default(),
+            ipam_gc_freed: Counter::default(),
+            tx_checksum_offload: Gauge::default(),
+            nodes: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register("peers", "Peer nodes by the backend used to reach them", m.peers.clone());
+        registry.register("routes_programmed", "Routes to peer pod subnets in the kernel", m.routes.clone());
+        registry.register("neighbours_programmed", "Permanent neighbours on the VXLAN device", m.neighbours.clone());
+        registry.register("fdb_entries_programmed", "FDB entries on the VXLAN device", m.fdb_entries.clone());
+        registry.register("reconcile_duration_seconds", "Duration of one reconcile pass", m.reconcile_seconds.clone());
+        registry.register(
+            "node_event_to_programmed_seconds",
+            "From a Node event arriving to the kernel state being programmed",
+            m.event_to_programmed_seconds.clone(),
+        );
+        registry.register("errors", "Errors by kind", m.errors.clone());
+        registry.register(
+            "rejected_annotations",
+            "Malformed or hostile values on Node objects that were ignored",
+            m.rejected_annotations.clone(),
+        );
+        registry.register("ipam_addresses_in_use", "Pod addresses allocated on this node", m.ipam_in_use.clone());
+        registry.register("ipam_addresses_capacity", "Pod addresses this node can allocate", m.ipam_capacity.clone());
+        registry.register(
+            "ipam_gc_freed",
+            "Leaked pod addresses reclaimed by garbage collection",
+            m.ipam_gc_freed.clone(),
+        );
+        registry.register(
+            "vxlan_tx_checksum_offload",
+            "Transmit checksum offload on the VXLAN device (1 on, 0 off, -1 unknown or no device)",
+            m.tx_checksum_offload.clone(),
+        );
+        registry.register("nodes", "Nodes in the watch cache", m.nodes.clone());
+        Metrics { registry, ..m }
+    }
+
+    /// Counts one error of `kind`.
+    pub fn error(&self, kind: &str) {
+        self.errors.get_or_create(&KindLabel { kind: kind.to_string() }).inc();
+    }
+
+    /// The text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
