@@ -105,12 +105,16 @@ pub async fn setup(host: &Netlink, pod_nl: &Netlink, pod: &Pod<'_>) -> Result<Ad
             .await?;
     }
 
-    // Host side: the route to the pod, last, so traffic only flows once the pod is ready.
+    // Host side: a permanent neighbour for the pod, so the host never has to
+    // resolve it (for IPv6 that would wait for DAD on the host veth's
+    // link-local address, stalling the first packets by a second or more),
+    // then the route to the pod, last, so traffic flows only once all is ready.
     let host_link = host
         .link_by_name(pod.host_veth)
         .await?
         .ok_or_else(|| CniError::Internal(format!("{} vanished right after creation", pod.host_veth)))?;
     for &ip in pod.ips {
+        host.replace_neighbour(host_link.index, ip, &pod_mac).await?;
         host.replace_route(&RouteSpec {
             dst: host_prefix(ip),
             gateway: None,
@@ -162,6 +166,7 @@ pub async fn check(host: &Netlink, pod_nl: &Netlink, pod: &Pod<'_>) -> Result<()
 
     let addrs = pod_nl.addresses(eth.index).await?;
     let neighbours = pod_nl.permanent_neighbours(eth.index).await?;
+    let host_neighbours = host.permanent_neighbours(host_link.index).await?;
     for &ip in pod.ips {
         let want = host_prefix(ip);
         if !addrs.iter().any(|a| a.ip == ip && a.prefix == want.prefix()) {
@@ -174,6 +179,9 @@ pub async fn check(host: &Netlink, pod_nl: &Netlink, pod: &Pod<'_>) -> Result<()
         let pod_routes = pod_nl.routes(ip.is_ipv6(), None).await?;
         if !pod_routes.iter().any(|r| r.dst == default_route(ip) && r.gateway == Some(gw) && r.oif == eth.index) {
             return drift(format!("{} has no default route via {gw} dev {}", pod.netns.path().display(), pod.ifname));
+        }
+        if !host_neighbours.iter().any(|(n, mac)| *n == ip && mac.as_slice() == eth.mac.as_slice()) {
+            return drift(format!("host has no permanent neighbour {ip} -> {} on {}", format_mac(&eth.mac), pod.host_veth));
         }
         let host_routes = host.routes(ip.is_ipv6(), Some(RTPROT_WEFT)).await?;
         if !host_routes.iter().any(|r| r.dst == want && r.oif == host_link.index) {
