@@ -181,7 +181,11 @@ pub async fn check(host: &Netlink, pod_nl: &Netlink, pod: &Pod<'_>) -> Result<()
             return drift(format!("{} has no default route via {gw} dev {}", pod.netns.path().display(), pod.ifname));
         }
         if !host_neighbours.iter().any(|(n, mac)| *n == ip && mac.as_slice() == eth.mac.as_slice()) {
-            return drift(format!("host has no permanent neighbour {ip} -> {} on {}", format_mac(&eth.mac), pod.host_veth));
+            return drift(format!(
+                "host has no permanent neighbour {ip} -> {} on {}",
+                format_mac(&eth.mac),
+                pod.host_veth
+            ));
         }
         let host_routes = host.routes(ip.is_ipv6(), Some(RTPROT_WEFT)).await?;
         if !host_routes.iter().any(|r| r.dst == want && r.oif == host_link.index) {

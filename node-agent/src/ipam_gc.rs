@@ -48,7 +48,8 @@ pub async fn gc_once(cfg: &Config, metrics: &Metrics) -> Result<usize, String> {
     let dir = cfg.run_dir.join("ipam");
     let subnets = node.subnets()?;
     let (freed, usage) = tokio::task::spawn_blocking(move || {
-        let alloc = Allocator::new(DiskStore::open(&dir, NETWORK).map_err(|e| e.to_string())?, subnets).map_err(|e| e.to_string())?;
+        let alloc = Allocator::new(DiskStore::open(&dir, NETWORK).map_err(|e| e.to_string())?, subnets)
+            .map_err(|e| e.to_string())?;
         let valid: HashSet<Attachment> = alloc
             .attachments()
             .map_err(|e| e.to_string())?
