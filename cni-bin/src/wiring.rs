@@ -10,9 +10,10 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use futures::future::{try_join, try_join_all};
 use ipnetwork::IpNetwork;
 use libweft::cni::{AddResult, CniError, Interface, IpConfig, Route};
-use libweft::netlink::{Netlink, RTPROT_WEFT, RouteSpec, VethSpec, format_mac};
+use libweft::netlink::{Netlink, NetlinkError, RTPROT_WEFT, RouteSpec, VethSpec, format_mac};
 use libweft::netns::NetNs;
 
 /// The pod's IPv4 gateway: link-local, owned by no device.
@@ -22,6 +23,9 @@ pub const GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
 /// Every host veth has this MAC (as Calico does): the pod's gateway entries
 /// can be written without asking the kernel for the host veth's address.
 pub const HOST_VETH_MAC: [u8; 6] = [0xee; 6];
+
+/// One pipelined netlink request.
+type Step<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), NetlinkError>> + 'a>>;
 
 /// One pod attachment to wire.
 pub struct Pod<'a> {
@@ -67,12 +71,8 @@ pub fn pod_mac(ips: &[IpAddr]) -> [u8; 6] {
 /// Creates the veth pair and programs both sides. The caller undoes a
 /// partial setup by deleting the host veth (which takes the peer with it).
 pub async fn setup(host: &Netlink, pod_nl: &Netlink, pod: &Pod<'_>) -> Result<AddResult, CniError> {
-    // A previous ADD of the same attachment (a retry after a crash or a
-    // timeout) may have left the pair behind; start from scratch.
-    host.delete_link(pod.host_veth).await?;
-
     let pod_mac = pod_mac(pod.ips);
-    host.create_veth(&VethSpec {
+    let veth = VethSpec {
         host_name: pod.host_veth,
         host_mac: HOST_VETH_MAC,
         peer_name: pod.ifname,
@@ -80,50 +80,66 @@ pub async fn setup(host: &Netlink, pod_nl: &Netlink, pod: &Pod<'_>) -> Result<Ad
         mtu: pod.mtu,
         peer_netns: pod.netns,
         alias: Some(format!("weft pod {}", pod.container_id.get(..12).unwrap_or(pod.container_id))),
-    })
-    .await?;
+    };
+    match host.create_veth(&veth).await {
+        Ok(()) => {}
+        // A previous ADD of this attachment (a retry after a crash or a
+        // timeout) left the pair behind: start from scratch.
+        Err(e) if e.is_exists() && host.delete_link(pod.host_veth).await? => host.create_veth(&veth).await?,
+        Err(e) => return Err(e.into()),
+    }
 
-    // Pod side.
-    let eth = pod_nl.link_by_name(pod.ifname).await?.ok_or_else(|| {
-        CniError::Internal(format!("{} vanished from {} right after creation", pod.ifname, pod.netns.path().display()))
-    })?;
-    pod_nl.set_link_up(eth.index, pod.ifname).await?;
-    for &ip in pod.ips {
-        let gw = gateway_for(ip);
-        pod_nl.add_address(eth.index, ip, host_prefix(ip).prefix()).await?;
-        // Neighbour before route: the route's gateway must resolve at once.
-        pod_nl.replace_neighbour(eth.index, gw, &HOST_VETH_MAC).await?;
-        pod_nl
-            .add_route(&RouteSpec {
+    // The two sides are programmed concurrently, and on each side the
+    // requests are pipelined: the kernel handles one socket's requests in
+    // the order they were sent, so "up" still precedes the onlink route
+    // that needs it, without a round trip per step.
+    let pod_side = async {
+        let eth = pod_nl.link_by_name(pod.ifname).await?.ok_or_else(|| {
+            NetlinkError::Socket(std::io::Error::other(format!(
+                "{} vanished from {} right after creation",
+                pod.ifname,
+                pod.netns.path().display()
+            )))
+        })?;
+        let mut steps: Vec<Step<'_>> = vec![Box::pin(pod_nl.set_link_up(eth.index, pod.ifname))];
+        for &ip in pod.ips {
+            let gw = gateway_for(ip);
+            steps.push(Box::pin(pod_nl.add_address(eth.index, ip, host_prefix(ip).prefix())));
+            // The gateway resolves through a permanent entry: the pod never ARPs for it.
+            steps.push(Box::pin(pod_nl.replace_neighbour(eth.index, gw, &HOST_VETH_MAC)));
+            steps.push(Box::pin(pod_nl.add_route_owned(RouteSpec {
                 dst: default_route(ip),
                 gateway: Some(gw),
                 oif: eth.index,
                 // 169.254.1.1 is on no connected subnet of the pod; fe80::/64 is.
                 onlink: ip.is_ipv4(),
                 protocol: RTPROT_WEFT,
-            })
-            .await?;
-    }
-
+            })));
+        }
+        try_join_all(steps).await.map(|_| ())
+    };
     // Host side: a permanent neighbour for the pod, so the host never has to
     // resolve it (for IPv6 that would wait for DAD on the host veth's
     // link-local address, stalling the first packets by a second or more),
-    // then the route to the pod, last, so traffic flows only once all is ready.
-    let host_link = host
-        .link_by_name(pod.host_veth)
-        .await?
-        .ok_or_else(|| CniError::Internal(format!("{} vanished right after creation", pod.host_veth)))?;
-    for &ip in pod.ips {
-        host.replace_neighbour(host_link.index, ip, &pod_mac).await?;
-        host.replace_route(&RouteSpec {
-            dst: host_prefix(ip),
-            gateway: None,
-            oif: host_link.index,
-            onlink: false,
-            protocol: RTPROT_WEFT,
-        })
-        .await?;
-    }
+    // then the route to the pod.
+    let host_side = async {
+        let link = host.link_by_name(pod.host_veth).await?.ok_or_else(|| {
+            NetlinkError::Socket(std::io::Error::other(format!("{} vanished right after creation", pod.host_veth)))
+        })?;
+        let mut steps: Vec<Step<'_>> = Vec::new();
+        for &ip in pod.ips {
+            steps.push(Box::pin(host.replace_neighbour(link.index, ip, &pod_mac)));
+            steps.push(Box::pin(host.replace_route_owned(RouteSpec {
+                dst: host_prefix(ip),
+                gateway: None,
+                oif: link.index,
+                onlink: false,
+                protocol: RTPROT_WEFT,
+            })));
+        }
+        try_join_all(steps).await.map(|_| ())
+    };
+    try_join(pod_side, host_side).await?;
 
     Ok(AddResult {
         interfaces: vec![

@@ -71,6 +71,16 @@ impl Netlink {
         self.handle.route().add(route_message(spec)).execute().await.map_err(ctx(|| describe("add", spec)))
     }
 
+    /// [`Netlink::add_route`] taking the spec by value, for pipelined requests.
+    pub async fn add_route_owned(&self, spec: RouteSpec) -> Result<(), NetlinkError> {
+        self.add_route(&spec).await
+    }
+
+    /// [`Netlink::replace_route`] taking the spec by value, for pipelined requests.
+    pub async fn replace_route_owned(&self, spec: RouteSpec) -> Result<(), NetlinkError> {
+        self.replace_route(&spec).await
+    }
+
     /// Adds or replaces the route with this destination.
     pub async fn replace_route(&self, spec: &RouteSpec) -> Result<(), NetlinkError> {
         self.handle

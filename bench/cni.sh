@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Builds weft (static release) and cni-bench, then runs the benchmark as root.
+#   bench/cni.sh [--pods N] [--rounds R] [--json]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/deps >/dev/null
+bin=$(scripts/build-static -p weft-cni)
+cargo build --quiet --release --locked -p weft-bench
+exec target/release/cni-bench "$bin/weft" "$@"

@@ -1,0 +1,248 @@
+//! cni-bench: weft's CNI plugin against the reference `ptp` + `host-local`
+//! plugins, measured in the same run on the same kernel.
+//!
+//! Both plugins are exec'd exactly as containerd does (`CNI_*` variables,
+//! config on stdin), inside a "node" namespace this program creates, for
+//! pods in namespaces it creates; both wire dual-stack pods. Rounds
+//! alternate between the plugins so drift hits both alike. Reported:
+//! median and p99 latency of ADD and DEL, and the throughput of 16
+//! concurrent ADDs. Both keep IPAM state on tmpfs, as on a real node.
+//! Timings are printed, never judged.
+//!
+//! With `--ipv4` both wire IPv4 only: the reference `ptp` waits for IPv6
+//! duplicate address detection to finish (over a second per pod), which
+//! dominates the dual-stack comparison; IPv4 shows the rest of the cost.
+//!
+//!   cni-bench WEFT_BINARY [--ipv4] [--pods N] [--rounds R] [--json]
+
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use libweft::testutil::TestNs;
+use serde_json::{Value, json};
+
+const REF_DIR: &str = "/usr/lib/cni";
+const CONCURRENCY: usize = 16;
+
+struct Plugin {
+    name: &'static str,
+    binary: PathBuf,
+    config: Value,
+    ipam_dir: PathBuf,
+}
+
+/// One plugin invocation; returns its wall-clock time.
+fn invoke(p: &Plugin, node: &std::fs::File, cmd: &str, id: &str, netns: &Path) -> std::process::Child {
+    let node_fd = node.as_raw_fd();
+    let mut c = Command::new(&p.binary);
+    c.env_clear()
+        .env("CNI_COMMAND", cmd)
+        .env("CNI_CONTAINERID", id)
+        .env("CNI_NETNS", netns)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", REF_DIR)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: setns(2) is async-signal-safe; the fd was opened before fork.
+    // The child (and the host-local it execs) runs in the node namespace
+    // without an extra `ip netns exec` process per sample.
+    unsafe {
+        c.pre_exec(move || {
+            if libc::setns(node_fd, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = c.spawn().unwrap_or_else(|e| panic!("spawn {}: {e}", p.binary.display()));
+    let _ = child.stdin.take().expect("stdin").write_all(p.config.to_string().as_bytes());
+    child
+}
+
+fn finish(p: &Plugin, cmd: &str, child: std::process::Child) {
+    let out = child.wait_with_output().expect("wait");
+    if !out.status.success() {
+        eprintln!(
+            "{} {cmd} failed: {}{}",
+            p.name,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::process::exit(1);
+    }
+}
+
+fn timed(p: &Plugin, node: &std::fs::File, cmd: &str, id: &str, netns: &Path) -> Duration {
+    let start = Instant::now();
+    let child = invoke(p, node, cmd, id, netns);
+    finish(p, cmd, child);
+    start.elapsed()
+}
+
+fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * q).round() as usize]
+}
+
+#[derive(Default)]
+struct Samples {
+    add: Vec<Duration>,
+    del: Vec<Duration>,
+    add_per_sec: Vec<f64>,
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let Some(weft) = args.get(1).filter(|a| !a.starts_with("--")) else {
+        eprintln!("usage: cni-bench WEFT_BINARY [--ipv4] [--pods N] [--rounds R] [--json]");
+        std::process::exit(2);
+    };
+    let flag = |name: &str, default: usize| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let (pods, rounds, as_json) = (flag("--pods", 40), flag("--rounds", 3), args.iter().any(|a| a == "--json"));
+    let ipv4_only = args.iter().any(|a| a == "--ipv4");
+    let family = if ipv4_only { "IPv4 only" } else { "dual-stack" };
+    let (weft_subnets, ref_ranges, ref_routes) = if ipv4_only {
+        (json!(["10.244.1.0/24"]), json!([[{"subnet": "10.244.2.0/24"}]]), json!([{"dst": "0.0.0.0/0"}]))
+    } else {
+        (
+            json!(["10.244.1.0/24", "fd00:10:244:1::/64"]),
+            json!([[{"subnet": "10.244.2.0/24"}], [{"subnet": "fd00:10:244:2::/64"}]]),
+            json!([{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]),
+        )
+    };
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("cni-bench: needs root (it creates network namespaces)");
+        std::process::exit(1);
+    }
+
+    let work = tempfile::tempdir().expect("tempdir");
+    // IPAM state lives on tmpfs on a real node (/run); give both plugins a
+    // tmpfs too, in a mount namespace of our own that vanishes with us.
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).expect("unshare mount namespace");
+    let none: Option<&str> = None;
+    nix::mount::mount(none, "/", none, nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE, none)
+        .expect("make mounts private");
+    nix::mount::mount(Some("tmpfs"), work.path(), Some("tmpfs"), nix::mount::MsFlags::empty(), none)
+        .expect("mount tmpfs");
+    let node = TestNs::new("bench-node");
+    node.enable_forwarding();
+    let node_file = std::fs::File::open(node.path()).expect("open node netns");
+    let plugins = [
+        Plugin {
+            name: "weft",
+            binary: PathBuf::from(weft),
+            config: json!({"cniVersion": "1.1.0", "name": "weft", "type": "weft", "mtu": 1500,
+                "subnets": weft_subnets, "dataDir": work.path().join("weft")}),
+            ipam_dir: work.path().join("weft/weft"),
+        },
+        Plugin {
+            name: "ptp+host-local",
+            binary: Path::new(REF_DIR).join("ptp"),
+            config: json!({"cniVersion": "1.0.0", "name": "ref", "type": "ptp", "ipMasq": false, "mtu": 1500,
+                "ipam": {"type": "host-local", "dataDir": work.path().join("ref"),
+                    "ranges": ref_ranges, "routes": ref_routes}}),
+            ipam_dir: work.path().join("ref/ref"),
+        },
+    ];
+    // Pod namespaces are made up front: creating them is not part of the timing.
+    let per_round = pods.max(CONCURRENCY);
+    let pod_ns: Vec<TestNs> = (0..per_round).map(|i| TestNs::new(&format!("bp{i}"))).collect();
+    let mut samples: [Samples; 2] = Default::default();
+
+    // Warm-up (page cache, first exec), then interleaved rounds.
+    for (p, _) in plugins.iter().zip(0..) {
+        timed(p, &node_file, "ADD", "warmup", &pod_ns[0].path());
+        timed(p, &node_file, "DEL", "warmup", &pod_ns[0].path());
+    }
+    for round in 0..rounds {
+        for (i, p) in plugins.iter().enumerate() {
+            let ids: Vec<String> = (0..pods).map(|k| format!("r{round}-seq{k}")).collect();
+            for (k, id) in ids.iter().enumerate() {
+                samples[i].add.push(timed(p, &node_file, "ADD", id, &pod_ns[k].path()));
+            }
+            for (k, id) in ids.iter().enumerate() {
+                samples[i].del.push(timed(p, &node_file, "DEL", id, &pod_ns[k].path()));
+            }
+            // 16 ADDs at once; the time until the last finishes.
+            let ids: Vec<String> = (0..CONCURRENCY).map(|k| format!("r{round}-par{k}")).collect();
+            let start = Instant::now();
+            let children: Vec<_> =
+                ids.iter().enumerate().map(|(k, id)| invoke(p, &node_file, "ADD", id, &pod_ns[k].path())).collect();
+            for c in children {
+                finish(p, "ADD", c);
+            }
+            samples[i].add_per_sec.push(CONCURRENCY as f64 / start.elapsed().as_secs_f64());
+            for (k, id) in ids.iter().enumerate() {
+                timed(p, &node_file, "DEL", id, &pod_ns[k].path());
+            }
+        }
+    }
+
+    for p in &plugins {
+        let left = std::fs::read_dir(&p.ipam_dir)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .filter(|e| e.file_name().to_string_lossy().parse::<std::net::IpAddr>().is_ok())
+                    .count()
+            })
+            .unwrap_or(0);
+        if left > 0 {
+            eprintln!("warning: {} left {left} addresses allocated", p.name);
+        }
+    }
+
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let stats = |s: &mut Samples| {
+        s.add.sort();
+        s.del.sort();
+        s.add_per_sec.sort_by(|a, b| a.total_cmp(b));
+        (
+            ms(percentile(&s.add, 0.5)),
+            ms(percentile(&s.add, 0.99)),
+            ms(percentile(&s.del, 0.5)),
+            ms(percentile(&s.del, 0.99)),
+            s.add_per_sec[s.add_per_sec.len() / 2],
+        )
+    };
+    let [w, r] = &mut samples;
+    let (w, r) = (stats(w), stats(r));
+    let rows = [
+        ("ADD median (ms)", w.0, r.0, w.0 / r.0, "<= 0.3x"),
+        ("ADD p99 (ms)", w.1, r.1, w.1 / r.1, ""),
+        ("DEL median (ms)", w.2, r.2, w.2 / r.2, "<= 1.0x"),
+        ("DEL p99 (ms)", w.3, r.3, w.3 / r.3, ""),
+        ("16 concurrent ADDs (ADD/s)", w.4, r.4, w.4 / r.4, ">= 3x"),
+    ];
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    if as_json {
+        let v: Vec<Value> = rows
+            .iter()
+            .map(|(m, a, b, ratio, t)| json!({"metric": m, "weft": a, "reference": b, "ratio": ratio, "target": t}))
+            .collect();
+        println!(
+            "{}",
+            json!({"kernel": kernel.trim(), "cpus": cpus, "family": family, "pods": pods, "rounds": rounds, "results": v})
+        );
+        return;
+    }
+    println!("weft vs ptp+host-local (Debian containernetworking-plugins), {family}, same run");
+    println!(
+        "kernel {}, {cpus} CPUs, {pods} sequential pods x {rounds} rounds, {CONCURRENCY} concurrent ADDs x {rounds}\n",
+        kernel.trim()
+    );
+    println!("{:<28} {:>10} {:>12} {:>8}  target", "metric", "weft", "reference", "ratio");
+    for (m, a, b, ratio, t) in rows {
+        println!("{m:<28} {a:>10.2} {b:>12.2} {ratio:>7.3}x  {t}");
+    }
+}
