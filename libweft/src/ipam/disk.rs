@@ -1,146 +1,233 @@
-//! The IPAM store on disk, one directory per network:
+//! The IPAM [`Store`] on disk, one directory per CNI network:
 //!
 //! ```text
-//! <dataDir>/<network>/
-//!   lock                        flock'ed around every operation
-//!   boot_id                     the boot this store belongs to
-//!   10.244.1.5                  reservation: "<container id>\n<ifname>\n"
-//!   fd00:10:244:1::5            (IPv6 reservations likewise)
-//!   attach-<container id>@<ifname>   index: the attachment's addresses, one per line
-//!   cursor-10.244.1.0_24        the subnet's last handed-out address
-//!   .tmp-<pid>-<n>              a write in progress (swept by GC)
+//! <data_dir>/<network>/                 mode 0700
+//!   lock                                flock'ed around every whole operation
+//!   boot_id                             the boot these records belong to
+//!   10.244.1.5                          reservation: "<container id>\n<ifname>\n"
+//!   fd00:10:244:1::5                    (IPv6 likewise)
+//!   attach-<container id>@<ifname>      index: the attachment's addresses, one per line
+//!   cursor-10.244.1.0_24                the subnet's last handed-out address
+//!   .tmp-<pid>-<n>                      a write in progress, or a crash's leftover
 //! ```
 //!
-//! A reservation is a temp file hard-linked to its final name: `link(2)`
-//! fails if the name exists, so it is an exclusive create, and a reader
-//! never sees an empty or half-written reservation. Index, cursor and
-//! boot-ID files are replaced with rename. host-local rewrites its cursor in
-//! place and finds an attachment by reading every file; we do neither.
+//! A reservation is a complete temp file hard-linked to its final name:
+//! `link(2)` fails with `EEXIST` if the name exists, so it is an exclusive
+//! create, and no reader ever sees an empty or half-written reservation.
+//! Index, cursor and boot-ID files are replaced with `rename(2)`, never
+//! rewritten in place. An attachment's index is found by name, so `find` and
+//! `release` never read every reservation (host-local's `FindByID` does).
+//!
+//! Nothing is fsync'ed: records only have to outlive the plugin process, not
+//! the machine. After a reboot the boot-ID stamp differs and the records are
+//! discarded anyway (every pod died with the machine), so a power cut cannot
+//! resurrect a half-persisted one. The usual `dataDir` is a tmpfs besides.
 
-use std::fs::{File, OpenOptions};
+use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::{ErrorKind, Write};
 use std::net::IpAddr;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use ipnetwork::IpNetwork;
 
-use super::{Attachment, IpamError, Reservation, Store};
+use super::{Attachment, AttachmentIndex, IpamError, Reservation, Store};
 
+/// How long an operation waits for another process holding the lock before
+/// giving up with [`IpamError::LockTimeout`] (CNI "try again later").
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
+/// Where the kernel publishes the ID of the current boot.
+const BOOT_ID_SOURCE: &str = "/proc/sys/kernel/random/boot_id";
+
+const LOCK: &str = "lock";
+const BOOT_ID: &str = "boot_id";
 const INDEX_PREFIX: &str = "attach-";
 const CURSOR_PREFIX: &str = "cursor-";
 const TMP_PREFIX: &str = ".tmp-";
-const BOOT_ID: &str = "boot_id";
-/// How long to wait for another plugin process holding the lock.
-pub const LOCK_TIMEOUT: Duration = Duration::from_secs(10);
-/// Temp files older than this belong to a dead writer.
-const STALE_TMP: Duration = Duration::from_secs(60);
+/// Linux `NAME_MAX`.
+const MAX_FILE_NAME: usize = 255;
 
-static TMP_COUNTER: AtomicU32 = AtomicU32::new(0);
+/// Numbers this process's temp files.
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
-/// The on-disk store of one network.
+/// The IPAM records of one CNI network in `<data_dir>/<network>/`.
 #[derive(Debug)]
 pub struct DiskStore {
     dir: PathBuf,
+    lock_timeout: Duration,
+}
+
+impl DiskStore {
+    /// Opens (creating it if needed) `<data_dir>/<network>/`, discarding its
+    /// records if they were made before the machine's last reboot.
+    pub fn open(data_dir: &Path, network: &str) -> Result<DiskStore, IpamError> {
+        let source = Path::new(BOOT_ID_SOURCE);
+        let boot_id = std::fs::read_to_string(source).map_err(io("read", source))?;
+        Self::open_with_boot_id(data_dir, network, boot_id.trim())
+    }
+
+    /// Like [`DiskStore::open`], with the current boot's ID given.
+    ///
+    /// A store stamped with another boot ID is emptied (under the lock) and
+    /// re-stamped: the reboot killed every pod that held its addresses. A
+    /// store without a stamp is only stamped, never emptied, so a lost stamp
+    /// cannot free the addresses of live pods.
+    pub fn open_with_boot_id(data_dir: &Path, network: &str, boot_id: &str) -> Result<DiskStore, IpamError> {
+        if network.is_empty() || network == "." || network == ".." || network.contains(['/', '\0']) {
+            return Err(IpamError::BadNetworkName { name: network.to_string() });
+        }
+        let dir = data_dir.join(network);
+        DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(io("create directory", &dir))?;
+        let store = DiskStore { dir, lock_timeout: DEFAULT_LOCK_TIMEOUT };
+        let stamp_path = store.dir.join(BOOT_ID);
+        let stamp = || read_optional(&stamp_path).map(|s| s.map(|s| s.trim().to_string()));
+        // The common case (same boot) needs no lock: the stamp is replaced atomically.
+        if stamp()?.as_deref() != Some(boot_id) {
+            store.locked(|| match stamp()? {
+                Some(s) if s == boot_id => Ok(()), // another process just did it
+                Some(_) => {
+                    // Wipe first, stamp last: a crash in between wipes again next time.
+                    store.wipe()?;
+                    store.replace(&stamp_path, format!("{boot_id}\n").as_bytes())
+                }
+                None => store.replace(&stamp_path, format!("{boot_id}\n").as_bytes()),
+            })?;
+        }
+        Ok(store)
+    }
+
+    /// Gives up waiting for the lock after `timeout` instead of [`DEFAULT_LOCK_TIMEOUT`].
+    pub fn with_lock_timeout(mut self, timeout: Duration) -> DiskStore {
+        self.lock_timeout = timeout;
+        self
+    }
+
+    /// Deletes every reservation, index, cursor and temp file.
+    fn wipe(&self) -> Result<(), IpamError> {
+        for name in self.file_names()? {
+            let ours = parse_ip_name(&name).is_some()
+                || [INDEX_PREFIX, CURSOR_PREFIX, TMP_PREFIX].iter().any(|p| name.starts_with(p));
+            if ours {
+                remove_if_exists(&self.dir.join(name))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The names in the directory (those that are UTF-8; nothing of ours is not).
+    fn file_names(&self) -> Result<Vec<String>, IpamError> {
+        let read_dir = std::fs::read_dir(&self.dir).map_err(io("read directory", &self.dir))?;
+        let mut names = Vec::new();
+        for entry in read_dir {
+            let entry = entry.map_err(io("read directory", &self.dir))?;
+            if let Ok(name) = entry.file_name().into_string() {
+                names.push(name);
+            }
+        }
+        Ok(names)
+    }
+
+    /// Writes `content` to a new temp file in the store's directory.
+    fn write_tmp(&self, content: &[u8]) -> Result<PathBuf, IpamError> {
+        let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let tmp = self.dir.join(format!("{TMP_PREFIX}{}-{n}", std::process::id()));
+        // Under the lock an existing file of this name is a dead process's
+        // leftover whose PID we reuse. Unlink it rather than open it: it may be
+        // a second link to a reservation, which truncating would corrupt.
+        remove_if_exists(&tmp)?;
+        let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(io("create", &tmp))?;
+        if let Err(e) = file.write_all(content) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(IpamError::Io { op: "write", path: tmp, source: e });
+        }
+        Ok(tmp)
+    }
+
+    /// Replaces `path` with a file holding `content`, atomically.
+    fn replace(&self, path: &Path, content: &[u8]) -> Result<(), IpamError> {
+        let tmp = self.write_tmp(content)?;
+        std::fs::rename(&tmp, path).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            IpamError::Io { op: "rename a temp file to", path: path.to_path_buf(), source: e }
+        })
+    }
+
+    fn ip_path(&self, ip: IpAddr) -> PathBuf {
+        // `Display` of an IPv6 address is its canonical RFC 5952 form: no '/', fine as a Linux file name.
+        self.dir.join(ip.to_string())
+    }
+
+    fn index_path(&self, att: &Attachment) -> Result<PathBuf, IpamError> {
+        check_attachment(att)?;
+        Ok(self.dir.join(format!("{INDEX_PREFIX}{}@{}", att.container_id, att.ifname)))
+    }
+
+    fn cursor_path(&self, subnet: &IpNetwork) -> PathBuf {
+        self.dir.join(format!("{CURSOR_PREFIX}{}_{}", subnet.network(), subnet.prefix()))
+    }
+}
+
+/// The container ID and interface name end up in file names and in
+/// line-based records, so enforce the CNI rules those rely on: container IDs
+/// are `[A-Za-z0-9][A-Za-z0-9_.-]*` (so never contain the `@` separator), and
+/// interface names have no `/`, whitespace or control characters.
+fn check_attachment(att: &Attachment) -> Result<(), IpamError> {
+    let invalid = |reason| IpamError::InvalidAttachment {
+        container_id: att.container_id.clone(),
+        ifname: att.ifname.clone(),
+        reason,
+    };
+    let id = &att.container_id;
+    if !id.starts_with(|c: char| c.is_ascii_alphanumeric())
+        || !id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+    {
+        return Err(invalid("a container ID must match [A-Za-z0-9][A-Za-z0-9_.-]*"));
+    }
+    let name = &att.ifname;
+    if name.is_empty() || name.chars().any(|c| c == '/' || c.is_whitespace() || c.is_control()) {
+        return Err(invalid("an interface name must be non-empty, without '/', whitespace or control characters"));
+    }
+    if INDEX_PREFIX.len() + id.len() + 1 + name.len() > MAX_FILE_NAME {
+        return Err(invalid("container ID and interface name are too long for a file name"));
+    }
+    Ok(())
+}
+
+/// The address a reservation file is named after. Only the canonical
+/// spelling counts, so one address can never have two files.
+fn parse_ip_name(name: &str) -> Option<IpAddr> {
+    name.parse::<IpAddr>().ok().filter(|ip| ip.to_string() == name)
+}
+
+/// The attachment an index file is named after.
+fn parse_index_name(name: &str) -> Option<Attachment> {
+    // Container IDs cannot contain '@'; interface names may.
+    let (container_id, ifname) = name.strip_prefix(INDEX_PREFIX)?.split_once('@')?;
+    let att = Attachment { container_id: container_id.to_string(), ifname: ifname.to_string() };
+    check_attachment(&att).ok().map(|()| att)
+}
+
+/// The owner a reservation file names, or `None` if it is garbage.
+fn parse_owner(text: &str) -> Option<Attachment> {
+    let (container_id, rest) = text.split_once('\n')?;
+    let (ifname, rest) = rest.split_once('\n')?;
+    let att = Attachment { container_id: container_id.to_string(), ifname: ifname.to_string() };
+    (rest.is_empty() && check_attachment(&att).is_ok()).then_some(att)
 }
 
 fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> IpamError + 'a {
     move |source| IpamError::Io { op, path: path.to_path_buf(), source }
 }
 
-/// The kernel's ID of the current boot.
-fn current_boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_string()).unwrap_or_default()
-}
-
-impl DiskStore {
-    /// Opens (creating) `<data_dir>/<network>/` for the current boot.
-    pub fn open(data_dir: &Path, network: &str) -> Result<DiskStore, IpamError> {
-        Self::open_with_boot_id(data_dir, network, &current_boot_id())
-    }
-
-    /// Like [`DiskStore::open`] with an explicit boot ID. A store stamped
-    /// with another boot is emptied first: the reboot killed every pod that
-    /// held its addresses (this makes a `dataDir` on disk behave like tmpfs).
-    pub fn open_with_boot_id(data_dir: &Path, network: &str, boot_id: &str) -> Result<DiskStore, IpamError> {
-        let ok = !network.is_empty()
-            && network != "."
-            && network != ".."
-            && !network.contains('/')
-            && !network.contains('\0');
-        if !ok {
-            return Err(IpamError::BadNetworkName { name: network.to_string() });
-        }
-        let dir = data_dir.join(network);
-        std::fs::create_dir_all(&dir).map_err(io("create directory", &dir))?;
-        let store = DiskStore { dir };
-        let stamp = store.dir.join(BOOT_ID);
-        let current = std::fs::read_to_string(&stamp).map(|s| s.trim().to_string()).ok();
-        if current.as_deref() != Some(boot_id) {
-            store.locked(|| {
-                // Re-check under the lock: another process may have done it.
-                let current = std::fs::read_to_string(&stamp).map(|s| s.trim().to_string()).ok();
-                if current.as_deref() == Some(boot_id) {
-                    return Ok(());
-                }
-                if current.is_some() {
-                    store.wipe()?;
-                }
-                store.write_atomic(&stamp, format!("{boot_id}\n").as_bytes())
-            })?;
-        }
-        Ok(store)
-    }
-
-    /// The store's directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    /// Deletes every reservation, index and cursor (after a reboot).
-    fn wipe(&self) -> Result<(), IpamError> {
-        for entry in std::fs::read_dir(&self.dir).map_err(io("read directory", &self.dir))? {
-            let entry = entry.map_err(io("read directory", &self.dir))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name != "lock" && name != BOOT_ID {
-                remove_if_exists(&entry.path())?;
-            }
-        }
-        Ok(())
-    }
-
-    fn tmp_path(&self) -> PathBuf {
-        let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-        self.dir.join(format!("{TMP_PREFIX}{}-{n}", std::process::id()))
-    }
-
-    fn write_tmp(&self, content: &[u8]) -> Result<PathBuf, IpamError> {
-        let tmp = self.tmp_path();
-        let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(io("create", &tmp))?;
-        f.write_all(content).map_err(io("write", &tmp))?;
-        Ok(tmp)
-    }
-
-    /// Replaces `path` with `content` in one rename.
-    fn write_atomic(&self, path: &Path, content: &[u8]) -> Result<(), IpamError> {
-        let tmp = self.write_tmp(content)?;
-        std::fs::rename(&tmp, path).map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            IpamError::Io { op: "rename into", path: path.to_path_buf(), source: e }
-        })
-    }
-
-    fn ip_path(&self, ip: IpAddr) -> PathBuf {
-        self.dir.join(ip.to_string())
-    }
-
-    fn index_path(&self, att: &Attachment) -> PathBuf {
-        self.dir.join(format!("{INDEX_PREFIX}{}@{}", att.container_id, att.ifname))
-    }
-
-    fn cursor_path(&self, subnet: &IpNetwork) -> PathBuf {
-        self.dir.join(format!("{CURSOR_PREFIX}{}_{}", subnet.network(), subnet.prefix()))
+/// The file's content, or `None` if it does not exist. Bytes that are not
+/// UTF-8 become U+FFFD, which no parser of ours accepts.
+fn read_optional(path: &Path) -> Result<Option<String>, IpamError> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(Some(String::from_utf8_lossy(&bytes).into_owned())),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(IpamError::Io { op: "read", path: path.to_path_buf(), source: e }),
     }
 }
 
@@ -153,28 +240,23 @@ fn remove_if_exists(path: &Path) -> Result<(), IpamError> {
     }
 }
 
-fn parse_owner(text: &str) -> Option<Attachment> {
-    let mut lines = text.lines();
-    let container_id = lines.next()?.trim().to_string();
-    let ifname = lines.next()?.trim().to_string();
-    (!container_id.is_empty() && !ifname.is_empty()).then_some(Attachment { container_id, ifname })
-}
-
+/// When the file was last written (the epoch if unknown, so GC does not spare it).
 fn modified(path: &Path) -> SystemTime {
     std::fs::metadata(path).and_then(|m| m.modified()).unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
 impl Store for DiskStore {
     fn locked<T>(&self, f: impl FnOnce() -> Result<T, IpamError>) -> Result<T, IpamError> {
-        let path = self.dir.join("lock");
+        let path = self.dir.join(LOCK);
         let file = File::options().create(true).truncate(false).write(true).open(&path).map_err(io("open", &path))?;
         let started = Instant::now();
-        // Bounded wait: the kernel drops a dead process's flock, so only a
-        // live but stuck process can hold it this long.
+        // try_lock in a loop rather than a blocking lock, to bound the wait. The
+        // kernel drops a dead process's flock, so only a live, stuck process can
+        // make us wait this long, and the runtime will retry the CNI call.
         loop {
             match file.try_lock() {
                 Ok(()) => break,
-                Err(std::fs::TryLockError::WouldBlock) if started.elapsed() < LOCK_TIMEOUT => {
+                Err(std::fs::TryLockError::WouldBlock) if started.elapsed() < self.lock_timeout => {
                     std::thread::sleep(Duration::from_millis(2));
                 }
                 Err(std::fs::TryLockError::WouldBlock) => {
@@ -183,33 +265,27 @@ impl Store for DiskStore {
                 Err(std::fs::TryLockError::Error(e)) => return Err(IpamError::Io { op: "lock", path, source: e }),
             }
         }
-        let result = f();
-        // Closing the file releases the lock as well; unlock explicitly for clarity.
-        let _ = file.unlock();
-        result
+        // Closing `file` when it drops releases the lock.
+        f()
     }
 
     fn owner(&self, ip: IpAddr) -> Result<Option<Attachment>, IpamError> {
-        let path = self.ip_path(ip);
-        match std::fs::read_to_string(&path) {
-            // A file we cannot parse still reserves its address: never hand it out.
-            Ok(text) => Ok(Some(
-                parse_owner(&text).unwrap_or(Attachment { container_id: String::new(), ifname: String::new() }),
-            )),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(IpamError::Io { op: "read", path, source: e }),
-        }
+        let unreadable = || Attachment { container_id: String::new(), ifname: String::new() };
+        Ok(read_optional(&self.ip_path(ip))?.map(|text| parse_owner(&text).unwrap_or_else(unreadable)))
     }
 
     fn reserve(&self, ip: IpAddr, owner: &Attachment) -> Result<bool, IpamError> {
+        check_attachment(owner)?;
         let tmp = self.write_tmp(format!("{}\n{}\n", owner.container_id, owner.ifname).as_bytes())?;
         let path = self.ip_path(ip);
         let linked = std::fs::hard_link(&tmp, &path);
+        // If this fails (or we die first) the temp is left for GC's sweep;
+        // the reservation itself is complete either way.
         let _ = std::fs::remove_file(&tmp);
         match linked {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
-            Err(e) => Err(IpamError::Io { op: "reserve", path, source: e }),
+            Err(e) => Err(IpamError::Io { op: "link a reservation to", path, source: e }),
         }
     }
 
@@ -219,78 +295,53 @@ impl Store for DiskStore {
 
     fn reservations(&self) -> Result<Vec<Reservation>, IpamError> {
         let mut out = Vec::new();
-        for entry in std::fs::read_dir(&self.dir).map_err(io("read directory", &self.dir))? {
-            let entry = entry.map_err(io("read directory", &self.dir))?;
-            let Ok(ip) = entry.file_name().to_string_lossy().parse::<IpAddr>() else { continue };
+        for ip in self.file_names()?.iter().filter_map(|n| parse_ip_name(n)) {
             if let Some(owner) = self.owner(ip)? {
-                out.push(Reservation { ip, owner, since: modified(&entry.path()) });
+                out.push(Reservation { ip, owner, since: modified(&self.ip_path(ip)) });
             }
         }
         Ok(out)
     }
 
-    fn index(&self, att: &Attachment) -> Result<Option<Vec<IpAddr>>, IpamError> {
-        let path = self.index_path(att);
-        match std::fs::read_to_string(&path) {
-            Ok(text) => Ok(Some(text.lines().filter_map(|l| l.trim().parse().ok()).collect())),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(IpamError::Io { op: "read", path, source: e }),
-        }
+    fn index(&self, att: &Attachment) -> Result<Vec<IpAddr>, IpamError> {
+        let text = read_optional(&self.index_path(att)?)?.unwrap_or_default();
+        Ok(text.lines().filter_map(|l| l.parse().ok()).collect())
     }
 
     fn write_index(&self, att: &Attachment, ips: &[IpAddr]) -> Result<(), IpamError> {
         let text: String = ips.iter().map(|ip| format!("{ip}\n")).collect();
-        self.write_atomic(&self.index_path(att), text.as_bytes())
+        self.replace(&self.index_path(att)?, text.as_bytes())
     }
 
     fn remove_index(&self, att: &Attachment) -> Result<(), IpamError> {
-        remove_if_exists(&self.index_path(att))
+        remove_if_exists(&self.index_path(att)?)
     }
 
-    fn indexes(&self) -> Result<Vec<(Attachment, SystemTime)>, IpamError> {
+    fn indexes(&self) -> Result<Vec<AttachmentIndex>, IpamError> {
         let mut out = Vec::new();
-        for entry in std::fs::read_dir(&self.dir).map_err(io("read directory", &self.dir))? {
-            let entry = entry.map_err(io("read directory", &self.dir))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(key) = name.strip_prefix(INDEX_PREFIX) else { continue };
-            // Container IDs cannot contain '@'; interface names may.
-            let Some((container_id, ifname)) = key.split_once('@') else { continue };
-            out.push((
-                Attachment { container_id: container_id.into(), ifname: ifname.into() },
-                modified(&entry.path()),
-            ));
+        for name in self.file_names()? {
+            if let Some(attachment) = parse_index_name(&name) {
+                let ips = self.index(&attachment)?;
+                out.push(AttachmentIndex { attachment, ips, since: modified(&self.dir.join(name)) });
+            }
         }
         Ok(out)
     }
 
     fn cursor(&self, subnet: &IpNetwork) -> Result<Option<IpAddr>, IpamError> {
-        let path = self.cursor_path(subnet);
-        match std::fs::read_to_string(&path) {
-            Ok(text) => Ok(text.trim().parse().ok()),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(IpamError::Io { op: "read", path, source: e }),
-        }
+        Ok(read_optional(&self.cursor_path(subnet))?.and_then(|text| text.trim().parse().ok()))
     }
 
     fn set_cursor(&self, subnet: &IpNetwork, ip: IpAddr) -> Result<(), IpamError> {
-        self.write_atomic(&self.cursor_path(subnet), format!("{ip}\n").as_bytes())
+        self.replace(&self.cursor_path(subnet), format!("{ip}\n").as_bytes())
     }
 
     fn sweep(&self) -> Result<(), IpamError> {
-        for entry in std::fs::read_dir(&self.dir).map_err(io("read directory", &self.dir))? {
-            let entry = entry.map_err(io("read directory", &self.dir))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let stale = SystemTime::now().duration_since(modified(&entry.path())).unwrap_or_default() > STALE_TMP;
-            // Under the lock no live writer of ours is mid-write except a
-            // reserve, whose temp lives for microseconds: a temp of a dead
-            // process is recognised by its PID, an old one by its age.
-            let dead_pid = name
-                .strip_prefix(TMP_PREFIX)
-                .and_then(|rest| rest.split('-').next())
-                .and_then(|pid| pid.parse::<i32>().ok())
-                .is_some_and(|pid| pid != std::process::id() as i32 && !Path::new(&format!("/proc/{pid}")).exists());
-            if name.starts_with(TMP_PREFIX) && (stale || dead_pid) {
-                remove_if_exists(&entry.path())?;
+        // Every write happens under the lock, which the caller holds: any temp
+        // file now is the leftover of a process that died or failed mid-write.
+        for name in self.file_names()? {
+            if name.starts_with(TMP_PREFIX) {
+                remove_if_exists(&self.dir.join(name))?;
             }
         }
         Ok(())
@@ -298,139 +349,4 @@ impl Store for DiskStore {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::collections::HashSet;
-
-    use super::super::Allocator;
-    use super::*;
-
-    fn att(id: &str) -> Attachment {
-        Attachment { container_id: id.into(), ifname: "eth0".into() }
-    }
-
-    fn subnets() -> Vec<IpNetwork> {
-        vec!["10.244.1.0/24".parse().unwrap(), "fd00:10:244:1::/64".parse().unwrap()]
-    }
-
-    fn allocator(dir: &Path) -> Allocator<DiskStore> {
-        Allocator::new(DiskStore::open_with_boot_id(dir, "weft", "boot-1").unwrap(), subnets()).unwrap()
-    }
-
-    fn files(dir: &Path) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(dir.join("weft"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        v.sort();
-        v
-    }
-
-    #[test]
-    fn end_to_end_on_disk() {
-        let tmp = tempfile::tempdir().unwrap();
-        let a = allocator(tmp.path());
-        let got = a.allocate(&att("c1")).unwrap();
-        assert_eq!(got[0].ip.to_string(), "10.244.1.1");
-        assert_eq!(got[1].ip.to_string(), "fd00:10:244:1::1");
-        assert_eq!(a.allocate(&att("c1")).unwrap(), got, "idempotent across calls");
-        // A fresh allocator (a new plugin process) sees the same state.
-        let b = allocator(tmp.path());
-        assert_eq!(b.find(&att("c1")).unwrap(), got);
-        assert_eq!(std::fs::read_to_string(tmp.path().join("weft/10.244.1.1")).unwrap(), "c1\neth0\n");
-        let second = b.allocate(&att("c2")).unwrap();
-        assert_eq!(second[0].ip.to_string(), "10.244.1.2");
-        b.release(&att("c1")).unwrap();
-        b.release(&att("c1")).unwrap();
-        let f = files(tmp.path());
-        assert!(!f.iter().any(|n| n.contains("c1") || n == "10.244.1.1"), "{f:?}");
-        assert!(f.iter().all(|n| !n.starts_with(".tmp")), "{f:?}");
-    }
-
-    #[test]
-    fn crash_leftovers_are_repaired_by_allocate_and_reclaimed_by_gc() {
-        let tmp = tempfile::tempdir().unwrap();
-        let a = allocator(tmp.path());
-        let dir = tmp.path().join("weft");
-        // An index whose reservations were never made (crash after the intent).
-        std::fs::write(dir.join("attach-c1@eth0"), "10.244.1.7\nfd00:10:244:1::7\n").unwrap();
-        // A reservation without any index (crash artefact of an older layout).
-        std::fs::write(dir.join("10.244.1.9"), "ghost\neth0\n").unwrap();
-        // A temp file of a dead writer.
-        std::fs::write(dir.join(".tmp-999999-1"), "x").unwrap();
-        // Garbage that must be ignored, not panic.
-        std::fs::write(dir.join("not-an-ip"), "junk").unwrap();
-        std::fs::write(dir.join("10.244.1.20"), "").unwrap();
-
-        let got = a.allocate(&att("c1")).unwrap();
-        assert_eq!(got[0].ip.to_string(), "10.244.1.7", "the interrupted intent is completed");
-        assert_eq!(std::fs::read_to_string(dir.join("10.244.1.7")).unwrap(), "c1\neth0\n");
-
-        let valid: HashSet<Attachment> = [att("c1")].into_iter().collect();
-        let freed = a.gc(&valid).unwrap();
-        assert!(freed.contains(&"10.244.1.9".parse().unwrap()));
-        assert!(freed.contains(&"10.244.1.20".parse().unwrap()), "an unreadable reservation is reclaimed by GC");
-        let f = files(tmp.path());
-        assert!(!f.iter().any(|n| n.starts_with(".tmp")), "{f:?}");
-        assert!(f.contains(&"10.244.1.7".to_string()) && !f.contains(&"10.244.1.9".to_string()));
-        // An unparsable reservation is never handed out before GC reclaims it.
-        assert!(a.allocate(&att("c2")).unwrap()[0].ip.to_string() != "10.244.1.20");
-    }
-
-    #[test]
-    fn gc_grace_spares_young_reservations() {
-        let tmp = tempfile::tempdir().unwrap();
-        let a = allocator(tmp.path());
-        a.allocate(&att("in-flight")).unwrap();
-        assert!(a.gc_older_than(&HashSet::new(), Duration::from_secs(60)).unwrap().is_empty());
-        assert_eq!(a.gc(&HashSet::new()).unwrap().len(), 2);
-    }
-
-    #[test]
-    fn a_new_boot_empties_the_store() {
-        let tmp = tempfile::tempdir().unwrap();
-        allocator(tmp.path()).allocate(&att("c1")).unwrap();
-        let after_reboot =
-            Allocator::new(DiskStore::open_with_boot_id(tmp.path(), "weft", "boot-2").unwrap(), subnets()).unwrap();
-        assert!(after_reboot.find(&att("c1")).unwrap().is_empty());
-        assert_eq!(after_reboot.usage().unwrap()[0].used, 0);
-        assert_eq!(after_reboot.allocate(&att("c9")).unwrap()[0].ip.to_string(), "10.244.1.1");
-        // The same boot again changes nothing.
-        let same =
-            Allocator::new(DiskStore::open_with_boot_id(tmp.path(), "weft", "boot-2").unwrap(), subnets()).unwrap();
-        assert_eq!(same.find(&att("c9")).unwrap().len(), 2);
-    }
-
-    #[test]
-    fn bad_network_names_are_refused() {
-        let tmp = tempfile::tempdir().unwrap();
-        for bad in ["", ".", "..", "a/b"] {
-            assert!(matches!(DiskStore::open(tmp.path(), bad), Err(IpamError::BadNetworkName { .. })), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn concurrent_allocators_get_distinct_addresses() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().to_path_buf();
-        let all: Vec<IpAddr> = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..8)
-                .map(|t| {
-                    let dir = dir.clone();
-                    s.spawn(move || {
-                        let mut got = Vec::new();
-                        for i in 0..25 {
-                            // A new store per call, as separate plugin processes would have.
-                            let a = allocator(&dir);
-                            got.extend(a.allocate(&att(&format!("t{t}-{i}"))).unwrap().into_iter().map(|x| x.ip));
-                        }
-                        got
-                    })
-                })
-                .collect();
-            handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
-        });
-        let unique: HashSet<&IpAddr> = all.iter().collect();
-        assert_eq!(all.len(), 400);
-        assert_eq!(unique.len(), 400, "an address was handed out twice");
-    }
-}
+mod tests;
