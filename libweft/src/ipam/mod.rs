@@ -11,8 +11,9 @@
 //! of single atomic writes ordered so that any prefix of it is harmless:
 //!
 //! - A *reservation* (one record per address, created exclusively) is the only
-//!   proof of ownership. It is created only by `allocate`, and deleted only by
-//!   `release`/`gc` on behalf of the owner it names.
+//!   proof of ownership. It is created only by `allocate`, and deleted only on
+//!   behalf of the owner it names (`release`, `gc`, or `allocate` giving back
+//!   an address the subnets no longer allow), or by `gc` when no index lists it.
 //! - An attachment's *index* lists the addresses it holds or is about to take.
 //!   `allocate` writes the index (the intent) **before** reserving, and
 //!   `release` removes reservations **before** the index. So every reservation
