@@ -98,7 +98,14 @@ impl From<IpamError> for CniError {
         match e {
             IpamError::Exhausted { .. } => CniError::PoolExhausted(e.to_string()),
             IpamError::LockTimeout { .. } => CniError::TryAgainLater(e.to_string()),
-            IpamError::SubnetTooSmall { .. } => CniError::InvalidConfig(e.to_string()),
+            IpamError::SubnetTooSmall { .. } | IpamError::OverlappingSubnets { .. } => {
+                CniError::InvalidConfig(e.to_string())
+            }
+            IpamError::InvalidAttachment { .. } => {
+                CniError::InvalidEnvironment { var: "CNI_CONTAINERID", reason: e.to_string() }
+            }
+            // Only a process ignoring the lock can race us: retrying is safe.
+            IpamError::Conflict { .. } => CniError::TryAgainLater(e.to_string()),
             other => CniError::Io(format!("IPAM store: {other}")),
         }
     }
