@@ -37,7 +37,7 @@ pub fn conflist(cfg: &Config, has_portmap: bool) -> serde_json::Value {
     if has_portmap {
         plugins.push(json!({"type": "portmap", "snat": true, "capabilities": {"portMappings": true}}));
     }
-    json!({"cniVersion": "1.1.0", "name": "weft", "plugins": plugins})
+    json!({"cniVersion": cfg.cni_version, "name": "weft", "plugins": plugins})
 }
 
 /// Writes node.json then the conflist, each only if its content changed.

@@ -94,6 +94,8 @@ pub struct FileConfig {
     pub cni_bin_dir: Option<PathBuf>,
     #[serde(default)]
     pub run_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub cni_version: Option<String>,
 }
 
 /// The validated configuration.
@@ -113,6 +115,9 @@ pub struct Config {
     pub cni_conf_dir: PathBuf,
     pub cni_bin_dir: PathBuf,
     pub run_dir: PathBuf,
+    /// `cniVersion` of the conflist. 1.0.0 by default: containerd 1.6 and 1.7
+    /// (libcni 1.1) reject 1.1.0 results; weft-agent runs GC itself anyway.
+    pub cni_version: String,
 }
 
 fn err(key: &str, msg: impl std::fmt::Display) -> String {
@@ -170,7 +175,15 @@ impl FileConfig {
         {
             return Err(err("underlayInterface", format!("{i:?} is not an interface name")));
         }
+        let cni_version = self.cni_version.unwrap_or_else(|| "1.0.0".into());
+        if cni_version.parse::<libweft::cni::CniVersion>().is_err() {
+            return Err(err(
+                "cniVersion",
+                format!("{cni_version:?} is not one of {}", libweft::cni::SUPPORTED_VERSIONS.join(", ")),
+            ));
+        }
         Ok(Config {
+            cni_version,
             cluster_cidrs,
             backend: self.backend.unwrap_or(Backend::Auto),
             vxlan,
@@ -221,6 +234,7 @@ mod tests {
             (r#"{"clusterCIDRs":["10.244.0.0/16"],"resyncPeriodSeconds":0}"#, "resyncPeriodSeconds"),
             (r#"{"clusterCIDRs":["10.244.0.0/16"],"underlayInterface":"a/b"}"#, "underlayInterface"),
             (r#"{"clusterCIDRs":["10.244.0.0/16"],"typo":1}"#, "typo"),
+            (r#"{"clusterCIDRs":["10.244.0.0/16"],"cniVersion":"2.0.0"}"#, "cniVersion"),
         ];
         for (json, key) in cases {
             let e = parse(json).unwrap_err();
