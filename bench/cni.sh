@@ -4,6 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps >/dev/null
-bin=$(scripts/build-static -p weft-cni)
+bin=$(scripts/build-static)
 cargo build --quiet --release --locked -p weft-bench
 exec target/release/cni-bench "$bin/weft" "$@"
