@@ -1,0 +1,50 @@
+# Helpers shared by the e2e tests and the demo (sourced, not run).
+# shellcheck shell=bash
+
+E2E=${E2E:-$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)}
+K() { "$E2E/cluster" kubectl "$@"; }
+
+fail() { echo "FAIL: $*" >&2; exit 1; }
+pass() { echo "ok: $*"; }
+
+# Polls a command until it succeeds, at most $1 seconds.
+eventually() { # seconds cmd…
+  local deadline=$((SECONDS + $1)); shift
+  until "$@" >/dev/null 2>&1; do ((SECONDS < deadline)) || return 1; sleep 1; done
+}
+
+# The echo Deployment, spread over the nodes.
+deploy_echo() { # name replicas
+  K apply -f - >/dev/null <<YAML
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: $1}
+spec:
+  replicas: $2
+  selector: {matchLabels: {app: $1}}
+  template:
+    metadata: {labels: {app: $1}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      topologySpreadConstraints:
+      - {maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: DoNotSchedule, labelSelector: {matchLabels: {app: $1}}}
+      containers:
+      - name: echo
+        image: registry.weft.test/weft-echo:e2e
+        imagePullPolicy: Never
+        ports: [{containerPort: 8080}]
+YAML
+}
+
+all_running() { # app count
+  [[ $(K get pods -l "app=$1" --field-selector=status.phase=Running --no-headers 2>/dev/null | grep -c ' 1/1 ') == "$2" ]]
+}
+
+# "name node ipv4 ipv6" per pod.
+pod_table() { # app
+  K get pods -l "app=$1" -o jsonpath='{range .items[*]}{.metadata.name} {.spec.nodeName} {.status.podIPs[0].ip} {.status.podIPs[1].ip}{"\n"}{end}'
+}
+
+reach() { # pod ip
+  K exec "$1" -- ping -c1 -W2 "$2" >/dev/null 2>&1
+}

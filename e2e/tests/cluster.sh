@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# The local cluster works as a Kubernetes cluster with weft as its CNI:
+# nodes Ready with both pod CIDRs, pods of a spread Deployment get addresses
+# from their node's CIDRs and reach each other (same node and across nodes,
+# both families), egress is masqueraded, DEL empties weft's IPAM store,
+# restarting containerd and kubelet keeps pods networked, and `down` leaves
+# no namespace, process, mount or cgroup behind. Bounded; tears down on exit.
+set -Eeuo pipefail
+E2E=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck disable=SC1091
+. "$E2E/lib.sh"
+STATE=${WEFT_CLUSTER_DIR:-/var/tmp/weft-cluster}
+
+"$E2E/cluster" down >/dev/null 2>&1 || true
+trap '"$E2E/cluster" down >/dev/null 2>&1 || true' EXIT
+started=$SECONDS
+timeout 600 "$E2E/cluster" up --nodes 2
+pass "up in $((SECONDS - started)) s"
+prefix=$(cat "$STATE/prefix")
+
+for n in node1 node2; do
+  cidrs=$(K get node "$n" -o jsonpath='{.spec.podCIDRs}')
+  [[ $cidrs == *10.244.* && $cidrs == *fd00:10:244:* ]] || fail "$n has podCIDRs $cidrs"
+  [[ $(K get node "$n" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}') == True ]] || fail "$n not Ready"
+done
+pass "both nodes Ready with IPv4 and IPv6 podCIDRs"
+
+deploy_echo echo 4
+eventually 90 all_running echo 4 || { K get pods -o wide; K get events | tail -20; fail "pods not Running"; }
+mapfile -t pods < <(pod_table echo)
+for row in "${pods[@]}"; do
+  read -r name node v4 v6 <<<"$row"
+  cidr4=$(K get node "$node" -o jsonpath='{.spec.podCIDRs[0]}')
+  cidr6=$(K get node "$node" -o jsonpath='{.spec.podCIDRs[1]}')
+  [[ $v4 == "${cidr4%.0/24}".* ]] || fail "$name on $node has $v4, outside $cidr4"
+  [[ $v6 == "${cidr6%::/64}"::* ]] || fail "$name on $node has $v6, outside $cidr6"
+  addrs=$(K exec "$name" -- ip -o addr show dev eth0)
+  [[ $addrs == *"$v4/32"* && $addrs == *"$v6/128"* ]] || fail "$name: addresses in its netns: $addrs"
+done
+pass "4 pods Running on both nodes, addresses from their node's podCIDRs (status and netns)"
+
+read -r first node_a _ _ <<<"${pods[0]}"
+for row in "${pods[@]:1}"; do
+  read -r name node v4 v6 <<<"$row"
+  where=$([[ $node == "$node_a" ]] && echo "same node" || echo "across nodes")
+  reach "$first" "$v4" || fail "$first -> $name ($v4, $where)"
+  reach "$first" "$v6" || fail "$first -> $name ($v6, $where)"
+  seen=$(K exec "$first" -- /weft-echo client "$v4" 8080)
+  [[ $seen == "$name "* ]] || fail "TCP to $name answered '$seen'"
+done
+pass "pods reach each other on the same node and across nodes, IPv4 and IPv6, ICMP and TCP"
+
+first_v4=$(awk '{print $3}' <<<"${pods[0]}")
+other=$(awk -v n="$node_a" '$2 != n {print $3; exit}' <<<"$(printf '%s\n' "${pods[@]}")")
+seen=$(K exec "$first" -- /weft-echo client "$other" 8080 | awk '{print $2}')
+[[ $seen == "$first_v4" ]] || fail "pod-to-pod across nodes was seen from $seen, not $first_v4"
+node_ip=$(K get node "$node_a" -o jsonpath='{.status.addresses[?(@.type=="InternalIP")].address}' | awk '{print $1}')
+seen=$(K exec "$first" -- /weft-echo client 203.0.113.200 8080 | awk '{print $2}')
+[[ $seen == "$node_ip" ]] || fail "egress was seen from $seen, not the node address $node_ip"
+pass "pod-to-pod keeps the pod address; egress leaves with the node address"
+
+"$E2E/cluster" restart node1
+read -r _ _ v4b _ <<<"${pods[1]}"
+for row in "${pods[@]}"; do
+  read -r name node v4 _ <<<"$row"
+  [[ $node == node1 ]] && { eventually 30 reach "$name" "$v4b" || fail "$name lost its network after kubelet/containerd restart"; }
+done
+pass "restarting containerd and kubelet on node1 keeps its pods' networking"
+
+K delete deployment echo --wait=true >/dev/null
+eventually 60 bash -c "! $E2E/cluster kubectl get pods -l app=echo --no-headers 2>/dev/null | grep -q ." || fail "pods not deleted"
+for n in node1 node2; do
+  left=$(find "$STATE/nodes/$n/run/weft/ipam/weft" -maxdepth 1 -type f -regex '.*/[0-9a-f.:]+' 2>/dev/null | wc -l)
+  [[ $left == 0 ]] || fail "$n: $left addresses still reserved after the pods were deleted"
+done
+pass "deleting the pods released every address (kubelet called DEL)"
+
+trap - EXIT
+"$E2E/cluster" down >/dev/null
+leftover_ns=$(ip netns list | grep -c "^$prefix-" || true)
+leftover_proc=$(pgrep -f "$STATE" | wc -l || true)
+leftover_cg=$(find /sys/fs/cgroup -maxdepth 2 -name "$prefix-*" | wc -l)
+leftover_mnt=$(grep -c "$STATE" /proc/mounts || true)
+[[ $leftover_ns == 0 && $leftover_proc == 0 && $leftover_cg == 0 && $leftover_mnt == 0 && ! -e $STATE ]] ||
+  fail "down left namespaces=$leftover_ns processes=$leftover_proc cgroups=$leftover_cg mounts=$leftover_mnt state=$(ls -d "$STATE" 2>/dev/null)"
+pass "down left no namespace, process, cgroup, mount or state behind"
+echo "cluster e2e: all passed in $((SECONDS - started)) s"
