@@ -2,7 +2,9 @@
 # shellcheck shell=bash
 
 E2E=${E2E:-$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)}
-K() { "$E2E/cluster" kubectl "$@"; }
+# kubectl for the cluster under test: the local cluster unless $KUBECTL says otherwise (kind).
+K() { if [[ -n ${KUBECTL:-} ]]; then $KUBECTL "$@"; else "$E2E/cluster" kubectl "$@"; fi; }
+ECHO_IMAGE=${ECHO_IMAGE:-registry.weft.test/weft-echo:e2e}
 
 fail() { echo "FAIL: $*" >&2; exit 1; }
 pass() { echo "ok: $*"; }
@@ -30,8 +32,8 @@ spec:
       - {maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: DoNotSchedule, labelSelector: {matchLabels: {app: $1}}}
       containers:
       - name: echo
-        image: registry.weft.test/weft-echo:e2e
-        imagePullPolicy: Never
+        image: $ECHO_IMAGE
+        imagePullPolicy: IfNotPresent
         ports: [{containerPort: 8080}]
 YAML
 }

@@ -3,8 +3,9 @@
 //! - any other TCP stream is echoed back;
 //! - UDP datagrams are answered with `<hostname> <client address>`.
 //!
-//! `weft-echo client HOST PORT [tcp|udp]` connects and prints the answer
-//! (the address the server saw), for tests run from inside pods.
+//! `weft-echo client HOST PORT [tcp|udp|udp-df SIZE]` connects and prints
+//! the answer (the address the server saw), for tests run from inside pods;
+//! `udp-df` sends SIZE bytes with fragmentation forbidden.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -68,13 +69,34 @@ fn server(port: u16) -> std::io::Result<()> {
     Ok(())
 }
 
-fn client(host: &str, port: u16, proto: &str) -> std::io::Result<String> {
+/// Forbids fragmentation, so a datagram larger than the path MTU fails
+/// instead of being split: `udp-df SIZE` proves the pod MTU fits the path.
+fn set_dont_fragment(sock: &UdpSocket, v6: bool) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let (level, opt, val) = if v6 {
+        (libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER, libc::IPV6_PMTUDISC_DO)
+    } else {
+        (libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, libc::IP_PMTUDISC_DO)
+    };
+    // SAFETY: setsockopt on our own socket with a correctly sized int.
+    let rc = unsafe {
+        libc::setsockopt(sock.as_raw_fd(), level, opt, (&val as *const i32).cast(), std::mem::size_of::<i32>() as u32)
+    };
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
+
+fn client(host: &str, port: u16, proto: &str, size: usize) -> std::io::Result<String> {
     let target = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
     let timeout = Duration::from_secs(5);
-    if proto == "udp" {
+    if proto == "udp" || proto == "udp-df" {
         let sock = UdpSocket::bind(if host.contains(':') { "[::]:0" } else { "0.0.0.0:0" })?;
         sock.set_read_timeout(Some(timeout))?;
-        sock.send_to(b"who\n", &target)?;
+        let mut payload = vec![b'w'; size.max(4)];
+        payload[..4].copy_from_slice(b"who\n");
+        if proto == "udp-df" {
+            set_dont_fragment(&sock, host.contains(':'))?;
+        }
+        sock.send_to(&payload, &target)?;
         let mut buf = [0u8; 1024];
         let n = sock.recv(&mut buf)?;
         return Ok(String::from_utf8_lossy(&buf[..n]).trim().to_string());
@@ -93,10 +115,12 @@ fn main() {
     let result = match args.first().map(String::as_str) {
         Some("client") if args.len() >= 3 => {
             let port = args[2].parse().unwrap_or(8080);
-            client(&args[1], port, args.get(3).map(String::as_str).unwrap_or("tcp")).map(|answer| println!("{answer}"))
+            let size = args.get(4).and_then(|s| s.parse().ok()).unwrap_or(4);
+            client(&args[1], port, args.get(3).map(String::as_str).unwrap_or("tcp"), size)
+                .map(|answer| println!("{answer}"))
         }
         Some("client") => {
-            eprintln!("usage: weft-echo client HOST PORT [tcp|udp]");
+            eprintln!("usage: weft-echo client HOST PORT [tcp|udp|udp-df SIZE]");
             std::process::exit(2);
         }
         port => server(port.and_then(|p| p.parse().ok()).unwrap_or(8080)),
