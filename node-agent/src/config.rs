@@ -96,6 +96,8 @@ pub struct FileConfig {
     pub run_dir: Option<PathBuf>,
     #[serde(default)]
     pub cni_version: Option<String>,
+    #[serde(default)]
+    pub ipam_gc_grace_seconds: Option<u64>,
 }
 
 /// The validated configuration.
@@ -111,6 +113,8 @@ pub struct Config {
     pub listen_address: SocketAddr,
     pub resync_period: Duration,
     pub ipam_gc_period: Duration,
+    /// Reservations younger than this are never collected (ADDs in flight).
+    pub ipam_gc_grace: Duration,
     pub cri_socket: PathBuf,
     pub cni_conf_dir: PathBuf,
     pub cni_bin_dir: PathBuf,
@@ -159,7 +163,8 @@ impl FileConfig {
         if let Some(mtu) = self.mtu {
             libweft::cni::validate_mtu(mtu, "mtu").map_err(|e| err("mtu", e))?;
         }
-        let listen = self.listen_address.unwrap_or_else(|| "0.0.0.0:9959".into());
+        // [::] accepts IPv4 too: probes reach the node's address of either family.
+        let listen = self.listen_address.unwrap_or_else(|| "[::]:9959".into());
         let listen_address =
             listen.parse().map_err(|e| err("listenAddress", format!("{listen:?} is not HOST:PORT: {e}")))?;
         let resync = self.resync_period_seconds.unwrap_or(60);
@@ -169,6 +174,10 @@ impl FileConfig {
         let gc = self.ipam_gc_period_seconds.unwrap_or(300);
         if !(10..=86400).contains(&gc) {
             return Err(err("ipamGcPeriodSeconds", format!("{gc} is outside 10..=86400")));
+        }
+        let grace = self.ipam_gc_grace_seconds.unwrap_or(120);
+        if !(5..=3600).contains(&grace) {
+            return Err(err("ipamGcGraceSeconds", format!("{grace} is outside 5..=3600")));
         }
         if let Some(i) = &self.underlay_interface
             && libweft::cni::validate_ifname(i).is_err()
@@ -194,6 +203,7 @@ impl FileConfig {
             listen_address,
             resync_period: Duration::from_secs(resync),
             ipam_gc_period: Duration::from_secs(gc),
+            ipam_gc_grace: Duration::from_secs(grace),
             cri_socket: self.cri_socket.unwrap_or_else(|| "/run/containerd/containerd.sock".into()),
             cni_conf_dir: self.cni_conf_dir.unwrap_or_else(|| "/etc/cni/net.d".into()),
             cni_bin_dir: self.cni_bin_dir.unwrap_or_else(|| "/opt/cni/bin".into()),

@@ -9,7 +9,6 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
 
 use libweft::ipam::{Allocator, Attachment, DiskStore};
 use libweft::node_config::NodeConfig;
@@ -17,8 +16,6 @@ use libweft::node_config::NodeConfig;
 use crate::config::Config;
 use crate::metrics::{Metrics, SubnetLabel};
 
-/// ADDs finish well within this; younger reservations are never collected.
-pub const GRACE: Duration = Duration::from_secs(120);
 /// The plugin's network name (the conflist's `name`).
 pub const NETWORK: &str = "weft";
 
@@ -47,6 +44,7 @@ pub async fn gc_once(cfg: &Config, metrics: &Metrics) -> Result<usize, String> {
     let sandboxes = crate::cri::sandbox_ids(&cfg.cri_socket).await?;
     let dir = cfg.run_dir.join("ipam");
     let subnets = node.subnets()?;
+    let grace = cfg.ipam_gc_grace;
     let (freed, usage) = tokio::task::spawn_blocking(move || {
         let alloc = Allocator::new(DiskStore::open(&dir, NETWORK).map_err(|e| e.to_string())?, subnets)
             .map_err(|e| e.to_string())?;
@@ -56,7 +54,7 @@ pub async fn gc_once(cfg: &Config, metrics: &Metrics) -> Result<usize, String> {
             .into_iter()
             .filter(|a| sandboxes.contains(&a.container_id))
             .collect();
-        let freed = alloc.gc_older_than(&valid, GRACE).map_err(|e| e.to_string())?;
+        let freed = alloc.gc_older_than(&valid, grace).map_err(|e| e.to_string())?;
         let usage = alloc.usage().map_err(|e| e.to_string())?;
         Ok::<_, String>((freed, usage))
     })
