@@ -42,9 +42,9 @@ all_running() { # app count
   [[ $(K get pods -l "app=$1" --field-selector=status.phase=Running --no-headers 2>/dev/null | grep -c ' 1/1 ') == "$2" ]]
 }
 
-# "name node ipv4 ipv6" per pod.
+# "name node ip0 [ip1]" per pod: its addresses in podIPs order (IPv4 first when dual-stack).
 pod_table() { # app
-  K get pods -l "app=$1" -o jsonpath='{range .items[*]}{.metadata.name} {.spec.nodeName} {.status.podIPs[0].ip} {.status.podIPs[1].ip}{"\n"}{end}'
+  K get pods -l "app=$1" -o jsonpath='{range .items[*]}{.metadata.name} {.spec.nodeName} {range .status.podIPs[*]}{.ip} {end}{"\n"}{end}'
 }
 
 reach() { # pod ip

@@ -11,8 +11,12 @@ E2E=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck disable=SC1091
 . "$E2E/lib.sh"
 FAMILY=${FAMILY:-dual}
-families=(4)
-[[ $FAMILY == dual ]] && families+=(6)
+case $FAMILY in
+  dual) families=(4 6) ;;
+  ipv4) families=(4) ;;
+  ipv6) families=(6) ;;
+  *) fail "FAMILY must be dual, ipv4 or ipv6" ;;
+esac
 checks=0
 
 check() { # description cmd…
@@ -89,9 +93,10 @@ svc_reaches_other() { # service-ip
 }
 
 for f in "${families[@]}"; do
-  col=$((f == 4 ? 3 : 4))
-  src=$([[ $f == 4 ]] && echo "$a4" || echo "$a6")
-  nodeb=$([[ $f == 4 ]] && echo "$nb4" || echo "$nb6")
+  # pod_table's columns 3 and 4 are podIPs[0] and [1]; single-stack pods have only [0].
+  if [[ $f == 4 || $FAMILY == ipv6 ]]; then col=3; else col=4; fi
+  src=$([[ $col == 3 ]] && echo "$a4" || echo "$a6")
+  nodeb=$([[ $col == 3 ]] && echo "$nb4" || echo "$nb6")
   for peer in "$same" "$other"; do
     [[ -n $peer ]] || continue
     read -r pname pnode _ _ <<<"$peer"
@@ -109,7 +114,7 @@ for f in "${families[@]}"; do
   check "IPv$f node -> pod on another node (host-network pod $host_a)" answers "$oname " "$host_a" "$oip" 8080 tcp
   check "IPv$f pod -> node $node_b (the node sees the pod's address)" saw "$src" "$a" "$nodeb" 18080 tcp
   check "IPv$f host-network pod on $node_b -> pod $a" answers "$a " "$host_b" "$(awk -v c="$col" '{print $c}' <<<"${pods[0]}")" 8080 tcp
-  svc=$(K get service conn -o "jsonpath={.spec.clusterIPs[$((f == 4 ? 0 : 1))]}")
+  svc=$(K get service conn -o "jsonpath={.spec.clusterIPs[$((col - 3))]}")
   [[ -n $svc ]] || fail "no IPv$f ClusterIP"
   check "IPv$f ClusterIP Service $svc reaches an endpoint on another node" svc_reaches_other "$svc"
   nodeport=$(K get service conn -o jsonpath='{.spec.ports[0].nodePort}')
