@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
 # The e2e matrix on the local cluster, weft installed with `helm install
 # charts/weft`: the full connectivity check (e2e/tests/connectivity.sh) for
-# vxlan and routes on one segment and auto across two segments, over IPv4
-# and IPv6, plus the faults a user would notice:
+# vxlan and routes on one segment and auto across two segments, dual-stack,
+# plus auto IPv6-only and routes IPv4-only clusters, and the faults a user
+# would notice:
 #   - the agent pod is deleted and restarted: an established cross-node TCP
 #     connection keeps flowing;
 #   - a node is deleted from the API: peers drop its routes within seconds;
+#   - weft is killed with SIGKILL in the middle of ADD: kubelet retries, the
+#     pod comes up, nothing leaks, no address is doubled; a planted leak is
+#     reclaimed by weft-agent's IPAM GC;
+#   - a node reboots (namespaces and /run destroyed, then rebuilt): its pods
+#     come back with addresses, none doubled, none leaked;
 #   - `helm upgrade` from vxlan to routes converges with no VXLAN state left;
 #   - `helm uninstall` plus `weft-agent cleanup` leave no weft state behind.
 # Bounded; tears the cluster down on exit.
@@ -56,6 +62,100 @@ YAML
   pass "a node deleted from the API: node1 dropped its route within $((SECONDS - t0 + 1)) s"
 }
 
+STATE=${WEFT_CLUSTER_DIR:-/var/tmp/weft-cluster}
+reservations() { # node -> addresses reserved in weft's IPAM store
+  find "$STATE/nodes/$1/run/weft/ipam/weft" -maxdepth 1 -type f -regex '.*/[0-9a-f.:]+' -printf '%f\n' 2>/dev/null | sort
+}
+pod_ips_on() { # node
+  K get pods -A --field-selector "spec.nodeName=$1" \
+    -o go-template='{{range .items}}{{if not .spec.hostNetwork}}{{range .status.podIPs}}{{.ip}}{{"\n"}}{{end}}{{end}}{{end}}' | sort
+}
+no_leak_on() { [[ $(reservations "$1") == "$(pod_ips_on "$1")" ]]; }
+
+# A plugin killed with SIGKILL in the middle of ADD: kubelet retries with a
+# new sandbox, the pod comes up, and weft-agent's GC reclaims what the killed
+# ADD had reserved (the cluster runs GC every 10 s with a 20 s grace).
+sigkill_mid_add() {
+  local n=node1 bin=$STATE/nodes/node1/opt/cni/bin
+  mv "$bin/weft" "$bin/weft.real"
+  cat >"$bin/weft" <<'SH'
+#!/bin/sh
+# The first ADD after the test starts is killed 3 ms in, mid-way through wiring.
+if [ "$CNI_COMMAND" = ADD ] && [ ! -e /run/weft/killed-once ]; then
+  echo "$CNI_CONTAINERID" >/run/weft/killed-once
+  /opt/cni/bin/weft.real 0<&0 &
+  pid=$!; sleep 0.003; kill -9 "$pid"
+  echo '{"cniVersion":"1.0.0","code":11,"msg":"killed by the test"}'; exit 1
+fi
+exec /opt/cni/bin/weft.real
+SH
+  chmod +x "$bin/weft"
+  K apply -f - >/dev/null <<YAML
+apiVersion: v1
+kind: Pod
+metadata: {name: killed, labels: {app: killed}}
+spec:
+  nodeName: $n
+  terminationGracePeriodSeconds: 1
+  containers: [{name: echo, image: $ECHO_IMAGE, imagePullPolicy: IfNotPresent}]
+YAML
+  eventually 90 all_running killed 1 || { K describe pod killed | tail -15; fail "pod did not come up after its ADD was killed"; }
+  [[ -e $STATE/nodes/$n/run/weft/killed-once ]] || fail "the test wrapper never ran"
+  mv "$bin/weft.real" "$bin/weft"
+  rm -f "$STATE/nodes/$n/run/weft/killed-once"
+  eventually 60 no_leak_on "$n" || fail "addresses leaked by the killed ADD were not reclaimed: reserved $(reservations "$n" | tr '\n' ' ') vs pods $(pod_ips_on "$n" | tr '\n' ' ')"
+  local ips
+  ips=$(pod_ips_on "$n")
+  [[ $(sort <<<"$ips" | uniq -d) == "" ]] || fail "an address is held by two pods: $ips"
+  K delete pod killed --wait=false >/dev/null
+  pass "SIGKILL in the middle of ADD: kubelet retried, the pod came up, GC reclaimed the rest, no duplicate"
+}
+
+# A leak planted by hand (a container the runtime never had) is reclaimed.
+gc_reclaims_a_planted_leak() {
+  local n=node1 dir=$STATE/nodes/node1/run/weft/ipam/weft cidr ip
+  cidr=$(K get node $n -o jsonpath='{.spec.podCIDRs[0]}')
+  ip=${cidr%.0/24}.250
+  printf 'leakedcontainer\neth0\n' >"$dir/$ip"
+  printf '%s\n' "$ip" >"$dir/attach-leakedcontainer@eth0"
+  touch -d '10 minutes ago' "$dir/$ip" "$dir/attach-leakedcontainer@eth0"
+  eventually 40 bash -c "[[ ! -e '$dir/$ip' && ! -e '$dir/attach-leakedcontainer@eth0' ]]" || fail "GC did not reclaim a leaked $ip"
+  on $n -- busybox wget -qO- http://127.0.0.1:9959/metrics | grep -Eq '^weft_ipam_gc_freed_total [1-9]' || fail "weft_ipam_gc_freed_total did not count it"
+  pass "weft-agent's IPAM GC reclaimed a leaked address and counted it"
+}
+
+# A node reboots (e2e/cluster reboot: every process killed, its namespaces
+# and /run destroyed, then booted again): its pods come back with addresses
+# from its podCIDR, reachable across nodes, no address is held twice in the
+# cluster, and its IPAM store holds exactly its pods' addresses.
+settled_after_reboot() { all_running boot 4 && [[ -n $(reservations "$1") ]] && no_leak_on "$1"; }
+
+node_reboot_recovers() {
+  local n=node2 peer rows row name node ip ips dup
+  deploy_echo boot 4
+  eventually 90 all_running boot 4 || fail "boot pods not Running"
+  "$E2E/cluster" reboot $n >/dev/null
+  # The store was wiped with /run: reservations equal to the pods' reported
+  # addresses prove every pod on the node got a fresh ADD after the reboot.
+  eventually 180 settled_after_reboot $n ||
+    fail "after the reboot of $n: reserved $(reservations $n | tr '\n' ' ') vs pods $(pod_ips_on $n | tr '\n' ' ')"
+  dup=$(K get pods -A -o go-template='{{range .items}}{{if not .spec.hostNetwork}}{{range .status.podIPs}}{{.ip}}{{"\n"}}{{end}}{{end}}{{end}}' | sort | uniq -d)
+  [[ -z $dup ]] || fail "addresses held by two pods after the reboot: $dup"
+  mapfile -t rows < <(pod_table boot)
+  peer=$(awk -v n="$n" '$2 != n {print $1; exit}' <<<"$(printf '%s\n' "${rows[@]}")")
+  [[ -n $peer ]] || fail "no boot pod outside $n"
+  for row in "${rows[@]}"; do
+    read -r name node ips <<<"$row"
+    [[ $node == "$n" ]] || continue
+    read -ra ips <<<"$ips"
+    for ip in "${ips[@]}"; do
+      eventually 30 reach "$peer" "$ip" || fail "$peer cannot reach $name ($ip) on $n after its reboot"
+    done
+  done
+  K delete deployment boot --wait=false >/dev/null
+  pass "$n rebooted: its pods came back with fresh addresses, reachable across nodes, none doubled, none leaked"
+}
+
 upgrade_to_routes() {
   "$E2E/cluster" helm upgrade weft "$ROOT/charts/weft" -n kube-system --reuse-values --set config.backend=routes --wait --timeout 120s >/dev/null
   K -n kube-system rollout status daemonset/weft --timeout 120s >/dev/null
@@ -85,11 +185,12 @@ uninstall_and_cleanup() {
   pass "helm uninstall + weft-agent cleanup left no weft state on any node"
 }
 
-for cfg in "vxlan 1" "routes 1" "auto 2"; do
-  read -r backend segments <<<"$cfg"
-  echo "=== backend $backend, $segments segment(s), dual-stack"
+for cfg in "vxlan 1 dual" "routes 1 dual" "auto 2 dual" "auto 2 ipv6" "routes 1 ipv4"; do
+  read -r backend segments family <<<"$cfg"
+  echo "=== backend $backend, $segments segment(s), $family"
   "$E2E/cluster" down >/dev/null 2>&1 || true
-  timeout 600 "$E2E/cluster" up --nodes 2 --segments "$segments" --backend "$backend" >/dev/null
+  timeout 600 "$E2E/cluster" up --nodes 2 --segments "$segments" --backend "$backend" --ip-family "$family" >/dev/null
+  export FAMILY=$family
   if [[ $backend == auto ]]; then
     on node1 -- ip route show proto 88 | grep -q "weft.vxlan" || fail "auto across segments must use VXLAN to node2"
   fi
@@ -97,6 +198,9 @@ for cfg in "vxlan 1" "routes 1" "auto 2"; do
   if [[ $backend == vxlan ]]; then
     agent_restart_keeps_tcp
     deleted_node_routes_vanish
+    gc_reclaims_a_planted_leak
+    sigkill_mid_add
+    node_reboot_recovers
     upgrade_to_routes
     "$E2E/tests/connectivity.sh"
     uninstall_and_cleanup
