@@ -128,4 +128,4 @@ done
 K delete daemonset conn-host --wait=false >/dev/null
 K delete deployment conn --wait=false >/dev/null
 K delete service conn --wait=false >/dev/null
-pass "connectivity: $checks checks (IPv${families[*]}) passed"
+pass "connectivity: $checks checks ($FAMILY) passed"

@@ -162,6 +162,7 @@ upgrade_to_routes() {
   for n in $(K get nodes -o name | sed 's|node/||'); do
     eventually 30 bash -c "! '$E2E/cluster' exec $n -- ip link show weft.vxlan" || fail "$n kept weft.vxlan after the upgrade to routes"
     on "$n" -- ip route show proto 88 | grep -q "weft.vxlan" && fail "$n kept VXLAN routes"
+    on "$n" -- ip -6 route show proto 88 | grep -q "weft.vxlan" && fail "$n kept IPv6 VXLAN routes"
   done
   pass "helm upgrade vxlan -> routes converged: no VXLAN device or route left"
 }
@@ -185,14 +186,18 @@ uninstall_and_cleanup() {
   pass "helm uninstall + weft-agent cleanup left no weft state on any node"
 }
 
-for cfg in "vxlan 1 dual" "routes 1 dual" "auto 2 dual" "auto 2 ipv6" "routes 1 ipv4"; do
+# WEFT_MATRIX="backend segments family;…" runs a subset (while developing).
+IFS=';' read -ra configs <<<"${WEFT_MATRIX:-vxlan 1 dual;routes 1 dual;auto 2 dual;auto 2 ipv6;routes 1 ipv4}"
+for cfg in "${configs[@]}"; do
   read -r backend segments family <<<"$cfg"
   echo "=== backend $backend, $segments segment(s), $family"
   "$E2E/cluster" down >/dev/null 2>&1 || true
   timeout 600 "$E2E/cluster" up --nodes 2 --segments "$segments" --backend "$backend" --ip-family "$family" >/dev/null
   export FAMILY=$family
   if [[ $backend == auto ]]; then
-    on node1 -- ip route show proto 88 | grep -q "weft.vxlan" || fail "auto across segments must use VXLAN to node2"
+    # Peer routes of the cluster's families (IPv6 only: ip -6).
+    { on node1 -- ip route show proto 88; on node1 -- ip -6 route show proto 88; } | grep -q "weft.vxlan" ||
+      fail "auto across segments must use VXLAN to node2"
   fi
   "$E2E/tests/connectivity.sh"
   if [[ $backend == vxlan ]]; then
