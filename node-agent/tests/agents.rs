@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::cluster::{ControlPlane, Proc, eventually, k8s_bin};
+use libweft::testutil::control_plane::{ControlPlane, Proc, eventually, k8s_bin};
 use common::{EXTERNAL_V4, EXTERNAL_V6, Lab, WEFT};
 use libweft::testutil::{TestNs, have_privileges};
 
@@ -172,7 +172,7 @@ fn whoami_server(ns: &TestNs, dir: &std::path::Path, name: &str) -> Vec<Proc> {
 fn start_cluster(segments: &[char], backend: &str) -> Option<(Lab, ControlPlane, Vec<Agent>)> {
     let bin = bin_or_skip()?;
     let lab = Lab::new(segments);
-    let cp = ControlPlane::start(&lab, &bin);
+    let cp = lab.control_plane(&bin);
     for n in &lab.nodes {
         cp.create_node(&n.name, &[&n.pod_v4, &n.pod_v6], &[&n.v4, &n.v6]);
     }

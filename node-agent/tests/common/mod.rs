@@ -11,6 +11,7 @@ use std::process::{Command, Stdio};
 use libweft::netlink::Netlink;
 use libweft::netns::NetNs;
 use libweft::testutil::TestNs;
+use libweft::testutil::control_plane::ControlPlane;
 use serde_json::json;
 
 pub const WEFT: &str = env!("CARGO_BIN_EXE_weft-agent");
@@ -23,8 +24,6 @@ pub fn weft_cni() -> PathBuf {
     assert!(path.exists(), "build the plugin first: cargo build -p weft-cni ({} missing)", path.display());
     path
 }
-
-pub mod cluster;
 
 pub struct Lab {
     pub lab: TestNs,
@@ -131,6 +130,23 @@ impl Lab {
             });
         }
         Lab { lab, router, external, nodes }
+    }
+}
+
+/// The API server's address on segment A.
+pub const CP_IP: &str = "198.51.100.2";
+
+impl Lab {
+    /// etcd and kube-apiserver in a control-plane namespace on segment A.
+    pub fn control_plane(&self, bin: &std::path::Path) -> ControlPlane {
+        let ns = TestNs::new("cp");
+        veth(&self.lab, "brA-cp", &ns, "eth0");
+        self.lab.exec_ok(&["ip", "link", "set", "brA-cp", "master", "brA", "up"]);
+        ns.exec_ok(&["ip", "link", "set", "eth0", "up"]);
+        ns.exec_ok(&["ip", "addr", "add", &format!("{CP_IP}/24"), "dev", "eth0"]);
+        // Nodes on segment B reach the API server through the lab router.
+        ns.exec_ok(&["ip", "route", "add", "203.0.113.0/25", "via", "198.51.100.1"]);
+        ControlPlane::start(ns, CP_IP, bin)
     }
 }
 

@@ -1,18 +1,17 @@
-//! A real control plane for agent tests: etcd and kube-apiserver (built by
-//! e2e/, cached outside the clone) in a control-plane namespace on segment
-//! A, talking only to the lab. Processes are killed by PID on drop.
-#![allow(dead_code, clippy::unwrap_used)]
+//! A real control plane for privileged tests and benchmarks: etcd and
+//! kube-apiserver (built by `e2e/build-tools`, cached outside the clone) in
+//! a namespace the caller made and wired. Processes are killed by PID on
+//! drop. Like the rest of this module it panics on failure: it is test code.
+#![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use libweft::testutil::TestNs;
+use super::TestNs;
 
-use super::Lab;
-
+/// The bearer token of the API server's only user (system:masters).
 pub const TOKEN: &str = "weft-test-token";
-pub const CP_IP: &str = "198.51.100.2";
 
 /// Where the Kubernetes binaries are: `$WEFT_K8S_BIN`, else the e2e cache.
 pub fn k8s_bin() -> Option<PathBuf> {
@@ -24,12 +23,15 @@ pub fn k8s_bin() -> Option<PathBuf> {
 
 /// A running process, killed (by PID) on drop.
 pub struct Proc {
+    /// What it is (names the log).
     pub name: String,
     child: Option<Child>,
+    /// Its stdout and stderr.
     pub log: PathBuf,
 }
 
 impl Proc {
+    /// Starts `argv` in `ns`, its output in `<log_dir>/<name>.log`.
     pub fn spawn(name: &str, ns: &TestNs, argv: &[&str], env: &[(&str, &str)], log_dir: &Path) -> Proc {
         let log = log_dir.join(format!("{name}.log"));
         let file = std::fs::File::create(&log).unwrap();
@@ -62,10 +64,12 @@ impl Proc {
         }
     }
 
+    /// The PID (of `ip netns exec`, which execs the program: the same process).
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
     }
 
+    /// The last 30 lines of the log.
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
@@ -79,24 +83,24 @@ impl Drop for Proc {
     }
 }
 
-/// etcd + kube-apiserver in their own namespace on segment A.
+/// etcd + kube-apiserver in their own namespace.
 pub struct ControlPlane {
+    /// The namespace they run in.
     pub ns: TestNs,
+    /// Certificates, etcd's data, logs and the kubeconfig.
     pub dir: tempfile::TempDir,
+    /// Where the Kubernetes binaries are.
     pub bin: PathBuf,
-    pub etcd: Proc,
-    pub apiserver: Proc,
+    /// The API server's address (on an interface of `ns`).
+    pub ip: String,
+    etcd: Proc,
+    apiserver: Proc,
 }
 
 impl ControlPlane {
-    pub fn start(lab: &Lab, bin: &Path) -> ControlPlane {
-        let ns = TestNs::new("cp");
-        lab.lab.exec_ok(&["ip", "link", "add", "brA-cp", "type", "veth", "peer", "name", "eth0", "netns", ns.name()]);
-        lab.lab.exec_ok(&["ip", "link", "set", "brA-cp", "master", "brA", "up"]);
-        ns.exec_ok(&["ip", "link", "set", "eth0", "up"]);
-        ns.exec_ok(&["ip", "addr", "add", &format!("{CP_IP}/24"), "dev", "eth0"]);
-        // Nodes on segment B reach the API server through the lab router.
-        ns.exec_ok(&["ip", "route", "add", "203.0.113.0/25", "via", "198.51.100.1"]);
+    /// Starts etcd and kube-apiserver in `ns`, which holds `ip` on an
+    /// interface its clients reach, and waits until the API server is ready.
+    pub fn start(ns: TestNs, ip: &str, bin: &Path) -> ControlPlane {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let sa_key = d.join("sa.key");
@@ -129,17 +133,17 @@ impl ControlPlane {
             &[],
             d,
         );
-        let apiserver = Self::spawn_apiserver(&ns, bin, d);
+        let apiserver = Self::spawn_apiserver(&ns, ip, bin, d);
         let kubeconfig = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster:\n    server: https://{CP_IP}:6443\n    insecure-skip-tls-verify: true\nusers:\n- name: t\n  user:\n    token: {TOKEN}\ncontexts:\n- name: t\n  context: {{cluster: t, user: t}}\ncurrent-context: t\n"
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster:\n    server: https://{ip}:6443\n    insecure-skip-tls-verify: true\nusers:\n- name: t\n  user:\n    token: {TOKEN}\ncontexts:\n- name: t\n  context: {{cluster: t, user: t}}\ncurrent-context: t\n"
         );
         std::fs::write(d.join("kubeconfig"), kubeconfig).unwrap();
-        let cp = ControlPlane { ns, dir, bin: bin.to_path_buf(), etcd, apiserver };
+        let cp = ControlPlane { ns, dir, bin: bin.to_path_buf(), ip: ip.into(), etcd, apiserver };
         cp.wait_ready();
         cp
     }
 
-    fn spawn_apiserver(ns: &TestNs, bin: &Path, d: &Path) -> Proc {
+    fn spawn_apiserver(ns: &TestNs, ip: &str, bin: &Path, d: &Path) -> Proc {
         let s = |p: &Path| p.display().to_string();
         Proc::spawn(
             "kube-apiserver",
@@ -153,7 +157,7 @@ impl ControlPlane {
                 "--secure-port",
                 "6443",
                 "--advertise-address",
-                CP_IP,
+                ip,
                 "--cert-dir",
                 &s(&d.join("certs")),
                 "--token-auth-file",
@@ -183,7 +187,7 @@ impl ControlPlane {
 
     /// Starts kube-apiserver again with the same arguments and waits for it.
     pub fn apiserver_restart_for_test(&mut self) {
-        self.apiserver = Self::spawn_apiserver(&self.ns, &self.bin, self.dir.path());
+        self.apiserver = Self::spawn_apiserver(&self.ns, &self.ip, &self.bin, self.dir.path());
         self.wait_ready();
     }
 
@@ -200,10 +204,12 @@ impl ControlPlane {
         }
     }
 
+    /// A kubeconfig for the API server's admin (a bearer token, TLS unverified).
     pub fn kubeconfig(&self) -> PathBuf {
         self.dir.path().join("kubeconfig")
     }
 
+    /// Runs kubectl against this API server.
     pub fn kubectl(&self, args: &[&str]) -> std::process::Output {
         Command::new("ip")
             .args(["netns", "exec", self.ns.name()])
@@ -215,12 +221,14 @@ impl ControlPlane {
             .unwrap()
     }
 
+    /// Runs kubectl and panics with its stderr if it fails; returns stdout.
     pub fn kubectl_ok(&self, args: &[&str]) -> String {
         let out = self.kubectl(args);
         assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Runs kubectl with `stdin` as its input; panics if it fails.
     pub fn kubectl_stdin(&self, args: &[&str], stdin: &str) {
         use std::io::Write;
         let mut child = Command::new("ip")

@@ -1,4 +1,5 @@
-//! Helpers for privileged tests: throwaway network namespaces.
+//! Helpers for privileged tests: throwaway network namespaces, and a real
+//! control plane to run in one (`control_plane`).
 //!
 //! Every test builds each namespace it uses, the "host" included, and nothing
 //! is ever added to the machine's own namespace. Namespaces are named
@@ -8,6 +9,8 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
+
+pub mod control_plane;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 

@@ -1,0 +1,488 @@
+//! agent-bench: one weft-agent against a real kube-apiserver holding
+//! thousands of Node objects (created through the API, no kubelets), in
+//! network namespaces this program creates. Measured:
+//! - agent start -> every peer route in the kernel, against the kernel
+//!   floor: `ip -batch` programming the same device, routes, neighbours and
+//!   FDB entries in a fresh namespace (the reference, in the same run);
+//! - one more Node created (and deleted): API request -> route added
+//!   (removed) in the kernel, p50 and p99, seen by a netlink listener;
+//! - the agent's peak RSS and its CPU while idle (one resync period).
+//!
+//! Addresses: the benchmarking ranges 198.18.0.0/15 (RFC 2544) and
+//! 2001:2::/48 (RFC 5180) for the underlay, 10.0.0.0/8 and fd00:10::/48
+//! for pods; all of it exists only inside the namespaces.
+//!
+//!   agent-bench --agent WEFT_AGENT --k8s-bin DIR [--nodes N] [--adds K]
+//!               [--backend vxlan|routes] [--idle-seconds S] [--json]
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt};
+use ipnetwork::IpNetwork;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{DeleteParams, PostParams};
+use kube::{Api, Client, Config};
+use libweft::netlink::{Netlink, RTPROT_WEFT_PEER};
+use libweft::netns::NetNs;
+use libweft::testutil::TestNs;
+use libweft::testutil::control_plane::{ControlPlane, Proc, eventually};
+use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteProtocol};
+use serde_json::{Value, json};
+
+const NODE_IP: &str = "198.18.0.1";
+const CP_IP: &str = "198.18.0.2";
+const OWN: &str = "bench-own";
+/// Bounds every wait, so a broken agent cannot hang the benchmark.
+const PROGRAM_TIMEOUT: Duration = Duration::from_secs(120);
+
+struct Args {
+    agent: PathBuf,
+    k8s_bin: PathBuf,
+    nodes: usize,
+    adds: usize,
+    backend: String,
+    idle: Duration,
+    json: bool,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args {
+        agent: PathBuf::new(),
+        k8s_bin: PathBuf::new(),
+        nodes: 5000,
+        adds: 100,
+        backend: "vxlan".into(),
+        idle: Duration::from_secs(60),
+        json: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
+        let number = |v: String| v.parse::<usize>().map_err(|e| format!("{flag} {v:?}: {e}"));
+        match flag.as_str() {
+            "--agent" => a.agent = value()?.into(),
+            "--k8s-bin" => a.k8s_bin = value()?.into(),
+            "--nodes" => a.nodes = number(value()?)?,
+            "--adds" => a.adds = number(value()?)?,
+            "--backend" => a.backend = value()?,
+            "--idle-seconds" => a.idle = Duration::from_secs(number(value()?)? as u64),
+            "--json" => a.json = true,
+            _ => return Err(format!("unknown flag {flag}")),
+        }
+    }
+    if a.agent.as_os_str().is_empty() || a.k8s_bin.as_os_str().is_empty() {
+        return Err("--agent and --k8s-bin are required".into());
+    }
+    if !(1..=60_000).contains(&a.nodes) {
+        return Err("--nodes must be 1..=60000 (a /24 each out of 10.0.0.0/8)".into());
+    }
+    if a.backend != "vxlan" && a.backend != "routes" {
+        return Err("--backend must be vxlan or routes".into());
+    }
+    Ok(a)
+}
+
+/// Peer `i` (1-based): its pod CIDRs, underlay addresses and VTEP MAC.
+struct Peer {
+    name: String,
+    v4: IpNetwork,
+    v6: IpNetwork,
+    ip4: Ipv4Addr,
+    ip6: String,
+    mac: String,
+}
+
+fn peer(i: usize) -> Peer {
+    let (hi, lo) = ((i >> 8) as u8, (i & 0xff) as u8);
+    Peer {
+        name: format!("peer-{i:05}"),
+        v4: format!("10.{hi}.{lo}.0/24").parse().expect("valid"),
+        v6: format!("fd00:10:0:{i:x}::/64").parse().expect("valid"),
+        // 198.18.1.0 onwards; 198.18.0.x is the bench's own.
+        ip4: Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 1, 0)) + i as u32),
+        ip6: format!("2001:2::1:{i:x}"),
+        mac: format!("0e:be:00:{:02x}:{hi:02x}:{lo:02x}", (i >> 16) as u8),
+    }
+}
+
+fn node_object(p: &Peer) -> Node {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": p.name, "annotations": {
+            "weft.dev/public-ip": p.ip4.to_string(), "weft.dev/public-ipv6": p.ip6,
+            "weft.dev/vtep-mac": p.mac, "weft.dev/backend": "vxlan"}},
+        "spec": {"podCIDR": p.v4.to_string(), "podCIDRs": [p.v4.to_string(), p.v6.to_string()]},
+    }))
+    .expect("a valid Node")
+}
+
+/// A kube client for the bench's API server, built from its kubeconfig.
+async fn client(cp: &ControlPlane) -> Client {
+    let kubeconfig = kube::config::Kubeconfig::read_from(cp.kubeconfig()).expect("kubeconfig");
+    let config = Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.expect("kube config");
+    Client::try_from(config).expect("kube client")
+}
+
+/// One route event seen by the listener: (when, added?, destination).
+type RouteEvent = (Instant, bool, IpNetwork);
+
+/// Listens for weft's peer routes appearing and vanishing in `ns`: a
+/// netlink socket in the node's namespace subscribed to route changes.
+fn route_listener(ns: &NetNs) -> mpsc::Receiver<RouteEvent> {
+    let mut socket = ns.route_socket().expect("netlink socket in the node namespace");
+    socket.bind(&netlink_sys::SocketAddr::new(0, 0)).expect("bind");
+    // RTNLGRP_IPV4_ROUTE = 7, RTNLGRP_IPV6_ROUTE = 11.
+    for group in [7, 11] {
+        socket.add_membership(group).expect("join route group");
+    }
+    // A burst of thousands of routes must not overflow the queue.
+    let _ = socket.set_rx_buf_sz(64 << 20);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let Ok(n) = socket.recv(&mut &mut buf[..], 0) else { return };
+            let at = Instant::now();
+            let mut off = 0;
+            while off < n {
+                let Ok(msg) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[off..n]) else { break };
+                let len = msg.header.length as usize;
+                if let Some((added, dst)) = peer_route_change(msg)
+                    && tx.send((at, added, dst)).is_err()
+                {
+                    return;
+                }
+                if len == 0 {
+                    break;
+                }
+                off += (len + 3) & !3;
+            }
+        }
+    });
+    rx
+}
+
+/// A weft peer route added (true) or removed (false), and its destination.
+fn peer_route_change(msg: NetlinkMessage<RouteNetlinkMessage>) -> Option<(bool, IpNetwork)> {
+    let (added, r) = match msg.payload {
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(r)) => (true, r),
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelRoute(r)) => (false, r),
+        _ => return None,
+    };
+    if r.header.protocol != RouteProtocol::Other(RTPROT_WEFT_PEER) {
+        return None;
+    }
+    let ip: std::net::IpAddr = r.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some((*ip).into()),
+        RouteAttribute::Destination(RouteAddress::Inet6(ip)) => Some((*ip).into()),
+        _ => None,
+    })?;
+    Some((added, IpNetwork::new(ip, r.header.destination_prefix_length).ok()?))
+}
+
+async fn count_peer_routes(nl: &Netlink) -> usize {
+    let mut n = 0;
+    for v6 in [false, true] {
+        n += nl.routes(v6, Some(RTPROT_WEFT_PEER)).await.map(|r| r.len()).unwrap_or(0);
+    }
+    n
+}
+
+/// (utime + stime) in clock ticks, and VmHWM / VmRSS in KiB.
+fn proc_stats(pid: u32) -> (u64, u64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (ticks, kib("VmHWM:"), kib("VmRSS:"))
+}
+
+fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * q).round() as usize]
+}
+
+/// A node namespace with the bench's underlay: `eth0` (198.18.0.1/15,
+/// 2001:2::1/48), a veth to `peer_ns` when given.
+fn node_namespace(tag: &str) -> TestNs {
+    let ns = TestNs::new(tag);
+    ns.exec_ok(&["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0-peer"]);
+    underlay_addresses(&ns);
+    ns.exec_ok(&["ip", "link", "set", "eth0-peer", "up"]);
+    ns
+}
+
+fn underlay_addresses(ns: &TestNs) {
+    ns.exec_ok(&["ip", "link", "set", "eth0", "up"]);
+    ns.exec_ok(&["ip", "addr", "add", &format!("{NODE_IP}/15"), "dev", "eth0"]);
+    ns.exec_ok(&["ip", "addr", "add", "2001:2::1/48", "dev", "eth0", "nodad"]);
+}
+
+/// The reference: the same kernel state, hand-written as `ip -batch` and
+/// `bridge -batch` files (one process and one netlink socket each, in the
+/// agent's order: device, FDB and neighbours, routes last), in a fresh
+/// namespace.
+fn kernel_floor(peers: &[Peer], backend: &str, dir: &Path) -> Duration {
+    let ns = node_namespace("floor");
+    let (mut setup, mut fdb, mut routes) = (String::new(), String::new(), String::new());
+    if backend == "vxlan" {
+        setup.push_str(&format!(
+            "link add weft.vxlan type vxlan id 1 local {NODE_IP} dev eth0 dstport 8472 nolearning\nlink set weft.vxlan up\n"
+        ));
+        for p in peers {
+            fdb.push_str(&format!("fdb append {} dev weft.vxlan dst {} self permanent\n", p.mac, p.ip4));
+            for vtep in [p.v4.ip(), p.v6.ip()] {
+                setup.push_str(&format!("neigh replace {vtep} lladdr {} dev weft.vxlan nud permanent\n", p.mac));
+            }
+            for cidr in [p.v4, p.v6] {
+                routes.push_str(&format!("route replace {cidr} via {} dev weft.vxlan onlink proto 88\n", cidr.ip()));
+            }
+        }
+    } else {
+        for p in peers {
+            routes.push_str(&format!("route replace {} via {} dev eth0 proto 88\n", p.v4, p.ip4));
+            routes.push_str(&format!("route replace {} via {} dev eth0 proto 88\n", p.v6, p.ip6));
+        }
+    }
+    let start = Instant::now();
+    for (tool, name, text) in [("ip", "setup", setup), ("bridge", "fdb", fdb), ("ip", "routes", routes)] {
+        if text.is_empty() {
+            continue;
+        }
+        let file = dir.join(format!("floor-{name}.batch"));
+        std::fs::write(&file, text).expect("write batch");
+        ns.exec_ok(&[tool, "-batch", &file.display().to_string()]);
+    }
+    start.elapsed()
+}
+
+fn main() {
+    let args = parse_args().unwrap_or_else(|e| {
+        eprintln!("agent-bench: {e}");
+        eprintln!(
+            "usage: agent-bench --agent WEFT_AGENT --k8s-bin DIR [--nodes N] [--adds K] [--backend vxlan|routes] [--idle-seconds S] [--json]"
+        );
+        std::process::exit(2);
+    });
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("agent-bench: needs root (network namespaces)");
+        std::process::exit(2);
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let peers: Vec<Peer> = (1..=args.nodes + args.adds).map(peer).collect();
+    let (initial, extra) = peers.split_at(args.nodes);
+
+    eprintln!("reference: ip -batch of the same kernel state ({} peers)", initial.len());
+    let floor = kernel_floor(initial, &args.backend, dir.path());
+
+    let node = node_namespace("node");
+    let cp_ns = TestNs::new("cp");
+    node.exec_ok(&["ip", "link", "set", "eth0-peer", "netns", cp_ns.name()]);
+    cp_ns.exec_ok(&["ip", "link", "set", "eth0-peer", "name", "eth0"]);
+    cp_ns.exec_ok(&["ip", "link", "set", "eth0", "up"]);
+    cp_ns.exec_ok(&["ip", "addr", "add", &format!("{CP_IP}/15"), "dev", "eth0"]);
+    eprintln!("control plane: etcd and kube-apiserver");
+    let cp = ControlPlane::start(cp_ns, CP_IP, &args.k8s_bin);
+    cp.create_node(OWN, &["10.255.255.0/24", "fd00:10:0:ffff::/64"], &[NODE_IP, "2001:2::1"]);
+
+    let cp_netns = NetNs::open(&cp.ns.path()).expect("cp namespace");
+    let node_netns = NetNs::open(&node.path()).expect("node namespace");
+    // Everything that talks to the API server runs on a thread inside the
+    // control-plane namespace: no packet leaves from the machine's own.
+    let report = cp_netns
+        .run(|| {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            rt.block_on(run(&args, &cp, &node, &node_netns, initial, extra, dir.path()))
+        })
+        .expect("bench thread");
+    print_report(&args, floor, &report);
+}
+
+struct Report {
+    create_seconds: f64,
+    programmed: Duration,
+    add: Vec<Duration>,
+    del: Vec<Duration>,
+    peak_rss_kib: u64,
+    rss_kib: u64,
+    idle_cpu_percent: f64,
+}
+
+async fn run(
+    args: &Args,
+    cp: &ControlPlane,
+    node: &TestNs,
+    node_netns: &NetNs,
+    initial: &[Peer],
+    extra: &[Peer],
+    dir: &Path,
+) -> Report {
+    let nodes: Api<Node> = Api::all(client(cp).await);
+    eprintln!("creating {} Nodes through the API", initial.len());
+    let started = Instant::now();
+    futures::stream::iter(initial.iter().map(|p| {
+        let nodes = nodes.clone();
+        async move { nodes.create(&PostParams::default(), &node_object(p)).await }
+    }))
+    .buffer_unordered(16)
+    .try_collect::<Vec<_>>()
+    .await
+    .expect("create Nodes");
+    let create_seconds = started.elapsed().as_secs_f64();
+
+    let config = json!({
+        "clusterCIDRs": ["10.0.0.0/8", "fd00:10::/48"],
+        "backend": args.backend,
+        "listenAddress": "127.0.0.1:9959",
+        "runDir": dir.join("run"),
+        "cniConfDir": dir.join("net.d"),
+        "cniBinDir": dir.join("bin"),
+        "criSocket": dir.join("no-cri.sock"),
+        "ipamGcPeriodSeconds": 86400,
+    });
+    let config_path = dir.join("agent.json");
+    std::fs::write(&config_path, config.to_string()).expect("agent config");
+    let nl = Netlink::from_socket(node_netns.route_socket().expect("socket")).expect("netlink");
+    let events = route_listener(node_netns);
+    let kubeconfig = cp.kubeconfig().display().to_string();
+
+    eprintln!("starting weft-agent ({} backend)", args.backend);
+    let agent_start = Instant::now();
+    let agent = Proc::spawn(
+        "weft-agent",
+        node,
+        &[&args.agent.display().to_string(), "run", "--node-name", OWN, "--config", &config_path.display().to_string()],
+        &[("KUBECONFIG", kubeconfig.as_str()), ("WEFT_LOG", "warn")],
+        dir,
+    );
+    let pid = agent.pid().expect("agent pid");
+    let want = initial.len() * 2;
+    let mut seen = HashSet::new();
+    let programmed = loop {
+        match events.recv_timeout(Duration::from_millis(200)) {
+            Ok((at, true, dst)) => {
+                seen.insert(dst);
+                if seen.len() >= want {
+                    break at - agent_start;
+                }
+            }
+            Ok(_) => {}
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(e) => panic!("route listener: {e}"),
+        }
+        assert!(
+            agent_start.elapsed() < PROGRAM_TIMEOUT,
+            "the agent programmed {} of {want} routes in {PROGRAM_TIMEOUT:?}:\n{}",
+            seen.len(),
+            agent.log_tail()
+        );
+    };
+    // The listener could have missed a message; the kernel has the last word.
+    let in_kernel = count_peer_routes(&nl).await;
+    assert_eq!(in_kernel, want, "routes in the kernel after programming");
+    eprintln!("programmed {want} routes in {programmed:?}; one Node at a time: create and delete");
+
+    let mut add = Vec::new();
+    let mut del = Vec::new();
+    // Each change is measured alone: the agent has finished the previous
+    // pass (its nftables update comes after the routes) before the next.
+    let settle = Duration::from_millis(300);
+    for p in extra {
+        tokio::time::sleep(settle).await;
+        while events.try_recv().is_ok() {}
+        let t0 = Instant::now();
+        nodes.create(&PostParams::default(), &node_object(p)).await.expect("create Node");
+        add.push(wait_route(&events, p.v4, true, t0, &agent));
+        tokio::time::sleep(settle).await;
+        let t0 = Instant::now();
+        nodes.delete(&p.name, &DeleteParams::default()).await.expect("delete Node");
+        del.push(wait_route(&events, p.v4, false, t0, &agent));
+    }
+    add.sort();
+    del.sort();
+
+    eprintln!("idle for {:?}", args.idle);
+    let (t0, _, _) = proc_stats(pid);
+    let clock = Instant::now();
+    tokio::time::sleep(args.idle).await;
+    let (t1, peak_rss_kib, rss_kib) = proc_stats(pid);
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64;
+    let idle_cpu_percent = (t1 - t0) as f64 / hz / clock.elapsed().as_secs_f64() * 100.0;
+    assert!(eventually(Duration::from_secs(1), || proc_stats(pid).1 > 0), "the agent exited:\n{}", agent.log_tail());
+    drop(agent);
+    Report { create_seconds, programmed, add, del, peak_rss_kib, rss_kib, idle_cpu_percent }
+}
+
+fn wait_route(events: &mpsc::Receiver<RouteEvent>, dst: IpNetwork, added: bool, t0: Instant, agent: &Proc) -> Duration {
+    let deadline = t0 + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match events.recv_timeout(left) {
+            Ok((at, a, d)) if a == added && d == dst => return at - t0,
+            Ok(_) => {}
+            Err(_) => panic!(
+                "route {dst} was not {} within 30 s:\n{}",
+                if added { "added" } else { "removed" },
+                agent.log_tail()
+            ),
+        }
+    }
+}
+
+fn print_report(args: &Args, floor: Duration, r: &Report) {
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let rows = [
+        ("start to all routes programmed (ms)", ms(r.programmed), "< 2000"),
+        ("reference: ip -batch of the same state (ms)", ms(floor), ""),
+        ("ratio to the reference", r.programmed.as_secs_f64() / floor.as_secs_f64(), ""),
+        ("Node added -> route in kernel, p50 (ms)", ms(percentile(&r.add, 0.5)), ""),
+        ("Node added -> route in kernel, p99 (ms)", ms(percentile(&r.add, 0.99)), "< 100"),
+        ("Node deleted -> route gone, p50 (ms)", ms(percentile(&r.del, 0.5)), ""),
+        ("Node deleted -> route gone, p99 (ms)", ms(percentile(&r.del, 0.99)), ""),
+        ("peak RSS (MiB)", r.peak_rss_kib as f64 / 1024.0, "< 32"),
+        ("RSS at the end (MiB)", r.rss_kib as f64 / 1024.0, ""),
+        ("idle CPU (% of one core)", r.idle_cpu_percent, ""),
+    ];
+    if args.json {
+        let v: Vec<Value> = rows.iter().map(|(m, x, t)| json!({"metric": m, "value": x, "target": t})).collect();
+        println!(
+            "{}",
+            json!({"kernel": kernel.trim(), "cpus": cpus, "nodes": args.nodes, "backend": args.backend,
+                "adds": args.adds, "create_nodes_seconds": r.create_seconds, "results": v})
+        );
+        return;
+    }
+    println!(
+        "weft-agent, {} Nodes (dual-stack podCIDRs), {} backend, kernel {}, {cpus} CPUs; {} single-Node changes; Nodes created in {:.1} s",
+        args.nodes,
+        args.backend,
+        kernel.trim(),
+        args.adds,
+        r.create_seconds
+    );
+    println!("{:<46} {:>10}  target", "metric", "value");
+    for (m, x, t) in rows {
+        println!("{m:<46} {x:>10.1}  {t}");
+    }
+}
