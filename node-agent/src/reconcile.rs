@@ -8,6 +8,9 @@
 //! and neighbour entries, and routes last, so the kernel never has a route
 //! whose next hop it would have to resolve by ARP over VXLAN.
 
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+
 use ipnetwork::IpNetwork;
 use libweft::netlink::{Ensured, Netlink, NetlinkError, RTPROT_WEFT_PEER, RouteSpec, VxlanLink};
 
@@ -77,9 +80,13 @@ pub async fn sync(nl: &Netlink, d: &Desired, underlay: u32) -> Result<Applied, N
     for v6 in [false, true] {
         present.extend(nl.routes(v6, Some(RTPROT_WEFT_PEER)).await?);
     }
+    // Sets, not scans: thousands of peers must not cost a quadratic diff.
+    let route_key = |dst: IpNetwork, gateway: Option<IpAddr>, oif: u32| (dst, gateway, oif);
+    let wanted_keys: HashSet<_> = wanted.iter().map(|w| route_key(w.dst, w.gateway, w.oif)).collect();
+    let present_keys: HashSet<_> = present.iter().map(|r| route_key(r.dst, r.gateway, r.oif)).collect();
     // Stale routes go first.
     for r in &present {
-        if !wanted.iter().any(|w| w.dst == r.dst && w.gateway == r.gateway && w.oif == r.oif) {
+        if !wanted_keys.contains(&route_key(r.dst, r.gateway, r.oif)) {
             let spec =
                 RouteSpec { dst: r.dst, gateway: r.gateway, oif: r.oif, onlink: false, protocol: RTPROT_WEFT_PEER };
             record(&mut out, nl.delete_route(&spec).await.map(|gone| gone as usize), "route");
@@ -87,7 +94,7 @@ pub async fn sync(nl: &Netlink, d: &Desired, underlay: u32) -> Result<Applied, N
     }
 
     if let Some(index) = vxlan {
-        let fdb = nl.fdb_entries(index).await?;
+        let fdb: HashSet<([u8; 6], IpAddr)> = nl.fdb_entries(index).await?.into_iter().collect();
         for (mac, dst) in &fdb {
             if d.fdb.get(mac) != Some(dst) {
                 record(&mut out, nl.delete_fdb(index, *mac, *dst).await.map(usize::from), "FDB entry");
@@ -98,14 +105,14 @@ pub async fn sync(nl: &Netlink, d: &Desired, underlay: u32) -> Result<Applied, N
                 record(&mut out, nl.replace_fdb(index, *mac, *dst).await.map(|()| 1), "FDB entry");
             }
         }
-        let neigh = nl.permanent_neighbours(index).await?;
+        let neigh: HashMap<IpAddr, Vec<u8>> = nl.permanent_neighbours(index).await?.into_iter().collect();
         for (ip, mac) in &neigh {
             if d.neighbours.get(ip).map(|m| m.as_slice()) != Some(mac.as_slice()) {
                 record(&mut out, nl.delete_neighbour(index, *ip).await.map(usize::from), "neighbour");
             }
         }
         for (ip, mac) in &d.neighbours {
-            if !neigh.iter().any(|(i, m)| i == ip && m.as_slice() == mac) {
+            if neigh.get(ip).map(|m| m.as_slice()) != Some(mac.as_slice()) {
                 record(&mut out, nl.replace_neighbour(index, *ip, mac).await.map(|()| 1), "neighbour");
             }
         }
@@ -115,7 +122,7 @@ pub async fn sync(nl: &Netlink, d: &Desired, underlay: u32) -> Result<Applied, N
 
     let mut failed = 0;
     for w in &wanted {
-        if !present.iter().any(|r| r.dst == w.dst && r.gateway == w.gateway && r.oif == w.oif) {
+        if !present_keys.contains(&route_key(w.dst, w.gateway, w.oif)) {
             let res = nl.replace_route(w).await;
             failed += usize::from(res.is_err());
             record(&mut out, res.map(|()| 1), "route");

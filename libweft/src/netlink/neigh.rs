@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 
 use futures::TryStreamExt;
-use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState};
+use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState};
 
 use super::{Netlink, NetlinkError, ctx};
 
@@ -24,27 +24,30 @@ impl Netlink {
 
     /// Permanent neighbours on a link: `(ip, mac)`.
     pub async fn permanent_neighbours(&self, index: u32) -> Result<Vec<(IpAddr, Vec<u8>)>, NetlinkError> {
-        let msgs: Vec<_> =
-            self.handle.neighbours().get().execute().try_collect().await.map_err(ctx(|| "list neighbours".into()))?;
-        let mut out = Vec::new();
-        for m in msgs {
-            if m.header.ifindex != index || m.header.state != NeighbourState::Permanent {
-                continue;
-            }
-            let mut ip = None;
-            let mut mac = Vec::new();
-            for a in &m.attributes {
-                match a {
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => ip = Some(IpAddr::V4(*v4)),
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => ip = Some(IpAddr::V6(*v6)),
-                    NeighbourAttribute::LinkLayerAddress(l) => mac = l.clone(),
-                    _ => {}
-                }
-            }
-            if let Some(ip) = ip {
-                out.push((ip, mac));
-            }
-        }
-        Ok(out)
+        self.handle
+            .neighbours()
+            .get()
+            .execute()
+            .try_filter_map(|m| {
+                let wanted = m.header.ifindex == index && m.header.state == NeighbourState::Permanent;
+                futures::future::ready(Ok(wanted.then(|| permanent_entry(&m)).flatten()))
+            })
+            .try_collect()
+            .await
+            .map_err(ctx(|| "list neighbours".into()))
     }
+}
+
+fn permanent_entry(m: &NeighbourMessage) -> Option<(IpAddr, Vec<u8>)> {
+    let mut ip = None;
+    let mut mac = Vec::new();
+    for a in &m.attributes {
+        match a {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => ip = Some(IpAddr::V4(*v4)),
+            NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => ip = Some(IpAddr::V6(*v6)),
+            NeighbourAttribute::LinkLayerAddress(l) => mac = l.clone(),
+            _ => {}
+        }
+    }
+    Some((ip?, mac))
 }

@@ -101,20 +101,22 @@ impl Netlink {
     pub async fn routes(&self, ipv6: bool, protocol: Option<u8>) -> Result<Vec<RouteEntry>, NetlinkError> {
         let mut query = RouteMessageBuilder::<IpAddr>::new().build();
         query.header.address_family = if ipv6 { AddressFamily::Inet6 } else { AddressFamily::Inet };
-        let msgs: Vec<RouteMessage> = self
-            .handle
+        // Filtered as the dump streams in: a node with thousands of routes
+        // never holds all the raw messages at once.
+        self.handle
             .route()
             .get(query)
             .execute()
+            .try_filter_map(|m| {
+                let entry = (m.header.table == RouteHeader::RT_TABLE_MAIN)
+                    .then(|| entry_from_message(&m))
+                    .flatten()
+                    .filter(|e| protocol.is_none_or(|p| e.protocol == p));
+                futures::future::ready(Ok(entry))
+            })
             .try_collect()
             .await
-            .map_err(ctx(|| format!("list IPv{} routes", if ipv6 { 6 } else { 4 })))?;
-        Ok(msgs
-            .iter()
-            .filter(|m| m.header.table == RouteHeader::RT_TABLE_MAIN)
-            .filter_map(entry_from_message)
-            .filter(|e| protocol.is_none_or(|p| e.protocol == p))
-            .collect())
+            .map_err(ctx(|| format!("list IPv{} routes", if ipv6 { 6 } else { 4 })))
     }
 }
 

@@ -10,7 +10,9 @@ use std::net::IpAddr;
 use futures::TryStreamExt;
 use netlink_packet_route::AddressFamily;
 use netlink_packet_route::link::{InfoData, InfoVxlan, LinkAttribute, LinkInfo as NlLinkInfo, LinkMessage};
-use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourState};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
 use rtnetlink::{LinkUnspec, LinkVxlan};
 
 use super::{Netlink, NetlinkError, ctx, format_mac, tolerate_gone};
@@ -121,46 +123,17 @@ impl Netlink {
 
     /// Permanent FDB entries on a VXLAN device: `(mac, remote underlay address)`.
     pub async fn fdb_entries(&self, index: u32) -> Result<Vec<([u8; 6], IpAddr)>, NetlinkError> {
-        let msgs: Vec<_> = self
-            .handle
+        self.handle
             .neighbours()
             .get()
             .set_address_family(AddressFamily::Bridge)
             .execute()
+            .try_filter_map(|m| {
+                futures::future::ready(Ok((m.header.ifindex == index).then(|| fdb_entry(&m)).flatten()))
+            })
             .try_collect()
             .await
-            .map_err(ctx(|| "list FDB".into()))?;
-        let mut out = Vec::new();
-        for m in msgs {
-            if m.header.ifindex != index {
-                continue;
-            }
-            let mut mac = None;
-            let mut dst = None;
-            for a in &m.attributes {
-                match a {
-                    NeighbourAttribute::LinkLayerAddress(l) if l.len() == 6 => {
-                        let mut arr = [0u8; 6];
-                        arr.copy_from_slice(l);
-                        mac = Some(arr);
-                    }
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => dst = Some(IpAddr::V4(*v4)),
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => dst = Some(IpAddr::V6(*v6)),
-                    // In AF_BRIDGE messages the parser cannot tell the address family: go by length.
-                    NeighbourAttribute::Destination(NeighbourAddress::Other(raw)) => {
-                        dst = <[u8; 4]>::try_from(raw.as_slice())
-                            .map(IpAddr::from)
-                            .or_else(|_| <[u8; 16]>::try_from(raw.as_slice()).map(IpAddr::from))
-                            .ok();
-                    }
-                    _ => {}
-                }
-            }
-            if let (Some(mac), Some(dst)) = (mac, dst) {
-                out.push((mac, dst));
-            }
-        }
-        Ok(out)
+            .map_err(ctx(|| "list FDB".into()))
     }
 
     /// Adds or replaces `mac -> dst` in a VXLAN device's FDB (`bridge fdb replace … self permanent`).
@@ -203,4 +176,25 @@ impl Netlink {
             format!("delete neighbour {ip} dev {index}")
         })
     }
+}
+
+fn fdb_entry(m: &NeighbourMessage) -> Option<([u8; 6], IpAddr)> {
+    let mut mac = None;
+    let mut dst = None;
+    for a in &m.attributes {
+        match a {
+            NeighbourAttribute::LinkLayerAddress(l) => mac = <[u8; 6]>::try_from(l.as_slice()).ok(),
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => dst = Some(IpAddr::V4(*v4)),
+            NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => dst = Some(IpAddr::V6(*v6)),
+            // In AF_BRIDGE messages the parser cannot tell the address family: go by length.
+            NeighbourAttribute::Destination(NeighbourAddress::Other(raw)) => {
+                dst = <[u8; 4]>::try_from(raw.as_slice())
+                    .map(IpAddr::from)
+                    .or_else(|_| <[u8; 16]>::try_from(raw.as_slice()).map(IpAddr::from))
+                    .ok();
+            }
+            _ => {}
+        }
+    }
+    Some((mac?, dst?))
 }
