@@ -8,6 +8,7 @@
 //!   so the kernel keeps its last programmed state;
 //! - SIGTERM stops the loop and leaves the data plane in place.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -21,7 +22,7 @@ use crate::config::{Backend, Config};
 use crate::desired::{desired, vtep_mac_for};
 use crate::metrics::{BackendLabel, FieldLabel, Metrics};
 use crate::peer::NodeView;
-use crate::watch::Trigger;
+use crate::watch::{Trigger, WatchedNode};
 use crate::{cniconf, masq, publish, reconcile, underlay, watch};
 
 /// Shared with the HTTP endpoints.
@@ -41,12 +42,14 @@ fn now_secs() -> u64 {
 struct Agent {
     cfg: Config,
     node_name: String,
-    store: Store<Node>,
+    store: Store<WatchedNode>,
     nodes_api: Api<Node>,
     nl: Netlink,
     vtep_mac: [u8; 6],
     metrics: Arc<Metrics>,
     masq: masq::Masq,
+    /// Refused peer values already logged and counted: (node, field, value).
+    reported: HashSet<(String, &'static str, String)>,
 }
 
 pub async fn run(
@@ -64,6 +67,7 @@ pub async fn run(
         nl: Netlink::connect()?,
         store: store.clone(),
         masq: masq::Masq::default(),
+        reported: HashSet::new(),
         metrics: metrics.clone(),
         node_name: node_name.clone(),
         cfg: cfg.clone(),
@@ -79,11 +83,14 @@ pub async fn run(
         _ = tokio::signal::ctrl_c() => return Ok(()),
     }
 
+    // The first pass and every resync tick also re-apply what is only
+    // compared against the last apply otherwise (the nftables table).
+    let mut resync = true;
     loop {
         health.last_loop.store(now_secs(), Ordering::Relaxed);
         let started = Instant::now();
         let event_at = trigger.take_oldest();
-        match agent.sync_once().await {
+        match agent.sync_once(resync).await {
             Ok(true) => {
                 if !health.ready.swap(true, Ordering::Relaxed) {
                     tracing::info!(node = %node_name, elapsed_ms = started.elapsed().as_millis() as u64, "first sync complete: ready");
@@ -99,9 +106,9 @@ pub async fn run(
                 tracing::warn!(node = %node_name, "sync failed, retrying at the next event or tick: {e:#}");
             }
         }
-        tokio::select! {
-            _ = trigger.wait() => {}
-            _ = tick.tick() => {}
+        resync = tokio::select! {
+            _ = trigger.wait() => false,
+            _ = tick.tick() => true,
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }
@@ -113,17 +120,24 @@ pub async fn run(
 impl Agent {
     /// One pass. `Ok(false)`: not ready to program yet (own node unknown or
     /// without podCIDR).
-    async fn sync_once(&mut self) -> anyhow::Result<bool> {
-        let Agent { cfg, node_name, store, nodes_api, nl, vtep_mac, metrics, masq } = self;
+    async fn sync_once(&mut self, resync: bool) -> anyhow::Result<bool> {
+        let Agent { cfg, node_name, store, nodes_api, nl, vtep_mac, metrics, masq, reported } = self;
         let (node_name, vtep_mac) = (node_name.as_str(), *vtep_mac);
         let objects = store.state();
         metrics.nodes.set(objects.len() as i64);
         let mut rejected = Vec::new();
-        let nodes: Vec<NodeView> = objects.iter().map(|n| NodeView::from_node(n, &mut rejected)).collect();
+        let nodes: Vec<NodeView> =
+            objects.iter().map(|n| NodeView::from_node(n, &cfg.cluster_cidrs, &mut rejected)).collect();
+        // Each refused value is logged and counted once, not on every pass.
+        let current: HashSet<(String, &'static str, String)> =
+            rejected.iter().map(|r| (r.node.clone(), r.field, r.value.clone())).collect();
         for r in &rejected {
-            metrics.rejected_annotations.get_or_create(&FieldLabel { field: r.field.to_string() }).inc();
-            tracing::warn!(node = %r.node, field = r.field, value = %r.value, "ignored invalid value: {}", r.reason);
+            if !reported.contains(&(r.node.clone(), r.field, r.value.clone())) {
+                metrics.rejected_annotations.get_or_create(&FieldLabel { field: r.field.to_string() }).inc();
+                tracing::warn!(node = %r.node, field = r.field, value = %r.value, "ignored invalid value: {}", r.reason);
+            }
         }
+        *reported = current;
         let Some(me) = nodes.iter().find(|n| n.name == node_name) else {
             tracing::warn!(node = %node_name, "own Node not found in the API (is NODE_NAME right?)");
             return Ok(false);
@@ -134,11 +148,7 @@ impl Agent {
         }
         // The underlay is found from the Node's InternalIPs, not from weft's own annotations.
         let own_object = objects.iter().find(|n| n.metadata.name.as_deref() == Some(node_name));
-        let internal: Vec<std::net::IpAddr> = own_object
-            .and_then(|n| n.status.as_ref())
-            .and_then(|s| s.addresses.as_ref())
-            .map(|a| a.iter().filter_map(|a| a.address.parse().ok()).collect())
-            .unwrap_or_default();
+        let internal: Vec<std::net::IpAddr> = own_object.map(|n| n.internal_ips().collect()).unwrap_or_default();
         let underlay =
             underlay::detect(nl, cfg.underlay_interface.as_deref(), &internal).await.map_err(anyhow::Error::msg)?;
 
@@ -182,7 +192,7 @@ impl Agent {
         }
 
         let node_ips: Vec<std::net::IpAddr> = nodes.iter().flat_map(|n| [n.ip(false), n.ip(true)]).flatten().collect();
-        masq.sync(masq::ruleset(cfg, &me.pod_cidrs, &node_ips)).await.map_err(|e| anyhow::anyhow!("nftables: {e}"))?;
+        masq.sync(cfg, &me.pod_cidrs, &node_ips, resync).await.map_err(|e| anyhow::anyhow!("nftables: {e}"))?;
 
         // Last: the plugin may now serve pods on this node.
         cniconf::write(cfg, &cniconf::node_config(cfg, node_name, &me.pod_cidrs, d.pod_mtu))

@@ -8,7 +8,13 @@
 //! - Pod-to-pod and pod-to-node traffic keeps the pod's source address.
 //! - Forwarded pod traffic is accepted in weft's own forward chain. (A drop
 //!   policy in another table still applies: nftables cannot override it.)
+//!
+//! The nodes' addresses sit in sets of their own (`nodes4`, `nodes6`): when
+//! only they change, as when a Node joins or leaves, the elements are added
+//! and deleted in one transaction instead of rebuilding a table that holds
+//! thousands of them.
 
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
@@ -23,9 +29,12 @@ fn prefix(net: &IpNetwork) -> Value {
     json!({"prefix": {"addr": net.network().to_string(), "len": net.prefix()}})
 }
 
-fn set(name: &str, v6: bool, elems: Vec<Value>) -> Value {
+fn set(name: &str, v6: bool, interval: bool, elems: Vec<Value>) -> Value {
     let mut s = json!({"family": "inet", "table": TABLE, "name": name,
-        "type": if v6 { "ipv6_addr" } else { "ipv4_addr" }, "flags": ["interval"]});
+        "type": if v6 { "ipv6_addr" } else { "ipv4_addr" }});
+    if interval {
+        s["flags"] = json!(["interval"]);
+    }
     if !elems.is_empty() {
         s["elem"] = Value::Array(elems);
     }
@@ -50,15 +59,15 @@ pub fn ruleset(cfg: &Config, own_cidrs: &[IpNetwork], node_ips: &[IpAddr]) -> Va
     for v6 in [false, true] {
         let fam = if v6 { "6" } else { "4" };
         let cluster: Vec<Value> = cfg.cluster_cidrs.iter().filter(|c| c.is_ipv6() == v6).map(prefix).collect();
-        // Destinations that keep the pod's address: the cluster, the nodes, and what the operator listed.
+        // Destinations that keep the pod's address: the cluster, what the operator listed, and the nodes.
         let mut keep: Vec<Value> = cluster.clone();
         keep.extend(cfg.non_masquerade_cidrs.iter().filter(|c| c.is_ipv6() == v6).map(prefix));
         let mut ips: Vec<&IpAddr> = node_ips.iter().filter(|ip| ip.is_ipv6() == v6).collect();
         ips.sort();
         ips.dedup();
-        keep.extend(ips.iter().map(|ip| json!(ip.to_string())));
-        cmds.push(set(&format!("cluster{fam}"), v6, cluster));
-        cmds.push(set(&format!("keep_source{fam}"), v6, keep));
+        cmds.push(set(&format!("cluster{fam}"), v6, true, cluster));
+        cmds.push(set(&format!("keep_source{fam}"), v6, true, keep));
+        cmds.push(set(&format!("nodes{fam}"), v6, false, ips.iter().map(|ip| json!(ip.to_string())).collect()));
     }
     cmds.push(json!({"add": {"chain": {"family": "inet", "table": TABLE, "name": "forward",
         "type": "filter", "hook": "forward", "prio": 0, "policy": "accept"}}}));
@@ -80,6 +89,7 @@ pub fn ruleset(cfg: &Config, own_cidrs: &[IpNetwork], node_ips: &[IpAddr]) -> Va
                 vec![
                     matches(proto, "saddr", "==", prefix(own)),
                     matches(proto, "daddr", "!=", json!(format!("@keep_source{fam}"))),
+                    matches(proto, "daddr", "!=", json!(format!("@nodes{fam}"))),
                     json!({"masquerade": {"flags": ["fully-random"]}}),
                 ],
             ));
@@ -88,21 +98,67 @@ pub fn ruleset(cfg: &Config, own_cidrs: &[IpNetwork], node_ips: &[IpAddr]) -> Va
     json!({"nftables": cmds})
 }
 
-/// Applies rule sets, skipping ones identical to the last applied.
+/// Elements of the node sets to add and to delete, as one transaction.
+pub fn node_set_changes(old: &[IpAddr], new: &[IpAddr]) -> Option<Value> {
+    let (old, new): (BTreeSet<&IpAddr>, BTreeSet<&IpAddr>) = (old.iter().collect(), new.iter().collect());
+    let mut cmds = Vec::new();
+    for (verb, ips) in [("delete", old.difference(&new)), ("add", new.difference(&old))] {
+        let ips: Vec<&IpAddr> = ips.copied().collect();
+        for v6 in [false, true] {
+            let elem: Vec<Value> = ips.iter().filter(|ip| ip.is_ipv6() == v6).map(|ip| json!(ip.to_string())).collect();
+            if !elem.is_empty() {
+                let name = if v6 { "nodes6" } else { "nodes4" };
+                cmds.push(json!({verb: {"element": {"family": "inet", "table": TABLE, "name": name, "elem": elem}}}));
+            }
+        }
+    }
+    (!cmds.is_empty()).then(|| json!({"nftables": cmds}))
+}
+
+/// Keeps the table in line with its inputs: the whole table when it is new,
+/// `force`d (the periodic resync repairs a table someone else flushed) or
+/// the own pod CIDRs changed; only the node sets' elements when just the
+/// nodes changed. Comparing inputs, not rendered JSON, keeps a pass over
+/// thousands of nodes from building a rule set it would not apply.
 #[derive(Default)]
 pub struct Masq {
-    last: Option<Value>,
+    last: Option<(Vec<IpNetwork>, Vec<IpAddr>)>,
 }
 
 impl Masq {
-    /// Replaces the table when `wanted` differs from what was last applied.
-    pub async fn sync(&mut self, wanted: Value) -> Result<bool, String> {
-        if self.last.as_ref() == Some(&wanted) {
+    /// Returns true when it changed the table.
+    pub async fn sync(
+        &mut self,
+        cfg: &Config,
+        own_cidrs: &[IpNetwork],
+        node_ips: &[IpAddr],
+        force: bool,
+    ) -> Result<bool, String> {
+        let mut ips = node_ips.to_vec();
+        ips.sort();
+        ips.dedup();
+        let inputs = (own_cidrs.to_vec(), ips);
+        if self.last.as_ref() == Some(&inputs) && !force {
             return Ok(false);
         }
-        apply(wanted.clone()).await?;
-        tracing::info!(table = TABLE, "replaced nftables table");
-        self.last = Some(wanted);
+        let delta = match &self.last {
+            Some((own, old)) if !force && *own == inputs.0 => node_set_changes(old, &inputs.1),
+            _ => None,
+        };
+        // A delta that fails (the table was changed behind our back) falls back to the whole table.
+        let applied_delta = match delta {
+            Some(d) => {
+                apply(d).await.map_err(|e| tracing::info!("node set update failed, replacing the table: {e}")).is_ok()
+            }
+            None => false,
+        };
+        if !applied_delta {
+            apply(ruleset(cfg, &inputs.0, &inputs.1)).await?;
+            if self.last.as_ref() != Some(&inputs) {
+                tracing::info!(table = TABLE, node_addresses = inputs.1.len(), "replaced nftables table");
+            }
+        }
+        self.last = Some(inputs);
         Ok(true)
     }
 }
@@ -151,9 +207,25 @@ mod tests {
         assert!(r["nftables"][1]["delete"].is_object());
         assert!(text.contains("\"masquerade\""));
         assert!(text.contains("198.51.100.12") && text.contains("172.20.0.0") && text.contains("2001:db8:a::12"));
+        assert!(text.contains("@nodes4") && text.contains("@nodes6"), "node addresses keep the source");
         let masq_rules = text.matches("\"masquerade\"").count();
         assert_eq!(masq_rules, 2, "one per own pod CIDR");
         let off = ruleset(&cfg(r#","masquerade":false"#), &own, &nodes).to_string();
         assert!(!off.contains("masquerade") && off.contains("\"forward\""));
+    }
+
+    #[test]
+    fn node_changes_become_element_updates_of_one_transaction() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let old = [ip("198.51.100.11"), ip("198.51.100.12"), ip("2001:db8:a::12")];
+        let new = [ip("198.51.100.11"), ip("198.51.100.13"), ip("2001:db8:a::12")];
+        let d = node_set_changes(&old, &new).unwrap();
+        serde_json::from_value::<nftables::schema::Nftables>(d.clone()).expect("valid nft JSON");
+        let cmds = d["nftables"].as_array().unwrap();
+        assert_eq!(cmds.len(), 2, "{d}");
+        assert_eq!(cmds[0]["delete"]["element"]["name"], "nodes4");
+        assert_eq!(cmds[0]["delete"]["element"]["elem"], json!(["198.51.100.12"]));
+        assert_eq!(cmds[1]["add"]["element"]["elem"], json!(["198.51.100.13"]));
+        assert!(node_set_changes(&old, &old).is_none());
     }
 }

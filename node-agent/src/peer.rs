@@ -5,13 +5,10 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnetwork::IpNetwork;
-use k8s_openapi::api::core::v1::Node;
-
 use crate::config::Backend;
+use crate::watch::WatchedNode;
+use ipnetwork::IpNetwork;
 
-/// Annotation prefix of everything weft publishes on its Node.
-pub const ANNOTATION_PREFIX: &str = "weft.dev/";
 /// Underlay IPv4 address the node wants peers to use.
 pub const ANN_PUBLIC_IP: &str = "weft.dev/public-ip";
 /// Underlay IPv6 address.
@@ -54,10 +51,12 @@ impl NodeView {
     }
 
     /// Reads a Node. The underlay addresses come from weft's own annotations
-    /// (what the peer's agent chose) and fall back to `InternalIP`.
-    pub fn from_node(node: &Node, rejected: &mut Vec<Rejected>) -> NodeView {
+    /// (what the peer's agent chose) and fall back to `InternalIP`. A pod
+    /// CIDR outside `cluster_cidrs` is refused: routing it could capture
+    /// traffic that is not the cluster's (a `0.0.0.0/0` "pod CIDR", say).
+    pub fn from_node(node: &WatchedNode, cluster_cidrs: &[IpNetwork], rejected: &mut Vec<Rejected>) -> NodeView {
         let name = node.metadata.name.clone().unwrap_or_default();
-        let annotations = node.metadata.annotations.clone().unwrap_or_default();
+        let annotations = &node.weft;
         let mut reject = |field: &'static str, value: &str, reason: String| {
             rejected.push(Rejected { node: name.clone(), field, value: truncate(value), reason });
         };
@@ -71,12 +70,7 @@ impl NodeView {
             backend: None,
         };
 
-        let internal: Vec<IpAddr> = node
-            .status
-            .as_ref()
-            .and_then(|s| s.addresses.as_ref())
-            .map(|a| a.iter().filter(|a| a.type_ == "InternalIP").filter_map(|a| a.address.parse().ok()).collect())
-            .unwrap_or_default();
+        let internal: Vec<IpAddr> = node.internal_ips().collect();
         view.ipv4 = internal.iter().find_map(|ip| match ip {
             IpAddr::V4(v4) => Some(*v4),
             _ => None,
@@ -85,28 +79,28 @@ impl NodeView {
             IpAddr::V6(v6) => Some(*v6),
             _ => None,
         });
-        if let Some(v) = annotations.get(ANN_PUBLIC_IP) {
+        if let Some(v) = &annotations.public_ip {
             match v.parse::<Ipv4Addr>() {
                 Ok(ip) if usable_underlay(IpAddr::V4(ip)) => view.ipv4 = Some(ip),
                 Ok(_) => reject(ANN_PUBLIC_IP, v, "not a usable unicast address".into()),
                 Err(e) => reject(ANN_PUBLIC_IP, v, e.to_string()),
             }
         }
-        if let Some(v) = annotations.get(ANN_PUBLIC_IPV6) {
+        if let Some(v) = &annotations.public_ipv6 {
             match v.parse::<Ipv6Addr>() {
                 Ok(ip) if usable_underlay(IpAddr::V6(ip)) => view.ipv6 = Some(ip),
                 Ok(_) => reject(ANN_PUBLIC_IPV6, v, "not a usable unicast address".into()),
                 Err(e) => reject(ANN_PUBLIC_IPV6, v, e.to_string()),
             }
         }
-        if let Some(v) = annotations.get(ANN_VTEP_MAC) {
+        if let Some(v) = &annotations.vtep_mac {
             match libweft::netlink::parse_mac(v) {
                 Some(mac) if mac[0] & 1 == 0 && mac != [0; 6] => view.vtep_mac = Some(mac),
                 Some(_) => reject(ANN_VTEP_MAC, v, "multicast or zero MAC".into()),
                 None => reject(ANN_VTEP_MAC, v, "not a MAC address (aa:bb:cc:dd:ee:ff)".into()),
             }
         }
-        if let Some(v) = annotations.get(ANN_BACKEND) {
+        if let Some(v) = &annotations.backend {
             match v.parse::<Backend>() {
                 Ok(b) => view.backend = Some(b),
                 Err(e) => reject(ANN_BACKEND, v, e),
@@ -121,15 +115,24 @@ impl NodeView {
             .unwrap_or_default();
         for c in cidrs {
             match c.parse::<IpNetwork>() {
-                Ok(net) if net.ip() == net.network() && view.pod_cidr(net.is_ipv6()).is_none() => {
-                    view.pod_cidrs.push(net)
+                Ok(net) if net.ip() != net.network() => reject("spec.podCIDRs", &c, "host bits set".into()),
+                Ok(net) if view.pod_cidr(net.is_ipv6()).is_some() => {
+                    reject("spec.podCIDRs", &c, "a second CIDR of one family".into())
                 }
-                Ok(_) => reject("spec.podCIDRs", &c, "host bits set or a second CIDR of one family".into()),
+                Ok(net) if !cluster_cidrs.iter().any(|cl| within(&net, cl)) => {
+                    reject("spec.podCIDRs", &c, "outside the clusterCIDRs".into())
+                }
+                Ok(net) => view.pod_cidrs.push(net),
                 Err(e) => reject("spec.podCIDRs", &c, e.to_string()),
             }
         }
         view
     }
+}
+
+/// `inner` lies entirely inside `outer`.
+fn within(inner: &IpNetwork, outer: &IpNetwork) -> bool {
+    inner.is_ipv4() == outer.is_ipv4() && inner.prefix() >= outer.prefix() && outer.contains(inner.network())
 }
 
 /// An underlay address must be one a packet can really be sent to.
@@ -143,4 +146,105 @@ fn usable_underlay(ip: IpAddr) -> bool {
 /// Hostile values can be huge; logs and metrics get a bounded prefix.
 fn truncate(v: &str) -> String {
     v.chars().take(64).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::api::core::v1::NodeAddress;
+    use kube::api::ObjectMeta;
+
+    use super::*;
+    use crate::watch::{WatchedSpec, WatchedStatus, WeftAnnotations};
+
+    fn cluster() -> Vec<IpNetwork> {
+        vec!["10.244.0.0/16".parse().unwrap(), "fd00:10:244::/56".parse().unwrap()]
+    }
+
+    /// A Node as the API holds it: podCIDRs, InternalIPs and annotations.
+    fn node(cidrs: &[&str], ips: &[&str], annotations: &[(&str, &str)]) -> WatchedNode {
+        WatchedNode {
+            metadata: ObjectMeta { name: Some("n2".into()), ..ObjectMeta::default() },
+            weft: WeftAnnotations::from_annotations(annotations.iter().map(|(k, v)| (k.to_string(), v.to_string()))),
+            spec: Some(WatchedSpec { pod_cidr: None, pod_cidrs: Some(cidrs.iter().map(|c| c.to_string()).collect()) }),
+            status: Some(WatchedStatus {
+                addresses: Some(
+                    ips.iter().map(|a| NodeAddress { type_: "InternalIP".into(), address: a.to_string() }).collect(),
+                ),
+            }),
+        }
+    }
+
+    fn read(n: &WatchedNode) -> (NodeView, BTreeMap<&'static str, String>) {
+        let mut rejected = Vec::new();
+        let view = NodeView::from_node(n, &cluster(), &mut rejected);
+        (view, rejected.into_iter().map(|r| (r.field, r.reason)).collect())
+    }
+
+    #[test]
+    fn a_well_formed_node_reads_completely() {
+        let (v, rejected) = read(&node(
+            &["10.244.2.0/24", "fd00:10:244:2::/64"],
+            &["198.51.100.12", "2001:db8:a::12"],
+            &[(ANN_VTEP_MAC, "0e:00:00:00:00:02"), (ANN_BACKEND, "vxlan"), (ANN_PUBLIC_IP, "203.0.113.12")],
+        ));
+        assert!(rejected.is_empty(), "{rejected:?}");
+        assert_eq!(v.pod_cidrs.len(), 2);
+        // weft's annotation wins over InternalIP; IPv6 falls back to InternalIP.
+        assert_eq!(v.ip(false), Some("203.0.113.12".parse().unwrap()));
+        assert_eq!(v.ip(true), Some("2001:db8:a::12".parse().unwrap()));
+        assert_eq!(v.vtep_mac, Some([0x0e, 0, 0, 0, 0, 2]));
+        assert_eq!(v.backend, Some(Backend::Vxlan));
+    }
+
+    #[test]
+    fn missing_annotations_fall_back_or_stay_empty() {
+        let (v, rejected) = read(&node(&["10.244.2.0/24"], &["198.51.100.12"], &[]));
+        assert!(rejected.is_empty());
+        assert_eq!(v.ip(false), Some("198.51.100.12".parse().unwrap()));
+        assert_eq!((v.vtep_mac, v.backend, v.ip(true)), (None, None, None));
+    }
+
+    #[test]
+    fn hostile_values_are_refused_and_never_used() {
+        let huge = "x".repeat(100_000);
+        let (v, rejected) = read(&node(
+            &["0.0.0.0/0", "10.244.2.5/24"],
+            &["198.51.100.12"],
+            &[
+                (ANN_PUBLIC_IP, "127.0.0.1"),
+                (ANN_PUBLIC_IPV6, &huge),
+                (ANN_VTEP_MAC, "ff:ff:ff:ff:ff:ff"),
+                (ANN_BACKEND, "ipip"),
+            ],
+        ));
+        assert!(v.pod_cidrs.is_empty(), "no pod CIDR may be routed: {:?}", v.pod_cidrs);
+        assert_eq!(v.ip(false), Some("198.51.100.12".parse().unwrap()), "loopback refused, InternalIP kept");
+        assert_eq!((v.vtep_mac, v.backend, v.ip(true)), (None, None, None));
+        for field in [ANN_PUBLIC_IP, ANN_PUBLIC_IPV6, ANN_VTEP_MAC, ANN_BACKEND, "spec.podCIDRs"] {
+            assert!(rejected.contains_key(field), "{field} not reported: {rejected:?}");
+        }
+        let mut all = Vec::new();
+        NodeView::from_node(&node(&[], &[], &[(ANN_PUBLIC_IPV6, &huge)]), &cluster(), &mut all);
+        assert_eq!(all[0].value.len(), 64, "logged values are bounded");
+    }
+
+    #[test]
+    fn pod_cidrs_must_be_network_addresses_inside_the_cluster_one_per_family() {
+        for (cidr, why) in [
+            ("10.244.2.1/24", "host bits set"),
+            ("10.245.0.0/24", "outside the clusterCIDRs"),
+            ("10.0.0.0/8", "outside the clusterCIDRs"),
+            ("fd00:10:245::/64", "outside the clusterCIDRs"),
+            ("not-a-cidr", ""),
+        ] {
+            let (v, rejected) = read(&node(&[cidr], &[], &[]));
+            assert!(v.pod_cidrs.is_empty(), "{cidr} accepted");
+            assert!(rejected["spec.podCIDRs"].contains(why), "{cidr}: {rejected:?}");
+        }
+        let (v, rejected) = read(&node(&["10.244.2.0/24", "10.244.3.0/24"], &[], &[]));
+        assert_eq!(v.pod_cidrs, vec!["10.244.2.0/24".parse::<IpNetwork>().unwrap()]);
+        assert!(rejected["spec.podCIDRs"].contains("second"));
+    }
 }

@@ -8,6 +8,7 @@ use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams};
 
 use crate::peer::{ANN_BACKEND, ANN_PUBLIC_IP, ANN_PUBLIC_IPV6, ANN_VTEP_MAC};
+use crate::watch::WatchedNode;
 
 /// The annotations this node should carry.
 pub fn wanted(underlay: &crate::desired::Underlay, vtep_mac: [u8; 6], backend: &str) -> BTreeMap<String, String> {
@@ -24,8 +25,12 @@ pub fn wanted(underlay: &crate::desired::Underlay, vtep_mac: [u8; 6], backend: &
 }
 
 /// Patches the Node when an annotation differs; returns whether it patched.
-pub async fn publish(api: &Api<Node>, node: &Node, wanted: &BTreeMap<String, String>) -> Result<bool, kube::Error> {
-    let current = node.metadata.annotations.clone().unwrap_or_default();
+pub async fn publish(
+    api: &Api<Node>,
+    node: &WatchedNode,
+    wanted: &BTreeMap<String, String>,
+) -> Result<bool, kube::Error> {
+    let current: BTreeMap<String, String> = node.weft.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     let stale: BTreeMap<&String, Option<&String>> = wanted
         .iter()
         .filter(|(k, v)| current.get(*k) != Some(*v))

@@ -13,8 +13,8 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use libweft::testutil::control_plane::{ControlPlane, Proc, eventually, k8s_bin};
 use common::{EXTERNAL_V4, EXTERNAL_V6, Lab, WEFT};
+use libweft::testutil::control_plane::{ControlPlane, Proc, eventually, k8s_bin};
 use libweft::testutil::{TestNs, have_privileges};
 
 fn bin_or_skip() -> Option<PathBuf> {
@@ -85,6 +85,25 @@ impl Agent {
 
 fn routes(ns: &TestNs) -> String {
     ns.exec_ok(&["ip", "route", "show", "proto", "88"]) + &ns.exec_ok(&["ip", "-6", "route", "show", "proto", "88"])
+}
+
+fn nft_set(ns: &TestNs, set: &str) -> String {
+    ns.exec_ok(&["nft", "list", "set", "inet", "weft", set])
+}
+
+/// The agent's Prometheus metrics (it listens on 127.0.0.1:9959 in its node).
+fn metrics(ns: &TestNs) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns.name(), "socat", "-T", "3", "-", "TCP4:127.0.0.1:9959"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().unwrap().write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A TCP connection from `from` to an echo server, kept open by the test.
@@ -247,6 +266,33 @@ fn vxlan_agents_connect_pods_survive_restarts_and_forget_deleted_nodes() {
         );
     }
 
+    // Node addresses keep pods' source: a new node's address joins the set.
+    assert!(nft_set(&lab.nodes[0].ns, "nodes4").contains("198.51.100.14"), "node4's address is not in nodes4");
+
+    // A hostile Node is refused, counted once per value, and never programmed.
+    let evil = serde_json::json!({"apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": "evil", "annotations": {"weft.dev/vtep-mac": "ff:ff:ff:ff:ff:ff",
+            "weft.dev/public-ip": "127.0.0.1", "weft.dev/backend": "ipip"}},
+        "spec": {"podCIDR": "0.0.0.0/0", "podCIDRs": ["0.0.0.0/0"]}});
+    cp.kubectl_stdin(&["create", "-f", "-"], &evil.to_string());
+    assert!(
+        eventually(Duration::from_secs(10), || metrics(&lab.nodes[0].ns)
+            .contains(r#"weft_rejected_annotations_total{field="spec.podCIDRs"} 1"#)),
+        "the hostile pod CIDR was not counted:\n{}",
+        metrics(&lab.nodes[0].ns)
+    );
+    cp.kubectl_ok(&["annotate", "node", "evil", "unrelated=touch"]); // one more event, one more pass
+    std::thread::sleep(Duration::from_secs(3));
+    let m = metrics(&lab.nodes[0].ns);
+    for field in ["spec.podCIDRs", "weft.dev/vtep-mac", "weft.dev/public-ip", "weft.dev/backend"] {
+        assert!(m.contains(&format!("weft_rejected_annotations_total{{field=\"{field}\"}} 1")), "{field}:\n{m}");
+    }
+    let r = routes(&lab.nodes[0].ns);
+    assert!(!r.contains("default") && !r.contains("0.0.0.0"), "a hostile pod CIDR was routed: {r}");
+    let fdb = lab.nodes[0].ns.exec_ok(&["bridge", "fdb", "show", "dev", "weft.vxlan"]);
+    assert!(!fdb.contains("ff:ff:ff:ff:ff:ff") && !fdb.contains("127.0.0.1"), "{fdb}");
+    cp.kubectl_ok(&["delete", "node", "evil"]);
+
     // A deleted node disappears from every peer within 2 s.
     cp.kubectl_ok(&["delete", "node", "node3"]);
     for i in [0, 1] {
@@ -260,6 +306,10 @@ fn vxlan_agents_connect_pods_survive_restarts_and_forget_deleted_nodes() {
         assert!(!fdb.contains("198.51.100.13"), "{fdb}");
     }
     assert!(!p1.ping(&p3v4) && !p1.ping(&p3v6));
+    assert!(
+        eventually(Duration::from_secs(5), || !nft_set(&lab.nodes[0].ns, "nodes4").contains("198.51.100.13")),
+        "a deleted node's address stays in nodes4"
+    );
 
     // Deleted while a peer's agent is down: the restarted agent removes it.
     agents[1].stop();
