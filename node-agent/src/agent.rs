@@ -169,7 +169,8 @@ impl Agent {
         let applied = reconcile::sync(nl, &d, underlay.ifindex).await?;
         if let Some(vx) = &d.vxlan {
             // An ioctl in this process's namespace, which is the node's.
-            crate::offload::apply(crate::desired::VXLAN_DEV, vx.tx_checksum_offload);
+            let on = vx.tx_checksum_offload.unwrap_or_else(crate::offload::kernel_default);
+            crate::offload::apply(crate::desired::VXLAN_DEV, on);
         }
         if applied.changes > 0 {
             tracing::info!(node = %node_name, changes = applied.changes, routes = applied.routes, "programmed peers");

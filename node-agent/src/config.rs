@@ -52,13 +52,14 @@ pub struct VxlanConfig {
     pub vni: u32,
     /// UDP port (8472 like flannel and the Linux default; 4789 is IANA's).
     pub port: u16,
-    /// Transmit checksum offload on the VXLAN device (see README: off by default).
-    pub tx_checksum_offload: bool,
+    /// Transmit checksum offload on the VXLAN device; `None`: on, except on
+    /// kernels before 5.7 (see `offload` and the README's measurement).
+    pub tx_checksum_offload: Option<bool>,
 }
 
 impl Default for VxlanConfig {
     fn default() -> Self {
-        VxlanConfig { vni: 1, port: 8472, tx_checksum_offload: false }
+        VxlanConfig { vni: 1, port: 8472, tx_checksum_offload: None }
     }
 }
 
@@ -224,7 +225,7 @@ mod tests {
     fn defaults_are_sane() {
         let c = parse(r#"{"clusterCIDRs":["10.244.0.0/16","fd00:10:244::/56"]}"#).unwrap();
         assert_eq!(c.backend, Backend::Auto);
-        assert_eq!(c.vxlan, VxlanConfig { vni: 1, port: 8472, tx_checksum_offload: false });
+        assert_eq!(c.vxlan, VxlanConfig { vni: 1, port: 8472, tx_checksum_offload: None });
         assert!(c.masquerade);
         assert_eq!(c.resync_period, Duration::from_secs(60));
         assert_eq!(c.listen_address.port(), 9959);

@@ -53,7 +53,8 @@ pub struct VxlanSpec {
     pub mac: [u8; 6],
     /// The VTEP addresses: the network address of each local pod CIDR, as /32 or /128.
     pub addresses: Vec<IpNetwork>,
-    pub tx_checksum_offload: bool,
+    /// `None`: the kernel-dependent default (`offload::kernel_default`).
+    pub tx_checksum_offload: Option<bool>,
 }
 
 /// How to reach one peer pod CIDR.
