@@ -5,5 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps >/dev/null
 bin=$(scripts/build-static)
-cargo build --quiet --release --locked -p weft-bench
-exec target/release/cni-bench "$bin/weft" "$@"
+exec "$bin/cni-bench" "$bin/weft" "$@"

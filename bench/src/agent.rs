@@ -214,6 +214,27 @@ fn proc_stats(pid: u32) -> (u64, u64, u64) {
     (ticks, kib("VmHWM:"), kib("VmRSS:"))
 }
 
+/// (sum, count) of the agent's `weft_reconcile_duration_seconds`, from its
+/// metrics endpoint (127.0.0.1:9959 in the node namespace).
+fn pass_seconds(node: &NetNs) -> (f64, f64) {
+    use std::io::{Read, Write};
+    let text = node
+        .run(|| {
+            let mut c = std::net::TcpStream::connect("127.0.0.1:9959")?;
+            c.set_read_timeout(Some(Duration::from_secs(5)))?;
+            c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
+            let mut s = String::new();
+            c.read_to_string(&mut s)?;
+            Ok::<_, std::io::Error>(s)
+        })
+        .expect("thread in the node namespace")
+        .unwrap_or_default();
+    let value = |name: &str| {
+        text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse::<f64>().ok())).unwrap_or(0.0)
+    };
+    (value("weft_reconcile_duration_seconds_sum"), value("weft_reconcile_duration_seconds_count"))
+}
+
 fn percentile(sorted: &[Duration], q: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -322,6 +343,8 @@ struct Report {
     programmed: Duration,
     add: Vec<Duration>,
     del: Vec<Duration>,
+    /// The agent's own mean reconcile pass during the single-Node changes.
+    pass_ms: f64,
     peak_rss_kib: u64,
     rss_kib: u64,
     idle_cpu_percent: f64,
@@ -401,6 +424,7 @@ async fn run(
     assert_eq!(in_kernel, want, "routes in the kernel after programming");
     eprintln!("programmed {want} routes in {programmed:?}; one Node at a time: create and delete");
 
+    let passes_before = pass_seconds(node_netns);
     let mut add = Vec::new();
     let mut del = Vec::new();
     // Each change is measured alone: the agent has finished the previous
@@ -419,6 +443,8 @@ async fn run(
     }
     add.sort();
     del.sort();
+    let passes_after = pass_seconds(node_netns);
+    let pass_ms = (passes_after.0 - passes_before.0) / (passes_after.1 - passes_before.1).max(1.0) * 1000.0;
 
     eprintln!("idle for {:?}", args.idle);
     let (t0, _, _) = proc_stats(pid);
@@ -429,7 +455,7 @@ async fn run(
     let idle_cpu_percent = (t1 - t0) as f64 / hz / clock.elapsed().as_secs_f64() * 100.0;
     assert!(eventually(Duration::from_secs(1), || proc_stats(pid).1 > 0), "the agent exited:\n{}", agent.log_tail());
     drop(agent);
-    Report { create_seconds, programmed, add, del, peak_rss_kib, rss_kib, idle_cpu_percent }
+    Report { create_seconds, programmed, add, del, pass_ms, peak_rss_kib, rss_kib, idle_cpu_percent }
 }
 
 fn wait_route(events: &mpsc::Receiver<RouteEvent>, dst: IpNetwork, added: bool, t0: Instant, agent: &Proc) -> Duration {
@@ -460,6 +486,7 @@ fn print_report(args: &Args, floor: Duration, r: &Report) {
         ("Node added -> route in kernel, p99 (ms)", ms(percentile(&r.add, 0.99)), "< 100"),
         ("Node deleted -> route gone, p50 (ms)", ms(percentile(&r.del, 0.5)), ""),
         ("Node deleted -> route gone, p99 (ms)", ms(percentile(&r.del, 0.99)), ""),
+        ("agent's mean reconcile pass meanwhile (ms)", r.pass_ms, ""),
         ("peak RSS (MiB)", r.peak_rss_kib as f64 / 1024.0, "< 32"),
         ("RSS at the end (MiB)", r.rss_kib as f64 / 1024.0, ""),
         ("idle CPU (% of one core)", r.idle_cpu_percent, ""),
