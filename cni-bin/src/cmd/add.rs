@@ -20,10 +20,7 @@ pub fn run(env: &RuntimeEnv, conf: &NetConf, version: CniVersion) -> Result<Valu
         ));
     }
     let node = NodeSettings::load(conf)?;
-    let netns_path = env
-        .netns
-        .as_deref()
-        .ok_or_else(|| CniError::InvalidEnvironment { var: "CNI_NETNS", reason: "not set".into() })?;
+    let netns_path = env.netns_path()?;
     // Open the netns before reserving anything: a bad path costs nothing to undo.
     let netns = NetNs::open(netns_path)?;
     let att = attachment(&env.container_id, &env.ifname);

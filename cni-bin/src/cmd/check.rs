@@ -29,10 +29,7 @@ pub fn run(env: &RuntimeEnv, conf: &NetConf, version: CniVersion) -> Result<(), 
         )));
     }
 
-    let netns_path = env
-        .netns
-        .as_deref()
-        .ok_or_else(|| CniError::InvalidEnvironment { var: "CNI_NETNS", reason: "not set".into() })?;
+    let netns_path = env.netns_path()?;
     let netns = NetNs::open(netns_path)?;
     let host_veth = host_veth_name(&env.container_id, &env.ifname);
     runtime()?.block_on(async {

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
@@ -231,6 +231,11 @@ pub struct RuntimeEnv {
 }
 
 impl RuntimeEnv {
+    /// `CNI_NETNS`, which ADD and CHECK require (`from_vars` already refused them without it).
+    pub fn netns_path(&self) -> Result<&Path, CniError> {
+        self.netns.as_deref().ok_or_else(|| CniError::InvalidEnvironment { var: "CNI_NETNS", reason: "not set".into() })
+    }
+
     /// Reads and validates the variables the command needs; errors (code 4) name the variable.
     pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<RuntimeEnv, CniError> {
         let command = match get("CNI_COMMAND") {
