@@ -3,7 +3,7 @@
 //! here, so every decision (which backend per peer, which MTU, what to skip)
 //! is unit-tested without a kernel.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
@@ -114,7 +114,14 @@ pub fn desired(
         });
     }
 
-    for peer in nodes.iter().filter(|n| n.name != local.name) {
+    // Peers in name order, and the first claim of a pod CIDR or VTEP MAC
+    // wins: two Nodes claiming one would otherwise swap the route (or FDB
+    // entry) back and forth from pass to pass, in the store's hash order.
+    let mut peers: Vec<&NodeView> = nodes.iter().filter(|n| n.name != local.name).collect();
+    peers.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut cidr_owner: HashMap<IpNetwork, &str> = HashMap::new();
+    let mut mac_owner: HashMap<[u8; 6], &str> = HashMap::new();
+    for peer in peers {
         if peer.pod_cidrs.is_empty() {
             continue; // not allocated yet; nothing to route to
         }
@@ -122,6 +129,11 @@ pub fn desired(
         for cidr in &peer.pod_cidrs {
             if local.pod_cidrs.iter().any(|own| overlaps(own, cidr)) {
                 d.skipped.push((peer.name.clone(), format!("pod CIDR {cidr} overlaps this node's")));
+                continue;
+            }
+            if let Some(owner) = cidr_owner.insert(*cidr, &peer.name) {
+                cidr_owner.insert(*cidr, owner);
+                d.skipped.push((peer.name.clone(), format!("pod CIDR {cidr} is already node {owner}'s")));
                 continue;
             }
             let family_v6 = cidr.is_ipv6();
@@ -154,6 +166,11 @@ pub fn desired(
                 ));
                 continue;
             };
+            if let Some(owner) = mac_owner.get(&mac).filter(|o| **o != peer.name) {
+                d.skipped.push((peer.name.clone(), format!("VTEP MAC is already node {owner}'s")));
+                continue;
+            }
+            mac_owner.insert(mac, &peer.name);
             let vtep = cidr.network();
             d.routes.insert(*cidr, Hop::Vxlan { gateway: vtep });
             d.neighbours.insert(vtep, mac);
@@ -363,6 +380,33 @@ mod tests {
         assert!(!d.routes.contains_key(&net("10.244.1.0/24")));
         let gone = desired(&config("vxlan"), &me(), &underlay(), vtep_mac_for("n1"), &[me()]);
         assert!(gone.routes.is_empty() && gone.neighbours.is_empty() && gone.fdb.is_empty());
+    }
+
+    #[test]
+    fn a_pod_cidr_or_vtep_mac_claimed_twice_goes_to_the_first_node_by_name() {
+        // Same pod CIDRs and VTEP MAC as n2, another address.
+        let mut twin = same_segment().ip4("198.51.100.50");
+        twin.name = "n0-twin".into();
+        let mut mac_thief = other_segment();
+        mac_thief.vtep_mac = same_segment().vtep_mac;
+        for order in
+            [[same_segment(), twin.clone(), mac_thief.clone()], [mac_thief.clone(), twin.clone(), same_segment()]]
+        {
+            let mut nodes = vec![me()];
+            nodes.extend(order);
+            let d = desired(&config("vxlan"), &me(), &underlay(), vtep_mac_for("n1"), &nodes);
+            // "n0-twin" sorts before n2, the first owner of 10.244.2.0/24 and its MAC, and wins both.
+            assert_eq!(d.fdb.get(&vtep_mac_for("n2")), Some(&"198.51.100.50".parse().unwrap()));
+            assert!(!d.routes.contains_key(&net("10.244.3.0/24")), "n3 reuses n2's MAC: not programmed");
+            assert!(
+                d.skipped.iter().any(|(n, why)| n == &same_segment().name && why.contains("already node n0-twin's"))
+            );
+            assert!(
+                d.skipped.iter().any(|(n, why)| n == &mac_thief.name && why.contains("VTEP MAC")),
+                "{:?}",
+                d.skipped
+            );
+        }
     }
 
     #[test]
