@@ -91,19 +91,22 @@ fn nft_set(ns: &TestNs, set: &str) -> String {
     ns.exec_ok(&["nft", "list", "set", "inet", "weft", set])
 }
 
-/// The agent's Prometheus metrics (it listens on 127.0.0.1:9959 in its node).
+/// The agent's Prometheus metrics (it listens on 127.0.0.1:9959 in its node):
+/// a connection opened on a thread inside the node's namespace.
 fn metrics(ns: &TestNs) -> String {
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns.name(), "socat", "-T", "3", "-", "TCP4:127.0.0.1:9959"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            c.stdin.take().unwrap().write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
-            c.wait_with_output()
+    use std::io::Read;
+    libweft::netns::NetNs::open(&ns.path())
+        .unwrap()
+        .run(|| {
+            let mut c = std::net::TcpStream::connect("127.0.0.1:9959")?;
+            c.set_read_timeout(Some(Duration::from_secs(10)))?;
+            c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
+            let mut text = String::new();
+            c.read_to_string(&mut text)?;
+            Ok::<_, std::io::Error>(text)
         })
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
+        .unwrap()
+        .unwrap_or_default()
 }
 
 /// A TCP connection from `from` to an echo server, kept open by the test.
