@@ -178,6 +178,17 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
                 }
             }
             tracing::info!(kernel_objects = removed, "removed weft's VXLAN device, peer routes and nftables table");
+            // The plugin's IPAM store goes too, unless pods still hold addresses from it.
+            let ipam = cfg.run_dir.join("ipam");
+            if ipam.join(ipam_gc::NETWORK).is_dir() {
+                let store = libweft::ipam::DiskStore::open(&ipam, ipam_gc::NETWORK)?;
+                if store.remove_if_unused()? {
+                    tracing::info!(path = %ipam.display(), "removed the IPAM store");
+                } else {
+                    tracing::warn!(path = %ipam.display(), "kept the IPAM store: pods still hold addresses from it");
+                }
+            }
+            let _ = std::fs::remove_dir(&ipam); // only if empty
             Ok(())
         }
     }

@@ -104,6 +104,20 @@ impl DiskStore {
         self
     }
 
+    /// Removes the store's directory when no address is reserved and no
+    /// attachment is recorded (for uninstalling weft); returns whether it
+    /// did. A store still in use is left alone: its pods' addresses must not
+    /// be handed out twice by whatever comes next.
+    pub fn remove_if_unused(self) -> Result<bool, IpamError> {
+        self.locked(|| {
+            if !self.reservations()?.is_empty() || !self.indexes()?.is_empty() {
+                return Ok(false);
+            }
+            std::fs::remove_dir_all(&self.dir).map_err(io("remove directory", &self.dir))?;
+            Ok(true)
+        })
+    }
+
     /// Deletes every reservation, index, cursor and temp file.
     fn wipe(&self) -> Result<(), IpamError> {
         for name in self.file_names()? {

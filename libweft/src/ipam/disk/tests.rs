@@ -254,3 +254,15 @@ fn randomized_crashes_on_disk() {
         assert!(!f.iter().any(|n| n.starts_with(".tmp")), "seed {seed}: {f:?}");
     }
 }
+
+#[test]
+fn an_unused_store_is_removed_and_a_used_one_kept() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let a = allocator(tmp.path());
+    a.allocate(&att("c1")).expect("allocate");
+    assert!(!store(tmp.path()).remove_if_unused().expect("remove"), "a store with a reservation is kept");
+    assert!(tmp.path().join("weft/attach-c1@eth0").exists());
+    a.release(&att("c1")).expect("release");
+    assert!(store(tmp.path()).remove_if_unused().expect("remove"));
+    assert!(!tmp.path().join("weft").exists());
+}
