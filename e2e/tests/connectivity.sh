@@ -37,7 +37,7 @@ saw() { # expected-client pod host port proto
   [[ $(answer_from "$@" | awk '{print $2}') == "$want" ]]
 }
 
-no_pods() { ! K get pods -l "app in (conn,conn-host)" --no-headers 2>/dev/null | grep -q .; }
+no_pods() { [[ -z $(K get pods -l "app in (conn,conn-host)" --no-headers 2>/dev/null) ]]; }
 K delete deployment conn --ignore-not-found >/dev/null
 K delete daemonset conn-host --ignore-not-found >/dev/null
 eventually 60 no_pods || fail "pods of an earlier run do not go away"

@@ -157,12 +157,13 @@ node_reboot_recovers() {
 }
 
 upgrade_to_routes() {
+  local n routes
   "$E2E/cluster" helm upgrade weft "$ROOT/charts/weft" -n kube-system --reuse-values --set config.backend=routes --wait --timeout 120s >/dev/null
   K -n kube-system rollout status daemonset/weft --timeout 120s >/dev/null
   for n in $(K get nodes -o name | sed 's|node/||'); do
     eventually 30 bash -c "! '$E2E/cluster' exec $n -- ip link show weft.vxlan" || fail "$n kept weft.vxlan after the upgrade to routes"
-    on "$n" -- ip route show proto 88 | grep -q "weft.vxlan" && fail "$n kept VXLAN routes"
-    on "$n" -- ip -6 route show proto 88 | grep -q "weft.vxlan" && fail "$n kept IPv6 VXLAN routes"
+    routes="$(on "$n" -- ip route show proto 88)$(on "$n" -- ip -6 route show proto 88)"
+    [[ $routes != *weft.vxlan* ]] || fail "$n kept VXLAN routes: $routes"
   done
   pass "helm upgrade vxlan -> routes converged: no VXLAN device or route left"
 }
@@ -181,9 +182,11 @@ uninstall_and_cleanup() {
     on "$n" -- nft list table inet weft >/dev/null 2>&1 && fail "$n: nftables table inet weft left"
     on "$n" -- test -e /etc/cni/net.d/10-weft.conflist && fail "$n: conflist left"
     on "$n" -- test -e /opt/cni/bin/weft && fail "$n: /opt/cni/bin/weft left"
-    on "$n" -- ip -o link | grep -q ' weft' && fail "$n: weft interfaces left"
+    [[ $(on "$n" -- ip -o link) != *" weft"* ]] || fail "$n: weft interfaces left"
+    diff -u "$STATE/nodes/$n/before-weft" <("$E2E/cluster" snapshot "$n") >&2 ||
+      fail "$n after helm uninstall + weft-agent cleanup differs from before the install (diff above)"
   done
-  pass "helm uninstall + weft-agent cleanup left no weft state on any node"
+  pass "helm uninstall + weft-agent cleanup left every node as it was before the install"
 }
 
 # WEFT_MATRIX="backend segments family;…" runs a subset (while developing).
@@ -195,9 +198,10 @@ for cfg in "${configs[@]}"; do
   timeout 600 "$E2E/cluster" up --nodes 2 --segments "$segments" --backend "$backend" --ip-family "$family" >/dev/null
   export FAMILY=$family
   if [[ $backend == auto ]]; then
-    # Peer routes of the cluster's families (IPv6 only: ip -6).
-    { on node1 -- ip route show proto 88; on node1 -- ip -6 route show proto 88; } | grep -q "weft.vxlan" ||
-      fail "auto across segments must use VXLAN to node2"
+    # Peer routes of the cluster's families (IPv6 only: ip -6); read whole,
+    # since grep -q closing a pipe early fails it under pipefail.
+    peer_routes="$(on node1 -- ip route show proto 88)$(on node1 -- ip -6 route show proto 88)"
+    [[ $peer_routes == *weft.vxlan* ]] || fail "auto across segments must use VXLAN to node2: $peer_routes"
   fi
   "$E2E/tests/connectivity.sh"
   if [[ $backend == vxlan ]]; then
