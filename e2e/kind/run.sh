@@ -2,7 +2,7 @@
 # weft on kind, for users with Docker: creates the cluster, builds and loads
 # weft's image, installs the chart and runs the same connectivity checks as
 # the local cluster (e2e/tests/connectivity.sh).
-#   e2e/kind/run.sh [--backend vxlan|routes|auto] [--ip-family ipv4|dual] [--keep]
+#   e2e/kind/run.sh [--backend vxlan|routes|auto] [--ip-family ipv4|ipv6|dual] [--keep]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -12,7 +12,7 @@ while (($#)); do
     --backend) backend=$2; shift 2 ;;
     --ip-family) family=$2; shift 2 ;;
     --keep) keep=1; shift ;;
-    *) echo "usage: $0 [--backend vxlan|routes|auto] [--ip-family ipv4|dual] [--keep]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--backend vxlan|routes|auto] [--ip-family ipv4|ipv6|dual] [--keep]" >&2; exit 2 ;;
   esac
 done
 for tool in docker kind kubectl helm; do
@@ -22,12 +22,17 @@ cleanup() { [[ -n $keep ]] || kind delete cluster --name weft >/dev/null 2>&1 ||
 trap cleanup EXIT
 
 config=$here/kind-config.yaml
-cidrs="{10.244.0.0/16,fd00:10:244::/56}"
-if [[ $family == ipv4 ]]; then
+case $family in
+  dual) cidrs="{10.244.0.0/16,fd00:10:244::/56}" ;;
+  ipv4) pod=10.244.0.0/16 svc=10.96.0.0/16 ;;
+  ipv6) pod=fd00:10:244::/56 svc=fd00:10:96::/112 ;;
+  *) echo "kind e2e: --ip-family must be ipv4, ipv6 or dual" >&2; exit 2 ;;
+esac
+if [[ $family != dual ]]; then
   config=$(mktemp)
-  sed -e 's/ipFamily: dual/ipFamily: ipv4/' -e 's|podSubnet: .*|podSubnet: "10.244.0.0/16"|' \
-    -e 's|serviceSubnet: .*|serviceSubnet: "10.96.0.0/16"|' "$here/kind-config.yaml" >"$config"
-  cidrs="{10.244.0.0/16}"
+  sed -e "s/ipFamily: dual/ipFamily: $family/" -e "s|podSubnet: .*|podSubnet: \"$pod\"|" \
+    -e "s|serviceSubnet: .*|serviceSubnet: \"$svc\"|" "$here/kind-config.yaml" >"$config"
+  cidrs="{$pod}"
 fi
 kind create cluster --config "$config" --wait 0s
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$root/Cargo.toml" | head -1)
