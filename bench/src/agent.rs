@@ -216,19 +216,8 @@ fn proc_stats(pid: u32) -> (u64, u64, u64) {
 
 /// (sum, count) of the agent's `weft_reconcile_duration_seconds`, from its
 /// metrics endpoint (127.0.0.1:9959 in the node namespace).
-fn pass_seconds(node: &NetNs) -> (f64, f64) {
-    use std::io::{Read, Write};
-    let text = node
-        .run(|| {
-            let mut c = std::net::TcpStream::connect("127.0.0.1:9959")?;
-            c.set_read_timeout(Some(Duration::from_secs(5)))?;
-            c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
-            let mut s = String::new();
-            c.read_to_string(&mut s)?;
-            Ok::<_, std::io::Error>(s)
-        })
-        .expect("thread in the node namespace")
-        .unwrap_or_default();
+fn pass_seconds(node: &TestNs) -> (f64, f64) {
+    let text = node.http_get("127.0.0.1:9959", "/metrics");
     let value = |name: &str| {
         text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse::<f64>().ok())).unwrap_or(0.0)
     };
@@ -424,7 +413,7 @@ async fn run(
     assert_eq!(in_kernel, want, "routes in the kernel after programming");
     eprintln!("programmed {want} routes in {programmed:?}; one Node at a time: create and delete");
 
-    let passes_before = pass_seconds(node_netns);
+    let passes_before = pass_seconds(node);
     let mut add = Vec::new();
     let mut del = Vec::new();
     // Each change is measured alone: the agent has finished the previous
@@ -443,7 +432,7 @@ async fn run(
     }
     add.sort();
     del.sort();
-    let passes_after = pass_seconds(node_netns);
+    let passes_after = pass_seconds(node);
     let pass_ms = (passes_after.0 - passes_before.0) / (passes_after.1 - passes_before.1).max(1.0) * 1000.0;
 
     eprintln!("idle for {:?}", args.idle);

@@ -91,22 +91,9 @@ fn nft_set(ns: &TestNs, set: &str) -> String {
     ns.exec_ok(&["nft", "list", "set", "inet", "weft", set])
 }
 
-/// The agent's Prometheus metrics (it listens on 127.0.0.1:9959 in its node):
-/// a connection opened on a thread inside the node's namespace.
+/// The agent's Prometheus metrics (it listens on 127.0.0.1:9959 in its node).
 fn metrics(ns: &TestNs) -> String {
-    use std::io::Read;
-    libweft::netns::NetNs::open(&ns.path())
-        .unwrap()
-        .run(|| {
-            let mut c = std::net::TcpStream::connect("127.0.0.1:9959")?;
-            c.set_read_timeout(Some(Duration::from_secs(10)))?;
-            c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
-            let mut text = String::new();
-            c.read_to_string(&mut text)?;
-            Ok::<_, std::io::Error>(text)
-        })
-        .unwrap()
-        .unwrap_or_default()
+    ns.http_get("127.0.0.1:9959", "/metrics")
 }
 
 /// A TCP connection from `from` to an echo server, kept open by the test.

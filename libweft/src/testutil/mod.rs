@@ -88,6 +88,23 @@ impl TestNs {
     pub fn ping(&self, dst: &str) -> bool {
         self.exec(&["ping", "-c", "1", "-W", "2", "-w", "3", dst]).status.success()
     }
+
+    /// `GET <path>` over HTTP/1.0 from inside the namespace (a socket opened
+    /// on a thread there), e.g. an agent's metrics on `127.0.0.1:9959`.
+    /// Returns the whole response, headers included; empty if it fails.
+    pub fn http_get(&self, addr: &str, path: &str) -> String {
+        use std::io::{Read, Write};
+        let ns = crate::netns::NetNs::open(&self.path()).unwrap_or_else(|e| panic!("open {}: {e}", self.name));
+        let get = || -> std::io::Result<String> {
+            let mut c = std::net::TcpStream::connect(addr)?;
+            c.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+            c.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())?;
+            let mut text = String::new();
+            c.read_to_string(&mut text)?;
+            Ok(text)
+        };
+        ns.run(get).unwrap_or_else(|e| panic!("thread in {}: {e}", self.name)).unwrap_or_default()
+    }
 }
 
 impl Drop for TestNs {
