@@ -129,13 +129,14 @@ impl Agent {
         let nodes: Vec<NodeView> =
             objects.iter().map(|n| NodeView::from_node(n, &cfg.cluster_cidrs, &mut rejected)).collect();
         // Each refused value is logged and counted once, not on every pass.
-        let current: HashSet<(String, &'static str, String)> =
-            rejected.iter().map(|r| (r.node.clone(), r.field, r.value.clone())).collect();
+        let mut current = HashSet::new();
         for r in &rejected {
-            if !reported.contains(&(r.node.clone(), r.field, r.value.clone())) {
+            let key = (r.node.clone(), r.field, r.value.clone());
+            if !reported.contains(&key) {
                 metrics.rejected_annotations.get_or_create(&FieldLabel { field: r.field.to_string() }).inc();
                 tracing::warn!(node = %r.node, field = r.field, value = %r.value, "ignored invalid value: {}", r.reason);
             }
+            current.insert(key);
         }
         *reported = current;
         let Some(me) = nodes.iter().find(|n| n.name == node_name) else {
