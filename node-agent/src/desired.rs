@@ -3,6 +3,7 @@
 //! here, so every decision (which backend per peer, which MTU, what to skip)
 //! is unit-tested without a kernel.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
@@ -131,10 +132,14 @@ pub fn desired(
                 d.skipped.push((peer.name.clone(), format!("pod CIDR {cidr} overlaps this node's")));
                 continue;
             }
-            if let Some(owner) = cidr_owner.insert(*cidr, &peer.name) {
-                cidr_owner.insert(*cidr, owner);
-                d.skipped.push((peer.name.clone(), format!("pod CIDR {cidr} is already node {owner}'s")));
-                continue;
+            match cidr_owner.entry(*cidr) {
+                Entry::Occupied(owner) => {
+                    d.skipped.push((peer.name.clone(), format!("pod CIDR {cidr} is already node {}'s", owner.get())));
+                    continue;
+                }
+                Entry::Vacant(v) => {
+                    v.insert(&peer.name);
+                }
             }
             let family_v6 = cidr.is_ipv6();
             let direct = match (peer.ip(family_v6), underlay.net(family_v6)) {
