@@ -232,19 +232,16 @@ fn percentile(sorted: &[Duration], q: f64) -> Duration {
 }
 
 /// A node namespace with the bench's underlay: `eth0` (198.18.0.1/15,
-/// 2001:2::1/48), a veth to `peer_ns` when given.
+/// 2001:2::1/48), one end of a veth whose other end, `eth0-peer`, the
+/// caller may move into another namespace.
 fn node_namespace(tag: &str) -> TestNs {
     let ns = TestNs::new(tag);
     ns.exec_ok(&["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0-peer"]);
-    underlay_addresses(&ns);
-    ns.exec_ok(&["ip", "link", "set", "eth0-peer", "up"]);
-    ns
-}
-
-fn underlay_addresses(ns: &TestNs) {
     ns.exec_ok(&["ip", "link", "set", "eth0", "up"]);
     ns.exec_ok(&["ip", "addr", "add", &format!("{NODE_IP}/15"), "dev", "eth0"]);
     ns.exec_ok(&["ip", "addr", "add", "2001:2::1/48", "dev", "eth0", "nodad"]);
+    ns.exec_ok(&["ip", "link", "set", "eth0-peer", "up"]);
+    ns
 }
 
 /// The reference: the same kernel state, hand-written as `ip -batch` and
