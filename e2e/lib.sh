@@ -28,8 +28,9 @@ spec:
     metadata: {labels: {app: $1}}
     spec:
       terminationGracePeriodSeconds: 1
+      # Honor: the control plane's NoSchedule taint keeps it out of the count.
       topologySpreadConstraints:
-      - {maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: DoNotSchedule, labelSelector: {matchLabels: {app: $1}}}
+      - {maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: DoNotSchedule, nodeTaintsPolicy: Honor, labelSelector: {matchLabels: {app: $1}}}
       containers:
       - name: echo
         image: $ECHO_IMAGE
@@ -37,6 +38,9 @@ spec:
         ports: [{containerPort: 8080}]
 YAML
 }
+
+# How many nodes take ordinary pods (all but a tainted control plane).
+worker_count() { K get nodes -l '!node-role.kubernetes.io/control-plane' --no-headers | wc -l; }
 
 all_running() { # app count
   [[ $(K get pods -l "app=$1" --field-selector=status.phase=Running --no-headers 2>/dev/null | grep -c ' 1/1 ') == "$2" ]]
@@ -50,3 +54,14 @@ pod_table() { # app
 reach() { # pod ip
   K exec "$1" -- ping -c1 -W2 "$2" >/dev/null 2>&1
 }
+
+# The local cluster's weft IPAM store against the pods of a node.
+reservations() { # node -> addresses reserved in weft's IPAM store
+  find "${WEFT_CLUSTER_DIR:-/var/tmp/weft-cluster}/nodes/$1/run/weft/ipam/weft" -maxdepth 1 -type f -regex '.*/[0-9a-f.:]+' \
+    -printf '%f\n' 2>/dev/null | sort
+}
+pod_ips_on() { # node -> addresses of its pod-network pods
+  K get pods -A --field-selector "spec.nodeName=$1" \
+    -o go-template='{{range .items}}{{if not .spec.hostNetwork}}{{range .status.podIPs}}{{.ip}}{{"\n"}}{{end}}{{end}}{{end}}' | sort
+}
+no_leak_on() { [[ $(reservations "$1") == "$(pod_ips_on "$1")" ]]; }

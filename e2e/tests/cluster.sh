@@ -59,6 +59,51 @@ seen=$(K exec "$first" -- /weft-echo client 203.0.113.200 8080 | awk '{print $2}
 [[ $seen == "$node_ip" ]] || fail "egress was seen from $seen, not the node address $node_ip"
 pass "pod-to-pod keeps the pod address; egress leaves with the node address"
 
+# Cluster DNS: a dual-stack Service's name (kube-dns's own) resolves to
+# both its ClusterIPs, through either kube-dns address (the kubelets'
+# clusterDNS).
+dns_name=kube-dns.kube-system.svc.cluster.local
+resolves_both() { # pod [server]
+  local out
+  out=$(K exec "$1" -- nslookup "$dns_name" ${2:+"$2"} 2>&1) || return 1
+  [[ $out == *"Address: 10.96.0.10"* && $out == *"Address: fd00:10:96::a"* ]]
+}
+eventually 30 resolves_both "$first" || fail "$dns_name did not resolve to 10.96.0.10 and fd00:10:96::a: $(K exec "$first" -- nslookup "$dns_name" 2>&1)"
+for server in 10.96.0.10 fd00:10:96::a; do
+  resolves_both "$first" "$server" || fail "kube-dns at $server did not answer A and AAAA for $dns_name"
+done
+pass "cluster DNS: a dual-stack Service resolves to its IPv4 and IPv6 ClusterIPs, through kube-dns at 10.96.0.10 and fd00:10:96::a"
+
+# Each node has its own hostname (its own UTS namespace), as on kind, and
+# host-network pods report it.
+for n in control-plane node1 node2; do
+  [[ $("$E2E/cluster" exec "$n" -- hostname) == "$n" ]] || fail "$n's hostname is $("$E2E/cluster" exec "$n" -- hostname)"
+done
+K apply -f - >/dev/null <<YAML
+apiVersion: v1
+kind: Pod
+metadata: {name: hostnet, labels: {app: hostnet}}
+spec:
+  nodeName: node2
+  hostNetwork: true
+  terminationGracePeriodSeconds: 1
+  containers: [{name: echo, image: $ECHO_IMAGE, imagePullPolicy: IfNotPresent, args: ["18081"]}]
+YAML
+eventually 60 all_running hostnet 1 || fail "hostnet pod not Running"
+[[ $(K exec hostnet -- hostname) == node2 ]] || fail "a host-network pod on node2 reports hostname $(K exec hostnet -- hostname)"
+K delete pod hostnet --wait=false >/dev/null
+pass "every node has its own hostname; a host-network pod on node2 reports node2"
+
+# The control plane is a node (tainted, as in kind) with weft, so the API
+# server reaches pods: its proxy to a pod and to a Service.
+K expose deployment echo --name echo --port 80 --target-port 8080 >/dev/null
+[[ $(K get --raw "/api/v1/namespaces/default/pods/$first:8080/proxy/") == "$first "* ]] ||
+  fail "the API server's proxy to pod $first failed"
+eventually 30 bash -c "[[ \$('$E2E/cluster' kubectl get --raw /api/v1/namespaces/default/services/echo:80/proxy/) == echo-* ]]" ||
+  fail "the API server's proxy to the echo Service failed"
+K delete service echo >/dev/null
+pass "the API server reaches pods: its proxy to a pod and to a Service answer"
+
 "$E2E/cluster" restart node1
 read -r _ _ v4b _ <<<"${pods[1]}"
 for row in "${pods[@]}"; do
@@ -69,11 +114,11 @@ pass "restarting containerd and kubelet on node1 keeps its pods' networking"
 
 K delete deployment echo --wait=true >/dev/null
 eventually 60 bash -c "! $E2E/cluster kubectl get pods -l app=echo --no-headers 2>/dev/null | grep -q ." || fail "pods not deleted"
+# What stays reserved is exactly the remaining pods' (CoreDNS) addresses.
 for n in node1 node2; do
-  left=$(find "$STATE/nodes/$n/run/weft/ipam/weft" -maxdepth 1 -type f -regex '.*/[0-9a-f.:]+' 2>/dev/null | wc -l)
-  [[ $left == 0 ]] || fail "$n: $left addresses still reserved after the pods were deleted"
+  no_leak_on "$n" || fail "$n: reserved $(reservations "$n" | tr '\n' ' ') but its pods hold $(pod_ips_on "$n" | tr '\n' ' ')"
 done
-pass "deleting the pods released every address (kubelet called DEL)"
+pass "deleting the pods released their addresses (kubelet called DEL); the rest match the remaining pods"
 
 trap - EXIT
 "$E2E/cluster" down >/dev/null

@@ -42,7 +42,8 @@ K delete deployment conn --ignore-not-found >/dev/null
 K delete daemonset conn-host --ignore-not-found >/dev/null
 eventually 60 no_pods || fail "pods of an earlier run do not go away"
 nodes=$(K get nodes --no-headers | wc -l)
-deploy_echo conn $((nodes * 2))
+workers=$(worker_count)
+deploy_echo conn $((workers * 2))
 K apply -f - >/dev/null <<YAML
 apiVersion: apps/v1
 kind: DaemonSet
@@ -67,7 +68,7 @@ spec:
   selector: {app: conn}
   ports: [{port: 80, targetPort: 8080, protocol: TCP, name: tcp}]
 YAML
-eventually 120 all_running conn $((nodes * 2)) || { K get pods -o wide; fail "conn pods not Running"; }
+eventually 120 all_running conn $((workers * 2)) || { K get pods -o wide; fail "conn pods not Running"; }
 eventually 60 all_running conn-host "$nodes" || { K get pods -o wide; fail "conn-host pods not Running"; }
 
 mapfile -t pods < <(pod_table conn)

@@ -63,14 +63,6 @@ YAML
 }
 
 STATE=${WEFT_CLUSTER_DIR:-/var/tmp/weft-cluster}
-reservations() { # node -> addresses reserved in weft's IPAM store
-  find "$STATE/nodes/$1/run/weft/ipam/weft" -maxdepth 1 -type f -regex '.*/[0-9a-f.:]+' -printf '%f\n' 2>/dev/null | sort
-}
-pod_ips_on() { # node
-  K get pods -A --field-selector "spec.nodeName=$1" \
-    -o go-template='{{range .items}}{{if not .spec.hostNetwork}}{{range .status.podIPs}}{{.ip}}{{"\n"}}{{end}}{{end}}{{end}}' | sort
-}
-no_leak_on() { [[ $(reservations "$1") == "$(pod_ips_on "$1")" ]]; }
 
 # A plugin killed with SIGKILL in the middle of ADD: kubelet retries with a
 # new sandbox, the pod comes up, and weft-agent's GC reclaims what the killed
@@ -170,7 +162,10 @@ upgrade_to_routes() {
 
 uninstall_and_cleanup() {
   K delete deployment --all --wait=true >/dev/null
+  K -n kube-system scale deployment coredns --replicas 0 >/dev/null
   eventually 60 bash -c "! '$E2E/cluster' kubectl get pods --no-headers 2>/dev/null | grep -q ." || fail "pods linger"
+  eventually 60 bash -c "! '$E2E/cluster' kubectl -n kube-system get pods -l k8s-app=kube-dns --no-headers 2>/dev/null | grep -q ." ||
+    fail "CoreDNS pods linger"
   "$E2E/cluster" helm uninstall weft -n kube-system --wait >/dev/null
   local bin
   bin=$("$ROOT/scripts/build-static")
