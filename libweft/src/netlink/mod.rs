@@ -44,6 +44,21 @@ pub enum NetlinkError {
     /// The netlink socket could not be set up.
     #[error("open netlink socket: {0}")]
     Socket(#[source] std::io::Error),
+    /// A link weft just created was gone when it looked it up again:
+    /// something else deleted it (or its namespace) in between.
+    #[error(
+        "{name} vanished{} right after creation",
+        .netns.as_ref().map(|p| format!(" from {}", p.display())).unwrap_or_default()
+    )]
+    Vanished {
+        /// The link's name.
+        name: String,
+        /// The namespace it was created in, when not the caller's.
+        netns: Option<std::path::PathBuf>,
+    },
+    /// A request weft itself built wrong (a bug, not a kernel answer).
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
 }
 
 impl NetlinkError {

@@ -63,10 +63,7 @@ impl Netlink {
     /// Adds a route; fails with EEXIST if one with the same key exists.
     pub async fn add_route(&self, spec: &RouteSpec) -> Result<(), NetlinkError> {
         if spec.gateway.is_some_and(|g| g.is_ipv4() != spec.dst.is_ipv4()) {
-            return Err(NetlinkError::Socket(std::io::Error::other(format!(
-                "route {} with gateway of the other family",
-                spec.dst
-            ))));
+            return Err(NetlinkError::InvalidRequest(format!("route {} with a gateway of the other family", spec.dst)));
         }
         self.handle.route().add(route_message(spec)).execute().await.map_err(ctx(|| describe("add", spec)))
     }
