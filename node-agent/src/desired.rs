@@ -25,7 +25,6 @@ pub const VXLAN_OVERHEAD_V6: u32 = 70;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Underlay {
     pub ifindex: u32,
-    pub name: String,
     pub mtu: u32,
     /// Underlay addresses with their on-link prefix (the L2 segment).
     pub v4: Option<IpNetwork>,
@@ -220,14 +219,7 @@ mod tests {
 
     /// Test builder: `node("n2").cidrs(&[..]).ip4("198.51.100.12")`.
     fn node(name: &str) -> NodeView {
-        NodeView {
-            name: name.into(),
-            ipv4: None,
-            ipv6: None,
-            pod_cidrs: vec![],
-            vtep_mac: Some(vtep_mac_for(name)),
-            backend: None,
-        }
+        NodeView { name: name.into(), ipv4: None, ipv6: None, pod_cidrs: vec![], vtep_mac: Some(vtep_mac_for(name)) }
     }
 
     trait Build {
@@ -268,7 +260,6 @@ mod tests {
     fn underlay() -> Underlay {
         Underlay {
             ifindex: 2,
-            name: "eth0".into(),
             mtu: 1500,
             v4: Some("198.51.100.11/24".parse().unwrap()),
             v6: Some("2001:db8:a::11/64".parse().unwrap()),

@@ -5,7 +5,6 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::config::Backend;
 use crate::watch::WatchedNode;
 use ipnetwork::IpNetwork;
 
@@ -15,7 +14,8 @@ pub const ANN_PUBLIC_IP: &str = "weft.dev/public-ip";
 pub const ANN_PUBLIC_IPV6: &str = "weft.dev/public-ipv6";
 /// MAC of the node's VXLAN device.
 pub const ANN_VTEP_MAC: &str = "weft.dev/vtep-mac";
-/// The backend the node runs.
+/// The backend the node runs: published for operators (`kubectl get node -o yaml`);
+/// peers do not read it, since each peer's hop depends only on its addresses.
 pub const ANN_BACKEND: &str = "weft.dev/backend";
 
 /// A node as weft sees it.
@@ -27,7 +27,6 @@ pub struct NodeView {
     /// `spec.podCIDRs`, at most one per family.
     pub pod_cidrs: Vec<IpNetwork>,
     pub vtep_mac: Option<[u8; 6]>,
-    pub backend: Option<Backend>,
 }
 
 /// A value on a Node that weft refused.
@@ -61,14 +60,7 @@ impl NodeView {
             rejected.push(Rejected { node: name.clone(), field, value: truncate(value), reason });
         };
 
-        let mut view = NodeView {
-            name: name.clone(),
-            ipv4: None,
-            ipv6: None,
-            pod_cidrs: Vec::new(),
-            vtep_mac: None,
-            backend: None,
-        };
+        let mut view = NodeView { name: name.clone(), ipv4: None, ipv6: None, pod_cidrs: Vec::new(), vtep_mac: None };
 
         let internal: Vec<IpAddr> = node.internal_ips().collect();
         view.ipv4 = internal.iter().find_map(|ip| match ip {
@@ -98,12 +90,6 @@ impl NodeView {
                 Some(mac) if mac[0] & 1 == 0 && mac != [0; 6] => view.vtep_mac = Some(mac),
                 Some(_) => reject(ANN_VTEP_MAC, v, "multicast or zero MAC".into()),
                 None => reject(ANN_VTEP_MAC, v, "not a MAC address (aa:bb:cc:dd:ee:ff)".into()),
-            }
-        }
-        if let Some(v) = &annotations.backend {
-            match v.parse::<Backend>() {
-                Ok(b) => view.backend = Some(b),
-                Err(e) => reject(ANN_BACKEND, v, e),
             }
         }
 
@@ -195,7 +181,6 @@ mod tests {
         assert_eq!(v.ip(false), Some("203.0.113.12".parse().unwrap()));
         assert_eq!(v.ip(true), Some("2001:db8:a::12".parse().unwrap()));
         assert_eq!(v.vtep_mac, Some([0x0e, 0, 0, 0, 0, 2]));
-        assert_eq!(v.backend, Some(Backend::Vxlan));
     }
 
     #[test]
@@ -203,7 +188,7 @@ mod tests {
         let (v, rejected) = read(&node(&["10.244.2.0/24"], &["198.51.100.12"], &[]));
         assert!(rejected.is_empty());
         assert_eq!(v.ip(false), Some("198.51.100.12".parse().unwrap()));
-        assert_eq!((v.vtep_mac, v.backend, v.ip(true)), (None, None, None));
+        assert_eq!((v.vtep_mac, v.ip(true)), (None, None));
     }
 
     #[test]
@@ -221,10 +206,11 @@ mod tests {
         ));
         assert!(v.pod_cidrs.is_empty(), "no pod CIDR may be routed: {:?}", v.pod_cidrs);
         assert_eq!(v.ip(false), Some("198.51.100.12".parse().unwrap()), "loopback refused, InternalIP kept");
-        assert_eq!((v.vtep_mac, v.backend, v.ip(true)), (None, None, None));
-        for field in [ANN_PUBLIC_IP, ANN_PUBLIC_IPV6, ANN_VTEP_MAC, ANN_BACKEND, "spec.podCIDRs"] {
+        assert_eq!((v.vtep_mac, v.ip(true)), (None, None));
+        for field in [ANN_PUBLIC_IP, ANN_PUBLIC_IPV6, ANN_VTEP_MAC, "spec.podCIDRs"] {
             assert!(rejected.contains_key(field), "{field} not reported: {rejected:?}");
         }
+        assert!(!rejected.contains_key(ANN_BACKEND), "a value weft never reads is never refused");
         let mut all = Vec::new();
         NodeView::from_node(&node(&[], &[], &[(ANN_PUBLIC_IPV6, &huge)]), &cluster(), &mut all);
         assert_eq!(all[0].value.len(), 64, "logged values are bounded");

@@ -31,5 +31,5 @@ pub async fn detect(nl: &Netlink, configured: Option<&str>, node_ips: &[IpAddr])
         let chosen = mine.clone().find(|(_, a)| node_ips.contains(&a.ip)).or(mine.clone().next())?;
         IpNetwork::new(chosen.1.ip, chosen.1.prefix).ok()
     };
-    Ok(Underlay { ifindex: link.index, name: link.name.clone(), mtu: link.mtu, v4: on_link(false), v6: on_link(true) })
+    Ok(Underlay { ifindex: link.index, mtu: link.mtu, v4: on_link(false), v6: on_link(true) })
 }

@@ -1,6 +1,5 @@
 //! Network config (stdin), runtime environment (`CNI_*`), and results (stdout).
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -226,8 +225,6 @@ pub struct RuntimeEnv {
     pub netns: Option<PathBuf>,
     /// `CNI_IFNAME` (ADD, DEL, CHECK).
     pub ifname: String,
-    /// `CNI_ARGS`, split into key/value pairs (weft uses none, but keeps them for logs).
-    pub args: HashMap<String, String>,
 }
 
 impl RuntimeEnv {
@@ -248,13 +245,7 @@ impl RuntimeEnv {
             }
         };
         let per_container = matches!(command, Command::Add | Command::Del | Command::Check);
-        let mut env = RuntimeEnv {
-            command,
-            container_id: String::new(),
-            netns: None,
-            ifname: String::new(),
-            args: HashMap::new(),
-        };
+        let mut env = RuntimeEnv { command, container_id: String::new(), netns: None, ifname: String::new() };
         if per_container {
             env.container_id = require(&get, "CNI_CONTAINERID")?;
             validate_container_id(&env.container_id)?;
@@ -265,15 +256,8 @@ impl RuntimeEnv {
                 return Err(CniError::InvalidEnvironment { var: "CNI_NETNS", reason: "not set".into() });
             }
         }
-        if let Some(args) = get("CNI_ARGS") {
-            for pair in args.split(';').filter(|p| !p.is_empty()) {
-                let (k, v) = pair.split_once('=').ok_or_else(|| CniError::InvalidEnvironment {
-                    var: "CNI_ARGS",
-                    reason: format!("{pair:?} is not KEY=VALUE"),
-                })?;
-                env.args.insert(k.to_string(), v.to_string());
-            }
-        }
+        // CNI_ARGS is never read: the spec makes it optional pairs a plugin
+        // may ignore, and weft needs none, so even a malformed one is no error.
         Ok(env)
     }
 }
@@ -446,6 +430,8 @@ pub fn version_reply(version: &str) -> Value {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
 
     fn env(vars: &[(&str, &str)]) -> Result<RuntimeEnv, CniError> {
@@ -482,10 +468,14 @@ mod tests {
     }
 
     #[test]
-    fn cni_args_are_split() {
-        let e = env(&[("CNI_COMMAND", "GC"), ("CNI_ARGS", "K8S_POD_NAME=a;K8S_POD_NAMESPACE=b")]).unwrap();
-        assert_eq!(e.args["K8S_POD_NAME"], "a");
-        assert_eq!(env(&[("CNI_COMMAND", "GC"), ("CNI_ARGS", "junk")]).unwrap_err().code(), 4);
+    fn cni_args_are_ignored_even_when_malformed() {
+        let add = [("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "abc"), ("CNI_IFNAME", "eth0"), ("CNI_NETNS", "/x")];
+        for args in ["K8S_POD_NAME=a;K8S_POD_NAMESPACE=b", "junk", ";;=;IgnoreUnknown", "a=b=c;\n"] {
+            let mut vars = add.to_vec();
+            vars.push(("CNI_ARGS", args));
+            assert!(env(&vars).is_ok(), "CNI_ARGS={args:?} was refused");
+            assert!(env(&[("CNI_COMMAND", "GC"), ("CNI_ARGS", args)]).is_ok(), "GC with CNI_ARGS={args:?}");
+        }
     }
 
     fn conf(json: &str) -> Result<NetConf, CniError> {

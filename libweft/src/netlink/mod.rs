@@ -128,11 +128,6 @@ impl Netlink {
         Ok(Netlink { handle })
     }
 
-    /// The underlying rtnetlink handle, for requests not wrapped here.
-    pub fn handle(&self) -> &Handle {
-        &self.handle
-    }
-
     /// The link called `name`, or `None`.
     pub async fn link_by_name(&self, name: &str) -> Result<Option<LinkInfo>, NetlinkError> {
         let res = self.handle.link().get().match_name(name.to_string()).execute().try_next().await;
