@@ -6,7 +6,8 @@
 
 use std::path::{Path, PathBuf};
 
-use libweft::node_config::{NODE_CONFIG_VERSION, NodeConfig, write_file_atomic_if_changed};
+use libweft::file::replace_if_changed;
+use libweft::node_config::{NODE_CONFIG_VERSION, NodeConfig};
 use serde_json::json;
 
 use crate::config::Config;
@@ -47,8 +48,7 @@ pub fn write(cfg: &Config, node: &NodeConfig) -> Result<bool, String> {
     let mut text = serde_json::to_vec_pretty(&conflist(cfg, has_portmap)).map_err(|e| e.to_string())?;
     text.push(b'\n');
     let path = conflist_path(cfg);
-    let wrote_list =
-        write_file_atomic_if_changed(&path, &text).map_err(|(op, e)| format!("{op} {}: {e}", path.display()))?;
+    let wrote_list = replace_if_changed(&path, &text).map_err(|e| e.to_string())?;
     Ok(wrote_node || wrote_list)
 }
 
@@ -68,7 +68,7 @@ pub fn node_config(cfg: &Config, name: &str, subnets: &[ipnetwork::IpNetwork], m
 pub fn install_binary(src: &Path, bin_dir: &Path) -> Result<PathBuf, String> {
     let bytes = std::fs::read(src).map_err(|e| format!("read {}: {e}", src.display()))?;
     let dst = bin_dir.join("weft");
-    write_file_atomic_if_changed(&dst, &bytes).map_err(|(op, e)| format!("{op} {}: {e}", dst.display()))?;
+    replace_if_changed(&dst, &bytes).map_err(|e| e.to_string())?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o755))
         .map_err(|e| format!("chmod {}: {e}", dst.display()))?;
@@ -78,11 +78,10 @@ pub fn install_binary(src: &Path, bin_dir: &Path) -> Result<PathBuf, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::FileConfig;
+    use crate::config::Backend;
 
     fn cfg(dir: &Path) -> Config {
-        let mut c =
-            serde_json::from_str::<FileConfig>(r#"{"clusterCIDRs":["10.244.0.0/16"]}"#).unwrap().validate().unwrap();
+        let mut c = Config::example(Backend::Auto);
         c.run_dir = dir.join("run");
         c.cni_conf_dir = dir.join("net.d");
         c.cni_bin_dir = dir.join("bin");

@@ -64,7 +64,7 @@ impl Default for VxlanConfig {
 }
 
 /// The configuration file, as written.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FileConfig {
     #[serde(default, rename = "clusterCIDRs")]
@@ -123,6 +123,20 @@ pub struct Config {
     /// `cniVersion` of the conflist. 1.0.0 by default: containerd 1.6 and 1.7
     /// (libcni 1.1) reject 1.1.0 results; weft-agent runs GC itself anyway.
     pub cni_version: String,
+}
+
+impl Config {
+    /// The design's dual-stack cluster (`10.244.0.0/16`, `fd00:10:244::/56`)
+    /// with `backend` and every other key at its default: the one starting
+    /// point of unit tests, privileged tests and benchmarks.
+    pub fn example(backend: Backend) -> Config {
+        let file = FileConfig {
+            cluster_cidrs: vec!["10.244.0.0/16".into(), "fd00:10:244::/56".into()],
+            backend: Some(backend),
+            ..FileConfig::default()
+        };
+        file.validate().expect("the example configuration is valid")
+    }
 }
 
 fn err(key: &str, msg: impl std::fmt::Display) -> String {

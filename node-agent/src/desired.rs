@@ -201,12 +201,7 @@ fn overlaps(a: &IpNetwork, b: &IpNetwork) -> bool {
 /// derived from the node name: peers' FDB entries point at it, so it must
 /// not change when the agent or the device is re-created (flannel#1795).
 pub fn vtep_mac_for(node_name: &str) -> [u8; 6] {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in node_name.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    let b = h.to_be_bytes();
+    let b = libweft::netlink::stable_hash(node_name.bytes()).to_be_bytes();
     [0x0e, b[0], b[1], b[2], b[3], b[4]]
 }
 
@@ -215,7 +210,6 @@ mod tests {
     use std::net::{Ipv4Addr, Ipv6Addr};
 
     use super::*;
-    use crate::config::FileConfig;
 
     /// Test builder: `node("n2").cidrs(&[..]).ip4("198.51.100.12")`.
     fn node(name: &str) -> NodeView {
@@ -249,12 +243,7 @@ mod tests {
     }
 
     fn config(backend: &str) -> Config {
-        serde_json::from_str::<FileConfig>(&format!(
-            r#"{{"clusterCIDRs":["10.244.0.0/16","fd00:10:244::/56"],"backend":"{backend}"}}"#
-        ))
-        .unwrap()
-        .validate()
-        .unwrap()
+        Config::example(backend.parse().unwrap())
     }
 
     fn underlay() -> Underlay {
@@ -422,5 +411,7 @@ mod tests {
         assert_eq!(mac, vtep_mac_for("node-a"));
         assert_ne!(mac, vtep_mac_for("node-b"));
         assert_eq!(mac[0] & 0b11, 0b10, "locally administered unicast");
+        // Peers' FDB entries hold it: it must never change across releases.
+        assert_eq!(libweft::netlink::format_mac(&mac), "0e:e6:97:1c:c2:20");
     }
 }

@@ -90,7 +90,7 @@ impl ConfigArgs {
         let mut file = if self.config.exists() {
             FileConfig::load(&self.config).map_err(anyhow::Error::msg)?
         } else {
-            serde_json::from_str::<FileConfig>("{}").expect("empty config parses")
+            FileConfig::default()
         };
         if let Some(c) = &self.cluster_cidrs {
             file.cluster_cidrs = c.clone();

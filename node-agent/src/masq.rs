@@ -184,22 +184,20 @@ pub async fn remove() -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::FileConfig;
+    use crate::config::Backend;
 
-    fn cfg(extra: &str) -> Config {
-        serde_json::from_str::<FileConfig>(&format!(
-            r#"{{"clusterCIDRs":["10.244.0.0/16","fd00:10:244::/56"],"nonMasqueradeCIDRs":["172.20.0.0/16"]{extra}}}"#
-        ))
-        .unwrap()
-        .validate()
-        .unwrap()
+    fn cfg(masquerade: bool) -> Config {
+        let mut c = Config::example(Backend::Auto);
+        c.non_masquerade_cidrs = vec!["172.20.0.0/16".parse().unwrap()];
+        c.masquerade = masquerade;
+        c
     }
 
     #[test]
     fn ruleset_parses_as_nft_json_and_masquerades_only_own_pods_leaving_the_cluster() {
         let own: Vec<IpNetwork> = vec!["10.244.1.0/24".parse().unwrap(), "fd00:10:244:1::/64".parse().unwrap()];
         let nodes: Vec<IpAddr> = vec!["198.51.100.12".parse().unwrap(), "2001:db8:a::12".parse().unwrap()];
-        let r = ruleset(&cfg(""), &own, &nodes);
+        let r = ruleset(&cfg(true), &own, &nodes);
         serde_json::from_value::<nftables::schema::Nftables>(r.clone()).expect("valid nft JSON");
         let text = r.to_string();
         // add, delete, add: the replacement is one transaction even when the table is absent.
@@ -210,7 +208,7 @@ mod tests {
         assert!(text.contains("@nodes4") && text.contains("@nodes6"), "node addresses keep the source");
         let masq_rules = text.matches("\"masquerade\"").count();
         assert_eq!(masq_rules, 2, "one per own pod CIDR");
-        let off = ruleset(&cfg(r#","masquerade":false"#), &own, &nodes).to_string();
+        let off = ruleset(&cfg(false), &own, &nodes).to_string();
         assert!(!off.contains("masquerade") && off.contains("\"forward\""));
     }
 

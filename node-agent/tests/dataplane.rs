@@ -10,18 +10,13 @@ mod common;
 
 use common::{Lab, Node};
 use libweft::testutil::have_privileges;
-use weft_agent::config::{Config, FileConfig};
+use weft_agent::config::Config;
 use weft_agent::desired::{Desired, desired, vtep_mac_for};
 use weft_agent::peer::NodeView;
 use weft_agent::{reconcile, underlay};
 
 fn config(backend: &str) -> Config {
-    serde_json::from_str::<FileConfig>(&format!(
-        r#"{{"clusterCIDRs":["10.244.0.0/16","fd00:10:244::/56"],"backend":"{backend}"}}"#
-    ))
-    .unwrap()
-    .validate()
-    .unwrap()
+    Config::example(backend.parse().unwrap())
 }
 
 fn view(n: &Node) -> NodeView {

@@ -269,36 +269,16 @@ fn require(get: &impl Fn(&str) -> Option<String>, var: &'static str) -> Result<S
     }
 }
 
-/// Spec: starts with an alphanumeric, then alphanumerics, `_`, `.` or `-`.
+/// `CNI_CONTAINERID` by [`check_container_id`], as a code 4 error.
 pub fn validate_container_id(id: &str) -> Result<(), CniError> {
-    let mut chars = id.chars();
-    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
-    let rest_ok = chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-    if first_ok && rest_ok && id.len() <= 200 {
-        Ok(())
-    } else {
-        Err(CniError::InvalidEnvironment {
-            var: "CNI_CONTAINERID",
-            reason: format!("{id:?} must start with [A-Za-z0-9] and contain only [A-Za-z0-9_.-] (at most 200)"),
-        })
-    }
+    super::check_container_id(id)
+        .map_err(|why| CniError::InvalidEnvironment { var: "CNI_CONTAINERID", reason: format!("{id:?} {why}") })
 }
 
-/// Linux interface names: 1-15 bytes, not `.`/`..`, no `/`, `:` or whitespace.
+/// `CNI_IFNAME` by [`check_ifname`], as a code 4 error.
 pub fn validate_ifname(name: &str) -> Result<(), CniError> {
-    let ok = !name.is_empty()
-        && name.len() <= 15
-        && name != "."
-        && name != ".."
-        && !name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control());
-    if ok {
-        Ok(())
-    } else {
-        Err(CniError::InvalidEnvironment {
-            var: "CNI_IFNAME",
-            reason: format!("{name:?} is not a valid interface name (1-15 bytes, no '/', ':' or spaces)"),
-        })
-    }
+    super::check_ifname(name)
+        .map_err(|why| CniError::InvalidEnvironment { var: "CNI_IFNAME", reason: format!("{name:?} {why}") })
 }
 
 /// The ADD result, independent of the version it is encoded for.

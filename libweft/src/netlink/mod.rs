@@ -155,6 +155,13 @@ impl Netlink {
     }
 }
 
+/// FNV-1a (64-bit) of `bytes`. Device names and MACs derived from it must
+/// not change across upgrades, so it is written out here: std's
+/// `DefaultHasher` may change between Rust releases.
+pub fn stable_hash(bytes: impl IntoIterator<Item = u8>) -> u64 {
+    bytes.into_iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
+}
+
 /// Formats a MAC address as `aa:bb:cc:dd:ee:ff`.
 pub fn format_mac(mac: &[u8]) -> String {
     mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
