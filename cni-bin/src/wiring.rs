@@ -104,7 +104,7 @@ pub async fn setup(host: &Netlink, pod_nl: &Netlink, pod: &Pod<'_>) -> Result<Ad
             steps.push(Box::pin(pod_nl.add_address(eth.index, ip, host_prefix(ip).prefix())));
             // The gateway resolves through a permanent entry: the pod never ARPs for it.
             steps.push(Box::pin(pod_nl.replace_neighbour(eth.index, gw, &HOST_VETH_MAC)));
-            steps.push(Box::pin(pod_nl.add_route_owned(RouteSpec {
+            steps.push(Box::pin(pod_nl.add_route(RouteSpec {
                 dst: default_route(ip),
                 gateway: Some(gw),
                 oif: eth.index,
@@ -127,7 +127,7 @@ pub async fn setup(host: &Netlink, pod_nl: &Netlink, pod: &Pod<'_>) -> Result<Ad
         let mut steps: Vec<Step<'_>> = Vec::new();
         for &ip in pod.ips {
             steps.push(Box::pin(host.replace_neighbour(link.index, ip, &pod_mac)));
-            steps.push(Box::pin(host.replace_route_owned(RouteSpec {
+            steps.push(Box::pin(host.replace_route(RouteSpec {
                 dst: host_prefix(ip),
                 gateway: None,
                 oif: link.index,

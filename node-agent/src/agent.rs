@@ -19,11 +19,11 @@ use kube::{Api, Client};
 use libweft::netlink::Netlink;
 
 use crate::config::{Backend, Config};
-use crate::desired::{desired, vtep_mac_for};
+use crate::desired::vtep_mac_for;
 use crate::metrics::{BackendLabel, FieldLabel, Metrics};
-use crate::peer::NodeView;
+use crate::node_view::NodeView;
 use crate::watch::{Trigger, WatchedNode};
-use crate::{cniconf, masq, publish, reconcile, underlay, watch};
+use crate::{cniconf, desired, masq, publish, reconcile, underlay, watch};
 
 /// Shared with the HTTP endpoints.
 #[derive(Default)]
@@ -161,7 +161,7 @@ impl Agent {
             }
         }
 
-        let d = desired(cfg, me, &underlay, vtep_mac, &nodes);
+        let d = desired::compute(cfg, me, &underlay, vtep_mac, &nodes);
         for (peer, why) in &d.skipped {
             tracing::debug!(peer = %peer, "not programmed: {why}");
         }

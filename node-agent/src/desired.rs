@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 
 use crate::config::{Backend, Config};
-use crate::peer::NodeView;
+use crate::node_view::NodeView;
 
 /// weft's VXLAN device. It carries both pod families over one underlay
 /// family (IPv4 when the node has it), so an IPv6 pod network needs no
@@ -85,7 +85,7 @@ pub struct Desired {
 }
 
 /// Computes the desired state. `local` is the node this agent runs on.
-pub fn desired(
+pub fn compute(
     config: &Config,
     local: &NodeView,
     underlay: &Underlay,
@@ -278,7 +278,7 @@ mod tests {
     #[test]
     fn routes_backend_uses_node_addresses_per_family_and_no_vxlan() {
         let nodes = [me(), same_segment()];
-        let d = desired(&config("routes"), &me(), &underlay(), vtep_mac_for("n1"), &nodes);
+        let d = compute(&config("routes"), &me(), &underlay(), vtep_mac_for("n1"), &nodes);
         assert!(d.vxlan.is_none());
         assert_eq!(d.routes[&net("10.244.2.0/24")], Hop::Direct { gateway: ip("198.51.100.12") });
         assert_eq!(d.routes[&net("fd00:10:244:2::/64")], Hop::Direct { gateway: ip("2001:db8:a::12") });
@@ -290,7 +290,7 @@ mod tests {
     #[test]
     fn vxlan_backend_programs_route_neighbour_and_fdb_for_both_families() {
         let nodes = [me(), same_segment()];
-        let d = desired(&config("vxlan"), &me(), &underlay(), vtep_mac_for("n1"), &nodes);
+        let d = compute(&config("vxlan"), &me(), &underlay(), vtep_mac_for("n1"), &nodes);
         let vx = d.vxlan.as_ref().unwrap();
         assert_eq!(vx.local, ip("198.51.100.11"));
         assert_eq!(vx.mtu, 1450);
@@ -308,7 +308,7 @@ mod tests {
     #[test]
     fn auto_is_direct_on_the_segment_and_vxlan_beyond_it() {
         let nodes = [me(), same_segment(), other_segment()];
-        let d = desired(&config("auto"), &me(), &underlay(), vtep_mac_for("n1"), &nodes);
+        let d = compute(&config("auto"), &me(), &underlay(), vtep_mac_for("n1"), &nodes);
         assert!(matches!(d.routes[&net("10.244.2.0/24")], Hop::Direct { .. }));
         assert!(matches!(d.routes[&net("10.244.3.0/24")], Hop::Vxlan { .. }));
         assert!(matches!(d.routes[&net("fd00:10:244:3::/64")], Hop::Vxlan { .. }));
@@ -323,7 +323,7 @@ mod tests {
         let u = Underlay { v4: None, ..underlay() };
         let local = me();
         let nodes = [local.clone(), other_segment()];
-        let d = desired(&config("vxlan"), &local, &u, vtep_mac_for("n1"), &nodes);
+        let d = compute(&config("vxlan"), &local, &u, vtep_mac_for("n1"), &nodes);
         assert_eq!(d.pod_mtu, 1430);
         assert_eq!(d.vxlan.unwrap().local, ip("2001:db8:a::11"));
         assert_eq!(d.fdb[&vtep_mac_for("n3")], ip("2001:db8:b::13"));
@@ -333,7 +333,7 @@ mod tests {
     fn configured_mtu_wins() {
         let mut c = config("vxlan");
         c.mtu = Some(1400);
-        assert_eq!(desired(&c, &me(), &underlay(), vtep_mac_for("n1"), &[me()]).pod_mtu, 1400);
+        assert_eq!(compute(&c, &me(), &underlay(), vtep_mac_for("n1"), &[me()]).pod_mtu, 1400);
     }
 
     #[test]
@@ -345,7 +345,7 @@ mod tests {
             node("v4only").cidrs(&["10.244.5.0/24", "fd00:10:244:5::/64"]).ip4("198.51.100.15"),
             node("clash").cidrs(&["10.244.1.0/25"]).ip4("198.51.100.16"), // overlaps ours
         ];
-        let d = desired(&config("routes"), &me(), &underlay(), vtep_mac_for("n1"), &nodes);
+        let d = compute(&config("routes"), &me(), &underlay(), vtep_mac_for("n1"), &nodes);
         assert!(d.routes.contains_key(&net("10.244.5.0/24")));
         assert!(!d.routes.contains_key(&net("fd00:10:244:5::/64")));
         assert!(!d.routes.contains_key(&net("10.244.1.0/25")));
@@ -354,16 +354,16 @@ mod tests {
         assert!(reasons.iter().any(|r| r.starts_with("clash:") && r.contains("overlaps")), "{reasons:?}");
         assert!(!reasons.iter().any(|r| r.starts_with("pending")));
 
-        let d = desired(&config("vxlan"), &me(), &underlay(), vtep_mac_for("n1"), &nodes);
+        let d = compute(&config("vxlan"), &me(), &underlay(), vtep_mac_for("n1"), &nodes);
         assert!(!d.routes.contains_key(&net("10.244.3.0/24")));
         assert!(d.skipped.iter().any(|(n, r)| n == "n3" && r.contains("VTEP MAC")));
     }
 
     #[test]
     fn own_node_is_never_a_peer_and_deleted_nodes_vanish() {
-        let d = desired(&config("vxlan"), &me(), &underlay(), vtep_mac_for("n1"), &[me(), same_segment()]);
+        let d = compute(&config("vxlan"), &me(), &underlay(), vtep_mac_for("n1"), &[me(), same_segment()]);
         assert!(!d.routes.contains_key(&net("10.244.1.0/24")));
-        let gone = desired(&config("vxlan"), &me(), &underlay(), vtep_mac_for("n1"), &[me()]);
+        let gone = compute(&config("vxlan"), &me(), &underlay(), vtep_mac_for("n1"), &[me()]);
         assert!(gone.routes.is_empty() && gone.neighbours.is_empty() && gone.fdb.is_empty());
     }
 
@@ -379,7 +379,7 @@ mod tests {
         {
             let mut nodes = vec![me()];
             nodes.extend(order);
-            let d = desired(&config("vxlan"), &me(), &underlay(), vtep_mac_for("n1"), &nodes);
+            let d = compute(&config("vxlan"), &me(), &underlay(), vtep_mac_for("n1"), &nodes);
             // "n0-twin" sorts before n2, the first owner of 10.244.2.0/24 and its MAC, and wins both.
             assert_eq!(d.fdb.get(&vtep_mac_for("n2")), Some(&"198.51.100.50".parse().unwrap()));
             assert!(!d.routes.contains_key(&net("10.244.3.0/24")), "n3 reuses n2's MAC: not programmed");
@@ -396,10 +396,10 @@ mod tests {
 
     #[test]
     fn changes_of_a_peer_show_up_in_the_desired_state() {
-        let before = desired(&config("vxlan"), &me(), &underlay(), vtep_mac_for("n1"), &[me(), same_segment()]);
+        let before = compute(&config("vxlan"), &me(), &underlay(), vtep_mac_for("n1"), &[me(), same_segment()]);
         let mut moved = same_segment().ip4("198.51.100.99");
         moved.vtep_mac = Some([0x0e, 1, 2, 3, 4, 5]);
-        let after = desired(&config("vxlan"), &me(), &underlay(), vtep_mac_for("n1"), &[me(), moved]);
+        let after = compute(&config("vxlan"), &me(), &underlay(), vtep_mac_for("n1"), &[me(), moved]);
         assert_eq!(after.fdb[&[0x0e, 1, 2, 3, 4, 5]], ip("198.51.100.99"));
         assert!(!after.fdb.contains_key(&vtep_mac_for("n2")));
         assert_ne!(before.neighbours, after.neighbours);

@@ -123,7 +123,7 @@ pub async fn sync(nl: &Netlink, d: &Desired, underlay: u32) -> Result<Applied, N
     let mut failed = 0;
     for w in &wanted {
         if !present_keys.contains(&route_key(w.dst, w.gateway, w.oif)) {
-            let res = nl.replace_route(w).await;
+            let res = nl.replace_route(*w).await;
             failed += usize::from(res.is_err());
             record(&mut out, res.map(|()| 1), "route");
         }

@@ -20,7 +20,7 @@ use serde::Deserialize;
 use tokio::sync::Notify;
 
 use crate::metrics::Metrics;
-use crate::peer::{ANN_BACKEND, ANN_PUBLIC_IP, ANN_PUBLIC_IPV6, ANN_VTEP_MAC};
+use crate::node_view::{ANN_BACKEND, ANN_PUBLIC_IP, ANN_PUBLIC_IPV6, ANN_VTEP_MAC};
 
 /// A Node as weft watches it: `metadata`, `spec.podCIDR(s)` and
 /// `status.addresses`; serde skips every other field of the API's JSON.

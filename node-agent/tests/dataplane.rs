@@ -11,8 +11,8 @@ mod common;
 use common::{Lab, Node};
 use libweft::testutil::have_privileges;
 use weft_agent::config::Config;
-use weft_agent::desired::{Desired, desired, vtep_mac_for};
-use weft_agent::peer::NodeView;
+use weft_agent::desired::{self, Desired, vtep_mac_for};
+use weft_agent::node_view::NodeView;
 use weft_agent::{reconcile, underlay};
 
 fn config(backend: &str) -> Config {
@@ -40,7 +40,7 @@ fn sync_all(rt: &tokio::runtime::Runtime, lab: &Lab, live: &[usize], backend: &s
                 let nl = node.netlink();
                 let ips = [node.v4.parse().unwrap(), node.v6.parse().unwrap()];
                 let u = underlay::detect(&nl, None, &ips).await.unwrap();
-                let d = desired(&config(backend), &view(node), &u, vtep_mac_for(&node.name), &views);
+                let d = desired::compute(&config(backend), &view(node), &u, vtep_mac_for(&node.name), &views);
                 let applied = reconcile::sync(&nl, &d, u.ifindex).await.unwrap();
                 assert!(applied.errors.is_empty(), "{}: {:?}", node.name, applied.errors);
                 (d, applied.changes)
