@@ -534,11 +534,16 @@ mod tests {
         assert_eq!(v04["ips"][0]["version"], "4");
         assert_eq!(v04["ips"][1]["version"], "6");
         assert_eq!(v04["cniVersion"], "0.4.0");
+        // 0.3.0 has the 0.3.x/0.4.0 shape: per-address "version", its own cniVersion.
+        let v030 = r.to_json(CniVersion::V0_3_0);
+        assert_eq!(v030["cniVersion"], "0.3.0");
+        assert_eq!(v030["ips"][1]["version"], "6");
+        assert_eq!(v030["ips"], v04["ips"]);
     }
 
     #[test]
     fn prev_result_round_trips() {
-        for v in [CniVersion::V0_3_1, CniVersion::V0_4_0, CniVersion::V1_0_0, CniVersion::V1_1_0] {
+        for v in crate::cni::SUPPORTED_VERSIONS.iter().map(|v| v.parse::<CniVersion>().unwrap()) {
             let json = sample().to_json(v);
             let ips = prev_result_ips(&json, "eth0").unwrap();
             assert_eq!(ips.len(), 2, "{v}");
