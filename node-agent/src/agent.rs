@@ -1,7 +1,8 @@
-//! `weft-agent run`: one loop that turns the Node list into kernel state.
+//! `weft-agent run`: schedules passes and reports them. Each pass observes
+//! (the Node watch cache, the underlay), computes the desired state
+//! (`desired::compute`) and applies every output (`apply::*`).
 //!
-//! Woken by any Node event (coalesced) or by the resync tick, it computes the
-//! desired state from the watch cache and applies the difference. Guarantees:
+//! Woken by any Node event (coalesced) or by the resync tick. Guarantees:
 //! - nothing is programmed before the own node has a podCIDR (not ready);
 //! - node.json and the conflist are written only once the node is known;
 //! - when the API server is unreachable the cache keeps the last known nodes,
@@ -18,12 +19,15 @@ use kube::runtime::reflector::Store;
 use kube::{Api, Client};
 use libweft::netlink::Netlink;
 
+use crate::apply::nftables::{NftError, Nftables};
+use crate::apply::{api, files, kernel};
 use crate::config::{Backend, Config};
-use crate::desired::vtep_mac_for;
+use crate::desired::{self, Desired, vtep_mac_for};
 use crate::metrics::{BackendLabel, FieldLabel, Metrics};
-use crate::node_view::NodeView;
-use crate::watch::{Trigger, WatchedNode};
-use crate::{cniconf, desired, masq, publish, reconcile, underlay, watch};
+use crate::observe::underlay::{self, UnderlayError};
+use crate::observe::watch::{self, Trigger};
+use crate::observe::{Observation, kernel as observe_kernel};
+use crate::wire::{NodeView, Rejected, WatchedNode};
 
 /// Shared with the HTTP endpoints.
 #[derive(Default)]
@@ -38,6 +42,44 @@ fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
+/// Why a pass did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum PassError {
+    #[error("find the underlay: {0}")]
+    Underlay(#[from] UnderlayError),
+    #[error("kernel: {0}")]
+    Kernel(#[from] kernel::KernelError),
+    #[error("nftables: {0}")]
+    Nftables(#[from] NftError),
+    #[error("CNI files: {0}")]
+    Files(#[from] files::FilesError),
+}
+
+/// Refused peer values, each logged and counted once rather than on every
+/// pass: (node, field, value) of the refusals of the last pass.
+#[derive(Default)]
+pub struct Refusals {
+    reported: HashSet<(String, &'static str, String)>,
+}
+
+impl Refusals {
+    /// The refusals in `rejected` not reported in the previous pass. A value
+    /// that disappears and comes back is reported again.
+    pub fn fresh<'a>(&mut self, rejected: &'a [Rejected]) -> Vec<&'a Rejected> {
+        let mut current = HashSet::new();
+        let mut fresh = Vec::new();
+        for r in rejected {
+            let key = (r.node.clone(), r.field, r.value.clone());
+            if !self.reported.contains(&key) && !current.contains(&key) {
+                fresh.push(r);
+            }
+            current.insert(key);
+        }
+        self.reported = current;
+        fresh
+    }
+}
+
 /// Everything one pass needs.
 struct Agent {
     cfg: Config,
@@ -47,9 +89,8 @@ struct Agent {
     nl: Netlink,
     vtep_mac: [u8; 6],
     metrics: Arc<Metrics>,
-    masq: masq::Masq,
-    /// Refused peer values already logged and counted: (node, field, value).
-    reported: HashSet<(String, &'static str, String)>,
+    nft: Nftables,
+    refusals: Refusals,
 }
 
 pub async fn run(
@@ -66,8 +107,8 @@ pub async fn run(
         nodes_api: Api::all(client),
         nl: Netlink::connect()?,
         store: store.clone(),
-        masq: masq::Masq::default(),
-        reported: HashSet::new(),
+        nft: Nftables::default(),
+        refusals: Refusals::default(),
         metrics: metrics.clone(),
         node_name: node_name.clone(),
         cfg: cfg.clone(),
@@ -90,7 +131,7 @@ pub async fn run(
         health.last_loop.store(now_secs(), Ordering::Relaxed);
         let started = Instant::now();
         let event_at = trigger.take_oldest();
-        match agent.sync_once(resync).await {
+        match agent.pass(resync).await {
             Ok(true) => {
                 if !health.ready.swap(true, Ordering::Relaxed) {
                     tracing::info!(node = %node_name, elapsed_ms = started.elapsed().as_millis() as u64, "first sync complete: ready");
@@ -103,7 +144,7 @@ pub async fn run(
             Ok(false) => {}
             Err(e) => {
                 metrics.error("reconcile");
-                tracing::warn!(node = %node_name, "sync failed, retrying at the next event or tick: {e:#}");
+                tracing::warn!(node = %node_name, "sync failed, retrying at the next event or tick: {e}");
             }
         }
         resync = tokio::select! {
@@ -118,63 +159,85 @@ pub async fn run(
 }
 
 impl Agent {
-    /// One pass. `Ok(false)`: not ready to program yet (own node unknown or
-    /// without podCIDR).
-    async fn sync_once(&mut self, resync: bool) -> anyhow::Result<bool> {
-        let Agent { cfg, node_name, store, nodes_api, nl, vtep_mac, metrics, masq, reported } = self;
-        let (node_name, vtep_mac) = (node_name.as_str(), *vtep_mac);
-        let objects = store.state();
-        metrics.nodes.set(objects.len() as i64);
+    /// Observe: the Node views (reporting new refusals), the own Node and
+    /// the underlay. `Ok(None)`: not ready to program yet (own node unknown
+    /// or without podCIDR).
+    async fn observe(&mut self) -> Result<Option<(Observation, Arc<WatchedNode>)>, PassError> {
+        let objects = self.store.state();
+        self.metrics.nodes.set(objects.len() as i64);
         let mut rejected = Vec::new();
         let nodes: Vec<NodeView> =
-            objects.iter().map(|n| NodeView::from_node(n, &cfg.cluster_cidrs, &mut rejected)).collect();
-        // Each refused value is logged and counted once, not on every pass.
-        let mut current = HashSet::new();
-        for r in &rejected {
-            let key = (r.node.clone(), r.field, r.value.clone());
-            if !reported.contains(&key) {
-                metrics.rejected_annotations.get_or_create(&FieldLabel { field: r.field.to_string() }).inc();
-                tracing::warn!(node = %r.node, field = r.field, value = %r.value, "ignored invalid value: {}", r.reason);
-            }
-            current.insert(key);
+            objects.iter().map(|n| NodeView::from_node(n, &self.cfg.cluster_cidrs, &mut rejected)).collect();
+        for r in self.refusals.fresh(&rejected) {
+            self.metrics.rejected_annotations.get_or_create(&FieldLabel { field: r.field.to_string() }).inc();
+            tracing::warn!(node = %r.node, field = r.field, value = %r.value, "ignored invalid value: {}", r.reason);
         }
-        *reported = current;
-        let Some(me) = nodes.iter().find(|n| n.name == node_name) else {
+        let node_name = self.node_name.as_str();
+        let Some(own_object) = objects.iter().find(|n| n.metadata.name.as_deref() == Some(node_name)) else {
             tracing::warn!(node = %node_name, "own Node not found in the API (is NODE_NAME right?)");
-            return Ok(false);
+            return Ok(None);
         };
-        if me.pod_cidrs.is_empty() {
+        let Some(local) = nodes.iter().find(|n| n.name == node_name).cloned() else { return Ok(None) };
+        if local.pod_cidrs.is_empty() {
             tracing::info!(node = %node_name, "waiting for the node's spec.podCIDRs (kube-controller-manager --allocate-node-cidrs)");
-            return Ok(false);
+            return Ok(None);
         }
         // The underlay is found from the Node's InternalIPs, not from weft's own annotations.
-        let own_object = objects.iter().find(|n| n.metadata.name.as_deref() == Some(node_name));
-        let internal: Vec<std::net::IpAddr> = own_object.map(|n| n.internal_ips().collect()).unwrap_or_default();
-        let underlay =
-            underlay::detect(nl, cfg.underlay_interface.as_deref(), &internal).await.map_err(anyhow::Error::msg)?;
+        let internal: Vec<std::net::IpAddr> = own_object.internal_ips().collect();
+        let underlay = underlay::detect(&self.nl, self.cfg.underlay_interface.as_deref(), &internal).await?;
+        let obs = Observation {
+            local,
+            nodes,
+            underlay,
+            vtep_mac: self.vtep_mac,
+            offload_default: observe_kernel::offload_default(),
+            portmap_installed: desired::files::portmap_installed(&self.cfg),
+        };
+        Ok(Some((obs, own_object.clone())))
+    }
 
-        if let Some(obj) = own_object {
-            let wanted = publish::wanted(&underlay, vtep_mac, cfg.backend.as_str());
-            if let Err(e) = publish::publish(nodes_api, obj, &wanted).await {
-                metrics.error("publish");
-                tracing::warn!(node = %node_name, "cannot publish annotations: {e}");
-            }
-        }
-
-        let d = desired::compute(cfg, me, &underlay, vtep_mac, &nodes);
-        for (peer, why) in &d.skipped {
+    /// One pass. `Ok(false)`: not ready to program yet.
+    async fn pass(&mut self, resync: bool) -> Result<bool, PassError> {
+        let Some((obs, own_object)) = self.observe().await? else { return Ok(false) };
+        let d = desired::compute(&self.cfg, &obs);
+        for (peer, why) in &d.kernel.skipped {
             tracing::debug!(peer = %peer, "not programmed: {why}");
         }
+        self.publish(&own_object, &d).await;
+        self.apply_kernel(&d, obs.underlay.ifindex).await?;
+        self.nft.sync(&self.cfg, &d.nft, resync).await?;
+        // Last: the plugin may now serve pods on this node.
+        files::write(&self.cfg, &d.node_config, &d.conflist)?;
+        Ok(true)
+    }
 
-        reconcile::ensure_forwarding().map_err(|e| anyhow::anyhow!("enable IP forwarding: {e}"))?;
-        let applied = reconcile::sync(nl, &d, underlay.ifindex).await?;
-        if let Some(vx) = &d.vxlan {
-            // An ioctl in this process's namespace, which is the node's.
-            let on = vx.tx_checksum_offload.unwrap_or_else(crate::offload::kernel_default);
-            crate::offload::apply(crate::desired::VXLAN_DEV, on);
+    /// The own annotations; a failure is counted and retried next pass,
+    /// it does not hold up the data plane.
+    async fn publish(&self, own: &WatchedNode, d: &Desired) {
+        let Some(patch) = api::annotation_patch(&own.weft, &d.annotations) else { return };
+        if let Err(e) = api::publish(&self.nodes_api, &self.node_name, &patch).await {
+            self.metrics.error("publish");
+            tracing::warn!(node = %self.node_name, "cannot publish annotations: {e}");
         }
+    }
+
+    async fn apply_kernel(&self, d: &Desired, underlay_ifindex: u32) -> Result<(), kernel::KernelError> {
+        let (metrics, k) = (&self.metrics, &d.kernel);
+        kernel::ensure_forwarding()?;
+        let applied = kernel::sync(&self.nl, k, underlay_ifindex).await?;
+        let offload = match &k.vxlan {
+            // An ioctl in this process's namespace, which is the node's.
+            Some(vx) => match kernel::set_tx_checksum_offload(vx.tx_checksum_offload) {
+                Ok(_) => i64::from(vx.tx_checksum_offload),
+                Err(e) => {
+                    tracing::warn!("{e}");
+                    -1
+                }
+            },
+            None => -1,
+        };
         if applied.changes > 0 {
-            tracing::info!(node = %node_name, changes = applied.changes, routes = applied.routes, "programmed peers");
+            tracing::info!(node = %self.node_name, changes = applied.changes, routes = applied.routes, "programmed peers");
         }
         for _ in &applied.errors {
             // Already logged per object; the pass still counts as complete.
@@ -183,22 +246,36 @@ impl Agent {
         metrics.routes.set(applied.routes as i64);
         metrics.neighbours.set(applied.neighbours as i64);
         metrics.fdb_entries.set(applied.fdb as i64);
-        metrics.tx_checksum_offload.set(if d.vxlan.is_some() {
-            crate::offload::STATE.load(Ordering::Relaxed)
-        } else {
-            -1
-        });
+        metrics.tx_checksum_offload.set(offload);
         for b in [Backend::Routes, Backend::Vxlan] {
-            let n = d.peer_backends.values().filter(|pb| **pb == b).count();
+            let n = k.peer_backends.values().filter(|pb| **pb == b).count();
             metrics.peers.get_or_create(&BackendLabel { backend: b.as_str().to_string() }).set(n as i64);
         }
+        Ok(())
+    }
+}
 
-        let node_ips: Vec<std::net::IpAddr> = nodes.iter().flat_map(|n| [n.ip(false), n.ip(true)]).flatten().collect();
-        masq.sync(cfg, &me.pod_cidrs, &node_ips, resync).await.map_err(|e| anyhow::anyhow!("nftables: {e}"))?;
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-        // Last: the plugin may now serve pods on this node.
-        cniconf::write(cfg, &cniconf::node_config(cfg, node_name, &me.pod_cidrs, d.pod_mtu))
-            .map_err(anyhow::Error::msg)?;
-        Ok(true)
+    fn rejected(node: &str, field: &'static str, value: &str) -> Rejected {
+        Rejected { node: node.into(), field, value: value.into(), reason: "bad".into() }
+    }
+
+    #[test]
+    fn each_refusal_is_reported_once_while_it_lasts() {
+        let mut r = Refusals::default();
+        let a = rejected("n2", "weft.dev/vtep-mac", "ff:ff:ff:ff:ff:ff");
+        let b = rejected("n3", "spec.podCIDRs", "0.0.0.0/0");
+        assert_eq!(r.fresh(&[a.clone(), a.clone()]).len(), 1, "a duplicate within one pass counts once");
+        assert!(r.fresh(std::slice::from_ref(&a)).is_empty(), "reported in the last pass");
+        assert_eq!(r.fresh(&[a.clone(), b.clone()]), vec![&b]);
+        // Gone for a pass, then back: reported again.
+        assert!(r.fresh(std::slice::from_ref(&b)).is_empty());
+        assert_eq!(r.fresh(&[a.clone(), b.clone()]), vec![&a]);
+        // Another value of the same field is another refusal.
+        let a2 = rejected("n2", "weft.dev/vtep-mac", "00:00:00:00:00:00");
+        assert_eq!(r.fresh(&[a, b, a2.clone()]), vec![&a2]);
     }
 }

@@ -10,10 +10,11 @@ mod common;
 
 use common::{Lab, Node};
 use libweft::testutil::have_privileges;
+use weft_agent::apply::kernel;
 use weft_agent::config::Config;
-use weft_agent::desired::{self, Desired, vtep_mac_for};
-use weft_agent::node_view::NodeView;
-use weft_agent::{reconcile, underlay};
+use weft_agent::desired::{self, KernelState, vtep_mac_for};
+use weft_agent::observe::underlay;
+use weft_agent::wire::NodeView;
 
 fn config(backend: &str) -> Config {
     Config::example(backend.parse().unwrap())
@@ -31,7 +32,7 @@ fn view(n: &Node) -> NodeView {
 
 /// Computes and applies the desired state on every node in `live`, as each
 /// node's agent would; returns (desired, changes) per node.
-fn sync_all(rt: &tokio::runtime::Runtime, lab: &Lab, live: &[usize], backend: &str) -> Vec<(Desired, usize)> {
+fn sync_all(rt: &tokio::runtime::Runtime, lab: &Lab, live: &[usize], backend: &str) -> Vec<(KernelState, usize)> {
     let views: Vec<NodeView> = live.iter().map(|&i| view(&lab.nodes[i])).collect();
     live.iter()
         .map(|&i| {
@@ -40,8 +41,9 @@ fn sync_all(rt: &tokio::runtime::Runtime, lab: &Lab, live: &[usize], backend: &s
                 let nl = node.netlink();
                 let ips = [node.v4.parse().unwrap(), node.v6.parse().unwrap()];
                 let u = underlay::detect(&nl, None, &ips).await.unwrap();
-                let d = desired::compute(&config(backend), &view(node), &u, vtep_mac_for(&node.name), &views);
-                let applied = reconcile::sync(&nl, &d, u.ifindex).await.unwrap();
+                let d =
+                    desired::kernel_state(&config(backend), &view(node), &u, vtep_mac_for(&node.name), &views, true);
+                let applied = kernel::sync(&nl, &d, u.ifindex).await.unwrap();
                 assert!(applied.errors.is_empty(), "{}: {:?}", node.name, applied.errors);
                 (d, applied.changes)
             })

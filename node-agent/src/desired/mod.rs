@@ -1,16 +1,69 @@
-//! The desired kernel state: a pure function of the node list, the local
-//! node and the configuration. Everything the reconciler programs comes from
-//! here, so every decision (which backend per peer, which MTU, what to skip)
-//! is unit-tested without a kernel.
+//! Desired state: one pure function of the configuration and the
+//! observation ([`compute`]) describing every output the agent keeps in
+//! line: routes, neighbours, FDB entries and the VXLAN device (with its
+//! offload setting), the nftables table, node.json and the conflist, and
+//! the own Node's annotations. Every decision (which backend per peer,
+//! which MTU, what to skip) is unit-tested here without a kernel.
+
+pub mod files;
+pub mod nftables;
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
+use libweft::node_config::NodeConfig;
+use serde_json::Value;
 
 use crate::config::{Backend, Config};
-use crate::node_view::NodeView;
+use crate::observe::{Observation, Underlay};
+use crate::wire::{ANN_BACKEND, ANN_PUBLIC_IP, ANN_PUBLIC_IPV6, ANN_VTEP_MAC, NodeView};
+
+pub use self::nftables::NftTable;
+
+/// Everything the agent should have made true after a pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Desired {
+    /// Routes, neighbours, FDB entries and the VXLAN device.
+    pub kernel: KernelState,
+    /// What the `inet weft` table is built from.
+    pub nft: NftTable,
+    /// `/run/weft/node.json`.
+    pub node_config: NodeConfig,
+    /// The CNI conflist.
+    pub conflist: Value,
+    /// weft's annotations on the own Node.
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// Computes every output from the configuration and one observation.
+pub fn compute(config: &Config, obs: &Observation) -> Desired {
+    let kernel = kernel_state(config, &obs.local, &obs.underlay, obs.vtep_mac, &obs.nodes, obs.offload_default);
+    let node_ips: Vec<IpAddr> = obs.nodes.iter().flat_map(|n| [n.ip(false), n.ip(true)]).flatten().collect();
+    Desired {
+        nft: NftTable::new(&obs.local.pod_cidrs, &node_ips),
+        node_config: files::node_config(config, &obs.local.name, &obs.local.pod_cidrs, kernel.pod_mtu),
+        conflist: files::conflist(config, obs.portmap_installed),
+        annotations: own_annotations(&obs.underlay, obs.vtep_mac, config.backend),
+        kernel,
+    }
+}
+
+/// The annotations this node publishes for its peers: its underlay
+/// addresses and VTEP MAC, and its backend (for operators).
+pub fn own_annotations(underlay: &Underlay, vtep_mac: [u8; 6], backend: Backend) -> BTreeMap<String, String> {
+    let mut a = BTreeMap::new();
+    if let Some(v4) = underlay.v4 {
+        a.insert(ANN_PUBLIC_IP.to_string(), v4.ip().to_string());
+    }
+    if let Some(v6) = underlay.v6 {
+        a.insert(ANN_PUBLIC_IPV6.to_string(), v6.ip().to_string());
+    }
+    a.insert(ANN_VTEP_MAC.to_string(), libweft::netlink::format_mac(&vtep_mac));
+    a.insert(ANN_BACKEND.to_string(), backend.as_str().to_string());
+    a
+}
 
 /// weft's VXLAN device. It carries both pod families over one underlay
 /// family (IPv4 when the node has it), so an IPv6 pod network needs no
@@ -20,27 +73,6 @@ pub const VXLAN_DEV: &str = "weft.vxlan";
 pub const VXLAN_OVERHEAD_V4: u32 = 50;
 /// Over IPv6 the outer header is 40 bytes.
 pub const VXLAN_OVERHEAD_V6: u32 = 70;
-
-/// The local node's underlay, as observed in the kernel.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Underlay {
-    pub ifindex: u32,
-    pub mtu: u32,
-    /// Underlay addresses with their on-link prefix (the L2 segment).
-    pub v4: Option<IpNetwork>,
-    pub v6: Option<IpNetwork>,
-}
-
-impl Underlay {
-    fn net(&self, ipv6: bool) -> Option<IpNetwork> {
-        if ipv6 { self.v6 } else { self.v4 }
-    }
-
-    /// The family VXLAN packets travel over.
-    pub fn vxlan_family_v6(&self) -> bool {
-        self.v4.is_none()
-    }
-}
 
 /// The VXLAN device weft wants.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,8 +85,8 @@ pub struct VxlanSpec {
     pub mac: [u8; 6],
     /// The VTEP addresses: the network address of each local pod CIDR, as /32 or /128.
     pub addresses: Vec<IpNetwork>,
-    /// `None`: the kernel-dependent default (`offload::kernel_default`).
-    pub tx_checksum_offload: Option<bool>,
+    /// Transmit checksum offload: the configured value, else the kernel's default.
+    pub tx_checksum_offload: bool,
 }
 
 /// How to reach one peer pod CIDR.
@@ -66,9 +98,9 @@ pub enum Hop {
     Vxlan { gateway: IpAddr },
 }
 
-/// What the kernel should hold.
+/// What the kernel should hold (besides the nftables table).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Desired {
+pub struct KernelState {
     pub vxlan: Option<VxlanSpec>,
     /// Peer pod CIDR -> hop.
     pub routes: BTreeMap<IpNetwork, Hop>,
@@ -84,14 +116,17 @@ pub struct Desired {
     pub skipped: Vec<(String, String)>,
 }
 
-/// Computes the desired state. `local` is the node this agent runs on.
-pub fn compute(
+/// The kernel part of the desired state. `local` is the node this agent
+/// runs on; `offload_default` is the kernel's transmit checksum offload
+/// default, used when the configuration does not say.
+pub fn kernel_state(
     config: &Config,
     local: &NodeView,
     underlay: &Underlay,
     vtep_mac: [u8; 6],
     nodes: &[NodeView],
-) -> Desired {
+    offload_default: bool,
+) -> KernelState {
     let uses_vxlan = config.backend != Backend::Routes;
     let vxlan_v6 = underlay.vxlan_family_v6();
     let overhead = if vxlan_v6 { VXLAN_OVERHEAD_V6 } else { VXLAN_OVERHEAD_V4 };
@@ -100,7 +135,7 @@ pub fn compute(
     // over VXLAN, every pod must fit in a VXLAN packet.
     let pod_mtu = config.mtu.unwrap_or(if uses_vxlan { vxlan_mtu } else { underlay.mtu });
 
-    let mut d = Desired { pod_mtu, ..Desired::default() };
+    let mut d = KernelState { pod_mtu, ..KernelState::default() };
     if uses_vxlan && let Some(local_ip) = underlay.net(vxlan_v6).map(|n| n.ip()) {
         d.vxlan = Some(VxlanSpec {
             vni: config.vxlan.vni,
@@ -110,7 +145,7 @@ pub fn compute(
             mtu: vxlan_mtu,
             mac: vtep_mac,
             addresses: local.pod_cidrs.iter().map(|c| host_net(c.network())).collect(),
-            tx_checksum_offload: config.vxlan.tx_checksum_offload,
+            tx_checksum_offload: config.vxlan.tx_checksum_offload.unwrap_or(offload_default),
         });
     }
 
@@ -244,6 +279,11 @@ mod tests {
 
     fn config(backend: &str) -> Config {
         Config::example(backend.parse().unwrap())
+    }
+
+    /// The kernel state with offload on by default, as on kernels from 5.7.
+    fn compute(config: &Config, local: &NodeView, u: &Underlay, mac: [u8; 6], nodes: &[NodeView]) -> KernelState {
+        kernel_state(config, local, u, mac, nodes, true)
     }
 
     fn underlay() -> Underlay {
@@ -413,5 +453,65 @@ mod tests {
         assert_eq!(mac[0] & 0b11, 0b10, "locally administered unicast");
         // Peers' FDB entries hold it: it must never change across releases.
         assert_eq!(libweft::netlink::format_mac(&mac), "0e:e6:97:1c:c2:20");
+    }
+
+    #[test]
+    fn offload_follows_the_config_else_the_kernel_default() {
+        let nodes = [me(), other_segment()];
+        let on = |c: &Config, default| {
+            kernel_state(c, &me(), &underlay(), vtep_mac_for("n1"), &nodes, default).vxlan.unwrap().tx_checksum_offload
+        };
+        let mut c = config("vxlan");
+        assert!(on(&c, true), "unset: on where the kernel is new enough");
+        assert!(!on(&c, false), "unset: off before 5.7");
+        c.vxlan.tx_checksum_offload = Some(false);
+        assert!(!on(&c, true), "configured off wins");
+        c.vxlan.tx_checksum_offload = Some(true);
+        assert!(on(&c, false), "configured on wins");
+    }
+
+    fn observation(portmap: bool) -> Observation {
+        Observation {
+            local: me(),
+            nodes: vec![me(), same_segment(), other_segment(), same_segment()],
+            underlay: underlay(),
+            vtep_mac: vtep_mac_for("n1"),
+            offload_default: true,
+            portmap_installed: portmap,
+        }
+    }
+
+    #[test]
+    fn compute_describes_every_output() {
+        let c = config("auto");
+        let d = super::compute(&c, &observation(false));
+        assert_eq!(d.kernel, compute(&c, &me(), &underlay(), vtep_mac_for("n1"), &observation(false).nodes));
+        // nftables: own CIDRs, every node address once, sorted.
+        assert_eq!(d.nft.own_cidrs, me().pod_cidrs);
+        let ips: Vec<String> = d.nft.node_ips.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            ips,
+            ["198.51.100.11", "198.51.100.12", "203.0.113.13", "2001:db8:a::11", "2001:db8:a::12", "2001:db8:b::13"]
+        );
+        // node.json: the pods' MTU, which VXLAN in auto makes 1450.
+        assert_eq!(d.node_config.node_name, "n1");
+        assert_eq!(d.node_config.subnets, vec!["10.244.1.0/24", "fd00:10:244:1::/64"]);
+        assert_eq!(d.node_config.mtu, 1450);
+        assert_eq!(d.conflist["plugins"].as_array().unwrap().len(), 1);
+        assert_eq!(super::compute(&c, &observation(true)).conflist["plugins"][1]["type"], "portmap");
+        // Annotations: the underlay addresses, the VTEP MAC, the backend.
+        let a = &d.annotations;
+        assert_eq!(a[ANN_PUBLIC_IP], "198.51.100.11");
+        assert_eq!(a[ANN_PUBLIC_IPV6], "2001:db8:a::11");
+        assert_eq!(a[ANN_VTEP_MAC], libweft::netlink::format_mac(&vtep_mac_for("n1")));
+        assert_eq!(a[ANN_BACKEND], "auto");
+    }
+
+    #[test]
+    fn an_underlay_without_ipv6_publishes_no_ipv6_address() {
+        let u = Underlay { v6: None, ..underlay() };
+        let a = own_annotations(&u, vtep_mac_for("n1"), Backend::Routes);
+        assert!(!a.contains_key(ANN_PUBLIC_IPV6));
+        assert_eq!(a.len(), 3);
     }
 }

@@ -8,13 +8,61 @@
 //! and neighbour entries, and routes last, so the kernel never has a route
 //! whose next hop it would have to resolve by ARP over VXLAN.
 
+mod ethtool;
+
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 use libweft::netlink::{Ensured, Netlink, NetlinkError, RTPROT_WEFT_PEER, RouteSpec, VxlanLink};
 
-use crate::desired::{Desired, Hop, VXLAN_DEV};
+use crate::desired::{Hop, KernelState, VXLAN_DEV};
+use crate::observe;
+
+/// A kernel change that failed as a whole.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    /// A netlink request (the VXLAN device, a dump) failed.
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    /// IP forwarding could not be read or turned on.
+    #[error("enable IP forwarding ({path}): {source}")]
+    Forwarding {
+        path: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The VXLAN device's transmit checksum offload could not be read or set.
+    #[error("transmit checksum offload on {device}: {source}")]
+    Offload {
+        device: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Sets transmit checksum offload on the VXLAN device if it differs.
+/// Returns whether it changed it. No crate sets one ethtool flag without a
+/// whole ethtool netlink stack, so this is the classic SIOCETHTOOL ioctl.
+///
+/// Two known failures decide the default (`observe::kernel::offload_default`):
+/// kernels before 5.7 send SNATed VXLAN packets with a bad checksum
+/// (calico#3145: 63 s stalls), and some NICs under 6.12+ collapse to a few
+/// hundred Mbit/s with it on (calico#11435). Measured here
+/// (`bench/vxlan-offload.sh`, kernel 6.18): on is 3.2x the throughput of
+/// off, and the e2e matrix (NodePort and ClusterIP through kube-proxy's SNAT
+/// over VXLAN) passes with it. `vxlan.txChecksumOffload: false` is the
+/// switch for the NICs of calico#11435.
+pub fn set_tx_checksum_offload(on: bool) -> Result<bool, KernelError> {
+    let err = |source| KernelError::Offload { device: VXLAN_DEV, source };
+    let current = ethtool::tx_checksum(VXLAN_DEV).map_err(err)?;
+    if current == on {
+        return Ok(false);
+    }
+    ethtool::set_tx_checksum(VXLAN_DEV, on).map_err(err)?;
+    tracing::info!(device = VXLAN_DEV, on, "set VXLAN transmit checksum offload");
+    Ok(true)
+}
 
 /// What one sync did and found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -42,7 +90,7 @@ fn route_spec(dst: IpNetwork, hop: Hop, underlay: u32, vxlan: Option<u32>) -> Op
 
 /// One reconcile pass. Fails only when the VXLAN device itself cannot be
 /// made right; individual entries that fail are reported in `errors`.
-pub async fn sync(nl: &Netlink, d: &Desired, underlay: u32) -> Result<Applied, NetlinkError> {
+pub async fn sync(nl: &Netlink, d: &KernelState, underlay: u32) -> Result<Applied, NetlinkError> {
     let mut out = Applied::default();
 
     let vxlan = match &d.vxlan {
@@ -76,10 +124,7 @@ pub async fn sync(nl: &Netlink, d: &Desired, underlay: u32) -> Result<Applied, N
 
     let wanted: Vec<RouteSpec> =
         d.routes.iter().filter_map(|(dst, hop)| route_spec(*dst, *hop, underlay, vxlan)).collect();
-    let mut present = Vec::new();
-    for v6 in [false, true] {
-        present.extend(nl.routes(v6, Some(RTPROT_WEFT_PEER)).await?);
-    }
+    let present = observe::kernel::peer_routes(nl).await?;
     // Sets, not scans: thousands of peers must not cost a quadratic diff.
     let route_key = |dst: IpNetwork, gateway: Option<IpAddr>, oif: u32| (dst, gateway, oif);
     let wanted_keys: HashSet<_> = wanted.iter().map(|w| route_key(w.dst, w.gateway, w.oif)).collect();
@@ -160,26 +205,27 @@ async fn sync_addresses(nl: &Netlink, index: u32, wanted: &[IpNetwork], out: &mu
     Ok(())
 }
 
-/// Turns on forwarding for both families; a node that routes pods needs it.
-pub fn ensure_forwarding() -> std::io::Result<()> {
+/// Turns on forwarding for both families; a node that routes pods needs
+/// it. Returns how many sysctls it changed.
+pub fn ensure_forwarding() -> Result<usize, KernelError> {
+    let mut changed = 0;
     for path in ["/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding"] {
-        if std::fs::read_to_string(path)?.trim() != "1" {
-            std::fs::write(path, "1")?;
+        let err = |source| KernelError::Forwarding { path, source };
+        if std::fs::read_to_string(path).map_err(err)?.trim() != "1" {
+            std::fs::write(path, "1").map_err(err)?;
             tracing::info!("set {path} = 1");
+            changed += 1;
         }
     }
-    Ok(())
+    Ok(changed)
 }
 
 /// Removes everything the agent programs (for `weft-agent cleanup`).
 pub async fn remove_all(nl: &Netlink) -> Result<usize, NetlinkError> {
     let mut removed = usize::from(nl.delete_link(VXLAN_DEV).await?);
-    for v6 in [false, true] {
-        for r in nl.routes(v6, Some(RTPROT_WEFT_PEER)).await? {
-            let spec =
-                RouteSpec { dst: r.dst, gateway: r.gateway, oif: r.oif, onlink: false, protocol: RTPROT_WEFT_PEER };
-            removed += usize::from(nl.delete_route(&spec).await?);
-        }
+    for r in observe::kernel::peer_routes(nl).await? {
+        let spec = RouteSpec { dst: r.dst, gateway: r.gateway, oif: r.oif, onlink: false, protocol: RTPROT_WEFT_PEER };
+        removed += usize::from(nl.delete_route(&spec).await?);
     }
     Ok(removed)
 }

@@ -1,26 +1,37 @@
-//! Egress masquerade and forwarding, as one nftables table owned by weft.
+//! The `inet weft` nftables table, as data: masquerade and forwarding.
 //!
-//! The whole table is replaced in one `nft` transaction (add, delete, add:
-//! kindnet's trick, so a missing table is no error), so there is never a
-//! moment with half a rule set, and no other table is ever touched.
 //! - Pod traffic to anything outside the cluster CIDRs, the nodes' own
 //!   addresses and `nonMasqueradeCIDRs` leaves with the node's address.
 //! - Pod-to-pod and pod-to-node traffic keeps the pod's source address.
 //! - Forwarded pod traffic is accepted in weft's own forward chain. (A drop
 //!   policy in another table still applies: nftables cannot override it.)
 //!
-//! The nodes' addresses sit in sets of their own (`nodes4`, `nodes6`): when
-//! only they change, as when a Node joins or leaves, the elements are added
-//! and deleted in one transaction instead of rebuilding a table that holds
-//! thousands of them.
+//! The nodes' addresses sit in sets of their own (`nodes4`, `nodes6`), so
+//! `apply::nftables` can change just their elements when only nodes change.
 
-use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 use serde_json::{Value, json};
 
 use crate::config::Config;
+
+/// What the table is built from besides the configuration: the own pod
+/// CIDRs and every node's addresses (sorted, without duplicates).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NftTable {
+    pub own_cidrs: Vec<IpNetwork>,
+    pub node_ips: Vec<IpAddr>,
+}
+
+impl NftTable {
+    pub fn new(own_cidrs: &[IpNetwork], node_ips: &[IpAddr]) -> NftTable {
+        let mut ips = node_ips.to_vec();
+        ips.sort();
+        ips.dedup();
+        NftTable { own_cidrs: own_cidrs.to_vec(), node_ips: ips }
+    }
+}
 
 /// weft's table: `nft list table inet weft`.
 pub const TABLE: &str = "weft";
@@ -98,89 +109,6 @@ pub fn ruleset(cfg: &Config, own_cidrs: &[IpNetwork], node_ips: &[IpAddr]) -> Va
     json!({"nftables": cmds})
 }
 
-/// Elements of the node sets to add and to delete, as one transaction.
-pub fn node_set_changes(old: &[IpAddr], new: &[IpAddr]) -> Option<Value> {
-    let (old, new): (BTreeSet<&IpAddr>, BTreeSet<&IpAddr>) = (old.iter().collect(), new.iter().collect());
-    let mut cmds = Vec::new();
-    for (verb, ips) in [("delete", old.difference(&new)), ("add", new.difference(&old))] {
-        let ips: Vec<&IpAddr> = ips.copied().collect();
-        for v6 in [false, true] {
-            let elem: Vec<Value> = ips.iter().filter(|ip| ip.is_ipv6() == v6).map(|ip| json!(ip.to_string())).collect();
-            if !elem.is_empty() {
-                let name = if v6 { "nodes6" } else { "nodes4" };
-                cmds.push(json!({verb: {"element": {"family": "inet", "table": TABLE, "name": name, "elem": elem}}}));
-            }
-        }
-    }
-    (!cmds.is_empty()).then(|| json!({"nftables": cmds}))
-}
-
-/// Keeps the table in line with its inputs: the whole table when it is new,
-/// `force`d (the periodic resync repairs a table someone else flushed) or
-/// the own pod CIDRs changed; only the node sets' elements when just the
-/// nodes changed. Comparing inputs, not rendered JSON, keeps a pass over
-/// thousands of nodes from building a rule set it would not apply.
-#[derive(Default)]
-pub struct Masq {
-    last: Option<(Vec<IpNetwork>, Vec<IpAddr>)>,
-}
-
-impl Masq {
-    /// Returns true when it changed the table.
-    pub async fn sync(
-        &mut self,
-        cfg: &Config,
-        own_cidrs: &[IpNetwork],
-        node_ips: &[IpAddr],
-        force: bool,
-    ) -> Result<bool, String> {
-        let mut ips = node_ips.to_vec();
-        ips.sort();
-        ips.dedup();
-        let inputs = (own_cidrs.to_vec(), ips);
-        if self.last.as_ref() == Some(&inputs) && !force {
-            return Ok(false);
-        }
-        let delta = match &self.last {
-            Some((own, old)) if !force && *own == inputs.0 => node_set_changes(old, &inputs.1),
-            _ => None,
-        };
-        // A delta that fails (the table was changed behind our back) falls back to the whole table.
-        let applied_delta = match delta {
-            Some(d) => {
-                apply(d).await.map_err(|e| tracing::info!("node set update failed, replacing the table: {e}")).is_ok()
-            }
-            None => false,
-        };
-        if !applied_delta {
-            apply(ruleset(cfg, &inputs.0, &inputs.1)).await?;
-            if self.last.as_ref() != Some(&inputs) {
-                tracing::info!(table = TABLE, node_addresses = inputs.1.len(), "replaced nftables table");
-            }
-        }
-        self.last = Some(inputs);
-        Ok(true)
-    }
-}
-
-async fn apply(rules: Value) -> Result<(), String> {
-    let parsed: nftables::schema::Nftables =
-        serde_json::from_value(rules).map_err(|e| format!("rule set does not fit the nft schema: {e}"))?;
-    tokio::task::spawn_blocking(move || nftables::helper::apply_ruleset(&parsed))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())
-}
-
-/// Deletes weft's table (for `weft-agent cleanup`); a missing table is fine.
-pub async fn remove() -> Result<(), String> {
-    apply(json!({"nftables": [
-        {"add": {"table": {"family": "inet", "name": TABLE}}},
-        {"delete": {"table": {"family": "inet", "name": TABLE}}},
-    ]}))
-    .await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,20 +138,5 @@ mod tests {
         assert_eq!(masq_rules, 2, "one per own pod CIDR");
         let off = ruleset(&cfg(false), &own, &nodes).to_string();
         assert!(!off.contains("masquerade") && off.contains("\"forward\""));
-    }
-
-    #[test]
-    fn node_changes_become_element_updates_of_one_transaction() {
-        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        let old = [ip("198.51.100.11"), ip("198.51.100.12"), ip("2001:db8:a::12")];
-        let new = [ip("198.51.100.11"), ip("198.51.100.13"), ip("2001:db8:a::12")];
-        let d = node_set_changes(&old, &new).unwrap();
-        serde_json::from_value::<nftables::schema::Nftables>(d.clone()).expect("valid nft JSON");
-        let cmds = d["nftables"].as_array().unwrap();
-        assert_eq!(cmds.len(), 2, "{d}");
-        assert_eq!(cmds[0]["delete"]["element"]["name"], "nodes4");
-        assert_eq!(cmds[0]["delete"]["element"]["elem"], json!(["198.51.100.12"]));
-        assert_eq!(cmds[1]["add"]["element"]["elem"], json!(["198.51.100.13"]));
-        assert!(node_set_changes(&old, &old).is_none());
     }
 }
