@@ -2,7 +2,11 @@
 //! (the Node watch cache, the underlay), computes the desired state
 //! (`desired::compute`) and applies every output (`apply::*`).
 //!
-//! Woken by any Node event (coalesced) or by the resync tick. Guarantees:
+//! Woken by any Node event (coalesced), by the resync tick, or by the retry
+//! of a failed output: after a pass in which any output failed, the next
+//! pass comes after a jittered exponential backoff (100 ms doubling to 30 s)
+//! instead of at the next tick. Outputs already right write nothing, so a
+//! retry pass only redoes what failed. Guarantees:
 //! - nothing is programmed before the own node has a podCIDR (not ready);
 //! - node.json and the conflist are written only once the node is known;
 //! - when the API server is unreachable the cache keeps the last known nodes,
@@ -12,14 +16,14 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::api::core::v1::Node;
 use kube::runtime::reflector::Store;
 use kube::{Api, Client};
 use libweft::netlink::Netlink;
 
-use crate::apply::nftables::{NftError, Nftables};
+use crate::apply::nftables::{NftChange, NftError, Nftables};
 use crate::apply::{api, files, kernel};
 use crate::config::{Backend, Config};
 use crate::desired::{self, Desired, vtep_mac_for};
@@ -42,17 +46,91 @@ fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-/// Why a pass did not complete.
+/// One output that failed in a pass.
 #[derive(Debug, thiserror::Error)]
-pub enum PassError {
+pub enum Failure {
     #[error("find the underlay: {0}")]
-    Underlay(#[from] UnderlayError),
+    Observe(#[from] UnderlayError),
     #[error("kernel: {0}")]
     Kernel(#[from] kernel::KernelError),
     #[error("nftables: {0}")]
     Nftables(#[from] NftError),
     #[error("CNI files: {0}")]
     Files(#[from] files::FilesError),
+    #[error("{0}")]
+    Api(#[from] api::ApiError),
+}
+
+impl Failure {
+    /// The output's name in `weft_sync_errors_total{output}`.
+    pub fn output(&self) -> &'static str {
+        match self {
+            Failure::Observe(_) => "observe",
+            Failure::Kernel(_) => "kernel",
+            Failure::Nftables(_) => "nftables",
+            Failure::Files(_) => "files",
+            Failure::Api(_) => "api",
+        }
+    }
+}
+
+/// How a pass went.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Nothing to program yet: the own Node is unknown or has no podCIDR.
+    Waiting,
+    /// Every output was applied, except those that failed.
+    Done(Vec<Failure>),
+}
+
+/// Delay before retrying after `failures` consecutive failed passes:
+/// 100 ms doubling up to 30 s, each scaled by a random factor in
+/// [0.5, 1.0) so agents failing together do not retry in lockstep.
+pub fn backoff(failures: u32, jitter: f64) -> Duration {
+    const BASE: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(30);
+    let exp = BASE.saturating_mul(1u32 << failures.saturating_sub(1).min(16)).min(MAX);
+    exp.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
+}
+
+/// A random number in [0, 1) from std's randomly keyed hasher: enough for jitter.
+fn jitter() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(now_secs());
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Unready after this many consecutive failed passes. With the backoff
+/// above, five failures span at least 0.75 s of retries: a transient
+/// failure (a netlink EBUSY, nft racing another writer) recovers before
+/// that without flapping readiness, while a persistent one shows within
+/// seconds rather than after a resync period.
+pub const UNREADY_AFTER_FAILED_PASSES: u32 = 5;
+
+/// Readiness from pass outcomes: ready after a good pass, unready after
+/// [`UNREADY_AFTER_FAILED_PASSES`] failed ones in a row.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    failed_in_a_row: u32,
+}
+
+impl Readiness {
+    /// Records one pass; returns whether the agent is ready now, or `None`
+    /// when this pass does not change it.
+    pub fn record(&mut self, ok: bool) -> Option<bool> {
+        if ok {
+            self.failed_in_a_row = 0;
+            return Some(true);
+        }
+        self.failed_in_a_row += 1;
+        (self.failed_in_a_row >= UNREADY_AFTER_FAILED_PASSES).then_some(false)
+    }
+
+    /// Consecutive failed passes so far.
+    pub fn failures(&self) -> u32 {
+        self.failed_in_a_row
+    }
 }
 
 /// Refused peer values, each logged and counted once rather than on every
@@ -124,45 +202,92 @@ pub async fn run(
         _ = tokio::signal::ctrl_c() => return Ok(()),
     }
 
-    // The first pass and every resync tick also re-apply what is only
-    // compared against the last apply otherwise (the nftables table).
+    // The first pass and every resync tick also check what is otherwise
+    // only compared against the last apply (the nftables table).
     let mut resync = true;
+    let mut readiness = Readiness::default();
     loop {
         health.last_loop.store(now_secs(), Ordering::Relaxed);
         let started = Instant::now();
         let event_at = trigger.take_oldest();
-        match agent.pass(resync).await {
-            Ok(true) => {
-                if !health.ready.swap(true, Ordering::Relaxed) {
-                    tracing::info!(node = %node_name, elapsed_ms = started.elapsed().as_millis() as u64, "first sync complete: ready");
-                }
-                metrics.reconcile_seconds.observe(started.elapsed().as_secs_f64());
-                if let Some(at) = event_at {
-                    metrics.event_to_programmed_seconds.observe(at.elapsed().as_secs_f64());
-                }
+        let Outcome::Done(failures) = agent.pass(resync).await else {
+            match next_wakeup(&trigger, &mut tick, None, &mut term).await {
+                Some(r) => resync = r,
+                None => break,
             }
-            Ok(false) => {}
-            Err(e) => {
-                metrics.error("reconcile");
-                tracing::warn!(node = %node_name, "sync failed, retrying at the next event or tick: {e}");
-            }
+            continue;
+        };
+        for f in &failures {
+            metrics.sync_error(f.output());
+            tracing::warn!(node = %node_name, "{f}");
         }
-        resync = tokio::select! {
-            _ = trigger.wait() => false,
-            _ = tick.tick() => true,
-            _ = term.recv() => break,
-            _ = tokio::signal::ctrl_c() => break,
+        let ok = failures.is_empty();
+        if ok {
+            metrics.reconcile_seconds.observe(started.elapsed().as_secs_f64());
+            metrics
+                .last_successful_sync
+                .set(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()));
+            if let Some(at) = event_at {
+                metrics.event_to_programmed_seconds.observe(at.elapsed().as_secs_f64());
+            }
+        } else {
+            metrics.error("reconcile");
+        }
+        let was_ready = health.ready.load(Ordering::Relaxed);
+        match readiness.record(ok) {
+            Some(true) if !was_ready => {
+                health.ready.store(true, Ordering::Relaxed);
+                tracing::info!(node = %node_name, elapsed_ms = started.elapsed().as_millis() as u64, "sync complete: ready");
+            }
+            Some(false) if was_ready => {
+                health.ready.store(false, Ordering::Relaxed);
+                tracing::warn!(node = %node_name, passes = readiness.failures(), "consecutive passes failed: not ready");
+            }
+            _ => {}
+        }
+        let retry_at = (!ok).then(|| {
+            let delay = backoff(readiness.failures(), jitter());
+            tracing::info!(node = %node_name, delay_ms = delay.as_millis() as u64, "retrying the failed outputs");
+            tokio::time::Instant::now() + delay
+        });
+        match next_wakeup(&trigger, &mut tick, retry_at, &mut term).await {
+            Some(r) => resync = r,
+            None => break,
         }
     }
     tracing::info!("SIGTERM: leaving the data plane in place");
     Ok(())
 }
 
+/// Waits for the next reason to run a pass: `Some(true)` for the resync
+/// tick, `Some(false)` for a Node event or a due retry, `None` on SIGTERM
+/// or Ctrl-C.
+async fn next_wakeup(
+    trigger: &Trigger,
+    tick: &mut tokio::time::Interval,
+    retry_at: Option<tokio::time::Instant>,
+    term: &mut tokio::signal::unix::Signal,
+) -> Option<bool> {
+    let retry = async {
+        match retry_at {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = trigger.wait() => Some(false),
+        _ = tick.tick() => Some(true),
+        _ = retry => Some(false),
+        _ = term.recv() => None,
+        _ = tokio::signal::ctrl_c() => None,
+    }
+}
+
 impl Agent {
     /// Observe: the Node views (reporting new refusals), the own Node and
     /// the underlay. `Ok(None)`: not ready to program yet (own node unknown
     /// or without podCIDR).
-    async fn observe(&mut self) -> Result<Option<(Observation, Arc<WatchedNode>)>, PassError> {
+    async fn observe(&mut self) -> Result<Option<(Observation, Arc<WatchedNode>)>, UnderlayError> {
         let objects = self.store.state();
         self.metrics.nodes.set(objects.len() as i64);
         let mut rejected = Vec::new();
@@ -196,40 +321,59 @@ impl Agent {
         Ok(Some((obs, own_object.clone())))
     }
 
-    /// One pass. `Ok(false)`: not ready to program yet.
-    async fn pass(&mut self, resync: bool) -> Result<bool, PassError> {
-        let Some((obs, own_object)) = self.observe().await? else { return Ok(false) };
+    /// One pass: observe, compute, apply every output. A failed output is
+    /// reported and does not stop the others, except that the plugin's
+    /// files wait for the kernel and the nftables table: they tell the
+    /// plugin it may serve pods.
+    async fn pass(&mut self, resync: bool) -> Outcome {
+        let (obs, own_object) = match self.observe().await {
+            Ok(Some(o)) => o,
+            Ok(None) => return Outcome::Waiting,
+            Err(e) => return Outcome::Done(vec![e.into()]),
+        };
         let d = desired::compute(&self.cfg, &obs);
         for (peer, why) in &d.kernel.skipped {
             tracing::debug!(peer = %peer, "not programmed: {why}");
         }
-        self.publish(&own_object, &d).await;
-        self.apply_kernel(&d, obs.underlay.ifindex).await?;
-        self.nft.sync(&self.cfg, &d.nft, resync).await?;
-        // Last: the plugin may now serve pods on this node.
-        files::write(&self.cfg, &d.node_config, &d.conflist)?;
-        Ok(true)
-    }
-
-    /// The own annotations; a failure is counted and retried next pass,
-    /// it does not hold up the data plane.
-    async fn publish(&self, own: &WatchedNode, d: &Desired) {
-        let Some(patch) = api::annotation_patch(&own.weft, &d.annotations) else { return };
-        if let Err(e) = api::publish(&self.nodes_api, &self.node_name, &patch).await {
+        let mut failures = Vec::new();
+        if let Some(patch) = api::annotation_patch(&own_object.weft, &d.annotations)
+            && let Err(e) = api::publish(&self.nodes_api, &self.node_name, &patch).await
+        {
             self.metrics.error("publish");
-            tracing::warn!(node = %self.node_name, "cannot publish annotations: {e}");
+            failures.push(e.into());
         }
+        let kernel = self.apply_kernel(&d, obs.underlay.ifindex).await;
+        let nft = self.nft.sync(&self.cfg, &d.nft, resync).await;
+        if let Ok(change) = &nft {
+            self.metrics.kernel_writes("nftables", usize::from(*change != NftChange::None));
+        }
+        let data_plane_ok = kernel.is_ok() && nft.is_ok();
+        failures.extend(kernel.err().map(Failure::from));
+        failures.extend(nft.err().map(Failure::from));
+        // Last: the plugin may now serve pods on this node.
+        if data_plane_ok && let Err(e) = files::write(&self.cfg, &d.node_config, &d.conflist) {
+            failures.push(e.into());
+        }
+        Outcome::Done(failures)
     }
 
     async fn apply_kernel(&self, d: &Desired, underlay_ifindex: u32) -> Result<(), kernel::KernelError> {
         let (metrics, k) = (&self.metrics, &d.kernel);
-        kernel::ensure_forwarding()?;
+        metrics.kernel_writes("sysctl", kernel::ensure_forwarding()?);
         let applied = kernel::sync(&self.nl, k, underlay_ifindex).await?;
+        for (kind, n) in &applied.writes {
+            metrics.kernel_writes(kind, *n);
+        }
         let offload = match &k.vxlan {
             // An ioctl in this process's namespace, which is the node's.
             Some(vx) => match kernel::set_tx_checksum_offload(vx.tx_checksum_offload) {
-                Ok(_) => i64::from(vx.tx_checksum_offload),
+                Ok(changed) => {
+                    metrics.kernel_writes("offload", usize::from(changed));
+                    i64::from(vx.tx_checksum_offload)
+                }
                 Err(e) => {
+                    // Not worth a retry: the device works either way.
+                    metrics.error("kernel");
                     tracing::warn!("{e}");
                     -1
                 }
@@ -240,7 +384,7 @@ impl Agent {
             tracing::info!(node = %self.node_name, changes = applied.changes, routes = applied.routes, "programmed peers");
         }
         for _ in &applied.errors {
-            // Already logged per object; the pass still counts as complete.
+            // Already logged per object.
             metrics.error("kernel");
         }
         metrics.routes.set(applied.routes as i64);
@@ -251,7 +395,11 @@ impl Agent {
             let n = k.peer_backends.values().filter(|pb| **pb == b).count();
             metrics.peers.get_or_create(&BackendLabel { backend: b.as_str().to_string() }).set(n as i64);
         }
-        Ok(())
+        // The rest of the kernel state is in place; the failed entries are retried.
+        match applied.errors.first() {
+            None => Ok(()),
+            Some(first) => Err(kernel::KernelError::Entries { failed: applied.errors.len(), first: first.clone() }),
+        }
     }
 }
 
@@ -277,5 +425,45 @@ mod tests {
         // Another value of the same field is another refusal.
         let a2 = rejected("n2", "weft.dev/vtep-mac", "00:00:00:00:00:00");
         assert_eq!(r.fresh(&[a, b, a2.clone()]), vec![&a2]);
+    }
+
+    #[test]
+    fn backoff_doubles_from_100ms_to_30s_with_jitter() {
+        let ms = Duration::from_millis;
+        assert_eq!(backoff(1, 1.0), ms(100));
+        assert_eq!(backoff(2, 1.0), ms(200));
+        assert_eq!(backoff(4, 1.0), ms(800));
+        assert_eq!(backoff(9, 1.0), Duration::from_secs(25) + ms(600));
+        assert_eq!(backoff(10, 1.0), Duration::from_secs(30), "capped");
+        assert_eq!(backoff(1000, 1.0), Duration::from_secs(30), "no overflow");
+        assert_eq!(backoff(1, 0.0), ms(50), "jitter takes off at most half");
+        for _ in 0..100 {
+            let j = jitter();
+            assert!((0.0..1.0).contains(&j), "{j}");
+        }
+    }
+
+    #[test]
+    fn unready_after_consecutive_failures_and_ready_after_one_good_pass() {
+        let mut r = Readiness::default();
+        assert_eq!(r.record(true), Some(true));
+        for _ in 1..UNREADY_AFTER_FAILED_PASSES {
+            assert_eq!(r.record(false), None, "a few failures do not flap readiness");
+        }
+        assert_eq!(r.record(false), Some(false));
+        assert_eq!(r.record(false), Some(false));
+        assert_eq!(r.failures(), UNREADY_AFTER_FAILED_PASSES + 1);
+        assert_eq!(r.record(true), Some(true));
+        assert_eq!(r.failures(), 0);
+        assert_eq!(r.record(false), None, "the count starts again");
+    }
+
+    #[test]
+    fn failures_are_labelled_by_output() {
+        let f = Failure::from(UnderlayError::NoSuchInterface("eth9".into()));
+        assert_eq!(f.output(), "observe");
+        assert!(f.to_string().contains("eth9"));
+        let k = Failure::from(kernel::KernelError::Entries { failed: 2, first: "route: EINVAL".into() });
+        assert_eq!(k.output(), "kernel");
     }
 }

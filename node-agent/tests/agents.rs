@@ -111,6 +111,15 @@ fn more_passes(ns: &TestNs, since: u64, n: u64, timeout: Duration) -> bool {
     eventually(timeout, || passes(ns) >= since + n)
 }
 
+/// Kernel objects the agent in `ns` wrote since it started, all kinds.
+fn kernel_writes(ns: &TestNs) -> u64 {
+    metrics(ns)
+        .lines()
+        .filter(|l| l.starts_with("weft_kernel_writes_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
 /// Something in `ns` listens on TCP `port`.
 fn listening(ns: &TestNs, port: u16) -> bool {
     let out = ns.exec(&["ss", "-Hltn", &format!("sport = :{port}")]);
@@ -261,6 +270,19 @@ fn vxlan_agents_connect_pods_survive_restarts_and_forget_deleted_nodes() {
     );
     assert!(conn.echo("after restart"), "connection broke across an agent restart:\n{}", agents[0].log());
     assert_eq!(routes(&lab.nodes[0].ns), before, "restart adopted the kernel state unchanged");
+
+    // Passes that change nothing write nothing: neither event passes nor
+    // resyncs (every 2 s here), which compare the nftables table instead
+    // of rewriting it.
+    let ns0 = &lab.nodes[0].ns;
+    let writes = kernel_writes(ns0);
+    assert!(writes > 0, "the restarted agent's first pass wrote its nftables table");
+    let since = passes(ns0);
+    cp.kubectl_ok(&["annotate", "node", "node3", "weft.test/touch=1"]);
+    assert!(more_passes(ns0, since, 3, Duration::from_secs(15)), "no passes:\n{}", agents[0].log());
+    assert_eq!(kernel_writes(ns0), writes, "a pass that changed nothing wrote:\n{}", metrics(ns0));
+    assert!(metrics(ns0).contains("weft_last_successful_sync_timestamp_seconds"));
+    assert!(ns0.http_get("127.0.0.1:9959", "/readyz").contains(" 200 "), "not ready after good passes");
 
     // The API server goes away: the last programmed state stays, traffic flows.
     cp.apiserver_stop_for_test();

@@ -10,7 +10,7 @@
 
 mod ethtool;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
@@ -32,6 +32,9 @@ pub enum KernelError {
         #[source]
         source: std::io::Error,
     },
+    /// Some routes, neighbours or FDB entries failed; the others were applied.
+    #[error("{failed} entries failed, the first: {first}")]
+    Entries { failed: usize, first: String },
     /// The VXLAN device's transmit checksum offload could not be read or set.
     #[error("transmit checksum offload on {device}: {source}")]
     Offload {
@@ -69,6 +72,8 @@ pub fn set_tx_checksum_offload(on: bool) -> Result<bool, KernelError> {
 pub struct Applied {
     /// Objects added, replaced or deleted.
     pub changes: usize,
+    /// The same, by kind (`route`, `neighbour`, `fdb`, `vxlan_device`, `address`).
+    pub writes: BTreeMap<&'static str, usize>,
     pub routes: usize,
     pub neighbours: usize,
     pub fdb: usize,
@@ -106,7 +111,7 @@ pub async fn sync(nl: &Netlink, d: &KernelState, underlay: u32) -> Result<Applie
             };
             let (index, ensured) = nl.ensure_vxlan(&link).await?;
             if ensured != Ensured::Kept {
-                out.changes += 1;
+                out.wrote("vxlan_device", 1);
                 tracing::info!(device = VXLAN_DEV, ?ensured, vni = spec.vni, port = spec.port, local = %spec.local, "VXLAN device");
             }
             sync_addresses(nl, index, &spec.addresses, &mut out).await?;
@@ -115,7 +120,7 @@ pub async fn sync(nl: &Netlink, d: &KernelState, underlay: u32) -> Result<Applie
         None => {
             // Deleting the device also removes its routes, neighbours and FDB.
             if nl.delete_link(VXLAN_DEV).await? {
-                out.changes += 1;
+                out.wrote("vxlan_device", 1);
                 tracing::info!(device = VXLAN_DEV, "removed VXLAN device (backend no longer uses it)");
             }
             None
@@ -142,12 +147,12 @@ pub async fn sync(nl: &Netlink, d: &KernelState, underlay: u32) -> Result<Applie
         let fdb: HashSet<([u8; 6], IpAddr)> = nl.fdb_entries(index).await?.into_iter().collect();
         for (mac, dst) in &fdb {
             if d.fdb.get(mac) != Some(dst) {
-                record(&mut out, nl.delete_fdb(index, *mac, *dst).await.map(usize::from), "FDB entry");
+                record(&mut out, nl.delete_fdb(index, *mac, *dst).await.map(usize::from), "fdb");
             }
         }
         for (mac, dst) in &d.fdb {
             if !fdb.contains(&(*mac, *dst)) {
-                record(&mut out, nl.replace_fdb(index, *mac, *dst).await.map(|()| 1), "FDB entry");
+                record(&mut out, nl.replace_fdb(index, *mac, *dst).await.map(|()| 1), "fdb");
             }
         }
         let neigh: HashMap<IpAddr, Vec<u8>> = nl.permanent_neighbours(index).await?.into_iter().collect();
@@ -177,9 +182,18 @@ pub async fn sync(nl: &Netlink, d: &KernelState, underlay: u32) -> Result<Applie
     Ok(out)
 }
 
-fn record(out: &mut Applied, res: Result<usize, NetlinkError>, what: &str) {
+impl Applied {
+    fn wrote(&mut self, kind: &'static str, n: usize) {
+        self.changes += n;
+        if n > 0 {
+            *self.writes.entry(kind).or_default() += n;
+        }
+    }
+}
+
+fn record(out: &mut Applied, res: Result<usize, NetlinkError>, what: &'static str) {
     match res {
-        Ok(n) => out.changes += n,
+        Ok(n) => out.wrote(what, n),
         Err(e) => {
             tracing::warn!("{what}: {e}");
             out.errors.push(format!("{what}: {e}"));
@@ -193,13 +207,13 @@ async fn sync_addresses(nl: &Netlink, index: u32, wanted: &[IpNetwork], out: &mu
     for a in present.iter().filter(|a| !a.link_scope) {
         if !wanted.iter().any(|w| w.ip() == a.ip && w.prefix() == a.prefix) {
             nl.delete_address(index, a.ip, a.prefix).await?;
-            out.changes += 1;
+            out.wrote("address", 1);
         }
     }
     for w in wanted {
         if !present.iter().any(|a| a.ip == w.ip() && a.prefix == w.prefix()) {
             nl.add_address(index, w.ip(), w.prefix()).await?;
-            out.changes += 1;
+            out.wrote("address", 1);
         }
     }
     Ok(())

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use crate::config::Config;
 use crate::desired::NftTable;
 use crate::desired::nftables::{TABLE, ruleset};
+use crate::observe;
 
 /// A failed `nft` transaction.
 #[derive(Debug, thiserror::Error)]
@@ -46,13 +47,16 @@ pub fn node_set_changes(old: &[IpAddr], new: &[IpAddr]) -> Option<Value> {
 }
 
 /// Keeps the table in line with its inputs: the whole table when it is
-/// new, `force`d (the periodic resync repairs a table someone else flushed)
-/// or the own pod CIDRs changed; only the node sets' elements when just the
-/// nodes changed. Comparing inputs, not rendered JSON, keeps a pass over
-/// thousands of nodes from building a rule set it would not apply.
+/// new, the own pod CIDRs changed, or (on a resync, `check`) the table is
+/// not as weft last left it: someone else flushed or edited it. Only the
+/// node sets' elements when just the nodes changed. Comparing inputs, not
+/// rendered JSON, keeps a pass over thousands of nodes from building a rule
+/// set it would not apply, and a resync of an intact table writes nothing.
 #[derive(Default)]
 pub struct Nftables {
     last: Option<NftTable>,
+    /// Digest of the table's listing right after weft's last write.
+    digest: Option<u64>,
 }
 
 /// What one sync did to the table.
@@ -67,13 +71,18 @@ pub enum NftChange {
 }
 
 impl Nftables {
-    /// Brings the table in line with `want`.
-    pub async fn sync(&mut self, cfg: &Config, want: &NftTable, force: bool) -> Result<NftChange, NftError> {
-        if self.last.as_ref() == Some(want) && !force {
+    /// Brings the table in line with `want`; `check` also compares the
+    /// table itself with weft's last write (the periodic resync).
+    pub async fn sync(&mut self, cfg: &Config, want: &NftTable, check: bool) -> Result<NftChange, NftError> {
+        let intact = !check || (self.digest.is_some() && observe::kernel::nft_table_digest(TABLE).await == self.digest);
+        if !intact && self.last.is_some() {
+            tracing::info!(table = TABLE, "nftables table differs from weft's last write; replacing it");
+        }
+        if self.last.as_ref() == Some(want) && intact {
             return Ok(NftChange::None);
         }
         let delta = match &self.last {
-            Some(last) if !force && last.own_cidrs == want.own_cidrs => {
+            Some(last) if intact && last.own_cidrs == want.own_cidrs => {
                 node_set_changes(&last.node_ips, &want.node_ips)
             }
             _ => None,
@@ -88,13 +97,14 @@ impl Nftables {
         let change = if applied_delta {
             NftChange::Elements
         } else {
+            // Forget the last write first: if this one fails, the next pass must not trust the table.
+            self.last = None;
             apply(ruleset(cfg, &want.own_cidrs, &want.node_ips)).await?;
-            if self.last.as_ref() != Some(want) {
-                tracing::info!(table = TABLE, node_addresses = want.node_ips.len(), "replaced nftables table");
-            }
+            tracing::info!(table = TABLE, node_addresses = want.node_ips.len(), "replaced nftables table");
             NftChange::Table
         };
         self.last = Some(want.clone());
+        self.digest = observe::kernel::nft_table_digest(TABLE).await;
         Ok(change)
     }
 }

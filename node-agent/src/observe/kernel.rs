@@ -1,6 +1,6 @@
 //! Read-only looks at the kernel: the peer routes weft owns (by protocol
-//! number) and the kernel release, which decides the transmit checksum
-//! offload default.
+//! number), a digest of weft's nftables table, and the kernel release,
+//! which decides the transmit checksum offload default.
 
 use libweft::netlink::{Netlink, NetlinkError, RTPROT_WEFT_PEER, RouteEntry};
 
@@ -9,6 +9,22 @@ pub async fn peer_routes(nl: &Netlink) -> Result<Vec<RouteEntry>, NetlinkError> 
     let mut routes = nl.routes(false, Some(RTPROT_WEFT_PEER)).await?;
     routes.extend(nl.routes(true, Some(RTPROT_WEFT_PEER)).await?);
     Ok(routes)
+}
+
+/// A digest of `nft -j list table inet <table>`, or `None` when the table
+/// is missing (or nft cannot tell). Any change to the table, by weft or
+/// anyone else, changes it; rule handles are part of the listing.
+pub async fn nft_table_digest(table: &'static str) -> Option<u64> {
+    let listing = tokio::task::spawn_blocking(move || {
+        nftables::helper::get_current_ruleset_raw(
+            nftables::helper::DEFAULT_NFT,
+            ["list", "table", "inet", table].iter().copied(),
+        )
+    })
+    .await
+    .ok()?
+    .ok()?;
+    Some(libweft::netlink::stable_hash(listing.bytes()))
 }
 
 /// Transmit checksum offload when the configuration does not say: on,
