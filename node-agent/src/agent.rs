@@ -36,7 +36,8 @@ use crate::wire::{NodeView, Rejected, WatchedNode};
 /// Shared with the HTTP endpoints.
 #[derive(Default)]
 pub struct Health {
-    /// Set after the first complete sync.
+    /// Set by a pass in which every output succeeded; cleared after
+    /// [`UNREADY_AFTER_FAILED_PASSES`] failed passes in a row.
     pub ready: AtomicBool,
     /// Unix seconds of the last loop iteration.
     pub last_loop: AtomicU64,
