@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 
-use crate::cni::parse_subnets;
+use crate::cni::{SubnetsError, parse_subnets};
 use crate::file::FileError;
 
 /// Format version written in the file; readers reject newer ones.
@@ -81,13 +81,13 @@ impl NodeConfig {
                 cfg.version
             )));
         }
-        cfg.subnets().map_err(invalid)?;
+        cfg.subnets().map_err(|e| invalid(e.to_string()))?;
         crate::cni::validate_mtu(cfg.mtu, "mtu").map_err(|e| invalid(e.to_string()))?;
         Ok(cfg)
     }
 
     /// The pod subnets, parsed.
-    pub fn subnets(&self) -> Result<Vec<IpNetwork>, String> {
+    pub fn subnets(&self) -> Result<Vec<IpNetwork>, SubnetsError> {
         parse_subnets(&self.subnets, "subnets")
     }
 

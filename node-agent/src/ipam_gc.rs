@@ -10,6 +10,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use libweft::cni::SubnetsError;
 use libweft::ipam::{Allocator, Attachment, DiskStore, IpamError};
 use libweft::node_config::NodeConfig;
 
@@ -43,8 +44,8 @@ pub async fn run(cfg: Config, metrics: Arc<Metrics>) {
 pub enum GcError {
     #[error(transparent)]
     Cri(#[from] CriError),
-    #[error("node.json subnets: {0}")]
-    Subnets(String),
+    #[error("node.json: {0}")]
+    Subnets(#[from] SubnetsError),
     #[error("IPAM store: {0}")]
     Ipam(#[from] IpamError),
     #[error("IPAM GC task: {0}")]
@@ -58,7 +59,7 @@ pub async fn gc_once(cfg: &Config, metrics: &Metrics) -> Result<usize, GcError> 
     };
     let sandboxes = crate::cri::sandbox_ids(&cfg.cri_socket).await?;
     let dir = cfg.run_dir.join("ipam");
-    let subnets = node.subnets().map_err(GcError::Subnets)?;
+    let subnets = node.subnets()?;
     let grace = cfg.ipam_gc_grace;
     let (freed, usage) = tokio::task::spawn_blocking(move || {
         let alloc = Allocator::new(DiskStore::open(&dir, NETWORK)?, subnets)?;

@@ -97,7 +97,7 @@ impl NetConf {
     /// Parsed `subnets`, or `None` when the node config must be read.
     pub fn configured_subnets(&self) -> Result<Option<Vec<IpNetwork>>, CniError> {
         let Some(raw) = &self.subnets else { return Ok(None) };
-        parse_subnets(raw, "subnets").map(Some).map_err(CniError::InvalidConfig)
+        parse_subnets(raw, "subnets").map(Some).map_err(|e| CniError::InvalidConfig(e.to_string()))
     }
 
     /// Where the IPAM store lives.
@@ -119,27 +119,62 @@ impl NetConf {
     }
 }
 
+/// A list of pod subnets weft cannot use; each variant names the field.
+#[derive(Debug, thiserror::Error)]
+pub enum SubnetsError {
+    /// No subnet at all.
+    #[error("field {field:?} is empty; give at least one CIDR")]
+    Empty {
+        /// The field, e.g. `subnets`.
+        field: &'static str,
+    },
+    /// A value that is not a CIDR.
+    #[error("field {field:?}: {value:?} is not a CIDR: {source}")]
+    NotCidr {
+        /// The field.
+        field: &'static str,
+        /// The value as given.
+        value: String,
+        /// Why it does not parse.
+        #[source]
+        source: ipnetwork::IpNetworkError,
+    },
+    /// A CIDR given by a host address instead of its network address.
+    #[error("field {field:?}: {value:?} has host bits set; did you mean {network}?")]
+    HostBits {
+        /// The field.
+        field: &'static str,
+        /// The value as given.
+        value: String,
+        /// What was probably meant.
+        network: String,
+    },
+    /// A second subnet of one family.
+    #[error("field {field:?}: more than one {family} subnet")]
+    SecondOfFamily {
+        /// The field.
+        field: &'static str,
+        /// `IPv4` or `IPv6`.
+        family: &'static str,
+    },
+}
+
 /// Parses a list of CIDRs. At most one IPv4 and one IPv6 subnet, each given
 /// as its network address (`10.244.1.0/24`, not `10.244.1.7/24`).
-pub fn parse_subnets(raw: &[String], field: &str) -> Result<Vec<IpNetwork>, String> {
+pub fn parse_subnets(raw: &[String], field: &'static str) -> Result<Vec<IpNetwork>, SubnetsError> {
     if raw.is_empty() {
-        return Err(format!("field {field:?} is empty; give at least one CIDR"));
+        return Err(SubnetsError::Empty { field });
     }
     let mut subnets: Vec<IpNetwork> = Vec::with_capacity(raw.len());
     for s in raw {
-        let net: IpNetwork = s.parse().map_err(|e| format!("field {field:?}: {s:?} is not a CIDR: {e}"))?;
+        let net: IpNetwork = s.parse().map_err(|source| SubnetsError::NotCidr { field, value: s.clone(), source })?;
         if net.ip() != net.network() {
-            return Err(format!(
-                "field {field:?}: {s:?} has host bits set; did you mean {}/{}?",
-                net.network(),
-                net.prefix()
-            ));
+            let network = format!("{}/{}", net.network(), net.prefix());
+            return Err(SubnetsError::HostBits { field, value: s.clone(), network });
         }
         if subnets.iter().any(|o| o.is_ipv4() == net.is_ipv4()) {
-            return Err(format!(
-                "field {field:?}: more than one {} subnet",
-                if net.is_ipv4() { "IPv4" } else { "IPv6" }
-            ));
+            let family = if net.is_ipv4() { "IPv4" } else { "IPv6" };
+            return Err(SubnetsError::SecondOfFamily { field, family });
         }
         subnets.push(net);
     }
