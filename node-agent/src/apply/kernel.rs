@@ -10,7 +10,7 @@
 
 mod ethtool;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
@@ -144,7 +144,7 @@ pub async fn sync(nl: &Netlink, d: &KernelState, underlay: u32) -> Result<Applie
     }
 
     if let Some(index) = vxlan {
-        let fdb: HashSet<([u8; 6], IpAddr)> = nl.fdb_entries(index).await?.into_iter().collect();
+        let fdb = observe::kernel::vxlan_fdb(nl, index).await?;
         for (mac, dst) in &fdb {
             if d.fdb.get(mac) != Some(dst) {
                 record(&mut out, nl.delete_fdb(index, *mac, *dst).await.map(usize::from), "fdb");
@@ -155,7 +155,7 @@ pub async fn sync(nl: &Netlink, d: &KernelState, underlay: u32) -> Result<Applie
                 record(&mut out, nl.replace_fdb(index, *mac, *dst).await.map(|()| 1), "fdb");
             }
         }
-        let neigh: HashMap<IpAddr, Vec<u8>> = nl.permanent_neighbours(index).await?.into_iter().collect();
+        let neigh = observe::kernel::vxlan_neighbours(nl, index).await?;
         for (ip, mac) in &neigh {
             if d.neighbours.get(ip).map(|m| m.as_slice()) != Some(mac.as_slice()) {
                 record(&mut out, nl.delete_neighbour(index, *ip).await.map(usize::from), "neighbour");

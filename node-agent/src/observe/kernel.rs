@@ -1,6 +1,10 @@
-//! Read-only looks at the kernel: the peer routes weft owns (by protocol
-//! number), a digest of weft's nftables table, and the kernel release,
-//! which decides the transmit checksum offload default.
+//! Read-only looks at the kernel: what weft owns (peer routes by protocol
+//! number, FDB entries and neighbours on its VXLAN device, a digest of its
+//! nftables table) and the kernel release, which decides the transmit
+//! checksum offload default.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 
 use libweft::netlink::{Netlink, NetlinkError, RTPROT_WEFT_PEER, RouteEntry};
 
@@ -9,6 +13,16 @@ pub async fn peer_routes(nl: &Netlink) -> Result<Vec<RouteEntry>, NetlinkError> 
     let mut routes = nl.routes(false, Some(RTPROT_WEFT_PEER)).await?;
     routes.extend(nl.routes(true, Some(RTPROT_WEFT_PEER)).await?);
     Ok(routes)
+}
+
+/// Permanent FDB entries on the VXLAN device `index`: (peer VTEP MAC, peer underlay address).
+pub async fn vxlan_fdb(nl: &Netlink, index: u32) -> Result<HashSet<([u8; 6], IpAddr)>, NetlinkError> {
+    Ok(nl.fdb_entries(index).await?.into_iter().collect())
+}
+
+/// Permanent neighbours on the VXLAN device `index`: peer VTEP address -> MAC.
+pub async fn vxlan_neighbours(nl: &Netlink, index: u32) -> Result<HashMap<IpAddr, Vec<u8>>, NetlinkError> {
+    Ok(nl.permanent_neighbours(index).await?.into_iter().collect())
 }
 
 /// A digest of `nft -j list table inet <table>`, or `None` when the table
