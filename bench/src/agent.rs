@@ -15,6 +15,8 @@
 //!   agent-bench --agent WEFT_AGENT --k8s-bin DIR [--nodes N] [--adds K]
 //!               [--backend vxlan|routes] [--idle-seconds S] [--json]
 
+mod stats;
+
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -34,6 +36,8 @@ use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteProtocol};
 use serde_json::{Value, json};
+
+use crate::stats::percentile;
 
 const NODE_IP: &str = "198.18.0.1";
 const CP_IP: &str = "198.18.0.2";
@@ -222,13 +226,6 @@ fn pass_seconds(node: &TestNs) -> (f64, f64) {
         text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse::<f64>().ok())).unwrap_or(0.0)
     };
     (value("weft_reconcile_duration_seconds_sum"), value("weft_reconcile_duration_seconds_count"))
-}
-
-fn percentile(sorted: &[Duration], q: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * q).round() as usize]
 }
 
 /// A node namespace with the bench's underlay: `eth0` (198.18.0.1/15,

@@ -15,6 +15,8 @@
 //!
 //!   cni-bench WEFT_BINARY [--ipv4] [--pods N] [--rounds R] [--json]
 
+mod stats;
+
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
@@ -24,6 +26,8 @@ use std::time::{Duration, Instant};
 
 use libweft::testutil::TestNs;
 use serde_json::{Value, json};
+
+use crate::stats::percentile;
 
 const REF_DIR: &str = "/usr/lib/cni";
 const CONCURRENCY: usize = 16;
@@ -82,10 +86,6 @@ fn timed(p: &Plugin, node: &std::fs::File, cmd: &str, id: &str, netns: &Path) ->
     let child = invoke(p, node, cmd, id, netns);
     finish(p, cmd, child);
     start.elapsed()
-}
-
-fn percentile(sorted: &[Duration], q: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * q).round() as usize]
 }
 
 #[derive(Default)]

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use ipnetwork::IpNetwork;
 use libweft::cni::{CniError, NetConf};
+use libweft::file::FileError;
 use libweft::ipam::{Allocator, Attachment, DiskStore};
 use libweft::node_config::{NodeConfig, NodeConfigError};
 
@@ -26,8 +27,8 @@ impl NodeSettings {
             Some(subnets) => (subnets, node().ok().map(|n| n.mtu)),
             None => {
                 let n = node()?;
-                let subnets = n.subnets().map_err(|reason| {
-                    CniError::from(NodeConfigError::Invalid { path: conf.node_config_path(), reason })
+                let subnets = n.subnets().map_err(|e| {
+                    CniError::from(NodeConfigError::Invalid { path: conf.node_config_path(), reason: e.to_string() })
                 })?;
                 (subnets, Some(n.mtu))
             }
@@ -48,10 +49,10 @@ pub fn attachment(container_id: &str, ifname: &str) -> Attachment {
 }
 
 /// A probe that `dir` accepts new files (STATUS).
-pub fn check_writable(dir: &Path) -> Result<(), String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+pub fn check_writable(dir: &Path) -> Result<(), FileError> {
+    std::fs::create_dir_all(dir).map_err(|source| FileError { op: "create", path: dir.to_path_buf(), source })?;
     let probe = dir.join(format!(".status-probe-{}", std::process::id()));
-    std::fs::write(&probe, b"").map_err(|e| format!("{} is not writable: {e}", dir.display()))?;
+    libweft::file::write_new(&probe, b"")?;
     let _ = std::fs::remove_file(&probe);
     Ok(())
 }

@@ -94,12 +94,9 @@ pub async fn setup(host: &Netlink, pod_nl: &Netlink, pod: &Pod<'_>) -> Result<Ad
     // the order they were sent, so "up" still precedes the onlink route
     // that needs it, without a round trip per step.
     let pod_side = async {
-        let eth = pod_nl.link_by_name(pod.ifname).await?.ok_or_else(|| {
-            NetlinkError::Socket(std::io::Error::other(format!(
-                "{} vanished from {} right after creation",
-                pod.ifname,
-                pod.netns.path().display()
-            )))
+        let eth = pod_nl.link_by_name(pod.ifname).await?.ok_or_else(|| NetlinkError::Vanished {
+            name: pod.ifname.to_string(),
+            netns: Some(pod.netns.path().to_path_buf()),
         })?;
         let mut steps: Vec<Step<'_>> = vec![Box::pin(pod_nl.set_link_up(eth.index, pod.ifname))];
         for &ip in pod.ips {
@@ -107,7 +104,7 @@ pub async fn setup(host: &Netlink, pod_nl: &Netlink, pod: &Pod<'_>) -> Result<Ad
             steps.push(Box::pin(pod_nl.add_address(eth.index, ip, host_prefix(ip).prefix())));
             // The gateway resolves through a permanent entry: the pod never ARPs for it.
             steps.push(Box::pin(pod_nl.replace_neighbour(eth.index, gw, &HOST_VETH_MAC)));
-            steps.push(Box::pin(pod_nl.add_route_owned(RouteSpec {
+            steps.push(Box::pin(pod_nl.add_route(RouteSpec {
                 dst: default_route(ip),
                 gateway: Some(gw),
                 oif: eth.index,
@@ -123,13 +120,14 @@ pub async fn setup(host: &Netlink, pod_nl: &Netlink, pod: &Pod<'_>) -> Result<Ad
     // link-local address, stalling the first packets by a second or more),
     // then the route to the pod.
     let host_side = async {
-        let link = host.link_by_name(pod.host_veth).await?.ok_or_else(|| {
-            NetlinkError::Socket(std::io::Error::other(format!("{} vanished right after creation", pod.host_veth)))
-        })?;
+        let link = host
+            .link_by_name(pod.host_veth)
+            .await?
+            .ok_or_else(|| NetlinkError::Vanished { name: pod.host_veth.to_string(), netns: None })?;
         let mut steps: Vec<Step<'_>> = Vec::new();
         for &ip in pod.ips {
             steps.push(Box::pin(host.replace_neighbour(link.index, ip, &pod_mac)));
-            steps.push(Box::pin(host.replace_route_owned(RouteSpec {
+            steps.push(Box::pin(host.replace_route(RouteSpec {
                 dst: host_prefix(ip),
                 gateway: None,
                 oif: link.index,

@@ -47,6 +47,7 @@ fn bad_inputs_get_the_right_error_codes() {
         ),
         ("STATUS before 1.1", "STATUS", "", None, "", conf(json!({"cniVersion": "0.4.0"})), 1, "STATUS"),
         ("CHECK before 0.4", "CHECK", "c1", Some(netns), "eth0", conf(json!({"cniVersion": "0.3.1"})), 1, "CHECK"),
+        ("CHECK on 0.3.0", "CHECK", "c1", Some(netns), "eth0", conf(json!({"cniVersion": "0.3.0"})), 1, "CHECK"),
         ("wrong type", "ADD", "c1", Some(netns), "eth0", conf(json!({"type": "ptp"})), 7, "type"),
         (
             "subnet with host bits",

@@ -5,6 +5,7 @@
 //! links this crate and must stay small and fast to build.
 
 pub mod cni;
+pub mod file;
 pub mod ipam;
 pub mod netlink;
 pub mod netns;

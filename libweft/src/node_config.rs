@@ -4,13 +4,13 @@
 //! on every ADD when its network config has no `subnets`. Keeping this file the
 //! only channel means the plugin never calls the agent or the API server.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 
-use crate::cni::parse_subnets;
+use crate::cni::{SubnetsError, parse_subnets};
+use crate::file::FileError;
 
 /// Format version written in the file; readers reject newer ones.
 pub const NODE_CONFIG_VERSION: u32 = 1;
@@ -81,13 +81,13 @@ impl NodeConfig {
                 cfg.version
             )));
         }
-        cfg.subnets().map_err(invalid)?;
+        cfg.subnets().map_err(|e| invalid(e.to_string()))?;
         crate::cni::validate_mtu(cfg.mtu, "mtu").map_err(|e| invalid(e.to_string()))?;
         Ok(cfg)
     }
 
     /// The pod subnets, parsed.
-    pub fn subnets(&self) -> Result<Vec<IpNetwork>, String> {
+    pub fn subnets(&self) -> Result<Vec<IpNetwork>, SubnetsError> {
         parse_subnets(&self.subnets, "subnets")
     }
 
@@ -97,35 +97,12 @@ impl NodeConfig {
         let mut json = serde_json::to_vec_pretty(self)
             .map_err(|e| NodeConfigError::Invalid { path: path.to_path_buf(), reason: e.to_string() })?;
         json.push(b'\n');
-        write_file_atomic_if_changed(path, &json).map_err(|(op, source)| NodeConfigError::Io {
+        crate::file::replace_if_changed(path, &json).map_err(|FileError { op, path, source }| NodeConfigError::Io {
             op,
-            path: path.to_path_buf(),
+            path,
             source,
         })
     }
-}
-
-/// Replaces `path` with `content` atomically: readers see the old file or the
-/// new one, never a partial write. Skips the write when nothing changed, so
-/// watchers (containerd watches the CNI conf dir) are not woken for nothing.
-pub fn write_file_atomic_if_changed(path: &Path, content: &[u8]) -> Result<bool, (&'static str, std::io::Error)> {
-    if std::fs::read(path).is_ok_and(|old| old == content) {
-        return Ok(false);
-    }
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| ("create directory for", e))?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp).map_err(|e| ("create", e))?;
-        f.write_all(content).map_err(|e| ("write", e))?;
-        f.sync_all().map_err(|e| ("sync", e))?;
-        std::fs::rename(&tmp, path).map_err(|e| ("rename into", e))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map(|()| true)
 }
 
 #[cfg(test)]

@@ -1,7 +1,12 @@
-//! `weft-agent run`: one loop that turns the Node list into kernel state.
+//! `weft-agent run`: schedules passes and reports them. Each pass observes
+//! (the Node watch cache, the underlay), computes the desired state
+//! (`desired::compute`) and applies every output (`apply::*`).
 //!
-//! Woken by any Node event (coalesced) or by the resync tick, it computes the
-//! desired state from the watch cache and applies the difference. Guarantees:
+//! Woken by any Node event (coalesced), by the resync tick, or by the retry
+//! of a failed output: after a pass in which any output failed, the next
+//! pass comes after a jittered exponential backoff (100 ms doubling to 30 s)
+//! instead of at the next tick. Outputs already right write nothing, so a
+//! retry pass only redoes what failed. Guarantees:
 //! - nothing is programmed before the own node has a podCIDR (not ready);
 //! - node.json and the conflist are written only once the node is known;
 //! - when the API server is unreachable the cache keeps the last known nodes,
@@ -11,24 +16,28 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::api::core::v1::Node;
 use kube::runtime::reflector::Store;
 use kube::{Api, Client};
 use libweft::netlink::Netlink;
 
+use crate::apply::nftables::{NftChange, NftError, Nftables};
+use crate::apply::{api, files, kernel};
 use crate::config::{Backend, Config};
-use crate::desired::{desired, vtep_mac_for};
+use crate::desired::{self, Desired, vtep_mac_for};
 use crate::metrics::{BackendLabel, FieldLabel, Metrics};
-use crate::peer::NodeView;
-use crate::watch::{Trigger, WatchedNode};
-use crate::{cniconf, masq, publish, reconcile, underlay, watch};
+use crate::observe::underlay::{self, UnderlayError};
+use crate::observe::watch::{self, Trigger};
+use crate::observe::{Observation, kernel as observe_kernel};
+use crate::wire::{NodeView, Rejected, WatchedNode};
 
 /// Shared with the HTTP endpoints.
 #[derive(Default)]
 pub struct Health {
-    /// Set after the first complete sync.
+    /// Set by a pass in which every output succeeded; cleared after
+    /// [`UNREADY_AFTER_FAILED_PASSES`] failed passes in a row.
     pub ready: AtomicBool,
     /// Unix seconds of the last loop iteration.
     pub last_loop: AtomicU64,
@@ -36,6 +45,118 @@ pub struct Health {
 
 fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// One output that failed in a pass.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    #[error("find the underlay: {0}")]
+    Observe(#[from] UnderlayError),
+    #[error("kernel: {0}")]
+    Kernel(#[from] kernel::KernelError),
+    #[error("nftables: {0}")]
+    Nftables(#[from] NftError),
+    #[error("CNI files: {0}")]
+    Files(#[from] files::FilesError),
+    #[error("{0}")]
+    Api(#[from] api::ApiError),
+}
+
+impl Failure {
+    /// The output's name in `weft_sync_errors_total{output}`.
+    pub fn output(&self) -> &'static str {
+        match self {
+            Failure::Observe(_) => "observe",
+            Failure::Kernel(_) => "kernel",
+            Failure::Nftables(_) => "nftables",
+            Failure::Files(_) => "files",
+            Failure::Api(_) => "api",
+        }
+    }
+}
+
+/// How a pass went.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Nothing to program yet: the own Node is unknown or has no podCIDR.
+    Waiting,
+    /// Every output was applied, except those that failed.
+    Done(Vec<Failure>),
+}
+
+/// Delay before retrying after `failures` consecutive failed passes:
+/// 100 ms doubling up to 30 s, each scaled by a random factor in
+/// [0.5, 1.0) so agents failing together do not retry in lockstep.
+pub fn backoff(failures: u32, jitter: f64) -> Duration {
+    const BASE: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(30);
+    let exp = BASE.saturating_mul(1u32 << failures.saturating_sub(1).min(16)).min(MAX);
+    exp.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
+}
+
+/// A random number in [0, 1) from std's randomly keyed hasher: enough for jitter.
+fn jitter() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(now_secs());
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Unready after this many consecutive failed passes. With the backoff
+/// above, five failures span at least 0.75 s of retries: a transient
+/// failure (a netlink EBUSY, nft racing another writer) recovers before
+/// that without flapping readiness, while a persistent one shows within
+/// seconds rather than after a resync period.
+pub const UNREADY_AFTER_FAILED_PASSES: u32 = 5;
+
+/// Readiness from pass outcomes: ready after a good pass, unready after
+/// [`UNREADY_AFTER_FAILED_PASSES`] failed ones in a row.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    failed_in_a_row: u32,
+}
+
+impl Readiness {
+    /// Records one pass; returns whether the agent is ready now, or `None`
+    /// when this pass does not change it.
+    pub fn record(&mut self, ok: bool) -> Option<bool> {
+        if ok {
+            self.failed_in_a_row = 0;
+            return Some(true);
+        }
+        self.failed_in_a_row += 1;
+        (self.failed_in_a_row >= UNREADY_AFTER_FAILED_PASSES).then_some(false)
+    }
+
+    /// Consecutive failed passes so far.
+    pub fn failures(&self) -> u32 {
+        self.failed_in_a_row
+    }
+}
+
+/// Refused peer values, each logged and counted once rather than on every
+/// pass: (node, field, value) of the refusals of the last pass.
+#[derive(Default)]
+pub struct Refusals {
+    reported: HashSet<(String, &'static str, String)>,
+}
+
+impl Refusals {
+    /// The refusals in `rejected` not reported in the previous pass. A value
+    /// that disappears and comes back is reported again.
+    pub fn fresh<'a>(&mut self, rejected: &'a [Rejected]) -> Vec<&'a Rejected> {
+        let mut current = HashSet::new();
+        let mut fresh = Vec::new();
+        for r in rejected {
+            let key = (r.node.clone(), r.field, r.value.clone());
+            if !self.reported.contains(&key) && !current.contains(&key) {
+                fresh.push(r);
+            }
+            current.insert(key);
+        }
+        self.reported = current;
+        fresh
+    }
 }
 
 /// Everything one pass needs.
@@ -47,9 +168,8 @@ struct Agent {
     nl: Netlink,
     vtep_mac: [u8; 6],
     metrics: Arc<Metrics>,
-    masq: masq::Masq,
-    /// Refused peer values already logged and counted: (node, field, value).
-    reported: HashSet<(String, &'static str, String)>,
+    nft: Nftables,
+    refusals: Refusals,
 }
 
 pub async fn run(
@@ -66,8 +186,8 @@ pub async fn run(
         nodes_api: Api::all(client),
         nl: Netlink::connect()?,
         store: store.clone(),
-        masq: masq::Masq::default(),
-        reported: HashSet::new(),
+        nft: Nftables::default(),
+        refusals: Refusals::default(),
         metrics: metrics.clone(),
         node_name: node_name.clone(),
         cfg: cfg.clone(),
@@ -83,122 +203,268 @@ pub async fn run(
         _ = tokio::signal::ctrl_c() => return Ok(()),
     }
 
-    // The first pass and every resync tick also re-apply what is only
-    // compared against the last apply otherwise (the nftables table).
+    // The first pass and every resync tick also check what is otherwise
+    // only compared against the last apply (the nftables table).
     let mut resync = true;
+    let mut readiness = Readiness::default();
     loop {
         health.last_loop.store(now_secs(), Ordering::Relaxed);
         let started = Instant::now();
         let event_at = trigger.take_oldest();
-        match agent.sync_once(resync).await {
-            Ok(true) => {
-                if !health.ready.swap(true, Ordering::Relaxed) {
-                    tracing::info!(node = %node_name, elapsed_ms = started.elapsed().as_millis() as u64, "first sync complete: ready");
-                }
-                metrics.reconcile_seconds.observe(started.elapsed().as_secs_f64());
-                if let Some(at) = event_at {
-                    metrics.event_to_programmed_seconds.observe(at.elapsed().as_secs_f64());
-                }
+        let Outcome::Done(failures) = agent.pass(resync).await else {
+            match next_wakeup(&trigger, &mut tick, None, &mut term).await {
+                Some(r) => resync = r,
+                None => break,
             }
-            Ok(false) => {}
-            Err(e) => {
-                metrics.error("reconcile");
-                tracing::warn!(node = %node_name, "sync failed, retrying at the next event or tick: {e:#}");
-            }
+            continue;
+        };
+        for f in &failures {
+            metrics.sync_error(f.output());
+            tracing::warn!(node = %node_name, "{f}");
         }
-        resync = tokio::select! {
-            _ = trigger.wait() => false,
-            _ = tick.tick() => true,
-            _ = term.recv() => break,
-            _ = tokio::signal::ctrl_c() => break,
+        let ok = failures.is_empty();
+        if ok {
+            metrics.reconcile_seconds.observe(started.elapsed().as_secs_f64());
+            metrics
+                .last_successful_sync
+                .set(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()));
+            if let Some(at) = event_at {
+                metrics.event_to_programmed_seconds.observe(at.elapsed().as_secs_f64());
+            }
+        } else {
+            metrics.error("reconcile");
+        }
+        let was_ready = health.ready.load(Ordering::Relaxed);
+        match readiness.record(ok) {
+            Some(true) if !was_ready => {
+                health.ready.store(true, Ordering::Relaxed);
+                tracing::info!(node = %node_name, elapsed_ms = started.elapsed().as_millis() as u64, "sync complete: ready");
+            }
+            Some(false) if was_ready => {
+                health.ready.store(false, Ordering::Relaxed);
+                tracing::warn!(node = %node_name, passes = readiness.failures(), "consecutive passes failed: not ready");
+            }
+            _ => {}
+        }
+        let retry_at = (!ok).then(|| {
+            let delay = backoff(readiness.failures(), jitter());
+            tracing::info!(node = %node_name, delay_ms = delay.as_millis() as u64, "retrying the failed outputs");
+            tokio::time::Instant::now() + delay
+        });
+        match next_wakeup(&trigger, &mut tick, retry_at, &mut term).await {
+            Some(r) => resync = r,
+            None => break,
         }
     }
     tracing::info!("SIGTERM: leaving the data plane in place");
     Ok(())
 }
 
+/// Waits for the next reason to run a pass: `Some(true)` for the resync
+/// tick, `Some(false)` for a Node event or a due retry, `None` on SIGTERM
+/// or Ctrl-C.
+async fn next_wakeup(
+    trigger: &Trigger,
+    tick: &mut tokio::time::Interval,
+    retry_at: Option<tokio::time::Instant>,
+    term: &mut tokio::signal::unix::Signal,
+) -> Option<bool> {
+    let retry = async {
+        match retry_at {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = trigger.wait() => Some(false),
+        _ = tick.tick() => Some(true),
+        _ = retry => Some(false),
+        _ = term.recv() => None,
+        _ = tokio::signal::ctrl_c() => None,
+    }
+}
+
 impl Agent {
-    /// One pass. `Ok(false)`: not ready to program yet (own node unknown or
-    /// without podCIDR).
-    async fn sync_once(&mut self, resync: bool) -> anyhow::Result<bool> {
-        let Agent { cfg, node_name, store, nodes_api, nl, vtep_mac, metrics, masq, reported } = self;
-        let (node_name, vtep_mac) = (node_name.as_str(), *vtep_mac);
-        let objects = store.state();
-        metrics.nodes.set(objects.len() as i64);
+    /// Observe: the Node views (reporting new refusals), the own Node and
+    /// the underlay. `Ok(None)`: not ready to program yet (own node unknown
+    /// or without podCIDR).
+    async fn observe(&mut self) -> Result<Option<(Observation, Arc<WatchedNode>)>, UnderlayError> {
+        let objects = self.store.state();
+        self.metrics.nodes.set(objects.len() as i64);
         let mut rejected = Vec::new();
         let nodes: Vec<NodeView> =
-            objects.iter().map(|n| NodeView::from_node(n, &cfg.cluster_cidrs, &mut rejected)).collect();
-        // Each refused value is logged and counted once, not on every pass.
-        let mut current = HashSet::new();
-        for r in &rejected {
-            let key = (r.node.clone(), r.field, r.value.clone());
-            if !reported.contains(&key) {
-                metrics.rejected_annotations.get_or_create(&FieldLabel { field: r.field.to_string() }).inc();
-                tracing::warn!(node = %r.node, field = r.field, value = %r.value, "ignored invalid value: {}", r.reason);
-            }
-            current.insert(key);
+            objects.iter().map(|n| NodeView::from_node(n, &self.cfg.cluster_cidrs, &mut rejected)).collect();
+        for r in self.refusals.fresh(&rejected) {
+            self.metrics.rejected_annotations.get_or_create(&FieldLabel { field: r.field.to_string() }).inc();
+            tracing::warn!(node = %r.node, field = r.field, value = %r.value, "ignored invalid value: {}", r.reason);
         }
-        *reported = current;
-        let Some(me) = nodes.iter().find(|n| n.name == node_name) else {
+        let node_name = self.node_name.as_str();
+        let Some(own_object) = objects.iter().find(|n| n.metadata.name.as_deref() == Some(node_name)) else {
             tracing::warn!(node = %node_name, "own Node not found in the API (is NODE_NAME right?)");
-            return Ok(false);
+            return Ok(None);
         };
-        if me.pod_cidrs.is_empty() {
+        let Some(local) = nodes.iter().find(|n| n.name == node_name).cloned() else { return Ok(None) };
+        if local.pod_cidrs.is_empty() {
             tracing::info!(node = %node_name, "waiting for the node's spec.podCIDRs (kube-controller-manager --allocate-node-cidrs)");
-            return Ok(false);
+            return Ok(None);
         }
         // The underlay is found from the Node's InternalIPs, not from weft's own annotations.
-        let own_object = objects.iter().find(|n| n.metadata.name.as_deref() == Some(node_name));
-        let internal: Vec<std::net::IpAddr> = own_object.map(|n| n.internal_ips().collect()).unwrap_or_default();
-        let underlay =
-            underlay::detect(nl, cfg.underlay_interface.as_deref(), &internal).await.map_err(anyhow::Error::msg)?;
+        let internal: Vec<std::net::IpAddr> = own_object.internal_ips().collect();
+        let underlay = underlay::detect(&self.nl, self.cfg.underlay_interface.as_deref(), &internal).await?;
+        let obs = Observation {
+            local,
+            nodes,
+            underlay,
+            vtep_mac: self.vtep_mac,
+            offload_default: observe_kernel::offload_default(),
+            portmap_installed: desired::files::portmap_installed(&self.cfg),
+        };
+        Ok(Some((obs, own_object.clone())))
+    }
 
-        if let Some(obj) = own_object {
-            let wanted = publish::wanted(&underlay, vtep_mac, cfg.backend.as_str());
-            if let Err(e) = publish::publish(nodes_api, obj, &wanted).await {
-                metrics.error("publish");
-                tracing::warn!(node = %node_name, "cannot publish annotations: {e}");
-            }
-        }
-
-        let d = desired(cfg, me, &underlay, vtep_mac, &nodes);
-        for (peer, why) in &d.skipped {
+    /// One pass: observe, compute, apply every output. A failed output is
+    /// reported and does not stop the others, except that the plugin's
+    /// files wait for the kernel and the nftables table: they tell the
+    /// plugin it may serve pods.
+    async fn pass(&mut self, resync: bool) -> Outcome {
+        let (obs, own_object) = match self.observe().await {
+            Ok(Some(o)) => o,
+            Ok(None) => return Outcome::Waiting,
+            Err(e) => return Outcome::Done(vec![e.into()]),
+        };
+        let d = desired::compute(&self.cfg, &obs);
+        for (peer, why) in &d.kernel.skipped {
             tracing::debug!(peer = %peer, "not programmed: {why}");
         }
-
-        reconcile::ensure_forwarding().map_err(|e| anyhow::anyhow!("enable IP forwarding: {e}"))?;
-        let applied = reconcile::sync(nl, &d, underlay.ifindex).await?;
-        if let Some(vx) = &d.vxlan {
-            // An ioctl in this process's namespace, which is the node's.
-            let on = vx.tx_checksum_offload.unwrap_or_else(crate::offload::kernel_default);
-            crate::offload::apply(crate::desired::VXLAN_DEV, on);
+        let mut failures = Vec::new();
+        if let Some(patch) = api::annotation_patch(&own_object.weft, &d.annotations)
+            && let Err(e) = api::publish(&self.nodes_api, &self.node_name, &patch).await
+        {
+            self.metrics.error("publish");
+            failures.push(e.into());
         }
+        let kernel = self.apply_kernel(&d, obs.underlay.ifindex).await;
+        let nft = self.nft.sync(&self.cfg, &d.nft, resync).await;
+        if let Ok(change) = &nft {
+            self.metrics.kernel_writes("nftables", usize::from(*change != NftChange::None));
+        }
+        let data_plane_ok = kernel.is_ok() && nft.is_ok();
+        failures.extend(kernel.err().map(Failure::from));
+        failures.extend(nft.err().map(Failure::from));
+        // Last: the plugin may now serve pods on this node.
+        if data_plane_ok && let Err(e) = files::write(&self.cfg, &d.node_config, &d.conflist) {
+            failures.push(e.into());
+        }
+        Outcome::Done(failures)
+    }
+
+    async fn apply_kernel(&self, d: &Desired, underlay_ifindex: u32) -> Result<(), kernel::KernelError> {
+        let (metrics, k) = (&self.metrics, &d.kernel);
+        metrics.kernel_writes("sysctl", kernel::ensure_forwarding()?);
+        let applied = kernel::sync(&self.nl, k, underlay_ifindex).await?;
+        for (kind, n) in &applied.writes {
+            metrics.kernel_writes(kind, *n);
+        }
+        let offload = match &k.vxlan {
+            // An ioctl in this process's namespace, which is the node's.
+            Some(vx) => match kernel::set_tx_checksum_offload(vx.tx_checksum_offload) {
+                Ok(changed) => {
+                    metrics.kernel_writes("offload", usize::from(changed));
+                    i64::from(vx.tx_checksum_offload)
+                }
+                Err(e) => {
+                    // Not worth a retry: the device works either way.
+                    metrics.error("kernel");
+                    tracing::warn!("{e}");
+                    -1
+                }
+            },
+            None => -1,
+        };
         if applied.changes > 0 {
-            tracing::info!(node = %node_name, changes = applied.changes, routes = applied.routes, "programmed peers");
+            tracing::info!(node = %self.node_name, changes = applied.changes, routes = applied.routes, "programmed peers");
         }
         for _ in &applied.errors {
-            // Already logged per object; the pass still counts as complete.
+            // Already logged per object.
             metrics.error("kernel");
         }
         metrics.routes.set(applied.routes as i64);
         metrics.neighbours.set(applied.neighbours as i64);
         metrics.fdb_entries.set(applied.fdb as i64);
-        metrics.tx_checksum_offload.set(if d.vxlan.is_some() {
-            crate::offload::STATE.load(Ordering::Relaxed)
-        } else {
-            -1
-        });
+        metrics.tx_checksum_offload.set(offload);
         for b in [Backend::Routes, Backend::Vxlan] {
-            let n = d.peer_backends.values().filter(|pb| **pb == b).count();
+            let n = k.peer_backends.values().filter(|pb| **pb == b).count();
             metrics.peers.get_or_create(&BackendLabel { backend: b.as_str().to_string() }).set(n as i64);
         }
+        // The rest of the kernel state is in place; the failed entries are retried.
+        match applied.errors.first() {
+            None => Ok(()),
+            Some(first) => Err(kernel::KernelError::Entries { failed: applied.errors.len(), first: first.clone() }),
+        }
+    }
+}
 
-        let node_ips: Vec<std::net::IpAddr> = nodes.iter().flat_map(|n| [n.ip(false), n.ip(true)]).flatten().collect();
-        masq.sync(cfg, &me.pod_cidrs, &node_ips, resync).await.map_err(|e| anyhow::anyhow!("nftables: {e}"))?;
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-        // Last: the plugin may now serve pods on this node.
-        cniconf::write(cfg, &cniconf::node_config(cfg, node_name, &me.pod_cidrs, d.pod_mtu))
-            .map_err(anyhow::Error::msg)?;
-        Ok(true)
+    fn rejected(node: &str, field: &'static str, value: &str) -> Rejected {
+        Rejected { node: node.into(), field, value: value.into(), reason: "bad".into() }
+    }
+
+    #[test]
+    fn each_refusal_is_reported_once_while_it_lasts() {
+        let mut r = Refusals::default();
+        let a = rejected("n2", "weft.dev/vtep-mac", "ff:ff:ff:ff:ff:ff");
+        let b = rejected("n3", "spec.podCIDRs", "0.0.0.0/0");
+        assert_eq!(r.fresh(&[a.clone(), a.clone()]).len(), 1, "a duplicate within one pass counts once");
+        assert!(r.fresh(std::slice::from_ref(&a)).is_empty(), "reported in the last pass");
+        assert_eq!(r.fresh(&[a.clone(), b.clone()]), vec![&b]);
+        // Gone for a pass, then back: reported again.
+        assert!(r.fresh(std::slice::from_ref(&b)).is_empty());
+        assert_eq!(r.fresh(&[a.clone(), b.clone()]), vec![&a]);
+        // Another value of the same field is another refusal.
+        let a2 = rejected("n2", "weft.dev/vtep-mac", "00:00:00:00:00:00");
+        assert_eq!(r.fresh(&[a, b, a2.clone()]), vec![&a2]);
+    }
+
+    #[test]
+    fn backoff_doubles_from_100ms_to_30s_with_jitter() {
+        let ms = Duration::from_millis;
+        assert_eq!(backoff(1, 1.0), ms(100));
+        assert_eq!(backoff(2, 1.0), ms(200));
+        assert_eq!(backoff(4, 1.0), ms(800));
+        assert_eq!(backoff(9, 1.0), Duration::from_secs(25) + ms(600));
+        assert_eq!(backoff(10, 1.0), Duration::from_secs(30), "capped");
+        assert_eq!(backoff(1000, 1.0), Duration::from_secs(30), "no overflow");
+        assert_eq!(backoff(1, 0.0), ms(50), "jitter takes off at most half");
+        for _ in 0..100 {
+            let j = jitter();
+            assert!((0.0..1.0).contains(&j), "{j}");
+        }
+    }
+
+    #[test]
+    fn unready_after_consecutive_failures_and_ready_after_one_good_pass() {
+        let mut r = Readiness::default();
+        assert_eq!(r.record(true), Some(true));
+        for _ in 1..UNREADY_AFTER_FAILED_PASSES {
+            assert_eq!(r.record(false), None, "a few failures do not flap readiness");
+        }
+        assert_eq!(r.record(false), Some(false));
+        assert_eq!(r.record(false), Some(false));
+        assert_eq!(r.failures(), UNREADY_AFTER_FAILED_PASSES + 1);
+        assert_eq!(r.record(true), Some(true));
+        assert_eq!(r.failures(), 0);
+        assert_eq!(r.record(false), None, "the count starts again");
+    }
+
+    #[test]
+    fn failures_are_labelled_by_output() {
+        let f = Failure::from(UnderlayError::NoSuchInterface("eth9".into()));
+        assert_eq!(f.output(), "observe");
+        assert!(f.to_string().contains("eth9"));
+        let k = Failure::from(kernel::KernelError::Entries { failed: 2, first: "route: EINVAL".into() });
+        assert_eq!(k.output(), "kernel");
     }
 }

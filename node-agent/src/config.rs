@@ -32,16 +32,40 @@ impl Backend {
     }
 }
 
+/// A backend name that is not one.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not a backend; use vxlan, routes or auto")]
+pub struct UnknownBackend(pub String);
+
 impl FromStr for Backend {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownBackend;
+    fn from_str(s: &str) -> Result<Self, UnknownBackend> {
         match s {
             "vxlan" => Ok(Backend::Vxlan),
             "routes" => Ok(Backend::Routes),
             "auto" => Ok(Backend::Auto),
-            other => Err(format!("{other:?} is not a backend; use vxlan, routes or auto")),
+            other => Err(UnknownBackend(other.to_string())),
         }
     }
+}
+
+/// An unusable configuration; every variant names the file or the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("read config {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config {}: {source}", path.display())]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("config key {key:?}: {reason}")]
+    Key { key: &'static str, reason: String },
 }
 
 /// VXLAN settings.
@@ -64,7 +88,7 @@ impl Default for VxlanConfig {
 }
 
 /// The configuration file, as written.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FileConfig {
     #[serde(default, rename = "clusterCIDRs")]
@@ -125,11 +149,25 @@ pub struct Config {
     pub cni_version: String,
 }
 
-fn err(key: &str, msg: impl std::fmt::Display) -> String {
-    format!("config key {key:?}: {msg}")
+impl Config {
+    /// The design's dual-stack cluster (`10.244.0.0/16`, `fd00:10:244::/56`)
+    /// with `backend` and every other key at its default: the one starting
+    /// point of unit tests, privileged tests and benchmarks.
+    pub fn example(backend: Backend) -> Config {
+        let file = FileConfig {
+            cluster_cidrs: vec!["10.244.0.0/16".into(), "fd00:10:244::/56".into()],
+            backend: Some(backend),
+            ..FileConfig::default()
+        };
+        file.validate().expect("the example configuration is valid")
+    }
 }
 
-fn cidrs(key: &str, raw: &[String]) -> Result<Vec<IpNetwork>, String> {
+fn err(key: &'static str, msg: impl std::fmt::Display) -> ConfigError {
+    ConfigError::Key { key, reason: msg.to_string() }
+}
+
+fn cidrs(key: &'static str, raw: &[String]) -> Result<Vec<IpNetwork>, ConfigError> {
     raw.iter()
         .map(|s| {
             let net: IpNetwork = s.parse().map_err(|e| err(key, format!("{s:?} is not a CIDR: {e}")))?;
@@ -143,13 +181,14 @@ fn cidrs(key: &str, raw: &[String]) -> Result<Vec<IpNetwork>, String> {
 
 impl FileConfig {
     /// Reads the file; a missing file is an error only if `required`.
-    pub fn load(path: &Path) -> Result<FileConfig, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("read config {}: {e}", path.display()))?;
-        serde_json::from_str(&text).map_err(|e| format!("config {}: {e}", path.display()))
+    pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        serde_json::from_str(&text).map_err(|source| ConfigError::Parse { path: path.to_path_buf(), source })
     }
 
     /// Checks every value; errors name the key.
-    pub fn validate(self) -> Result<Config, String> {
+    pub fn validate(self) -> Result<Config, ConfigError> {
         let cluster_cidrs = cidrs("clusterCIDRs", &self.cluster_cidrs)?;
         if cluster_cidrs.is_empty() {
             return Err(err("clusterCIDRs", "required: the cluster's pod CIDRs, e.g. [\"10.244.0.0/16\"]"));
@@ -218,7 +257,7 @@ mod tests {
     use super::*;
 
     fn parse(json: &str) -> Result<Config, String> {
-        serde_json::from_str::<FileConfig>(json).map_err(|e| e.to_string())?.validate()
+        serde_json::from_str::<FileConfig>(json).map_err(|e| e.to_string())?.validate().map_err(|e| e.to_string())
     }
 
     #[test]

@@ -9,9 +9,26 @@ use k8s_cri::v1::ListPodSandboxRequest;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use tonic::transport::{Endpoint, Uri};
 
+/// The container runtime could not be asked.
+#[derive(Debug, thiserror::Error)]
+pub enum CriError {
+    #[error("connect to CRI socket {}: {source}", socket.display())]
+    Connect {
+        socket: PathBuf,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("CRI ListPodSandbox on {}: {source}", socket.display())]
+    List {
+        socket: PathBuf,
+        #[source]
+        source: Box<tonic::Status>,
+    },
+}
+
 /// IDs of every pod sandbox the runtime knows (ready or not): their
 /// network attachments are still valid.
-pub async fn sandbox_ids(socket: &Path) -> Result<HashSet<String>, String> {
+pub async fn sandbox_ids(socket: &Path) -> Result<HashSet<String>, CriError> {
     let path: PathBuf = socket.to_path_buf();
     let channel = Endpoint::from_static("http://[::]:50051")
         .connect_timeout(Duration::from_secs(5))
@@ -21,10 +38,10 @@ pub async fn sandbox_ids(socket: &Path) -> Result<HashSet<String>, String> {
             async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
         }))
         .await
-        .map_err(|e| format!("connect to CRI socket {}: {e}", socket.display()))?;
+        .map_err(|source| CriError::Connect { socket: socket.to_path_buf(), source })?;
     let reply = RuntimeServiceClient::new(channel)
         .list_pod_sandbox(ListPodSandboxRequest { filter: None })
         .await
-        .map_err(|e| format!("CRI ListPodSandbox on {}: {e}", socket.display()))?;
+        .map_err(|source| CriError::List { socket: socket.to_path_buf(), source: Box::new(source) })?;
     Ok(reply.into_inner().items.into_iter().map(|s| s.id).collect())
 }

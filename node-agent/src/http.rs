@@ -51,7 +51,7 @@ async fn readyz(State(s): State<Shared>) -> (StatusCode, &'static str) {
     if s.health.ready.load(Ordering::Relaxed) {
         (StatusCode::OK, "ready\n")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready: first sync not complete\n")
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready: no complete sync yet, or the last passes failed (see the log)\n")
     }
 }
 

@@ -10,10 +10,13 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use libweft::ipam::{Allocator, Attachment, DiskStore};
+use libweft::cni::SubnetsError;
+use libweft::ipam::{Allocator, Attachment, DiskStore, IpamError};
 use libweft::node_config::NodeConfig;
 
 use crate::config::Config;
+use crate::cri::CriError;
+use crate::desired::files::node_config_path;
 use crate::metrics::{Metrics, SubnetLabel};
 
 /// The plugin's network name (the conflist's `name`).
@@ -36,9 +39,22 @@ pub async fn run(cfg: Config, metrics: Arc<Metrics>) {
     }
 }
 
+/// Why a GC pass was skipped.
+#[derive(Debug, thiserror::Error)]
+pub enum GcError {
+    #[error(transparent)]
+    Cri(#[from] CriError),
+    #[error("node.json: {0}")]
+    Subnets(#[from] SubnetsError),
+    #[error("IPAM store: {0}")]
+    Ipam(#[from] IpamError),
+    #[error("IPAM GC task: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
 /// One pass; returns how many addresses were freed.
-pub async fn gc_once(cfg: &Config, metrics: &Metrics) -> Result<usize, String> {
-    let Ok(node) = NodeConfig::load(&crate::cniconf::node_config_path(cfg)) else {
+pub async fn gc_once(cfg: &Config, metrics: &Metrics) -> Result<usize, GcError> {
+    let Ok(node) = NodeConfig::load(&node_config_path(cfg)) else {
         return Ok(0); // node not configured yet: the plugin has allocated nothing
     };
     let sandboxes = crate::cri::sandbox_ids(&cfg.cri_socket).await?;
@@ -46,20 +62,14 @@ pub async fn gc_once(cfg: &Config, metrics: &Metrics) -> Result<usize, String> {
     let subnets = node.subnets()?;
     let grace = cfg.ipam_gc_grace;
     let (freed, usage) = tokio::task::spawn_blocking(move || {
-        let alloc = Allocator::new(DiskStore::open(&dir, NETWORK).map_err(|e| e.to_string())?, subnets)
-            .map_err(|e| e.to_string())?;
-        let valid: HashSet<Attachment> = alloc
-            .attachments()
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .filter(|a| sandboxes.contains(&a.container_id))
-            .collect();
-        let freed = alloc.gc_older_than(&valid, grace).map_err(|e| e.to_string())?;
-        let usage = alloc.usage().map_err(|e| e.to_string())?;
-        Ok::<_, String>((freed, usage))
+        let alloc = Allocator::new(DiskStore::open(&dir, NETWORK)?, subnets)?;
+        let valid: HashSet<Attachment> =
+            alloc.attachments()?.into_iter().filter(|a| sandboxes.contains(&a.container_id)).collect();
+        let freed = alloc.gc_older_than(&valid, grace)?;
+        let usage = alloc.usage()?;
+        Ok::<_, IpamError>((freed, usage))
     })
-    .await
-    .map_err(|e| e.to_string())??;
+    .await??;
     for u in usage {
         let label = SubnetLabel { subnet: u.subnet.to_string() };
         metrics.ipam_in_use.get_or_create(&label).set(u.used as f64);

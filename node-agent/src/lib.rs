@@ -1,18 +1,19 @@
 //! weft-agent's library: everything but the command line, so integration
 //! tests can drive the reconciler against the real kernel.
+//!
+//! A pass goes observe → desired → apply: [`observe`] reads the Node watch,
+//! the underlay and what weft owns in the kernel; [`desired::compute`] is a
+//! pure function of the configuration and that observation; [`apply`] makes
+//! each output (kernel, nftables, files, API) match it. [`agent`] schedules
+//! passes and reports them. [`wire`] is the Node as read off the API.
 
 pub mod agent;
-pub mod cniconf;
+pub mod apply;
 pub mod config;
 pub mod cri;
 pub mod desired;
 pub mod http;
 pub mod ipam_gc;
-pub mod masq;
 pub mod metrics;
-pub mod offload;
-pub mod peer;
-pub mod publish;
-pub mod reconcile;
-pub mod underlay;
-pub mod watch;
+pub mod observe;
+pub mod wire;

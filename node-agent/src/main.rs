@@ -6,8 +6,10 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
+use weft_agent::apply::{files, kernel, nftables};
 use weft_agent::config::{self, Backend, FileConfig};
-use weft_agent::{agent, cniconf, http, ipam_gc, masq, metrics, reconcile};
+use weft_agent::desired::files::{conflist, conflist_path, node_config_path, portmap_installed};
+use weft_agent::{agent, http, ipam_gc, metrics};
 
 #[derive(Parser)]
 #[command(
@@ -87,16 +89,12 @@ struct RunArgs {
 impl ConfigArgs {
     /// File first (optional when flags give the required keys), then flags and environment.
     fn load(&self) -> anyhow::Result<config::Config> {
-        let mut file = if self.config.exists() {
-            FileConfig::load(&self.config).map_err(anyhow::Error::msg)?
-        } else {
-            serde_json::from_str::<FileConfig>("{}").expect("empty config parses")
-        };
+        let mut file = if self.config.exists() { FileConfig::load(&self.config)? } else { FileConfig::default() };
         if let Some(c) = &self.cluster_cidrs {
             file.cluster_cidrs = c.clone();
         }
         if let Some(b) = &self.backend {
-            file.backend = Some(b.parse::<Backend>().map_err(|e| anyhow::anyhow!("config key \"backend\": {e}"))?);
+            file.backend = Some(b.parse::<Backend>().context("config key \"backend\"")?);
         }
         file.mtu = self.mtu.or(file.mtu);
         file.masquerade = self.masquerade.or(file.masquerade);
@@ -105,7 +103,7 @@ impl ConfigArgs {
         file.cni_conf_dir = self.cni_conf_dir.clone().or(file.cni_conf_dir);
         file.cni_bin_dir = self.cni_bin_dir.clone().or(file.cni_bin_dir);
         file.run_dir = self.run_dir.clone().or(file.run_dir);
-        file.validate().map_err(anyhow::Error::msg)
+        Ok(file.validate()?)
     }
 }
 
@@ -152,13 +150,13 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
         }
         Cmd::InstallCni { config, binary } => {
             let cfg = config.load()?;
-            let dst = cniconf::install_binary(&binary, &cfg.cni_bin_dir).map_err(anyhow::Error::msg)?;
+            let dst = files::install_binary(&binary, &cfg.cni_bin_dir)?;
             tracing::info!(path = %dst.display(), "installed the weft CNI plugin");
             // The conflist only once node.json exists (written by `run`): a
             // conflist makes containerd report the network ready.
-            match libweft::node_config::NodeConfig::load(&cniconf::node_config_path(&cfg)) {
+            match libweft::node_config::NodeConfig::load(&node_config_path(&cfg)) {
                 Ok(node) => {
-                    cniconf::write(&cfg, &node).map_err(anyhow::Error::msg)?;
+                    files::write(&cfg, &node, &conflist(&cfg, portmap_installed(&cfg)))?;
                     tracing::info!("node already configured: conflist written");
                 }
                 Err(_) => tracing::info!("conflist will be written by weft-agent run once the node has its podCIDRs"),
@@ -168,9 +166,9 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
         Cmd::Cleanup { config } => {
             let cfg = config.load()?;
             let nl = libweft::netlink::Netlink::connect()?;
-            let removed = reconcile::remove_all(&nl).await?;
-            masq::remove().await.map_err(anyhow::Error::msg)?;
-            for path in [cniconf::conflist_path(&cfg), cniconf::node_config_path(&cfg), cfg.cni_bin_dir.join("weft")] {
+            let removed = kernel::remove_all(&nl).await?;
+            nftables::remove().await?;
+            for path in [conflist_path(&cfg), node_config_path(&cfg), cfg.cni_bin_dir.join("weft")] {
                 match std::fs::remove_file(&path) {
                     Ok(()) => tracing::info!(path = %path.display(), "removed"),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

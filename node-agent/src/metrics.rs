@@ -20,6 +20,11 @@ pub struct KindLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutputLabel {
+    pub output: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FieldLabel {
     pub field: String,
 }
@@ -45,6 +50,12 @@ pub struct Metrics {
     pub ipam_gc_freed: Counter,
     pub tx_checksum_offload: Gauge,
     pub nodes: Gauge,
+    /// Unix time of the last pass in which every output succeeded.
+    pub last_successful_sync: Gauge<f64, AtomicU64>,
+    /// Kernel objects written (added, replaced or deleted), by kind.
+    pub kernel_writes: Family<KindLabel, Counter>,
+    /// Failed applies, by output (observe, kernel, nftables, files, api).
+    pub sync_errors: Family<OutputLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -71,6 +82,9 @@ impl Metrics {
             ipam_gc_freed: Counter::default(),
             tx_checksum_offload: Gauge::default(),
             nodes: Gauge::default(),
+            last_successful_sync: Gauge::default(),
+            kernel_writes: Family::default(),
+            sync_errors: Family::default(),
             registry: Registry::default(),
         };
         registry.register("peers", "Peer nodes by the backend used to reach them", m.peers.clone());
@@ -102,12 +116,35 @@ impl Metrics {
             m.tx_checksum_offload.clone(),
         );
         registry.register("nodes", "Nodes in the watch cache", m.nodes.clone());
+        registry.register(
+            "last_successful_sync_timestamp_seconds",
+            "Unix time of the last pass in which every output succeeded",
+            m.last_successful_sync.clone(),
+        );
+        registry.register(
+            "kernel_writes",
+            "Kernel objects added, replaced or deleted, by kind",
+            m.kernel_writes.clone(),
+        );
+        registry.register("sync_errors", "Failed applies of one output, by output", m.sync_errors.clone());
         Metrics { registry, ..m }
     }
 
     /// Counts one error of `kind`.
     pub fn error(&self, kind: &str) {
         self.errors.get_or_create(&KindLabel { kind: kind.to_string() }).inc();
+    }
+
+    /// Counts `n` kernel writes of `kind`.
+    pub fn kernel_writes(&self, kind: &str, n: usize) {
+        if n > 0 {
+            self.kernel_writes.get_or_create(&KindLabel { kind: kind.to_string() }).inc_by(n as u64);
+        }
+    }
+
+    /// Counts one failed apply of `output`.
+    pub fn sync_error(&self, output: &str) {
+        self.sync_errors.get_or_create(&OutputLabel { output: output.to_string() }).inc();
     }
 
     /// The text exposition.

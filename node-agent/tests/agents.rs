@@ -96,6 +96,36 @@ fn metrics(ns: &TestNs) -> String {
     ns.http_get("127.0.0.1:9959", "/metrics")
 }
 
+/// Reconcile passes the agent in `ns` completed (0 while it does not answer).
+fn passes(ns: &TestNs) -> u64 {
+    let m = metrics(ns);
+    m.lines()
+        .find_map(|l| l.strip_prefix("weft_reconcile_duration_seconds_count "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Waits, at most `timeout`, until the agent in `ns` has completed `n`
+/// passes more than `since`: the way to let time pass without guessing.
+fn more_passes(ns: &TestNs, since: u64, n: u64, timeout: Duration) -> bool {
+    eventually(timeout, || passes(ns) >= since + n)
+}
+
+/// Kernel objects the agent in `ns` wrote since it started, all kinds.
+fn kernel_writes(ns: &TestNs) -> u64 {
+    metrics(ns)
+        .lines()
+        .filter(|l| l.starts_with("weft_kernel_writes_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Something in `ns` listens on TCP `port`.
+fn listening(ns: &TestNs, port: u16) -> bool {
+    let out = ns.exec(&["ss", "-Hltn", &format!("sport = :{port}")]);
+    !String::from_utf8_lossy(&out.stdout).trim().is_empty()
+}
+
 /// A TCP connection from `from` to an echo server, kept open by the test.
 struct Conn {
     child: std::process::Child,
@@ -227,19 +257,38 @@ fn vxlan_agents_connect_pods_survive_restarts_and_forget_deleted_nodes() {
         &[],
         agents[1].dir.path(),
     );
-    std::thread::sleep(Duration::from_millis(300));
+    assert!(eventually(Duration::from_secs(5), || listening(&p2, 7000)), "echo server did not start");
     let mut conn = Conn::open(&p1, &p2v4, 7000);
     assert!(conn.echo("before restart"));
     let before = routes(&lab.nodes[0].ns);
     agents[0].stop();
     agents[0].start(&lab, &cp, "vxlan");
-    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        more_passes(&lab.nodes[0].ns, 0, 1, Duration::from_secs(15)),
+        "no pass after restart:\n{}",
+        agents[0].log()
+    );
     assert!(conn.echo("after restart"), "connection broke across an agent restart:\n{}", agents[0].log());
     assert_eq!(routes(&lab.nodes[0].ns), before, "restart adopted the kernel state unchanged");
 
+    // Passes that change nothing write nothing: neither event passes nor
+    // resyncs (every 2 s here), which compare the nftables table instead
+    // of rewriting it.
+    let ns0 = &lab.nodes[0].ns;
+    let writes = kernel_writes(ns0);
+    assert!(writes > 0, "the restarted agent's first pass wrote its nftables table");
+    let since = passes(ns0);
+    cp.kubectl_ok(&["annotate", "node", "node3", "weft.test/touch=1"]);
+    assert!(more_passes(ns0, since, 3, Duration::from_secs(15)), "no passes:\n{}", agents[0].log());
+    assert_eq!(kernel_writes(ns0), writes, "a pass that changed nothing wrote:\n{}", metrics(ns0));
+    assert!(metrics(ns0).contains("weft_last_successful_sync_timestamp_seconds"));
+    assert!(ns0.http_get("127.0.0.1:9959", "/readyz").contains(" 200 "), "not ready after good passes");
+
     // The API server goes away: the last programmed state stays, traffic flows.
     cp.apiserver_stop_for_test();
-    std::thread::sleep(Duration::from_secs(5)); // more than two resync periods
+    // Two resync passes (2 s apart) without the API.
+    let since = passes(&lab.nodes[0].ns);
+    assert!(more_passes(&lab.nodes[0].ns, since, 2, Duration::from_secs(15)), "no passes during the outage");
     assert_eq!(routes(&lab.nodes[0].ns), before, "API outage must not change kernel state");
     assert!(conn.echo("during API outage"));
     assert!(p1.ping(&p3v4));
@@ -271,12 +320,15 @@ fn vxlan_agents_connect_pods_survive_restarts_and_forget_deleted_nodes() {
         "the hostile pod CIDR was not counted:\n{}",
         metrics(&lab.nodes[0].ns)
     );
+    let since = passes(&lab.nodes[0].ns);
     cp.kubectl_ok(&["annotate", "node", "evil", "unrelated=touch"]); // one more event, one more pass
-    std::thread::sleep(Duration::from_secs(3));
+    assert!(more_passes(&lab.nodes[0].ns, since, 1, Duration::from_secs(10)), "no pass after the event");
     let m = metrics(&lab.nodes[0].ns);
-    for field in ["spec.podCIDRs", "weft.dev/vtep-mac", "weft.dev/public-ip", "weft.dev/backend"] {
+    for field in ["spec.podCIDRs", "weft.dev/vtep-mac", "weft.dev/public-ip"] {
         assert!(m.contains(&format!("weft_rejected_annotations_total{{field=\"{field}\"}} 1")), "{field}:\n{m}");
     }
+    // weft never reads a peer's backend annotation, so it refuses none.
+    assert!(!m.contains(r#"field="weft.dev/backend""#), "{m}");
     let r = routes(&lab.nodes[0].ns);
     assert!(!r.contains("default") && !r.contains("0.0.0.0"), "a hostile pod CIDR was routed: {r}");
     let fdb = lab.nodes[0].ns.exec_ok(&["bridge", "fdb", "show", "dev", "weft.vxlan"]);
@@ -331,7 +383,7 @@ fn auto_across_segments_with_masquerade_and_backend_change() {
     let dir = tempfile::tempdir().unwrap();
     let _ext = whoami_server(&lab.external, dir.path(), "ext");
     let _in_pod = whoami_server(&p2, dir.path(), "p2");
-    std::thread::sleep(Duration::from_millis(300));
+    assert!(eventually(Duration::from_secs(5), || listening(&p2, 8080) && listening(&lab.external, 8080)));
     assert_eq!(ask(&p1, EXTERNAL_V4, 8080), lab.nodes[0].v4, "egress IPv4 must leave with the node's address");
     assert_eq!(ask(&p1, EXTERNAL_V6, 8080), lab.nodes[0].v6, "egress IPv6 must leave with the node's address");
     assert_eq!(ask(&p1, &p2v4, 8080), p1v4, "pod-to-pod keeps the source address");

@@ -10,18 +10,14 @@ mod common;
 
 use common::{Lab, Node};
 use libweft::testutil::have_privileges;
-use weft_agent::config::{Config, FileConfig};
-use weft_agent::desired::{Desired, desired, vtep_mac_for};
-use weft_agent::peer::NodeView;
-use weft_agent::{reconcile, underlay};
+use weft_agent::apply::kernel;
+use weft_agent::config::Config;
+use weft_agent::desired::{self, KernelState, vtep_mac_for};
+use weft_agent::observe::underlay;
+use weft_agent::wire::NodeView;
 
 fn config(backend: &str) -> Config {
-    serde_json::from_str::<FileConfig>(&format!(
-        r#"{{"clusterCIDRs":["10.244.0.0/16","fd00:10:244::/56"],"backend":"{backend}"}}"#
-    ))
-    .unwrap()
-    .validate()
-    .unwrap()
+    Config::example(backend.parse().unwrap())
 }
 
 fn view(n: &Node) -> NodeView {
@@ -31,13 +27,12 @@ fn view(n: &Node) -> NodeView {
         ipv6: Some(n.v6.parse().unwrap()),
         pod_cidrs: vec![n.pod_v4.parse().unwrap(), n.pod_v6.parse().unwrap()],
         vtep_mac: Some(vtep_mac_for(&n.name)),
-        backend: None,
     }
 }
 
 /// Computes and applies the desired state on every node in `live`, as each
 /// node's agent would; returns (desired, changes) per node.
-fn sync_all(rt: &tokio::runtime::Runtime, lab: &Lab, live: &[usize], backend: &str) -> Vec<(Desired, usize)> {
+fn sync_all(rt: &tokio::runtime::Runtime, lab: &Lab, live: &[usize], backend: &str) -> Vec<(KernelState, usize)> {
     let views: Vec<NodeView> = live.iter().map(|&i| view(&lab.nodes[i])).collect();
     live.iter()
         .map(|&i| {
@@ -46,8 +41,9 @@ fn sync_all(rt: &tokio::runtime::Runtime, lab: &Lab, live: &[usize], backend: &s
                 let nl = node.netlink();
                 let ips = [node.v4.parse().unwrap(), node.v6.parse().unwrap()];
                 let u = underlay::detect(&nl, None, &ips).await.unwrap();
-                let d = desired(&config(backend), &view(node), &u, vtep_mac_for(&node.name), &views);
-                let applied = reconcile::sync(&nl, &d, u.ifindex).await.unwrap();
+                let d =
+                    desired::kernel_state(&config(backend), &view(node), &u, vtep_mac_for(&node.name), &views, true);
+                let applied = kernel::sync(&nl, &d, u.ifindex).await.unwrap();
                 assert!(applied.errors.is_empty(), "{}: {:?}", node.name, applied.errors);
                 (d, applied.changes)
             })

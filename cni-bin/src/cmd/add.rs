@@ -21,14 +21,17 @@ pub fn run(env: &RuntimeEnv, conf: &NetConf, version: CniVersion) -> Result<Valu
     }
     let node = NodeSettings::load(conf)?;
     let netns_path = env.netns_path()?;
-    // Open the netns before reserving anything: a bad path costs nothing to undo.
+    // Everything that can fail without side effects comes before the
+    // reservation: a bad netns path or a runtime that cannot start must not
+    // leave addresses reserved until GC.
     let netns = NetNs::open(netns_path)?;
+    let rt = runtime()?;
     let att = attachment(&env.container_id, &env.ifname);
     let ipam = allocator(conf, node.subnets)?;
     let ips: Vec<IpAddr> = ipam.allocate(&att)?.into_iter().map(|a| a.ip).collect();
     let host_veth = host_veth_name(&env.container_id, &env.ifname);
 
-    let wired = runtime()?.block_on(async {
+    let wired = rt.block_on(async {
         let host = Netlink::connect()?;
         let pod_nl = Netlink::from_socket(netns.route_socket()?)?;
         let pod = Pod {

@@ -9,7 +9,7 @@ pub fn run(conf: &NetConf, version: CniVersion) -> Result<(), CniError> {
     version.require_at_least(CniVersion::V1_1_0, "STATUS")?;
     let unavailable = |reason: String| CniError::NotAvailable(reason);
     let node = NodeSettings::load(conf).map_err(|e| unavailable(format!("pod subnets unknown: {e}")))?;
-    check_writable(&conf.data_dir().join(&conf.name)).map_err(unavailable)?;
+    check_writable(&conf.data_dir().join(&conf.name)).map_err(|e| unavailable(format!("IPAM directory: {e}")))?;
     let usage = allocator(conf, node.subnets)
         .and_then(|a| a.usage().map_err(CniError::from))
         .map_err(|e| unavailable(format!("IPAM store: {e}")))?;

@@ -72,6 +72,11 @@ impl CniError {
             CniError::InvalidConfig(_) => 7,
             CniError::TryAgainLater(_) => 11,
             CniError::NotAvailable(_) => 50,
+            // Something deleted the link between our create and lookup: a
+            // retry starts from scratch and is safe.
+            CniError::Kernel(NetlinkError::Vanished { .. }) => 11,
+            // weft built a request the kernel could never accept: a bug.
+            CniError::Kernel(NetlinkError::InvalidRequest(_)) => 999,
             CniError::Kernel(_) => 100,
             CniError::PoolExhausted(_) => 101,
             CniError::Netns(_) => 102,
@@ -152,7 +157,11 @@ mod tests {
             (CniError::InvalidConfig("x".into()), 7),
             (CniError::TryAgainLater("x".into()), 11),
             (CniError::NotAvailable("x".into()), 50),
+            (CniError::Kernel(NetlinkError::Socket(std::io::Error::other("x"))), 100),
+            (CniError::Kernel(NetlinkError::Vanished { name: "eth0".into(), netns: None }), 11),
+            (CniError::Kernel(NetlinkError::InvalidRequest("x".into())), 999),
             (CniError::PoolExhausted("x".into()), 101),
+            (CniError::Netns(NetnsError::NotFound { path: "/run/netns/x".into() }), 102),
             (CniError::CheckFailed("x".into()), 103),
             (CniError::Internal("x".into()), 999),
         ];

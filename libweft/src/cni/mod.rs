@@ -5,9 +5,11 @@
 //! upper-case container IDs, and exits the process on errors.
 
 mod error;
+mod names;
 mod types;
 mod version;
 
 pub use error::{CniError, ErrorReply};
+pub use names::{MAX_CONTAINER_ID_LEN, check_container_id, check_ifname};
 pub use types::*;
 pub use version::{CniVersion, SUPPORTED_VERSIONS};

@@ -1,6 +1,5 @@
 //! Network config (stdin), runtime environment (`CNI_*`), and results (stdout).
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -98,7 +97,7 @@ impl NetConf {
     /// Parsed `subnets`, or `None` when the node config must be read.
     pub fn configured_subnets(&self) -> Result<Option<Vec<IpNetwork>>, CniError> {
         let Some(raw) = &self.subnets else { return Ok(None) };
-        parse_subnets(raw, "subnets").map(Some).map_err(CniError::InvalidConfig)
+        parse_subnets(raw, "subnets").map(Some).map_err(|e| CniError::InvalidConfig(e.to_string()))
     }
 
     /// Where the IPAM store lives.
@@ -120,27 +119,62 @@ impl NetConf {
     }
 }
 
+/// A list of pod subnets weft cannot use; each variant names the field.
+#[derive(Debug, thiserror::Error)]
+pub enum SubnetsError {
+    /// No subnet at all.
+    #[error("field {field:?} is empty; give at least one CIDR")]
+    Empty {
+        /// The field, e.g. `subnets`.
+        field: &'static str,
+    },
+    /// A value that is not a CIDR.
+    #[error("field {field:?}: {value:?} is not a CIDR: {source}")]
+    NotCidr {
+        /// The field.
+        field: &'static str,
+        /// The value as given.
+        value: String,
+        /// Why it does not parse.
+        #[source]
+        source: ipnetwork::IpNetworkError,
+    },
+    /// A CIDR given by a host address instead of its network address.
+    #[error("field {field:?}: {value:?} has host bits set; did you mean {network}?")]
+    HostBits {
+        /// The field.
+        field: &'static str,
+        /// The value as given.
+        value: String,
+        /// What was probably meant.
+        network: String,
+    },
+    /// A second subnet of one family.
+    #[error("field {field:?}: more than one {family} subnet")]
+    SecondOfFamily {
+        /// The field.
+        field: &'static str,
+        /// `IPv4` or `IPv6`.
+        family: &'static str,
+    },
+}
+
 /// Parses a list of CIDRs. At most one IPv4 and one IPv6 subnet, each given
 /// as its network address (`10.244.1.0/24`, not `10.244.1.7/24`).
-pub fn parse_subnets(raw: &[String], field: &str) -> Result<Vec<IpNetwork>, String> {
+pub fn parse_subnets(raw: &[String], field: &'static str) -> Result<Vec<IpNetwork>, SubnetsError> {
     if raw.is_empty() {
-        return Err(format!("field {field:?} is empty; give at least one CIDR"));
+        return Err(SubnetsError::Empty { field });
     }
     let mut subnets: Vec<IpNetwork> = Vec::with_capacity(raw.len());
     for s in raw {
-        let net: IpNetwork = s.parse().map_err(|e| format!("field {field:?}: {s:?} is not a CIDR: {e}"))?;
+        let net: IpNetwork = s.parse().map_err(|source| SubnetsError::NotCidr { field, value: s.clone(), source })?;
         if net.ip() != net.network() {
-            return Err(format!(
-                "field {field:?}: {s:?} has host bits set; did you mean {}/{}?",
-                net.network(),
-                net.prefix()
-            ));
+            let network = format!("{}/{}", net.network(), net.prefix());
+            return Err(SubnetsError::HostBits { field, value: s.clone(), network });
         }
         if subnets.iter().any(|o| o.is_ipv4() == net.is_ipv4()) {
-            return Err(format!(
-                "field {field:?}: more than one {} subnet",
-                if net.is_ipv4() { "IPv4" } else { "IPv6" }
-            ));
+            let family = if net.is_ipv4() { "IPv4" } else { "IPv6" };
+            return Err(SubnetsError::SecondOfFamily { field, family });
         }
         subnets.push(net);
     }
@@ -226,8 +260,6 @@ pub struct RuntimeEnv {
     pub netns: Option<PathBuf>,
     /// `CNI_IFNAME` (ADD, DEL, CHECK).
     pub ifname: String,
-    /// `CNI_ARGS`, split into key/value pairs (weft uses none, but keeps them for logs).
-    pub args: HashMap<String, String>,
 }
 
 impl RuntimeEnv {
@@ -248,13 +280,7 @@ impl RuntimeEnv {
             }
         };
         let per_container = matches!(command, Command::Add | Command::Del | Command::Check);
-        let mut env = RuntimeEnv {
-            command,
-            container_id: String::new(),
-            netns: None,
-            ifname: String::new(),
-            args: HashMap::new(),
-        };
+        let mut env = RuntimeEnv { command, container_id: String::new(), netns: None, ifname: String::new() };
         if per_container {
             env.container_id = require(&get, "CNI_CONTAINERID")?;
             validate_container_id(&env.container_id)?;
@@ -265,15 +291,8 @@ impl RuntimeEnv {
                 return Err(CniError::InvalidEnvironment { var: "CNI_NETNS", reason: "not set".into() });
             }
         }
-        if let Some(args) = get("CNI_ARGS") {
-            for pair in args.split(';').filter(|p| !p.is_empty()) {
-                let (k, v) = pair.split_once('=').ok_or_else(|| CniError::InvalidEnvironment {
-                    var: "CNI_ARGS",
-                    reason: format!("{pair:?} is not KEY=VALUE"),
-                })?;
-                env.args.insert(k.to_string(), v.to_string());
-            }
-        }
+        // CNI_ARGS is never read: the spec makes it optional pairs a plugin
+        // may ignore, and weft needs none, so even a malformed one is no error.
         Ok(env)
     }
 }
@@ -285,36 +304,16 @@ fn require(get: &impl Fn(&str) -> Option<String>, var: &'static str) -> Result<S
     }
 }
 
-/// Spec: starts with an alphanumeric, then alphanumerics, `_`, `.` or `-`.
+/// `CNI_CONTAINERID` by [`check_container_id`], as a code 4 error.
 pub fn validate_container_id(id: &str) -> Result<(), CniError> {
-    let mut chars = id.chars();
-    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
-    let rest_ok = chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-    if first_ok && rest_ok && id.len() <= 200 {
-        Ok(())
-    } else {
-        Err(CniError::InvalidEnvironment {
-            var: "CNI_CONTAINERID",
-            reason: format!("{id:?} must start with [A-Za-z0-9] and contain only [A-Za-z0-9_.-] (at most 200)"),
-        })
-    }
+    super::check_container_id(id)
+        .map_err(|why| CniError::InvalidEnvironment { var: "CNI_CONTAINERID", reason: format!("{id:?} {why}") })
 }
 
-/// Linux interface names: 1-15 bytes, not `.`/`..`, no `/`, `:` or whitespace.
+/// `CNI_IFNAME` by [`check_ifname`], as a code 4 error.
 pub fn validate_ifname(name: &str) -> Result<(), CniError> {
-    let ok = !name.is_empty()
-        && name.len() <= 15
-        && name != "."
-        && name != ".."
-        && !name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control());
-    if ok {
-        Ok(())
-    } else {
-        Err(CniError::InvalidEnvironment {
-            var: "CNI_IFNAME",
-            reason: format!("{name:?} is not a valid interface name (1-15 bytes, no '/', ':' or spaces)"),
-        })
-    }
+    super::check_ifname(name)
+        .map_err(|why| CniError::InvalidEnvironment { var: "CNI_IFNAME", reason: format!("{name:?} {why}") })
 }
 
 /// The ADD result, independent of the version it is encoded for.
@@ -446,6 +445,8 @@ pub fn version_reply(version: &str) -> Value {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
 
     fn env(vars: &[(&str, &str)]) -> Result<RuntimeEnv, CniError> {
@@ -482,10 +483,14 @@ mod tests {
     }
 
     #[test]
-    fn cni_args_are_split() {
-        let e = env(&[("CNI_COMMAND", "GC"), ("CNI_ARGS", "K8S_POD_NAME=a;K8S_POD_NAMESPACE=b")]).unwrap();
-        assert_eq!(e.args["K8S_POD_NAME"], "a");
-        assert_eq!(env(&[("CNI_COMMAND", "GC"), ("CNI_ARGS", "junk")]).unwrap_err().code(), 4);
+    fn cni_args_are_ignored_even_when_malformed() {
+        let add = [("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "abc"), ("CNI_IFNAME", "eth0"), ("CNI_NETNS", "/x")];
+        for args in ["K8S_POD_NAME=a;K8S_POD_NAMESPACE=b", "junk", ";;=;IgnoreUnknown", "a=b=c;\n"] {
+            let mut vars = add.to_vec();
+            vars.push(("CNI_ARGS", args));
+            assert!(env(&vars).is_ok(), "CNI_ARGS={args:?} was refused");
+            assert!(env(&[("CNI_COMMAND", "GC"), ("CNI_ARGS", args)]).is_ok(), "GC with CNI_ARGS={args:?}");
+        }
     }
 
     fn conf(json: &str) -> Result<NetConf, CniError> {
@@ -564,11 +569,16 @@ mod tests {
         assert_eq!(v04["ips"][0]["version"], "4");
         assert_eq!(v04["ips"][1]["version"], "6");
         assert_eq!(v04["cniVersion"], "0.4.0");
+        // 0.3.0 has the 0.3.x/0.4.0 shape: per-address "version", its own cniVersion.
+        let v030 = r.to_json(CniVersion::V0_3_0);
+        assert_eq!(v030["cniVersion"], "0.3.0");
+        assert_eq!(v030["ips"][1]["version"], "6");
+        assert_eq!(v030["ips"], v04["ips"]);
     }
 
     #[test]
     fn prev_result_round_trips() {
-        for v in [CniVersion::V0_3_1, CniVersion::V0_4_0, CniVersion::V1_0_0, CniVersion::V1_1_0] {
+        for v in crate::cni::SUPPORTED_VERSIONS.iter().map(|v| v.parse::<CniVersion>().unwrap()) {
             let json = sample().to_json(v);
             let ips = prev_result_ips(&json, "eth0").unwrap();
             assert_eq!(ips.len(), 2, "{v}");

@@ -106,6 +106,7 @@ mod tests {
 
     #[test]
     fn verbs_are_gated_by_version() {
+        assert!(CniVersion::V0_3_0.require_at_least(CniVersion::V0_4_0, "CHECK").is_err());
         assert!(CniVersion::V0_3_1.require_at_least(CniVersion::V0_4_0, "CHECK").is_err());
         assert!(CniVersion::V0_4_0.require_at_least(CniVersion::V0_4_0, "CHECK").is_ok());
         let err = CniVersion::V1_0_0.require_at_least(CniVersion::V1_1_0, "GC").unwrap_err();

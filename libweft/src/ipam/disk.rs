@@ -23,8 +23,8 @@
 //! discarded anyway (every pod died with the machine), so a power cut cannot
 //! resurrect a half-persisted one. The usual `dataDir` is a tmpfs besides.
 
-use std::fs::{DirBuilder, File, OpenOptions};
-use std::io::{ErrorKind, Write};
+use std::fs::{DirBuilder, File};
+use std::io::ErrorKind;
 use std::net::IpAddr;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -34,6 +34,8 @@ use std::time::{Duration, Instant, SystemTime};
 use ipnetwork::IpNetwork;
 
 use super::{Attachment, AttachmentIndex, IpamError, Reservation, Store};
+use crate::cni::{check_container_id, check_ifname};
+use crate::file;
 
 /// How long an operation waits for another process holding the lock before
 /// giving up with [`IpamError::LockTimeout`] (CNI "try again later").
@@ -143,29 +145,17 @@ impl DiskStore {
         Ok(names)
     }
 
-    /// Writes `content` to a new temp file in the store's directory.
-    fn write_tmp(&self, content: &[u8]) -> Result<PathBuf, IpamError> {
+    /// A fresh temp file name in the store's directory. Under the lock an
+    /// existing file of this name is a dead process's leftover whose PID we
+    /// reuse; [`file::write_new`] unlinks it.
+    fn tmp_path(&self) -> PathBuf {
         let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let tmp = self.dir.join(format!("{TMP_PREFIX}{}-{n}", std::process::id()));
-        // Under the lock an existing file of this name is a dead process's
-        // leftover whose PID we reuse. Unlink it rather than open it: it may be
-        // a second link to a reservation, which truncating would corrupt.
-        remove_if_exists(&tmp)?;
-        let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(io("create", &tmp))?;
-        if let Err(e) = file.write_all(content) {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(IpamError::Io { op: "write", path: tmp, source: e });
-        }
-        Ok(tmp)
+        self.dir.join(format!("{TMP_PREFIX}{}-{n}", std::process::id()))
     }
 
     /// Replaces `path` with a file holding `content`, atomically.
     fn replace(&self, path: &Path, content: &[u8]) -> Result<(), IpamError> {
-        let tmp = self.write_tmp(content)?;
-        std::fs::rename(&tmp, path).map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            IpamError::Io { op: "rename a temp file to", path: path.to_path_buf(), source: e }
-        })
+        Ok(file::replace(path, &self.tmp_path(), content)?)
     }
 
     fn ip_path(&self, ip: IpAddr) -> PathBuf {
@@ -184,25 +174,17 @@ impl DiskStore {
 }
 
 /// The container ID and interface name end up in file names and in
-/// line-based records, so enforce the CNI rules those rely on: container IDs
-/// are `[A-Za-z0-9][A-Za-z0-9_.-]*` (so never contain the `@` separator), and
-/// interface names have no `/`, whitespace or control characters.
+/// line-based records, which rely on the CNI rules ([`check_container_id`]:
+/// never the `@` separator; [`check_ifname`]: never `/` or a newline).
 fn check_attachment(att: &Attachment) -> Result<(), IpamError> {
     let invalid = |reason| IpamError::InvalidAttachment {
         container_id: att.container_id.clone(),
         ifname: att.ifname.clone(),
         reason,
     };
-    let id = &att.container_id;
-    if !id.starts_with(|c: char| c.is_ascii_alphanumeric())
-        || !id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
-    {
-        return Err(invalid("a container ID must match [A-Za-z0-9][A-Za-z0-9_.-]*"));
-    }
-    let name = &att.ifname;
-    if name.is_empty() || name.chars().any(|c| c == '/' || c.is_whitespace() || c.is_control()) {
-        return Err(invalid("an interface name must be non-empty, without '/', whitespace or control characters"));
-    }
+    check_container_id(&att.container_id).map_err(invalid)?;
+    check_ifname(&att.ifname).map_err(invalid)?;
+    let (id, name) = (&att.container_id, &att.ifname);
     if INDEX_PREFIX.len() + id.len() + 1 + name.len() > MAX_FILE_NAME {
         return Err(invalid("container ID and interface name are too long for a file name"));
     }
@@ -290,7 +272,8 @@ impl Store for DiskStore {
 
     fn reserve(&self, ip: IpAddr, owner: &Attachment) -> Result<bool, IpamError> {
         check_attachment(owner)?;
-        let tmp = self.write_tmp(format!("{}\n{}\n", owner.container_id, owner.ifname).as_bytes())?;
+        let tmp = self.tmp_path();
+        file::write_new(&tmp, format!("{}\n{}\n", owner.container_id, owner.ifname).as_bytes())?;
         let path = self.ip_path(ip);
         let linked = std::fs::hard_link(&tmp, &path);
         // If this fails (or we die first) the temp is left for GC's sweep;

@@ -115,6 +115,12 @@ pub enum IpamError {
     },
 }
 
+impl From<crate::file::FileError> for IpamError {
+    fn from(e: crate::file::FileError) -> Self {
+        IpamError::Io { op: e.op, path: e.path, source: e.source }
+    }
+}
+
 /// Identity of one attachment, as in CNI: container ID + interface name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Attachment {

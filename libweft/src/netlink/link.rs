@@ -116,15 +116,10 @@ pub const HOST_VETH_PREFIX: &str = "weft";
 
 /// The host-side veth name for an attachment: `weft` + 11 hex digits of a
 /// hash of container ID and ifname. Deterministic, so DEL and CHECK find the
-/// device without state; 15 bytes, the kernel's limit. The hash is FNV-1a
-/// (64-bit), written out here because std's `DefaultHasher` may change
-/// between Rust releases, and names must not change across upgrades.
+/// device without state; 15 bytes, the kernel's limit. The hash is
+/// [`stable_hash`](super::stable_hash): names must not change across upgrades.
 pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in container_id.bytes().chain([0u8]).chain(ifname.bytes()) {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
+    let h = super::stable_hash(container_id.bytes().chain([0u8]).chain(ifname.bytes()));
     format!("{HOST_VETH_PREFIX}{:011x}", h >> 20)
 }
 

@@ -44,6 +44,21 @@ pub enum NetlinkError {
     /// The netlink socket could not be set up.
     #[error("open netlink socket: {0}")]
     Socket(#[source] std::io::Error),
+    /// A link weft just created was gone when it looked it up again:
+    /// something else deleted it (or its namespace) in between.
+    #[error(
+        "{name} vanished{} right after creation",
+        .netns.as_ref().map(|p| format!(" from {}", p.display())).unwrap_or_default()
+    )]
+    Vanished {
+        /// The link's name.
+        name: String,
+        /// The namespace it was created in, when not the caller's.
+        netns: Option<std::path::PathBuf>,
+    },
+    /// A request weft itself built wrong (a bug, not a kernel answer).
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
 }
 
 impl NetlinkError {
@@ -113,11 +128,6 @@ impl Netlink {
         Ok(Netlink { handle })
     }
 
-    /// The underlying rtnetlink handle, for requests not wrapped here.
-    pub fn handle(&self) -> &Handle {
-        &self.handle
-    }
-
     /// The link called `name`, or `None`.
     pub async fn link_by_name(&self, name: &str) -> Result<Option<LinkInfo>, NetlinkError> {
         let res = self.handle.link().get().match_name(name.to_string()).execute().try_next().await;
@@ -143,6 +153,13 @@ impl Netlink {
         let Some(link) = self.link_by_name(name).await? else { return Ok(false) };
         tolerate_gone(self.handle.link().del(link.index).execute().await, || format!("delete link {name}"))
     }
+}
+
+/// FNV-1a (64-bit) of `bytes`. Device names and MACs derived from it must
+/// not change across upgrades, so it is written out here: std's
+/// `DefaultHasher` may change between Rust releases.
+pub fn stable_hash(bytes: impl IntoIterator<Item = u8>) -> u64 {
+    bytes.into_iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
 /// Formats a MAC address as `aa:bb:cc:dd:ee:ff`.

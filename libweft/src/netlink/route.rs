@@ -10,8 +10,9 @@ use rtnetlink::RouteMessageBuilder;
 
 use super::{Netlink, NetlinkError, ctx, tolerate_gone};
 
-/// A route to install.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A route to install. `Copy`, so requests can take it by value and be
+/// pipelined without borrowing the caller's spec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RouteSpec {
     /// Destination prefix.
     pub dst: IpNetwork,
@@ -61,35 +62,22 @@ fn route_message(spec: &RouteSpec) -> RouteMessage {
 
 impl Netlink {
     /// Adds a route; fails with EEXIST if one with the same key exists.
-    pub async fn add_route(&self, spec: &RouteSpec) -> Result<(), NetlinkError> {
+    pub async fn add_route(&self, spec: RouteSpec) -> Result<(), NetlinkError> {
         if spec.gateway.is_some_and(|g| g.is_ipv4() != spec.dst.is_ipv4()) {
-            return Err(NetlinkError::Socket(std::io::Error::other(format!(
-                "route {} with gateway of the other family",
-                spec.dst
-            ))));
+            return Err(NetlinkError::InvalidRequest(format!("route {} with a gateway of the other family", spec.dst)));
         }
-        self.handle.route().add(route_message(spec)).execute().await.map_err(ctx(|| describe("add", spec)))
-    }
-
-    /// [`Netlink::add_route`] taking the spec by value, for pipelined requests.
-    pub async fn add_route_owned(&self, spec: RouteSpec) -> Result<(), NetlinkError> {
-        self.add_route(&spec).await
-    }
-
-    /// [`Netlink::replace_route`] taking the spec by value, for pipelined requests.
-    pub async fn replace_route_owned(&self, spec: RouteSpec) -> Result<(), NetlinkError> {
-        self.replace_route(&spec).await
+        self.handle.route().add(route_message(&spec)).execute().await.map_err(ctx(|| describe("add", &spec)))
     }
 
     /// Adds or replaces the route with this destination.
-    pub async fn replace_route(&self, spec: &RouteSpec) -> Result<(), NetlinkError> {
+    pub async fn replace_route(&self, spec: RouteSpec) -> Result<(), NetlinkError> {
         self.handle
             .route()
-            .add(route_message(spec))
+            .add(route_message(&spec))
             .replace()
             .execute()
             .await
-            .map_err(ctx(|| describe("replace", spec)))
+            .map_err(ctx(|| describe("replace", &spec)))
     }
 
     /// Deletes a route; `Ok(false)` when it was already gone.

@@ -115,9 +115,11 @@ impl Netlink {
         };
         let msg = b.mtu(want.mtu).address(want.mac.to_vec()).up().build();
         self.handle.link().add(msg).execute().await.map_err(ctx(|| format!("create VXLAN device {}", want.name)))?;
-        let index = self.link_by_name(&want.name).await?.map(|l| l.index).ok_or_else(|| {
-            NetlinkError::Socket(std::io::Error::other(format!("{} vanished after creation", want.name)))
-        })?;
+        let index = self
+            .link_by_name(&want.name)
+            .await?
+            .map(|l| l.index)
+            .ok_or_else(|| NetlinkError::Vanished { name: want.name.clone(), netns: None })?;
         Ok((index, Ensured::Created))
     }
 

@@ -149,8 +149,17 @@ fn names_that_would_escape_the_directory_are_refused() {
         assert!(matches!(&err, IpamError::BadNetworkName { name } if name == bad), "{bad:?}: {err:?}");
     }
     let a = allocator(tmp.path());
-    for (id, ifname) in [("../../x", "eth0"), ("a@b", "eth0"), ("", "eth0"), ("c1", ""), ("c1", "a/b"), ("c1", "a\nb")]
-    {
+    // The same rules as CNI_CONTAINERID and CNI_IFNAME (cni::check_container_id, check_ifname).
+    for (id, ifname) in [
+        ("../../x", "eth0"),
+        ("a@b", "eth0"),
+        ("", "eth0"),
+        ("c1", ""),
+        ("c1", "a/b"),
+        ("c1", "a\nb"),
+        ("c1", "a:b"),
+        ("c1", "0123456789abcdef"),
+    ] {
         let bad = Attachment { container_id: id.into(), ifname: ifname.into() };
         assert!(matches!(a.allocate(&bad), Err(IpamError::InvalidAttachment { .. })), "{bad:?}");
         assert!(matches!(a.release(&bad), Err(IpamError::InvalidAttachment { .. })), "{bad:?}");

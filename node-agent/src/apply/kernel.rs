@@ -8,19 +8,72 @@
 //! and neighbour entries, and routes last, so the kernel never has a route
 //! whose next hop it would have to resolve by ARP over VXLAN.
 
-use std::collections::{HashMap, HashSet};
+mod ethtool;
+
+use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 use libweft::netlink::{Ensured, Netlink, NetlinkError, RTPROT_WEFT_PEER, RouteSpec, VxlanLink};
 
-use crate::desired::{Desired, Hop, VXLAN_DEV};
+use crate::desired::{Hop, KernelState, VXLAN_DEV};
+use crate::observe;
+
+/// A kernel change that failed as a whole.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    /// A netlink request (the VXLAN device, a dump) failed.
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    /// IP forwarding could not be read or turned on.
+    #[error("enable IP forwarding ({path}): {source}")]
+    Forwarding {
+        path: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Some routes, neighbours or FDB entries failed; the others were applied.
+    #[error("{failed} entries failed, the first: {first}")]
+    Entries { failed: usize, first: String },
+    /// The VXLAN device's transmit checksum offload could not be read or set.
+    #[error("transmit checksum offload on {device}: {source}")]
+    Offload {
+        device: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Sets transmit checksum offload on the VXLAN device if it differs.
+/// Returns whether it changed it. No crate sets one ethtool flag without a
+/// whole ethtool netlink stack, so this is the classic SIOCETHTOOL ioctl.
+///
+/// Two known failures decide the default (`observe::kernel::offload_default`):
+/// kernels before 5.7 send SNATed VXLAN packets with a bad checksum
+/// (calico#3145: 63 s stalls), and some NICs under 6.12+ collapse to a few
+/// hundred Mbit/s with it on (calico#11435). Measured here
+/// (`bench/vxlan-offload.sh`, kernel 6.18): on is 3.2x the throughput of
+/// off, and the e2e matrix (NodePort and ClusterIP through kube-proxy's SNAT
+/// over VXLAN) passes with it. `vxlan.txChecksumOffload: false` is the
+/// switch for the NICs of calico#11435.
+pub fn set_tx_checksum_offload(on: bool) -> Result<bool, KernelError> {
+    let err = |source| KernelError::Offload { device: VXLAN_DEV, source };
+    let current = ethtool::tx_checksum(VXLAN_DEV).map_err(err)?;
+    if current == on {
+        return Ok(false);
+    }
+    ethtool::set_tx_checksum(VXLAN_DEV, on).map_err(err)?;
+    tracing::info!(device = VXLAN_DEV, on, "set VXLAN transmit checksum offload");
+    Ok(true)
+}
 
 /// What one sync did and found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Applied {
     /// Objects added, replaced or deleted.
     pub changes: usize,
+    /// The same, by kind (`route`, `neighbour`, `fdb`, `vxlan_device`, `address`).
+    pub writes: BTreeMap<&'static str, usize>,
     pub routes: usize,
     pub neighbours: usize,
     pub fdb: usize,
@@ -42,7 +95,7 @@ fn route_spec(dst: IpNetwork, hop: Hop, underlay: u32, vxlan: Option<u32>) -> Op
 
 /// One reconcile pass. Fails only when the VXLAN device itself cannot be
 /// made right; individual entries that fail are reported in `errors`.
-pub async fn sync(nl: &Netlink, d: &Desired, underlay: u32) -> Result<Applied, NetlinkError> {
+pub async fn sync(nl: &Netlink, d: &KernelState, underlay: u32) -> Result<Applied, NetlinkError> {
     let mut out = Applied::default();
 
     let vxlan = match &d.vxlan {
@@ -58,7 +111,7 @@ pub async fn sync(nl: &Netlink, d: &Desired, underlay: u32) -> Result<Applied, N
             };
             let (index, ensured) = nl.ensure_vxlan(&link).await?;
             if ensured != Ensured::Kept {
-                out.changes += 1;
+                out.wrote("vxlan_device", 1);
                 tracing::info!(device = VXLAN_DEV, ?ensured, vni = spec.vni, port = spec.port, local = %spec.local, "VXLAN device");
             }
             sync_addresses(nl, index, &spec.addresses, &mut out).await?;
@@ -67,7 +120,7 @@ pub async fn sync(nl: &Netlink, d: &Desired, underlay: u32) -> Result<Applied, N
         None => {
             // Deleting the device also removes its routes, neighbours and FDB.
             if nl.delete_link(VXLAN_DEV).await? {
-                out.changes += 1;
+                out.wrote("vxlan_device", 1);
                 tracing::info!(device = VXLAN_DEV, "removed VXLAN device (backend no longer uses it)");
             }
             None
@@ -76,10 +129,7 @@ pub async fn sync(nl: &Netlink, d: &Desired, underlay: u32) -> Result<Applied, N
 
     let wanted: Vec<RouteSpec> =
         d.routes.iter().filter_map(|(dst, hop)| route_spec(*dst, *hop, underlay, vxlan)).collect();
-    let mut present = Vec::new();
-    for v6 in [false, true] {
-        present.extend(nl.routes(v6, Some(RTPROT_WEFT_PEER)).await?);
-    }
+    let present = observe::kernel::peer_routes(nl).await?;
     // Sets, not scans: thousands of peers must not cost a quadratic diff.
     let route_key = |dst: IpNetwork, gateway: Option<IpAddr>, oif: u32| (dst, gateway, oif);
     let wanted_keys: HashSet<_> = wanted.iter().map(|w| route_key(w.dst, w.gateway, w.oif)).collect();
@@ -94,18 +144,18 @@ pub async fn sync(nl: &Netlink, d: &Desired, underlay: u32) -> Result<Applied, N
     }
 
     if let Some(index) = vxlan {
-        let fdb: HashSet<([u8; 6], IpAddr)> = nl.fdb_entries(index).await?.into_iter().collect();
+        let fdb = observe::kernel::vxlan_fdb(nl, index).await?;
         for (mac, dst) in &fdb {
             if d.fdb.get(mac) != Some(dst) {
-                record(&mut out, nl.delete_fdb(index, *mac, *dst).await.map(usize::from), "FDB entry");
+                record(&mut out, nl.delete_fdb(index, *mac, *dst).await.map(usize::from), "fdb");
             }
         }
         for (mac, dst) in &d.fdb {
             if !fdb.contains(&(*mac, *dst)) {
-                record(&mut out, nl.replace_fdb(index, *mac, *dst).await.map(|()| 1), "FDB entry");
+                record(&mut out, nl.replace_fdb(index, *mac, *dst).await.map(|()| 1), "fdb");
             }
         }
-        let neigh: HashMap<IpAddr, Vec<u8>> = nl.permanent_neighbours(index).await?.into_iter().collect();
+        let neigh = observe::kernel::vxlan_neighbours(nl, index).await?;
         for (ip, mac) in &neigh {
             if d.neighbours.get(ip).map(|m| m.as_slice()) != Some(mac.as_slice()) {
                 record(&mut out, nl.delete_neighbour(index, *ip).await.map(usize::from), "neighbour");
@@ -123,7 +173,7 @@ pub async fn sync(nl: &Netlink, d: &Desired, underlay: u32) -> Result<Applied, N
     let mut failed = 0;
     for w in &wanted {
         if !present_keys.contains(&route_key(w.dst, w.gateway, w.oif)) {
-            let res = nl.replace_route(w).await;
+            let res = nl.replace_route(*w).await;
             failed += usize::from(res.is_err());
             record(&mut out, res.map(|()| 1), "route");
         }
@@ -132,9 +182,18 @@ pub async fn sync(nl: &Netlink, d: &Desired, underlay: u32) -> Result<Applied, N
     Ok(out)
 }
 
-fn record(out: &mut Applied, res: Result<usize, NetlinkError>, what: &str) {
+impl Applied {
+    fn wrote(&mut self, kind: &'static str, n: usize) {
+        self.changes += n;
+        if n > 0 {
+            *self.writes.entry(kind).or_default() += n;
+        }
+    }
+}
+
+fn record(out: &mut Applied, res: Result<usize, NetlinkError>, what: &'static str) {
     match res {
-        Ok(n) => out.changes += n,
+        Ok(n) => out.wrote(what, n),
         Err(e) => {
             tracing::warn!("{what}: {e}");
             out.errors.push(format!("{what}: {e}"));
@@ -148,38 +207,39 @@ async fn sync_addresses(nl: &Netlink, index: u32, wanted: &[IpNetwork], out: &mu
     for a in present.iter().filter(|a| !a.link_scope) {
         if !wanted.iter().any(|w| w.ip() == a.ip && w.prefix() == a.prefix) {
             nl.delete_address(index, a.ip, a.prefix).await?;
-            out.changes += 1;
+            out.wrote("address", 1);
         }
     }
     for w in wanted {
         if !present.iter().any(|a| a.ip == w.ip() && a.prefix == w.prefix()) {
             nl.add_address(index, w.ip(), w.prefix()).await?;
-            out.changes += 1;
+            out.wrote("address", 1);
         }
     }
     Ok(())
 }
 
-/// Turns on forwarding for both families; a node that routes pods needs it.
-pub fn ensure_forwarding() -> std::io::Result<()> {
+/// Turns on forwarding for both families; a node that routes pods needs
+/// it. Returns how many sysctls it changed.
+pub fn ensure_forwarding() -> Result<usize, KernelError> {
+    let mut changed = 0;
     for path in ["/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding"] {
-        if std::fs::read_to_string(path)?.trim() != "1" {
-            std::fs::write(path, "1")?;
+        let err = |source| KernelError::Forwarding { path, source };
+        if std::fs::read_to_string(path).map_err(err)?.trim() != "1" {
+            std::fs::write(path, "1").map_err(err)?;
             tracing::info!("set {path} = 1");
+            changed += 1;
         }
     }
-    Ok(())
+    Ok(changed)
 }
 
 /// Removes everything the agent programs (for `weft-agent cleanup`).
 pub async fn remove_all(nl: &Netlink) -> Result<usize, NetlinkError> {
     let mut removed = usize::from(nl.delete_link(VXLAN_DEV).await?);
-    for v6 in [false, true] {
-        for r in nl.routes(v6, Some(RTPROT_WEFT_PEER)).await? {
-            let spec =
-                RouteSpec { dst: r.dst, gateway: r.gateway, oif: r.oif, onlink: false, protocol: RTPROT_WEFT_PEER };
-            removed += usize::from(nl.delete_route(&spec).await?);
-        }
+    for r in observe::kernel::peer_routes(nl).await? {
+        let spec = RouteSpec { dst: r.dst, gateway: r.gateway, oif: r.oif, onlink: false, protocol: RTPROT_WEFT_PEER };
+        removed += usize::from(nl.delete_route(&spec).await?);
     }
     Ok(removed)
 }

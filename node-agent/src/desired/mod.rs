@@ -1,16 +1,69 @@
-//! The desired kernel state: a pure function of the node list, the local
-//! node and the configuration. Everything the reconciler programs comes from
-//! here, so every decision (which backend per peer, which MTU, what to skip)
-//! is unit-tested without a kernel.
+//! Desired state: one pure function of the configuration and the
+//! observation ([`compute`]) describing every output the agent keeps in
+//! line: routes, neighbours, FDB entries and the VXLAN device (with its
+//! offload setting), the nftables table, node.json and the conflist, and
+//! the own Node's annotations. Every decision (which backend per peer,
+//! which MTU, what to skip) is unit-tested here without a kernel.
+
+pub mod files;
+pub mod nftables;
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
+use libweft::node_config::NodeConfig;
+use serde_json::Value;
 
 use crate::config::{Backend, Config};
-use crate::peer::NodeView;
+use crate::observe::{Observation, Underlay};
+use crate::wire::{ANN_BACKEND, ANN_PUBLIC_IP, ANN_PUBLIC_IPV6, ANN_VTEP_MAC, NodeView};
+
+pub use self::nftables::NftTable;
+
+/// Everything the agent should have made true after a pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Desired {
+    /// Routes, neighbours, FDB entries and the VXLAN device.
+    pub kernel: KernelState,
+    /// What the `inet weft` table is built from.
+    pub nft: NftTable,
+    /// `/run/weft/node.json`.
+    pub node_config: NodeConfig,
+    /// The CNI conflist.
+    pub conflist: Value,
+    /// weft's annotations on the own Node.
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// Computes every output from the configuration and one observation.
+pub fn compute(config: &Config, obs: &Observation) -> Desired {
+    let kernel = kernel_state(config, &obs.local, &obs.underlay, obs.vtep_mac, &obs.nodes, obs.offload_default);
+    let node_ips: Vec<IpAddr> = obs.nodes.iter().flat_map(|n| [n.ip(false), n.ip(true)]).flatten().collect();
+    Desired {
+        nft: NftTable::new(&obs.local.pod_cidrs, &node_ips),
+        node_config: files::node_config(config, &obs.local.name, &obs.local.pod_cidrs, kernel.pod_mtu),
+        conflist: files::conflist(config, obs.portmap_installed),
+        annotations: own_annotations(&obs.underlay, obs.vtep_mac, config.backend),
+        kernel,
+    }
+}
+
+/// The annotations this node publishes for its peers: its underlay
+/// addresses and VTEP MAC, and its backend (for operators).
+pub fn own_annotations(underlay: &Underlay, vtep_mac: [u8; 6], backend: Backend) -> BTreeMap<String, String> {
+    let mut a = BTreeMap::new();
+    if let Some(v4) = underlay.v4 {
+        a.insert(ANN_PUBLIC_IP.to_string(), v4.ip().to_string());
+    }
+    if let Some(v6) = underlay.v6 {
+        a.insert(ANN_PUBLIC_IPV6.to_string(), v6.ip().to_string());
+    }
+    a.insert(ANN_VTEP_MAC.to_string(), libweft::netlink::format_mac(&vtep_mac));
+    a.insert(ANN_BACKEND.to_string(), backend.as_str().to_string());
+    a
+}
 
 /// weft's VXLAN device. It carries both pod families over one underlay
 /// family (IPv4 when the node has it), so an IPv6 pod network needs no
@@ -20,28 +73,6 @@ pub const VXLAN_DEV: &str = "weft.vxlan";
 pub const VXLAN_OVERHEAD_V4: u32 = 50;
 /// Over IPv6 the outer header is 40 bytes.
 pub const VXLAN_OVERHEAD_V6: u32 = 70;
-
-/// The local node's underlay, as observed in the kernel.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Underlay {
-    pub ifindex: u32,
-    pub name: String,
-    pub mtu: u32,
-    /// Underlay addresses with their on-link prefix (the L2 segment).
-    pub v4: Option<IpNetwork>,
-    pub v6: Option<IpNetwork>,
-}
-
-impl Underlay {
-    fn net(&self, ipv6: bool) -> Option<IpNetwork> {
-        if ipv6 { self.v6 } else { self.v4 }
-    }
-
-    /// The family VXLAN packets travel over.
-    pub fn vxlan_family_v6(&self) -> bool {
-        self.v4.is_none()
-    }
-}
 
 /// The VXLAN device weft wants.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,8 +85,8 @@ pub struct VxlanSpec {
     pub mac: [u8; 6],
     /// The VTEP addresses: the network address of each local pod CIDR, as /32 or /128.
     pub addresses: Vec<IpNetwork>,
-    /// `None`: the kernel-dependent default (`offload::kernel_default`).
-    pub tx_checksum_offload: Option<bool>,
+    /// Transmit checksum offload: the configured value, else the kernel's default.
+    pub tx_checksum_offload: bool,
 }
 
 /// How to reach one peer pod CIDR.
@@ -67,9 +98,9 @@ pub enum Hop {
     Vxlan { gateway: IpAddr },
 }
 
-/// What the kernel should hold.
+/// What the kernel should hold (besides the nftables table).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Desired {
+pub struct KernelState {
     pub vxlan: Option<VxlanSpec>,
     /// Peer pod CIDR -> hop.
     pub routes: BTreeMap<IpNetwork, Hop>,
@@ -85,14 +116,17 @@ pub struct Desired {
     pub skipped: Vec<(String, String)>,
 }
 
-/// Computes the desired state. `local` is the node this agent runs on.
-pub fn desired(
+/// The kernel part of the desired state. `local` is the node this agent
+/// runs on; `offload_default` is the kernel's transmit checksum offload
+/// default, used when the configuration does not say.
+pub fn kernel_state(
     config: &Config,
     local: &NodeView,
     underlay: &Underlay,
     vtep_mac: [u8; 6],
     nodes: &[NodeView],
-) -> Desired {
+    offload_default: bool,
+) -> KernelState {
     let uses_vxlan = config.backend != Backend::Routes;
     let vxlan_v6 = underlay.vxlan_family_v6();
     let overhead = if vxlan_v6 { VXLAN_OVERHEAD_V6 } else { VXLAN_OVERHEAD_V4 };
@@ -101,7 +135,7 @@ pub fn desired(
     // over VXLAN, every pod must fit in a VXLAN packet.
     let pod_mtu = config.mtu.unwrap_or(if uses_vxlan { vxlan_mtu } else { underlay.mtu });
 
-    let mut d = Desired { pod_mtu, ..Desired::default() };
+    let mut d = KernelState { pod_mtu, ..KernelState::default() };
     if uses_vxlan && let Some(local_ip) = underlay.net(vxlan_v6).map(|n| n.ip()) {
         d.vxlan = Some(VxlanSpec {
             vni: config.vxlan.vni,
@@ -111,7 +145,7 @@ pub fn desired(
             mtu: vxlan_mtu,
             mac: vtep_mac,
             addresses: local.pod_cidrs.iter().map(|c| host_net(c.network())).collect(),
-            tx_checksum_offload: config.vxlan.tx_checksum_offload,
+            tx_checksum_offload: config.vxlan.tx_checksum_offload.unwrap_or(offload_default),
         });
     }
 
@@ -202,12 +236,7 @@ fn overlaps(a: &IpNetwork, b: &IpNetwork) -> bool {
 /// derived from the node name: peers' FDB entries point at it, so it must
 /// not change when the agent or the device is re-created (flannel#1795).
 pub fn vtep_mac_for(node_name: &str) -> [u8; 6] {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in node_name.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    let b = h.to_be_bytes();
+    let b = libweft::netlink::stable_hash(node_name.bytes()).to_be_bytes();
     [0x0e, b[0], b[1], b[2], b[3], b[4]]
 }
 
@@ -216,18 +245,10 @@ mod tests {
     use std::net::{Ipv4Addr, Ipv6Addr};
 
     use super::*;
-    use crate::config::FileConfig;
 
     /// Test builder: `node("n2").cidrs(&[..]).ip4("198.51.100.12")`.
     fn node(name: &str) -> NodeView {
-        NodeView {
-            name: name.into(),
-            ipv4: None,
-            ipv6: None,
-            pod_cidrs: vec![],
-            vtep_mac: Some(vtep_mac_for(name)),
-            backend: None,
-        }
+        NodeView { name: name.into(), ipv4: None, ipv6: None, pod_cidrs: vec![], vtep_mac: Some(vtep_mac_for(name)) }
     }
 
     trait Build {
@@ -257,18 +278,17 @@ mod tests {
     }
 
     fn config(backend: &str) -> Config {
-        serde_json::from_str::<FileConfig>(&format!(
-            r#"{{"clusterCIDRs":["10.244.0.0/16","fd00:10:244::/56"],"backend":"{backend}"}}"#
-        ))
-        .unwrap()
-        .validate()
-        .unwrap()
+        Config::example(backend.parse().unwrap())
+    }
+
+    /// The kernel state with offload on by default, as on kernels from 5.7.
+    fn compute(config: &Config, local: &NodeView, u: &Underlay, mac: [u8; 6], nodes: &[NodeView]) -> KernelState {
+        kernel_state(config, local, u, mac, nodes, true)
     }
 
     fn underlay() -> Underlay {
         Underlay {
             ifindex: 2,
-            name: "eth0".into(),
             mtu: 1500,
             v4: Some("198.51.100.11/24".parse().unwrap()),
             v6: Some("2001:db8:a::11/64".parse().unwrap()),
@@ -298,7 +318,7 @@ mod tests {
     #[test]
     fn routes_backend_uses_node_addresses_per_family_and_no_vxlan() {
         let nodes = [me(), same_segment()];
-        let d = desired(&config("routes"), &me(), &underlay(), vtep_mac_for("n1"), &nodes);
+        let d = compute(&config("routes"), &me(), &underlay(), vtep_mac_for("n1"), &nodes);
         assert!(d.vxlan.is_none());
         assert_eq!(d.routes[&net("10.244.2.0/24")], Hop::Direct { gateway: ip("198.51.100.12") });
         assert_eq!(d.routes[&net("fd00:10:244:2::/64")], Hop::Direct { gateway: ip("2001:db8:a::12") });
@@ -310,7 +330,7 @@ mod tests {
     #[test]
     fn vxlan_backend_programs_route_neighbour_and_fdb_for_both_families() {
         let nodes = [me(), same_segment()];
-        let d = desired(&config("vxlan"), &me(), &underlay(), vtep_mac_for("n1"), &nodes);
+        let d = compute(&config("vxlan"), &me(), &underlay(), vtep_mac_for("n1"), &nodes);
         let vx = d.vxlan.as_ref().unwrap();
         assert_eq!(vx.local, ip("198.51.100.11"));
         assert_eq!(vx.mtu, 1450);
@@ -328,7 +348,7 @@ mod tests {
     #[test]
     fn auto_is_direct_on_the_segment_and_vxlan_beyond_it() {
         let nodes = [me(), same_segment(), other_segment()];
-        let d = desired(&config("auto"), &me(), &underlay(), vtep_mac_for("n1"), &nodes);
+        let d = compute(&config("auto"), &me(), &underlay(), vtep_mac_for("n1"), &nodes);
         assert!(matches!(d.routes[&net("10.244.2.0/24")], Hop::Direct { .. }));
         assert!(matches!(d.routes[&net("10.244.3.0/24")], Hop::Vxlan { .. }));
         assert!(matches!(d.routes[&net("fd00:10:244:3::/64")], Hop::Vxlan { .. }));
@@ -343,7 +363,7 @@ mod tests {
         let u = Underlay { v4: None, ..underlay() };
         let local = me();
         let nodes = [local.clone(), other_segment()];
-        let d = desired(&config("vxlan"), &local, &u, vtep_mac_for("n1"), &nodes);
+        let d = compute(&config("vxlan"), &local, &u, vtep_mac_for("n1"), &nodes);
         assert_eq!(d.pod_mtu, 1430);
         assert_eq!(d.vxlan.unwrap().local, ip("2001:db8:a::11"));
         assert_eq!(d.fdb[&vtep_mac_for("n3")], ip("2001:db8:b::13"));
@@ -353,7 +373,7 @@ mod tests {
     fn configured_mtu_wins() {
         let mut c = config("vxlan");
         c.mtu = Some(1400);
-        assert_eq!(desired(&c, &me(), &underlay(), vtep_mac_for("n1"), &[me()]).pod_mtu, 1400);
+        assert_eq!(compute(&c, &me(), &underlay(), vtep_mac_for("n1"), &[me()]).pod_mtu, 1400);
     }
 
     #[test]
@@ -365,7 +385,7 @@ mod tests {
             node("v4only").cidrs(&["10.244.5.0/24", "fd00:10:244:5::/64"]).ip4("198.51.100.15"),
             node("clash").cidrs(&["10.244.1.0/25"]).ip4("198.51.100.16"), // overlaps ours
         ];
-        let d = desired(&config("routes"), &me(), &underlay(), vtep_mac_for("n1"), &nodes);
+        let d = compute(&config("routes"), &me(), &underlay(), vtep_mac_for("n1"), &nodes);
         assert!(d.routes.contains_key(&net("10.244.5.0/24")));
         assert!(!d.routes.contains_key(&net("fd00:10:244:5::/64")));
         assert!(!d.routes.contains_key(&net("10.244.1.0/25")));
@@ -374,16 +394,16 @@ mod tests {
         assert!(reasons.iter().any(|r| r.starts_with("clash:") && r.contains("overlaps")), "{reasons:?}");
         assert!(!reasons.iter().any(|r| r.starts_with("pending")));
 
-        let d = desired(&config("vxlan"), &me(), &underlay(), vtep_mac_for("n1"), &nodes);
+        let d = compute(&config("vxlan"), &me(), &underlay(), vtep_mac_for("n1"), &nodes);
         assert!(!d.routes.contains_key(&net("10.244.3.0/24")));
         assert!(d.skipped.iter().any(|(n, r)| n == "n3" && r.contains("VTEP MAC")));
     }
 
     #[test]
     fn own_node_is_never_a_peer_and_deleted_nodes_vanish() {
-        let d = desired(&config("vxlan"), &me(), &underlay(), vtep_mac_for("n1"), &[me(), same_segment()]);
+        let d = compute(&config("vxlan"), &me(), &underlay(), vtep_mac_for("n1"), &[me(), same_segment()]);
         assert!(!d.routes.contains_key(&net("10.244.1.0/24")));
-        let gone = desired(&config("vxlan"), &me(), &underlay(), vtep_mac_for("n1"), &[me()]);
+        let gone = compute(&config("vxlan"), &me(), &underlay(), vtep_mac_for("n1"), &[me()]);
         assert!(gone.routes.is_empty() && gone.neighbours.is_empty() && gone.fdb.is_empty());
     }
 
@@ -399,7 +419,7 @@ mod tests {
         {
             let mut nodes = vec![me()];
             nodes.extend(order);
-            let d = desired(&config("vxlan"), &me(), &underlay(), vtep_mac_for("n1"), &nodes);
+            let d = compute(&config("vxlan"), &me(), &underlay(), vtep_mac_for("n1"), &nodes);
             // "n0-twin" sorts before n2, the first owner of 10.244.2.0/24 and its MAC, and wins both.
             assert_eq!(d.fdb.get(&vtep_mac_for("n2")), Some(&"198.51.100.50".parse().unwrap()));
             assert!(!d.routes.contains_key(&net("10.244.3.0/24")), "n3 reuses n2's MAC: not programmed");
@@ -416,10 +436,10 @@ mod tests {
 
     #[test]
     fn changes_of_a_peer_show_up_in_the_desired_state() {
-        let before = desired(&config("vxlan"), &me(), &underlay(), vtep_mac_for("n1"), &[me(), same_segment()]);
+        let before = compute(&config("vxlan"), &me(), &underlay(), vtep_mac_for("n1"), &[me(), same_segment()]);
         let mut moved = same_segment().ip4("198.51.100.99");
         moved.vtep_mac = Some([0x0e, 1, 2, 3, 4, 5]);
-        let after = desired(&config("vxlan"), &me(), &underlay(), vtep_mac_for("n1"), &[me(), moved]);
+        let after = compute(&config("vxlan"), &me(), &underlay(), vtep_mac_for("n1"), &[me(), moved]);
         assert_eq!(after.fdb[&[0x0e, 1, 2, 3, 4, 5]], ip("198.51.100.99"));
         assert!(!after.fdb.contains_key(&vtep_mac_for("n2")));
         assert_ne!(before.neighbours, after.neighbours);
@@ -431,5 +451,67 @@ mod tests {
         assert_eq!(mac, vtep_mac_for("node-a"));
         assert_ne!(mac, vtep_mac_for("node-b"));
         assert_eq!(mac[0] & 0b11, 0b10, "locally administered unicast");
+        // Peers' FDB entries hold it: it must never change across releases.
+        assert_eq!(libweft::netlink::format_mac(&mac), "0e:e6:97:1c:c2:20");
+    }
+
+    #[test]
+    fn offload_follows_the_config_else_the_kernel_default() {
+        let nodes = [me(), other_segment()];
+        let on = |c: &Config, default| {
+            kernel_state(c, &me(), &underlay(), vtep_mac_for("n1"), &nodes, default).vxlan.unwrap().tx_checksum_offload
+        };
+        let mut c = config("vxlan");
+        assert!(on(&c, true), "unset: on where the kernel is new enough");
+        assert!(!on(&c, false), "unset: off before 5.7");
+        c.vxlan.tx_checksum_offload = Some(false);
+        assert!(!on(&c, true), "configured off wins");
+        c.vxlan.tx_checksum_offload = Some(true);
+        assert!(on(&c, false), "configured on wins");
+    }
+
+    fn observation(portmap: bool) -> Observation {
+        Observation {
+            local: me(),
+            nodes: vec![me(), same_segment(), other_segment(), same_segment()],
+            underlay: underlay(),
+            vtep_mac: vtep_mac_for("n1"),
+            offload_default: true,
+            portmap_installed: portmap,
+        }
+    }
+
+    #[test]
+    fn compute_describes_every_output() {
+        let c = config("auto");
+        let d = super::compute(&c, &observation(false));
+        assert_eq!(d.kernel, compute(&c, &me(), &underlay(), vtep_mac_for("n1"), &observation(false).nodes));
+        // nftables: own CIDRs, every node address once, sorted.
+        assert_eq!(d.nft.own_cidrs, me().pod_cidrs);
+        let ips: Vec<String> = d.nft.node_ips.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            ips,
+            ["198.51.100.11", "198.51.100.12", "203.0.113.13", "2001:db8:a::11", "2001:db8:a::12", "2001:db8:b::13"]
+        );
+        // node.json: the pods' MTU, which VXLAN in auto makes 1450.
+        assert_eq!(d.node_config.node_name, "n1");
+        assert_eq!(d.node_config.subnets, vec!["10.244.1.0/24", "fd00:10:244:1::/64"]);
+        assert_eq!(d.node_config.mtu, 1450);
+        assert_eq!(d.conflist["plugins"].as_array().unwrap().len(), 1);
+        assert_eq!(super::compute(&c, &observation(true)).conflist["plugins"][1]["type"], "portmap");
+        // Annotations: the underlay addresses, the VTEP MAC, the backend.
+        let a = &d.annotations;
+        assert_eq!(a[ANN_PUBLIC_IP], "198.51.100.11");
+        assert_eq!(a[ANN_PUBLIC_IPV6], "2001:db8:a::11");
+        assert_eq!(a[ANN_VTEP_MAC], libweft::netlink::format_mac(&vtep_mac_for("n1")));
+        assert_eq!(a[ANN_BACKEND], "auto");
+    }
+
+    #[test]
+    fn an_underlay_without_ipv6_publishes_no_ipv6_address() {
+        let u = Underlay { v6: None, ..underlay() };
+        let a = own_annotations(&u, vtep_mac_for("n1"), Backend::Routes);
+        assert!(!a.contains_key(ANN_PUBLIC_IPV6));
+        assert_eq!(a.len(), 3);
     }
 }

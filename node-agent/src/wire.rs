@@ -1,13 +1,17 @@
-//! What weft reads from a Node object, validated.
-//!
-//! Peers' annotations are untrusted input: a malformed or hostile value is
-//! reported (logged and counted by the caller) and ignored, never programmed.
+//! The Node as weft reads it off the wire: the slim watched object, the
+//! `weft.dev/` annotation keys, and the validated [`NodeView`] parsed from
+//! it. Peers' annotations are untrusted input: a malformed or hostile value
+//! is reported as [`Rejected`] (the agent logs and counts it) and ignored,
+//! never programmed. Imports nothing else of the crate.
 
+use std::borrow::Cow;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::config::Backend;
-use crate::watch::WatchedNode;
 use ipnetwork::IpNetwork;
+use k8s_openapi::api::core::v1::NodeAddress;
+use kube::Resource;
+use kube::api::ObjectMeta;
+use serde::Deserialize;
 
 /// Underlay IPv4 address the node wants peers to use.
 pub const ANN_PUBLIC_IP: &str = "weft.dev/public-ip";
@@ -15,7 +19,8 @@ pub const ANN_PUBLIC_IP: &str = "weft.dev/public-ip";
 pub const ANN_PUBLIC_IPV6: &str = "weft.dev/public-ipv6";
 /// MAC of the node's VXLAN device.
 pub const ANN_VTEP_MAC: &str = "weft.dev/vtep-mac";
-/// The backend the node runs.
+/// The backend the node runs: published for operators (`kubectl get node -o yaml`);
+/// peers do not read it, since each peer's hop depends only on its addresses.
 pub const ANN_BACKEND: &str = "weft.dev/backend";
 
 /// A node as weft sees it.
@@ -27,7 +32,6 @@ pub struct NodeView {
     /// `spec.podCIDRs`, at most one per family.
     pub pod_cidrs: Vec<IpNetwork>,
     pub vtep_mac: Option<[u8; 6]>,
-    pub backend: Option<Backend>,
 }
 
 /// A value on a Node that weft refused.
@@ -61,14 +65,7 @@ impl NodeView {
             rejected.push(Rejected { node: name.clone(), field, value: truncate(value), reason });
         };
 
-        let mut view = NodeView {
-            name: name.clone(),
-            ipv4: None,
-            ipv6: None,
-            pod_cidrs: Vec::new(),
-            vtep_mac: None,
-            backend: None,
-        };
+        let mut view = NodeView { name: name.clone(), ipv4: None, ipv6: None, pod_cidrs: Vec::new(), vtep_mac: None };
 
         let internal: Vec<IpAddr> = node.internal_ips().collect();
         view.ipv4 = internal.iter().find_map(|ip| match ip {
@@ -98,12 +95,6 @@ impl NodeView {
                 Some(mac) if mac[0] & 1 == 0 && mac != [0; 6] => view.vtep_mac = Some(mac),
                 Some(_) => reject(ANN_VTEP_MAC, v, "multicast or zero MAC".into()),
                 None => reject(ANN_VTEP_MAC, v, "not a MAC address (aa:bb:cc:dd:ee:ff)".into()),
-            }
-        }
-        if let Some(v) = &annotations.backend {
-            match v.parse::<Backend>() {
-                Ok(b) => view.backend = Some(b),
-                Err(e) => reject(ANN_BACKEND, v, e),
             }
         }
 
@@ -148,15 +139,133 @@ fn truncate(v: &str) -> String {
     v.chars().take(64).collect()
 }
 
+/// A Node as weft watches it: `metadata`, `spec.podCIDR(s)` and
+/// `status.addresses`; serde skips every other field of the API's JSON.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct WatchedNode {
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: Option<WatchedSpec>,
+    #[serde(default)]
+    pub status: Option<WatchedStatus>,
+    /// weft's annotations, moved out of `metadata` by [`strip`]: four
+    /// fields cost a fraction of a B-tree map per node.
+    #[serde(skip)]
+    pub weft: WeftAnnotations,
+}
+
+/// The `weft.dev/` annotations a Node may carry.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WeftAnnotations {
+    pub public_ip: Option<String>,
+    pub public_ipv6: Option<String>,
+    pub vtep_mac: Option<String>,
+    pub backend: Option<String>,
+}
+
+impl WeftAnnotations {
+    fn slot(&mut self, key: &str) -> Option<&mut Option<String>> {
+        match key {
+            ANN_PUBLIC_IP => Some(&mut self.public_ip),
+            ANN_PUBLIC_IPV6 => Some(&mut self.public_ipv6),
+            ANN_VTEP_MAC => Some(&mut self.vtep_mac),
+            ANN_BACKEND => Some(&mut self.backend),
+            _ => None,
+        }
+    }
+
+    /// Picks weft's keys out of a Node's annotations.
+    pub fn from_annotations(all: impl IntoIterator<Item = (String, String)>) -> WeftAnnotations {
+        let mut a = WeftAnnotations::default();
+        for (k, v) in all {
+            if let Some(slot) = a.slot(&k) {
+                *slot = Some(v);
+            }
+        }
+        a
+    }
+
+    /// `(key, value)` of each annotation present.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        [
+            (ANN_PUBLIC_IP, &self.public_ip),
+            (ANN_PUBLIC_IPV6, &self.public_ipv6),
+            (ANN_VTEP_MAC, &self.vtep_mac),
+            (ANN_BACKEND, &self.backend),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.as_deref().map(|v| (k, v)))
+    }
+}
+
+/// The part of `NodeSpec` weft reads.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct WatchedSpec {
+    #[serde(rename = "podCIDR", default)]
+    pub pod_cidr: Option<String>,
+    #[serde(rename = "podCIDRs", default)]
+    pub pod_cidrs: Option<Vec<String>>,
+}
+
+/// The part of `NodeStatus` weft reads.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct WatchedStatus {
+    #[serde(default)]
+    pub addresses: Option<Vec<NodeAddress>>,
+}
+
+impl WatchedNode {
+    /// `status.addresses` of type InternalIP.
+    pub fn internal_ips(&self) -> impl Iterator<Item = std::net::IpAddr> + '_ {
+        self.status
+            .iter()
+            .flat_map(|s| s.addresses.iter().flatten())
+            .filter(|a| a.type_ == "InternalIP")
+            .filter_map(|a| a.address.parse().ok())
+    }
+}
+
+impl Resource for WatchedNode {
+    type DynamicType = ();
+    type Scope = kube::core::ClusterResourceScope;
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        "Node".into()
+    }
+    fn group(_: &()) -> Cow<'_, str> {
+        "".into()
+    }
+    fn version(_: &()) -> Cow<'_, str> {
+        "v1".into()
+    }
+    fn plural(_: &()) -> Cow<'_, str> {
+        "nodes".into()
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+/// Drops what weft does not read: of the metadata only the name and the
+/// resourceVersion (the watch resumes from it) stay, weft's annotations move
+/// to [`WatchedNode::weft`]; of the addresses only InternalIPs stay.
+pub fn strip(node: &mut WatchedNode) {
+    let meta = std::mem::take(&mut node.metadata);
+    node.weft = WeftAnnotations::from_annotations(meta.annotations.into_iter().flatten());
+    node.metadata = ObjectMeta { name: meta.name, resource_version: meta.resource_version, ..ObjectMeta::default() };
+    if let Some(addresses) = node.status.as_mut().and_then(|s| s.addresses.as_mut()) {
+        addresses.retain(|a| a.type_ == "InternalIP");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
 
-    use k8s_openapi::api::core::v1::NodeAddress;
-    use kube::api::ObjectMeta;
-
     use super::*;
-    use crate::watch::{WatchedSpec, WatchedStatus, WeftAnnotations};
 
     fn cluster() -> Vec<IpNetwork> {
         vec!["10.244.0.0/16".parse().unwrap(), "fd00:10:244::/56".parse().unwrap()]
@@ -195,7 +304,6 @@ mod tests {
         assert_eq!(v.ip(false), Some("203.0.113.12".parse().unwrap()));
         assert_eq!(v.ip(true), Some("2001:db8:a::12".parse().unwrap()));
         assert_eq!(v.vtep_mac, Some([0x0e, 0, 0, 0, 0, 2]));
-        assert_eq!(v.backend, Some(Backend::Vxlan));
     }
 
     #[test]
@@ -203,7 +311,7 @@ mod tests {
         let (v, rejected) = read(&node(&["10.244.2.0/24"], &["198.51.100.12"], &[]));
         assert!(rejected.is_empty());
         assert_eq!(v.ip(false), Some("198.51.100.12".parse().unwrap()));
-        assert_eq!((v.vtep_mac, v.backend, v.ip(true)), (None, None, None));
+        assert_eq!((v.vtep_mac, v.ip(true)), (None, None));
     }
 
     #[test]
@@ -221,10 +329,11 @@ mod tests {
         ));
         assert!(v.pod_cidrs.is_empty(), "no pod CIDR may be routed: {:?}", v.pod_cidrs);
         assert_eq!(v.ip(false), Some("198.51.100.12".parse().unwrap()), "loopback refused, InternalIP kept");
-        assert_eq!((v.vtep_mac, v.backend, v.ip(true)), (None, None, None));
-        for field in [ANN_PUBLIC_IP, ANN_PUBLIC_IPV6, ANN_VTEP_MAC, ANN_BACKEND, "spec.podCIDRs"] {
+        assert_eq!((v.vtep_mac, v.ip(true)), (None, None));
+        for field in [ANN_PUBLIC_IP, ANN_PUBLIC_IPV6, ANN_VTEP_MAC, "spec.podCIDRs"] {
             assert!(rejected.contains_key(field), "{field} not reported: {rejected:?}");
         }
+        assert!(!rejected.contains_key(ANN_BACKEND), "a value weft never reads is never refused");
         let mut all = Vec::new();
         NodeView::from_node(&node(&[], &[], &[(ANN_PUBLIC_IPV6, &huge)]), &cluster(), &mut all);
         assert_eq!(all[0].value.len(), 64, "logged values are bounded");
@@ -246,5 +355,39 @@ mod tests {
         let (v, rejected) = read(&node(&["10.244.2.0/24", "10.244.3.0/24"], &[], &[]));
         assert_eq!(v.pod_cidrs, vec!["10.244.2.0/24".parse::<IpNetwork>().unwrap()]);
         assert!(rejected["spec.podCIDRs"].contains("second"));
+    }
+
+    #[test]
+    fn a_node_from_the_api_keeps_only_what_weft_reads() {
+        let json = serde_json::json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": "n1", "uid": "u", "resourceVersion": "42", "labels": {"a": "b"},
+                "managedFields": [{"manager": "kubelet"}],
+                "annotations": {"weft.dev/vtep-mac": "0e:00:00:00:00:01",
+                    "kubectl.kubernetes.io/last-applied-configuration": "x".repeat(10_000)}},
+            "spec": {"podCIDR": "10.244.1.0/24", "podCIDRs": ["10.244.1.0/24"], "providerID": "x"},
+            "status": {"addresses": [{"type": "InternalIP", "address": "198.51.100.11"},
+                {"type": "Hostname", "address": "n1"}],
+                "images": [{"names": ["a"], "sizeBytes": 1}], "conditions": [{"type": "Ready", "status": "True"}]},
+        });
+        let mut node: WatchedNode = serde_json::from_value(json).unwrap();
+        strip(&mut node);
+        assert_eq!(node.metadata.name.as_deref(), Some("n1"));
+        assert_eq!(node.metadata.resource_version.as_deref(), Some("42"), "the watch resumes from it");
+        assert_eq!(node.weft.iter().collect::<Vec<_>>(), vec![(ANN_VTEP_MAC, "0e:00:00:00:00:01")]);
+        let m = &node.metadata;
+        assert!(m.annotations.is_none() && m.labels.is_none() && m.uid.is_none() && m.managed_fields.is_none());
+        assert_eq!(node.spec.as_ref().unwrap().pod_cidrs.as_ref().unwrap()[0], "10.244.1.0/24");
+        assert_eq!(node.internal_ips().collect::<Vec<_>>(), vec!["198.51.100.11".parse::<std::net::IpAddr>().unwrap()]);
+        assert_eq!(node.status.unwrap().addresses.unwrap().len(), 1);
+    }
+
+    #[test]
+    fn nulls_and_missing_parts_deserialize() {
+        let node: WatchedNode = serde_json::from_value(
+            serde_json::json!({"metadata": {"name": "n"}, "spec": {"podCIDRs": null}, "status": null}),
+        )
+        .unwrap();
+        assert!(node.spec.unwrap().pod_cidrs.is_none() && node.status.is_none());
     }
 }

@@ -1,0 +1,104 @@
+//! Atomic file writes, for every file weft rewrites: a reader sees the old
+//! content or the new, never a partial write (temp file + rename).
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// A failed file operation, naming the verb and the path.
+#[derive(Debug, thiserror::Error)]
+#[error("{op} {}: {source}", path.display())]
+pub struct FileError {
+    /// What was being done, e.g. `"rename into"`.
+    pub op: &'static str,
+    /// The file or directory.
+    pub path: PathBuf,
+    /// The OS error.
+    #[source]
+    pub source: std::io::Error,
+}
+
+fn err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> FileError + 'a {
+    move |source| FileError { op, path: path.to_path_buf(), source }
+}
+
+/// Creates `tmp` afresh holding `content`. An existing `tmp` is unlinked,
+/// never opened: it may be a second link to a file someone else owns,
+/// which truncating would corrupt. On error nothing is left behind.
+pub fn write_new(tmp: &Path, content: &[u8]) -> Result<File, FileError> {
+    match std::fs::remove_file(tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(err("remove", tmp)(e)),
+        _ => {}
+    }
+    let mut file = OpenOptions::new().write(true).create_new(true).open(tmp).map_err(err("create", tmp))?;
+    if let Err(e) = file.write_all(content) {
+        let _ = std::fs::remove_file(tmp);
+        return Err(err("write", tmp)(e));
+    }
+    Ok(file)
+}
+
+/// Replaces `path` with `content` through `tmp` (same directory). Not
+/// synced: for state that does not outlive a reboot (the IPAM store).
+pub fn replace(path: &Path, tmp: &Path, content: &[u8]) -> Result<(), FileError> {
+    write_new(tmp, content)?;
+    std::fs::rename(tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(tmp);
+        err("rename a temp file to", path)(e)
+    })
+}
+
+/// Replaces `path` with `content`, synced before the rename, unless it
+/// already holds exactly that: watchers (containerd watches the CNI conf
+/// dir) are not woken for nothing. Creates the directory. Returns whether
+/// it wrote.
+pub fn replace_if_changed(path: &Path, content: &[u8]) -> Result<bool, FileError> {
+    if std::fs::read(path).is_ok_and(|old| old == content) {
+        return Ok(false);
+    }
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(err("create directory", dir))?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let file = write_new(&tmp, content)?;
+    let synced = file.sync_all().map_err(err("sync", &tmp));
+    drop(file);
+    synced.and_then(|()| std::fs::rename(&tmp, path).map_err(err("rename a temp file to", path))).inspect_err(
+        |_| {
+            let _ = std::fs::remove_file(&tmp);
+        },
+    )?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replace_if_changed_writes_only_changes_and_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("sub/f.json");
+        assert!(replace_if_changed(&path, b"a").expect("write"));
+        assert!(!replace_if_changed(&path, b"a").expect("write"), "same content is not rewritten");
+        assert!(replace_if_changed(&path, b"b").expect("write"));
+        assert_eq!(std::fs::read(&path).expect("read"), b"b");
+        let names: Vec<_> =
+            std::fs::read_dir(dir.path().join("sub")).expect("ls").map(|e| e.expect("entry").file_name()).collect();
+        assert_eq!(names, vec!["f.json"]);
+    }
+
+    #[test]
+    fn write_new_unlinks_a_stale_temp_instead_of_truncating_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (owned, tmp) = (dir.path().join("owned"), dir.path().join(".tmp-1"));
+        std::fs::write(&owned, b"someone's").expect("write");
+        std::fs::hard_link(&owned, &tmp).expect("link");
+        write_new(&tmp, b"mine").expect("write_new");
+        assert_eq!(std::fs::read(&owned).expect("read"), b"someone's");
+        assert_eq!(std::fs::read(&tmp).expect("read"), b"mine");
+        let err = replace(&dir.path().join("no/such/dir/f"), &dir.path().join(".tmp-2"), b"x").expect_err("rename");
+        assert!(err.to_string().starts_with("rename a temp file to"), "{err}");
+        assert!(!dir.path().join(".tmp-2").exists(), "the temp file is removed on error");
+    }
+}

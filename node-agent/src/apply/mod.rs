@@ -1,0 +1,9 @@
+//! Apply: make each output match the desired state, and report what
+//! changed. One module per output, each with its own error type: the kernel
+//! (rtnetlink and one ioctl), the nftables table, the plugin's files, and
+//! the own Node's annotations through the API.
+
+pub mod api;
+pub mod files;
+pub mod kernel;
+pub mod nftables;

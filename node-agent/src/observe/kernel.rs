@@ -1,0 +1,81 @@
+//! Read-only looks at the kernel: what weft owns (peer routes by protocol
+//! number, FDB entries and neighbours on its VXLAN device, a digest of its
+//! nftables table) and the kernel release, which decides the transmit
+//! checksum offload default.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+
+use libweft::netlink::{Netlink, NetlinkError, RTPROT_WEFT_PEER, RouteEntry};
+
+/// Every route with weft-agent's protocol number, both families.
+pub async fn peer_routes(nl: &Netlink) -> Result<Vec<RouteEntry>, NetlinkError> {
+    let mut routes = nl.routes(false, Some(RTPROT_WEFT_PEER)).await?;
+    routes.extend(nl.routes(true, Some(RTPROT_WEFT_PEER)).await?);
+    Ok(routes)
+}
+
+/// Permanent FDB entries on the VXLAN device `index`: (peer VTEP MAC, peer underlay address).
+pub async fn vxlan_fdb(nl: &Netlink, index: u32) -> Result<HashSet<([u8; 6], IpAddr)>, NetlinkError> {
+    Ok(nl.fdb_entries(index).await?.into_iter().collect())
+}
+
+/// Permanent neighbours on the VXLAN device `index`: peer VTEP address -> MAC.
+pub async fn vxlan_neighbours(nl: &Netlink, index: u32) -> Result<HashMap<IpAddr, Vec<u8>>, NetlinkError> {
+    Ok(nl.permanent_neighbours(index).await?.into_iter().collect())
+}
+
+/// A digest of `nft -j list table inet <table>`, or `None` when the table
+/// is missing (or nft cannot tell). Any change to the table, by weft or
+/// anyone else, changes it; rule handles are part of the listing.
+pub async fn nft_table_digest(table: &'static str) -> Option<u64> {
+    let listing = tokio::task::spawn_blocking(move || {
+        nftables::helper::get_current_ruleset_raw(
+            nftables::helper::DEFAULT_NFT,
+            ["list", "table", "inet", table].iter().copied(),
+        )
+    })
+    .await
+    .ok()?
+    .ok()?;
+    Some(libweft::netlink::stable_hash(listing.bytes()))
+}
+
+/// Transmit checksum offload when the configuration does not say: on,
+/// except on kernels before 5.7 (calico#3145: SNATed VXLAN packets leave
+/// with a bad checksum). See `apply::kernel` for the measurements.
+pub fn offload_default() -> bool {
+    static DEFAULT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *DEFAULT.get_or_init(|| {
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        safe_on(&release)
+    })
+}
+
+/// Whether a kernel release (`6.18.44-…`) has the calico#3145 fix; an
+/// unreadable release is treated as old.
+fn safe_on(release: &str) -> bool {
+    let mut parts = release.trim().split(|c: char| !c.is_ascii_digit()).map(|p| p.parse::<u32>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(major), Some(minor)) => (major, minor) >= (5, 7),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn offload_is_on_from_kernel_5_7() {
+        for (release, on) in [
+            ("6.18.44-fc-v669", true),
+            ("5.7.0", true),
+            ("5.15.0-134-generic", true),
+            ("5.6.19", false),
+            ("4.19.0-26-amd64", false),
+            ("", false),
+            ("garbage", false),
+        ] {
+            assert_eq!(super::safe_on(release), on, "{release}");
+        }
+    }
+}

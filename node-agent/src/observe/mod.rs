@@ -1,0 +1,26 @@
+//! Observe: what the agent reads before deciding anything. The Node watch,
+//! the underlay and what weft owns in the kernel. Nothing here writes.
+
+pub mod kernel;
+pub mod underlay;
+pub mod watch;
+
+use crate::wire::NodeView;
+
+pub use self::underlay::Underlay;
+
+/// Everything the desired state is computed from, besides the configuration.
+#[derive(Debug, Clone)]
+pub struct Observation {
+    /// This node, as read from its Node object.
+    pub local: NodeView,
+    /// Every Node, the local one included.
+    pub nodes: Vec<NodeView>,
+    pub underlay: Underlay,
+    /// The local VXLAN device's MAC (derived from the node name).
+    pub vtep_mac: [u8; 6],
+    /// Transmit checksum offload when the configuration does not say.
+    pub offload_default: bool,
+    /// The `portmap` plugin is installed: the conflist chains it.
+    pub portmap_installed: bool,
+}
