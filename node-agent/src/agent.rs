@@ -2,8 +2,9 @@
 //! (the Node watch cache, the underlay), computes the desired state
 //! (`desired::compute`) and applies every output (`apply::*`).
 //!
-//! Woken by any Node event (coalesced), by the resync tick, or by the retry
-//! of a failed output: after a pass in which any output failed, the next
+//! Woken by any Node event (coalesced), by drift (the kernel reporting that
+//! something weft owns changed, `observe::events`), by the resync tick, or
+//! by the retry of a failed output: after a pass in which any output failed, the next
 //! pass comes after a jittered exponential backoff (100 ms doubling to 30 s)
 //! instead of at the next tick. Outputs already right write nothing, so a
 //! retry pass only redoes what failed. Guarantees:
@@ -30,7 +31,7 @@ use crate::desired::{self, Desired, vtep_mac_for};
 use crate::metrics::{BackendLabel, FieldLabel, Metrics};
 use crate::observe::underlay::{self, UnderlayError};
 use crate::observe::watch::{self, Trigger};
-use crate::observe::{Observation, kernel as observe_kernel};
+use crate::observe::{Observation, events, kernel as observe_kernel};
 use crate::wire::{NodeView, Rejected, WatchedNode};
 
 /// Shared with the HTTP endpoints.
@@ -82,7 +83,7 @@ pub enum Wakeup {
     Start,
     /// A Node event.
     Node,
-    /// The kernel changed something weft owns (not yet wired).
+    /// The kernel changed something weft owns.
     Drift,
     /// The periodic resync tick.
     Resync,
@@ -215,10 +216,16 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let trigger = Arc::new(Trigger::default());
     let store = watch::spawn(client.clone(), trigger.clone(), metrics.clone());
+    let nl = Netlink::connect()?;
+    let drift = Arc::new(Trigger::default());
+    if let Err(e) = events::spawn(nl.clone(), drift.clone(), metrics.clone()) {
+        metrics.error("events");
+        tracing::warn!(period_s = cfg.resync_period.as_secs(), "{e}: drift is repaired at the resync only");
+    }
     let mut agent = Agent {
         vtep_mac: vtep_mac_for(&node_name),
         nodes_api: Api::all(client),
-        nl: Netlink::connect()?,
+        nl,
         store: store.clone(),
         nft: Nftables::default(),
         refusals: Refusals::default(),
@@ -238,7 +245,7 @@ pub async fn run(
         _ = tokio::signal::ctrl_c() => return Ok(()),
     }
 
-    let wakers = Wakers { node: &trigger };
+    let wakers = Wakers { node: &trigger, drift: &drift };
     let mut wakeup = Wakeup::Start;
     let mut readiness = Readiness::default();
     loop {
@@ -298,6 +305,7 @@ pub async fn run(
 /// The triggers that wake the loop besides the tick and the retry timer.
 struct Wakers<'a> {
     node: &'a Trigger,
+    drift: &'a Trigger,
 }
 
 impl Wakers<'_> {
@@ -316,6 +324,7 @@ impl Wakers<'_> {
         };
         tokio::select! {
             _ = self.node.wait() => Some(Wakeup::Node),
+            _ = self.drift.wait() => Some(Wakeup::Drift),
             _ = tick.tick() => Some(Wakeup::Resync),
             _ = retry => Some(Wakeup::Retry),
             _ = term.recv() => None,
