@@ -1,9 +1,10 @@
 //! Drift made outside weft is repaired within a second: an operator deletes
 //! a peer route, flushes the VXLAN FDB, deletes the device or the nftables
-//! table, or sets the device down, in a node where an agent runs against a
-//! real kube-apiserver. The resync period is 300 s, so only the pass woken
-//! by the kernel's notification can be the repairer, and the test checks
-//! that from `weft_sync_passes_total{trigger}` as well.
+//! table, sets the device down, or flushes the whole nftables rule set, in
+//! a node where an agent runs against a real kube-apiserver. The resync
+//! period is 300 s, so only the pass woken by the kernel's notification can
+//! be the repairer, and the test checks that from
+//! `weft_sync_passes_total{trigger}` as well.
 //! Needs root and the Kubernetes binaries built by e2e/.
 
 #![allow(clippy::unwrap_used)]
@@ -145,12 +146,14 @@ fn drift_is_repaired_within_a_second_by_the_notified_pass() {
     assert_eq!(passes(ns, "resync"), 0, "a resync ran: the test cannot tell who repaired");
 
     type Break = fn(&TestNs);
-    let cases: [(&str, Break); 5] = [
+    let cases: [(&str, Break); 6] = [
         ("delete one peer route", |ns| drop(ns.exec_ok(&["ip", "route", "del", "10.244.2.0/24"]))),
         ("flush the FDB of weft.vxlan", flush_fdb),
         ("delete weft.vxlan", |ns| drop(ns.exec_ok(&["ip", "link", "del", "weft.vxlan"]))),
         ("delete the inet weft table", |ns| drop(ns.exec_ok(&["nft", "delete", "table", "inet", "weft"]))),
         ("set weft.vxlan down", |ns| drop(ns.exec_ok(&["ip", "link", "set", "weft.vxlan", "down"]))),
+        // In the node's namespace, like everything here.
+        ("nft flush ruleset", |ns| drop(ns.exec_ok(&["nft", "flush", "ruleset"]))),
     ];
     let mut report = Vec::new();
     for (what, break_it) in cases {
