@@ -2,8 +2,9 @@
 //! (the Node watch cache, the underlay), computes the desired state
 //! (`desired::compute`) and applies every output (`apply::*`).
 //!
-//! Woken by any Node event (coalesced), by the resync tick, or by the retry
-//! of a failed output: after a pass in which any output failed, the next
+//! Woken by any Node event (coalesced), by drift (the kernel reporting that
+//! something weft owns changed, `observe::events`), by the resync tick, or
+//! by the retry of a failed output: after a pass in which any output failed, the next
 //! pass comes after a jittered exponential backoff (100 ms doubling to 30 s)
 //! instead of at the next tick. Outputs already right write nothing, so a
 //! retry pass only redoes what failed. Guarantees:
@@ -30,7 +31,7 @@ use crate::desired::{self, Desired, vtep_mac_for};
 use crate::metrics::{BackendLabel, FieldLabel, Metrics};
 use crate::observe::underlay::{self, UnderlayError};
 use crate::observe::watch::{self, Trigger};
-use crate::observe::{Observation, kernel as observe_kernel};
+use crate::observe::{Observation, events, kernel as observe_kernel};
 use crate::wire::{NodeView, Rejected, WatchedNode};
 
 /// Shared with the HTTP endpoints.
@@ -72,6 +73,40 @@ impl Failure {
             Failure::Files(_) => "files",
             Failure::Api(_) => "api",
         }
+    }
+}
+
+/// What woke the loop for a pass: the label of `weft_sync_passes_total{trigger}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wakeup {
+    /// The first pass.
+    Start,
+    /// A Node event.
+    Node,
+    /// The kernel changed something weft owns.
+    Drift,
+    /// The periodic resync tick.
+    Resync,
+    /// The retry after a failed pass.
+    Retry,
+}
+
+impl Wakeup {
+    pub fn label(self) -> &'static str {
+        match self {
+            Wakeup::Start => "start",
+            Wakeup::Node => "node",
+            Wakeup::Drift => "drift",
+            Wakeup::Resync => "resync",
+            Wakeup::Retry => "retry",
+        }
+    }
+
+    /// Whether the pass also checks what is otherwise only compared against
+    /// weft's last write (the nftables table): the kernel may have changed
+    /// behind weft's back.
+    pub fn checks_kernel(self) -> bool {
+        matches!(self, Wakeup::Start | Wakeup::Drift | Wakeup::Resync)
     }
 }
 
@@ -181,10 +216,16 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let trigger = Arc::new(Trigger::default());
     let store = watch::spawn(client.clone(), trigger.clone(), metrics.clone());
+    let nl = Netlink::connect()?;
+    let drift = Arc::new(Trigger::default());
+    if let Err(e) = events::spawn(nl.clone(), drift.clone(), metrics.clone()) {
+        metrics.error("events");
+        tracing::warn!(period_s = cfg.resync_period.as_secs(), "{e}: drift is repaired at the resync only");
+    }
     let mut agent = Agent {
         vtep_mac: vtep_mac_for(&node_name),
         nodes_api: Api::all(client),
-        nl: Netlink::connect()?,
+        nl,
         store: store.clone(),
         nft: Nftables::default(),
         refusals: Refusals::default(),
@@ -192,7 +233,8 @@ pub async fn run(
         node_name: node_name.clone(),
         cfg: cfg.clone(),
     };
-    let mut tick = tokio::time::interval(cfg.resync_period);
+    // The first tick one period after the first pass, which checks everything anyway.
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + cfg.resync_period, cfg.resync_period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
 
@@ -203,17 +245,17 @@ pub async fn run(
         _ = tokio::signal::ctrl_c() => return Ok(()),
     }
 
-    // The first pass and every resync tick also check what is otherwise
-    // only compared against the last apply (the nftables table).
-    let mut resync = true;
+    let wakers = Wakers { node: &trigger, drift: &drift };
+    let mut wakeup = Wakeup::Start;
     let mut readiness = Readiness::default();
     loop {
         health.last_loop.store(now_secs(), Ordering::Relaxed);
         let started = Instant::now();
         let event_at = trigger.take_oldest();
-        let Outcome::Done(failures) = agent.pass(resync).await else {
-            match next_wakeup(&trigger, &mut tick, None, &mut term).await {
-                Some(r) => resync = r,
+        metrics.sync_pass(wakeup.label());
+        let Outcome::Done(failures) = agent.pass(wakeup.checks_kernel()).await else {
+            match wakers.next(&mut tick, None, &mut term).await {
+                Some(w) => wakeup = w,
                 None => break,
             }
             continue;
@@ -251,8 +293,8 @@ pub async fn run(
             tracing::info!(node = %node_name, delay_ms = delay.as_millis() as u64, "retrying the failed outputs");
             tokio::time::Instant::now() + delay
         });
-        match next_wakeup(&trigger, &mut tick, retry_at, &mut term).await {
-            Some(r) => resync = r,
+        match wakers.next(&mut tick, retry_at, &mut term).await {
+            Some(w) => wakeup = w,
             None => break,
         }
     }
@@ -260,27 +302,34 @@ pub async fn run(
     Ok(())
 }
 
-/// Waits for the next reason to run a pass: `Some(true)` for the resync
-/// tick, `Some(false)` for a Node event or a due retry, `None` on SIGTERM
-/// or Ctrl-C.
-async fn next_wakeup(
-    trigger: &Trigger,
-    tick: &mut tokio::time::Interval,
-    retry_at: Option<tokio::time::Instant>,
-    term: &mut tokio::signal::unix::Signal,
-) -> Option<bool> {
-    let retry = async {
-        match retry_at {
-            Some(at) => tokio::time::sleep_until(at).await,
-            None => std::future::pending().await,
+/// The triggers that wake the loop besides the tick and the retry timer.
+struct Wakers<'a> {
+    node: &'a Trigger,
+    drift: &'a Trigger,
+}
+
+impl Wakers<'_> {
+    /// Waits for the next reason to run a pass; `None` on SIGTERM or Ctrl-C.
+    async fn next(
+        &self,
+        tick: &mut tokio::time::Interval,
+        retry_at: Option<tokio::time::Instant>,
+        term: &mut tokio::signal::unix::Signal,
+    ) -> Option<Wakeup> {
+        let retry = async {
+            match retry_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = self.node.wait() => Some(Wakeup::Node),
+            _ = self.drift.wait() => Some(Wakeup::Drift),
+            _ = tick.tick() => Some(Wakeup::Resync),
+            _ = retry => Some(Wakeup::Retry),
+            _ = term.recv() => None,
+            _ = tokio::signal::ctrl_c() => None,
         }
-    };
-    tokio::select! {
-        _ = trigger.wait() => Some(false),
-        _ = tick.tick() => Some(true),
-        _ = retry => Some(false),
-        _ = term.recv() => None,
-        _ = tokio::signal::ctrl_c() => None,
     }
 }
 
@@ -325,8 +374,9 @@ impl Agent {
     /// One pass: observe, compute, apply every output. A failed output is
     /// reported and does not stop the others, except that the plugin's
     /// files wait for the kernel and the nftables table: they tell the
-    /// plugin it may serve pods.
-    async fn pass(&mut self, resync: bool) -> Outcome {
+    /// plugin it may serve pods. `check`: also compare the nftables table
+    /// with weft's last write.
+    async fn pass(&mut self, check: bool) -> Outcome {
         let (obs, own_object) = match self.observe().await {
             Ok(Some(o)) => o,
             Ok(None) => return Outcome::Waiting,
@@ -344,7 +394,7 @@ impl Agent {
             failures.push(e.into());
         }
         let kernel = self.apply_kernel(&d, obs.underlay.ifindex).await;
-        let nft = self.nft.sync(&self.cfg, &d.nft, resync).await;
+        let nft = self.nft.sync(&self.cfg, &d.nft, check).await;
         if let Ok(change) = &nft {
             self.metrics.kernel_writes("nftables", usize::from(*change != NftChange::None));
         }
@@ -457,6 +507,15 @@ mod tests {
         assert_eq!(r.record(true), Some(true));
         assert_eq!(r.failures(), 0);
         assert_eq!(r.record(false), None, "the count starts again");
+    }
+
+    #[test]
+    fn passes_that_may_follow_outside_changes_check_the_kernel() {
+        let all = [Wakeup::Start, Wakeup::Node, Wakeup::Drift, Wakeup::Resync, Wakeup::Retry];
+        let labels: HashSet<&str> = all.iter().map(|w| w.label()).collect();
+        assert_eq!(labels.len(), all.len(), "one label each");
+        let checking: Vec<Wakeup> = all.into_iter().filter(|w| w.checks_kernel()).collect();
+        assert_eq!(checking, [Wakeup::Start, Wakeup::Drift, Wakeup::Resync]);
     }
 
     #[test]

@@ -25,6 +25,11 @@ pub struct OutputLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TriggerLabel {
+    pub trigger: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FieldLabel {
     pub field: String,
 }
@@ -56,6 +61,8 @@ pub struct Metrics {
     pub kernel_writes: Family<KindLabel, Counter>,
     /// Failed applies, by output (observe, kernel, nftables, files, api).
     pub sync_errors: Family<OutputLabel, Counter>,
+    /// Passes run, by what woke the loop (start, node, drift, resync, retry).
+    pub sync_passes: Family<TriggerLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -85,6 +92,7 @@ impl Metrics {
             last_successful_sync: Gauge::default(),
             kernel_writes: Family::default(),
             sync_errors: Family::default(),
+            sync_passes: Family::default(),
             registry: Registry::default(),
         };
         registry.register("peers", "Peer nodes by the backend used to reach them", m.peers.clone());
@@ -127,6 +135,11 @@ impl Metrics {
             m.kernel_writes.clone(),
         );
         registry.register("sync_errors", "Failed applies of one output, by output", m.sync_errors.clone());
+        registry.register(
+            "sync_passes",
+            "Passes run, by trigger: start, node (a Node event), drift (the kernel changed what weft owns), resync, retry",
+            m.sync_passes.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -140,6 +153,11 @@ impl Metrics {
         if n > 0 {
             self.kernel_writes.get_or_create(&KindLabel { kind: kind.to_string() }).inc_by(n as u64);
         }
+    }
+
+    /// Counts one pass woken by `trigger`.
+    pub fn sync_pass(&self, trigger: &str) {
+        self.sync_passes.get_or_create(&TriggerLabel { trigger: trigger.to_string() }).inc();
     }
 
     /// Counts one failed apply of `output`.

@@ -1,6 +1,8 @@
 //! Observe: what the agent reads before deciding anything. The Node watch,
-//! the underlay and what weft owns in the kernel. Nothing here writes.
+//! the underlay, what weft owns in the kernel, and the kernel's
+//! notifications that it changed. Nothing here writes.
 
+pub mod events;
 pub mod kernel;
 pub mod underlay;
 pub mod watch;

@@ -1,0 +1,453 @@
+//! Drift: the kernel tells weft when someone else changes what it owns, so
+//! the next pass repairs it within a fraction of a second instead of at the
+//! next resync.
+//!
+//! Two multicast subscriptions, each on a socket of its own (never the one
+//! weft sends requests on, whose answers must not queue behind events):
+//! - rtnetlink groups for links, IPv4 and IPv6 routes and neighbours (FDB
+//!   entries included), filtered to what weft owns: routes of protocol
+//!   [`RTPROT_WEFT_PEER`] (added or deleted), the `weft.vxlan` device, and
+//!   neighbour and FDB entries on it;
+//! - nfnetlink's nftables group, filtered to messages about the
+//!   `inet weft` table (its chains, rules, sets and elements).
+//!
+//! Events that pass the filter are coalesced over [`COALESCE`] (an `ip route
+//! flush` is one burst, one pass) and wake the agent through a [`Trigger`].
+//! The events only say *that* something changed: the pass re-reads the
+//! kernel and writes only what differs, so weft's own writes, which come
+//! back as events too, cost one pass that writes nothing. If the kernel
+//! drops events because the socket overflowed (ENOBUFS), a pass runs all
+//! the same: it compares everything. The periodic resync stays the backstop.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use libweft::netlink::{Netlink, RTPROT_WEFT_PEER};
+use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
+use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_sys::{AsyncSocket, AsyncSocketExt, TokioSocket, protocols};
+use tokio::sync::mpsc;
+
+use super::watch::Trigger;
+use crate::desired::VXLAN_DEV;
+use crate::desired::nftables::TABLE;
+use crate::metrics::Metrics;
+
+/// Events closer together than this make one pass.
+pub const COALESCE: Duration = Duration::from_millis(50);
+
+// Multicast groups (linux/rtnetlink.h, linux/netfilter/nfnetlink.h).
+const RTNLGRP_LINK: u32 = 1;
+const RTNLGRP_NEIGH: u32 = 3;
+const RTNLGRP_IPV4_ROUTE: u32 = 7;
+const RTNLGRP_IPV6_ROUTE: u32 = 11;
+const NFNLGRP_NFTABLES: u32 = 7;
+
+/// Receive buffer of each socket: room for a burst of a few thousand events
+/// (a flushed routing table) before the kernel drops any.
+const RCVBUF: usize = 4 << 20;
+
+/// What changed in the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Drift {
+    /// The `weft.vxlan` device: created, deleted, renamed, set down, changed.
+    Link,
+    /// A route with weft's protocol number, added, changed or deleted.
+    Route,
+    /// A neighbour on `weft.vxlan`.
+    Neighbour,
+    /// An FDB entry on `weft.vxlan`.
+    Fdb,
+    /// The `inet weft` nftables table or anything in it.
+    Nftables,
+    /// The socket overflowed and events were lost: anything may have changed.
+    Overflow,
+    /// A message that could not be parsed: it may have been about weft.
+    Unparsed,
+}
+
+/// Why the subscriptions could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("subscribe to {what} notifications: {source}")]
+pub struct EventsError {
+    what: &'static str,
+    #[source]
+    source: std::io::Error,
+}
+
+/// Subscribes to the kernel's notifications and wakes `trigger` when
+/// something weft owns changes. Must be called inside the tokio runtime;
+/// the subscriptions live as long as the runtime.
+pub fn spawn(nl: Netlink, trigger: Arc<Trigger>, metrics: Arc<Metrics>) -> Result<(), EventsError> {
+    let route =
+        subscribe(protocols::NETLINK_ROUTE, &[RTNLGRP_LINK, RTNLGRP_NEIGH, RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV6_ROUTE])
+            .map_err(|source| EventsError { what: "rtnetlink", source })?;
+    let nft = subscribe(protocols::NETLINK_NETFILTER, &[NFNLGRP_NFTABLES])
+        .map_err(|source| EventsError { what: "nftables", source })?;
+    // A pending event is enough: a full channel means a pass is coming anyway.
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(read_route_events(route, nl, tx.clone(), metrics.clone()));
+    tokio::spawn(read_nft_events(nft, tx, metrics));
+    tokio::spawn(coalesce(rx, trigger));
+    Ok(())
+}
+
+fn subscribe(protocol: isize, groups: &[u32]) -> std::io::Result<TokioSocket> {
+    let mut socket = TokioSocket::new(protocol)?;
+    socket.socket_mut().bind_auto()?;
+    for group in groups {
+        socket.socket_ref().add_membership(*group)?;
+    }
+    // Capped by net.core.rmem_max; a smaller buffer only overflows sooner.
+    let _ = socket.socket_ref().set_rx_buf_sz(RCVBUF);
+    Ok(socket)
+}
+
+/// Waits for the first event, lets the burst it belongs to arrive, then
+/// wakes the agent once.
+async fn coalesce(mut rx: mpsc::Receiver<Drift>, trigger: Arc<Trigger>) {
+    while let Some(first) = rx.recv().await {
+        tokio::time::sleep(COALESCE).await;
+        let mut kinds = BTreeSet::from([first]);
+        while let Ok(more) = rx.try_recv() {
+            kinds.insert(more);
+        }
+        tracing::debug!(?kinds, "kernel state weft owns changed");
+        trigger.fire();
+    }
+}
+
+/// What a receive returned that is no message.
+enum Received {
+    /// The kernel dropped events (ENOBUFS).
+    Overflow,
+    /// Any other error; the socket is still usable.
+    Failed(std::io::Error),
+}
+
+async fn receive(socket: &TokioSocket) -> Result<Vec<u8>, Received> {
+    match socket.recv_from_full().await {
+        Ok((buf, _)) => Ok(buf),
+        Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => Err(Received::Overflow),
+        Err(e) => Err(Received::Failed(e)),
+    }
+}
+
+/// Reports a failed receive. Events may have been lost either way, so the
+/// answer is always a pass that checks everything.
+async fn failed(what: &str, r: Received, metrics: &Metrics) -> Drift {
+    match r {
+        Received::Overflow => {
+            metrics.error("events_overflow");
+            tracing::warn!("{what} notifications overflowed: checking everything");
+        }
+        Received::Failed(e) => {
+            metrics.error("events");
+            tracing::warn!("reading {what} notifications: {e}");
+            // Not a tight loop on a socket that keeps failing.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+    Drift::Overflow
+}
+
+async fn read_route_events(socket: TokioSocket, nl: Netlink, tx: mpsc::Sender<Drift>, metrics: Arc<Metrics>) {
+    // Looked up after subscribing: a device created in between is seen by
+    // the lookup, the event, or both.
+    let lookup = |nl: Netlink| async move { nl.link_by_name(VXLAN_DEV).await.ok().flatten().map(|l| l.index) };
+    let mut filter = RouteFilter { vxlan_index: lookup(nl.clone()).await };
+    loop {
+        let drift = match receive(&socket).await {
+            Ok(buf) => split(&buf).filter_map(|msg| filter.classify(msg)).min(),
+            Err(r) => {
+                let d = failed("rtnetlink", r, &metrics).await;
+                // Events about the device itself may be among those lost.
+                filter.vxlan_index = lookup(nl.clone()).await;
+                Some(d)
+            }
+        };
+        if let Some(d) = drift
+            && let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(d)
+        {
+            return;
+        }
+    }
+}
+
+async fn read_nft_events(socket: TokioSocket, tx: mpsc::Sender<Drift>, metrics: Arc<Metrics>) {
+    loop {
+        let drift = match receive(&socket).await {
+            Ok(buf) => split(&buf).any(|msg| nft_touches(msg, TABLE)).then_some(Drift::Nftables),
+            Err(r) => Some(failed("nftables", r, &metrics).await),
+        };
+        if let Some(d) = drift
+            && let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(d)
+        {
+            return;
+        }
+    }
+}
+
+/// The netlink messages of one datagram, each with its header. A truncated
+/// last message is returned as it is, for the parser to reject.
+pub fn split(buf: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = buf;
+    std::iter::from_fn(move || {
+        if rest.len() < 16 {
+            return None;
+        }
+        let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        let len = len.clamp(16, rest.len());
+        let msg = &rest[..len];
+        rest = &rest[len.next_multiple_of(4).min(rest.len())..];
+        Some(msg)
+    })
+}
+
+/// Keeps the VXLAN device's ifindex, which neighbour and FDB events carry
+/// instead of its name, current from the link events on the same socket.
+#[derive(Debug, Default)]
+pub struct RouteFilter {
+    /// ifindex of `weft.vxlan`, if it exists.
+    pub vxlan_index: Option<u32>,
+}
+
+impl RouteFilter {
+    /// Whether one rtnetlink message (header included) is about something
+    /// weft owns. A message that does not parse counts: better one pass
+    /// too many than drift left until the resync.
+    pub fn classify(&mut self, msg: &[u8]) -> Option<Drift> {
+        match NetlinkMessage::<RouteNetlinkMessage>::deserialize(msg) {
+            Ok(m) => match m.payload {
+                NetlinkPayload::InnerMessage(inner) => self.classify_message(&inner),
+                _ => None,
+            },
+            Err(e) => {
+                tracing::debug!("unparsed rtnetlink notification: {e}");
+                Some(Drift::Unparsed)
+            }
+        }
+    }
+
+    fn classify_message(&mut self, msg: &RouteNetlinkMessage) -> Option<Drift> {
+        use RouteNetlinkMessage as M;
+        match msg {
+            M::NewLink(l) | M::DelLink(l) => {
+                let ours = link_name(l) == Some(VXLAN_DEV);
+                let was_ours = self.vxlan_index == Some(l.header.index);
+                if ours && matches!(msg, M::NewLink(_)) {
+                    self.vxlan_index = Some(l.header.index);
+                } else if was_ours {
+                    // Deleted, or renamed to something else.
+                    self.vxlan_index = None;
+                }
+                (ours || was_ours).then_some(Drift::Link)
+            }
+            M::NewRoute(r) | M::DelRoute(r) => {
+                (u8::from(r.header.protocol) == RTPROT_WEFT_PEER).then_some(Drift::Route)
+            }
+            M::NewNeighbour(n) | M::DelNeighbour(n) => (self.vxlan_index == Some(n.header.ifindex))
+                .then_some(if n.header.family == AddressFamily::Bridge { Drift::Fdb } else { Drift::Neighbour }),
+            _ => None,
+        }
+    }
+}
+
+fn link_name(l: &LinkMessage) -> Option<&str> {
+    l.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfName(n) => Some(n.as_str()),
+        _ => None,
+    })
+}
+
+// nfnetlink: the message type is subsystem << 8 | message; nftables is
+// subsystem 10. Every nftables message but NFT_MSG_NEWGEN (the generation
+// that ends each transaction) names its table in attribute 1 (NFTA_TABLE_NAME,
+// NFTA_CHAIN_TABLE, NFTA_RULE_TABLE, NFTA_SET_TABLE, …).
+const NFNL_SUBSYS_NFTABLES: u16 = 10;
+const NFT_MSG_NEWGEN: u16 = 15;
+const NFPROTO_INET: u8 = 1;
+const NFTA_TABLE: u16 = 1;
+const NLA_TYPE_MASK: u16 = 0x3fff;
+
+/// Whether one nfnetlink message (header included) is about table
+/// `inet <table>`. A malformed message counts, as in [`RouteFilter::classify`].
+pub fn nft_touches(msg: &[u8], table: &str) -> bool {
+    // nlmsghdr (16 bytes), then nfgenmsg: family, version, resource id.
+    if msg.len() < 20 {
+        return true;
+    }
+    let kind = u16::from_ne_bytes([msg[4], msg[5]]);
+    if kind >> 8 != NFNL_SUBSYS_NFTABLES || kind & 0xff == NFT_MSG_NEWGEN {
+        return false;
+    }
+    if msg[16] != NFPROTO_INET {
+        return false;
+    }
+    let mut attrs = &msg[20..];
+    while attrs.len() >= 4 {
+        let len = usize::from(u16::from_ne_bytes([attrs[0], attrs[1]]));
+        let kind = u16::from_ne_bytes([attrs[2], attrs[3]]) & NLA_TYPE_MASK;
+        if len < 4 || len > attrs.len() {
+            return true;
+        }
+        if kind == NFTA_TABLE {
+            let name = &attrs[4..len];
+            let name = name.split(|b| *b == 0).next().unwrap_or_default();
+            return name == table.as_bytes();
+        }
+        attrs = &attrs[len.next_multiple_of(4).min(attrs.len())..];
+    }
+    // No table named: not a message about one table's contents.
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use netlink_packet_core::NetlinkHeader;
+    use netlink_packet_route::neighbour::NeighbourMessage;
+    use netlink_packet_route::route::{RouteMessage, RouteProtocol};
+
+    use super::*;
+
+    fn bytes(inner: RouteNetlinkMessage) -> Vec<u8> {
+        let mut m = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::InnerMessage(inner));
+        m.finalize();
+        let mut buf = vec![0; m.buffer_len()];
+        m.serialize(&mut buf);
+        buf
+    }
+
+    fn link(index: u32, name: &str) -> LinkMessage {
+        let mut l = LinkMessage::default();
+        l.header.index = index;
+        l.attributes.push(LinkAttribute::IfName(name.into()));
+        l
+    }
+
+    fn route(protocol: u8) -> RouteMessage {
+        let mut r = RouteMessage::default();
+        r.header.address_family = AddressFamily::Inet;
+        r.header.protocol = RouteProtocol::from(protocol);
+        r
+    }
+
+    fn neighbour(family: AddressFamily, ifindex: u32) -> NeighbourMessage {
+        let mut n = NeighbourMessage::default();
+        n.header.family = family;
+        n.header.ifindex = ifindex;
+        n
+    }
+
+    #[test]
+    fn only_routes_with_weft_protocol_count_added_or_deleted() {
+        use RouteNetlinkMessage as M;
+        let mut f = RouteFilter::default();
+        assert_eq!(f.classify(&bytes(M::NewRoute(route(RTPROT_WEFT_PEER)))), Some(Drift::Route));
+        assert_eq!(f.classify(&bytes(M::DelRoute(route(RTPROT_WEFT_PEER)))), Some(Drift::Route));
+        // The plugin's pod routes (87), the kernel's and an operator's are not the agent's.
+        for other in [libweft::netlink::RTPROT_WEFT, 2, 3, 4] {
+            assert_eq!(f.classify(&bytes(M::DelRoute(route(other)))), None, "protocol {other}");
+        }
+    }
+
+    #[test]
+    fn the_vxlan_device_is_followed_by_index_for_its_neighbours_and_fdb() {
+        use RouteNetlinkMessage as M;
+        let mut f = RouteFilter::default();
+        assert_eq!(f.classify(&bytes(M::NewLink(link(2, "eth0")))), None);
+        assert_eq!(f.classify(&bytes(M::NewNeighbour(neighbour(AddressFamily::Inet, 7)))), None, "no device yet");
+        assert_eq!(f.classify(&bytes(M::NewLink(link(7, VXLAN_DEV)))), Some(Drift::Link));
+        assert_eq!(f.vxlan_index, Some(7));
+        assert_eq!(f.classify(&bytes(M::DelNeighbour(neighbour(AddressFamily::Inet, 7)))), Some(Drift::Neighbour));
+        assert_eq!(f.classify(&bytes(M::DelNeighbour(neighbour(AddressFamily::Inet6, 7)))), Some(Drift::Neighbour));
+        assert_eq!(f.classify(&bytes(M::DelNeighbour(neighbour(AddressFamily::Bridge, 7)))), Some(Drift::Fdb));
+        assert_eq!(f.classify(&bytes(M::NewNeighbour(neighbour(AddressFamily::Inet, 2)))), None, "another device");
+        assert_eq!(f.classify(&bytes(M::NewNeighbour(neighbour(AddressFamily::Bridge, 3)))), None, "a bridge's FDB");
+        // Renamed away: still drift, and its entries are no longer weft's.
+        assert_eq!(f.classify(&bytes(M::NewLink(link(7, "renamed")))), Some(Drift::Link));
+        assert_eq!(f.vxlan_index, None);
+        assert_eq!(f.classify(&bytes(M::NewNeighbour(neighbour(AddressFamily::Bridge, 7)))), None);
+        // Re-created, then deleted.
+        assert_eq!(f.classify(&bytes(M::NewLink(link(9, VXLAN_DEV)))), Some(Drift::Link));
+        assert_eq!(f.classify(&bytes(M::DelLink(link(9, VXLAN_DEV)))), Some(Drift::Link));
+        assert_eq!(f.vxlan_index, None);
+        assert_eq!(f.classify(&bytes(M::DelLink(link(2, "eth0")))), None);
+    }
+
+    #[test]
+    fn garbage_counts_as_drift() {
+        let mut f = RouteFilter::default();
+        let mut msg = bytes(RouteNetlinkMessage::NewRoute(route(4)));
+        msg.truncate(18);
+        assert_eq!(f.classify(&msg), Some(Drift::Unparsed));
+    }
+
+    #[test]
+    fn a_datagram_splits_into_its_messages() {
+        use RouteNetlinkMessage as M;
+        let mut buf = bytes(M::NewLink(link(7, VXLAN_DEV)));
+        let first = buf.len();
+        buf.extend(bytes(M::DelRoute(route(RTPROT_WEFT_PEER))));
+        let msgs: Vec<&[u8]> = split(&buf).collect();
+        assert_eq!(msgs.len(), 2);
+        assert_eq!(msgs[0].len(), first);
+        let mut f = RouteFilter::default();
+        let kinds: Vec<_> = msgs.iter().filter_map(|m| f.classify(m)).collect();
+        assert_eq!(kinds, [Drift::Link, Drift::Route]);
+        assert_eq!(split(&[0u8; 10]).count(), 0);
+    }
+
+    /// An nftables notification: `msg` of subsystem 10, family, attributes.
+    fn nft(msg: u16, family: u8, attrs: &[(u16, &[u8])]) -> Vec<u8> {
+        nfnl((NFNL_SUBSYS_NFTABLES << 8) | msg, family, attrs)
+    }
+
+    fn nfnl(kind: u16, family: u8, attrs: &[(u16, &[u8])]) -> Vec<u8> {
+        let mut body = vec![family, 0, 0, 0];
+        for (kind, value) in attrs {
+            let len = 4 + value.len();
+            body.extend((len as u16).to_ne_bytes());
+            body.extend(kind.to_ne_bytes());
+            body.extend(*value);
+            body.resize(body.len().next_multiple_of(4), 0);
+        }
+        let mut out = Vec::new();
+        out.extend((16 + body.len() as u32).to_ne_bytes());
+        out.extend(kind.to_ne_bytes());
+        out.extend([0u8; 10]);
+        out.extend(body);
+        out
+    }
+
+    #[test]
+    fn nftables_messages_count_only_for_the_inet_weft_table() {
+        const DELTABLE: u16 = 2;
+        const NEWRULE: u16 = 6;
+        const NEWSETELEM: u16 = 12;
+        let inet = NFPROTO_INET;
+        assert!(nft_touches(&nft(DELTABLE, inet, &[(NFTA_TABLE, b"weft\0")]), "weft"));
+        // The table name after another attribute, with the nested flag.
+        assert!(nft_touches(&nft(NEWRULE, inet, &[(3, b"\0\0\0\x01"), (NFTA_TABLE | 0x8000, b"weft\0")]), "weft"));
+        assert!(nft_touches(&nft(NEWSETELEM, inet, &[(NFTA_TABLE, b"weft\0"), (2, b"nodes4\0")]), "weft"));
+        // Someone else's table, weft's name in another family, the generation.
+        assert!(!nft_touches(&nft(NEWRULE, inet, &[(NFTA_TABLE, b"kube-proxy\0")]), "weft"));
+        assert!(!nft_touches(&nft(NEWRULE, inet, &[(NFTA_TABLE, b"weft2\0")]), "weft"));
+        assert!(!nft_touches(&nft(DELTABLE, 2, &[(NFTA_TABLE, b"weft\0")]), "weft"), "ip weft is not inet weft");
+        assert!(!nft_touches(&nft(NFT_MSG_NEWGEN, 0, &[(1, b"\0\0\0\x05")]), "weft"));
+        // Another nfnetlink subsystem (ctnetlink).
+        assert!(!nft_touches(&nfnl(1 << 8, inet, &[(NFTA_TABLE, b"weft\0")]), "weft"));
+        // Malformed: counts.
+        let mut bad = nft(NEWRULE, inet, &[(NFTA_TABLE, b"weft\0")]);
+        bad[20] = 200;
+        assert!(nft_touches(&bad, "weft"));
+        assert!(nft_touches(&bad[..12], "weft"));
+        // Several messages in one datagram.
+        let mut two = nft(NEWRULE, inet, &[(NFTA_TABLE, b"other\0")]);
+        two.extend(nft(DELTABLE, inet, &[(NFTA_TABLE, b"weft\0")]));
+        assert!(split(&two).any(|m| nft_touches(m, "weft")));
+        assert!(!split(&two).take(1).any(|m| nft_touches(m, "weft")));
+    }
+}
