@@ -46,6 +46,7 @@ impl Agent {
             "backend": backend,
             "resyncPeriodSeconds": 2,
             "listenAddress": "127.0.0.1:9959",
+            "healthAddress": "127.0.0.1:9959",
             "runDir": d.join("run"),
             "cniConfDir": d.join("net.d"),
             "cniBinDir": d.join("bin"),
