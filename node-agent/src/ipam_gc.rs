@@ -4,8 +4,9 @@
 //! the runtime for the node's pod sandboxes and frees reservations of
 //! containers it no longer knows, using the plugin's own GC code. A grace
 //! period spares ADDs in flight, whose address is reserved before the
-//! runtime lists their sandbox. When the runtime cannot be asked, nothing is
-//! freed.
+//! runtime lists their sandbox. When the runtime cannot be asked, or does
+//! not report itself ready (restarting, still loading its state), nothing
+//! is freed.
 
 use std::collections::HashSet;
 use std::sync::Arc;
