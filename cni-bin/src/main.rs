@@ -77,6 +77,11 @@ fn main() -> ExitCode {
     }
 }
 
+/// The largest network config read from stdin. Real ones are a few KiB
+/// (with a prevResult listing every interface and address); a runtime
+/// passing more is broken, and the plugin must not buffer without bound.
+const MAX_STDIN: usize = 1024 * 1024;
+
 /// The error plus the config version to echo in it, when known.
 type RunError = (CniError, Option<CniVersion>);
 
@@ -84,7 +89,15 @@ fn run() -> Result<Option<Value>, RunError> {
     let env = RuntimeEnv::from_vars(|k| std::env::var(k).ok()).map_err(|e| (e, None))?;
     let mut stdin = Vec::new();
     if env.command != Command::Version || !std::io::stdin().is_terminal() {
-        std::io::stdin().read_to_end(&mut stdin).map_err(|e| (CniError::Io(format!("read stdin: {e}")), None))?;
+        // Reading one byte past the cap tells an oversized config from one that fits.
+        std::io::stdin()
+            .take(MAX_STDIN as u64 + 1)
+            .read_to_end(&mut stdin)
+            .map_err(|e| (CniError::Io(format!("read stdin: {e}")), None))?;
+        if stdin.len() > MAX_STDIN {
+            let msg = format!("the network config on stdin is larger than {} KiB", MAX_STDIN / 1024);
+            return Err((CniError::Decode(msg), None));
+        }
     }
 
     if env.command == Command::Version {

@@ -133,6 +133,41 @@ fn undecodable_stdin_is_code_6() {
 }
 
 #[test]
+fn oversized_stdin_is_refused_with_code_6() {
+    use std::io::Write;
+    // Valid JSON, just too big: a 2 MiB string in an unknown key.
+    let mut config = conf(json!({}));
+    config["padding"] = json!("x".repeat(2 * 1024 * 1024));
+    for command in ["ADD", "VERSION"] {
+        let mut child = Command::new(WEFT)
+            .env_clear()
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", "c1")
+            .env("CNI_NETNS", "/proc/self/ns/net")
+            .env("CNI_IFNAME", "eth0")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        // The plugin stops reading at the cap: a broken pipe after it is fine.
+        let _ = stdin.write_all(config.to_string().as_bytes());
+        drop(stdin);
+        let out = child.wait_with_output().unwrap();
+        assert!(!out.status.success(), "{command}");
+        let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(json["code"], 6, "{command}: {json}");
+        assert!(json.to_string().contains("larger than 1024 KiB"), "{command}: {json}");
+    }
+    // Just under the cap is read and decoded as usual.
+    let mut config = conf(json!({"type": "ptp"}));
+    config["padding"] = json!("x".repeat(1024 * 1024 - 400));
+    let netns = Some(Path::new("/proc/self/ns/net"));
+    let reply = Call { command: "ADD", container_id: "c1", netns, ifname: "eth0", config: &config }.run(None);
+    assert_eq!(reply.code(), 7, "decoded, then refused for its type: {}", reply.json);
+}
+
+#[test]
 fn no_command_is_code_4() {
     let out = Command::new(WEFT).env_clear().stdin(std::process::Stdio::null()).output().unwrap();
     assert!(!out.status.success());

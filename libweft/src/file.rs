@@ -53,6 +53,13 @@ pub fn replace(path: &Path, tmp: &Path, content: &[u8]) -> Result<(), FileError>
 /// dir) are not woken for nothing. Creates the directory. Returns whether
 /// it wrote.
 pub fn replace_if_changed(path: &Path, content: &[u8]) -> Result<bool, FileError> {
+    replace_if_changed_with_mode(path, content, None)
+}
+
+/// [`replace_if_changed`], the new file getting permission bits `mode`
+/// before it is renamed into place: an executable is never visible at
+/// `path` without its execute bits (a runtime exec'ing it then would fail).
+pub fn replace_if_changed_with_mode(path: &Path, content: &[u8], mode: Option<u32>) -> Result<bool, FileError> {
     if std::fs::read(path).is_ok_and(|old| old == content) {
         return Ok(false);
     }
@@ -61,7 +68,14 @@ pub fn replace_if_changed(path: &Path, content: &[u8]) -> Result<bool, FileError
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let file = write_new(&tmp, content)?;
-    let synced = file.sync_all().map_err(err("sync", &tmp));
+    let synced = match mode {
+        Some(mode) => {
+            use std::os::unix::fs::PermissionsExt;
+            file.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(err("chmod", &tmp))
+        }
+        None => Ok(()),
+    }
+    .and_then(|()| file.sync_all().map_err(err("sync", &tmp)));
     drop(file);
     synced.and_then(|()| std::fs::rename(&tmp, path).map_err(err("rename a temp file to", path))).inspect_err(
         |_| {
@@ -74,6 +88,19 @@ pub fn replace_if_changed(path: &Path, content: &[u8]) -> Result<bool, FileError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_mode_is_set_before_the_file_appears() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("bin");
+        assert!(replace_if_changed_with_mode(&path, b"#!/bin/sh\n", Some(0o755)).expect("write"));
+        let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o755);
+        assert!(replace_if_changed_with_mode(&path, b"#!/bin/sh\nexit 0\n", Some(0o700)).expect("rewrite"));
+        assert_eq!(std::fs::metadata(&path).expect("stat").permissions().mode() & 0o777, 0o700);
+        assert_eq!(std::fs::read_dir(dir.path()).expect("ls").count(), 1, "no temp file left");
+    }
 
     #[test]
     fn replace_if_changed_writes_only_changes_and_leaves_no_temp_file() {

@@ -205,6 +205,8 @@ struct Agent {
     metrics: Arc<Metrics>,
     nft: Nftables,
     refusals: Refusals,
+    /// Peers refused by the desired state (claims on what another node holds).
+    peer_refusals: Refusals,
 }
 
 pub async fn run(
@@ -229,6 +231,7 @@ pub async fn run(
         store: store.clone(),
         nft: Nftables::default(),
         refusals: Refusals::default(),
+        peer_refusals: Refusals::default(),
         metrics: metrics.clone(),
         node_name: node_name.clone(),
         cfg: cfg.clone(),
@@ -385,6 +388,10 @@ impl Agent {
         let d = desired::compute(&self.cfg, &obs);
         for (peer, why) in &d.kernel.skipped {
             tracing::debug!(peer = %peer, "not programmed: {why}");
+        }
+        for r in self.peer_refusals.fresh(&d.kernel.refused) {
+            self.metrics.refused_peers.get_or_create(&FieldLabel { field: r.field.to_string() }).inc();
+            tracing::warn!(node = %r.node, field = r.field, value = %r.value, "refused peer, nothing of it programmed: {}", r.reason);
         }
         let mut failures = Vec::new();
         if let Some(patch) = api::annotation_patch(&own_object.weft, &d.annotations)

@@ -108,6 +108,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub listen_address: Option<String>,
     #[serde(default)]
+    pub health_address: Option<String>,
+    #[serde(default)]
     pub resync_period_seconds: Option<u64>,
     #[serde(default)]
     pub ipam_gc_period_seconds: Option<u64>,
@@ -135,7 +137,10 @@ pub struct Config {
     pub masquerade: bool,
     pub non_masquerade_cidrs: Vec<IpNetwork>,
     pub underlay_interface: Option<String>,
+    /// Where `/metrics` listens.
     pub listen_address: SocketAddr,
+    /// Where `/healthz` and `/readyz` listen (the same listener when equal).
+    pub health_address: SocketAddr,
     pub resync_period: Duration,
     pub ipam_gc_period: Duration,
     /// Reservations younger than this are never collected (ADDs in flight).
@@ -203,10 +208,14 @@ impl FileConfig {
         if let Some(mtu) = self.mtu {
             libweft::cni::validate_mtu(mtu, "mtu").map_err(|e| err("mtu", e))?;
         }
-        // [::] accepts IPv4 too: probes reach the node's address of either family.
-        let listen = self.listen_address.unwrap_or_else(|| "[::]:9959".into());
-        let listen_address =
-            listen.parse().map_err(|e| err("listenAddress", format!("{listen:?} is not HOST:PORT: {e}")))?;
+        // Loopback by default: the agent runs in the host network with
+        // NET_ADMIN and exposes nothing to the network unless asked.
+        let addr = |key: &'static str, value: Option<String>, default: &str| {
+            let v = value.unwrap_or_else(|| default.into());
+            v.parse::<SocketAddr>().map_err(|e| err(key, format!("{v:?} is not HOST:PORT: {e}")))
+        };
+        let listen_address = addr("listenAddress", self.listen_address, "127.0.0.1:9959")?;
+        let health_address = addr("healthAddress", self.health_address, "127.0.0.1:9958")?;
         let resync = self.resync_period_seconds.unwrap_or(60);
         if !(1..=3600).contains(&resync) {
             return Err(err("resyncPeriodSeconds", format!("{resync} is outside 1..=3600")));
@@ -241,6 +250,7 @@ impl FileConfig {
             non_masquerade_cidrs: cidrs("nonMasqueradeCIDRs", &self.non_masquerade_cidrs)?,
             underlay_interface: self.underlay_interface,
             listen_address,
+            health_address,
             resync_period: Duration::from_secs(resync),
             ipam_gc_period: Duration::from_secs(gc),
             ipam_gc_grace: Duration::from_secs(grace),
@@ -267,7 +277,8 @@ mod tests {
         assert_eq!(c.vxlan, VxlanConfig { vni: 1, port: 8472, tx_checksum_offload: None });
         assert!(c.masquerade);
         assert_eq!(c.resync_period, Duration::from_secs(60));
-        assert_eq!(c.listen_address.port(), 9959);
+        assert_eq!(c.listen_address, "127.0.0.1:9959".parse().unwrap());
+        assert_eq!(c.health_address, "127.0.0.1:9958".parse().unwrap());
     }
 
     #[test]
@@ -281,6 +292,7 @@ mod tests {
             (r#"{"clusterCIDRs":["10.244.0.0/16"],"mtu":70000}"#, "mtu"),
             (r#"{"clusterCIDRs":["10.244.0.0/16"],"nonMasqueradeCIDRs":["x"]}"#, "nonMasqueradeCIDRs"),
             (r#"{"clusterCIDRs":["10.244.0.0/16"],"listenAddress":"nope"}"#, "listenAddress"),
+            (r#"{"clusterCIDRs":["10.244.0.0/16"],"healthAddress":"::1"}"#, "healthAddress"),
             (r#"{"clusterCIDRs":["10.244.0.0/16"],"resyncPeriodSeconds":0}"#, "resyncPeriodSeconds"),
             (r#"{"clusterCIDRs":["10.244.0.0/16"],"underlayInterface":"a/b"}"#, "underlayInterface"),
             (r#"{"clusterCIDRs":["10.244.0.0/16"],"typo":1}"#, "typo"),

@@ -63,9 +63,12 @@ struct ConfigArgs {
     /// Overrides `underlayInterface`.
     #[arg(long, env = "WEFT_UNDERLAY_INTERFACE")]
     underlay_interface: Option<String>,
-    /// Overrides `listenAddress`.
+    /// Overrides `listenAddress` (of `/metrics`).
     #[arg(long, env = "WEFT_LISTEN_ADDRESS")]
     listen_address: Option<String>,
+    /// Overrides `healthAddress` (of `/healthz` and `/readyz`).
+    #[arg(long, env = "WEFT_HEALTH_ADDRESS")]
+    health_address: Option<String>,
     /// Overrides `cniConfDir`.
     #[arg(long, env = "WEFT_CNI_CONF_DIR")]
     cni_conf_dir: Option<PathBuf>,
@@ -100,6 +103,7 @@ impl ConfigArgs {
         file.masquerade = self.masquerade.or(file.masquerade);
         file.underlay_interface = self.underlay_interface.clone().or(file.underlay_interface);
         file.listen_address = self.listen_address.clone().or(file.listen_address);
+        file.health_address = self.health_address.clone().or(file.health_address);
         file.cni_conf_dir = self.cni_conf_dir.clone().or(file.cni_conf_dir);
         file.cni_bin_dir = self.cni_bin_dir.clone().or(file.cni_bin_dir);
         file.run_dir = self.run_dir.clone().or(file.run_dir);
@@ -141,7 +145,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
             let metrics = Arc::new(metrics::Metrics::new());
             let health = Arc::new(agent::Health::default());
             let stale = cfg.resync_period.as_secs() * 3 + 30;
-            let server = http::serve(cfg.listen_address, health.clone(), metrics.clone(), stale);
+            let server = http::serve(cfg.health_address, cfg.listen_address, health.clone(), metrics.clone(), stale);
             tokio::spawn(ipam_gc::run(cfg.clone(), metrics.clone()));
             tokio::select! {
                 r = server => r,

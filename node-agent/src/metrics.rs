@@ -50,6 +50,8 @@ pub struct Metrics {
     pub event_to_programmed_seconds: Histogram,
     pub errors: Family<KindLabel, Counter>,
     pub rejected_annotations: Family<FieldLabel, Counter>,
+    /// Peers refused for a claim on what another node holds, by field.
+    pub refused_peers: Family<FieldLabel, Counter>,
     pub ipam_in_use: Family<SubnetLabel, Gauge<f64, AtomicU64>>,
     pub ipam_capacity: Family<SubnetLabel, Gauge<f64, AtomicU64>>,
     pub ipam_gc_freed: Counter,
@@ -84,6 +86,7 @@ impl Metrics {
             event_to_programmed_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             errors: Family::default(),
             rejected_annotations: Family::default(),
+            refused_peers: Family::default(),
             ipam_in_use: Family::default(),
             ipam_capacity: Family::default(),
             ipam_gc_freed: Counter::default(),
@@ -110,6 +113,11 @@ impl Metrics {
             "rejected_annotations",
             "Malformed or hostile values on Node objects that were ignored",
             m.rejected_annotations.clone(),
+        );
+        registry.register(
+            "refused_peers",
+            "Peers refused for claiming another node's pod CIDR, address or VTEP MAC, or a MAC not derived from their name",
+            m.refused_peers.clone(),
         );
         registry.register("ipam_addresses_in_use", "Pod addresses allocated on this node", m.ipam_in_use.clone());
         registry.register("ipam_addresses_capacity", "Pod addresses this node can allocate", m.ipam_capacity.clone());

@@ -9,6 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnetwork::IpNetwork;
 use k8s_openapi::api::core::v1::NodeAddress;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::Resource;
 use kube::api::ObjectMeta;
 use serde::Deserialize;
@@ -32,6 +33,13 @@ pub struct NodeView {
     /// `spec.podCIDRs`, at most one per family.
     pub pod_cidrs: Vec<IpNetwork>,
     pub vtep_mac: Option<[u8; 6]>,
+    /// `status.addresses` of type InternalIP or ExternalIP: the only
+    /// addresses weft believes the node has.
+    pub addresses: Vec<IpAddr>,
+    /// `metadata.creationTimestamp` and `metadata.uid`: when two Nodes claim
+    /// one pod CIDR or address, the older keeps it.
+    pub created: Option<Time>,
+    pub uid: String,
 }
 
 /// A value on a Node that weft refused.
@@ -54,8 +62,18 @@ impl NodeView {
         if ipv6 { self.ipv6.map(IpAddr::V6) } else { self.ipv4.map(IpAddr::V4) }
     }
 
+    /// Orders Nodes oldest first (creationTimestamp, then UID, then name);
+    /// a Node without a creationTimestamp counts as the newest.
+    pub fn age_key(&self) -> (bool, Option<&Time>, &str, &str) {
+        (self.created.is_none(), self.created.as_ref(), &self.uid, &self.name)
+    }
+
     /// Reads a Node. The underlay addresses come from weft's own annotations
-    /// (what the peer's agent chose) and fall back to `InternalIP`. A pod
+    /// (what the peer's agent chose) and fall back to `InternalIP`. An
+    /// annotation is believed only when it names one of the Node's own
+    /// `status.addresses` (InternalIP or ExternalIP, written by its kubelet
+    /// or cloud provider): else any writer of annotations could point a
+    /// peer's tunnel, and the masquerade exemption, at any host. A pod
     /// CIDR outside `cluster_cidrs` is refused: routing it could capture
     /// traffic that is not the cluster's (a `0.0.0.0/0` "pod CIDR", say).
     pub fn from_node(node: &WatchedNode, cluster_cidrs: &[IpNetwork], rejected: &mut Vec<Rejected>) -> NodeView {
@@ -65,7 +83,21 @@ impl NodeView {
             rejected.push(Rejected { node: name.clone(), field, value: truncate(value), reason });
         };
 
-        let mut view = NodeView { name: name.clone(), ipv4: None, ipv6: None, pod_cidrs: Vec::new(), vtep_mac: None };
+        let mut view = NodeView {
+            name: name.clone(),
+            ipv4: None,
+            ipv6: None,
+            pod_cidrs: Vec::new(),
+            vtep_mac: None,
+            addresses: Vec::new(),
+            created: node.metadata.creation_timestamp.clone(),
+            uid: node.metadata.uid.clone().unwrap_or_default(),
+        };
+        for ip in node.addresses() {
+            if !view.addresses.contains(&ip) {
+                view.addresses.push(ip);
+            }
+        }
 
         let internal: Vec<IpAddr> = node.internal_ips().collect();
         view.ipv4 = internal.iter().find_map(|ip| match ip {
@@ -78,6 +110,9 @@ impl NodeView {
         });
         if let Some(v) = &annotations.public_ip {
             match v.parse::<Ipv4Addr>() {
+                Ok(ip) if !view.addresses.contains(&IpAddr::V4(ip)) => {
+                    reject(ANN_PUBLIC_IP, v, "not among the Node's status.addresses".into())
+                }
                 Ok(ip) if usable_underlay(IpAddr::V4(ip)) => view.ipv4 = Some(ip),
                 Ok(_) => reject(ANN_PUBLIC_IP, v, "not a usable unicast address".into()),
                 Err(e) => reject(ANN_PUBLIC_IP, v, e.to_string()),
@@ -85,6 +120,9 @@ impl NodeView {
         }
         if let Some(v) = &annotations.public_ipv6 {
             match v.parse::<Ipv6Addr>() {
+                Ok(ip) if !view.addresses.contains(&IpAddr::V6(ip)) => {
+                    reject(ANN_PUBLIC_IPV6, v, "not among the Node's status.addresses".into())
+                }
                 Ok(ip) if usable_underlay(IpAddr::V6(ip)) => view.ipv6 = Some(ip),
                 Ok(_) => reject(ANN_PUBLIC_IPV6, v, "not a usable unicast address".into()),
                 Err(e) => reject(ANN_PUBLIC_IPV6, v, e.to_string()),
@@ -223,6 +261,16 @@ impl WatchedNode {
             .filter(|a| a.type_ == "InternalIP")
             .filter_map(|a| a.address.parse().ok())
     }
+
+    /// `status.addresses` of type InternalIP or ExternalIP, usable ones only.
+    pub fn addresses(&self) -> impl Iterator<Item = std::net::IpAddr> + '_ {
+        self.status
+            .iter()
+            .flat_map(|s| s.addresses.iter().flatten())
+            .filter(|a| is_node_ip(&a.type_))
+            .filter_map(|a| a.address.parse().ok())
+            .filter(|ip| usable_underlay(*ip))
+    }
 }
 
 impl Resource for WatchedNode {
@@ -249,15 +297,27 @@ impl Resource for WatchedNode {
     }
 }
 
-/// Drops what weft does not read: of the metadata only the name and the
-/// resourceVersion (the watch resumes from it) stay, weft's annotations move
-/// to [`WatchedNode::weft`]; of the addresses only InternalIPs stay.
+fn is_node_ip(address_type: &str) -> bool {
+    address_type == "InternalIP" || address_type == "ExternalIP"
+}
+
+/// Drops what weft does not read: of the metadata only the name, the
+/// resourceVersion (the watch resumes from it), the creationTimestamp and
+/// the UID (the older Node wins a conflict) stay, weft's annotations move
+/// to [`WatchedNode::weft`]; of the addresses only InternalIPs and
+/// ExternalIPs stay.
 pub fn strip(node: &mut WatchedNode) {
     let meta = std::mem::take(&mut node.metadata);
     node.weft = WeftAnnotations::from_annotations(meta.annotations.into_iter().flatten());
-    node.metadata = ObjectMeta { name: meta.name, resource_version: meta.resource_version, ..ObjectMeta::default() };
+    node.metadata = ObjectMeta {
+        name: meta.name,
+        resource_version: meta.resource_version,
+        creation_timestamp: meta.creation_timestamp,
+        uid: meta.uid,
+        ..ObjectMeta::default()
+    };
     if let Some(addresses) = node.status.as_mut().and_then(|s| s.addresses.as_mut()) {
-        addresses.retain(|a| a.type_ == "InternalIP");
+        addresses.retain(|a| is_node_ip(&a.type_));
     }
 }
 
@@ -295,7 +355,7 @@ mod tests {
     fn a_well_formed_node_reads_completely() {
         let (v, rejected) = read(&node(
             &["10.244.2.0/24", "fd00:10:244:2::/64"],
-            &["198.51.100.12", "2001:db8:a::12"],
+            &["198.51.100.12", "2001:db8:a::12", "203.0.113.12"],
             &[(ANN_VTEP_MAC, "0e:00:00:00:00:02"), (ANN_BACKEND, "vxlan"), (ANN_PUBLIC_IP, "203.0.113.12")],
         ));
         assert!(rejected.is_empty(), "{rejected:?}");
@@ -340,6 +400,27 @@ mod tests {
     }
 
     #[test]
+    fn a_public_ip_is_believed_only_among_the_nodes_own_addresses() {
+        let mut n =
+            node(&[], &["198.51.100.12"], &[(ANN_PUBLIC_IP, "203.0.113.99"), (ANN_PUBLIC_IPV6, "2001:db8:e::1")]);
+        let (v, rejected) = read(&n);
+        assert_eq!(v.ip(false), Some("198.51.100.12".parse().unwrap()), "InternalIP kept");
+        assert_eq!(v.ip(true), None);
+        assert!(rejected[ANN_PUBLIC_IP].contains("status.addresses"), "{rejected:?}");
+        assert!(rejected[ANN_PUBLIC_IPV6].contains("status.addresses"), "{rejected:?}");
+        assert_eq!(v.addresses, vec!["198.51.100.12".parse::<IpAddr>().unwrap()]);
+
+        // An ExternalIP counts; a Hostname or InternalDNS entry does not.
+        let addresses = n.status.as_mut().unwrap().addresses.as_mut().unwrap();
+        addresses.push(NodeAddress { type_: "ExternalIP".into(), address: "203.0.113.99".into() });
+        addresses.push(NodeAddress { type_: "Hostname".into(), address: "2001:db8:e::1".into() });
+        let (v, rejected) = read(&n);
+        assert_eq!(v.ip(false), Some("203.0.113.99".parse().unwrap()));
+        assert!(!rejected.contains_key(ANN_PUBLIC_IP) && rejected.contains_key(ANN_PUBLIC_IPV6));
+        assert_eq!(v.addresses.len(), 2);
+    }
+
+    #[test]
     fn pod_cidrs_must_be_network_addresses_inside_the_cluster_one_per_family() {
         for (cidr, why) in [
             ("10.244.2.1/24", "host bits set"),
@@ -362,12 +443,13 @@ mod tests {
         let json = serde_json::json!({
             "apiVersion": "v1", "kind": "Node",
             "metadata": {"name": "n1", "uid": "u", "resourceVersion": "42", "labels": {"a": "b"},
+                "creationTimestamp": "2026-01-02T03:04:05Z",
                 "managedFields": [{"manager": "kubelet"}],
                 "annotations": {"weft.dev/vtep-mac": "0e:00:00:00:00:01",
                     "kubectl.kubernetes.io/last-applied-configuration": "x".repeat(10_000)}},
             "spec": {"podCIDR": "10.244.1.0/24", "podCIDRs": ["10.244.1.0/24"], "providerID": "x"},
             "status": {"addresses": [{"type": "InternalIP", "address": "198.51.100.11"},
-                {"type": "Hostname", "address": "n1"}],
+                {"type": "Hostname", "address": "n1"}, {"type": "ExternalIP", "address": "203.0.113.11"}],
                 "images": [{"names": ["a"], "sizeBytes": 1}], "conditions": [{"type": "Ready", "status": "True"}]},
         });
         let mut node: WatchedNode = serde_json::from_value(json).unwrap();
@@ -376,10 +458,13 @@ mod tests {
         assert_eq!(node.metadata.resource_version.as_deref(), Some("42"), "the watch resumes from it");
         assert_eq!(node.weft.iter().collect::<Vec<_>>(), vec![(ANN_VTEP_MAC, "0e:00:00:00:00:01")]);
         let m = &node.metadata;
-        assert!(m.annotations.is_none() && m.labels.is_none() && m.uid.is_none() && m.managed_fields.is_none());
+        assert!(m.annotations.is_none() && m.labels.is_none() && m.managed_fields.is_none());
+        assert_eq!(m.uid.as_deref(), Some("u"), "the older Node wins a conflict");
+        assert!(m.creation_timestamp.is_some());
         assert_eq!(node.spec.as_ref().unwrap().pod_cidrs.as_ref().unwrap()[0], "10.244.1.0/24");
         assert_eq!(node.internal_ips().collect::<Vec<_>>(), vec!["198.51.100.11".parse::<std::net::IpAddr>().unwrap()]);
-        assert_eq!(node.status.unwrap().addresses.unwrap().len(), 1);
+        assert_eq!(node.addresses().count(), 2, "InternalIP and ExternalIP");
+        assert_eq!(node.status.unwrap().addresses.unwrap().len(), 2);
     }
 
     #[test]

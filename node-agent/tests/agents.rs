@@ -14,8 +14,10 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{EXTERNAL_V4, EXTERNAL_V6, Lab, WEFT};
+use libweft::netlink::format_mac;
 use libweft::testutil::control_plane::{ControlPlane, Proc, eventually, k8s_bin};
 use libweft::testutil::{TestNs, have_privileges};
+use weft_agent::desired::vtep_mac_for;
 
 fn bin_or_skip() -> Option<PathBuf> {
     if !have_privileges() {
@@ -44,6 +46,7 @@ impl Agent {
             "backend": backend,
             "resyncPeriodSeconds": 2,
             "listenAddress": "127.0.0.1:9959",
+            "healthAddress": "127.0.0.1:9959",
             "runDir": d.join("run"),
             "cniConfDir": d.join("net.d"),
             "cniBinDir": d.join("bin"),
@@ -295,7 +298,8 @@ fn vxlan_agents_connect_pods_survive_restarts_and_forget_deleted_nodes() {
     // When it returns, the agents pick up changes again (their watch retries with backoff).
     cp.apiserver_restart_for_test();
     cp.create_node("node4", &["10.244.4.0/24"], &["198.51.100.14"]);
-    cp.kubectl_ok(&["annotate", "node", "node4", "weft.dev/vtep-mac=0e:00:00:00:00:04"]);
+    let mac4 = format!("weft.dev/vtep-mac={}", format_mac(&vtep_mac_for("node4")));
+    cp.kubectl_ok(&["annotate", "node", "node4", &mac4]);
     for (i, a) in agents.iter().enumerate() {
         assert!(
             eventually(Duration::from_secs(40), || routes(&lab.nodes[i].ns).contains("10.244.4.0/24")),
@@ -334,6 +338,59 @@ fn vxlan_agents_connect_pods_survive_restarts_and_forget_deleted_nodes() {
     let fdb = lab.nodes[0].ns.exec_ok(&["bridge", "fdb", "show", "dev", "weft.vxlan"]);
     assert!(!fdb.contains("ff:ff:ff:ff:ff:ff") && !fdb.contains("127.0.0.1"), "{fdb}");
     cp.kubectl_ok(&["delete", "node", "evil"]);
+
+    // Nodes claiming what another node holds get nothing; the victim's
+    // kernel keeps the legitimate peer's route, neighbour and FDB entry,
+    // and its traffic keeps flowing.
+    let n2_mac = format_mac(&vtep_mac_for("node2"));
+    let evil_mac = format_mac(&vtep_mac_for("zz-evil"));
+    #[rustfmt::skip]
+    let hostile = [
+        ("nested in node2's pod CIDR, an external public IP", &["10.244.2.0/25"], "198.51.100.66",
+            vec![("weft.dev/public-ip", "198.51.100.99"), ("weft.dev/vtep-mac", &evil_mac)]),
+        ("node2's pod CIDR, created later", &["10.244.2.0/24"], "198.51.100.66",
+            vec![("weft.dev/vtep-mac", &evil_mac)]),
+        ("node2's address", &["10.244.9.0/24"], "198.51.100.12", vec![("weft.dev/vtep-mac", &evil_mac)]),
+        ("node2's VTEP MAC", &["10.244.9.0/24"], "198.51.100.66", vec![("weft.dev/vtep-mac", &n2_mac)]),
+    ];
+    let ns0 = &lab.nodes[0].ns;
+    let n2_route = routes(ns0).lines().find(|l| l.starts_with("10.244.2.0/24")).unwrap().to_string();
+    for (i, (case, cidrs, ip, annotations)) in hostile.iter().enumerate() {
+        let refused = |m: &str| -> f64 {
+            let counters = m.lines().filter(|l| l.starts_with("weft_refused_peers_total"));
+            counters.filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+        };
+        let before = refused(&metrics(ns0));
+        let ann: serde_json::Map<String, serde_json::Value> =
+            annotations.iter().map(|(k, v)| (k.to_string(), serde_json::json!(v))).collect();
+        let node = serde_json::json!({"apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": "zz-evil", "annotations": ann},
+            "spec": {"podCIDR": cidrs[0], "podCIDRs": cidrs}});
+        cp.kubectl_stdin(&["create", "-f", "-"], &node.to_string());
+        let status = serde_json::json!({"status": {"addresses": [{"type": "InternalIP", "address": ip}]}});
+        cp.kubectl_ok(&["patch", "node", "zz-evil", "--subresource=status", "--type=merge", "-p", &status.to_string()]);
+        let since = passes(ns0);
+        assert!(more_passes(ns0, since, 1, Duration::from_secs(10)), "{case}: no pass:\n{}", agents[0].log());
+        assert!(
+            eventually(Duration::from_secs(10), || i > 0 || refused(&metrics(ns0)) > before),
+            "{case}: not counted:\n{}",
+            metrics(ns0)
+        );
+        let r = routes(ns0);
+        assert!(r.contains(&n2_route), "{case}: node2's route changed:\n{r}");
+        assert!(!r.contains("10.244.2.0/25") && !r.contains("10.244.9.0"), "{case}: hostile route:\n{r}");
+        let fdb = ns0.exec_ok(&["bridge", "fdb", "show", "dev", "weft.vxlan"]);
+        assert!(fdb.contains(&format!("{n2_mac} dst 198.51.100.12")), "{case}: node2's FDB entry:\n{fdb}");
+        assert!(!fdb.contains(&evil_mac) && !fdb.contains("198.51.100.66"), "{case}: hostile FDB entry:\n{fdb}");
+        let neigh = ns0.exec_ok(&["ip", "neigh", "show", "dev", "weft.vxlan"]);
+        assert!(neigh.contains(&format!("10.244.2.0 lladdr {n2_mac}")), "{case}: node2's neighbour:\n{neigh}");
+        let nodes4 = nft_set(ns0, "nodes4");
+        assert!(!nodes4.contains("198.51.100.66") && !nodes4.contains("198.51.100.99"), "{case}:\n{nodes4}");
+        assert!(nodes4.contains("198.51.100.12"), "{case}:\n{nodes4}");
+        assert!(p1.ping(&p2v4) && p1.ping(&p2v6), "{case}: node2's pods unreachable");
+        assert!(conn.echo(case), "{case}: node2's connection broke");
+        cp.kubectl_ok(&["delete", "node", "zz-evil"]);
+    }
 
     // A deleted node disappears from every peer within 2 s.
     cp.kubectl_ok(&["delete", "node", "node3"]);

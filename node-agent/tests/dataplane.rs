@@ -27,6 +27,9 @@ fn view(n: &Node) -> NodeView {
         ipv6: Some(n.v6.parse().unwrap()),
         pod_cidrs: vec![n.pod_v4.parse().unwrap(), n.pod_v6.parse().unwrap()],
         vtep_mac: Some(vtep_mac_for(&n.name)),
+        addresses: vec![n.v4.parse().unwrap(), n.v6.parse().unwrap()],
+        created: None,
+        uid: n.name.clone(),
     }
 }
 

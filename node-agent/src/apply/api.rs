@@ -1,6 +1,11 @@
 //! Publishes this node's weft annotations so peers can program routes to
 //! it. Only `weft.dev/` keys are ever written, and only when they differ
 //! from what the Node already says.
+//!
+//! The patch goes through the `nodes/status` subresource, as flannel does:
+//! the API server keeps metadata changes made there, so the agent needs
+//! `patch` on `nodes/status` only, never on the Nodes themselves (whose spec
+//! holds the podCIDRs, taints and providerID).
 
 use std::collections::BTreeMap;
 
@@ -37,9 +42,9 @@ pub fn annotation_patch(current: &WeftAnnotations, wanted: &BTreeMap<String, Str
     (!stale.is_empty()).then(|| json!({"metadata": {"annotations": stale}}))
 }
 
-/// Applies `patch` to the Node called `name`.
+/// Applies `patch` to the Node called `name`, through its status subresource.
 pub async fn publish(api: &Api<Node>, name: &str, patch: &Value) -> Result<(), ApiError> {
-    api.patch(name, &PatchParams::default(), &Patch::Merge(patch))
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(patch))
         .await
         .map_err(|source| ApiError { node: name.to_string(), source })?;
     tracing::info!(node = %name, %patch, "published weft annotations");

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use libweft::file::{FileError, replace_if_changed};
+use libweft::file::{FileError, replace_if_changed, replace_if_changed_with_mode};
 use libweft::node_config::{NodeConfig, NodeConfigError};
 use serde_json::Value;
 
@@ -59,10 +59,14 @@ pub fn write(cfg: &Config, node: &NodeConfig, conflist: &Value) -> Result<Writte
 pub fn install_binary(src: &Path, bin_dir: &Path) -> Result<PathBuf, FilesError> {
     let bytes = std::fs::read(src).map_err(|source| FilesError::Read { path: src.to_path_buf(), source })?;
     let dst = bin_dir.join("weft");
-    replace_if_changed(&dst, &bytes)?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o755))
-        .map_err(|source| FilesError::Chmod { path: dst.clone(), source })?;
+    // Executable before the rename: the runtime may exec the plugin the
+    // instant it appears.
+    if !replace_if_changed_with_mode(&dst, &bytes, Some(0o755))? {
+        // Unchanged content: only repair the mode if someone changed it.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o755))
+            .map_err(|source| FilesError::Chmod { path: dst.clone(), source })?;
+    }
     Ok(dst)
 }
 

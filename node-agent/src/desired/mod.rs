@@ -8,7 +8,6 @@
 pub mod files;
 pub mod nftables;
 
-use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
@@ -18,7 +17,7 @@ use serde_json::Value;
 
 use crate::config::{Backend, Config};
 use crate::observe::{Observation, Underlay};
-use crate::wire::{ANN_BACKEND, ANN_PUBLIC_IP, ANN_PUBLIC_IPV6, ANN_VTEP_MAC, NodeView};
+use crate::wire::{ANN_BACKEND, ANN_PUBLIC_IP, ANN_PUBLIC_IPV6, ANN_VTEP_MAC, NodeView, Rejected};
 
 pub use self::nftables::NftTable;
 
@@ -40,7 +39,15 @@ pub struct Desired {
 /// Computes every output from the configuration and one observation.
 pub fn compute(config: &Config, obs: &Observation) -> Desired {
     let kernel = kernel_state(config, &obs.local, &obs.underlay, obs.vtep_mac, &obs.nodes, obs.offload_default);
-    let node_ips: Vec<IpAddr> = obs.nodes.iter().flat_map(|n| [n.ip(false), n.ip(true)]).flatten().collect();
+    // Node addresses keep a pod's source address: only what the Nodes'
+    // status.addresses say, and nothing of a refused peer's.
+    let refused: Vec<&str> = kernel.refused.iter().map(|r| r.node.as_str()).collect();
+    let node_ips: Vec<IpAddr> = obs
+        .nodes
+        .iter()
+        .filter(|n| n.name == obs.local.name || !refused.contains(&n.name.as_str()))
+        .flat_map(|n| n.addresses.iter().copied())
+        .collect();
     Desired {
         nft: NftTable::new(&obs.local.pod_cidrs, &node_ips),
         node_config: files::node_config(config, &obs.local.name, &obs.local.pod_cidrs, kernel.pod_mtu),
@@ -112,8 +119,12 @@ pub struct KernelState {
     pub pod_mtu: u32,
     /// Backend chosen per peer (for metrics and logs).
     pub peer_backends: BTreeMap<String, Backend>,
-    /// Peers (or families of peers) that cannot be programmed, and why.
+    /// Peers (or families of peers) that cannot be programmed yet, and why.
     pub skipped: Vec<(String, String)>,
+    /// Peers refused for claiming what another node holds (a pod CIDR, an
+    /// address, a VTEP MAC) or a MAC not derived from their name: nothing
+    /// of theirs is programmed.
+    pub refused: Vec<Rejected>,
 }
 
 /// The kernel part of the desired state. `local` is the node this agent
@@ -149,32 +160,36 @@ pub fn kernel_state(
         });
     }
 
-    // Peers in name order, and the first claim of a pod CIDR or VTEP MAC
-    // wins: two Nodes claiming one would otherwise swap the route (or FDB
-    // entry) back and forth from pass to pass, in the store's hash order.
+    // Trust: a peer is believed only for what no older Node already
+    // claims. Peers are taken oldest first (creationTimestamp, then UID),
+    // so the outcome never depends on the store's order or on names, and a
+    // Node created later cannot take a pod CIDR or an address away from one
+    // that holds it. A refused peer gets nothing programmed at all.
     let mut peers: Vec<&NodeView> = nodes.iter().filter(|n| n.name != local.name).collect();
-    peers.sort_by(|a, b| a.name.cmp(&b.name));
-    let mut cidr_owner: HashMap<IpNetwork, &str> = HashMap::new();
-    let mut mac_owner: HashMap<[u8; 6], &str> = HashMap::new();
+    peers.sort_by(|a, b| a.age_key().cmp(&b.age_key()));
+    let mut claims = Claims::default();
+    for cidr in &local.pod_cidrs {
+        claims.cidrs.push((*cidr, local.name.clone()));
+    }
+    let own_ips = local
+        .addresses
+        .iter()
+        .copied()
+        .chain([local.ipv4.map(IpAddr::V4), local.ipv6.map(IpAddr::V6)].into_iter().flatten());
+    for ip in own_ips.chain([underlay.v4.map(|n| n.ip()), underlay.v6.map(|n| n.ip())].into_iter().flatten()) {
+        claims.ips.entry(ip).or_insert_with(|| local.name.clone());
+    }
     for peer in peers {
+        if let Some(refusal) = claims.refusal(peer) {
+            d.refused.push(refusal);
+            continue;
+        }
+        claims.take(peer);
         if peer.pod_cidrs.is_empty() {
             continue; // not allocated yet; nothing to route to
         }
         let mut chosen = None;
         for cidr in &peer.pod_cidrs {
-            if local.pod_cidrs.iter().any(|own| overlaps(own, cidr)) {
-                d.skipped.push((peer.name.clone(), format!("pod CIDR {cidr} overlaps this node's")));
-                continue;
-            }
-            match cidr_owner.entry(*cidr) {
-                Entry::Occupied(owner) => {
-                    d.skipped.push((peer.name.clone(), format!("pod CIDR {cidr} is already node {}'s", owner.get())));
-                    continue;
-                }
-                Entry::Vacant(v) => {
-                    v.insert(&peer.name);
-                }
-            }
             let family_v6 = cidr.is_ipv6();
             let direct = match (peer.ip(family_v6), underlay.net(family_v6)) {
                 (Some(ip), Some(net)) => Some((ip, net.contains(ip))),
@@ -205,11 +220,8 @@ pub fn kernel_state(
                 ));
                 continue;
             };
-            if let Some(owner) = mac_owner.get(&mac).filter(|o| **o != peer.name) {
-                d.skipped.push((peer.name.clone(), format!("VTEP MAC is already node {owner}'s")));
-                continue;
-            }
-            mac_owner.insert(mac, &peer.name);
+            // Claims guarantee each key is this peer's alone: its VTEP
+            // address lies in its own pod CIDR and its MAC is unique.
             let vtep = cidr.network();
             d.routes.insert(*cidr, Hop::Vxlan { gateway: vtep });
             d.neighbours.insert(vtep, mac);
@@ -222,6 +234,65 @@ pub fn kernel_state(
     }
     d
 }
+
+/// What the local node and the peers believed so far hold: pod CIDRs
+/// (pairwise disjoint), underlay addresses and VTEP MACs.
+#[derive(Default)]
+struct Claims {
+    cidrs: Vec<(IpNetwork, String)>,
+    ips: HashMap<IpAddr, String>,
+    macs: HashMap<[u8; 6], String>,
+}
+
+impl Claims {
+    /// Why `peer` must not be believed, if it must not.
+    fn refusal(&self, peer: &NodeView) -> Option<Rejected> {
+        let refuse = |field: &'static str, value: String, reason: String| {
+            Some(Rejected { node: peer.name.clone(), field, value, reason })
+        };
+        for cidr in &peer.pod_cidrs {
+            // Nested CIDRs overlap too: a /25 inside a peer's /24 would win
+            // the longest-prefix match and steal half of its pods.
+            if let Some((owner_cidr, owner)) = self.cidrs.iter().find(|(c, _)| overlaps(c, cidr)) {
+                return refuse(FIELD_POD_CIDRS, cidr.to_string(), format!("overlaps {owner_cidr} of node {owner}"));
+            }
+        }
+        for ip in [peer.ip(false), peer.ip(true)].into_iter().flatten() {
+            if let Some(owner) = self.ips.get(&ip) {
+                return refuse(FIELD_ADDRESS, ip.to_string(), format!("already node {owner}'s address"));
+            }
+        }
+        if let Some(mac) = peer.vtep_mac {
+            let text = libweft::netlink::format_mac(&mac);
+            // The MAC is a function of the name (`vtep_mac_for`), so weft
+            // checks it instead of believing it: a Node cannot announce
+            // another node's MAC and take over its FDB entry.
+            if mac != vtep_mac_for(&peer.name) {
+                return refuse(ANN_VTEP_MAC, text, "not the MAC derived from the node name".into());
+            }
+            if let Some(owner) = self.macs.get(&mac) {
+                return refuse(ANN_VTEP_MAC, text, format!("already node {owner}'s VTEP MAC"));
+            }
+        }
+        None
+    }
+
+    /// Records what a believed `peer` holds.
+    fn take(&mut self, peer: &NodeView) {
+        self.cidrs.extend(peer.pod_cidrs.iter().map(|c| (*c, peer.name.clone())));
+        for ip in [peer.ip(false), peer.ip(true)].into_iter().flatten() {
+            self.ips.insert(ip, peer.name.clone());
+        }
+        if let Some(mac) = peer.vtep_mac {
+            self.macs.insert(mac, peer.name.clone());
+        }
+    }
+}
+
+/// [`Rejected::field`] of a pod CIDR overlapping another node's.
+pub const FIELD_POD_CIDRS: &str = "spec.podCIDRs";
+/// [`Rejected::field`] of an underlay address another node holds.
+pub const FIELD_ADDRESS: &str = "status.addresses";
 
 /// `ip/32` or `ip/128`.
 pub fn host_net(ip: IpAddr) -> IpNetwork {
@@ -244,11 +315,23 @@ pub fn vtep_mac_for(node_name: &str) -> [u8; 6] {
 mod tests {
     use std::net::{Ipv4Addr, Ipv6Addr};
 
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
     use super::*;
+    use crate::wire::WatchedNode;
 
     /// Test builder: `node("n2").cidrs(&[..]).ip4("198.51.100.12")`.
     fn node(name: &str) -> NodeView {
-        NodeView { name: name.into(), ipv4: None, ipv6: None, pod_cidrs: vec![], vtep_mac: Some(vtep_mac_for(name)) }
+        NodeView {
+            name: name.into(),
+            ipv4: None,
+            ipv6: None,
+            pod_cidrs: vec![],
+            vtep_mac: Some(vtep_mac_for(name)),
+            addresses: vec![],
+            created: None,
+            uid: name.into(),
+        }
     }
 
     trait Build {
@@ -256,6 +339,7 @@ mod tests {
         fn ip4(self, ip: &str) -> Self;
         fn ip6(self, ip: &str) -> Self;
         fn no_mac(self) -> Self;
+        fn created(self, unix_secs: i64) -> Self;
     }
 
     impl Build for NodeView {
@@ -264,15 +348,25 @@ mod tests {
             self
         }
         fn ip4(mut self, ip: &str) -> Self {
-            self.ipv4 = Some(ip.parse::<Ipv4Addr>().unwrap());
+            let v4 = ip.parse::<Ipv4Addr>().unwrap();
+            self.ipv4 = Some(v4);
+            self.addresses.retain(IpAddr::is_ipv6);
+            self.addresses.push(IpAddr::V4(v4));
             self
         }
         fn ip6(mut self, ip: &str) -> Self {
-            self.ipv6 = Some(ip.parse::<Ipv6Addr>().unwrap());
+            let v6 = ip.parse::<Ipv6Addr>().unwrap();
+            self.ipv6 = Some(v6);
+            self.addresses.retain(IpAddr::is_ipv4);
+            self.addresses.push(IpAddr::V6(v6));
             self
         }
         fn no_mac(mut self) -> Self {
             self.vtep_mac = None;
+            self
+        }
+        fn created(mut self, unix_secs: i64) -> Self {
+            self.created = Some(Time(k8s_openapi::jiff::Timestamp::from_second(unix_secs).unwrap()));
             self
         }
     }
@@ -391,7 +485,7 @@ mod tests {
         assert!(!d.routes.contains_key(&net("10.244.1.0/25")));
         let reasons: Vec<String> = d.skipped.iter().map(|(n, r)| format!("{n}: {r}")).collect();
         assert!(reasons.iter().any(|r| r.starts_with("v4only: no IPv6")), "{reasons:?}");
-        assert!(reasons.iter().any(|r| r.starts_with("clash:") && r.contains("overlaps")), "{reasons:?}");
+        assert!(d.refused.iter().any(|r| r.node == "clash" && r.reason.contains("overlaps")), "{:?}", d.refused);
         assert!(!reasons.iter().any(|r| r.starts_with("pending")));
 
         let d = compute(&config("vxlan"), &me(), &underlay(), vtep_mac_for("n1"), &nodes);
@@ -408,41 +502,163 @@ mod tests {
     }
 
     #[test]
-    fn a_pod_cidr_or_vtep_mac_claimed_twice_goes_to_the_first_node_by_name() {
-        // Same pod CIDRs and VTEP MAC as n2, another address.
-        let mut twin = same_segment().ip4("198.51.100.50");
-        twin.name = "n0-twin".into();
-        let mut mac_thief = other_segment();
-        mac_thief.vtep_mac = same_segment().vtep_mac;
-        for order in
-            [[same_segment(), twin.clone(), mac_thief.clone()], [mac_thief.clone(), twin.clone(), same_segment()]]
-        {
+    fn a_pod_cidr_claimed_twice_goes_to_the_older_node_whatever_the_order() {
+        // Same pod CIDRs as n2, another address; created after n2 but first by name.
+        let twin = node("a-twin").cidrs(&["10.244.2.0/24"]).ip4("198.51.100.50").created(200);
+        for order in [[same_segment().created(100), twin.clone()], [twin.clone(), same_segment().created(100)]] {
             let mut nodes = vec![me()];
             nodes.extend(order);
             let d = compute(&config("vxlan"), &me(), &underlay(), vtep_mac_for("n1"), &nodes);
-            // "n0-twin" sorts before n2, the first owner of 10.244.2.0/24 and its MAC, and wins both.
-            assert_eq!(d.fdb.get(&vtep_mac_for("n2")), Some(&"198.51.100.50".parse().unwrap()));
-            assert!(!d.routes.contains_key(&net("10.244.3.0/24")), "n3 reuses n2's MAC: not programmed");
-            assert!(
-                d.skipped.iter().any(|(n, why)| n == &same_segment().name && why.contains("already node n0-twin's"))
-            );
-            assert!(
-                d.skipped.iter().any(|(n, why)| n == &mac_thief.name && why.contains("VTEP MAC")),
-                "{:?}",
-                d.skipped
-            );
+            assert_eq!(d.fdb.get(&vtep_mac_for("n2")), Some(&ip("198.51.100.12")), "the older n2 keeps its CIDR");
+            assert!(!d.fdb.contains_key(&vtep_mac_for("a-twin")));
+            assert!(d.refused.iter().any(|r| r.node == "a-twin" && r.field == FIELD_POD_CIDRS), "{:?}", d.refused);
         }
     }
 
     #[test]
     fn changes_of_a_peer_show_up_in_the_desired_state() {
         let before = compute(&config("vxlan"), &me(), &underlay(), vtep_mac_for("n1"), &[me(), same_segment()]);
-        let mut moved = same_segment().ip4("198.51.100.99");
-        moved.vtep_mac = Some([0x0e, 1, 2, 3, 4, 5]);
+        let moved = same_segment().ip4("198.51.100.99").cidrs(&["10.244.7.0/24"]);
         let after = compute(&config("vxlan"), &me(), &underlay(), vtep_mac_for("n1"), &[me(), moved]);
-        assert_eq!(after.fdb[&[0x0e, 1, 2, 3, 4, 5]], ip("198.51.100.99"));
-        assert!(!after.fdb.contains_key(&vtep_mac_for("n2")));
+        assert_eq!(after.fdb[&vtep_mac_for("n2")], ip("198.51.100.99"));
         assert_ne!(before.neighbours, after.neighbours);
+    }
+
+    /// A Node as the API serves it (creation time in Unix seconds).
+    fn api_node(name: &str, created: i64, cidrs: &[&str], ips: &[(&str, &str)], ann: &[(&str, &str)]) -> WatchedNode {
+        use k8s_openapi::api::core::v1::NodeAddress;
+        use kube::api::ObjectMeta;
+
+        use crate::wire::{WatchedSpec, WatchedStatus, WeftAnnotations};
+        WatchedNode {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                uid: Some(format!("uid-{name}")),
+                creation_timestamp: Some(Time(k8s_openapi::jiff::Timestamp::from_second(created).unwrap())),
+                ..ObjectMeta::default()
+            },
+            spec: Some(WatchedSpec { pod_cidr: None, pod_cidrs: Some(cidrs.iter().map(|c| c.to_string()).collect()) }),
+            status: Some(WatchedStatus {
+                addresses: Some(
+                    ips.iter().map(|(t, a)| NodeAddress { type_: t.to_string(), address: a.to_string() }).collect(),
+                ),
+            }),
+            weft: WeftAnnotations::from_annotations(ann.iter().map(|(k, v)| (k.to_string(), v.to_string()))),
+        }
+    }
+
+    /// The legitimate cluster: this node n1 and its peer n2, both with the
+    /// annotations their agents publish.
+    fn legit() -> Vec<WatchedNode> {
+        let n = |name: &str, i: u8| {
+            let (v4, v6) = (format!("198.51.100.1{i}"), format!("2001:db8:a::1{i}"));
+            let mac = libweft::netlink::format_mac(&vtep_mac_for(name));
+            api_node(
+                name,
+                100,
+                &[&format!("10.244.{i}.0/24"), &format!("fd00:10:244:{i}::/64")],
+                &[("InternalIP", &v4), ("InternalIP", &v6), ("Hostname", name)],
+                &[(ANN_PUBLIC_IP, &v4), (ANN_PUBLIC_IPV6, &v6), (ANN_VTEP_MAC, &mac)],
+            )
+        };
+        vec![n("n1", 1), n("n2", 2)]
+    }
+
+    #[test]
+    fn hostile_nodes_get_nothing_and_the_legitimate_peer_keeps_its_routes() {
+        let evil_mac = libweft::netlink::format_mac(&vtep_mac_for("zz-evil"));
+        let n2_mac = libweft::netlink::format_mac(&vtep_mac_for("n2"));
+        let internal = [("InternalIP", "198.51.100.66")];
+        // Created in n2's second: the UID decides, which the API server assigns, not the Node's author.
+        let mut same_second = api_node("a-evil", 100, &["10.244.2.0/24"], &internal, &[]);
+        same_second.metadata.uid = Some("uid-zz".into());
+        #[rustfmt::skip]
+        let table: Vec<(&str, WatchedNode, &[&str], &[&str])> = vec![
+            // (case, hostile Node, its CIDRs that get a route, addresses expected in nodes4)
+            ("nested in a peer's CIDR, with an external public IP",
+                api_node("zz-evil", 200, &["10.244.2.0/25"], &internal, &[(ANN_PUBLIC_IP, "198.51.100.99")]),
+                &[], &[]),
+            ("nested in this node's CIDR", api_node("zz-evil", 200, &["10.244.1.128/25"], &internal, &[]), &[], &[]),
+            ("a /0", api_node("zz-evil", 200, &["0.0.0.0/0"], &internal, &[]), &[], &["198.51.100.66"]),
+            ("outside the clusterCIDRs", api_node("zz-evil", 200, &["10.96.0.0/24"], &internal, &[]),
+                &[], &["198.51.100.66"]),
+            ("a peer's VTEP MAC", api_node("zz-evil", 200, &["10.244.9.0/24"], &internal, &[(ANN_VTEP_MAC, &n2_mac)]),
+                &[], &[]),
+            ("a public IP not among its addresses",
+                api_node("zz-evil", 200, &["10.244.9.0/24"], &internal,
+                    &[(ANN_PUBLIC_IP, "203.0.113.200"), (ANN_VTEP_MAC, &evil_mac)]),
+                &["10.244.9.0/24"], &["198.51.100.66"]),
+            ("a peer's address", api_node("zz-evil", 200, &["10.244.9.0/24"], &[("InternalIP", "198.51.100.12")], &[]),
+                &[], &[]),
+            ("this node's address, as ExternalIP and public IP",
+                api_node("zz-evil", 200, &["10.244.9.0/24"], &[("ExternalIP", "198.51.100.11")],
+                    &[(ANN_PUBLIC_IP, "198.51.100.11")]),
+                &[], &[]),
+            ("an older peer's CIDR, first by name", api_node("a-evil", 200, &["10.244.2.0/24"], &internal, &[]),
+                &[], &[]),
+            ("an older peer's CIDR, created at the same second (UID decides)", same_second, &[], &[]),
+        ];
+        let cfg = config("auto");
+        for backend in ["routes", "vxlan", "auto"] {
+            let mut cfg = cfg.clone();
+            cfg.backend = backend.parse().unwrap();
+            for (case, hostile, routed, extra_ips) in &table {
+                let mut objects = legit();
+                objects.insert(0, hostile.clone());
+                let mut rejected = Vec::new();
+                let nodes: Vec<NodeView> =
+                    objects.iter().map(|n| NodeView::from_node(n, &cfg.cluster_cidrs, &mut rejected)).collect();
+                let local = nodes.iter().find(|n| n.name == "n1").unwrap().clone();
+                let obs = Observation {
+                    local,
+                    nodes,
+                    underlay: underlay(),
+                    vtep_mac: vtep_mac_for("n1"),
+                    offload_default: true,
+                    portmap_installed: false,
+                };
+                let d = super::compute(&cfg, &obs);
+                let k = &d.kernel;
+                let what = format!("{backend}: {case}: {k:?} {rejected:?}");
+                // The legitimate peer keeps both of its routes, and its hop.
+                let n2 = if backend == "vxlan" {
+                    assert_eq!(k.fdb.get(&vtep_mac_for("n2")), Some(&ip("198.51.100.12")), "{what}");
+                    assert_eq!(k.neighbours.get(&ip("10.244.2.0")), Some(&vtep_mac_for("n2")), "{what}");
+                    Hop::Vxlan { gateway: ip("10.244.2.0") }
+                } else {
+                    Hop::Direct { gateway: ip("198.51.100.12") }
+                };
+                assert_eq!(k.routes.get(&net("10.244.2.0/24")), Some(&n2), "{what}");
+                assert!(k.routes.contains_key(&net("fd00:10:244:2::/64")), "{what}");
+                // The hostile Node gets what is its own, or nothing at all.
+                let mut want: Vec<IpNetwork> = vec![net("10.244.2.0/24"), net("fd00:10:244:2::/64")];
+                want.extend(routed.iter().map(|c| net(c)));
+                want.sort();
+                assert_eq!(k.routes.keys().copied().collect::<Vec<_>>(), want, "{what}");
+                for (cidr, hop) in &k.routes {
+                    let gw = match hop {
+                        Hop::Direct { gateway } | Hop::Vxlan { gateway } => *gateway,
+                    };
+                    assert_ne!(gw, ip("198.51.100.99"), "{what}: {cidr}");
+                    assert_ne!(gw, ip("203.0.113.200"), "{what}: {cidr}");
+                }
+                if routed.is_empty() {
+                    assert!(!k.fdb.contains_key(&vtep_mac_for("zz-evil")), "{what}");
+                    assert!(k.neighbours.len() <= 2 && k.fdb.len() <= 1, "{what}");
+                    assert!(!k.peer_backends.keys().any(|n| n.ends_with("evil")), "{what}");
+                    let refused = k.refused.iter().any(|r| r.node.ends_with("evil"));
+                    let unparsed = rejected.iter().any(|r| r.node.ends_with("evil"));
+                    assert!(refused || unparsed, "{what}: the refusal is reported");
+                }
+                // Masquerade exemptions: the Nodes' own status addresses, nothing else.
+                let mut ips = vec!["198.51.100.11", "198.51.100.12"];
+                ips.extend(extra_ips.iter());
+                ips.sort();
+                let nodes4: Vec<String> =
+                    d.nft.node_ips.iter().filter(|i| i.is_ipv4()).map(ToString::to_string).collect();
+                assert_eq!(nodes4, ips, "{what}");
+            }
+        }
     }
 
     #[test]
@@ -473,7 +689,7 @@ mod tests {
     fn observation(portmap: bool) -> Observation {
         Observation {
             local: me(),
-            nodes: vec![me(), same_segment(), other_segment(), same_segment()],
+            nodes: vec![me(), same_segment(), other_segment()],
             underlay: underlay(),
             vtep_mac: vtep_mac_for("n1"),
             offload_default: true,
