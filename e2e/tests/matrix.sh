@@ -7,6 +7,10 @@
 #   - the agent pod is deleted and restarted: an established cross-node TCP
 #     connection keeps flowing;
 #   - a node is deleted from the API: peers drop its routes within seconds;
+#   - the API server is down for 60 s, then again with etcd compacted so
+#     the watches relist (410 Gone): traffic keeps flowing, no route
+#     changes, the agents write nothing to the kernel afterwards, and the
+#     watches resume;
 #   - weft is killed with SIGKILL in the middle of ADD: kubelet retries, the
 #     pod comes up, nothing leaks, no address is doubled; a planted leak is
 #     reclaimed by weft-agent's IPAM GC;
@@ -33,7 +37,8 @@ agent_restart_keeps_tcp() {
   read -r _ node_b b4 _ <<<"${p[1]}"
   [[ $node_a != "$node_b" ]] || fail "tcp pods share a node"
   # One TCP connection, a line every 0.25 s for 15 s; the echo server sends each back.
-  K exec "$a" -- sh -c "(i=0; while [ \$i -lt 60 ]; do echo l\$i; i=\$((i+1)); sleep 0.25; done) | nc $b4 8080 >/tmp/stream 2>&1 &"
+  # Wholly redirected and backgrounded, so that kubectl exec returns at once.
+  K exec "$a" -- sh -c "{ (i=0; while [ \$i -lt 60 ]; do echo l\$i; i=\$((i+1)); sleep 0.25; done) | nc $b4 8080; } >/tmp/stream 2>&1 </dev/null &"
   sleep 2
   agent=$(K -n kube-system get pods -l app.kubernetes.io/name=weft --field-selector "spec.nodeName=$node_a" -o name)
   K -n kube-system delete "$agent" --wait=true >/dev/null
@@ -45,15 +50,29 @@ agent_restart_keeps_tcp() {
   pass "agent pod restarted: an established cross-node TCP connection kept flowing (60/60 lines)"
 }
 
-deleted_node_routes_vanish() {
+# A Node with no kubelet that weft believes: its public IP is among its
+# status addresses and its VTEP MAC is the one derived from its name
+# (FNV-1a of the name, as weft-agent's vtep_mac_for).
+add_ghost_node() {
+  local mac
+  mac=$(python3 -c 'import sys
+h = 0xcbf29ce484222325
+for b in b"ghost": h = ((h ^ b) * 0x100000001b3) & 0xFFFFFFFFFFFFFFFF
+print(":".join(["0e"] + ["%02x" % x for x in h.to_bytes(8, "big")[:5]]))')
   K apply -f - >/dev/null <<YAML
 apiVersion: v1
 kind: Node
 metadata:
   name: ghost
-  annotations: {weft.dev/public-ip: 198.51.100.99, weft.dev/vtep-mac: "0e:00:00:00:00:99", weft.dev/backend: vxlan}
+  annotations: {weft.dev/public-ip: 198.51.100.99, weft.dev/vtep-mac: "$mac", weft.dev/backend: vxlan}
 spec: {podCIDR: 10.244.99.0/24, podCIDRs: [10.244.99.0/24]}
 YAML
+  K patch node ghost --subresource=status --type=merge \
+    -p '{"status":{"addresses":[{"type":"InternalIP","address":"198.51.100.99"}]}}' >/dev/null
+}
+
+deleted_node_routes_vanish() {
+  add_ghost_node
   eventually 10 bash -c "'$E2E/cluster' exec node1 -- ip route show proto 88 | grep -q 10.244.99.0/24" || fail "no route to a new node's podCIDR"
   K delete node ghost >/dev/null
   local t0=$SECONDS
@@ -148,6 +167,74 @@ node_reboot_recovers() {
   pass "$n rebooted: its pods came back with fresh addresses, reachable across nodes, none doubled, none leaked"
 }
 
+# A counter of the agent on a node, summed over its labels.
+agent_counter() { # node metric
+  on "$1" -- busybox wget -qO- http://127.0.0.1:9959/metrics | awk -v m="$2" '$1 == m || index($1, m "{") == 1 {s += $2} END {print s + 0}'
+}
+peer_routes_of() { on "$1" -- ip route show proto 88; on "$1" -- ip -6 route show proto 88; }
+
+# A Node appears and goes again: every node routes it, then drops it.
+# Bounded at 120 s: after an outage each agent's watch reconnects on its
+# own backoff (up to 30 s), behind kube-proxy's own reconnect (the agents
+# reach the API server through the kubernetes Service).
+ghost_comes_and_goes() {
+  local n
+  add_ghost_node
+  for n in "$@"; do
+    eventually 120 bash -c "'$E2E/cluster' exec $n -- ip route show proto 88 | grep -q 10.244.99.0/24" || fail "$n never routed a new Node"
+  done
+  K delete node ghost >/dev/null
+  for n in "$@"; do
+    eventually 30 bash -c "! '$E2E/cluster' exec $n -- ip route show proto 88 | grep -q 10.244.99.0/24" || fail "$n kept a deleted Node's route"
+  done
+}
+
+# The API server stops for 60 s (and, with "compact", etcd is compacted
+# meanwhile, so every watch that resumes gets 410 Gone and relists): an
+# established cross-node TCP stream keeps flowing, no node's routes change
+# during the outage, and afterwards the watches resume and the relist
+# writes nothing to the kernel: once a Node created after the outage has
+# come and gone, each agent's kernel writes grew by exactly what the same
+# Node cost before the outage.
+api_outage_changes_nothing() { # plain|compact
+  local mode=$1 n a node_a b4 lines nodes
+  local -A w0 w1 routes
+  nodes=$(K get nodes -o name | sed 's|node/||')
+  deploy_echo outage 2
+  eventually 90 all_running outage 2 || fail "outage pods not Running"
+  mapfile -t p < <(pod_table outage)
+  read -r a node_a _ _ <<<"${p[0]}"
+  read -r _ node_b b4 _ <<<"${p[1]}"
+  [[ $node_a != "$node_b" ]] || fail "outage pods share a node"
+  for n in $nodes; do w0[$n]=$(agent_counter "$n" weft_kernel_writes_total); done
+  # shellcheck disable=SC2086  # a list of nodes
+  ghost_comes_and_goes $nodes
+  for n in $nodes; do w1[$n]=$(agent_counter "$n" weft_kernel_writes_total); routes[$n]=$(peer_routes_of "$n"); done
+  # One TCP connection, a line every 0.5 s for 100 s; the echo server sends each back.
+  K exec "$a" -- sh -c "{ (i=0; while [ \$i -lt 200 ]; do echo l\$i; i=\$((i+1)); sleep 0.5; done) | nc $b4 8080; } >/tmp/stream 2>&1 </dev/null &"
+  sleep 3
+  "$E2E/cluster" apiserver stop
+  [[ $mode == compact ]] && "$E2E/cluster" etcd-compact >/dev/null
+  sleep 60
+  for n in $nodes; do
+    [[ $(peer_routes_of "$n") == "${routes[$n]}" ]] || fail "$n's routes changed while the API server was down"
+  done
+  "$E2E/cluster" apiserver start
+  # shellcheck disable=SC2086
+  ghost_comes_and_goes $nodes
+  for n in $nodes; do
+    [[ $(peer_routes_of "$n") == "${routes[$n]}" ]] || fail "$n's routes differ after the API server came back ($mode)"
+    local cost=$((w1[$n] - w0[$n])) now
+    now=$(agent_counter "$n" weft_kernel_writes_total)
+    [[ $((now - w1[$n])) == "$cost" ]] ||
+      fail "$n's agent wrote $((now - w1[$n] - cost)) times to the kernel beyond a new Node's $cost after the API server came back ($mode)"
+  done
+  eventually 60 bash -c "[[ \$('$E2E/cluster' kubectl exec $a -- sh -c 'wc -l </tmp/stream') == 200 ]]" ||
+    fail "the TCP stream across nodes broke during the API server outage ($(K exec "$a" -- sh -c 'wc -l </tmp/stream') of 200 lines echoed)"
+  K delete deployment outage --wait=false >/dev/null
+  pass "API server down 60 s ($mode): traffic flowed, no route changed, the watches resumed and the relist wrote nothing to the kernel"
+}
+
 upgrade_to_routes() {
   local n routes
   "$E2E/cluster" helm upgrade weft "$ROOT/charts/weft" -n kube-system --reuse-values --set config.backend=routes --wait --timeout 120s >/dev/null
@@ -199,9 +286,13 @@ for cfg in "${configs[@]}"; do
     [[ $peer_routes == *weft.vxlan* ]] || fail "auto across segments must use VXLAN to node2: $peer_routes"
   fi
   "$E2E/tests/connectivity.sh"
+  # The soak's short run (the full 2,000 cycles: e2e/tests/soak.sh alone).
+  if [[ $backend == routes && $family == dual ]]; then "$E2E/tests/soak.sh" --cycles 100; fi
   if [[ $backend == vxlan ]]; then
     agent_restart_keeps_tcp
     deleted_node_routes_vanish
+    api_outage_changes_nothing plain
+    api_outage_changes_nothing compact
     gc_reclaims_a_planted_leak
     sigkill_mid_add
     node_reboot_recovers
