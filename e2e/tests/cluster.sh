@@ -25,6 +25,20 @@ for n in node1 node2; do
 done
 pass "both nodes Ready with IPv4 and IPv6 podCIDRs"
 
+# weft-agent runs under the chart's ClusterRole (the nodes' annotations it
+# published show it works), and that role cannot touch a Node's spec,
+# labels or taints: only nodes/status may be patched.
+sa=system:serviceaccount:kube-system:weft
+for verb in get list watch; do
+  [[ $(K auth can-i "$verb" nodes --as "$sa") == yes ]] || fail "weft's service account cannot $verb nodes"
+done
+[[ $(K auth can-i patch nodes/status --as "$sa") == yes ]] || fail "weft's service account cannot patch nodes/status"
+for verb in patch update delete create; do
+  [[ $(K auth can-i "$verb" nodes --as "$sa" 2>/dev/null) == no ]] || fail "weft's service account may $verb nodes (spec, labels, taints)"
+done
+[[ -n $(K get node node1 -o jsonpath='{.metadata.annotations.weft\.dev/vtep-mac}') ]] || fail "node1 has no weft.dev/vtep-mac annotation"
+pass "weft-agent works under the chart's ClusterRole, which may patch nodes/status only (not a Node's spec, labels or taints)"
+
 deploy_echo echo 4
 eventually 90 all_running echo 4 || { K get pods -o wide; K get events | tail -20; fail "pods not Running"; }
 mapfile -t pods < <(pod_table echo)

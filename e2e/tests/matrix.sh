@@ -197,12 +197,12 @@ ghost_comes_and_goes() {
 # come and gone, each agent's kernel writes grew by exactly what the same
 # Node cost before the outage.
 api_outage_changes_nothing() { # plain|compact
-  local mode=$1 n a node_a b4 lines nodes
+  local mode=$1 app=outage-$1 n a node_a b4 nodes
   local -A w0 w1 routes
   nodes=$(K get nodes -o name | sed 's|node/||')
-  deploy_echo outage 2
-  eventually 90 all_running outage 2 || fail "outage pods not Running"
-  mapfile -t p < <(pod_table outage)
+  deploy_echo "$app" 2
+  eventually 90 all_running "$app" 2 || fail "$app pods not Running"
+  mapfile -t p < <(pod_table "$app")
   read -r a node_a _ _ <<<"${p[0]}"
   read -r _ node_b b4 _ <<<"${p[1]}"
   [[ $node_a != "$node_b" ]] || fail "outage pods share a node"
@@ -231,7 +231,7 @@ api_outage_changes_nothing() { # plain|compact
   done
   eventually 60 bash -c "[[ \$('$E2E/cluster' kubectl exec $a -- sh -c 'wc -l </tmp/stream') == 200 ]]" ||
     fail "the TCP stream across nodes broke during the API server outage ($(K exec "$a" -- sh -c 'wc -l </tmp/stream') of 200 lines echoed)"
-  K delete deployment outage --wait=false >/dev/null
+  K delete deployment "$app" --wait=false >/dev/null
   pass "API server down 60 s ($mode): traffic flowed, no route changed, the watches resumed and the relist wrote nothing to the kernel"
 }
 
