@@ -104,14 +104,18 @@ struct Peer {
 
 fn peer(i: usize) -> Peer {
     let (hi, lo) = ((i >> 8) as u8, (i & 0xff) as u8);
+    let name = format!("peer-{i:05}");
+    // The agent believes only the VTEP MAC derived from the name (its
+    // vtep_mac_for: 0e + the first five bytes of the name's FNV-1a).
+    let h = libweft::netlink::stable_hash(name.bytes()).to_be_bytes();
     Peer {
-        name: format!("peer-{i:05}"),
+        mac: libweft::netlink::format_mac(&[0x0e, h[0], h[1], h[2], h[3], h[4]]),
+        name,
         v4: format!("10.{hi}.{lo}.0/24").parse().expect("valid"),
         v6: format!("fd00:10:0:{i:x}::/64").parse().expect("valid"),
         // 198.18.1.0 onwards; 198.18.0.x is the bench's own.
         ip4: Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 1, 0)) + i as u32),
         ip6: format!("2001:2::1:{i:x}"),
-        mac: format!("0e:be:00:{:02x}:{hi:02x}:{lo:02x}", (i >> 16) as u8),
     }
 }
 
@@ -122,6 +126,10 @@ fn node_object(p: &Peer) -> Node {
             "weft.dev/public-ip": p.ip4.to_string(), "weft.dev/public-ipv6": p.ip6,
             "weft.dev/vtep-mac": p.mac, "weft.dev/backend": "vxlan"}},
         "spec": {"podCIDR": p.v4.to_string(), "podCIDRs": [p.v4.to_string(), p.v6.to_string()]},
+        // The agent believes a public IP only among the Node's own addresses.
+        "status": {"addresses": [
+            {"type": "InternalIP", "address": p.ip4.to_string()},
+            {"type": "InternalIP", "address": p.ip6}]},
     }))
     .expect("a valid Node")
 }
