@@ -32,7 +32,7 @@ sa=system:serviceaccount:kube-system:weft
 for verb in get list watch; do
   [[ $(K auth can-i "$verb" nodes --as "$sa") == yes ]] || fail "weft's service account cannot $verb nodes"
 done
-[[ $(K auth can-i patch nodes/status --as "$sa") == yes ]] || fail "weft's service account cannot patch nodes/status"
+[[ $(K auth can-i patch nodes --subresource status --as "$sa") == yes ]] || fail "weft's service account cannot patch nodes/status"
 for verb in patch update delete create; do
   [[ $(K auth can-i "$verb" nodes --as "$sa" 2>/dev/null) == no ]] || fail "weft's service account may $verb nodes (spec, labels, taints)"
 done
