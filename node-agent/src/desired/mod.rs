@@ -38,7 +38,8 @@ pub struct Desired {
 
 /// Computes every output from the configuration and one observation.
 pub fn compute(config: &Config, obs: &Observation) -> Desired {
-    let kernel = kernel_state(config, &obs.local, &obs.underlay, obs.vtep_mac, &obs.nodes, obs.offload_default);
+    let underlay = obs.underlay.believed(&obs.local.addresses);
+    let kernel = kernel_state(config, &obs.local, &underlay, obs.vtep_mac, &obs.nodes, obs.offload_default);
     // Node addresses keep a pod's source address: only what the Nodes'
     // status.addresses say, and nothing of a refused peer's.
     let refused: Vec<&str> = kernel.refused.iter().map(|r| r.node.as_str()).collect();
@@ -52,7 +53,7 @@ pub fn compute(config: &Config, obs: &Observation) -> Desired {
         nft: NftTable::new(&obs.local.pod_cidrs, &node_ips),
         node_config: files::node_config(config, &obs.local.name, &obs.local.pod_cidrs, kernel.pod_mtu),
         conflist: files::conflist(config, obs.portmap_installed),
-        annotations: own_annotations(&obs.underlay, obs.vtep_mac, config.backend),
+        annotations: own_annotations(&underlay, obs.vtep_mac, config.backend),
         kernel,
     }
 }

@@ -27,6 +27,41 @@ impl Underlay {
     pub fn vxlan_family_v6(&self) -> bool {
         self.v4.is_none()
     }
+
+    /// Only the addresses peers will believe: those among the own Node's
+    /// `status.addresses` (an IPv6-only cluster's kubelet reports no
+    /// IPv4, so VXLAN must then travel over IPv6). Unchanged when that
+    /// would leave no address: with nothing to publish, peers could not
+    /// reach this node at all.
+    pub fn believed(&self, addresses: &[IpAddr]) -> Underlay {
+        let keep = |n: Option<IpNetwork>| n.filter(|n| addresses.contains(&n.ip()));
+        let (v4, v6) = (keep(self.v4), keep(self.v6));
+        if v4.is_none() && v6.is_none() {
+            return self.clone();
+        }
+        Underlay { v4, v6, ..self.clone() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn believed_keeps_only_addresses_the_node_reports() {
+        let u = Underlay {
+            ifindex: 2,
+            mtu: 1500,
+            v4: Some("198.51.100.11/24".parse().expect("valid")),
+            v6: Some("2001:db8:a::11/64".parse().expect("valid")),
+        };
+        let v6_only = u.believed(&["2001:db8:a::11".parse().expect("valid")]);
+        assert_eq!(v6_only.v4, None);
+        assert_eq!(v6_only.v6, u.v6);
+        assert!(v6_only.vxlan_family_v6());
+        assert_eq!(u.believed(&[]), u);
+        assert_eq!(u.believed(&["203.0.113.9".parse().expect("valid")]), u);
+    }
 }
 
 /// Why the underlay could not be found.
