@@ -14,7 +14,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::State;
@@ -34,7 +34,12 @@ struct Shared {
     metrics: Arc<Metrics>,
     /// The loop must have run within this many seconds to count as alive.
     stale_after: u64,
+    /// When the drop counters were last read from nftables: at most once
+    /// per [`DROPS_REFRESH`], so a flood of scrapes cannot fork `nft` in a loop.
+    drops_read: Arc<tokio::sync::Mutex<Option<Instant>>>,
 }
+
+const DROPS_REFRESH: Duration = Duration::from_secs(5);
 
 /// What one listener lets its clients take.
 #[derive(Debug, Clone, Copy)]
@@ -64,7 +69,7 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     stale_after: u64,
 ) -> anyhow::Result<()> {
-    let shared = Shared { health, metrics, stale_after };
+    let shared = Shared { health, metrics, stale_after, drops_read: Arc::default() };
     let probes = Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz));
     let scrape = Router::new().route("/metrics", get(metrics_text));
     if health_addr == metrics_addr {
@@ -146,13 +151,19 @@ async fn readyz(State(s): State<Shared>) -> (StatusCode, &'static str) {
 }
 
 async fn metrics_text(State(s): State<Shared>) -> ([(&'static str, &'static str); 1], String) {
+    {
+        let mut last = s.drops_read.lock().await;
+        if last.is_none_or(|t| t.elapsed() >= DROPS_REFRESH) {
+            s.metrics.set_dropped(&crate::apply::nftables::drop_counts().await);
+            *last = Some(Instant::now());
+        }
+    }
     ([("content-type", "text/plain; version=0.0.4")], s.metrics.encode())
 }
 
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::AtomicU64;
-    use std::time::Instant;
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
@@ -160,7 +171,8 @@ mod tests {
     use super::*;
 
     fn app() -> Router {
-        let shared = Shared { health: Arc::default(), metrics: Arc::default(), stale_after: 60 };
+        let shared =
+            Shared { health: Arc::default(), metrics: Arc::default(), stale_after: 60, drops_read: Arc::default() };
         Router::new().route("/healthz", get(healthz)).route("/metrics", get(metrics_text)).with_state(shared)
     }
 

@@ -35,6 +35,11 @@ pub struct FieldLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SubnetLabel {
     pub subnet: String,
 }
@@ -65,6 +70,9 @@ pub struct Metrics {
     pub sync_errors: Family<OutputLabel, Counter>,
     /// Passes run, by what woke the loop (start, node, drift, resync, retry).
     pub sync_passes: Family<TriggerLabel, Counter>,
+    /// Packets weft's nftables table dropped, by reason (its named
+    /// counters, read when scraped).
+    pub dropped_packets: Family<ReasonLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -96,6 +104,7 @@ impl Metrics {
             kernel_writes: Family::default(),
             sync_errors: Family::default(),
             sync_passes: Family::default(),
+            dropped_packets: Family::default(),
             registry: Registry::default(),
         };
         registry.register("peers", "Peer nodes by the backend used to reach them", m.peers.clone());
@@ -148,6 +157,11 @@ impl Metrics {
             "Passes run, by trigger: start, node (a Node event), drift (the kernel changed what weft owns), resync, retry",
             m.sync_passes.clone(),
         );
+        registry.register(
+            "dropped_packets",
+            "Packets dropped by weft's nftables table, by reason: spoofed_source, pod_vxlan, vxlan_unknown_peer (reset when the table is replaced)",
+            m.dropped_packets.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -171,6 +185,14 @@ impl Metrics {
     /// Counts one failed apply of `output`.
     pub fn sync_error(&self, output: &str) {
         self.sync_errors.get_or_create(&OutputLabel { output: output.to_string() }).inc();
+    }
+
+    /// Sets the dropped-packet counters to what the table's counters say.
+    pub fn set_dropped(&self, counts: &[(&str, u64)]) {
+        for (reason, packets) in counts {
+            let c = self.dropped_packets.get_or_create(&ReasonLabel { reason: reason.to_string() });
+            c.inner().store(*packets, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// The text exposition.

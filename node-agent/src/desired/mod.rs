@@ -49,8 +49,17 @@ pub fn compute(config: &Config, obs: &Observation) -> Desired {
         .filter(|n| n.name == obs.local.name || !refused.contains(&n.name.as_str()))
         .flat_map(|n| n.addresses.iter().copied())
         .collect();
+    // VXLAN is taken only from the peers believed, at the underlay
+    // addresses they may send from (both families: a peer's choice of
+    // family for the tunnel is its own).
+    let vxlan_peers: Vec<IpAddr> = obs
+        .nodes
+        .iter()
+        .filter(|n| n.name != obs.local.name && !refused.contains(&n.name.as_str()))
+        .flat_map(|n| [n.ip(false), n.ip(true)].into_iter().flatten())
+        .collect();
     Desired {
-        nft: NftTable::new(&obs.local.pod_cidrs, &node_ips),
+        nft: NftTable::new(&obs.local.pod_cidrs, &node_ips, &vxlan_peers),
         node_config: files::node_config(config, &obs.local.name, &obs.local.pod_cidrs, kernel.pod_mtu),
         conflist: files::conflist(config, obs.portmap_installed),
         annotations: own_annotations(&underlay, obs.vtep_mac, config.backend),
@@ -658,6 +667,10 @@ mod tests {
                 let nodes4: Vec<String> =
                     d.nft.node_ips.iter().filter(|i| i.is_ipv4()).map(ToString::to_string).collect();
                 assert_eq!(nodes4, ips, "{what}");
+                // VXLAN is taken from believed peers only: never from the hostile claims.
+                for bad in ["198.51.100.99", "203.0.113.200"] {
+                    assert!(!d.nft.vxlan_peers.contains(&ip(bad)), "{what}: VXLAN from {bad}");
+                }
             }
         }
     }
@@ -710,6 +723,9 @@ mod tests {
             ips,
             ["198.51.100.11", "198.51.100.12", "203.0.113.13", "2001:db8:a::11", "2001:db8:a::12", "2001:db8:b::13"]
         );
+        // VXLAN only from the peers' underlay addresses, never from the node itself.
+        let peers: Vec<String> = d.nft.vxlan_peers.iter().map(ToString::to_string).collect();
+        assert_eq!(peers, ["198.51.100.12", "203.0.113.13", "2001:db8:a::12", "2001:db8:b::13"]);
         // node.json: the pods' MTU, which VXLAN in auto makes 1450.
         assert_eq!(d.node_config.node_name, "n1");
         assert_eq!(d.node_config.subnets, vec!["10.244.1.0/24", "fd00:10:244:1::/64"]);

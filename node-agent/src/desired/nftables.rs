@@ -1,40 +1,71 @@
-//! The `inet weft` nftables table, as data: masquerade and forwarding.
+//! The `inet weft` nftables table, as data: masquerade, forwarding and the
+//! data plane's trust filters.
 //!
 //! - Pod traffic to anything outside the cluster CIDRs, the nodes' own
 //!   addresses and `nonMasqueradeCIDRs` leaves with the node's address.
 //! - Pod-to-pod and pod-to-node traffic keeps the pod's source address.
 //! - Forwarded pod traffic is accepted in weft's own forward chain. (A drop
 //!   policy in another table still applies: nftables cannot override it.)
+//! - A packet from a pod's host veth must carry that pod's address: strict
+//!   reverse-path filtering by `fib`, one static rule for every `weft*`
+//!   veth, so the ADD path adds no rule. A pod that takes another pod's
+//!   (or any other) address is dropped before conntrack sees it.
+//! - With VXLAN in use, the VXLAN port takes packets only from the underlay
+//!   addresses of believed peers, and pods may not send to that port at
+//!   all: a pod could otherwise inject frames into another node's overlay,
+//!   directly or through masquerade (which gives it this node's address).
 //!
-//! The nodes' addresses sit in sets of their own (`nodes4`, `nodes6`), so
-//! `apply::nftables` can change just their elements when only nodes change.
+//! Every drop has a named counter (see [`DROP_COUNTERS`]). The node and
+//! peer addresses sit in sets of their own (`nodes4/6`, `vxlan_peers4/6`),
+//! so `apply::nftables` can change just their elements when only nodes
+//! change.
 
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 use serde_json::{Value, json};
 
-use crate::config::Config;
+use crate::config::{Backend, Config};
+use crate::desired::VXLAN_DEV;
 
 /// What the table is built from besides the configuration: the own pod
-/// CIDRs and every node's addresses (sorted, without duplicates).
+/// CIDRs, every node's addresses and the believed peers' underlay
+/// addresses (both sorted, without duplicates).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NftTable {
     pub own_cidrs: Vec<IpNetwork>,
     pub node_ips: Vec<IpAddr>,
+    /// Where VXLAN packets may come from.
+    pub vxlan_peers: Vec<IpAddr>,
 }
 
 impl NftTable {
-    pub fn new(own_cidrs: &[IpNetwork], node_ips: &[IpAddr]) -> NftTable {
-        let mut ips = node_ips.to_vec();
-        ips.sort();
-        ips.dedup();
-        NftTable { own_cidrs: own_cidrs.to_vec(), node_ips: ips }
+    pub fn new(own_cidrs: &[IpNetwork], node_ips: &[IpAddr], vxlan_peers: &[IpAddr]) -> NftTable {
+        let sorted = |ips: &[IpAddr]| {
+            let mut ips = ips.to_vec();
+            ips.sort();
+            ips.dedup();
+            ips
+        };
+        NftTable { own_cidrs: own_cidrs.to_vec(), node_ips: sorted(node_ips), vxlan_peers: sorted(vxlan_peers) }
     }
 }
 
 /// weft's table: `nft list table inet weft`.
 pub const TABLE: &str = "weft";
+
+/// The named counters of what weft's table drops, with the reason each
+/// stands for (the `reason` label of `weft_dropped_packets_total`).
+pub const DROP_COUNTERS: [(&str, &str); 3] = [
+    ("spoofed_source", "a pod sent from an address that is not its own"),
+    ("pod_vxlan", "a pod sent to the VXLAN port"),
+    ("vxlan_unknown_peer", "a VXLAN packet came from an address that is no believed peer's"),
+];
+
+/// The name of an address set: `nodes4`, `vxlan_peers6`, …
+pub fn set_name(base: &str, v6: bool) -> String {
+    format!("{base}{}", if v6 { "6" } else { "4" })
+}
 
 fn prefix(net: &IpNetwork) -> Value {
     json!({"prefix": {"addr": net.network().to_string(), "len": net.prefix()}})
@@ -60,28 +91,74 @@ fn matches(proto: &str, field: &str, op: &str, right: Value) -> Value {
     json!({"match": {"op": op, "left": {"payload": {"protocol": proto, "field": field}}, "right": right}})
 }
 
+fn chain(name: &str, kind: &str, hook: &str, prio: i32) -> Value {
+    json!({"add": {"chain": {"family": "inet", "table": TABLE, "name": name,
+        "type": kind, "hook": hook, "prio": prio, "policy": "accept"}}})
+}
+
+fn meta(key: &str, op: &str, right: &str) -> Value {
+    json!({"match": {"op": op, "left": {"meta": {"key": key}}, "right": right}})
+}
+
+fn count_and_drop(counter: &str) -> [Value; 2] {
+    [json!({"counter": counter}), json!({"drop": null})]
+}
+
+fn addresses(ips: &[IpAddr], v6: bool) -> Vec<Value> {
+    ips.iter().filter(|ip| ip.is_ipv6() == v6).map(|ip| json!(ip.to_string())).collect()
+}
+
+/// Whether the table filters VXLAN: when any peer may be reached over it.
+pub fn uses_vxlan(cfg: &Config) -> bool {
+    cfg.backend != Backend::Routes
+}
+
 /// The complete table for this node, as `nft -j` input.
-pub fn ruleset(cfg: &Config, own_cidrs: &[IpNetwork], node_ips: &[IpAddr]) -> Value {
+pub fn ruleset(cfg: &Config, t: &NftTable) -> Value {
     let mut cmds = vec![
         json!({"add": {"table": {"family": "inet", "name": TABLE}}}),
         json!({"delete": {"table": {"family": "inet", "name": TABLE}}}),
         json!({"add": {"table": {"family": "inet", "name": TABLE}}}),
     ];
+    for (name, _) in DROP_COUNTERS {
+        cmds.push(json!({"add": {"counter": {"family": "inet", "table": TABLE, "name": name}}}));
+    }
     for v6 in [false, true] {
-        let fam = if v6 { "6" } else { "4" };
         let cluster: Vec<Value> = cfg.cluster_cidrs.iter().filter(|c| c.is_ipv6() == v6).map(prefix).collect();
         // Destinations that keep the pod's address: the cluster, what the operator listed, and the nodes.
         let mut keep: Vec<Value> = cluster.clone();
         keep.extend(cfg.non_masquerade_cidrs.iter().filter(|c| c.is_ipv6() == v6).map(prefix));
-        let mut ips: Vec<&IpAddr> = node_ips.iter().filter(|ip| ip.is_ipv6() == v6).collect();
-        ips.sort();
-        ips.dedup();
-        cmds.push(set(&format!("cluster{fam}"), v6, true, cluster));
-        cmds.push(set(&format!("keep_source{fam}"), v6, true, keep));
-        cmds.push(set(&format!("nodes{fam}"), v6, false, ips.iter().map(|ip| json!(ip.to_string())).collect()));
+        cmds.push(set(&set_name("cluster", v6), v6, true, cluster));
+        cmds.push(set(&set_name("keep_source", v6), v6, true, keep));
+        cmds.push(set(&set_name("nodes", v6), v6, false, addresses(&t.node_ips, v6)));
+        cmds.push(set(&set_name("vxlan_peers", v6), v6, false, addresses(&t.vxlan_peers, v6)));
     }
-    cmds.push(json!({"add": {"chain": {"family": "inet", "table": TABLE, "name": "forward",
-        "type": "filter", "hook": "forward", "prio": 0, "policy": "accept"}}}));
+
+    // Before conntrack (raw priority), so a forged packet leaves no state.
+    cmds.push(chain("prerouting", "filter", "prerouting", -300));
+    let from_pod = || [meta("iifname", "==", "weft*"), meta("iifname", "!=", VXLAN_DEV)];
+    let rpf_fails =
+        json!({"match": {"op": "==", "left": {"fib": {"result": "oif", "flags": ["saddr", "iif"]}}, "right": false}});
+    cmds.push(rule(
+        "prerouting",
+        [from_pod().to_vec(), vec![rpf_fails], count_and_drop("spoofed_source").to_vec()].concat(),
+    ));
+    if uses_vxlan(cfg) {
+        let vxlan_port = matches("udp", "dport", "==", json!(cfg.vxlan.port));
+        cmds.push(rule(
+            "prerouting",
+            [from_pod().to_vec(), vec![vxlan_port.clone()], count_and_drop("pod_vxlan").to_vec()].concat(),
+        ));
+        cmds.push(chain("input", "filter", "input", 0));
+        for (proto, v6) in [("ip", false), ("ip6", true)] {
+            let unknown = matches(proto, "saddr", "!=", json!(format!("@{}", set_name("vxlan_peers", v6))));
+            cmds.push(rule(
+                "input",
+                [vec![vxlan_port.clone(), unknown], count_and_drop("vxlan_unknown_peer").to_vec()].concat(),
+            ));
+        }
+    }
+    cmds.push(chain("forward", "filter", "forward", 0));
     for (proto, fam) in [("ip", "4"), ("ip6", "6")] {
         for field in ["saddr", "daddr"] {
             cmds.push(rule(
@@ -91,9 +168,8 @@ pub fn ruleset(cfg: &Config, own_cidrs: &[IpNetwork], node_ips: &[IpAddr]) -> Va
         }
     }
     if cfg.masquerade {
-        cmds.push(json!({"add": {"chain": {"family": "inet", "table": TABLE, "name": "postrouting",
-            "type": "nat", "hook": "postrouting", "prio": 100, "policy": "accept"}}}));
-        for own in own_cidrs {
+        cmds.push(chain("postrouting", "nat", "postrouting", 100));
+        for own in &t.own_cidrs {
             let (proto, fam) = if own.is_ipv6() { ("ip6", "6") } else { ("ip", "4") };
             cmds.push(rule(
                 "postrouting",
@@ -112,31 +188,83 @@ pub fn ruleset(cfg: &Config, own_cidrs: &[IpNetwork], node_ips: &[IpAddr]) -> Va
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Backend;
 
-    fn cfg(masquerade: bool) -> Config {
-        let mut c = Config::example(Backend::Auto);
+    fn cfg(backend: Backend, masquerade: bool) -> Config {
+        let mut c = Config::example(backend);
         c.non_masquerade_cidrs = vec!["172.20.0.0/16".parse().unwrap()];
         c.masquerade = masquerade;
         c
     }
 
-    #[test]
-    fn ruleset_parses_as_nft_json_and_masquerades_only_own_pods_leaving_the_cluster() {
+    fn table() -> NftTable {
         let own: Vec<IpNetwork> = vec!["10.244.1.0/24".parse().unwrap(), "fd00:10:244:1::/64".parse().unwrap()];
         let nodes: Vec<IpAddr> = vec!["198.51.100.12".parse().unwrap(), "2001:db8:a::12".parse().unwrap()];
-        let r = ruleset(&cfg(true), &own, &nodes);
+        let peers: Vec<IpAddr> = vec!["198.51.100.13".parse().unwrap()];
+        NftTable::new(&own, &nodes, &peers)
+    }
+
+    /// The rules of `chain`, each as the compact JSON text of its expressions.
+    fn rules(r: &Value, chain: &str) -> Vec<String> {
+        r["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["add"]["rule"]["chain"] == chain)
+            .map(|c| c["add"]["rule"]["expr"].to_string())
+            .collect()
+    }
+
+    #[test]
+    fn ruleset_parses_as_nft_json_and_masquerades_only_own_pods_leaving_the_cluster() {
+        let r = ruleset(&cfg(Backend::Auto, true), &table());
         serde_json::from_value::<nftables::schema::Nftables>(r.clone()).expect("valid nft JSON");
         let text = r.to_string();
         // add, delete, add: the replacement is one transaction even when the table is absent.
         assert_eq!(r["nftables"][0]["add"]["table"]["name"], "weft");
         assert!(r["nftables"][1]["delete"].is_object());
-        assert!(text.contains("\"masquerade\""));
         assert!(text.contains("198.51.100.12") && text.contains("172.20.0.0") && text.contains("2001:db8:a::12"));
-        assert!(text.contains("@nodes4") && text.contains("@nodes6"), "node addresses keep the source");
-        let masq_rules = text.matches("\"masquerade\"").count();
-        assert_eq!(masq_rules, 2, "one per own pod CIDR");
-        let off = ruleset(&cfg(false), &own, &nodes).to_string();
+        let masq = rules(&r, "postrouting");
+        assert_eq!(masq.len(), 2, "one per own pod CIDR: {masq:?}");
+        assert!(masq.iter().all(|m| m.contains("masquerade") && m.contains("@keep_source") && m.contains("@nodes")));
+        let off = ruleset(&cfg(Backend::Auto, false), &table()).to_string();
         assert!(!off.contains("masquerade") && off.contains("\"forward\""));
+    }
+
+    #[test]
+    fn pods_must_send_from_their_own_address_on_every_backend() {
+        for backend in [Backend::Routes, Backend::Vxlan, Backend::Auto] {
+            let r = ruleset(&cfg(backend, true), &table());
+            let pre = rules(&r, "prerouting");
+            let rpf = pre.iter().find(|x| x.contains("spoofed_source")).expect("anti-spoofing rule");
+            // Strict reverse-path check on pod veths only, not on the VXLAN device.
+            assert!(rpf.contains(r#"{"fib":{"flags":["saddr","iif"],"result":"oif"}}"#), "{rpf}");
+            assert!(rpf.contains(r#""right":"weft*""#) && rpf.contains(r#""op":"!=","right":"weft.vxlan""#), "{rpf}");
+            assert!(rpf.ends_with(r#"{"counter":"spoofed_source"},{"drop":null}]"#), "{rpf}");
+        }
+    }
+
+    #[test]
+    fn vxlan_port_is_closed_to_pods_and_open_only_to_believed_peers() {
+        let mut c = cfg(Backend::Vxlan, true);
+        c.vxlan.port = 4789;
+        let r = ruleset(&c, &table());
+        let text = r.to_string();
+        let set4 =
+            r["nftables"].as_array().unwrap().iter().find(|c| c["add"]["set"]["name"] == "vxlan_peers4").unwrap();
+        assert_eq!(set4["add"]["set"]["elem"], json!(["198.51.100.13"]), "{text}");
+        let pre = rules(&r, "prerouting");
+        let pod = pre.iter().find(|x| x.contains("pod_vxlan")).expect("pods' VXLAN dropped");
+        assert!(pod.contains(r#""field":"dport","protocol":"udp"}},"op":"==","right":4789"#), "{pod}");
+        let input = rules(&r, "input");
+        assert_eq!(input.len(), 2, "one per family: {input:?}");
+        for (x, set) in input.iter().zip(["@vxlan_peers4", "@vxlan_peers6"]) {
+            assert!(
+                x.contains(set) && x.contains(r#""op":"!=""#) && x.contains("4789") && x.contains("vxlan_unknown_peer")
+            );
+        }
+        // With direct routes only, nothing listens on the VXLAN port: pods keep it.
+        let routes = ruleset(&cfg(Backend::Routes, true), &table());
+        assert!(rules(&routes, "input").is_empty() && !routes.to_string().contains("pod_vxlan\"},"));
+        serde_json::from_value::<nftables::schema::Nftables>(routes).expect("valid nft JSON");
     }
 }

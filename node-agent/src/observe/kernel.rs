@@ -25,14 +25,15 @@ pub async fn vxlan_neighbours(nl: &Netlink, index: u32) -> Result<HashMap<IpAddr
     Ok(nl.permanent_neighbours(index).await?.into_iter().collect())
 }
 
-/// A digest of `nft -j list table inet <table>`, or `None` when the table
-/// is missing (or nft cannot tell). Any change to the table, by weft or
-/// anyone else, changes it; rule handles are part of the listing.
+/// A digest of `nft -j -s list table inet <table>`, or `None` when the
+/// table is missing (or nft cannot tell). Any change to the table, by weft
+/// or anyone else, changes it; rule handles are part of the listing.
+/// Stateless (`-s`): a counter counting packets is no change.
 pub async fn nft_table_digest(table: &'static str) -> Option<u64> {
     let listing = tokio::task::spawn_blocking(move || {
         nftables::helper::get_current_ruleset_raw(
             nftables::helper::DEFAULT_NFT,
-            ["list", "table", "inet", table].iter().copied(),
+            ["-s", "list", "table", "inet", table].iter().copied(),
         )
     })
     .await
