@@ -17,3 +17,4 @@ pub mod ipam_gc;
 pub mod metrics;
 pub mod observe;
 pub mod wire;
+pub mod wire_policy;
