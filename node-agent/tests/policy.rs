@@ -208,3 +208,67 @@ fn policies_hold_on_the_kernel_and_the_tracer_predicts_them() {
     // Reloading replaces the table: back to no policy.
     check("cleared", &[], &[(&b, &srv1, 8080, true), (&srv2, &a, 8080, true)]);
 }
+
+/// `weft-agent policy trace` against a real API server: it lists Pods,
+/// Namespaces and NetworkPolicies once and explains each family's verdict.
+#[test]
+#[ignore = "needs root (CAP_NET_ADMIN): cargo test -- --ignored"]
+fn policy_trace_reads_the_api_and_explains_the_verdict() {
+    if !have_privileges() {
+        return;
+    }
+    let Some(bin) = libweft::testutil::control_plane::k8s_bin() else {
+        assert!(std::env::var_os("CI").is_none(), "Kubernetes binaries missing under CI: run e2e setup first");
+        eprintln!("skipping: Kubernetes binaries not built (set WEFT_K8S_BIN)");
+        return;
+    };
+    let lab = Lab::new(&['A']);
+    let cp = lab.control_plane(&bin);
+    let objects = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop", "labels": {"team": "a"}}},
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default", "namespace": "shop"}},
+        {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "web-from-cli", "namespace": "shop"},
+         "spec": {"podSelector": {"matchLabels": {"app": "web"}},
+                  "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "cli"}}}], "ports": [{"port": "http"}]}]}},
+    ]});
+    cp.kubectl_stdin(&["create", "-f", "-"], &objects.to_string());
+    for (name, label, n, port) in [("web", ("app", "web"), 5, 8080), ("cli", ("role", "cli"), 6, 1)] {
+        let pod = serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "shop", "labels": {label.0: label.1}},
+            "spec": {"nodeName": "node1", "automountServiceAccountToken": false, "containers": [
+                {"name": "c", "image": "example.invalid/c", "ports": [{"name": "http", "containerPort": port}]}]}});
+        cp.kubectl_stdin(&["create", "-f", "-"], &pod.to_string());
+        let (v4, v6) = (format!("10.244.1.{n}"), format!("fd00:10:244:1::{n}"));
+        let status =
+            serde_json::json!({"status": {"phase": "Running", "podIP": v4, "podIPs": [{"ip": v4}, {"ip": v6}]}});
+        cp.kubectl_ok(&[
+            "patch",
+            "pod",
+            name,
+            "-n",
+            "shop",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &status.to_string(),
+        ]);
+    }
+    let trace = |from: &str, to: &str, port: &str| {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", lab.nodes[0].ns.name(), common::WEFT, "policy", "trace"])
+            .args(["--from", from, "--to", to, "--port", port])
+            .env("KUBECONFIG", cp.kubeconfig())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+        text
+    };
+    let allowed = trace("shop/cli", "shop/web", "8080/TCP");
+    assert_eq!(allowed.matches("allowed by shop/web-from-cli rule 0").count(), 2, "both families:\n{allowed}");
+    assert_eq!(allowed.matches("verdict: ALLOWED").count(), 2, "{allowed}");
+    let denied = trace("shop/cli", "shop/web", "9090/TCP");
+    assert!(denied.contains("DENIED: selected by shop/web-from-cli"), "{denied}");
+    let untouched = trace("shop/web", "shop/cli", "1/TCP");
+    assert!(untouched.contains("no NetworkPolicy selects the pod") && untouched.contains("ALLOWED"), "{untouched}");
+}
