@@ -168,10 +168,18 @@ mod tests {
             pod("dev", "cli", "node1", 14, &[("role", "cli")]),
             with_port(pod("dev", "tool", "node2", 15, &[]), "dns", Udp, 53),
             pod("other", "x", "node1", 16, &[("app", "web")]),
+            // Labels that match a podSelector, in a namespace it does not look in.
+            pod("staging", "cli", "node2", 17, &[("role", "cli")]),
+            pod("staging", "web", "node1", 18, &[("app", "web")]),
             host,
         ];
-        let namespaces =
-            vec![ns("prod", &[("team", "a")]), ns("dev", &[("team", "b")]), ns("other", &[]), ns("kube-system", &[])];
+        let namespaces = vec![
+            ns("prod", &[("team", "a")]),
+            ns("dev", &[("team", "b")]),
+            ns("other", &[]),
+            ns("staging", &[("team", "c")]),
+            ns("kube-system", &[]),
+        ];
         let policies = vec![
             ingress(netpol("prod", "deny-all-ingress", sel(&[])), vec![]),
             ingress(
@@ -227,6 +235,8 @@ mod tests {
             ("prod/cli", "prod/db", true, Udp, 9, true, "prod/db-from-v6"),
             ("prod/cli", "prod/db", false, Tcp, 80, false, "the v6 block does not cover v4"),
             ("other/x", "prod/web1", false, Tcp, 8080, false, "other/egress-deny"),
+            ("staging/cli", "prod/web1", false, Tcp, 8080, false, "a podSelector alone looks in its own namespace"),
+            ("staging/web", "prod/db", true, Tcp, 5432, false, "prod/db-from-web is for prod's app=web"),
             ("other/x", "kube-system/host", false, Tcp, 10250, true, "to the own node: not forwarded"),
             ("kube-system/host", "prod/web1", false, Tcp, 1, true, "own node always allowed"),
             ("kube-system/host", "prod/web2", false, Tcp, 8080, false, "another node's host is no pod peer"),
