@@ -16,4 +16,6 @@ pub mod http;
 pub mod ipam_gc;
 pub mod metrics;
 pub mod observe;
+pub mod trace_cmd;
 pub mod wire;
+pub mod wire_policy;

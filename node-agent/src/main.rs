@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use weft_agent::apply::{files, kernel, nftables};
 use weft_agent::config::{self, Backend, FileConfig};
 use weft_agent::desired::files::{conflist, conflist_path, node_config_path, portmap_installed};
-use weft_agent::{agent, http, ipam_gc, metrics};
+use weft_agent::{agent, http, ipam_gc, metrics, trace_cmd};
 
 #[derive(Parser)]
 #[command(
@@ -39,8 +39,30 @@ enum Cmd {
         #[command(flatten)]
         config: ConfigArgs,
     },
+    /// NetworkPolicy tools.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
     /// Print the version.
     Version,
+}
+
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// Explain whether a connection between two pods passes weft's NetworkPolicy rules, and why.
+    Trace {
+        /// Source pod: NAMESPACE/POD.
+        #[arg(long)]
+        from: String,
+        /// Destination pod: NAMESPACE/POD.
+        #[arg(long)]
+        to: String,
+        /// Destination port and protocol: 80/TCP, 53/UDP.
+        #[arg(long)]
+        port: String,
+        /// Only IPv4 (false) or only IPv6 (true); default: every family both pods have.
+        #[arg(long)]
+        ipv6: Option<bool>,
+    },
 }
 
 #[derive(Args)]
@@ -151,6 +173,11 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
                 r = server => r,
                 r = agent::run(cfg, args.node_name, client, metrics, health) => r,
             }
+        }
+        Cmd::Policy(PolicyCmd::Trace { from, to, port, ipv6 }) => {
+            let client = kube::Client::try_default().await.context("connect to the Kubernetes API")?;
+            print!("{}", trace_cmd::run(client, &from, &to, &port, ipv6).await?);
+            Ok(())
         }
         Cmd::InstallCni { config, binary } => {
             let cfg = config.load()?;

@@ -7,6 +7,9 @@
 
 pub mod files;
 pub mod nftables;
+pub mod policy;
+pub mod policy_nft;
+pub mod policy_trace;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;

@@ -1,0 +1,653 @@
+//! NetworkPolicy as desired state: one pure function, [`policy`], from the
+//! node's name and the Pods, Namespaces and NetworkPolicies it watches to
+//! what this node's data plane must do for its own pods. Rendered as
+//! nftables by [`super::policy_nft`], explained by [`super::policy_trace`]
+//! (which reads this same output, so the two cannot disagree).
+//!
+//! The shape is an nftables design where a pod or label change edits set
+//! and map elements, and the rule count grows with policies plus local
+//! pods, never with pods × pods:
+//! - **Verdict maps** `ingress`/`egress`, keyed by a local pod's address,
+//!   send its traffic to a **group chain**: one per distinct list of
+//!   policies selecting a pod in that direction (pods of one Deployment
+//!   share one). A pod selected by no policy in a direction is absent from
+//!   that map, and so untouched.
+//! - A group chain jumps to each of its **policy chains** in turn and drops
+//!   what none of them accepted.
+//! - A policy chain holds one accept rule per (rule, peer, port form) of the
+//!   policy. Peers are **address sets** named by a hash of what selects
+//!   them (the selector plus the namespaces it looks in, or the ipBlock),
+//!   so rules using the same selector share one set, and a new pod or a
+//!   relabelled one changes only elements.
+//! - A **named port** resolves on the destination pod, so it may mean a
+//!   different number on each pod: rules match `daddr . dport` in a set of
+//!   (pod address, port number) per port name and protocol.
+//!
+//! Traffic from the pod's own node (kubelet probes) never crosses the
+//! forward hook where these chains sit (it leaves through output), so it is
+//! always allowed; so is a pod's traffic to its own node, a documented gap
+//! of egress policy here.
+//!
+//! hostNetwork pods are never enforced on (their address is the node's)
+//! and never match a peer's selectors: their traffic carries the node's
+//! address, which every process on that node shares, and with the VXLAN
+//! backend it arrives from the node's VTEP address instead. To admit a
+//! node's host traffic, name its addresses in an ipBlock.
+//!
+//! Pods in a namespace weft has not (yet) seen match no namespaceSelector:
+//! unknown labels must not widen a policy.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Debug;
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
+
+use crate::wire_policy::{
+    Direction, NamespaceView, Namespaces, Peer, PodView, PolicyView, PortMatch, Protocol, Selector,
+};
+
+/// What this node's data plane enforces. Every collection is sorted, so
+/// two outputs differ exactly by the elements that changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PolicyState {
+    /// Verdict map: local pod address → group chain, for traffic to it.
+    pub ingress: BTreeMap<IpAddr, String>,
+    /// Verdict map: local pod address → group chain, for traffic from it.
+    pub egress: BTreeMap<IpAddr, String>,
+    /// Group chains: the policy chains to try in order, then drop.
+    pub groups: BTreeMap<String, Vec<String>>,
+    /// Policy chains.
+    pub chains: BTreeMap<String, PolicyChain>,
+    /// Peer address sets.
+    pub sets: BTreeMap<String, AddressSet>,
+    /// Named-port sets.
+    pub port_sets: BTreeMap<String, PortSet>,
+}
+
+/// One policy's rules for one direction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyChain {
+    /// `namespace/name`.
+    pub policy: String,
+    pub direction: Direction,
+    pub allows: Vec<Allow>,
+}
+
+/// An accept rule: traffic from (ingress) or to (egress) the peer, on the
+/// ports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allow {
+    /// Index of the rule in the policy's `ingress` or `egress` list.
+    pub rule: usize,
+    pub peer: PeerMatch,
+    pub ports: PortsMatch,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerMatch {
+    /// The rule names no peers: everyone.
+    Any,
+    /// The other side's address is in this address set.
+    Set(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortsMatch {
+    /// The rule names no ports: every port of every protocol.
+    Any,
+    /// Every port of one protocol.
+    Protocol(Protocol),
+    /// Destination port in these inclusive ranges (sorted, merged).
+    Ranges(Protocol, Vec<(u16, u16)>),
+    /// (destination address, destination port) in this named-port set.
+    Named(Protocol, String),
+}
+
+/// Addresses selected by a peer: sorted, disjoint inclusive ranges (a pod
+/// is a range of one address), IPv4 before IPv6.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddressSet {
+    /// What selects them, for people (`nft list`, the tracer).
+    pub about: String,
+    pub ranges: Vec<(IpAddr, IpAddr)>,
+}
+
+impl AddressSet {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.ranges.iter().any(|(a, b)| *a <= ip && ip <= *b)
+    }
+}
+
+/// (pod address, port number) of every pod with one named port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortSet {
+    pub name: String,
+    pub protocol: Protocol,
+    pub elements: Vec<(IpAddr, u16)>,
+}
+
+/// A stable short name: FNV-1a over the Debug form of what is named (the
+/// std hasher may change between Rust releases, and these names live in
+/// the kernel across agent upgrades).
+pub fn stable_name(prefix: &str, what: &impl Debug) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in format!("{what:?}").bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{prefix}-{h:016x}")
+}
+
+/// Whether a pod takes part in policy at all, as a target or as a peer.
+fn is_policy_pod(p: &PodView) -> bool {
+    !p.host_network && !p.ips.is_empty()
+}
+
+/// Whether `policy` selects `pod` for `direction`.
+pub fn selects(policy: &PolicyView, pod: &PodView, direction: Direction) -> bool {
+    policy.isolates(direction) && policy.namespace == pod.namespace && policy.pod_selector.matches(&pod.labels)
+}
+
+/// Whether a pod peer of a policy in `policy_ns` matches `pod`.
+pub fn peer_selects(
+    namespaces: &Namespaces,
+    pods: &Selector,
+    policy_ns: &str,
+    pod: &PodView,
+    all_ns: &BTreeMap<&str, &NamespaceView>,
+) -> bool {
+    let ns_ok = match namespaces {
+        Namespaces::Own => pod.namespace == policy_ns,
+        Namespaces::Matching(sel) => all_ns.get(pod.namespace.as_str()).is_some_and(|ns| sel.matches(&ns.labels)),
+    };
+    ns_ok && is_policy_pod(pod) && pods.matches(&pod.labels)
+}
+
+/// The key a peer's address set is named after: equal keys share a set.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum SetKey<'a> {
+    Pods { namespace: Option<&'a str>, namespaces: Option<&'a Selector>, pods: &'a Selector },
+    Block { cidr: &'a IpNetwork, except: &'a [IpNetwork] },
+}
+
+/// The desired policy state of node `node`.
+pub fn policy(node: &str, pods: &[PodView], namespaces: &[NamespaceView], policies: &[PolicyView]) -> PolicyState {
+    let all_ns: BTreeMap<&str, &NamespaceView> = namespaces.iter().map(|n| (n.name.as_str(), n)).collect();
+    let mut policies: Vec<&PolicyView> = policies.iter().collect();
+    policies.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    let local: Vec<&PodView> = pods.iter().filter(|p| p.node == node && is_policy_pod(p)).collect();
+    let mut state = PolicyState::default();
+
+    for direction in [Direction::Ingress, Direction::Egress] {
+        // The chains of the policies that select a local pod: no other
+        // policy matters on this node.
+        for pod in &local {
+            let chains: Vec<String> = policies
+                .iter()
+                .filter(|p| selects(p, pod, direction))
+                .map(|p| policy_chain_name(p, direction))
+                .collect();
+            if chains.is_empty() {
+                continue;
+            }
+            let group = stable_name(group_prefix(direction), &chains);
+            let map = match direction {
+                Direction::Ingress => &mut state.ingress,
+                Direction::Egress => &mut state.egress,
+            };
+            for ip in &pod.ips {
+                map.insert(*ip, group.clone());
+            }
+            state.groups.insert(group, chains);
+        }
+        let used: BTreeSet<String> = state.groups.values().flatten().cloned().collect();
+        for p in &policies {
+            let name = policy_chain_name(p, direction);
+            if !used.contains(&name) {
+                continue;
+            }
+            let chain = policy_chain(p, direction, pods, &all_ns, &mut state);
+            state.chains.insert(name, chain);
+        }
+    }
+    state
+}
+
+fn group_prefix(d: Direction) -> &'static str {
+    match d {
+        Direction::Ingress => "in",
+        Direction::Egress => "eg",
+    }
+}
+
+/// The chain of one policy in one direction.
+pub fn policy_chain_name(p: &PolicyView, d: Direction) -> String {
+    stable_name(&format!("{}-pol", group_prefix(d)), &(&p.namespace, &p.name))
+}
+
+fn policy_chain(
+    p: &PolicyView,
+    direction: Direction,
+    pods: &[PodView],
+    all_ns: &BTreeMap<&str, &NamespaceView>,
+    state: &mut PolicyState,
+) -> PolicyChain {
+    let mut allows = Vec::new();
+    for (i, rule) in p.rules(direction).iter().enumerate() {
+        let peers: Vec<PeerMatch> = if rule.peers.is_empty() {
+            vec![PeerMatch::Any]
+        } else {
+            rule.peers.iter().map(|peer| PeerMatch::Set(peer_set(p, peer, pods, all_ns, state))).collect()
+        };
+        let ports = ports_matches(rule, pods, state);
+        for peer in &peers {
+            for ports in &ports {
+                allows.push(Allow { rule: i, peer: peer.clone(), ports: ports.clone() });
+            }
+        }
+    }
+    PolicyChain { policy: format!("{}/{}", p.namespace, p.name), direction, allows }
+}
+
+/// The address set of one peer (computed once per distinct key).
+fn peer_set(
+    p: &PolicyView,
+    peer: &Peer,
+    pods: &[PodView],
+    all_ns: &BTreeMap<&str, &NamespaceView>,
+    state: &mut PolicyState,
+) -> String {
+    let key = match peer {
+        Peer::Pods { namespaces: Namespaces::Own, pods } => {
+            SetKey::Pods { namespace: Some(&p.namespace), namespaces: None, pods }
+        }
+        Peer::Pods { namespaces: Namespaces::Matching(ns), pods } => {
+            SetKey::Pods { namespace: None, namespaces: Some(ns), pods }
+        }
+        Peer::Block { cidr, except } => SetKey::Block { cidr, except },
+    };
+    let name = stable_name("peer", &key);
+    if state.sets.contains_key(&name) {
+        return name;
+    }
+    let set = match peer {
+        Peer::Pods { namespaces, pods: sel } => {
+            let mut ips: Vec<IpAddr> = pods
+                .iter()
+                .filter(|pod| peer_selects(namespaces, sel, &p.namespace, pod, all_ns))
+                .flat_map(|pod| pod.ips.iter().copied())
+                .collect();
+            ips.sort();
+            ips.dedup();
+            let about = match namespaces {
+                Namespaces::Own => format!("pods {sel} in namespace {}", p.namespace),
+                Namespaces::Matching(ns) => format!("pods {sel} in namespaces {ns}"),
+            };
+            AddressSet { about, ranges: ips.into_iter().map(|ip| (ip, ip)).collect() }
+        }
+        Peer::Block { cidr, except } => {
+            let ex: Vec<String> = except.iter().map(|e| e.to_string()).collect();
+            let about = if ex.is_empty() {
+                format!("ipBlock {cidr}")
+            } else {
+                format!("ipBlock {cidr} except {}", ex.join(","))
+            };
+            AddressSet { about, ranges: block_ranges(cidr, except) }
+        }
+    };
+    state.sets.insert(name.clone(), set);
+    name
+}
+
+/// The rule's ports as match forms: one per protocol for numbers (ranges
+/// merged), one per named port.
+fn ports_matches(rule: &crate::wire_policy::Rule, pods: &[PodView], state: &mut PolicyState) -> Vec<PortsMatch> {
+    if rule.ports.is_empty() {
+        return vec![PortsMatch::Any];
+    }
+    let mut whole: BTreeSet<Protocol> = BTreeSet::new();
+    let mut ranges: BTreeMap<Protocol, Vec<(u16, u16)>> = BTreeMap::new();
+    let mut named: BTreeSet<(Protocol, &str)> = BTreeSet::new();
+    for port in &rule.ports {
+        match &port.port {
+            PortMatch::All => {
+                whole.insert(port.protocol);
+            }
+            PortMatch::Range(a, b) => ranges.entry(port.protocol).or_default().push((*a, *b)),
+            PortMatch::Named(n) => {
+                named.insert((port.protocol, n));
+            }
+        }
+    }
+    let mut out: Vec<PortsMatch> = whole.iter().map(|p| PortsMatch::Protocol(*p)).collect();
+    for (proto, r) in ranges {
+        if !whole.contains(&proto) {
+            out.push(PortsMatch::Ranges(proto, merge(r)));
+        }
+    }
+    for (proto, n) in named {
+        if !whole.contains(&proto) {
+            out.push(PortsMatch::Named(proto, port_set(proto, n, pods, state)));
+        }
+    }
+    out
+}
+
+/// The named-port set for (protocol, name): every policy pod that has it.
+fn port_set(protocol: Protocol, name: &str, pods: &[PodView], state: &mut PolicyState) -> String {
+    let set = stable_name("port", &(protocol, name));
+    if !state.port_sets.contains_key(&set) {
+        let mut elements: Vec<(IpAddr, u16)> = pods
+            .iter()
+            .filter(|p| is_policy_pod(p))
+            .filter_map(|p| p.named_port(name, protocol).map(|n| (p, n)))
+            .flat_map(|(p, n)| p.ips.iter().map(move |ip| (*ip, n)))
+            .collect();
+        elements.sort();
+        elements.dedup();
+        state.port_sets.insert(set.clone(), PortSet { name: name.to_string(), protocol, elements });
+    }
+    set
+}
+
+/// Sorts and merges overlapping or adjacent ranges.
+fn merge(mut r: Vec<(u16, u16)>) -> Vec<(u16, u16)> {
+    r.sort();
+    let mut out: Vec<(u16, u16)> = Vec::new();
+    for (a, b) in r {
+        match out.last_mut() {
+            Some(last) if u32::from(a) <= u32::from(last.1) + 1 => last.1 = last.1.max(b),
+            _ => out.push((a, b)),
+        }
+    }
+    out
+}
+
+/// An address as a number in its family's space, and back.
+fn to_num(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(a) => u128::from(u32::from(a)),
+        IpAddr::V6(a) => u128::from(a),
+    }
+}
+
+fn from_num(n: u128, v6: bool) -> IpAddr {
+    if v6 {
+        IpAddr::V6(n.into())
+    } else {
+        // Values come from IPv4 networks, so they fit.
+        IpAddr::V4(u32::try_from(n).unwrap_or(u32::MAX).into())
+    }
+}
+
+fn net_range(n: &IpNetwork) -> (u128, u128) {
+    let bits = if n.is_ipv6() { 128 } else { 32 };
+    let start = to_num(n.network());
+    let host = if n.prefix() == 0 && bits == 128 { u128::MAX } else { (1u128 << (bits - u32::from(n.prefix()))) - 1 };
+    (start, start | host)
+}
+
+/// `cidr` minus every `except` (of the same family) as disjoint ranges.
+pub fn block_ranges(cidr: &IpNetwork, except: &[IpNetwork]) -> Vec<(IpAddr, IpAddr)> {
+    let v6 = cidr.is_ipv6();
+    let mut ranges = vec![net_range(cidr)];
+    for e in except.iter().filter(|e| e.is_ipv6() == v6) {
+        let (ea, eb) = net_range(e);
+        ranges = ranges
+            .into_iter()
+            .flat_map(|(a, b)| {
+                let mut keep = Vec::new();
+                if eb < a || ea > b {
+                    keep.push((a, b));
+                } else {
+                    if ea > a {
+                        keep.push((a, ea - 1));
+                    }
+                    if eb < b {
+                        keep.push((eb + 1, b));
+                    }
+                }
+                keep
+            })
+            .collect();
+    }
+    ranges.into_iter().map(|(a, b)| (from_num(a, v6), from_num(b, v6))).collect()
+}
+
+#[cfg(test)]
+pub mod fixtures {
+    //! Builders for policy inputs (controller-rs fixtures style).
+
+    use std::collections::BTreeMap;
+
+    use crate::wire_policy::*;
+
+    pub fn labels(kv: &[(&str, &str)]) -> Labels {
+        kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    pub fn sel(kv: &[(&str, &str)]) -> Selector {
+        Selector { labels: kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), exprs: vec![] }
+    }
+
+    /// A running pod on `node` with an IPv4 and an IPv6 address derived from `n`.
+    pub fn pod(ns: &str, name: &str, node: &str, n: u8, kv: &[(&str, &str)]) -> PodView {
+        let node_n: u8 = node.trim_start_matches("node").parse().unwrap_or(9);
+        PodView {
+            namespace: ns.into(),
+            name: name.into(),
+            labels: labels(kv),
+            ips: vec![
+                format!("10.244.{node_n}.{n}").parse().unwrap(),
+                format!("fd00:10:244:{node_n}::{n:x}").parse().unwrap(),
+            ],
+            node: node.into(),
+            host_network: false,
+            ports: vec![],
+        }
+    }
+
+    pub fn with_port(mut p: PodView, name: &str, proto: Protocol, port: u16) -> PodView {
+        p.ports.push(NamedPort { name: name.into(), protocol: proto, port });
+        p.ports.sort();
+        p
+    }
+
+    pub fn ns(name: &str, kv: &[(&str, &str)]) -> NamespaceView {
+        let mut l = labels(kv);
+        l.insert("kubernetes.io/metadata.name".into(), name.into());
+        NamespaceView { name: name.into(), labels: l }
+    }
+
+    /// A policy isolating `pod_selector` in ns for the directions whose rule lists are Some.
+    pub fn netpol(ns: &str, name: &str, pod_selector: Selector) -> PolicyView {
+        PolicyView {
+            namespace: ns.into(),
+            name: name.into(),
+            pod_selector,
+            ingress_isolated: false,
+            egress_isolated: false,
+            ingress: vec![],
+            egress: vec![],
+        }
+    }
+
+    pub fn ingress(mut p: PolicyView, rules: Vec<Rule>) -> PolicyView {
+        p.ingress_isolated = true;
+        p.ingress = rules;
+        p
+    }
+
+    pub fn egress(mut p: PolicyView, rules: Vec<Rule>) -> PolicyView {
+        p.egress_isolated = true;
+        p.egress = rules;
+        p
+    }
+
+    pub fn rule(peers: Vec<Peer>, ports: Vec<Port>) -> Rule {
+        Rule { peers, ports }
+    }
+
+    pub fn pods_in_own(s: Selector) -> Peer {
+        Peer::Pods { namespaces: Namespaces::Own, pods: s }
+    }
+
+    pub fn pods_in(ns: Selector, s: Selector) -> Peer {
+        Peer::Pods { namespaces: Namespaces::Matching(ns), pods: s }
+    }
+
+    pub fn block(cidr: &str, except: &[&str]) -> Peer {
+        Peer::Block { cidr: cidr.parse().unwrap(), except: except.iter().map(|e| e.parse().unwrap()).collect() }
+    }
+
+    pub fn tcp(port: u16) -> Port {
+        Port { protocol: Protocol::Tcp, port: PortMatch::Range(port, port) }
+    }
+
+    pub fn port_range(proto: Protocol, a: u16, b: u16) -> Port {
+        Port { protocol: proto, port: PortMatch::Range(a, b) }
+    }
+
+    pub fn named(proto: Protocol, name: &str) -> Port {
+        Port { protocol: proto, port: PortMatch::Named(name.into()) }
+    }
+
+    pub fn all_of(proto: Protocol) -> Port {
+        Port { protocol: proto, port: PortMatch::All }
+    }
+
+    pub fn by_name(pods: &[PodView]) -> BTreeMap<String, PodView> {
+        pods.iter().map(|p| (format!("{}/{}", p.namespace, p.name), p.clone())).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::*;
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn pods_selected_by_no_policy_are_absent_and_selected_ones_map_to_a_shared_group() {
+        let pods = vec![
+            pod("a", "web1", "node1", 5, &[("app", "web")]),
+            pod("a", "web2", "node1", 6, &[("app", "web")]),
+            pod("a", "db", "node1", 7, &[("app", "db")]),
+            pod("a", "web3", "node2", 5, &[("app", "web")]),
+        ];
+        let policies = vec![ingress(netpol("a", "deny", sel(&[("app", "web")])), vec![])];
+        let s = policy("node1", &pods, &[ns("a", &[])], &policies);
+        let keys: Vec<IpAddr> = s.ingress.keys().copied().collect();
+        assert_eq!(keys, vec![ip("10.244.1.5"), ip("10.244.1.6"), ip("fd00:10:244:1::5"), ip("fd00:10:244:1::6")]);
+        assert!(s.egress.is_empty(), "an ingress-only policy leaves egress untouched");
+        assert_eq!(s.groups.len(), 1, "pods with the same policies share a group chain");
+        let chain = s.chains.values().next().unwrap();
+        assert!(chain.allows.is_empty(), "deny-all: nothing to accept");
+        // Another node sees none of node1's pods.
+        assert!(policy("node3", &pods, &[], &policies).ingress.is_empty());
+    }
+
+    #[test]
+    fn host_network_pods_are_neither_enforced_on_nor_peers() {
+        let mut host = pod("a", "h", "node1", 9, &[("app", "web")]);
+        host.host_network = true;
+        host.ips = vec![ip("198.51.100.11")];
+        let client = pod("a", "c", "node1", 3, &[("app", "web")]);
+        let policies =
+            vec![ingress(netpol("a", "p", sel(&[("app", "web")])), vec![rule(vec![pods_in_own(sel(&[]))], vec![])])];
+        let s = policy("node1", &[host, client], &[ns("a", &[])], &policies);
+        assert!(!s.ingress.contains_key(&ip("198.51.100.11")));
+        let set = s.sets.values().next().unwrap();
+        assert!(!set.contains(ip("198.51.100.11")) && set.contains(ip("10.244.1.3")));
+    }
+
+    #[test]
+    fn equal_selectors_share_one_set_and_names_are_stable() {
+        let pods = vec![pod("a", "x", "node1", 5, &[("app", "x")]), pod("a", "y", "node1", 6, &[("app", "y")])];
+        let peer = || rule(vec![pods_in_own(sel(&[("app", "y")]))], vec![]);
+        let policies = vec![
+            ingress(netpol("a", "p1", sel(&[("app", "x")])), vec![peer()]),
+            ingress(netpol("a", "p2", sel(&[])), vec![peer(), peer()]),
+            // Same selector in another namespace: another set.
+            ingress(netpol("b", "p3", sel(&[])), vec![peer()]),
+        ];
+        let pods_b = [pods.clone(), vec![pod("b", "z", "node1", 7, &[])]].concat();
+        let s = policy("node1", &pods_b, &[ns("a", &[]), ns("b", &[])], &policies);
+        assert_eq!(s.sets.len(), 2, "{:?}", s.sets);
+        let again = policy(
+            "node1",
+            &pods_b,
+            &[ns("b", &[]), ns("a", &[])],
+            &[policies[2].clone(), policies[0].clone(), policies[1].clone()],
+        );
+        assert_eq!(s, again, "input order does not matter");
+    }
+
+    #[test]
+    fn a_pod_change_is_an_element_change() {
+        let mut pods =
+            vec![pod("a", "srv", "node1", 5, &[("app", "srv")]), pod("a", "cli", "node2", 5, &[("role", "cli")])];
+        let policies = vec![ingress(
+            netpol("a", "p", sel(&[("app", "srv")])),
+            vec![rule(vec![pods_in_own(sel(&[("role", "cli")]))], vec![tcp(80)])],
+        )];
+        let before = policy("node1", &pods, &[ns("a", &[])], &policies);
+        pods.push(pod("a", "cli2", "node3", 8, &[("role", "cli")]));
+        pods.push(pod("a", "srv2", "node1", 6, &[("app", "srv")]));
+        let after = policy("node1", &pods, &[ns("a", &[])], &policies);
+        assert_eq!(before.chains, after.chains, "no rule changes");
+        assert_eq!(before.groups, after.groups);
+        assert_eq!(before.sets.keys().collect::<Vec<_>>(), after.sets.keys().collect::<Vec<_>>());
+        assert_eq!(after.ingress.len(), before.ingress.len() + 2);
+        let set = after.sets.values().next().unwrap();
+        assert!(set.contains(ip("10.244.3.8")) && set.contains(ip("fd00:10:244:3::8")));
+    }
+
+    #[test]
+    fn ip_blocks_subtract_their_exceptions_in_both_families() {
+        let r = block_ranges(
+            &"10.0.0.0/8".parse().unwrap(),
+            &["10.1.0.0/16".parse().unwrap(), "fd00::/8".parse().unwrap()],
+        );
+        assert_eq!(r, vec![(ip("10.0.0.0"), ip("10.0.255.255")), (ip("10.2.0.0"), ip("10.255.255.255"))]);
+        let r = block_ranges(&"::/0".parse().unwrap(), &["fd00:10:244:1::/64".parse().unwrap()]);
+        assert_eq!(r[0], (ip("::"), ip("fd00:10:244:0:ffff:ffff:ffff:ffff")));
+        assert_eq!(r[1], (ip("fd00:10:244:2::"), ip("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff")));
+        assert!(block_ranges(&"10.0.0.0/24".parse().unwrap(), &["10.0.0.0/16".parse().unwrap()]).is_empty());
+        assert_eq!(block_ranges(&"0.0.0.0/0".parse().unwrap(), &[]), vec![(ip("0.0.0.0"), ip("255.255.255.255"))]);
+    }
+
+    #[test]
+    fn ports_group_by_protocol_and_named_ports_resolve_per_pod() {
+        let pods = vec![
+            with_port(pod("a", "s1", "node1", 5, &[("app", "s")]), "http", Protocol::Tcp, 8080),
+            with_port(pod("a", "s2", "node1", 6, &[("app", "s")]), "http", Protocol::Tcp, 9090),
+            with_port(pod("a", "s3", "node2", 6, &[("app", "s")]), "http", Protocol::Udp, 7070),
+        ];
+        let policies = vec![ingress(
+            netpol("a", "p", sel(&[("app", "s")])),
+            vec![rule(
+                vec![],
+                vec![
+                    tcp(80),
+                    port_range(Protocol::Tcp, 81, 90),
+                    tcp(443),
+                    port_range(Protocol::Udp, 53, 53),
+                    named(Protocol::Tcp, "http"),
+                ],
+            )],
+        )];
+        let s = policy("node1", &pods, &[ns("a", &[])], &policies);
+        let allows = &s.chains.values().next().unwrap().allows;
+        assert_eq!(allows[0].ports, PortsMatch::Ranges(Protocol::Tcp, vec![(80, 90), (443, 443)]));
+        assert_eq!(allows[1].ports, PortsMatch::Ranges(Protocol::Udp, vec![(53, 53)]));
+        let PortsMatch::Named(Protocol::Tcp, set) = &allows[2].ports else { panic!("{allows:?}") };
+        let elems = &s.port_sets[set].elements;
+        assert!(elems.contains(&(ip("10.244.1.5"), 8080)) && elems.contains(&(ip("10.244.1.6"), 9090)));
+        assert!(elems.contains(&(ip("fd00:10:244:1::6"), 9090)));
+        assert!(!elems.iter().any(|(_, p)| *p == 7070), "UDP http is another port");
+    }
+}

@@ -1,0 +1,271 @@
+//! The `inet weft-policy` nftables table, as data (`nft -j` input), from a
+//! [`PolicyState`]. A table of its own, so replacing or editing it never
+//! touches the masquerade table `inet weft`.
+//!
+//! ```text
+//! table inet weft-policy {
+//!   set peer-<h>-4 / -6        { interval; pod addresses or ipBlock ranges }
+//!   set port-<h>-4 / -6        { addr . inet_service: pods' named port numbers }
+//!   map egress4 / egress6      { local pod address : jump eg-<h> }
+//!   map ingress4 / ingress6    { local pod address : jump in-<h> }
+//!   chain egress  { hook forward priority 0; ct state established,related accept; ip saddr vmap @egress4; ... }
+//!   chain ingress { hook forward priority 1; ct state established,related accept; ip daddr vmap @ingress4; ... }
+//!   chain in-<h>     { jump in-pol-<h>; ...; counter drop }   # a group: one list of policies
+//!   chain in-pol-<h> { ip saddr @peer-<h>-4 meta l4proto tcp th dport { 80, 443 } accept; ... }
+//! }
+//! ```
+//! Egress and ingress are two base chains on the forward hook: an accept in
+//! `egress` ends only that chain, so a packet between two local pods must
+//! also pass `ingress`; a drop in either is final. The node's own traffic
+//! to its pods leaves through the output hook and is never filtered here.
+
+use std::net::IpAddr;
+
+use serde_json::{Value, json};
+
+use super::policy::{Allow, PeerMatch, PolicyState, PortsMatch};
+use crate::wire_policy::Direction;
+
+/// The policy table: `nft list table inet weft-policy`.
+pub const TABLE: &str = "weft-policy";
+
+/// Priority of the `egress` base chain; `ingress` runs right after it.
+pub const PRIO_EGRESS: i32 = 0;
+
+const FAMILIES: [(bool, &str, &str); 2] = [(false, "ip", "4"), (true, "ip6", "6")];
+
+fn addr_type(v6: bool) -> &'static str {
+    if v6 { "ipv6_addr" } else { "ipv4_addr" }
+}
+
+fn payload(proto: &str, field: &str) -> Value {
+    json!({"payload": {"protocol": proto, "field": field}})
+}
+
+fn eq(left: Value, right: Value) -> Value {
+    json!({"match": {"op": "==", "left": left, "right": right}})
+}
+
+fn add_rule(chain: &str, expr: Vec<Value>, comment: Option<String>) -> Value {
+    let mut r = json!({"family": "inet", "table": TABLE, "chain": chain, "expr": expr});
+    if let Some(c) = comment {
+        // The kernel keeps at most 128 bytes of a comment.
+        r["comment"] = json!(c.chars().take(100).collect::<String>());
+    }
+    json!({"add": {"rule": r}})
+}
+
+fn chain(name: &str) -> Value {
+    json!({"add": {"chain": {"family": "inet", "table": TABLE, "name": name}}})
+}
+
+fn range_elem(a: IpAddr, b: IpAddr) -> Value {
+    if a == b { json!(a.to_string()) } else { json!({"range": [a.to_string(), b.to_string()]}) }
+}
+
+/// The verdict map of a direction and family.
+pub fn map_name(d: Direction, v6: bool) -> String {
+    format!("{d}{}", if v6 { "6" } else { "4" })
+}
+
+/// The elements of a verdict map (`addr : jump group`), for `add element`.
+pub fn map_elems(state: &PolicyState, d: Direction, v6: bool) -> Vec<Value> {
+    let map = match d {
+        Direction::Ingress => &state.ingress,
+        Direction::Egress => &state.egress,
+    };
+    map.iter()
+        .filter(|(ip, _)| ip.is_ipv6() == v6)
+        .map(|(ip, group)| json!([ip.to_string(), {"jump": {"target": group}}]))
+        .collect()
+}
+
+/// The complete table, replacing any previous one in one transaction.
+pub fn ruleset(state: &PolicyState) -> Value {
+    let mut cmds = vec![
+        json!({"add": {"table": {"family": "inet", "name": TABLE}}}),
+        json!({"delete": {"table": {"family": "inet", "name": TABLE}}}),
+        json!({"add": {"table": {"family": "inet", "name": TABLE}}}),
+    ];
+    for (name, set) in &state.sets {
+        for (v6, _, fam) in FAMILIES {
+            let elem: Vec<Value> =
+                set.ranges.iter().filter(|(a, _)| a.is_ipv6() == v6).map(|(a, b)| range_elem(*a, *b)).collect();
+            let mut s = json!({"family": "inet", "table": TABLE, "name": format!("{name}-{fam}"),
+                "type": addr_type(v6), "flags": ["interval"], "comment": set.about.chars().take(100).collect::<String>()});
+            if !elem.is_empty() {
+                s["elem"] = Value::Array(elem);
+            }
+            cmds.push(json!({"add": {"set": s}}));
+        }
+    }
+    for (name, set) in &state.port_sets {
+        for (v6, _, fam) in FAMILIES {
+            let elem: Vec<Value> = set
+                .elements
+                .iter()
+                .filter(|(ip, _)| ip.is_ipv6() == v6)
+                .map(|(ip, port)| json!({"concat": [ip.to_string(), port]}))
+                .collect();
+            let mut s = json!({"family": "inet", "table": TABLE, "name": format!("{name}-{fam}"),
+                "type": [addr_type(v6), "inet_service"], "comment": format!("named port {}/{}", set.name, set.protocol)});
+            if !elem.is_empty() {
+                s["elem"] = Value::Array(elem);
+            }
+            cmds.push(json!({"add": {"set": s}}));
+        }
+    }
+    for d in [Direction::Egress, Direction::Ingress] {
+        for (v6, _, _) in FAMILIES {
+            cmds.push(json!({"add": {"map": {"family": "inet", "table": TABLE, "name": map_name(d, v6),
+                "type": addr_type(v6), "map": "verdict"}}}));
+        }
+    }
+    // Regular chains first: the base chains and maps refer to them.
+    for (name, c) in &state.chains {
+        cmds.push(chain(name));
+        for allow in &c.allows {
+            for expr in allow_exprs(allow, c.direction) {
+                cmds.push(add_rule(name, expr, Some(format!("{} {}[{}]", c.policy, c.direction, allow.rule))));
+            }
+        }
+    }
+    for (name, policies) in &state.groups {
+        cmds.push(chain(name));
+        for p in policies {
+            cmds.push(add_rule(name, vec![json!({"jump": {"target": p}})], None));
+        }
+        cmds.push(add_rule(
+            name,
+            vec![json!({"counter": null}), json!({"drop": null})],
+            Some("no policy allows".into()),
+        ));
+    }
+    for d in [Direction::Egress, Direction::Ingress] {
+        for (v6, _, _) in FAMILIES {
+            let elem = map_elems(state, d, v6);
+            if !elem.is_empty() {
+                cmds.push(json!({"add": {"element": {"family": "inet", "table": TABLE,
+                    "name": map_name(d, v6), "elem": elem}}}));
+            }
+        }
+    }
+    for (d, prio, field) in [(Direction::Egress, PRIO_EGRESS, "saddr"), (Direction::Ingress, PRIO_EGRESS + 1, "daddr")]
+    {
+        let name = d.to_string();
+        cmds.push(json!({"add": {"chain": {"family": "inet", "table": TABLE, "name": name,
+            "type": "filter", "hook": "forward", "prio": prio, "policy": "accept"}}}));
+        // Replies of allowed connections pass before any lookup.
+        cmds.push(add_rule(
+            &name,
+            vec![
+                json!({"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}}),
+                json!({"accept": null}),
+            ],
+            None,
+        ));
+        for (v6, proto, _) in FAMILIES {
+            cmds.push(add_rule(
+                &name,
+                vec![json!({"vmap": {"key": payload(proto, field), "data": format!("@{}", map_name(d, v6))}})],
+                None,
+            ));
+        }
+    }
+    json!({"nftables": cmds})
+}
+
+/// The expressions of one allow, one list per nft rule: rules naming an
+/// address set need one rule per family.
+fn allow_exprs(allow: &Allow, d: Direction) -> Vec<Vec<Value>> {
+    let peer_field = if d == Direction::Ingress { "saddr" } else { "daddr" };
+    let per_family = matches!(allow.peer, PeerMatch::Set(_)) || matches!(allow.ports, PortsMatch::Named(..));
+    let mut out = Vec::new();
+    for (_, proto, fam) in FAMILIES {
+        let mut expr = Vec::new();
+        if let PeerMatch::Set(s) = &allow.peer {
+            expr.push(eq(payload(proto, peer_field), json!(format!("@{s}-{fam}"))));
+        }
+        match &allow.ports {
+            PortsMatch::Any => {}
+            PortsMatch::Protocol(p) => expr.push(eq(json!({"meta": {"key": "l4proto"}}), json!(p.nft()))),
+            PortsMatch::Ranges(p, ranges) => {
+                expr.push(eq(json!({"meta": {"key": "l4proto"}}), json!(p.nft())));
+                let set: Vec<Value> =
+                    ranges.iter().map(|(a, b)| if a == b { json!(a) } else { json!({"range": [a, b]}) }).collect();
+                expr.push(eq(payload("th", "dport"), json!({"set": set})));
+            }
+            PortsMatch::Named(p, s) => {
+                expr.push(eq(json!({"meta": {"key": "l4proto"}}), json!(p.nft())));
+                expr.push(eq(
+                    json!({"concat": [payload(proto, "daddr"), payload("th", "dport")]}),
+                    json!(format!("@{s}-{fam}")),
+                ));
+            }
+        }
+        expr.push(json!({"accept": null}));
+        out.push(expr);
+        if !per_family {
+            break;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::policy::fixtures::*;
+    use crate::desired::policy::policy;
+    use crate::wire_policy::Protocol;
+
+    #[test]
+    fn ruleset_parses_as_nft_json_and_rules_grow_with_policies_not_pods() {
+        let mut pods: Vec<_> = (1..=40)
+            .map(|i| {
+                with_port(
+                    pod("a", &format!("s{i}"), "node1", i, &[("app", "s")]),
+                    "http",
+                    Protocol::Tcp,
+                    8000 + u16::from(i),
+                )
+            })
+            .collect();
+        pods.extend((1..=40).map(|i| pod("b", &format!("c{i}"), "node2", i, &[("role", "cli")])));
+        let policies = vec![
+            ingress(
+                netpol("a", "allow", sel(&[("app", "s")])),
+                vec![rule(
+                    vec![pods_in(sel(&[]), sel(&[("role", "cli")])), block("10.0.0.0/8", &["10.244.2.0/24"])],
+                    vec![tcp(80), port_range(Protocol::Udp, 1000, 2000), named(Protocol::Tcp, "http")],
+                )],
+            ),
+            egress(netpol("a", "dns", sel(&[])), vec![rule(vec![], vec![port_range(Protocol::Udp, 53, 53)])]),
+        ];
+        let namespaces = [ns("a", &[]), ns("b", &[])];
+        let state = policy("node1", &pods, &namespaces, &policies);
+        let r = ruleset(&state);
+        let cmds = r["nftables"].as_array().unwrap();
+        // The nftables crate knows no "verdict" set type, so the maps are checked by shape; everything else
+        // must fit its schema (the privileged test loads all of it into a real kernel).
+        let (maps, rest): (Vec<&Value>, Vec<&Value>) = cmds.iter().partition(|c| c["add"]["map"].is_object());
+        assert_eq!(maps.len(), 4);
+        assert!(maps.iter().all(|m| m["add"]["map"]["map"] == "verdict"));
+        let rest = json!({"nftables": rest});
+        serde_json::from_value::<nftables::schema::Nftables>(rest).expect("valid nft JSON");
+        let rules = cmds.iter().filter(|c| c["add"]["rule"].is_object()).count();
+
+        // Ten times the pods: not one more rule.
+        let mut more = pods.clone();
+        more.extend((41..=250).map(|i| pod("b", &format!("c{i}"), "node3", i, &[("role", "cli")])));
+        more.extend(
+            (41..=200)
+                .map(|i| with_port(pod("a", &format!("s{i}"), "node1", i, &[("app", "s")]), "http", Protocol::Tcp, 80)),
+        );
+        let bigger = ruleset(&policy("node1", &more, &namespaces, &policies));
+        let rules_more = bigger["nftables"].as_array().unwrap().iter().filter(|c| c["add"]["rule"].is_object()).count();
+        assert_eq!(rules, rules_more);
+        let text = bigger.to_string();
+        assert!(text.contains("10.244.3.250") && text.contains("fd00:10:244:1::c8"), "elements grow instead");
+    }
+}

@@ -1,0 +1,684 @@
+//! Pods, Namespaces and NetworkPolicies as weft reads them off the wire:
+//! compact owned views built from the k8s-openapi types, and label
+//! selectors with their evaluation. Imports nothing else of the crate.
+//!
+//! These objects may be hostile (anyone who can create a NetworkPolicy in
+//! their namespace writes one). What weft believes, and why:
+//! - A part of a policy weft cannot read is dropped so that the policy
+//!   allows *less*, never more: a bad peer or port is left out of its rule,
+//!   and a rule whose peers (or ports) were all bad is left out entirely
+//!   (an empty list would mean "all"). An `ipBlock` whose `except` has a bad
+//!   entry is dropped whole, since allowing the block without the exception
+//!   would widen it.
+//! - A policy whose own `podSelector` is bad is refused as a whole: there is
+//!   no way to tell which pods it was meant to isolate. The API server's
+//!   validation makes this unreachable for objects it admitted.
+//! - `ipBlock` CIDRs with host bits set are masked (`10.0.0.1/8` is
+//!   `10.0.0.0/8`), as Go's `net.ParseCIDR`, used by other implementations,
+//!   does.
+//! - `endPort` needs a numeric `port` no greater than it; SCTP is read and
+//!   rendered like TCP and UDP but untested (this kernel has no SCTP sockets).
+//! - Pods that finished (`Succeeded`, `Failed`) are ignored: their IPs may
+//!   already belong to a new pod. Unparsable pod IPs and container ports
+//!   outside 1..=65535 are skipped.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::networking::v1::{IPBlock, NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+/// Labels of a pod or namespace.
+pub type Labels = BTreeMap<String, String>;
+
+/// An object (or part of one) weft refused to believe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// `Pod`, `NetworkPolicy`, ...
+    pub kind: &'static str,
+    /// `namespace/name`.
+    pub object: String,
+    pub reason: String,
+}
+
+impl fmt::Display for Refused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}: {}", self.kind, self.object, self.reason)
+    }
+}
+
+/// Hostile values can be huge: what is logged is a bounded prefix.
+fn bounded(v: &str) -> String {
+    v.chars().take(64).collect()
+}
+
+/// L4 protocols a NetworkPolicy may name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    /// `None` (the API's default) is TCP; the API spells them upper-case.
+    pub fn parse(s: Option<&str>) -> Result<Protocol, String> {
+        match s.unwrap_or("TCP") {
+            "TCP" => Ok(Protocol::Tcp),
+            "UDP" => Ok(Protocol::Udp),
+            "SCTP" => Ok(Protocol::Sctp),
+            other => Err(format!("unknown protocol {:?}", bounded(other))),
+        }
+    }
+
+    /// The name nftables uses (`meta l4proto tcp`).
+    pub fn nft(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Sctp => "sctp",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+            Protocol::Sctp => "SCTP",
+        })
+    }
+}
+
+/// One `matchExpressions` entry.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Requirement {
+    In(String, Vec<String>),
+    NotIn(String, Vec<String>),
+    Exists(String),
+    DoesNotExist(String),
+}
+
+/// A label selector. The empty selector selects everything; an absent one
+/// means something that depends on where it is absent, so callers hold an
+/// `Option<Selector>` or decide themselves.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Selector {
+    /// `matchLabels`, sorted.
+    pub labels: Vec<(String, String)>,
+    /// `matchExpressions`, sorted, values sorted: equal selectors compare equal.
+    pub exprs: Vec<Requirement>,
+}
+
+impl Selector {
+    /// Reads a selector; refuses unknown operators and value lists that the
+    /// API's validation would refuse (`In`/`NotIn` need values,
+    /// `Exists`/`DoesNotExist` take none).
+    pub fn from_label_selector(s: &LabelSelector) -> Result<Selector, String> {
+        let labels: Vec<(String, String)> =
+            s.match_labels.iter().flatten().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut exprs = Vec::new();
+        for e in s.match_expressions.iter().flatten() {
+            let mut values = e.values.clone().unwrap_or_default();
+            values.sort();
+            values.dedup();
+            let key = e.key.clone();
+            exprs.push(match (e.operator.as_str(), values.is_empty()) {
+                ("In", false) => Requirement::In(key, values),
+                ("NotIn", false) => Requirement::NotIn(key, values),
+                ("Exists", true) => Requirement::Exists(key),
+                ("DoesNotExist", true) => Requirement::DoesNotExist(key),
+                ("In" | "NotIn", true) => return Err(format!("{} on {:?} without values", e.operator, bounded(&key))),
+                ("Exists" | "DoesNotExist", false) => {
+                    return Err(format!("{} on {:?} with values", e.operator, bounded(&key)));
+                }
+                (op, _) => return Err(format!("unknown selector operator {:?}", bounded(op))),
+            });
+        }
+        exprs.sort();
+        exprs.dedup();
+        Ok(Selector { labels, exprs })
+    }
+
+    /// The selector that selects everything.
+    pub fn everything() -> Selector {
+        Selector::default()
+    }
+
+    pub fn is_everything(&self) -> bool {
+        self.labels.is_empty() && self.exprs.is_empty()
+    }
+
+    /// Whether `labels` satisfy every term (all terms are ANDed).
+    pub fn matches(&self, labels: &Labels) -> bool {
+        self.labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+            && self.exprs.iter().all(|r| match r {
+                Requirement::In(k, vs) => labels.get(k).is_some_and(|v| vs.contains(v)),
+                Requirement::NotIn(k, vs) => labels.get(k).is_none_or(|v| !vs.contains(v)),
+                Requirement::Exists(k) => labels.contains_key(k),
+                Requirement::DoesNotExist(k) => !labels.contains_key(k),
+            })
+    }
+}
+
+impl fmt::Display for Selector {
+    /// The `kubectl get -l` syntax; `{}` selects everything.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_everything() {
+            return f.write_str("{}");
+        }
+        let mut terms: Vec<String> = self.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        for r in &self.exprs {
+            terms.push(match r {
+                Requirement::In(k, vs) => format!("{k} in ({})", vs.join(",")),
+                Requirement::NotIn(k, vs) => format!("{k} notin ({})", vs.join(",")),
+                Requirement::Exists(k) => k.clone(),
+                Requirement::DoesNotExist(k) => format!("!{k}"),
+            });
+        }
+        f.write_str(&terms.join(","))
+    }
+}
+
+/// A named container port.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct NamedPort {
+    pub name: String,
+    pub protocol: Protocol,
+    pub port: u16,
+}
+
+/// A pod as policy sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodView {
+    pub namespace: String,
+    pub name: String,
+    pub labels: Labels,
+    /// `status.podIPs`, parsed.
+    pub ips: Vec<IpAddr>,
+    /// `spec.nodeName`: empty until scheduled.
+    pub node: String,
+    pub host_network: bool,
+    /// Named ports of all containers (init containers included: restartable
+    /// sidecars serve on theirs).
+    pub ports: Vec<NamedPort>,
+}
+
+impl PodView {
+    /// Reads a pod; `None` for pods policy ignores (finished, unnamed).
+    pub fn from_pod(pod: &Pod, refused: &mut Vec<Refused>) -> Option<PodView> {
+        let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+        let name = pod.metadata.name.clone()?;
+        let status = pod.status.as_ref();
+        if matches!(status.and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed")) {
+            return None;
+        }
+        let object = format!("{namespace}/{name}");
+        let mut refuse = |reason: String| refused.push(Refused { kind: "Pod", object: object.clone(), reason });
+        let mut ips = Vec::new();
+        for ip in status.and_then(|s| s.pod_ips.as_ref()).into_iter().flatten() {
+            match ip.ip.parse::<IpAddr>() {
+                Ok(a) if !ips.contains(&a) => ips.push(a),
+                Ok(_) => {}
+                Err(_) => refuse(format!("podIP {:?} is not an address", bounded(&ip.ip))),
+            }
+        }
+        let spec = pod.spec.as_ref();
+        let containers = spec.into_iter().flat_map(|s| s.containers.iter().chain(s.init_containers.iter().flatten()));
+        let mut ports = Vec::new();
+        for p in containers.flat_map(|c| c.ports.iter().flatten()) {
+            let Some(port_name) = &p.name else { continue };
+            match (Protocol::parse(p.protocol.as_deref()), u16::try_from(p.container_port)) {
+                (Ok(protocol), Ok(port)) if port > 0 => {
+                    ports.push(NamedPort { name: port_name.clone(), protocol, port })
+                }
+                (Err(e), _) => refuse(format!("port {:?}: {e}", bounded(port_name))),
+                _ => refuse(format!("port {:?}: {} is no port number", bounded(port_name), p.container_port)),
+            }
+        }
+        ports.sort();
+        ports.dedup();
+        Some(PodView {
+            namespace,
+            name,
+            labels: pod.metadata.labels.clone().unwrap_or_default(),
+            ips,
+            node: spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
+            host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
+            ports,
+        })
+    }
+
+    /// The port number a named port has on this pod.
+    pub fn named_port(&self, name: &str, protocol: Protocol) -> Option<u16> {
+        self.ports.iter().find(|p| p.name == name && p.protocol == protocol).map(|p| p.port)
+    }
+}
+
+/// A namespace as policy sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamespaceView {
+    pub name: String,
+    pub labels: Labels,
+}
+
+impl NamespaceView {
+    pub fn from_namespace(ns: &Namespace) -> Option<NamespaceView> {
+        Some(NamespaceView { name: ns.metadata.name.clone()?, labels: ns.metadata.labels.clone().unwrap_or_default() })
+    }
+}
+
+/// Ingress or egress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Direction {
+    Ingress,
+    Egress,
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Direction::Ingress => "ingress",
+            Direction::Egress => "egress",
+        })
+    }
+}
+
+/// Which namespaces a pod peer looks in.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Namespaces {
+    /// No `namespaceSelector`: the policy's own namespace.
+    Own,
+    /// `namespaceSelector` (empty: every namespace).
+    Matching(Selector),
+}
+
+/// A `from`/`to` entry.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Peer {
+    /// `podSelector` and/or `namespaceSelector`. An absent `podSelector`
+    /// next to a `namespaceSelector` selects every pod there, so it is
+    /// stored as the empty selector.
+    Pods { namespaces: Namespaces, pods: Selector },
+    /// `ipBlock`: the CIDR (masked) minus the exceptions.
+    Block { cidr: IpNetwork, except: Vec<IpNetwork> },
+}
+
+/// The port (or port name) of a `ports` entry.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PortMatch {
+    /// No `port`: every port of the protocol.
+    All,
+    /// `port` (and `endPort`): an inclusive range, `first == last` for one port.
+    Range(u16, u16),
+    /// A named port, resolved on the destination pod.
+    Named(String),
+}
+
+/// A `ports` entry.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Port {
+    pub protocol: Protocol,
+    pub port: PortMatch,
+}
+
+/// One ingress or egress rule. Empty `peers` means every peer and empty
+/// `ports` every port (the API's "empty or missing").
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Rule {
+    pub peers: Vec<Peer>,
+    pub ports: Vec<Port>,
+}
+
+/// A NetworkPolicy as weft believes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyView {
+    pub namespace: String,
+    pub name: String,
+    /// `spec.podSelector` (absent: every pod in the namespace).
+    pub pod_selector: Selector,
+    /// Isolates the selected pods for ingress, from `policyTypes`.
+    pub ingress_isolated: bool,
+    pub egress_isolated: bool,
+    pub ingress: Vec<Rule>,
+    pub egress: Vec<Rule>,
+}
+
+impl PolicyView {
+    /// Whether it isolates the selected pods in this direction.
+    pub fn isolates(&self, d: Direction) -> bool {
+        match d {
+            Direction::Ingress => self.ingress_isolated,
+            Direction::Egress => self.egress_isolated,
+        }
+    }
+
+    pub fn rules(&self, d: Direction) -> &[Rule] {
+        match d {
+            Direction::Ingress => &self.ingress,
+            Direction::Egress => &self.egress,
+        }
+    }
+
+    /// Reads a policy; parts weft cannot believe are left out (see the
+    /// module header) and reported.
+    pub fn from_policy(p: &NetworkPolicy, refused: &mut Vec<Refused>) -> Option<PolicyView> {
+        let namespace = p.metadata.namespace.clone().unwrap_or_default();
+        let name = p.metadata.name.clone()?;
+        let object = format!("{namespace}/{name}");
+        let mut refuse =
+            |reason: String| refused.push(Refused { kind: "NetworkPolicy", object: object.clone(), reason });
+        let spec = p.spec.clone().unwrap_or_default();
+        let pod_selector = match spec.pod_selector.as_ref().map(Selector::from_label_selector).transpose() {
+            Ok(s) => s.unwrap_or_default(),
+            Err(e) => {
+                refuse(format!("spec.podSelector: {e}; the policy is ignored"));
+                return None;
+            }
+        };
+        // The API server defaults policyTypes (so it is normally present):
+        // Ingress always, Egress when there are egress rules.
+        let types = spec.policy_types.clone().filter(|t| !t.is_empty()).unwrap_or_else(|| {
+            let mut t = vec!["Ingress".to_string()];
+            if spec.egress.as_ref().is_some_and(|e| !e.is_empty()) {
+                t.push("Egress".to_string());
+            }
+            t
+        });
+        let ingress_rules = spec.ingress.iter().flatten().map(|r| (r.from.as_deref(), r.ports.as_deref()));
+        let egress_rules = spec.egress.iter().flatten().map(|r| (r.to.as_deref(), r.ports.as_deref()));
+        let ingress = read_rules("ingress", ingress_rules, &mut refuse);
+        let egress = read_rules("egress", egress_rules, &mut refuse);
+        Some(PolicyView {
+            namespace,
+            name,
+            pod_selector,
+            ingress_isolated: types.iter().any(|t| t == "Ingress"),
+            egress_isolated: types.iter().any(|t| t == "Egress"),
+            ingress,
+            egress,
+        })
+    }
+}
+
+type RawRule<'a> = (Option<&'a [NetworkPolicyPeer]>, Option<&'a [NetworkPolicyPort]>);
+
+fn read_rules<'a>(dir: &str, rules: impl Iterator<Item = RawRule<'a>>, refuse: &mut impl FnMut(String)) -> Vec<Rule> {
+    let mut out = Vec::new();
+    for (i, (peers, ports)) in rules.enumerate() {
+        let (peers, ports) = (peers.unwrap_or_default(), ports.unwrap_or_default());
+        let mut rule = Rule::default();
+        for (j, peer) in peers.iter().enumerate() {
+            match read_peer(peer) {
+                Ok(p) if !rule.peers.contains(&p) => rule.peers.push(p),
+                Ok(_) => {}
+                Err(e) => refuse(format!("{dir}[{i}] peer {j} ignored: {e}")),
+            }
+        }
+        for (j, port) in ports.iter().enumerate() {
+            match read_port(port) {
+                Ok(p) if !rule.ports.contains(&p) => rule.ports.push(p),
+                Ok(_) => {}
+                Err(e) => refuse(format!("{dir}[{i}] port {j} ignored: {e}")),
+            }
+        }
+        // An empty list means "all": a rule that lost every entry must go.
+        if (!peers.is_empty() && rule.peers.is_empty()) || (!ports.is_empty() && rule.ports.is_empty()) {
+            refuse(format!("{dir}[{i}] ignored: none of its peers or ports could be read"));
+            continue;
+        }
+        out.push(rule);
+    }
+    out
+}
+
+fn read_peer(p: &NetworkPolicyPeer) -> Result<Peer, String> {
+    match (&p.ip_block, &p.namespace_selector, &p.pod_selector) {
+        (Some(block), None, None) => read_block(block),
+        (Some(_), _, _) => Err("ipBlock together with a selector".into()),
+        (None, None, None) => Err("no podSelector, namespaceSelector or ipBlock".into()),
+        (None, ns, pods) => {
+            let namespaces = match ns {
+                None => Namespaces::Own,
+                Some(s) => Namespaces::Matching(Selector::from_label_selector(s)?),
+            };
+            let pods = pods.as_ref().map(Selector::from_label_selector).transpose()?.unwrap_or_default();
+            Ok(Peer::Pods { namespaces, pods })
+        }
+    }
+}
+
+fn parse_cidr(s: &str) -> Result<IpNetwork, String> {
+    if !s.contains('/') {
+        return Err(format!("{:?} is not a CIDR", bounded(s)));
+    }
+    let net: IpNetwork = s.parse().map_err(|_| format!("{:?} is not a CIDR", bounded(s)))?;
+    IpNetwork::new(net.network(), net.prefix()).map_err(|e| e.to_string())
+}
+
+fn read_block(b: &IPBlock) -> Result<Peer, String> {
+    let cidr = parse_cidr(&b.cidr).map_err(|e| format!("ipBlock.cidr {e}"))?;
+    let mut except = Vec::new();
+    for e in b.except.iter().flatten() {
+        except.push(parse_cidr(e).map_err(|e| format!("ipBlock.except {e}"))?);
+    }
+    except.sort();
+    except.dedup();
+    Ok(Peer::Block { cidr, except })
+}
+
+fn read_port(p: &NetworkPolicyPort) -> Result<Port, String> {
+    let protocol = Protocol::parse(p.protocol.as_deref())?;
+    let number = |n: i32| u16::try_from(n).ok().filter(|n| *n > 0).ok_or(format!("{n} is no port number"));
+    let port = match (&p.port, p.end_port) {
+        (None, None) => PortMatch::All,
+        (None, Some(_)) => return Err("endPort without port".into()),
+        (Some(IntOrString::Int(n)), None) => PortMatch::Range(number(*n)?, number(*n)?),
+        (Some(IntOrString::Int(n)), Some(end)) => {
+            let (first, last) = (number(*n)?, number(end)?);
+            if last < first {
+                return Err(format!("endPort {last} below port {first}"));
+            }
+            PortMatch::Range(first, last)
+        }
+        (Some(IntOrString::String(_)), Some(_)) => return Err("endPort with a named port".into()),
+        (Some(IntOrString::String(s)), None) => match s.parse::<i32>() {
+            // A number in a string is what the API means by it.
+            Ok(n) => PortMatch::Range(number(n)?, number(n)?),
+            Err(_) if !s.is_empty() && s.len() <= 15 => PortMatch::Named(s.clone()),
+            Err(_) => return Err(format!("{:?} is no port name", bounded(s))),
+        },
+    };
+    Ok(Port { protocol, port })
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+    use serde_json::json;
+
+    use super::*;
+
+    fn labels(kv: &[(&str, &str)]) -> Labels {
+        kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn selector(v: serde_json::Value) -> Result<Selector, String> {
+        Selector::from_label_selector(&serde_json::from_value(v).unwrap())
+    }
+
+    #[test]
+    fn selectors_follow_the_label_selector_semantics() {
+        let web = labels(&[("app", "web"), ("tier", "front")]);
+        let db = labels(&[("app", "db")]);
+        let none = labels(&[]);
+        for (sel, want) in [
+            (json!({}), [true, true, true]),
+            (json!({"matchLabels": {"app": "web"}}), [true, false, false]),
+            (json!({"matchLabels": {"app": "web", "tier": "back"}}), [false, false, false]),
+            (
+                json!({"matchExpressions": [{"key": "app", "operator": "In", "values": ["web", "db"]}]}),
+                [true, true, false],
+            ),
+            (
+                json!({"matchExpressions": [{"key": "app", "operator": "NotIn", "values": ["web"]}]}),
+                [false, true, true],
+            ),
+            (json!({"matchExpressions": [{"key": "tier", "operator": "Exists"}]}), [true, false, false]),
+            (json!({"matchExpressions": [{"key": "tier", "operator": "DoesNotExist"}]}), [false, true, true]),
+            (
+                json!({"matchLabels": {"app": "web"}, "matchExpressions": [{"key": "tier", "operator": "In", "values": ["front"]}]}),
+                [true, false, false],
+            ),
+        ] {
+            let s = selector(sel.clone()).unwrap();
+            assert_eq!([s.matches(&web), s.matches(&db), s.matches(&none)], want, "{sel}");
+        }
+    }
+
+    #[test]
+    fn malformed_selectors_are_refused_and_equal_ones_compare_equal() {
+        for bad in [
+            json!({"matchExpressions": [{"key": "a", "operator": "In"}]}),
+            json!({"matchExpressions": [{"key": "a", "operator": "Exists", "values": ["x"]}]}),
+            json!({"matchExpressions": [{"key": "a", "operator": "Gt", "values": ["1"]}]}),
+        ] {
+            assert!(selector(bad.clone()).is_err(), "{bad}");
+        }
+        let req = |vals: &[&str]| LabelSelectorRequirement {
+            key: "a".into(),
+            operator: "In".into(),
+            values: Some(vals.iter().map(|v| v.to_string()).collect()),
+        };
+        let a = LabelSelector { match_expressions: Some(vec![req(&["x", "y"])]), ..Default::default() };
+        let b = LabelSelector { match_expressions: Some(vec![req(&["y", "x", "x"])]), ..Default::default() };
+        assert_eq!(Selector::from_label_selector(&a), Selector::from_label_selector(&b));
+    }
+
+    fn policy(spec: serde_json::Value) -> (Option<PolicyView>, Vec<String>) {
+        let p: NetworkPolicy =
+            serde_json::from_value(json!({"metadata": {"namespace": "ns", "name": "p"}, "spec": spec})).unwrap();
+        let mut refused = Vec::new();
+        let v = PolicyView::from_policy(&p, &mut refused);
+        (v, refused.into_iter().map(|r| r.reason).collect())
+    }
+
+    #[test]
+    fn policy_types_default_to_ingress_plus_egress_when_egress_rules_exist() {
+        let types = |spec| {
+            let v = policy(spec).0.unwrap();
+            (v.ingress_isolated, v.egress_isolated)
+        };
+        assert_eq!(types(json!({"podSelector": {}})), (true, false));
+        assert_eq!(types(json!({"podSelector": {}, "egress": [{}]})), (true, true));
+        assert_eq!(types(json!({"podSelector": {}, "egress": []})), (true, false));
+        assert_eq!(types(json!({"podSelector": {}, "policyTypes": ["Egress"], "ingress": [{}]})), (false, true));
+        assert_eq!(types(json!({"podSelector": {}, "policyTypes": ["Ingress", "Egress"]})), (true, true));
+    }
+
+    #[test]
+    fn peers_read_with_their_absent_selector_meanings() {
+        let (v, refused) = policy(json!({"podSelector": {}, "ingress": [{"from": [
+            {"podSelector": {"matchLabels": {"a": "b"}}},
+            {"namespaceSelector": {}},
+            {"namespaceSelector": {"matchLabels": {"t": "x"}}, "podSelector": {"matchLabels": {"a": "b"}}},
+            {"ipBlock": {"cidr": "10.0.0.1/8", "except": ["10.1.0.0/16"]}},
+        ]}]}));
+        assert!(refused.is_empty(), "{refused:?}");
+        let peers = &v.unwrap().ingress[0].peers;
+        let ab = Selector { labels: vec![("a".into(), "b".into())], exprs: vec![] };
+        assert_eq!(peers[0], Peer::Pods { namespaces: Namespaces::Own, pods: ab.clone() });
+        assert_eq!(
+            peers[1],
+            Peer::Pods { namespaces: Namespaces::Matching(Selector::everything()), pods: Selector::everything() }
+        );
+        let tx = Selector { labels: vec![("t".into(), "x".into())], exprs: vec![] };
+        assert_eq!(peers[2], Peer::Pods { namespaces: Namespaces::Matching(tx), pods: ab });
+        assert_eq!(
+            peers[3],
+            Peer::Block { cidr: "10.0.0.0/8".parse().unwrap(), except: vec!["10.1.0.0/16".parse().unwrap()] },
+            "host bits are masked"
+        );
+    }
+
+    #[test]
+    fn hostile_parts_make_a_policy_allow_less_never_more() {
+        // One bad peer among good ones: the rule keeps the good ones.
+        let (v, refused) = policy(json!({"podSelector": {}, "ingress": [{"from": [
+            {"ipBlock": {"cidr": "10.0.0.0/8", "except": ["nonsense"]}},
+            {"podSelector": {"matchLabels": {"a": "b"}}},
+        ]}]}));
+        assert_eq!(v.unwrap().ingress[0].peers.len(), 1);
+        assert!(refused[0].contains("except"), "{refused:?}");
+        // Only bad peers or only bad ports: the whole rule goes (not "allow all").
+        for rule in [
+            json!({"from": [{"ipBlock": {"cidr": "300.0.0.0/8"}}]}),
+            json!({"from": [{}]}),
+            json!({"from": [{"ipBlock": {"cidr": "10.0.0.0/8"}, "podSelector": {}}]}),
+            json!({"from": [{"podSelector": {"matchExpressions": [{"key": "a", "operator": "In"}]}}]}),
+            json!({"ports": [{"port": 80, "endPort": 70}]}),
+            json!({"ports": [{"port": "http", "endPort": 90}]}),
+            json!({"ports": [{"endPort": 90}]}),
+            json!({"ports": [{"port": 70000}]}),
+            json!({"ports": [{"port": 80, "protocol": "ICMP"}]}),
+        ] {
+            let (v, refused) = policy(json!({"podSelector": {}, "ingress": [rule.clone()]}));
+            let v = v.unwrap();
+            assert!(v.ingress.is_empty() && v.ingress_isolated, "{rule}: {v:?}");
+            assert!(refused.iter().any(|r| r.contains("ignored")), "{rule}: {refused:?}");
+        }
+        // A bad podSelector: nothing can be said about what it isolates.
+        let (v, refused) =
+            policy(json!({"podSelector": {"matchExpressions": [{"key": "a", "operator": "Nope"}]}, "ingress": [{}]}));
+        assert!(v.is_none() && refused[0].contains("podSelector"), "{refused:?}");
+        // Huge values are bounded in reports.
+        let (_, refused) = policy(json!({"podSelector": {}, "ingress": [{"ports": [{"port": "x".repeat(10_000)}]}]}));
+        assert!(refused.iter().all(|r| r.len() < 200), "{refused:?}");
+    }
+
+    #[test]
+    fn ports_read_by_number_name_and_range() {
+        let (v, refused) = policy(json!({"podSelector": {}, "egress": [{"ports": [
+            {"port": 80}, {"port": "http", "protocol": "TCP"}, {"port": 1000, "endPort": 2000, "protocol": "UDP"},
+            {"protocol": "SCTP"}, {"port": "53", "protocol": "UDP"},
+        ]}]}));
+        assert!(refused.is_empty(), "{refused:?}");
+        let ports = &v.unwrap().egress[0].ports;
+        assert_eq!(ports[0], Port { protocol: Protocol::Tcp, port: PortMatch::Range(80, 80) });
+        assert_eq!(ports[1], Port { protocol: Protocol::Tcp, port: PortMatch::Named("http".into()) });
+        assert_eq!(ports[2], Port { protocol: Protocol::Udp, port: PortMatch::Range(1000, 2000) });
+        assert_eq!(ports[3], Port { protocol: Protocol::Sctp, port: PortMatch::All });
+        assert_eq!(ports[4], Port { protocol: Protocol::Udp, port: PortMatch::Range(53, 53) });
+    }
+
+    #[test]
+    fn pods_read_ips_named_ports_and_skip_finished_ones() {
+        let pod = |phase: &str| -> Pod {
+            serde_json::from_value(json!({
+                "metadata": {"namespace": "ns", "name": "p", "labels": {"app": "web"}},
+                "spec": {"nodeName": "n1", "containers": [{"name": "c", "ports": [
+                    {"name": "http", "containerPort": 8080}, {"containerPort": 9000},
+                    {"name": "dns", "containerPort": 53, "protocol": "UDP"}, {"name": "bad", "containerPort": 0}]}],
+                  "initContainers": [{"name": "sidecar", "ports": [{"name": "metrics", "containerPort": 9090}]}]},
+                "status": {"phase": phase, "podIPs": [{"ip": "10.244.1.5"}, {"ip": "fd00:10:244:1::5"}, {"ip": "junk"}]}
+            }))
+            .unwrap()
+        };
+        let mut refused = Vec::new();
+        let v = PodView::from_pod(&pod("Running"), &mut refused).unwrap();
+        assert_eq!(v.ips.len(), 2);
+        assert_eq!(v.node, "n1");
+        assert_eq!(v.named_port("http", Protocol::Tcp), Some(8080));
+        assert_eq!(v.named_port("http", Protocol::Udp), None);
+        assert_eq!(v.named_port("dns", Protocol::Udp), Some(53));
+        assert_eq!(v.named_port("metrics", Protocol::Tcp), Some(9090));
+        assert_eq!(refused.len(), 2, "{refused:?}");
+        assert!(PodView::from_pod(&pod("Succeeded"), &mut refused).is_none());
+        assert!(PodView::from_pod(&pod("Failed"), &mut refused).is_none());
+    }
+}
