@@ -73,16 +73,20 @@ impl NodeConfig {
             }
             Err(source) => return Err(NodeConfigError::Io { op: "read", path: path.to_path_buf(), source }),
         };
-        let invalid = |reason: String| NodeConfigError::Invalid { path: path.to_path_buf(), reason };
-        let cfg: NodeConfig = serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
+        NodeConfig::from_json(&bytes).map_err(|reason| NodeConfigError::Invalid { path: path.to_path_buf(), reason })
+    }
+
+    /// Decodes and validates the file's content; the error says what is wrong.
+    pub fn from_json(bytes: &[u8]) -> Result<NodeConfig, String> {
+        let cfg: NodeConfig = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
         if cfg.version > NODE_CONFIG_VERSION {
-            return Err(invalid(format!(
+            return Err(format!(
                 "format version {} is newer than this plugin understands ({NODE_CONFIG_VERSION})",
                 cfg.version
-            )));
+            ));
         }
-        cfg.subnets().map_err(|e| invalid(e.to_string()))?;
-        crate::cni::validate_mtu(cfg.mtu, "mtu").map_err(|e| invalid(e.to_string()))?;
+        cfg.subnets().map_err(|e| e.to_string())?;
+        crate::cni::validate_mtu(cfg.mtu, "mtu").map_err(|e| e.to_string())?;
         Ok(cfg)
     }
 
@@ -91,12 +95,18 @@ impl NodeConfig {
         parse_subnets(&self.subnets, "subnets")
     }
 
+    /// The file's content as the agent writes it.
+    pub fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
+        let mut json = serde_json::to_vec_pretty(self)?;
+        json.push(b'\n');
+        Ok(json)
+    }
+
     /// Writes the file atomically (temp file + rename) unless it already holds
     /// exactly this content. Returns whether it wrote.
     pub fn write_if_changed(&self, path: &Path) -> Result<bool, NodeConfigError> {
-        let mut json = serde_json::to_vec_pretty(self)
-            .map_err(|e| NodeConfigError::Invalid { path: path.to_path_buf(), reason: e.to_string() })?;
-        json.push(b'\n');
+        let json =
+            self.to_json().map_err(|e| NodeConfigError::Invalid { path: path.to_path_buf(), reason: e.to_string() })?;
         crate::file::replace_if_changed(path, &json).map_err(|FileError { op, path, source }| NodeConfigError::Io {
             op,
             path,

@@ -8,10 +8,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use ipnetwork::IpNetwork;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// How traffic reaches a peer's pods.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
     /// Encapsulate in VXLAN (flannel-compatible semantics).
@@ -69,7 +69,7 @@ pub enum ConfigError {
 }
 
 /// VXLAN settings.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct VxlanConfig {
     /// VXLAN network identifier.
@@ -87,8 +87,9 @@ impl Default for VxlanConfig {
     }
 }
 
-/// The configuration file, as written.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// The configuration file, as written. `Serialize` lets the fuzz target
+/// (fuzz/) check that a parsed file, written back and read again, means the same.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FileConfig {
     #[serde(default, rename = "clusterCIDRs")]

@@ -165,7 +165,7 @@ impl DiskStore {
 
     fn index_path(&self, att: &Attachment) -> Result<PathBuf, IpamError> {
         check_attachment(att)?;
-        Ok(self.dir.join(format!("{INDEX_PREFIX}{}@{}", att.container_id, att.ifname)))
+        Ok(self.dir.join(index_name(att)))
     }
 
     fn cursor_path(&self, subnet: &IpNetwork) -> PathBuf {
@@ -176,7 +176,7 @@ impl DiskStore {
 /// The container ID and interface name end up in file names and in
 /// line-based records, which rely on the CNI rules ([`check_container_id`]:
 /// never the `@` separator; [`check_ifname`]: never `/` or a newline).
-fn check_attachment(att: &Attachment) -> Result<(), IpamError> {
+pub fn check_attachment(att: &Attachment) -> Result<(), IpamError> {
     let invalid = |reason| IpamError::InvalidAttachment {
         container_id: att.container_id.clone(),
         ifname: att.ifname.clone(),
@@ -191,26 +191,56 @@ fn check_attachment(att: &Attachment) -> Result<(), IpamError> {
     Ok(())
 }
 
+// The records' formats. What is on disk is untrusted (another process, an
+// operator or a crash may have left anything), so every parser returns
+// `None` or skips garbage, and the writers are their exact inverses. Public
+// for the fuzz targets (fuzz/).
+
 /// The address a reservation file is named after. Only the canonical
 /// spelling counts, so one address can never have two files.
-fn parse_ip_name(name: &str) -> Option<IpAddr> {
+pub fn parse_ip_name(name: &str) -> Option<IpAddr> {
     name.parse::<IpAddr>().ok().filter(|ip| ip.to_string() == name)
 }
 
+/// The name of an attachment's index file (the attachment must pass [`check_attachment`]).
+pub fn index_name(att: &Attachment) -> String {
+    format!("{INDEX_PREFIX}{}@{}", att.container_id, att.ifname)
+}
+
 /// The attachment an index file is named after.
-fn parse_index_name(name: &str) -> Option<Attachment> {
+pub fn parse_index_name(name: &str) -> Option<Attachment> {
     // Container IDs cannot contain '@'; interface names may.
     let (container_id, ifname) = name.strip_prefix(INDEX_PREFIX)?.split_once('@')?;
     let att = Attachment { container_id: container_id.to_string(), ifname: ifname.to_string() };
     check_attachment(&att).ok().map(|()| att)
 }
 
+/// A reservation file's content: `<container id>\n<ifname>\n`.
+pub fn format_owner(att: &Attachment) -> String {
+    format!("{}\n{}\n", att.container_id, att.ifname)
+}
+
 /// The owner a reservation file names, or `None` if it is garbage.
-fn parse_owner(text: &str) -> Option<Attachment> {
+pub fn parse_owner(text: &str) -> Option<Attachment> {
     let (container_id, rest) = text.split_once('\n')?;
     let (ifname, rest) = rest.split_once('\n')?;
     let att = Attachment { container_id: container_id.to_string(), ifname: ifname.to_string() };
     (rest.is_empty() && check_attachment(&att).is_ok()).then_some(att)
+}
+
+/// An index file's content: one address per line.
+pub fn format_index(ips: &[IpAddr]) -> String {
+    ips.iter().map(|ip| format!("{ip}\n")).collect()
+}
+
+/// The addresses an index file lists; lines that are not an address are skipped.
+pub fn parse_index(text: &str) -> Vec<IpAddr> {
+    text.lines().filter_map(|l| l.parse().ok()).collect()
+}
+
+/// The address a cursor file holds, or `None` if it is garbage.
+pub fn parse_cursor(text: &str) -> Option<IpAddr> {
+    text.trim().parse().ok()
 }
 
 fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> IpamError + 'a {
@@ -273,7 +303,7 @@ impl Store for DiskStore {
     fn reserve(&self, ip: IpAddr, owner: &Attachment) -> Result<bool, IpamError> {
         check_attachment(owner)?;
         let tmp = self.tmp_path();
-        file::write_new(&tmp, format!("{}\n{}\n", owner.container_id, owner.ifname).as_bytes())?;
+        file::write_new(&tmp, format_owner(owner).as_bytes())?;
         let path = self.ip_path(ip);
         let linked = std::fs::hard_link(&tmp, &path);
         // If this fails (or we die first) the temp is left for GC's sweep;
@@ -302,12 +332,11 @@ impl Store for DiskStore {
 
     fn index(&self, att: &Attachment) -> Result<Vec<IpAddr>, IpamError> {
         let text = read_optional(&self.index_path(att)?)?.unwrap_or_default();
-        Ok(text.lines().filter_map(|l| l.parse().ok()).collect())
+        Ok(parse_index(&text))
     }
 
     fn write_index(&self, att: &Attachment, ips: &[IpAddr]) -> Result<(), IpamError> {
-        let text: String = ips.iter().map(|ip| format!("{ip}\n")).collect();
-        self.replace(&self.index_path(att)?, text.as_bytes())
+        self.replace(&self.index_path(att)?, format_index(ips).as_bytes())
     }
 
     fn remove_index(&self, att: &Attachment) -> Result<(), IpamError> {
@@ -326,7 +355,7 @@ impl Store for DiskStore {
     }
 
     fn cursor(&self, subnet: &IpNetwork) -> Result<Option<IpAddr>, IpamError> {
-        Ok(read_optional(&self.cursor_path(subnet))?.and_then(|text| text.trim().parse().ok()))
+        Ok(read_optional(&self.cursor_path(subnet))?.and_then(|text| parse_cursor(&text)))
     }
 
     fn set_cursor(&self, subnet: &IpNetwork, ip: IpAddr) -> Result<(), IpamError> {

@@ -167,13 +167,14 @@ pub fn format_mac(mac: &[u8]) -> String {
     mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
-/// Parses `aa:bb:cc:dd:ee:ff`.
+/// Parses `aa:bb:cc:dd:ee:ff` (either case), two hex digits per byte.
 pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     let mut out = [0u8; 6];
     let mut parts = s.split(':');
     for b in out.iter_mut() {
         let p = parts.next()?;
-        if p.len() != 2 {
+        // from_str_radix alone would also take a sign: "+a" as 0x0a.
+        if p.len() != 2 || !p.bytes().all(|c| c.is_ascii_hexdigit()) {
             return None;
         }
         *b = u8::from_str_radix(p, 16).ok()?;
@@ -193,5 +194,9 @@ mod tests {
         assert_eq!(parse_mac("0a:58:0a:f4:01"), None);
         assert_eq!(parse_mac("0a:58:0a:f4:01:05:06"), None);
         assert_eq!(parse_mac("zz:58:0a:f4:01:05"), None);
+        assert_eq!(parse_mac("0A:58:0A:F4:01:05"), Some(mac));
+        // A MAC has one spelling per case: no sign (fuzz/fuzz_targets/node_wire.rs checks this).
+        assert_eq!(parse_mac("+a:58:0a:f4:01:05"), None);
+        assert_eq!(parse_mac("0a:58:0a:f4:01:+5"), None);
     }
 }
