@@ -13,7 +13,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Lab, WEFT};
+use common::Lab;
 use libweft::testutil::control_plane::{ControlPlane, Proc, eventually, k8s_bin};
 use libweft::testutil::{TestNs, have_privileges};
 
@@ -23,28 +23,9 @@ const RESYNC_SECONDS: u64 = 300;
 const REPAIR: Duration = Duration::from_secs(1);
 
 fn start_agent(lab: &Lab, cp: &ControlPlane, node: usize, dir: &tempfile::TempDir) -> Proc {
-    let d = dir.path();
-    let cfg = serde_json::json!({
-        "clusterCIDRs": ["10.244.0.0/16", "fd00:10:244::/56"],
-        "backend": "vxlan",
-        "resyncPeriodSeconds": RESYNC_SECONDS,
-        "listenAddress": "127.0.0.1:9959",
-        "runDir": d.join("run"),
-        "cniConfDir": d.join("net.d"),
-        "cniBinDir": d.join("bin"),
-        "criSocket": d.join("no-cri.sock"),
-    });
-    let path = d.join("config.json");
-    std::fs::write(&path, cfg.to_string()).unwrap();
     let n = &lab.nodes[node];
-    let kubeconfig = cp.kubeconfig().display().to_string();
-    Proc::spawn(
-        &format!("agent-{}", n.name),
-        &n.ns,
-        &[WEFT, "run", "--node-name", &n.name, "--config", &path.display().to_string()],
-        &[("KUBECONFIG", kubeconfig.as_str()), ("WEFT_LOG", "debug")],
-        d,
-    )
+    let cfg = common::agent_config(dir.path(), "vxlan", RESYNC_SECONDS);
+    common::spawn_agent(&format!("agent-{}", n.name), n, cp, &cfg, dir.path())
 }
 
 /// What weft programs in a node, in a form that survives re-creation
