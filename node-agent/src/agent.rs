@@ -200,8 +200,11 @@ impl Refusals {
 /// (the same `Arc`) is not parsed again.
 #[derive(Default)]
 struct Views {
-    by_name: HashMap<String, (Arc<WatchedNode>, Arc<NodeView>, Vec<Rejected>)>,
+    by_name: HashMap<String, View>,
 }
+
+/// One Node's object, its view, and what was refused in it.
+type View = (Arc<WatchedNode>, Arc<NodeView>, Vec<Rejected>);
 
 impl Views {
     /// Every object's view, and what was refused in them.
@@ -317,7 +320,16 @@ pub async fn run(
         } else {
             nft::Check::No
         };
-        let Outcome::Done(failures) = agent.pass(check).await else {
+        let outcome = agent.pass(check).await;
+        // A pass that stopped before the table keeps the news for the next one.
+        let stopped_early = match &outcome {
+            Outcome::Waiting => true,
+            Outcome::Done(failures) => failures.iter().any(|f| matches!(f, Failure::Observe(_))),
+        };
+        if check == nft::Check::Changed && stopped_early {
+            agent.shared.nft_changed.store(true, Ordering::Relaxed);
+        }
+        let Outcome::Done(failures) = outcome else {
             match wakers.next(&mut tick, None, &mut term).await {
                 Some(w) => wakeup = w,
                 None => break,

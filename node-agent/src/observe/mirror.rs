@@ -285,7 +285,7 @@ mod tests {
         assert!(!m.notify(route(false)));
         let mac = [0x0e, 1, 2, 3, 4, 5];
         let ip: IpAddr = "10.244.2.0".parse().unwrap();
-        assert!(m.notify(Update::Neighbour { ip, mac: Some(mac.clone()) }));
+        assert!(m.notify(Update::Neighbour { ip, mac: Some(mac) }));
         assert!(!m.notify(Update::Neighbour { ip, mac: Some(mac) }));
         assert!(m.notify(Update::Neighbour { ip, mac: None }), "no longer permanent");
         let entry = ([0x0e, 1, 2, 3, 4, 5], "198.51.100.12".parse().unwrap());
