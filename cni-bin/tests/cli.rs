@@ -122,12 +122,12 @@ fn run_with_stdin(command: &str, stdin: &[u8]) -> std::process::Output {
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
-        .unwrap();
-    let mut pipe = child.stdin.take().unwrap();
+        .expect("run the plugin");
+    let mut pipe = child.stdin.take().expect("stdin is piped");
     // The plugin stops reading at the cap: a broken pipe after it is fine.
     let _ = pipe.write_all(stdin);
     drop(pipe);
-    child.wait_with_output().unwrap()
+    child.wait_with_output().expect("wait for the plugin")
 }
 
 #[test]

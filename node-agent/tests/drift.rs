@@ -201,7 +201,7 @@ fn failing_passes_make_the_agent_unready_until_the_fault_is_gone() {
     // node2's agent publishes what node1 needs to program it.
     let dirs: Vec<tempfile::TempDir> = lab.nodes.iter().map(|_| tempfile::tempdir().unwrap()).collect();
     let agents: Vec<Proc> = (0..lab.nodes.len()).map(|i| start_agent(&lab, &cp, i, &dirs[i])).collect();
-    let (agent, dir) = (&agents[0], &dirs[0]);
+    let agent = &agents[0];
     let ns = &lab.nodes[0].ns;
     let log = || agent.log_tail();
     let v6_route = "fd00:10:244:2::/64 via fd00:10:244:2:: dev weft.vxlan";
