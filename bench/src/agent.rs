@@ -378,6 +378,8 @@ async fn run(
     let nl = Netlink::from_socket(node_netns.route_socket().expect("socket")).expect("netlink");
     let events = route_listener(node_netns);
     let kubeconfig = cp.kubeconfig().display().to_string();
+    // Quiet unless asked: logging thousands of lines would cost the agent time.
+    let log_level = std::env::var("WEFT_LOG").unwrap_or_else(|_| "warn".into());
 
     eprintln!("starting weft-agent ({} backend)", args.backend);
     let agent_start = Instant::now();
@@ -385,7 +387,7 @@ async fn run(
         "weft-agent",
         node,
         &[&args.agent.display().to_string(), "run", "--node-name", OWN, "--config", &config_path.display().to_string()],
-        &[("KUBECONFIG", kubeconfig.as_str()), ("WEFT_LOG", "warn")],
+        &[("KUBECONFIG", kubeconfig.as_str()), ("WEFT_LOG", log_level.as_str())],
         dir,
     );
     let pid = agent.pid().expect("agent pid");

@@ -110,61 +110,51 @@ fn bad_inputs_get_the_right_error_codes() {
     }
 }
 
-#[test]
-fn undecodable_stdin_is_code_6() {
-    for stdin in ["", "{", "[]", "{\"cniVersion\": 1}"] {
-        let mut child = Command::new(WEFT)
-            .env_clear()
-            .env("CNI_COMMAND", "ADD")
-            .env("CNI_CONTAINERID", "c1")
-            .env("CNI_NETNS", "/proc/self/ns/net")
-            .env("CNI_IFNAME", "eth0")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(!out.status.success());
-        let json: Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert_eq!(json["code"], 6, "stdin {stdin:?}: {json}");
-    }
+/// Runs the plugin for `command` with `stdin` as its network config.
+fn run_with_stdin(command: &str, stdin: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Command::new(WEFT)
+        .env_clear()
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", "c1")
+        .env("CNI_NETNS", "/proc/self/ns/net")
+        .env("CNI_IFNAME", "eth0")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the plugin");
+    let mut pipe = child.stdin.take().expect("stdin is piped");
+    // The plugin stops reading at the cap: a broken pipe after it is fine.
+    let _ = pipe.write_all(stdin);
+    drop(pipe);
+    child.wait_with_output().expect("wait for the plugin")
 }
 
 #[test]
-fn oversized_stdin_is_refused_with_code_6() {
-    use std::io::Write;
+fn stdin_that_is_no_config_is_code_6() {
     // Valid JSON, just too big: a 2 MiB string in an unknown key.
-    let mut config = conf(json!({}));
-    config["padding"] = json!("x".repeat(2 * 1024 * 1024));
-    for command in ["ADD", "VERSION"] {
-        let mut child = Command::new(WEFT)
-            .env_clear()
-            .env("CNI_COMMAND", command)
-            .env("CNI_CONTAINERID", "c1")
-            .env("CNI_NETNS", "/proc/self/ns/net")
-            .env("CNI_IFNAME", "eth0")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdin = child.stdin.take().unwrap();
-        // The plugin stops reading at the cap: a broken pipe after it is fine.
-        let _ = stdin.write_all(config.to_string().as_bytes());
-        drop(stdin);
-        let out = child.wait_with_output().unwrap();
-        assert!(!out.status.success(), "{command}");
+    let mut big = conf(json!({}));
+    big["padding"] = json!("x".repeat(2 * 1024 * 1024));
+    let mut under = conf(json!({"type": "ptp"}));
+    under["padding"] = json!("x".repeat(1024 * 1024 - 400));
+    let too_big = "larger than 1024 KiB";
+    let cases: [(&str, &str, String, i64, &str); 7] = [
+        ("empty", "ADD", String::new(), 6, ""),
+        ("truncated", "ADD", "{".into(), 6, ""),
+        ("an array", "ADD", "[]".into(), 6, ""),
+        ("a number for cniVersion", "ADD", r#"{"cniVersion": 1}"#.into(), 6, ""),
+        ("over the cap", "ADD", big.to_string(), 6, too_big),
+        ("over the cap, VERSION", "VERSION", big.to_string(), 6, too_big),
+        // Just under the cap is read and decoded as usual, then refused for its type.
+        ("just under the cap", "ADD", under.to_string(), 7, ""),
+    ];
+    for (what, command, stdin, code, message) in cases {
+        let out = run_with_stdin(command, stdin.as_bytes());
+        assert!(!out.status.success(), "{what}");
         let json: Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert_eq!(json["code"], 6, "{command}: {json}");
-        assert!(json.to_string().contains("larger than 1024 KiB"), "{command}: {json}");
+        assert_eq!(json["code"], code, "{what}: {json}");
+        assert!(json.to_string().contains(message), "{what}: {json}");
     }
-    // Just under the cap is read and decoded as usual.
-    let mut config = conf(json!({"type": "ptp"}));
-    config["padding"] = json!("x".repeat(1024 * 1024 - 400));
-    let netns = Some(Path::new("/proc/self/ns/net"));
-    let reply = Call { command: "ADD", container_id: "c1", netns, ifname: "eth0", config: &config }.run(None);
-    assert_eq!(reply.code(), 7, "decoded, then refused for its type: {}", reply.json);
 }
 
 #[test]

@@ -14,17 +14,18 @@
 //!   so the kernel keeps its last programmed state;
 //! - SIGTERM stops the loop and leaves the data plane in place.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use ipnetwork::IpNetwork;
 use k8s_openapi::api::core::v1::Node;
 use kube::runtime::reflector::Store;
 use kube::{Api, Client};
 use libweft::netlink::Netlink;
 
-use crate::apply::nftables::{NftChange, NftError, Nftables};
+use crate::apply::nftables::{self as nft, NftChange, NftError, Nftables};
 use crate::apply::{api, files, kernel};
 use crate::config::{Backend, Config};
 use crate::desired::{self, Desired, vtep_mac_for};
@@ -102,11 +103,11 @@ impl Wakeup {
         }
     }
 
-    /// Whether the pass also checks what is otherwise only compared against
-    /// weft's last write (the nftables table): the kernel may have changed
-    /// behind weft's back.
+    /// Whether the pass dumps what weft owns in the kernel and compares the
+    /// nftables table with its reference, whatever the notifications said:
+    /// they may have missed something (the periodic backstop).
     pub fn checks_kernel(self) -> bool {
-        matches!(self, Wakeup::Start | Wakeup::Drift | Wakeup::Resync)
+        matches!(self, Wakeup::Start | Wakeup::Resync)
     }
 }
 
@@ -194,6 +195,46 @@ impl Refusals {
     }
 }
 
+/// The Node views of the last pass, each with the object it was read from:
+/// the watch replaces an object when it changes, so an unchanged one
+/// (the same `Arc`) is not parsed again.
+#[derive(Default)]
+struct Views {
+    by_name: HashMap<String, View>,
+}
+
+/// One Node's object, its view, and what was refused in it.
+type View = (Arc<WatchedNode>, Arc<NodeView>, Vec<Rejected>);
+
+impl Views {
+    /// Every object's view, and what was refused in them.
+    fn update(
+        &mut self,
+        objects: &[Arc<WatchedNode>],
+        cluster_cidrs: &[IpNetwork],
+    ) -> (Vec<Arc<NodeView>>, Vec<Rejected>) {
+        let mut by_name = HashMap::with_capacity(objects.len());
+        let mut views = Vec::with_capacity(objects.len());
+        let mut rejected = Vec::new();
+        for object in objects {
+            let name = object.metadata.name.clone().unwrap_or_default();
+            let entry = match self.by_name.remove(&name) {
+                Some(e) if Arc::ptr_eq(&e.0, object) => e,
+                _ => {
+                    let mut refused = Vec::new();
+                    let view = NodeView::from_node(object, cluster_cidrs, &mut refused);
+                    (object.clone(), Arc::new(view), refused)
+                }
+            };
+            views.push(entry.1.clone());
+            rejected.extend(entry.2.iter().cloned());
+            by_name.insert(name, entry);
+        }
+        self.by_name = by_name;
+        (views, rejected)
+    }
+}
+
 /// Everything one pass needs.
 struct Agent {
     cfg: Config,
@@ -204,6 +245,9 @@ struct Agent {
     vtep_mac: [u8; 6],
     metrics: Arc<Metrics>,
     nft: Nftables,
+    views: Views,
+    /// The kernel mirror and what else the notification readers share.
+    shared: Arc<events::Shared>,
     refusals: Refusals,
     /// Peers refused by the desired state (claims on what another node holds).
     peer_refusals: Refusals,
@@ -220,16 +264,26 @@ pub async fn run(
     let store = watch::spawn(client.clone(), trigger.clone(), metrics.clone());
     let nl = Netlink::connect()?;
     let drift = Arc::new(Trigger::default());
-    if let Err(e) = events::spawn(nl.clone(), drift.clone(), metrics.clone()) {
-        metrics.error("events");
-        tracing::warn!(period_s = cfg.resync_period.as_secs(), "{e}: drift is repaired at the resync only");
-    }
+    let shared = Arc::new(events::Shared::default());
+    let nft = match events::spawn(nl.clone(), drift.clone(), metrics.clone(), shared.clone()) {
+        Ok(()) => Nftables::with_writers(shared.nft_writers.clone()),
+        Err(e) => {
+            metrics.error("events");
+            tracing::warn!(
+                period_s = cfg.resync_period.as_secs(),
+                "{e}: drift is repaired at the resync only, every pass dumps"
+            );
+            Nftables::default()
+        }
+    };
     let mut agent = Agent {
         vtep_mac: vtep_mac_for(&node_name),
         nodes_api: Api::all(client),
         nl,
         store: store.clone(),
-        nft: Nftables::default(),
+        nft,
+        views: Views::default(),
+        shared,
         refusals: Refusals::default(),
         peer_refusals: Refusals::default(),
         metrics: metrics.clone(),
@@ -256,7 +310,26 @@ pub async fn run(
         let started = Instant::now();
         let event_at = trigger.take_oldest();
         metrics.sync_pass(wakeup.label());
-        let Outcome::Done(failures) = agent.pass(wakeup.checks_kernel()).await else {
+        if wakeup.checks_kernel() {
+            agent.shared.mirror.mark_stale();
+        }
+        let check = if wakeup.checks_kernel() {
+            nft::Check::Resync
+        } else if agent.shared.nft_changed.swap(false, Ordering::Relaxed) {
+            nft::Check::Changed
+        } else {
+            nft::Check::No
+        };
+        let outcome = agent.pass(check).await;
+        // A pass that stopped before the table keeps the news for the next one.
+        let stopped_early = match &outcome {
+            Outcome::Waiting => true,
+            Outcome::Done(failures) => failures.iter().any(|f| matches!(f, Failure::Observe(_))),
+        };
+        if check == nft::Check::Changed && stopped_early {
+            agent.shared.nft_changed.store(true, Ordering::Relaxed);
+        }
+        let Outcome::Done(failures) = outcome else {
             match wakers.next(&mut tick, None, &mut term).await {
                 Some(w) => wakeup = w,
                 None => break,
@@ -343,9 +416,7 @@ impl Agent {
     async fn observe(&mut self) -> Result<Option<(Observation, Arc<WatchedNode>)>, UnderlayError> {
         let objects = self.store.state();
         self.metrics.nodes.set(objects.len() as i64);
-        let mut rejected = Vec::new();
-        let nodes: Vec<NodeView> =
-            objects.iter().map(|n| NodeView::from_node(n, &self.cfg.cluster_cidrs, &mut rejected)).collect();
+        let (nodes, rejected) = self.views.update(&objects, &self.cfg.cluster_cidrs);
         for r in self.refusals.fresh(&rejected) {
             self.metrics.rejected_annotations.get_or_create(&FieldLabel { field: r.field.to_string() }).inc();
             tracing::warn!(node = %r.node, field = r.field, value = %r.value, "ignored invalid value: {}", r.reason);
@@ -355,7 +426,9 @@ impl Agent {
             tracing::warn!(node = %node_name, "own Node not found in the API (is NODE_NAME right?)");
             return Ok(None);
         };
-        let Some(local) = nodes.iter().find(|n| n.name == node_name).cloned() else { return Ok(None) };
+        let Some(local) = nodes.iter().find(|n| n.name == node_name).map(|n| NodeView::clone(n)) else {
+            return Ok(None);
+        };
         if local.pod_cidrs.is_empty() {
             tracing::info!(node = %node_name, "waiting for the node's spec.podCIDRs (kube-controller-manager --allocate-node-cidrs)");
             return Ok(None);
@@ -379,13 +452,16 @@ impl Agent {
     /// files wait for the kernel and the nftables table: they tell the
     /// plugin it may serve pods. `check`: also compare the nftables table
     /// with weft's last write.
-    async fn pass(&mut self, check: bool) -> Outcome {
+    async fn pass(&mut self, check: nft::Check) -> Outcome {
+        let started = Instant::now();
         let (obs, own_object) = match self.observe().await {
             Ok(Some(o)) => o,
             Ok(None) => return Outcome::Waiting,
             Err(e) => return Outcome::Done(vec![e.into()]),
         };
+        let observed = started.elapsed();
         let d = desired::compute(&self.cfg, &obs);
+        let computed = started.elapsed();
         for (peer, why) in &d.kernel.skipped {
             tracing::debug!(peer = %peer, "not programmed: {why}");
         }
@@ -400,8 +476,11 @@ impl Agent {
             self.metrics.error("publish");
             failures.push(e.into());
         }
+        let published = started.elapsed();
         let kernel = self.apply_kernel(&d, obs.underlay.ifindex).await;
+        let kernel_done = started.elapsed();
         let nft = self.nft.sync(&self.cfg, &d.nft, check).await;
+        let nft_done = started.elapsed();
         if let Ok(change) = &nft {
             self.metrics.kernel_writes("nftables", usize::from(*change != NftChange::None));
         }
@@ -412,13 +491,25 @@ impl Agent {
         if data_plane_ok && let Err(e) = files::write(&self.cfg, &d.node_config, &d.conflist) {
             failures.push(e.into());
         }
+        let us = |d: Duration| d.as_micros() as u64;
+        tracing::debug!(
+            nodes = obs.nodes.len(),
+            observe_us = us(observed),
+            compute_us = us(computed - observed),
+            publish_us = us(published - computed),
+            kernel_us = us(kernel_done - published),
+            nftables_us = us(nft_done - kernel_done),
+            files_us = us(started.elapsed() - nft_done),
+            ?check,
+            "pass"
+        );
         Outcome::Done(failures)
     }
 
     async fn apply_kernel(&self, d: &Desired, underlay_ifindex: u32) -> Result<(), kernel::KernelError> {
         let (metrics, k) = (&self.metrics, &d.kernel);
         metrics.kernel_writes("sysctl", kernel::ensure_forwarding()?);
-        let applied = kernel::sync(&self.nl, k, underlay_ifindex).await?;
+        let applied = kernel::sync(&self.nl, k, underlay_ifindex, &self.shared.mirror).await?;
         for (kind, n) in &applied.writes {
             metrics.kernel_writes(kind, *n);
         }
@@ -486,6 +577,31 @@ mod tests {
     }
 
     #[test]
+    fn only_changed_nodes_are_parsed_again() {
+        let object = |name: &str, cidr: &str| -> Arc<WatchedNode> {
+            let n = serde_json::json!({"metadata": {"name": name}, "spec": {"podCIDRs": [cidr]}});
+            Arc::new(serde_json::from_value(n).expect("a Node"))
+        };
+        let cluster: Vec<IpNetwork> = vec!["10.244.0.0/16".parse().expect("valid")];
+        let (n1, n2) = (object("n1", "10.244.1.0/24"), object("n2", "10.0.0.0/24"));
+        let mut views = Views::default();
+        let (first, rejected) = views.update(&[n1.clone(), n2.clone()], &cluster);
+        assert_eq!(rejected.len(), 1, "n2's CIDR is outside the cluster");
+        let (again, rejected_again) = views.update(&[n1.clone(), n2.clone()], &cluster);
+        assert!(Arc::ptr_eq(&first[0], &again[0]) && Arc::ptr_eq(&first[1], &again[1]), "reused");
+        assert_eq!(rejected_again, rejected, "refusals are kept with their view");
+        // n2 changed: a new object from the watch.
+        let (changed, rejected) = views.update(&[n1.clone(), object("n2", "10.244.2.0/24")], &cluster);
+        assert!(Arc::ptr_eq(&first[0], &changed[0]));
+        assert_eq!(changed[1].pod_cidrs, ["10.244.2.0/24".parse::<IpNetwork>().expect("valid")]);
+        assert!(rejected.is_empty());
+        // n2 deleted.
+        let (left, _) = views.update(std::slice::from_ref(&n1), &cluster);
+        assert_eq!(left.len(), 1);
+        assert_eq!(views.by_name.len(), 1);
+    }
+
+    #[test]
     fn backoff_doubles_from_100ms_to_30s_with_jitter() {
         let ms = Duration::from_millis;
         assert_eq!(backoff(1, 1.0), ms(100));
@@ -522,7 +638,7 @@ mod tests {
         let labels: HashSet<&str> = all.iter().map(|w| w.label()).collect();
         assert_eq!(labels.len(), all.len(), "one label each");
         let checking: Vec<Wakeup> = all.into_iter().filter(|w| w.checks_kernel()).collect();
-        assert_eq!(checking, [Wakeup::Start, Wakeup::Drift, Wakeup::Resync]);
+        assert_eq!(checking, [Wakeup::Start, Wakeup::Resync], "drift passes trust the notifications");
     }
 
     #[test]

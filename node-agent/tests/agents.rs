@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{EXTERNAL_V4, EXTERNAL_V6, Lab, WEFT};
+use common::{EXTERNAL_V4, EXTERNAL_V6, Lab};
 use libweft::netlink::format_mac;
 use libweft::testutil::control_plane::{ControlPlane, Proc, eventually, k8s_bin};
 use libweft::testutil::{TestNs, have_privileges};
@@ -39,36 +39,11 @@ struct Agent {
 }
 
 impl Agent {
-    fn config(&self, backend: &str) -> PathBuf {
-        let d = self.dir.path();
-        let cfg = serde_json::json!({
-            "clusterCIDRs": ["10.244.0.0/16", "fd00:10:244::/56"],
-            "backend": backend,
-            "resyncPeriodSeconds": 2,
-            "listenAddress": "127.0.0.1:9959",
-            "healthAddress": "127.0.0.1:9959",
-            "runDir": d.join("run"),
-            "cniConfDir": d.join("net.d"),
-            "cniBinDir": d.join("bin"),
-            "criSocket": d.join("no-cri.sock"),
-        });
-        let path = d.join("config.json");
-        std::fs::write(&path, cfg.to_string()).unwrap();
-        path
-    }
-
     fn start(&mut self, lab: &Lab, cp: &ControlPlane, backend: &str) {
         let node = &lab.nodes[self.node];
-        let cfg = self.config(backend);
-        let kubeconfig = cp.kubeconfig().display().to_string();
-        let proc = Proc::spawn(
-            &format!("agent-{}-{}", node.name, backend),
-            &node.ns,
-            &[WEFT, "run", "--node-name", &node.name, "--config", &cfg.display().to_string()],
-            &[("KUBECONFIG", kubeconfig.as_str()), ("WEFT_LOG", "debug")],
-            self.dir.path(),
-        );
-        self.proc = Some(proc);
+        let cfg = common::agent_config(self.dir.path(), backend, 2);
+        let name = format!("agent-{}-{}", node.name, backend);
+        self.proc = Some(common::spawn_agent(&name, node, cp, &cfg, self.dir.path()));
     }
 
     fn stop(&mut self) {

@@ -13,6 +13,7 @@ use libweft::testutil::have_privileges;
 use weft_agent::apply::kernel;
 use weft_agent::config::Config;
 use weft_agent::desired::{self, KernelState, vtep_mac_for};
+use weft_agent::observe::mirror::Mirror;
 use weft_agent::observe::underlay;
 use weft_agent::wire::NodeView;
 
@@ -46,7 +47,8 @@ fn sync_all(rt: &tokio::runtime::Runtime, lab: &Lab, live: &[usize], backend: &s
                 let u = underlay::detect(&nl, None, &ips).await.unwrap();
                 let d =
                     desired::kernel_state(&config(backend), &view(node), &u, vtep_mac_for(&node.name), &views, true);
-                let applied = kernel::sync(&nl, &d, u.ifindex).await.unwrap();
+                // A mirror without notifications: every sync dumps, as a fresh agent does.
+                let applied = kernel::sync(&nl, &d, u.ifindex, &Mirror::default()).await.unwrap();
                 assert!(applied.errors.is_empty(), "{}: {:?}", node.name, applied.errors);
                 (d, applied.changes)
             })

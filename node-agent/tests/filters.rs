@@ -17,6 +17,7 @@ use weft_agent::apply::kernel;
 use weft_agent::config::Config;
 use weft_agent::desired::nftables::{NftTable, ruleset};
 use weft_agent::desired::{self, vtep_mac_for};
+use weft_agent::observe::mirror::Mirror;
 use weft_agent::observe::underlay;
 use weft_agent::wire::NodeView;
 
@@ -49,7 +50,7 @@ fn program(lab: &Lab, cluster: &[usize], cfg: &Config) {
             let ips = [node.v4.parse().unwrap(), node.v6.parse().unwrap()];
             let u = underlay::detect(&nl, None, &ips).await.unwrap();
             let d = desired::kernel_state(cfg, &view(node), &u, vtep_mac_for(&node.name), &views, true);
-            let applied = kernel::sync(&nl, &d, u.ifindex).await.unwrap();
+            let applied = kernel::sync(&nl, &d, u.ifindex, &Mirror::default()).await.unwrap();
             assert!(applied.errors.is_empty(), "{}: {:?}", node.name, applied.errors);
         });
     }

@@ -19,8 +19,9 @@ use rtnetlink::Handle;
 
 pub use self::addr::AddressEntry;
 pub use self::link::{HOST_VETH_PREFIX, LinkInfo, VethSpec, host_veth_name};
+pub use self::neigh::neighbour_entry;
 pub use self::route::{RouteEntry, RouteSpec};
-pub use self::vxlan::{Ensured, VxlanLink};
+pub use self::vxlan::{Ensured, VxlanLink, fdb_entry};
 
 /// Route protocol of the pod routes the CNI plugin installs (`ip route show proto 87`).
 pub const RTPROT_WEFT: u8 = 87;

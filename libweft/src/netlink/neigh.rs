@@ -30,7 +30,7 @@ impl Netlink {
             .execute()
             .try_filter_map(|m| {
                 let wanted = m.header.ifindex == index && m.header.state == NeighbourState::Permanent;
-                futures::future::ready(Ok(wanted.then(|| permanent_entry(&m)).flatten()))
+                futures::future::ready(Ok(wanted.then(|| neighbour_entry(&m)).flatten()))
             })
             .try_collect()
             .await
@@ -38,7 +38,9 @@ impl Netlink {
     }
 }
 
-fn permanent_entry(m: &NeighbourMessage) -> Option<(IpAddr, Vec<u8>)> {
+/// `(ip, mac)` of a neighbour message (dump answer or notification),
+/// whatever its state.
+pub fn neighbour_entry(m: &NeighbourMessage) -> Option<(IpAddr, Vec<u8>)> {
     let mut ip = None;
     let mut mac = Vec::new();
     for a in &m.attributes {

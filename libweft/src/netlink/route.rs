@@ -96,10 +96,7 @@ impl Netlink {
             .get(query)
             .execute()
             .try_filter_map(|m| {
-                let entry = (m.header.table == RouteHeader::RT_TABLE_MAIN)
-                    .then(|| entry_from_message(&m))
-                    .flatten()
-                    .filter(|e| protocol.is_none_or(|p| e.protocol == p));
+                let entry = RouteEntry::from_message(&m).filter(|e| protocol.is_none_or(|p| e.protocol == p));
                 futures::future::ready(Ok(entry))
             })
             .try_collect()
@@ -112,6 +109,17 @@ fn describe(verb: &str, spec: &RouteSpec) -> String {
     let via = spec.gateway.map(|g| format!(" via {g}")).unwrap_or_default();
     let onlink = if spec.onlink { " onlink" } else { "" };
     format!("{verb} route {}{via} dev {}{onlink} proto {}", spec.dst, spec.oif, spec.protocol)
+}
+
+impl RouteEntry {
+    /// The route in a dump answer or a notification, if it is an IPv4 or
+    /// IPv6 route of the main table.
+    pub fn from_message(m: &RouteMessage) -> Option<RouteEntry> {
+        if m.header.table != RouteHeader::RT_TABLE_MAIN {
+            return None;
+        }
+        entry_from_message(m)
+    }
 }
 
 fn entry_from_message(m: &RouteMessage) -> Option<RouteEntry> {

@@ -180,7 +180,9 @@ impl Netlink {
     }
 }
 
-fn fdb_entry(m: &NeighbourMessage) -> Option<([u8; 6], IpAddr)> {
+/// `(mac, remote underlay address)` of an FDB message (`AF_BRIDGE`), from a
+/// dump answer or a notification.
+pub fn fdb_entry(m: &NeighbourMessage) -> Option<([u8; 6], IpAddr)> {
     let mut mac = None;
     let mut dst = None;
     for a in &m.attributes {

@@ -1,8 +1,12 @@
-//! Makes the kernel match the desired state: observe what weft owns (peer
-//! routes by protocol number, the VXLAN device by name, neighbours and FDB
-//! entries on it), delete what is wrong, add what is missing. Nothing else is
-//! ever touched, and state that is already right is left alone, so a
+//! Makes the kernel match the desired state: compare with what weft owns
+//! (peer routes by protocol number, the VXLAN device by name, neighbours and
+//! FDB entries on it), delete what is wrong, add what is missing. Nothing
+//! else is ever touched, and state that is already right is left alone, so a
 //! restarted agent adopts the kernel as it is without disturbing traffic.
+//!
+//! What weft owns is read from the [`Mirror`], not dumped every pass: a pass
+//! dumps only when the mirror is stale (at start, at the resync, after lost
+//! notifications), so a single Node event costs kernel work for that Node.
 //!
 //! Order (flannel `handleSubnetEvents`): the VXLAN device first, then FDB
 //! and neighbour entries, and routes last, so the kernel never has a route
@@ -18,6 +22,7 @@ use libweft::netlink::{Ensured, Netlink, NetlinkError, RTPROT_WEFT_PEER, RouteSp
 
 use crate::desired::{Hop, KernelState, VXLAN_DEV};
 use crate::observe;
+use crate::observe::mirror::{self, Mirror, Snapshot};
 
 /// A kernel change that failed as a whole.
 #[derive(Debug, thiserror::Error)]
@@ -94,8 +99,9 @@ fn route_spec(dst: IpNetwork, hop: Hop, underlay: u32, vxlan: Option<u32>) -> Op
 }
 
 /// One reconcile pass. Fails only when the VXLAN device itself cannot be
-/// made right; individual entries that fail are reported in `errors`.
-pub async fn sync(nl: &Netlink, d: &KernelState, underlay: u32) -> Result<Applied, NetlinkError> {
+/// made right or a dump fails; individual entries that fail are reported in
+/// `errors` (and leave the mirror stale, so the retry dumps).
+pub async fn sync(nl: &Netlink, d: &KernelState, underlay: u32, mirror: &Mirror) -> Result<Applied, NetlinkError> {
     let mut out = Applied::default();
 
     let vxlan = match &d.vxlan {
@@ -111,6 +117,8 @@ pub async fn sync(nl: &Netlink, d: &KernelState, underlay: u32) -> Result<Applie
             };
             let (index, ensured) = nl.ensure_vxlan(&link).await?;
             if ensured != Ensured::Kept {
+                // A new or changed device may have lost its entries.
+                mirror.mark_stale();
                 out.wrote("vxlan_device", 1);
                 tracing::info!(device = VXLAN_DEV, ?ensured, vni = spec.vni, port = spec.port, local = %spec.local, "VXLAN device");
             }
@@ -120,66 +128,150 @@ pub async fn sync(nl: &Netlink, d: &KernelState, underlay: u32) -> Result<Applie
         None => {
             // Deleting the device also removes its routes, neighbours and FDB.
             if nl.delete_link(VXLAN_DEV).await? {
+                mirror.mark_stale();
                 out.wrote("vxlan_device", 1);
                 tracing::info!(device = VXLAN_DEV, "removed VXLAN device (backend no longer uses it)");
             }
             None
         }
     };
+    if mirror.is_stale() || mirror.read(|s| s.vxlan_index) != vxlan {
+        dump(nl, vxlan, mirror).await?;
+    }
 
     let wanted: Vec<RouteSpec> =
         d.routes.iter().filter_map(|(dst, hop)| route_spec(*dst, *hop, underlay, vxlan)).collect();
-    let present = observe::kernel::peer_routes(nl).await?;
-    // Sets, not scans: thousands of peers must not cost a quadratic diff.
-    let route_key = |dst: IpNetwork, gateway: Option<IpAddr>, oif: u32| (dst, gateway, oif);
-    let wanted_keys: HashSet<_> = wanted.iter().map(|w| route_key(w.dst, w.gateway, w.oif)).collect();
-    let present_keys: HashSet<_> = present.iter().map(|r| route_key(r.dst, r.gateway, r.oif)).collect();
-    // Stale routes go first.
-    for r in &present {
-        if !wanted_keys.contains(&route_key(r.dst, r.gateway, r.oif)) {
-            let spec =
-                RouteSpec { dst: r.dst, gateway: r.gateway, oif: r.oif, onlink: false, protocol: RTPROT_WEFT_PEER };
-            record(&mut out, nl.delete_route(&spec).await.map(|gone| gone as usize), "route");
-        }
-    }
+    let plan = mirror.read(|present| Plan::new(present, d, &wanted, vxlan.is_some()));
 
+    // Stale routes go first.
+    for (dst, (gateway, oif)) in plan.stale_routes {
+        mirror.record(|s| {
+            s.remove_route(&dst, (gateway, oif));
+        });
+        let spec = RouteSpec { dst, gateway, oif, onlink: false, protocol: RTPROT_WEFT_PEER };
+        let res = nl.delete_route(&spec).await.map(|gone| gone as usize);
+        record(&mut out, res, "route", mirror);
+    }
     if let Some(index) = vxlan {
-        let fdb = observe::kernel::vxlan_fdb(nl, index).await?;
-        for (mac, dst) in &fdb {
-            if d.fdb.get(mac) != Some(dst) {
-                record(&mut out, nl.delete_fdb(index, *mac, *dst).await.map(usize::from), "fdb");
-            }
+        for (mac, dst) in plan.stale_fdb {
+            mirror.record(|s| {
+                s.fdb.remove(&(mac, dst));
+            });
+            record(&mut out, nl.delete_fdb(index, mac, dst).await.map(usize::from), "fdb", mirror);
         }
-        for (mac, dst) in &d.fdb {
-            if !fdb.contains(&(*mac, *dst)) {
-                record(&mut out, nl.replace_fdb(index, *mac, *dst).await.map(|()| 1), "fdb");
-            }
+        for (mac, dst) in plan.missing_fdb {
+            mirror.record(|s| {
+                s.fdb.insert((mac, dst));
+            });
+            record(&mut out, nl.replace_fdb(index, mac, dst).await.map(|()| 1), "fdb", mirror);
         }
-        let neigh = observe::kernel::vxlan_neighbours(nl, index).await?;
-        for (ip, mac) in &neigh {
-            if d.neighbours.get(ip).map(|m| m.as_slice()) != Some(mac.as_slice()) {
-                record(&mut out, nl.delete_neighbour(index, *ip).await.map(usize::from), "neighbour");
-            }
+        for ip in plan.stale_neighbours {
+            mirror.record(|s| {
+                s.neighbours.remove(&ip);
+            });
+            record(&mut out, nl.delete_neighbour(index, ip).await.map(usize::from), "neighbour", mirror);
         }
-        for (ip, mac) in &d.neighbours {
-            if neigh.get(ip).map(|m| m.as_slice()) != Some(mac.as_slice()) {
-                record(&mut out, nl.replace_neighbour(index, *ip, mac).await.map(|()| 1), "neighbour");
-            }
+        for (ip, mac) in plan.missing_neighbours {
+            mirror.record(|s| {
+                s.neighbours.insert(ip, mac);
+            });
+            record(&mut out, nl.replace_neighbour(index, ip, &mac).await.map(|()| 1), "neighbour", mirror);
         }
         out.fdb = d.fdb.len();
         out.neighbours = d.neighbours.len();
     }
 
     let mut failed = 0;
-    for w in &wanted {
-        if !present_keys.contains(&route_key(w.dst, w.gateway, w.oif)) {
-            let res = nl.replace_route(*w).await;
-            failed += usize::from(res.is_err());
-            record(&mut out, res.map(|()| 1), "route");
-        }
+    for w in plan.missing_routes {
+        mirror.record(|s| {
+            s.add_route(w.dst, (w.gateway, w.oif), true);
+        });
+        let res = nl.replace_route(w).await;
+        failed += usize::from(res.is_err());
+        record(&mut out, res.map(|()| 1), "route", mirror);
     }
     out.routes = wanted.len() - failed;
     Ok(out)
+}
+
+/// Dumps what weft owns into the mirror.
+async fn dump(nl: &Netlink, vxlan: Option<u32>, mirror: &Mirror) -> Result<(), NetlinkError> {
+    mirror.begin_dump();
+    let read = async {
+        let mut s = Snapshot { vxlan_index: vxlan, ..Snapshot::default() };
+        for r in observe::kernel::peer_routes(nl).await? {
+            s.add_route(r.dst, (r.gateway, r.oif), false);
+        }
+        if let Some(index) = vxlan {
+            s.fdb = observe::kernel::vxlan_fdb(nl, index).await?;
+            let neighbours = observe::kernel::vxlan_neighbours(nl, index).await?;
+            s.neighbours = neighbours.into_iter().map(|(ip, lladdr)| (ip, mirror::mac(&lladdr))).collect();
+        }
+        Ok::<_, NetlinkError>(s)
+    };
+    match read.await {
+        Ok(s) => {
+            tracing::debug!(
+                routes = s.route_count(),
+                fdb = s.fdb.len(),
+                neighbours = s.neighbours.len(),
+                "dumped what weft owns"
+            );
+            mirror.finish_dump(s);
+            Ok(())
+        }
+        Err(e) => {
+            mirror.abort_dump();
+            Err(e)
+        }
+    }
+}
+
+/// The writes one pass makes: the difference between the desired state and
+/// the mirror. Computed under the mirror's lock, with no I/O.
+#[derive(Default)]
+struct Plan {
+    stale_routes: Vec<(IpNetwork, mirror::Hop)>,
+    missing_routes: Vec<RouteSpec>,
+    stale_fdb: Vec<([u8; 6], IpAddr)>,
+    missing_fdb: Vec<([u8; 6], IpAddr)>,
+    stale_neighbours: Vec<IpAddr>,
+    missing_neighbours: Vec<(IpAddr, [u8; 6])>,
+}
+
+impl Plan {
+    fn new(present: &Snapshot, d: &KernelState, wanted: &[RouteSpec], vxlan: bool) -> Plan {
+        let mut plan = Plan::default();
+        // Hash lookups both ways: thousands of peers must not cost a quadratic diff.
+        let wanted_keys: HashSet<_> = wanted.iter().map(|w| (w.dst, (w.gateway, w.oif))).collect();
+        for (dst, hops) in &present.routes {
+            for hop in hops {
+                if !wanted_keys.contains(&(*dst, *hop)) {
+                    plan.stale_routes.push((*dst, *hop));
+                }
+            }
+        }
+        plan.missing_routes =
+            wanted.iter().filter(|w| !present.has_route(&w.dst, (w.gateway, w.oif))).copied().collect();
+        if vxlan {
+            plan.stale_fdb = present.fdb.iter().filter(|(mac, dst)| d.fdb.get(mac) != Some(dst)).copied().collect();
+            plan.missing_fdb =
+                d.fdb.iter().map(|(mac, dst)| (*mac, *dst)).filter(|e| !present.fdb.contains(e)).collect();
+            plan.stale_neighbours = present
+                .neighbours
+                .iter()
+                .filter(|(ip, mac)| d.neighbours.get(ip) != Some(mac))
+                .map(|(ip, _)| *ip)
+                .collect();
+            plan.missing_neighbours = d
+                .neighbours
+                .iter()
+                .filter(|(ip, mac)| present.neighbours.get(ip) != Some(mac))
+                .map(|(ip, mac)| (*ip, *mac))
+                .collect();
+        }
+        plan
+    }
 }
 
 impl Applied {
@@ -191,10 +283,13 @@ impl Applied {
     }
 }
 
-fn record(out: &mut Applied, res: Result<usize, NetlinkError>, what: &'static str) {
+/// Counts a write, or reports it failed. A failed write leaves the mirror
+/// stale: it was recorded as done before it was sent.
+fn record(out: &mut Applied, res: Result<usize, NetlinkError>, what: &'static str, mirror: &Mirror) {
     match res {
         Ok(n) => out.wrote(what, n),
         Err(e) => {
+            mirror.mark_stale();
             tracing::warn!("{what}: {e}");
             out.errors.push(format!("{what}: {e}"));
         }

@@ -8,7 +8,10 @@
 //! read back for `/metrics` ([`drop_counts`]).
 
 use std::collections::BTreeSet;
+use std::io::Write;
 use std::net::IpAddr;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
 
 use serde_json::{Value, json};
 
@@ -16,6 +19,7 @@ use crate::config::Config;
 use crate::desired::NftTable;
 use crate::desired::nftables::{DROP_COUNTERS, TABLE, ruleset, set_name};
 use crate::observe;
+use crate::observe::events::NftWriters;
 
 /// A failed `nft` transaction.
 #[derive(Debug, thiserror::Error)]
@@ -56,16 +60,35 @@ pub fn set_changes(old: &NftTable, new: &NftTable) -> Option<Value> {
 }
 
 /// Keeps the table in line with its inputs: the whole table when it is
-/// new, the own pod CIDRs changed, or (on a resync, `check`) the table is
-/// not as weft last left it: someone else flushed or edited it. Only the
-/// node sets' elements when just the nodes changed. Comparing inputs, not
-/// rendered JSON, keeps a pass over thousands of nodes from building a rule
-/// set it would not apply, and a resync of an intact table writes nothing.
+/// new, the own pod CIDRs changed, or (`check`) the table is not as weft
+/// last left it: someone else flushed or edited it. Only the node sets'
+/// elements when just the nodes changed. Comparing inputs, not rendered
+/// JSON, keeps a pass over thousands of nodes from building a rule set it
+/// would not apply, and a resync of an intact table writes nothing.
+///
+/// Whether the table is as weft left it is a digest of its listing. With
+/// notifications (`writers` set) the listing, which costs tens of
+/// milliseconds at thousands of nodes, is not taken after each write: until
+/// a transaction by anyone else touches the table, it is as weft wrote it,
+/// and the next resync adopts its listing as the reference.
 #[derive(Default)]
 pub struct Nftables {
     last: Option<NftTable>,
-    /// Digest of the table's listing right after weft's last write.
+    /// Digest of the table's listing as weft left it, if known.
     digest: Option<u64>,
+    /// weft's own `nft` processes, when notifications tell other writers apart.
+    writers: Option<Arc<NftWriters>>,
+}
+
+/// Why a pass looks at the table itself, not only at its inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// It does not: nothing says anyone else touched the table.
+    No,
+    /// The periodic check (start, resync): compare with the reference.
+    Resync,
+    /// Someone else changed the table, or its notifications were lost.
+    Changed,
 }
 
 /// What one sync did to the table.
@@ -80,10 +103,25 @@ pub enum NftChange {
 }
 
 impl Nftables {
+    /// With notifications that tell weft's own `nft` processes apart.
+    pub fn with_writers(writers: Arc<NftWriters>) -> Nftables {
+        Nftables { writers: Some(writers), ..Nftables::default() }
+    }
+
     /// Brings the table in line with `want`; `check` also compares the
-    /// table itself with weft's last write (the periodic resync).
-    pub async fn sync(&mut self, cfg: &Config, want: &NftTable, check: bool) -> Result<NftChange, NftError> {
-        let intact = !check || (self.digest.is_some() && observe::kernel::nft_table_digest(TABLE).await == self.digest);
+    /// table itself with weft's last write.
+    pub async fn sync(&mut self, cfg: &Config, want: &NftTable, check: Check) -> Result<NftChange, NftError> {
+        let intact = match (check, self.digest) {
+            (Check::No, _) => true,
+            (_, Some(digest)) => observe::kernel::nft_table_digest(TABLE).await == Some(digest),
+            // Written since the last look, and no one else has touched it
+            // since: this listing is the reference.
+            (Check::Resync, None) if self.writers.is_some() && self.last.is_some() => {
+                self.digest = observe::kernel::nft_table_digest(TABLE).await;
+                self.digest.is_some()
+            }
+            (_, None) => false,
+        };
         if !intact && self.last.is_some() {
             tracing::info!(table = TABLE, "nftables table differs from weft's last write; replacing it");
         }
@@ -96,9 +134,11 @@ impl Nftables {
         };
         // A delta that fails (the table was changed behind our back) falls back to the whole table.
         let applied_delta = match delta {
-            Some(d) => {
-                apply(d).await.map_err(|e| tracing::info!("node set update failed, replacing the table: {e}")).is_ok()
-            }
+            Some(d) => self
+                .apply(d)
+                .await
+                .map_err(|e| tracing::info!("node set update failed, replacing the table: {e}"))
+                .is_ok(),
             None => false,
         };
         let change = if applied_delta {
@@ -106,22 +146,66 @@ impl Nftables {
         } else {
             // Forget the last write first: if this one fails, the next pass must not trust the table.
             self.last = None;
-            apply(ruleset(cfg, want)).await?;
+            self.digest = None;
+            self.apply(ruleset(cfg, want)).await?;
             tracing::info!(table = TABLE, node_addresses = want.node_ips.len(), "replaced nftables table");
             NftChange::Table
         };
         self.last = Some(want.clone());
-        self.digest = observe::kernel::nft_table_digest(TABLE).await;
+        self.digest = match self.writers {
+            Some(_) => None,
+            None => observe::kernel::nft_table_digest(TABLE).await,
+        };
         Ok(change)
+    }
+
+    async fn apply(&self, rules: Value) -> Result<(), NftError> {
+        apply(rules, self.writers.clone()).await
     }
 }
 
-async fn apply(rules: Value) -> Result<(), NftError> {
+/// Runs one `nft -j -f -` transaction, recording the process in `writers`
+/// before it can commit anything.
+async fn apply(rules: Value, writers: Option<Arc<NftWriters>>) -> Result<(), NftError> {
+    // Checked against the schema first: a bug in weft, not nft's complaint.
     let parsed: nftables::schema::Nftables = serde_json::from_value(rules).map_err(NftError::Schema)?;
-    tokio::task::spawn_blocking(move || nftables::helper::apply_ruleset(&parsed))
+    let payload = serde_json::to_vec(&parsed).map_err(NftError::Schema)?;
+    tokio::task::spawn_blocking(move || run_nft(&payload, writers.as_deref()))
         .await
         .map_err(NftError::Task)?
         .map_err(NftError::Nft)
+}
+
+fn run_nft(payload: &[u8], writers: Option<&NftWriters>) -> Result<(), nftables::helper::NftablesError> {
+    use nftables::helper::NftablesError;
+    let program = std::ffi::OsString::from("nft");
+    let exec = |inner| NftablesError::NftExecution { program: program.clone(), inner };
+    let mut child = Command::new(&program)
+        .args(["-j", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(exec)?;
+    if let Some(w) = writers {
+        w.push(child.id());
+    }
+    // nft reads all of its input before it commits.
+    let written = child.stdin.take().map(|mut stdin| stdin.write_all(payload));
+    let out = child.wait_with_output().map_err(exec)?;
+    if let Some(Err(e)) = written {
+        return Err(exec(e));
+    }
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        return Err(NftablesError::NftFailed {
+            program,
+            hint: format!("applying the rule set: {}", stderr.trim()),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr,
+        });
+    }
+    Ok(())
 }
 
 /// Packets dropped so far by each of weft's named counters (reset when the
@@ -154,10 +238,13 @@ fn parse_drop_counts(listing: &str) -> Vec<(&'static str, u64)> {
 
 /// Deletes weft's table (for `weft-agent cleanup`); a missing table is fine.
 pub async fn remove() -> Result<(), NftError> {
-    apply(json!({"nftables": [
-        {"add": {"table": {"family": "inet", "name": TABLE}}},
-        {"delete": {"table": {"family": "inet", "name": TABLE}}},
-    ]}))
+    apply(
+        json!({"nftables": [
+            {"add": {"table": {"family": "inet", "name": TABLE}}},
+            {"delete": {"table": {"family": "inet", "name": TABLE}}},
+        ]}),
+        None,
+    )
     .await
 }
 

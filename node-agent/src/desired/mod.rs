@@ -11,6 +11,7 @@ pub mod policy;
 pub mod policy_nft;
 pub mod policy_trace;
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
@@ -148,7 +149,7 @@ pub fn kernel_state(
     local: &NodeView,
     underlay: &Underlay,
     vtep_mac: [u8; 6],
-    nodes: &[NodeView],
+    nodes: &[impl Borrow<NodeView>],
     offload_default: bool,
 ) -> KernelState {
     let uses_vxlan = config.backend != Backend::Routes;
@@ -178,11 +179,11 @@ pub fn kernel_state(
     // so the outcome never depends on the store's order or on names, and a
     // Node created later cannot take a pod CIDR or an address away from one
     // that holds it. A refused peer gets nothing programmed at all.
-    let mut peers: Vec<&NodeView> = nodes.iter().filter(|n| n.name != local.name).collect();
+    let mut peers: Vec<&NodeView> = nodes.iter().map(Borrow::borrow).filter(|n| n.name != local.name).collect();
     peers.sort_by(|a, b| a.age_key().cmp(&b.age_key()));
     let mut claims = Claims::default();
     for cidr in &local.pod_cidrs {
-        claims.cidrs.push((*cidr, local.name.clone()));
+        claims.cidrs.insert(cidr_span(cidr).0, (*cidr, &local.name));
     }
     let own_ips = local
         .addresses
@@ -190,7 +191,7 @@ pub fn kernel_state(
         .copied()
         .chain([local.ipv4.map(IpAddr::V4), local.ipv6.map(IpAddr::V6)].into_iter().flatten());
     for ip in own_ips.chain([underlay.v4.map(|n| n.ip()), underlay.v6.map(|n| n.ip())].into_iter().flatten()) {
-        claims.ips.entry(ip).or_insert_with(|| local.name.clone());
+        claims.ips.entry(ip).or_insert(&local.name);
     }
     for peer in peers {
         if let Some(refusal) = claims.refusal(peer) {
@@ -249,15 +250,39 @@ pub fn kernel_state(
 }
 
 /// What the local node and the peers believed so far hold: pod CIDRs
-/// (pairwise disjoint), underlay addresses and VTEP MACs.
+/// (pairwise disjoint, by first address), underlay addresses and VTEP MACs.
+/// Every lookup is a hash or a tree search: a pass over thousands of Nodes
+/// must not compare each with all the others.
 #[derive(Default)]
-struct Claims {
-    cidrs: Vec<(IpNetwork, String)>,
-    ips: HashMap<IpAddr, String>,
-    macs: HashMap<[u8; 6], String>,
+struct Claims<'a> {
+    cidrs: BTreeMap<(bool, u128), (IpNetwork, &'a str)>,
+    ips: HashMap<IpAddr, &'a str>,
+    macs: HashMap<[u8; 6], &'a str>,
 }
 
-impl Claims {
+/// `((is IPv6, first address), last address)` of a CIDR, as numbers.
+fn cidr_span(c: &IpNetwork) -> ((bool, u128), u128) {
+    let (first, host_bits) = match c.network() {
+        IpAddr::V4(v4) => (u128::from(u32::from(v4)), 32 - u32::from(c.prefix())),
+        IpAddr::V6(v6) => (u128::from(v6), 128 - u32::from(c.prefix())),
+    };
+    let size_less_one = if host_bits >= 128 { u128::MAX } else { (1u128 << host_bits) - 1 };
+    ((c.is_ipv6(), first), first.saturating_add(size_less_one))
+}
+
+impl<'a> Claims<'a> {
+    /// A claimed CIDR that overlaps `cidr`. CIDRs overlap only by nesting,
+    /// and the claimed ones are disjoint: either one starts inside `cidr`,
+    /// or the last one starting before it contains it.
+    fn overlapping(&self, cidr: &IpNetwork) -> Option<&(IpNetwork, &'a str)> {
+        let ((v6, first), last) = cidr_span(cidr);
+        if let Some((_, claim)) = self.cidrs.range((v6, first)..=(v6, last)).next() {
+            return Some(claim);
+        }
+        let (_, before) = self.cidrs.range((v6, 0)..(v6, first)).next_back()?;
+        before.0.contains(cidr.network()).then_some(before)
+    }
+
     /// Why `peer` must not be believed, if it must not.
     fn refusal(&self, peer: &NodeView) -> Option<Rejected> {
         let refuse = |field: &'static str, value: String, reason: String| {
@@ -266,7 +291,7 @@ impl Claims {
         for cidr in &peer.pod_cidrs {
             // Nested CIDRs overlap too: a /25 inside a peer's /24 would win
             // the longest-prefix match and steal half of its pods.
-            if let Some((owner_cidr, owner)) = self.cidrs.iter().find(|(c, _)| overlaps(c, cidr)) {
+            if let Some((owner_cidr, owner)) = self.overlapping(cidr) {
                 return refuse(FIELD_POD_CIDRS, cidr.to_string(), format!("overlaps {owner_cidr} of node {owner}"));
             }
         }
@@ -276,28 +301,33 @@ impl Claims {
             }
         }
         if let Some(mac) = peer.vtep_mac {
-            let text = libweft::netlink::format_mac(&mac);
+            // Formatted only for a refusal: this runs for every peer.
+            let text = || libweft::netlink::format_mac(&mac);
             // The MAC is a function of the name (`vtep_mac_for`), so weft
             // checks it instead of believing it: a Node cannot announce
             // another node's MAC and take over its FDB entry.
             if mac != vtep_mac_for(&peer.name) {
-                return refuse(ANN_VTEP_MAC, text, "not the MAC derived from the node name".into());
+                return refuse(ANN_VTEP_MAC, text(), "not the MAC derived from the node name".into());
             }
             if let Some(owner) = self.macs.get(&mac) {
-                return refuse(ANN_VTEP_MAC, text, format!("already node {owner}'s VTEP MAC"));
+                return refuse(ANN_VTEP_MAC, text(), format!("already node {owner}'s VTEP MAC"));
             }
         }
         None
     }
 
     /// Records what a believed `peer` holds.
-    fn take(&mut self, peer: &NodeView) {
-        self.cidrs.extend(peer.pod_cidrs.iter().map(|c| (*c, peer.name.clone())));
+    fn take(&mut self, peer: &'a NodeView) {
+        // At most one CIDR per family (`NodeView::from_node`): they cannot
+        // overlap each other, and `refusal` saw they overlap no other claim.
+        for c in &peer.pod_cidrs {
+            self.cidrs.insert(cidr_span(c).0, (*c, &peer.name));
+        }
         for ip in [peer.ip(false), peer.ip(true)].into_iter().flatten() {
-            self.ips.insert(ip, peer.name.clone());
+            self.ips.insert(ip, &peer.name);
         }
         if let Some(mac) = peer.vtep_mac {
-            self.macs.insert(mac, peer.name.clone());
+            self.macs.insert(mac, &peer.name);
         }
     }
 }
@@ -312,6 +342,7 @@ pub fn host_net(ip: IpAddr) -> IpNetwork {
     IpNetwork::new(ip, if ip.is_ipv4() { 32 } else { 128 }).expect("full-length prefix is valid")
 }
 
+#[cfg(test)]
 fn overlaps(a: &IpNetwork, b: &IpNetwork) -> bool {
     a.is_ipv4() == b.is_ipv4() && (a.contains(b.network()) || b.contains(a.network()))
 }
@@ -327,6 +358,7 @@ pub fn vtep_mac_for(node_name: &str) -> [u8; 6] {
 #[cfg(test)]
 mod tests {
     use std::net::{Ipv4Addr, Ipv6Addr};
+    use std::sync::Arc;
 
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
@@ -389,7 +421,13 @@ mod tests {
     }
 
     /// The kernel state with offload on by default, as on kernels from 5.7.
-    fn compute(config: &Config, local: &NodeView, u: &Underlay, mac: [u8; 6], nodes: &[NodeView]) -> KernelState {
+    fn compute(
+        config: &Config,
+        local: &NodeView,
+        u: &Underlay,
+        mac: [u8; 6],
+        nodes: &[impl Borrow<NodeView>],
+    ) -> KernelState {
         kernel_state(config, local, u, mac, nodes, true)
     }
 
@@ -420,6 +458,44 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn claimed_cidrs_are_found_by_search_as_by_comparing_all() {
+        let mut claims = Claims::default();
+        let claimed = ["10.244.0.0/24", "10.244.2.0/23", "10.244.8.0/21", "10.0.0.0/32", "fd00:10:244:1::/64"];
+        for c in claimed {
+            let c = net(c);
+            claims.cidrs.insert(cidr_span(&c).0, (c, "n"));
+        }
+        let queries = [
+            "10.244.0.0/24",
+            "10.244.0.128/25",
+            "10.244.1.0/24",
+            "10.244.3.0/24",
+            "10.244.4.0/22",
+            "10.244.0.0/16",
+            "10.244.12.0/24",
+            "10.244.16.0/24",
+            "0.0.0.0/0",
+            "10.0.0.0/31",
+            "10.0.0.1/32",
+            "fd00:10:244:1::/64",
+            "fd00:10:244:1:8000::/65",
+            "fd00:10:244:2::/64",
+            "::/0",
+            "10.244.1.255/32",
+        ];
+        for q in queries {
+            let q = net(q);
+            let brute = claimed.iter().map(|c| net(c)).any(|c| overlaps(&c, &q));
+            let found = claims.overlapping(&q).map(|(c, _)| *c);
+            assert_eq!(found.is_some(), brute, "{q}");
+            // Several claims may overlap a wide query: any one of them will do.
+            assert!(found.is_none_or(|c| overlaps(&c, &q)), "{q}: {found:?}");
+        }
+        assert_eq!(cidr_span(&net("::/0")).1, u128::MAX);
+        assert_eq!(cidr_span(&net("0.0.0.0/0")).1, u128::from(u32::MAX));
     }
 
     #[test]
@@ -619,9 +695,11 @@ mod tests {
                 let mut objects = legit();
                 objects.insert(0, hostile.clone());
                 let mut rejected = Vec::new();
-                let nodes: Vec<NodeView> =
-                    objects.iter().map(|n| NodeView::from_node(n, &cfg.cluster_cidrs, &mut rejected)).collect();
-                let local = nodes.iter().find(|n| n.name == "n1").unwrap().clone();
+                let nodes: Vec<Arc<NodeView>> = objects
+                    .iter()
+                    .map(|n| Arc::new(NodeView::from_node(n, &cfg.cluster_cidrs, &mut rejected)))
+                    .collect();
+                let local = nodes.iter().find(|n| n.name == "n1").map(|n| NodeView::clone(n)).unwrap();
                 let obs = Observation {
                     local,
                     nodes,
@@ -706,7 +784,7 @@ mod tests {
     fn observation(portmap: bool) -> Observation {
         Observation {
             local: me(),
-            nodes: vec![me(), same_segment(), other_segment()],
+            nodes: vec![Arc::new(me()), Arc::new(same_segment()), Arc::new(other_segment())],
             underlay: underlay(),
             vtep_mac: vtep_mac_for("n1"),
             offload_default: true,

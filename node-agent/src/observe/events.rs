@@ -11,25 +11,32 @@
 //! - nfnetlink's nftables group, filtered to messages about the
 //!   `inet weft` table (its chains, rules, sets and elements).
 //!
-//! Events that pass the filter are coalesced over [`COALESCE`] (an `ip route
-//! flush` is one burst, one pass) and wake the agent through a [`Trigger`].
-//! The events only say *that* something changed: the pass re-reads the
-//! kernel and writes only what differs, so weft's own writes, which come
-//! back as events too, cost one pass that writes nothing. If the kernel
-//! drops events because the socket overflowed (ENOBUFS), a pass runs all
-//! the same: it compares everything. The periodic resync stays the backstop.
+//! rtnetlink events also keep the [`Mirror`] of what weft owns current, and
+//! only those that change it are drift: weft's own writes, recorded in the
+//! mirror before they are sent, come back as events that change nothing and
+//! wake no pass. Likewise an nftables transaction is drift only when an
+//! `nft` process that weft did not start made it ([`NftWriters`]).
+//!
+//! Drift is coalesced over [`COALESCE`] (an `ip route flush` is one burst,
+//! one pass) and wakes the agent through a [`Trigger`]. If the kernel drops
+//! events because a socket overflowed (ENOBUFS), the mirror is stale and the
+//! next pass dumps and compares everything. The periodic resync stays the
+//! backstop.
 
-use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use libweft::netlink::{Netlink, RTPROT_WEFT_PEER};
-use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
+use libweft::netlink::{Netlink, RTPROT_WEFT_PEER, RouteEntry, fdb_entry, neighbour_entry};
+use netlink_packet_core::{NLM_F_REPLACE, NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+use netlink_packet_route::neighbour::NeighbourState;
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{AsyncSocket, AsyncSocketExt, TokioSocket, protocols};
 use tokio::sync::mpsc;
 
+use super::mirror::{Mirror, Update, mac, route_key};
 use super::watch::Trigger;
 use crate::desired::VXLAN_DEV;
 use crate::desired::nftables::TABLE;
@@ -41,6 +48,8 @@ pub const COALESCE: Duration = Duration::from_millis(50);
 // Multicast groups (linux/rtnetlink.h, linux/netfilter/nfnetlink.h).
 const RTNLGRP_LINK: u32 = 1;
 const RTNLGRP_NEIGH: u32 = 3;
+const RTNLGRP_IPV4_IFADDR: u32 = 5;
+const RTNLGRP_IPV6_IFADDR: u32 = 9;
 const RTNLGRP_IPV4_ROUTE: u32 = 7;
 const RTNLGRP_IPV6_ROUTE: u32 = 11;
 const NFNLGRP_NFTABLES: u32 = 7;
@@ -77,20 +86,72 @@ pub struct EventsError {
     source: std::io::Error,
 }
 
+/// Process ids of the `nft` processes weft started lately: the
+/// transactions they commit are weft's own.
+#[derive(Debug, Default)]
+pub struct NftWriters(Mutex<VecDeque<u32>>);
+
+impl NftWriters {
+    /// How many recent writers are remembered: far more than can be in
+    /// flight, since the agent runs one `nft` at a time.
+    const KEEP: usize = 16;
+
+    /// Records a writer before it commits anything.
+    pub fn push(&self, pid: u32) {
+        let mut pids = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if pids.len() == Self::KEEP {
+            pids.pop_front();
+        }
+        pids.push_back(pid);
+    }
+
+    fn contains(&self, pid: u32) -> bool {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).contains(&pid)
+    }
+}
+
+/// What the notification readers share with the agent's passes.
+#[derive(Debug, Default)]
+pub struct Shared {
+    /// What weft owns in the kernel (routes, neighbours, FDB).
+    pub mirror: Mirror,
+    /// weft's own `nft` processes.
+    pub nft_writers: Arc<NftWriters>,
+    /// Someone else changed the `inet weft` table (or its events were
+    /// lost) since the last pass that looked.
+    pub nft_changed: AtomicBool,
+}
+
 /// Subscribes to the kernel's notifications and wakes `trigger` when
 /// something weft owns changes. Must be called inside the tokio runtime;
-/// the subscriptions live as long as the runtime.
-pub fn spawn(nl: Netlink, trigger: Arc<Trigger>, metrics: Arc<Metrics>) -> Result<(), EventsError> {
-    let route =
-        subscribe(protocols::NETLINK_ROUTE, &[RTNLGRP_LINK, RTNLGRP_NEIGH, RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV6_ROUTE])
-            .map_err(|source| EventsError { what: "rtnetlink", source })?;
+/// the subscriptions live as long as the runtime. From then on the mirror
+/// is kept current ([`Mirror::set_live`]).
+pub fn spawn(
+    nl: Netlink,
+    trigger: Arc<Trigger>,
+    metrics: Arc<Metrics>,
+    shared: Arc<Shared>,
+) -> Result<(), EventsError> {
+    let route = subscribe(
+        protocols::NETLINK_ROUTE,
+        &[
+            RTNLGRP_LINK,
+            RTNLGRP_NEIGH,
+            RTNLGRP_IPV4_IFADDR,
+            RTNLGRP_IPV6_IFADDR,
+            RTNLGRP_IPV4_ROUTE,
+            RTNLGRP_IPV6_ROUTE,
+        ],
+    )
+    .map_err(|source| EventsError { what: "rtnetlink", source })?;
     let nft = subscribe(protocols::NETLINK_NETFILTER, &[NFNLGRP_NFTABLES])
         .map_err(|source| EventsError { what: "nftables", source })?;
+    shared.mirror.set_live();
     // A pending event is enough: a full channel means a pass is coming anyway.
     let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(read_route_events(route, nl, tx.clone(), metrics.clone()));
-    tokio::spawn(read_nft_events(nft, tx, metrics));
-    tokio::spawn(coalesce(rx, trigger));
+    tokio::spawn(read_route_events(route, nl, tx.clone(), metrics.clone(), shared.clone()));
+    tokio::spawn(read_nft_events(nft, tx, metrics, shared.clone()));
+    tokio::spawn(coalesce(rx, trigger, shared));
     Ok(())
 }
 
@@ -107,7 +168,7 @@ fn subscribe(protocol: isize, groups: &[u32]) -> std::io::Result<TokioSocket> {
 
 /// Waits for the first event, lets the burst it belongs to arrive, then
 /// wakes the agent once.
-async fn coalesce(mut rx: mpsc::Receiver<Drift>, trigger: Arc<Trigger>) {
+async fn coalesce(mut rx: mpsc::Receiver<Drift>, trigger: Arc<Trigger>, shared: Arc<Shared>) {
     while let Some(first) = rx.recv().await {
         tokio::time::sleep(COALESCE).await;
         let mut kinds = BTreeSet::from([first]);
@@ -115,6 +176,9 @@ async fn coalesce(mut rx: mpsc::Receiver<Drift>, trigger: Arc<Trigger>) {
             kinds.insert(more);
         }
         tracing::debug!(?kinds, "kernel state weft owns changed");
+        if kinds.contains(&Drift::Nftables) {
+            shared.nft_changed.store(true, Ordering::Relaxed);
+        }
         trigger.fire();
     }
 }
@@ -153,15 +217,23 @@ async fn failed(what: &str, r: Received, metrics: &Metrics) -> Drift {
     Drift::Overflow
 }
 
-async fn read_route_events(socket: TokioSocket, nl: Netlink, tx: mpsc::Sender<Drift>, metrics: Arc<Metrics>) {
+async fn read_route_events(
+    socket: TokioSocket,
+    nl: Netlink,
+    tx: mpsc::Sender<Drift>,
+    metrics: Arc<Metrics>,
+    shared: Arc<Shared>,
+) {
     // Looked up after subscribing: a device created in between is seen by
     // the lookup, the event, or both.
     let lookup = |nl: Netlink| async move { nl.link_by_name(VXLAN_DEV).await.ok().flatten().map(|l| l.index) };
-    let mut filter = RouteFilter { vxlan_index: lookup(nl.clone()).await };
+    let mut filter = RouteFilter { vxlan_index: lookup(nl.clone()).await, shared: shared.clone() };
     loop {
         let drift = match receive(&socket).await {
             Ok(buf) => split(&buf).filter_map(|msg| filter.classify(msg)).min(),
             Err(r) => {
+                // Whatever was lost is not in the mirror: the next pass dumps.
+                shared.mirror.mark_stale();
                 let d = failed("rtnetlink", r, &metrics).await;
                 // Events about the device itself may be among those lost.
                 filter.vxlan_index = lookup(nl.clone()).await;
@@ -176,11 +248,23 @@ async fn read_route_events(socket: TokioSocket, nl: Netlink, tx: mpsc::Sender<Dr
     }
 }
 
-async fn read_nft_events(socket: TokioSocket, tx: mpsc::Sender<Drift>, metrics: Arc<Metrics>) {
+async fn read_nft_events(socket: TokioSocket, tx: mpsc::Sender<Drift>, metrics: Arc<Metrics>, shared: Arc<Shared>) {
+    let mut transaction = NftTransaction::default();
     loop {
         let drift = match receive(&socket).await {
-            Ok(buf) => split(&buf).any(|msg| nft_touches(msg, TABLE)).then_some(Drift::Nftables),
-            Err(r) => Some(failed("nftables", r, &metrics).await),
+            Ok(buf) => {
+                // Every message is fed: a transaction may end in the next datagram.
+                let mut foreign = false;
+                for msg in split(&buf) {
+                    foreign |= transaction.ends_foreign(msg, TABLE, &shared.nft_writers);
+                }
+                foreign.then_some(Drift::Nftables)
+            }
+            Err(r) => {
+                transaction = NftTransaction::default();
+                failed("nftables", r, &metrics).await;
+                Some(Drift::Nftables)
+            }
         };
         if let Some(d) = drift
             && let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(d)
@@ -207,31 +291,41 @@ pub fn split(buf: &[u8]) -> impl Iterator<Item = &[u8]> {
 }
 
 /// Keeps the VXLAN device's ifindex, which neighbour and FDB events carry
-/// instead of its name, current from the link events on the same socket.
+/// instead of its name, current from the link events on the same socket,
+/// and the mirror current from all of them.
 #[derive(Debug, Default)]
 pub struct RouteFilter {
     /// ifindex of `weft.vxlan`, if it exists.
     pub vxlan_index: Option<u32>,
+    pub shared: Arc<Shared>,
 }
 
 impl RouteFilter {
-    /// Whether one rtnetlink message (header included) is about something
-    /// weft owns. A message that does not parse counts: better one pass
-    /// too many than drift left until the resync.
+    /// Whether one rtnetlink message (header included) is drift: about
+    /// something weft owns and not what the mirror already holds. A message
+    /// that does not parse counts and leaves the mirror stale: better one
+    /// dump too many than drift left until the resync.
     pub fn classify(&mut self, msg: &[u8]) -> Option<Drift> {
         match NetlinkMessage::<RouteNetlinkMessage>::deserialize(msg) {
             Ok(m) => match m.payload {
-                NetlinkPayload::InnerMessage(inner) => self.classify_message(&inner),
+                NetlinkPayload::InnerMessage(inner) => {
+                    let replace = m.header.flags & NLM_F_REPLACE != 0;
+                    let (drift, update) = self.classify_message(&inner, replace)?;
+                    self.shared.mirror.notify(update).then_some(drift)
+                }
                 _ => None,
             },
             Err(e) => {
                 tracing::debug!("unparsed rtnetlink notification: {e}");
+                self.shared.mirror.mark_stale();
                 Some(Drift::Unparsed)
             }
         }
     }
 
-    fn classify_message(&mut self, msg: &RouteNetlinkMessage) -> Option<Drift> {
+    /// What a message is about, and how it changes the mirror; `None` when
+    /// it is about nothing of weft's.
+    fn classify_message(&mut self, msg: &RouteNetlinkMessage, replace: bool) -> Option<(Drift, Update)> {
         use RouteNetlinkMessage as M;
         match msg {
             M::NewLink(l) | M::DelLink(l) => {
@@ -243,15 +337,47 @@ impl RouteFilter {
                     // Deleted, or renamed to something else.
                     self.vxlan_index = None;
                 }
-                (ours || was_ours).then_some(Drift::Link)
+                // The kernel drops IPv4 routes through a device that goes
+                // down, and neighbours on it, without a notification each.
+                (ours || was_ours || self.routes_through(l.header.index)).then_some((Drift::Link, Update::Stale))
+            }
+            M::NewAddress(a) | M::DelAddress(a) => {
+                // Likewise routes whose gateway was on a deleted subnet.
+                let index = a.header.index;
+                (self.vxlan_index == Some(index) || self.routes_through(index)).then_some((Drift::Link, Update::Stale))
             }
             M::NewRoute(r) | M::DelRoute(r) => {
-                (u8::from(r.header.protocol) == RTPROT_WEFT_PEER).then_some(Drift::Route)
+                let added = matches!(msg, M::NewRoute(_));
+                let entry = RouteEntry::from_message(r)?;
+                let (dst, hop) = route_key(&entry);
+                if entry.protocol != RTPROT_WEFT_PEER {
+                    // Someone replaced a peer route with one of theirs.
+                    let ours = added && replace && self.shared.mirror.read(|s| s.routes.contains_key(&dst));
+                    return ours.then_some((Drift::Route, Update::Stale));
+                }
+                Some((Drift::Route, Update::Route { dst, hop, added, replace }))
             }
-            M::NewNeighbour(n) | M::DelNeighbour(n) => (self.vxlan_index == Some(n.header.ifindex))
-                .then_some(if n.header.family == AddressFamily::Bridge { Drift::Fdb } else { Drift::Neighbour }),
+            M::NewNeighbour(n) | M::DelNeighbour(n) if self.vxlan_index == Some(n.header.ifindex) => {
+                let added = matches!(msg, M::NewNeighbour(_));
+                if n.header.family == AddressFamily::Bridge {
+                    let update = fdb_entry(n).map_or(Update::Stale, |entry| Update::Fdb { entry, added });
+                    return Some((Drift::Fdb, update));
+                }
+                // Only permanent entries are weft's; one that is no longer permanent is gone.
+                let permanent = added && n.header.state == NeighbourState::Permanent;
+                let update = neighbour_entry(n).map_or(Update::Stale, |(ip, lladdr)| Update::Neighbour {
+                    ip,
+                    mac: permanent.then(|| mac(&lladdr)),
+                });
+                Some((Drift::Neighbour, update))
+            }
             _ => None,
         }
+    }
+
+    /// Whether a peer route in the mirror leaves through link `index`.
+    fn routes_through(&self, index: u32) -> bool {
+        self.shared.mirror.read(|s| s.routes.values().flatten().any(|(_, oif)| *oif == index))
     }
 }
 
@@ -271,6 +397,60 @@ const NFT_MSG_NEWGEN: u16 = 15;
 const NFPROTO_INET: u8 = 1;
 const NFTA_TABLE: u16 = 1;
 const NLA_TYPE_MASK: u16 = 0x3fff;
+
+/// Follows the nftables transactions in the notification stream: their
+/// messages, then one NFT_MSG_NEWGEN naming the process that committed them.
+#[derive(Debug, Default)]
+pub struct NftTransaction {
+    /// A message of the open transaction was about weft's table.
+    touched: bool,
+}
+
+impl NftTransaction {
+    /// Feeds one message; true when it ends a transaction that touched the
+    /// `inet <table>` table and was committed by a process other than
+    /// weft's own `nft` (`writers`), or by one it cannot tell.
+    pub fn ends_foreign(&mut self, msg: &[u8], table: &str, writers: &NftWriters) -> bool {
+        match new_generation(msg) {
+            Some(pid) => {
+                let foreign = self.touched && pid.is_none_or(|p| !writers.contains(p));
+                self.touched = false;
+                foreign
+            }
+            None => {
+                self.touched |= nft_touches(msg, table);
+                false
+            }
+        }
+    }
+}
+
+/// `Some(committer pid)` if the message is NFT_MSG_NEWGEN, which ends a
+/// transaction (the pid is absent on kernels before 4.19).
+fn new_generation(msg: &[u8]) -> Option<Option<u32>> {
+    const NFTA_GEN_PROC_PID: u16 = 2;
+    if msg.len() < 20 {
+        return None;
+    }
+    let kind = u16::from_ne_bytes([msg[4], msg[5]]);
+    if kind != (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN {
+        return None;
+    }
+    let mut attrs = &msg[20..];
+    while attrs.len() >= 4 {
+        let len = usize::from(u16::from_ne_bytes([attrs[0], attrs[1]]));
+        let kind = u16::from_ne_bytes([attrs[2], attrs[3]]) & NLA_TYPE_MASK;
+        if len < 4 || len > attrs.len() {
+            break;
+        }
+        if kind == NFTA_GEN_PROC_PID && len == 8 {
+            // Network byte order, as nftables puts every integer.
+            return Some(Some(u32::from_be_bytes([attrs[4], attrs[5], attrs[6], attrs[7]])));
+        }
+        attrs = &attrs[len.next_multiple_of(4).min(attrs.len())..];
+    }
+    Some(None)
+}
 
 /// Whether one nfnetlink message (header included) is about table
 /// `inet <table>`. A malformed message counts, as in [`RouteFilter::classify`].
@@ -308,7 +488,7 @@ pub fn nft_touches(msg: &[u8], table: &str) -> bool {
 mod tests {
     use netlink_packet_core::NetlinkHeader;
     use netlink_packet_route::neighbour::NeighbourMessage;
-    use netlink_packet_route::route::{RouteMessage, RouteProtocol};
+    use netlink_packet_route::route::{RouteHeader, RouteMessage, RouteProtocol};
 
     use super::*;
 
@@ -330,6 +510,7 @@ mod tests {
     fn route(protocol: u8) -> RouteMessage {
         let mut r = RouteMessage::default();
         r.header.address_family = AddressFamily::Inet;
+        r.header.table = RouteHeader::RT_TABLE_MAIN;
         r.header.protocol = RouteProtocol::from(protocol);
         r
     }
@@ -378,6 +559,43 @@ mod tests {
     }
 
     #[test]
+    fn weft_own_writes_coming_back_are_no_drift_once_the_mirror_is_current() {
+        use RouteNetlinkMessage as M;
+        use netlink_packet_route::route::{RouteAddress, RouteAttribute};
+        let shared = Arc::new(Shared::default());
+        shared.mirror.set_live();
+        shared.mirror.begin_dump();
+        shared.mirror.finish_dump(Default::default());
+        let mut f = RouteFilter { vxlan_index: Some(7), shared: shared.clone() };
+        let mut r = route(RTPROT_WEFT_PEER);
+        r.header.destination_prefix_length = 24;
+        r.attributes.push(RouteAttribute::Destination(RouteAddress::Inet("10.244.2.0".parse().unwrap())));
+        r.attributes.push(RouteAttribute::Gateway(RouteAddress::Inet("10.244.2.0".parse().unwrap())));
+        r.attributes.push(RouteAttribute::Oif(7));
+        let dst = "10.244.2.0/24".parse().unwrap();
+        let hop = (Some("10.244.2.0".parse().unwrap()), 7);
+        // The agent records its write, then the kernel's notification comes.
+        shared.mirror.record(|s| {
+            s.add_route(dst, hop, true);
+        });
+        assert_eq!(f.classify(&bytes(M::NewRoute(r.clone()))), None);
+        // Someone deletes it: drift, and the mirror knows.
+        assert_eq!(f.classify(&bytes(M::DelRoute(r.clone()))), Some(Drift::Route));
+        assert!(!shared.mirror.read(|s| s.has_route(&dst, hop)));
+        assert!(!shared.mirror.is_stale());
+        // An address change on the device the routes leave through: dump.
+        shared.mirror.record(|s| {
+            s.add_route(dst, hop, true);
+        });
+        let mut a = netlink_packet_route::address::AddressMessage::default();
+        a.header.index = 3;
+        assert_eq!(f.classify(&bytes(M::DelAddress(a.clone()))), None, "no route leaves through link 3");
+        a.header.index = 7;
+        assert_eq!(f.classify(&bytes(M::DelAddress(a))), Some(Drift::Link));
+        assert!(shared.mirror.is_stale());
+    }
+
+    #[test]
     fn garbage_counts_as_drift() {
         let mut f = RouteFilter::default();
         let mut msg = bytes(RouteNetlinkMessage::NewRoute(route(4)));
@@ -420,6 +638,30 @@ mod tests {
         out.extend([0u8; 10]);
         out.extend(body);
         out
+    }
+
+    #[test]
+    fn only_transactions_of_other_processes_on_the_weft_table_are_drift() {
+        const NEWSETELEM: u16 = 12;
+        let writers = NftWriters::default();
+        writers.push(4242);
+        let elem = nft(NEWSETELEM, NFPROTO_INET, &[(NFTA_TABLE, b"weft\0"), (2, b"nodes4\0")]);
+        let other = nft(NEWSETELEM, NFPROTO_INET, &[(NFTA_TABLE, b"kube-proxy\0")]);
+        let generation = |pid: u32| nft(NFT_MSG_NEWGEN, 0, &[(1, &7u32.to_be_bytes()), (2, &pid.to_be_bytes())]);
+        let mut t = NftTransaction::default();
+        let mut feed = |msgs: &[&Vec<u8>]| msgs.iter().filter(|m| t.ends_foreign(m, "weft", &writers)).count();
+        assert_eq!(feed(&[&elem, &elem, &generation(4242)]), 0, "weft's own write");
+        assert_eq!(feed(&[&elem, &generation(77)]), 1, "someone else's");
+        assert_eq!(feed(&[&other, &generation(77)]), 0, "someone else's table");
+        // A transaction split over two datagrams.
+        assert_eq!(feed(&[&elem]), 0);
+        assert_eq!(feed(&[&generation(78)]), 1);
+        // No pid (an old kernel): cannot tell, so drift.
+        assert_eq!(feed(&[&elem, &nft(NFT_MSG_NEWGEN, 0, &[(1, &7u32.to_be_bytes())])]), 1);
+        for pid in 0..NftWriters::KEEP as u32 {
+            writers.push(pid);
+        }
+        assert_eq!(feed(&[&elem, &generation(4242)]), 1, "forgotten after {} newer writers", NftWriters::KEEP);
     }
 
     #[test]

@@ -4,8 +4,11 @@
 
 pub mod events;
 pub mod kernel;
+pub mod mirror;
 pub mod underlay;
 pub mod watch;
+
+use std::sync::Arc;
 
 use crate::wire::NodeView;
 
@@ -16,8 +19,9 @@ pub use self::underlay::Underlay;
 pub struct Observation {
     /// This node, as read from its Node object.
     pub local: NodeView,
-    /// Every Node, the local one included.
-    pub nodes: Vec<NodeView>,
+    /// Every Node, the local one included. Shared with the agent's cache
+    /// of views, so an unchanged Node is neither parsed nor copied again.
+    pub nodes: Vec<Arc<NodeView>>,
     pub underlay: Underlay,
     /// The local VXLAN device's MAC (derived from the node name).
     pub vtep_mac: [u8; 6],

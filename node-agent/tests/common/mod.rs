@@ -5,13 +5,13 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use libweft::netlink::Netlink;
 use libweft::netns::NetNs;
 use libweft::testutil::TestNs;
-use libweft::testutil::control_plane::ControlPlane;
+use libweft::testutil::control_plane::{ControlPlane, Proc};
 use serde_json::json;
 
 pub const WEFT: &str = env!("CARGO_BIN_EXE_weft-agent");
@@ -205,4 +205,40 @@ impl Node {
     pub fn netlink(&self) -> Netlink {
         Netlink::from_socket(NetNs::open(&self.ns.path()).unwrap().route_socket().unwrap()).unwrap()
     }
+}
+
+/// The address of an agent's probes and metrics inside its node namespace.
+pub const AGENT_HTTP: &str = "127.0.0.1:9959";
+
+/// Writes an agent configuration into `dir`, with every path the agent
+/// writes (run dir, CNI config and bin dirs) inside it and no CRI; returns
+/// its path.
+pub fn agent_config(dir: &Path, backend: &str, resync_seconds: u64) -> PathBuf {
+    let cfg = json!({
+        "clusterCIDRs": ["10.244.0.0/16", "fd00:10:244::/56"],
+        "backend": backend,
+        "resyncPeriodSeconds": resync_seconds,
+        "listenAddress": AGENT_HTTP,
+        "healthAddress": AGENT_HTTP,
+        "runDir": dir.join("run"),
+        "cniConfDir": dir.join("net.d"),
+        "cniBinDir": dir.join("bin"),
+        "criSocket": dir.join("no-cri.sock"),
+    });
+    let path = dir.join("config.json");
+    std::fs::write(&path, cfg.to_string()).unwrap();
+    path
+}
+
+/// Starts weft-agent for `node` with the configuration at `config`,
+/// logging at debug level into `<dir>/<name>.log`.
+pub fn spawn_agent(name: &str, node: &Node, cp: &ControlPlane, config: &Path, dir: &Path) -> Proc {
+    let kubeconfig = cp.kubeconfig().display().to_string();
+    Proc::spawn(
+        name,
+        &node.ns,
+        &[WEFT, "run", "--node-name", &node.name, "--config", &config.display().to_string()],
+        &[("KUBECONFIG", kubeconfig.as_str()), ("WEFT_LOG", "debug")],
+        dir,
+    )
 }

@@ -1,0 +1,327 @@
+//! An in-memory mirror of what weft owns in the kernel: peer routes (by
+//! protocol number), and the permanent neighbours and FDB entries of
+//! `weft.vxlan`. A pass diffs the desired state against it instead of
+//! dumping thousands of objects, so a single Node event costs kernel work
+//! for that Node only.
+//!
+//! Kept current from three sources:
+//! - a full dump ([`Mirror::begin_dump`] … [`Mirror::finish_dump`]) at start,
+//!   at the resync tick, and whenever the mirror is stale;
+//! - the kernel's notifications (`observe::events`), which also say whether
+//!   a notification changed anything: weft's own writes come back as
+//!   notifications that change nothing, so they wake no pass;
+//! - the agent's own writes, recorded just *before* they are sent (so their
+//!   notification always finds them recorded), with a failed write marking
+//!   the mirror stale.
+//!
+//! Stale means the mirror may differ from the kernel: at start, after the
+//! notification socket overflowed (ENOBUFS), after any change to the VXLAN
+//! device, or to a link or addresses that weft's routes go through (the
+//! kernel then drops IPv4 routes without telling anyone), after a failed
+//! write, and when notifications changed it while a dump was running (the
+//! dump may predate them). The next pass then dumps everything.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::{Mutex, MutexGuard};
+
+use ipnetwork::IpNetwork;
+use libweft::netlink::RouteEntry;
+
+/// `(gateway, output interface)` of one peer route.
+pub type Hop = (Option<IpAddr>, u32);
+
+/// What weft owns in the kernel, as last seen.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Peer routes (protocol `RTPROT_WEFT_PEER`): destination -> next hops.
+    pub routes: HashMap<IpNetwork, Vec<Hop>>,
+    /// ifindex of `weft.vxlan` the entries below belong to, if it exists.
+    pub vxlan_index: Option<u32>,
+    /// FDB entries of `weft.vxlan`: (peer VTEP MAC, peer underlay address).
+    pub fdb: HashSet<([u8; 6], IpAddr)>,
+    /// Permanent neighbours of `weft.vxlan`: peer VTEP address -> MAC
+    /// (all zeros for a link-layer address that is no MAC).
+    pub neighbours: HashMap<IpAddr, [u8; 6]>,
+}
+
+impl Snapshot {
+    /// Whether the route `dst` via `hop` is present.
+    pub fn has_route(&self, dst: &IpNetwork, hop: Hop) -> bool {
+        self.routes.get(dst).is_some_and(|h| h.contains(&hop))
+    }
+
+    /// Records a peer route added or changed; `replace`: it replaced
+    /// whatever route the destination had (NLM_F_REPLACE). Returns whether
+    /// that changed anything.
+    pub fn add_route(&mut self, dst: IpNetwork, hop: Hop, replace: bool) -> bool {
+        let hops = self.routes.entry(dst).or_default();
+        if replace {
+            if hops.as_slice() == [hop] {
+                return false;
+            }
+            *hops = vec![hop];
+            return true;
+        }
+        if hops.contains(&hop) {
+            return false;
+        }
+        hops.push(hop);
+        true
+    }
+
+    /// Records a peer route gone; returns whether it was recorded.
+    pub fn remove_route(&mut self, dst: &IpNetwork, hop: Hop) -> bool {
+        let Some(hops) = self.routes.get_mut(dst) else { return false };
+        let before = hops.len();
+        hops.retain(|h| *h != hop);
+        let changed = hops.len() != before;
+        if hops.is_empty() {
+            self.routes.remove(dst);
+        }
+        changed
+    }
+
+    /// Number of peer routes.
+    pub fn route_count(&self) -> usize {
+        self.routes.values().map(Vec::len).sum()
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    snapshot: Snapshot,
+    stale: bool,
+    /// A dump is running: what notifications change now may predate it.
+    dumping: bool,
+    /// Notifications changed the mirror while the dump ran.
+    touched: bool,
+    /// Whether notifications keep the mirror current at all. Without them
+    /// every pass dumps.
+    live: bool,
+}
+
+/// The mirror, shared by the agent's passes and the notification reader.
+/// Its lock is only ever held for in-memory work, never across an await.
+#[derive(Debug)]
+pub struct Mirror {
+    inner: Mutex<Inner>,
+}
+
+impl Default for Mirror {
+    fn default() -> Self {
+        Mirror {
+            inner: Mutex::new(Inner {
+                snapshot: Snapshot::default(),
+                stale: true,
+                dumping: false,
+                touched: false,
+                live: false,
+            }),
+        }
+    }
+}
+
+impl Mirror {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves plain data: keep using it,
+        // but trust it no more.
+        self.inner.lock().unwrap_or_else(|poisoned| {
+            let mut inner = poisoned.into_inner();
+            inner.stale = true;
+            inner
+        })
+    }
+
+    /// Notifications keep the mirror current from now on.
+    pub fn set_live(&self) {
+        self.lock().live = true;
+    }
+
+    /// The next pass must dump everything.
+    pub fn mark_stale(&self) {
+        self.lock().stale = true;
+    }
+
+    /// Whether the next pass must dump everything.
+    pub fn is_stale(&self) -> bool {
+        let inner = self.lock();
+        inner.stale || !inner.live
+    }
+
+    /// A dump starts: notifications that change the mirror from now until
+    /// [`Mirror::finish_dump`] leave it stale.
+    pub fn begin_dump(&self) {
+        let mut inner = self.lock();
+        inner.dumping = true;
+        inner.touched = false;
+    }
+
+    /// Replaces the mirror with what a dump found. It stays stale if
+    /// notifications changed it meanwhile (the dump may be older than
+    /// they are: the next pass dumps again).
+    pub fn finish_dump(&self, snapshot: Snapshot) {
+        let mut inner = self.lock();
+        inner.snapshot = snapshot;
+        inner.stale = inner.touched;
+        inner.dumping = false;
+        inner.touched = false;
+    }
+
+    /// A dump failed: the mirror stays stale.
+    pub fn abort_dump(&self) {
+        let mut inner = self.lock();
+        inner.stale = true;
+        inner.dumping = false;
+    }
+
+    /// Reads the mirror.
+    pub fn read<T>(&self, f: impl FnOnce(&Snapshot) -> T) -> T {
+        f(&self.lock().snapshot)
+    }
+
+    /// Records a change the agent is about to make.
+    pub fn record(&self, f: impl FnOnce(&mut Snapshot)) {
+        f(&mut self.lock().snapshot);
+    }
+
+    /// Applies one notification; returns whether it changed the mirror
+    /// (or the mirror is stale anyway): only then is it drift.
+    pub fn notify(&self, update: Update) -> bool {
+        let mut inner = self.lock();
+        let changed = match update {
+            Update::Stale => {
+                inner.stale = true;
+                true
+            }
+            Update::Route { dst, hop, added: true, replace } => inner.snapshot.add_route(dst, hop, replace),
+            Update::Route { dst, hop, added: false, .. } => inner.snapshot.remove_route(&dst, hop),
+            Update::Fdb { entry, added: true } => inner.snapshot.fdb.insert(entry),
+            Update::Fdb { entry, added: false } => inner.snapshot.fdb.remove(&entry),
+            Update::Neighbour { ip, mac: Some(mac) } => {
+                inner.snapshot.neighbours.insert(ip, mac).is_none_or(|old| old != mac)
+            }
+            Update::Neighbour { ip, mac: None } => inner.snapshot.neighbours.remove(&ip).is_some(),
+        };
+        if changed && inner.dumping {
+            inner.touched = true;
+        }
+        changed || inner.stale
+    }
+}
+
+/// What one notification says about the mirror.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Update {
+    /// The mirror can no longer be trusted: the next pass dumps.
+    Stale,
+    /// A peer route added (`replace`: replacing the destination's route) or deleted.
+    Route { dst: IpNetwork, hop: Hop, added: bool, replace: bool },
+    /// An FDB entry of the VXLAN device added or deleted.
+    Fdb { entry: ([u8; 6], IpAddr), added: bool },
+    /// A neighbour of the VXLAN device: its MAC if it is permanent now, or gone.
+    Neighbour { ip: IpAddr, mac: Option<[u8; 6]> },
+}
+
+/// A neighbour's link-layer address as the mirror keeps it.
+pub fn mac(lladdr: &[u8]) -> [u8; 6] {
+    lladdr.try_into().unwrap_or_default()
+}
+
+/// A route notification's destination and hop, for the mirror.
+pub fn route_key(r: &RouteEntry) -> (IpNetwork, Hop) {
+    (r.dst, (r.gateway, r.oif))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> IpNetwork {
+        s.parse().unwrap()
+    }
+
+    fn hop(gw: &str, oif: u32) -> Hop {
+        (Some(gw.parse().unwrap()), oif)
+    }
+
+    #[test]
+    fn routes_follow_adds_replaces_and_deletes() {
+        let mut s = Snapshot::default();
+        let dst = net("10.244.2.0/24");
+        assert!(s.add_route(dst, hop("10.244.2.0", 7), true));
+        assert!(!s.add_route(dst, hop("10.244.2.0", 7), true), "an echo changes nothing");
+        assert!(!s.add_route(dst, hop("10.244.2.0", 7), false));
+        // A replace by anyone leaves only the new hop.
+        assert!(s.add_route(dst, hop("198.51.100.12", 2), true));
+        assert!(!s.has_route(&dst, hop("10.244.2.0", 7)));
+        assert!(s.has_route(&dst, hop("198.51.100.12", 2)));
+        // An append (another metric) keeps both.
+        assert!(s.add_route(dst, hop("10.244.2.0", 7), false));
+        assert_eq!(s.route_count(), 2);
+        assert!(s.remove_route(&dst, hop("198.51.100.12", 2)));
+        assert!(!s.remove_route(&dst, hop("198.51.100.12", 2)), "already gone");
+        assert!(s.remove_route(&dst, hop("10.244.2.0", 7)));
+        assert!(s.routes.is_empty());
+    }
+
+    #[test]
+    fn stale_until_a_dump_that_no_notification_overtook() {
+        let m = Mirror::default();
+        assert!(m.is_stale(), "nothing dumped yet");
+        m.set_live();
+        m.begin_dump();
+        m.finish_dump(Snapshot::default());
+        assert!(!m.is_stale());
+
+        // A notification that matches the mirror is no drift; one that changes it is.
+        let dst = net("10.244.2.0/24");
+        m.record(|s| {
+            s.add_route(dst, hop("10.244.2.0", 7), true);
+        });
+        let route = |added| Update::Route { dst, hop: hop("10.244.2.0", 7), added, replace: true };
+        assert!(!m.notify(route(true)), "weft's own write coming back");
+        assert!(m.notify(route(false)));
+        assert!(!m.notify(route(false)));
+        let mac = [0x0e, 1, 2, 3, 4, 5];
+        let ip: IpAddr = "10.244.2.0".parse().unwrap();
+        assert!(m.notify(Update::Neighbour { ip, mac: Some(mac) }));
+        assert!(!m.notify(Update::Neighbour { ip, mac: Some(mac) }));
+        assert!(m.notify(Update::Neighbour { ip, mac: None }), "no longer permanent");
+        let entry = ([0x0e, 1, 2, 3, 4, 5], "198.51.100.12".parse().unwrap());
+        assert!(m.notify(Update::Fdb { entry, added: true }));
+        assert!(!m.notify(Update::Fdb { entry, added: true }));
+        assert!(m.notify(Update::Fdb { entry, added: false }));
+        assert!(!m.is_stale());
+
+        // Overflow: stale, and every notification counts until the next dump.
+        m.mark_stale();
+        assert!(m.is_stale());
+        assert!(m.notify(route(false)));
+        m.begin_dump();
+        m.finish_dump(Snapshot::default());
+        assert!(m.notify(Update::Stale));
+        assert!(m.is_stale());
+
+        // A notification that changed the mirror during the dump: dump again.
+        m.begin_dump();
+        m.notify(route(true));
+        m.finish_dump(Snapshot::default());
+        assert!(m.is_stale());
+        m.begin_dump();
+        m.finish_dump(Snapshot::default());
+        assert!(!m.is_stale());
+
+        m.begin_dump();
+        m.abort_dump();
+        assert!(m.is_stale());
+    }
+
+    #[test]
+    fn without_notifications_every_pass_dumps() {
+        let m = Mirror::default();
+        m.begin_dump();
+        m.finish_dump(Snapshot::default());
+        assert!(m.is_stale());
+    }
+}
