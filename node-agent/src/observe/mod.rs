@@ -4,6 +4,7 @@
 
 pub mod events;
 pub mod kernel;
+pub mod policy_watch;
 pub mod underlay;
 pub mod watch;
 
