@@ -511,6 +511,15 @@ fn agents_enforce_network_policy_read_from_the_api() {
                  "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "cli"}}}]}]}});
     cp.kubectl_stdin(&["create", "-f", "-"], &policy.to_string());
     let node0 = &lab.nodes[0].ns;
+    let in_map = |map: &str, ip: &str| {
+        let out = node0.exec(&["nft", "list", "map", "inet", "weft-policy", map]);
+        String::from_utf8_lossy(&out.stdout).contains(ip)
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || in_map("ingress4", &srv4) && in_map("ingress6", &srv6)),
+        "the server never entered the ingress maps:\n{}",
+        agents[0].log()
+    );
     for dst in [&srv4, &srv6] {
         assert!(
             eventually(Duration::from_secs(10), || !answers(&cli, dst, 8080)),
@@ -526,7 +535,12 @@ fn agents_enforce_network_policy_read_from_the_api() {
             .and_then(|v| v.trim().parse::<u64>().ok())
             .unwrap_or(0)
     };
-    assert!(eventually(Duration::from_secs(10), || denied(node0) > 0), "denied SYNs are counted");
+    // Scrapes read the counters at most every 5 s: keep knocking until one shows them.
+    assert!(
+        eventually(Duration::from_secs(15), || !answers(&cli, &srv4, 8080) && denied(node0) > 0),
+        "denied SYNs are not counted: {}",
+        metrics(node0)
+    );
 
     // The client gets the allowed label: its addresses join a peer set, no rule changes.
     let table = policy_table_handle(node0);
