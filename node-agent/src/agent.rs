@@ -26,10 +26,12 @@ use kube::{Api, Client};
 use libweft::netlink::Netlink;
 
 use crate::apply::nftables::{self as nft, NftChange, NftError, Nftables};
+use crate::apply::policy::{PolicyError, PolicySync};
 use crate::apply::{api, files, kernel};
 use crate::config::{Backend, Config};
 use crate::desired::{self, Desired, vtep_mac_for};
 use crate::metrics::{BackendLabel, FieldLabel, Metrics};
+use crate::observe::policy_watch::{self, PolicyCache};
 use crate::observe::underlay::{self, UnderlayError};
 use crate::observe::watch::{self, Trigger};
 use crate::observe::{Observation, events, kernel as observe_kernel};
@@ -62,6 +64,8 @@ pub enum Failure {
     Files(#[from] files::FilesError),
     #[error("{0}")]
     Api(#[from] api::ApiError),
+    #[error("NetworkPolicy table: {0}")]
+    Policy(#[from] PolicyError),
 }
 
 impl Failure {
@@ -73,6 +77,7 @@ impl Failure {
             Failure::Nftables(_) => "nftables",
             Failure::Files(_) => "files",
             Failure::Api(_) => "api",
+            Failure::Policy(_) => "policy",
         }
     }
 }
@@ -90,6 +95,8 @@ pub enum Wakeup {
     Resync,
     /// The retry after a failed pass.
     Retry,
+    /// A Pod, Namespace or NetworkPolicy event.
+    Policy,
 }
 
 impl Wakeup {
@@ -100,6 +107,7 @@ impl Wakeup {
             Wakeup::Drift => "drift",
             Wakeup::Resync => "resync",
             Wakeup::Retry => "retry",
+            Wakeup::Policy => "policy",
         }
     }
 
@@ -251,6 +259,8 @@ struct Agent {
     refusals: Refusals,
     /// Peers refused by the desired state (claims on what another node holds).
     peer_refusals: Refusals,
+    /// NetworkPolicy: the watches' views and the policy table; `None` when disabled.
+    policy: Option<(PolicyCache, PolicySync)>,
 }
 
 pub async fn run(
@@ -276,7 +286,18 @@ pub async fn run(
             Nftables::default()
         }
     };
+    let policy_trigger = Arc::new(Trigger::default());
+    let policy = if cfg.network_policy {
+        Some((policy_watch::spawn(client.clone(), policy_trigger.clone(), metrics.clone()), PolicySync::default()))
+    } else {
+        if let Err(e) = crate::apply::policy::remove().await {
+            metrics.sync_error("policy");
+            tracing::warn!("NetworkPolicy disabled, but removing its table failed: {e}");
+        }
+        None
+    };
     let mut agent = Agent {
+        policy,
         vtep_mac: vtep_mac_for(&node_name),
         nodes_api: Api::all(client),
         nl,
@@ -302,7 +323,7 @@ pub async fn run(
         _ = tokio::signal::ctrl_c() => return Ok(()),
     }
 
-    let wakers = Wakers { node: &trigger, drift: &drift };
+    let wakers = Wakers { node: &trigger, drift: &drift, policy: &policy_trigger };
     let mut wakeup = Wakeup::Start;
     let mut readiness = Readiness::default();
     loop {
@@ -382,6 +403,7 @@ pub async fn run(
 struct Wakers<'a> {
     node: &'a Trigger,
     drift: &'a Trigger,
+    policy: &'a Trigger,
 }
 
 impl Wakers<'_> {
@@ -401,6 +423,7 @@ impl Wakers<'_> {
         tokio::select! {
             _ = self.node.wait() => Some(Wakeup::Node),
             _ = self.drift.wait() => Some(Wakeup::Drift),
+            _ = self.policy.wait() => Some(Wakeup::Policy),
             _ = tick.tick() => Some(Wakeup::Resync),
             _ = retry => Some(Wakeup::Retry),
             _ = term.recv() => None,
@@ -487,6 +510,7 @@ impl Agent {
         let data_plane_ok = kernel.is_ok() && nft.is_ok();
         failures.extend(kernel.err().map(Failure::from));
         failures.extend(nft.err().map(Failure::from));
+        failures.extend(self.apply_policy(check != nft::Check::No).await.err().map(Failure::from));
         // Last: the plugin may now serve pods on this node.
         if data_plane_ok && let Err(e) = files::write(&self.cfg, &d.node_config, &d.conflist) {
             failures.push(e.into());
@@ -504,6 +528,18 @@ impl Agent {
             "pass"
         );
         Outcome::Done(failures)
+    }
+
+    /// NetworkPolicy for this node's pods, once the watches have listed everything.
+    async fn apply_policy(&mut self, check: bool) -> Result<(), PolicyError> {
+        let Some((cache, table)) = &mut self.policy else { return Ok(()) };
+        let Some(seen) = cache.snapshot() else { return Ok(()) };
+        let want = desired::policy::policy(&self.node_name, &seen.pods, &seen.namespaces, &seen.policies);
+        let selecting: HashSet<&str> = want.chains.values().map(|c| c.policy.as_str()).collect();
+        self.metrics.network_policies.set(selecting.len() as i64);
+        let change = table.sync(&want, check).await?;
+        self.metrics.kernel_writes("policy", change.writes());
+        Ok(())
     }
 
     async fn apply_kernel(&self, d: &Desired, underlay_ifindex: u32) -> Result<(), kernel::KernelError> {
@@ -634,7 +670,7 @@ mod tests {
 
     #[test]
     fn passes_that_may_follow_outside_changes_check_the_kernel() {
-        let all = [Wakeup::Start, Wakeup::Node, Wakeup::Drift, Wakeup::Resync, Wakeup::Retry];
+        let all = [Wakeup::Start, Wakeup::Node, Wakeup::Drift, Wakeup::Resync, Wakeup::Retry, Wakeup::Policy];
         let labels: HashSet<&str> = all.iter().map(|w| w.label()).collect();
         assert_eq!(labels.len(), all.len(), "one label each");
         let checking: Vec<Wakeup> = all.into_iter().filter(|w| w.checks_kernel()).collect();

@@ -126,6 +126,23 @@ pub struct FileConfig {
     pub cni_version: Option<String>,
     #[serde(default)]
     pub ipam_gc_grace_seconds: Option<u64>,
+    #[serde(default)]
+    pub network_policy: Option<NetworkPolicyConfig>,
+}
+
+/// NetworkPolicy enforcement.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct NetworkPolicyConfig {
+    /// Watch Pods, Namespaces and NetworkPolicies and keep `inet weft-policy`;
+    /// false: remove that table and watch none of them.
+    pub enabled: bool,
+}
+
+impl Default for NetworkPolicyConfig {
+    fn default() -> Self {
+        NetworkPolicyConfig { enabled: true }
+    }
 }
 
 /// The validated configuration.
@@ -153,6 +170,8 @@ pub struct Config {
     /// `cniVersion` of the conflist. 1.0.0 by default: containerd 1.6 and 1.7
     /// (libcni 1.1) reject 1.1.0 results; weft-agent runs GC itself anyway.
     pub cni_version: String,
+    /// Enforce NetworkPolicy (`networkPolicy.enabled`).
+    pub network_policy: bool,
 }
 
 impl Config {
@@ -242,6 +261,7 @@ impl FileConfig {
             ));
         }
         Ok(Config {
+            network_policy: self.network_policy.unwrap_or_default().enabled,
             cni_version,
             cluster_cidrs,
             backend: self.backend.unwrap_or(Backend::Auto),
@@ -280,6 +300,9 @@ mod tests {
         assert_eq!(c.resync_period, Duration::from_secs(60));
         assert_eq!(c.listen_address, "127.0.0.1:9959".parse().unwrap());
         assert_eq!(c.health_address, "127.0.0.1:9958".parse().unwrap());
+        assert!(c.network_policy, "NetworkPolicy is enforced unless disabled");
+        let off = parse(r#"{"clusterCIDRs":["10.244.0.0/16"],"networkPolicy":{"enabled":false}}"#).unwrap();
+        assert!(!off.network_policy);
     }
 
     #[test]
@@ -297,6 +320,7 @@ mod tests {
             (r#"{"clusterCIDRs":["10.244.0.0/16"],"resyncPeriodSeconds":0}"#, "resyncPeriodSeconds"),
             (r#"{"clusterCIDRs":["10.244.0.0/16"],"underlayInterface":"a/b"}"#, "underlayInterface"),
             (r#"{"clusterCIDRs":["10.244.0.0/16"],"typo":1}"#, "typo"),
+            (r#"{"clusterCIDRs":["10.244.0.0/16"],"networkPolicy":{"enable":false}}"#, "enable"),
             (r#"{"clusterCIDRs":["10.244.0.0/16"],"cniVersion":"2.0.0"}"#, "cniVersion"),
         ];
         for (json, key) in cases {

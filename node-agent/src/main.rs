@@ -199,6 +199,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
             let nl = libweft::netlink::Netlink::connect()?;
             let removed = kernel::remove_all(&nl).await?;
             nftables::remove().await?;
+            weft_agent::apply::policy::remove().await?;
             for path in [conflist_path(&cfg), node_config_path(&cfg), cfg.cni_bin_dir.join("weft")] {
                 match std::fs::remove_file(&path) {
                     Ok(()) => tracing::info!(path = %path.display(), "removed"),
@@ -206,7 +207,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
                     Err(e) => return Err(anyhow::anyhow!("remove {}: {e}", path.display())),
                 }
             }
-            tracing::info!(kernel_objects = removed, "removed weft's VXLAN device, peer routes and nftables table");
+            tracing::info!(kernel_objects = removed, "removed weft's VXLAN device, peer routes and nftables tables");
             // The plugin's IPAM store goes too, unless pods still hold addresses from it.
             let ipam = cfg.run_dir.join("ipam");
             if ipam.join(ipam_gc::NETWORK).is_dir() {

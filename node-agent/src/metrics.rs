@@ -44,6 +44,11 @@ pub struct SubnetLabel {
     pub subnet: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabel {
+    pub direction: String,
+}
+
 /// Every metric the agent exports.
 pub struct Metrics {
     pub registry: Registry,
@@ -73,6 +78,11 @@ pub struct Metrics {
     /// Packets weft's nftables table dropped, by reason (its named
     /// counters, read when scraped).
     pub dropped_packets: Family<ReasonLabel, Counter>,
+    /// NetworkPolicies selecting a pod of this node.
+    pub network_policies: Gauge,
+    /// Packets NetworkPolicy denied, by direction (the policy table's named
+    /// counters, read when scraped).
+    pub policy_denied_packets: Family<DirectionLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -105,6 +115,8 @@ impl Metrics {
             sync_errors: Family::default(),
             sync_passes: Family::default(),
             dropped_packets: Family::default(),
+            network_policies: Gauge::default(),
+            policy_denied_packets: Family::default(),
             registry: Registry::default(),
         };
         registry.register("peers", "Peer nodes by the backend used to reach them", m.peers.clone());
@@ -162,6 +174,16 @@ impl Metrics {
             "Packets dropped by weft's nftables table, by reason: spoofed_source, pod_vxlan, vxlan_unknown_peer (reset when the table is replaced)",
             m.dropped_packets.clone(),
         );
+        registry.register(
+            "network_policies",
+            "NetworkPolicies selecting a pod of this node",
+            m.network_policies.clone(),
+        );
+        registry.register(
+            "policy_denied_packets",
+            "Packets to (ingress) or from (egress) this node's pods that no NetworkPolicy allowed (reset when the policy table is replaced)",
+            m.policy_denied_packets.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -191,6 +213,14 @@ impl Metrics {
     pub fn set_dropped(&self, counts: &[(&str, u64)]) {
         for (reason, packets) in counts {
             let c = self.dropped_packets.get_or_create(&ReasonLabel { reason: reason.to_string() });
+            c.inner().store(*packets, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Sets the policy-denied counters to what the policy table's counters say.
+    pub fn set_policy_denied(&self, counts: &[(crate::wire_policy::Direction, u64)]) {
+        for (d, packets) in counts {
+            let c = self.policy_denied_packets.get_or_create(&DirectionLabel { direction: d.to_string() });
             c.inner().store(*packets, std::sync::atomic::Ordering::Relaxed);
         }
     }

@@ -438,3 +438,104 @@ fn auto_across_segments_with_masquerade_and_backend_change() {
     assert!(p1.ping(&p2v4) && p1.ping(&p2v6), "routes backend works within the segment");
     assert!(!routes(&lab.nodes[0].ns).contains("weft.vxlan"));
 }
+
+/// Whether a TCP connection from `from` to `dst:port` gets an answer within ~2 s.
+fn answers(from: &TestNs, dst: &str, port: u16) -> bool {
+    let addr = if dst.contains(':') { format!("TCP6:[{dst}]:{port}") } else { format!("TCP4:{dst}:{port}") };
+    let out = from.exec(&["timeout", "3", "socat", "-T", "2", &format!("{addr},connect-timeout=2"), "-"]);
+    !String::from_utf8_lossy(&out.stdout).trim().is_empty()
+}
+
+/// The handle of the policy table: a new one whenever the table is replaced.
+fn policy_table_handle(ns: &TestNs) -> String {
+    let out = ns.exec(&["nft", "-a", "list", "table", "inet", "weft-policy"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines().next().and_then(|l| l.split("# handle ").nth(1)).unwrap_or("").trim().to_string()
+}
+
+/// A Pod object as the kubelet would leave it: scheduled on `node`, with
+/// the addresses the plugin gave it (the pod need not run).
+fn create_pod(cp: &ControlPlane, name: &str, node: &str, labels: serde_json::Value, ips: &[&str]) {
+    let pod = serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default", "labels": labels},
+        "spec": {"nodeName": node, "containers": [{"name": "c", "image": "none"}]}});
+    // No controller manager runs to create the namespace's default ServiceAccount, which admission wants.
+    let _ = cp.kubectl(&["create", "serviceaccount", "default", "-n", "default"]);
+    cp.kubectl_stdin(&["create", "-f", "-"], &pod.to_string());
+    let pod_ips: Vec<_> = ips.iter().map(|ip| serde_json::json!({"ip": ip})).collect();
+    let patch = serde_json::json!({"status": {"podIP": ips[0], "podIPs": pod_ips}}).to_string();
+    cp.kubectl_ok(&["patch", "pod", name, "-n", "default", "--subresource=status", "--type=merge", "-p", &patch]);
+}
+
+#[test]
+#[ignore = "needs root and the Kubernetes binaries: cargo test -- --ignored"]
+fn agents_enforce_network_policy_read_from_the_api() {
+    let Some((lab, cp, agents)) = start_cluster(&['A', 'A'], "vxlan") else { return };
+    let (srv, srv4, srv6) = lab.nodes[0].add_pod_from_node_config("srv", &agents[0].node_json());
+    let (cli, cli4, cli6) = lab.nodes[1].add_pod_from_node_config("cli", &agents[1].node_json());
+    let _servers = whoami_server(&srv, agents[0].dir.path(), "srv");
+    assert!(eventually(Duration::from_secs(5), || listening(&srv, 8080)));
+    create_pod(&cp, "srv", &lab.nodes[0].name, serde_json::json!({"app": "srv"}), &[&srv4, &srv6]);
+    create_pod(&cp, "cli", &lab.nodes[1].name, serde_json::json!({"role": "other"}), &[&cli4, &cli6]);
+    assert_eq!(ask(&cli, &srv4, 8080), cli4, "no policy: open");
+
+    // Only role=cli may reach app=srv: for this client, a deny-all.
+    let policy = serde_json::json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "only-cli", "namespace": "default"},
+        "spec": {"podSelector": {"matchLabels": {"app": "srv"}}, "policyTypes": ["Ingress"],
+                 "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "cli"}}}]}]}});
+    cp.kubectl_stdin(&["create", "-f", "-"], &policy.to_string());
+    let node0 = &lab.nodes[0].ns;
+    let in_map = |map: &str, ip: &str| {
+        let out = node0.exec(&["nft", "list", "map", "inet", "weft-policy", map]);
+        String::from_utf8_lossy(&out.stdout).contains(ip)
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || in_map("ingress4", &srv4) && in_map("ingress6", &srv6)),
+        "the server never entered the ingress maps:\n{}",
+        agents[0].log()
+    );
+    for dst in [&srv4, &srv6] {
+        assert!(
+            eventually(Duration::from_secs(10), || !answers(&cli, dst, 8080)),
+            "{dst}: the policy was not enforced:\n{}",
+            agents[0].log()
+        );
+    }
+    assert!(metrics(node0).contains("weft_network_policies 1"), "{}", metrics(node0));
+    let denied = |ns: &TestNs| {
+        metrics(ns)
+            .lines()
+            .find_map(|l| l.strip_prefix("weft_policy_denied_packets_total{direction=\"ingress\"} "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // Scrapes read the counters at most every 5 s: keep knocking until one shows them.
+    assert!(
+        eventually(Duration::from_secs(15), || !answers(&cli, &srv4, 8080) && denied(node0) > 0),
+        "denied SYNs are not counted: {}",
+        metrics(node0)
+    );
+
+    // The client gets the allowed label: its addresses join a peer set, no rule changes.
+    let table = policy_table_handle(node0);
+    assert!(!table.is_empty(), "no policy table on node 1");
+    cp.kubectl_ok(&["label", "pod", "cli", "-n", "default", "--overwrite", "role=cli"]);
+    assert!(
+        eventually(Duration::from_secs(10), || answers(&cli, &srv4, 8080) && answers(&cli, &srv6, 8080)),
+        "relabelled client still denied:\n{}",
+        agents[0].log()
+    );
+    assert_eq!(policy_table_handle(node0), table, "a label change replaced the policy table");
+
+    // Back to a denied label, then the policy goes: open again.
+    cp.kubectl_ok(&["label", "pod", "cli", "-n", "default", "--overwrite", "role=other"]);
+    assert!(eventually(Duration::from_secs(10), || !answers(&cli, &srv4, 8080)), "relabelled back: denied again");
+    cp.kubectl_ok(&["delete", "networkpolicy", "only-cli", "-n", "default"]);
+    assert!(
+        eventually(Duration::from_secs(10), || answers(&cli, &srv4, 8080) && answers(&cli, &srv6, 8080)),
+        "deleting the policy did not restore connectivity:\n{}",
+        agents[0].log()
+    );
+    assert_eq!(ask(&cli, &srv6, 8080), cli6.parse::<std::net::IpAddr>().unwrap().to_string());
+}

@@ -7,3 +7,4 @@ pub mod api;
 pub mod files;
 pub mod kernel;
 pub mod nftables;
+pub mod policy;

@@ -10,7 +10,8 @@
 //!   map ingress4 / ingress6    { local pod address : jump in-<h> }
 //!   chain egress  { hook forward priority 0; ct state established,related accept; ip saddr vmap @egress4; ... }
 //!   chain ingress { hook forward priority 1; ct state established,related accept; ip daddr vmap @ingress4; ... }
-//!   chain in-<h>     { jump in-pol-<h>; ...; counter drop }   # a group: one list of policies
+//!   counter ingress_denied / egress_denied
+//!   chain in-<h>     { jump in-pol-<h>; ...; counter name ingress_denied drop }   # a group: one list of policies
 //!   chain in-pol-<h> { ip saddr @peer-<h>-4 meta l4proto tcp th dport { 80, 443 } accept; ... }
 //! }
 //! ```
@@ -31,6 +32,11 @@ pub const TABLE: &str = "weft-policy";
 
 /// Priority of the `egress` base chain; `ingress` runs right after it.
 pub const PRIO_EGRESS: i32 = 0;
+
+/// The named counter of what the group chains of a direction drop.
+pub fn denied_counter(d: Direction) -> String {
+    format!("{d}_denied")
+}
 
 const FAMILIES: [(bool, &str, &str); 2] = [(false, "ip", "4"), (true, "ip6", "6")];
 
@@ -59,7 +65,8 @@ fn chain(name: &str) -> Value {
     json!({"add": {"chain": {"family": "inet", "table": TABLE, "name": name}}})
 }
 
-fn range_elem(a: IpAddr, b: IpAddr) -> Value {
+/// A set element for the inclusive address range `a..=b`.
+pub fn range_elem(a: IpAddr, b: IpAddr) -> Value {
     if a == b { json!(a.to_string()) } else { json!({"range": [a.to_string(), b.to_string()]}) }
 }
 
@@ -116,6 +123,7 @@ pub fn ruleset(state: &PolicyState) -> Value {
         }
     }
     for d in [Direction::Egress, Direction::Ingress] {
+        cmds.push(json!({"add": {"counter": {"family": "inet", "table": TABLE, "name": denied_counter(d)}}}));
         for (v6, _, _) in FAMILIES {
             cmds.push(json!({"add": {"map": {"family": "inet", "table": TABLE, "name": map_name(d, v6),
                 "type": addr_type(v6), "map": "verdict"}}}));
@@ -135,9 +143,10 @@ pub fn ruleset(state: &PolicyState) -> Value {
         for p in policies {
             cmds.push(add_rule(name, vec![json!({"jump": {"target": p}})], None));
         }
+        let d = if name.starts_with("in-") { Direction::Ingress } else { Direction::Egress };
         cmds.push(add_rule(
             name,
-            vec![json!({"counter": null}), json!({"drop": null})],
+            vec![json!({"counter": denied_counter(d)}), json!({"drop": null})],
             Some("no policy allows".into()),
         ));
     }

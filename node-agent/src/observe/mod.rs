@@ -5,6 +5,7 @@
 pub mod events;
 pub mod kernel;
 pub mod mirror;
+pub mod policy_watch;
 pub mod underlay;
 pub mod watch;
 

@@ -1,0 +1,304 @@
+//! Keeps the `inet weft-policy` table in line with [`desired::policy`]
+//! (the table's design is in [`crate::desired::policy_nft`]). The whole
+//! table is replaced in one transaction when it is new, when its chains
+//! change (a policy added, edited or deleted, a new list of policies over
+//! a pod), or when a resync finds it is not as weft last left it. Otherwise
+//! only elements change: verdict map entries of local pods, peer address
+//! set ranges and named-port set entries, deleted and added in one
+//! transaction, so a pod or label change never rewrites a rule. The table
+//! `inet weft` is never touched.
+//!
+//! [`desired::policy`]: crate::desired::policy::policy
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use serde_json::{Value, json};
+
+use crate::desired::policy::PolicyState;
+use crate::desired::policy_nft::{TABLE, denied_counter, map_name, range_elem, ruleset};
+use crate::observe;
+use crate::wire_policy::Direction;
+
+/// A failed `nft` transaction on the policy table.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// `nft` failed or could not be run.
+    #[error("nft: {0}")]
+    Nft(#[source] nftables::helper::NftablesError),
+    /// The blocking task running `nft` panicked or was cancelled.
+    #[error("nft task: {0}")]
+    Task(#[source] tokio::task::JoinError),
+}
+
+/// What one sync did to the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyChange {
+    /// Nothing: the state is the one last applied.
+    None,
+    /// This many elements deleted or added.
+    Elements(usize),
+    /// The whole table replaced.
+    Table,
+}
+
+impl PolicyChange {
+    /// Kernel writes, for `weft_kernel_writes_total{kind="policy"}`.
+    pub fn writes(self) -> usize {
+        match self {
+            PolicyChange::None => 0,
+            PolicyChange::Elements(n) => n,
+            PolicyChange::Table => 1,
+        }
+    }
+}
+
+/// The last state written and the table's stateless digest right after.
+#[derive(Default)]
+pub struct PolicySync {
+    last: Option<PolicyState>,
+    digest: Option<u64>,
+}
+
+impl PolicySync {
+    /// Brings the table in line with `want`; `check` also compares the
+    /// table itself with weft's last write.
+    pub async fn sync(&mut self, want: &PolicyState, check: bool) -> Result<PolicyChange, PolicyError> {
+        let intact = !check || (self.digest.is_some() && observe::kernel::nft_table_digest(TABLE).await == self.digest);
+        if !intact && self.last.is_some() {
+            tracing::info!(table = TABLE, "policy table differs from weft's last write; replacing it");
+        }
+        if self.last.as_ref() == Some(want) && intact {
+            return Ok(PolicyChange::None);
+        }
+        let delta = match &self.last {
+            Some(last) if intact && same_rules(last, want) => Some(element_changes(last, want)),
+            _ => None,
+        };
+        let change = match delta {
+            Some(cmds) => {
+                let n = cmds.len();
+                match apply(json!({"nftables": cmds})).await {
+                    Ok(()) => Some(PolicyChange::Elements(n)),
+                    Err(e) => {
+                        // Changed behind weft's back: the whole table repairs it.
+                        tracing::info!("policy element update failed, replacing the table: {e}");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        let change = match change {
+            Some(c) => c,
+            None => {
+                // Forget the last write first: if this one fails, the next pass must not trust the table.
+                self.last = None;
+                apply(ruleset(want)).await?;
+                tracing::info!(
+                    table = TABLE,
+                    chains = want.chains.len() + want.groups.len(),
+                    ingress_pods = want.ingress.len(),
+                    egress_pods = want.egress.len(),
+                    "replaced policy table"
+                );
+                PolicyChange::Table
+            }
+        };
+        self.last = Some(want.clone());
+        self.digest = observe::kernel::nft_table_digest(TABLE).await;
+        Ok(change)
+    }
+}
+
+/// Whether two states have the same chains, rules and sets, so that only
+/// elements differ.
+fn same_rules(a: &PolicyState, b: &PolicyState) -> bool {
+    let sets = |s: &PolicyState| s.sets.iter().map(|(n, v)| (n.clone(), v.about.clone())).collect::<Vec<_>>();
+    let port_sets =
+        |s: &PolicyState| s.port_sets.iter().map(|(n, v)| (n.clone(), v.name.clone(), v.protocol)).collect::<Vec<_>>();
+    a.chains == b.chains && a.groups == b.groups && sets(a) == sets(b) && port_sets(a) == port_sets(b)
+}
+
+fn family(v6: bool) -> &'static str {
+    if v6 { "6" } else { "4" }
+}
+
+fn element(verb: &str, set: String, elem: Vec<Value>) -> Value {
+    json!({verb: {"element": {"family": "inet", "table": TABLE, "name": set, "elem": elem}}})
+}
+
+/// The element deletions, then additions, that turn `old`'s elements into
+/// `new`'s (one command per set and verb). `old` and `new` have the same
+/// rules ([`same_rules`]).
+pub fn element_changes(old: &PolicyState, new: &PolicyState) -> Vec<Value> {
+    let (mut deletes, mut adds) = (Vec::new(), Vec::new());
+    for d in [Direction::Ingress, Direction::Egress] {
+        let pick = |s: &'_ PolicyState| match d {
+            Direction::Ingress => s.ingress.clone(),
+            Direction::Egress => s.egress.clone(),
+        };
+        let (o, n): (BTreeMap<IpAddr, String>, BTreeMap<IpAddr, String>) = (pick(old), pick(new));
+        for v6 in [false, true] {
+            // A pod whose group changed is deleted and added again.
+            let gone: Vec<Value> = o
+                .iter()
+                .filter(|(ip, g)| ip.is_ipv6() == v6 && n.get(*ip) != Some(*g))
+                .map(|(ip, _)| json!(ip.to_string()))
+                .collect();
+            let came: Vec<Value> = n
+                .iter()
+                .filter(|(ip, g)| ip.is_ipv6() == v6 && o.get(*ip) != Some(*g))
+                .map(|(ip, g)| json!([ip.to_string(), {"jump": {"target": g}}]))
+                .collect();
+            if !gone.is_empty() {
+                deletes.push(element("delete", map_name(d, v6), gone));
+            }
+            if !came.is_empty() {
+                adds.push(element("add", map_name(d, v6), came));
+            }
+        }
+    }
+    for (name, new_set) in &new.sets {
+        let Some(old_set) = old.sets.get(name) else { continue };
+        let (o, n): (BTreeSet<_>, BTreeSet<_>) = (old_set.ranges.iter().collect(), new_set.ranges.iter().collect());
+        for v6 in [false, true] {
+            let elems = |a: &BTreeSet<&(IpAddr, IpAddr)>, b: &BTreeSet<&(IpAddr, IpAddr)>| -> Vec<Value> {
+                a.difference(b).filter(|(x, _)| x.is_ipv6() == v6).map(|(x, y)| range_elem(*x, *y)).collect()
+            };
+            let (gone, came) = (elems(&o, &n), elems(&n, &o));
+            if !gone.is_empty() {
+                deletes.push(element("delete", format!("{name}-{}", family(v6)), gone));
+            }
+            if !came.is_empty() {
+                adds.push(element("add", format!("{name}-{}", family(v6)), came));
+            }
+        }
+    }
+    for (name, new_set) in &new.port_sets {
+        let Some(old_set) = old.port_sets.get(name) else { continue };
+        let (o, n): (BTreeSet<_>, BTreeSet<_>) = (old_set.elements.iter().collect(), new_set.elements.iter().collect());
+        for v6 in [false, true] {
+            let elems = |a: &BTreeSet<&(IpAddr, u16)>, b: &BTreeSet<&(IpAddr, u16)>| -> Vec<Value> {
+                a.difference(b)
+                    .filter(|(ip, _)| ip.is_ipv6() == v6)
+                    .map(|(ip, port)| json!({"concat": [ip.to_string(), port]}))
+                    .collect()
+            };
+            let (gone, came) = (elems(&o, &n), elems(&n, &o));
+            if !gone.is_empty() {
+                deletes.push(element("delete", format!("{name}-{}", family(v6)), gone));
+            }
+            if !came.is_empty() {
+                adds.push(element("add", format!("{name}-{}", family(v6)), came));
+            }
+        }
+    }
+    deletes.extend(adds);
+    deletes
+}
+
+async fn apply(rules: Value) -> Result<(), PolicyError> {
+    // Raw JSON: the nftables crate's schema has no verdict maps.
+    let text = rules.to_string();
+    tokio::task::spawn_blocking(move || {
+        nftables::helper::apply_ruleset_raw(&text, nftables::helper::DEFAULT_NFT, std::iter::empty::<&str>())
+    })
+    .await
+    .map_err(PolicyError::Task)?
+    .map(drop)
+    .map_err(PolicyError::Nft)
+}
+
+/// Packets the group chains dropped so far, by direction (reset when the
+/// table is replaced); empty when the table or `nft` is missing.
+pub async fn denied_counts() -> Vec<(Direction, u64)> {
+    let listing = tokio::task::spawn_blocking(|| {
+        nftables::helper::get_current_ruleset_raw(
+            nftables::helper::DEFAULT_NFT,
+            ["list", "counters", "table", "inet", TABLE].iter().copied(),
+        )
+    })
+    .await;
+    match listing {
+        Ok(Ok(text)) => parse_denied(&text),
+        _ => Vec::new(),
+    }
+}
+
+fn parse_denied(listing: &str) -> Vec<(Direction, u64)> {
+    let Ok(v) = serde_json::from_str::<Value>(listing) else { return Vec::new() };
+    let objects = v["nftables"].as_array().cloned().unwrap_or_default();
+    [Direction::Ingress, Direction::Egress]
+        .into_iter()
+        .filter_map(|d| {
+            let c = objects.iter().find(|o| o["counter"]["name"] == denied_counter(d).as_str())?;
+            Some((d, c["counter"]["packets"].as_u64()?))
+        })
+        .collect()
+}
+
+/// Deletes the policy table (NetworkPolicy disabled, `weft-agent cleanup`);
+/// a missing table is fine.
+pub async fn remove() -> Result<(), PolicyError> {
+    apply(json!({"nftables": [
+        {"add": {"table": {"family": "inet", "name": TABLE}}},
+        {"delete": {"table": {"family": "inet", "name": TABLE}}},
+    ]}))
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::policy::fixtures::*;
+    use crate::desired::policy::policy;
+    use crate::wire_policy::Protocol;
+
+    #[test]
+    fn pod_and_label_changes_are_element_changes_and_policy_changes_are_not() {
+        let server = with_port(pod("a", "srv", "node1", 1, &[("app", "srv")]), "http", Protocol::Tcp, 8080);
+        let client = pod("a", "cli", "node2", 2, &[("role", "x")]);
+        let namespaces = [ns("a", &[])];
+        let allow = ingress(
+            netpol("a", "allow", sel(&[("app", "srv")])),
+            vec![rule(vec![pods_in_own(sel(&[("role", "cli")]))], vec![named(Protocol::Tcp, "http")])],
+        );
+        let before = policy("node1", &[server.clone(), client.clone()], &namespaces, std::slice::from_ref(&allow));
+
+        // The client is relabelled to match: only its addresses join the peer set.
+        let mut relabelled = client.clone();
+        relabelled.labels = labels(&[("role", "cli")]);
+        let after = policy("node1", &[server.clone(), relabelled], &namespaces, std::slice::from_ref(&allow));
+        assert!(same_rules(&before, &after));
+        let cmds = element_changes(&before, &after);
+        assert_eq!(cmds.len(), 2, "one add per family: {cmds:?}");
+        assert!(cmds.iter().all(|c| c["add"]["element"]["name"].as_str().unwrap().starts_with("peer-")));
+        let text = serde_json::to_string(&cmds).unwrap();
+        assert!(text.contains("10.244.2.2") && text.contains("fd00:10:244:2::2"), "{text}");
+        assert!(element_changes(&after, &before).iter().all(|c| c["delete"].is_object()), "and back");
+
+        // A second server pod: its map entries and named port, no rule.
+        let server2 = with_port(pod("a", "srv2", "node1", 3, &[("app", "srv")]), "http", Protocol::Tcp, 9090);
+        let more =
+            policy("node1", &[server.clone(), server2, client.clone()], &namespaces, std::slice::from_ref(&allow));
+        assert!(same_rules(&before, &more));
+        let text = serde_json::to_string(&element_changes(&before, &more)).unwrap();
+        assert!(text.contains(r#""ingress4""#) && text.contains(r#""ingress6""#), "{text}");
+        assert!(text.contains(r#"{"concat":["10.244.1.3",9090]}"#), "{text}");
+
+        // Another policy over the server: new chains, the whole table.
+        let deny = ingress(netpol("a", "deny", sel(&[])), vec![]);
+        let both = policy("node1", &[server, client], &namespaces, &[allow, deny]);
+        assert!(!same_rules(&before, &both));
+    }
+
+    #[test]
+    fn denied_counters_are_read_by_direction() {
+        let listing = r#"{"nftables": [{"metainfo": {"json_schema_version": 1}},
+            {"counter": {"family": "inet", "name": "ingress_denied", "table": "weft-policy", "handle": 3, "packets": 7, "bytes": 588}},
+            {"counter": {"family": "inet", "name": "egress_denied", "table": "weft-policy", "handle": 4, "packets": 2, "bytes": 0}}]}"#;
+        assert_eq!(parse_denied(listing), vec![(Direction::Ingress, 7), (Direction::Egress, 2)]);
+        assert!(parse_denied("").is_empty());
+    }
+}
