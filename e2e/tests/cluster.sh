@@ -36,8 +36,17 @@ done
 for verb in patch update delete create; do
   [[ $(K auth can-i "$verb" nodes --as "$sa" 2>/dev/null) == no ]] || fail "weft's service account may $verb nodes (spec, labels, taints)"
 done
+# NetworkPolicy (on by default): list and watch only, on what it reads.
+for res in pods namespaces networkpolicies.networking.k8s.io; do
+  for verb in list watch; do
+    [[ $(K auth can-i "$verb" "$res" --all-namespaces --as "$sa") == yes ]] || fail "weft's service account cannot $verb $res"
+  done
+  for verb in create update patch delete; do
+    [[ $(K auth can-i "$verb" "$res" --all-namespaces --as "$sa" 2>/dev/null) == no ]] || fail "weft's service account may $verb $res"
+  done
+done
 [[ -n $(K get node node1 -o jsonpath='{.metadata.annotations.weft\.dev/vtep-mac}') ]] || fail "node1 has no weft.dev/vtep-mac annotation"
-pass "weft-agent works under the chart's ClusterRole, which may patch nodes/status only (not a Node's spec, labels or taints)"
+pass "weft-agent works under the chart's ClusterRole, which may patch nodes/status only (not a Node's spec, labels or taints) and only read pods, namespaces and networkpolicies"
 
 deploy_echo echo 4
 eventually 90 all_running echo 4 || { K get pods -o wide; K get events | tail -20; fail "pods not Running"; }
