@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{Lab, Node};
+use common::Lab;
 use libweft::testutil::have_privileges;
 use weft_agent::apply::kernel;
 use weft_agent::config::Config;
@@ -21,23 +21,10 @@ fn config(backend: &str) -> Config {
     Config::example(backend.parse().unwrap())
 }
 
-fn view(n: &Node) -> NodeView {
-    NodeView {
-        name: n.name.clone(),
-        ipv4: Some(n.v4.parse().unwrap()),
-        ipv6: Some(n.v6.parse().unwrap()),
-        pod_cidrs: vec![n.pod_v4.parse().unwrap(), n.pod_v6.parse().unwrap()],
-        vtep_mac: Some(vtep_mac_for(&n.name)),
-        addresses: vec![n.v4.parse().unwrap(), n.v6.parse().unwrap()],
-        created: None,
-        uid: n.name.clone(),
-    }
-}
-
 /// Computes and applies the desired state on every node in `live`, as each
 /// node's agent would; returns (desired, changes) per node.
 fn sync_all(rt: &tokio::runtime::Runtime, lab: &Lab, live: &[usize], backend: &str) -> Vec<(KernelState, usize)> {
-    let views: Vec<NodeView> = live.iter().map(|&i| view(&lab.nodes[i])).collect();
+    let views: Vec<NodeView> = live.iter().map(|&i| lab.nodes[i].view()).collect();
     live.iter()
         .map(|&i| {
             let node = &lab.nodes[i];
@@ -46,7 +33,7 @@ fn sync_all(rt: &tokio::runtime::Runtime, lab: &Lab, live: &[usize], backend: &s
                 let ips = [node.v4.parse().unwrap(), node.v6.parse().unwrap()];
                 let u = underlay::detect(&nl, None, &ips).await.unwrap();
                 let d =
-                    desired::kernel_state(&config(backend), &view(node), &u, vtep_mac_for(&node.name), &views, true);
+                    desired::kernel_state(&config(backend), &node.view(), &u, vtep_mac_for(&node.name), &views, true);
                 // A mirror without notifications: every sync dumps, as a fresh agent does.
                 let applied = kernel::sync(&nl, &d, u.ifindex, &Mirror::default()).await.unwrap();
                 assert!(applied.errors.is_empty(), "{}: {:?}", node.name, applied.errors);

@@ -21,25 +21,12 @@ use weft_agent::observe::mirror::Mirror;
 use weft_agent::observe::underlay;
 use weft_agent::wire::NodeView;
 
-fn view(n: &Node) -> NodeView {
-    NodeView {
-        name: n.name.clone(),
-        ipv4: Some(n.v4.parse().unwrap()),
-        ipv6: Some(n.v6.parse().unwrap()),
-        pod_cidrs: vec![n.pod_v4.parse().unwrap(), n.pod_v6.parse().unwrap()],
-        vtep_mac: Some(vtep_mac_for(&n.name)),
-        addresses: vec![n.v4.parse().unwrap(), n.v6.parse().unwrap()],
-        created: None,
-        uid: n.name.clone(),
-    }
-}
-
 /// Programs the kernel state of every node in `cluster` (the Nodes the API
 /// would list) as its agent would, with the kernel's own reverse-path
 /// filter off, so that only weft's table can drop a forged source.
 fn program(lab: &Lab, cluster: &[usize], cfg: &Config) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let views: Vec<NodeView> = cluster.iter().map(|&i| view(&lab.nodes[i])).collect();
+    let views: Vec<NodeView> = cluster.iter().map(|&i| lab.nodes[i].view()).collect();
     for &i in cluster {
         let node = &lab.nodes[i];
         for key in ["net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0"] {
@@ -49,7 +36,7 @@ fn program(lab: &Lab, cluster: &[usize], cfg: &Config) {
             let nl = node.netlink();
             let ips = [node.v4.parse().unwrap(), node.v6.parse().unwrap()];
             let u = underlay::detect(&nl, None, &ips).await.unwrap();
-            let d = desired::kernel_state(cfg, &view(node), &u, vtep_mac_for(&node.name), &views, true);
+            let d = desired::kernel_state(cfg, &node.view(), &u, vtep_mac_for(&node.name), &views, true);
             let applied = kernel::sync(&nl, &d, u.ifindex, &Mirror::default()).await.unwrap();
             assert!(applied.errors.is_empty(), "{}: {:?}", node.name, applied.errors);
         });

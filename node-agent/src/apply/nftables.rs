@@ -211,29 +211,11 @@ fn run_nft(payload: &[u8], writers: Option<&NftWriters>) -> Result<(), nftables:
 /// Packets dropped so far by each of weft's named counters (reset when the
 /// table is replaced); empty when the table or `nft` is missing.
 pub async fn drop_counts() -> Vec<(&'static str, u64)> {
-    let listing = tokio::task::spawn_blocking(|| {
-        nftables::helper::get_current_ruleset_raw(
-            nftables::helper::DEFAULT_NFT,
-            ["list", "counters", "table", "inet", TABLE].iter().copied(),
-        )
-    })
-    .await;
-    match listing {
-        Ok(Ok(text)) => parse_drop_counts(&text),
-        _ => Vec::new(),
-    }
+    drop_counts_in(&observe::kernel::nft_counters(TABLE).await)
 }
 
-fn parse_drop_counts(listing: &str) -> Vec<(&'static str, u64)> {
-    let Ok(v) = serde_json::from_str::<Value>(listing) else { return Vec::new() };
-    let objects = v["nftables"].as_array().cloned().unwrap_or_default();
-    DROP_COUNTERS
-        .iter()
-        .filter_map(|(name, _)| {
-            let c = objects.iter().find(|o| o["counter"]["name"] == *name)?;
-            Some((*name, c["counter"]["packets"].as_u64()?))
-        })
-        .collect()
+fn drop_counts_in(counters: &std::collections::HashMap<String, u64>) -> Vec<(&'static str, u64)> {
+    DROP_COUNTERS.iter().filter_map(|(name, _)| Some((*name, *counters.get(*name)?))).collect()
 }
 
 /// Deletes weft's table (for `weft-agent cleanup`); a missing table is fine.
@@ -284,7 +266,8 @@ mod tests {
             {"counter": {"family": "inet", "name": "spoofed_source", "table": "weft", "handle": 3, "packets": 7, "bytes": 588}},
             {"counter": {"family": "inet", "name": "pod_vxlan", "table": "weft", "handle": 4, "packets": 0, "bytes": 0}},
             {"counter": {"family": "inet", "name": "someone_elses", "table": "weft", "handle": 5, "packets": 9, "bytes": 9}}]}"#;
-        assert_eq!(parse_drop_counts(listing), vec![("spoofed_source", 7), ("pod_vxlan", 0)]);
-        assert!(parse_drop_counts("not json").is_empty());
+        let counters = observe::kernel::parse_counters(listing);
+        assert_eq!(drop_counts_in(&counters), vec![("spoofed_source", 7), ("pod_vxlan", 0)]);
+        assert!(observe::kernel::parse_counters("not json").is_empty());
     }
 }

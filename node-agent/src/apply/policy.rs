@@ -213,28 +213,13 @@ async fn apply(rules: Value) -> Result<(), PolicyError> {
 /// Packets the group chains dropped so far, by direction (reset when the
 /// table is replaced); empty when the table or `nft` is missing.
 pub async fn denied_counts() -> Vec<(Direction, u64)> {
-    let listing = tokio::task::spawn_blocking(|| {
-        nftables::helper::get_current_ruleset_raw(
-            nftables::helper::DEFAULT_NFT,
-            ["list", "counters", "table", "inet", TABLE].iter().copied(),
-        )
-    })
-    .await;
-    match listing {
-        Ok(Ok(text)) => parse_denied(&text),
-        _ => Vec::new(),
-    }
+    denied_in(&crate::observe::kernel::nft_counters(TABLE).await)
 }
 
-fn parse_denied(listing: &str) -> Vec<(Direction, u64)> {
-    let Ok(v) = serde_json::from_str::<Value>(listing) else { return Vec::new() };
-    let objects = v["nftables"].as_array().cloned().unwrap_or_default();
+fn denied_in(counters: &std::collections::HashMap<String, u64>) -> Vec<(Direction, u64)> {
     [Direction::Ingress, Direction::Egress]
         .into_iter()
-        .filter_map(|d| {
-            let c = objects.iter().find(|o| o["counter"]["name"] == denied_counter(d).as_str())?;
-            Some((d, c["counter"]["packets"].as_u64()?))
-        })
+        .filter_map(|d| Some((d, *counters.get(&denied_counter(d))?)))
         .collect()
 }
 
@@ -298,7 +283,10 @@ mod tests {
         let listing = r#"{"nftables": [{"metainfo": {"json_schema_version": 1}},
             {"counter": {"family": "inet", "name": "ingress_denied", "table": "weft-policy", "handle": 3, "packets": 7, "bytes": 588}},
             {"counter": {"family": "inet", "name": "egress_denied", "table": "weft-policy", "handle": 4, "packets": 2, "bytes": 0}}]}"#;
-        assert_eq!(parse_denied(listing), vec![(Direction::Ingress, 7), (Direction::Egress, 2)]);
-        assert!(parse_denied("").is_empty());
+        assert_eq!(
+            denied_in(&crate::observe::kernel::parse_counters(listing)),
+            vec![(Direction::Ingress, 7), (Direction::Egress, 2)]
+        );
+        assert!(denied_in(&crate::observe::kernel::parse_counters("")).is_empty());
     }
 }

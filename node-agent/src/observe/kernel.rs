@@ -42,6 +42,32 @@ pub async fn nft_table_digest(table: &'static str) -> Option<u64> {
     Some(libweft::netlink::stable_hash(listing.bytes()))
 }
 
+/// Packets counted so far by each named counter of table `inet <table>`
+/// (`nft list counters`); empty when the table or `nft` is missing.
+pub async fn nft_counters(table: &'static str) -> HashMap<String, u64> {
+    let listing = tokio::task::spawn_blocking(move || {
+        nftables::helper::get_current_ruleset_raw(
+            nftables::helper::DEFAULT_NFT,
+            ["list", "counters", "table", "inet", table].iter().copied(),
+        )
+    })
+    .await;
+    match listing {
+        Ok(Ok(text)) => parse_counters(&text),
+        _ => HashMap::new(),
+    }
+}
+
+/// Named counters (name -> packets) in an `nft -j` listing.
+pub fn parse_counters(listing: &str) -> HashMap<String, u64> {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(listing) else { return HashMap::new() };
+    let objects = v["nftables"].as_array().cloned().unwrap_or_default();
+    objects
+        .iter()
+        .filter_map(|o| Some((o["counter"]["name"].as_str()?.to_string(), o["counter"]["packets"].as_u64()?)))
+        .collect()
+}
+
 /// Transmit checksum offload when the configuration does not say: on,
 /// except on kernels before 5.7 (calico#3145: SNATed VXLAN packets leave
 /// with a bad checksum). See `apply::kernel` for the measurements.

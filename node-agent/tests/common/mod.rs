@@ -201,6 +201,21 @@ impl Node {
         (pod, v4, v6)
     }
 
+    /// This node as a believed peer would see it: both underlay addresses
+    /// (in its status.addresses), both pod CIDRs, the derived VTEP MAC.
+    pub fn view(&self) -> weft_agent::wire::NodeView {
+        weft_agent::wire::NodeView {
+            name: self.name.clone(),
+            ipv4: Some(self.v4.parse().unwrap()),
+            ipv6: Some(self.v6.parse().unwrap()),
+            pod_cidrs: vec![self.pod_v4.parse().unwrap(), self.pod_v6.parse().unwrap()],
+            vtep_mac: Some(weft_agent::desired::vtep_mac_for(&self.name)),
+            addresses: vec![self.v4.parse().unwrap(), self.v6.parse().unwrap()],
+            created: None,
+            uid: self.name.clone(),
+        }
+    }
+
     /// A netlink connection inside this node (call within a tokio runtime).
     pub fn netlink(&self) -> Netlink {
         Netlink::from_socket(NetNs::open(&self.ns.path()).unwrap().route_socket().unwrap()).unwrap()
