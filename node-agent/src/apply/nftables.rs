@@ -152,9 +152,13 @@ impl Nftables {
             NftChange::Table
         };
         self.last = Some(want.clone());
-        self.digest = match self.writers {
-            Some(_) => None,
-            None => observe::kernel::nft_table_digest(TABLE).await,
+        // After a whole table, always a reference: should weft's own write
+        // ever look foreign, the next pass finds the table intact instead of
+        // replacing it again, and again. Element updates are frequent and
+        // cheap to check at the next resync.
+        self.digest = match (self.writers.as_ref(), change) {
+            (Some(_), NftChange::Elements) => None,
+            _ => observe::kernel::nft_table_digest(TABLE).await,
         };
         Ok(change)
     }

@@ -412,8 +412,8 @@ impl NftTransaction {
     /// weft's own `nft` (`writers`), or by one it cannot tell.
     pub fn ends_foreign(&mut self, msg: &[u8], table: &str, writers: &NftWriters) -> bool {
         match new_generation(msg) {
-            Some(pid) => {
-                let foreign = self.touched && pid.is_none_or(|p| !writers.contains(p));
+            Some(committer) => {
+                let foreign = self.touched && !committer.iter().flatten().any(|p| writers.contains(*p));
                 self.touched = false;
                 foreign
             }
@@ -425,9 +425,13 @@ impl NftTransaction {
     }
 }
 
-/// `Some(committer pid)` if the message is NFT_MSG_NEWGEN, which ends a
-/// transaction (the pid is absent on kernels before 4.19).
-fn new_generation(msg: &[u8]) -> Option<Option<u32>> {
+/// If the message is NFT_MSG_NEWGEN, which ends a transaction: who
+/// committed it, as two ids. The header's port id is the committing
+/// socket's, which `nft` binds to its process id as seen in its own PID
+/// namespace: the id weft knows its children by, also when the agent runs
+/// in a container. `NFTA_GEN_PROC_PID` is the process id in the initial PID
+/// namespace (absent before kernel 4.19): right when the agent shares it.
+fn new_generation(msg: &[u8]) -> Option<[Option<u32>; 2]> {
     const NFTA_GEN_PROC_PID: u16 = 2;
     if msg.len() < 20 {
         return None;
@@ -436,6 +440,8 @@ fn new_generation(msg: &[u8]) -> Option<Option<u32>> {
     if kind != (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN {
         return None;
     }
+    let port = u32::from_ne_bytes([msg[12], msg[13], msg[14], msg[15]]);
+    let port = (port != 0).then_some(port);
     let mut attrs = &msg[20..];
     while attrs.len() >= 4 {
         let len = usize::from(u16::from_ne_bytes([attrs[0], attrs[1]]));
@@ -445,11 +451,11 @@ fn new_generation(msg: &[u8]) -> Option<Option<u32>> {
         }
         if kind == NFTA_GEN_PROC_PID && len == 8 {
             // Network byte order, as nftables puts every integer.
-            return Some(Some(u32::from_be_bytes([attrs[4], attrs[5], attrs[6], attrs[7]])));
+            return Some([port, Some(u32::from_be_bytes([attrs[4], attrs[5], attrs[6], attrs[7]]))]);
         }
         attrs = &attrs[len.next_multiple_of(4).min(attrs.len())..];
     }
-    Some(None)
+    Some([port, None])
 }
 
 /// Whether one nfnetlink message (header included) is about table
@@ -651,6 +657,11 @@ mod tests {
         let mut t = NftTransaction::default();
         let mut feed = |msgs: &[&Vec<u8>]| msgs.iter().filter(|m| t.ends_foreign(m, "weft", &writers)).count();
         assert_eq!(feed(&[&elem, &elem, &generation(4242)]), 0, "weft's own write");
+        // In a container: the socket's port id is the pid weft knows, the
+        // process id attribute the one of the initial PID namespace.
+        let mut in_container = generation(90001);
+        in_container[12..16].copy_from_slice(&4242u32.to_ne_bytes());
+        assert_eq!(feed(&[&elem, &in_container]), 0, "weft's own write from a container");
         assert_eq!(feed(&[&elem, &generation(77)]), 1, "someone else's");
         assert_eq!(feed(&[&other, &generation(77)]), 0, "someone else's table");
         // A transaction split over two datagrams.
