@@ -83,6 +83,8 @@ pub struct Metrics {
     /// Packets NetworkPolicy denied, by direction (the policy table's named
     /// counters, read when scraped).
     pub policy_denied_packets: Family<DirectionLabel, Counter>,
+    /// The kernel counters' values at the last read, by metric and label.
+    kernel_counter_last: std::sync::Mutex<std::collections::HashMap<(&'static str, String), u64>>,
 }
 
 impl Default for Metrics {
@@ -117,6 +119,7 @@ impl Metrics {
             dropped_packets: Family::default(),
             network_policies: Gauge::default(),
             policy_denied_packets: Family::default(),
+            kernel_counter_last: Default::default(),
             registry: Registry::default(),
         };
         registry.register("peers", "Peer nodes by the backend used to reach them", m.peers.clone());
@@ -209,20 +212,33 @@ impl Metrics {
         self.sync_errors.get_or_create(&OutputLabel { output: output.to_string() }).inc();
     }
 
-    /// Sets the dropped-packet counters to what the table's counters say.
+    /// Advances the dropped-packet counters by what the table's counters
+    /// counted since the last read.
     pub fn set_dropped(&self, counts: &[(&str, u64)]) {
         for (reason, packets) in counts {
             let c = self.dropped_packets.get_or_create(&ReasonLabel { reason: reason.to_string() });
-            c.inner().store(*packets, std::sync::atomic::Ordering::Relaxed);
+            self.advance(&c, "dropped", reason, *packets);
         }
     }
 
-    /// Sets the policy-denied counters to what the policy table's counters say.
+    /// Advances the policy-denied counters by what the policy table's
+    /// counters counted since the last read.
     pub fn set_policy_denied(&self, counts: &[(crate::wire_policy::Direction, u64)]) {
         for (d, packets) in counts {
             let c = self.policy_denied_packets.get_or_create(&DirectionLabel { direction: d.to_string() });
-            c.inner().store(*packets, std::sync::atomic::Ordering::Relaxed);
+            self.advance(&c, "policy_denied", &d.to_string(), *packets);
         }
+    }
+
+    /// Adds to `c` what a kernel counter counted since the last read. The
+    /// kernel's counter starts again from zero when its table is replaced
+    /// (a policy change rewrites `inet weft-policy`), so a value below the
+    /// last one means "new counter": all of it is new. The exported counter
+    /// therefore never goes back.
+    fn advance(&self, c: &Counter, metric: &'static str, label: &str, now: u64) {
+        let mut last = self.kernel_counter_last.lock().unwrap_or_else(|e| e.into_inner());
+        let prev = last.insert((metric, label.to_string()), now).unwrap_or(0);
+        c.inc_by(if now >= prev { now - prev } else { now });
     }
 
     /// The text exposition.
@@ -230,5 +246,30 @@ impl Metrics {
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire_policy::Direction;
+
+    fn denied(m: &Metrics) -> u64 {
+        m.policy_denied_packets.get_or_create(&DirectionLabel { direction: "ingress".into() }).get()
+    }
+
+    #[test]
+    fn kernel_counters_never_go_back_when_their_table_is_replaced() {
+        let m = Metrics::new();
+        m.set_policy_denied(&[(Direction::Ingress, 5)]);
+        m.set_policy_denied(&[(Direction::Ingress, 8)]);
+        assert_eq!(denied(&m), 8);
+        // The table was replaced: its counter restarted and has counted 3.
+        m.set_policy_denied(&[(Direction::Ingress, 3)]);
+        assert_eq!(denied(&m), 11);
+        m.set_policy_denied(&[(Direction::Ingress, 3)]);
+        assert_eq!(denied(&m), 11);
+        m.set_dropped(&[("spoofed_source", 2)]);
+        assert!(m.encode().contains("weft_dropped_packets_total{reason=\"spoofed_source\"} 2"));
     }
 }
