@@ -22,10 +22,45 @@ const RESYNC_SECONDS: u64 = 300;
 /// The bound on a repair.
 const REPAIR: Duration = Duration::from_secs(1);
 
-fn start_agent(lab: &Lab, cp: &ControlPlane, node: usize, dir: &tempfile::TempDir) -> Proc {
-    let n = &lab.nodes[node];
-    let cfg = common::agent_config(dir.path(), "vxlan", RESYNC_SECONDS);
-    common::spawn_agent(&format!("agent-{}", n.name), n, cp, &cfg, dir.path())
+/// Two nodes on one segment, both registered in a real API server, each
+/// with a vxlan agent (node2's publishes what node1 needs to program it).
+/// Fields drop in order: agents, their directories, the API server, the lab.
+struct TwoNodes {
+    agents: Vec<Proc>,
+    dirs: Vec<tempfile::TempDir>,
+    _cp: ControlPlane,
+    lab: Lab,
+}
+
+impl TwoNodes {
+    /// None when the test must skip (no root, or no Kubernetes binaries
+    /// outside CI).
+    fn start() -> Option<TwoNodes> {
+        if !have_privileges() {
+            return None;
+        }
+        let Some(bin) = k8s_bin() else {
+            assert!(std::env::var_os("CI").is_none(), "Kubernetes binaries missing under CI: run e2e setup first");
+            eprintln!("skipping: Kubernetes binaries not built (set WEFT_K8S_BIN)");
+            return None;
+        };
+        let lab = Lab::new(&['A', 'A']);
+        let cp = lab.control_plane(&bin);
+        for n in &lab.nodes {
+            cp.create_node(&n.name, &[&n.pod_v4, &n.pod_v6], &[&n.v4, &n.v6]);
+        }
+        let dirs: Vec<tempfile::TempDir> = lab.nodes.iter().map(|_| tempfile::tempdir().unwrap()).collect();
+        let agents = lab
+            .nodes
+            .iter()
+            .zip(&dirs)
+            .map(|(n, dir)| {
+                let cfg = common::agent_config(dir.path(), "vxlan", RESYNC_SECONDS);
+                common::spawn_agent(&format!("agent-{}", n.name), n, &cp, &cfg, dir.path())
+            })
+            .collect();
+        Some(TwoNodes { agents, dirs, _cp: cp, lab })
+    }
 }
 
 /// What weft programs in a node, in a form that survives re-creation
@@ -86,23 +121,9 @@ fn flush_fdb(ns: &TestNs) {
 #[test]
 #[ignore = "needs root and the Kubernetes binaries: cargo test -- --ignored"]
 fn drift_is_repaired_within_a_second_by_the_notified_pass() {
-    if !have_privileges() {
-        return;
-    }
-    let Some(bin) = k8s_bin() else {
-        assert!(std::env::var_os("CI").is_none(), "Kubernetes binaries missing under CI: run e2e setup first");
-        eprintln!("skipping: Kubernetes binaries not built (set WEFT_K8S_BIN)");
-        return;
-    };
-    let lab = Lab::new(&['A', 'A']);
-    let cp = lab.control_plane(&bin);
-    for n in &lab.nodes {
-        cp.create_node(&n.name, &[&n.pod_v4, &n.pod_v6], &[&n.v4, &n.v6]);
-    }
-    let dirs: Vec<tempfile::TempDir> = lab.nodes.iter().map(|_| tempfile::tempdir().unwrap()).collect();
-    let agents: Vec<Proc> = (0..lab.nodes.len()).map(|i| start_agent(&lab, &cp, i, &dirs[i])).collect();
-    let ns = &lab.nodes[0].ns;
-    let log = || agents[0].log_tail();
+    let Some(two) = TwoNodes::start() else { return };
+    let ns = &two.lab.nodes[0].ns;
+    let log = || two.agents[0].log_tail();
     // Programmed: a VXLAN route to node2 in both families, its FDB entry, the table.
     let complete = |s: &str| {
         s.contains("10.244.2.0/24 via 10.244.2.0 dev weft.vxlan onlink")
@@ -185,24 +206,9 @@ fn set_vxlan_ipv6_disabled(ns: &TestNs, disabled: bool) {
 #[test]
 #[ignore = "needs root and the Kubernetes binaries: cargo test -- --ignored"]
 fn failing_passes_make_the_agent_unready_until_the_fault_is_gone() {
-    if !have_privileges() {
-        return;
-    }
-    let Some(bin) = k8s_bin() else {
-        assert!(std::env::var_os("CI").is_none(), "Kubernetes binaries missing under CI: run e2e setup first");
-        eprintln!("skipping: Kubernetes binaries not built (set WEFT_K8S_BIN)");
-        return;
-    };
-    let lab = Lab::new(&['A', 'A']);
-    let cp = lab.control_plane(&bin);
-    for n in &lab.nodes {
-        cp.create_node(&n.name, &[&n.pod_v4, &n.pod_v6], &[&n.v4, &n.v6]);
-    }
-    // node2's agent publishes what node1 needs to program it.
-    let dirs: Vec<tempfile::TempDir> = lab.nodes.iter().map(|_| tempfile::tempdir().unwrap()).collect();
-    let agents: Vec<Proc> = (0..lab.nodes.len()).map(|i| start_agent(&lab, &cp, i, &dirs[i])).collect();
-    let agent = &agents[0];
-    let ns = &lab.nodes[0].ns;
+    let Some(two) = TwoNodes::start() else { return };
+    let agent = &two.agents[0];
+    let ns = &two.lab.nodes[0].ns;
     let log = || agent.log_tail();
     let v6_route = "fd00:10:244:2::/64 via fd00:10:244:2:: dev weft.vxlan";
     assert!(
@@ -240,24 +246,9 @@ fn peer_routes(ns: &TestNs) -> usize {
 #[test]
 #[ignore = "needs root and the Kubernetes binaries: cargo test -- --ignored"]
 fn lost_notifications_make_the_next_pass_compare_everything() {
-    if !have_privileges() {
-        return;
-    }
-    let Some(bin) = k8s_bin() else {
-        assert!(std::env::var_os("CI").is_none(), "Kubernetes binaries missing under CI: run e2e setup first");
-        eprintln!("skipping: Kubernetes binaries not built (set WEFT_K8S_BIN)");
-        return;
-    };
-    let lab = Lab::new(&['A', 'A']);
-    let cp = lab.control_plane(&bin);
-    for n in &lab.nodes {
-        cp.create_node(&n.name, &[&n.pod_v4, &n.pod_v6], &[&n.v4, &n.v6]);
-    }
-    // node2's agent publishes what node1 needs to program it.
-    let dirs: Vec<tempfile::TempDir> = lab.nodes.iter().map(|_| tempfile::tempdir().unwrap()).collect();
-    let agents: Vec<Proc> = (0..lab.nodes.len()).map(|i| start_agent(&lab, &cp, i, &dirs[i])).collect();
-    let (agent, dir) = (&agents[0], &dirs[0]);
-    let ns = &lab.nodes[0].ns;
+    let Some(two) = TwoNodes::start() else { return };
+    let (agent, dir) = (&two.agents[0], &two.dirs[0]);
+    let ns = &two.lab.nodes[0].ns;
     let log = || agent.log_tail();
     assert!(
         eventually(Duration::from_secs(40), || readyz_is(ns, " 200 ") && peer_routes(ns) == 1),
