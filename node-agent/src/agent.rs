@@ -30,7 +30,7 @@ use crate::apply::policy::{PolicyError, PolicySync};
 use crate::apply::{api, files, kernel};
 use crate::config::{Backend, Config};
 use crate::desired::{self, Desired, vtep_mac_for};
-use crate::metrics::{BackendLabel, FieldLabel, Metrics};
+use crate::metrics::{BackendLabel, FieldLabel, Metrics, PolicyLabel};
 use crate::observe::policy_watch::{self, PolicyCache};
 use crate::observe::underlay::{self, UnderlayError};
 use crate::observe::watch::{self, Trigger};
@@ -534,11 +534,15 @@ impl Agent {
     async fn apply_policy(&mut self, check: bool) -> Result<(), PolicyError> {
         let Some((cache, table)) = &mut self.policy else { return Ok(()) };
         let Some(seen) = cache.snapshot() else { return Ok(()) };
-        let want = desired::policy::policy(&self.node_name, &seen.pods, &seen.namespaces, &seen.policies);
+        let mut want = desired::policy::policy(&self.node_name, &seen.pods, &seen.namespaces, &seen.policies);
+        want.deny_log = self.cfg.deny_log;
         let selecting: HashSet<&str> = want.chains.values().map(|c| c.policy.as_str()).collect();
         self.metrics.network_policies.set(selecting.len() as i64);
         let change = table.sync(&want, check).await?;
         self.metrics.kernel_writes("policy", change.writes());
+        self.metrics.set_policy_counters(want.chains.iter().map(|(name, c)| {
+            (name.clone(), PolicyLabel { direction: c.direction.to_string(), policy: c.policy.clone() })
+        }));
         Ok(())
     }
 

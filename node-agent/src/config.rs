@@ -137,11 +137,16 @@ pub struct NetworkPolicyConfig {
     /// Watch Pods, Namespaces and NetworkPolicies and keep `inet weft-policy`;
     /// false: remove that table and watch none of them.
     pub enabled: bool,
+    /// Send denied packets to NFLOG group `logGroup` (read them with
+    /// `tcpdump -i nflog:100` or ulogd), at most `logPerSecond` a second.
+    pub log_denied: bool,
+    pub log_group: u16,
+    pub log_per_second: u32,
 }
 
 impl Default for NetworkPolicyConfig {
     fn default() -> Self {
-        NetworkPolicyConfig { enabled: true }
+        NetworkPolicyConfig { enabled: true, log_denied: false, log_group: 100, log_per_second: 10 }
     }
 }
 
@@ -172,6 +177,8 @@ pub struct Config {
     pub cni_version: String,
     /// Enforce NetworkPolicy (`networkPolicy.enabled`).
     pub network_policy: bool,
+    /// Log denied packets through NFLOG (`networkPolicy.logDenied`).
+    pub deny_log: Option<crate::desired::policy::DenyLog>,
 }
 
 impl Config {
@@ -260,8 +267,16 @@ impl FileConfig {
                 format!("{cni_version:?} is not one of {}", libweft::cni::SUPPORTED_VERSIONS.join(", ")),
             ));
         }
+        let np = self.network_policy.unwrap_or_default();
+        if !(1..=10_000).contains(&np.log_per_second) {
+            return Err(err("networkPolicy.logPerSecond", format!("{} is outside 1..=10000", np.log_per_second)));
+        }
+        let deny_log = np
+            .log_denied
+            .then_some(crate::desired::policy::DenyLog { group: np.log_group, per_second: np.log_per_second });
         Ok(Config {
-            network_policy: self.network_policy.unwrap_or_default().enabled,
+            network_policy: np.enabled,
+            deny_log,
             cni_version,
             cluster_cidrs,
             backend: self.backend.unwrap_or(Backend::Auto),
@@ -303,6 +318,10 @@ mod tests {
         assert!(c.network_policy, "NetworkPolicy is enforced unless disabled");
         let off = parse(r#"{"clusterCIDRs":["10.244.0.0/16"],"networkPolicy":{"enabled":false}}"#).unwrap();
         assert!(!off.network_policy);
+        assert_eq!(c.deny_log, None, "denials are not logged unless asked");
+        let log =
+            parse(r#"{"clusterCIDRs":["10.244.0.0/16"],"networkPolicy":{"logDenied":true,"logGroup":7}}"#).unwrap();
+        assert_eq!(log.deny_log, Some(crate::desired::policy::DenyLog { group: 7, per_second: 10 }));
     }
 
     #[test]
@@ -321,6 +340,7 @@ mod tests {
             (r#"{"clusterCIDRs":["10.244.0.0/16"],"underlayInterface":"a/b"}"#, "underlayInterface"),
             (r#"{"clusterCIDRs":["10.244.0.0/16"],"typo":1}"#, "typo"),
             (r#"{"clusterCIDRs":["10.244.0.0/16"],"networkPolicy":{"enable":false}}"#, "enable"),
+            (r#"{"clusterCIDRs":["10.244.0.0/16"],"networkPolicy":{"logPerSecond":0}}"#, "logPerSecond"),
             (r#"{"clusterCIDRs":["10.244.0.0/16"],"cniVersion":"2.0.0"}"#, "cniVersion"),
         ];
         for (json, key) in cases {

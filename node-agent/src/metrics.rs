@@ -49,6 +49,18 @@ pub struct DirectionLabel {
     pub direction: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct PolicyLabel {
+    pub direction: String,
+    /// `namespace/name`.
+    pub policy: String,
+}
+
+/// At most this many series of `weft_policy_denied_packets_by_policy_total`:
+/// policies selecting this node's pods, in the order of their counters'
+/// names; the per-direction totals count the rest too.
+pub const MAX_POLICY_SERIES: usize = 1000;
+
 /// Every metric the agent exports.
 pub struct Metrics {
     pub registry: Registry,
@@ -83,6 +95,10 @@ pub struct Metrics {
     /// Packets NetworkPolicy denied, by direction (the policy table's named
     /// counters, read when scraped).
     pub policy_denied_packets: Family<DirectionLabel, Counter>,
+    /// Packets denied to or from pods a policy isolates, by policy.
+    pub policy_denied_by_policy: Family<PolicyLabel, Counter>,
+    /// The policy table's per-policy counters: counter name → series.
+    policy_counters: std::sync::Mutex<std::collections::BTreeMap<String, PolicyLabel>>,
     /// The kernel counters' values at the last read, by metric and label.
     kernel_counter_last: std::sync::Mutex<std::collections::HashMap<(&'static str, String), u64>>,
 }
@@ -119,6 +135,8 @@ impl Metrics {
             dropped_packets: Family::default(),
             network_policies: Gauge::default(),
             policy_denied_packets: Family::default(),
+            policy_denied_by_policy: Family::default(),
+            policy_counters: Default::default(),
             kernel_counter_last: Default::default(),
             registry: Registry::default(),
         };
@@ -174,7 +192,7 @@ impl Metrics {
         );
         registry.register(
             "dropped_packets",
-            "Packets dropped by weft's nftables table, by reason: spoofed_source, pod_vxlan, vxlan_unknown_peer (reset when the table is replaced)",
+            "Packets dropped by weft's nftables table, by reason: spoofed_source, pod_vxlan, vxlan_unknown_peer",
             m.dropped_packets.clone(),
         );
         registry.register(
@@ -184,8 +202,13 @@ impl Metrics {
         );
         registry.register(
             "policy_denied_packets",
-            "Packets to (ingress) or from (egress) this node's pods that no NetworkPolicy allowed (reset when the policy table is replaced)",
+            "Packets to (ingress) or from (egress) this node's pods that no NetworkPolicy allowed",
             m.policy_denied_packets.clone(),
+        );
+        registry.register(
+            "policy_denied_packets_by_policy",
+            "Packets denied to (ingress) or from (egress) pods a NetworkPolicy isolates, by policy (a packet denied to a pod two policies isolate counts for both)",
+            m.policy_denied_by_policy.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -230,6 +253,34 @@ impl Metrics {
         }
     }
 
+    /// The per-policy counters the policy table now has (counter name →
+    /// series), at most [`MAX_POLICY_SERIES`]; the series of policies that
+    /// no longer select a pod here are removed, so the metric stays bounded.
+    pub fn set_policy_counters(&self, names: impl IntoIterator<Item = (String, PolicyLabel)>) {
+        let names: std::collections::BTreeMap<_, _> = names.into_iter().take(MAX_POLICY_SERIES).collect();
+        let mut current = self.policy_counters.lock().unwrap_or_else(|e| e.into_inner());
+        let mut last = self.kernel_counter_last.lock().unwrap_or_else(|e| e.into_inner());
+        for (name, label) in current.iter() {
+            if names.get(name) != Some(label) {
+                self.policy_denied_by_policy.remove(label);
+                last.remove(&("by_policy", name.clone()));
+            }
+        }
+        *current = names;
+    }
+
+    /// Advances the per-policy counters from the policy table's named
+    /// counters (name → packets).
+    pub fn set_policy_denied_by_policy(&self, counters: &std::collections::HashMap<String, u64>) {
+        let current = self.policy_counters.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for (name, label) in current {
+            if let Some(packets) = counters.get(&name) {
+                let c = self.policy_denied_by_policy.get_or_create(&label);
+                self.advance(&c, "by_policy", &name, *packets);
+            }
+        }
+    }
+
     /// Adds to `c` what a kernel counter counted since the last read. The
     /// kernel's counter starts again from zero when its table is replaced
     /// (a policy change rewrites `inet weft-policy`), so a value below the
@@ -271,5 +322,32 @@ mod tests {
         assert_eq!(denied(&m), 11);
         m.set_dropped(&[("spoofed_source", 2)]);
         assert!(m.encode().contains("weft_dropped_packets_total{reason=\"spoofed_source\"} 2"));
+    }
+
+    #[test]
+    fn per_policy_series_follow_the_policies_that_select_pods_here() {
+        let m = Metrics::new();
+        let label = |p: &str| PolicyLabel { direction: "ingress".into(), policy: p.into() };
+        m.set_policy_counters([("in-pol-a".to_string(), label("ns/a")), ("in-pol-b".to_string(), label("ns/b"))]);
+        let counts = |a: u64, b: u64| [("in-pol-a".to_string(), a), ("in-pol-b".to_string(), b)].into();
+        m.set_policy_denied_by_policy(&counts(4, 1));
+        let text = m.encode();
+        assert!(
+            text.contains("weft_policy_denied_packets_by_policy_total{direction=\"ingress\",policy=\"ns/a\"} 4"),
+            "{text}"
+        );
+        // ns/b no longer selects a pod here: its series goes.
+        m.set_policy_counters([("in-pol-a".to_string(), label("ns/a"))]);
+        m.set_policy_denied_by_policy(&counts(6, 9));
+        let text = m.encode();
+        assert!(text.contains("policy=\"ns/a\"} 6") && !text.contains("ns/b"), "{text}");
+        // Bounded: never more series than MAX_POLICY_SERIES.
+        m.set_policy_counters(
+            (0..MAX_POLICY_SERIES + 50).map(|i| (format!("in-pol-{i:05}"), label(&format!("ns/p{i}")))),
+        );
+        let all: std::collections::HashMap<String, u64> =
+            (0..MAX_POLICY_SERIES + 50).map(|i| (format!("in-pol-{i:05}"), 1)).collect();
+        m.set_policy_denied_by_policy(&all);
+        assert_eq!(m.encode().matches("weft_policy_denied_packets_by_policy_total{").count(), MAX_POLICY_SERIES);
     }
 }

@@ -513,8 +513,9 @@ fn agents_enforce_network_policy_read_from_the_api() {
     // Scrapes read the counters at most every 5 s: keep knocking until one shows them.
     assert!(
         eventually(Duration::from_secs(15), || !answers(&cli, &srv4, 8080) && denied(node0) > 0),
-        "denied SYNs are not counted: {}",
-        metrics(node0)
+        "denied SYNs are not counted: {}\n{}",
+        metrics(node0),
+        agents[0].log()
     );
 
     // The client gets the allowed label: its addresses join a peer set, no rule changes.
@@ -526,7 +527,7 @@ fn agents_enforce_network_policy_read_from_the_api() {
         "relabelled client still denied:\n{}",
         agents[0].log()
     );
-    assert_eq!(policy_table_handle(node0), table, "a label change replaced the policy table");
+    assert_eq!(policy_table_handle(node0), table, "a label change replaced the policy table:\n{}", agents[0].log());
 
     // Back to a denied label, then the policy goes: open again.
     cp.kubectl_ok(&["label", "pod", "cli", "-n", "default", "--overwrite", "role=other"]);

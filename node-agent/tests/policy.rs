@@ -272,3 +272,114 @@ fn policy_trace_reads_the_api_and_explains_the_verdict() {
     let untouched = trace("shop/web", "shop/cli", "1/TCP");
     assert!(untouched.contains("no NetworkPolicy selects the pod") && untouched.contains("ALLOWED"), "{untouched}");
 }
+
+/// Sends `n` UDP datagrams from inside `from` to `to:port` (no answer expected).
+fn send_udp(from: &TestNs, to: IpAddr, port: u16, n: usize) {
+    let sock = NetNs::open(&from.path()).unwrap().run(|| std::net::UdpSocket::bind(("::", 0))).unwrap().unwrap();
+    let to = match to {
+        IpAddr::V4(v4) => IpAddr::V6(v4.to_ipv6_mapped()),
+        v6 => v6,
+    };
+    for _ in 0..n {
+        sock.send_to(b"x", (to, port)).unwrap();
+    }
+}
+
+/// Denied packets are counted per policy (a pod two policies isolate counts
+/// for both) and, with `logDenied`, go to NFLOG at no more than the rate.
+#[test]
+#[ignore = "needs root (CAP_NET_ADMIN) and tcpdump: cargo test -- --ignored"]
+fn denials_are_counted_by_policy_and_logged_through_nflog_at_a_bounded_rate() {
+    if !have_privileges() {
+        return;
+    }
+    let lab = Lab::new(&['A']);
+    let node = &lab.nodes[0];
+    let view = |id: &str, ips: [&str; 2], labels: &[(&str, &str)]| PodView {
+        namespace: "t".into(),
+        name: id.into(),
+        labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        ips: ips.iter().map(|i| i.parse().unwrap()).collect(),
+        node: node.name.clone(),
+        host_network: false,
+        ports: vec![],
+    };
+    let (cli, c4, c6) = node.add_pod("log-cli", 1500);
+    let (_srv, s4, s6) = node.add_pod("log-srv", 1500);
+    let pods = vec![view("cli", [&c4, &c6], &[]), view("srv", [&s4, &s6], &[("app", "srv")])];
+    let namespaces = vec![NamespaceView { name: "t".into(), labels: Default::default() }];
+    // Two policies isolate srv for ingress; neither allows cli.
+    let policies = vec![
+        pol("deny-srv", sel(&[("app", "srv")]), Some(vec![]), None),
+        pol(
+            "srv-from-web",
+            sel(&[("app", "srv")]),
+            Some(vec![Rule {
+                peers: vec![Peer::Pods { namespaces: Namespaces::Own, pods: sel(&[("app", "web")]) }],
+                ports: vec![],
+            }]),
+            None,
+        ),
+    ];
+    let mut state = policy(&node.name, &pods, &namespaces, &policies);
+    state.deny_log = Some(weft_agent::desired::policy::DenyLog { group: 77, per_second: 10 });
+    load(&node.ns, &state);
+
+    // tcpdump reads NFLOG group 77 in the node's namespace, for a bounded time.
+    let pcap = tempfile::NamedTempFile::new().unwrap();
+    let pcap_path = pcap.path().to_str().unwrap().to_string();
+    let mut dump = std::process::Command::new("ip")
+        .args(["netns", "exec", node.ns.name(), "timeout", "20", "tcpdump", "-i", "nflog:77", "-n", "-U", "-w"])
+        .arg(&pcap_path)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("tcpdump (apt install tcpdump)");
+    // Send only once tcpdump has bound the group (it says so on stderr).
+    let mut err = std::io::BufReader::new(dump.stderr.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut err, &mut first).unwrap();
+    assert!(first.contains("listening on nflog:77"), "tcpdump: {first}");
+    // 300 denied datagrams over about 2 s, both families.
+    const SENT: usize = 300;
+    let started = std::time::Instant::now();
+    for _ in 0..10 {
+        send_udp(&cli, s4.parse().unwrap(), 5000, SENT / 20);
+        send_udp(&cli, s6.parse().unwrap(), 5000, SENT / 20);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let elapsed = started.elapsed();
+    std::thread::sleep(Duration::from_millis(500));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(dump.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut err, &mut stderr).unwrap();
+    dump.wait().unwrap();
+
+    // Every datagram was denied and counted for the direction and for both policies.
+    let counters = weft_agent::observe::kernel::parse_counters(&node.ns.exec_ok(&[
+        "nft",
+        "-j",
+        "list",
+        "counters",
+        "table",
+        "inet",
+        weft_agent::desired::policy_nft::TABLE,
+    ]));
+    assert!(counters["ingress_denied"] >= SENT as u64, "{counters:?}");
+    let by_policy: Vec<(&String, &u64)> = counters
+        .iter()
+        .filter(|(name, _)| state.chains.get(*name).is_some_and(|c| c.policy.starts_with("t/")))
+        .collect();
+    assert_eq!(by_policy.len(), 2, "one counter per policy over srv: {counters:?}");
+    assert!(by_policy.iter().all(|(_, n)| **n >= SENT as u64), "{by_policy:?}");
+
+    // Logged, but no more than the burst plus the rate over the time spent.
+    let read = std::process::Command::new("tcpdump").args(["-n", "-r", &pcap_path]).output().unwrap();
+    let logged = String::from_utf8_lossy(&read.stdout);
+    let lines = logged.lines().count();
+    // The burst (10) plus 10 a second, with a second of slack.
+    let bound = 10 + 10 * (elapsed.as_secs() as usize + 2);
+    eprintln!("NFLOG: {lines} of {SENT} denied packets logged in {elapsed:?} (bound {bound})");
+    assert!(lines >= 10, "NFLOG saw {lines} packets:\n{logged}\n{stderr}");
+    assert!(lines <= bound, "NFLOG saw {lines} packets, more than the rate allows ({bound})");
+    assert!(logged.contains(&format!("> {s4}.5000")), "{logged}");
+}

@@ -210,13 +210,14 @@ async fn apply(rules: Value) -> Result<(), PolicyError> {
     .map_err(PolicyError::Nft)
 }
 
-/// Packets the group chains dropped so far, by direction (reset when the
-/// table is replaced); empty when the table or `nft` is missing.
-pub async fn denied_counts() -> Vec<(Direction, u64)> {
-    denied_in(&crate::observe::kernel::nft_counters(TABLE).await)
+/// The policy table's named counters (reset when the table is replaced):
+/// name → packets; empty when the table or `nft` is missing.
+pub async fn counters() -> std::collections::HashMap<String, u64> {
+    crate::observe::kernel::nft_counters(TABLE).await
 }
 
-fn denied_in(counters: &std::collections::HashMap<String, u64>) -> Vec<(Direction, u64)> {
+/// Packets the group chains dropped so far, by direction.
+pub fn denied_in(counters: &std::collections::HashMap<String, u64>) -> Vec<(Direction, u64)> {
     [Direction::Ingress, Direction::Egress]
         .into_iter()
         .filter_map(|d| Some((d, *counters.get(&denied_counter(d))?)))

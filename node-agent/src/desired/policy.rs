@@ -63,6 +63,16 @@ pub struct PolicyState {
     pub sets: BTreeMap<String, AddressSet>,
     /// Named-port sets.
     pub port_sets: BTreeMap<String, PortSet>,
+    /// Log denied packets through NFLOG (`networkPolicy.logDenied`); set
+    /// from the agent's config, never from the API.
+    pub deny_log: Option<DenyLog>,
+}
+
+/// Denied packets go to an NFLOG group, at most `per_second` of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DenyLog {
+    pub group: u16,
+    pub per_second: u32,
 }
 
 /// One policy's rules for one direction.

@@ -11,7 +11,10 @@
 //!   chain egress  { hook forward priority 0; ct state established,related accept; ip saddr vmap @egress4; ... }
 //!   chain ingress { hook forward priority 1; ct state established,related accept; ip daddr vmap @ingress4; ... }
 //!   counter ingress_denied / egress_denied
-//!   chain in-<h>     { jump in-pol-<h>; ...; counter name ingress_denied drop }   # a group: one list of policies
+//!   counter in-pol-<h> / eg-pol-<h>   # packets denied to or from pods this policy isolates
+//!   chain in-<h>     { jump in-pol-<h>; ...;
+//!                      limit rate 10/second log group 100 prefix "weft deny ingress: ns/pol,..";   # networkPolicy.logDenied
+//!                      counter name ingress_denied counter name in-pol-<h> ... drop }   # a group: one list of policies
 //!   chain in-pol-<h> { ip saddr @peer-<h>-4 meta l4proto tcp th dport { 80, 443 } accept; ... }
 //! }
 //! ```
@@ -131,6 +134,9 @@ pub fn ruleset(state: &PolicyState) -> Value {
     }
     // Regular chains first: the base chains and maps refer to them.
     for (name, c) in &state.chains {
+        // A counter per policy chain, named like it: what the groups that
+        // hold this policy denied (weft_policy_denied_packets_by_policy_total).
+        cmds.push(json!({"add": {"counter": {"family": "inet", "table": TABLE, "name": name}}}));
         cmds.push(chain(name));
         for allow in &c.allows {
             for expr in allow_exprs(allow, c.direction) {
@@ -144,11 +150,25 @@ pub fn ruleset(state: &PolicyState) -> Value {
             cmds.push(add_rule(name, vec![json!({"jump": {"target": p}})], None));
         }
         let d = if name.starts_with("in-") { Direction::Ingress } else { Direction::Egress };
-        cmds.push(add_rule(
-            name,
-            vec![json!({"counter": denied_counter(d)}), json!({"drop": null})],
-            Some("no policy allows".into()),
-        ));
+        if let Some(log) = &state.deny_log {
+            // Its own rule: an exhausted limit ends the rule, and the drop must not depend on it.
+            let who: Vec<&str> =
+                policies.iter().filter_map(|p| state.chains.get(p)).map(|c| c.policy.as_str()).collect();
+            // NFLOG carries at most 127 bytes of prefix.
+            let prefix: String = format!("weft deny {d}: {} ", who.join(",")).chars().take(120).collect();
+            cmds.push(add_rule(
+                name,
+                vec![
+                    json!({"limit": {"rate": log.per_second, "per": "second", "burst": log.per_second.max(5)}}),
+                    json!({"log": {"group": log.group, "prefix": prefix}}),
+                ],
+                None,
+            ));
+        }
+        let mut expr = vec![json!({"counter": denied_counter(d)})];
+        expr.extend(policies.iter().map(|p| json!({"counter": p})));
+        expr.push(json!({"drop": null}));
+        cmds.push(add_rule(name, expr, Some("no policy allows".into())));
     }
     for d in [Direction::Egress, Direction::Ingress] {
         for (v6, _, _) in FAMILIES {

@@ -25,21 +25,47 @@ pub async fn vxlan_neighbours(nl: &Netlink, index: u32) -> Result<HashMap<IpAddr
     Ok(nl.permanent_neighbours(index).await?.into_iter().collect())
 }
 
-/// A digest of `nft -j -s list table inet <table>`, or `None` when the
+/// A digest of `nft -j list table inet <table>`, or `None` when the
 /// table is missing (or nft cannot tell). Any change to the table, by weft
 /// or anyone else, changes it; rule handles are part of the listing.
-/// Stateless (`-s`): a counter counting packets is no change.
+/// Counters counting packets are no change (see [`stateless_digest`]).
 pub async fn nft_table_digest(table: &'static str) -> Option<u64> {
     let listing = tokio::task::spawn_blocking(move || {
         nftables::helper::get_current_ruleset_raw(
             nftables::helper::DEFAULT_NFT,
-            ["-s", "list", "table", "inet", table].iter().copied(),
+            ["list", "table", "inet", table].iter().copied(),
         )
     })
     .await
     .ok()?
     .ok()?;
-    Some(libweft::netlink::stable_hash(listing.bytes()))
+    Some(stateless_digest(&listing))
+}
+
+/// The digest of an `nft -j` listing without the values counters hold.
+/// `nft -s` does not help here: in JSON it still prints a named counter's
+/// packets and bytes, so every counted drop looked like drift and made the
+/// agent replace its table (and restart its counters).
+pub fn stateless_digest(listing: &str) -> u64 {
+    fn strip(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                m.remove("packets");
+                m.remove("bytes");
+                m.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    match serde_json::from_str::<serde_json::Value>(listing) {
+        Ok(mut v) => {
+            strip(&mut v);
+            libweft::netlink::stable_hash(v.to_string().bytes())
+        }
+        // Not JSON: digest it as it is (never equal to a parsed one by chance).
+        Err(_) => libweft::netlink::stable_hash(listing.bytes()),
+    }
 }
 
 /// Packets counted so far by each named counter of table `inet <table>`
@@ -104,5 +130,23 @@ mod tests {
         ] {
             assert_eq!(super::safe_on(release), on, "{release}");
         }
+    }
+
+    #[test]
+    fn counting_packets_does_not_change_the_table_digest_but_a_rule_does() {
+        // As `nft -j list table` prints them, before and after a counted drop.
+        let table = |packets: u64, verdict: &str| {
+            format!(
+                r#"{{"nftables": [{{"metainfo": {{"version": "1.0.6", "json_schema_version": 1}}}},
+                {{"table": {{"family": "inet", "name": "t", "handle": 1}}}},
+                {{"counter": {{"family": "inet", "name": "a", "table": "t", "handle": 2, "packets": {packets}, "bytes": {}}}}},
+                {{"rule": {{"family": "inet", "table": "t", "chain": "o", "handle": 3,
+                  "expr": [{{"counter": {{"packets": {packets}, "bytes": 0}}}}, {{"counter": "a"}}, {{"{verdict}": null}}]}}}}]}}"#,
+                packets * 84
+            )
+        };
+        let digest = super::stateless_digest;
+        assert_eq!(digest(&table(0, "drop")), digest(&table(7, "drop")));
+        assert_ne!(digest(&table(0, "drop")), digest(&table(0, "accept")));
     }
 }
