@@ -155,7 +155,7 @@ async fn metrics_text(State(s): State<Shared>) -> ([(&'static str, &'static str)
         let mut last = s.drops_read.lock().await;
         if last.is_none_or(|t| t.elapsed() >= DROPS_REFRESH) {
             s.metrics.set_dropped(&crate::apply::nftables::drop_counts().await);
-            s.metrics.set_policy_denied(&crate::apply::policy::denied_counts().await);
+            s.metrics.set_policy_counts(&crate::apply::policy::counts().await);
             *last = Some(Instant::now());
         }
     }

@@ -83,6 +83,11 @@ pub struct Metrics {
     /// Packets NetworkPolicy denied, by direction (the policy table's named
     /// counters, read when scraped).
     pub policy_denied_packets: Family<DirectionLabel, Counter>,
+    /// Packets dropped to or from pods whose policy is not in the kernel
+    /// yet, by direction (read when scraped).
+    pub policy_pending_dropped_packets: Family<DirectionLabel, Counter>,
+    /// Host veths of this node still in a pending group.
+    pub policy_pending_interfaces: Gauge,
 }
 
 impl Default for Metrics {
@@ -117,6 +122,8 @@ impl Metrics {
             dropped_packets: Family::default(),
             network_policies: Gauge::default(),
             policy_denied_packets: Family::default(),
+            policy_pending_dropped_packets: Family::default(),
+            policy_pending_interfaces: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("peers", "Peer nodes by the backend used to reach them", m.peers.clone());
@@ -184,6 +191,16 @@ impl Metrics {
             "Packets to (ingress) or from (egress) this node's pods that no NetworkPolicy allowed (reset when the policy table is replaced)",
             m.policy_denied_packets.clone(),
         );
+        registry.register(
+            "policy_pending_dropped_packets",
+            "Packets to (ingress) or from (egress) new pods of this node dropped while weft-agent did not know them yet (reset when the policy table is replaced)",
+            m.policy_pending_dropped_packets.clone(),
+        );
+        registry.register(
+            "policy_pending_interfaces",
+            "Pod interfaces held closed until weft-agent has their pod's NetworkPolicy in the kernel",
+            m.policy_pending_interfaces.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -217,11 +234,15 @@ impl Metrics {
         }
     }
 
-    /// Sets the policy-denied counters to what the policy table's counters say.
-    pub fn set_policy_denied(&self, counts: &[(crate::wire_policy::Direction, u64)]) {
-        for (d, packets) in counts {
-            let c = self.policy_denied_packets.get_or_create(&DirectionLabel { direction: d.to_string() });
-            c.inner().store(*packets, std::sync::atomic::Ordering::Relaxed);
+    /// Sets the policy counters to what the policy table's counters say.
+    pub fn set_policy_counts(&self, counts: &crate::apply::policy::Counts) {
+        for (family, counts) in
+            [(&self.policy_denied_packets, &counts.denied), (&self.policy_pending_dropped_packets, &counts.pending)]
+        {
+            for (d, packets) in counts {
+                let c = family.get_or_create(&DirectionLabel { direction: d.to_string() });
+                c.inner().store(*packets, std::sync::atomic::Ordering::Relaxed);
+            }
         }
     }
 

@@ -8,9 +8,11 @@
 //!   set port-<h>-4 / -6        { addr . inet_service: pods' named port numbers }
 //!   map egress4 / egress6      { local pod address : jump eg-<h> }
 //!   map ingress4 / ingress6    { local pod address : jump in-<h> }
-//!   chain egress  { hook forward priority 0; ct state established,related accept; ip saddr vmap @egress4; ... }
-//!   chain ingress { hook forward priority 1; ct state established,related accept; ip daddr vmap @ingress4; ... }
-//!   counter ingress_denied / egress_denied
+//!   chain egress  { hook forward priority 0; ct state established,related accept;
+//!                   iifgroup { 8702, 8703 } counter name egress_pending drop; ip saddr vmap @egress4; ... }
+//!   chain ingress { hook forward priority 1; ct state established,related accept;
+//!                   oifgroup { 8701, 8703 } counter name ingress_pending drop; ip daddr vmap @ingress4; ... }
+//!   counter ingress_denied / egress_denied / ingress_pending / egress_pending
 //!   chain in-<h>     { jump in-pol-<h>; ...; counter name ingress_denied drop }   # a group: one list of policies
 //!   chain in-pol-<h> { ip saddr @peer-<h>-4 meta l4proto tcp th dport { 80, 443 } accept; ... }
 //! }
@@ -19,6 +21,13 @@
 //! `egress` ends only that chain, so a packet between two local pods must
 //! also pass `ingress`; a drop in either is final. The node's own traffic
 //! to its pods leaves through the output hook and is never filtered here.
+//!
+//! The `*_pending` rules hold new pods closed until their rules are here:
+//! the plugin creates the host veth of a pod whose namespace has isolating
+//! policies in a pending interface group ([`libweft::pending`]), and the
+//! agent moves it to group 0 once the pod is in the maps (or known to be
+//! selected by no policy). Replies of the pod's own connections are
+//! established and pass; everything else to or from it is dropped.
 
 use std::net::IpAddr;
 
@@ -36,6 +45,25 @@ pub const PRIO_EGRESS: i32 = 0;
 /// The named counter of what the group chains of a direction drop.
 pub fn denied_counter(d: Direction) -> String {
     format!("{d}_denied")
+}
+
+/// The named counter of what a direction drops to or from pending pods.
+pub fn pending_counter(d: Direction) -> String {
+    format!("{d}_pending")
+}
+
+/// The rule dropping new connections to (ingress) or from (egress) the
+/// pending interface groups of `d`.
+fn pending_rule(d: Direction) -> Vec<Value> {
+    let (key, groups) = match d {
+        Direction::Ingress => ("oifgroup", libweft::pending::PENDING_INGRESS_GROUPS),
+        Direction::Egress => ("iifgroup", libweft::pending::PENDING_EGRESS_GROUPS),
+    };
+    vec![
+        eq(json!({"meta": {"key": key}}), json!({"set": groups})),
+        json!({"counter": pending_counter(d)}),
+        json!({"drop": null}),
+    ]
 }
 
 const FAMILIES: [(bool, &str, &str); 2] = [(false, "ip", "4"), (true, "ip6", "6")];
@@ -124,6 +152,7 @@ pub fn ruleset(state: &PolicyState) -> Value {
     }
     for d in [Direction::Egress, Direction::Ingress] {
         cmds.push(json!({"add": {"counter": {"family": "inet", "table": TABLE, "name": denied_counter(d)}}}));
+        cmds.push(json!({"add": {"counter": {"family": "inet", "table": TABLE, "name": pending_counter(d)}}}));
         for (v6, _, _) in FAMILIES {
             cmds.push(json!({"add": {"map": {"family": "inet", "table": TABLE, "name": map_name(d, v6),
                 "type": addr_type(v6), "map": "verdict"}}}));
@@ -173,6 +202,7 @@ pub fn ruleset(state: &PolicyState) -> Value {
             ],
             None,
         ));
+        cmds.push(add_rule(&name, pending_rule(d), Some("pod not yet known to weft-agent".into())));
         for (v6, proto, _) in FAMILIES {
             cmds.push(add_rule(
                 &name,
