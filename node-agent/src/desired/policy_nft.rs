@@ -259,6 +259,29 @@ mod tests {
     use crate::wire_policy::Protocol;
 
     #[test]
+    fn pending_pods_are_dropped_before_any_verdict_map_even_without_policies() {
+        let r = ruleset(&PolicyState::default());
+        let rules: Vec<&Value> = r["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|c| c["add"]["rule"].as_object().map(|_| &c["add"]["rule"]))
+            .collect();
+        for (chain, key, groups) in [
+            ("ingress", "oifgroup", libweft::pending::PENDING_INGRESS_GROUPS),
+            ("egress", "iifgroup", libweft::pending::PENDING_EGRESS_GROUPS),
+        ] {
+            let chain_rules: Vec<&&Value> = rules.iter().filter(|r| r["chain"] == chain).collect();
+            let at = |what: &str| chain_rules.iter().position(|r| r["expr"].to_string().contains(what));
+            let pending = at(key).expect("a pending rule");
+            assert_eq!(chain_rules[pending]["expr"][0]["match"]["right"], json!({"set": groups}));
+            assert_eq!(chain_rules[pending]["expr"][1], json!({"counter": format!("{chain}_pending")}));
+            assert!(at("established").unwrap() < pending, "replies of the pod's own connections pass");
+            assert!(pending < at("vmap").unwrap(), "{chain}: pending before the maps");
+        }
+    }
+
+    #[test]
     fn ruleset_parses_as_nft_json_and_rules_grow_with_policies_not_pods() {
         let mut pods: Vec<_> = (1..=40)
             .map(|i| {

@@ -28,7 +28,7 @@ pub async fn vxlan_neighbours(nl: &Netlink, index: u32) -> Result<HashMap<IpAddr
 /// A digest of `nft -j -s list table inet <table>`, or `None` when the
 /// table is missing (or nft cannot tell). Any change to the table, by weft
 /// or anyone else, changes it; rule handles are part of the listing.
-/// Stateless (`-s`): a counter counting packets is no change.
+/// A counter counting packets is no change.
 pub async fn nft_table_digest(table: &'static str) -> Option<u64> {
     let listing = tokio::task::spawn_blocking(move || {
         nftables::helper::get_current_ruleset_raw(
@@ -39,7 +39,22 @@ pub async fn nft_table_digest(table: &'static str) -> Option<u64> {
     .await
     .ok()?
     .ok()?;
-    Some(libweft::netlink::stable_hash(listing.bytes()))
+    Some(libweft::netlink::stable_hash(without_counts(&listing).bytes()))
+}
+
+/// The listing without the values of named counters: `-s` leaves out
+/// anonymous counters' values but not those of named counter objects,
+/// and a packet dropped must not make the table look edited (a resync
+/// would then replace it, resetting the counters it exports).
+fn without_counts(listing: &str) -> String {
+    let Ok(mut v) = serde_json::from_str::<serde_json::Value>(listing) else { return listing.to_string() };
+    for o in v["nftables"].as_array_mut().into_iter().flatten() {
+        if let Some(counter) = o.get_mut("counter").and_then(|c| c.as_object_mut()) {
+            counter.remove("packets");
+            counter.remove("bytes");
+        }
+    }
+    v.to_string()
 }
 
 /// Packets counted so far by each named counter of table `inet <table>`
@@ -91,6 +106,22 @@ fn safe_on(release: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn counted_packets_do_not_change_the_digest_but_edits_do() {
+        let listing = |packets: u64, drop: &str| {
+            format!(
+                r#"{{"nftables": [{{"table": {{"family": "inet", "name": "t", "handle": 1}}}},
+                {{"counter": {{"family": "inet", "name": "c", "table": "t", "handle": 1, "packets": {packets}, "bytes": {}}}}},
+                {{"rule": {{"family": "inet", "table": "t", "chain": "x", "handle": 4, "expr": [{{"counter": "c"}}, {{"{drop}": null}}]}}}}]}}"#,
+                packets * 60
+            )
+        };
+        let d = super::without_counts;
+        assert_eq!(d(&listing(0, "drop")), d(&listing(7, "drop")));
+        assert_ne!(d(&listing(0, "drop")), d(&listing(0, "accept")));
+        assert_eq!(d("not json"), "not json");
+    }
+
     #[test]
     fn offload_is_on_from_kernel_5_7() {
         for (release, on) in [
