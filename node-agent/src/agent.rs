@@ -576,7 +576,12 @@ impl Agent {
         // The table holds pending pods closed: only now may the plugin make some.
         let namespaces = desired::policy::policy_namespaces(&seen.policies);
         if namespaces.write_if_changed(&desired::files::policy_namespaces_path(&self.cfg))? {
-            tracing::info!(ingress = ?namespaces.ingress, egress = ?namespaces.egress, "namespaces with NetworkPolicies");
+            // Counts only: a cluster may have thousands of namespaces.
+            tracing::info!(
+                ingress = namespaces.ingress.len(),
+                egress = namespaces.egress.len(),
+                "namespaces with NetworkPolicies listed for the plugin"
+            );
         }
         let node = self.node_name.as_str();
         let local_ips = seen.pods.iter().filter(|p| p.node == node).flat_map(|p| p.ips.iter().copied()).collect();
