@@ -35,6 +35,8 @@ pub struct Pod<'a> {
     pub netns: &'a NetNs,
     pub ips: &'a [IpAddr],
     pub mtu: u32,
+    /// Interface group of the host veth ([`libweft::pending`]).
+    pub group: u32,
 }
 
 fn gateway_for(ip: IpAddr) -> IpAddr {
@@ -80,6 +82,7 @@ pub async fn setup(host: &Netlink, pod_nl: &Netlink, pod: &Pod<'_>) -> Result<Ad
         mtu: pod.mtu,
         peer_netns: pod.netns,
         alias: Some(format!("weft pod {}", pod.container_id.get(..12).unwrap_or(pod.container_id))),
+        group: pod.group,
     };
     match host.create_veth(&veth).await {
         Ok(()) => {}

@@ -10,5 +10,6 @@ pub mod ipam;
 pub mod netlink;
 pub mod netns;
 pub mod node_config;
+pub mod pending;
 #[cfg(feature = "testutil")]
 pub mod testutil;

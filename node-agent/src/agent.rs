@@ -26,7 +26,7 @@ use kube::{Api, Client};
 use libweft::netlink::Netlink;
 
 use crate::apply::nftables::{self as nft, NftChange, NftError, Nftables};
-use crate::apply::policy::{PolicyError, PolicySync};
+use crate::apply::policy::{PolicyError, PolicySync, release_pending};
 use crate::apply::{api, files, kernel};
 use crate::config::{Backend, Config};
 use crate::desired::{self, Desired, vtep_mac_for};
@@ -261,6 +261,17 @@ struct Agent {
     peer_refusals: Refusals,
     /// NetworkPolicy: the watches' views and the policy table; `None` when disabled.
     policy: Option<(PolicyCache, PolicySync)>,
+    /// What the last look at pending pod interfaces saw.
+    pending: PendingScan,
+}
+
+/// When a pass looks for pending pod interfaces: a link dump is not free,
+/// so only when a local pod appeared (or changed addresses), when the
+/// last look left some waiting, and at the resync (the backstop).
+#[derive(Default)]
+struct PendingScan {
+    local_ips: std::collections::BTreeSet<std::net::IpAddr>,
+    waiting: usize,
 }
 
 pub async fn run(
@@ -290,14 +301,12 @@ pub async fn run(
     let policy = if cfg.network_policy {
         Some((policy_watch::spawn(client.clone(), policy_trigger.clone(), metrics.clone()), PolicySync::default()))
     } else {
-        if let Err(e) = crate::apply::policy::remove().await {
-            metrics.sync_error("policy");
-            tracing::warn!("NetworkPolicy disabled, but removing its table failed: {e}");
-        }
+        disable_policy(&cfg, &nl, &metrics).await;
         None
     };
     let mut agent = Agent {
         policy,
+        pending: PendingScan::default(),
         vtep_mac: vtep_mac_for(&node_name),
         nodes_api: Api::all(client),
         nl,
@@ -397,6 +406,31 @@ pub async fn run(
     }
     tracing::info!("SIGTERM: leaving the data plane in place");
     Ok(())
+}
+
+/// NetworkPolicy is disabled: its table goes, so does the plugin's list of
+/// policy namespaces (new pods start ready), and pods still pending from
+/// when it was enabled are released, so disabling never leaves a pod
+/// unreachable. Failures are reported, not fatal: the data plane works.
+async fn disable_policy(cfg: &Config, nl: &Netlink, metrics: &Metrics) {
+    if let Err(e) = crate::apply::policy::remove().await {
+        metrics.sync_error("policy");
+        tracing::warn!("NetworkPolicy disabled, but removing its table failed: {e}");
+    }
+    if let Err(e) = libweft::pending::remove(&desired::files::policy_namespaces_path(cfg)) {
+        metrics.sync_error("policy");
+        tracing::warn!("NetworkPolicy disabled, but {e}");
+    }
+    match release_pending(nl, |_| true).await {
+        Ok(p) if p.released > 0 => {
+            tracing::info!(released = p.released, "NetworkPolicy disabled: released pending pods")
+        }
+        Ok(_) => {}
+        Err(e) => {
+            metrics.sync_error("policy");
+            tracing::warn!("NetworkPolicy disabled, but releasing pending pods failed: {e}");
+        }
+    }
 }
 
 /// The triggers that wake the loop besides the tick and the retry timer.
@@ -543,6 +577,25 @@ impl Agent {
         self.metrics.set_policy_counters(want.chains.iter().map(|(name, c)| {
             (name.clone(), PolicyLabel { direction: c.direction.to_string(), policy: c.policy.clone() })
         }));
+        // The table holds pending pods closed: only now may the plugin make some.
+        let namespaces = desired::policy::policy_namespaces(&seen.policies);
+        if namespaces.write_if_changed(&desired::files::policy_namespaces_path(&self.cfg))? {
+            // Counts only: a cluster may have thousands of namespaces.
+            tracing::info!(
+                ingress = namespaces.ingress.len(),
+                egress = namespaces.egress.len(),
+                "namespaces with NetworkPolicies listed for the plugin"
+            );
+        }
+        let node = self.node_name.as_str();
+        let local_ips = seen.pods.iter().filter(|p| p.node == node).flat_map(|p| p.ips.iter().copied()).collect();
+        if check || self.pending.waiting > 0 || local_ips != self.pending.local_ips {
+            let pods = &seen.pods;
+            let found = release_pending(&self.nl, |ips| desired::policy::knows_local_pod(node, pods, ips)).await?;
+            self.metrics.kernel_writes("link_group", found.released);
+            self.metrics.policy_pending_interfaces.set(found.waiting as i64);
+            self.pending = PendingScan { local_ips, waiting: found.waiting };
+        }
         Ok(())
     }
 

@@ -155,9 +155,9 @@ async fn metrics_text(State(s): State<Shared>) -> ([(&'static str, &'static str)
         let mut last = s.drops_read.lock().await;
         if last.is_none_or(|t| t.elapsed() >= DROPS_REFRESH) {
             s.metrics.set_dropped(&crate::apply::nftables::drop_counts().await);
-            let policy = crate::apply::policy::counters().await;
-            s.metrics.set_policy_denied(&crate::apply::policy::denied_in(&policy));
-            s.metrics.set_policy_denied_by_policy(&policy);
+            let raw = crate::apply::policy::counters().await;
+            s.metrics.set_policy_counts(&crate::apply::policy::counts_in(&raw));
+            s.metrics.set_policy_denied_by_policy(&raw);
             *last = Some(Instant::now());
         }
     }

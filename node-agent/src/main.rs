@@ -8,7 +8,9 @@ use clap::{Args, Parser, Subcommand};
 
 use weft_agent::apply::{files, kernel, nftables};
 use weft_agent::config::{self, Backend, FileConfig};
-use weft_agent::desired::files::{conflist, conflist_path, node_config_path, portmap_installed};
+use weft_agent::desired::files::{
+    conflist, conflist_path, node_config_path, policy_namespaces_path, portmap_installed,
+};
 use weft_agent::{agent, http, ipam_gc, metrics, trace_cmd};
 
 #[derive(Parser)]
@@ -200,7 +202,18 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
             let removed = kernel::remove_all(&nl).await?;
             nftables::remove().await?;
             weft_agent::apply::policy::remove().await?;
-            for path in [conflist_path(&cfg), node_config_path(&cfg), cfg.cni_bin_dir.join("weft")] {
+            // Without the policy table nothing holds pending pods; release them anyway so a
+            // reinstall does not find them closed.
+            let released = weft_agent::apply::policy::release_pending(&nl, |_| true).await?;
+            if released.released > 0 {
+                tracing::info!(released = released.released, "released pending pod interfaces");
+            }
+            for path in [
+                conflist_path(&cfg),
+                node_config_path(&cfg),
+                policy_namespaces_path(&cfg),
+                cfg.cni_bin_dir.join("weft"),
+            ] {
                 match std::fs::remove_file(&path) {
                     Ok(()) => tracing::info!(path = %path.display(), "removed"),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -101,6 +101,11 @@ pub struct Metrics {
     policy_counters: std::sync::Mutex<std::collections::BTreeMap<String, PolicyLabel>>,
     /// The kernel counters' values at the last read, by metric and label.
     kernel_counter_last: std::sync::Mutex<std::collections::HashMap<(&'static str, String), u64>>,
+    /// Packets dropped to or from pods whose policy is not in the kernel
+    /// yet, by direction (read when scraped).
+    pub policy_pending_dropped_packets: Family<DirectionLabel, Counter>,
+    /// Host veths of this node still in a pending group.
+    pub policy_pending_interfaces: Gauge,
 }
 
 impl Default for Metrics {
@@ -138,6 +143,8 @@ impl Metrics {
             policy_denied_by_policy: Family::default(),
             policy_counters: Default::default(),
             kernel_counter_last: Default::default(),
+            policy_pending_dropped_packets: Family::default(),
+            policy_pending_interfaces: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("peers", "Peer nodes by the backend used to reach them", m.peers.clone());
@@ -210,6 +217,16 @@ impl Metrics {
             "Packets denied to (ingress) or from (egress) pods a NetworkPolicy isolates, by policy (a packet denied to a pod two policies isolate counts for both)",
             m.policy_denied_by_policy.clone(),
         );
+        registry.register(
+            "policy_pending_dropped_packets",
+            "Packets to (ingress) or from (egress) new pods of this node dropped while weft-agent did not know them yet",
+            m.policy_pending_dropped_packets.clone(),
+        );
+        registry.register(
+            "policy_pending_interfaces",
+            "Pod interfaces held closed until weft-agent has their pod's NetworkPolicy in the kernel",
+            m.policy_pending_interfaces.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -244,12 +261,17 @@ impl Metrics {
         }
     }
 
-    /// Advances the policy-denied counters by what the policy table's
-    /// counters counted since the last read.
-    pub fn set_policy_denied(&self, counts: &[(crate::wire_policy::Direction, u64)]) {
-        for (d, packets) in counts {
-            let c = self.policy_denied_packets.get_or_create(&DirectionLabel { direction: d.to_string() });
-            self.advance(&c, "policy_denied", &d.to_string(), *packets);
+    /// Advances the policy counters (denied, pending) by what the policy
+    /// table's counters counted since the last read.
+    pub fn set_policy_counts(&self, counts: &crate::apply::policy::Counts) {
+        for (family, metric, counts) in [
+            (&self.policy_denied_packets, "policy_denied", &counts.denied),
+            (&self.policy_pending_dropped_packets, "policy_pending", &counts.pending),
+        ] {
+            for (d, packets) in counts {
+                let c = family.get_or_create(&DirectionLabel { direction: d.to_string() });
+                self.advance(&c, metric, &d.to_string(), *packets);
+            }
         }
     }
 
@@ -303,6 +325,7 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::apply::policy::Counts;
     use crate::wire_policy::Direction;
 
     fn denied(m: &Metrics) -> u64 {
@@ -312,13 +335,14 @@ mod tests {
     #[test]
     fn kernel_counters_never_go_back_when_their_table_is_replaced() {
         let m = Metrics::new();
-        m.set_policy_denied(&[(Direction::Ingress, 5)]);
-        m.set_policy_denied(&[(Direction::Ingress, 8)]);
+        let read = |n: u64| Counts { denied: vec![(Direction::Ingress, n)], pending: vec![] };
+        m.set_policy_counts(&read(5));
+        m.set_policy_counts(&read(8));
         assert_eq!(denied(&m), 8);
         // The table was replaced: its counter restarted and has counted 3.
-        m.set_policy_denied(&[(Direction::Ingress, 3)]);
+        m.set_policy_counts(&read(3));
         assert_eq!(denied(&m), 11);
-        m.set_policy_denied(&[(Direction::Ingress, 3)]);
+        m.set_policy_counts(&read(3));
         assert_eq!(denied(&m), 11);
         m.set_dropped(&[("spoofed_source", 2)]);
         assert!(m.encode().contains("weft_dropped_packets_total{reason=\"spoofed_source\"} 2"));

@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use libweft::cni::{CniError, CniVersion, NetConf, RuntimeEnv};
 use libweft::netlink::{Netlink, host_veth_name};
 use libweft::netns::NetNs;
+use libweft::pending;
 use serde_json::Value;
 
 use super::runtime;
@@ -30,6 +31,13 @@ pub fn run(env: &RuntimeEnv, conf: &NetConf, version: CniVersion) -> Result<Valu
     let ipam = allocator(conf, node.subnets)?;
     let ips: Vec<IpAddr> = ipam.allocate(&att)?.into_iter().map(|a| a.ip).collect();
     let host_veth = host_veth_name(&env.container_id, &env.ifname);
+    // NetworkPolicy from the first packet: a pod whose namespace has
+    // isolating policies starts in a pending group that the policy table
+    // holds closed until weft-agent has its rules in the kernel.
+    let pending = pending::verdict(&pending::path_next_to(&conf.node_config_path()), env.pod_namespace.as_deref());
+    if let Some(why) = &pending.unreadable {
+        tracing::warn!("{why}");
+    }
 
     let wired = rt.block_on(async {
         let host = Netlink::connect()?;
@@ -41,6 +49,7 @@ pub fn run(env: &RuntimeEnv, conf: &NetConf, version: CniVersion) -> Result<Valu
             netns: &netns,
             ips: &ips,
             mtu: node.mtu,
+            group: pending.group,
         };
         let result = wiring::setup(&host, &pod_nl, &pod).await;
         if result.is_err()
@@ -52,7 +61,7 @@ pub fn run(env: &RuntimeEnv, conf: &NetConf, version: CniVersion) -> Result<Valu
     });
     match wired {
         Ok(result) => {
-            tracing::info!(container = %env.container_id, veth = %host_veth, ?ips, "attached");
+            tracing::info!(container = %env.container_id, veth = %host_veth, ?ips, group = pending.group, "attached");
             Ok(result.to_json(version))
         }
         Err(e) => {

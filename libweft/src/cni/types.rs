@@ -260,6 +260,8 @@ pub struct RuntimeEnv {
     pub netns: Option<PathBuf>,
     /// `CNI_IFNAME` (ADD, DEL, CHECK).
     pub ifname: String,
+    /// `K8S_POD_NAMESPACE` from `CNI_ARGS`, when the runtime passed one.
+    pub pod_namespace: Option<String>,
 }
 
 impl RuntimeEnv {
@@ -280,7 +282,13 @@ impl RuntimeEnv {
             }
         };
         let per_container = matches!(command, Command::Add | Command::Del | Command::Check);
-        let mut env = RuntimeEnv { command, container_id: String::new(), netns: None, ifname: String::new() };
+        let mut env = RuntimeEnv {
+            command,
+            container_id: String::new(),
+            netns: None,
+            ifname: String::new(),
+            pod_namespace: None,
+        };
         if per_container {
             env.container_id = require(&get, "CNI_CONTAINERID")?;
             validate_container_id(&env.container_id)?;
@@ -291,10 +299,22 @@ impl RuntimeEnv {
                 return Err(CniError::InvalidEnvironment { var: "CNI_NETNS", reason: "not set".into() });
             }
         }
-        // CNI_ARGS is never read: the spec makes it optional pairs a plugin
-        // may ignore, and weft needs none, so even a malformed one is no error.
+        // CNI_ARGS is optional pairs a plugin may ignore: weft only looks for
+        // the pod's namespace in it (NetworkPolicy, see `crate::pending`),
+        // and anything malformed is no error.
+        env.pod_namespace = get("CNI_ARGS").as_deref().and_then(|a| cni_arg(a, "K8S_POD_NAMESPACE"));
         Ok(env)
     }
+}
+
+/// The value of `key` in `CNI_ARGS` (`K1=v1;K2=v2`); `None` when absent,
+/// empty or not of that form.
+fn cni_arg(args: &str, key: &str) -> Option<String> {
+    args.split(';')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v.to_string())
+        .filter(|v| !v.is_empty())
 }
 
 fn require(get: &impl Fn(&str) -> Option<String>, var: &'static str) -> Result<String, CniError> {
@@ -491,6 +511,16 @@ mod tests {
             assert!(env(&vars).is_ok(), "CNI_ARGS={args:?} was refused");
             assert!(env(&[("CNI_COMMAND", "GC"), ("CNI_ARGS", args)]).is_ok(), "GC with CNI_ARGS={args:?}");
         }
+        let ns = |args: &str| {
+            let mut vars = add.to_vec();
+            vars.push(("CNI_ARGS", args));
+            env(&vars).unwrap().pod_namespace
+        };
+        assert_eq!(ns("IgnoreUnknown=1;K8S_POD_NAMESPACE=team-a;K8S_POD_NAME=p").as_deref(), Some("team-a"));
+        assert_eq!(ns("K8S_POD_NAMESPACE="), None);
+        assert_eq!(ns("K8S_POD_NAMESPACE"), None);
+        assert_eq!(ns("X_K8S_POD_NAMESPACE=b"), None);
+        assert_eq!(env(&add).unwrap().pod_namespace, None);
     }
 
     fn conf(json: &str) -> Result<NetConf, CniError> {

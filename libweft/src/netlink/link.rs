@@ -23,6 +23,8 @@ pub struct LinkInfo {
     pub up: bool,
     /// Kind (`veth`, `vxlan`, …) when the kernel reports one.
     pub kind: Option<String>,
+    /// Interface group (`IFLA_GROUP`; 0 by default, see [`crate::pending`]).
+    pub group: u32,
 }
 
 impl LinkInfo {
@@ -34,12 +36,14 @@ impl LinkInfo {
             mtu: 0,
             up: msg.header.flags.contains(LinkFlags::Up),
             kind: None,
+            group: 0,
         };
         for attr in &msg.attributes {
             match attr {
                 LinkAttribute::IfName(n) => info.name = n.clone(),
                 LinkAttribute::Address(a) => info.mac = a.clone(),
                 LinkAttribute::Mtu(m) => info.mtu = *m,
+                LinkAttribute::Group(g) => info.group = *g,
                 LinkAttribute::LinkInfo(infos) => {
                     for i in infos {
                         if let NlLinkInfo::Kind(k) = i {
@@ -71,6 +75,9 @@ pub struct VethSpec<'a> {
     pub peer_netns: &'a NetNs,
     /// Alias on the host side (`ip link` shows it), for operators.
     pub alias: Option<String>,
+    /// Interface group of the host side: a [`crate::pending`] group holds
+    /// the pod behind NetworkPolicy from its first packet; 0 is the default.
+    pub group: u32,
 }
 
 impl Netlink {
@@ -92,12 +99,26 @@ impl Netlink {
             .address(spec.host_mac.to_vec())
             .up()
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)));
+        if spec.group != 0 {
+            // In the creating message: the veth is never outside its group.
+            host = host.link_group(spec.group);
+        }
         if let Some(alias) = &spec.alias {
             host = host.alias(alias.clone());
         }
         self.handle.link().add(host.build()).execute().await.map_err(ctx(|| {
             format!("create veth {} <-> {}:{}", spec.host_name, spec.peer_netns.path().display(), spec.peer_name)
         }))
+    }
+
+    /// Moves a link to interface group `group`.
+    pub async fn set_link_group(&self, index: u32, name: &str, group: u32) -> Result<(), NetlinkError> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).link_group(group).build())
+            .execute()
+            .await
+            .map_err(ctx(|| format!("set link {name} group {group}")))
     }
 
     /// Sets a link up.

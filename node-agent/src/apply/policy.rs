@@ -10,13 +10,16 @@
 //!
 //! [`desired::policy`]: crate::desired::policy::policy
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
+use libweft::file::FileError;
+use libweft::netlink::{HOST_VETH_PREFIX, Netlink, NetlinkError, RTPROT_WEFT};
+use libweft::pending::{READY_GROUP, is_pending};
 use serde_json::{Value, json};
 
 use crate::desired::policy::PolicyState;
-use crate::desired::policy_nft::{TABLE, denied_counter, map_name, range_elem, ruleset};
+use crate::desired::policy_nft::{TABLE, denied_counter, map_name, pending_counter, range_elem, ruleset};
 use crate::observe;
 use crate::wire_policy::Direction;
 
@@ -29,6 +32,12 @@ pub enum PolicyError {
     /// The blocking task running `nft` panicked or was cancelled.
     #[error("nft task: {0}")]
     Task(#[source] tokio::task::JoinError),
+    /// Writing the plugin's list of policy namespaces.
+    #[error("{0}")]
+    File(#[from] FileError),
+    /// Finding or releasing pending pod interfaces.
+    #[error("pending pod interfaces: {0}")]
+    Pending(#[from] NetlinkError),
 }
 
 /// What one sync did to the table.
@@ -212,16 +221,76 @@ async fn apply(rules: Value) -> Result<(), PolicyError> {
 
 /// The policy table's named counters (reset when the table is replaced):
 /// name → packets; empty when the table or `nft` is missing.
-pub async fn counters() -> std::collections::HashMap<String, u64> {
+pub async fn counters() -> HashMap<String, u64> {
     crate::observe::kernel::nft_counters(TABLE).await
 }
 
-/// Packets the group chains dropped so far, by direction.
-pub fn denied_in(counters: &std::collections::HashMap<String, u64>) -> Vec<(Direction, u64)> {
-    [Direction::Ingress, Direction::Egress]
-        .into_iter()
-        .filter_map(|d| Some((d, *counters.get(&denied_counter(d))?)))
-        .collect()
+/// The policy table's counters by direction.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Packets the group chains dropped: no policy allowed them.
+    pub denied: Vec<(Direction, u64)>,
+    /// Packets dropped to or from pods still pending.
+    pub pending: Vec<(Direction, u64)>,
+}
+
+/// Picks the per-direction counters out of [`counters`].
+pub fn counts_in(counters: &HashMap<String, u64>) -> Counts {
+    let by = |name: fn(Direction) -> String| {
+        [Direction::Ingress, Direction::Egress]
+            .into_iter()
+            .filter_map(|d| Some((d, *counters.get(&name(d))?)))
+            .collect()
+    };
+    Counts { denied: by(denied_counter), pending: by(pending_counter) }
+}
+
+/// What one look at the pending pod interfaces found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pending {
+    /// Moved to the ready group now.
+    pub released: usize,
+    /// Still pending: their pod is not known yet.
+    pub waiting: usize,
+}
+
+/// Moves weft's host veths out of their pending group ([`libweft::pending`])
+/// when `release` says so, given the pod addresses the veth's host routes
+/// (protocol `RTPROT_WEFT`, written by the plugin on ADD) lead to. A veth
+/// whose pod `release` refuses stays pending: fail-closed.
+pub async fn release_pending(nl: &Netlink, release: impl Fn(&[IpAddr]) -> bool) -> Result<Pending, NetlinkError> {
+    let pending: Vec<_> =
+        nl.links().await?.into_iter().filter(|l| is_pending(l.group) && l.name.starts_with(HOST_VETH_PREFIX)).collect();
+    if pending.is_empty() {
+        return Ok(Pending::default());
+    }
+    let mut addresses: HashMap<u32, Vec<IpAddr>> = HashMap::new();
+    for v6 in [false, true] {
+        for r in nl.routes(v6, Some(RTPROT_WEFT)).await? {
+            if r.dst.prefix() == if v6 { 128 } else { 32 } {
+                addresses.entry(r.oif).or_default().push(r.dst.ip());
+            }
+        }
+    }
+    let mut out = Pending::default();
+    for link in pending {
+        let ips = addresses.get(&link.index).map(Vec::as_slice).unwrap_or_default();
+        if !release(ips) {
+            out.waiting += 1;
+            continue;
+        }
+        match nl.set_link_group(link.index, &link.name, READY_GROUP).await {
+            Ok(()) => {
+                // The signal an operator (or an e2e test) looks for.
+                tracing::debug!(veth = %link.name, ?ips, group = link.group, "veth left pending: its pod's policy is in the kernel");
+                out.released += 1;
+            }
+            // Its pod was deleted meanwhile.
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
 }
 
 /// Deletes the policy table (NetworkPolicy disabled, `weft-agent cleanup`);
@@ -280,14 +349,14 @@ mod tests {
     }
 
     #[test]
-    fn denied_counters_are_read_by_direction() {
+    fn denied_and_pending_counters_are_read_by_direction() {
         let listing = r#"{"nftables": [{"metainfo": {"json_schema_version": 1}},
             {"counter": {"family": "inet", "name": "ingress_denied", "table": "weft-policy", "handle": 3, "packets": 7, "bytes": 588}},
-            {"counter": {"family": "inet", "name": "egress_denied", "table": "weft-policy", "handle": 4, "packets": 2, "bytes": 0}}]}"#;
-        assert_eq!(
-            denied_in(&crate::observe::kernel::parse_counters(listing)),
-            vec![(Direction::Ingress, 7), (Direction::Egress, 2)]
-        );
-        assert!(denied_in(&crate::observe::kernel::parse_counters("")).is_empty());
+            {"counter": {"family": "inet", "name": "egress_denied", "table": "weft-policy", "handle": 4, "packets": 2, "bytes": 0}},
+            {"counter": {"family": "inet", "name": "ingress_pending", "table": "weft-policy", "handle": 5, "packets": 3, "bytes": 180}}]}"#;
+        let c = counts_in(&crate::observe::kernel::parse_counters(listing));
+        assert_eq!(c.denied, vec![(Direction::Ingress, 7), (Direction::Egress, 2)]);
+        assert_eq!(c.pending, vec![(Direction::Ingress, 3)]);
+        assert_eq!(counts_in(&crate::observe::kernel::parse_counters("")), Counts::default());
     }
 }

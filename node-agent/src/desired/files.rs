@@ -19,6 +19,12 @@ pub fn node_config_path(cfg: &Config) -> PathBuf {
     cfg.run_dir.join("node.json")
 }
 
+/// Where the list of namespaces with NetworkPolicies lives
+/// ([`libweft::pending`]): next to node.json, where the plugin looks.
+pub fn policy_namespaces_path(cfg: &Config) -> PathBuf {
+    libweft::pending::path_next_to(&node_config_path(cfg))
+}
+
 /// Where the conflist lives.
 pub fn conflist_path(cfg: &Config) -> PathBuf {
     cfg.cni_conf_dir.join(CONFLIST_NAME)

@@ -42,6 +42,7 @@ use std::fmt::Debug;
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
+use libweft::pending::PolicyNamespaces;
 
 use crate::wire_policy::{
     Direction, NamespaceView, Namespaces, Peer, PodView, PolicyView, PortMatch, Protocol, Selector,
@@ -221,6 +222,31 @@ pub fn policy(node: &str, pods: &[PodView], namespaces: &[NamespaceView], polici
         }
     }
     state
+}
+
+/// The namespaces with at least one policy isolating pods, by direction:
+/// the plugin starts new pods there pending ([`libweft::pending`]). Any
+/// isolating policy counts, whatever it selects: which pods it selects
+/// depends on labels the plugin cannot know.
+pub fn policy_namespaces(policies: &[PolicyView]) -> PolicyNamespaces {
+    let mut list = PolicyNamespaces { version: libweft::pending::VERSION, ..Default::default() };
+    for p in policies {
+        if p.ingress_isolated {
+            list.ingress.insert(p.namespace.clone());
+        }
+        if p.egress_isolated {
+            list.egress.insert(p.namespace.clone());
+        }
+    }
+    list
+}
+
+/// Whether every address of an interface belongs to one local pod the
+/// state was computed from: then that pod's rules, or its absence from
+/// every map, are what [`policy`] decided for it.
+pub fn knows_local_pod(node: &str, pods: &[PodView], ips: &[IpAddr]) -> bool {
+    !ips.is_empty()
+        && pods.iter().any(|p| p.node == node && is_policy_pod(p) && ips.iter().all(|ip| p.ips.contains(ip)))
 }
 
 fn group_prefix(d: Direction) -> &'static str {
@@ -535,6 +561,34 @@ pub mod fixtures {
 mod tests {
     use super::fixtures::*;
     use super::*;
+
+    #[test]
+    fn policy_namespaces_list_isolating_policies_by_direction() {
+        let policies = [
+            ingress(netpol("a", "deny", sel(&[])), vec![]),
+            egress(netpol("b", "dns", sel(&[("app", "x")])), vec![]),
+            egress(ingress(netpol("c", "both", sel(&[])), vec![]), vec![]),
+            netpol("d", "isolates-nothing", sel(&[])),
+        ];
+        let list = policy_namespaces(&policies);
+        let names = |s: &std::collections::BTreeSet<String>| s.iter().cloned().collect::<Vec<_>>();
+        assert_eq!(names(&list.ingress), ["a", "c"]);
+        assert_eq!(names(&list.egress), ["b", "c"]);
+        assert_eq!(list.group_for("c"), libweft::pending::PENDING_BOTH_GROUP);
+        assert_eq!(list.group_for("d"), libweft::pending::READY_GROUP);
+        assert_eq!(policy_namespaces(&[]).to_json(), b"{\"version\":1,\"ingress\":[],\"egress\":[]}\n");
+    }
+
+    #[test]
+    fn only_a_local_pod_holding_every_address_is_known() {
+        let pods = [pod("a", "p", "node1", 5, &[]), pod("a", "q", "node2", 6, &[])];
+        let p = &pods[0].ips;
+        assert!(knows_local_pod("node1", &pods, p));
+        assert!(knows_local_pod("node1", &pods, &p[..1]));
+        assert!(!knows_local_pod("node1", &pods, &pods[1].ips), "another node's pod");
+        assert!(!knows_local_pod("node1", &pods, &[p[0], pods[1].ips[0]]), "addresses of two pods");
+        assert!(!knows_local_pod("node1", &pods, &[]), "an interface without addresses");
+    }
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()

@@ -8,9 +8,11 @@
 //!   set port-<h>-4 / -6        { addr . inet_service: pods' named port numbers }
 //!   map egress4 / egress6      { local pod address : jump eg-<h> }
 //!   map ingress4 / ingress6    { local pod address : jump in-<h> }
-//!   chain egress  { hook forward priority 0; ct state established,related accept; ip saddr vmap @egress4; ... }
-//!   chain ingress { hook forward priority 1; ct state established,related accept; ip daddr vmap @ingress4; ... }
-//!   counter ingress_denied / egress_denied
+//!   chain egress  { hook forward priority 0; ct state established,related accept;
+//!                   iifgroup { 8702, 8703 } counter name egress_pending drop; ip saddr vmap @egress4; ... }
+//!   chain ingress { hook forward priority 1; ct state established,related accept;
+//!                   oifgroup { 8701, 8703 } counter name ingress_pending drop; ip daddr vmap @ingress4; ... }
+//!   counter ingress_denied / egress_denied / ingress_pending / egress_pending
 //!   counter in-pol-<h> / eg-pol-<h>   # packets denied to or from pods this policy isolates
 //!   chain in-<h>     { jump in-pol-<h>; ...;
 //!                      limit rate 10/second log group 100 prefix "weft deny ingress: ns/pol,..";   # networkPolicy.logDenied
@@ -22,6 +24,13 @@
 //! `egress` ends only that chain, so a packet between two local pods must
 //! also pass `ingress`; a drop in either is final. The node's own traffic
 //! to its pods leaves through the output hook and is never filtered here.
+//!
+//! The `*_pending` rules hold new pods closed until their rules are here:
+//! the plugin creates the host veth of a pod whose namespace has isolating
+//! policies in a pending interface group ([`libweft::pending`]), and the
+//! agent moves it to group 0 once the pod is in the maps (or known to be
+//! selected by no policy). Replies of the pod's own connections are
+//! established and pass; everything else to or from it is dropped.
 
 use std::net::IpAddr;
 
@@ -39,6 +48,25 @@ pub const PRIO_EGRESS: i32 = 0;
 /// The named counter of what the group chains of a direction drop.
 pub fn denied_counter(d: Direction) -> String {
     format!("{d}_denied")
+}
+
+/// The named counter of what a direction drops to or from pending pods.
+pub fn pending_counter(d: Direction) -> String {
+    format!("{d}_pending")
+}
+
+/// The rule dropping new connections to (ingress) or from (egress) the
+/// pending interface groups of `d`.
+fn pending_rule(d: Direction) -> Vec<Value> {
+    let (key, groups) = match d {
+        Direction::Ingress => ("oifgroup", libweft::pending::PENDING_INGRESS_GROUPS),
+        Direction::Egress => ("iifgroup", libweft::pending::PENDING_EGRESS_GROUPS),
+    };
+    vec![
+        eq(json!({"meta": {"key": key}}), json!({"set": groups})),
+        json!({"counter": pending_counter(d)}),
+        json!({"drop": null}),
+    ]
 }
 
 const FAMILIES: [(bool, &str, &str); 2] = [(false, "ip", "4"), (true, "ip6", "6")];
@@ -127,6 +155,7 @@ pub fn ruleset(state: &PolicyState) -> Value {
     }
     for d in [Direction::Egress, Direction::Ingress] {
         cmds.push(json!({"add": {"counter": {"family": "inet", "table": TABLE, "name": denied_counter(d)}}}));
+        cmds.push(json!({"add": {"counter": {"family": "inet", "table": TABLE, "name": pending_counter(d)}}}));
         for (v6, _, _) in FAMILIES {
             cmds.push(json!({"add": {"map": {"family": "inet", "table": TABLE, "name": map_name(d, v6),
                 "type": addr_type(v6), "map": "verdict"}}}));
@@ -193,6 +222,7 @@ pub fn ruleset(state: &PolicyState) -> Value {
             ],
             None,
         ));
+        cmds.push(add_rule(&name, pending_rule(d), Some("pod not yet known to weft-agent".into())));
         for (v6, proto, _) in FAMILIES {
             cmds.push(add_rule(
                 &name,
@@ -247,6 +277,29 @@ mod tests {
     use crate::desired::policy::fixtures::*;
     use crate::desired::policy::policy;
     use crate::wire_policy::Protocol;
+
+    #[test]
+    fn pending_pods_are_dropped_before_any_verdict_map_even_without_policies() {
+        let r = ruleset(&PolicyState::default());
+        let rules: Vec<&Value> = r["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|c| c["add"]["rule"].as_object().map(|_| &c["add"]["rule"]))
+            .collect();
+        for (chain, key, groups) in [
+            ("ingress", "oifgroup", libweft::pending::PENDING_INGRESS_GROUPS),
+            ("egress", "iifgroup", libweft::pending::PENDING_EGRESS_GROUPS),
+        ] {
+            let chain_rules: Vec<&&Value> = rules.iter().filter(|r| r["chain"] == chain).collect();
+            let at = |what: &str| chain_rules.iter().position(|r| r["expr"].to_string().contains(what));
+            let pending = at(key).expect("a pending rule");
+            assert_eq!(chain_rules[pending]["expr"][0]["match"]["right"], json!({"set": groups}));
+            assert_eq!(chain_rules[pending]["expr"][1], json!({"counter": format!("{chain}_pending")}));
+            assert!(at("established").unwrap() < pending, "replies of the pod's own connections pass");
+            assert!(pending < at("vmap").unwrap(), "{chain}: pending before the maps");
+        }
+    }
 
     #[test]
     fn ruleset_parses_as_nft_json_and_rules_grow_with_policies_not_pods() {

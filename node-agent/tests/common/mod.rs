@@ -175,6 +175,27 @@ impl Node {
 
     fn add_pod_with(&self, id: &str, conf: serde_json::Value) -> (TestNs, String, String) {
         let pod = TestNs::new(id);
+        let (v4, v6) = self.add_pod_into(&pod, id, None, conf);
+        (pod, v4, v6)
+    }
+
+    /// Wires the existing namespace `pod` as the agent's conflist does, the
+    /// runtime passing the pod's Kubernetes namespace in CNI_ARGS (as
+    /// containerd does); returns (IPv4, IPv6) once ADD has returned.
+    pub fn add_k8s_pod(&self, pod: &TestNs, id: &str, namespace: &str, node_json: &Path) -> (String, String) {
+        let conf = json!({"cniVersion": "1.1.0", "name": "weft", "type": "weft",
+            "nodeConfig": node_json, "dataDir": self.ipam.path()});
+        self.add_pod_into(pod, id, Some(namespace), conf)
+    }
+
+    fn add_pod_into(
+        &self,
+        pod: &TestNs,
+        id: &str,
+        namespace: Option<&str>,
+        conf: serde_json::Value,
+    ) -> (String, String) {
+        let args = namespace.map(|ns| format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME={id}"));
         let mut child = Command::new("ip")
             .args(["netns", "exec", self.ns.name()])
             .arg(weft_cni())
@@ -182,6 +203,7 @@ impl Node {
             .env("CNI_CONTAINERID", id)
             .env("CNI_NETNS", pod.path())
             .env("CNI_IFNAME", "eth0")
+            .env("CNI_ARGS", args.unwrap_or_default())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -198,7 +220,7 @@ impl Node {
             .collect();
         let v4 = ips.iter().find(|i| i.contains('.')).unwrap().clone();
         let v6 = ips.iter().find(|i| i.contains(':')).unwrap().clone();
-        (pod, v4, v6)
+        (v4, v6)
     }
 
     /// This node as a believed peer would see it: both underlay addresses
