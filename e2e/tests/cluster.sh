@@ -3,7 +3,9 @@
 # nodes Ready with both pod CIDRs, pods of a spread Deployment get addresses
 # from their node's CIDRs and reach each other (same node and across nodes,
 # both families), egress is masqueraded, DEL empties weft's IPAM store,
-# restarting containerd and kubelet keeps pods networked, and `down` leaves
+# a pod under a deny-all-ingress policy never answers, even in its first
+# second (e2e/tests/first-packet.sh), restarting containerd and kubelet
+# keeps pods networked, and `down` leaves
 # no namespace, process, mount or cgroup behind. Bounded; tears down on exit.
 set -Eeuo pipefail
 E2E=$(cd "$(dirname "$0")/.." && pwd)
@@ -126,6 +128,9 @@ eventually 30 bash -c "[[ \$('$E2E/cluster' kubectl get --raw /api/v1/namespaces
   fail "the API server's proxy to the echo Service failed"
 K delete service echo >/dev/null
 pass "the API server reaches pods: its proxy to a pod and to a Service answer"
+
+# NetworkPolicy holds from a new pod's first packet, through kubelet.
+"$E2E/tests/first-packet.sh"
 
 "$E2E/cluster" restart node1
 read -r _ _ v4b _ <<<"${pods[1]}"
