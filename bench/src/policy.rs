@@ -581,10 +581,26 @@ fn wait_commit(
     }
 }
 
-/// Waits until no commit has arrived for `quiet`, so the next sample is alone.
-fn settle(events: &mpsc::Receiver<Transaction>, quiet: Duration) {
+/// Waits until the agent is idle, so the next sample is measured alone: no
+/// commit for `quiet`, no CPU time spent by the agent meanwhile, and no `nft`
+/// child running (a pass goes on after its commit, reading the table back).
+fn settle(events: &mpsc::Receiver<Transaction>, quiet: Duration, pid: u32) {
     let deadline = Instant::now() + Duration::from_secs(60);
-    while events.recv_timeout(quiet).is_ok() && Instant::now() < deadline {}
+    // `nft` runs as a child of whichever thread spawned it.
+    let children = || {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|t| std::fs::read_to_string(t.path().join("children")).is_ok_and(|c| !c.trim().is_empty()))
+    };
+    let busy = |ticks: u64| proc_stats(pid).0 != ticks || children();
+    while Instant::now() < deadline {
+        let ticks = proc_stats(pid).0;
+        if events.recv_timeout(quiet).is_err() && !busy(ticks) {
+            return;
+        }
+    }
 }
 
 fn elem_in(change: &Change, added: bool, set_prefix: &str, key: &[u8]) -> bool {
@@ -789,7 +805,7 @@ async fn run(
     assert_eq!(listed_in, want_in, "ingress verdict map elements in the kernel");
     assert_eq!(listed_eg, want_eg, "egress verdict map elements in the kernel");
     eprintln!("policy table complete {cold:?} after start ({cold_changes} changes in that commit)");
-    settle(&events, Duration::from_secs(2));
+    settle(&events, Duration::from_secs(2), pid);
 
     let quiet = Duration::from_millis(300);
     let mut series = Vec::new();
@@ -825,7 +841,7 @@ async fn run(
             let target = if added { &mut s } else { &mut s_out };
             target.samples.push(d);
             target.sizes.push(n);
-            settle(&events, quiet);
+            settle(&events, quiet, pid);
         }
     }
     let pass_ms = pass_delta(node, passes0);
@@ -850,7 +866,7 @@ async fn run(
             let p = world.pods[idx].clone();
             let api = pods_api(ns);
             api.create(&PostParams::default(), &pod_object(&p)).await.expect("create local pod");
-            settle(&events, quiet);
+            settle(&events, quiet, pid);
             let key = p.v4.octets().to_vec();
             let t0 = Instant::now();
             api.patch_status(&p.name, &PatchParams::default(), &Patch::Merge(pod_status(&p)))
@@ -865,7 +881,7 @@ async fn run(
             );
             s.samples.push(d);
             s.sizes.push(n);
-            settle(&events, quiet);
+            settle(&events, quiet, pid);
             let t0 = Instant::now();
             api.delete(&p.name, &DeleteParams { grace_period_seconds: Some(0), ..Default::default() })
                 .await
@@ -879,7 +895,7 @@ async fn run(
             );
             s_del.samples.push(d);
             s_del.sizes.push(n);
-            settle(&events, quiet);
+            settle(&events, quiet, pid);
         }
     }
     let pass_ms = pass_delta(node, passes0);
@@ -916,7 +932,7 @@ async fn run(
         );
         s.samples.push(d);
         s.sizes.push(n);
-        settle(&events, quiet);
+        settle(&events, quiet, pid);
         let t0 = Instant::now();
         npapi.delete(&pol.name, &DeleteParams::default()).await.expect("delete policy");
         let (d, n) = wait_commit(
@@ -928,7 +944,7 @@ async fn run(
         );
         s_del.samples.push(d);
         s_del.sizes.push(n);
-        settle(&events, quiet);
+        settle(&events, quiet, pid);
     }
     let pass_ms = pass_delta(node, passes0);
     s.pass_ms = pass_ms;
@@ -972,7 +988,7 @@ async fn run(
             );
             target.samples.push(d);
             target.sizes.push(n);
-            settle(&events, quiet);
+            settle(&events, quiet, pid);
         }
     }
     let pass_ms = pass_delta(node, passes0);
