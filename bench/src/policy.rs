@@ -1,0 +1,1071 @@
+//! policy-bench: one weft-agent enforcing NetworkPolicy against a real
+//! kube-apiserver holding thousands of Pods, Namespaces and
+//! NetworkPolicies (created through the API, no kubelets: Pods carry
+//! `spec.nodeName`, and their `status.podIPs` are set through the status
+//! subresource), in network namespaces this program creates. Measured:
+//! - agent start -> the policy table complete: every local pod's verdict
+//!   map elements committed (then checked against `nft -j list map`);
+//! - per change, API request -> the kernel's commit of the matching
+//!   element or rule, p50/p99/max: (a) a remote pod relabelled into and
+//!   out of a peer set; (b) a local pod's podIPs published -> its verdict
+//!   map element, and the pod deleted -> element gone; (c) a policy
+//!   selecting local pods created and deleted (a whole-table rewrite);
+//!   (d) a namespace relabelled into and out of a namespaceSelector;
+//! - the agent's peak RSS and its CPU while idle.
+//!
+//! Kernel arrival is read from nftables' own change notifications (a
+//! NETLINK_NETFILTER listener in the node namespace, [`nft_events`]): each
+//! commit is stamped when its first notification arrives, so there is no
+//! polling interval to bound the resolution; what remains is scheduling
+//! delay of the listener thread (sub-millisecond on an idle core).
+//!
+//! The workload is generated from a model in this file (namespaces with
+//! team/env labels, pods with app/role/version labels and named container
+//! ports, ten policy shapes), which also says which local pods some policy
+//! selects and which label changes move a pod into a peer set that exists
+//! on this node, so each sample is known to change the kernel.
+//!
+//! Addresses: 10.0.0.0/8 and fd00:10::/48 for pods, one /24 and /64 per
+//! fake node (node 0 is the agent's); the benchmarking range 198.18.0.0/15
+//! for the underlay. All of it exists only inside the namespaces.
+//!
+//!   policy-bench --agent WEFT_AGENT --k8s-bin DIR [--pods P] [--policies Q]
+//!                [--namespaces N] [--samples K] [--idle-seconds S] [--json]
+
+mod nft_events;
+mod stats;
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client, Config};
+use libweft::netns::NetNs;
+use libweft::testutil::TestNs;
+use libweft::testutil::control_plane::{ControlPlane, Proc};
+use serde_json::{Value, json};
+
+use crate::nft_events::{Change, Transaction};
+use crate::stats::percentile;
+
+const NODE_IP: &str = "198.18.0.1";
+const CP_IP: &str = "198.18.0.2";
+const OWN: &str = "bench-own";
+const TABLE: &str = "weft-policy";
+/// Bounds the cold start, so a broken agent cannot hang the benchmark.
+const PROGRAM_TIMEOUT: Duration = Duration::from_secs(300);
+/// Bounds one change.
+const CHANGE_TIMEOUT: Duration = Duration::from_secs(30);
+/// API requests in flight while filling the API.
+const PARALLEL: usize = 32;
+
+const ROLES: [&str; 5] = ["frontend", "backend", "db", "cache", "worker"];
+const ENVS: [&str; 3] = ["prod", "staging", "dev"];
+
+struct Args {
+    agent: PathBuf,
+    k8s_bin: PathBuf,
+    pods: usize,
+    policies: usize,
+    namespaces: usize,
+    samples: usize,
+    idle: Duration,
+    json: bool,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args {
+        agent: PathBuf::new(),
+        k8s_bin: PathBuf::new(),
+        pods: 10_000,
+        policies: 1_000,
+        namespaces: 100,
+        samples: 50,
+        idle: Duration::from_secs(30),
+        json: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
+        let number = |v: String| v.parse::<usize>().map_err(|e| format!("{flag} {v:?}: {e}"));
+        match flag.as_str() {
+            "--agent" => a.agent = value()?.into(),
+            "--k8s-bin" => a.k8s_bin = value()?.into(),
+            "--pods" => a.pods = number(value()?)?,
+            "--policies" => a.policies = number(value()?)?,
+            "--namespaces" => a.namespaces = number(value()?)?,
+            "--samples" => a.samples = number(value()?)?,
+            "--idle-seconds" => a.idle = Duration::from_secs(number(value()?)? as u64),
+            "--json" => a.json = true,
+            _ => return Err(format!("unknown flag {flag}")),
+        }
+    }
+    if a.agent.as_os_str().is_empty() || a.k8s_bin.as_os_str().is_empty() {
+        return Err("--agent and --k8s-bin are required".into());
+    }
+    if !(1..=1000).contains(&a.namespaces) {
+        return Err("--namespaces must be 1..=1000".into());
+    }
+    if !(a.namespaces..=1_000_000).contains(&a.pods) {
+        return Err("--pods must be at least --namespaces and at most 1000000".into());
+    }
+    if !(1..=100).contains(&a.samples) {
+        return Err("--samples must be 1..=100 (each adds pods to the agent's /24)".into());
+    }
+    Ok(a)
+}
+
+// ---------------------------------------------------------------- the model
+
+type Labels = BTreeMap<String, String>;
+
+/// A label selector as generated here: matchLabels and `In` expressions.
+#[derive(Clone, Default)]
+struct Sel {
+    labels: Vec<(&'static str, String)>,
+    any_in: Vec<(&'static str, Vec<&'static str>)>,
+}
+
+impl Sel {
+    fn eq(k: &'static str, v: impl Into<String>) -> Sel {
+        Sel { labels: vec![(k, v.into())], any_in: vec![] }
+    }
+
+    fn matches(&self, l: &Labels) -> bool {
+        self.labels.iter().all(|(k, v)| l.get(*k) == Some(v))
+            && self.any_in.iter().all(|(k, vs)| l.get(*k).is_some_and(|v| vs.contains(&v.as_str())))
+    }
+
+    fn json(&self) -> Value {
+        let labels: serde_json::Map<String, Value> =
+            self.labels.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+        let exprs: Vec<Value> =
+            self.any_in.iter().map(|(k, vs)| json!({"key": k, "operator": "In", "values": vs})).collect();
+        json!({"matchLabels": labels, "matchExpressions": exprs})
+    }
+}
+
+#[derive(Clone)]
+enum PeerM {
+    /// `ns: None`: the policy's own namespace.
+    Pods {
+        ns: Option<Sel>,
+        pods: Sel,
+    },
+    Block(&'static str, Vec<String>),
+}
+
+#[derive(Clone)]
+struct RuleM {
+    peers: Vec<PeerM>,
+    ports: Vec<Value>,
+}
+
+#[derive(Clone)]
+struct PolicyM {
+    ns: usize,
+    name: String,
+    pod_sel: Sel,
+    ingress: Option<Vec<RuleM>>,
+    egress: Option<Vec<RuleM>>,
+}
+
+#[derive(Clone)]
+struct PodM {
+    ns: usize,
+    name: String,
+    node: usize,
+    labels: Labels,
+    v4: Ipv4Addr,
+    v6: Ipv6Addr,
+    ports: Vec<Value>,
+}
+
+struct World {
+    ns_labels: Vec<Labels>,
+    pods: Vec<PodM>,
+    policies: Vec<PolicyM>,
+    /// Pods placed on each node so far (the next address).
+    per_node: Vec<usize>,
+}
+
+fn ns_name(i: usize) -> String {
+    format!("ns-{i:03}")
+}
+
+fn pod_addrs(node: usize, k: usize) -> (Ipv4Addr, Ipv6Addr) {
+    let v4 = Ipv4Addr::new(10, (node >> 8) as u8, (node & 0xff) as u8, (k + 2) as u8);
+    let v6 = Ipv6Addr::new(0xfd00, 0x10, 0, node as u16, 0, 0, 0, (k + 2) as u16);
+    (v4, v6)
+}
+
+fn tcp(port: u16) -> Value {
+    json!({"protocol": "TCP", "port": port})
+}
+
+impl World {
+    fn new(n_ns: usize, n_pods: usize, n_pol: usize) -> World {
+        // About 100 pods a node, as on a busy real node; node 0 is the agent's.
+        let nodes = n_pods.div_ceil(100).max(2);
+        let ns_labels = (0..n_ns)
+            .map(|i| {
+                [("team", format!("team-{}", i % 10)), ("env", ENVS[i % 3].to_string())]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect()
+            })
+            .collect();
+        let mut w = World { ns_labels, pods: Vec::new(), policies: Vec::new(), per_node: vec![0; nodes] };
+        for j in 0..n_pods {
+            let (ns, m) = (j % n_ns, j / n_ns);
+            // Pod m of each namespace on node m mod nodes: one pod of every namespace is local.
+            let node = m % nodes;
+            let labels = pod_labels(ns, m);
+            w.add_pod(ns, format!("p-{j:06}"), node, labels);
+        }
+        for q in 0..n_pol {
+            let (ns, k) = (q % n_ns, q / n_ns);
+            w.policies.push(policy_shape(ns, k, (k + ns) % 10, format!("pol-{q:05}")));
+        }
+        w
+    }
+
+    fn add_pod(&mut self, ns: usize, name: String, node: usize, labels: Labels) -> usize {
+        let k = self.per_node[node];
+        self.per_node[node] += 1;
+        let (v4, v6) = pod_addrs(node, k);
+        let app: usize = labels.get("app").and_then(|a| a.trim_start_matches("app-").parse().ok()).unwrap_or(0);
+        let mut ports = vec![
+            json!({"name": "http", "containerPort": 8000 + app, "protocol": "TCP"}),
+            json!({"name": "metrics", "containerPort": 9090, "protocol": "TCP"}),
+        ];
+        if labels.get("role").is_some_and(|r| r == "db") {
+            ports.push(json!({"containerPort": 5432, "protocol": "TCP"}));
+        }
+        if k.is_multiple_of(4) {
+            ports.push(json!({"name": "dns", "containerPort": 53, "protocol": "UDP"}));
+        }
+        self.pods.push(PodM { ns, name, node, labels, v4, v6, ports });
+        self.pods.len() - 1
+    }
+
+    fn local(&self) -> impl Iterator<Item = &PodM> {
+        self.pods.iter().filter(|p| p.node == 0)
+    }
+
+    /// The policies in `ns` selecting a pod with `labels`, per direction.
+    fn selected(&self, ns: usize, labels: &Labels) -> (bool, bool) {
+        let mut r = (false, false);
+        for p in self.policies.iter().filter(|p| p.ns == ns && p.pod_sel.matches(labels)) {
+            r.0 |= p.ingress.is_some();
+            r.1 |= p.egress.is_some();
+        }
+        r
+    }
+
+    /// Local pods' addresses expected in the ingress and egress maps.
+    fn expected_maps(&self) -> (BTreeSet<IpAddr>, BTreeSet<IpAddr>) {
+        let (mut i, mut e) = (BTreeSet::new(), BTreeSet::new());
+        for p in self.local() {
+            let (si, se) = self.selected(p.ns, &p.labels);
+            for (yes, set) in [(si, &mut i), (se, &mut e)] {
+                if yes {
+                    set.insert(IpAddr::V4(p.v4));
+                    set.insert(IpAddr::V6(p.v6));
+                }
+            }
+        }
+        (i, e)
+    }
+
+    /// The pod peers whose address sets exist on this node: those of the
+    /// rules, in a direction, of policies selecting a local pod in it.
+    fn live_peers(&self) -> Vec<(usize, Option<Sel>, Sel)> {
+        let mut out = Vec::new();
+        for p in &self.policies {
+            for (rules, ingress) in [(&p.ingress, true), (&p.egress, false)] {
+                let Some(rules) = rules else { continue };
+                let used = self.local().any(|l| {
+                    let s = self.selected(l.ns, &l.labels);
+                    l.ns == p.ns && p.pod_sel.matches(&l.labels) && if ingress { s.0 } else { s.1 }
+                });
+                if !used {
+                    continue;
+                }
+                for r in rules {
+                    for peer in &r.peers {
+                        if let PeerM::Pods { ns, pods } = peer {
+                            out.push((p.ns, ns.clone(), pods.clone()));
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether a pod in `ns` (labelled `ns_labels`) with `labels` is in
+    /// some live peer set.
+    fn in_peer(live: &[(usize, Option<Sel>, Sel)], ns: usize, ns_labels: &Labels, labels: &Labels) -> Vec<usize> {
+        live.iter()
+            .enumerate()
+            .filter(|(_, (pol_ns, nsel, pods))| {
+                let ns_ok = match nsel {
+                    None => *pol_ns == ns,
+                    Some(s) => s.matches(ns_labels),
+                };
+                ns_ok && pods.matches(labels)
+            })
+            .map(|(i, _)| i)
+            .collect()
+    }
+}
+
+fn pod_labels(ns: usize, m: usize) -> Labels {
+    [
+        ("app", format!("app-{}", m % 8)),
+        ("role", ROLES[(m + ns) % ROLES.len()].to_string()),
+        ("version", format!("v{}", m % 2 + 1)),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// Ten shapes of policy seen in real clusters; `k` varies their selectors.
+fn policy_shape(ns: usize, k: usize, shape: usize, name: String) -> PolicyM {
+    let own = |pods: Sel| PeerM::Pods { ns: None, pods };
+    let rule = |peers: Vec<PeerM>, ports: Vec<Value>| RuleM { peers, ports };
+    let app = Sel::eq("app", format!("app-{}", k % 8));
+    let (pod_sel, ingress, egress, tag) = match shape {
+        0 => (Sel::default(), Some(vec![]), None, "default-deny"),
+        1 => (
+            Sel::default(),
+            None,
+            Some(vec![
+                rule(
+                    vec![PeerM::Pods {
+                        ns: Some(Sel::eq("kubernetes.io/metadata.name", "kube-system")),
+                        pods: Sel::eq("k8s-app", "kube-dns"),
+                    }],
+                    vec![json!({"protocol": "UDP", "port": 53}), tcp(53)],
+                ),
+                rule(vec![own(Sel::eq("role", "db"))], vec![tcp(5432)]),
+            ]),
+            "egress-dns-db",
+        ),
+        2 => (
+            app,
+            Some(vec![rule(vec![own(Sel::eq("role", "frontend"))], vec![json!({"port": "http"})])]),
+            None,
+            "from-frontend",
+        ),
+        3 => (
+            Sel::eq("role", "backend"),
+            Some(vec![rule(
+                vec![PeerM::Pods {
+                    ns: Some(Sel::eq("team", format!("team-{}", (ns + k) % 10))),
+                    pods: Sel::eq("role", "frontend"),
+                }],
+                vec![json!({"protocol": "TCP", "port": 8080, "endPort": 8090})],
+            )]),
+            None,
+            "cross-team",
+        ),
+        4 => (
+            app,
+            Some(vec![rule(
+                vec![
+                    PeerM::Block("10.0.0.0/8", vec![format!("10.{}.0.0/16", k % 256)]),
+                    PeerM::Block("fd00:10::/48", vec![format!("fd00:10:0:{k:x}::/64")]),
+                ],
+                vec![tcp(443)],
+            )]),
+            None,
+            "ipblock",
+        ),
+        5 => (
+            Sel::eq("role", "frontend"),
+            None,
+            Some(vec![rule(
+                vec![
+                    PeerM::Block("0.0.0.0/0", vec!["10.0.0.0/8".into()]),
+                    PeerM::Block("::/0", vec!["fd00::/8".into()]),
+                ],
+                vec![tcp(443)],
+            )]),
+            "egress-internet",
+        ),
+        6 => (
+            Sel { labels: vec![], any_in: vec![("role", vec!["backend", "worker"])] },
+            Some(vec![rule(
+                vec![PeerM::Pods {
+                    ns: Some(Sel { labels: vec![], any_in: vec![("env", vec!["prod", "staging"])] }),
+                    pods: Sel::default(),
+                }],
+                vec![],
+            )]),
+            None,
+            "from-prod-staging",
+        ),
+        7 => (
+            Sel::default(),
+            Some(vec![rule(
+                vec![PeerM::Pods { ns: Some(Sel::default()), pods: Sel::eq("app", "app-7") }],
+                vec![json!({"port": "metrics"})],
+            )]),
+            None,
+            "monitoring",
+        ),
+        8 => (
+            app,
+            None,
+            Some(vec![rule(
+                vec![PeerM::Pods {
+                    ns: Some(Sel::eq("team", format!("team-{}", ns % 10))),
+                    pods: Sel::eq("role", "db"),
+                }],
+                vec![tcp(5432), json!({"port": "metrics"})],
+            )]),
+            "egress-team-db",
+        ),
+        _ => (
+            Sel::eq("role", "db"),
+            Some(vec![rule(vec![own(Sel::eq("role", "backend"))], vec![tcp(5432)])]),
+            Some(vec![]),
+            "db-lockdown",
+        ),
+    };
+    PolicyM { ns, name: format!("{name}-{tag}"), pod_sel, ingress, egress }
+}
+
+fn rule_json(r: &RuleM, ingress: bool) -> Value {
+    let peers: Vec<Value> = r
+        .peers
+        .iter()
+        .map(|p| match p {
+            PeerM::Pods { ns: None, pods } => json!({"podSelector": pods.json()}),
+            PeerM::Pods { ns: Some(n), pods } => json!({"namespaceSelector": n.json(), "podSelector": pods.json()}),
+            PeerM::Block(cidr, except) => json!({"ipBlock": {"cidr": cidr, "except": except}}),
+        })
+        .collect();
+    let mut v = json!({"ports": r.ports});
+    if !peers.is_empty() {
+        v[if ingress { "from" } else { "to" }] = json!(peers);
+    }
+    v
+}
+
+fn policy_object(p: &PolicyM) -> NetworkPolicy {
+    let mut types = Vec::new();
+    let mut spec = json!({"podSelector": p.pod_sel.json()});
+    if let Some(rules) = &p.ingress {
+        types.push("Ingress");
+        spec["ingress"] = rules.iter().map(|r| rule_json(r, true)).collect();
+    }
+    if let Some(rules) = &p.egress {
+        types.push("Egress");
+        spec["egress"] = rules.iter().map(|r| rule_json(r, false)).collect();
+    }
+    spec["policyTypes"] = json!(types);
+    serde_json::from_value(json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": p.name, "namespace": ns_name(p.ns)}, "spec": spec}))
+    .expect("a valid NetworkPolicy")
+}
+
+fn node_name(n: usize) -> String {
+    if n == 0 { OWN.into() } else { format!("node-{n:05}") }
+}
+
+fn pod_object(p: &PodM) -> Pod {
+    serde_json::from_value(json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": p.name, "namespace": ns_name(p.ns), "labels": p.labels},
+        "spec": {"nodeName": node_name(p.node), "automountServiceAccountToken": false,
+            "containers": [{"name": "main", "image": "bench.invalid/app:1", "ports": p.ports}]}}))
+    .expect("a valid Pod")
+}
+
+fn pod_status(p: &PodM) -> Value {
+    json!({"status": {"phase": "Running", "podIP": p.v4.to_string(),
+        "podIPs": [{"ip": p.v4.to_string()}, {"ip": p.v6.to_string()}]}})
+}
+
+// ------------------------------------------------------------ the harness
+
+/// A kube client for the bench's API server, built from its kubeconfig.
+async fn client(cp: &ControlPlane) -> Client {
+    let kubeconfig = kube::config::Kubeconfig::read_from(cp.kubeconfig()).expect("kubeconfig");
+    let config = Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.expect("kube config");
+    Client::try_from(config).expect("kube client")
+}
+
+/// (utime + stime) in clock ticks, and VmHWM / VmRSS in KiB.
+fn proc_stats(pid: u32) -> (u64, u64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (ticks, kib("VmHWM:"), kib("VmRSS:"))
+}
+
+/// (sum, count) of the agent's `weft_reconcile_duration_seconds`.
+fn pass_seconds(node: &TestNs) -> (f64, f64) {
+    let text = node.http_get("127.0.0.1:9959", "/metrics");
+    let value = |name: &str| {
+        text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse::<f64>().ok())).unwrap_or(0.0)
+    };
+    (value("weft_reconcile_duration_seconds_sum"), value("weft_reconcile_duration_seconds_count"))
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The keys of a verdict map in the kernel, listed by `nft`.
+fn map_keys(node: &TestNs, map: &str) -> BTreeSet<IpAddr> {
+    let out = node.exec(&["nft", "-j", "list", "map", "inet", TABLE, map]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    let mut keys = BTreeSet::new();
+    for item in v["nftables"].as_array().into_iter().flatten() {
+        for e in item["map"]["elem"].as_array().into_iter().flatten() {
+            if let Some(ip) = e[0].as_str().and_then(|s| s.parse().ok()) {
+                keys.insert(ip);
+            }
+        }
+    }
+    keys
+}
+
+/// Waits for the first commit after `t0` in which `want` holds for one of
+/// its changes; returns its delay from `t0` and the transaction's size.
+fn wait_commit(
+    events: &mpsc::Receiver<Transaction>,
+    t0: Instant,
+    agent: &Proc,
+    what: &str,
+    want: impl Fn(&Change) -> bool,
+) -> (Duration, usize) {
+    let deadline = t0 + CHANGE_TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match events.recv_timeout(left) {
+            Ok(t) => {
+                assert!(!t.lossy, "the nftables listener overflowed while waiting for {what}");
+                if t.changes.iter().any(&want) {
+                    return (t.at.saturating_duration_since(t0), t.changes.len());
+                }
+            }
+            Err(_) => panic!("{what}: not in the kernel within {CHANGE_TIMEOUT:?}:\n{}", agent.log_tail()),
+        }
+    }
+}
+
+/// Waits until the agent is idle, so the next sample is measured alone: no
+/// commit for `quiet`, no CPU time spent by the agent meanwhile, and no `nft`
+/// child running (a pass goes on after its commit, reading the table back).
+fn settle(events: &mpsc::Receiver<Transaction>, quiet: Duration, pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // `nft` runs as a child of whichever thread spawned it.
+    let children = || {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|t| std::fs::read_to_string(t.path().join("children")).is_ok_and(|c| !c.trim().is_empty()))
+    };
+    let busy = |ticks: u64| proc_stats(pid).0 != ticks || children();
+    while Instant::now() < deadline {
+        let ticks = proc_stats(pid).0;
+        if events.recv_timeout(quiet).is_err() && !busy(ticks) {
+            return;
+        }
+    }
+}
+
+fn elem_in(change: &Change, added: bool, set_prefix: &str, key: &[u8]) -> bool {
+    matches!(change, Change::Elem { added: a, table, set, key: k }
+        if *a == added && table == TABLE && set.starts_with(set_prefix) && k == key)
+}
+
+fn is_map(set: &str) -> bool {
+    ["ingress4", "ingress6", "egress4", "egress6"].contains(&set)
+}
+
+#[derive(Default)]
+struct Series {
+    samples: Vec<Duration>,
+    /// Changes in each measured commit (elements, rules, tables).
+    sizes: Vec<usize>,
+    /// The agent's mean reconcile pass over the samples (ms).
+    pass_ms: f64,
+}
+
+struct Report {
+    setup_seconds: f64,
+    local_pods: usize,
+    cold: Duration,
+    cold_changes: usize,
+    series: Vec<(&'static str, Series)>,
+    peak_rss_kib: u64,
+    rss_kib: u64,
+    idle_cpu_percent: f64,
+    load: String,
+}
+
+fn main() {
+    let args = parse_args().unwrap_or_else(|e| {
+        eprintln!("policy-bench: {e}");
+        eprintln!(
+            "usage: policy-bench --agent WEFT_AGENT --k8s-bin DIR [--pods P] [--policies Q] [--namespaces N] [--samples K] [--idle-seconds S] [--json]"
+        );
+        std::process::exit(2);
+    });
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("policy-bench: needs root (network namespaces)");
+        std::process::exit(2);
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let world = World::new(args.namespaces, args.pods, args.policies);
+
+    let node = TestNs::new("node");
+    node.exec_ok(&["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0-peer"]);
+    node.exec_ok(&["ip", "link", "set", "eth0", "up"]);
+    node.exec_ok(&["ip", "addr", "add", &format!("{NODE_IP}/15"), "dev", "eth0"]);
+    let cp_ns = TestNs::new("cp");
+    node.exec_ok(&["ip", "link", "set", "eth0-peer", "netns", cp_ns.name()]);
+    cp_ns.exec_ok(&["ip", "link", "set", "eth0-peer", "name", "eth0"]);
+    cp_ns.exec_ok(&["ip", "link", "set", "eth0", "up"]);
+    cp_ns.exec_ok(&["ip", "addr", "add", &format!("{CP_IP}/15"), "dev", "eth0"]);
+    eprintln!("control plane: etcd and kube-apiserver");
+    let cp = ControlPlane::start(cp_ns, CP_IP, &args.k8s_bin);
+    cp.create_node(OWN, &["10.0.0.0/24", "fd00:10::/64"], &[NODE_IP]);
+
+    let cp_netns = NetNs::open(&cp.ns.path()).expect("cp namespace");
+    let node_netns = NetNs::open(&node.path()).expect("node namespace");
+    // Everything that talks to the API server runs on a thread inside the
+    // control-plane namespace: no packet leaves from the machine's own.
+    let report = cp_netns
+        .run(|| {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            rt.block_on(run(&args, world, &cp, &node, &node_netns, dir.path()))
+        })
+        .expect("bench thread");
+    print_report(&args, &report);
+}
+
+async fn fill(args: &Args, world: &World, client: &Client) -> f64 {
+    let started = Instant::now();
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    eprintln!(
+        "creating {} namespaces, {} pods ({} on the agent's node), {} policies",
+        args.namespaces,
+        world.pods.len(),
+        world.local().count(),
+        world.policies.len()
+    );
+    futures::stream::iter(world.ns_labels.iter().enumerate().map(|(i, labels)| {
+        let (namespaces, client) = (namespaces.clone(), client.clone());
+        async move {
+            let ns: Namespace =
+                serde_json::from_value(json!({"metadata": {"name": ns_name(i), "labels": labels}})).expect("namespace");
+            namespaces.create(&PostParams::default(), &ns).await?;
+            // No controller manager: the ServiceAccount admission needs the default account.
+            let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "default"}})).expect("sa");
+            Api::<ServiceAccount>::namespaced(client, &ns_name(i)).create(&PostParams::default(), &sa).await
+        }
+    }))
+    .buffer_unordered(PARALLEL)
+    .try_collect::<Vec<_>>()
+    .await
+    .expect("create namespaces");
+    futures::stream::iter(world.pods.iter().map(|p| create_pod(client, p)))
+        .buffer_unordered(PARALLEL)
+        .try_collect::<Vec<_>>()
+        .await
+        .expect("create pods");
+    futures::stream::iter(world.policies.iter().map(|p| {
+        let api: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns_name(p.ns));
+        async move { api.create(&PostParams::default(), &policy_object(p)).await }
+    }))
+    .buffer_unordered(PARALLEL)
+    .try_collect::<Vec<_>>()
+    .await
+    .expect("create policies");
+    started.elapsed().as_secs_f64()
+}
+
+async fn create_pod(client: &Client, p: &PodM) -> Result<Pod, kube::Error> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), &ns_name(p.ns));
+    api.create(&PostParams::default(), &pod_object(p)).await?;
+    api.patch_status(&p.name, &PatchParams::default(), &Patch::Merge(pod_status(p))).await
+}
+
+async fn run(
+    args: &Args,
+    mut world: World,
+    cp: &ControlPlane,
+    node: &TestNs,
+    node_netns: &NetNs,
+    dir: &Path,
+) -> Report {
+    let client = client(cp).await;
+    let setup_seconds = fill(args, &world, &client).await;
+    eprintln!("API filled in {setup_seconds:.1} s");
+
+    let config = json!({
+        "clusterCIDRs": ["10.0.0.0/8", "fd00:10::/48"],
+        "backend": "vxlan",
+        "listenAddress": "127.0.0.1:9959",
+        "runDir": dir.join("run"),
+        "cniConfDir": dir.join("net.d"),
+        "cniBinDir": dir.join("bin"),
+        "criSocket": dir.join("no-cri.sock"),
+        "ipamGcPeriodSeconds": 86400,
+        "networkPolicy": {"enabled": true},
+    });
+    let config_path = dir.join("agent.json");
+    std::fs::write(&config_path, config.to_string()).expect("agent config");
+    let events = nft_events::listen(node_netns).expect("nftables listener in the node namespace");
+    let kubeconfig = cp.kubeconfig().display().to_string();
+    let log_level = std::env::var("WEFT_LOG").unwrap_or_else(|_| "warn".into());
+
+    let (want_in, want_eg) = world.expected_maps();
+    let local_pods = world.local().count();
+    eprintln!(
+        "starting weft-agent: {local_pods} local pods, {} in ingress maps, {} in egress maps (addresses)",
+        want_in.len(),
+        want_eg.len()
+    );
+    let agent_start = Instant::now();
+    let agent = Proc::spawn(
+        "weft-agent",
+        node,
+        &[&args.agent.display().to_string(), "run", "--node-name", OWN, "--config", &config_path.display().to_string()],
+        &[("KUBECONFIG", kubeconfig.as_str()), ("WEFT_LOG", log_level.as_str())],
+        dir,
+    );
+    let pid = agent.pid().expect("agent pid");
+    // Cold start: the commit holding every expected verdict map element.
+    let (mut seen_in, mut seen_eg) = (HashSet::new(), HashSet::new());
+    let (cold, cold_changes) = loop {
+        let left = (agent_start + PROGRAM_TIMEOUT).saturating_duration_since(Instant::now());
+        let t = events.recv_timeout(left).unwrap_or_else(|_| {
+            panic!("the policy table was not complete within {PROGRAM_TIMEOUT:?}:\n{}", agent.log_tail())
+        });
+        assert!(!t.lossy, "the nftables listener overflowed during the cold start");
+        for c in &t.changes {
+            match c {
+                Change::DelTable(name) if name == TABLE => {
+                    seen_in.clear();
+                    seen_eg.clear();
+                }
+                Change::Elem { added: true, table, set, key } if table == TABLE && is_map(set) => {
+                    let ip = match key.len() {
+                        4 => IpAddr::from(<[u8; 4]>::try_from(&key[..]).expect("4 bytes")),
+                        16 => IpAddr::from(<[u8; 16]>::try_from(&key[..]).expect("16 bytes")),
+                        _ => continue,
+                    };
+                    if set.starts_with("ingress") {
+                        seen_in.insert(ip)
+                    } else {
+                        seen_eg.insert(ip)
+                    };
+                }
+                _ => {}
+            }
+        }
+        if want_in.iter().all(|ip| seen_in.contains(ip)) && want_eg.iter().all(|ip| seen_eg.contains(ip)) {
+            break (t.at - agent_start, t.changes.len());
+        }
+    };
+    // The listener could be wrong; the kernel has the last word.
+    let listed_in: BTreeSet<IpAddr> = ["ingress4", "ingress6"].iter().flat_map(|m| map_keys(node, m)).collect();
+    let listed_eg: BTreeSet<IpAddr> = ["egress4", "egress6"].iter().flat_map(|m| map_keys(node, m)).collect();
+    assert_eq!(listed_in, want_in, "ingress verdict map elements in the kernel");
+    assert_eq!(listed_eg, want_eg, "egress verdict map elements in the kernel");
+    eprintln!("policy table complete {cold:?} after start ({cold_changes} changes in that commit)");
+    settle(&events, Duration::from_secs(2), pid);
+
+    let quiet = Duration::from_millis(300);
+    let mut series = Vec::new();
+    let pods_api = |ns: usize| -> Api<Pod> { Api::namespaced(client.clone(), &ns_name(ns)) };
+    let live = world.live_peers();
+
+    // (a) A remote pod relabelled (role -> frontend and back) into and out of a live peer set.
+    let candidates: Vec<(usize, Labels)> = world
+        .pods
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.node != 0)
+        .filter_map(|(i, p)| {
+            let mut l1 = p.labels.clone();
+            l1.insert("role".into(), "frontend".into());
+            let before = World::in_peer(&live, p.ns, &world.ns_labels[p.ns], &p.labels);
+            let after = World::in_peer(&live, p.ns, &world.ns_labels[p.ns], &l1);
+            after.iter().any(|s| !before.contains(s)).then_some((i, l1))
+        })
+        .take(args.samples)
+        .collect();
+    let mut s = Series::default();
+    let (mut s_out, passes0) = (Series::default(), pass_seconds(node));
+    for (i, l1) in &candidates {
+        let p = &world.pods[*i];
+        let key = p.v4.octets().to_vec();
+        for (labels, added) in [(l1, true), (&p.labels, false)] {
+            let patch = json!({"metadata": {"labels": labels}});
+            let t0 = Instant::now();
+            pods_api(p.ns).patch(&p.name, &PatchParams::default(), &Patch::Merge(patch)).await.expect("relabel pod");
+            let what = format!("pod {} relabelled ({})", p.name, if added { "in" } else { "out" });
+            let (d, n) = wait_commit(&events, t0, &agent, &what, |c| elem_in(c, added, "peer-", &key));
+            let target = if added { &mut s } else { &mut s_out };
+            target.samples.push(d);
+            target.sizes.push(n);
+            settle(&events, quiet, pid);
+        }
+    }
+    let pass_ms = pass_delta(node, passes0);
+    s.pass_ms = pass_ms;
+    s_out.pass_ms = pass_ms;
+    eprintln!("(a) {} pods relabelled in and out of a peer set", s.samples.len());
+    series.push(("pod relabelled into a peer set", s));
+    series.push(("pod relabelled out of a peer set", s_out));
+
+    // (b) A new local pod: podIPs published -> verdict map element; deleted -> gone.
+    let template = world
+        .local()
+        .find(|p| {
+            let (i, e) = world.selected(p.ns, &p.labels);
+            i || e
+        })
+        .map(|p| (p.ns, p.labels.clone()));
+    let (mut s, mut s_del, passes0) = (Series::default(), Series::default(), pass_seconds(node));
+    if let Some((ns, labels)) = template {
+        for k in 0..args.samples {
+            let idx = world.add_pod(ns, format!("new-{k:03}"), 0, labels.clone());
+            let p = world.pods[idx].clone();
+            let api = pods_api(ns);
+            api.create(&PostParams::default(), &pod_object(&p)).await.expect("create local pod");
+            settle(&events, quiet, pid);
+            let key = p.v4.octets().to_vec();
+            let t0 = Instant::now();
+            api.patch_status(&p.name, &PatchParams::default(), &Patch::Merge(pod_status(&p)))
+                .await
+                .expect("publish podIPs");
+            let (d, n) = wait_commit(
+                &events,
+                t0,
+                &agent,
+                &format!("{} podIPs", p.name),
+                |c| matches!(c, Change::Elem { added: true, table, set, key: k } if table == TABLE && is_map(set) && *k == key),
+            );
+            s.samples.push(d);
+            s.sizes.push(n);
+            settle(&events, quiet, pid);
+            let t0 = Instant::now();
+            api.delete(&p.name, &DeleteParams { grace_period_seconds: Some(0), ..Default::default() })
+                .await
+                .expect("delete local pod");
+            let (d, n) = wait_commit(
+                &events,
+                t0,
+                &agent,
+                &format!("{} deleted", p.name),
+                |c| matches!(c, Change::Elem { added: false, table, set, key: k } if table == TABLE && is_map(set) && *k == key),
+            );
+            s_del.samples.push(d);
+            s_del.sizes.push(n);
+            settle(&events, quiet, pid);
+        }
+    }
+    let pass_ms = pass_delta(node, passes0);
+    s.pass_ms = pass_ms;
+    s_del.pass_ms = pass_ms;
+    eprintln!("(b) {} local pods added and deleted", s.samples.len());
+    series.push(("local pod's podIPs -> verdict map element", s));
+    series.push(("local pod deleted -> element gone", s_del));
+
+    // (c) A new policy over a local pod's namespace: the whole table.
+    let (mut s, mut s_del, passes0) = (Series::default(), Series::default(), pass_seconds(node));
+    let ns = world.local().next().map_or(0, |p| p.ns);
+    let npapi: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns_name(ns));
+    for k in 0..args.samples {
+        let pol = PolicyM {
+            ns,
+            name: format!("bench-new-{k:03}"),
+            pod_sel: Sel::default(),
+            ingress: Some(vec![RuleM {
+                peers: vec![PeerM::Pods { ns: None, pods: Sel::eq("role", "frontend") }],
+                ports: vec![tcp(80)],
+            }]),
+            egress: None,
+        };
+        let marker = format!("{}/{}", ns_name(ns), pol.name).into_bytes();
+        let t0 = Instant::now();
+        npapi.create(&PostParams::default(), &policy_object(&pol)).await.expect("create policy");
+        let (d, n) = wait_commit(
+            &events,
+            t0,
+            &agent,
+            &format!("policy {} created", pol.name),
+            |c| matches!(c, Change::NewRule { table, raw } if table == TABLE && raw.windows(marker.len()).any(|w| w == marker)),
+        );
+        s.samples.push(d);
+        s.sizes.push(n);
+        settle(&events, quiet, pid);
+        let t0 = Instant::now();
+        npapi.delete(&pol.name, &DeleteParams::default()).await.expect("delete policy");
+        let (d, n) = wait_commit(
+            &events,
+            t0,
+            &agent,
+            &format!("policy {} deleted", pol.name),
+            |c| matches!(c, Change::NewTable(t) if t == TABLE),
+        );
+        s_del.samples.push(d);
+        s_del.sizes.push(n);
+        settle(&events, quiet, pid);
+    }
+    let pass_ms = pass_delta(node, passes0);
+    s.pass_ms = pass_ms;
+    s_del.pass_ms = pass_ms;
+    eprintln!("(c) {} policies created and deleted", s.samples.len());
+    series.push(("policy created -> its rules in the kernel", s));
+    series.push(("policy deleted -> table without it", s_del));
+
+    // (d) A namespace relabelled (env flipped) into and out of a live namespaceSelector.
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let mut ns_candidates = Vec::new();
+    for (i, labels) in world.ns_labels.iter().enumerate() {
+        let mut l1 = labels.clone();
+        let flipped = if labels.get("env").is_some_and(|e| e == "dev") { "prod" } else { "dev" };
+        l1.insert("env".into(), flipped.into());
+        // A pod of this namespace whose peer sets differ between the two labellings.
+        let pod = world.pods.iter().find(|p| {
+            p.ns == i && {
+                let a = World::in_peer(&live, i, labels, &p.labels);
+                let b = World::in_peer(&live, i, &l1, &p.labels);
+                a != b
+            }
+        });
+        if let Some(p) = pod {
+            ns_candidates.push((i, l1, p.v4.octets().to_vec()));
+        }
+    }
+    let (mut s, mut s_back, passes0) = (Series::default(), Series::default(), pass_seconds(node));
+    for k in 0..args.samples {
+        let Some((i, l1, key)) = ns_candidates.get(k % ns_candidates.len().max(1)) else { break };
+        for (labels, target) in [(l1, &mut s), (&world.ns_labels[*i], &mut s_back)] {
+            let patch = json!({"metadata": {"labels": labels}});
+            let t0 = Instant::now();
+            namespaces.patch(&ns_name(*i), &PatchParams::default(), &Patch::Merge(patch)).await.expect("relabel ns");
+            let (d, n) = wait_commit(
+                &events,
+                t0,
+                &agent,
+                &format!("namespace {} relabelled", ns_name(*i)),
+                |c| matches!(c, Change::Elem { table, set, key: k, .. } if table == TABLE && set.starts_with("peer-") && k == key),
+            );
+            target.samples.push(d);
+            target.sizes.push(n);
+            settle(&events, quiet, pid);
+        }
+    }
+    let pass_ms = pass_delta(node, passes0);
+    s.pass_ms = pass_ms;
+    s_back.pass_ms = pass_ms;
+    eprintln!("(d) {} namespace relabellings and back", s.samples.len());
+    series.push(("namespace relabelled (env flipped)", s));
+    series.push(("namespace relabelled back", s_back));
+
+    eprintln!("idle for {:?}", args.idle);
+    let load = load_average();
+    let (t0, _, _) = proc_stats(pid);
+    let clock = Instant::now();
+    tokio::time::sleep(args.idle).await;
+    let (t1, peak_rss_kib, rss_kib) = proc_stats(pid);
+    assert!(peak_rss_kib > 0, "the agent exited:\n{}", agent.log_tail());
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64;
+    let idle_cpu_percent = (t1 - t0) as f64 / hz / clock.elapsed().as_secs_f64() * 100.0;
+    drop(agent);
+    for (_, s) in &mut series {
+        s.samples.sort();
+    }
+    Report { setup_seconds, local_pods, cold, cold_changes, series, peak_rss_kib, rss_kib, idle_cpu_percent, load }
+}
+
+/// The agent's mean reconcile pass (ms) since `before`.
+fn pass_delta(node: &TestNs, before: (f64, f64)) -> f64 {
+    let after = pass_seconds(node);
+    (after.0 - before.0) / (after.1 - before.1).max(1.0) * 1000.0
+}
+
+fn print_report(args: &Args, r: &Report) {
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let mut rows: Vec<(String, f64, &str)> = vec![
+        ("start to policy table complete (ms)".into(), ms(r.cold), ""),
+        ("changes in that commit".into(), r.cold_changes as f64, ""),
+    ];
+    for (name, s) in &r.series {
+        if s.samples.is_empty() {
+            rows.push((format!("{name}: not measured (no candidate)"), 0.0, ""));
+            continue;
+        }
+        rows.push((format!("{name}, p50 (ms)"), ms(percentile(&s.samples, 0.5)), ""));
+        rows.push((format!("{name}, p99 (ms)"), ms(percentile(&s.samples, 0.99)), "< 100"));
+        rows.push((format!("{name}, max (ms)"), ms(percentile(&s.samples, 1.0)), ""));
+        let mean_size = s.sizes.iter().sum::<usize>() as f64 / s.sizes.len() as f64;
+        rows.push((format!("{name}, changes per commit"), mean_size, ""));
+        rows.push((format!("{name}, agent's mean pass (ms)"), s.pass_ms, ""));
+    }
+    rows.push(("peak RSS (MiB)".into(), r.peak_rss_kib as f64 / 1024.0, "< 64"));
+    rows.push(("RSS at the end (MiB)".into(), r.rss_kib as f64 / 1024.0, ""));
+    rows.push(("idle CPU (% of one core)".into(), r.idle_cpu_percent, ""));
+    if args.json {
+        let v: Vec<Value> = rows.iter().map(|(m, x, t)| json!({"metric": m, "value": x, "target": t})).collect();
+        println!(
+            "{}",
+            json!({"kernel": kernel.trim(), "cpus": cpus, "load_average": r.load, "pods": args.pods,
+                "policies": args.policies, "namespaces": args.namespaces, "samples": args.samples,
+                "local_pods": r.local_pods, "setup_seconds": r.setup_seconds, "results": v})
+        );
+        return;
+    }
+    println!(
+        "weft-agent NetworkPolicy: {} pods ({} local), {} policies, {} namespaces; kernel {}, {cpus} CPUs, load {}; {} samples per change; API filled in {:.1} s",
+        args.pods,
+        r.local_pods,
+        args.policies,
+        args.namespaces,
+        kernel.trim(),
+        r.load,
+        args.samples,
+        r.setup_seconds
+    );
+    println!("{:<66} {:>10}  target", "metric", "value");
+    for (m, x, t) in rows {
+        println!("{m:<66} {x:>10.1}  {t}");
+    }
+}
