@@ -342,7 +342,7 @@ struct Report {
     peak_rss_kib: u64,
     rss_kib: u64,
     idle_cpu_percent: f64,
-    /// The agent's slowest reconcile pass, split by stage (from its debug log).
+    /// The agent's slowest and median reconcile pass, split by stage (from its debug log).
     slowest_pass: Value,
 }
 
@@ -463,19 +463,26 @@ async fn run(
 /// the agent did not log passes.
 fn slowest_pass(log: &Path) -> Value {
     let text = std::fs::read_to_string(log).unwrap_or_default();
-    let mut best: Option<(u64, serde_json::Map<String, Value>)> = None;
-    for line in text.lines().filter(|l| l.contains(" pass ") || l.ends_with(" pass")) {
-        let fields: serde_json::Map<String, Value> = line
-            .split_whitespace()
-            .filter_map(|kv| kv.split_once('='))
-            .filter_map(|(k, v)| Some((k.to_string(), json!(v.parse::<u64>().ok()?))))
-            .collect();
-        let total: u64 = fields.iter().filter(|(k, _)| k.ends_with("_us")).filter_map(|(_, v)| v.as_u64()).sum();
-        if best.as_ref().is_none_or(|(t, _)| total > *t) {
-            best = Some((total, fields));
-        }
+    let mut passes: Vec<(u64, serde_json::Map<String, Value>)> = text
+        .lines()
+        .filter(|l| l.contains(" pass ") || l.ends_with(" pass"))
+        .map(|line| {
+            let fields: serde_json::Map<String, Value> = line
+                .split_whitespace()
+                .filter_map(|kv| kv.split_once('='))
+                .filter_map(|(k, v)| Some((k.to_string(), json!(v.parse::<u64>().ok()?))))
+                .collect();
+            let total = fields.iter().filter(|(k, _)| k.ends_with("_us")).filter_map(|(_, v)| v.as_u64()).sum();
+            (total, fields)
+        })
+        .collect();
+    passes.sort_by_key(|(total, _)| *total);
+    match passes.len() {
+        0 => Value::Null,
+        // The slowest (the cold pass), and the median one (a steady-state
+        // pass for one Node change).
+        n => json!({"slowest": passes[n - 1].1, "median": passes[n / 2].1, "passes": n}),
     }
-    best.map(|(_, f)| Value::Object(f)).unwrap_or(Value::Null)
 }
 
 fn wait_route(events: &mpsc::Receiver<RouteEvent>, dst: IpNetwork, added: bool, t0: Instant, agent: &Proc) -> Duration {
