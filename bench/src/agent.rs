@@ -42,8 +42,11 @@ use crate::stats::percentile;
 const NODE_IP: &str = "198.18.0.1";
 const CP_IP: &str = "198.18.0.2";
 const OWN: &str = "bench-own";
-/// Bounds every wait, so a broken agent cannot hang the benchmark.
-const PROGRAM_TIMEOUT: Duration = Duration::from_secs(120);
+/// Bounds the wait for the first programming, so a broken agent cannot hang
+/// the benchmark: 2 minutes, plus 20 ms per Node on top of 6,000.
+fn program_timeout(nodes: usize) -> Duration {
+    Duration::from_secs(120) + Duration::from_millis(20 * nodes.saturating_sub(6000) as u64)
+}
 
 struct Args {
     agent: PathBuf,
@@ -339,6 +342,8 @@ struct Report {
     peak_rss_kib: u64,
     rss_kib: u64,
     idle_cpu_percent: f64,
+    /// The agent's slowest and median reconcile pass, split by stage (from its debug log).
+    slowest_pass: Value,
 }
 
 async fn run(
@@ -357,7 +362,7 @@ async fn run(
         let nodes = nodes.clone();
         async move { nodes.create(&PostParams::default(), &node_object(p)).await }
     }))
-    .buffer_unordered(16)
+    .buffer_unordered(32)
     .try_collect::<Vec<_>>()
     .await
     .expect("create Nodes");
@@ -406,9 +411,10 @@ async fn run(
             Err(e) => panic!("route listener: {e}"),
         }
         assert!(
-            agent_start.elapsed() < PROGRAM_TIMEOUT,
-            "the agent programmed {} of {want} routes in {PROGRAM_TIMEOUT:?}:\n{}",
+            agent_start.elapsed() < program_timeout(args.nodes),
+            "the agent programmed {} of {want} routes in {:?}:\n{}",
             seen.len(),
+            program_timeout(args.nodes),
             agent.log_tail()
         );
     };
@@ -447,8 +453,36 @@ async fn run(
     let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64;
     let idle_cpu_percent = (t1 - t0) as f64 / hz / clock.elapsed().as_secs_f64() * 100.0;
     assert!(eventually(Duration::from_secs(1), || proc_stats(pid).1 > 0), "the agent exited:\n{}", agent.log_tail());
+    let slowest_pass = slowest_pass(&agent.log);
     drop(agent);
-    Report { create_seconds, programmed, add, del, pass_ms, peak_rss_kib, rss_kib, idle_cpu_percent }
+    Report { create_seconds, programmed, add, del, pass_ms, peak_rss_kib, rss_kib, idle_cpu_percent, slowest_pass }
+}
+
+/// The slowest `pass` line of the agent's debug log (WEFT_LOG with
+/// `weft_agent::agent=debug`), its `key=value` fields as numbers; null when
+/// the agent did not log passes.
+fn slowest_pass(log: &Path) -> Value {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let mut passes: Vec<(u64, serde_json::Map<String, Value>)> = text
+        .lines()
+        .filter(|l| l.contains(" pass ") || l.ends_with(" pass"))
+        .map(|line| {
+            let fields: serde_json::Map<String, Value> = line
+                .split_whitespace()
+                .filter_map(|kv| kv.split_once('='))
+                .filter_map(|(k, v)| Some((k.to_string(), json!(v.parse::<u64>().ok()?))))
+                .collect();
+            let total = fields.iter().filter(|(k, _)| k.ends_with("_us")).filter_map(|(_, v)| v.as_u64()).sum();
+            (total, fields)
+        })
+        .collect();
+    passes.sort_by_key(|(total, _)| *total);
+    match passes.len() {
+        0 => Value::Null,
+        // The slowest (the cold pass), and the median one (a steady-state
+        // pass for one Node change).
+        n => json!({"slowest": passes[n - 1].1, "median": passes[n / 2].1, "passes": n}),
+    }
 }
 
 fn wait_route(events: &mpsc::Receiver<RouteEvent>, dst: IpNetwork, added: bool, t0: Instant, agent: &Proc) -> Duration {
@@ -489,7 +523,11 @@ fn print_report(args: &Args, floor: Duration, r: &Report) {
         println!(
             "{}",
             json!({"kernel": kernel.trim(), "cpus": cpus, "nodes": args.nodes, "backend": args.backend,
-                "adds": args.adds, "create_nodes_seconds": r.create_seconds, "results": v})
+                "adds": args.adds, "create_nodes_seconds": r.create_seconds, "results": v,
+                "programmed_ms": ms(r.programmed), "floor_ms": ms(floor),
+                "add_ms": r.add.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
+                "del_ms": r.del.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
+                "peak_rss_kib": r.peak_rss_kib, "slowest_pass": r.slowest_pass})
         );
         return;
     }

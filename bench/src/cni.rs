@@ -13,7 +13,10 @@
 //! duplicate address detection to finish (over a second per pod), which
 //! dominates the dual-stack comparison; IPv4 shows the rest of the cost.
 //!
-//!   cni-bench WEFT_BINARY [--ipv4] [--pods N] [--rounds R] [--json]
+//! With `--existing N`, each plugin has N pods of its own on the node
+//! (added before, removed after each of its rounds) while it is measured.
+//!
+//!   cni-bench WEFT_BINARY [--ipv4] [--pods N] [--rounds R] [--existing N] [--json]
 
 mod stats;
 
@@ -98,7 +101,7 @@ struct Samples {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let Some(weft) = args.get(1).filter(|a| !a.starts_with("--")) else {
-        eprintln!("usage: cni-bench WEFT_BINARY [--ipv4] [--pods N] [--rounds R] [--json]");
+        eprintln!("usage: cni-bench WEFT_BINARY [--ipv4] [--pods N] [--rounds R] [--existing N] [--json]");
         std::process::exit(2);
     };
     let flag = |name: &str, default: usize| {
@@ -110,13 +113,19 @@ fn main() {
     };
     let (pods, rounds, as_json) = (flag("--pods", 40), flag("--rounds", 3), args.iter().any(|a| a == "--json"));
     let ipv4_only = args.iter().any(|a| a == "--ipv4");
+    let existing = flag("--existing", 0);
+    // /22s: room for the existing pods next to the measured ones.
+    if existing + pods.max(CONCURRENCY) > 1000 {
+        eprintln!("cni-bench: --existing plus --pods must stay under 1000 (one /22 per plugin)");
+        std::process::exit(2);
+    }
     let family = if ipv4_only { "IPv4 only" } else { "dual-stack" };
     let (weft_subnets, ref_ranges, ref_routes) = if ipv4_only {
-        (json!(["10.244.1.0/24"]), json!([[{"subnet": "10.244.2.0/24"}]]), json!([{"dst": "0.0.0.0/0"}]))
+        (json!(["10.244.4.0/22"]), json!([[{"subnet": "10.244.8.0/22"}]]), json!([{"dst": "0.0.0.0/0"}]))
     } else {
         (
-            json!(["10.244.1.0/24", "fd00:10:244:1::/64"]),
-            json!([[{"subnet": "10.244.2.0/24"}], [{"subnet": "fd00:10:244:2::/64"}]]),
+            json!(["10.244.4.0/22", "fd00:10:244:1::/64"]),
+            json!([[{"subnet": "10.244.8.0/22"}], [{"subnet": "fd00:10:244:2::/64"}]]),
             json!([{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]),
         )
     };
@@ -157,6 +166,7 @@ fn main() {
     // Pod namespaces are made up front: creating them is not part of the timing.
     let per_round = pods.max(CONCURRENCY);
     let pod_ns: Vec<TestNs> = (0..per_round).map(|i| TestNs::new(&format!("bp{i}"))).collect();
+    let old_ns: Vec<TestNs> = (0..existing).map(|i| TestNs::new(&format!("bo{i}"))).collect();
     let mut samples: [Samples; 2] = Default::default();
 
     // Warm-up (page cache, first exec), then interleaved rounds.
@@ -166,6 +176,10 @@ fn main() {
     }
     for round in 0..rounds {
         for (i, p) in plugins.iter().enumerate() {
+            let old: Vec<String> = (0..existing).map(|k| format!("r{round}-old{k}")).collect();
+            for (k, id) in old.iter().enumerate() {
+                timed(p, &node_file, "ADD", id, &old_ns[k].path());
+            }
             let ids: Vec<String> = (0..pods).map(|k| format!("r{round}-seq{k}")).collect();
             for (k, id) in ids.iter().enumerate() {
                 samples[i].add.push(timed(p, &node_file, "ADD", id, &pod_ns[k].path()));
@@ -184,6 +198,9 @@ fn main() {
             samples[i].add_per_sec.push(CONCURRENCY as f64 / start.elapsed().as_secs_f64());
             for (k, id) in ids.iter().enumerate() {
                 timed(p, &node_file, "DEL", id, &pod_ns[k].path());
+            }
+            for (k, id) in old.iter().enumerate() {
+                timed(p, &node_file, "DEL", id, &old_ns[k].path());
             }
         }
     }
@@ -214,6 +231,14 @@ fn main() {
             s.add_per_sec[s.add_per_sec.len() / 2],
         )
     };
+    let raw: Vec<Value> = samples
+        .iter()
+        .zip(&plugins)
+        .map(|(s, p)| {
+            json!({"plugin": p.name, "add_ms": s.add.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
+                "del_ms": s.del.iter().map(|d| ms(*d)).collect::<Vec<_>>(), "adds_per_sec": s.add_per_sec})
+        })
+        .collect();
     let [w, r] = &mut samples;
     let (w, r) = (stats(w), stats(r));
     let rows = [
@@ -232,7 +257,8 @@ fn main() {
             .collect();
         println!(
             "{}",
-            json!({"kernel": kernel.trim(), "cpus": cpus, "family": family, "pods": pods, "rounds": rounds, "results": v})
+            json!({"kernel": kernel.trim(), "cpus": cpus, "family": family, "pods": pods, "rounds": rounds,
+                "existing": existing, "results": v, "samples": raw})
         );
         return;
     }

@@ -1,0 +1,757 @@
+//! bench-report: turns the JSON that `bench/run` collected (net-bench,
+//! agent-bench at several sizes, cni-bench at several pod counts) into
+//! `report.md` and PNG figures. The font is DejaVu Sans from Debian's
+//! `fonts-dejavu-core`, loaded from its file and registered with plotters,
+//! so no system font lookup decides how a figure looks.
+//!
+//!   bench-report DATA_DIR OUT_DIR
+
+mod stats;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use serde_json::Value;
+
+const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+const COLORS: [RGBColor; 4] =
+    [RGBColor(31, 119, 180), RGBColor(255, 127, 14), RGBColor(44, 160, 44), RGBColor(214, 39, 40)];
+
+type Fallible<T> = Result<T, String>;
+/// A named line of (x, samples at x) points.
+type XySeries = (String, Vec<(f64, Vec<f64>)>);
+
+/// min, median, max of the samples (zeros when empty).
+fn spread(v: &[f64]) -> (f64, f64, f64) {
+    let mut s: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    s.sort_by(f64::total_cmp);
+    match s.len() {
+        0 => (0.0, 0.0, 0.0),
+        n => (s[0], if n % 2 == 1 { s[n / 2] } else { (s[n / 2 - 1] + s[n / 2]) / 2.0 }, s[n - 1]),
+    }
+}
+
+fn nums(v: &Value) -> Vec<f64> {
+    v.as_array().map(|a| a.iter().filter_map(Value::as_f64).collect()).unwrap_or_default()
+}
+
+fn read_json(path: &Path) -> Option<Value> {
+    serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
+}
+
+fn fmt_spread(v: &[f64], digits: usize) -> String {
+    let (lo, mid, hi) = spread(v);
+    if v.is_empty() { "–".into() } else { format!("{mid:.digits$} ({lo:.digits$}–{hi:.digits$})") }
+}
+
+/// One series of a category chart: per category, samples (drawn as the
+/// median with a min–max bar).
+struct Series {
+    name: String,
+    per_category: Vec<Vec<f64>>,
+}
+
+/// A panel with categories on x, each series offset a little, median
+/// points with min–max bars.
+fn category_panel(
+    area: &DrawingArea<BitMapBackend<'_>, Shift>,
+    title: &str,
+    y_label: &str,
+    categories: &[String],
+    series: &[Series],
+) -> Fallible<()> {
+    let e = |e: DrawingAreaErrorKind<_>| format!("draw {title}: {e:?}");
+    let y_max = series.iter().flat_map(|s| s.per_category.iter().flatten()).copied().fold(0.0f64, f64::max) * 1.15;
+    let y_max = if y_max > 0.0 { y_max } else { 1.0 };
+    let n = categories.len().max(1) as f64;
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, ("sans-serif", 20))
+        .margin(10)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(-0.5f64..n - 0.5, 0f64..y_max)
+        .map_err(e)?;
+    let cats = categories.to_vec();
+    chart
+        .configure_mesh()
+        // n + 1 labels over a range n wide: plotters picks a step of 1, one
+        // label per category.
+        .x_labels(categories.len() + 1)
+        .x_label_formatter(&|x| {
+            let i = x.round();
+            if (x - i).abs() < 1e-6 && i >= 0.0 {
+                cats.get(i as usize).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
+        })
+        .x_label_style(("sans-serif", 13))
+        .disable_x_mesh()
+        .y_desc(y_label)
+        .label_style(("sans-serif", 14))
+        .draw()
+        .map_err(e)?;
+    let k = series.len().max(1) as f64;
+    for (si, s) in series.iter().enumerate() {
+        let color = COLORS[si % COLORS.len()];
+        let dx = (si as f64 - (k - 1.0) / 2.0) * 0.6 / k;
+        let mut pts = Vec::new();
+        for (ci, v) in s.per_category.iter().enumerate() {
+            if v.is_empty() {
+                continue;
+            }
+            let (lo, mid, hi) = spread(v);
+            let x = ci as f64 + dx;
+            chart
+                .draw_series(std::iter::once(PathElement::new(vec![(x, lo), (x, hi)], color.stroke_width(2))))
+                .map_err(e)?;
+            pts.push((x, mid));
+        }
+        chart
+            .draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled())))
+            .map_err(e)?
+            .label(s.name.clone())
+            .legend(move |(x, y)| Circle::new((x + 8, y), 4, color.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperRight)
+        .label_font(("sans-serif", 13))
+        .draw()
+        .map_err(e)?;
+    Ok(())
+}
+
+/// A panel with numbers on a log x axis: one line per series through the
+/// medians, min–max bars.
+fn xy_panel(
+    area: &DrawingArea<BitMapBackend<'_>, Shift>,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    log_x: bool,
+    series: &[XySeries],
+) -> Fallible<()> {
+    let e = |e: DrawingAreaErrorKind<_>| format!("draw {title}: {e:?}");
+    let xs: Vec<f64> = series.iter().flat_map(|(_, p)| p.iter().map(|(x, _)| *x)).collect();
+    let (x_lo, x_hi) = xs.iter().fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+    let (x_lo, x_hi) = if xs.is_empty() { (1.0, 10.0) } else { (x_lo, x_hi) };
+    let y_max =
+        series.iter().flat_map(|(_, p)| p.iter().flat_map(|(_, v)| v.iter())).copied().fold(0.0f64, f64::max) * 1.15;
+    let y_max = if y_max > 0.0 { y_max } else { 1.0 };
+    let mut builder = ChartBuilder::on(area);
+    builder.caption(title, ("sans-serif", 18)).margin(10).x_label_area_size(45).y_label_area_size(60);
+    let style = ("sans-serif", 13);
+    macro_rules! body {
+        ($chart:expr) => {{
+            let mut chart = $chart;
+            chart.configure_mesh().x_desc(x_label).y_desc(y_label).label_style(style).draw().map_err(e)?;
+            for (si, (name, pts)) in series.iter().enumerate() {
+                let color = COLORS[si % COLORS.len()];
+                let meds: Vec<(f64, f64)> = pts.iter().map(|(x, v)| (*x, spread(v).1)).collect();
+                for (x, v) in pts {
+                    let (lo, _, hi) = spread(v);
+                    chart
+                        .draw_series(std::iter::once(PathElement::new(vec![(*x, lo), (*x, hi)], color.stroke_width(2))))
+                        .map_err(e)?;
+                }
+                chart.draw_series(meds.iter().map(|&p| Circle::new(p, 4, color.filled()))).map_err(e)?;
+                chart
+                    .draw_series(LineSeries::new(meds.clone(), color.stroke_width(2)))
+                    .map_err(e)?
+                    .label(name.clone())
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2)));
+            }
+            chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK)
+                .position(SeriesLabelPosition::UpperLeft)
+                .label_font(style)
+                .draw()
+                .map_err(e)?;
+        }};
+    }
+    if log_x {
+        body!(builder.build_cartesian_2d((x_lo * 0.8..x_hi * 1.25).log_scale(), 0f64..y_max).map_err(e)?);
+    } else {
+        let pad = (x_hi - x_lo).max(1.0) * 0.08;
+        body!(builder.build_cartesian_2d(x_lo - pad..x_hi + pad, 0f64..y_max).map_err(e)?);
+    }
+    Ok(())
+}
+
+/// A figure: panels side by side or stacked, and a caption (method,
+/// repetitions, spread) at the bottom.
+fn figure<'a>(
+    path: &'a Path,
+    size: (u32, u32),
+    rows: usize,
+    cols: usize,
+    caption: &str,
+    draw: impl FnOnce(&[DrawingArea<BitMapBackend<'a>, Shift>]) -> Fallible<()>,
+) -> Fallible<()> {
+    let root = BitMapBackend::new(path, size).into_drawing_area();
+    let e = |e: DrawingAreaErrorKind<_>| format!("draw {}: {e:?}", path.display());
+    root.fill(&WHITE).map_err(e)?;
+    let lines: Vec<&str> = caption.lines().collect();
+    let (body, foot) = root.split_vertically(size.1 - 20 * lines.len() as u32 - 10);
+    for (i, l) in lines.iter().enumerate() {
+        foot.draw_text(l, &("sans-serif", 14).into_font().color(&BLACK), (10, 4 + 20 * i as i32)).map_err(e)?;
+    }
+    let panels = body.split_evenly((rows, cols));
+    draw(&panels)?;
+    root.present().map_err(e)?;
+    Ok(())
+}
+
+struct Net {
+    v: Value,
+}
+
+impl Net {
+    fn rows(&self) -> Vec<&Value> {
+        self.v["rows"].as_array().map(|a| a.iter().collect()).unwrap_or_default()
+    }
+    fn topologies(&self) -> Vec<String> {
+        let mut t: Vec<String> = Vec::new();
+        for r in self.rows() {
+            let s = r["topology"].as_str().unwrap_or("").to_string();
+            if !t.contains(&s) {
+                t.push(s);
+            }
+        }
+        t
+    }
+    fn setups(&self, topo: &str) -> Vec<String> {
+        let mut t: Vec<String> = Vec::new();
+        for r in self.rows().into_iter().filter(|r| r["topology"] == topo) {
+            let s = r["setup"].as_str().unwrap_or("").to_string();
+            if !t.contains(&s) {
+                t.push(s);
+            }
+        }
+        t
+    }
+    fn row(&self, topo: &str, setup: &str, family: &str, cc: &str) -> Option<&Value> {
+        self.rows()
+            .into_iter()
+            .find(|r| r["topology"] == topo && r["setup"] == setup && r["family"] == family && r["cc"] == cc)
+    }
+    fn combos(&self) -> Vec<(String, String)> {
+        let mut c: Vec<(String, String)> = Vec::new();
+        for r in self.rows() {
+            let k = (r["family"].as_str().unwrap_or("").to_string(), r["cc"].as_str().unwrap_or("").to_string());
+            if !c.contains(&k) {
+                c.push(k);
+            }
+        }
+        c
+    }
+}
+
+/// The hand-programmed reference a weft setup is compared with: the same
+/// kernel objects its backend writes on this topology.
+fn reference_for(topo: &str, setup: &str) -> Option<&'static str> {
+    let backend = setup.strip_prefix("weft ")?.split(',').next()?;
+    Some(match backend {
+        "routes" => "hand routes",
+        "vxlan" => "hand vxlan",
+        // auto routes a peer on the local L2 segment, else uses VXLAN.
+        "auto" if topo == "one segment" => "hand routes",
+        _ => "hand vxlan",
+    })
+}
+
+fn net_figures(net: &Net, out: &Path, md: &mut String) -> Fallible<()> {
+    let topos = net.topologies();
+    let secs = net.v["secs"].as_u64().unwrap_or(0);
+    let reps = net.v["reps"].as_u64().unwrap_or(0);
+    for streams in [1, 4] {
+        let name = format!("net-throughput-{streams}.png");
+        let caption = format!(
+            "iperf3 TCP, {streams} stream(s), pod to pod across two node namespaces (bare: node to node), {secs} s x {reps} repetitions per point.\nPoint: median of the repetitions; bar: min to max. Same kernel, same run; setups run one after another on fresh namespaces."
+        );
+        figure(&out.join(&name), (1400, 1100), topos.len(), 1, &caption, |panels| {
+            for (topo, area) in topos.iter().zip(panels) {
+                let cats = net.setups(topo);
+                let series: Vec<Series> = net
+                    .combos()
+                    .iter()
+                    .map(|(f, cc)| Series {
+                        name: format!("{f} {cc}"),
+                        per_category: cats
+                            .iter()
+                            .map(|s| {
+                                net.row(topo, s, f, cc).map(|r| nums(&r[format!("gbps_{streams}")])).unwrap_or_default()
+                            })
+                            .collect(),
+                    })
+                    .collect();
+                category_panel(area, &format!("{topo}: throughput, {streams} stream(s)"), "Gbit/s", &cats, &series)?;
+            }
+            Ok(())
+        })?;
+        let _ = writeln!(md, "![{name}](report/{name})\n\n*{}*\n", caption.replace('\n', " "));
+    }
+    let name = "net-latency.png";
+    let caption = format!(
+        "TCP request/response, 64-byte messages ping-ponged over one connection (TCP_NODELAY) for {secs} s, x {reps} repetitions, the namespace's default congestion control.\nPoint: median over repetitions of each repetition's p50 / p99 round trip; bar: min to max."
+    );
+    figure(&out.join(name), (1400, 1100), topos.len(), 1, &caption, |panels| {
+        for (topo, area) in topos.iter().zip(panels) {
+            let cats = net.setups(topo);
+            let mut series = Vec::new();
+            for f in ["IPv4", "IPv6"] {
+                for q in ["p50", "p99"] {
+                    let per: Vec<Vec<f64>> = cats
+                        .iter()
+                        .map(|s| {
+                            net.row(topo, s, f, "cubic").map(|r| nums(&r[format!("rr_{q}_us")])).unwrap_or_default()
+                        })
+                        .collect();
+                    if per.iter().any(|v| !v.is_empty()) {
+                        series.push(Series { name: format!("{f} {q}"), per_category: per });
+                    }
+                }
+            }
+            category_panel(area, &format!("{topo}: request/response round trip"), "µs", &cats, &series)?;
+        }
+        Ok(())
+    })?;
+    let _ = writeln!(md, "![{name}](report/{name})\n\n*{}*\n", caption.replace('\n', " "));
+    let name = "net-cpu.png";
+    let caption = format!(
+        "CPU per Gbit/s: iperf3's own CPU use (getrusage of the sending and the receiving iperf3 process, user + system, so kernel work done in their context),\ndivided by the throughput. 1 stream, cubic, {secs} s x {reps}. Point: median; bar: min to max. Softirq work done outside those processes is not counted."
+    );
+    figure(&out.join(name), (1400, 1100), topos.len(), 1, &caption, |panels| {
+        for (topo, area) in topos.iter().zip(panels) {
+            let cats = net.setups(topo);
+            let mut series = Vec::new();
+            for f in ["IPv4", "IPv6"] {
+                for (side, key) in [("sender", "cpu_tx_1"), ("receiver", "cpu_rx_1")] {
+                    let per: Vec<Vec<f64>> = cats
+                        .iter()
+                        .map(|s| net.row(topo, s, f, "cubic").map(|r| nums(&r[key])).unwrap_or_default())
+                        .collect();
+                    if per.iter().any(|v| !v.is_empty()) {
+                        series.push(Series { name: format!("{f} {side}"), per_category: per });
+                    }
+                }
+            }
+            category_panel(area, &format!("{topo}: CPU cores per Gbit/s"), "cores / (Gbit/s)", &cats, &series)?;
+        }
+        Ok(())
+    })?;
+    let _ = writeln!(md, "![{name}](report/{name})\n\n*{}*\n", caption.replace('\n', " "));
+    Ok(())
+}
+
+fn net_tables(net: &Net, md: &mut String, busy: bool) {
+    let med = |v: &[f64]| spread(v).1;
+    let _ = writeln!(
+        md,
+        "Each cell: median (min–max) of the repetitions. `/hand`: weft's median over the hand-programmed reference's (same kernel objects, same topology); `/bare`: over node-to-node on the underlay. Latency is measured once per family (listed in the cubic rows).\n"
+    );
+    let mut met = Vec::new();
+    let mut missed = Vec::new();
+    for topo in net.topologies() {
+        for (f, cc) in net.combos() {
+            let _ = writeln!(md, "**{topo}, {f}, {cc}**\n");
+            let _ = writeln!(
+                md,
+                "| setup | pod MTU | tx csum offload | 1 stream Gbit/s | 4 streams Gbit/s | 1 st. /hand | 1 st. /bare | 4 st. /hand | 4 st. /bare | RR p50 µs | RR p99 µs | CPU tx / rx cores per Gbit/s |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
+            );
+            let bare = net.row(&topo, "bare", &f, &cc);
+            for setup in net.setups(&topo) {
+                let Some(r) = net.row(&topo, &setup, &f, &cc) else { continue };
+                let reference = reference_for(&topo, &setup).and_then(|h| net.row(&topo, h, &f, &cc));
+                let ratio = |other: Option<&Value>, key: &str| {
+                    other
+                        .map(|o| med(&nums(&r[key])) / med(&nums(&o[key])).max(1e-9))
+                        .map_or("".to_string(), |x| format!("{x:.3}"))
+                };
+                let is_weft = setup.starts_with("weft");
+                let offload = match r["offload"].as_bool() {
+                    Some(true) => "on",
+                    Some(false) => "off",
+                    None => "–",
+                };
+                let _ = writeln!(
+                    md,
+                    "| {setup} | {} | {offload} | {} | {} | {} | {} | {} | {} | {} | {} | {:.3} / {:.3} |",
+                    r["pod_mtu"],
+                    fmt_spread(&nums(&r["gbps_1"]), 2),
+                    fmt_spread(&nums(&r["gbps_4"]), 2),
+                    if is_weft { ratio(reference, "gbps_1") } else { String::new() },
+                    if setup != "bare" { ratio(bare, "gbps_1") } else { String::new() },
+                    if is_weft { ratio(reference, "gbps_4") } else { String::new() },
+                    if setup != "bare" { ratio(bare, "gbps_4") } else { String::new() },
+                    fmt_spread(&nums(&r["rr_p50_us"]), 0),
+                    fmt_spread(&nums(&r["rr_p99_us"]), 0),
+                    med(&nums(&r["cpu_tx_1"])),
+                    med(&nums(&r["cpu_rx_1"])),
+                );
+                if !is_weft {
+                    continue;
+                }
+                for key in ["gbps_1", "gbps_4"] {
+                    let what = format!(
+                        "{topo}, {f}, {cc}, {setup}, {}",
+                        if key == "gbps_1" { "1 stream" } else { "4 streams" }
+                    );
+                    if let Some(h) = reference {
+                        let x = med(&nums(&r[key])) / med(&nums(&h[key])).max(1e-9);
+                        let mut causes = Vec::new();
+                        if r["pod_mtu"] != h["pod_mtu"] {
+                            causes.push(format!("pod MTU {} vs the reference's {}", r["pod_mtu"], h["pod_mtu"]));
+                        }
+                        if r["offload"] != h["offload"] && !h["offload"].is_null() {
+                            causes.push("VXLAN transmit checksum offload differs from the reference's".to_string());
+                        }
+                        let (lo, _, hi) = spread(&nums(&r[key]));
+                        let (hlo, _, hhi) = spread(&nums(&h[key]));
+                        if lo <= hhi && hlo <= hi {
+                            causes.push("the min–max ranges overlap (within this run's noise)".to_string());
+                        }
+                        if causes.is_empty() {
+                            causes.push("not MTU or offload: weft's forward path also crosses its nftables tables (masquerade and policy chains), which the hand setup lacks; not isolated in this run".to_string());
+                        }
+                        if busy {
+                            causes.push("machine shared with other work during the run".to_string());
+                        }
+                        let line = format!("{what}: {x:.3}x hand-programmed (target ≥ 0.97)");
+                        if x >= 0.97 {
+                            met.push(line);
+                        } else {
+                            missed.push(format!(
+                                "{line}; {}",
+                                if causes.is_empty() {
+                                    "weft's own cost: nftables filter and policy chains on the forward path".into()
+                                } else {
+                                    causes.join("; ")
+                                }
+                            ));
+                        }
+                    }
+                    if (setup.starts_with("weft routes") || (setup.starts_with("weft auto") && topo == "one segment"))
+                        && let Some(b) = bare
+                    {
+                        let x = med(&nums(&r[key])) / med(&nums(&b[key])).max(1e-9);
+                        let line = format!("{what}: {x:.3}x bare (target ≥ 0.85)");
+                        if x >= 0.85 {
+                            met.push(line);
+                        } else {
+                            missed.push(format!(
+                                "{line}; two veth hops and forwarding in both nodes, not on the bare path"
+                            ));
+                        }
+                    }
+                }
+            }
+            let _ = writeln!(md);
+        }
+    }
+    let _ = writeln!(md, "### Targets\n\nMet ({}):\n", met.len());
+    for m in &met {
+        let _ = writeln!(md, "- {m}");
+    }
+    let _ = writeln!(md, "\nMissed ({}), with the cause this run shows:\n", missed.len());
+    for m in &missed {
+        let _ = writeln!(md, "- {m}");
+    }
+    if missed.is_empty() {
+        let _ = writeln!(md, "- none");
+    }
+    let _ = writeln!(md);
+}
+
+fn agent_section(data: &Path, out: &Path, md: &mut String) -> Fallible<()> {
+    let mut runs: Vec<Value> = std::fs::read_dir(data)
+        .map_err(|e| format!("read {}: {e}", data.display()))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("agent-"))
+        .filter_map(|e| read_json(&e.path()))
+        .collect();
+    runs.sort_by_key(|r| r["nodes"].as_u64().unwrap_or(0));
+    if runs.is_empty() {
+        let _ = writeln!(md, "No agent-bench results in this run.\n");
+        return Ok(());
+    }
+    let x = |r: &Value| r["nodes"].as_f64().unwrap_or(0.0);
+    let adds = runs[0]["adds"].as_u64().unwrap_or(0);
+    let name = "agent-scaling.png";
+    let caption = format!(
+        "weft-agent (vxlan backend) against a real kube-apiserver holding N Nodes (no kubelets); one run per size. RSS: peak (VmHWM). Cold start: agent start to every peer route in the kernel\n(netlink listener), next to `ip -batch` writing the same state. Per-event: {adds} single-Node creations, API request to route in the kernel; points p50 and p99, bar min to max."
+    );
+    figure(&out.join(name), (1500, 560), 1, 3, &caption, |p| {
+        let rss: Vec<(f64, Vec<f64>)> =
+            runs.iter().map(|r| (x(r), vec![r["peak_rss_kib"].as_f64().unwrap_or(0.0) / 1024.0])).collect();
+        xy_panel(&p[0], "agent peak RSS", "Nodes", "MiB", true, &[("weft-agent".into(), rss)])?;
+        let cold: Vec<(f64, Vec<f64>)> =
+            runs.iter().map(|r| (x(r), vec![r["programmed_ms"].as_f64().unwrap_or(0.0) / 1000.0])).collect();
+        let floor: Vec<(f64, Vec<f64>)> =
+            runs.iter().map(|r| (x(r), vec![r["floor_ms"].as_f64().unwrap_or(0.0) / 1000.0])).collect();
+        xy_panel(
+            &p[1],
+            "cold start to all programmed",
+            "Nodes",
+            "s",
+            true,
+            &[("weft-agent".into(), cold), ("ip -batch (floor)".into(), floor)],
+        )?;
+        let q = |r: &Value, p: f64| {
+            let mut v: Vec<std::time::Duration> =
+                nums(&r["add_ms"]).iter().map(|m| std::time::Duration::from_secs_f64(m / 1000.0)).collect();
+            v.sort();
+            stats::percentile(&v, p).as_secs_f64() * 1000.0
+        };
+        let p50: Vec<(f64, Vec<f64>)> = runs.iter().map(|r| (x(r), vec![q(r, 0.5)])).collect();
+        let p99: Vec<(f64, Vec<f64>)> =
+            runs.iter().map(|r| (x(r), nums(&r["add_ms"]).into_iter().chain([q(r, 0.99)]).collect())).collect();
+        xy_panel(
+            &p[2],
+            "Node added -> route programmed",
+            "Nodes",
+            "ms",
+            true,
+            &[("p50".into(), p50), ("p99 (bar: min-max)".into(), p99)],
+        )?;
+        Ok(())
+    })?;
+    let _ = writeln!(md, "![{name}](report/{name})\n\n*{}*\n", caption.replace('\n', " "));
+    let _ = writeln!(
+        md,
+        "| Nodes | Nodes created in (s) | cold start (ms) | ip -batch floor (ms) | add p50 / p99 (ms) | delete p50 / p99 (ms) | peak RSS (MiB) | idle CPU (% of a core) |\n|---|---|---|---|---|---|---|---|"
+    );
+    for r in &runs {
+        let result = |m: &str| {
+            r["results"]
+                .as_array()
+                .and_then(|a| a.iter().find(|x| x["metric"].as_str().is_some_and(|s| s.starts_with(m))))
+                .and_then(|x| x["value"].as_f64())
+                .unwrap_or(0.0)
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {:.1} | {:.0} | {:.0} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} | {:.2} |",
+            r["nodes"],
+            r["create_nodes_seconds"].as_f64().unwrap_or(0.0),
+            r["programmed_ms"].as_f64().unwrap_or(0.0),
+            r["floor_ms"].as_f64().unwrap_or(0.0),
+            result("Node added -> route in kernel, p50"),
+            result("Node added -> route in kernel, p99"),
+            result("Node deleted -> route gone, p50"),
+            result("Node deleted -> route gone, p99"),
+            r["peak_rss_kib"].as_f64().unwrap_or(0.0) / 1024.0,
+            result("idle CPU"),
+        );
+    }
+    if let Some(big) = runs.last() {
+        // Older agent-bench output held the slowest pass itself.
+        let sp = &big["slowest_pass"];
+        let (slowest, median) =
+            if sp["slowest"].is_object() { (&sp["slowest"], &sp["median"]) } else { (sp, &Value::Null) };
+        let breakdown = |p: &Value| {
+            let us = |k: &str| p[k].as_f64().unwrap_or(0.0) / 1000.0;
+            let stages = ["observe_us", "compute_us", "publish_us", "kernel_us", "nftables_us", "files_us"];
+            let total: f64 = stages.iter().map(|s| us(s)).sum();
+            let parts: Vec<String> = stages
+                .iter()
+                .map(|s| {
+                    format!("{} {:.0} ms ({:.0}%)", s.trim_end_matches("_us"), us(s), us(s) / total.max(1e-9) * 100.0)
+                })
+                .collect();
+            format!("{total:.0} ms in all — {}", parts.join(", "))
+        };
+        if slowest.is_object() {
+            let _ = writeln!(
+                md,
+                "\n**Where the cost goes at {} Nodes** (the agent's own timing of each reconcile pass, from its debug log). The slowest pass, the cold one: {}.{} The cold start beyond its first pass is the initial LIST of all Nodes and the watch start.\n",
+                big["nodes"],
+                breakdown(slowest),
+                if median.is_object() {
+                    format!(
+                        " The median pass ({} passes, mostly one Node change each): {}.",
+                        sp["passes"],
+                        breakdown(median)
+                    )
+                } else {
+                    String::new()
+                }
+            );
+        }
+    }
+    Ok(())
+}
+
+fn cni_section(data: &Path, out: &Path, md: &mut String) -> Fallible<()> {
+    let mut runs: Vec<Value> = std::fs::read_dir(data)
+        .map_err(|e| format!("read {}: {e}", data.display()))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("cni-"))
+        .filter_map(|e| read_json(&e.path()))
+        .collect();
+    runs.sort_by_key(|r| r["existing"].as_u64().unwrap_or(0));
+    if runs.is_empty() {
+        let _ = writeln!(md, "No cni-bench results in this run.\n");
+        return Ok(());
+    }
+    let pods = runs[0]["pods"].as_u64().unwrap_or(0);
+    let rounds = runs[0]["rounds"].as_u64().unwrap_or(0);
+    let family = runs[0]["family"].as_str().unwrap_or("").to_string();
+    let samples = |r: &Value, plugin: &str, key: &str| {
+        r["samples"]
+            .as_array()
+            .and_then(|a| a.iter().find(|s| s["plugin"] == plugin))
+            .map(|s| nums(&s[key]))
+            .unwrap_or_default()
+    };
+    let name = "cni-add-vs-pods.png";
+    let caption = format!(
+        "CNI ADD latency, exec'd as containerd does, against the pods the plugin already has on the node; {pods} sequential ADDs x {rounds} rounds per point, {family}.\nPoint: median; bar: min to max. Reference: Debian's ptp + host-local, same run, rounds alternating."
+    );
+    figure(&out.join(name), (1100, 620), 1, 1, &caption, |p| {
+        let series: Vec<XySeries> = ["weft", "ptp+host-local"]
+            .iter()
+            .map(|pl| {
+                (
+                    pl.to_string(),
+                    runs.iter().map(|r| (r["existing"].as_f64().unwrap_or(0.0), samples(r, pl, "add_ms"))).collect(),
+                )
+            })
+            .collect();
+        xy_panel(&p[0], "ADD latency vs pods already on the node", "pods already on the node", "ms", false, &series)
+    })?;
+    let _ = writeln!(md, "![{name}](report/{name})\n\n*{}*\n", caption.replace('\n', " "));
+    let _ = writeln!(
+        md,
+        "| pods on node | weft ADD ms | ptp ADD ms | weft DEL ms | ptp DEL ms | 16 concurrent ADDs/s weft | ptp |\n|---|---|---|---|---|---|---|"
+    );
+    for r in &runs {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            r["existing"],
+            fmt_spread(&samples(r, "weft", "add_ms"), 1),
+            fmt_spread(&samples(r, "ptp+host-local", "add_ms"), 1),
+            fmt_spread(&samples(r, "weft", "del_ms"), 1),
+            fmt_spread(&samples(r, "ptp+host-local", "del_ms"), 1),
+            fmt_spread(&samples(r, "weft", "adds_per_sec"), 0),
+            fmt_spread(&samples(r, "ptp+host-local", "adds_per_sec"), 0),
+        );
+    }
+    let _ = writeln!(md);
+    Ok(())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let (Some(data), Some(out)) = (args.get(1), args.get(2)) else {
+        eprintln!("usage: bench-report DATA_DIR OUT_DIR");
+        std::process::exit(2);
+    };
+    if let Err(e) = run(Path::new(data), Path::new(out)) {
+        eprintln!("bench-report: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(data: &Path, out: &Path) -> Fallible<()> {
+    let font = std::fs::read(FONT).map_err(|e| format!("{FONT}: {e} (install fonts-dejavu-core: scripts/deps)"))?;
+    plotters::style::register_font("sans-serif", FontStyle::Normal, Box::leak(font.into_boxed_slice()))
+        .map_err(|_| format!("{FONT} is not a usable font"))?;
+    let figures: PathBuf = out.join("report");
+    std::fs::create_dir_all(&figures).map_err(|e| format!("create {}: {e}", figures.display()))?;
+    let meta = read_json(&data.join("meta.json")).unwrap_or(Value::Null);
+    let loads: Vec<f64> = nums(&meta["loadavg_1min"]);
+    let (_, load_med, load_max) = spread(&loads);
+    let busy = load_max > 2.0;
+    let mut md = String::new();
+    let _ = writeln!(md, "# weft benchmark report\n");
+    let _ = writeln!(
+        md,
+        "Produced by `bench/run{}` on {} (kernel {}, {} CPUs), in {:.0} min. Nothing here is pass/fail: weft and its references run on the same kernel in the same run, and the ratios are what to read. Every point is the median of its repetitions and every bar the min–max range.\n",
+        if meta["quick"].as_bool() == Some(true) { " --quick" } else { "" },
+        meta["date"].as_str().unwrap_or("?"),
+        meta["kernel"].as_str().unwrap_or("?"),
+        meta["cpus"],
+        meta["minutes"].as_f64().unwrap_or(0.0),
+    );
+    let _ = writeln!(
+        md,
+        "Load average (1 min) sampled every 30 s during the run: median {load_med:.1}, max {load_max:.1}.{}\n",
+        if busy {
+            " **The machine was shared with parallel builds and tests during this run (load average above 2)**: absolute numbers are lower and noisier than on an idle machine; ratios within one setup pair are measured seconds apart and suffer less."
+        } else {
+            ""
+        }
+    );
+    if let Ok(notes) = std::fs::read_to_string(data.join("notes.txt")) {
+        for n in notes.lines().filter(|l| !l.trim().is_empty()) {
+            let _ = writeln!(md, "- **Note:** {n}");
+        }
+        let _ = writeln!(md);
+    }
+    let _ = writeln!(md, "## Data plane: pod to pod across nodes\n");
+    if let Some(v) = read_json(&data.join("net.json")) {
+        let net = Net { v };
+        let _ = writeln!(
+            md,
+            "Two node namespaces on the test underlay (segment A 198.51.100.0/24 as a bridge; for \"two segments\" node 2 on 203.0.113.0/25 behind a router namespace), underlay MTU {}, one pod on each. `bare`: node to node on the underlay. `hand routes` / `hand vxlan`: pods and peers wired by `ip`/`bridge` commands exactly as weft would (veth, /32 + /128, pinned neighbours; host routes, or `weft.vxlan` VNI 1 port 8472 with neighbour + FDB entries, MTU underlay − 50), weft absent. `weft …`: the real `weft-agent` on each node against a real kube-apiserver programs the peers, the real `weft` plugin wires the pods. VXLAN transmit checksum offload: the agent's choice on this kernel is {}; \"other offload\" runs weft with the opposite. Congestion control is set per socket (`iperf3 -C`): a test namespace cannot select cubic as its default here, because the machine's `tcp_allowed_congestion_control` (which only its own namespace can change) lists reno and bbr.\n",
+            net.v["underlay_mtu"],
+            if net.v["chosen_offload"].as_bool() == Some(true) { "on" } else { "off" }
+        );
+        net_figures(&net, &figures, &mut md)?;
+        net_tables(&net, &mut md, busy);
+        let _ = writeln!(
+            md,
+            "**MTU.** Pods get one MTU for every destination. With `auto`, a node that may reach any peer over VXLAN gives its pods the VXLAN MTU (underlay − 50), even on one segment where every peer is routed directly: compare `weft auto` with `hand routes` (MTU {}) in the one-segment tables above — that difference is the cost of the smaller MTU, not of weft's forwarding.\n",
+            net.v["underlay_mtu"]
+        );
+    } else {
+        let _ = writeln!(md, "No net-bench results in this run.\n");
+    }
+    let _ = writeln!(md, "## NetworkPolicy\n");
+    if let Some(v) = read_json(&data.join("policy.json")) {
+        let _ = writeln!(
+            md,
+            "`policy-bench`: one weft-agent against a real kube-apiserver holding {} pods ({} on the agent's node) in {} namespaces and {} policies (API filled in {:.0} s); each change made alone, {} samples per kind, timed from the API request to the nftables commit seen by a netlink listener in the node namespace. Method: bench/POLICY.md.\n",
+            v["pods"],
+            v["local_pods"],
+            v["namespaces"],
+            v["policies"],
+            v["setup_seconds"].as_f64().unwrap_or(0.0),
+            v["samples"]
+        );
+        let _ = writeln!(md, "| metric | value | target |\n|---|---|---|");
+        for r in v["results"].as_array().into_iter().flatten() {
+            let _ = writeln!(
+                md,
+                "| {} | {:.1} | {} |",
+                r["metric"].as_str().unwrap_or(""),
+                r["value"].as_f64().unwrap_or(0.0),
+                r["target"].as_str().unwrap_or("")
+            );
+        }
+        let _ = writeln!(md, "\nThroughput and connection rate with policies loaded are not measured yet.\n");
+    } else {
+        let _ = writeln!(md, "No policy-bench results in this run.\n");
+    }
+    let _ = writeln!(md, "## Control plane: weft-agent at scale\n");
+    agent_section(data, &figures, &mut md)?;
+    let _ = writeln!(md, "## CNI plugin: ADD and DEL\n");
+    cni_section(data, &figures, &mut md)?;
+    let _ = writeln!(
+        md,
+        "## Pod start-up through kubelet\n\n*Slot reserved: creation-to-Ready with weft vs ptp + host-local on the local cluster (e2e/cluster) is not measured by `bench/run`; it needs the local multi-node cluster, which this run did not start.*\n"
+    );
+    let path = out.join("report.md");
+    std::fs::write(&path, md).map_err(|e| format!("write {}: {e}", path.display()))?;
+    eprintln!("wrote {}", path.display());
+    Ok(())
+}
