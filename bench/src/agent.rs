@@ -15,6 +15,7 @@
 //!   agent-bench --agent WEFT_AGENT --k8s-bin DIR [--nodes N] [--adds K]
 //!               [--backend vxlan|routes] [--idle-seconds S] [--json]
 
+mod agent_common;
 mod stats;
 
 use std::collections::HashSet;
@@ -27,7 +28,7 @@ use futures::{StreamExt, TryStreamExt};
 use ipnetwork::IpNetwork;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{DeleteParams, PostParams};
-use kube::{Api, Client, Config};
+use kube::Api;
 use libweft::netlink::{Netlink, RTPROT_WEFT_PEER};
 use libweft::netns::NetNs;
 use libweft::testutil::TestNs;
@@ -37,6 +38,7 @@ use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteProtocol};
 use serde_json::{Value, json};
 
+use crate::agent_common::{client, pass_seconds, proc_stats};
 use crate::stats::percentile;
 
 const NODE_IP: &str = "198.18.0.1";
@@ -137,13 +139,6 @@ fn node_object(p: &Peer) -> Node {
     .expect("a valid Node")
 }
 
-/// A kube client for the bench's API server, built from its kubeconfig.
-async fn client(cp: &ControlPlane) -> Client {
-    let kubeconfig = kube::config::Kubeconfig::read_from(cp.kubeconfig()).expect("kubeconfig");
-    let config = Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.expect("kube config");
-    Client::try_from(config).expect("kube client")
-}
-
 /// One route event seen by the listener: (when, added?, destination).
 type RouteEvent = (Instant, bool, IpNetwork);
 
@@ -207,36 +202,6 @@ async fn count_peer_routes(nl: &Netlink) -> usize {
         n += nl.routes(v6, Some(RTPROT_WEFT_PEER)).await.map(|r| r.len()).unwrap_or(0);
     }
     n
-}
-
-/// (utime + stime) in clock ticks, and VmHWM / VmRSS in KiB.
-fn proc_stats(pid: u32) -> (u64, u64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kib = |key: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(key))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (ticks, kib("VmHWM:"), kib("VmRSS:"))
-}
-
-/// (sum, count) of the agent's `weft_reconcile_duration_seconds`, from its
-/// metrics endpoint (127.0.0.1:9959 in the node namespace).
-fn pass_seconds(node: &TestNs) -> (f64, f64) {
-    let text = node.http_get("127.0.0.1:9959", "/metrics");
-    let value = |name: &str| {
-        text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse::<f64>().ok())).unwrap_or(0.0)
-    };
-    (value("weft_reconcile_duration_seconds_sum"), value("weft_reconcile_duration_seconds_count"))
 }
 
 /// A node namespace with the bench's underlay: `eth0` (198.18.0.1/15,

@@ -32,6 +32,7 @@
 //!   policy-bench --agent WEFT_AGENT --k8s-bin DIR [--pods P] [--policies Q]
 //!                [--namespaces N] [--samples K] [--idle-seconds S] [--json]
 
+mod agent_common;
 mod nft_events;
 mod stats;
 
@@ -45,12 +46,13 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use kube::{Api, Client, Config};
+use kube::{Api, Client};
 use libweft::netns::NetNs;
 use libweft::testutil::TestNs;
 use libweft::testutil::control_plane::{ControlPlane, Proc};
 use serde_json::{Value, json};
 
+use crate::agent_common::{client, pass_seconds, proc_stats};
 use crate::nft_events::{Change, Transaction};
 use crate::stats::percentile;
 
@@ -497,41 +499,6 @@ fn pod_status(p: &PodM) -> Value {
 }
 
 // ------------------------------------------------------------ the harness
-
-/// A kube client for the bench's API server, built from its kubeconfig.
-async fn client(cp: &ControlPlane) -> Client {
-    let kubeconfig = kube::config::Kubeconfig::read_from(cp.kubeconfig()).expect("kubeconfig");
-    let config = Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.expect("kube config");
-    Client::try_from(config).expect("kube client")
-}
-
-/// (utime + stime) in clock ticks, and VmHWM / VmRSS in KiB.
-fn proc_stats(pid: u32) -> (u64, u64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kib = |key: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(key))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (ticks, kib("VmHWM:"), kib("VmRSS:"))
-}
-
-/// (sum, count) of the agent's `weft_reconcile_duration_seconds`.
-fn pass_seconds(node: &TestNs) -> (f64, f64) {
-    let text = node.http_get("127.0.0.1:9959", "/metrics");
-    let value = |name: &str| {
-        text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse::<f64>().ok())).unwrap_or(0.0)
-    };
-    (value("weft_reconcile_duration_seconds_sum"), value("weft_reconcile_duration_seconds_count"))
-}
 
 fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
