@@ -26,7 +26,7 @@ use kube::{Api, Client};
 use libweft::netlink::Netlink;
 
 use crate::apply::nftables::{self as nft, NftChange, NftError, Nftables};
-use crate::apply::policy::{PolicyError, PolicySync, release_pending};
+use crate::apply::policy::{PolicyChange, PolicyError, PolicySync, release_pending};
 use crate::apply::{api, files, kernel};
 use crate::config::{Backend, Config};
 use crate::desired::{self, Desired, vtep_mac_for};
@@ -574,9 +574,12 @@ impl Agent {
         self.metrics.network_policies.set(selecting.len() as i64);
         let change = table.sync(&want, check).await?;
         self.metrics.kernel_writes("policy", change.writes());
-        self.metrics.set_policy_counters(want.chains.iter().map(|(name, c)| {
-            (name.clone(), PolicyLabel { direction: c.direction.to_string(), policy: c.policy.clone() })
-        }));
+        // Policy chains (and so their counters) change only with the whole table.
+        if change == PolicyChange::Table {
+            self.metrics.set_policy_counters(want.chains.iter().map(|(name, c)| {
+                (name.clone(), PolicyLabel { direction: c.direction.to_string(), policy: c.policy.clone() })
+            }));
+        }
         // The table holds pending pods closed: only now may the plugin make some.
         let namespaces = desired::policy::policy_namespaces(&seen.policies);
         if namespaces.write_if_changed(&desired::files::policy_namespaces_path(&self.cfg))? {

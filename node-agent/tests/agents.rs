@@ -517,6 +517,16 @@ fn agents_enforce_network_policy_read_from_the_api() {
         metrics(node0),
         agents[0].log()
     );
+    // And counted for the policy that isolates the server.
+    let by_policy = metrics(node0)
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                "weft_policy_denied_packets_by_policy_total{direction=\"ingress\",policy=\"default/only-cli\"} ",
+            )
+        })
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    assert!(by_policy.is_some_and(|n| n > 0), "not counted by policy: {}", metrics(node0));
 
     // The client gets the allowed label: its addresses join a peer set, no rule changes.
     let table = policy_table_handle(node0);
