@@ -18,6 +18,8 @@
 #     come back with addresses, none doubled, none leaked;
 #   - `helm upgrade` from vxlan to routes converges with no VXLAN state left;
 #   - `helm uninstall` plus `weft-agent cleanup` leave no weft state behind.
+# With --upstream, the upstream Kubernetes e2e tests (e2e/upstream/run) run
+# on the "auto, 2 segments, dual" cluster too, instead of on one of their own.
 # Bounded; tears the cluster down on exit.
 set -Eeuo pipefail
 E2E=$(cd "$(dirname "$0")/.." && pwd)
@@ -27,6 +29,12 @@ ROOT=$(dirname "$E2E")
 export EXTERNAL_V4=203.0.113.200 EXTERNAL_V6=2001:db8:e::200
 trap '"$E2E/cluster" down >/dev/null 2>&1 || true' EXIT
 started=$SECONDS
+upstream=0
+case ${1:-} in
+  --upstream) upstream=1 ;;
+  "") ;;
+  *) echo "usage: $0 [--upstream]" >&2; exit 2 ;;
+esac
 on() { "$E2E/cluster" exec "$@"; }
 
 agent_restart_keeps_tcp() {
@@ -290,6 +298,7 @@ for cfg in "${configs[@]}"; do
   "$E2E/tests/connectivity.sh"
   # The soak's short run (the full 2,000 cycles: e2e/tests/soak.sh alone).
   if [[ $backend == routes && $family == dual ]]; then "$E2E/tests/soak.sh" --cycles 100; fi
+  if ((upstream)) && [[ $backend == auto && $segments == 2 && $family == dual ]]; then "$E2E/upstream/run"; fi
   if [[ $backend == vxlan ]]; then
     agent_restart_keeps_tcp
     deleted_node_routes_vanish
