@@ -110,6 +110,23 @@ fn bad_inputs_get_the_right_error_codes() {
     }
 }
 
+#[test]
+fn a_node_config_that_is_a_fifo_fails_add_at_once() {
+    // Someone put a FIFO where node.json belongs: a plain read would block
+    // ADD until the runtime's timeout; weft refuses it at once.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fifo = dir.path().join("node.json");
+    assert!(Command::new("mkfifo").arg(&fifo).status().expect("run mkfifo").success());
+    let config = json!({"cniVersion": "1.1.0", "name": "weft", "type": "weft", "nodeConfig": fifo});
+    let netns = Path::new("/proc/self/ns/net");
+    let reply =
+        Call { command: "ADD", container_id: "c1", netns: Some(netns), ifname: "eth0", config: &config }.run(None);
+    assert!(!reply.ok, "{}", reply.json);
+    assert_eq!(reply.code(), 5, "an I/O error: {}", reply.json);
+    let text = format!("{} {}", reply.json["msg"], reply.json["details"]);
+    assert!(text.contains("node.json") && text.contains("FIFO"), "{text}");
+}
+
 /// Runs the plugin for `command` with `stdin` as its network config.
 fn run_with_stdin(command: &str, stdin: &[u8]) -> std::process::Output {
     use std::io::Write;

@@ -1,5 +1,6 @@
 //! Atomic file writes, for every file weft rewrites: a reader sees the old
-//! content or the new, never a partial write (temp file + rename).
+//! content or the new, never a partial write (temp file + rename); and the
+//! bounded read of every file the plugin trusts nothing about.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -16,6 +17,38 @@ pub struct FileError {
     /// The OS error.
     #[source]
     pub source: std::io::Error,
+}
+
+/// Reads a regular file of at most `max` bytes. The plugin reads its
+/// files on every ADD, so a hostile or broken one must fail fast and
+/// clearly, never hang it or fill its memory: the open does not block (a
+/// FIFO put in a file's place would wait for a writer forever), anything
+/// but a regular file is refused (a FIFO, a socket, `/dev/zero`), and a
+/// file larger than `max` is an error, not a huge allocation. Symlinks to
+/// regular files are followed, as any reader would.
+pub fn read_bounded(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::{Error, ErrorKind, Read};
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let file = OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC).open(path)?;
+    let kind = file.metadata()?.file_type();
+    if !kind.is_file() {
+        let what = if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_dir() {
+            "a directory"
+        } else if kind.is_socket() {
+            "a socket"
+        } else {
+            "a device"
+        };
+        return Err(Error::new(ErrorKind::InvalidData, format!("is {what}, not a regular file")));
+    }
+    let mut bytes = Vec::new();
+    file.take(max + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(Error::new(ErrorKind::InvalidData, format!("is larger than {max} bytes")));
+    }
+    Ok(bytes)
 }
 
 fn err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> FileError + 'a {
@@ -113,6 +146,28 @@ mod tests {
         let names: Vec<_> =
             std::fs::read_dir(dir.path().join("sub")).expect("ls").map(|e| e.expect("entry").file_name()).collect();
         assert_eq!(names, vec!["f.json"]);
+    }
+
+    #[test]
+    fn bounded_reads_refuse_what_is_not_a_small_regular_file_without_blocking() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"12345").expect("write");
+        assert_eq!(read_bounded(&file, 5).expect("read"), b"12345");
+        let big = read_bounded(&file, 4).expect_err("over the bound");
+        assert_eq!(big.to_string(), "is larger than 4 bytes");
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&file, &link).expect("symlink");
+        assert_eq!(read_bounded(&link, 5).expect("a symlink to a file is read"), b"12345");
+        // A FIFO nobody writes to: a plain open would block forever.
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+        assert_eq!(read_bounded(&fifo, 5).expect_err("fifo").to_string(), "is a FIFO, not a regular file");
+        assert_eq!(read_bounded(dir.path(), 5).expect_err("dir").to_string(), "is a directory, not a regular file");
+        let zero = read_bounded(Path::new("/dev/zero"), 5).expect_err("device");
+        assert_eq!(zero.to_string(), "is a device, not a regular file");
+        let missing = read_bounded(&dir.path().join("none"), 5).expect_err("missing");
+        assert_eq!(missing.kind(), std::io::ErrorKind::NotFound, "callers tell a missing file apart");
     }
 
     #[test]

@@ -66,7 +66,8 @@ pub struct NodeConfig {
 impl NodeConfig {
     /// Reads and validates the file.
     pub fn load(path: &Path) -> Result<NodeConfig, NodeConfigError> {
-        let bytes = match std::fs::read(path) {
+        // Bounded and non-blocking (crate::file::read_bounded): a real file is a few hundred bytes.
+        let bytes = match crate::file::read_bounded(path, 1 << 20) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(NodeConfigError::Missing { path: path.to_path_buf() });

@@ -137,16 +137,10 @@ pub fn verdict(path: &Path, namespace: Option<&str>) -> Verdict {
     };
     // Bounded: a real list is a few KiB; a huge file is not one.
     const MAX: u64 = 4 << 20;
-    let mut bytes = Vec::new();
-    let read = std::fs::File::open(path).and_then(|f| {
-        use std::io::Read;
-        f.take(MAX + 1).read_to_end(&mut bytes)
-    });
-    match read {
+    match crate::file::read_bounded(path, MAX) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Verdict { group: READY_GROUP, unreadable: None },
         Err(e) => fail_closed(e.to_string()),
-        Ok(n) if n as u64 > MAX => fail_closed(format!("larger than {MAX} bytes")),
-        Ok(_) => match PolicyNamespaces::from_json(&bytes) {
+        Ok(bytes) => match PolicyNamespaces::from_json(&bytes) {
             Ok(list) => Verdict { group: list.group_for(namespace), unreadable: None },
             Err(why) => fail_closed(why),
         },
@@ -230,6 +224,16 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         std::fs::create_dir(&path).unwrap();
         assert_eq!(verdict(&path, Some("x")).group, PENDING_BOTH_GROUP);
+        // A FIFO in its place: ADD must not wait for a writer that never comes.
+        std::fs::remove_dir(&path).unwrap();
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let v = verdict(&path, Some("x"));
+        assert_eq!(v.group, PENDING_BOTH_GROUP);
+        assert!(v.unreadable.unwrap().contains("is a FIFO"));
+        // Larger than any real list: refused without reading it all.
+        std::fs::remove_file(&path).unwrap();
+        std::fs::File::create(&path).unwrap().set_len(5 << 20).unwrap();
+        assert!(verdict(&path, Some("x")).unreadable.unwrap().contains("larger than"));
     }
 
     #[test]

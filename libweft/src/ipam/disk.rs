@@ -248,9 +248,11 @@ fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Ip
 }
 
 /// The file's content, or `None` if it does not exist. Bytes that are not
-/// UTF-8 become U+FFFD, which no parser of ours accepts.
+/// UTF-8 become U+FFFD, which no parser of ours accepts. Bounded and
+/// non-blocking (a record is one line; a FIFO planted in the store must
+/// not hang every ADD).
 fn read_optional(path: &Path) -> Result<Option<String>, IpamError> {
-    match std::fs::read(path) {
+    match crate::file::read_bounded(path, 64 << 10) {
         Ok(bytes) => Ok(Some(String::from_utf8_lossy(&bytes).into_owned())),
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
         Err(e) => Err(IpamError::Io { op: "read", path: path.to_path_buf(), source: e }),
