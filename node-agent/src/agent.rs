@@ -263,6 +263,8 @@ struct Agent {
     policy: Option<(PolicyCache, PolicySync)>,
     /// What the last look at pending pod interfaces saw.
     pending: PendingScan,
+    /// Pod addresses not believed in the last pass (logged when new).
+    pod_doubts: HashSet<(String, std::net::IpAddr)>,
 }
 
 /// When a pass looks for pending pod interfaces: a link dump is not free,
@@ -316,6 +318,7 @@ pub async fn run(
         shared,
         refusals: Refusals::default(),
         peer_refusals: Refusals::default(),
+        pod_doubts: HashSet::new(),
         metrics: metrics.clone(),
         node_name: node_name.clone(),
         cfg: cfg.clone(),
@@ -544,7 +547,8 @@ impl Agent {
         let data_plane_ok = kernel.is_ok() && nft.is_ok();
         failures.extend(kernel.err().map(Failure::from));
         failures.extend(nft.err().map(Failure::from));
-        failures.extend(self.apply_policy(check != nft::Check::No).await.err().map(Failure::from));
+        failures
+            .extend(self.apply_policy(check != nft::Check::No, &obs, &d.kernel.refused).await.err().map(Failure::from));
         // Last: the plugin may now serve pods on this node.
         if data_plane_ok && let Err(e) = files::write(&self.cfg, &d.node_config, &d.conflist) {
             failures.push(e.into());
@@ -565,10 +569,31 @@ impl Agent {
     }
 
     /// NetworkPolicy for this node's pods, once the watches have listed everything.
-    async fn apply_policy(&mut self, check: bool) -> Result<(), PolicyError> {
+    async fn apply_policy(&mut self, check: bool, obs: &Observation, refused: &[Rejected]) -> Result<(), PolicyError> {
         let Some((cache, table)) = &mut self.policy else { return Ok(()) };
-        let Some(seen) = cache.snapshot() else { return Ok(()) };
+        let Some(mut seen) = cache.snapshot() else { return Ok(()) };
+        // Only pod addresses in their node's podCIDRs, claimed once (desired::pod_trust).
+        let refused: HashSet<&str> = refused.iter().map(|r| r.node.as_str()).collect();
+        let cidrs = obs
+            .nodes
+            .iter()
+            .filter(|n| n.name == obs.local.name || !refused.contains(n.name.as_str()))
+            .map(|n| (n.name.as_str(), n.pod_cidrs.as_slice()))
+            .collect();
+        let believed = desired::pod_trust::believe(&seen.pods, &cidrs);
+        let mut doubts = HashSet::new();
+        for d in &believed.doubts {
+            let key = (d.pod.clone(), d.ip);
+            if !self.pod_doubts.contains(&key) {
+                tracing::warn!(pod = %d.pod, ip = %d.ip, "pod address not believed for NetworkPolicy: {}", d.reason);
+            }
+            doubts.insert(key);
+        }
+        self.pod_doubts = doubts;
+        self.metrics.policy_doubted_pod_addresses.set(believed.doubts.len() as i64);
+        seen.pods = believed.pods;
         let mut want = desired::policy::policy(&self.node_name, &seen.pods, &seen.namespaces, &seen.policies);
+        desired::pod_trust::hold_contested(&mut want, &believed.contested, &obs.local.pod_cidrs);
         want.deny_log = self.cfg.deny_log;
         let selecting: HashSet<&str> = want.chains.values().map(|c| c.policy.as_str()).collect();
         self.metrics.network_policies.set(selecting.len() as i64);

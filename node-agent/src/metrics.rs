@@ -106,6 +106,8 @@ pub struct Metrics {
     pub policy_pending_dropped_packets: Family<DirectionLabel, Counter>,
     /// Host veths of this node still in a pending group.
     pub policy_pending_interfaces: Gauge,
+    /// Pod addresses NetworkPolicy does not believe (desired::pod_trust).
+    pub policy_doubted_pod_addresses: Gauge,
 }
 
 impl Default for Metrics {
@@ -145,6 +147,7 @@ impl Metrics {
             kernel_counter_last: Default::default(),
             policy_pending_dropped_packets: Family::default(),
             policy_pending_interfaces: Gauge::default(),
+            policy_doubted_pod_addresses: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("peers", "Peer nodes by the backend used to reach them", m.peers.clone());
@@ -226,6 +229,11 @@ impl Metrics {
             "policy_pending_interfaces",
             "Pod interfaces held closed until weft-agent has their pod's NetworkPolicy in the kernel",
             m.policy_pending_interfaces.clone(),
+        );
+        registry.register(
+            "policy_doubted_pod_addresses",
+            "Pod addresses NetworkPolicy does not believe: outside their node's podCIDRs, or claimed by two live pods (the log names them)",
+            m.policy_doubted_pod_addresses.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -3,7 +3,10 @@
 //! the data plane does with a connection.
 
 use anyhow::{Context, anyhow, bail};
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use std::collections::HashMap;
+
+use ipnetwork::IpNetwork;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::Api;
 use kube::api::ListParams;
@@ -35,9 +38,25 @@ pub async fn run(client: kube::Client, from: &str, to: &str, port: &str, ipv6: O
     let lp = ListParams::default();
     let pods = Api::<Pod>::all(client.clone()).list(&lp).await.context("list pods")?;
     let nss = Api::<Namespace>::all(client.clone()).list(&lp).await.context("list namespaces")?;
-    let pols = Api::<NetworkPolicy>::all(client).list(&lp).await.context("list networkpolicies")?;
+    let pols = Api::<NetworkPolicy>::all(client.clone()).list(&lp).await.context("list networkpolicies")?;
+    let nodes = Api::<Node>::all(client).list(&lp).await.context("list nodes")?;
     let mut refused = Vec::new();
     let pods: Vec<PodView> = pods.items.iter().filter_map(|p| PodView::from_pod(p, &mut refused)).collect();
+    // The agents believe only some pod addresses (desired::pod_trust); so
+    // does the tracer. (The agents' peer rules, which may refuse a whole
+    // Node, are not repeated here.)
+    let cidrs: Vec<(String, Vec<IpNetwork>)> = nodes
+        .items
+        .iter()
+        .map(|n| {
+            let cidrs = n.spec.as_ref().and_then(|s| s.pod_cidrs.as_ref());
+            let parsed = cidrs.into_iter().flatten().filter_map(|c| c.parse().ok()).collect();
+            (n.metadata.name.clone().unwrap_or_default(), parsed)
+        })
+        .collect();
+    let by_node: HashMap<&str, &[IpNetwork]> = cidrs.iter().map(|(n, c)| (n.as_str(), c.as_slice())).collect();
+    let believed = crate::desired::pod_trust::believe(&pods, &by_node);
+    let pods = believed.pods;
     let nss: Vec<NamespaceView> = nss.items.iter().filter_map(NamespaceView::from_namespace).collect();
     let pols: Vec<PolicyView> = pols.items.iter().filter_map(|p| PolicyView::from_policy(p, &mut refused)).collect();
     let find = |ns: &str, name: &str| {
@@ -49,6 +68,9 @@ pub async fn run(client: kube::Client, from: &str, to: &str, port: &str, ipv6: O
     let mut out = String::new();
     for r in refused.iter().filter(|r| r.kind == "NetworkPolicy") {
         out.push_str(&format!("note: weft ignores part of {r}\n"));
+    }
+    for d in believed.doubts.iter().filter(|d| d.pod == from || d.pod == to) {
+        out.push_str(&format!("note: weft does not believe {}'s address {}: {}\n", d.pod, d.ip, d.reason));
     }
     let families: Vec<bool> = match ipv6 {
         Some(v6) => vec![v6],

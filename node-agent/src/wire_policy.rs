@@ -204,6 +204,9 @@ pub struct PodView {
     /// `spec.nodeName`: empty until scheduled.
     pub node: String,
     pub host_network: bool,
+    /// `metadata.deletionTimestamp` is set: its address may already be
+    /// another pod's ([`crate::desired::pod_trust`]).
+    pub terminating: bool,
     /// Named ports of all containers (init containers included: restartable
     /// sidecars serve on theirs).
     pub ports: Vec<NamedPort>,
@@ -250,6 +253,7 @@ impl PodView {
             ips,
             node: spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
             host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
+            terminating: pod.metadata.deletion_timestamp.is_some(),
             ports,
         })
     }

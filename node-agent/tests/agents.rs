@@ -542,6 +542,30 @@ fn agents_enforce_network_policy_read_from_the_api() {
     // Back to a denied label, then the policy goes: open again.
     cp.kubectl_ok(&["label", "pod", "cli", "-n", "default", "--overwrite", "role=other"]);
     assert!(eventually(Duration::from_secs(10), || !answers(&cli, &srv4, 8080)), "relabelled back: denied again");
+
+    // Hostile Pod objects claim the client's addresses with the allowed
+    // label (desired::pod_trust). First from the other node, where those
+    // addresses are outside its podCIDRs; then from the client's own node,
+    // where two live pods claiming one address are believed for neither.
+    let doubted =
+        |ns: &TestNs, n: usize| metrics(ns).lines().any(|l| l == format!("weft_policy_doubted_pod_addresses {n}"));
+    // The forger's two addresses; the twin's and the client's two each.
+    for (name, node, doubts) in [("forger", &lab.nodes[0].name, 2), ("twin", &lab.nodes[1].name, 4)] {
+        create_pod(&cp, name, node, serde_json::json!({"role": "cli"}), &[&cli4, &cli6]);
+        assert!(
+            eventually(Duration::from_secs(10), || doubted(node0, doubts)),
+            "{name}: its addresses are not counted as doubted: {}\n{}",
+            metrics(node0),
+            agents[0].log()
+        );
+        assert!(
+            !eventually(Duration::from_secs(3), || answers(&cli, &srv4, 8080) || answers(&cli, &srv6, 8080)),
+            "{name}, claiming the client's addresses with an allowed label, let the client in:\n{}",
+            agents[0].log()
+        );
+        assert!(agents[0].log().contains("pod address not believed"), "{}", agents[0].log());
+        cp.kubectl_ok(&["delete", "pod", name, "-n", "default", "--grace-period=0", "--force"]);
+    }
     cp.kubectl_ok(&["delete", "networkpolicy", "only-cli", "-n", "default"]);
     assert!(
         eventually(Duration::from_secs(10), || answers(&cli, &srv4, 8080) && answers(&cli, &srv6, 8080)),

@@ -99,6 +99,7 @@ fn policies_hold_on_the_kernel_and_the_tracer_predicts_them() {
             ips: vec![v4.parse().unwrap(), v6.parse().unwrap()],
             node: node.name.clone(),
             host_network: false,
+            terminating: false,
             ports: ports
                 .iter()
                 .map(|(n, p)| NamedPort { name: n.to_string(), protocol: Protocol::Tcp, port: *p })
@@ -225,6 +226,8 @@ fn policy_trace_reads_the_api_and_explains_the_verdict() {
     let lab = Lab::new(&['A']);
     let cp = lab.control_plane(&bin);
     let objects = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node1"},
+         "spec": {"podCIDR": "10.244.1.0/24", "podCIDRs": ["10.244.1.0/24", "fd00:10:244:1::/64"]}},
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop", "labels": {"team": "a"}}},
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default", "namespace": "shop"}},
         {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "web-from-cli", "namespace": "shop"},
@@ -232,13 +235,18 @@ fn policy_trace_reads_the_api_and_explains_the_verdict() {
                   "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "cli"}}}], "ports": [{"port": "http"}]}]}},
     ]});
     cp.kubectl_stdin(&["create", "-f", "-"], &objects.to_string());
-    for (name, label, n, port) in [("web", ("app", "web"), 5, 8080), ("cli", ("role", "cli"), 6, 1)] {
+    // "stray" claims an IPv4 address of another node's podCIDR.
+    for (name, label, v4, port) in [
+        ("web", ("app", "web"), "10.244.1.5", 8080),
+        ("cli", ("role", "cli"), "10.244.1.6", 1),
+        ("stray", ("role", "cli"), "10.244.2.7", 1),
+    ] {
         let pod = serde_json::json!({"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": name, "namespace": "shop", "labels": {label.0: label.1}},
             "spec": {"nodeName": "node1", "automountServiceAccountToken": false, "containers": [
                 {"name": "c", "image": "example.invalid/c", "ports": [{"name": "http", "containerPort": port}]}]}});
         cp.kubectl_stdin(&["create", "-f", "-"], &pod.to_string());
-        let (v4, v6) = (format!("10.244.1.{n}"), format!("fd00:10:244:1::{n}"));
+        let v6 = format!("fd00:10:244:1::{}", v4.rsplit('.').next().unwrap());
         let status =
             serde_json::json!({"status": {"phase": "Running", "podIP": v4, "podIPs": [{"ip": v4}, {"ip": v6}]}});
         cp.kubectl_ok(&[
@@ -271,6 +279,13 @@ fn policy_trace_reads_the_api_and_explains_the_verdict() {
     assert!(denied.contains("DENIED: selected by shop/web-from-cli"), "{denied}");
     let untouched = trace("shop/web", "shop/cli", "1/TCP");
     assert!(untouched.contains("no NetworkPolicy selects the pod") && untouched.contains("ALLOWED"), "{untouched}");
+    // The tracer believes what the agents believe: not the stray IPv4 claim.
+    let stray = trace("shop/stray", "shop/web", "8080/TCP");
+    assert!(
+        stray.contains("note: weft does not believe shop/stray's address 10.244.2.7: outside its node's podCIDRs"),
+        "{stray}"
+    );
+    assert_eq!(stray.matches("verdict: ALLOWED").count(), 1, "IPv6 only:\n{stray}");
 }
 
 /// Sends `n` UDP datagrams from inside `from` to `to:port` (no answer expected).
@@ -302,6 +317,7 @@ fn denials_are_counted_by_policy_and_logged_through_nflog_at_a_bounded_rate() {
         ips: ips.iter().map(|i| i.parse().unwrap()).collect(),
         node: node.name.clone(),
         host_network: false,
+        terminating: false,
         ports: vec![],
     };
     let (cli, c4, c6) = node.add_pod("log-cli", 1500);

@@ -7,6 +7,7 @@
 
 pub mod files;
 pub mod nftables;
+pub mod pod_trust;
 pub mod policy;
 pub mod policy_nft;
 pub mod policy_trace;

@@ -479,6 +479,7 @@ pub mod fixtures {
             ],
             node: node.into(),
             host_network: false,
+            terminating: false,
             ports: vec![],
         }
     }
