@@ -122,6 +122,10 @@ pub struct AddressSet {
     /// What selects them, for people (`nft list`, the tracer).
     pub about: String,
     pub ranges: Vec<(IpAddr, IpAddr)>,
+    /// Whether the set holds ranges (an ipBlock). Pod address sets hold
+    /// single addresses and are hash sets in the kernel, whose elements
+    /// can be added without loading the set first.
+    pub intervals: bool,
 }
 
 impl AddressSet {
@@ -319,7 +323,7 @@ fn peer_set(
                 Namespaces::Own => format!("pods {sel} in namespace {}", p.namespace),
                 Namespaces::Matching(ns) => format!("pods {sel} in namespaces {ns}"),
             };
-            AddressSet { about, ranges: ips.into_iter().map(|ip| (ip, ip)).collect() }
+            AddressSet { about, ranges: ips.into_iter().map(|ip| (ip, ip)).collect(), intervals: false }
         }
         Peer::Block { cidr, except } => {
             let ex: Vec<String> = except.iter().map(|e| e.to_string()).collect();
@@ -328,7 +332,7 @@ fn peer_set(
             } else {
                 format!("ipBlock {cidr} except {}", ex.join(","))
             };
-            AddressSet { about, ranges: block_ranges(cidr, except) }
+            AddressSet { about, ranges: block_ranges(cidr, except), intervals: true }
         }
     };
     state.sets.insert(name.clone(), set);
