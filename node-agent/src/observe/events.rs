@@ -16,7 +16,8 @@
 //! only those that change it are drift: weft's own writes, recorded in the
 //! mirror before they are sent, come back as events that change nothing and
 //! wake no pass. Likewise an nftables transaction is drift only when an
-//! `nft` process that weft did not start made it ([`NftWriters`]).
+//! `nft` process or netlink socket that weft did not open made it
+//! ([`NftWriters`]).
 //!
 //! Drift is coalesced over [`COALESCE`] (an `ip route flush` is one burst,
 //! one pass) and wakes the agent through a [`Trigger`]. If the kernel drops
@@ -97,8 +98,9 @@ pub struct EventsError {
     source: std::io::Error,
 }
 
-/// Process ids of the `nft` processes weft started lately: the
-/// transactions they commit are weft's own.
+/// Process ids of the `nft` processes weft started lately, and port ids of
+/// the netlink sockets it wrote policy elements through: the transactions
+/// they commit are weft's own.
 #[derive(Debug, Default)]
 pub struct NftWriters(Mutex<VecDeque<u32>>);
 
