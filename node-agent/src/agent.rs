@@ -265,6 +265,8 @@ struct Agent {
     pending: PendingScan,
     /// Pod addresses not believed in the last pass (logged when new).
     pod_doubts: HashSet<(String, std::net::IpAddr)>,
+    /// Whether the last pass got as far as syncing the policy table.
+    policy_checked: bool,
 }
 
 /// When a pass looks for pending pod interfaces: a link dump is not free,
@@ -288,20 +290,22 @@ pub async fn run(
     let nl = Netlink::connect()?;
     let drift = Arc::new(Trigger::default());
     let shared = Arc::new(events::Shared::default());
-    let nft = match events::spawn(nl.clone(), drift.clone(), metrics.clone(), shared.clone()) {
-        Ok(()) => Nftables::with_writers(shared.nft_writers.clone()),
+    let (nft, policy_sync) = match events::spawn(nl.clone(), drift.clone(), metrics.clone(), shared.clone()) {
+        Ok(()) => {
+            (Nftables::with_writers(shared.nft_writers.clone()), PolicySync::with_writers(shared.nft_writers.clone()))
+        }
         Err(e) => {
             metrics.error("events");
             tracing::warn!(
                 period_s = cfg.resync_period.as_secs(),
                 "{e}: drift is repaired at the resync only, every pass dumps"
             );
-            Nftables::default()
+            (Nftables::default(), PolicySync::default())
         }
     };
     let policy_trigger = Arc::new(Trigger::default());
     let policy = if cfg.network_policy {
-        Some((policy_watch::spawn(client.clone(), policy_trigger.clone(), metrics.clone()), PolicySync::default()))
+        Some((policy_watch::spawn(client.clone(), policy_trigger.clone(), metrics.clone()), policy_sync))
     } else {
         disable_policy(&cfg, &nl, &metrics).await;
         None
@@ -309,6 +313,7 @@ pub async fn run(
     let mut agent = Agent {
         policy,
         pending: PendingScan::default(),
+        policy_checked: false,
         vtep_mac: vtep_mac_for(&node_name),
         nodes_api: Api::all(client),
         nl,
@@ -346,14 +351,18 @@ pub async fn run(
         if wakeup.checks_kernel() {
             agent.shared.mirror.mark_stale();
         }
-        let check = if wakeup.checks_kernel() {
-            nft::Check::Resync
-        } else if agent.shared.nft_changed.swap(false, Ordering::Relaxed) {
-            nft::Check::Changed
-        } else {
-            nft::Check::No
+        let check_of = |changed: &AtomicBool| {
+            if wakeup.checks_kernel() {
+                nft::Check::Resync
+            } else if changed.swap(false, Ordering::Relaxed) {
+                nft::Check::Changed
+            } else {
+                nft::Check::No
+            }
         };
-        let outcome = agent.pass(check).await;
+        let check = check_of(&agent.shared.nft_changed);
+        let policy_check = check_of(&agent.shared.policy_changed);
+        let outcome = agent.pass(check, policy_check).await;
         // A pass that stopped before the table keeps the news for the next one.
         let stopped_early = match &outcome {
             Outcome::Waiting => true,
@@ -361,6 +370,9 @@ pub async fn run(
         };
         if check == nft::Check::Changed && stopped_early {
             agent.shared.nft_changed.store(true, Ordering::Relaxed);
+        }
+        if policy_check == nft::Check::Changed && !agent.policy_checked {
+            agent.shared.policy_changed.store(true, Ordering::Relaxed);
         }
         let Outcome::Done(failures) = outcome else {
             match wakers.next(&mut tick, None, &mut term).await {
@@ -510,9 +522,10 @@ impl Agent {
     /// One pass: observe, compute, apply every output. A failed output is
     /// reported and does not stop the others, except that the plugin's
     /// files wait for the kernel and the nftables table: they tell the
-    /// plugin it may serve pods. `check`: also compare the nftables table
-    /// with weft's last write.
-    async fn pass(&mut self, check: nft::Check) -> Outcome {
+    /// plugin it may serve pods. `check`, `policy_check`: also compare the
+    /// nftables table, the policy table, with weft's last write.
+    async fn pass(&mut self, check: nft::Check, policy_check: nft::Check) -> Outcome {
+        self.policy_checked = false;
         let started = Instant::now();
         let (obs, own_object) = match self.observe().await {
             Ok(Some(o)) => o,
@@ -547,8 +560,7 @@ impl Agent {
         let data_plane_ok = kernel.is_ok() && nft.is_ok();
         failures.extend(kernel.err().map(Failure::from));
         failures.extend(nft.err().map(Failure::from));
-        failures
-            .extend(self.apply_policy(check != nft::Check::No, &obs, &d.kernel.refused).await.err().map(Failure::from));
+        failures.extend(self.apply_policy(policy_check, &obs, &d.kernel.refused).await.err().map(Failure::from));
         // Last: the plugin may now serve pods on this node.
         if data_plane_ok && let Err(e) = files::write(&self.cfg, &d.node_config, &d.conflist) {
             failures.push(e.into());
@@ -569,9 +581,16 @@ impl Agent {
     }
 
     /// NetworkPolicy for this node's pods, once the watches have listed everything.
-    async fn apply_policy(&mut self, check: bool, obs: &Observation, refused: &[Rejected]) -> Result<(), PolicyError> {
+    async fn apply_policy(
+        &mut self,
+        check: nft::Check,
+        obs: &Observation,
+        refused: &[Rejected],
+    ) -> Result<(), PolicyError> {
         let Some((cache, table)) = &mut self.policy else { return Ok(()) };
         let Some(mut seen) = cache.snapshot() else { return Ok(()) };
+        self.policy_checked = true;
+        let started = Instant::now();
         // Only pod addresses in their node's podCIDRs, claimed once (desired::pod_trust).
         let refused: HashSet<&str> = refused.iter().map(|r| r.node.as_str()).collect();
         let cidrs = obs
@@ -595,9 +614,18 @@ impl Agent {
         let mut want = desired::policy::policy(&self.node_name, &seen.pods, &seen.namespaces, &seen.policies);
         desired::pod_trust::hold_contested(&mut want, &believed.contested, &obs.local.pod_cidrs);
         want.deny_log = self.cfg.deny_log;
+        let computed = started.elapsed();
         let selecting: HashSet<&str> = want.chains.values().map(|c| c.policy.as_str()).collect();
         self.metrics.network_policies.set(selecting.len() as i64);
         let change = table.sync(&want, check).await?;
+        tracing::debug!(
+            pods = seen.pods.len(),
+            compute_us = computed.as_micros() as u64,
+            sync_us = (started.elapsed() - computed).as_micros() as u64,
+            ?change,
+            ?check,
+            "policy pass"
+        );
         self.metrics.kernel_writes("policy", change.writes());
         // Policy chains (and so their counters) change only with the whole table.
         if change == PolicyChange::Table {
@@ -617,7 +645,7 @@ impl Agent {
         }
         let node = self.node_name.as_str();
         let local_ips = seen.pods.iter().filter(|p| p.node == node).flat_map(|p| p.ips.iter().copied()).collect();
-        if check || self.pending.waiting > 0 || local_ips != self.pending.local_ips {
+        if check != nft::Check::No || self.pending.waiting > 0 || local_ips != self.pending.local_ips {
             let pods = &seen.pods;
             let found = release_pending(&self.nl, |ips| desired::policy::knows_local_pod(node, pods, ips)).await?;
             self.metrics.kernel_writes("link_group", found.released);

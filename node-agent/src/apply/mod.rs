@@ -6,5 +6,6 @@
 pub mod api;
 pub mod files;
 pub mod kernel;
+pub mod nft_elements;
 pub mod nftables;
 pub mod policy;

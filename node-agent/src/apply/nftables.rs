@@ -180,7 +180,10 @@ async fn apply(rules: Value, writers: Option<Arc<NftWriters>>) -> Result<(), Nft
         .map_err(NftError::Nft)
 }
 
-fn run_nft(payload: &[u8], writers: Option<&NftWriters>) -> Result<(), nftables::helper::NftablesError> {
+/// Runs `nft -j -f -` on `payload`, recording the process in `writers`
+/// before it can commit anything, so that its notifications are known as
+/// weft's own.
+pub(crate) fn run_nft(payload: &[u8], writers: Option<&NftWriters>) -> Result<(), nftables::helper::NftablesError> {
     use nftables::helper::NftablesError;
     let program = std::ffi::OsString::from("nft");
     let exec = |inner| NftablesError::NftExecution { program: program.clone(), inner };

@@ -122,6 +122,10 @@ pub struct AddressSet {
     /// What selects them, for people (`nft list`, the tracer).
     pub about: String,
     pub ranges: Vec<(IpAddr, IpAddr)>,
+    /// Whether the set holds ranges (an ipBlock). Pod address sets hold
+    /// single addresses and are hash sets in the kernel, whose elements
+    /// can be added without loading the set first.
+    pub intervals: bool,
 }
 
 impl AddressSet {
@@ -187,6 +191,11 @@ pub fn policy(node: &str, pods: &[PodView], namespaces: &[NamespaceView], polici
     let mut policies: Vec<&PolicyView> = policies.iter().collect();
     policies.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     let local: Vec<&PodView> = pods.iter().filter(|p| p.node == node && is_policy_pod(p)).collect();
+    // A peer set looks only in the namespaces it may select, not at every pod.
+    let mut by_ns: BTreeMap<&str, Vec<&PodView>> = BTreeMap::new();
+    for pod in pods.iter().filter(|p| is_policy_pod(p)) {
+        by_ns.entry(pod.namespace.as_str()).or_default().push(pod);
+    }
     let mut state = PolicyState::default();
 
     for direction in [Direction::Ingress, Direction::Egress] {
@@ -217,7 +226,7 @@ pub fn policy(node: &str, pods: &[PodView], namespaces: &[NamespaceView], polici
             if !used.contains(&name) {
                 continue;
             }
-            let chain = policy_chain(p, direction, pods, &all_ns, &mut state);
+            let chain = policy_chain(p, direction, pods, &by_ns, &all_ns, &mut state);
             state.chains.insert(name, chain);
         }
     }
@@ -265,6 +274,7 @@ fn policy_chain(
     p: &PolicyView,
     direction: Direction,
     pods: &[PodView],
+    by_ns: &BTreeMap<&str, Vec<&PodView>>,
     all_ns: &BTreeMap<&str, &NamespaceView>,
     state: &mut PolicyState,
 ) -> PolicyChain {
@@ -273,7 +283,7 @@ fn policy_chain(
         let peers: Vec<PeerMatch> = if rule.peers.is_empty() {
             vec![PeerMatch::Any]
         } else {
-            rule.peers.iter().map(|peer| PeerMatch::Set(peer_set(p, peer, pods, all_ns, state))).collect()
+            rule.peers.iter().map(|peer| PeerMatch::Set(peer_set(p, peer, by_ns, all_ns, state))).collect()
         };
         let ports = ports_matches(rule, pods, state);
         for peer in &peers {
@@ -289,7 +299,7 @@ fn policy_chain(
 fn peer_set(
     p: &PolicyView,
     peer: &Peer,
-    pods: &[PodView],
+    by_ns: &BTreeMap<&str, Vec<&PodView>>,
     all_ns: &BTreeMap<&str, &NamespaceView>,
     state: &mut PolicyState,
 ) -> String {
@@ -308,8 +318,14 @@ fn peer_set(
     }
     let set = match peer {
         Peer::Pods { namespaces, pods: sel } => {
-            let mut ips: Vec<IpAddr> = pods
+            let in_scope = |ns: &str| match namespaces {
+                Namespaces::Own => ns == p.namespace,
+                Namespaces::Matching(s) => all_ns.get(ns).is_some_and(|n| s.matches(&n.labels)),
+            };
+            let mut ips: Vec<IpAddr> = by_ns
                 .iter()
+                .filter(|(ns, _)| in_scope(ns))
+                .flat_map(|(_, pods)| pods.iter())
                 .filter(|pod| peer_selects(namespaces, sel, &p.namespace, pod, all_ns))
                 .flat_map(|pod| pod.ips.iter().copied())
                 .collect();
@@ -319,7 +335,7 @@ fn peer_set(
                 Namespaces::Own => format!("pods {sel} in namespace {}", p.namespace),
                 Namespaces::Matching(ns) => format!("pods {sel} in namespaces {ns}"),
             };
-            AddressSet { about, ranges: ips.into_iter().map(|ip| (ip, ip)).collect() }
+            AddressSet { about, ranges: ips.into_iter().map(|ip| (ip, ip)).collect(), intervals: false }
         }
         Peer::Block { cidr, except } => {
             let ex: Vec<String> = except.iter().map(|e| e.to_string()).collect();
@@ -328,7 +344,7 @@ fn peer_set(
             } else {
                 format!("ipBlock {cidr} except {}", ex.join(","))
             };
-            AddressSet { about, ranges: block_ranges(cidr, except) }
+            AddressSet { about, ranges: block_ranges(cidr, except), intervals: true }
         }
     };
     state.sets.insert(name.clone(), set);

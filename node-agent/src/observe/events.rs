@@ -9,13 +9,15 @@
 //!   [`RTPROT_WEFT_PEER`] (added or deleted), the `weft.vxlan` device, and
 //!   neighbour and FDB entries on it;
 //! - nfnetlink's nftables group, filtered to messages about the
-//!   `inet weft` table (its chains, rules, sets and elements).
+//!   `inet weft` and `inet weft-policy` tables (their chains, rules, sets
+//!   and elements).
 //!
 //! rtnetlink events also keep the [`Mirror`] of what weft owns current, and
 //! only those that change it are drift: weft's own writes, recorded in the
 //! mirror before they are sent, come back as events that change nothing and
 //! wake no pass. Likewise an nftables transaction is drift only when an
-//! `nft` process that weft did not start made it ([`NftWriters`]).
+//! `nft` process or netlink socket that weft did not open made it
+//! ([`NftWriters`]).
 //!
 //! Drift is coalesced over [`COALESCE`] (an `ip route flush` is one burst,
 //! one pass) and wakes the agent through a [`Trigger`]. If the kernel drops
@@ -40,6 +42,7 @@ use super::mirror::{Mirror, Update, mac, route_key};
 use super::watch::Trigger;
 use crate::desired::VXLAN_DEV;
 use crate::desired::nftables::TABLE;
+use crate::desired::policy_nft::TABLE as POLICY_TABLE;
 use crate::metrics::Metrics;
 
 /// Events closer together than this make one pass.
@@ -58,6 +61,13 @@ const NFNLGRP_NFTABLES: u32 = 7;
 /// (a flushed routing table) before the kernel drops any.
 const RCVBUF: usize = 4 << 20;
 
+/// Receive buffer of the nftables socket. weft's own whole policy table
+/// comes back as one notification per element at commit (some 65,000 at
+/// 10,000 pods and 1,000 policies, about 10 MB of socket buffers), faster
+/// than any reader; a lost burst costs a pass that checks both tables. The
+/// memory is the kernel's, and only while a burst is queued.
+const NFT_RCVBUF: usize = 32 << 20;
+
 /// What changed in the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Drift {
@@ -71,6 +81,8 @@ pub enum Drift {
     Fdb,
     /// The `inet weft` nftables table or anything in it.
     Nftables,
+    /// The `inet weft-policy` table or anything in it.
+    Policy,
     /// The socket overflowed and events were lost: anything may have changed.
     Overflow,
     /// A message that could not be parsed: it may have been about weft.
@@ -86,8 +98,9 @@ pub struct EventsError {
     source: std::io::Error,
 }
 
-/// Process ids of the `nft` processes weft started lately: the
-/// transactions they commit are weft's own.
+/// Process ids of the `nft` processes weft started lately, and port ids of
+/// the netlink sockets it wrote policy elements through: the transactions
+/// they commit are weft's own.
 #[derive(Debug, Default)]
 pub struct NftWriters(Mutex<VecDeque<u32>>);
 
@@ -120,6 +133,8 @@ pub struct Shared {
     /// Someone else changed the `inet weft` table (or its events were
     /// lost) since the last pass that looked.
     pub nft_changed: AtomicBool,
+    /// Likewise for the `inet weft-policy` table.
+    pub policy_changed: AtomicBool,
 }
 
 /// Subscribes to the kernel's notifications and wakes `trigger` when
@@ -146,6 +161,10 @@ pub fn spawn(
     .map_err(|source| EventsError { what: "rtnetlink", source })?;
     let nft = subscribe(protocols::NETLINK_NETFILTER, &[NFNLGRP_NFTABLES])
         .map_err(|source| EventsError { what: "nftables", source })?;
+    // Past net.core.rmem_max, which CAP_NET_ADMIN (the agent has it) may do.
+    if let Err(e) = force_rcvbuf(&nft, NFT_RCVBUF) {
+        tracing::debug!("nftables notifications keep the default buffer: {e}");
+    }
     shared.mirror.set_live();
     // A pending event is enough: a full channel means a pass is coming anyway.
     let (tx, rx) = mpsc::channel(64);
@@ -166,6 +185,23 @@ fn subscribe(protocol: isize, groups: &[u32]) -> std::io::Result<TokioSocket> {
     Ok(socket)
 }
 
+fn force_rcvbuf(socket: &TokioSocket, bytes: usize) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let size = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: setsockopt on a socket this process owns, with a c_int value
+    // whose size is the length given.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.socket_ref().as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
+
 /// Waits for the first event, lets the burst it belongs to arrive, then
 /// wakes the agent once.
 async fn coalesce(mut rx: mpsc::Receiver<Drift>, trigger: Arc<Trigger>, shared: Arc<Shared>) {
@@ -178,6 +214,9 @@ async fn coalesce(mut rx: mpsc::Receiver<Drift>, trigger: Arc<Trigger>, shared: 
         tracing::debug!(?kinds, "kernel state weft owns changed");
         if kinds.contains(&Drift::Nftables) {
             shared.nft_changed.store(true, Ordering::Relaxed);
+        }
+        if kinds.contains(&Drift::Policy) {
+            shared.policy_changed.store(true, Ordering::Relaxed);
         }
         trigger.fire();
     }
@@ -251,25 +290,26 @@ async fn read_route_events(
 async fn read_nft_events(socket: TokioSocket, tx: mpsc::Sender<Drift>, metrics: Arc<Metrics>, shared: Arc<Shared>) {
     let mut transaction = NftTransaction::default();
     loop {
-        let drift = match receive(&socket).await {
+        let foreign = match receive(&socket).await {
             Ok(buf) => {
                 // Every message is fed: a transaction may end in the next datagram.
-                let mut foreign = false;
+                let mut foreign = [false; NFT_TABLES.len()];
                 for msg in split(&buf) {
-                    foreign |= transaction.ends_foreign(msg, TABLE, &shared.nft_writers);
+                    let ended = transaction.ends_foreign(msg, &shared.nft_writers);
+                    foreign.iter_mut().zip(ended).for_each(|(f, e)| *f |= e);
                 }
-                foreign.then_some(Drift::Nftables)
+                foreign
             }
             Err(r) => {
                 transaction = NftTransaction::default();
                 failed("nftables", r, &metrics).await;
-                Some(Drift::Nftables)
+                [true; NFT_TABLES.len()]
             }
         };
-        if let Some(d) = drift
-            && let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(d)
-        {
-            return;
+        for ((_, drift), foreign) in NFT_TABLES.iter().zip(foreign) {
+            if foreign && let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(*drift) {
+                return;
+            }
         }
     }
 }
@@ -398,28 +438,37 @@ const NFPROTO_INET: u8 = 1;
 const NFTA_TABLE: u16 = 1;
 const NLA_TYPE_MASK: u16 = 0x3fff;
 
+/// The `inet` tables weft owns, and what a foreign change to each is.
+pub const NFT_TABLES: [(&str, Drift); 2] = [(TABLE, Drift::Nftables), (POLICY_TABLE, Drift::Policy)];
+
 /// Follows the nftables transactions in the notification stream: their
 /// messages, then one NFT_MSG_NEWGEN naming the process that committed them.
 #[derive(Debug, Default)]
 pub struct NftTransaction {
-    /// A message of the open transaction was about weft's table.
-    touched: bool,
+    /// A message of the open transaction was about each of [`NFT_TABLES`].
+    touched: [bool; NFT_TABLES.len()],
 }
 
 impl NftTransaction {
-    /// Feeds one message; true when it ends a transaction that touched the
-    /// `inet <table>` table and was committed by a process other than
-    /// weft's own `nft` (`writers`), or by one it cannot tell.
-    pub fn ends_foreign(&mut self, msg: &[u8], table: &str, writers: &NftWriters) -> bool {
+    /// Feeds one message; for each of [`NFT_TABLES`], true when the message
+    /// ends a transaction that touched that table and was committed by a
+    /// process other than weft's own `nft` (`writers`), or by one it cannot
+    /// tell.
+    pub fn ends_foreign(&mut self, msg: &[u8], writers: &NftWriters) -> [bool; NFT_TABLES.len()] {
         match new_generation(msg) {
             Some(committer) => {
-                let foreign = self.touched && !committer.iter().flatten().any(|p| writers.contains(*p));
-                self.touched = false;
-                foreign
+                let touched = std::mem::take(&mut self.touched);
+                if !touched.contains(&true) {
+                    return touched;
+                }
+                let ours = committer.iter().flatten().any(|p| writers.contains(*p));
+                touched.map(|t| t && !ours)
             }
             None => {
-                self.touched |= nft_touches(msg, table);
-                false
+                for (t, (table, _)) in self.touched.iter_mut().zip(NFT_TABLES) {
+                    *t |= nft_touches(msg, table);
+                }
+                [false; NFT_TABLES.len()]
             }
         }
     }
@@ -655,7 +704,7 @@ mod tests {
         let other = nft(NEWSETELEM, NFPROTO_INET, &[(NFTA_TABLE, b"kube-proxy\0")]);
         let generation = |pid: u32| nft(NFT_MSG_NEWGEN, 0, &[(1, &7u32.to_be_bytes()), (2, &pid.to_be_bytes())]);
         let mut t = NftTransaction::default();
-        let mut feed = |msgs: &[&Vec<u8>]| msgs.iter().filter(|m| t.ends_foreign(m, "weft", &writers)).count();
+        let mut feed = |msgs: &[&Vec<u8>]| msgs.iter().filter(|m| t.ends_foreign(m, &writers)[0]).count();
         assert_eq!(feed(&[&elem, &elem, &generation(4242)]), 0, "weft's own write");
         // In a container: the socket's port id is the pid weft knows, the
         // process id attribute the one of the initial PID namespace.
@@ -673,6 +722,31 @@ mod tests {
             writers.push(pid);
         }
         assert_eq!(feed(&[&elem, &generation(4242)]), 1, "forgotten after {} newer writers", NftWriters::KEEP);
+    }
+
+    #[test]
+    fn the_policy_table_is_followed_apart_from_the_weft_table() {
+        const NEWSETELEM: u16 = 12;
+        const DELCHAIN: u16 = 5;
+        let writers = NftWriters::default();
+        writers.push(4242);
+        let weft = nft(NEWSETELEM, NFPROTO_INET, &[(NFTA_TABLE, b"weft\0")]);
+        let policy = nft(DELCHAIN, NFPROTO_INET, &[(NFTA_TABLE, b"weft-policy\0")]);
+        let generation = |pid: u32| nft(NFT_MSG_NEWGEN, 0, &[(1, &7u32.to_be_bytes()), (2, &pid.to_be_bytes())]);
+        let mut t = NftTransaction::default();
+        let mut feed = |msgs: &[&Vec<u8>]| {
+            let mut out = [false; 2];
+            for m in msgs {
+                let ended = t.ends_foreign(m, &writers);
+                out.iter_mut().zip(ended).for_each(|(o, e)| *o |= e);
+            }
+            out
+        };
+        assert_eq!(NFT_TABLES.map(|(_, d)| d), [Drift::Nftables, Drift::Policy]);
+        assert_eq!(feed(&[&policy, &generation(77)]), [false, true], "someone else's edit of the policy table");
+        assert_eq!(feed(&[&policy, &policy, &generation(4242)]), [false, false], "weft's own policy write");
+        assert_eq!(feed(&[&weft, &policy, &generation(78)]), [true, true], "nft flush ruleset touches both");
+        assert_eq!(feed(&[&weft, &generation(79)]), [true, false]);
     }
 
     #[test]
