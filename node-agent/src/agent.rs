@@ -1,6 +1,10 @@
 //! `weft-agent run`: schedules passes and reports them. Each pass observes
 //! (the Node watch cache, the underlay), computes the desired state
-//! (`desired::compute`) and applies every output (`apply::*`).
+//! (`desired::compute`) and applies every output (`apply::*`). A pass for
+//! Node events updates the desired state of the last pass for the Nodes
+//! that changed (`desired::incremental`) and compares only their entries
+//! with the kernel mirror; start, the resync and lost notifications
+//! compute and compare everything.
 //!
 //! Woken by any Node event (coalesced), by drift (the kernel reporting that
 //! something weft owns changed, `observe::events`), by the resync tick, or
@@ -29,6 +33,7 @@ use crate::apply::nftables::{self as nft, NftChange, NftError, Nftables};
 use crate::apply::policy::{PolicyChange, PolicyError, PolicySync, release_pending};
 use crate::apply::{api, files, kernel};
 use crate::config::{Backend, Config};
+use crate::desired::incremental::{Incremental, NodeChange, Scope, Touched};
 use crate::desired::{self, Desired, vtep_mac_for};
 use crate::metrics::{BackendLabel, FieldLabel, Metrics, PolicyLabel};
 use crate::observe::policy_watch::{self, PolicyCache};
@@ -215,31 +220,36 @@ struct Views {
 type View = (Arc<WatchedNode>, Arc<NodeView>, Vec<Rejected>);
 
 impl Views {
-    /// Every object's view, and what was refused in them.
+    /// Every object's view, what was refused in them, and the Nodes
+    /// added, changed or deleted since the last call.
     fn update(
         &mut self,
         objects: &[Arc<WatchedNode>],
         cluster_cidrs: &[IpNetwork],
-    ) -> (Vec<Arc<NodeView>>, Vec<Rejected>) {
+    ) -> (Vec<Arc<NodeView>>, Vec<Rejected>, Vec<NodeChange>) {
         let mut by_name = HashMap::with_capacity(objects.len());
         let mut views = Vec::with_capacity(objects.len());
         let mut rejected = Vec::new();
+        let mut changes = Vec::new();
         for object in objects {
-            let name = object.metadata.name.clone().unwrap_or_default();
-            let entry = match self.by_name.remove(&name) {
-                Some(e) if Arc::ptr_eq(&e.0, object) => e,
+            let name = object.metadata.name.as_deref().unwrap_or_default();
+            let (name, entry) = match self.by_name.remove_entry(name) {
+                Some((name, e)) if Arc::ptr_eq(&e.0, object) => (name, e),
                 _ => {
                     let mut refused = Vec::new();
-                    let view = NodeView::from_node(object, cluster_cidrs, &mut refused);
-                    (object.clone(), Arc::new(view), refused)
+                    let view = Arc::new(NodeView::from_node(object, cluster_cidrs, &mut refused));
+                    changes.push((name.to_string(), Some(view.clone())));
+                    (name.to_string(), (object.clone(), view, refused))
                 }
             };
             views.push(entry.1.clone());
             rejected.extend(entry.2.iter().cloned());
             by_name.insert(name, entry);
         }
+        // What is left was deleted.
+        changes.extend(self.by_name.drain().map(|(name, _)| (name, None)));
         self.by_name = by_name;
-        (views, rejected)
+        (views, rejected, changes)
     }
 }
 
@@ -254,6 +264,8 @@ struct Agent {
     metrics: Arc<Metrics>,
     nft: Nftables,
     views: Views,
+    /// The desired state of the last pass, updated for the Nodes that changed.
+    desired: Incremental,
     /// The kernel mirror and what else the notification readers share.
     shared: Arc<events::Shared>,
     refusals: Refusals,
@@ -320,6 +332,7 @@ pub async fn run(
         store: store.clone(),
         nft,
         views: Views::default(),
+        desired: Incremental::default(),
         shared,
         refusals: Refusals::default(),
         peer_refusals: Refusals::default(),
@@ -362,7 +375,7 @@ pub async fn run(
         };
         let check = check_of(&agent.shared.nft_changed);
         let policy_check = check_of(&agent.shared.policy_changed);
-        let outcome = agent.pass(check, policy_check).await;
+        let outcome = agent.pass(check, policy_check, wakeup).await;
         // A pass that stopped before the table keeps the news for the next one.
         let stopped_early = match &outcome {
             Outcome::Waiting => true,
@@ -485,10 +498,10 @@ impl Agent {
     /// Observe: the Node views (reporting new refusals), the own Node and
     /// the underlay. `Ok(None)`: not ready to program yet (own node unknown
     /// or without podCIDR).
-    async fn observe(&mut self) -> Result<Option<(Observation, Arc<WatchedNode>)>, UnderlayError> {
+    async fn observe(&mut self) -> Result<Option<(Observation, Arc<WatchedNode>, Vec<NodeChange>)>, UnderlayError> {
         let objects = self.store.state();
         self.metrics.nodes.set(objects.len() as i64);
-        let (nodes, rejected) = self.views.update(&objects, &self.cfg.cluster_cidrs);
+        let (nodes, rejected, changes) = self.views.update(&objects, &self.cfg.cluster_cidrs);
         for r in self.refusals.fresh(&rejected) {
             self.metrics.rejected_annotations.get_or_create(&FieldLabel { field: r.field.to_string() }).inc();
             tracing::warn!(node = %r.node, field = r.field, value = %r.value, "ignored invalid value: {}", r.reason);
@@ -516,25 +529,43 @@ impl Agent {
             offload_default: observe_kernel::offload_default(),
             portmap_installed: desired::files::portmap_installed(&self.cfg),
         };
-        Ok(Some((obs, own_object.clone())))
+        Ok(Some((obs, own_object.clone(), changes)))
     }
 
     /// One pass: observe, compute, apply every output. A failed output is
     /// reported and does not stop the others, except that the plugin's
     /// files wait for the kernel and the nftables table: they tell the
     /// plugin it may serve pods. `check`, `policy_check`: also compare the
-    /// nftables table, the policy table, with weft's last write.
-    async fn pass(&mut self, check: nft::Check, policy_check: nft::Check) -> Outcome {
+    /// nftables table, the policy table, with weft's last write. `wakeup`:
+    /// what woke the loop; a pass for a Node (or policy) event compares
+    /// only what changed with the kernel.
+    async fn pass(&mut self, check: nft::Check, policy_check: nft::Check, wakeup: Wakeup) -> Outcome {
         self.policy_checked = false;
         let started = Instant::now();
-        let (obs, own_object) = match self.observe().await {
+        let (obs, own_object, changes) = match self.observe().await {
             Ok(Some(o)) => o,
-            Ok(None) => return Outcome::Waiting,
-            Err(e) => return Outcome::Done(vec![e.into()]),
+            // The Node changes seen are not in the desired state yet.
+            Ok(None) => {
+                self.desired.invalidate();
+                return Outcome::Waiting;
+            }
+            Err(e) => {
+                self.desired.invalidate();
+                return Outcome::Done(vec![e.into()]);
+            }
         };
         let observed = started.elapsed();
-        let d = desired::compute(&self.cfg, &obs);
+        // Everything at start, at the resync, and when the kernel mirror is
+        // stale (lost notifications: the full pass that follows them).
+        let full = check == nft::Check::Resync || self.shared.mirror.is_stale();
+        let mut desired = std::mem::take(&mut self.desired);
+        let (d, scope) = desired.update(&self.cfg, &obs, (!full).then_some(changes.as_slice()));
         let computed = started.elapsed();
+        let only = match (&scope, wakeup) {
+            (Scope::Entries(keys), Wakeup::Node | Wakeup::Policy) => Some(keys),
+            // Drift and retries compare everything with the kernel.
+            _ => None,
+        };
         for (peer, why) in &d.kernel.skipped {
             tracing::debug!(peer = %peer, "not programmed: {why}");
         }
@@ -550,9 +581,14 @@ impl Agent {
             failures.push(e.into());
         }
         let published = started.elapsed();
-        let kernel = self.apply_kernel(&d, obs.underlay.ifindex).await;
+        let kernel = self.apply_kernel(d, obs.underlay.ifindex, only).await;
+        if kernel.is_err() {
+            // This pass's changes may be half applied: the next compares everything.
+            self.shared.mirror.mark_stale();
+        }
         let kernel_done = started.elapsed();
         let nft = self.nft.sync(&self.cfg, &d.nft, check).await;
+        let peers_changed = changes.len();
         let nft_done = started.elapsed();
         if let Ok(change) = &nft {
             self.metrics.kernel_writes("nftables", usize::from(*change != NftChange::None));
@@ -565,9 +601,13 @@ impl Agent {
         if data_plane_ok && let Err(e) = files::write(&self.cfg, &d.node_config, &d.conflist) {
             failures.push(e.into());
         }
+        let computed_all = scope == Scope::All;
+        self.desired = desired;
         let us = |d: Duration| d.as_micros() as u64;
         tracing::debug!(
             nodes = obs.nodes.len(),
+            peers_changed,
+            computed_all,
             observe_us = us(observed),
             compute_us = us(computed - observed),
             publish_us = us(published - computed),
@@ -655,10 +695,15 @@ impl Agent {
         Ok(())
     }
 
-    async fn apply_kernel(&self, d: &Desired, underlay_ifindex: u32) -> Result<(), kernel::KernelError> {
+    async fn apply_kernel(
+        &self,
+        d: &Desired,
+        underlay_ifindex: u32,
+        only: Option<&Touched>,
+    ) -> Result<(), kernel::KernelError> {
         let (metrics, k) = (&self.metrics, &d.kernel);
         metrics.kernel_writes("sysctl", kernel::ensure_forwarding()?);
-        let applied = kernel::sync(&self.nl, k, underlay_ifindex, &self.shared.mirror).await?;
+        let applied = kernel::sync(&self.nl, k, underlay_ifindex, &self.shared.mirror, only).await?;
         for (kind, n) in &applied.writes {
             metrics.kernel_writes(kind, *n);
         }
@@ -734,19 +779,24 @@ mod tests {
         let cluster: Vec<IpNetwork> = vec!["10.244.0.0/16".parse().expect("valid")];
         let (n1, n2) = (object("n1", "10.244.1.0/24"), object("n2", "10.0.0.0/24"));
         let mut views = Views::default();
-        let (first, rejected) = views.update(&[n1.clone(), n2.clone()], &cluster);
+        let (first, rejected, changes) = views.update(&[n1.clone(), n2.clone()], &cluster);
         assert_eq!(rejected.len(), 1, "n2's CIDR is outside the cluster");
-        let (again, rejected_again) = views.update(&[n1.clone(), n2.clone()], &cluster);
+        let names = |c: &[NodeChange]| c.iter().map(|(n, v)| (n.clone(), v.is_some())).collect::<Vec<_>>();
+        assert_eq!(names(&changes), [("n1".into(), true), ("n2".into(), true)]);
+        let (again, rejected_again, changes) = views.update(&[n1.clone(), n2.clone()], &cluster);
         assert!(Arc::ptr_eq(&first[0], &again[0]) && Arc::ptr_eq(&first[1], &again[1]), "reused");
         assert_eq!(rejected_again, rejected, "refusals are kept with their view");
+        assert!(changes.is_empty(), "nothing changed");
         // n2 changed: a new object from the watch.
-        let (changed, rejected) = views.update(&[n1.clone(), object("n2", "10.244.2.0/24")], &cluster);
+        let (changed, rejected, changes) = views.update(&[n1.clone(), object("n2", "10.244.2.0/24")], &cluster);
         assert!(Arc::ptr_eq(&first[0], &changed[0]));
         assert_eq!(changed[1].pod_cidrs, ["10.244.2.0/24".parse::<IpNetwork>().expect("valid")]);
         assert!(rejected.is_empty());
+        assert_eq!(names(&changes), [("n2".into(), true)]);
         // n2 deleted.
-        let (left, _) = views.update(std::slice::from_ref(&n1), &cluster);
+        let (left, _, changes) = views.update(std::slice::from_ref(&n1), &cluster);
         assert_eq!(left.len(), 1);
+        assert_eq!(names(&changes), [("n2".into(), false)]);
         assert_eq!(views.by_name.len(), 1);
     }
 

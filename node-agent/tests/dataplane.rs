@@ -35,7 +35,7 @@ fn sync_all(rt: &tokio::runtime::Runtime, lab: &Lab, live: &[usize], backend: &s
                 let d =
                     desired::kernel_state(&config(backend), &node.view(), &u, vtep_mac_for(&node.name), &views, true);
                 // A mirror without notifications: every sync dumps, as a fresh agent does.
-                let applied = kernel::sync(&nl, &d, u.ifindex, &Mirror::default()).await.unwrap();
+                let applied = kernel::sync(&nl, &d, u.ifindex, &Mirror::default(), None).await.unwrap();
                 assert!(applied.errors.is_empty(), "{}: {:?}", node.name, applied.errors);
                 (d, applied.changes)
             })

@@ -37,7 +37,7 @@ fn program(lab: &Lab, cluster: &[usize], cfg: &Config) {
             let ips = [node.v4.parse().unwrap(), node.v6.parse().unwrap()];
             let u = underlay::detect(&nl, None, &ips).await.unwrap();
             let d = desired::kernel_state(cfg, &node.view(), &u, vtep_mac_for(&node.name), &views, true);
-            let applied = kernel::sync(&nl, &d, u.ifindex, &Mirror::default()).await.unwrap();
+            let applied = kernel::sync(&nl, &d, u.ifindex, &Mirror::default(), None).await.unwrap();
             assert!(applied.errors.is_empty(), "{}: {:?}", node.name, applied.errors);
         });
     }

@@ -20,6 +20,7 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 use libweft::netlink::{Ensured, Netlink, NetlinkError, RTPROT_WEFT_PEER, RouteSpec, VxlanLink};
 
+use crate::desired::incremental::Touched;
 use crate::desired::{Hop, KernelState, VXLAN_DEV};
 use crate::observe;
 use crate::observe::mirror::{self, Mirror, Snapshot};
@@ -101,7 +102,18 @@ fn route_spec(dst: IpNetwork, hop: Hop, underlay: u32, vxlan: Option<u32>) -> Op
 /// One reconcile pass. Fails only when the VXLAN device itself cannot be
 /// made right or a dump fails; individual entries that fail are reported in
 /// `errors` (and leave the mirror stale, so the retry dumps).
-pub async fn sync(nl: &Netlink, d: &KernelState, underlay: u32, mirror: &Mirror) -> Result<Applied, NetlinkError> {
+///
+/// `only`: compare just these entries with the mirror, the ones the
+/// desired state changed since a pass that left the kernel as desired (a
+/// pass for a Node event). `None`, or a mirror that had to be dumped,
+/// compares everything.
+pub async fn sync(
+    nl: &Netlink,
+    d: &KernelState,
+    underlay: u32,
+    mirror: &Mirror,
+    only: Option<&Touched>,
+) -> Result<Applied, NetlinkError> {
     let mut out = Applied::default();
 
     let vxlan = match &d.vxlan {
@@ -135,13 +147,20 @@ pub async fn sync(nl: &Netlink, d: &KernelState, underlay: u32, mirror: &Mirror)
             None
         }
     };
+    let mut only = only;
     if mirror.is_stale() || mirror.read(|s| s.vxlan_index) != vxlan {
         dump(nl, vxlan, mirror).await?;
+        only = None;
     }
 
-    let wanted: Vec<RouteSpec> =
-        d.routes.iter().filter_map(|(dst, hop)| route_spec(*dst, *hop, underlay, vxlan)).collect();
-    let plan = mirror.read(|present| Plan::new(present, d, &wanted, vxlan.is_some()));
+    let plan = mirror.read(|present| match only {
+        None => {
+            let wanted: Vec<RouteSpec> =
+                d.routes.iter().filter_map(|(dst, hop)| route_spec(*dst, *hop, underlay, vxlan)).collect();
+            Plan::new(present, d, &wanted, vxlan.is_some())
+        }
+        Some(keys) => Plan::only(present, d, keys, underlay, vxlan),
+    });
 
     // Stale routes go first.
     for (dst, (gateway, oif)) in plan.stale_routes {
@@ -190,7 +209,8 @@ pub async fn sync(nl: &Netlink, d: &KernelState, underlay: u32, mirror: &Mirror)
         failed += usize::from(res.is_err());
         record(&mut out, res.map(|()| 1), "route", mirror);
     }
-    out.routes = wanted.len() - failed;
+    // Every wanted route has a spec: VXLAN hops exist only with the device.
+    out.routes = d.routes.len() - failed;
     Ok(out)
 }
 
@@ -269,6 +289,49 @@ impl Plan {
                 .filter(|(ip, mac)| present.neighbours.get(ip) != Some(mac))
                 .map(|(ip, mac)| (*ip, *mac))
                 .collect();
+        }
+        plan
+    }
+}
+
+impl Plan {
+    /// The plan for the entries in `keys` alone.
+    fn only(present: &Snapshot, d: &KernelState, keys: &Touched, underlay: u32, vxlan: Option<u32>) -> Plan {
+        let mut plan = Plan::default();
+        for dst in &keys.routes {
+            let wanted = d.routes.get(dst).and_then(|hop| route_spec(*dst, *hop, underlay, vxlan));
+            let wanted_hop = wanted.map(|w| (w.gateway, w.oif));
+            for hop in present.routes.get(dst).into_iter().flatten() {
+                if Some(*hop) != wanted_hop {
+                    plan.stale_routes.push((*dst, *hop));
+                }
+            }
+            plan.missing_routes.extend(wanted.filter(|w| !present.has_route(dst, (w.gateway, w.oif))));
+        }
+        if vxlan.is_some() {
+            // The FDB is a set of pairs: a pass over it, no I/O, for a handful of MACs.
+            if !keys.fdb.is_empty() {
+                plan.stale_fdb = present
+                    .fdb
+                    .iter()
+                    .filter(|(mac, dst)| keys.fdb.contains(mac) && d.fdb.get(mac) != Some(dst))
+                    .copied()
+                    .collect();
+            }
+            for mac in &keys.fdb {
+                if let Some(dst) = d.fdb.get(mac).filter(|dst| !present.fdb.contains(&(*mac, **dst))) {
+                    plan.missing_fdb.push((*mac, *dst));
+                }
+            }
+            for ip in &keys.neighbours {
+                let (want, have) = (d.neighbours.get(ip), present.neighbours.get(ip));
+                if have.is_some() && want != have {
+                    plan.stale_neighbours.push(*ip);
+                }
+                if let Some(mac) = want.filter(|w| Some(*w) != have) {
+                    plan.missing_neighbours.push((*ip, *mac));
+                }
+            }
         }
         plan
     }

@@ -4,8 +4,11 @@
 //! offload setting), the nftables table, node.json and the conflist, and
 //! the own Node's annotations. Every decision (which backend per peer,
 //! which MTU, what to skip) is unit-tested here without a kernel.
+//! [`incremental`] keeps the result between passes and updates it for the
+//! Nodes that changed, equal to [`compute`] by test.
 
 pub mod files;
+pub mod incremental;
 pub mod nftables;
 pub mod pod_trust;
 pub mod policy;
@@ -153,6 +156,37 @@ pub fn kernel_state(
     nodes: &[impl Borrow<NodeView>],
     offload_default: bool,
 ) -> KernelState {
+    let mut d = kernel_base(config, local, underlay, vtep_mac, offload_default);
+    // Trust: a peer is believed only for what no older Node already
+    // claims. Peers are taken oldest first (creationTimestamp, then UID),
+    // so the outcome never depends on the store's order or on names, and a
+    // Node created later cannot take a pod CIDR or an address away from one
+    // that holds it. A refused peer gets nothing programmed at all.
+    let mut peers: Vec<&NodeView> = nodes.iter().map(Borrow::borrow).filter(|n| n.name != local.name).collect();
+    peers.sort_by(|a, b| a.age_key().cmp(&b.age_key()));
+    let mut claims = Claims::local(local, underlay, local.name.as_str());
+    for peer in peers {
+        if let Some(refusal) = claims.refusal(peer) {
+            d.refused.push(refusal);
+            continue;
+        }
+        claims.take(peer, peer.name.as_str());
+        let entries = peer_entries(config, underlay, d.vxlan.is_some(), peer);
+        d.add_peer(&peer.name, &entries);
+    }
+    // One order for every way of computing it (see `incremental`): by peer.
+    d.skipped.sort();
+    d
+}
+
+/// The kernel state without any peer: the VXLAN device and the pods' MTU.
+fn kernel_base(
+    config: &Config,
+    local: &NodeView,
+    underlay: &Underlay,
+    vtep_mac: [u8; 6],
+    offload_default: bool,
+) -> KernelState {
     let uses_vxlan = config.backend != Backend::Routes;
     let vxlan_v6 = underlay.vxlan_family_v6();
     let overhead = if vxlan_v6 { VXLAN_OVERHEAD_V6 } else { VXLAN_OVERHEAD_V4 };
@@ -174,91 +208,107 @@ pub fn kernel_state(
             tx_checksum_offload: config.vxlan.tx_checksum_offload.unwrap_or(offload_default),
         });
     }
-
-    // Trust: a peer is believed only for what no older Node already
-    // claims. Peers are taken oldest first (creationTimestamp, then UID),
-    // so the outcome never depends on the store's order or on names, and a
-    // Node created later cannot take a pod CIDR or an address away from one
-    // that holds it. A refused peer gets nothing programmed at all.
-    let mut peers: Vec<&NodeView> = nodes.iter().map(Borrow::borrow).filter(|n| n.name != local.name).collect();
-    peers.sort_by(|a, b| a.age_key().cmp(&b.age_key()));
-    let mut claims = Claims::default();
-    for cidr in &local.pod_cidrs {
-        claims.cidrs.insert(cidr_span(cidr).0, (*cidr, &local.name));
-    }
-    let own_ips = local
-        .addresses
-        .iter()
-        .copied()
-        .chain([local.ipv4.map(IpAddr::V4), local.ipv6.map(IpAddr::V6)].into_iter().flatten());
-    for ip in own_ips.chain([underlay.v4.map(|n| n.ip()), underlay.v6.map(|n| n.ip())].into_iter().flatten()) {
-        claims.ips.entry(ip).or_insert(&local.name);
-    }
-    for peer in peers {
-        if let Some(refusal) = claims.refusal(peer) {
-            d.refused.push(refusal);
-            continue;
-        }
-        claims.take(peer);
-        if peer.pod_cidrs.is_empty() {
-            continue; // not allocated yet; nothing to route to
-        }
-        let mut chosen = None;
-        for cidr in &peer.pod_cidrs {
-            let family_v6 = cidr.is_ipv6();
-            let direct = match (peer.ip(family_v6), underlay.net(family_v6)) {
-                (Some(ip), Some(net)) => Some((ip, net.contains(ip))),
-                _ => None,
-            };
-            let want_direct = match config.backend {
-                Backend::Routes => true,
-                Backend::Vxlan => false,
-                Backend::Auto => direct.is_some_and(|(_, same_l2)| same_l2),
-            };
-            if want_direct {
-                match direct {
-                    Some((gateway, _)) => {
-                        d.routes.insert(*cidr, Hop::Direct { gateway });
-                        chosen.get_or_insert(Backend::Routes);
-                    }
-                    None => d.skipped.push((
-                        peer.name.clone(),
-                        format!("no IPv{} node address to route {cidr} to", if family_v6 { 6 } else { 4 }),
-                    )),
-                }
-                continue;
-            }
-            let (Some(_), Some(mac), Some(peer_underlay)) = (&d.vxlan, peer.vtep_mac, peer.ip(vxlan_v6)) else {
-                d.skipped.push((
-                    peer.name.clone(),
-                    format!("no VTEP MAC or underlay address yet to reach {cidr} over VXLAN"),
-                ));
-                continue;
-            };
-            // Claims guarantee each key is this peer's alone: its VTEP
-            // address lies in its own pod CIDR and its MAC is unique.
-            let vtep = cidr.network();
-            d.routes.insert(*cidr, Hop::Vxlan { gateway: vtep });
-            d.neighbours.insert(vtep, mac);
-            d.fdb.insert(mac, peer_underlay);
-            chosen = Some(Backend::Vxlan);
-        }
-        if let Some(b) = chosen {
-            d.peer_backends.insert(peer.name.clone(), b);
-        }
-    }
     d
 }
 
+/// What one believed peer adds to the kernel state. Its keys are its own:
+/// claims make its pod CIDRs (so its VTEP addresses) and its MAC unique.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerEntries {
+    pub routes: Vec<(IpNetwork, Hop)>,
+    pub neighbours: Vec<(IpAddr, [u8; 6])>,
+    pub fdb: Vec<([u8; 6], IpAddr)>,
+    pub backend: Option<Backend>,
+    /// Why some of its pod CIDRs cannot be programmed yet.
+    pub skipped: Vec<String>,
+}
+
+/// The entries of one believed peer: a function of the configuration, the
+/// underlay, whether the VXLAN device exists, and the peer alone.
+pub fn peer_entries(config: &Config, underlay: &Underlay, vxlan: bool, peer: &NodeView) -> PeerEntries {
+    let vxlan_v6 = underlay.vxlan_family_v6();
+    let mut e = PeerEntries::default();
+    // Without pod CIDRs (not allocated yet) there is nothing to route to.
+    for cidr in &peer.pod_cidrs {
+        let family_v6 = cidr.is_ipv6();
+        let direct = match (peer.ip(family_v6), underlay.net(family_v6)) {
+            (Some(ip), Some(net)) => Some((ip, net.contains(ip))),
+            _ => None,
+        };
+        let want_direct = match config.backend {
+            Backend::Routes => true,
+            Backend::Vxlan => false,
+            Backend::Auto => direct.is_some_and(|(_, same_l2)| same_l2),
+        };
+        if want_direct {
+            match direct {
+                Some((gateway, _)) => {
+                    e.routes.push((*cidr, Hop::Direct { gateway }));
+                    e.backend.get_or_insert(Backend::Routes);
+                }
+                None => {
+                    e.skipped.push(format!("no IPv{} node address to route {cidr} to", if family_v6 { 6 } else { 4 }))
+                }
+            }
+            continue;
+        }
+        let (true, Some(mac), Some(peer_underlay)) = (vxlan, peer.vtep_mac, peer.ip(vxlan_v6)) else {
+            e.skipped.push(format!("no VTEP MAC or underlay address yet to reach {cidr} over VXLAN"));
+            continue;
+        };
+        let vtep = cidr.network();
+        e.routes.push((*cidr, Hop::Vxlan { gateway: vtep }));
+        e.neighbours.push((vtep, mac));
+        e.fdb.push((mac, peer_underlay));
+        e.backend = Some(Backend::Vxlan);
+    }
+    e
+}
+
+impl KernelState {
+    /// Adds a believed peer's entries.
+    fn add_peer(&mut self, name: &str, e: &PeerEntries) {
+        self.routes.extend(e.routes.iter().copied());
+        self.neighbours.extend(e.neighbours.iter().copied());
+        self.fdb.extend(e.fdb.iter().copied());
+        if let Some(b) = e.backend {
+            self.peer_backends.insert(name.to_string(), b);
+        }
+        self.skipped.extend(e.skipped.iter().map(|why| (name.to_string(), why.clone())));
+    }
+
+    /// Removes what [`KernelState::add_peer`] added (but `skipped`, which
+    /// the caller rebuilds).
+    fn remove_peer(&mut self, name: &str, e: &PeerEntries) {
+        for (dst, _) in &e.routes {
+            self.routes.remove(dst);
+        }
+        for (ip, _) in &e.neighbours {
+            self.neighbours.remove(ip);
+        }
+        for (mac, _) in &e.fdb {
+            self.fdb.remove(mac);
+        }
+        self.peer_backends.remove(name);
+    }
+}
+
 /// What the local node and the peers believed so far hold: pod CIDRs
-/// (pairwise disjoint, by first address), underlay addresses and VTEP MACs.
-/// Every lookup is a hash or a tree search: a pass over thousands of Nodes
-/// must not compare each with all the others.
-#[derive(Default)]
-struct Claims<'a> {
-    cidrs: BTreeMap<(bool, u128), (IpNetwork, &'a str)>,
-    ips: HashMap<IpAddr, &'a str>,
-    macs: HashMap<[u8; 6], &'a str>,
+/// (pairwise disjoint, by first address), underlay addresses and VTEP MACs,
+/// each with its holder's name (`N`: borrowed for one computation, owned
+/// when kept between passes). Every lookup is a hash or a tree search: a
+/// pass over thousands of Nodes must not compare each with all the others.
+#[derive(Debug, Clone)]
+struct Claims<N> {
+    cidrs: BTreeMap<(bool, u128), (IpNetwork, N)>,
+    ips: HashMap<IpAddr, N>,
+    macs: HashMap<[u8; 6], N>,
+}
+
+impl<N> Default for Claims<N> {
+    fn default() -> Self {
+        Claims { cidrs: BTreeMap::new(), ips: HashMap::new(), macs: HashMap::new() }
+    }
 }
 
 /// `((is IPv6, first address), last address)` of a CIDR, as numbers.
@@ -271,11 +321,29 @@ fn cidr_span(c: &IpNetwork) -> ((bool, u128), u128) {
     ((c.is_ipv6(), first), first.saturating_add(size_less_one))
 }
 
-impl<'a> Claims<'a> {
+impl<N: Clone + std::fmt::Display> Claims<N> {
+    /// What the local node (named `name`) holds: its pod CIDRs and every
+    /// address it has.
+    fn local(local: &NodeView, underlay: &Underlay, name: N) -> Claims<N> {
+        let mut claims = Claims::default();
+        for cidr in &local.pod_cidrs {
+            claims.cidrs.insert(cidr_span(cidr).0, (*cidr, name.clone()));
+        }
+        let own_ips = local
+            .addresses
+            .iter()
+            .copied()
+            .chain([local.ipv4.map(IpAddr::V4), local.ipv6.map(IpAddr::V6)].into_iter().flatten());
+        for ip in own_ips.chain([underlay.v4.map(|n| n.ip()), underlay.v6.map(|n| n.ip())].into_iter().flatten()) {
+            claims.ips.entry(ip).or_insert_with(|| name.clone());
+        }
+        claims
+    }
+
     /// A claimed CIDR that overlaps `cidr`. CIDRs overlap only by nesting,
     /// and the claimed ones are disjoint: either one starts inside `cidr`,
     /// or the last one starting before it contains it.
-    fn overlapping(&self, cidr: &IpNetwork) -> Option<&(IpNetwork, &'a str)> {
+    fn overlapping(&self, cidr: &IpNetwork) -> Option<&(IpNetwork, N)> {
         let ((v6, first), last) = cidr_span(cidr);
         if let Some((_, claim)) = self.cidrs.range((v6, first)..=(v6, last)).next() {
             return Some(claim);
@@ -318,17 +386,30 @@ impl<'a> Claims<'a> {
     }
 
     /// Records what a believed `peer` holds.
-    fn take(&mut self, peer: &'a NodeView) {
+    fn take(&mut self, peer: &NodeView, owner: N) {
         // At most one CIDR per family (`NodeView::from_node`): they cannot
         // overlap each other, and `refusal` saw they overlap no other claim.
         for c in &peer.pod_cidrs {
-            self.cidrs.insert(cidr_span(c).0, (*c, &peer.name));
+            self.cidrs.insert(cidr_span(c).0, (*c, owner.clone()));
         }
         for ip in [peer.ip(false), peer.ip(true)].into_iter().flatten() {
-            self.ips.insert(ip, &peer.name);
+            self.ips.insert(ip, owner.clone());
         }
         if let Some(mac) = peer.vtep_mac {
-            self.macs.insert(mac, &peer.name);
+            self.macs.insert(mac, owner);
+        }
+    }
+
+    /// Forgets what [`Claims::take`] recorded for `peer`.
+    fn release(&mut self, peer: &NodeView) {
+        for c in &peer.pod_cidrs {
+            self.cidrs.remove(&cidr_span(c).0);
+        }
+        for ip in [peer.ip(false), peer.ip(true)].into_iter().flatten() {
+            self.ips.remove(&ip);
+        }
+        if let Some(mac) = peer.vtep_mac {
+            self.macs.remove(&mac);
         }
     }
 }
