@@ -9,7 +9,8 @@
 # watch timestamps, on one clock, when each pod first appears and when it
 # turns Ready: creation to Ready, per pod. Then the pods are deleted and
 # the other CNI gets its round; rounds alternate weft / ptp so that a
-# change in the machine's load hits both alike.
+# change in the machine's load hits both alike. A first round of each,
+# not counted, warms the nodes up.
 #
 # "ptp": on every worker, a conflist named to sort before weft's
 # (containerd uses the first) with `ptp` + `host-local` over the node's
@@ -133,9 +134,11 @@ watch = subprocess.Popen([cluster, "kubectl", "get", "pods", "-n", ns, "-l", f"b
 seen, ready, buf = {}, {}, ""
 for line in watch.stdout:
     buf += line
-    if line != "}\n":  # kubectl prints each event as an indented object closed at column 0
+    try:  # one event per line (kubectl may also indent it over several)
+        event = json.loads(buf)
+    except ValueError:
         continue
-    now, event, buf = time.time(), json.loads(buf), ""
+    now, buf = time.time(), ""
     pod = event["object"]
     pname = pod["metadata"]["name"]
     seen.setdefault(pname, now)
@@ -172,7 +175,8 @@ PY
   K delete pods -n "$NS" -l "bench=$name" --wait=true --timeout=300s >/dev/null
 }
 
-for ((r = 1; r <= rounds; r++)); do
+# Round 0 warms both up (images unpacked, plugins paged in) and is not counted.
+for ((r = 0; r <= rounds; r++)); do
   for cni in weft ptp; do
     use_cni "$cni"
     scrape >"$data/$cni-$r.before"
