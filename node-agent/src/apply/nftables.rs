@@ -128,17 +128,8 @@ impl Nftables {
     /// Brings the table in line with `want`; `check` also compares the
     /// table itself with weft's last write.
     pub async fn sync(&mut self, cfg: &Config, want: &NftTable, check: Check) -> Result<NftChange, NftError> {
-        let intact = match (check, self.digest) {
-            (Check::No, _) => true,
-            (_, Some(digest)) => observe::kernel::nft_table_digest(TABLE).await == Some(digest),
-            // Written since the last look, and no one else has touched it
-            // since: this listing is the reference.
-            (Check::Resync, None) if self.writers.is_some() && self.last.is_some() => {
-                self.digest = observe::kernel::nft_table_digest(TABLE).await;
-                self.digest.is_some()
-            }
-            (_, None) => false,
-        };
+        let trusted = self.writers.is_some() && self.last.is_some();
+        let intact = table_intact(TABLE, check, &mut self.digest, trusted).await;
         if !intact && self.last.is_some() {
             tracing::info!(table = TABLE, "nftables table differs from weft's last write; replacing it");
         }
@@ -252,6 +243,23 @@ pub async fn remove() -> Result<(), NftError> {
         None,
     )
     .await
+}
+
+/// Whether `table` is as weft last left it, for a pass with `check`.
+/// `digest`: the table's stateless digest after weft's last write, taken
+/// lazily; `trusted`: weft wrote the table and its notification reader
+/// would have woken a check had anyone else touched it since, so the
+/// first listing at a resync is the reference.
+pub(crate) async fn table_intact(table: &'static str, check: Check, digest: &mut Option<u64>, trusted: bool) -> bool {
+    match (check, *digest) {
+        (Check::No, _) => true,
+        (_, Some(d)) => observe::kernel::nft_table_digest(table).await == Some(d),
+        (Check::Resync, None) if trusted => {
+            *digest = observe::kernel::nft_table_digest(table).await;
+            digest.is_some()
+        }
+        (_, None) => false,
+    }
 }
 
 #[cfg(test)]

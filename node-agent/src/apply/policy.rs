@@ -94,18 +94,8 @@ impl PolicySync {
     /// Brings the table in line with `want`; `check` also compares the
     /// table itself with weft's last write.
     pub async fn sync(&mut self, want: &PolicyState, check: Check) -> Result<PolicyChange, PolicyError> {
-        let intact = match (check, self.digest) {
-            (Check::No, _) => true,
-            (_, Some(digest)) => observe::kernel::nft_table_digest(TABLE).await == Some(digest),
-            // Written since the last look, and no one else has touched it
-            // since (or a notification would have said so): this listing is
-            // the reference.
-            (Check::Resync, None) if self.writers.is_some() && self.last.is_some() => {
-                self.digest = observe::kernel::nft_table_digest(TABLE).await;
-                self.digest.is_some()
-            }
-            (_, None) => false,
-        };
+        let trusted = self.writers.is_some() && self.last.is_some();
+        let intact = crate::apply::nftables::table_intact(TABLE, check, &mut self.digest, trusted).await;
         if !intact && self.last.is_some() {
             tracing::info!(table = TABLE, "policy table differs from weft's last write; replacing it");
         }
