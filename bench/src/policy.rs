@@ -43,7 +43,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
@@ -666,6 +666,13 @@ async fn fill(args: &Args, world: &World, client: &Client) -> f64 {
     .try_collect::<Vec<_>>()
     .await
     .expect("create namespaces");
+    // The fake nodes' Node objects: weft-agent believes a pod's address
+    // only inside its node's podCIDRs (desired::pod_trust).
+    futures::stream::iter((1..world.per_node.len()).map(|n| create_node(client, n)))
+        .buffer_unordered(PARALLEL)
+        .try_collect::<Vec<_>>()
+        .await
+        .expect("create nodes");
     futures::stream::iter(world.pods.iter().map(|p| create_pod(client, p)))
         .buffer_unordered(PARALLEL)
         .try_collect::<Vec<_>>()
@@ -680,6 +687,22 @@ async fn fill(args: &Args, world: &World, client: &Client) -> f64 {
     .await
     .expect("create policies");
     started.elapsed().as_secs_f64()
+}
+
+/// Fake node `n` (n > 0) with the podCIDRs its pods' addresses come from
+/// ([`pod_addrs`]) and an underlay address in 198.19.0.0/16.
+async fn create_node(client: &Client, n: usize) -> Result<Node, kube::Error> {
+    let api: Api<Node> = Api::all(client.clone());
+    let (v4, v6) =
+        (Ipv4Addr::new(10, (n >> 8) as u8, (n & 0xff) as u8, 0), Ipv6Addr::new(0xfd00, 0x10, 0, n as u16, 0, 0, 0, 0));
+    let cidrs = [format!("{v4}/24"), format!("{v6}/64")];
+    let node: Node = serde_json::from_value(json!({"metadata": {"name": node_name(n)},
+        "spec": {"podCIDR": cidrs[0], "podCIDRs": cidrs}}))
+    .expect("a valid Node");
+    api.create(&PostParams::default(), &node).await?;
+    let ip = Ipv4Addr::new(198, 19, (n >> 8) as u8, (n & 0xff) as u8);
+    let status = json!({"status": {"addresses": [{"type": "InternalIP", "address": ip.to_string()}]}});
+    api.patch_status(&node_name(n), &PatchParams::default(), &Patch::Merge(status)).await
 }
 
 async fn create_pod(client: &Client, p: &PodM) -> Result<Pod, kube::Error> {
