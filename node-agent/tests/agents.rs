@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{EXTERNAL_V4, EXTERNAL_V6, Lab};
+use common::{EXTERNAL_V4, EXTERNAL_V6, Lab, create_pod};
 use libweft::netlink::format_mac;
 use libweft::testutil::control_plane::{ControlPlane, Proc, eventually, k8s_bin};
 use libweft::testutil::{TestNs, have_privileges};
@@ -451,20 +451,6 @@ fn policy_table_handle(ns: &TestNs) -> String {
     let out = ns.exec(&["nft", "-a", "list", "table", "inet", "weft-policy"]);
     let text = String::from_utf8_lossy(&out.stdout);
     text.lines().next().and_then(|l| l.split("# handle ").nth(1)).unwrap_or("").trim().to_string()
-}
-
-/// A Pod object as the kubelet would leave it: scheduled on `node`, with
-/// the addresses the plugin gave it (the pod need not run).
-fn create_pod(cp: &ControlPlane, name: &str, node: &str, labels: serde_json::Value, ips: &[&str]) {
-    let pod = serde_json::json!({"apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": "default", "labels": labels},
-        "spec": {"nodeName": node, "containers": [{"name": "c", "image": "none"}]}});
-    // No controller manager runs to create the namespace's default ServiceAccount, which admission wants.
-    let _ = cp.kubectl(&["create", "serviceaccount", "default", "-n", "default"]);
-    cp.kubectl_stdin(&["create", "-f", "-"], &pod.to_string());
-    let pod_ips: Vec<_> = ips.iter().map(|ip| serde_json::json!({"ip": ip})).collect();
-    let patch = serde_json::json!({"status": {"podIP": ips[0], "podIPs": pod_ips}}).to_string();
-    cp.kubectl_ok(&["patch", "pod", name, "-n", "default", "--subresource=status", "--type=merge", "-p", &patch]);
 }
 
 #[test]

@@ -15,7 +15,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::Lab;
+use common::{Lab, create_pod};
 use libweft::testutil::control_plane::{ControlPlane, Proc, eventually, k8s_bin};
 use libweft::testutil::{TestNs, have_privileges};
 
@@ -164,19 +164,7 @@ fn drift_is_repaired_within_a_second_by_the_notified_pass() {
         let (drift_before, writes_before) = (passes(ns, "drift"), kernel_writes(ns));
         let started = Instant::now();
         break_it(ns);
-        let broken = state(ns);
-        let mut repaired = None;
-        while started.elapsed() < REPAIR + Duration::from_millis(500) {
-            if state(ns) == good {
-                repaired = Some(started.elapsed());
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let Some(took) = repaired else {
-            panic!("{what}: not repaired within {REPAIR:?}:\nbroken:\n{broken}\nnow:\n{}\n{}", state(ns), log());
-        };
-        eprintln!("{what}: repaired in {} ms", took.as_millis());
+        let took = time_repair(what, started, || state(ns), &good, log);
         report.push((what, took));
         assert!(took <= REPAIR, "{what}: repaired in {took:?}, more than {REPAIR:?}");
         // The agent wrote, so the change did break something and the agent repaired it.
@@ -314,18 +302,6 @@ fn policy_object(ns: &TestNs, kind: &str, prefix: &str) -> String {
         .unwrap_or_else(|| panic!("no {kind} {prefix}* in:\n{listing}"))
 }
 
-/// A Pod object scheduled on `node` with the addresses the plugin would
-/// have given it (no pod runs: the table is what is checked).
-fn create_pod(cp: &ControlPlane, name: &str, node: &str, label: (&str, &str), ips: [&str; 2]) {
-    let pod = serde_json::json!({"apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": "default", "labels": {label.0: label.1}},
-        "spec": {"nodeName": node, "containers": [{"name": "c", "image": "none"}]}});
-    cp.kubectl_stdin(&["create", "-f", "-"], &pod.to_string());
-    let pod_ips: Vec<_> = ips.iter().map(|ip| serde_json::json!({"ip": ip})).collect();
-    let patch = serde_json::json!({"status": {"podIP": ips[0], "podIPs": pod_ips}}).to_string();
-    cp.kubectl_ok(&["patch", "pod", name, "-n", "default", "--subresource=status", "--type=merge", "-p", &patch]);
-}
-
 #[test]
 #[ignore = "needs root and the Kubernetes binaries: cargo test -- --ignored"]
 fn policy_table_drift_is_repaired_within_a_second_by_the_notified_pass() {
@@ -336,8 +312,20 @@ fn policy_table_drift_is_repaired_within_a_second_by_the_notified_pass() {
     // No controller manager runs to create the namespace's default ServiceAccount, which admission wants.
     let _ = cp.kubectl(&["create", "serviceaccount", "default", "-n", "default"]);
     // A server on node1 that only role=cli may reach on 8080, and such a client on node2.
-    create_pod(cp, "srv", &two.lab.nodes[0].name, ("app", "srv"), ["10.244.1.5", "fd00:10:244:1::5"]);
-    create_pod(cp, "cli", &two.lab.nodes[1].name, ("role", "cli"), ["10.244.2.7", "fd00:10:244:2::7"]);
+    create_pod(
+        cp,
+        "srv",
+        &two.lab.nodes[0].name,
+        serde_json::json!({"app": "srv"}),
+        &["10.244.1.5", "fd00:10:244:1::5"],
+    );
+    create_pod(
+        cp,
+        "cli",
+        &two.lab.nodes[1].name,
+        serde_json::json!({"role": "cli"}),
+        &["10.244.2.7", "fd00:10:244:2::7"],
+    );
     let policy = serde_json::json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
         "metadata": {"name": "only-cli", "namespace": "default"},
         "spec": {"podSelector": {"matchLabels": {"app": "srv"}}, "policyTypes": ["Ingress"],
@@ -384,20 +372,7 @@ fn policy_table_drift_is_repaired_within_a_second_by_the_notified_pass() {
             let argv: Vec<&str> = std::iter::once("nft").chain(c.split(' ')).collect();
             ns.exec_ok(&argv);
         }
-        // Not compared with `good`: the repair may already be done.
-        let broken = policy_state(ns);
-        let mut repaired = None;
-        while started.elapsed() < REPAIR + Duration::from_millis(500) {
-            if policy_state(ns) == good {
-                repaired = Some(started.elapsed());
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let Some(took) = repaired else {
-            panic!("{what}: not repaired within {REPAIR:?}:\nbroken:\n{broken}\nnow:\n{}\n{}", policy_state(ns), log());
-        };
-        eprintln!("{what}: repaired in {} ms", took.as_millis());
+        let took = time_repair(what, started, || policy_state(ns), &good, log);
         report.push((what, took));
         assert!(took <= REPAIR, "{what}: repaired in {took:?}, more than {REPAIR:?}");
         assert!(
@@ -409,4 +384,27 @@ fn policy_table_drift_is_repaired_within_a_second_by_the_notified_pass() {
         assert_eq!(passes(ns, "resync"), 0, "{what}: a resync ran");
     }
     eprintln!("repairs: {report:?}");
+}
+
+/// How long after `started` the state read by `state` was `good` again,
+/// polled every 10 ms; panics, showing the broken state, if it was not
+/// within [`REPAIR`] and a margin. (The broken state is not compared with
+/// `good`: the repair may already be done.)
+fn time_repair(
+    what: &str,
+    started: Instant,
+    state: impl Fn() -> String,
+    good: &str,
+    log: impl Fn() -> String,
+) -> Duration {
+    let broken = state();
+    while started.elapsed() < REPAIR + Duration::from_millis(500) {
+        if state() == good {
+            let took = started.elapsed();
+            eprintln!("{what}: repaired in {} ms", took.as_millis());
+            return took;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("{what}: not repaired within {REPAIR:?}:\nbroken:\n{broken}\nnow:\n{}\n{}", state(), log());
 }

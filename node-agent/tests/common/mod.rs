@@ -279,3 +279,17 @@ pub fn spawn_agent(name: &str, node: &Node, cp: &ControlPlane, config: &Path, di
         dir,
     )
 }
+
+/// A Pod object as the kubelet would leave it: scheduled on `node`, with
+/// the addresses the plugin gave it (the pod need not run).
+pub fn create_pod(cp: &ControlPlane, name: &str, node: &str, labels: serde_json::Value, ips: &[&str]) {
+    let pod = serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default", "labels": labels},
+        "spec": {"nodeName": node, "containers": [{"name": "c", "image": "none"}]}});
+    // No controller manager runs to create the namespace's default ServiceAccount, which admission wants.
+    let _ = cp.kubectl(&["create", "serviceaccount", "default", "-n", "default"]);
+    cp.kubectl_stdin(&["create", "-f", "-"], &pod.to_string());
+    let pod_ips: Vec<_> = ips.iter().map(|ip| serde_json::json!({"ip": ip})).collect();
+    let patch = serde_json::json!({"status": {"podIP": ips[0], "podIPs": pod_ips}}).to_string();
+    cp.kubectl_ok(&["patch", "pod", name, "-n", "default", "--subresource=status", "--type=merge", "-p", &patch]);
+}
