@@ -639,7 +639,7 @@ impl Agent {
             .filter(|n| n.name == obs.local.name || !refused.contains(n.name.as_str()))
             .map(|n| (n.name.as_str(), n.pod_cidrs.as_slice()))
             .collect();
-        let believed = desired::pod_trust::believe(&seen.pods, &cidrs);
+        let believed = desired::pod_trust::believe(std::mem::take(&mut seen.pods), &cidrs);
         let mut doubts = HashSet::new();
         for d in &believed.doubts {
             let key = (d.pod.clone(), d.ip);

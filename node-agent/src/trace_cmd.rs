@@ -55,7 +55,7 @@ pub async fn run(client: kube::Client, from: &str, to: &str, port: &str, ipv6: O
         })
         .collect();
     let by_node: HashMap<&str, &[IpNetwork]> = cidrs.iter().map(|(n, c)| (n.as_str(), c.as_slice())).collect();
-    let believed = crate::desired::pod_trust::believe(&pods, &by_node);
+    let believed = crate::desired::pod_trust::believe(pods, &by_node);
     let pods = believed.pods;
     let nss: Vec<NamespaceView> = nss.items.iter().filter_map(NamespaceView::from_namespace).collect();
     let pols: Vec<PolicyView> = pols.items.iter().filter_map(|p| PolicyView::from_policy(p, &mut refused)).collect();

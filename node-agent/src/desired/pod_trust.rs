@@ -46,12 +46,12 @@ pub struct Believed {
 }
 
 /// Applies the rules above. `node_cidrs`: the podCIDRs of every Node weft
-/// believes, by name.
-pub fn believe(pods: &[PodView], node_cidrs: &HashMap<&str, &[IpNetwork]>) -> Believed {
+/// believes, by name. Takes the pods by value: a pass has its own copy,
+/// and at 10,000 pods another one is not free.
+pub fn believe(mut pods: Vec<PodView>, node_cidrs: &HashMap<&str, &[IpNetwork]>) -> Believed {
     let mut out = Believed::default();
     let doubt = |p: &PodView, ip: IpAddr, reason| Doubt { pod: format!("{}/{}", p.namespace, p.name), ip, reason };
     // Outside the node's podCIDRs (or on a node weft does not believe).
-    let mut pods: Vec<PodView> = pods.to_vec();
     for p in pods.iter_mut().filter(|p| !p.host_network) {
         let cidrs = node_cidrs.get(p.node.as_str()).copied().unwrap_or_default();
         let (kept, refused): (Vec<IpAddr>, Vec<IpAddr>) =
@@ -126,7 +126,7 @@ mod tests {
     fn run(pods: &[PodView]) -> Believed {
         let c = cidrs();
         let by_name: HashMap<&str, &[IpNetwork]> = c.iter().map(|(k, v)| (*k, v.as_slice())).collect();
-        believe(pods, &by_name)
+        believe(pods.to_vec(), &by_name)
     }
 
     fn ips(b: &Believed, name: &str) -> Vec<IpAddr> {
