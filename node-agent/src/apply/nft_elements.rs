@@ -1,5 +1,6 @@
-//! Set and map element changes of the policy table written over nfnetlink
-//! directly, as one batch (one transaction), instead of through `nft`.
+//! Set and map element changes of weft's tables (`inet weft-policy`, and
+//! the node sets of `inet weft`) written over nfnetlink directly, as one
+//! batch (one transaction), instead of through `nft`.
 //!
 //! Why not `nft`: before it adds one element, `nft` loads the table's
 //! sets, chains and the elements of every interval set to check overlaps
@@ -9,8 +10,9 @@
 //! libnftnl or GPL code (`rustables` is GPL-3.0 and needs libclang), and
 //! the messages are a few nested attributes, so they are built here.
 //!
-//! Only the element forms [`crate::apply::policy::element_changes`] emits
-//! for sets without intervals are encoded: a single address, an
+//! Only the element forms that [`crate::apply::policy::element_changes`]
+//! and [`crate::apply::nftables::set_changes`] emit for sets without
+//! intervals are encoded: a single address, an
 //! `address . port` concatenation, and `address : jump chain` for verdict
 //! maps. Anything else is [`Unsupported`], and the caller uses `nft`.
 

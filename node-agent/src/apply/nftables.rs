@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
+use crate::apply::nft_elements::{self, ElementsError};
 use crate::config::Config;
 use crate::desired::NftTable;
 use crate::desired::nftables::{DROP_COUNTERS, TABLE, ruleset, set_name};
@@ -32,6 +33,9 @@ pub enum NftError {
     /// The blocking task running `nft` panicked or was cancelled.
     #[error("nft task: {0}")]
     Task(#[source] tokio::task::JoinError),
+    /// The kernel refused an element batch written over netlink.
+    #[error(transparent)]
+    Elements(#[from] ElementsError),
 }
 
 /// Elements of the address sets to add and to delete, as one transaction.
@@ -143,7 +147,7 @@ impl Nftables {
         // A delta that fails (the table was changed behind our back) falls back to the whole table.
         let applied_delta = match delta {
             Some(d) => self
-                .apply(d)
+                .apply_elements(d)
                 .await
                 .map_err(|e| tracing::info!("node set update failed, replacing the table: {e}"))
                 .is_ok(),
@@ -173,6 +177,26 @@ impl Nftables {
 
     async fn apply(&self, rules: Value) -> Result<(), NftError> {
         apply(rules, self.writers.clone()).await
+    }
+
+    /// Element changes over netlink ([`nft_elements`]): no `nft` process,
+    /// which cost about 13 ms of a pass at 5,000 Nodes; through `nft` only
+    /// if a command has a form the encoder does not know.
+    async fn apply_elements(&self, delta: Value) -> Result<(), NftError> {
+        let cmds = delta["nftables"].as_array().map(Vec::as_slice).unwrap_or_default();
+        match nft_elements::encode(cmds) {
+            Ok(batch) => {
+                let writers = self.writers.clone();
+                tokio::task::spawn_blocking(move || nft_elements::apply(&batch, writers.as_deref()))
+                    .await
+                    .map_err(NftError::Task)??;
+                Ok(())
+            }
+            Err(e) => {
+                tracing::debug!("{e}: written by nft");
+                self.apply(delta).await
+            }
+        }
     }
 }
 
@@ -290,6 +314,8 @@ mod tests {
         assert_eq!(cmds[2]["delete"]["element"]["name"], "vxlan_peers4");
         assert_eq!(cmds[3]["add"]["element"]["elem"], json!(["198.51.100.13"]));
         assert!(set_changes(&old, &old).is_none());
+        // Written over netlink, not by an `nft` process.
+        nft_elements::encode(cmds).expect("node set changes have a netlink encoding");
     }
 
     #[test]
