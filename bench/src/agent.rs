@@ -435,18 +435,31 @@ fn slowest_pass(log: &Path) -> Value {
             let fields: serde_json::Map<String, Value> = line
                 .split_whitespace()
                 .filter_map(|kv| kv.split_once('='))
-                .filter_map(|(k, v)| Some((k.to_string(), json!(v.parse::<u64>().ok()?))))
+                .filter_map(|(k, v)| match v.parse::<u64>() {
+                    Ok(n) => Some((k.to_string(), json!(n))),
+                    // What woke the pass, and what it checked (Debug names).
+                    Err(_) if k == "wakeup" || k == "check" => Some((k.to_string(), json!(v))),
+                    Err(_) => None,
+                })
                 .collect();
             let total = fields.iter().filter(|(k, _)| k.ends_with("_us")).filter_map(|(_, v)| v.as_u64()).sum();
             (total, fields)
         })
         .collect();
     passes.sort_by_key(|(total, _)| *total);
+    // Count and mean duration of the passes by what woke them.
+    let mut by_wakeup = serde_json::Map::new();
+    for (total, f) in &passes {
+        let key = f.get("wakeup").and_then(Value::as_str).unwrap_or("unknown").to_string();
+        let e = by_wakeup.entry(key).or_insert_with(|| json!({"passes": 0, "total_us": 0}));
+        e["passes"] = json!(e["passes"].as_u64().unwrap_or(0) + 1);
+        e["total_us"] = json!(e["total_us"].as_u64().unwrap_or(0) + total);
+    }
     match passes.len() {
         0 => Value::Null,
         // The slowest (the cold pass), and the median one (a steady-state
         // pass for one Node change).
-        n => json!({"slowest": passes[n - 1].1, "median": passes[n / 2].1, "passes": n}),
+        n => json!({"slowest": passes[n - 1].1, "median": passes[n / 2].1, "passes": n, "by_wakeup": by_wakeup}),
     }
 }
 

@@ -615,6 +615,7 @@ impl Agent {
             nftables_us = us(nft_done - kernel_done),
             files_us = us(started.elapsed() - nft_done),
             ?check,
+            ?wakeup,
             "pass"
         );
         Outcome::Done(failures)
