@@ -584,6 +584,36 @@ fn agent_section(data: &Path, out: &Path, md: &mut String) -> Fallible<()> {
                     String::new()
                 }
             );
+            if let Some(by) = sp["by_wakeup"].as_object().filter(|m| !m.is_empty()) {
+                let parts: Vec<String> = by
+                    .iter()
+                    .map(|(wakeup, v)| {
+                        let n = v["passes"].as_f64().unwrap_or(0.0);
+                        let ms = v["total_us"].as_f64().unwrap_or(0.0) / 1000.0;
+                        format!("{wakeup}: {n:.0} passes, mean {:.1} ms", ms / n.max(1.0))
+                    })
+                    .collect();
+                let _ = writeln!(md, "Every pass of that run by what woke it: {}.\n", parts.join("; "));
+            }
+        }
+        let profile = &big["cold_profile"];
+        if let Some(top) = profile["top"].as_array() {
+            let _ = writeln!(
+                md,
+                "**CPU profile of the cold start at {} Nodes** (`perf record -F 999` on the agent from its start to the end of its first pass; self time, no call graphs). The kernel's share, on the agent's behalf: {:.0}%.\n\n| share | where | function |\n|---:|---|---|",
+                big["nodes"],
+                profile["kernel_percent"].as_f64().unwrap_or(0.0)
+            );
+            for f in top {
+                let _ = writeln!(
+                    md,
+                    "| {:.1}% | {} | `{}` |",
+                    f["percent"].as_f64().unwrap_or(0.0),
+                    if f["kernel"].as_bool() == Some(true) { "kernel" } else { "weft-agent" },
+                    f["symbol"].as_str().unwrap_or("?").replace('|', "\\|")
+                );
+            }
+            md.push('\n');
         }
     }
     Ok(())

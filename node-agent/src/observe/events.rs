@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use libweft::netlink::{Netlink, RTPROT_WEFT_PEER, RouteEntry, fdb_entry, neighbour_entry};
 use netlink_packet_core::{NLM_F_REPLACE, NetlinkMessage, NetlinkPayload};
-use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use netlink_packet_route::neighbour::NeighbourState;
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{AsyncSocket, AsyncSocketExt, TokioSocket, protocols};
@@ -377,9 +377,16 @@ impl RouteFilter {
                     // Deleted, or renamed to something else.
                     self.vxlan_index = None;
                 }
+                if !(ours || was_ours || self.routes_through(l.header.index)) {
+                    return None;
+                }
                 // The kernel drops IPv4 routes through a device that goes
-                // down, and neighbours on it, without a notification each.
-                (ours || was_ours || self.routes_through(l.header.index)).then_some((Drift::Link, Update::Stale))
+                // down, and neighbours on it, without a notification each:
+                // then the mirror is stale. A device that is still up under
+                // the same name and index (its operational state, MTU or
+                // flags changed) keeps them; the pass checks the device.
+                let kept = matches!(msg, M::NewLink(_)) && l.header.flags.contains(LinkFlags::Up) && ours == was_ours;
+                Some((Drift::Link, if kept { Update::Device } else { Update::Stale }))
             }
             M::NewAddress(a) | M::DelAddress(a) => {
                 // Likewise routes whose gateway was on a deleted subnet.
@@ -608,6 +615,7 @@ mod tests {
         assert_eq!(f.classify(&bytes(M::NewNeighbour(neighbour(AddressFamily::Bridge, 7)))), None);
         // Re-created, then deleted.
         assert_eq!(f.classify(&bytes(M::NewLink(link(9, VXLAN_DEV)))), Some(Drift::Link));
+        assert!(f.shared.mirror.is_stale(), "a new device has none of the entries");
         assert_eq!(f.classify(&bytes(M::DelLink(link(9, VXLAN_DEV)))), Some(Drift::Link));
         assert_eq!(f.vxlan_index, None);
         assert_eq!(f.classify(&bytes(M::DelLink(link(2, "eth0")))), None);
@@ -647,6 +655,38 @@ mod tests {
         assert_eq!(f.classify(&bytes(M::DelAddress(a.clone()))), None, "no route leaves through link 3");
         a.header.index = 7;
         assert_eq!(f.classify(&bytes(M::DelAddress(a))), Some(Drift::Link));
+        assert!(shared.mirror.is_stale());
+    }
+
+    #[test]
+    fn a_device_still_up_keeps_the_mirror_and_one_down_or_replaced_does_not() {
+        use RouteNetlinkMessage as M;
+        let shared = Arc::new(Shared::default());
+        let current = || {
+            shared.mirror.set_live();
+            shared.mirror.begin_dump();
+            shared.mirror.finish_dump(Default::default());
+        };
+        current();
+        let mut f = RouteFilter { vxlan_index: Some(7), shared: shared.clone() };
+        let up = |index, name| {
+            let mut l = link(index, name);
+            l.header.flags = LinkFlags::Up | LinkFlags::Running;
+            l
+        };
+        // Its operational state or MTU changed: drift, so the pass checks
+        // the device, but no dump of every route.
+        assert_eq!(f.classify(&bytes(M::NewLink(up(7, VXLAN_DEV)))), Some(Drift::Link));
+        assert!(!shared.mirror.is_stale());
+        // Set down: the kernel dropped its IPv4 routes and neighbours unannounced.
+        assert_eq!(f.classify(&bytes(M::NewLink(link(7, VXLAN_DEV)))), Some(Drift::Link));
+        assert!(shared.mirror.is_stale());
+        current();
+        // Deleted and created again under a new index, up: none of the entries survive.
+        assert_eq!(f.classify(&bytes(M::DelLink(up(7, VXLAN_DEV)))), Some(Drift::Link));
+        assert!(shared.mirror.is_stale());
+        current();
+        assert_eq!(f.classify(&bytes(M::NewLink(up(8, VXLAN_DEV)))), Some(Drift::Link));
         assert!(shared.mirror.is_stale());
     }
 

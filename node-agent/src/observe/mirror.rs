@@ -194,6 +194,7 @@ impl Mirror {
                 inner.stale = true;
                 true
             }
+            Update::Device => true,
             Update::Route { dst, hop, added: true, replace } => inner.snapshot.add_route(dst, hop, replace),
             Update::Route { dst, hop, added: false, .. } => inner.snapshot.remove_route(&dst, hop),
             Update::Fdb { entry, added: true } => inner.snapshot.fdb.insert(entry),
@@ -215,6 +216,9 @@ impl Mirror {
 pub enum Update {
     /// The mirror can no longer be trusted: the next pass dumps.
     Stale,
+    /// A device weft's entries use changed but kept them (still up, same
+    /// index): drift for the device itself, nothing for the mirror.
+    Device,
     /// A peer route added (`replace`: replacing the destination's route) or deleted.
     Route { dst: IpNetwork, hop: Hop, added: bool, replace: bool },
     /// An FDB entry of the VXLAN device added or deleted.
