@@ -389,9 +389,12 @@ impl RouteFilter {
                 Some((Drift::Link, if kept { Update::Device } else { Update::Stale }))
             }
             M::NewAddress(a) | M::DelAddress(a) => {
-                // Likewise routes whose gateway was on a deleted subnet.
+                // Likewise routes whose gateway was on a deleted subnet. A
+                // new address (IPv6 link-local after DAD, a second or so
+                // after the device comes up) removes nothing.
                 let index = a.header.index;
-                (self.vxlan_index == Some(index) || self.routes_through(index)).then_some((Drift::Link, Update::Stale))
+                let update = if matches!(msg, M::NewAddress(_)) { Update::Device } else { Update::Stale };
+                (self.vxlan_index == Some(index) || self.routes_through(index)).then_some((Drift::Link, update))
             }
             M::NewRoute(r) | M::DelRoute(r) => {
                 let added = matches!(msg, M::NewRoute(_));
@@ -654,6 +657,8 @@ mod tests {
         a.header.index = 3;
         assert_eq!(f.classify(&bytes(M::DelAddress(a.clone()))), None, "no route leaves through link 3");
         a.header.index = 7;
+        assert_eq!(f.classify(&bytes(M::NewAddress(a.clone()))), Some(Drift::Link));
+        assert!(!shared.mirror.is_stale(), "a new address removes no route");
         assert_eq!(f.classify(&bytes(M::DelAddress(a))), Some(Drift::Link));
         assert!(shared.mirror.is_stale());
     }
