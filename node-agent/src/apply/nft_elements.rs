@@ -17,6 +17,7 @@
 //! maps. Anything else is [`Unsupported`], and the caller uses `nft`.
 
 use std::net::IpAddr;
+use std::sync::Mutex;
 
 use netlink_sys::{Socket, protocols};
 use serde_json::Value;
@@ -178,23 +179,62 @@ fn message(kind: u16, flags: u16, family: u8, res_id: u16, payload: &[u8]) -> Ve
     m
 }
 
-/// Sends the commands as one batch, registering the socket in `writers`
-/// first so that its notifications are known as weft's own, and waits for
-/// the kernel's answer to each. The kernel commits all or nothing.
-pub fn apply(batch: &Encoded, writers: Option<&NftWriters>) -> Result<(), ElementsError> {
-    let mut socket = Socket::new(protocols::NETLINK_NETFILTER)?;
-    let port = socket.bind_auto()?.port_number();
-    if let Some(w) = writers {
-        w.push(port);
+/// The socket element batches go through, kept open for the agent's life:
+/// the kernel waits out an RCU grace period (about 10 ms here) when an
+/// nfnetlink socket closes after a transaction that deleted anything
+/// (`nf_tables_trans_destroy_flush_work` on NETLINK_URELEASE), so a socket
+/// per batch made every Node deletion cost that much. Its sequence number
+/// goes on across batches, so an answer to an earlier batch is never taken
+/// for one to this. It belongs to the network namespace it was opened in:
+/// the agent's, which never changes.
+struct Channel {
+    socket: Socket,
+    port: u32,
+    seq: u32,
+}
+
+static CHANNEL: Mutex<Option<Channel>> = Mutex::new(None);
+
+impl Channel {
+    fn open() -> std::io::Result<Channel> {
+        let mut socket = Socket::new(protocols::NETLINK_NETFILTER)?;
+        let port = socket.bind_auto()?.port_number();
+        set_receive_timeout(&socket, std::time::Duration::from_secs(10))?;
+        Ok(Channel { socket, port, seq: 0 })
     }
-    set_receive_timeout(&socket, std::time::Duration::from_secs(10))?;
+}
+
+/// Sends the commands as one batch, with the socket registered in `writers`
+/// so that its notifications are known as weft's own, and waits for the
+/// kernel's answer to each. The kernel commits all or nothing. After an
+/// error on the socket itself it is closed; the next batch opens another.
+pub fn apply(batch: &Encoded, writers: Option<&NftWriters>) -> Result<(), ElementsError> {
+    let mut guard = CHANNEL.lock().unwrap_or_else(|p| p.into_inner());
+    let channel = match guard.as_mut() {
+        Some(c) => c,
+        None => guard.insert(Channel::open()?),
+    };
+    if let Some(w) = writers
+        && !w.contains(channel.port)
+    {
+        w.push(channel.port);
+    }
+    let result = send_batch(channel, batch);
+    if matches!(result, Err(ElementsError::Io(_))) {
+        // Answers may still be queued on it: start afresh.
+        *guard = None;
+    }
+    result
+}
+
+fn send_batch(channel: &mut Channel, batch: &Encoded) -> Result<(), ElementsError> {
     let mut buf = Vec::new();
-    let mut seq = 1u32;
+    let first = channel.seq.wrapping_add(1);
     let mut push = |buf: &mut Vec<u8>, msg: &[u8]| {
+        channel.seq = channel.seq.wrapping_add(1);
         let start = buf.len();
         buf.extend(msg);
-        buf[start + 8..start + 12].copy_from_slice(&seq.to_ne_bytes());
-        seq += 1;
+        buf[start + 8..start + 12].copy_from_slice(&channel.seq.to_ne_bytes());
     };
     let begin = message(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, 0, NFNL_SUBSYS_NFTABLES, &[]);
     push(&mut buf, &begin);
@@ -203,9 +243,11 @@ pub fn apply(batch: &Encoded, writers: Option<&NftWriters>) -> Result<(), Elemen
     }
     let end = message(NFNL_MSG_BATCH_END, NLM_F_REQUEST, 0, NFNL_SUBSYS_NFTABLES, &[]);
     push(&mut buf, &end);
+    let socket = &channel.socket;
     socket.send(&buf, 0)?;
-    // One answer per element message (sequence numbers 2..), sent once
-    // the whole batch is processed; an error in any aborts them all.
+    // One answer per element message (the sequence numbers after the
+    // batch's begin), sent once the whole batch is processed; an error in
+    // any aborts them all.
     let mut answered = 0;
     let mut first_error = None;
     while answered < batch.messages.len() {
@@ -214,15 +256,20 @@ pub fn apply(batch: &Encoded, writers: Option<&NftWriters>) -> Result<(), Elemen
             if msg.len() < 20 || u16::from_ne_bytes([msg[4], msg[5]]) != NLMSG_ERROR {
                 continue;
             }
-            answered += 1;
+            let seq = u32::from_ne_bytes([msg[8], msg[9], msg[10], msg[11]]);
+            let offset = seq.wrapping_sub(first) as usize;
+            if offset > batch.messages.len() + 1 {
+                // An answer to an earlier batch: not this one's.
+                continue;
+            }
             let code = i32::from_ne_bytes([msg[16], msg[17], msg[18], msg[19]]);
-            let seq = u32::from_ne_bytes([msg[8], msg[9], msg[10], msg[11]]) as usize;
-            let index = seq.wrapping_sub(2);
+            let index = offset.wrapping_sub(1);
             if code != 0 && index >= batch.messages.len() {
                 // The batch itself was refused: no other answer comes.
                 let source = std::io::Error::from_raw_os_error(-code);
                 return Err(ElementsError::Refused { index, command: "the batch".into(), source });
             }
+            answered += 1;
             if code != 0 && first_error.is_none() {
                 first_error = Some(ElementsError::Refused {
                     index,

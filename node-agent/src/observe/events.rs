@@ -118,7 +118,7 @@ impl NftWriters {
         pids.push_back(pid);
     }
 
-    fn contains(&self, pid: u32) -> bool {
+    pub fn contains(&self, pid: u32) -> bool {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).contains(&pid)
     }
 }
