@@ -37,7 +37,7 @@
 //! copies, forwarding, VXLAN/UDP, other).
 //! Prints JSON with every sample; `bench-report` draws it. Never pass/fail.
 //!
-//!   net-bench --weft WEFT --agent WEFT_AGENT --k8s-bin DIR [--secs S] [--reps R]
+//!   net-bench --weft WEFT --agent WEFT_AGENT --k8s-bin DIR [--secs 2] [--rr-secs 1] [--reps 2]
 //!             [--policies N] [--profile] [--only SETUP] [--quick]
 
 mod stats;
@@ -136,6 +136,8 @@ struct Args {
     agent: PathBuf,
     k8s_bin: PathBuf,
     secs: u32,
+    /// Duration of each request/response and connection-rate run.
+    rr_secs: u32,
     reps: usize,
     /// NetworkPolicies of `weft routes, N policies`; 0: the mode's default.
     policies: usize,
@@ -151,7 +153,8 @@ fn parse_args() -> Result<Args, String> {
         agent: PathBuf::new(),
         k8s_bin: PathBuf::new(),
         secs: 2,
-        reps: 3,
+        rr_secs: 1,
+        reps: 2,
         policies: 0,
         profile: false,
         only: None,
@@ -165,6 +168,7 @@ fn parse_args() -> Result<Args, String> {
             "--agent" => a.agent = value()?.into(),
             "--k8s-bin" => a.k8s_bin = value()?.into(),
             "--secs" => a.secs = value()?.parse().map_err(|e| format!("--secs: {e}"))?,
+            "--rr-secs" => a.rr_secs = value()?.parse().map_err(|e| format!("--rr-secs: {e}"))?,
             "--reps" => a.reps = value()?.parse().map_err(|e| format!("--reps: {e}"))?,
             "--policies" => a.policies = value()?.parse().map_err(|e| format!("--policies: {e}"))?,
             "--profile" => a.profile = true,
@@ -176,8 +180,8 @@ fn parse_args() -> Result<Args, String> {
     if [&a.weft, &a.agent, &a.k8s_bin].iter().any(|p| p.as_os_str().is_empty()) {
         return Err("--weft, --agent and --k8s-bin are required".into());
     }
-    if a.secs == 0 || a.reps == 0 {
-        return Err("--secs and --reps must be at least 1".into());
+    if a.secs == 0 || a.rr_secs == 0 || a.reps == 0 {
+        return Err("--secs, --rr-secs and --reps must be at least 1".into());
     }
     Ok(a)
 }
@@ -1170,7 +1174,7 @@ fn main() {
     let args = parse_args().unwrap_or_else(|e| {
         eprintln!("net-bench: {e}");
         eprintln!(
-            "usage: net-bench --weft WEFT --agent WEFT_AGENT --k8s-bin DIR [--secs S] [--reps R] [--policies N] [--profile] [--only SETUP] [--quick]"
+            "usage: net-bench --weft WEFT --agent WEFT_AGENT --k8s-bin DIR [--secs S] [--rr-secs S] [--reps R] [--policies N] [--profile] [--only SETUP] [--quick]"
         );
         std::process::exit(2);
     });
@@ -1178,9 +1182,11 @@ fn main() {
         eprintln!("net-bench: needs root (network namespaces)");
         std::process::exit(2);
     }
-    let (secs, reps) = if args.quick { (1, 1) } else { (args.secs, args.reps) };
+    let (secs, rr_secs, reps) = if args.quick { (1, 1, 1) } else { (args.secs, args.rr_secs, args.reps) };
     let families: &[(usize, &str)] = if args.quick { &[(0, "IPv4")] } else { &[(0, "IPv4"), (1, "IPv6")] };
-    let ccs: &[&str] = if args.quick { &["cubic"] } else { &["cubic", "bbr"] };
+    // bbr for IPv4 only: what it shows does not depend on the family, and
+    // the full run has to fit its time (README).
+    let ccs = |family: &str| -> &[&str] { if args.quick || family == "IPv6" { &["cubic"] } else { &["cubic", "bbr"] } };
     let policies = match args.policies {
         0 if args.quick => 20,
         0 => 1000,
@@ -1229,7 +1235,7 @@ fn main() {
         prepare_client(&w.client);
         for &(fi, family) in families {
             let dst = &w.dst[fi];
-            for (ci, cc) in ccs.iter().enumerate() {
+            for (ci, cc) in ccs(family).iter().enumerate() {
                 let mut row = json!({"topology": topo.label(), "setup": s.label(), "family": family, "cc": cc,
                     "pod_mtu": w.pod_mtu, "offload": w.offload});
                 for (key, v) in &w.notes {
@@ -1252,10 +1258,10 @@ fn main() {
                 // than 64 bytes in flight: measured once per family (the
                 // namespace's default), listed in the first row.
                 if ci == 0 {
-                    let (p50, p99): (Vec<f64>, Vec<f64>) = (0..reps).map(|_| ping_pong(&w, dst, secs)).unzip();
+                    let (p50, p99): (Vec<f64>, Vec<f64>) = (0..reps).map(|_| ping_pong(&w, dst, rr_secs)).unzip();
                     row["rr_p50_us"] = json!(p50);
                     row["rr_p99_us"] = json!(p99);
-                    let conns: Vec<f64> = (0..reps).map(|_| conn_rate(&w, dst, secs)).collect();
+                    let conns: Vec<f64> = (0..reps).map(|_| conn_rate(&w, dst, rr_secs)).collect();
                     row["conn_per_s"] = json!(conns);
                 }
                 if profiling && ci == 0 && fi == 0 && *topo == Topology::OneSegment && s.profiled() {
@@ -1288,7 +1294,7 @@ fn main() {
     println!(
         "{}",
         json!({"kernel": release.trim(), "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-            "secs": secs, "reps": reps, "underlay_mtu": UNDERLAY_MTU, "chosen_offload": chosen_offload,
+            "secs": secs, "rr_secs": rr_secs, "reps": reps, "underlay_mtu": UNDERLAY_MTU, "chosen_offload": chosen_offload,
             "policies": policies, "profiled": profiling, "profile_error": profile_error,
             "seconds": run_started.elapsed().as_secs_f64(), "loadavg_end": load.trim(), "rows": rows})
     );
