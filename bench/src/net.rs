@@ -1076,14 +1076,19 @@ fn class_of(sym: &str) -> &'static str {
     }
 }
 
-/// A system-wide CPU profile (`perf record -a -g`) during one 1-stream
-/// iperf3 run: per class, its share of the samples taken in iperf3,
-/// ksoftirqd and interrupted idle (swapper), where this traffic's kernel
-/// work runs; the share under `nf_hook_slow` (every netfilter hook's
-/// work, callees included: what the call graph adds to the by-name
-/// classes, which miss work charged to lock and irq-enable points); the
-/// top symbols; the sampling event; and the run's throughput.
-fn profile(w: &Wired, dst: &str, secs: u32, cc: &str) -> Result<Value, String> {
+/// Traffic to profile: says what it measured, and the value.
+type TrafficRun<'a> = dyn FnOnce() -> (&'static str, f64) + 'a;
+
+/// A system-wide CPU profile (`perf record -a -g`) while `run` generates
+/// the traffic (one 1-stream iperf3 run, or a connection-rate run): per
+/// class, its share of the samples taken in iperf3, this program (the
+/// connection-rate client and server), ksoftirqd and interrupted idle
+/// (swapper), where this traffic's kernel work runs; the share under
+/// `nf_hook_slow` (every netfilter hook's work, callees included: what the
+/// call graph adds to the by-name classes, which miss work charged to lock
+/// and irq-enable points); the top symbols; the sampling event; and what
+/// `run` measured, under the key it names.
+fn profile(run: impl FnOnce() -> (&'static str, f64)) -> Result<Value, String> {
     let dir = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
     let data = dir.path().join("perf.data");
     let log = std::fs::File::create(dir.path().join("perf.log")).map_err(|e| format!("perf log: {e}"))?;
@@ -1101,7 +1106,7 @@ fn profile(w: &Wired, dst: &str, secs: u32, cc: &str) -> Result<Value, String> {
         let text = std::fs::read_to_string(dir.path().join("perf.log")).unwrap_or_default();
         return Err(format!("perf record exited at once ({status}): {}", text.trim()));
     }
-    let (gbps, _, _) = iperf(w, dst, secs, 1, cc);
+    let (key, measured) = run();
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
     let stopped = eventually(Duration::from_secs(30), || matches!(perf.try_wait(), Ok(Some(_))));
     if !stopped {
@@ -1142,7 +1147,8 @@ fn profile(w: &Wired, dst: &str, secs: u32, cc: &str) -> Result<Value, String> {
         let Some(at) = rest.find(" [k] ").or_else(|| rest.find(" [.] ")) else { continue };
         let comm = rest[..at].trim();
         let sym = rest[at + 5..].split_whitespace().next().unwrap_or("");
-        if !(comm == "iperf3" || comm.starts_with("ksoftirqd") || comm.starts_with("swapper")) {
+        let traffic = ["iperf3", "net-bench"].contains(&comm);
+        if !(traffic || comm.starts_with("ksoftirqd") || comm.starts_with("swapper")) {
             continue;
         }
         if sym.starts_with("nf_hook_slow") {
@@ -1166,7 +1172,7 @@ fn profile(w: &Wired, dst: &str, secs: u32, cc: &str) -> Result<Value, String> {
     let shares: serde_json::Map<String, Value> =
         CLASSES.iter().zip(&classes).map(|(c, p)| (c.to_string(), json!(p / ours))).collect();
     let top: Vec<Value> = top.iter().take(12).map(|(s, p)| json!([s, p / ours])).collect();
-    Ok(json!({"gbps": gbps, "share_of_all_samples": ours / all.max(1e-9), "classes": shares,
+    Ok(json!({key: measured, "share_of_all_samples": ours / all.max(1e-9), "classes": shares,
         "under_nf_hook_slow": under_nf_hook / ours, "top": top, "event": event}))
 }
 
@@ -1228,10 +1234,29 @@ fn main() {
     let run_started = Instant::now();
     let mut rows = Vec::new();
     let mut profile_error = None;
+    let mut failed: Vec<Value> = Vec::new();
     for (k, (topo, s)) in plan.iter().enumerate() {
         let started = Instant::now();
         let tag = format!("s{k}");
-        let w = setup(&lab, &args, &tag, *topo, *s, chosen_offload);
+        // A setup that cannot be wired (or, with policies, is not enforced)
+        // is reported and skipped; its namespaces go as it unwinds.
+        let wired = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            setup(&lab, &args, &tag, *topo, *s, chosen_offload)
+        }));
+        let w = match wired {
+            Ok(w) => w,
+            Err(e) => {
+                let msg = e
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| e.downcast_ref::<&str>().map(|m| m.to_string()))
+                    .unwrap_or_else(|| "panicked".into());
+                let first = msg.lines().next().unwrap_or("").to_string();
+                eprintln!("net-bench: {} / {} failed, skipped: {first}", topo.label(), s.label());
+                failed.push(json!({"topology": topo.label(), "setup": s.label(), "error": first}));
+                continue;
+            }
+        };
         prepare_client(&w.client);
         for &(fi, family) in families {
             let dst = &w.dst[fi];
@@ -1265,11 +1290,19 @@ fn main() {
                     row["conn_per_s"] = json!(conns);
                 }
                 if profiling && ci == 0 && fi == 0 && *topo == Topology::OneSegment && s.profiled() {
-                    match profile(&w, dst, secs.max(2), cc) {
-                        Ok(p) => row["profile"] = p,
-                        Err(e) => {
-                            eprintln!("  profile of {}: {e}", s.label());
-                            profile_error.get_or_insert(e);
+                    // Throughput, and new connections: they cross every rule
+                    // that established packets skip.
+                    let runs: [(&str, Box<TrafficRun>); 2] = [
+                        ("profile", Box::new(|| ("gbps", iperf(&w, dst, secs.max(2), 1, cc).0))),
+                        ("profile_conn", Box::new(|| ("conn_per_s", conn_rate(&w, dst, secs.max(2))))),
+                    ];
+                    for (key, run) in runs {
+                        match profile(run) {
+                            Ok(p) => row[key] = p,
+                            Err(e) => {
+                                eprintln!("  {key} of {}: {e}", s.label());
+                                profile_error.get_or_insert(e);
+                            }
                         }
                     }
                 }
@@ -1296,6 +1329,6 @@ fn main() {
         json!({"kernel": release.trim(), "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
             "secs": secs, "rr_secs": rr_secs, "reps": reps, "underlay_mtu": UNDERLAY_MTU, "chosen_offload": chosen_offload,
             "policies": policies, "profiled": profiling, "profile_error": profile_error,
-            "seconds": run_started.elapsed().as_secs_f64(), "loadavg_end": load.trim(), "rows": rows})
+            "seconds": run_started.elapsed().as_secs_f64(), "loadavg_end": load.trim(), "failed": failed, "rows": rows})
     );
 }

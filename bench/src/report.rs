@@ -282,7 +282,7 @@ fn netfilter_cause(net: &Net, f: &str, cc: &str, key: &str) -> Option<String> {
     let nf = |s: &str| net.row(topo, s, "IPv4", "cubic")?["profile"]["under_nf_hook_slow"].as_f64();
     if let (Some(w), Some(h)) = (nf("weft routes"), nf("hand routes")) {
         parts.push(format!(
-            "netfilter hooks (`nf_hook_slow` and callees) are {:.1}% of the profiled CPU with weft routes vs {:.1}% hand-programmed (IPv4 cubic 1 stream; profile table below)",
+            "on the routes path, netfilter hooks (`nf_hook_slow` and callees) are {:.1}% of the profiled CPU with weft routes vs {:.1}% hand-programmed (one segment, IPv4 cubic 1 stream; profile table below)",
             w * 100.0,
             h * 100.0
         ));
@@ -292,7 +292,9 @@ fn netfilter_cause(net: &Net, f: &str, cc: &str, key: &str) -> Option<String> {
         let hand = net.row(topo, "hand routes", f, cc);
         let vs_hand = hand.and_then(|h| ratio_of(no, h, key)).map_or(String::new(), |x| format!(", {x:.3}x hand"));
         if let Some(x) = ratio_of(no, weft, key) {
-            parts.push(format!("without weft's nftables tables the same setup reaches {x:.3}x weft routes{vs_hand}"));
+            parts.push(format!(
+                "with weft's nftables tables removed, weft routes ({f}, {cc}) reaches {x:.3}x itself with them{vs_hand}"
+            ));
         }
     }
     (!parts.is_empty()).then(|| parts.join("; "))
@@ -303,11 +305,16 @@ fn netfilter_cause(net: &Net, f: &str, cc: &str, key: &str) -> Option<String> {
 fn profile_table(net: &Net, md: &mut String) {
     let _ = writeln!(md, "### Where the CPU goes: profiles\n");
     let topo = "one segment";
-    let rows: Vec<(String, &Value)> = net
-        .setups(topo)
-        .into_iter()
-        .filter_map(|s| net.row(topo, &s, "IPv4", "cubic").filter(|r| r["profile"].is_object()).map(|r| (s, r)))
-        .collect();
+    // Per setup, the iperf3 run's profile, then the connection-rate run's.
+    let mut rows: Vec<(String, &Value)> = Vec::new();
+    for kind in ["profile", "profile_conn"] {
+        for s in net.setups(topo) {
+            if let Some(r) = net.row(topo, &s, "IPv4", "cubic").filter(|r| r[kind].is_object()) {
+                let what = if kind == "profile" { "TCP 1 stream" } else { "new connections" };
+                rows.push((format!("{s}: {what}"), &r[kind]));
+            }
+        }
+    }
     if rows.is_empty() {
         let why = match (net.v["profiled"].as_bool(), net.v["profile_error"].as_str()) {
             (_, Some(e)) => format!("perf did not work here: {e}"),
@@ -319,8 +326,8 @@ fn profile_table(net: &Net, md: &mut String) {
     }
     let _ = writeln!(
         md,
-        "`perf record -a -g -F 1999` over one iperf3 run (IPv4, cubic, 1 stream, one segment) per setup; `perf report --no-children --sort comm,symbol`. Only the samples of iperf3, ksoftirqd and softirq work interrupting idle (swapper) are counted, where this traffic's kernel work runs (other processes on the shared machine are left out). Classes by symbol name: netfilter = `nft_*`, `nf_*`, conntrack; tcp = `tcp*`, congestion control; copy = copies to and from user memory, `memcpy`/`memmove`; forward = veth, `dev_*`/`netif_*`/NAPI, IP receive/forward/output, FIB, neighbours, the lab's bridge, `skb_*`; vxlan, udp; other = everything else (scheduler, syscalls, allocator, locks). Each cell: the class's share of those samples (self time). `under nf_hook_slow`: the samples in netfilter hooks with their callees (from the call graph), the better measure of what netfilter costs, because{} samples land where interrupts are re-enabled (`_raw_spin_unlock_irqrestore`, `handle_softirqs`, in \"other\"), not in the function that ran with them off.\n",
-        match rows[0].1["profile"]["event"].as_str() {
+        "`perf record -a -g -F 1999` over one iperf3 run (IPv4, cubic, 1 stream, one segment) per setup, and over one connection-rate run (new connections cross every rule that established packets skip); `perf report --children --sort comm,symbol`. Only the samples of iperf3, net-bench (the connection-rate client and server), ksoftirqd and softirq work interrupting idle (swapper) are counted, where this traffic's kernel work runs (other processes on the shared machine are left out). Classes by symbol name: netfilter = `nft_*`, `nf_*`, conntrack; tcp = `tcp*`, congestion control; copy = copies to and from user memory, `memcpy`/`memmove`; forward = veth, `dev_*`/`netif_*`/NAPI, IP receive/forward/output, FIB, neighbours, the lab's bridge, `skb_*`; vxlan, udp; other = everything else (scheduler, syscalls, allocator, locks). Each cell: the class's share of those samples (self time). `under nf_hook_slow`: the samples in netfilter hooks with their callees (from the call graph), the better measure of what netfilter costs, because{} samples land where interrupts are re-enabled (`_raw_spin_unlock_irqrestore`, `handle_softirqs`, in \"other\"), not in the function that ran with them off.\n",
+        match rows[0].1["event"].as_str() {
             Some(e) if e.starts_with("cpu-clock") =>
                 format!(" this machine has no hardware PMU (the event is `{e}`, a timer):"),
             Some(e) if !e.is_empty() => format!(" with event `{e}` some"),
@@ -328,7 +335,7 @@ fn profile_table(net: &Net, md: &mut String) {
         }
     );
     let classes: Vec<String> =
-        rows[0].1["profile"]["classes"].as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default();
+        rows[0].1["classes"].as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default();
     // serde_json without preserve_order sorts keys: put them in net-bench's order when known.
     let order = ["netfilter", "tcp", "copy", "forward, veth, xmit", "vxlan, udp", "other"];
     let mut classes: Vec<String> = order
@@ -340,12 +347,11 @@ fn profile_table(net: &Net, md: &mut String) {
     classes.dedup();
     let _ = writeln!(
         md,
-        "| setup | Gbit/s while profiled | under `nf_hook_slow` | {} | top symbols |\n|---|---|---|{}---|",
+        "| setup: traffic | measured while profiled | under `nf_hook_slow` | {} | top symbols |\n|---|---|---|{}---|",
         classes.join(" | "),
         "---|".repeat(classes.len())
     );
-    for (setup, r) in &rows {
-        let p = &r["profile"];
+    for (setup, p) in &rows {
         let cells: Vec<String> = classes
             .iter()
             .map(|c| p["classes"][c].as_f64().map_or("–".into(), |x| format!("{:.1}%", x * 100.0)))
@@ -359,8 +365,12 @@ fn profile_table(net: &Net, md: &mut String) {
             .collect();
         let _ = writeln!(
             md,
-            "| {setup} | {:.2} | {} | {} | {} |",
-            p["gbps"].as_f64().unwrap_or(0.0),
+            "| {setup} | {} | {} | {} | {} |",
+            match (p["gbps"].as_f64(), p["conn_per_s"].as_f64()) {
+                (Some(g), _) => format!("{g:.2} Gbit/s"),
+                (_, Some(c)) => format!("{c:.0} conn/s"),
+                _ => "–".into(),
+            },
             p["under_nf_hook_slow"].as_f64().map_or("–".into(), |x| format!("{:.1}%", x * 100.0)),
             cells.join(" | "),
             top.join(", ")
@@ -375,7 +385,24 @@ fn policy_dataplane(net: &Net, md: &mut String) {
     let topo = "one segment";
     let _ = writeln!(md, "### NetworkPolicy data plane\n");
     let Some(setup) = policy_setup(net, topo) else {
-        let _ = writeln!(md, "Not measured in this run (net-bench has no `weft routes, N policies` setup).\n");
+        let failure = net.v["failed"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|f| f["setup"].as_str().is_some_and(|s| s.ends_with(" policies")));
+        match failure {
+            Some(f) => {
+                let _ = writeln!(
+                    md,
+                    "**Not measured: `{}` failed:** {}\n",
+                    f["setup"].as_str().unwrap_or("?"),
+                    f["error"].as_str().unwrap_or("?")
+                );
+            }
+            None => {
+                let _ = writeln!(md, "Not measured in this run (net-bench has no `weft routes, N policies` setup).\n");
+            }
+        }
         return;
     };
     let first = net.rows().into_iter().find(|r| r["setup"] == setup.as_str());
@@ -383,7 +410,9 @@ fn policy_dataplane(net: &Net, md: &mut String) {
         md,
         "net-bench's `{setup}`: the `weft routes` setup with {} NetworkPolicies in the API server and enforced by both agents (one isolating both pods, ingress and egress, allowing only the benchmark's TCP ports between them; the others selecting API-only pods on the same nodes, so all of them are in both kernels: {} per-policy chains on the nodes), measured seconds after `weft routes` in the same run. Before measuring, a port the policy does not allow was checked to be dropped: {}.\n",
         first.map_or(Value::Null, |r| r["policies"].clone()),
-        first.map_or("?".to_string(), |r| r["policy_chains"].to_string()),
+        first.map_or("?".to_string(), |r| {
+            nums(&r["policy_chains"]).iter().map(|n| n.to_string()).collect::<Vec<_>>().join(" and ")
+        }),
         first.and_then(|r| r["enforcement"].as_str()).unwrap_or("?"),
     );
     let _ = writeln!(md, "| family, cc | metric | weft routes | {setup} | ratio | target |\n|---|---|---|---|---|---|");
@@ -412,12 +441,14 @@ fn policy_dataplane(net: &Net, md: &mut String) {
                 if lo <= whi && wlo <= hi {
                     cause.push("the min–max ranges overlap (within this run's noise)".to_string());
                 }
-                let nf = |s: &str| net.row(topo, s, "IPv4", "cubic")?["profile"]["under_nf_hook_slow"].as_f64();
+                let kind = if key == "conn_per_s" { "profile_conn" } else { "profile" };
+                let nf = |s: &str| net.row(topo, s, "IPv4", "cubic")?[kind]["under_nf_hook_slow"].as_f64();
                 if let (Some(a), Some(b)) = (nf(&setup), nf("weft routes")) {
                     cause.push(format!(
-                        "netfilter hooks are {:.1}% of the profiled CPU with the policies vs {:.1}% without",
+                        "netfilter hooks (`nf_hook_slow` and callees) are {:.1}% of the profiled CPU with the policies vs {:.1}% without ({}, IPv4; profile table in the data-plane section)",
                         a * 100.0,
-                        b * 100.0
+                        b * 100.0,
+                        if kind == "profile" { "TCP 1 stream" } else { "new connections" }
                     ));
                 }
                 verdicts.push(format!(
@@ -956,6 +987,18 @@ fn run(data: &Path, out: &Path) -> Fallible<()> {
             net.v["underlay_mtu"],
             if net.v["chosen_offload"].as_bool() == Some(true) { "on" } else { "off" }
         );
+        for f in net.v["failed"].as_array().into_iter().flatten() {
+            let _ = writeln!(
+                md,
+                "- **Setup failed and was skipped:** {} / {}: {}",
+                f["topology"].as_str().unwrap_or("?"),
+                f["setup"].as_str().unwrap_or("?"),
+                f["error"].as_str().unwrap_or("?")
+            );
+        }
+        if net.v["failed"].as_array().is_some_and(|a| !a.is_empty()) {
+            let _ = writeln!(md);
+        }
         net_figures(&net, &figures, &mut md)?;
         net_tables(&net, &mut md, busy);
         profile_table(&net, &mut md);
