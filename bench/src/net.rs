@@ -1332,3 +1332,34 @@ fn main() {
             "seconds": run_started.elapsed().as_secs_f64(), "loadavg_end": load.trim(), "failed": failed, "rows": rows})
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn symbols_fall_into_their_classes() {
+        for (sym, class) in [
+            ("nft_do_chain", "netfilter"),
+            ("__nf_conntrack_find_get", "netfilter"),
+            ("nf_hook_slow", "netfilter"),
+            ("ipv4_conntrack_defrag", "netfilter"),
+            ("tcp_sendmsg_locked", "tcp"),
+            ("__tcp_transmit_skb", "tcp"),
+            ("bictcp_cong_avoid", "tcp"),
+            ("_copy_to_iter", "copy"),
+            ("__memcpy", "copy"),
+            ("vxlan_xmit_one", "vxlan, udp"),
+            ("udp_tunnel_xmit_skb", "vxlan, udp"),
+            ("veth_xmit", "forward, veth, xmit"),
+            ("__dev_queue_xmit", "forward, veth, xmit"),
+            ("ip_forward", "forward, veth, xmit"),
+            ("fib_table_lookup", "forward, veth, xmit"),
+            ("_raw_spin_unlock_irqrestore", "other"),
+            ("finish_task_switch.isra.0", "other"),
+        ] {
+            assert_eq!(class_of(sym), class, "{sym}");
+            assert!(CLASSES.contains(&class_of(sym)));
+        }
+    }
+}
