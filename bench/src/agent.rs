@@ -42,8 +42,9 @@ use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteProtocol};
 use serde_json::{Value, json};
 
-use crate::agent_common::{client, pass_seconds, proc_stats};
+use crate::agent_common::{pass_seconds, proc_stats};
 use crate::stats::percentile;
+use weft_bench::api::client;
 
 const NODE_IP: &str = "198.18.0.1";
 const CP_IP: &str = "198.18.0.2";

@@ -1,17 +1,7 @@
 //! What agent-bench and policy-bench both need of the agent they measure:
-//! a kube client for the bench's API server, the agent process's CPU time
-//! and memory, and its reconcile pass times.
+//! the agent process's CPU time and memory, and its reconcile pass times.
 
-use kube::{Client, Config};
 use libweft::testutil::TestNs;
-use libweft::testutil::control_plane::ControlPlane;
-
-/// A kube client for the bench's API server, built from its kubeconfig.
-pub async fn client(cp: &ControlPlane) -> Client {
-    let kubeconfig = kube::config::Kubeconfig::read_from(cp.kubeconfig()).expect("kubeconfig");
-    let config = Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.expect("kube config");
-    Client::try_from(config).expect("kube client")
-}
 
 /// (utime + stime) in clock ticks, and VmHWM / VmRSS in KiB.
 pub fn proc_stats(pid: u32) -> (u64, u64, u64) {

@@ -10,7 +10,16 @@
 //!   commands as weft would (host routes; or a flannel-style VXLAN device
 //!   with neighbour + FDB entries and the same MTU), weft absent;
 //! - `weft <backend>`: the real `weft-agent` per node (against a real
-//!   kube-apiserver) programs the peers, the real `weft` plugin wires the pods.
+//!   kube-apiserver) programs the peers, the real `weft` plugin wires the pods;
+//! - `weft routes, no nftables`: `weft routes` with the agents stopped once
+//!   they programmed, and every `weft*` nftables table deleted in both node
+//!   namespaces: its ratio to `weft routes` is what netfilter costs;
+//! - `weft routes, N policies`: `weft routes` with NetworkPolicy enforced:
+//!   N policies in the API server, one of them isolating both benchmark pods
+//!   and allowing just the benchmark's ports between them, the others
+//!   selecting pods that exist only as API objects on the same nodes (so
+//!   their chains and sets are in the kernel too). Checked before measuring:
+//!   a port the policy does not allow is dropped, the allowed ones connect.
 //!
 //! Metrics: TCP throughput with 1 and 4 streams (iperf3) under cubic and
 //! bbr, set per socket (`iperf3 -C`, TCP_CONGESTION): a namespace's
@@ -18,28 +27,54 @@
 //! machine's `tcp_allowed_congestion_control`, which only the machine's own
 //! namespace can change (here it allows reno and bbr, not cubic),
 //! the CPU of the iperf3 sender and receiver (their getrusage, as iperf3
-//! reports it) per Gbit/s, and TCP request/response latency (64-byte
-//! ping-pong, one connection, this program's own client and server).
+//! reports it) per Gbit/s, TCP request/response latency (64-byte
+//! ping-pong, one connection, this program's own client and server), and
+//! the new-connection rate (this program's client opening one connection
+//! after another: connect, send a byte, read it back, close).
+//! In full mode (or with `--profile`), a system-wide CPU profile (`perf
+//! record -a -g`) during one IPv4 cubic 1-stream iperf3 run of the
+//! routes-like setups, its symbols grouped into classes (netfilter, TCP,
+//! copies, forwarding, VXLAN/UDP, other).
 //! Prints JSON with every sample; `bench-report` draws it. Never pass/fail.
 //!
-//!   net-bench --weft WEFT --agent WEFT_AGENT --k8s-bin DIR [--secs S] [--reps R] [--quick]
+//!   net-bench --weft WEFT --agent WEFT_AGENT --k8s-bin DIR [--secs 2] [--rr-secs 1] [--reps 2]
+//!             [--policies N] [--profile] [--only SETUP] [--quick]
 
 mod stats;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::PostParams;
+use kube::{Api, Client};
 use libweft::netns::NetNs;
 use libweft::testutil::TestNs;
 use libweft::testutil::control_plane::{ControlPlane, Proc, eventually};
 use serde_json::{Value, json};
+use weft_bench::api::{client, create_namespace, create_running_pod};
 
 const CP_IP: &str = "198.51.100.2";
 const UNDERLAY_MTU: u32 = 1500;
+const IPERF_PORT: u16 = 5201;
 const RR_PORT: u16 = 7011;
+const CONN_PORT: u16 = 7012;
+/// A port the benchmark policy does not allow (the enforcement check).
+const DENIED_PORT: u16 = 7013;
+/// The label of both benchmark pods, which the benchmark policy selects.
+const BENCH_APP: &str = "bench-net";
+/// Pods that exist only as API objects, per node, for the other policies to select.
+const OTHER_PODS: usize = 20;
+const OTHER_PODS_QUICK: usize = 4;
+/// API requests in flight while creating policies and pods.
+const PARALLEL: usize = 16;
 
 #[derive(Clone, Copy, PartialEq)]
 enum Topology {
@@ -63,6 +98,10 @@ enum Setup {
     HandVxlan,
     /// Backend, and whether VXLAN transmit checksum offload is the agent's choice.
     Weft(&'static str, bool),
+    /// `weft routes`, then the agents stopped and weft's nftables tables deleted.
+    WeftNoNftables,
+    /// `weft routes` with this many NetworkPolicies enforced.
+    WeftPolicies(usize),
 }
 
 impl Setup {
@@ -73,7 +112,22 @@ impl Setup {
             Setup::HandVxlan => "hand vxlan".into(),
             Setup::Weft(b, true) => format!("weft {b}"),
             Setup::Weft(b, false) => format!("weft {b}, other offload"),
+            Setup::WeftNoNftables => "weft routes, no nftables".into(),
+            Setup::WeftPolicies(n) => format!("weft routes, {n} policies"),
         }
+    }
+
+    /// Whether the CPU profile is taken in full mode: the setups on the
+    /// routes path, where forwarding differs only in what weft adds.
+    fn profiled(self) -> bool {
+        matches!(
+            self,
+            Setup::Bare
+                | Setup::HandRoutes
+                | Setup::Weft("routes", true)
+                | Setup::WeftNoNftables
+                | Setup::WeftPolicies(_)
+        )
     }
 }
 
@@ -82,13 +136,30 @@ struct Args {
     agent: PathBuf,
     k8s_bin: PathBuf,
     secs: u32,
+    /// Duration of each request/response and connection-rate run.
+    rr_secs: u32,
     reps: usize,
+    /// NetworkPolicies of `weft routes, N policies`; 0: the mode's default.
+    policies: usize,
+    profile: bool,
+    /// Only the setups whose label contains this (trying one out).
+    only: Option<String>,
     quick: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut a =
-        Args { weft: PathBuf::new(), agent: PathBuf::new(), k8s_bin: PathBuf::new(), secs: 2, reps: 3, quick: false };
+    let mut a = Args {
+        weft: PathBuf::new(),
+        agent: PathBuf::new(),
+        k8s_bin: PathBuf::new(),
+        secs: 2,
+        rr_secs: 1,
+        reps: 2,
+        policies: 0,
+        profile: false,
+        only: None,
+        quick: false,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or(format!("{flag} needs a value"));
@@ -97,7 +168,11 @@ fn parse_args() -> Result<Args, String> {
             "--agent" => a.agent = value()?.into(),
             "--k8s-bin" => a.k8s_bin = value()?.into(),
             "--secs" => a.secs = value()?.parse().map_err(|e| format!("--secs: {e}"))?,
+            "--rr-secs" => a.rr_secs = value()?.parse().map_err(|e| format!("--rr-secs: {e}"))?,
             "--reps" => a.reps = value()?.parse().map_err(|e| format!("--reps: {e}"))?,
+            "--policies" => a.policies = value()?.parse().map_err(|e| format!("--policies: {e}"))?,
+            "--profile" => a.profile = true,
+            "--only" => a.only = Some(value()?),
             "--quick" => a.quick = true,
             _ => return Err(format!("unknown flag {flag}")),
         }
@@ -105,8 +180,8 @@ fn parse_args() -> Result<Args, String> {
     if [&a.weft, &a.agent, &a.k8s_bin].iter().any(|p| p.as_os_str().is_empty()) {
         return Err("--weft, --agent and --k8s-bin are required".into());
     }
-    if a.secs == 0 || a.reps == 0 {
-        return Err("--secs and --reps must be at least 1".into());
+    if a.secs == 0 || a.rr_secs == 0 || a.reps == 0 {
+        return Err("--secs, --rr-secs and --reps must be at least 1".into());
     }
     Ok(a)
 }
@@ -209,10 +284,14 @@ struct Wired {
     pod_mtu: u32,
     /// VXLAN transmit checksum offload on node 1's device, if it has one.
     offload: Option<bool>,
+    /// What the setup did beyond wiring (tables removed, policies in the
+    /// kernel, the enforcement check), copied into its rows.
+    notes: serde_json::Map<String, Value>,
     _keep: Vec<TestNs>,
     _agents: Vec<Proc>,
     _dirs: Vec<tempfile::TempDir>,
-    nodes_to_delete: Vec<String>,
+    /// kubectl commands that remove the setup's API objects afterwards.
+    cleanup: Vec<Vec<String>>,
 }
 
 fn read_mtu(ns: &TestNs, dev: &str) -> u32 {
@@ -334,10 +413,11 @@ fn setup(lab: &Lab, args: &Args, tag: &str, topo: Topology, s: Setup, chosen_off
         dst,
         pod_mtu,
         offload,
+        notes: serde_json::Map::new(),
         _keep: Vec::new(),
         _agents: Vec::new(),
         _dirs: Vec::new(),
-        nodes_to_delete: Vec::new(),
+        cleanup: Vec::new(),
     };
     match s {
         Setup::Bare => {
@@ -365,7 +445,17 @@ fn setup(lab: &Lab, args: &Args, tag: &str, topo: Topology, s: Setup, chosen_off
             w._keep = vec![n1.ns, n2.ns];
             w
         }
-        Setup::Weft(backend, agents_choice) => {
+        Setup::Weft(..) | Setup::WeftNoNftables | Setup::WeftPolicies(_) => {
+            let (backend, agents_choice) = match s {
+                Setup::Weft(b, c) => (b, c),
+                _ => ("routes", true),
+            };
+            let policies = match s {
+                Setup::WeftPolicies(n) => {
+                    Some(PolicyPlan::new(tag, n, if args.quick { OTHER_PODS_QUICK } else { OTHER_PODS }))
+                }
+                _ => None,
+            };
             let mut agents = Vec::new();
             let mut dirs = Vec::new();
             let mut names = Vec::new();
@@ -384,6 +474,7 @@ fn setup(lab: &Lab, args: &Args, tag: &str, topo: Topology, s: Setup, chosen_off
                     "cniBinDir": dir.path().join("bin"),
                     "criSocket": dir.path().join("no-cri.sock"),
                     "ipamGcPeriodSeconds": 86400,
+                    "networkPolicy": {"enabled": true},
                 });
                 if !agents_choice {
                     cfg["vxlan"] = json!({"txChecksumOffload": !chosen_offload});
@@ -407,6 +498,20 @@ fn setup(lab: &Lab, args: &Args, tag: &str, topo: Topology, s: Setup, chosen_off
                 ));
                 dirs.push(dir);
             }
+            let mut cleanup: Vec<Vec<String>> =
+                names.iter().map(|n| vec!["delete".into(), "node".into(), n.clone(), "--wait=false".into()]).collect();
+            if let Some(plan) = &policies {
+                let started = Instant::now();
+                with_api(&lab.cp, async |c: Client| plan.create(&c, &names).await)
+                    .unwrap_or_else(|e| panic!("{}: create the policies and pods: {e}", s.label()));
+                eprintln!(
+                    "  {} policies and {} API-only pods created in {:.1?}",
+                    plan.policies,
+                    2 * plan.other_pods,
+                    started.elapsed()
+                );
+                cleanup.extend(plan.cleanup());
+            }
             let mut pods = Vec::new();
             for (n, dir) in [&n1, &n2].into_iter().zip(&dirs) {
                 let node_json = dir.path().join("run/node.json");
@@ -417,29 +522,256 @@ fn setup(lab: &Lab, args: &Args, tag: &str, topo: Topology, s: Setup, chosen_off
                     n.n,
                     agent.log_tail()
                 );
-                pods.push(weft_pod(&args.weft, n, tag, &node_json, &dir.path().join("ipam")));
+                // The plugin reads which namespaces have policies on ADD
+                // (libweft::pending): wait until the agent listed the
+                // benchmark's, so the pods start closed as in a cluster.
+                let pod_ns = policies.as_ref().map(|p| {
+                    let list = dir.path().join("run").join(libweft::pending::FILE_NAME);
+                    assert!(
+                        eventually(Duration::from_secs(60), || std::fs::read_to_string(&list)
+                            .is_ok_and(|t| t.contains(&p.namespace))),
+                        "weft-agent on node {} did not list namespace {} in {} in 60 s:\n{}",
+                        n.n,
+                        p.namespace,
+                        list.display(),
+                        agent.log_tail()
+                    );
+                    p.namespace.as_str()
+                });
+                pods.push(weft_pod(&args.weft, n, tag, &node_json, &dir.path().join("ipam"), pod_ns));
             }
             let (p2, ip4, ip6) = pods.pop().expect("two pods");
-            let (p1, _, _) = pods.pop().expect("two pods");
+            let (p1, c4, c6) = pods.pop().expect("two pods");
             let pod_mtu = read_mtu(&p1, "eth0");
             let offload = read_offload(&n1.ns);
             let mut w = empty(p1, p2, [ip4, ip6], pod_mtu, offload);
-            wait_reachable(&w.client, &w.dst, &s.label(), &agents.iter().collect::<Vec<_>>());
+            let logs: Vec<&Proc> = agents.iter().collect();
+            if let Some(plan) = &policies {
+                let bench_pods = [(&names[0], "bench-1", [&c4, &c6]), (&names[1], "bench-2", [&w.dst[0], &w.dst[1]])];
+                with_api(&lab.cp, async |c: Client| plan.create_bench_pods(&c, &bench_pods).await)
+                    .unwrap_or_else(|e| panic!("{}: create the benchmark pods: {e}", s.label()));
+                // ICMP is not allowed: reachability is the allowed TCP port.
+                wait_tcp(&w, &s.label(), &logs);
+                for (node, n) in [(&n1, 1), (&n2, 2)] {
+                    let chains = policy_chains(&node.ns);
+                    let ok = eventually(Duration::from_secs(120), || policy_chains(&node.ns) >= plan.policies);
+                    assert!(
+                        ok,
+                        "{}: node {n} holds {chains} policy chains, not {} after 120 s:\n{}",
+                        s.label(),
+                        plan.policies,
+                        logs[n - 1].log_tail()
+                    );
+                }
+                let check = check_enforced(&w).unwrap_or_else(|e| panic!("{}: {e}", s.label()));
+                eprintln!("  enforcement check: {check}");
+                w.notes.insert("enforcement".into(), json!(check));
+                w.notes.insert("policies".into(), json!(plan.policies));
+                w.notes.insert("policy_chains".into(), json!([policy_chains(&n1.ns), policy_chains(&n2.ns)]));
+            } else {
+                wait_reachable(&w.client, &w.dst, &s.label(), &logs);
+            }
+            if s == Setup::WeftNoNftables {
+                // The agent repairs drift within a second: stop it first. It
+                // leaves the data plane in place on SIGTERM.
+                for a in &mut agents {
+                    a.stop();
+                }
+                let mut removed = Vec::new();
+                for node in [&n1, &n2] {
+                    for t in weft_tables(&node.ns) {
+                        node.ns.exec_ok(&["nft", "delete", "table", "inet", &t]);
+                        removed.push(format!("node {}: inet {t}", node.n));
+                    }
+                    let left = node.ns.exec_ok(&["nft", "list", "ruleset"]);
+                    assert!(left.trim().is_empty(), "node {}: nftables not empty after removal:\n{left}", node.n);
+                }
+                eprintln!("  agents stopped, removed {}", removed.join(", "));
+                w.notes.insert("nftables_removed".into(), json!(removed));
+                wait_reachable(&w.client, &w.dst, &s.label(), &[]);
+            }
             w._keep = vec![n1.ns, n2.ns];
             w._agents = agents;
             w._dirs = dirs;
-            w.nodes_to_delete = names;
+            w.cleanup = cleanup;
             w
         }
     }
 }
 
-/// ADD through the real plugin, configured as the agent's conflist does.
-fn weft_pod(weft: &Path, node: &Node, tag: &str, node_json: &Path, ipam: &Path) -> (TestNs, String, String) {
+/// The nftables tables of family inet whose name weft owns (`weft`, `weft-policy`).
+fn weft_tables(ns: &TestNs) -> Vec<String> {
+    ns.exec_ok(&["nft", "list", "tables"])
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("table inet "))
+        .filter(|t| t.starts_with("weft"))
+        .map(String::from)
+        .collect()
+}
+
+/// The per-policy chains (`in-pol-…`, one per policy with ingress rules)
+/// in a node's policy table.
+fn policy_chains(ns: &TestNs) -> usize {
+    let out = ns.exec(&["nft", "list", "table", "inet", "weft-policy"]);
+    String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.trim().starts_with("chain in-pol-")).count()
+}
+
+/// Runs `work` with a kube client on a thread inside the control-plane
+/// namespace: no packet leaves from the machine's own.
+fn with_api<T: Send>(cp: &ControlPlane, work: impl AsyncFnOnce(Client) -> T + Send) -> T {
+    let ns = NetNs::open(&cp.ns.path()).expect("control-plane namespace");
+    ns.run(|| {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(async { work(client(cp).await).await })
+    })
+    .expect("API thread")
+}
+
+/// The API objects of `weft routes, N policies`, in namespace `<tag>-net`:
+/// - `bench-allow` selects both benchmark pods (`app: bench-net`) and
+///   allows, in and out, only TCP to the iperf3, ping-pong and
+///   connection-rate ports between them;
+/// - N − 1 others, each selecting one label `app: other-<k mod P>` of the
+///   P API-only pods on each node, with an ingress rule (and every fourth an
+///   egress rule) of its own; on both nodes every policy selects a local
+///   pod, so every policy's chains are in both kernels.
+struct PolicyPlan {
+    namespace: String,
+    policies: usize,
+    other_pods: usize,
+}
+
+impl PolicyPlan {
+    fn new(tag: &str, policies: usize, other_pods: usize) -> PolicyPlan {
+        PolicyPlan { namespace: format!("{tag}-net"), policies: policies.max(1), other_pods: other_pods.clamp(1, 50) }
+    }
+
+    fn policy_objects(&self) -> Vec<NetworkPolicy> {
+        let tcp = |p: u16| json!({"protocol": "TCP", "port": p});
+        let bench = json!({"podSelector": {"matchLabels": {"app": BENCH_APP}}});
+        let ports: Vec<Value> = [IPERF_PORT, RR_PORT, CONN_PORT].into_iter().map(tcp).collect();
+        let mut specs = vec![(
+            "bench-allow".to_string(),
+            json!({"podSelector": {"matchLabels": {"app": BENCH_APP}}, "policyTypes": ["Ingress", "Egress"],
+                "ingress": [{"from": [bench], "ports": ports}], "egress": [{"to": [bench], "ports": ports}]}),
+        )];
+        for k in 1..self.policies {
+            let app = format!("other-{}", k % self.other_pods);
+            let from = json!({"podSelector": {"matchLabels": {"role": format!("client-{}", k % 13)}}});
+            let mut spec = json!({"podSelector": {"matchLabels": {"app": app}}, "policyTypes": ["Ingress"],
+                "ingress": [{"from": [from], "ports": [tcp(8000 + (k % 1000) as u16)]}]});
+            if k % 4 == 0 {
+                let to =
+                    json!({"podSelector": {"matchLabels": {"app": format!("other-{}", (k + 1) % self.other_pods)}}});
+                spec["policyTypes"] = json!(["Ingress", "Egress"]);
+                spec["egress"] = json!([{"to": [to], "ports": [tcp(9000 + (k % 100) as u16)]}]);
+            }
+            specs.push((format!("other-{k:05}"), spec));
+        }
+        specs
+            .into_iter()
+            .map(|(name, spec)| {
+                serde_json::from_value(json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                    "metadata": {"name": name, "namespace": self.namespace}, "spec": spec}))
+                .expect("a valid NetworkPolicy")
+            })
+            .collect()
+    }
+
+    fn pod_object(&self, name: &str, node: &str, labels: Value) -> Pod {
+        serde_json::from_value(json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": self.namespace, "labels": labels},
+            "spec": {"nodeName": node, "automountServiceAccountToken": false,
+                "containers": [{"name": "main", "image": "bench.invalid/app:1"}]}}))
+        .expect("a valid Pod")
+    }
+
+    /// The namespace, the policies and the API-only pods: node `n`'s pod
+    /// `i` at 10.244.n.(200 + i), which the plugin (allocating from the
+    /// bottom of the /24) never hands out here.
+    async fn create(&self, c: &Client, nodes: &[String]) -> Result<(), kube::Error> {
+        create_namespace(c, &self.namespace, &json!({"bench": "net"})).await?;
+        let api: Api<NetworkPolicy> = Api::namespaced(c.clone(), &self.namespace);
+        futures::stream::iter(self.policy_objects().into_iter().map(|p| {
+            let api = api.clone();
+            async move { api.create(&PostParams::default(), &p).await }
+        }))
+        .buffer_unordered(PARALLEL)
+        .try_collect::<Vec<_>>()
+        .await?;
+        let mut pods = Vec::new();
+        for (ni, node) in nodes.iter().enumerate() {
+            let n = ni + 1;
+            for i in 0..self.other_pods {
+                let ips: [IpAddr; 2] = [
+                    format!("10.244.{n}.{}", 200 + i).parse().expect("IPv4"),
+                    format!("fd00:10:244:{n}::{:x}", 200 + i).parse().expect("IPv6"),
+                ];
+                let pod = self.pod_object(
+                    &format!("other-n{n}-{i}"),
+                    node,
+                    json!({"app": format!("other-{i}"), "role": format!("client-{}", i % 13)}),
+                );
+                pods.push((pod, ips));
+            }
+        }
+        futures::stream::iter(pods.iter().map(|(pod, ips)| create_running_pod(c, pod, ips)))
+            .buffer_unordered(PARALLEL)
+            .try_collect::<Vec<_>>()
+            .await?;
+        Ok(())
+    }
+
+    /// The two benchmark pods, with the addresses the plugin gave them.
+    async fn create_bench_pods(&self, c: &Client, pods: &[(&String, &str, [&String; 2])]) -> Result<(), kube::Error> {
+        for (node, name, ips) in pods {
+            let ips: Vec<IpAddr> = ips.iter().map(|ip| ip.parse().expect("a pod address")).collect();
+            create_running_pod(c, &self.pod_object(name, node, json!({"app": BENCH_APP})), &ips).await?;
+        }
+        Ok(())
+    }
+
+    /// kubectl commands deleting all of it (no controller manager runs to
+    /// delete a namespace's contents, no kubelet to confirm pod deletion).
+    fn cleanup(&self) -> Vec<Vec<String>> {
+        let ns = self.namespace.clone();
+        vec![
+            vec![
+                "delete".into(),
+                "networkpolicies".into(),
+                "--all".into(),
+                "-n".into(),
+                ns.clone(),
+                "--wait=false".into(),
+            ],
+            vec![
+                "delete".into(),
+                "pods".into(),
+                "--all".into(),
+                "-n".into(),
+                ns,
+                "--grace-period=0".into(),
+                "--force".into(),
+                "--wait=false".into(),
+            ],
+        ]
+    }
+}
+
+/// ADD through the real plugin, configured as the agent's conflist does;
+/// `pod_ns` becomes `K8S_POD_NAMESPACE` in `CNI_ARGS`, as kubelet passes it.
+fn weft_pod(
+    weft: &Path,
+    node: &Node,
+    tag: &str,
+    node_json: &Path,
+    ipam: &Path,
+    pod_ns: Option<&str>,
+) -> (TestNs, String, String) {
     let pod = TestNs::new(&format!("{tag}-p{}", node.n));
     let conf = json!({"cniVersion": "1.1.0", "name": "weft", "type": "weft", "nodeConfig": node_json, "dataDir": ipam});
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", node.ns.name()])
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", node.ns.name()])
         .arg(weft)
         .env("CNI_COMMAND", "ADD")
         .env("CNI_CONTAINERID", format!("{tag}-pod{}", node.n))
@@ -447,9 +779,11 @@ fn weft_pod(weft: &Path, node: &Node, tag: &str, node_json: &Path, ipam: &Path) 
         .env("CNI_IFNAME", "eth0")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("run {}: {e}", weft.display()));
+        .stderr(Stdio::piped());
+    if let Some(ns) = pod_ns {
+        cmd.env("CNI_ARGS", format!("K8S_POD_NAMESPACE={ns};K8S_POD_NAME=bench-{}", node.n));
+    }
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("run {}: {e}", weft.display()));
     let _ = child.stdin.take().expect("stdin").write_all(conf.to_string().as_bytes());
     let out = child.wait_with_output().expect("wait for the plugin");
     assert!(
@@ -546,31 +880,338 @@ fn ping_pong(w: &Wired, dst: &str, secs: u32) -> (f64, f64) {
     (us(0.5), us(0.99))
 }
 
+/// A TCP server inside the server namespace at `addr`: each connection gets
+/// its first byte echoed and is closed, one connection after another.
+/// Dropping it stops the server.
+struct EchoServer {
+    listener: Arc<TcpListener>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl EchoServer {
+    fn start(ns: &TestNs, addr: SocketAddr) -> EchoServer {
+        let netns = NetNs::open(&ns.path()).expect("server namespace");
+        // The socket is made on a thread inside the namespace and used from anywhere.
+        let listener = netns
+            .run(|| TcpListener::bind(addr))
+            .expect("thread")
+            .unwrap_or_else(|e| panic!("bind {addr} in {}: {e}", ns.name()));
+        let listener = Arc::new(listener);
+        let l = Arc::clone(&listener);
+        let thread = std::thread::spawn(move || {
+            while let Ok((mut c, _)) = l.accept() {
+                let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut b = [0u8; 1];
+                if c.read_exact(&mut b).is_ok() {
+                    let _ = c.write_all(&b);
+                }
+            }
+        });
+        EchoServer { listener, thread: Some(thread) }
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        // shutdown(2) on a listening socket wakes a blocked accept(2) with
+        // EINVAL on Linux: the loop ends without a connection to unblock it.
+        // SAFETY: the descriptor is owned by `self.listener`, alive here.
+        unsafe { libc::shutdown(self.listener.as_raw_fd(), libc::SHUT_RDWR) };
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One short connection: connect, send a byte, read it back, close.
+fn exchange(addr: SocketAddr, timeout: Duration) -> std::io::Result<()> {
+    let mut c = TcpStream::connect_timeout(&addr, timeout)?;
+    c.set_nodelay(true)?;
+    c.set_read_timeout(Some(timeout))?;
+    c.write_all(&[1])?;
+    let mut b = [0u8; 1];
+    c.read_exact(&mut b)
+}
+
+/// `exchange` from inside the client namespace.
+fn exchange_from(client: &TestNs, addr: SocketAddr, timeout: Duration) -> std::io::Result<()> {
+    NetNs::open(&client.path()).expect("client namespace").run(|| exchange(addr, timeout)).expect("thread")
+}
+
+/// Waits (60 s at most) until a connection to the connection-rate port
+/// works for both families: reachability where ICMP is not allowed.
+fn wait_tcp(w: &Wired, what: &str, logs: &[&Proc]) {
+    for d in &w.dst {
+        let addr = SocketAddr::new(d.parse().expect("an address"), CONN_PORT);
+        let _server = EchoServer::start(&w.server, addr);
+        let mut last = None;
+        let ok = eventually(Duration::from_secs(60), || {
+            last = exchange_from(&w.client, addr, Duration::from_secs(1)).err();
+            last.is_none()
+        });
+        if !ok {
+            let tails: Vec<String> = logs.iter().map(|p| format!("{}:\n{}", p.name, p.log_tail())).collect();
+            panic!(
+                "{what}: no TCP connection to {addr} from {} in 60 s ({last:?})\n{}",
+                w.client.name(),
+                tails.join("\n")
+            );
+        }
+    }
+}
+
+/// Before measuring with policies: per family, a port the policy does not
+/// allow must not connect (3 s), the allowed one must. Returns what it saw.
+fn check_enforced(w: &Wired) -> Result<String, String> {
+    let mut seen = Vec::new();
+    for d in &w.dst {
+        let ip: IpAddr = d.parse().expect("an address");
+        let (allowed, denied) = (SocketAddr::new(ip, CONN_PORT), SocketAddr::new(ip, DENIED_PORT));
+        let _servers = (EchoServer::start(&w.server, allowed), EchoServer::start(&w.server, denied));
+        match exchange_from(&w.client, denied, Duration::from_secs(3)) {
+            Ok(()) => return Err(format!("NetworkPolicy not enforced: {denied} (not allowed) connected")),
+            Err(e) => seen.push(format!("{denied} blocked ({})", e.kind())),
+        }
+        exchange_from(&w.client, allowed, Duration::from_secs(5))
+            .map_err(|e| format!("the allowed {allowed} failed after the check: {e}"))?;
+        seen.push(format!("{allowed} allowed"));
+    }
+    Ok(seen.join(", "))
+}
+
+/// New connections per second: this program's client, inside the client
+/// namespace, opens one connection after another to `dst` for `secs`
+/// (connect, a byte each way, close).
+fn conn_rate(w: &Wired, dst: &str, secs: u32) -> f64 {
+    let addr = SocketAddr::new(dst.parse().expect("an address"), CONN_PORT);
+    let _server = EchoServer::start(&w.server, addr);
+    let client = NetNs::open(&w.client.path()).expect("client namespace");
+    let (n, took, err) = client
+        .run(|| {
+            let start = Instant::now();
+            let end = start + Duration::from_secs(secs.into());
+            let mut n = 0u64;
+            while Instant::now() < end {
+                if let Err(e) = exchange(addr, Duration::from_secs(5)) {
+                    return (n, start.elapsed(), Some(e));
+                }
+                n += 1;
+            }
+            (n, start.elapsed(), None)
+        })
+        .expect("thread");
+    if let Some(e) = err {
+        panic!("connection {} to {addr} from {} failed: {e}", n + 1, w.client.name());
+    }
+    n as f64 / took.as_secs_f64()
+}
+
+/// The client side of every setup alike: sequential short connections may
+/// not run out of ports while their predecessors sit in TIME_WAIT.
+fn prepare_client(ns: &TestNs) {
+    ns.exec_ok(&["sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65000"]);
+    ns.exec_ok(&["sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"]);
+}
+
+/// The classes a profile's symbols are grouped into, in the report's order.
+const CLASSES: [&str; 6] = ["netfilter", "tcp", "copy", "forward, veth, xmit", "vxlan, udp", "other"];
+
+/// The class of a kernel or user symbol.
+fn class_of(sym: &str) -> &'static str {
+    let s = sym.trim_start_matches('_');
+    let any = |prefixes: &[&str]| prefixes.iter().any(|p| s.starts_with(p));
+    if any(&[
+        "nft_",
+        "nf_",
+        "nft",
+        "ipv4_conntrack",
+        "ipv6_conntrack",
+        "hash_conntrack",
+        "xt_",
+        "ipt_",
+        "ip6t_",
+        "nla_",
+    ]) || s.contains("conntrack")
+    {
+        "netfilter"
+    } else if any(&["tcp", "inet_csk", "bictcp", "cubictcp", "bbr_", "inet6_csk"]) {
+        "tcp"
+    } else if s.contains("copy") || s.contains("memcpy") || s.contains("memmove") || s.contains("rep_movs") {
+        "copy"
+    } else if any(&["vxlan", "udp", "ip_tunnel", "iptunnel", "udp_tunnel"]) {
+        "vxlan, udp"
+    } else if any(&[
+        "veth",
+        "dev_",
+        "netif_",
+        "napi",
+        "process_backlog",
+        "net_rx_action",
+        "ip_forward",
+        "ip6_forward",
+        "ip_rcv",
+        "ip6_rcv",
+        "ip_output",
+        "ip6_output",
+        "ip_finish_output",
+        "ip6_finish_output",
+        "neigh_",
+        "fib",
+        "ip_route",
+        "ip6_route",
+        "rt6_",
+        "br_",
+        "skb_",
+        "ip_local",
+        "ip6_input",
+        "ipv6_rcv",
+        "eth_type_trans",
+        "validate_xmit",
+        "sch_direct_xmit",
+        "qdisc",
+    ]) {
+        "forward, veth, xmit"
+    } else {
+        "other"
+    }
+}
+
+/// Traffic to profile: says what it measured, and the value.
+type TrafficRun<'a> = dyn FnOnce() -> (&'static str, f64) + 'a;
+
+/// A system-wide CPU profile (`perf record -a -g`) while `run` generates
+/// the traffic (one 1-stream iperf3 run, or a connection-rate run): per
+/// class, its share of the samples taken in iperf3, this program (the
+/// connection-rate client and server), ksoftirqd and interrupted idle
+/// (swapper), where this traffic's kernel work runs; the share under
+/// `nf_hook_slow` (every netfilter hook's work, callees included: what the
+/// call graph adds to the by-name classes, which miss work charged to lock
+/// and irq-enable points); the top symbols; the sampling event; and what
+/// `run` measured, under the key it names.
+fn profile(run: impl FnOnce() -> (&'static str, f64)) -> Result<Value, String> {
+    let dir = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
+    let data = dir.path().join("perf.data");
+    let log = std::fs::File::create(dir.path().join("perf.log")).map_err(|e| format!("perf log: {e}"))?;
+    let mut perf = Command::new("perf")
+        .args(["record", "-a", "-g", "-F", "1999", "-o"])
+        .arg(&data)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().map_err(|e| format!("perf log: {e}"))?)
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("start perf: {e}"))?;
+    let pid = nix::unistd::Pid::from_raw(perf.id() as i32);
+    std::thread::sleep(Duration::from_millis(500));
+    if let Ok(Some(status)) = perf.try_wait() {
+        let text = std::fs::read_to_string(dir.path().join("perf.log")).unwrap_or_default();
+        return Err(format!("perf record exited at once ({status}): {}", text.trim()));
+    }
+    let (key, measured) = run();
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+    let stopped = eventually(Duration::from_secs(30), || matches!(perf.try_wait(), Ok(Some(_))));
+    if !stopped {
+        let _ = perf.kill();
+        let _ = perf.wait();
+        return Err("perf record did not stop within 30 s of SIGINT".into());
+    }
+    let out = Command::new("timeout")
+        .args(["180", "perf", "report", "--children", "--sort", "comm,symbol", "--stdio", "-g", "none", "-i"])
+        .arg(&data)
+        .stderr(Stdio::null())
+        .output()
+        .map_err(|e| format!("perf report: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("perf report failed ({})", out.status));
+    }
+    let event = String::from_utf8_lossy(
+        &Command::new("timeout")
+            .args(["60", "perf", "evlist", "-i"])
+            .arg(&data)
+            .output()
+            .map(|o| o.stdout)
+            .unwrap_or_default(),
+    )
+    .lines()
+    .next()
+    .unwrap_or("")
+    .to_string();
+    let mut classes = vec![0.0f64; CLASSES.len()];
+    let (mut ours, mut all, mut under_nf_hook) = (0.0, 0.0, 0.0);
+    let mut top: Vec<(String, f64)> = Vec::new();
+    // Lines: "children%  self%  comm  [k] symbol  ...".
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some((children, rest)) = line.trim_start().split_once('%') else { continue };
+        let Some((pct, rest)) = rest.trim_start().split_once('%') else { continue };
+        let (Ok(children), Ok(pct)) = (children.parse::<f64>(), pct.parse::<f64>()) else { continue };
+        all += pct;
+        let Some(at) = rest.find(" [k] ").or_else(|| rest.find(" [.] ")) else { continue };
+        let comm = rest[..at].trim();
+        let sym = rest[at + 5..].split_whitespace().next().unwrap_or("");
+        let traffic = ["iperf3", "net-bench"].contains(&comm);
+        if !(traffic || comm.starts_with("ksoftirqd") || comm.starts_with("swapper")) {
+            continue;
+        }
+        if sym.starts_with("nf_hook_slow") {
+            under_nf_hook += children;
+        }
+        // Idle loops are no work: what interrupted them is.
+        if comm.starts_with("swapper") && class_of(sym) == "other" {
+            continue;
+        }
+        ours += pct;
+        classes[CLASSES.iter().position(|c| *c == class_of(sym)).unwrap_or(CLASSES.len() - 1)] += pct;
+        match top.iter_mut().find(|(s, _)| s == sym) {
+            Some((_, p)) => *p += pct,
+            None => top.push((sym.to_string(), pct)),
+        }
+    }
+    if ours <= 0.0 {
+        return Err("perf report held no samples of iperf3, ksoftirqd or softirq work".into());
+    }
+    top.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let shares: serde_json::Map<String, Value> =
+        CLASSES.iter().zip(&classes).map(|(c, p)| (c.to_string(), json!(p / ours))).collect();
+    let top: Vec<Value> = top.iter().take(12).map(|(s, p)| json!([s, p / ours])).collect();
+    Ok(json!({key: measured, "share_of_all_samples": ours / all.max(1e-9), "classes": shares,
+        "under_nf_hook_slow": under_nf_hook / ours, "top": top, "event": event}))
+}
+
 fn main() {
     let args = parse_args().unwrap_or_else(|e| {
         eprintln!("net-bench: {e}");
-        eprintln!("usage: net-bench --weft WEFT --agent WEFT_AGENT --k8s-bin DIR [--secs S] [--reps R] [--quick]");
+        eprintln!(
+            "usage: net-bench --weft WEFT --agent WEFT_AGENT --k8s-bin DIR [--secs S] [--rr-secs S] [--reps R] [--policies N] [--profile] [--only SETUP] [--quick]"
+        );
         std::process::exit(2);
     });
     if !nix::unistd::geteuid().is_root() {
         eprintln!("net-bench: needs root (network namespaces)");
         std::process::exit(2);
     }
-    let (secs, reps) = if args.quick { (1, 1) } else { (args.secs, args.reps) };
+    let (secs, rr_secs, reps) = if args.quick { (1, 1, 1) } else { (args.secs, args.rr_secs, args.reps) };
     let families: &[(usize, &str)] = if args.quick { &[(0, "IPv4")] } else { &[(0, "IPv4"), (1, "IPv6")] };
-    let ccs: &[&str] = if args.quick { &["cubic"] } else { &["cubic", "bbr"] };
+    // bbr for IPv4 only: what it shows does not depend on the family, and
+    // the full run has to fit its time (README).
+    let ccs = |family: &str| -> &[&str] { if args.quick || family == "IPv6" { &["cubic"] } else { &["cubic", "bbr"] } };
+    let policies = match args.policies {
+        0 if args.quick => 20,
+        0 => 1000,
+        n => n,
+    };
+    let profiling = !args.quick || args.profile;
     use Setup::*;
     let plan: Vec<(Topology, Setup)> = if args.quick {
-        vec![
-            (Topology::OneSegment, Bare),
-            (Topology::OneSegment, HandVxlan),
-            (Topology::OneSegment, Weft("vxlan", true)),
-        ]
+        [Bare, HandRoutes, Weft("routes", true), WeftNoNftables, WeftPolicies(policies), HandVxlan, Weft("vxlan", true)]
+            .iter()
+            .map(|s| (Topology::OneSegment, *s))
+            .collect()
     } else {
         let one = [
             Bare,
             HandRoutes,
             Weft("routes", true),
+            WeftNoNftables,
+            WeftPolicies(policies),
             HandVxlan,
             Weft("vxlan", true),
             Weft("vxlan", false),
@@ -580,6 +1221,8 @@ fn main() {
         one.iter().map(|s| (Topology::OneSegment, *s)).chain(two.iter().map(|s| (Topology::Routed, *s))).collect()
     };
 
+    let plan: Vec<(Topology, Setup)> =
+        plan.into_iter().filter(|(_, s)| args.only.as_ref().is_none_or(|o| s.label().contains(o.as_str()))).collect();
     eprintln!("net-bench: lab and control plane");
     let lab = Lab::new(&args.k8s_bin);
     // The agent's offload choice is the kernel's default (observe::kernel::offload_default):
@@ -588,16 +1231,41 @@ fn main() {
     let mut ver = release.trim().split(|c: char| !c.is_ascii_digit()).map(|p| p.parse::<u32>().unwrap_or(0));
     let chosen_offload = (ver.next().unwrap_or(0), ver.next().unwrap_or(0)) >= (5, 7);
 
+    let run_started = Instant::now();
     let mut rows = Vec::new();
+    let mut profile_error = None;
+    let mut failed: Vec<Value> = Vec::new();
     for (k, (topo, s)) in plan.iter().enumerate() {
         let started = Instant::now();
         let tag = format!("s{k}");
-        let w = setup(&lab, &args, &tag, *topo, *s, chosen_offload);
+        // A setup that cannot be wired (or, with policies, is not enforced)
+        // is reported and skipped; its namespaces go as it unwinds.
+        let wired = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            setup(&lab, &args, &tag, *topo, *s, chosen_offload)
+        }));
+        let w = match wired {
+            Ok(w) => w,
+            Err(e) => {
+                let msg = e
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| e.downcast_ref::<&str>().map(|m| m.to_string()))
+                    .unwrap_or_else(|| "panicked".into());
+                let first = msg.lines().next().unwrap_or("").to_string();
+                eprintln!("net-bench: {} / {} failed, skipped: {first}", topo.label(), s.label());
+                failed.push(json!({"topology": topo.label(), "setup": s.label(), "error": first}));
+                continue;
+            }
+        };
+        prepare_client(&w.client);
         for &(fi, family) in families {
             let dst = &w.dst[fi];
-            for (ci, cc) in ccs.iter().enumerate() {
+            for (ci, cc) in ccs(family).iter().enumerate() {
                 let mut row = json!({"topology": topo.label(), "setup": s.label(), "family": family, "cc": cc,
                     "pod_mtu": w.pod_mtu, "offload": w.offload});
+                for (key, v) in &w.notes {
+                    row[key] = v.clone();
+                }
                 for streams in [1u32, 4] {
                     let (mut g, mut tx, mut rx) = (Vec::new(), Vec::new(), Vec::new());
                     for _ in 0..reps {
@@ -610,20 +1278,47 @@ fn main() {
                     row[format!("cpu_tx_{streams}")] = json!(tx);
                     row[format!("cpu_rx_{streams}")] = json!(rx);
                 }
-                // Latency does not depend on the congestion control of a
-                // connection that never has more than 64 bytes in flight:
-                // measured once per family (the namespace's default).
+                // Latency and the connection rate do not depend on the
+                // congestion control of connections that never have more
+                // than 64 bytes in flight: measured once per family (the
+                // namespace's default), listed in the first row.
                 if ci == 0 {
-                    let (p50, p99): (Vec<f64>, Vec<f64>) = (0..reps).map(|_| ping_pong(&w, dst, secs)).unzip();
+                    let (p50, p99): (Vec<f64>, Vec<f64>) = (0..reps).map(|_| ping_pong(&w, dst, rr_secs)).unzip();
                     row["rr_p50_us"] = json!(p50);
                     row["rr_p99_us"] = json!(p99);
+                    let conns: Vec<f64> = (0..reps).map(|_| conn_rate(&w, dst, rr_secs)).collect();
+                    row["conn_per_s"] = json!(conns);
                 }
-                eprintln!("  {} / {} / {family} / {cc}: {}", topo.label(), s.label(), row["gbps_1"]);
+                if profiling && ci == 0 && fi == 0 && *topo == Topology::OneSegment && s.profiled() {
+                    // Throughput, and new connections: they cross every rule
+                    // that established packets skip.
+                    let runs: [(&str, Box<TrafficRun>); 2] = [
+                        ("profile", Box::new(|| ("gbps", iperf(&w, dst, secs.max(2), 1, cc).0))),
+                        ("profile_conn", Box::new(|| ("conn_per_s", conn_rate(&w, dst, secs.max(2))))),
+                    ];
+                    for (key, run) in runs {
+                        match profile(run) {
+                            Ok(p) => row[key] = p,
+                            Err(e) => {
+                                eprintln!("  {key} of {}: {e}", s.label());
+                                profile_error.get_or_insert(e);
+                            }
+                        }
+                    }
+                }
+                eprintln!(
+                    "  {} / {} / {family} / {cc}: {} Gbit/s, {} conn/s",
+                    topo.label(),
+                    s.label(),
+                    row["gbps_1"],
+                    row["conn_per_s"]
+                );
                 rows.push(row);
             }
         }
-        for name in &w.nodes_to_delete {
-            lab.cp.kubectl_ok(&["delete", "node", name, "--wait=false"]);
+        for cmd in &w.cleanup {
+            let argv: Vec<&str> = cmd.iter().map(String::as_str).collect();
+            lab.cp.kubectl_ok(&argv);
         }
         drop(w);
         eprintln!("net-bench: {} / {} took {:.0?}", topo.label(), s.label(), started.elapsed());
@@ -632,7 +1327,39 @@ fn main() {
     println!(
         "{}",
         json!({"kernel": release.trim(), "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-            "secs": secs, "reps": reps, "underlay_mtu": UNDERLAY_MTU, "chosen_offload": chosen_offload,
-            "loadavg_end": load.trim(), "rows": rows})
+            "secs": secs, "rr_secs": rr_secs, "reps": reps, "underlay_mtu": UNDERLAY_MTU, "chosen_offload": chosen_offload,
+            "policies": policies, "profiled": profiling, "profile_error": profile_error,
+            "seconds": run_started.elapsed().as_secs_f64(), "loadavg_end": load.trim(), "failed": failed, "rows": rows})
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn symbols_fall_into_their_classes() {
+        for (sym, class) in [
+            ("nft_do_chain", "netfilter"),
+            ("__nf_conntrack_find_get", "netfilter"),
+            ("nf_hook_slow", "netfilter"),
+            ("ipv4_conntrack_defrag", "netfilter"),
+            ("tcp_sendmsg_locked", "tcp"),
+            ("__tcp_transmit_skb", "tcp"),
+            ("bictcp_cong_avoid", "tcp"),
+            ("_copy_to_iter", "copy"),
+            ("__memcpy", "copy"),
+            ("vxlan_xmit_one", "vxlan, udp"),
+            ("udp_tunnel_xmit_skb", "vxlan, udp"),
+            ("veth_xmit", "forward, veth, xmit"),
+            ("__dev_queue_xmit", "forward, veth, xmit"),
+            ("ip_forward", "forward, veth, xmit"),
+            ("fib_table_lookup", "forward, veth, xmit"),
+            ("_raw_spin_unlock_irqrestore", "other"),
+            ("finish_task_switch.isra.0", "other"),
+        ] {
+            assert_eq!(class_of(sym), class, "{sym}");
+            assert!(CLASSES.contains(&class_of(sym)));
+        }
+    }
 }

@@ -43,7 +43,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
@@ -52,7 +52,9 @@ use libweft::testutil::TestNs;
 use libweft::testutil::control_plane::{ControlPlane, Proc};
 use serde_json::{Value, json};
 
-use crate::agent_common::{client, pass_seconds, proc_stats};
+use weft_bench::api::{client, create_namespace, create_running_pod};
+
+use crate::agent_common::{pass_seconds, proc_stats};
 use crate::nft_events::{Change, Transaction};
 use crate::stats::percentile;
 
@@ -643,7 +645,6 @@ fn main() {
 
 async fn fill(args: &Args, world: &World, client: &Client) -> f64 {
     let started = Instant::now();
-    let namespaces: Api<Namespace> = Api::all(client.clone());
     eprintln!(
         "creating {} namespaces, {} pods ({} on the agent's node), {} policies",
         args.namespaces,
@@ -651,17 +652,13 @@ async fn fill(args: &Args, world: &World, client: &Client) -> f64 {
         world.local().count(),
         world.policies.len()
     );
-    futures::stream::iter(world.ns_labels.iter().enumerate().map(|(i, labels)| {
-        let (namespaces, client) = (namespaces.clone(), client.clone());
-        async move {
-            let ns: Namespace =
-                serde_json::from_value(json!({"metadata": {"name": ns_name(i), "labels": labels}})).expect("namespace");
-            namespaces.create(&PostParams::default(), &ns).await?;
-            // No controller manager: the ServiceAccount admission needs the default account.
-            let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "default"}})).expect("sa");
-            Api::<ServiceAccount>::namespaced(client, &ns_name(i)).create(&PostParams::default(), &sa).await
-        }
-    }))
+    futures::stream::iter(
+        world
+            .ns_labels
+            .iter()
+            .enumerate()
+            .map(|(i, labels)| async move { create_namespace(client, &ns_name(i), &json!(labels)).await }),
+    )
     .buffer_unordered(PARALLEL)
     .try_collect::<Vec<_>>()
     .await
@@ -706,9 +703,7 @@ async fn create_node(client: &Client, n: usize) -> Result<Node, kube::Error> {
 }
 
 async fn create_pod(client: &Client, p: &PodM) -> Result<Pod, kube::Error> {
-    let api: Api<Pod> = Api::namespaced(client.clone(), &ns_name(p.ns));
-    api.create(&PostParams::default(), &pod_object(p)).await?;
-    api.patch_status(&p.name, &PatchParams::default(), &Patch::Merge(pod_status(p))).await
+    create_running_pod(client, &pod_object(p), &[IpAddr::V4(p.v4), IpAddr::V6(p.v6)]).await
 }
 
 async fn run(

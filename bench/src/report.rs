@@ -254,6 +254,222 @@ impl Net {
     }
 }
 
+/// Whether a setup is a diagnostic variant of `weft routes` (nftables
+/// removed, NetworkPolicies loaded): compared with its references, but
+/// judged against targets of its own, not the data-plane ones.
+fn diagnostic(setup: &str) -> bool {
+    setup.ends_with(", no nftables") || setup.ends_with(" policies")
+}
+
+/// The `weft routes, N policies` setup of the run, if it has one.
+fn policy_setup(net: &Net, topo: &str) -> Option<String> {
+    net.setups(topo).into_iter().find(|s| s.starts_with("weft routes, ") && s.ends_with(" policies"))
+}
+
+/// The median of `key` in row `a` over row `b`'s.
+fn ratio_of(a: &Value, b: &Value, key: &str) -> Option<f64> {
+    let (x, y) = (spread(&nums(&a[key])).1, spread(&nums(&b[key])).1);
+    (!nums(&a[key]).is_empty() && y > 0.0).then(|| x / y)
+}
+
+/// What this run's data says about weft's cost on the routes path (for a
+/// missed target): netfilter's share of the profiled CPU with weft and by
+/// hand, and what `weft routes` reaches with its nftables tables removed.
+fn netfilter_cause(net: &Net, f: &str, cc: &str, key: &str) -> Option<String> {
+    // The routes path on one segment is where the run isolates it.
+    let topo = "one segment";
+    let mut parts = Vec::new();
+    let nf = |s: &str| net.row(topo, s, "IPv4", "cubic")?["profile"]["under_nf_hook_slow"].as_f64();
+    if let (Some(w), Some(h)) = (nf("weft routes"), nf("hand routes")) {
+        parts.push(format!(
+            "on the routes path, netfilter hooks (`nf_hook_slow` and callees) are {:.1}% of the profiled CPU with weft routes vs {:.1}% hand-programmed (one segment, IPv4 cubic 1 stream; profile table below)",
+            w * 100.0,
+            h * 100.0
+        ));
+    }
+    let weft = net.row(topo, "weft routes", f, cc)?;
+    if let Some(no) = net.row(topo, "weft routes, no nftables", f, cc) {
+        let hand = net.row(topo, "hand routes", f, cc);
+        let vs_hand = hand.and_then(|h| ratio_of(no, h, key)).map_or(String::new(), |x| format!(", {x:.3}x hand"));
+        if let Some(x) = ratio_of(no, weft, key) {
+            parts.push(format!(
+                "with weft's nftables tables removed, weft routes ({f}, {cc}) reaches {x:.3}x itself with them{vs_hand}"
+            ));
+        }
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
+}
+
+/// The CPU profiles of the run (IPv4, cubic, one stream, one segment): per
+/// setup, each class's share of the samples of the traffic's work.
+fn profile_table(net: &Net, md: &mut String) {
+    let _ = writeln!(md, "### Where the CPU goes: profiles\n");
+    let topo = "one segment";
+    // Per setup, the iperf3 run's profile, then the connection-rate run's.
+    let mut rows: Vec<(String, &Value)> = Vec::new();
+    for kind in ["profile", "profile_conn"] {
+        for s in net.setups(topo) {
+            if let Some(r) = net.row(topo, &s, "IPv4", "cubic").filter(|r| r[kind].is_object()) {
+                let what = if kind == "profile" { "TCP 1 stream" } else { "new connections" };
+                rows.push((format!("{s}: {what}"), &r[kind]));
+            }
+        }
+    }
+    if rows.is_empty() {
+        let why = match (net.v["profiled"].as_bool(), net.v["profile_error"].as_str()) {
+            (_, Some(e)) => format!("perf did not work here: {e}"),
+            (Some(false), _) => "not taken in a --quick run (net-bench --profile takes them)".to_string(),
+            _ => "this run has none".to_string(),
+        };
+        let _ = writeln!(md, "No CPU profiles: {why}.\n");
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "`perf record -a -g -F 1999` over one iperf3 run (IPv4, cubic, 1 stream, one segment) per setup, and over one connection-rate run (new connections cross every rule that established packets skip); `perf report --children --sort comm,symbol`. Only the samples of iperf3, net-bench (the connection-rate client and server), ksoftirqd and softirq work interrupting idle (swapper) are counted, where this traffic's kernel work runs (other processes on the shared machine are left out). Classes by symbol name: netfilter = `nft_*`, `nf_*`, conntrack; tcp = `tcp*`, congestion control; copy = copies to and from user memory, `memcpy`/`memmove`; forward = veth, `dev_*`/`netif_*`/NAPI, IP receive/forward/output, FIB, neighbours, the lab's bridge, `skb_*`; vxlan, udp; other = everything else (scheduler, syscalls, allocator, locks). Each cell: the class's share of those samples (self time). `under nf_hook_slow`: the samples in netfilter hooks with their callees (from the call graph), the better measure of what netfilter costs, because{} samples land where interrupts are re-enabled (`_raw_spin_unlock_irqrestore`, `handle_softirqs`, in \"other\"), not in the function that ran with them off.\n",
+        match rows[0].1["event"].as_str() {
+            Some(e) if e.starts_with("cpu-clock") =>
+                format!(" this machine has no hardware PMU (the event is `{e}`, a timer):"),
+            Some(e) if !e.is_empty() => format!(" with event `{e}` some"),
+            _ => " some".to_string(),
+        }
+    );
+    let classes: Vec<String> =
+        rows[0].1["classes"].as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default();
+    // serde_json without preserve_order sorts keys: put them in net-bench's order when known.
+    let order = ["netfilter", "tcp", "copy", "forward, veth, xmit", "vxlan, udp", "other"];
+    let mut classes: Vec<String> = order
+        .iter()
+        .map(|c| c.to_string())
+        .filter(|c| classes.contains(c))
+        .chain(classes.iter().filter(|c| !order.contains(&c.as_str())).cloned())
+        .collect();
+    classes.dedup();
+    let _ = writeln!(
+        md,
+        "| setup: traffic | measured while profiled | under `nf_hook_slow` | {} | top symbols |\n|---|---|---|{}---|",
+        classes.join(" | "),
+        "---|".repeat(classes.len())
+    );
+    for (setup, p) in &rows {
+        let cells: Vec<String> = classes
+            .iter()
+            .map(|c| p["classes"][c].as_f64().map_or("–".into(), |x| format!("{:.1}%", x * 100.0)))
+            .collect();
+        let top: Vec<String> = p["top"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .take(4)
+            .map(|t| format!("`{}` {:.1}%", t[0].as_str().unwrap_or("?"), t[1].as_f64().unwrap_or(0.0) * 100.0))
+            .collect();
+        let _ = writeln!(
+            md,
+            "| {setup} | {} | {} | {} | {} |",
+            match (p["gbps"].as_f64(), p["conn_per_s"].as_f64()) {
+                (Some(g), _) => format!("{g:.2} Gbit/s"),
+                (_, Some(c)) => format!("{c:.0} conn/s"),
+                _ => "–".into(),
+            },
+            p["under_nf_hook_slow"].as_f64().map_or("–".into(), |x| format!("{:.1}%", x * 100.0)),
+            cells.join(" | "),
+            top.join(", ")
+        );
+    }
+    let _ = writeln!(md);
+}
+
+/// The NetworkPolicy data-plane targets: `weft routes, N policies` over
+/// `weft routes`, measured in the same run.
+fn policy_dataplane(net: &Net, md: &mut String) {
+    let topo = "one segment";
+    let _ = writeln!(md, "### NetworkPolicy data plane\n");
+    let Some(setup) = policy_setup(net, topo) else {
+        let failure = net.v["failed"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|f| f["setup"].as_str().is_some_and(|s| s.ends_with(" policies")));
+        match failure {
+            Some(f) => {
+                let _ = writeln!(
+                    md,
+                    "**Not measured: `{}` failed:** {}\n",
+                    f["setup"].as_str().unwrap_or("?"),
+                    f["error"].as_str().unwrap_or("?")
+                );
+            }
+            None => {
+                let _ = writeln!(md, "Not measured in this run (net-bench has no `weft routes, N policies` setup).\n");
+            }
+        }
+        return;
+    };
+    let first = net.rows().into_iter().find(|r| r["setup"] == setup.as_str());
+    let _ = writeln!(
+        md,
+        "net-bench's `{setup}`: the `weft routes` setup with {} NetworkPolicies in the API server and enforced by both agents (one isolating both pods, ingress and egress, allowing only the benchmark's TCP ports between them; the others selecting API-only pods on the same nodes, so all of them are in both kernels: {} per-policy chains on the nodes), measured seconds after `weft routes` in the same run. Before measuring, a port the policy does not allow was checked to be dropped: {}.\n",
+        first.map_or(Value::Null, |r| r["policies"].clone()),
+        first.map_or("?".to_string(), |r| {
+            nums(&r["policy_chains"]).iter().map(|n| n.to_string()).collect::<Vec<_>>().join(" and ")
+        }),
+        first.and_then(|r| r["enforcement"].as_str()).unwrap_or("?"),
+    );
+    let _ = writeln!(md, "| family, cc | metric | weft routes | {setup} | ratio | target |\n|---|---|---|---|---|---|");
+    let mut verdicts = Vec::new();
+    for (f, cc) in net.combos() {
+        let (Some(w), Some(p)) = (net.row(topo, "weft routes", &f, &cc), net.row(topo, &setup, &f, &cc)) else {
+            continue;
+        };
+        for (key, what, target, digits) in [
+            ("gbps_1", "TCP 1 stream, Gbit/s", 0.95, 2),
+            ("gbps_4", "TCP 4 streams, Gbit/s", 0.95, 2),
+            ("conn_per_s", "new connections/s", 0.9, 0),
+        ] {
+            let Some(x) = ratio_of(p, w, key) else { continue };
+            let verdict = if x >= target { "met" } else { "**missed**" };
+            let _ = writeln!(
+                md,
+                "| {f}, {cc} | {what} | {} | {} | {x:.3} | ≥ {target} ({verdict}) |",
+                fmt_spread(&nums(&w[key]), digits),
+                fmt_spread(&nums(&p[key]), digits),
+            );
+            if x < target {
+                let (lo, _, hi) = spread(&nums(&p[key]));
+                let (wlo, _, whi) = spread(&nums(&w[key]));
+                let mut cause = Vec::new();
+                if lo <= whi && wlo <= hi {
+                    cause.push("the min–max ranges overlap (within this run's noise)".to_string());
+                }
+                let kind = if key == "conn_per_s" { "profile_conn" } else { "profile" };
+                let nf = |s: &str| net.row(topo, s, "IPv4", "cubic")?[kind]["under_nf_hook_slow"].as_f64();
+                if let (Some(a), Some(b)) = (nf(&setup), nf("weft routes")) {
+                    cause.push(format!(
+                        "netfilter hooks (`nf_hook_slow` and callees) are {:.1}% of the profiled CPU with the policies vs {:.1}% without ({}, IPv4; profile table in the data-plane section)",
+                        a * 100.0,
+                        b * 100.0,
+                        if kind == "profile" { "TCP 1 stream" } else { "new connections" }
+                    ));
+                }
+                verdicts.push(format!(
+                    "{f}, {cc}, {what}: {x:.3}x weft routes (target ≥ {target}){}",
+                    if cause.is_empty() { String::new() } else { format!("; {}", cause.join("; ")) }
+                ));
+            }
+        }
+    }
+    let _ = writeln!(md);
+    if verdicts.is_empty() {
+        let _ = writeln!(md, "Every NetworkPolicy data-plane target is met in this run.\n");
+    } else {
+        let _ = writeln!(md, "Missed:\n");
+        for v in verdicts {
+            let _ = writeln!(md, "- {v}");
+        }
+        let _ = writeln!(md);
+    }
+}
+
 /// The hand-programmed reference a weft setup is compared with: the same
 /// kernel objects its backend writes on this topology.
 fn reference_for(topo: &str, setup: &str) -> Option<&'static str> {
@@ -271,6 +487,8 @@ fn net_figures(net: &Net, out: &Path, md: &mut String) -> Fallible<()> {
     let topos = net.topologies();
     let secs = net.v["secs"].as_u64().unwrap_or(0);
     let reps = net.v["reps"].as_u64().unwrap_or(0);
+    // Older net-bench output ran request/response for `secs` too.
+    let rr_secs = net.v["rr_secs"].as_u64().unwrap_or(secs);
     for streams in [1, 4] {
         let name = format!("net-throughput-{streams}.png");
         let caption = format!(
@@ -300,7 +518,7 @@ fn net_figures(net: &Net, out: &Path, md: &mut String) -> Fallible<()> {
     }
     let name = "net-latency.png";
     let caption = format!(
-        "TCP request/response, 64-byte messages ping-ponged over one connection (TCP_NODELAY) for {secs} s, x {reps} repetitions, the namespace's default congestion control.\nPoint: median over repetitions of each repetition's p50 / p99 round trip; bar: min to max."
+        "TCP request/response, 64-byte messages ping-ponged over one connection (TCP_NODELAY) for {rr_secs} s, x {reps} repetitions, the namespace's default congestion control.\nPoint: median over repetitions of each repetition's p50 / p99 round trip; bar: min to max."
     );
     figure(&out.join(name), (1400, 1100), topos.len(), 1, &caption, |panels| {
         for (topo, area) in topos.iter().zip(panels) {
@@ -355,7 +573,7 @@ fn net_tables(net: &Net, md: &mut String, busy: bool) {
     let med = |v: &[f64]| spread(v).1;
     let _ = writeln!(
         md,
-        "Each cell: median (min–max) of the repetitions. `/hand`: weft's median over the hand-programmed reference's (same kernel objects, same topology); `/bare`: over node-to-node on the underlay. Latency is measured once per family (listed in the cubic rows).\n"
+        "Each cell: median (min–max) of the repetitions. `/hand`: weft's median over the hand-programmed reference's (same kernel objects, same topology); `/bare`: over node-to-node on the underlay. Latency and the new-connection rate (conn/s: sequential connections, each connect, one byte each way, close) are measured once per family (listed in the cubic rows).\n"
     );
     let mut met = Vec::new();
     let mut missed = Vec::new();
@@ -364,7 +582,7 @@ fn net_tables(net: &Net, md: &mut String, busy: bool) {
             let _ = writeln!(md, "**{topo}, {f}, {cc}**\n");
             let _ = writeln!(
                 md,
-                "| setup | pod MTU | tx csum offload | 1 stream Gbit/s | 4 streams Gbit/s | 1 st. /hand | 1 st. /bare | 4 st. /hand | 4 st. /bare | RR p50 µs | RR p99 µs | CPU tx / rx cores per Gbit/s |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
+                "| setup | pod MTU | tx csum offload | 1 stream Gbit/s | 4 streams Gbit/s | 1 st. /hand | 1 st. /bare | 4 st. /hand | 4 st. /bare | RR p50 µs | RR p99 µs | conn/s | conn /hand | conn /bare | CPU tx / rx cores per Gbit/s |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
             );
             let bare = net.row(&topo, "bare", &f, &cc);
             for setup in net.setups(&topo) {
@@ -383,7 +601,7 @@ fn net_tables(net: &Net, md: &mut String, busy: bool) {
                 };
                 let _ = writeln!(
                     md,
-                    "| {setup} | {} | {offload} | {} | {} | {} | {} | {} | {} | {} | {} | {:.3} / {:.3} |",
+                    "| {setup} | {} | {offload} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.3} / {:.3} |",
                     r["pod_mtu"],
                     fmt_spread(&nums(&r["gbps_1"]), 2),
                     fmt_spread(&nums(&r["gbps_4"]), 2),
@@ -393,10 +611,21 @@ fn net_tables(net: &Net, md: &mut String, busy: bool) {
                     if setup != "bare" { ratio(bare, "gbps_4") } else { String::new() },
                     fmt_spread(&nums(&r["rr_p50_us"]), 0),
                     fmt_spread(&nums(&r["rr_p99_us"]), 0),
+                    fmt_spread(&nums(&r["conn_per_s"]), 0),
+                    if is_weft && !nums(&r["conn_per_s"]).is_empty() {
+                        ratio(reference, "conn_per_s")
+                    } else {
+                        String::new()
+                    },
+                    if setup != "bare" && !nums(&r["conn_per_s"]).is_empty() {
+                        ratio(bare, "conn_per_s")
+                    } else {
+                        String::new()
+                    },
                     med(&nums(&r["cpu_tx_1"])),
                     med(&nums(&r["cpu_rx_1"])),
                 );
-                if !is_weft {
+                if !is_weft || diagnostic(&setup) {
                     continue;
                 }
                 for key in ["gbps_1", "gbps_4"] {
@@ -418,8 +647,14 @@ fn net_tables(net: &Net, md: &mut String, busy: bool) {
                         if lo <= hhi && hlo <= hi {
                             causes.push("the min–max ranges overlap (within this run's noise)".to_string());
                         }
-                        if causes.is_empty() {
-                            causes.push("not MTU or offload: weft's forward path also crosses its nftables tables (masquerade and policy chains), which the hand setup lacks; not isolated in this run".to_string());
+                        // MTU and offload explain a row by themselves; otherwise say
+                        // what the run measured of weft's nftables cost.
+                        if causes.iter().all(|c| c.starts_with("the min–max")) {
+                            match netfilter_cause(net, &f, &cc, key) {
+                                Some(c) => causes.push(format!("not MTU or offload: {c}")),
+                                None if causes.is_empty() => causes.push("not MTU or offload: weft's forward path also crosses its nftables tables (masquerade and policy chains), which the hand setup lacks; not isolated in this run".to_string()),
+                                None => {}
+                            }
                         }
                         if busy {
                             causes.push("machine shared with other work during the run".to_string());
@@ -778,12 +1013,25 @@ fn run(data: &Path, out: &Path) -> Fallible<()> {
         let net = Net { v };
         let _ = writeln!(
             md,
-            "Two node namespaces on the test underlay (segment A 198.51.100.0/24 as a bridge; for \"two segments\" node 2 on 203.0.113.0/25 behind a router namespace), underlay MTU {}, one pod on each. `bare`: node to node on the underlay. `hand routes` / `hand vxlan`: pods and peers wired by `ip`/`bridge` commands exactly as weft would (veth, /32 + /128, pinned neighbours; host routes, or `weft.vxlan` VNI 1 port 8472 with neighbour + FDB entries, MTU underlay − 50), weft absent. `weft …`: the real `weft-agent` on each node against a real kube-apiserver programs the peers, the real `weft` plugin wires the pods. VXLAN transmit checksum offload: the agent's choice on this kernel is {}; \"other offload\" runs weft with the opposite. Congestion control is set per socket (`iperf3 -C`): a test namespace cannot select cubic as its default here, because the machine's `tcp_allowed_congestion_control` (which only its own namespace can change) lists reno and bbr.\n",
+            "Two node namespaces on the test underlay (segment A 198.51.100.0/24 as a bridge; for \"two segments\" node 2 on 203.0.113.0/25 behind a router namespace), underlay MTU {}, one pod on each. `bare`: node to node on the underlay. `hand routes` / `hand vxlan`: pods and peers wired by `ip`/`bridge` commands exactly as weft would (veth, /32 + /128, pinned neighbours; host routes, or `weft.vxlan` VNI 1 port 8472 with neighbour + FDB entries, MTU underlay − 50), weft absent. `weft …`: the real `weft-agent` on each node against a real kube-apiserver programs the peers, the real `weft` plugin wires the pods (NetworkPolicy enabled, as by default). `weft routes, no nftables`: the same, then the agents stopped and weft's nftables tables deleted in both nodes, which isolates what netfilter costs. `weft routes, N policies`: the same with N NetworkPolicies enforced (see the NetworkPolicy section). VXLAN transmit checksum offload: the agent's choice on this kernel is {}; \"other offload\" runs weft with the opposite. Congestion control is set per socket (`iperf3 -C`): a test namespace cannot select cubic as its default here, because the machine's `tcp_allowed_congestion_control` (which only its own namespace can change) lists reno and bbr.\n",
             net.v["underlay_mtu"],
             if net.v["chosen_offload"].as_bool() == Some(true) { "on" } else { "off" }
         );
+        for f in net.v["failed"].as_array().into_iter().flatten() {
+            let _ = writeln!(
+                md,
+                "- **Setup failed and was skipped:** {} / {}: {}",
+                f["topology"].as_str().unwrap_or("?"),
+                f["setup"].as_str().unwrap_or("?"),
+                f["error"].as_str().unwrap_or("?")
+            );
+        }
+        if net.v["failed"].as_array().is_some_and(|a| !a.is_empty()) {
+            let _ = writeln!(md);
+        }
         net_figures(&net, &figures, &mut md)?;
         net_tables(&net, &mut md, busy);
+        profile_table(&net, &mut md);
         let _ = writeln!(
             md,
             "**MTU.** Pods get one MTU for every destination. With `auto`, a node that may reach any peer over VXLAN gives its pods the VXLAN MTU (underlay − 50), even on one segment where every peer is routed directly: compare `weft auto` with `hand routes` (MTU {}) in the one-segment tables above — that difference is the cost of the smaller MTU, not of weft's forwarding.\n",
@@ -793,7 +1041,11 @@ fn run(data: &Path, out: &Path) -> Fallible<()> {
         let _ = writeln!(md, "No net-bench results in this run.\n");
     }
     let _ = writeln!(md, "## NetworkPolicy\n");
+    if let Some(v) = read_json(&data.join("net.json")) {
+        policy_dataplane(&Net { v }, &mut md);
+    }
     if let Some(v) = read_json(&data.join("policy.json")) {
+        let _ = writeln!(md, "### Programming policy changes\n");
         let _ = writeln!(
             md,
             "`policy-bench`: one weft-agent against a real kube-apiserver holding {} pods ({} on the agent's node) in {} namespaces and {} policies (API filled in {:.0} s); each change made alone, {} samples per kind, timed from the API request to the nftables commit seen by a netlink listener in the node namespace. Method: bench/POLICY.md.\n",
@@ -814,7 +1066,7 @@ fn run(data: &Path, out: &Path) -> Fallible<()> {
                 r["target"].as_str().unwrap_or("")
             );
         }
-        let _ = writeln!(md, "\nThroughput and connection rate with policies loaded are not measured yet.\n");
+        let _ = writeln!(md);
     } else {
         let _ = writeln!(md, "No policy-bench results in this run.\n");
     }
