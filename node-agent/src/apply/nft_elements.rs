@@ -58,6 +58,9 @@ pub struct Unsupported(String);
 pub enum ElementsError {
     #[error("nftables netlink socket: {0}")]
     Io(#[from] std::io::Error),
+    /// The blocking task writing the batch panicked or was cancelled.
+    #[error("nftables element task: {0}")]
+    Task(#[source] tokio::task::JoinError),
     /// The kernel refused the batch (nothing of it was applied).
     #[error("kernel refused element change {index} ({command}): {source}")]
     Refused { index: usize, command: String, source: std::io::Error },
@@ -202,6 +205,11 @@ impl Channel {
         set_receive_timeout(&socket, std::time::Duration::from_secs(10))?;
         Ok(Channel { socket, port, seq: 0 })
     }
+}
+
+/// [`apply`] on a blocking thread, for the agent's async passes.
+pub async fn write(batch: Encoded, writers: Option<std::sync::Arc<NftWriters>>) -> Result<(), ElementsError> {
+    tokio::task::spawn_blocking(move || apply(&batch, writers.as_deref())).await.map_err(ElementsError::Task)?
 }
 
 /// Sends the commands as one batch, with the socket registered in `writers`

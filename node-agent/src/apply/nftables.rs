@@ -185,13 +185,7 @@ impl Nftables {
     async fn apply_elements(&self, delta: Value) -> Result<(), NftError> {
         let cmds = delta["nftables"].as_array().map(Vec::as_slice).unwrap_or_default();
         match nft_elements::encode(cmds) {
-            Ok(batch) => {
-                let writers = self.writers.clone();
-                tokio::task::spawn_blocking(move || nft_elements::apply(&batch, writers.as_deref()))
-                    .await
-                    .map_err(NftError::Task)??;
-                Ok(())
-            }
+            Ok(batch) => Ok(nft_elements::write(batch, self.writers.clone()).await?),
             Err(e) => {
                 tracing::debug!("{e}: written by nft");
                 self.apply(delta).await

@@ -164,13 +164,7 @@ impl PolicySync {
     /// for a form it does not write.
     async fn apply_elements(&self, cmds: Vec<Value>) -> Result<(), PolicyError> {
         match nft_elements::encode(&cmds) {
-            Ok(batch) => {
-                let writers = self.writers.clone();
-                tokio::task::spawn_blocking(move || nft_elements::apply(&batch, writers.as_deref()))
-                    .await
-                    .map_err(PolicyError::Task)??;
-                Ok(())
-            }
+            Ok(batch) => Ok(nft_elements::write(batch, self.writers.clone()).await?),
             Err(e) => {
                 tracing::debug!("{e}: written by nft");
                 self.apply(&json!({"nftables": cmds})).await
