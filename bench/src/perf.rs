@@ -1,7 +1,7 @@
-//! A CPU profile of one running process with `perf` (Debian's linux-perf):
-//! which functions, in the program and in the kernel on its behalf, take
-//! its time. Sampled at 999 Hz, no call graphs (release binaries carry
-//! symbols but no frame pointers), so the figures are self time.
+//! `perf record` (Debian's linux-perf) around a piece of work, for the
+//! benchmarks that say where their time goes: agent-bench samples one
+//! process (`-p PID`), net-bench the whole machine with call graphs (`-a
+//! -g`). Each parses `perf report` its own way.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -11,39 +11,44 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::{Value, json};
 
-/// `perf record` attached to a process, until [`Recording::finish`].
+/// A running `perf record`, its output and log beside `data`.
 pub struct Recording {
     perf: Child,
     data: PathBuf,
-}
-
-/// Starts sampling `pid` into `data`; None (and a line on stderr) when
-/// perf is missing or refuses, so a benchmark goes on without a profile.
-pub fn record(pid: u32, data: &Path) -> Option<Recording> {
-    let spawned = Command::new("perf")
-        .args(["record", "-q", "-F", "999", "-p", &pid.to_string(), "-o"])
-        .arg(data)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn();
-    match spawned {
-        Ok(perf) => Some(Recording { perf, data: data.to_path_buf() }),
-        Err(e) => {
-            eprintln!("no profile: perf: {e}");
-            None
-        }
-    }
+    log: PathBuf,
 }
 
 impl Recording {
+    /// Starts `perf record <how> -o data`; its messages go to `data.log`.
+    pub fn start(how: &[&str], data: &Path) -> Result<Recording, String> {
+        let log_path = data.with_extension("log");
+        let log = std::fs::File::create(&log_path).map_err(|e| format!("perf log: {e}"))?;
+        let perf = Command::new("perf")
+            .arg("record")
+            .args(how)
+            .arg("-o")
+            .arg(data)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| format!("perf log: {e}"))?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("start perf: {e}"))?;
+        Ok(Recording { perf, data: data.to_path_buf(), log: log_path })
+    }
+
+    /// Whether perf has already exited (it refused to record): its exit
+    /// status and what it said.
+    pub fn exited(&mut self) -> Option<String> {
+        let status = self.perf.try_wait().ok().flatten()?;
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        Some(format!("perf record exited at once ({status}): {}", text.trim()))
+    }
+
     /// Stops the recording (SIGINT, as perf expects, to the perf we
-    /// started) and returns the functions above 0.5 % of the samples:
-    /// `{"kernel_percent", "top": [{"percent", "dso", "symbol", "kernel"}]}`,
-    /// or null when perf wrote nothing readable.
-    pub fn finish(mut self, top: usize) -> Value {
-        let pid = Pid::from_raw(self.perf.id() as i32);
-        let _ = kill(pid, Signal::SIGINT);
+    /// started; killed if it has not stopped 30 s later) and returns the
+    /// data file.
+    pub fn stop(mut self) -> Result<PathBuf, String> {
+        let _ = kill(Pid::from_raw(self.perf.id() as i32), Signal::SIGINT);
         let deadline = Instant::now() + Duration::from_secs(30);
         while matches!(self.perf.try_wait(), Ok(None)) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
@@ -51,24 +56,34 @@ impl Recording {
         if matches!(self.perf.try_wait(), Ok(None)) {
             let _ = self.perf.kill();
             let _ = self.perf.wait();
-            eprintln!("no profile: perf record did not stop within 30 s");
-            return Value::Null;
+            return Err("perf record did not stop within 30 s of SIGINT".into());
         }
-        let report = Command::new("timeout")
-            .args(["120", "perf", "report", "-q", "--stdio", "--no-children", "--sort", "dso,symbol"])
-            .args(["--percent-limit", "0.5", "-i"])
-            .arg(&self.data)
-            .stderr(Stdio::null())
-            .output();
-        let text = match report {
-            Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).into_owned(),
-            _ => {
-                eprintln!("no profile: perf report failed on {}", self.data.display());
-                return Value::Null;
-            }
-        };
-        summarise(&text, top)
+        Ok(self.data)
     }
+}
+
+/// Samples process `pid` at 999 Hz without call graphs (release binaries
+/// carry symbols but no frame pointers, so the figures are self time).
+pub fn record_process(pid: u32, data: &Path) -> Result<Recording, String> {
+    Recording::start(&["-q", "-F", "999", "-p", &pid.to_string()], data)
+}
+
+/// The functions of a [`record_process`] recording above 0.5 % of the
+/// samples, in the program and in the kernel on its behalf:
+/// `{"kernel_percent", "top": [{"percent", "dso", "symbol", "kernel"}]}`.
+pub fn process_profile(data: &Path, top: usize) -> Result<Value, String> {
+    let out = Command::new("timeout")
+        .args(["120", "perf", "report", "-q", "--stdio", "--no-children", "--sort", "dso,symbol"])
+        .args(["--percent-limit", "0.5", "-i"])
+        .arg(data)
+        .stderr(Stdio::null())
+        .output()
+        .map_err(|e| format!("perf report: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("perf report failed on {} ({})", data.display(), out.status));
+    }
+    let v = summarise(&String::from_utf8_lossy(&out.stdout), top);
+    if v.is_null() { Err(format!("perf report of {} held no samples", data.display())) } else { Ok(v) }
 }
 
 /// Parses `perf report -q --sort dso,symbol` lines such as

@@ -190,11 +190,12 @@ impl Mirror {
     pub fn notify(&self, update: Update) -> bool {
         let mut inner = self.lock();
         let changed = match update {
+            // Nothing of the mirror changed, so a dump under way stays good.
+            Update::Device => return true,
             Update::Stale => {
                 inner.stale = true;
                 true
             }
-            Update::Device => true,
             Update::Route { dst, hop, added: true, replace } => inner.snapshot.add_route(dst, hop, replace),
             Update::Route { dst, hop, added: false, .. } => inner.snapshot.remove_route(&dst, hop),
             Update::Fdb { entry, added: true } => inner.snapshot.fdb.insert(entry),
@@ -313,6 +314,12 @@ mod tests {
         m.finish_dump(Snapshot::default());
         assert!(m.is_stale());
         m.begin_dump();
+        m.finish_dump(Snapshot::default());
+        assert!(!m.is_stale());
+
+        // A device that changed but kept its entries: drift, and the dump stands.
+        m.begin_dump();
+        assert!(m.notify(Update::Device));
         m.finish_dump(Snapshot::default());
         assert!(!m.is_stale());
 
