@@ -19,7 +19,6 @@
 //!               [--backend vxlan|routes] [--idle-seconds S] [--profile] [--json]
 
 mod agent_common;
-mod perf;
 mod stats;
 
 use std::collections::HashSet;
@@ -45,6 +44,7 @@ use serde_json::{Value, json};
 use crate::agent_common::{pass_seconds, proc_stats};
 use crate::stats::percentile;
 use weft_bench::api::client;
+use weft_bench::perf;
 
 const NODE_IP: &str = "198.18.0.1";
 const CP_IP: &str = "198.18.0.2";
@@ -371,7 +371,7 @@ async fn run(
         dir,
     );
     let pid = agent.pid().expect("agent pid");
-    let recording = if args.profile { perf::record(pid, &dir.join("cold.perf")) } else { None };
+    let recording = args.profile.then(|| perf::record_process(pid, &dir.join("cold.perf")));
     let want = initial.len() * 2;
     let mut seen = HashSet::new();
     let programmed = loop {
@@ -412,7 +412,15 @@ async fn run(
         count >= 1.0 && last.0.elapsed() > Duration::from_millis(500)
     });
     assert!(quiet, "the agent's passes did not settle after its start:\n{}", agent.log_tail());
-    let cold_profile = recording.map_or(Value::Null, |r| r.finish(15));
+    let cold_profile =
+        match recording.map(|r| r.and_then(|r| r.stop()).and_then(|data| perf::process_profile(&data, 15))) {
+            Some(Ok(v)) => v,
+            Some(Err(e)) => {
+                eprintln!("no profile: {e}");
+                Value::Null
+            }
+            None => Value::Null,
+        };
     let passes_before = pass_seconds(node);
     let mut add = Vec::new();
     let mut del = Vec::new();

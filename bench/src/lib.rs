@@ -1,4 +1,5 @@
-//! What more than one benchmark binary needs and every one of them uses in
-//! full: building the API objects of a benchmark ([`api`]).
+//! What more than one benchmark binary needs: building the API objects of
+//! a benchmark ([`api`]), and CPU profiles with `perf` ([`perf`]).
 
 pub mod api;
+pub mod perf;

@@ -60,6 +60,7 @@ use libweft::testutil::TestNs;
 use libweft::testutil::control_plane::{ControlPlane, Proc, eventually};
 use serde_json::{Value, json};
 use weft_bench::api::{client, create_namespace, create_running_pod};
+use weft_bench::perf;
 
 const CP_IP: &str = "198.51.100.2";
 const UNDERLAY_MTU: u32 = 1500;
@@ -1090,30 +1091,13 @@ type TrafficRun<'a> = dyn FnOnce() -> (&'static str, f64) + 'a;
 /// `run` measured, under the key it names.
 fn profile(run: impl FnOnce() -> (&'static str, f64)) -> Result<Value, String> {
     let dir = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
-    let data = dir.path().join("perf.data");
-    let log = std::fs::File::create(dir.path().join("perf.log")).map_err(|e| format!("perf log: {e}"))?;
-    let mut perf = Command::new("perf")
-        .args(["record", "-a", "-g", "-F", "1999", "-o"])
-        .arg(&data)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().map_err(|e| format!("perf log: {e}"))?)
-        .stderr(log)
-        .spawn()
-        .map_err(|e| format!("start perf: {e}"))?;
-    let pid = nix::unistd::Pid::from_raw(perf.id() as i32);
+    let mut recording = perf::Recording::start(&["-a", "-g", "-F", "1999"], &dir.path().join("perf.data"))?;
     std::thread::sleep(Duration::from_millis(500));
-    if let Ok(Some(status)) = perf.try_wait() {
-        let text = std::fs::read_to_string(dir.path().join("perf.log")).unwrap_or_default();
-        return Err(format!("perf record exited at once ({status}): {}", text.trim()));
+    if let Some(refused) = recording.exited() {
+        return Err(refused);
     }
     let (key, measured) = run();
-    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
-    let stopped = eventually(Duration::from_secs(30), || matches!(perf.try_wait(), Ok(Some(_))));
-    if !stopped {
-        let _ = perf.kill();
-        let _ = perf.wait();
-        return Err("perf record did not stop within 30 s of SIGINT".into());
-    }
+    let data = recording.stop()?;
     let out = Command::new("timeout")
         .args(["180", "perf", "report", "--children", "--sort", "comm,symbol", "--stdio", "-g", "none", "-i"])
         .arg(&data)

@@ -96,7 +96,8 @@ fn summarise(text: &str, top: usize) -> Value {
             let percent = words.next()?.strip_suffix('%')?.parse::<f64>().ok()?;
             let dso = words.next()?;
             let kind = words.next()?;
-            let symbol = l.split_once(kind).map(|(_, s)| s.trim())?;
+            // perf pads the symbol column and may add empty ones (`-`) after it.
+            let symbol = l.split_once(kind).and_then(|(_, s)| s.trim().split("  ").next())?;
             Some((percent, dso, symbol, kind == "[k]"))
         })
         .collect();
@@ -118,7 +119,7 @@ mod tests {
 
     #[test]
     fn perf_report_lines_become_shares() {
-        let text = "    41.20%  weft-agent         [.] weft_agent::desired::peers::compute\n\
+        let text = "    41.20%  weft-agent         [.] weft_agent::desired::peers::compute     -      -\n\
                     \x20   10.00%  [kernel.kallsyms]  [k] copy_user_generic\n\
                     \x20    5.50%  [kernel.kallsyms]  [k] fib_table_insert\n\
                     not a row\n";
