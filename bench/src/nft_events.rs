@@ -22,6 +22,7 @@ const NFNL_SUBSYS_NFTABLES: u16 = 10;
 // enum nf_tables_msg_types
 const NFT_MSG_NEWTABLE: u16 = 0;
 const NFT_MSG_DELTABLE: u16 = 2;
+const NFT_MSG_DELCHAIN: u16 = 5;
 const NFT_MSG_NEWRULE: u16 = 6;
 const NFT_MSG_NEWSETELEM: u16 = 12;
 const NFT_MSG_DELSETELEM: u16 = 14;
@@ -39,6 +40,8 @@ pub enum Change {
     NewTable(String),
     /// A table deleted.
     DelTable(String),
+    /// A chain deleted: its table and name.
+    DelChain { table: String, name: String },
     /// A rule added: its table and its whole message, in which its comment
     /// (user data) can be found.
     NewRule { table: String, raw: Vec<u8> },
@@ -119,6 +122,9 @@ pub fn listen(ns: &NetNs) -> std::io::Result<mpsc::Receiver<Transaction>> {
                     }
                     NFT_MSG_NEWTABLE => t.changes.push(Change::NewTable(string_attr(attrs, 1))),
                     NFT_MSG_DELTABLE => t.changes.push(Change::DelTable(string_attr(attrs, 1))),
+                    NFT_MSG_DELCHAIN => {
+                        t.changes.push(Change::DelChain { table: string_attr(attrs, 1), name: string_attr(attrs, 3) })
+                    }
                     NFT_MSG_NEWRULE => {
                         t.changes.push(Change::NewRule { table: string_attr(attrs, 1), raw: msg.to_vec() })
                     }

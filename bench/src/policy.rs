@@ -9,7 +9,7 @@
 //!   element or rule, p50/p99/max: (a) a remote pod relabelled into and
 //!   out of a peer set; (b) a local pod's podIPs published -> its verdict
 //!   map element, and the pod deleted -> element gone; (c) a policy
-//!   selecting local pods created and deleted (a whole-table rewrite);
+//!   selecting local pods created and deleted (its chains added and removed);
 //!   (d) a namespace relabelled into and out of a namespaceSelector;
 //! - the agent's peak RSS and its CPU while idle.
 //!
@@ -890,7 +890,7 @@ async fn run(
     series.push(("local pod's podIPs -> verdict map element", s));
     series.push(("local pod deleted -> element gone", s_del));
 
-    // (c) A new policy over a local pod's namespace: the whole table.
+    // (c) A new policy over a local pod's namespace: its chains, groups and sets.
     let (mut s, mut s_del, passes0) = (Series::default(), Series::default(), pass_seconds(node));
     let ns = world.local().next().map_or(0, |p| p.ns);
     let npapi: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns_name(ns));
@@ -925,7 +925,12 @@ async fn run(
             t0,
             &agent,
             &format!("policy {} deleted", pol.name),
-            |c| matches!(c, Change::NewTable(t) if t == TABLE),
+            // Its chain removed (or, should the agent fall back to it, the whole table replaced).
+            |c| match c {
+                Change::DelChain { table, name } => table == TABLE && name.starts_with("in-pol-"),
+                Change::NewTable(t) => t == TABLE,
+                _ => false,
+            },
         );
         s_del.samples.push(d);
         s_del.sizes.push(n);
@@ -936,7 +941,7 @@ async fn run(
     s_del.pass_ms = pass_ms;
     eprintln!("(c) {} policies created and deleted", s.samples.len());
     series.push(("policy created -> its rules in the kernel", s));
-    series.push(("policy deleted -> table without it", s_del));
+    series.push(("policy deleted -> its chain removed", s_del));
 
     // (d) A namespace relabelled (env flipped) into and out of a live namespaceSelector.
     let namespaces: Api<Namespace> = Api::all(client.clone());

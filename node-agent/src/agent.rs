@@ -668,8 +668,8 @@ impl Agent {
             "policy pass"
         );
         self.metrics.kernel_writes("policy", change.writes());
-        // Policy chains (and so their counters) change only with the whole table.
-        if change == PolicyChange::Table {
+        // Policy chains (and so their counters) change only with rules or the whole table.
+        if matches!(change, PolicyChange::Rules(_) | PolicyChange::Table) {
             self.metrics.set_policy_counters(want.chains.iter().map(|(name, c)| {
                 (name.clone(), PolicyLabel { direction: c.direction.to_string(), policy: c.policy.clone() })
             }));

@@ -8,6 +8,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
@@ -15,8 +16,9 @@ use std::time::Duration;
 use common::Lab;
 use libweft::netns::NetNs;
 use libweft::testutil::{TestNs, have_privileges};
-use weft_agent::desired::policy::policy;
-use weft_agent::desired::policy_nft::ruleset;
+use weft_agent::apply::policy::element_changes;
+use weft_agent::desired::policy::{PolicyState, policy};
+use weft_agent::desired::policy_nft::{TABLE, rule_changes, ruleset};
 use weft_agent::desired::policy_trace::{Probe, trace};
 use weft_agent::wire_policy::*;
 
@@ -56,10 +58,51 @@ fn connects(from: &TestNs, to: IpAddr, port: u16) -> bool {
     NetNs::open(&from.path()).unwrap().run(attempt).unwrap().is_ok_and(|s| s == "ok")
 }
 
-fn load(node: &TestNs, state: &weft_agent::desired::policy::PolicyState) {
+fn load(node: &TestNs, state: &PolicyState) {
+    nft_json(node, &ruleset(state));
+}
+
+fn nft_json(ns: &TestNs, cmds: &serde_json::Value) {
     let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), ruleset(state).to_string()).unwrap();
-    node.exec_ok(&["nft", "-j", "-f", file.path().to_str().unwrap()]);
+    std::fs::write(file.path(), cmds.to_string()).unwrap();
+    ns.exec_ok(&["nft", "-j", "-f", file.path().to_str().unwrap()]);
+}
+
+/// The policy table as the kernel lists it, without what differs between
+/// two tables with the same content: handles, counter values, the order of
+/// objects and of set elements. Rules keep their order within their chain.
+fn table_content(ns: &TestNs) -> (Vec<String>, BTreeMap<String, Vec<String>>) {
+    fn scrub(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                m.remove("handle");
+                for k in ["packets", "bytes"] {
+                    if m.contains_key(k) {
+                        m.insert(k.into(), 0.into());
+                    }
+                }
+                if let Some(serde_json::Value::Array(elem)) = m.get_mut("elem") {
+                    elem.sort_by_key(|e| e.to_string());
+                }
+                m.values_mut().for_each(scrub);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(scrub),
+            _ => {}
+        }
+    }
+    let mut listing: serde_json::Value =
+        serde_json::from_str(&ns.exec_ok(&["nft", "-j", "list", "table", "inet", TABLE])).unwrap();
+    scrub(&mut listing);
+    let (mut objects, mut rules) = (Vec::new(), BTreeMap::<String, Vec<String>>::new());
+    for o in listing["nftables"].as_array().unwrap() {
+        if let Some(r) = o.get("rule") {
+            rules.entry(r["chain"].as_str().unwrap().to_string()).or_default().push(r.to_string());
+        } else if o.get("metainfo").is_none() {
+            objects.push(o.to_string());
+        }
+    }
+    objects.sort();
+    (objects, rules)
 }
 
 fn sel(kv: &[(&str, &str)]) -> Selector {
@@ -120,10 +163,25 @@ fn policies_hold_on_the_kernel_and_the_tracer_predicts_them() {
     let pods: Vec<PodView> = [&a, &b, &srv1, &srv2].iter().map(|p| p.view.clone()).collect();
     let namespaces = vec![NamespaceView { name: "t".into(), labels: Default::default() }];
 
+    // A namespace where each stage's whole table is loaded afresh: the
+    // node's table, changed from stage to stage as the agent changes it,
+    // must end up the same.
+    let fresh = TestNs::new("pol-fresh");
+    let mut last: Option<PolicyState> = None;
     // Loads the policies, then checks every (from, to, port) in both
     // families against the expectation and against the tracer.
-    let check = |stage: &str, policies: &[PolicyView], cases: &[(&Pod, &Pod, u16, bool)]| {
-        load(&node.ns, &policy(&node.name, &pods, &namespaces, policies));
+    let mut check = |stage: &str, policies: &[PolicyView], cases: &[(&Pod, &Pod, u16, bool)]| {
+        let want = policy(&node.name, &pods, &namespaces, policies);
+        match last.replace(want.clone()) {
+            None => load(&node.ns, &want),
+            Some(was) => {
+                // What the agent writes when a policy is added, edited or deleted.
+                let cmds = rule_changes(&was, &want, element_changes(&was, &want));
+                nft_json(&node.ns, &serde_json::json!({ "nftables": cmds }));
+                load(&fresh, &want);
+                assert_eq!(table_content(&node.ns), table_content(&fresh), "{stage}: changed table != fresh table");
+            }
+        }
         for (from, to, port, want) in cases {
             for v6 in [false, true] {
                 let got = connects(&from.ns, to.ip(v6), *port);
@@ -206,7 +264,19 @@ fn policies_hold_on_the_kernel_and_the_tracer_predicts_them() {
         &[(&a, &srv2, 9090, true), (&a, &srv1, 8080, false), (&srv2, &a, 8080, false), (&b, &srv1, 8080, false)],
     );
 
-    // Reloading replaces the table: back to no policy.
+    // The same policy edited: its egress now goes to app=srv on 8080 only.
+    let edited = policies.last_mut().unwrap();
+    edited.egress[0] = Rule {
+        peers: vec![Peer::Pods { namespaces: Namespaces::Own, pods: sel(&[("app", "srv")]) }],
+        ports: vec![Port { protocol: Protocol::Tcp, port: PortMatch::Range(8080, 8080) }],
+    };
+    check(
+        "edited",
+        &policies,
+        &[(&a, &srv1, 8080, true), (&a, &srv2, 9090, false), (&a, &srv1, 9090, false), (&srv2, &a, 8080, false)],
+    );
+
+    // Every policy deleted: back to no policy.
     check("cleared", &[], &[(&b, &srv1, 8080, true), (&srv2, &a, 8080, true)]);
 }
 

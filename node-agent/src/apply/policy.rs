@@ -1,12 +1,17 @@
 //! Keeps the `inet weft-policy` table in line with [`desired::policy`]
-//! (the table's design is in [`crate::desired::policy_nft`]). The whole
-//! table is replaced in one transaction when it is new, when its chains
-//! change (a policy added, edited or deleted, a new list of policies over
-//! a pod), or when a resync finds it is not as weft last left it. Otherwise
-//! only elements change: verdict map entries of local pods, peer address
-//! set ranges and named-port set entries, deleted and added in one
-//! transaction, so a pod or label change never rewrites a rule. The table
-//! `inet weft` is never touched.
+//! (the table's design is in [`crate::desired::policy_nft`]), one
+//! transaction per change, the smallest that does it:
+//! - a pod or label change only changes elements (verdict map entries of
+//!   local pods, peer address set ranges, named-port set entries), written
+//!   over netlink by weft itself;
+//! - a policy added, edited or deleted (or a new list of policies over a
+//!   pod) adds or removes only its own chains, groups and sets
+//!   ([`rule_changes`]), through `nft`;
+//! - the whole table is replaced when it is new, when the deny log setting
+//!   changes, when a resync finds it is not as weft last left it, or when a
+//!   smaller transaction failed.
+//!
+//! The table `inet weft` is never touched.
 //!
 //! Outside edits are found as for `inet weft` ([`crate::apply::nftables`]):
 //! with notifications, a transaction on the table by any `nft` process weft
@@ -28,7 +33,9 @@ use serde_json::{Value, json};
 use crate::apply::nft_elements::{self, ElementsError};
 use crate::apply::nftables::{Check, run_nft};
 use crate::desired::policy::PolicyState;
-use crate::desired::policy_nft::{TABLE, denied_counter, map_name, pending_counter, range_elem, ruleset_text};
+use crate::desired::policy_nft::{
+    TABLE, denied_counter, map_name, pending_counter, range_elem, rule_changes, ruleset_text,
+};
 use crate::observe;
 use crate::observe::events::NftWriters;
 use crate::wire_policy::Direction;
@@ -60,6 +67,9 @@ pub enum PolicyChange {
     None,
     /// This many elements deleted or added.
     Elements(usize),
+    /// Policy chains, group chains or sets added or removed, in this many
+    /// commands (with the element changes).
+    Rules(usize),
     /// The whole table replaced.
     Table,
 }
@@ -69,7 +79,7 @@ impl PolicyChange {
     pub fn writes(self) -> usize {
         match self {
             PolicyChange::None => 0,
-            PolicyChange::Elements(n) => n,
+            PolicyChange::Elements(n) | PolicyChange::Rules(n) => n,
             PolicyChange::Table => 1,
         }
     }
@@ -102,12 +112,9 @@ impl PolicySync {
         if self.last.as_ref() == Some(want) && intact {
             return Ok(PolicyChange::None);
         }
-        let delta = match &self.last {
-            Some(last) if intact && same_rules(last, want) => Some(element_changes(last, want)),
-            _ => None,
-        };
-        let change = match delta {
-            Some(cmds) => {
+        let change = match &self.last {
+            Some(last) if intact && same_rules(last, want) => {
+                let cmds = element_changes(last, want);
                 let n = cmds.len();
                 match self.apply_elements(cmds).await {
                     Ok(()) => Some(PolicyChange::Elements(n)),
@@ -118,7 +125,18 @@ impl PolicySync {
                     }
                 }
             }
-            None => None,
+            Some(last) if intact && last.deny_log == want.deny_log => {
+                let cmds = rule_changes(last, want, element_changes(last, want));
+                let n = cmds.len();
+                match self.apply(&json!({"nftables": cmds})).await {
+                    Ok(()) => Some(PolicyChange::Rules(n)),
+                    Err(e) => {
+                        tracing::info!("policy rule update failed, replacing the table: {e}");
+                        None
+                    }
+                }
+            }
+            _ => None,
         };
         let change = match change {
             Some(c) => c,
