@@ -28,6 +28,7 @@ use k8s_openapi::api::core::v1::Node;
 use kube::runtime::reflector::Store;
 use kube::{Api, Client};
 use libweft::netlink::Netlink;
+use libweft::pending::PolicyNamespaces;
 
 use crate::apply::nftables::{self as nft, NftChange, NftError, Nftables};
 use crate::apply::policy::{PolicyChange, PolicyError, PolicySync, release_pending};
@@ -658,6 +659,13 @@ impl Agent {
         let computed = started.elapsed();
         let selecting: HashSet<&str> = want.chains.values().map(|c| c.policy.as_str()).collect();
         self.metrics.network_policies.set(selecting.len() as i64);
+        let namespaces = desired::policy::policy_namespaces(&seen.policies);
+        if table.written() {
+            // The table's pending rules are in place: list a namespace's
+            // first policy before writing its rules, so a pod created
+            // meanwhile starts pending instead of open.
+            list_policy_namespaces(&self.cfg, &namespaces)?;
+        }
         let change = table.sync(&want, check).await?;
         tracing::debug!(
             pods = seen.pods.len(),
@@ -675,15 +683,7 @@ impl Agent {
             }));
         }
         // The table holds pending pods closed: only now may the plugin make some.
-        let namespaces = desired::policy::policy_namespaces(&seen.policies);
-        if namespaces.write_if_changed(&desired::files::policy_namespaces_path(&self.cfg))? {
-            // Counts only: a cluster may have thousands of namespaces.
-            tracing::info!(
-                ingress = namespaces.ingress.len(),
-                egress = namespaces.egress.len(),
-                "namespaces with NetworkPolicies listed for the plugin"
-            );
-        }
+        list_policy_namespaces(&self.cfg, &namespaces)?;
         let node = self.node_name.as_str();
         let local_ips = seen.pods.iter().filter(|p| p.node == node).flat_map(|p| p.ips.iter().copied()).collect();
         if check != nft::Check::No || self.pending.waiting > 0 || local_ips != self.pending.local_ips {
@@ -745,6 +745,19 @@ impl Agent {
             Some(first) => Err(kernel::KernelError::Entries { failed: applied.errors.len(), first: first.clone() }),
         }
     }
+}
+
+/// Writes the namespaces with isolating policies for the plugin, if they changed.
+fn list_policy_namespaces(cfg: &Config, namespaces: &PolicyNamespaces) -> Result<(), PolicyError> {
+    if namespaces.write_if_changed(&desired::files::policy_namespaces_path(cfg))? {
+        // Counts only: a cluster may have thousands of namespaces.
+        tracing::info!(
+            ingress = namespaces.ingress.len(),
+            egress = namespaces.egress.len(),
+            "namespaces with NetworkPolicies listed for the plugin"
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]
