@@ -38,7 +38,7 @@
 //! Prints JSON with every sample; `bench-report` draws it. Never pass/fail.
 //!
 //!   net-bench --weft WEFT --agent WEFT_AGENT --k8s-bin DIR [--secs 2] [--rr-secs 1] [--reps 2]
-//!             [--policies N] [--profile] [--only SETUP] [--quick]
+//!             [--policies N] [--profile] [--only SETUP] [--strip TABLE:CHAIN,..] [--quick]
 
 mod stats;
 
@@ -145,6 +145,9 @@ struct Args {
     profile: bool,
     /// Only the setups whose label contains this (trying one out).
     only: Option<String>,
+    /// `weft routes, no nftables` removes only these chains (`table:chain`,
+    /// comma-separated) instead of weft's whole tables: which part costs what.
+    strip: Vec<(String, String)>,
     quick: bool,
 }
 
@@ -159,6 +162,7 @@ fn parse_args() -> Result<Args, String> {
         policies: 0,
         profile: false,
         only: None,
+        strip: Vec::new(),
         quick: false,
     };
     let mut it = std::env::args().skip(1);
@@ -174,6 +178,12 @@ fn parse_args() -> Result<Args, String> {
             "--policies" => a.policies = value()?.parse().map_err(|e| format!("--policies: {e}"))?,
             "--profile" => a.profile = true,
             "--only" => a.only = Some(value()?),
+            "--strip" => {
+                for tc in value()?.split(',') {
+                    let (t, c) = tc.split_once(':').ok_or(format!("--strip: {tc} is not TABLE:CHAIN"))?;
+                    a.strip.push((t.to_string(), c.to_string()));
+                }
+            }
             "--quick" => a.quick = true,
             _ => return Err(format!("unknown flag {flag}")),
         }
@@ -580,6 +590,13 @@ fn setup(lab: &Lab, args: &Args, tag: &str, topo: Topology, s: Setup, chosen_off
                 }
                 let mut removed = Vec::new();
                 for node in [&n1, &n2] {
+                    if !args.strip.is_empty() {
+                        for (t, c) in &args.strip {
+                            node.ns.exec_ok(&["nft", &format!("flush chain inet {t} {c}; delete chain inet {t} {c}")]);
+                            removed.push(format!("node {}: inet {t} chain {c}", node.n));
+                        }
+                        continue;
+                    }
                     for t in weft_tables(&node.ns) {
                         node.ns.exec_ok(&["nft", "delete", "table", "inet", &t]);
                         removed.push(format!("node {}: inet {t}", node.n));
@@ -1164,7 +1181,7 @@ fn main() {
     let args = parse_args().unwrap_or_else(|e| {
         eprintln!("net-bench: {e}");
         eprintln!(
-            "usage: net-bench --weft WEFT --agent WEFT_AGENT --k8s-bin DIR [--secs S] [--rr-secs S] [--reps R] [--policies N] [--profile] [--only SETUP] [--quick]"
+            "usage: net-bench --weft WEFT --agent WEFT_AGENT --k8s-bin DIR [--secs S] [--rr-secs S] [--reps R] [--policies N] [--profile] [--only SETUP] [--strip TABLE:CHAIN,..] [--quick]"
         );
         std::process::exit(2);
     });
