@@ -46,25 +46,95 @@ pub async fn nft_table_digest(table: &'static str) -> Option<u64> {
 /// `nft -s` does not help here: in JSON it still prints a named counter's
 /// packets and bytes, so every counted drop looked like drift and made the
 /// agent replace its table (and restart its counters).
+///
+/// The listing is hashed as it is parsed, token by token: the policy
+/// table's listing is 2.6 MB at 10,000 pods and 1,000 policies, and as a
+/// `serde_json::Value` tree it took the agent from 57 to 109 MiB at every
+/// resync.
 pub fn stateless_digest(listing: &str) -> u64 {
-    fn strip(v: &mut serde_json::Value) {
-        match v {
-            serde_json::Value::Object(m) => {
-                m.remove("packets");
-                m.remove("bytes");
-                m.values_mut().for_each(strip);
-            }
-            serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
-            _ => {}
-        }
-    }
-    match serde_json::from_str::<serde_json::Value>(listing) {
-        Ok(mut v) => {
-            strip(&mut v);
-            libweft::netlink::stable_hash(v.to_string().bytes())
-        }
+    let mut digest = Fnv(libweft::netlink::stable_hash([]));
+    let mut de = serde_json::Deserializer::from_str(listing);
+    match serde::de::DeserializeSeed::deserialize(Tokens(&mut digest), &mut de).and_then(|()| de.end()) {
+        Ok(()) => digest.0,
         // Not JSON: digest it as it is (never equal to a parsed one by chance).
         Err(_) => libweft::netlink::stable_hash(listing.bytes()),
+    }
+}
+
+/// FNV-1a, fed piece by piece (the same function as `stable_hash`).
+struct Fnv(u64);
+
+impl Fnv {
+    fn feed(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+}
+
+/// Feeds one JSON value's tokens to the digest, leaving out the values of
+/// `packets` and `bytes` keys.
+struct Tokens<'a>(&'a mut Fnv);
+
+impl<'de> serde::de::DeserializeSeed<'de> for Tokens<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Tokens<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("JSON")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<(), E> {
+        self.0.feed(if v { b"t" } else { b"f" });
+        Ok(())
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<(), E> {
+        self.0.feed(format!("i{v}").as_bytes());
+        Ok(())
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<(), E> {
+        self.0.feed(format!("u{v}").as_bytes());
+        Ok(())
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<(), E> {
+        self.0.feed(format!("f{v}").as_bytes());
+        Ok(())
+    }
+    fn visit_str<E>(self, v: &str) -> Result<(), E> {
+        // Length first, so that no two strings (or string sequences) hash alike by concatenation.
+        self.0.feed(format!("s{}:", v.len()).as_bytes());
+        self.0.feed(v.as_bytes());
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        self.0.feed(b"n");
+        Ok(())
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let d = self.0;
+        d.feed(b"[");
+        while seq.next_element_seed(Tokens(&mut *d))?.is_some() {}
+        d.feed(b"]");
+        Ok(())
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let d = self.0;
+        d.feed(b"{");
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if key == "packets" || key == "bytes" {
+                map.next_value::<serde::de::IgnoredAny>()?;
+                continue;
+            }
+            d.feed(format!("k{}:", key.len()).as_bytes());
+            d.feed(key.as_bytes());
+            map.next_value_seed(Tokens(&mut *d))?;
+        }
+        d.feed(b"}");
+        Ok(())
     }
 }
 
@@ -148,5 +218,10 @@ mod tests {
         let digest = super::stateless_digest;
         assert_eq!(digest(&table(0, "drop")), digest(&table(7, "drop")));
         assert_ne!(digest(&table(0, "drop")), digest(&table(0, "accept")));
+        // Tokens, not text: layout is no change; a moved element or a split string is.
+        assert_eq!(digest(r#"{"elem": ["10.0.0.1", "10.0.0.2"]}"#), digest(r#"{ "elem":["10.0.0.1","10.0.0.2"] }"#));
+        assert_ne!(digest(r#"{"elem": ["10.0.0.1", "10.0.0.2"]}"#), digest(r#"{"elem": ["10.0.0.2", "10.0.0.1"]}"#));
+        assert_ne!(digest(r#"["ab", "c"]"#), digest(r#"["a", "bc"]"#));
+        assert_ne!(digest(r#"{"elem": [1]}"#), digest(r#"{"elem": [1]"#), "not JSON is digested as text");
     }
 }
