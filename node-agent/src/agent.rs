@@ -666,7 +666,7 @@ impl Agent {
             // meanwhile starts pending instead of open.
             list_policy_namespaces(&self.cfg, &namespaces)?;
         }
-        let change = table.sync(&want, check).await?;
+        let change = table.sync(want, check).await?;
         tracing::debug!(
             pods = seen.pods.len(),
             compute_us = computed.as_micros() as u64,
@@ -677,8 +677,8 @@ impl Agent {
         );
         self.metrics.kernel_writes("policy", change.writes());
         // Policy chains (and so their counters) change only with rules or the whole table.
-        if matches!(change, PolicyChange::Rules(_) | PolicyChange::Table) {
-            self.metrics.set_policy_counters(want.chains.iter().map(|(name, c)| {
+        if let (PolicyChange::Rules(_) | PolicyChange::Table, Some(written)) = (change, table.last()) {
+            self.metrics.set_policy_counters(written.chains.iter().map(|(name, c)| {
                 (name.clone(), PolicyLabel { direction: c.direction.to_string(), policy: c.policy.clone() })
             }));
         }

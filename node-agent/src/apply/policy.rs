@@ -101,6 +101,11 @@ impl PolicySync {
         PolicySync { writers: Some(writers), ..PolicySync::default() }
     }
 
+    /// The state weft last wrote, while it trusts the table.
+    pub fn last(&self) -> Option<&PolicyState> {
+        self.last.as_ref()
+    }
+
     /// Whether weft wrote the table (and so its pending rules) and trusts it.
     pub fn written(&self) -> bool {
         self.last.is_some()
@@ -108,18 +113,18 @@ impl PolicySync {
 
     /// Brings the table in line with `want`; `check` also compares the
     /// table itself with weft's last write.
-    pub async fn sync(&mut self, want: &PolicyState, check: Check) -> Result<PolicyChange, PolicyError> {
+    pub async fn sync(&mut self, want: PolicyState, check: Check) -> Result<PolicyChange, PolicyError> {
         let trusted = self.writers.is_some() && self.last.is_some();
         let intact = crate::apply::nftables::table_intact(TABLE, check, &mut self.digest, trusted).await;
         if !intact && self.last.is_some() {
             tracing::info!(table = TABLE, "policy table differs from weft's last write; replacing it");
         }
-        if self.last.as_ref() == Some(want) && intact {
+        if self.last.as_ref() == Some(&want) && intact {
             return Ok(PolicyChange::None);
         }
         let change = match &self.last {
-            Some(last) if intact && same_rules(last, want) => {
-                let cmds = element_changes(last, want);
+            Some(last) if intact && same_rules(last, &want) => {
+                let cmds = element_changes(last, &want);
                 let n = cmds.len();
                 match self.apply_elements(cmds).await {
                     Ok(()) => Some(PolicyChange::Elements(n)),
@@ -131,7 +136,7 @@ impl PolicySync {
                 }
             }
             Some(last) if intact && last.deny_log == want.deny_log => {
-                let cmds = rule_changes(last, want, element_changes(last, want));
+                let cmds = rule_changes(last, &want, element_changes(last, &want));
                 let n = cmds.len();
                 match self.apply(&json!({"nftables": cmds})).await {
                     Ok(()) => Some(PolicyChange::Rules(n)),
@@ -149,7 +154,7 @@ impl PolicySync {
                 // Forget the last write first: if this one fails, the next pass must not trust the table.
                 self.last = None;
                 self.digest = None;
-                self.apply_text(ruleset_text(want)).await?;
+                self.apply_text(ruleset_text(&want)).await?;
                 tracing::info!(
                     table = TABLE,
                     chains = want.chains.len() + want.groups.len(),
@@ -160,7 +165,8 @@ impl PolicySync {
                 PolicyChange::Table
             }
         };
-        self.last = Some(want.clone());
+        // Kept, not copied: at 10,000 pods a copy of the state is megabytes more at the peak.
+        self.last = Some(want);
         self.digest = match (&self.writers, change, check) {
             // Without notifications the digest is the only way to notice edits.
             (None, _, _) => observe::kernel::nft_table_digest(TABLE).await,
