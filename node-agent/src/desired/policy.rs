@@ -146,10 +146,7 @@ pub struct PortSet {
 /// std hasher may change between Rust releases, and these names live in
 /// the kernel across agent upgrades).
 pub fn stable_name(prefix: &str, what: &impl Debug) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in format!("{what:?}").bytes() {
-        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-    }
+    let h = libweft::netlink::stable_hash(format!("{what:?}").bytes());
     format!("{prefix}-{h:016x}")
 }
 

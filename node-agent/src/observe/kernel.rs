@@ -6,7 +6,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
-use libweft::netlink::{Netlink, NetlinkError, RTPROT_WEFT_PEER, RouteEntry};
+use libweft::netlink::{Netlink, NetlinkError, RTPROT_WEFT_PEER, RouteEntry, StableHasher};
 
 /// Every route with weft-agent's protocol number, both families.
 pub async fn peer_routes(nl: &Netlink) -> Result<Vec<RouteEntry>, NetlinkError> {
@@ -52,29 +52,18 @@ pub async fn nft_table_digest(table: &'static str) -> Option<u64> {
 /// `serde_json::Value` tree it took the agent from 57 to 109 MiB at every
 /// resync.
 pub fn stateless_digest(listing: &str) -> u64 {
-    let mut digest = Fnv(libweft::netlink::stable_hash([]));
+    let mut digest = StableHasher::new();
     let mut de = serde_json::Deserializer::from_str(listing);
     match serde::de::DeserializeSeed::deserialize(Tokens(&mut digest), &mut de).and_then(|()| de.end()) {
-        Ok(()) => digest.0,
+        Ok(()) => digest.finish(),
         // Not JSON: digest it as it is (never equal to a parsed one by chance).
         Err(_) => libweft::netlink::stable_hash(listing.bytes()),
     }
 }
 
-/// FNV-1a, fed piece by piece (the same function as `stable_hash`).
-struct Fnv(u64);
-
-impl Fnv {
-    fn feed(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-}
-
 /// Feeds one JSON value's tokens to the digest, leaving out the values of
 /// `packets` and `bytes` keys.
-struct Tokens<'a>(&'a mut Fnv);
+struct Tokens<'a>(&'a mut StableHasher);
 
 impl<'de> serde::de::DeserializeSeed<'de> for Tokens<'_> {
     type Value = ();
