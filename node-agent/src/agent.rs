@@ -660,8 +660,8 @@ impl Agent {
         let selecting: HashSet<&str> = want.chains.values().map(|c| c.policy.as_str()).collect();
         self.metrics.network_policies.set(selecting.len() as i64);
         let namespaces = desired::policy::policy_namespaces(&seen.policies);
-        if table.written() {
-            // The table's pending rules are in place: list a namespace's
+        if table.last().is_some() {
+            // weft wrote the table, so its pending rules are in place: list a namespace's
             // first policy before writing its rules, so a pod created
             // meanwhile starts pending instead of open.
             list_policy_namespaces(&self.cfg, &namespaces)?;

@@ -106,11 +106,6 @@ impl PolicySync {
         self.last.as_ref()
     }
 
-    /// Whether weft wrote the table (and so its pending rules) and trusts it.
-    pub fn written(&self) -> bool {
-        self.last.is_some()
-    }
-
     /// Brings the table in line with `want`; `check` also compares the
     /// table itself with weft's last write.
     pub async fn sync(&mut self, want: PolicyState, check: Check) -> Result<PolicyChange, PolicyError> {
