@@ -210,6 +210,14 @@ async fn apply(rules: Value, writers: Option<Arc<NftWriters>>) -> Result<(), Nft
 /// before it can commit anything, so that its notifications are known as
 /// weft's own.
 pub(crate) fn run_nft(payload: &[u8], writers: Option<&NftWriters>) -> Result<(), nftables::helper::NftablesError> {
+    run_nft_writing(|stdin| stdin.write_all(payload), writers)
+}
+
+/// Runs `nft -j -f -` on what `write` writes to its input, buffered.
+pub(crate) fn run_nft_writing(
+    write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+    writers: Option<&NftWriters>,
+) -> Result<(), nftables::helper::NftablesError> {
     use nftables::helper::NftablesError;
     let program = std::ffi::OsString::from("nft");
     let exec = |inner| NftablesError::NftExecution { program: program.clone(), inner };
@@ -224,7 +232,10 @@ pub(crate) fn run_nft(payload: &[u8], writers: Option<&NftWriters>) -> Result<()
         w.push(child.id());
     }
     // nft reads all of its input before it commits.
-    let written = child.stdin.take().map(|mut stdin| stdin.write_all(payload));
+    let written = child.stdin.take().map(|stdin| {
+        let mut stdin = std::io::BufWriter::with_capacity(64 * 1024, stdin);
+        write(&mut stdin).and_then(|()| stdin.flush())
+    });
     let out = child.wait_with_output().map_err(exec)?;
     if let Some(Err(e)) = written {
         return Err(exec(e));
