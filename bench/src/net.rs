@@ -20,6 +20,8 @@
 //!   selecting pods that exist only as API objects on the same nodes (so
 //!   their chains and sets are in the kernel too). Checked before measuring:
 //!   a port the policy does not allow is dropped, the allowed ones connect.
+//!   Each repetition is also taken with the pods unselected (label removed),
+//!   interleaved: the paired baseline, same pods, seconds apart.
 //!
 //! Metrics: TCP throughput with 1 and 4 streams (iperf3) under cubic and
 //! bbr, set per socket (`iperf3 -C`, TCP_CONGESTION): a namespace's
@@ -303,6 +305,81 @@ struct Wired {
     _dirs: Vec<tempfile::TempDir>,
     /// kubectl commands that remove the setup's API objects afterwards.
     cleanup: Vec<Vec<String>>,
+    /// `weft routes, N policies`: takes the benchmark pods in and out of
+    /// the isolating policy, for the paired measurement.
+    selection: Option<Selection>,
+}
+
+/// Whether the isolating policy selects the two benchmark pods, flipped by
+/// their label, so that one setup measures the same pods both ways,
+/// interleaved: two setups run a minute apart differ by more on 2 cores
+/// than the policies cost.
+struct Selection {
+    namespace: String,
+    /// Client pod's IPv4 address, in node 1's egress map while selected;
+    /// the server pod's, in node 2's ingress map.
+    client: String,
+    server: String,
+    selected: bool,
+}
+
+impl Selection {
+    /// `nodes`: node 1's and node 2's namespaces.
+    /// Whether the kernels followed within 30 s.
+    fn set(&mut self, cp: &ControlPlane, nodes: &[TestNs], selected: bool) -> bool {
+        if self.selected == selected {
+            return true;
+        }
+        let label = if selected { format!("app={BENCH_APP}") } else { "app-".to_string() };
+        for pod in ["bench-1", "bench-2"] {
+            cp.kubectl_ok(&["label", "pod", "-n", &self.namespace, pod, &label, "--overwrite"]);
+        }
+        let ok = eventually(Duration::from_secs(30), || {
+            map_holds(&nodes[0], "egress4", &self.client) == selected
+                && map_holds(&nodes[1], "ingress4", &self.server) == selected
+        });
+        self.selected = selected;
+        ok
+    }
+}
+
+/// Runs `measure` on `w`; in the policies setup, twice: with the benchmark
+/// pods selected and unselected, in an order that alternates with `turn`.
+/// Returns (selected, unselected).
+fn paired<T>(
+    w: &mut Wired,
+    cp: &ControlPlane,
+    turn: &mut usize,
+    mut measure: impl FnMut(&Wired) -> T,
+) -> (T, Option<T>) {
+    let Some(mut sel) = w.selection.take() else { return (measure(w), None) };
+    let order = if turn.is_multiple_of(2) { [true, false] } else { [false, true] };
+    *turn += 1;
+    let (mut on, mut off) = (None, None);
+    for selected in order {
+        if !sel.set(cp, &w._keep, selected) {
+            // Pairing stops; the rest of the setup measures the pods selected.
+            eprintln!("  the benchmark pods did not follow their label in 30 s: no paired measurement");
+            w.notes.insert("paired_error".into(), json!("the pods' verdict-map elements did not follow their label"));
+            sel.set(cp, &w._keep, true);
+            return (measure(w), None);
+        }
+        let m = measure(w);
+        if selected { on = Some(m) } else { off = Some(m) }
+    }
+    w.selection = Some(sel);
+    match (on, off) {
+        (Some(on), off) => (on, off),
+        (None, _) => unreachable!("both orders measure the selected pods"),
+    }
+}
+
+/// Whether verdict map `map` of weft's policy table holds `ip`.
+fn map_holds(ns: &TestNs, map: &str, ip: &str) -> bool {
+    let out = ns.exec(&["nft", "list", "map", "inet", "weft-policy", map]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let words: Vec<&str> = text.split_whitespace().collect();
+    words.windows(2).any(|w| w[0].trim_start_matches('{') == ip && w[1] == ":")
 }
 
 fn read_mtu(ns: &TestNs, dev: &str) -> u32 {
@@ -429,6 +506,7 @@ fn setup(lab: &Lab, args: &Args, tag: &str, topo: Topology, s: Setup, chosen_off
         _agents: Vec::new(),
         _dirs: Vec::new(),
         cleanup: Vec::new(),
+        selection: None,
     };
     match s {
         Setup::Bare => {
@@ -579,6 +657,12 @@ fn setup(lab: &Lab, args: &Args, tag: &str, topo: Topology, s: Setup, chosen_off
                 w.notes.insert("enforcement".into(), json!(check));
                 w.notes.insert("policies".into(), json!(plan.policies));
                 w.notes.insert("policy_chains".into(), json!([policy_chains(&n1.ns), policy_chains(&n2.ns)]));
+                w.selection = Some(Selection {
+                    namespace: plan.namespace.clone(),
+                    client: c4.clone(),
+                    server: w.dst[0].clone(),
+                    selected: true,
+                });
             } else {
                 wait_reachable(&w.client, &w.dst, &s.label(), &logs);
             }
@@ -1244,7 +1328,7 @@ fn main() {
         let wired = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             setup(&lab, &args, &tag, *topo, *s, chosen_offload)
         }));
-        let w = match wired {
+        let mut w = match wired {
             Ok(w) => w,
             Err(e) => {
                 let msg = e
@@ -1259,21 +1343,28 @@ fn main() {
             }
         };
         prepare_client(&w.client);
+        let mut turn = 0;
         for &(fi, family) in families {
-            let dst = &w.dst[fi];
+            let dst = &w.dst[fi].clone();
             for (ci, cc) in ccs(family).iter().enumerate() {
                 let mut row = json!({"topology": topo.label(), "setup": s.label(), "family": family, "cc": cc,
                     "pod_mtu": w.pod_mtu, "offload": w.offload});
                 for (key, v) in &w.notes {
                     row[key] = v.clone();
                 }
+                // The policies setup: the same measurements with the pods unselected, interleaved.
+                let mut unselected = serde_json::Map::new();
                 for streams in [1u32, 4] {
-                    let (mut g, mut tx, mut rx) = (Vec::new(), Vec::new(), Vec::new());
+                    let (mut g, mut tx, mut rx, mut ug) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
                     for _ in 0..reps {
-                        let (a, b, c) = iperf(&w, dst, secs, streams, cc);
+                        let ((a, b, c), un) = paired(&mut w, &lab.cp, &mut turn, |w| iperf(w, dst, secs, streams, cc));
                         g.push(a);
                         tx.push(b);
                         rx.push(c);
+                        ug.extend(un.map(|u| u.0));
+                    }
+                    if !ug.is_empty() {
+                        unselected.insert(format!("gbps_{streams}"), json!(ug));
                     }
                     row[format!("gbps_{streams}")] = json!(g);
                     row[format!("cpu_tx_{streams}")] = json!(tx);
@@ -1287,10 +1378,22 @@ fn main() {
                     let (p50, p99): (Vec<f64>, Vec<f64>) = (0..reps).map(|_| ping_pong(&w, dst, rr_secs)).unzip();
                     row["rr_p50_us"] = json!(p50);
                     row["rr_p99_us"] = json!(p99);
-                    let conns: Vec<f64> = (0..reps).map(|_| conn_rate(&w, dst, rr_secs)).collect();
+                    let (conns, un): (Vec<f64>, Vec<Option<f64>>) =
+                        (0..reps).map(|_| paired(&mut w, &lab.cp, &mut turn, |w| conn_rate(w, dst, rr_secs))).unzip();
                     row["conn_per_s"] = json!(conns);
+                    let un: Vec<f64> = un.into_iter().flatten().collect();
+                    if !un.is_empty() {
+                        unselected.insert("conn_per_s".into(), json!(un));
+                    }
+                }
+                if !unselected.is_empty() {
+                    row["unselected"] = Value::Object(unselected);
                 }
                 if profiling && ci == 0 && fi == 0 && *topo == Topology::OneSegment && s.profiled() {
+                    // The policies setup profiles its pods selected.
+                    if let Some(sel) = &mut w.selection {
+                        sel.set(&lab.cp, &w._keep, true);
+                    }
                     // Throughput, and new connections: they cross every rule
                     // that established packets skip.
                     let runs: [(&str, Box<TrafficRun>); 2] = [

@@ -408,14 +408,17 @@ fn policy_dataplane(net: &Net, md: &mut String) {
     let first = net.rows().into_iter().find(|r| r["setup"] == setup.as_str());
     let _ = writeln!(
         md,
-        "net-bench's `{setup}`: the `weft routes` setup with {} NetworkPolicies in the API server and enforced by both agents (one isolating both pods, ingress and egress, allowing only the benchmark's TCP ports between them; the others selecting API-only pods on the same nodes, so all of them are in both kernels: {} per-policy chains on the nodes), measured seconds after `weft routes` in the same run. Before measuring, a port the policy does not allow was checked to be dropped: {}.\n",
+        "net-bench's `{setup}`: the `weft routes` setup with {} NetworkPolicies in the API server and enforced by both agents (one isolating both pods, ingress and egress, allowing only the benchmark's TCP ports between them; the others selecting API-only pods on the same nodes, so all of them are in both kernels: {} per-policy chains on the nodes), measured seconds after `weft routes` in the same run. Before measuring, a port the policy does not allow was checked to be dropped: {}. **Paired**: in the same setup, each repetition is measured twice, with the two pods selected by the isolating policy and with its label taken off them (no policy selects them; the other policies stay loaded), in alternating order, after their verdict-map elements followed in both kernels. Setups run a minute apart on 2 cores differ by more than the policies cost, so the target is judged on the paired ratio when the run has it.\n",
         first.map_or(Value::Null, |r| r["policies"].clone()),
         first.map_or("?".to_string(), |r| {
             nums(&r["policy_chains"]).iter().map(|n| n.to_string()).collect::<Vec<_>>().join(" and ")
         }),
         first.and_then(|r| r["enforcement"].as_str()).unwrap_or("?"),
     );
-    let _ = writeln!(md, "| family, cc | metric | weft routes | {setup} | ratio | target |\n|---|---|---|---|---|---|");
+    let _ = writeln!(
+        md,
+        "| family, cc | metric | weft routes | {setup} | ratio | same pods unselected (paired) | paired ratio | target |\n|---|---|---|---|---|---|---|---|"
+    );
     let mut verdicts = Vec::new();
     for (f, cc) in net.combos() {
         let (Some(w), Some(p)) = (net.row(topo, "weft routes", &f, &cc), net.row(topo, &setup, &f, &cc)) else {
@@ -427,16 +430,21 @@ fn policy_dataplane(net: &Net, md: &mut String) {
             ("conn_per_s", "new connections/s", 0.9, 0),
         ] {
             let Some(x) = ratio_of(p, w, key) else { continue };
-            let verdict = if x >= target { "met" } else { "**missed**" };
+            let paired = ratio_of(p, &p["unselected"], key);
+            let judged = paired.unwrap_or(x);
+            let verdict = if judged >= target { "met" } else { "**missed**" };
             let _ = writeln!(
                 md,
-                "| {f}, {cc} | {what} | {} | {} | {x:.3} | ≥ {target} ({verdict}) |",
+                "| {f}, {cc} | {what} | {} | {} | {x:.3} | {} | {} | ≥ {target} ({verdict}) |",
                 fmt_spread(&nums(&w[key]), digits),
                 fmt_spread(&nums(&p[key]), digits),
+                if paired.is_some() { fmt_spread(&nums(&p["unselected"][key]), digits) } else { "–".into() },
+                paired.map_or("–".into(), |r| format!("{r:.3}")),
             );
-            if x < target {
+            if judged < target {
                 let (lo, _, hi) = spread(&nums(&p[key]));
-                let (wlo, _, whi) = spread(&nums(&w[key]));
+                let base = if paired.is_some() { &p["unselected"] } else { w };
+                let (wlo, _, whi) = spread(&nums(&base[key]));
                 let mut cause = Vec::new();
                 if lo <= whi && wlo <= hi {
                     cause.push("the min–max ranges overlap (within this run's noise)".to_string());
@@ -452,7 +460,11 @@ fn policy_dataplane(net: &Net, md: &mut String) {
                     ));
                 }
                 verdicts.push(format!(
-                    "{f}, {cc}, {what}: {x:.3}x weft routes (target ≥ {target}){}",
+                    "{f}, {cc}, {what}: {} (target ≥ {target}){}",
+                    match paired {
+                        Some(r) => format!("{r:.3}x the same pods unselected, {x:.3}x weft routes"),
+                        None => format!("{x:.3}x weft routes"),
+                    },
                     if cause.is_empty() { String::new() } else { format!("; {}", cause.join("; ")) }
                 ));
             }
@@ -1088,4 +1100,34 @@ fn run(data: &Path, out: &Path) -> Fallible<()> {
     std::fs::write(&path, md).map_err(|e| format!("write {}: {e}", path.display()))?;
     eprintln!("wrote {}", path.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn net(unselected: Option<Value>) -> Net {
+        let row = |setup: &str, gbps: f64| {
+            json!({"topology": "one segment", "setup": setup, "family": "IPv4", "cc": "cubic", "gbps_1": [gbps]})
+        };
+        let mut policies = row("weft routes, 1000 policies", 7.0);
+        if let Some(u) = unselected {
+            policies["unselected"] = u;
+        }
+        Net { v: json!({"rows": [row("weft routes", 10.0), policies]}) }
+    }
+
+    #[test]
+    fn the_policy_target_is_judged_on_the_paired_ratio_when_the_run_has_one() {
+        let mut md = String::new();
+        policy_dataplane(&net(Some(json!({"gbps_1": [7.2]}))), &mut md);
+        assert!(md.contains("| 0.700 | 7.20 (7.20–7.20) | 0.972 | ≥ 0.95 (met) |"), "{md}");
+        assert!(md.contains("Every NetworkPolicy data-plane target is met"), "{md}");
+
+        let mut md = String::new();
+        policy_dataplane(&net(None), &mut md);
+        assert!(md.contains("| 0.700 | – | – | ≥ 0.95 (**missed**) |"), "{md}");
+        assert!(md.contains("0.700x weft routes (target ≥ 0.95)"), "{md}");
+    }
 }
