@@ -1108,9 +1108,7 @@ mod tests {
     use serde_json::json;
 
     fn net(unselected: Option<Value>) -> Net {
-        let row = |setup: &str, gbps: f64| {
-            json!({"topology": "one segment", "setup": setup, "family": "IPv4", "cc": "cubic", "gbps_1": [gbps]})
-        };
+        let row = |setup: &str, gbps: f64| json!({"topology": "one segment", "setup": setup, "family": "IPv4", "cc": "cubic", "gbps_1": [gbps]});
         let mut policies = row("weft routes, 1000 policies", 7.0);
         if let Some(u) = unselected {
             policies["unselected"] = u;

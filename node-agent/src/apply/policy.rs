@@ -34,7 +34,8 @@ use crate::apply::nft_elements::{self, ElementsError};
 use crate::apply::nftables::{Check, run_nft, run_nft_writing};
 use crate::desired::policy::PolicyState;
 use crate::desired::policy_nft::{
-    TABLE, denied_counter, map_name, pending_counter, range_elem, rule_changes, write_ruleset,
+    TABLE, denied_counter, element, family_set, map_elem, map_name, pending_counter, port_elem, range_elem,
+    rule_changes, write_ruleset,
 };
 use crate::observe;
 use crate::observe::events::NftWriters;
@@ -207,14 +208,6 @@ fn same_rules(a: &PolicyState, b: &PolicyState) -> bool {
     a.chains == b.chains && a.groups == b.groups && sets(a) == sets(b) && port_sets(a) == port_sets(b)
 }
 
-fn family(v6: bool) -> &'static str {
-    if v6 { "6" } else { "4" }
-}
-
-fn element(verb: &str, set: String, elem: Vec<Value>) -> Value {
-    json!({verb: {"element": {"family": "inet", "table": TABLE, "name": set, "elem": elem}}})
-}
-
 /// The element deletions, then additions, that turn `old`'s elements into
 /// `new`'s (one command per set and verb). `old` and `new` have the same
 /// rules ([`same_rules`]).
@@ -236,13 +229,13 @@ pub fn element_changes(old: &PolicyState, new: &PolicyState) -> Vec<Value> {
             let came: Vec<Value> = n
                 .iter()
                 .filter(|(ip, g)| ip.is_ipv6() == v6 && o.get(*ip) != Some(*g))
-                .map(|(ip, g)| json!([ip.to_string(), {"jump": {"target": g}}]))
+                .map(|(ip, g)| map_elem(*ip, g))
                 .collect();
             if !gone.is_empty() {
-                deletes.push(element("delete", map_name(d, v6), gone));
+                deletes.push(element("delete", &map_name(d, v6), gone));
             }
             if !came.is_empty() {
-                adds.push(element("add", map_name(d, v6), came));
+                adds.push(element("add", &map_name(d, v6), came));
             }
         }
     }
@@ -255,10 +248,10 @@ pub fn element_changes(old: &PolicyState, new: &PolicyState) -> Vec<Value> {
             };
             let (gone, came) = (elems(&o, &n), elems(&n, &o));
             if !gone.is_empty() {
-                deletes.push(element("delete", format!("{name}-{}", family(v6)), gone));
+                deletes.push(element("delete", &family_set(name, v6), gone));
             }
             if !came.is_empty() {
-                adds.push(element("add", format!("{name}-{}", family(v6)), came));
+                adds.push(element("add", &family_set(name, v6), came));
             }
         }
     }
@@ -267,17 +260,14 @@ pub fn element_changes(old: &PolicyState, new: &PolicyState) -> Vec<Value> {
         let (o, n): (BTreeSet<_>, BTreeSet<_>) = (old_set.elements.iter().collect(), new_set.elements.iter().collect());
         for v6 in [false, true] {
             let elems = |a: &BTreeSet<&(IpAddr, u16)>, b: &BTreeSet<&(IpAddr, u16)>| -> Vec<Value> {
-                a.difference(b)
-                    .filter(|(ip, _)| ip.is_ipv6() == v6)
-                    .map(|(ip, port)| json!({"concat": [ip.to_string(), port]}))
-                    .collect()
+                a.difference(b).filter(|(ip, _)| ip.is_ipv6() == v6).map(|(ip, port)| port_elem(*ip, *port)).collect()
             };
             let (gone, came) = (elems(&o, &n), elems(&n, &o));
             if !gone.is_empty() {
-                deletes.push(element("delete", format!("{name}-{}", family(v6)), gone));
+                deletes.push(element("delete", &family_set(name, v6), gone));
             }
             if !came.is_empty() {
-                adds.push(element("add", format!("{name}-{}", family(v6)), came));
+                adds.push(element("add", &family_set(name, v6), came));
             }
         }
     }

@@ -69,7 +69,13 @@ fn pending_rule(d: Direction) -> Vec<Value> {
     ]
 }
 
-const FAMILIES: [(bool, &str, &str); 2] = [(false, "ip", "4"), (true, "ip6", "6")];
+/// Each family: whether IPv6, its nft payload protocol.
+const FAMILIES: [(bool, &str); 2] = [(false, "ip"), (true, "ip6")];
+
+/// The suffix of a family's set or map: `4` or `6`.
+fn fam(v6: bool) -> &'static str {
+    if v6 { "6" } else { "4" }
+}
 
 fn addr_type(v6: bool) -> &'static str {
     if v6 { "ipv6_addr" } else { "ipv4_addr" }
@@ -101,21 +107,38 @@ pub fn range_elem(a: IpAddr, b: IpAddr) -> Value {
     if a == b { json!(a.to_string()) } else { json!({"range": [a.to_string(), b.to_string()]}) }
 }
 
-/// The verdict map of a direction and family.
-pub fn map_name(d: Direction, v6: bool) -> String {
-    format!("{d}{}", if v6 { "6" } else { "4" })
+/// A verdict map element: `addr : jump group`.
+pub fn map_elem(ip: IpAddr, group: &str) -> Value {
+    json!([ip.to_string(), {"jump": {"target": group}}])
 }
 
-/// The elements of a verdict map (`addr : jump group`), for `add element`.
-pub fn map_elems(state: &PolicyState, d: Direction, v6: bool) -> Vec<Value> {
+/// A named-port set element: `addr . port`.
+pub fn port_elem(ip: IpAddr, port: u16) -> Value {
+    json!({"concat": [ip.to_string(), port]})
+}
+
+/// `{verb: {"element": ...}}`: `elem` added to or deleted from set or map `name`.
+pub fn element(verb: &str, name: &str, elem: Vec<Value>) -> Value {
+    json!({verb: {"element": {"family": "inet", "table": TABLE, "name": name, "elem": elem}}})
+}
+
+/// The kernel set holding one family of peer or named-port set `name`.
+pub fn family_set(name: &str, v6: bool) -> String {
+    format!("{name}-{}", fam(v6))
+}
+
+/// The verdict map of a direction and family.
+pub fn map_name(d: Direction, v6: bool) -> String {
+    format!("{d}{}", fam(v6))
+}
+
+/// The elements of a verdict map, for `add element`.
+fn map_elems(state: &PolicyState, d: Direction, v6: bool) -> impl Iterator<Item = Value> {
     let map = match d {
         Direction::Ingress => &state.ingress,
         Direction::Egress => &state.egress,
     };
-    map.iter()
-        .filter(|(ip, _)| ip.is_ipv6() == v6)
-        .map(|(ip, group)| json!([ip.to_string(), {"jump": {"target": group}}]))
-        .collect()
+    map.iter().filter(move |(ip, _)| ip.is_ipv6() == v6).map(|(ip, group)| map_elem(*ip, group))
 }
 
 /// The complete table, replacing any previous one in one transaction.
@@ -165,7 +188,7 @@ fn commands(state: &PolicyState, mut out: impl FnMut(Value)) {
     for d in [Direction::Egress, Direction::Ingress] {
         out(json!({"add": {"counter": {"family": "inet", "table": TABLE, "name": denied_counter(d)}}}));
         out(json!({"add": {"counter": {"family": "inet", "table": TABLE, "name": pending_counter(d)}}}));
-        for (v6, _, _) in FAMILIES {
+        for (v6, _) in FAMILIES {
             out(json!({"add": {"map": {"family": "inet", "table": TABLE, "name": map_name(d, v6),
                 "type": addr_type(v6), "map": "verdict"}}}));
         }
@@ -183,8 +206,8 @@ fn commands(state: &PolicyState, mut out: impl FnMut(Value)) {
         group_rules(state, name, policies, &mut out);
     }
     for d in [Direction::Egress, Direction::Ingress] {
-        for (v6, _, _) in FAMILIES {
-            add_elements(&map_name(d, v6), map_elems(state, d, v6).into_iter(), &mut out);
+        for (v6, _) in FAMILIES {
+            add_elements(&map_name(d, v6), map_elems(state, d, v6), &mut out);
         }
     }
     for (d, prio, field) in [(Direction::Egress, PRIO_EGRESS, "saddr"), (Direction::Ingress, PRIO_EGRESS + 1, "daddr")]
@@ -202,7 +225,7 @@ fn commands(state: &PolicyState, mut out: impl FnMut(Value)) {
             None,
         ));
         out(add_rule(&name, pending_rule(d), Some("pod not yet known to weft-agent".into())));
-        for (v6, proto, _) in FAMILIES {
+        for (v6, proto) in FAMILIES {
             out(add_rule(
                 &name,
                 vec![json!({"vmap": {"key": payload(proto, field), "data": format!("@{}", map_name(d, v6))}})],
@@ -219,8 +242,8 @@ fn object(verb: &str, kind: &str, name: &str) -> Value {
 
 /// Adds peer address set `name` (both families) with its elements.
 fn address_set(name: &str, set: &AddressSet, out: &mut impl FnMut(Value)) {
-    for (v6, _, fam) in FAMILIES {
-        let name = format!("{name}-{fam}");
+    for (v6, _) in FAMILIES {
+        let name = family_set(name, v6);
         let mut s = json!({"family": "inet", "table": TABLE, "name": name,
             "type": addr_type(v6), "comment": set.about.chars().take(100).collect::<String>()});
         if set.intervals {
@@ -243,21 +266,17 @@ fn add_elements(name: &str, elem: impl Iterator<Item = Value>, out: &mut impl Fn
     let mut elem = elem.peekable();
     while elem.peek().is_some() {
         let chunk: Vec<Value> = elem.by_ref().take(ELEMENTS_PER_COMMAND).collect();
-        out(json!({"add": {"element": {"family": "inet", "table": TABLE, "name": name, "elem": chunk}}}));
+        out(element("add", name, chunk));
     }
 }
 
 /// Adds named-port set `name` (both families) with its elements.
 fn port_set(name: &str, set: &PortSet, out: &mut impl FnMut(Value)) {
-    for (v6, _, fam) in FAMILIES {
-        let name = format!("{name}-{fam}");
+    for (v6, _) in FAMILIES {
+        let name = family_set(name, v6);
         out(json!({"add": {"set": {"family": "inet", "table": TABLE, "name": name,
             "type": [addr_type(v6), "inet_service"], "comment": format!("named port {}/{}", set.name, set.protocol)}}}));
-        let elem = set
-            .elements
-            .iter()
-            .filter(|(ip, _)| ip.is_ipv6() == v6)
-            .map(|(ip, port)| json!({"concat": [ip.to_string(), port]}));
+        let elem = set.elements.iter().filter(|(ip, _)| ip.is_ipv6() == v6).map(|(ip, port)| port_elem(*ip, *port));
         add_elements(&name, elem, out);
     }
 }
@@ -350,8 +369,8 @@ pub fn rule_changes(old: &PolicyState, new: &PolicyState, elements: Vec<Value>) 
     let gone_sets = old.sets.keys().filter(|n| !new.sets.contains_key(*n));
     let gone_port_sets = old.port_sets.keys().filter(|n| !new.port_sets.contains_key(*n));
     for name in gone_sets.chain(gone_port_sets) {
-        for (_, _, fam) in FAMILIES {
-            out(object("delete", "set", &format!("{name}-{fam}")));
+        for (v6, _) in FAMILIES {
+            out(object("delete", "set", &family_set(name, v6)));
         }
     }
     cmds
@@ -363,10 +382,10 @@ fn allow_exprs(allow: &Allow, d: Direction) -> Vec<Vec<Value>> {
     let peer_field = if d == Direction::Ingress { "saddr" } else { "daddr" };
     let per_family = matches!(allow.peer, PeerMatch::Set(_)) || matches!(allow.ports, PortsMatch::Named(..));
     let mut out = Vec::new();
-    for (_, proto, fam) in FAMILIES {
+    for (v6, proto) in FAMILIES {
         let mut expr = Vec::new();
         if let PeerMatch::Set(s) = &allow.peer {
-            expr.push(eq(payload(proto, peer_field), json!(format!("@{s}-{fam}"))));
+            expr.push(eq(payload(proto, peer_field), json!(format!("@{}", family_set(s, v6)))));
         }
         match &allow.ports {
             PortsMatch::Any => {}
@@ -381,7 +400,7 @@ fn allow_exprs(allow: &Allow, d: Direction) -> Vec<Vec<Value>> {
                 expr.push(eq(json!({"meta": {"key": "l4proto"}}), json!(p.nft())));
                 expr.push(eq(
                     json!({"concat": [payload(proto, "daddr"), payload("th", "dport")]}),
-                    json!(format!("@{s}-{fam}")),
+                    json!(format!("@{}", family_set(s, v6))),
                 ));
             }
         }
