@@ -343,6 +343,24 @@ impl Selection {
     }
 }
 
+impl Wired {
+    /// Selects or unselects the benchmark pods (the policies setup). If the
+    /// kernels do not follow, the pairing ends: the pods are selected again
+    /// for the rest of the setup, and the answer is false (as without a
+    /// policies setup).
+    fn select(&mut self, cp: &ControlPlane, selected: bool) -> bool {
+        let Some(mut sel) = self.selection.take() else { return false };
+        if sel.set(cp, &self._keep, selected) {
+            self.selection = Some(sel);
+            return true;
+        }
+        eprintln!("  the benchmark pods did not follow their label in 30 s: no paired measurement");
+        self.notes.insert("paired_error".into(), json!("the pods' verdict-map elements did not follow their label"));
+        sel.set(cp, &self._keep, true);
+        false
+    }
+}
+
 /// Runs `measure` on `w`; in the policies setup, twice: with the benchmark
 /// pods selected and unselected, in an order that alternates with `turn`.
 /// Returns (selected, unselected).
@@ -352,26 +370,20 @@ fn paired<T>(
     turn: &mut usize,
     mut measure: impl FnMut(&Wired) -> T,
 ) -> (T, Option<T>) {
-    let Some(mut sel) = w.selection.take() else { return (measure(w), None) };
+    if w.selection.is_none() {
+        return (measure(w), None);
+    }
     let order = if turn.is_multiple_of(2) { [true, false] } else { [false, true] };
     *turn += 1;
     let (mut on, mut off) = (None, None);
     for selected in order {
-        if !sel.set(cp, &w._keep, selected) {
-            // Pairing stops; the rest of the setup measures the pods selected.
-            eprintln!("  the benchmark pods did not follow their label in 30 s: no paired measurement");
-            w.notes.insert("paired_error".into(), json!("the pods' verdict-map elements did not follow their label"));
-            sel.set(cp, &w._keep, true);
+        if !w.select(cp, selected) {
             return (measure(w), None);
         }
         let m = measure(w);
         if selected { on = Some(m) } else { off = Some(m) }
     }
-    w.selection = Some(sel);
-    match (on, off) {
-        (Some(on), off) => (on, off),
-        (None, _) => unreachable!("both orders measure the selected pods"),
-    }
+    (on.expect("both orders measure the selected pods"), off)
 }
 
 /// Whether verdict map `map` of weft's policy table holds `ip`.
@@ -1391,9 +1403,7 @@ fn main() {
                 }
                 if profiling && ci == 0 && fi == 0 && *topo == Topology::OneSegment && s.profiled() {
                     // The policies setup profiles its pods selected.
-                    if let Some(sel) = &mut w.selection {
-                        sel.set(&lab.cp, &w._keep, true);
-                    }
+                    w.select(&lab.cp, true);
                     // Throughput, and new connections: they cross every rule
                     // that established packets skip.
                     let runs: [(&str, Box<TrafficRun>); 2] = [
@@ -1417,6 +1427,10 @@ fn main() {
                     row["gbps_1"],
                     row["conn_per_s"]
                 );
+                // A pairing that ended while this row was measured.
+                if let Some(e) = w.notes.get("paired_error") {
+                    row["paired_error"] = e.clone();
+                }
                 rows.push(row);
             }
         }
