@@ -98,6 +98,9 @@ impl Topology {
 enum Setup {
     Bare,
     HandRoutes,
+    /// `hand routes` with the pods at the VXLAN MTU (underlay − 50), as
+    /// `auto` gives them: what that MTU alone costs on the routes path.
+    HandRoutesVxlanMtu,
     HandVxlan,
     /// Backend, and whether VXLAN transmit checksum offload is the agent's choice.
     Weft(&'static str, bool),
@@ -112,6 +115,7 @@ impl Setup {
         match self {
             Setup::Bare => "bare".into(),
             Setup::HandRoutes => "hand routes".into(),
+            Setup::HandRoutesVxlanMtu => "hand routes, VXLAN MTU".into(),
             Setup::HandVxlan => "hand vxlan".into(),
             Setup::Weft(b, true) => format!("weft {b}"),
             Setup::Weft(b, false) => format!("weft {b}, other offload"),
@@ -398,6 +402,13 @@ fn read_mtu(ns: &TestNs, dev: &str) -> u32 {
     ns.exec_ok(&["cat", &format!("/sys/class/net/{dev}/mtu")]).trim().parse().unwrap_or(0)
 }
 
+/// The device `ip route get` picks for `dst` in `ns`, or what it printed.
+fn route_dev(ns: &TestNs, dst: &str) -> String {
+    let out = ns.exec_ok(&["ip", "-o", "route", "get", dst]);
+    let mut words = out.split_whitespace();
+    words.find(|w| *w == "dev").and_then(|_| words.next()).map_or_else(|| out.trim().to_string(), str::to_string)
+}
+
 fn read_offload(ns: &TestNs) -> Option<bool> {
     let out = ns.exec(&["ethtool", "-k", "weft.vxlan"]);
     if !out.status.success() {
@@ -527,9 +538,9 @@ fn setup(lab: &Lab, args: &Args, tag: &str, topo: Topology, s: Setup, chosen_off
             wait_reachable(&w.client, &w.dst, "bare", &[]);
             w
         }
-        Setup::HandRoutes | Setup::HandVxlan => {
+        Setup::HandRoutes | Setup::HandRoutesVxlanMtu | Setup::HandVxlan => {
             let vxlan = s == Setup::HandVxlan;
-            let mtu = if vxlan { UNDERLAY_MTU - 50 } else { UNDERLAY_MTU };
+            let mtu = if s == Setup::HandRoutes { UNDERLAY_MTU } else { UNDERLAY_MTU - 50 };
             let (p1, _, _) = hand_pod(&n1, tag, mtu);
             let (p2, ip4, ip6) = hand_pod(&n2, tag, mtu);
             for (me, peer) in [(&n1, &n2), (&n2, &n1)] {
@@ -645,7 +656,11 @@ fn setup(lab: &Lab, args: &Args, tag: &str, topo: Topology, s: Setup, chosen_off
             let (p1, c4, c6) = pods.pop().expect("two pods");
             let pod_mtu = read_mtu(&p1, "eth0");
             let offload = read_offload(&n1.ns);
+            // Which device node 1 forwards the peer pod's traffic to: shows
+            // what `auto` chose for the peer.
+            let path: Vec<String> = [&ip4, &ip6].iter().map(|ip| route_dev(&n1.ns, ip)).collect();
             let mut w = empty(p1, p2, [ip4, ip6], pod_mtu, offload);
+            w.notes.insert("path".into(), json!(path));
             let logs: Vec<&Proc> = agents.iter().collect();
             if let Some(plan) = &policies {
                 let bench_pods = [(&names[0], "bench-1", [&c4, &c6]), (&names[1], "bench-2", [&w.dst[0], &w.dst[1]])];
@@ -1312,6 +1327,7 @@ fn main() {
             HandVxlan,
             Weft("vxlan", true),
             Weft("vxlan", false),
+            HandRoutesVxlanMtu,
             Weft("auto", true),
         ];
         let two = [Bare, HandVxlan, Weft("vxlan", true), Weft("auto", true)];

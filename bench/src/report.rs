@@ -300,6 +300,16 @@ fn netfilter_cause(net: &Net, f: &str, cc: &str, key: &str) -> Option<String> {
     (!parts.is_empty()).then(|| parts.join("; "))
 }
 
+/// What the VXLAN MTU costs on the routes path in this run, from the
+/// `hand routes, VXLAN MTU` reference: (hand routes at that MTU / hand
+/// routes at the underlay's, `weft auto` / hand routes at that MTU).
+fn mtu_cost(net: &Net, topo: &str, f: &str, cc: &str, key: &str) -> Option<(f64, f64)> {
+    let small = net.row(topo, "hand routes, VXLAN MTU", f, cc)?;
+    let mtu = ratio_of(small, net.row(topo, "hand routes", f, cc)?, key)?;
+    let weft = ratio_of(net.row(topo, "weft auto", f, cc)?, small, key)?;
+    Some((mtu, weft))
+}
+
 /// The CPU profiles of the run (IPv4, cubic, one stream, one segment): per
 /// setup, each class's share of the samples of the traffic's work.
 fn profile_table(net: &Net, md: &mut String) {
@@ -648,8 +658,22 @@ fn net_tables(net: &Net, md: &mut String, busy: bool) {
                     if let Some(h) = reference {
                         let x = med(&nums(&r[key])) / med(&nums(&h[key])).max(1e-9);
                         let mut causes = Vec::new();
+                        // With the MTU's cost measured, whatever weft loses against hand
+                        // routes at the same MTU still needs its own cause.
+                        let mut unexplained = false;
                         if r["pod_mtu"] != h["pod_mtu"] {
-                            causes.push(format!("pod MTU {} vs the reference's {}", r["pod_mtu"], h["pod_mtu"]));
+                            let cost = mtu_cost(net, &topo, &f, &cc, key);
+                            unexplained = cost.is_some_and(|(_, weft)| weft < 0.97);
+                            let measured = cost.map_or(String::new(), |(mtu, weft)| {
+                                format!(
+                                    ": hand routes at MTU {} reach {mtu:.3}x hand routes at {} in this run, and {setup} {weft:.3}x hand routes at {}",
+                                    r["pod_mtu"], h["pod_mtu"], r["pod_mtu"]
+                                )
+                            });
+                            causes.push(format!(
+                                "pod MTU {} vs the reference's {}{measured}",
+                                r["pod_mtu"], h["pod_mtu"]
+                            ));
                         }
                         if r["offload"] != h["offload"] && !h["offload"].is_null() {
                             causes.push("VXLAN transmit checksum offload differs from the reference's".to_string());
@@ -661,7 +685,7 @@ fn net_tables(net: &Net, md: &mut String, busy: bool) {
                         }
                         // MTU and offload explain a row by themselves; otherwise say
                         // what the run measured of weft's nftables cost.
-                        if causes.iter().all(|c| c.starts_with("the min–max")) {
+                        if unexplained || causes.iter().all(|c| c.starts_with("the min–max")) {
                             match netfilter_cause(net, &f, &cc, key) {
                                 Some(c) => causes.push(format!("not MTU or offload: {c}")),
                                 None if causes.is_empty() => causes.push("not MTU or offload: weft's forward path also crosses its nftables tables (masquerade and policy chains), which the hand setup lacks; not isolated in this run".to_string()),
@@ -1052,11 +1076,31 @@ fn run(data: &Path, out: &Path) -> Fallible<()> {
         net_figures(&net, &figures, &mut md)?;
         net_tables(&net, &mut md, busy);
         profile_table(&net, &mut md);
-        let _ = writeln!(
+        let _ = write!(
             md,
-            "**MTU.** Pods get one MTU for every destination. With `auto`, a node that may reach any peer over VXLAN gives its pods the VXLAN MTU (underlay − 50), even on one segment where every peer is routed directly: compare `weft auto` with `hand routes` (MTU {}) in the one-segment tables above — that difference is the cost of the smaller MTU, not of weft's forwarding.\n",
-            net.v["underlay_mtu"]
+            "**MTU.** Pods get one MTU for every destination. With `auto`, a node that may reach any peer over VXLAN gives its pods the VXLAN MTU (underlay − 50), even on one segment where every peer is routed directly{}. `hand routes, VXLAN MTU` is `hand routes` with the pods at that MTU, which measures what the smaller MTU alone costs.",
+            net.rows()
+                .into_iter()
+                .find(|r| r["topology"] == "one segment" && r["setup"] == "weft auto")
+                .and_then(|r| r["path"].as_array())
+                .map(|p| p.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(" / "))
+                .map_or(String::new(), |p| format!(
+                    " (in this run node 1 sends to the peer pod through `{p}`, IPv4 / IPv6)"
+                ))
         );
+        let one = "one segment";
+        for (f, cc) in [("IPv4", "cubic"), ("IPv4", "bbr"), ("IPv6", "cubic")] {
+            for (key, streams) in [("gbps_1", "1 stream"), ("gbps_4", "4 streams")] {
+                if let Some((mtu, weft)) = mtu_cost(&net, one, f, cc, key) {
+                    let _ = write!(
+                        md,
+                        " {f} {cc} {streams}: hand routes at the VXLAN MTU {mtu:.3}x hand routes at {}; weft auto {weft:.3}x hand routes at the VXLAN MTU.",
+                        net.v["underlay_mtu"]
+                    );
+                }
+            }
+        }
+        let _ = writeln!(md, "\n");
     } else {
         let _ = writeln!(md, "No net-bench results in this run.\n");
     }
@@ -1114,6 +1158,17 @@ mod tests {
             policies["unselected"] = u;
         }
         Net { v: json!({"rows": [row("weft routes", 10.0), policies]}) }
+    }
+
+    #[test]
+    fn auto_at_the_vxlan_mtu_is_judged_against_hand_routes_at_that_mtu() {
+        let row = |setup: &str, mtu: u32, gbps: f64| json!({"topology": "one segment", "setup": setup, "family": "IPv4", "cc": "cubic", "pod_mtu": mtu, "gbps_1": [gbps]});
+        let net = Net {
+            v: json!({"rows": [row("hand routes", 1500, 30.0), row("hand routes, VXLAN MTU", 1450, 18.0), row("weft auto", 1450, 12.0)]}),
+        };
+        let (mtu, weft) = mtu_cost(&net, "one segment", "IPv4", "cubic", "gbps_1").expect("both references");
+        assert!((mtu - 0.6).abs() < 1e-9 && (weft - 12.0 / 18.0).abs() < 1e-9, "{mtu} {weft}");
+        assert_eq!(mtu_cost(&net, "one segment", "IPv6", "cubic", "gbps_1"), None);
     }
 
     #[test]
