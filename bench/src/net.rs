@@ -131,6 +131,7 @@ impl Setup {
             self,
             Setup::Bare
                 | Setup::HandRoutes
+                | Setup::HandRoutesVxlanMtu
                 | Setup::Weft("routes", true)
                 | Setup::WeftNoNftables
                 | Setup::WeftPolicies(_)
