@@ -302,11 +302,11 @@ fn netfilter_cause(net: &Net, f: &str, cc: &str, key: &str) -> Option<String> {
 
 /// What the VXLAN MTU costs on the routes path in this run, from the
 /// `hand routes, VXLAN MTU` reference: (hand routes at that MTU / hand
-/// routes at the underlay's, `weft auto` / hand routes at that MTU).
-fn mtu_cost(net: &Net, topo: &str, f: &str, cc: &str, key: &str) -> Option<(f64, f64)> {
+/// routes at the underlay's, `setup` / hand routes at that MTU).
+fn mtu_cost(net: &Net, topo: &str, setup: &str, f: &str, cc: &str, key: &str) -> Option<(f64, f64)> {
     let small = net.row(topo, "hand routes, VXLAN MTU", f, cc)?;
     let mtu = ratio_of(small, net.row(topo, "hand routes", f, cc)?, key)?;
-    let weft = ratio_of(net.row(topo, "weft auto", f, cc)?, small, key)?;
+    let weft = ratio_of(net.row(topo, setup, f, cc)?, small, key)?;
     Some((mtu, weft))
 }
 
@@ -662,7 +662,7 @@ fn net_tables(net: &Net, md: &mut String, busy: bool) {
                         // routes at the same MTU still needs its own cause.
                         let mut unexplained = false;
                         if r["pod_mtu"] != h["pod_mtu"] {
-                            let cost = mtu_cost(net, &topo, &f, &cc, key);
+                            let cost = mtu_cost(net, &topo, &setup, &f, &cc, key);
                             unexplained = cost.is_some_and(|(_, weft)| weft < 0.97);
                             let measured = cost.map_or(String::new(), |(mtu, weft)| {
                                 format!(
@@ -1088,10 +1088,9 @@ fn run(data: &Path, out: &Path) -> Fallible<()> {
                     " (in this run node 1 sends to the peer pod through `{p}`, IPv4 / IPv6)"
                 ))
         );
-        let one = "one segment";
-        for (f, cc) in [("IPv4", "cubic"), ("IPv4", "bbr"), ("IPv6", "cubic")] {
+        for (f, cc) in net.combos() {
             for (key, streams) in [("gbps_1", "1 stream"), ("gbps_4", "4 streams")] {
-                if let Some((mtu, weft)) = mtu_cost(&net, one, f, cc, key) {
+                if let Some((mtu, weft)) = mtu_cost(&net, "one segment", "weft auto", &f, &cc, key) {
                     let _ = write!(
                         md,
                         " {f} {cc} {streams}: hand routes at the VXLAN MTU {mtu:.3}x hand routes at {}; weft auto {weft:.3}x hand routes at the VXLAN MTU.",
@@ -1166,9 +1165,10 @@ mod tests {
         let net = Net {
             v: json!({"rows": [row("hand routes", 1500, 30.0), row("hand routes, VXLAN MTU", 1450, 18.0), row("weft auto", 1450, 12.0)]}),
         };
-        let (mtu, weft) = mtu_cost(&net, "one segment", "IPv4", "cubic", "gbps_1").expect("both references");
+        let (mtu, weft) =
+            mtu_cost(&net, "one segment", "weft auto", "IPv4", "cubic", "gbps_1").expect("both references");
         assert!((mtu - 0.6).abs() < 1e-9 && (weft - 12.0 / 18.0).abs() < 1e-9, "{mtu} {weft}");
-        assert_eq!(mtu_cost(&net, "one segment", "IPv6", "cubic", "gbps_1"), None);
+        assert_eq!(mtu_cost(&net, "one segment", "weft auto", "IPv6", "cubic", "gbps_1"), None);
     }
 
     #[test]
