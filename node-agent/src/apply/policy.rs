@@ -94,10 +94,9 @@ pub struct PolicySync {
     digest: Option<u64>,
     /// weft's own `nft` processes, when notifications tell other writers apart.
     writers: Option<Arc<NftWriters>>,
-    /// Changes written since start, and their count at the last resync
-    /// that took no reference digest (see [`PolicySync::sync`]).
-    writes: u64,
-    writes_at_resync: Option<u64>,
+    /// Whether weft wrote the table since the last resync that took no
+    /// reference digest (see [`PolicySync::sync`]).
+    wrote_since_resync: bool,
 }
 
 impl PolicySync {
@@ -121,14 +120,10 @@ impl PolicySync {
         // So it takes one only after a whole period without writes; until
         // then notifications cover the table, and a write to a table someone
         // removed fails and replaces it.
-        let check =
-            if check == Check::Resync && trusted && self.digest.is_none() && self.writes_at_resync != Some(self.writes)
-            {
-                self.writes_at_resync = Some(self.writes);
-                Check::No
-            } else {
-                check
-            };
+        // Skipping clears the mark, so the next resync takes a reference if no write came between.
+        let skip =
+            check == Check::Resync && trusted && self.digest.is_none() && std::mem::take(&mut self.wrote_since_resync);
+        let check = if skip { Check::No } else { check };
         let intact = crate::apply::nftables::table_intact(TABLE, check, &mut self.digest, trusted).await;
         if !intact && self.last.is_some() {
             tracing::info!(table = TABLE, "policy table differs from weft's last write; replacing it");
@@ -179,7 +174,7 @@ impl PolicySync {
                 PolicyChange::Table
             }
         };
-        self.writes += 1;
+        self.wrote_since_resync = true;
         // Kept, not copied: at 10,000 pods a copy of the state is megabytes more at the peak.
         self.last = Some(want);
         self.digest = match (&self.writers, change, check) {
