@@ -13,7 +13,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use futures::future::{try_join, try_join_all};
 use ipnetwork::IpNetwork;
 use libweft::cni::{AddResult, CniError, Interface, IpConfig, Route};
-use libweft::netlink::{Netlink, NetlinkError, RTPROT_WEFT, RouteSpec, VethSpec, format_mac};
+use libweft::netlink::{Netlink, NetlinkError, RTPROT_WEFT_POD, RouteSpec, VethSpec, format_mac};
 use libweft::netns::NetNs;
 
 /// The pod's IPv4 gateway: link-local, owned by no device.
@@ -113,7 +113,7 @@ pub async fn setup(host: &Netlink, pod_nl: &Netlink, pod: &Pod<'_>) -> Result<Ad
                 oif: eth.index,
                 // 169.254.1.1 is on no connected subnet of the pod; fe80::/64 is.
                 onlink: ip.is_ipv4(),
-                protocol: RTPROT_WEFT,
+                protocol: RTPROT_WEFT_POD,
             })));
         }
         try_join_all(steps).await.map(|_| ())
@@ -135,7 +135,7 @@ pub async fn setup(host: &Netlink, pod_nl: &Netlink, pod: &Pod<'_>) -> Result<Ad
                 gateway: None,
                 oif: link.index,
                 onlink: false,
-                protocol: RTPROT_WEFT,
+                protocol: RTPROT_WEFT_POD,
             })));
         }
         try_join_all(steps).await.map(|_| ())
@@ -204,7 +204,7 @@ pub async fn check(host: &Netlink, pod_nl: &Netlink, pod: &Pod<'_>) -> Result<()
                 pod.host_veth
             ));
         }
-        let host_routes = host.routes(ip.is_ipv6(), Some(RTPROT_WEFT)).await?;
+        let host_routes = host.routes(ip.is_ipv6(), Some(RTPROT_WEFT_POD)).await?;
         if !host_routes.iter().any(|r| r.dst == want && r.oif == host_link.index) {
             return drift(format!("host route {want} dev {} is missing", pod.host_veth));
         }

@@ -18,44 +18,31 @@
 //!   so the kernel keeps its last programmed state;
 //! - SIGTERM stops the loop and leaves the data plane in place.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ipnetwork::IpNetwork;
 use k8s_openapi::api::core::v1::Node;
 use kube::runtime::reflector::Store;
 use kube::{Api, Client};
 use libweft::netlink::Netlink;
-use libweft::pending::PolicyNamespaces;
 
-use crate::apply::nftables::{self as nft, NftChange, NftError, Nftables};
-use crate::apply::policy::{PolicyChange, PolicyError, PolicySync, release_pending};
+use crate::apply::policy::{self as apply_policy, PolicyOutputs};
+use crate::apply::policy_table::{PolicyError, PolicySync};
+use crate::apply::weft_table::{self as nft, NftChange, NftError, Nftables};
 use crate::apply::{api, files, kernel};
-use crate::config::{Backend, Config};
-use crate::desired::incremental::{Incremental, NodeChange, Scope, Touched};
-use crate::desired::{self, Desired, vtep_mac_for};
-use crate::metrics::{BackendLabel, FieldLabel, Metrics, PolicyLabel};
+use crate::config::Config;
+use crate::desired::incremental::{Incremental, NodeChange, Scope};
+use crate::desired::{self, network_policy, vtep_mac_for};
+use crate::health::{Health, Readiness, now_secs};
+use crate::metrics::{FieldLabel, Metrics};
+use crate::observe::node_views::Views;
 use crate::observe::policy_watch::{self, PolicyCache};
 use crate::observe::underlay::{self, UnderlayError};
 use crate::observe::watch::{self, Trigger};
 use crate::observe::{Observation, events, kernel as observe_kernel};
-use crate::wire::{NodeView, Rejected, WatchedNode};
-
-/// Shared with the HTTP endpoints.
-#[derive(Default)]
-pub struct Health {
-    /// Set by a pass in which every output succeeded; cleared after
-    /// [`UNREADY_AFTER_FAILED_PASSES`] failed passes in a row.
-    pub ready: AtomicBool,
-    /// Unix seconds of the last loop iteration.
-    pub last_loop: AtomicU64,
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
+use crate::reported::{Doubts, Refusals};
+use crate::wire::{NodeView, WatchedNode};
 
 /// One output that failed in a pass.
 #[derive(Debug, thiserror::Error)]
@@ -134,126 +121,6 @@ pub enum Outcome {
     Done(Vec<Failure>),
 }
 
-/// Delay before retrying after `failures` consecutive failed passes:
-/// 100 ms doubling up to 30 s, each scaled by a random factor in
-/// [0.5, 1.0) so agents failing together do not retry in lockstep.
-pub fn backoff(failures: u32, jitter: f64) -> Duration {
-    const BASE: Duration = Duration::from_millis(100);
-    const MAX: Duration = Duration::from_secs(30);
-    let exp = BASE.saturating_mul(1u32 << failures.saturating_sub(1).min(16)).min(MAX);
-    exp.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
-}
-
-/// A random number in [0, 1) from std's randomly keyed hasher: enough for jitter.
-fn jitter() -> f64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(now_secs());
-    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
-}
-
-/// Unready after this many consecutive failed passes. With the backoff
-/// above, five failures span at least 0.75 s of retries: a transient
-/// failure (a netlink EBUSY, nft racing another writer) recovers before
-/// that without flapping readiness, while a persistent one shows within
-/// seconds rather than after a resync period.
-pub const UNREADY_AFTER_FAILED_PASSES: u32 = 5;
-
-/// Readiness from pass outcomes: ready after a good pass, unready after
-/// [`UNREADY_AFTER_FAILED_PASSES`] failed ones in a row.
-#[derive(Debug, Default)]
-pub struct Readiness {
-    failed_in_a_row: u32,
-}
-
-impl Readiness {
-    /// Records one pass; returns whether the agent is ready now, or `None`
-    /// when this pass does not change it.
-    pub fn record(&mut self, ok: bool) -> Option<bool> {
-        if ok {
-            self.failed_in_a_row = 0;
-            return Some(true);
-        }
-        self.failed_in_a_row += 1;
-        (self.failed_in_a_row >= UNREADY_AFTER_FAILED_PASSES).then_some(false)
-    }
-
-    /// Consecutive failed passes so far.
-    pub fn failures(&self) -> u32 {
-        self.failed_in_a_row
-    }
-}
-
-/// Refused peer values, each logged and counted once rather than on every
-/// pass: (node, field, value) of the refusals of the last pass.
-#[derive(Default)]
-pub struct Refusals {
-    reported: HashSet<(String, &'static str, String)>,
-}
-
-impl Refusals {
-    /// The refusals in `rejected` not reported in the previous pass. A value
-    /// that disappears and comes back is reported again.
-    pub fn fresh<'a>(&mut self, rejected: &'a [Rejected]) -> Vec<&'a Rejected> {
-        let mut current = HashSet::new();
-        let mut fresh = Vec::new();
-        for r in rejected {
-            let key = (r.node.clone(), r.field, r.value.clone());
-            if !self.reported.contains(&key) && !current.contains(&key) {
-                fresh.push(r);
-            }
-            current.insert(key);
-        }
-        self.reported = current;
-        fresh
-    }
-}
-
-/// The Node views of the last pass, each with the object it was read from:
-/// the watch replaces an object when it changes, so an unchanged one
-/// (the same `Arc`) is not parsed again.
-#[derive(Default)]
-struct Views {
-    by_name: HashMap<String, View>,
-}
-
-/// One Node's object, its view, and what was refused in it.
-type View = (Arc<WatchedNode>, Arc<NodeView>, Vec<Rejected>);
-
-impl Views {
-    /// Every object's view, what was refused in them, and the Nodes
-    /// added, changed or deleted since the last call.
-    fn update(
-        &mut self,
-        objects: &[Arc<WatchedNode>],
-        cluster_cidrs: &[IpNetwork],
-    ) -> (Vec<Arc<NodeView>>, Vec<Rejected>, Vec<NodeChange>) {
-        let mut by_name = HashMap::with_capacity(objects.len());
-        let mut views = Vec::with_capacity(objects.len());
-        let mut rejected = Vec::new();
-        let mut changes = Vec::new();
-        for object in objects {
-            let name = object.metadata.name.as_deref().unwrap_or_default();
-            let (name, entry) = match self.by_name.remove_entry(name) {
-                Some((name, e)) if Arc::ptr_eq(&e.0, object) => (name, e),
-                _ => {
-                    let mut refused = Vec::new();
-                    let view = Arc::new(NodeView::from_node(object, cluster_cidrs, &mut refused));
-                    changes.push((name.to_string(), Some(view.clone())));
-                    (name.to_string(), (object.clone(), view, refused))
-                }
-            };
-            views.push(entry.1.clone());
-            rejected.extend(entry.2.iter().cloned());
-            by_name.insert(name, entry);
-        }
-        // What is left was deleted.
-        changes.extend(self.by_name.drain().map(|(name, _)| (name, None)));
-        self.by_name = by_name;
-        (views, rejected, changes)
-    }
-}
-
 /// Everything one pass needs.
 struct Agent {
     cfg: Config,
@@ -272,23 +139,78 @@ struct Agent {
     refusals: Refusals,
     /// Peers refused by the desired state (claims on what another node holds).
     peer_refusals: Refusals,
-    /// NetworkPolicy: the watches' views and the policy table; `None` when disabled.
-    policy: Option<(PolicyCache, PolicySync)>,
-    /// What the last look at pending pod interfaces saw.
-    pending: PendingScan,
-    /// Pod addresses not believed in the last pass (logged when new).
-    pod_doubts: HashSet<(String, std::net::IpAddr)>,
+    /// NetworkPolicy: the watches' views and the policy outputs; `None` when disabled.
+    policy: Option<(PolicyCache, PolicyOutputs)>,
+    /// Pod addresses not believed for NetworkPolicy (logged when new).
+    pod_doubts: Doubts,
     /// Whether the last pass got as far as syncing the policy table.
     policy_checked: bool,
 }
 
-/// When a pass looks for pending pod interfaces: a link dump is not free,
-/// so only when a local pod appeared (or changed addresses), when the
-/// last look left some waiting, and at the resync (the backstop).
-#[derive(Default)]
-struct PendingScan {
-    local_ips: std::collections::BTreeSet<std::net::IpAddr>,
-    waiting: usize,
+/// What wakes the loop, besides the tick and the retry timer.
+struct Triggers {
+    node: Arc<Trigger>,
+    drift: Arc<Trigger>,
+    policy: Arc<Trigger>,
+}
+
+impl Agent {
+    /// Starts the watches and the kernel's notification readers; a failed
+    /// subscription costs only drift repair between resyncs. With
+    /// NetworkPolicy disabled, removes what it left.
+    async fn start(
+        cfg: Config,
+        node_name: String,
+        client: Client,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<(Agent, Triggers)> {
+        let node = Arc::new(Trigger::default());
+        let store = watch::spawn(client.clone(), node.clone(), metrics.clone());
+        let nl = Netlink::connect()?;
+        let drift = Arc::new(Trigger::default());
+        let shared = Arc::new(events::Shared::default());
+        let (nft, policy_sync) = match events::spawn(nl.clone(), drift.clone(), metrics.clone(), shared.clone()) {
+            Ok(()) => (
+                Nftables::with_writers(shared.nft_writers.clone()),
+                PolicySync::with_writers(shared.nft_writers.clone()),
+            ),
+            Err(e) => {
+                metrics.error("events");
+                tracing::warn!(
+                    period_s = cfg.resync_period.as_secs(),
+                    "{e}: drift is repaired at the resync only, every pass dumps"
+                );
+                (Nftables::default(), PolicySync::default())
+            }
+        };
+        let policy_trigger = Arc::new(Trigger::default());
+        let policy = if cfg.network_policy {
+            let cache = policy_watch::spawn(client.clone(), policy_trigger.clone(), metrics.clone());
+            Some((cache, PolicyOutputs::new(policy_sync)))
+        } else {
+            apply_policy::disable(&cfg, &nl, &metrics).await;
+            None
+        };
+        let agent = Agent {
+            policy,
+            policy_checked: false,
+            vtep_mac: vtep_mac_for(&node_name),
+            nodes_api: Api::all(client),
+            nl,
+            store,
+            nft,
+            views: Views::default(),
+            desired: Incremental::default(),
+            shared,
+            refusals: Refusals::default(),
+            peer_refusals: Refusals::default(),
+            pod_doubts: Doubts::default(),
+            metrics,
+            node_name,
+            cfg,
+        };
+        Ok((agent, Triggers { node, drift, policy: policy_trigger }))
+    }
 }
 
 pub async fn run(
@@ -298,50 +220,7 @@ pub async fn run(
     metrics: Arc<Metrics>,
     health: Arc<Health>,
 ) -> anyhow::Result<()> {
-    let trigger = Arc::new(Trigger::default());
-    let store = watch::spawn(client.clone(), trigger.clone(), metrics.clone());
-    let nl = Netlink::connect()?;
-    let drift = Arc::new(Trigger::default());
-    let shared = Arc::new(events::Shared::default());
-    let (nft, policy_sync) = match events::spawn(nl.clone(), drift.clone(), metrics.clone(), shared.clone()) {
-        Ok(()) => {
-            (Nftables::with_writers(shared.nft_writers.clone()), PolicySync::with_writers(shared.nft_writers.clone()))
-        }
-        Err(e) => {
-            metrics.error("events");
-            tracing::warn!(
-                period_s = cfg.resync_period.as_secs(),
-                "{e}: drift is repaired at the resync only, every pass dumps"
-            );
-            (Nftables::default(), PolicySync::default())
-        }
-    };
-    let policy_trigger = Arc::new(Trigger::default());
-    let policy = if cfg.network_policy {
-        Some((policy_watch::spawn(client.clone(), policy_trigger.clone(), metrics.clone()), policy_sync))
-    } else {
-        disable_policy(&cfg, &nl, &metrics).await;
-        None
-    };
-    let mut agent = Agent {
-        policy,
-        pending: PendingScan::default(),
-        policy_checked: false,
-        vtep_mac: vtep_mac_for(&node_name),
-        nodes_api: Api::all(client),
-        nl,
-        store: store.clone(),
-        nft,
-        views: Views::default(),
-        desired: Incremental::default(),
-        shared,
-        refusals: Refusals::default(),
-        peer_refusals: Refusals::default(),
-        pod_doubts: HashSet::new(),
-        metrics: metrics.clone(),
-        node_name: node_name.clone(),
-        cfg: cfg.clone(),
-    };
+    let (mut agent, triggers) = Agent::start(cfg.clone(), node_name.clone(), client, metrics.clone()).await?;
     // The first tick one period after the first pass, which checks everything anyway.
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + cfg.resync_period, cfg.resync_period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -349,85 +228,26 @@ pub async fn run(
 
     tracing::info!(node = %node_name, backend = cfg.backend.as_str(), "waiting for the Node list");
     tokio::select! {
-        r = store.wait_until_ready() => r?,
+        r = agent.store.wait_until_ready() => r?,
         _ = term.recv() => return Ok(()),
         _ = tokio::signal::ctrl_c() => return Ok(()),
     }
 
-    let wakers = Wakers { node: &trigger, drift: &drift, policy: &policy_trigger };
+    let wakers = Wakers { node: &triggers.node, drift: &triggers.drift, policy: &triggers.policy };
     let mut wakeup = Wakeup::Start;
     let mut readiness = Readiness::default();
     loop {
         health.last_loop.store(now_secs(), Ordering::Relaxed);
         let started = Instant::now();
-        let event_at = trigger.take_oldest();
+        let event_at = triggers.node.take_oldest();
         metrics.sync_pass(wakeup.label());
-        if wakeup.checks_kernel() {
-            agent.shared.mirror.mark_stale();
-        }
-        let check_of = |changed: &AtomicBool| {
-            if wakeup.checks_kernel() {
-                nft::Check::Resync
-            } else if changed.swap(false, Ordering::Relaxed) {
-                nft::Check::Changed
-            } else {
-                nft::Check::No
+        let retry_at = match agent.checked_pass(wakeup).await {
+            Outcome::Waiting => None,
+            Outcome::Done(failures) => {
+                let ok = report(&metrics, &node_name, &failures, started, event_at);
+                readiness.report(&health, ok, &node_name, started.elapsed()).map(|d| tokio::time::Instant::now() + d)
             }
         };
-        let check = check_of(&agent.shared.nft_changed);
-        let policy_check = check_of(&agent.shared.policy_changed);
-        let outcome = agent.pass(check, policy_check, wakeup).await;
-        // A pass that stopped before the table keeps the news for the next one.
-        let stopped_early = match &outcome {
-            Outcome::Waiting => true,
-            Outcome::Done(failures) => failures.iter().any(|f| matches!(f, Failure::Observe(_))),
-        };
-        if check == nft::Check::Changed && stopped_early {
-            agent.shared.nft_changed.store(true, Ordering::Relaxed);
-        }
-        if policy_check == nft::Check::Changed && !agent.policy_checked {
-            agent.shared.policy_changed.store(true, Ordering::Relaxed);
-        }
-        let Outcome::Done(failures) = outcome else {
-            match wakers.next(&mut tick, None, &mut term).await {
-                Some(w) => wakeup = w,
-                None => break,
-            }
-            continue;
-        };
-        for f in &failures {
-            metrics.sync_error(f.output());
-            tracing::warn!(node = %node_name, "{f}");
-        }
-        let ok = failures.is_empty();
-        if ok {
-            metrics.reconcile_seconds.observe(started.elapsed().as_secs_f64());
-            metrics
-                .last_successful_sync
-                .set(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()));
-            if let Some(at) = event_at {
-                metrics.event_to_programmed_seconds.observe(at.elapsed().as_secs_f64());
-            }
-        } else {
-            metrics.error("reconcile");
-        }
-        let was_ready = health.ready.load(Ordering::Relaxed);
-        match readiness.record(ok) {
-            Some(true) if !was_ready => {
-                health.ready.store(true, Ordering::Relaxed);
-                tracing::info!(node = %node_name, elapsed_ms = started.elapsed().as_millis() as u64, "sync complete: ready");
-            }
-            Some(false) if was_ready => {
-                health.ready.store(false, Ordering::Relaxed);
-                tracing::warn!(node = %node_name, passes = readiness.failures(), "consecutive passes failed: not ready");
-            }
-            _ => {}
-        }
-        let retry_at = (!ok).then(|| {
-            let delay = backoff(readiness.failures(), jitter());
-            tracing::info!(node = %node_name, delay_ms = delay.as_millis() as u64, "retrying the failed outputs");
-            tokio::time::Instant::now() + delay
-        });
         match wakers.next(&mut tick, retry_at, &mut term).await {
             Some(w) => wakeup = w,
             None => break,
@@ -437,29 +257,23 @@ pub async fn run(
     Ok(())
 }
 
-/// NetworkPolicy is disabled: its table goes, so does the plugin's list of
-/// policy namespaces (new pods start ready), and pods still pending from
-/// when it was enabled are released, so disabling never leaves a pod
-/// unreachable. Failures are reported, not fatal: the data plane works.
-async fn disable_policy(cfg: &Config, nl: &Netlink, metrics: &Metrics) {
-    if let Err(e) = crate::apply::policy::remove().await {
-        metrics.sync_error("policy");
-        tracing::warn!("NetworkPolicy disabled, but removing its table failed: {e}");
+/// Counts and logs the failures of a finished pass, and the timing of a
+/// good one; returns whether it was good.
+fn report(metrics: &Metrics, node: &str, failures: &[Failure], started: Instant, event_at: Option<Instant>) -> bool {
+    for f in failures {
+        metrics.sync_error(f.output());
+        tracing::warn!(node = %node, "{f}");
     }
-    if let Err(e) = libweft::pending::remove(&desired::files::policy_namespaces_path(cfg)) {
-        metrics.sync_error("policy");
-        tracing::warn!("NetworkPolicy disabled, but {e}");
+    if !failures.is_empty() {
+        metrics.error("reconcile");
+        return false;
     }
-    match release_pending(nl, |_| true).await {
-        Ok(p) if p.released > 0 => {
-            tracing::info!(released = p.released, "NetworkPolicy disabled: released pending pods")
-        }
-        Ok(_) => {}
-        Err(e) => {
-            metrics.sync_error("policy");
-            tracing::warn!("NetworkPolicy disabled, but releasing pending pods failed: {e}");
-        }
+    metrics.reconcile_seconds.observe(started.elapsed().as_secs_f64());
+    metrics.last_successful_sync.set(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()));
+    if let Some(at) = event_at {
+        metrics.event_to_programmed_seconds.observe(at.elapsed().as_secs_f64());
     }
+    true
 }
 
 /// The triggers that wake the loop besides the tick and the retry timer.
@@ -496,9 +310,42 @@ impl Wakers<'_> {
 }
 
 impl Agent {
-    /// Observe: the Node views (reporting new refusals), the own Node and
-    /// the underlay. `Ok(None)`: not ready to program yet (own node unknown
-    /// or without podCIDR).
+    /// One pass, with what it must check besides its inputs: everything at
+    /// start and resync, a table whose notifications said someone else
+    /// changed it. A pass that stopped before a table keeps that news for
+    /// the next one.
+    async fn checked_pass(&mut self, wakeup: Wakeup) -> Outcome {
+        if wakeup.checks_kernel() {
+            self.shared.mirror.mark_stale();
+        }
+        let check_of = |changed: &AtomicBool| {
+            if wakeup.checks_kernel() {
+                nft::Check::Resync
+            } else if changed.swap(false, Ordering::Relaxed) {
+                nft::Check::Changed
+            } else {
+                nft::Check::No
+            }
+        };
+        let check = check_of(&self.shared.nft_changed);
+        let policy_check = check_of(&self.shared.policy_changed);
+        let outcome = self.pass(check, policy_check, wakeup).await;
+        let stopped_early = match &outcome {
+            Outcome::Waiting => true,
+            Outcome::Done(failures) => failures.iter().any(|f| matches!(f, Failure::Observe(_))),
+        };
+        if check == nft::Check::Changed && stopped_early {
+            self.shared.nft_changed.store(true, Ordering::Relaxed);
+        }
+        if policy_check == nft::Check::Changed && !self.policy_checked {
+            self.shared.policy_changed.store(true, Ordering::Relaxed);
+        }
+        outcome
+    }
+
+    /// Observe: the Node views (reporting new refusals), the own Node, the
+    /// underlay and, once listed, the policy views. `Ok(None)`: not ready
+    /// to program yet (own node unknown or without podCIDR).
     async fn observe(&mut self) -> Result<Option<(Observation, Arc<WatchedNode>, Vec<NodeChange>)>, UnderlayError> {
         let objects = self.store.state();
         self.metrics.nodes.set(objects.len() as i64);
@@ -529,6 +376,7 @@ impl Agent {
             vtep_mac: self.vtep_mac,
             offload_default: observe_kernel::offload_default(),
             portmap_installed: desired::files::portmap_installed(&self.cfg),
+            policy: self.policy.as_ref().and_then(|(cache, _)| cache.snapshot()),
         };
         Ok(Some((obs, own_object.clone(), changes)))
     }
@@ -540,10 +388,12 @@ impl Agent {
     /// nftables table, the policy table, with weft's last write. `wakeup`:
     /// what woke the loop; a pass for a Node (or policy) event compares
     /// only what changed with the kernel.
+    ///
+    /// Over 60 lines: the outputs' order is the point, and it reads best in one place.
     async fn pass(&mut self, check: nft::Check, policy_check: nft::Check, wakeup: Wakeup) -> Outcome {
         self.policy_checked = false;
         let started = Instant::now();
-        let (obs, own_object, changes) = match self.observe().await {
+        let (mut obs, own_object, changes) = match self.observe().await {
             Ok(Some(o)) => o,
             // The Node changes seen are not in the desired state yet.
             Ok(None) => {
@@ -561,7 +411,13 @@ impl Agent {
         let full = check == nft::Check::Resync || self.shared.mirror.is_stale();
         let mut desired = std::mem::take(&mut self.desired);
         let (d, scope) = desired.update(&self.cfg, &obs, (!full).then_some(changes.as_slice()));
+        let routing_computed = started.elapsed();
+        let policy = obs
+            .policy
+            .take()
+            .map(|views| network_policy::compute(&self.cfg, &obs.local, &obs.nodes, &d.kernel.refused, views));
         let computed = started.elapsed();
+        let policy_compute = computed - routing_computed;
         let only = match (&scope, wakeup) {
             (Scope::Entries(keys), Wakeup::Node | Wakeup::Policy) => Some(keys),
             // Drift and retries compare everything with the kernel.
@@ -582,7 +438,8 @@ impl Agent {
             failures.push(e.into());
         }
         let published = started.elapsed();
-        let kernel = self.apply_kernel(d, obs.underlay.ifindex, only).await;
+        let kernel =
+            kernel::apply(&self.nl, &d.kernel, obs.underlay.ifindex, &self.shared.mirror, only, &self.metrics).await;
         if kernel.is_err() {
             // This pass's changes may be half applied: the next compares everything.
             self.shared.mirror.mark_stale();
@@ -597,7 +454,9 @@ impl Agent {
         let data_plane_ok = kernel.is_ok() && nft.is_ok();
         failures.extend(kernel.err().map(Failure::from));
         failures.extend(nft.err().map(Failure::from));
-        failures.extend(self.apply_policy(policy_check, &obs, &d.kernel.refused).await.err().map(Failure::from));
+        if let Some(want) = policy {
+            failures.extend(self.apply_policy(want, policy_compute, policy_check).await.err().map(Failure::from));
+        }
         // Last: the plugin may now serve pods on this node.
         if data_plane_ok && let Err(e) = files::write(&self.cfg, &d.node_config, &d.conflist) {
             failures.push(e.into());
@@ -622,228 +481,37 @@ impl Agent {
         Outcome::Done(failures)
     }
 
-    /// NetworkPolicy for this node's pods, once the watches have listed everything.
+    /// The NetworkPolicy outputs, once the watches have listed everything
+    /// (the observation then carries their views).
+    /// `computed`: how long computing its desired state took.
     async fn apply_policy(
         &mut self,
+        want: network_policy::DesiredPolicy,
+        computed: Duration,
         check: nft::Check,
-        obs: &Observation,
-        refused: &[Rejected],
     ) -> Result<(), PolicyError> {
-        let Some((cache, table)) = &mut self.policy else { return Ok(()) };
-        let Some(mut seen) = cache.snapshot() else { return Ok(()) };
+        let Some((_, outputs)) = &mut self.policy else { return Ok(()) };
         self.policy_checked = true;
-        let started = Instant::now();
-        // Only pod addresses in their node's podCIDRs, claimed once (desired::pod_trust).
-        let refused: HashSet<&str> = refused.iter().map(|r| r.node.as_str()).collect();
-        let cidrs = obs
-            .nodes
-            .iter()
-            .filter(|n| n.name == obs.local.name || !refused.contains(n.name.as_str()))
-            .map(|n| (n.name.as_str(), n.pod_cidrs.as_slice()))
-            .collect();
-        let believed = desired::pod_trust::believe(std::mem::take(&mut seen.pods), &cidrs);
-        let mut doubts = HashSet::new();
-        for d in &believed.doubts {
-            let key = (d.pod.clone(), d.ip);
-            if !self.pod_doubts.contains(&key) {
-                tracing::warn!(pod = %d.pod, ip = %d.ip, "pod address not believed for NetworkPolicy: {}", d.reason);
-            }
-            doubts.insert(key);
-        }
-        self.pod_doubts = doubts;
-        self.metrics.policy_doubted_pod_addresses.set(believed.doubts.len() as i64);
-        seen.pods = believed.pods;
-        let mut want = desired::policy::policy(&self.node_name, &seen.pods, &seen.namespaces, &seen.policies);
-        desired::pod_trust::hold_contested(&mut want, &believed.contested, &obs.local.pod_cidrs);
-        want.deny_log = self.cfg.deny_log;
-        let computed = started.elapsed();
-        let selecting: HashSet<&str> = want.chains.values().map(|c| c.policy.as_str()).collect();
-        self.metrics.network_policies.set(selecting.len() as i64);
-        let namespaces = desired::policy::policy_namespaces(&seen.policies);
-        if table.last().is_some() {
-            // weft wrote the table, so its pending rules are in place: list a namespace's
-            // first policy before writing its rules, so a pod created
-            // meanwhile starts pending instead of open.
-            list_policy_namespaces(&self.cfg, &namespaces)?;
-        }
-        let change = table.sync(want, check).await?;
+        self.pod_doubts.report(&want.doubts);
+        self.metrics.policy_doubted_pod_addresses.set(want.doubts.len() as i64);
+        let applied = outputs.apply(&self.cfg, &self.nl, &self.metrics, &self.node_name, want, check).await?;
         tracing::debug!(
-            pods = seen.pods.len(),
+            pods = applied.pods,
             compute_us = computed.as_micros() as u64,
-            sync_us = (started.elapsed() - computed).as_micros() as u64,
-            ?change,
+            sync_us = applied.synced.as_micros() as u64,
+            change = ?applied.change,
             ?check,
             "policy pass"
         );
-        self.metrics.kernel_writes("policy", change.writes());
-        // Policy chains (and so their counters) change only with rules or the whole table.
-        if let (PolicyChange::Rules(_) | PolicyChange::Table, Some(written)) = (change, table.last()) {
-            self.metrics.set_policy_counters(written.chains.iter().map(|(name, c)| {
-                (name.clone(), PolicyLabel { direction: c.direction.to_string(), policy: c.policy.clone() })
-            }));
-        }
-        // The table holds pending pods closed: only now may the plugin make some.
-        list_policy_namespaces(&self.cfg, &namespaces)?;
-        let node = self.node_name.as_str();
-        let local_ips = seen.pods.iter().filter(|p| p.node == node).flat_map(|p| p.ips.iter().copied()).collect();
-        if check != nft::Check::No || self.pending.waiting > 0 || local_ips != self.pending.local_ips {
-            let pods = &seen.pods;
-            let found = release_pending(&self.nl, |ips| desired::policy::knows_local_pod(node, pods, ips)).await?;
-            self.metrics.kernel_writes("link_group", found.released);
-            self.metrics.policy_pending_interfaces.set(found.waiting as i64);
-            self.pending = PendingScan { local_ips, waiting: found.waiting };
-        }
         Ok(())
     }
-
-    async fn apply_kernel(
-        &self,
-        d: &Desired,
-        underlay_ifindex: u32,
-        only: Option<&Touched>,
-    ) -> Result<(), kernel::KernelError> {
-        let (metrics, k) = (&self.metrics, &d.kernel);
-        metrics.kernel_writes("sysctl", kernel::ensure_forwarding()?);
-        let applied = kernel::sync(&self.nl, k, underlay_ifindex, &self.shared.mirror, only).await?;
-        for (kind, n) in &applied.writes {
-            metrics.kernel_writes(kind, *n);
-        }
-        let offload = match &k.vxlan {
-            // An ioctl in this process's namespace, which is the node's.
-            Some(vx) => match kernel::set_tx_checksum_offload(vx.tx_checksum_offload) {
-                Ok(changed) => {
-                    metrics.kernel_writes("offload", usize::from(changed));
-                    i64::from(vx.tx_checksum_offload)
-                }
-                Err(e) => {
-                    // Not worth a retry: the device works either way.
-                    metrics.error("kernel");
-                    tracing::warn!("{e}");
-                    -1
-                }
-            },
-            None => -1,
-        };
-        if applied.changes > 0 {
-            tracing::info!(node = %self.node_name, changes = applied.changes, routes = applied.routes, "programmed peers");
-        }
-        for _ in &applied.errors {
-            // Already logged per object.
-            metrics.error("kernel");
-        }
-        metrics.routes.set(applied.routes as i64);
-        metrics.neighbours.set(applied.neighbours as i64);
-        metrics.fdb_entries.set(applied.fdb as i64);
-        metrics.tx_checksum_offload.set(offload);
-        for b in [Backend::Routes, Backend::Vxlan] {
-            let n = k.peer_backends.values().filter(|pb| **pb == b).count();
-            metrics.peers.get_or_create(&BackendLabel { backend: b.as_str().to_string() }).set(n as i64);
-        }
-        // The rest of the kernel state is in place; the failed entries are retried.
-        match applied.errors.first() {
-            None => Ok(()),
-            Some(first) => Err(kernel::KernelError::Entries { failed: applied.errors.len(), first: first.clone() }),
-        }
-    }
-}
-
-/// Writes the namespaces with isolating policies for the plugin, if they changed.
-fn list_policy_namespaces(cfg: &Config, namespaces: &PolicyNamespaces) -> Result<(), PolicyError> {
-    if namespaces.write_if_changed(&desired::files::policy_namespaces_path(cfg))? {
-        // Counts only: a cluster may have thousands of namespaces.
-        tracing::info!(
-            ingress = namespaces.ingress.len(),
-            egress = namespaces.egress.len(),
-            "namespaces with NetworkPolicies listed for the plugin"
-        );
-    }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
+
     use super::*;
-
-    fn rejected(node: &str, field: &'static str, value: &str) -> Rejected {
-        Rejected { node: node.into(), field, value: value.into(), reason: "bad".into() }
-    }
-
-    #[test]
-    fn each_refusal_is_reported_once_while_it_lasts() {
-        let mut r = Refusals::default();
-        let a = rejected("n2", "weft.dev/vtep-mac", "ff:ff:ff:ff:ff:ff");
-        let b = rejected("n3", "spec.podCIDRs", "0.0.0.0/0");
-        assert_eq!(r.fresh(&[a.clone(), a.clone()]).len(), 1, "a duplicate within one pass counts once");
-        assert!(r.fresh(std::slice::from_ref(&a)).is_empty(), "reported in the last pass");
-        assert_eq!(r.fresh(&[a.clone(), b.clone()]), vec![&b]);
-        // Gone for a pass, then back: reported again.
-        assert!(r.fresh(std::slice::from_ref(&b)).is_empty());
-        assert_eq!(r.fresh(&[a.clone(), b.clone()]), vec![&a]);
-        // Another value of the same field is another refusal.
-        let a2 = rejected("n2", "weft.dev/vtep-mac", "00:00:00:00:00:00");
-        assert_eq!(r.fresh(&[a, b, a2.clone()]), vec![&a2]);
-    }
-
-    #[test]
-    fn only_changed_nodes_are_parsed_again() {
-        let object = |name: &str, cidr: &str| -> Arc<WatchedNode> {
-            let n = serde_json::json!({"metadata": {"name": name}, "spec": {"podCIDRs": [cidr]}});
-            Arc::new(serde_json::from_value(n).expect("a Node"))
-        };
-        let cluster: Vec<IpNetwork> = vec!["10.244.0.0/16".parse().expect("valid")];
-        let (n1, n2) = (object("n1", "10.244.1.0/24"), object("n2", "10.0.0.0/24"));
-        let mut views = Views::default();
-        let (first, rejected, changes) = views.update(&[n1.clone(), n2.clone()], &cluster);
-        assert_eq!(rejected.len(), 1, "n2's CIDR is outside the cluster");
-        let names = |c: &[NodeChange]| c.iter().map(|(n, v)| (n.clone(), v.is_some())).collect::<Vec<_>>();
-        assert_eq!(names(&changes), [("n1".into(), true), ("n2".into(), true)]);
-        let (again, rejected_again, changes) = views.update(&[n1.clone(), n2.clone()], &cluster);
-        assert!(Arc::ptr_eq(&first[0], &again[0]) && Arc::ptr_eq(&first[1], &again[1]), "reused");
-        assert_eq!(rejected_again, rejected, "refusals are kept with their view");
-        assert!(changes.is_empty(), "nothing changed");
-        // n2 changed: a new object from the watch.
-        let (changed, rejected, changes) = views.update(&[n1.clone(), object("n2", "10.244.2.0/24")], &cluster);
-        assert!(Arc::ptr_eq(&first[0], &changed[0]));
-        assert_eq!(changed[1].pod_cidrs, ["10.244.2.0/24".parse::<IpNetwork>().expect("valid")]);
-        assert!(rejected.is_empty());
-        assert_eq!(names(&changes), [("n2".into(), true)]);
-        // n2 deleted.
-        let (left, _, changes) = views.update(std::slice::from_ref(&n1), &cluster);
-        assert_eq!(left.len(), 1);
-        assert_eq!(names(&changes), [("n2".into(), false)]);
-        assert_eq!(views.by_name.len(), 1);
-    }
-
-    #[test]
-    fn backoff_doubles_from_100ms_to_30s_with_jitter() {
-        let ms = Duration::from_millis;
-        assert_eq!(backoff(1, 1.0), ms(100));
-        assert_eq!(backoff(2, 1.0), ms(200));
-        assert_eq!(backoff(4, 1.0), ms(800));
-        assert_eq!(backoff(9, 1.0), Duration::from_secs(25) + ms(600));
-        assert_eq!(backoff(10, 1.0), Duration::from_secs(30), "capped");
-        assert_eq!(backoff(1000, 1.0), Duration::from_secs(30), "no overflow");
-        assert_eq!(backoff(1, 0.0), ms(50), "jitter takes off at most half");
-        for _ in 0..100 {
-            let j = jitter();
-            assert!((0.0..1.0).contains(&j), "{j}");
-        }
-    }
-
-    #[test]
-    fn unready_after_consecutive_failures_and_ready_after_one_good_pass() {
-        let mut r = Readiness::default();
-        assert_eq!(r.record(true), Some(true));
-        for _ in 1..UNREADY_AFTER_FAILED_PASSES {
-            assert_eq!(r.record(false), None, "a few failures do not flap readiness");
-        }
-        assert_eq!(r.record(false), Some(false));
-        assert_eq!(r.record(false), Some(false));
-        assert_eq!(r.failures(), UNREADY_AFTER_FAILED_PASSES + 1);
-        assert_eq!(r.record(true), Some(true));
-        assert_eq!(r.failures(), 0);
-        assert_eq!(r.record(false), None, "the count starts again");
-    }
 
     #[test]
     fn passes_that_may_follow_outside_changes_check_the_kernel() {

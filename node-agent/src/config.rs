@@ -178,7 +178,7 @@ pub struct Config {
     /// Enforce NetworkPolicy (`networkPolicy.enabled`).
     pub network_policy: bool,
     /// Log denied packets through NFLOG (`networkPolicy.logDenied`).
-    pub deny_log: Option<crate::desired::policy::DenyLog>,
+    pub deny_log: Option<DenyLog>,
 }
 
 impl Config {
@@ -219,7 +219,8 @@ impl FileConfig {
         serde_json::from_str(&text).map_err(|source| ConfigError::Parse { path: path.to_path_buf(), source })
     }
 
-    /// Checks every value; errors name the key.
+    /// Checks every value; errors name the key. Over 60 lines: one check
+    /// per key, read top to bottom.
     pub fn validate(self) -> Result<Config, ConfigError> {
         let cluster_cidrs = cidrs("clusterCIDRs", &self.cluster_cidrs)?;
         if cluster_cidrs.is_empty() {
@@ -271,9 +272,7 @@ impl FileConfig {
         if !(1..=10_000).contains(&np.log_per_second) {
             return Err(err("networkPolicy.logPerSecond", format!("{} is outside 1..=10000", np.log_per_second)));
         }
-        let deny_log = np
-            .log_denied
-            .then_some(crate::desired::policy::DenyLog { group: np.log_group, per_second: np.log_per_second });
+        let deny_log = np.log_denied.then_some(DenyLog { group: np.log_group, per_second: np.log_per_second });
         Ok(Config {
             network_policy: np.enabled,
             deny_log,
@@ -296,6 +295,13 @@ impl FileConfig {
             run_dir: self.run_dir.unwrap_or_else(|| "/run/weft".into()),
         })
     }
+}
+
+/// Denied packets go to an NFLOG group, at most `per_second` of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DenyLog {
+    pub group: u16,
+    pub per_second: u32,
 }
 
 #[cfg(test)]
@@ -321,7 +327,7 @@ mod tests {
         assert_eq!(c.deny_log, None, "denials are not logged unless asked");
         let log =
             parse(r#"{"clusterCIDRs":["10.244.0.0/16"],"networkPolicy":{"logDenied":true,"logGroup":7}}"#).unwrap();
-        assert_eq!(log.deny_log, Some(crate::desired::policy::DenyLog { group: 7, per_second: 10 }));
+        assert_eq!(log.deny_log, Some(DenyLog { group: 7, per_second: 10 }));
     }
 
     #[test]

@@ -25,8 +25,9 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::agent::Health;
+use crate::health::Health;
 use crate::metrics::Metrics;
+use crate::observe::counters::{self, Counts};
 
 #[derive(Clone)]
 struct Shared {
@@ -154,9 +155,10 @@ async fn metrics_text(State(s): State<Shared>) -> ([(&'static str, &'static str)
     {
         let mut last = s.drops_read.lock().await;
         if last.is_none_or(|t| t.elapsed() >= DROPS_REFRESH) {
-            s.metrics.set_dropped(&crate::apply::nftables::drop_counts().await);
-            let raw = crate::apply::policy::counters().await;
-            s.metrics.set_policy_counts(&crate::apply::policy::counts_in(&raw));
+            s.metrics.set_dropped(&counters::drop_counts().await);
+            let raw = counters::policy_counters().await;
+            let counts = counters::counts_in(&raw);
+            s.metrics.set_policy_counts(&Counts::labelled(&counts.denied), &Counts::labelled(&counts.pending));
             s.metrics.set_policy_denied_by_policy(&raw);
             *last = Some(Instant::now());
         }

@@ -9,13 +9,16 @@
 
 pub mod agent;
 pub mod apply;
+pub mod base;
 pub mod config;
 pub mod cri;
 pub mod desired;
+pub mod health;
 pub mod http;
 pub mod ipam_gc;
 pub mod metrics;
 pub mod observe;
+pub mod reported;
 pub mod trace_cmd;
 pub mod wire;
 pub mod wire_policy;

@@ -6,12 +6,12 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
-use weft_agent::apply::{files, kernel, nftables};
+use weft_agent::apply::{files, kernel, weft_table};
 use weft_agent::config::{self, Backend, FileConfig};
 use weft_agent::desired::files::{
     conflist, conflist_path, node_config_path, policy_namespaces_path, portmap_installed,
 };
-use weft_agent::{agent, http, ipam_gc, metrics, trace_cmd};
+use weft_agent::{agent, health, http, ipam_gc, metrics, trace_cmd};
 
 #[derive(Parser)]
 #[command(
@@ -157,6 +157,8 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// Runs one subcommand. Over 60 lines: one arm per subcommand, each a few
+/// lines of wiring.
 async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
     match cmd {
         Cmd::Version => {
@@ -167,7 +169,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
             let cfg = args.config.load()?;
             let client = kube::Client::try_default().await.context("connect to the Kubernetes API")?;
             let metrics = Arc::new(metrics::Metrics::new());
-            let health = Arc::new(agent::Health::default());
+            let health = Arc::new(health::Health::default());
             let stale = cfg.resync_period.as_secs() * 3 + 30;
             let server = http::serve(cfg.health_address, cfg.listen_address, health.clone(), metrics.clone(), stale);
             tokio::spawn(ipam_gc::run(cfg.clone(), metrics.clone()));
@@ -200,11 +202,11 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
             let cfg = config.load()?;
             let nl = libweft::netlink::Netlink::connect()?;
             let removed = kernel::remove_all(&nl).await?;
-            nftables::remove().await?;
-            weft_agent::apply::policy::remove().await?;
+            weft_table::remove().await?;
+            weft_agent::apply::policy_table::remove().await?;
             // Without the policy table nothing holds pending pods; release them anyway so a
             // reinstall does not find them closed.
-            let released = weft_agent::apply::policy::release_pending(&nl, |_| true).await?;
+            let released = weft_agent::apply::policy_table::release_pending(&nl, |_| true).await?;
             if released.released > 0 {
                 tracing::info!(released = released.released, "released pending pod interfaces");
             }

@@ -18,7 +18,7 @@ use crate::wire_policy::{NamespaceView, PodView, PolicyView, Protocol};
 pub fn parse_port(s: &str) -> anyhow::Result<(u16, Protocol)> {
     let (port, proto) = s.split_once('/').unwrap_or((s, "TCP"));
     let port: u16 = port.parse().ok().filter(|p| *p > 0).ok_or_else(|| anyhow!("{port:?} is no port number"))?;
-    let proto = Protocol::parse(Some(&proto.to_ascii_uppercase())).map_err(|e| anyhow!(e))?;
+    let proto = Protocol::parse(Some(&proto.to_ascii_uppercase()))?;
     Ok((port, proto))
 }
 
@@ -83,8 +83,7 @@ pub async fn run(client: kube::Client, from: &str, to: &str, port: &str, ipv6: O
         bail!("{from} and {to} share no address family");
     }
     for v6 in families {
-        let e = trace(&pods, &nss, &pols, Probe { from: src, to: dst, ipv6: v6, protocol, port })
-            .map_err(|e| anyhow!(e))?;
+        let e = trace(&pods, &nss, &pols, Probe { from: src, to: dst, ipv6: v6, protocol, port })?;
         out.push_str(&format!("{from} -> {to} {port}/{protocol}: {e}\n"));
     }
     Ok(out)

@@ -76,6 +76,8 @@ impl NodeView {
     /// peer's tunnel, and the masquerade exemption, at any host. A pod
     /// CIDR outside `cluster_cidrs` is refused: routing it could capture
     /// traffic that is not the cluster's (a `0.0.0.0/0` "pod CIDR", say).
+    ///
+    /// Over 60 lines: one field after another, each with its own refusal.
     pub fn from_node(node: &WatchedNode, cluster_cidrs: &[IpNetwork], rejected: &mut Vec<Rejected>) -> NodeView {
         let name = node.metadata.name.clone().unwrap_or_default();
         let annotations = &node.weft;

@@ -56,6 +56,40 @@ fn bounded(v: &str) -> String {
     v.chars().take(64).collect()
 }
 
+/// A part of a NetworkPolicy (or a pod's port) that cannot be read; the
+/// values quoted are cut to 64 characters.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReadError {
+    #[error("unknown protocol {0:?}")]
+    Protocol(String),
+    /// `In`/`NotIn` without values (`given: false`), `Exists`/`DoesNotExist` with some.
+    #[error("{operator} on {key:?} {}", if *given { "with values" } else { "without values" })]
+    Values { operator: String, key: String, given: bool },
+    #[error("unknown selector operator {0:?}")]
+    Operator(String),
+    #[error("ipBlock together with a selector")]
+    BlockWithSelector,
+    #[error("no podSelector, namespaceSelector or ipBlock")]
+    NoPeer,
+    #[error("{0:?} is not a CIDR")]
+    NotCidr(String),
+    #[error("{0}")]
+    Cidr(String),
+    /// `ipBlock.cidr` or `ipBlock.except`.
+    #[error("ipBlock.{field} {source}")]
+    Block { field: &'static str, source: Box<ReadError> },
+    #[error("{0} is no port number")]
+    PortNumber(i32),
+    #[error("endPort without port")]
+    EndPortWithoutPort,
+    #[error("endPort {last} below port {first}")]
+    EndPortBelow { first: u16, last: u16 },
+    #[error("endPort with a named port")]
+    EndPortNamed,
+    #[error("{0:?} is no port name")]
+    PortName(String),
+}
+
 /// L4 protocols a NetworkPolicy may name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Protocol {
@@ -66,12 +100,12 @@ pub enum Protocol {
 
 impl Protocol {
     /// `None` (the API's default) is TCP; the API spells them upper-case.
-    pub fn parse(s: Option<&str>) -> Result<Protocol, String> {
+    pub fn parse(s: Option<&str>) -> Result<Protocol, ReadError> {
         match s.unwrap_or("TCP") {
             "TCP" => Ok(Protocol::Tcp),
             "UDP" => Ok(Protocol::Udp),
             "SCTP" => Ok(Protocol::Sctp),
-            other => Err(format!("unknown protocol {:?}", bounded(other))),
+            other => Err(ReadError::Protocol(bounded(other))),
         }
     }
 
@@ -119,7 +153,7 @@ impl Selector {
     /// Reads a selector; refuses unknown operators and value lists that the
     /// API's validation would refuse (`In`/`NotIn` need values,
     /// `Exists`/`DoesNotExist` take none).
-    pub fn from_label_selector(s: &LabelSelector) -> Result<Selector, String> {
+    pub fn from_label_selector(s: &LabelSelector) -> Result<Selector, ReadError> {
         let labels: Vec<(String, String)> =
             s.match_labels.iter().flatten().map(|(k, v)| (k.clone(), v.clone())).collect();
         let mut exprs = Vec::new();
@@ -133,11 +167,13 @@ impl Selector {
                 ("NotIn", false) => Requirement::NotIn(key, values),
                 ("Exists", true) => Requirement::Exists(key),
                 ("DoesNotExist", true) => Requirement::DoesNotExist(key),
-                ("In" | "NotIn", true) => return Err(format!("{} on {:?} without values", e.operator, bounded(&key))),
-                ("Exists" | "DoesNotExist", false) => {
-                    return Err(format!("{} on {:?} with values", e.operator, bounded(&key)));
+                ("In" | "NotIn", true) => {
+                    return Err(ReadError::Values { operator: e.operator.clone(), key: bounded(&key), given: false });
                 }
-                (op, _) => return Err(format!("unknown selector operator {:?}", bounded(op))),
+                ("Exists" | "DoesNotExist", false) => {
+                    return Err(ReadError::Values { operator: e.operator.clone(), key: bounded(&key), given: true });
+                }
+                (op, _) => return Err(ReadError::Operator(bounded(op))),
             });
         }
         exprs.sort();
@@ -441,11 +477,11 @@ fn read_rules<'a>(dir: &str, rules: impl Iterator<Item = RawRule<'a>>, refuse: &
     out
 }
 
-fn read_peer(p: &NetworkPolicyPeer) -> Result<Peer, String> {
+fn read_peer(p: &NetworkPolicyPeer) -> Result<Peer, ReadError> {
     match (&p.ip_block, &p.namespace_selector, &p.pod_selector) {
         (Some(block), None, None) => read_block(block),
-        (Some(_), _, _) => Err("ipBlock together with a selector".into()),
-        (None, None, None) => Err("no podSelector, namespaceSelector or ipBlock".into()),
+        (Some(_), _, _) => Err(ReadError::BlockWithSelector),
+        (None, None, None) => Err(ReadError::NoPeer),
         (None, ns, pods) => {
             let namespaces = match ns {
                 None => Namespaces::Own,
@@ -457,45 +493,46 @@ fn read_peer(p: &NetworkPolicyPeer) -> Result<Peer, String> {
     }
 }
 
-fn parse_cidr(s: &str) -> Result<IpNetwork, String> {
+fn parse_cidr(s: &str) -> Result<IpNetwork, ReadError> {
     if !s.contains('/') {
-        return Err(format!("{:?} is not a CIDR", bounded(s)));
+        return Err(ReadError::NotCidr(bounded(s)));
     }
-    let net: IpNetwork = s.parse().map_err(|_| format!("{:?} is not a CIDR", bounded(s)))?;
-    IpNetwork::new(net.network(), net.prefix()).map_err(|e| e.to_string())
+    let net: IpNetwork = s.parse().map_err(|_| ReadError::NotCidr(bounded(s)))?;
+    IpNetwork::new(net.network(), net.prefix()).map_err(|e| ReadError::Cidr(e.to_string()))
 }
 
-fn read_block(b: &IPBlock) -> Result<Peer, String> {
-    let cidr = parse_cidr(&b.cidr).map_err(|e| format!("ipBlock.cidr {e}"))?;
+fn read_block(b: &IPBlock) -> Result<Peer, ReadError> {
+    let block = |field| move |e| ReadError::Block { field, source: Box::new(e) };
+    let cidr = parse_cidr(&b.cidr).map_err(block("cidr"))?;
     let mut except = Vec::new();
     for e in b.except.iter().flatten() {
-        except.push(parse_cidr(e).map_err(|e| format!("ipBlock.except {e}"))?);
+        except.push(parse_cidr(e).map_err(block("except"))?);
     }
     except.sort();
     except.dedup();
     Ok(Peer::Block { cidr, except })
 }
 
-fn read_port(p: &NetworkPolicyPort) -> Result<Port, String> {
+fn read_port(p: &NetworkPolicyPort) -> Result<Port, ReadError> {
     let protocol = Protocol::parse(p.protocol.as_deref())?;
-    let number = |n: i32| u16::try_from(n).ok().filter(|n| *n > 0).ok_or(format!("{n} is no port number"));
+    let number = |n: i32| u16::try_from(n).ok().filter(|n| *n > 0).ok_or(ReadError::PortNumber(n));
     let port = match (&p.port, p.end_port) {
         (None, None) => PortMatch::All,
-        (None, Some(_)) => return Err("endPort without port".into()),
+        (None, Some(_)) => return Err(ReadError::EndPortWithoutPort),
         (Some(IntOrString::Int(n)), None) => PortMatch::Range(number(*n)?, number(*n)?),
         (Some(IntOrString::Int(n)), Some(end)) => {
             let (first, last) = (number(*n)?, number(end)?);
             if last < first {
-                return Err(format!("endPort {last} below port {first}"));
+                return Err(ReadError::EndPortBelow { first, last });
             }
             PortMatch::Range(first, last)
         }
-        (Some(IntOrString::String(_)), Some(_)) => return Err("endPort with a named port".into()),
+        (Some(IntOrString::String(_)), Some(_)) => return Err(ReadError::EndPortNamed),
         (Some(IntOrString::String(s)), None) => match s.parse::<i32>() {
             // A number in a string is what the API means by it.
             Ok(n) => PortMatch::Range(number(n)?, number(n)?),
             Err(_) if !s.is_empty() && s.len() <= 15 => PortMatch::Named(s.clone()),
-            Err(_) => return Err(format!("{:?} is no port name", bounded(s))),
+            Err(_) => return Err(ReadError::PortName(bounded(s))),
         },
     };
     Ok(Port { protocol, port })
@@ -512,7 +549,7 @@ mod tests {
         kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
-    fn selector(v: serde_json::Value) -> Result<Selector, String> {
+    fn selector(v: serde_json::Value) -> Result<Selector, ReadError> {
         Selector::from_label_selector(&serde_json::from_value(v).unwrap())
     }
 

@@ -11,9 +11,9 @@ mod common;
 use common::Lab;
 use libweft::testutil::have_privileges;
 use weft_agent::apply::kernel;
+use weft_agent::base::mirror::Mirror;
 use weft_agent::config::Config;
 use weft_agent::desired::{self, KernelState, vtep_mac_for};
-use weft_agent::observe::mirror::Mirror;
 use weft_agent::observe::underlay;
 use weft_agent::wire::NodeView;
 

@@ -14,10 +14,10 @@ use common::{Lab, Node};
 use libweft::testutil::{TestNs, have_privileges};
 use serde_json::Value;
 use weft_agent::apply::kernel;
+use weft_agent::base::mirror::Mirror;
 use weft_agent::config::Config;
-use weft_agent::desired::nftables::{NftTable, ruleset};
+use weft_agent::desired::weft_table::{NftTable, ruleset};
 use weft_agent::desired::{self, vtep_mac_for};
-use weft_agent::observe::mirror::Mirror;
 use weft_agent::observe::underlay;
 use weft_agent::wire::NodeView;
 

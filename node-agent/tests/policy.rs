@@ -16,9 +16,9 @@ use std::time::Duration;
 use common::Lab;
 use libweft::netns::NetNs;
 use libweft::testutil::{TestNs, have_privileges};
-use weft_agent::apply::policy::element_changes;
+use weft_agent::base::names::POLICY_TABLE as TABLE;
 use weft_agent::desired::policy::{PolicyState, policy};
-use weft_agent::desired::policy_nft::{TABLE, rule_changes, ruleset};
+use weft_agent::desired::policy_table::{element_changes, rule_changes, ruleset};
 use weft_agent::desired::policy_trace::{Probe, trace};
 use weft_agent::wire_policy::*;
 
@@ -177,7 +177,7 @@ fn policies_hold_on_the_kernel_and_the_tracer_predicts_them() {
             Some(was) => {
                 // What the agent writes when a policy is added, edited or deleted.
                 let cmds = rule_changes(&was, &want, element_changes(&was, &want));
-                nft_json(&node.ns, &serde_json::json!({ "nftables": cmds }));
+                nft_json(&node.ns, &cmds.to_json());
                 load(&fresh, &want);
                 assert_eq!(table_content(&node.ns), table_content(&fresh), "{stage}: changed table != fresh table");
             }
@@ -441,15 +441,9 @@ fn denials_are_counted_by_policy_and_logged_through_nflog_at_a_bounded_rate() {
     dump.wait().unwrap();
 
     // Every datagram was denied and counted for the direction and for both policies.
-    let counters = weft_agent::observe::kernel::parse_counters(&node.ns.exec_ok(&[
-        "nft",
-        "-j",
-        "list",
-        "counters",
-        "table",
-        "inet",
-        weft_agent::desired::policy_nft::TABLE,
-    ]));
+    let counters = weft_agent::observe::counters::parse_counters(
+        &node.ns.exec_ok(&["nft", "-j", "list", "counters", "table", "inet", TABLE]),
+    );
     assert!(counters["ingress_denied"] >= SENT as u64, "{counters:?}");
     let by_policy: Vec<(&String, &u64)> = counters
         .iter()

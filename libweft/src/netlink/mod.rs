@@ -1,7 +1,7 @@
 //! Thin helpers over `rtnetlink` for the kernel objects weft owns.
 //!
 //! Everything weft programs carries one visible marker: routes use the
-//! [`RTPROT_WEFT`] protocol number, devices start with `weft`. Errno handling
+//! [`RTPROT_WEFT_POD`] protocol number, devices start with `weft`. Errno handling
 //! lives in one place ([`NetlinkError::errno`]) so callers can treat "already
 //! exists" and "already gone" uniformly.
 
@@ -24,7 +24,7 @@ pub use self::route::{RouteEntry, RouteSpec};
 pub use self::vxlan::{Ensured, VxlanLink, fdb_entry};
 
 /// Route protocol of the pod routes the CNI plugin installs (`ip route show proto 87`).
-pub const RTPROT_WEFT: u8 = 87;
+pub const RTPROT_WEFT_POD: u8 = 87;
 /// Route protocol of the routes to peers' pod subnets that weft-agent installs.
 /// A number of its own, so the agent's reconciler can never mistake a pod
 /// route for a stale peer route.

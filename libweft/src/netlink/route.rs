@@ -22,7 +22,7 @@ pub struct RouteSpec {
     pub oif: u32,
     /// Accept a gateway that is not on any connected subnet (RTNH_F_ONLINK).
     pub onlink: bool,
-    /// Route protocol number (weft's are [`super::RTPROT_WEFT`]).
+    /// Route protocol number (weft's are [`super::RTPROT_WEFT_POD`]).
     pub protocol: u8,
 }
 

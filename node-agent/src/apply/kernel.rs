@@ -20,10 +20,12 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 use libweft::netlink::{Ensured, Netlink, NetlinkError, RTPROT_WEFT_PEER, RouteSpec, VxlanLink};
 
+use crate::base::mirror::{self, Mirror, Snapshot};
+use crate::base::names::VXLAN_DEV;
+use crate::config::Backend;
 use crate::desired::incremental::Touched;
-use crate::desired::{Hop, KernelState, VXLAN_DEV};
-use crate::observe;
-use crate::observe::mirror::{self, Mirror, Snapshot};
+use crate::desired::{Hop, KernelState};
+use crate::metrics::{BackendLabel, Metrics};
 
 /// A kernel change that failed as a whole.
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +109,9 @@ fn route_spec(dst: IpNetwork, hop: Hop, underlay: u32, vxlan: Option<u32>) -> Op
 /// desired state changed since a pass that left the kernel as desired (a
 /// pass for a Node event). `None`, or a mirror that had to be dumped,
 /// compares everything.
+///
+/// Over 60 lines: the kernel's ordering (device, stale entries, then
+/// neighbours, FDB and routes last) is the point, and it reads in one place.
 pub async fn sync(
     nl: &Netlink,
     d: &KernelState,
@@ -219,12 +224,12 @@ async fn dump(nl: &Netlink, vxlan: Option<u32>, mirror: &Mirror) -> Result<(), N
     mirror.begin_dump();
     let read = async {
         let mut s = Snapshot { vxlan_index: vxlan, ..Snapshot::default() };
-        for r in observe::kernel::peer_routes(nl).await? {
+        for r in mirror::peer_routes(nl).await? {
             s.add_route(r.dst, (r.gateway, r.oif), false);
         }
         if let Some(index) = vxlan {
-            s.fdb = observe::kernel::vxlan_fdb(nl, index).await?;
-            let neighbours = observe::kernel::vxlan_neighbours(nl, index).await?;
+            s.fdb = mirror::vxlan_fdb(nl, index).await?;
+            let neighbours = mirror::vxlan_neighbours(nl, index).await?;
             s.neighbours = neighbours.into_iter().map(|(ip, lladdr)| (ip, mirror::mac(&lladdr))).collect();
         }
         Ok::<_, NetlinkError>(s)
@@ -392,10 +397,64 @@ pub fn ensure_forwarding() -> Result<usize, KernelError> {
     Ok(changed)
 }
 
+/// The kernel output of a pass: forwarding, what weft owns ([`sync`]) and
+/// the VXLAN device's offload, counted in `metrics`. An entry that failed
+/// fails the output, after everything else is in place.
+pub async fn apply(
+    nl: &Netlink,
+    k: &KernelState,
+    underlay_ifindex: u32,
+    mirror: &Mirror,
+    only: Option<&Touched>,
+    metrics: &Metrics,
+) -> Result<(), KernelError> {
+    metrics.kernel_writes("sysctl", ensure_forwarding()?);
+    let applied = sync(nl, k, underlay_ifindex, mirror, only).await?;
+    for (kind, n) in &applied.writes {
+        metrics.kernel_writes(kind, *n);
+    }
+    let offload = match &k.vxlan {
+        // An ioctl in this process's namespace, which is the node's.
+        Some(vx) => match set_tx_checksum_offload(vx.tx_checksum_offload) {
+            Ok(changed) => {
+                metrics.kernel_writes("offload", usize::from(changed));
+                i64::from(vx.tx_checksum_offload)
+            }
+            Err(e) => {
+                // Not worth a retry: the device works either way.
+                metrics.error("kernel");
+                tracing::warn!("{e}");
+                -1
+            }
+        },
+        None => -1,
+    };
+    if applied.changes > 0 {
+        tracing::info!(changes = applied.changes, routes = applied.routes, "programmed peers");
+    }
+    for _ in &applied.errors {
+        // Already logged per object.
+        metrics.error("kernel");
+    }
+    metrics.routes.set(applied.routes as i64);
+    metrics.neighbours.set(applied.neighbours as i64);
+    metrics.fdb_entries.set(applied.fdb as i64);
+    metrics.tx_checksum_offload.set(offload);
+    for b in [Backend::Routes, Backend::Vxlan] {
+        let n = k.peer_backends.values().filter(|pb| **pb == b).count();
+        metrics.peers.get_or_create(&BackendLabel { backend: b.as_str().to_string() }).set(n as i64);
+    }
+    // The rest of the kernel state is in place; the failed entries are retried.
+    match applied.errors.first() {
+        None => Ok(()),
+        Some(first) => Err(KernelError::Entries { failed: applied.errors.len(), first: first.clone() }),
+    }
+}
+
 /// Removes everything the agent programs (for `weft-agent cleanup`).
 pub async fn remove_all(nl: &Netlink) -> Result<usize, NetlinkError> {
     let mut removed = usize::from(nl.delete_link(VXLAN_DEV).await?);
-    for r in observe::kernel::peer_routes(nl).await? {
+    for r in mirror::peer_routes(nl).await? {
         let spec = RouteSpec { dst: r.dst, gateway: r.gateway, oif: r.oif, onlink: false, protocol: RTPROT_WEFT_PEER };
         removed += usize::from(nl.delete_route(&spec).await?);
     }

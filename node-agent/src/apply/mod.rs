@@ -7,5 +7,6 @@ pub mod api;
 pub mod files;
 pub mod kernel;
 pub mod nft_elements;
-pub mod nftables;
 pub mod policy;
+pub mod policy_table;
+pub mod weft_table;

@@ -10,48 +10,47 @@
 //! libnftnl or GPL code (`rustables` is GPL-3.0 and needs libclang), and
 //! the messages are a few nested attributes, so they are built here.
 //!
-//! Only the element forms that [`crate::apply::policy::element_changes`]
-//! and [`crate::apply::nftables::set_changes`] emit for sets without
-//! intervals are encoded: a single address, an
+//! It writes the element changes of an [`NftPlan`] as they are typed, in
+//! the forms weft's sets without intervals use: a single address, an
 //! `address . port` concatenation, and `address : jump chain` for verdict
-//! maps. Anything else is [`Unsupported`], and the caller uses `nft`.
+//! maps. An interval is [`Unsupported`], and the caller uses `nft`.
+//!
+//! One change may hold tens of thousands of elements, and a netlink
+//! attribute's length is 16 bits: each change is cut into messages whose
+//! element list stays under [`MAX_LIST_BYTES`], all in the one batch, so
+//! the kernel still commits all or nothing.
+//!
+//! [`NftPlan`]: crate::desired::nft_plan::NftPlan
 
 use std::net::IpAddr;
 use std::sync::Mutex;
 
 use netlink_sys::{Socket, protocols};
-use serde_json::Value;
 
-use crate::observe::events::NftWriters;
+use crate::base::netfilter::{
+    NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END, NFNL_SUBSYS_NFTABLES, NFPROTO_INET, NFT_JUMP, NFT_MSG_DELSETELEM,
+    NFT_MSG_NEWSETELEM, NFTA_DATA_VALUE, NFTA_DATA_VERDICT, NFTA_LIST_ELEM, NFTA_SET_ELEM_DATA, NFTA_SET_ELEM_KEY,
+    NFTA_SET_ELEM_LIST_ELEMENTS, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_TABLE, NFTA_VERDICT_CHAIN,
+    NFTA_VERDICT_CODE, NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST, NLMSG_ERROR, NftWriters, SocketBuffer, attr, cstr,
+    force_buffer, message, nested, set_receive_timeout, split,
+};
+use crate::desired::nft_plan::{Element, ElementChange, NftPlan, Verb};
 
-// linux/netfilter/nfnetlink.h and nf_tables.h.
-const NFNL_SUBSYS_NFTABLES: u16 = 10;
-const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
-const NFNL_MSG_BATCH_END: u16 = 0x11;
-const NFT_MSG_NEWSETELEM: u16 = 12;
-const NFT_MSG_DELSETELEM: u16 = 14;
-const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
-const NFTA_SET_ELEM_LIST_SET: u16 = 2;
-const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
-const NFTA_LIST_ELEM: u16 = 1;
-const NFTA_SET_ELEM_KEY: u16 = 1;
-const NFTA_SET_ELEM_DATA: u16 = 2;
-const NFTA_DATA_VALUE: u16 = 1;
-const NFTA_DATA_VERDICT: u16 = 2;
-const NFTA_VERDICT_CODE: u16 = 1;
-const NFTA_VERDICT_CHAIN: u16 = 2;
-const NFT_JUMP: i32 = -3;
-const NFPROTO_INET: u8 = 1;
-const NLA_F_NESTED: u16 = 0x8000;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
-const NLM_F_CREATE: u16 = 0x400;
-const NLMSG_ERROR: u16 = 2;
+/// The most bytes of elements in one message: the list is one attribute,
+/// whose length the kernel reads as 16 bits (a list past 64 KiB wrapped
+/// and was refused, or worse, read short). Half of that leaves room for
+/// the attribute headers around it.
+pub const MAX_LIST_BYTES: usize = 32 * 1024;
 
-/// A command `nft` must write instead.
+/// An element change `nft` must write instead.
 #[derive(Debug, thiserror::Error)]
-#[error("not an element change weft writes over netlink: {0}")]
-pub struct Unsupported(String);
+#[error("not an element change weft writes over netlink: {verb} element inet {table} {set} {element:?}")]
+pub struct Unsupported {
+    verb: &'static str,
+    table: &'static str,
+    set: String,
+    element: Element,
+}
 
 /// A failed element batch.
 #[derive(Debug, thiserror::Error)]
@@ -66,79 +65,104 @@ pub enum ElementsError {
     Refused { index: usize, command: String, source: std::io::Error },
 }
 
-/// One element command, encoded.
+/// Element changes, encoded: one or more messages each.
 #[derive(Debug)]
 pub struct Encoded {
     messages: Vec<Vec<u8>>,
+    /// What each message does, for errors.
     text: Vec<String>,
 }
 
-/// Encodes `{"add"|"delete": {"element": {"family": "inet", "table", "name", "elem": [...]}}}`
-/// commands into nfnetlink messages.
-pub fn encode(cmds: &[Value]) -> Result<Encoded, Unsupported> {
-    let mut out = Encoded { messages: Vec::with_capacity(cmds.len()), text: Vec::with_capacity(cmds.len()) };
-    for cmd in cmds {
-        let bad = || Unsupported(cmd.to_string());
-        let (kind, body) = match (cmd.get("add"), cmd.get("delete")) {
-            (Some(b), None) => (NFT_MSG_NEWSETELEM, b),
-            (None, Some(b)) => (NFT_MSG_DELSETELEM, b),
-            _ => return Err(bad()),
+impl Encoded {
+    /// The number of messages.
+    pub fn len(&self) -> usize {
+        self.messages.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+    }
+}
+
+/// Encodes element changes into nfnetlink messages, each element list cut
+/// at [`MAX_LIST_BYTES`].
+pub fn encode<'a>(changes: impl IntoIterator<Item = &'a ElementChange>) -> Result<Encoded, Unsupported> {
+    let mut out = Encoded { messages: Vec::new(), text: Vec::new() };
+    for change in changes {
+        let (kind, create) = match change.verb {
+            // As `nft add element`: an element already there is no error.
+            Verb::Add => (NFT_MSG_NEWSETELEM, NLM_F_CREATE),
+            Verb::Delete => (NFT_MSG_DELSETELEM, 0),
         };
-        let e = body.get("element").ok_or_else(bad)?;
-        if e.get("family").and_then(Value::as_str) != Some("inet") {
-            return Err(bad());
-        }
-        let table = e.get("table").and_then(Value::as_str).ok_or_else(bad)?;
-        let set = e.get("name").and_then(Value::as_str).ok_or_else(bad)?;
-        let elems = e.get("elem").and_then(Value::as_array).ok_or_else(bad)?;
-        let mut list = Vec::new();
-        for elem in elems {
-            let (key, jump) = element(elem).ok_or_else(bad)?;
-            let mut one = nested(NFTA_SET_ELEM_KEY, &attr(NFTA_DATA_VALUE, &key));
-            if let Some(chain) = jump {
-                let mut verdict = attr(NFTA_VERDICT_CODE, &NFT_JUMP.to_be_bytes());
-                verdict.extend(attr(NFTA_VERDICT_CHAIN, &cstr(chain)));
-                one.extend(nested(NFTA_SET_ELEM_DATA, &nested(NFTA_DATA_VERDICT, &verdict)));
+        let mut lists = vec![Vec::new()];
+        for element in &change.elements {
+            let one = encode_element(element).ok_or_else(|| Unsupported {
+                verb: change.verb.as_str(),
+                table: change.table,
+                set: change.set.clone(),
+                element: element.clone(),
+            })?;
+            let list = lists.last_mut().expect("one list at least");
+            if !list.is_empty() && list.len() + one.len() > MAX_LIST_BYTES {
+                lists.push(one);
+            } else {
+                list.extend(one);
             }
-            list.extend(nested(NFTA_LIST_ELEM, &one));
         }
-        let mut payload = attr(NFTA_SET_ELEM_LIST_TABLE, &cstr(table));
-        payload.extend(attr(NFTA_SET_ELEM_LIST_SET, &cstr(set)));
-        payload.extend(nested(NFTA_SET_ELEM_LIST_ELEMENTS, &list));
-        // As `nft add element`: an element already there is no error.
-        let create = if kind == NFT_MSG_NEWSETELEM { NLM_F_CREATE } else { 0 };
-        out.messages.push(message(
-            (NFNL_SUBSYS_NFTABLES << 8) | kind,
-            NLM_F_REQUEST | NLM_F_ACK | create,
-            NFPROTO_INET,
-            0,
-            &payload,
-        ));
-        out.text.push(cmd.to_string().chars().take(200).collect());
+        let parts = lists.len();
+        for (part, list) in lists.into_iter().enumerate() {
+            let mut payload = attr(NFTA_SET_ELEM_LIST_TABLE, &cstr(change.table));
+            payload.extend(attr(NFTA_SET_ELEM_LIST_SET, &cstr(&change.set)));
+            payload.extend(nested(NFTA_SET_ELEM_LIST_ELEMENTS, &list));
+            out.messages.push(message(
+                (NFNL_SUBSYS_NFTABLES << 8) | kind,
+                NLM_F_REQUEST | NLM_F_ACK | create,
+                NFPROTO_INET,
+                0,
+                &payload,
+            ));
+            out.text.push(format!(
+                "{} element inet {} {}, {} elements, part {} of {parts}",
+                change.verb.as_str(),
+                change.table,
+                change.set,
+                change.elements.len(),
+                part + 1
+            ));
+        }
     }
     Ok(out)
 }
 
-/// The key (and the verdict map's jump target) of one element as
-/// `element_changes` writes it; `None` for any other form.
-fn element(elem: &Value) -> Option<(Vec<u8>, Option<&str>)> {
-    let ip = |v: &Value| v.as_str()?.parse::<IpAddr>().ok();
-    if let Some(addr) = ip(elem) {
-        return Some((addr_bytes(addr), None));
+/// The plan encoded, or `None` when `nft` must write it: it holds more
+/// than element changes, or an element form the encoder does not write.
+pub fn encode_plan(plan: &NftPlan) -> Option<Encoded> {
+    let changes = plan.element_changes()?;
+    encode(changes).map_err(|e| tracing::debug!("{e}: written by nft")).ok()
+}
+
+/// One `NFTA_LIST_ELEM`: the key (and the verdict map's jump); `None` for
+/// an interval, which needs the set's interval flags nft knows about.
+fn encode_element(element: &Element) -> Option<Vec<u8>> {
+    let (key, jump) = match element {
+        Element::Addr(ip) => (addr_bytes(*ip), None),
+        Element::AddrPort(ip, port) => {
+            // Each part of a concatenation takes whole 32-bit registers.
+            let mut key = addr_bytes(*ip);
+            key.extend(port.to_be_bytes());
+            key.extend([0, 0]);
+            (key, None)
+        }
+        Element::Jump(ip, chain) => (addr_bytes(*ip), Some(chain.as_str())),
+        Element::Range(..) => return None,
+    };
+    let mut one = nested(NFTA_SET_ELEM_KEY, &attr(NFTA_DATA_VALUE, &key));
+    if let Some(chain) = jump {
+        let mut verdict = attr(NFTA_VERDICT_CODE, &NFT_JUMP.to_be_bytes());
+        verdict.extend(attr(NFTA_VERDICT_CHAIN, &cstr(chain)));
+        one.extend(nested(NFTA_SET_ELEM_DATA, &nested(NFTA_DATA_VERDICT, &verdict)));
     }
-    if let Some([key, data]) = elem.as_array().map(Vec::as_slice) {
-        let chain = data.get("jump")?.get("target")?.as_str()?;
-        return Some((addr_bytes(ip(key)?), Some(chain)));
-    }
-    if let Some([addr, port]) = elem.get("concat").and_then(Value::as_array).map(Vec::as_slice) {
-        let port = u16::try_from(port.as_u64()?).ok()?;
-        // Each part of a concatenation takes whole 32-bit registers.
-        let mut key = addr_bytes(ip(addr)?);
-        key.extend(port.to_be_bytes());
-        key.extend([0, 0]);
-        return Some((key, None));
-    }
-    None
+    Some(nested(NFTA_LIST_ELEM, &one))
 }
 
 fn addr_bytes(ip: IpAddr) -> Vec<u8> {
@@ -146,40 +170,6 @@ fn addr_bytes(ip: IpAddr) -> Vec<u8> {
         IpAddr::V4(a) => a.octets().to_vec(),
         IpAddr::V6(a) => a.octets().to_vec(),
     }
-}
-
-fn cstr(s: &str) -> Vec<u8> {
-    let mut b = s.as_bytes().to_vec();
-    b.push(0);
-    b
-}
-
-fn attr(kind: u16, value: &[u8]) -> Vec<u8> {
-    let len = 4 + value.len();
-    let mut a = Vec::with_capacity(len.next_multiple_of(4));
-    a.extend((len as u16).to_ne_bytes());
-    a.extend(kind.to_ne_bytes());
-    a.extend(value);
-    a.resize(len.next_multiple_of(4), 0);
-    a
-}
-
-fn nested(kind: u16, inner: &[u8]) -> Vec<u8> {
-    attr(kind | NLA_F_NESTED, inner)
-}
-
-/// nlmsghdr + nfgenmsg + payload; the sequence number is set when sent.
-fn message(kind: u16, flags: u16, family: u8, res_id: u16, payload: &[u8]) -> Vec<u8> {
-    let len = 16 + 4 + payload.len();
-    let mut m = Vec::with_capacity(len);
-    m.extend((len as u32).to_ne_bytes());
-    m.extend(kind.to_ne_bytes());
-    m.extend(flags.to_ne_bytes());
-    m.extend([0u8; 8]);
-    m.extend([family, 0]);
-    m.extend(res_id.to_be_bytes());
-    m.extend(payload);
-    m
 }
 
 /// The socket element batches go through, kept open for the agent's life:
@@ -194,7 +184,13 @@ struct Channel {
     socket: Socket,
     port: u32,
     seq: u32,
+    /// The send buffer set so far: a batch past it fails whole (EMSGSIZE).
+    send_buffer: usize,
 }
+
+/// Batches up to this size go without asking for a larger send buffer:
+/// well below the kernel's default (`net.core.wmem_default`, 208 KiB).
+const DEFAULT_SEND_BUFFER: usize = 64 * 1024;
 
 static CHANNEL: Mutex<Option<Channel>> = Mutex::new(None);
 
@@ -203,7 +199,7 @@ impl Channel {
         let mut socket = Socket::new(protocols::NETLINK_NETFILTER)?;
         let port = socket.bind_auto()?.port_number();
         set_receive_timeout(&socket, std::time::Duration::from_secs(10))?;
-        Ok(Channel { socket, port, seq: 0 })
+        Ok(Channel { socket, port, seq: 0, send_buffer: DEFAULT_SEND_BUFFER })
     }
 }
 
@@ -251,6 +247,12 @@ fn send_batch(channel: &mut Channel, batch: &Encoded) -> Result<(), ElementsErro
     }
     let end = message(NFNL_MSG_BATCH_END, NLM_F_REQUEST, 0, NFNL_SUBSYS_NFTABLES, &[]);
     push(&mut buf, &end);
+    if buf.len() > channel.send_buffer {
+        // Room for the whole batch, as nft makes for its own: one
+        // transaction of 10,000 IPv6 elements is some 300 KB.
+        force_buffer(&channel.socket, SocketBuffer::Send, buf.len())?;
+        channel.send_buffer = buf.len();
+    }
     let socket = &channel.socket;
     socket.send(&buf, 0)?;
     // One answer per element message (the sequence numbers after the
@@ -260,7 +262,7 @@ fn send_batch(channel: &mut Channel, batch: &Encoded) -> Result<(), ElementsErro
     let mut first_error = None;
     while answered < batch.messages.len() {
         let (reply, _) = socket.recv_from_full()?;
-        for msg in crate::observe::events::split(&reply) {
+        for msg in split(&reply) {
             if msg.len() < 20 || u16::from_ne_bytes([msg[4], msg[5]]) != NLMSG_ERROR {
                 continue;
             }
@@ -290,69 +292,81 @@ fn send_batch(channel: &mut Channel, batch: &Encoded) -> Result<(), ElementsErro
     first_error.map_or(Ok(()), Err)
 }
 
-fn set_receive_timeout(socket: &Socket, t: std::time::Duration) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let tv = libc::timeval { tv_sec: t.as_secs() as libc::time_t, tv_usec: 0 };
-    // SAFETY: setsockopt on a socket this function owns, with a timeval
-    // whose size is the length given.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
-}
-
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
-
     use super::*;
+    use crate::base::netfilter::NLA_F_NESTED;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn change(verb: Verb, set: &str, elements: Vec<Element>) -> ElementChange {
+        ElementChange { verb, table: "weft-policy", set: set.into(), elements }
+    }
+
+    /// The attributes of one message: (kind, value) after the nfgenmsg.
+    fn attributes(m: &[u8]) -> Vec<(u16, &[u8])> {
+        let mut rest = &m[20..];
+        let mut out = Vec::new();
+        while !rest.is_empty() {
+            let len = usize::from(u16::from_ne_bytes([rest[0], rest[1]]));
+            out.push((u16::from_ne_bytes([rest[2], rest[3]]) & !NLA_F_NESTED, &rest[4..len]));
+            rest = &rest[len.next_multiple_of(4)..];
+        }
+        out
+    }
 
     #[test]
     fn element_forms_become_keys_and_verdicts() {
-        let single = json!("10.244.1.5");
-        assert_eq!(element(&single).unwrap(), (vec![10, 244, 1, 5], None));
-        let verdict = json!(["fd00::1", {"jump": {"target": "in-abc"}}]);
-        let (k, j) = element(&verdict).unwrap();
-        assert_eq!(k.len(), 16);
-        assert_eq!(j, Some("in-abc"));
-        let (k, _) = element(&json!({"concat": ["10.0.0.1", 8080]})).unwrap();
-        assert_eq!(k, vec![10, 0, 0, 1, 0x1f, 0x90, 0, 0], "the port padded to a register");
-        let (k, _) = element(&json!({"concat": ["fd00::1", 53]})).unwrap();
-        assert_eq!(k.len(), 20);
-        // Ranges (interval sets) and anything else go through nft.
-        assert!(element(&json!({"range": ["10.0.0.0", "10.0.0.255"]})).is_none());
-        assert!(element(&json!({"concat": ["10.0.0.1", 70000]})).is_none());
-        assert!(element(&json!("not-an-address")).is_none());
-        let range = json!({"add": {"element": {"family": "inet", "table": "t", "name": "s",
-            "elem": [{"range": ["10.0.0.0", "10.0.0.255"]}]}}});
-        assert!(encode(&[range]).is_err());
-        let ip_family = json!({"add": {"element": {"family": "ip", "table": "t", "name": "s", "elem": ["10.0.0.1"]}}});
-        assert!(encode(&[ip_family]).is_err());
+        let key_of = |e: Element| {
+            let one = encode_element(&e).unwrap();
+            // NFTA_LIST_ELEM { NFTA_SET_ELEM_KEY { NFTA_DATA_VALUE key } ... }
+            let len = usize::from(u16::from_ne_bytes([one[8], one[9]]));
+            one[12..8 + len].to_vec()
+        };
+        assert_eq!(key_of(Element::Addr(ip("10.244.1.5"))), vec![10, 244, 1, 5]);
+        assert_eq!(key_of(Element::Jump(ip("fd00::1"), "in-abc".into())).len(), 16);
+        assert_eq!(
+            key_of(Element::AddrPort(ip("10.0.0.1"), 8080)),
+            vec![10, 0, 0, 1, 0x1f, 0x90, 0, 0],
+            "the port padded"
+        );
+        assert_eq!(key_of(Element::AddrPort(ip("fd00::1"), 53)).len(), 20);
+        // Intervals go through nft.
+        let range = change(Verb::Add, "peer-x-4", vec![Element::Range(ip("10.0.0.0"), ip("10.0.0.255"))]);
+        assert!(encode([&range]).is_err());
     }
 
     #[test]
     fn an_element_message_is_well_formed() {
-        let cmd = json!({"delete": {"element": {"family": "inet", "table": "weft-policy", "name": "ingress4",
-            "elem": [["10.244.1.5", {"jump": {"target": "in-x"}}]]}}});
-        let e = encode(&[cmd]).unwrap();
+        let c = change(Verb::Delete, "ingress4", vec![Element::Jump(ip("10.244.1.5"), "in-x".into())]);
+        let e = encode([&c]).unwrap();
         let m = &e.messages[0];
         assert_eq!(u32::from_ne_bytes([m[0], m[1], m[2], m[3]]) as usize, m.len());
         assert_eq!(u16::from_ne_bytes([m[4], m[5]]), (10 << 8) | NFT_MSG_DELSETELEM);
         assert_eq!(m[16], NFPROTO_INET);
-        // Attributes are 4-byte aligned and end exactly at the message's end.
-        let mut rest = &m[20..];
-        let mut kinds = Vec::new();
-        while !rest.is_empty() {
-            let len = usize::from(u16::from_ne_bytes([rest[0], rest[1]]));
-            kinds.push(u16::from_ne_bytes([rest[2], rest[3]]) & !NLA_F_NESTED);
-            rest = &rest[len.next_multiple_of(4)..];
-        }
+        let kinds: Vec<u16> = attributes(m).iter().map(|(k, _)| *k).collect();
         assert_eq!(kinds, [NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_ELEMENTS]);
+    }
+
+    #[test]
+    fn a_large_change_is_cut_into_messages_whose_lists_fit_16_bits() {
+        let many: Vec<Element> =
+            (0..10_000u32).map(|i| Element::Addr(IpAddr::V6((0xfd00_u128 << 112 | u128::from(i)).into()))).collect();
+        let c = change(Verb::Add, "nodes6", many);
+        let e = encode([&c]).unwrap();
+        assert!(e.len() > 4, "10,000 IPv6 elements are some 280 KB: {} messages", e.len());
+        let mut elements = 0;
+        for m in &e.messages {
+            let attrs = attributes(m);
+            let (kind, list) = attrs[2];
+            assert_eq!(kind, NFTA_SET_ELEM_LIST_ELEMENTS);
+            assert!(list.len() + 4 <= MAX_LIST_BYTES + 64 && list.len() < usize::from(u16::MAX));
+            // Each element: NFTA_LIST_ELEM (4) { KEY (4) { VALUE (4 + 16) } }.
+            elements += list.len() / 28;
+        }
+        assert_eq!(elements, 10_000, "every element in some message");
+        assert!(e.text[0].contains("part 1 of"), "{}", e.text[0]);
     }
 }

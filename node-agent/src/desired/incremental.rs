@@ -52,8 +52,7 @@ pub enum Scope {
     Entries(Touched),
 }
 
-/// A Node added or changed (its new view) or deleted (`None`) since the last pass.
-pub type NodeChange = (String, Option<Arc<NodeView>>);
+pub use crate::observe::node_views::NodeChange;
 
 /// The desired state of the last pass, and what it takes to update it.
 #[derive(Default)]
@@ -339,6 +338,7 @@ mod tests {
             vtep_mac: vtep_mac_for("n1"),
             offload_default: true,
             portmap_installed: false,
+            policy: None,
         }
     }
 

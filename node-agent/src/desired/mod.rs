@@ -9,11 +9,13 @@
 
 pub mod files;
 pub mod incremental;
-pub mod nftables;
+pub mod network_policy;
+pub mod nft_plan;
 pub mod pod_trust;
 pub mod policy;
-pub mod policy_nft;
+pub mod policy_table;
 pub mod policy_trace;
+pub mod weft_table;
 
 use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashMap};
@@ -27,7 +29,7 @@ use crate::config::{Backend, Config};
 use crate::observe::{Observation, Underlay};
 use crate::wire::{ANN_BACKEND, ANN_PUBLIC_IP, ANN_PUBLIC_IPV6, ANN_VTEP_MAC, NodeView, Rejected};
 
-pub use self::nftables::NftTable;
+pub use self::weft_table::NftTable;
 
 /// Everything the agent should have made true after a pass.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,10 +92,7 @@ pub fn own_annotations(underlay: &Underlay, vtep_mac: [u8; 6], backend: Backend)
     a
 }
 
-/// weft's VXLAN device. It carries both pod families over one underlay
-/// family (IPv4 when the node has it), so an IPv6 pod network needs no
-/// second device.
-pub const VXLAN_DEV: &str = "weft.vxlan";
+pub use crate::base::names::VXLAN_DEV;
 /// VXLAN over IPv4 costs 50 bytes (outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14).
 pub const VXLAN_OVERHEAD_V4: u32 = 50;
 /// Over IPv6 the outer header is 40 bytes.
@@ -789,6 +788,7 @@ mod tests {
                     vtep_mac: vtep_mac_for("n1"),
                     offload_default: true,
                     portmap_installed: false,
+                    policy: None,
                 };
                 let d = super::compute(&cfg, &obs);
                 let k = &d.kernel;
@@ -871,6 +871,7 @@ mod tests {
             vtep_mac: vtep_mac_for("n1"),
             offload_default: true,
             portmap_installed: portmap,
+            policy: None,
         }
     }
 

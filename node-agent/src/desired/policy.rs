@@ -1,7 +1,7 @@
 //! NetworkPolicy as desired state: one pure function, [`policy`], from the
 //! node's name and the Pods, Namespaces and NetworkPolicies it watches to
 //! what this node's data plane must do for its own pods. Rendered as
-//! nftables by [`super::policy_nft`], explained by [`super::policy_trace`]
+//! nftables by [`super::policy_table`], explained by [`super::policy_trace`]
 //! (which reads this same output, so the two cannot disagree).
 //!
 //! The shape is an nftables design where a pod or label change edits set
@@ -69,12 +69,7 @@ pub struct PolicyState {
     pub deny_log: Option<DenyLog>,
 }
 
-/// Denied packets go to an NFLOG group, at most `per_second` of them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DenyLog {
-    pub group: u16,
-    pub per_second: u32,
-}
+pub use crate::config::DenyLog;
 
 /// One policy's rules for one direction.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -77,12 +77,19 @@ impl fmt::Display for Explanation {
     }
 }
 
-fn address(p: &PodView, ipv6: bool) -> Result<IpAddr, String> {
-    p.ips
-        .iter()
-        .copied()
-        .find(|ip| ip.is_ipv6() == ipv6)
-        .ok_or_else(|| format!("{}/{} has no IPv{} address", p.namespace, p.name, if ipv6 { 6 } else { 4 }))
+/// Why a probe cannot be traced.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TraceError {
+    /// The pod has no address of the probe's family.
+    #[error("{pod} has no IPv{family} address")]
+    NoAddress { pod: String, family: u8 },
+}
+
+fn address(p: &PodView, ipv6: bool) -> Result<IpAddr, TraceError> {
+    p.ips.iter().copied().find(|ip| ip.is_ipv6() == ipv6).ok_or_else(|| TraceError::NoAddress {
+        pod: format!("{}/{}", p.namespace, p.name),
+        family: if ipv6 { 6 } else { 4 },
+    })
 }
 
 /// Explains what the data plane does with `probe`.
@@ -91,7 +98,7 @@ pub fn trace(
     namespaces: &[NamespaceView],
     policies: &[PolicyView],
     probe: Probe,
-) -> Result<Explanation, String> {
+) -> Result<Explanation, TraceError> {
     let (src, dst) = (address(probe.from, probe.ipv6)?, address(probe.to, probe.ipv6)?);
     let egress = if probe.from.host_network {
         Verdict::NotEnforced("the source is on the host network")

@@ -25,9 +25,9 @@
 //! next pass dumps and compares everything. The periodic resync stays the
 //! backstop.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use libweft::netlink::{Netlink, RTPROT_WEFT_PEER, RouteEntry, fdb_entry, neighbour_entry};
@@ -38,11 +38,13 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{AsyncSocket, AsyncSocketExt, TokioSocket, protocols};
 use tokio::sync::mpsc;
 
-use super::mirror::{Mirror, Update, mac, route_key};
 use super::watch::Trigger;
-use crate::desired::VXLAN_DEV;
-use crate::desired::nftables::TABLE;
-use crate::desired::policy_nft::TABLE as POLICY_TABLE;
+use crate::base::mirror::{Mirror, Update, mac, route_key};
+use crate::base::names::{POLICY_TABLE, VXLAN_DEV, WEFT_TABLE};
+use crate::base::netfilter::{
+    NFNL_SUBSYS_NFTABLES, NFPROTO_INET, NFT_MSG_NEWGEN, NFTA_TABLE, NLA_TYPE_MASK, NftWriters, SocketBuffer,
+    force_buffer, split,
+};
 use crate::metrics::Metrics;
 
 /// Events closer together than this make one pass.
@@ -98,31 +100,6 @@ pub struct EventsError {
     source: std::io::Error,
 }
 
-/// Process ids of the `nft` processes weft started lately, and port ids of
-/// the netlink sockets it wrote policy elements through: the transactions
-/// they commit are weft's own.
-#[derive(Debug, Default)]
-pub struct NftWriters(Mutex<VecDeque<u32>>);
-
-impl NftWriters {
-    /// How many recent writers are remembered: far more than can be in
-    /// flight, since the agent runs one `nft` at a time.
-    const KEEP: usize = 16;
-
-    /// Records a writer before it commits anything.
-    pub fn push(&self, pid: u32) {
-        let mut pids = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if pids.len() == Self::KEEP {
-            pids.pop_front();
-        }
-        pids.push_back(pid);
-    }
-
-    pub fn contains(&self, pid: u32) -> bool {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).contains(&pid)
-    }
-}
-
 /// What the notification readers share with the agent's passes.
 #[derive(Debug, Default)]
 pub struct Shared {
@@ -162,7 +139,7 @@ pub fn spawn(
     let nft = subscribe(protocols::NETLINK_NETFILTER, &[NFNLGRP_NFTABLES])
         .map_err(|source| EventsError { what: "nftables", source })?;
     // Past net.core.rmem_max, which CAP_NET_ADMIN (the agent has it) may do.
-    if let Err(e) = force_rcvbuf(&nft, NFT_RCVBUF) {
+    if let Err(e) = force_buffer(nft.socket_ref(), SocketBuffer::Receive, NFT_RCVBUF) {
         tracing::debug!("nftables notifications keep the default buffer: {e}");
     }
     shared.mirror.set_live();
@@ -183,23 +160,6 @@ fn subscribe(protocol: isize, groups: &[u32]) -> std::io::Result<TokioSocket> {
     // Capped by net.core.rmem_max; a smaller buffer only overflows sooner.
     let _ = socket.socket_ref().set_rx_buf_sz(RCVBUF);
     Ok(socket)
-}
-
-fn force_rcvbuf(socket: &TokioSocket, bytes: usize) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let size = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-    // SAFETY: setsockopt on a socket this process owns, with a c_int value
-    // whose size is the length given.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.socket_ref().as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            (&size as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
 /// Waits for the first event, lets the burst it belongs to arrive, then
@@ -314,22 +274,6 @@ async fn read_nft_events(socket: TokioSocket, tx: mpsc::Sender<Drift>, metrics: 
     }
 }
 
-/// The netlink messages of one datagram, each with its header. A truncated
-/// last message is returned as it is, for the parser to reject.
-pub fn split(buf: &[u8]) -> impl Iterator<Item = &[u8]> {
-    let mut rest = buf;
-    std::iter::from_fn(move || {
-        if rest.len() < 16 {
-            return None;
-        }
-        let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-        let len = len.clamp(16, rest.len());
-        let msg = &rest[..len];
-        rest = &rest[len.next_multiple_of(4).min(rest.len())..];
-        Some(msg)
-    })
-}
-
 /// Keeps the VXLAN device's ifindex, which neighbour and FDB events carry
 /// instead of its name, current from the link events on the same socket,
 /// and the mirror current from all of them.
@@ -438,18 +382,10 @@ fn link_name(l: &LinkMessage) -> Option<&str> {
     })
 }
 
-// nfnetlink: the message type is subsystem << 8 | message; nftables is
-// subsystem 10. Every nftables message but NFT_MSG_NEWGEN (the generation
-// that ends each transaction) names its table in attribute 1 (NFTA_TABLE_NAME,
-// NFTA_CHAIN_TABLE, NFTA_RULE_TABLE, NFTA_SET_TABLE, …).
-const NFNL_SUBSYS_NFTABLES: u16 = 10;
-const NFT_MSG_NEWGEN: u16 = 15;
-const NFPROTO_INET: u8 = 1;
-const NFTA_TABLE: u16 = 1;
-const NLA_TYPE_MASK: u16 = 0x3fff;
+// nfnetlink: the message type is subsystem << 8 | message.
 
 /// The `inet` tables weft owns, and what a foreign change to each is.
-pub const NFT_TABLES: [(&str, Drift); 2] = [(TABLE, Drift::Nftables), (POLICY_TABLE, Drift::Policy)];
+pub const NFT_TABLES: [(&str, Drift); 2] = [(WEFT_TABLE, Drift::Nftables), (POLICY_TABLE, Drift::Policy)];
 
 /// Follows the nftables transactions in the notification stream: their
 /// messages, then one NFT_MSG_NEWGEN naming the process that committed them.
@@ -594,7 +530,7 @@ mod tests {
         assert_eq!(f.classify(&bytes(M::NewRoute(route(RTPROT_WEFT_PEER)))), Some(Drift::Route));
         assert_eq!(f.classify(&bytes(M::DelRoute(route(RTPROT_WEFT_PEER)))), Some(Drift::Route));
         // The plugin's pod routes (87), the kernel's and an operator's are not the agent's.
-        for other in [libweft::netlink::RTPROT_WEFT, 2, 3, 4] {
+        for other in [libweft::netlink::RTPROT_WEFT_POD, 2, 3, 4] {
             assert_eq!(f.classify(&bytes(M::DelRoute(route(other)))), None, "protocol {other}");
         }
     }

@@ -2,9 +2,10 @@
 //! the underlay, what weft owns in the kernel, and the kernel's
 //! notifications that it changed. Nothing here writes.
 
+pub mod counters;
 pub mod events;
 pub mod kernel;
-pub mod mirror;
+pub mod node_views;
 pub mod policy_watch;
 pub mod underlay;
 pub mod watch;
@@ -30,4 +31,7 @@ pub struct Observation {
     pub offload_default: bool,
     /// The `portmap` plugin is installed: the conflist chains it.
     pub portmap_installed: bool,
+    /// The Pod, Namespace and NetworkPolicy views, once every watch has
+    /// listed; `None` while they list and when NetworkPolicy is disabled.
+    pub policy: Option<policy_watch::PolicyViews>,
 }

@@ -89,7 +89,8 @@ pub struct PolicyCache {
 }
 
 /// Copies of every view, for one pass.
-pub struct Snapshot {
+#[derive(Debug, Clone, Default)]
+pub struct PolicyViews {
     pub pods: Vec<PodView>,
     pub namespaces: Vec<NamespaceView>,
     pub policies: Vec<PolicyView>,
@@ -97,12 +98,12 @@ pub struct Snapshot {
 
 impl PolicyCache {
     /// The views, once every list is complete.
-    pub fn snapshot(&self) -> Option<Snapshot> {
+    pub fn snapshot(&self) -> Option<PolicyViews> {
         let inner = self.inner.lock().ok()?;
         if !(inner.pods.synced && inner.namespaces.synced && inner.policies.synced) {
             return None;
         }
-        Some(Snapshot {
+        Some(PolicyViews {
             pods: inner.pods.current.values().cloned().collect(),
             namespaces: inner.namespaces.current.values().cloned().collect(),
             policies: inner.policies.current.values().cloned().collect(),

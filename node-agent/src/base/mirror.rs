@@ -26,7 +26,7 @@ use std::net::IpAddr;
 use std::sync::{Mutex, MutexGuard};
 
 use ipnetwork::IpNetwork;
-use libweft::netlink::RouteEntry;
+use libweft::netlink::{Netlink, NetlinkError, RTPROT_WEFT_PEER, RouteEntry};
 
 /// `(gateway, output interface)` of one peer route.
 pub type Hop = (Option<IpAddr>, u32);
@@ -236,6 +236,23 @@ pub fn mac(lladdr: &[u8]) -> [u8; 6] {
 /// A route notification's destination and hop, for the mirror.
 pub fn route_key(r: &RouteEntry) -> (IpNetwork, Hop) {
     (r.dst, (r.gateway, r.oif))
+}
+
+/// Every route with weft-agent's protocol number, both families.
+pub async fn peer_routes(nl: &Netlink) -> Result<Vec<RouteEntry>, NetlinkError> {
+    let mut routes = nl.routes(false, Some(RTPROT_WEFT_PEER)).await?;
+    routes.extend(nl.routes(true, Some(RTPROT_WEFT_PEER)).await?);
+    Ok(routes)
+}
+
+/// Permanent FDB entries on the VXLAN device `index`: (peer VTEP MAC, peer underlay address).
+pub async fn vxlan_fdb(nl: &Netlink, index: u32) -> Result<HashSet<([u8; 6], IpAddr)>, NetlinkError> {
+    Ok(nl.fdb_entries(index).await?.into_iter().collect())
+}
+
+/// Permanent neighbours on the VXLAN device `index`: peer VTEP address -> MAC.
+pub async fn vxlan_neighbours(nl: &Netlink, index: u32) -> Result<HashMap<IpAddr, Vec<u8>>, NetlinkError> {
+    Ok(nl.permanent_neighbours(index).await?.into_iter().collect())
 }
 
 #[cfg(test)]

@@ -32,28 +32,18 @@
 //! selected by no policy). Replies of the pod's own connections are
 //! established and pass; everything else to or from it is dropped.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use serde_json::{Value, json};
 
+use super::nft_plan::{Element, NftPlan, Verb};
 use super::policy::{AddressSet, Allow, PeerMatch, PolicyChain, PolicyState, PortSet, PortsMatch};
+use crate::base::names::{POLICY_TABLE, denied_counter, pending_counter};
 use crate::wire_policy::Direction;
-
-/// The policy table: `nft list table inet weft-policy`.
-pub const TABLE: &str = "weft-policy";
 
 /// Priority of the `egress` base chain; `ingress` runs right after it.
 pub const PRIO_EGRESS: i32 = 0;
-
-/// The named counter of what the group chains of a direction drop.
-pub fn denied_counter(d: Direction) -> String {
-    format!("{d}_denied")
-}
-
-/// The named counter of what a direction drops to or from pending pods.
-pub fn pending_counter(d: Direction) -> String {
-    format!("{d}_pending")
-}
 
 /// The rule dropping new connections to (ingress) or from (egress) the
 /// pending interface groups of `d`.
@@ -90,7 +80,7 @@ fn eq(left: Value, right: Value) -> Value {
 }
 
 fn add_rule(chain: &str, expr: Vec<Value>, comment: Option<String>) -> Value {
-    let mut r = json!({"family": "inet", "table": TABLE, "chain": chain, "expr": expr});
+    let mut r = json!({"family": "inet", "table": POLICY_TABLE, "chain": chain, "expr": expr});
     if let Some(c) = comment {
         // The kernel keeps at most 128 bytes of a comment.
         r["comment"] = json!(c.chars().take(100).collect::<String>());
@@ -99,27 +89,27 @@ fn add_rule(chain: &str, expr: Vec<Value>, comment: Option<String>) -> Value {
 }
 
 fn chain(name: &str) -> Value {
-    json!({"add": {"chain": {"family": "inet", "table": TABLE, "name": name}}})
+    json!({"add": {"chain": {"family": "inet", "table": POLICY_TABLE, "name": name}}})
 }
 
 /// A set element for the inclusive address range `a..=b`.
 pub fn range_elem(a: IpAddr, b: IpAddr) -> Value {
-    if a == b { json!(a.to_string()) } else { json!({"range": [a.to_string(), b.to_string()]}) }
+    Element::range(a, b).to_json()
 }
 
 /// A verdict map element: `addr : jump group`.
 pub fn map_elem(ip: IpAddr, group: &str) -> Value {
-    json!([ip.to_string(), {"jump": {"target": group}}])
+    Element::Jump(ip, group.to_string()).to_json()
 }
 
 /// A named-port set element: `addr . port`.
 pub fn port_elem(ip: IpAddr, port: u16) -> Value {
-    json!({"concat": [ip.to_string(), port]})
+    Element::AddrPort(ip, port).to_json()
 }
 
 /// `{verb: {"element": ...}}`: `elem` added to or deleted from set or map `name`.
 pub fn element(verb: &str, name: &str, elem: Vec<Value>) -> Value {
-    json!({verb: {"element": {"family": "inet", "table": TABLE, "name": name, "elem": elem}}})
+    json!({verb: {"element": {"family": "inet", "table": POLICY_TABLE, "name": name, "elem": elem}}})
 }
 
 /// The kernel set holding one family of peer or named-port set `name`.
@@ -170,12 +160,13 @@ pub fn write_ruleset(state: &PolicyState, out: &mut (impl std::io::Write + ?Size
     out.write_all(b"]}")
 }
 
-/// The commands of [`ruleset`], in order, each passed to `out`.
+/// The commands of [`ruleset`], in order, each passed to `out`. Over 60
+/// lines: the table in the order the kernel needs its references.
 fn commands(state: &PolicyState, mut out: impl FnMut(Value)) {
     for cmd in [
-        json!({"add": {"table": {"family": "inet", "name": TABLE}}}),
-        json!({"delete": {"table": {"family": "inet", "name": TABLE}}}),
-        json!({"add": {"table": {"family": "inet", "name": TABLE}}}),
+        json!({"add": {"table": {"family": "inet", "name": POLICY_TABLE}}}),
+        json!({"delete": {"table": {"family": "inet", "name": POLICY_TABLE}}}),
+        json!({"add": {"table": {"family": "inet", "name": POLICY_TABLE}}}),
     ] {
         out(cmd);
     }
@@ -186,10 +177,10 @@ fn commands(state: &PolicyState, mut out: impl FnMut(Value)) {
         port_set(name, set, &mut out);
     }
     for d in [Direction::Egress, Direction::Ingress] {
-        out(json!({"add": {"counter": {"family": "inet", "table": TABLE, "name": denied_counter(d)}}}));
-        out(json!({"add": {"counter": {"family": "inet", "table": TABLE, "name": pending_counter(d)}}}));
+        out(json!({"add": {"counter": {"family": "inet", "table": POLICY_TABLE, "name": denied_counter(d)}}}));
+        out(json!({"add": {"counter": {"family": "inet", "table": POLICY_TABLE, "name": pending_counter(d)}}}));
         for (v6, _) in FAMILIES {
-            out(json!({"add": {"map": {"family": "inet", "table": TABLE, "name": map_name(d, v6),
+            out(json!({"add": {"map": {"family": "inet", "table": POLICY_TABLE, "name": map_name(d, v6),
                 "type": addr_type(v6), "map": "verdict"}}}));
         }
     }
@@ -213,7 +204,7 @@ fn commands(state: &PolicyState, mut out: impl FnMut(Value)) {
     for (d, prio, field) in [(Direction::Egress, PRIO_EGRESS, "saddr"), (Direction::Ingress, PRIO_EGRESS + 1, "daddr")]
     {
         let name = d.to_string();
-        out(json!({"add": {"chain": {"family": "inet", "table": TABLE, "name": name,
+        out(json!({"add": {"chain": {"family": "inet", "table": POLICY_TABLE, "name": name,
             "type": "filter", "hook": "forward", "prio": prio, "policy": "accept"}}}));
         // Replies of allowed connections pass before any lookup.
         out(add_rule(
@@ -237,14 +228,14 @@ fn commands(state: &PolicyState, mut out: impl FnMut(Value)) {
 
 /// `{verb: {kind: {family, table, name}}}`: a whole named object of the table.
 fn object(verb: &str, kind: &str, name: &str) -> Value {
-    json!({verb: {kind: {"family": "inet", "table": TABLE, "name": name}}})
+    json!({verb: {kind: {"family": "inet", "table": POLICY_TABLE, "name": name}}})
 }
 
 /// Adds peer address set `name` (both families) with its elements.
 fn address_set(name: &str, set: &AddressSet, out: &mut impl FnMut(Value)) {
     for (v6, _) in FAMILIES {
         let name = family_set(name, v6);
-        let mut s = json!({"family": "inet", "table": TABLE, "name": name,
+        let mut s = json!({"family": "inet", "table": POLICY_TABLE, "name": name,
             "type": addr_type(v6), "comment": set.about.chars().take(100).collect::<String>()});
         if set.intervals {
             s["flags"] = json!(["interval"]);
@@ -274,7 +265,7 @@ fn add_elements(name: &str, elem: impl Iterator<Item = Value>, out: &mut impl Fn
 fn port_set(name: &str, set: &PortSet, out: &mut impl FnMut(Value)) {
     for (v6, _) in FAMILIES {
         let name = family_set(name, v6);
-        out(json!({"add": {"set": {"family": "inet", "table": TABLE, "name": name,
+        out(json!({"add": {"set": {"family": "inet", "table": POLICY_TABLE, "name": name,
             "type": [addr_type(v6), "inet_service"], "comment": format!("named port {}/{}", set.name, set.protocol)}}}));
         let elem = set.elements.iter().filter(|(ip, _)| ip.is_ipv6() == v6).map(|(ip, port)| port_elem(*ip, *port));
         add_elements(&name, elem, out);
@@ -317,6 +308,74 @@ fn group_rules(state: &PolicyState, name: &str, policies: &[String], out: &mut i
     out(add_rule(name, expr, Some("no policy allows".into())));
 }
 
+/// Whether two states have the same chains, rules and sets, so that only
+/// elements differ.
+pub fn same_rules(a: &PolicyState, b: &PolicyState) -> bool {
+    let sets =
+        |s: &PolicyState| s.sets.iter().map(|(n, v)| (n.clone(), v.about.clone(), v.intervals)).collect::<Vec<_>>();
+    let port_sets =
+        |s: &PolicyState| s.port_sets.iter().map(|(n, v)| (n.clone(), v.name.clone(), v.protocol)).collect::<Vec<_>>();
+    a.chains == b.chains && a.groups == b.groups && sets(a) == sets(b) && port_sets(a) == port_sets(b)
+}
+
+/// The element deletions, then additions, that turn `old`'s elements into
+/// `new`'s (one command per set and verb). `old` and `new` have the same
+/// rules ([`same_rules`]).
+pub fn element_changes(old: &PolicyState, new: &PolicyState) -> NftPlan {
+    let (mut deletes, mut adds) = (NftPlan::default(), NftPlan::default());
+    for d in [Direction::Ingress, Direction::Egress] {
+        let pick = |s: &'_ PolicyState| match d {
+            Direction::Ingress => s.ingress.clone(),
+            Direction::Egress => s.egress.clone(),
+        };
+        let (o, n): (BTreeMap<IpAddr, String>, BTreeMap<IpAddr, String>) = (pick(old), pick(new));
+        for v6 in [false, true] {
+            // A pod whose group changed is deleted and added again.
+            let gone = o
+                .iter()
+                .filter(|(ip, g)| ip.is_ipv6() == v6 && n.get(*ip) != Some(*g))
+                .map(|(ip, _)| Element::Addr(*ip))
+                .collect();
+            let came = n
+                .iter()
+                .filter(|(ip, g)| ip.is_ipv6() == v6 && o.get(*ip) != Some(*g))
+                .map(|(ip, g)| Element::Jump(*ip, g.clone()))
+                .collect();
+            deletes.elements(Verb::Delete, POLICY_TABLE, map_name(d, v6), gone);
+            adds.elements(Verb::Add, POLICY_TABLE, map_name(d, v6), came);
+        }
+    }
+    for (name, new_set) in &new.sets {
+        let Some(old_set) = old.sets.get(name) else { continue };
+        let (o, n): (BTreeSet<_>, BTreeSet<_>) = (old_set.ranges.iter().collect(), new_set.ranges.iter().collect());
+        for v6 in [false, true] {
+            let elems = |a: &BTreeSet<&(IpAddr, IpAddr)>, b: &BTreeSet<&(IpAddr, IpAddr)>| -> Vec<Element> {
+                a.difference(b).filter(|(x, _)| x.is_ipv6() == v6).map(|(x, y)| Element::range(*x, *y)).collect()
+            };
+            let (gone, came) = (elems(&o, &n), elems(&n, &o));
+            deletes.elements(Verb::Delete, POLICY_TABLE, family_set(name, v6), gone);
+            adds.elements(Verb::Add, POLICY_TABLE, family_set(name, v6), came);
+        }
+    }
+    for (name, new_set) in &new.port_sets {
+        let Some(old_set) = old.port_sets.get(name) else { continue };
+        let (o, n): (BTreeSet<_>, BTreeSet<_>) = (old_set.elements.iter().collect(), new_set.elements.iter().collect());
+        for v6 in [false, true] {
+            let elems = |a: &BTreeSet<&(IpAddr, u16)>, b: &BTreeSet<&(IpAddr, u16)>| -> Vec<Element> {
+                a.difference(b)
+                    .filter(|(ip, _)| ip.is_ipv6() == v6)
+                    .map(|(ip, port)| Element::AddrPort(*ip, *port))
+                    .collect()
+            };
+            let (gone, came) = (elems(&o, &n), elems(&n, &o));
+            deletes.elements(Verb::Delete, POLICY_TABLE, family_set(name, v6), gone);
+            adds.elements(Verb::Add, POLICY_TABLE, family_set(name, v6), came);
+        }
+    }
+    deletes.commands.extend(adds.commands);
+    deletes
+}
+
 /// The commands that turn the table as written for `old` into `new`'s in
 /// one transaction, touching only what differs: sets, policy chains and
 /// group chains are named by what they hold, so a policy created, edited
@@ -324,15 +383,15 @@ fn group_rules(state: &PolicyState, name: &str, policies: &[String], out: &mut i
 /// groups whose list of policies changed, instead of rewriting every
 /// chain and set (about 65,000 commands at 10,000 pods and 1,000
 /// policies). `elements` are the element changes of the maps and of the
-/// sets both states hold (`apply::policy::element_changes`).
+/// sets both states hold (`apply::policy_table::element_changes`).
 ///
 /// Order matters to the kernel's references: new sets before the rules
 /// naming them, new chains before the groups and map elements jumping to
 /// them, and removals last, each after whatever referred to it.
 /// `old` and `new` have the same `deny_log`: it is in every group chain.
-pub fn rule_changes(old: &PolicyState, new: &PolicyState, elements: Vec<Value>) -> Vec<Value> {
-    let mut cmds = Vec::new();
-    let mut out = |c: Value| cmds.push(c);
+pub fn rule_changes(old: &PolicyState, new: &PolicyState, elements: NftPlan) -> NftPlan {
+    let mut plan = NftPlan::default();
+    let mut out = |c: Value| plan.object(c);
     for (name, set) in new.sets.iter().filter(|(n, _)| !old.sets.contains_key(*n)) {
         address_set(name, set, &mut out);
     }
@@ -355,8 +414,8 @@ pub fn rule_changes(old: &PolicyState, new: &PolicyState, elements: Vec<Value>) 
         out(chain(name));
         group_rules(new, name, policies, &mut out);
     }
-    cmds.extend(elements);
-    let mut out = |c: Value| cmds.push(c);
+    plan.commands.extend(elements.commands);
+    let mut out = |c: Value| plan.object(c);
     for name in old.groups.keys().filter(|n| !new.groups.contains_key(*n)) {
         out(object("flush", "chain", name));
         out(object("delete", "chain", name));
@@ -373,7 +432,7 @@ pub fn rule_changes(old: &PolicyState, new: &PolicyState, elements: Vec<Value>) 
             out(object("delete", "set", &family_set(name, v6)));
         }
     }
-    cmds
+    plan
 }
 
 /// The expressions of one allow, one list per nft rule: rules naming an
@@ -423,6 +482,46 @@ mod tests {
     use crate::wire_policy::Protocol;
 
     #[test]
+    fn pod_and_label_changes_are_element_changes_and_policy_changes_are_not() {
+        let server = with_port(pod("a", "srv", "node1", 1, &[("app", "srv")]), "http", Protocol::Tcp, 8080);
+        let client = pod("a", "cli", "node2", 2, &[("role", "x")]);
+        let namespaces = [ns("a", &[])];
+        let allow = ingress(
+            netpol("a", "allow", sel(&[("app", "srv")])),
+            vec![rule(vec![pods_in_own(sel(&[("role", "cli")]))], vec![named(Protocol::Tcp, "http")])],
+        );
+        let before = policy("node1", &[server.clone(), client.clone()], &namespaces, std::slice::from_ref(&allow));
+
+        // The client is relabelled to match: only its addresses join the peer set.
+        let mut relabelled = client.clone();
+        relabelled.labels = labels(&[("role", "cli")]);
+        let after = policy("node1", &[server.clone(), relabelled], &namespaces, std::slice::from_ref(&allow));
+        assert!(same_rules(&before, &after));
+        let plan = element_changes(&before, &after);
+        let cmds = plan.element_changes().expect("only elements");
+        assert_eq!(cmds.len(), 2, "one add per family: {cmds:?}");
+        assert!(cmds.iter().all(|c| c.verb == Verb::Add && c.set.starts_with("peer-")));
+        let text = plan.to_json().to_string();
+        assert!(text.contains("10.244.2.2") && text.contains("fd00:10:244:2::2"), "{text}");
+        let back = element_changes(&after, &before);
+        assert!(back.element_changes().unwrap().iter().all(|c| c.verb == Verb::Delete), "and back");
+
+        // A second server pod: its map entries and named port, no rule.
+        let server2 = with_port(pod("a", "srv2", "node1", 3, &[("app", "srv")]), "http", Protocol::Tcp, 9090);
+        let more =
+            policy("node1", &[server.clone(), server2, client.clone()], &namespaces, std::slice::from_ref(&allow));
+        assert!(same_rules(&before, &more));
+        let text = element_changes(&before, &more).to_json().to_string();
+        assert!(text.contains(r#""ingress4""#) && text.contains(r#""ingress6""#), "{text}");
+        assert!(text.contains(r#"{"concat":["10.244.1.3",9090]}"#), "{text}");
+
+        // Another policy over the server: new chains, the whole table.
+        let deny = ingress(netpol("a", "deny", sel(&[])), vec![]);
+        let both = policy("node1", &[server, client], &namespaces, &[allow, deny]);
+        assert!(!same_rules(&before, &both));
+    }
+
+    #[test]
     fn pending_pods_are_dropped_before_any_verdict_map_even_without_policies() {
         let r = ruleset(&PolicyState::default());
         let rules: Vec<&Value> = r["nftables"]
@@ -468,7 +567,7 @@ mod tests {
         let one = policy("node1", &pods, &namespaces, std::slice::from_ref(&old_pol));
         let two = policy("node1", &pods, &namespaces, &[old_pol.clone(), new_pol]);
 
-        let cmds = rule_changes(&one, &two, Vec::new());
+        let cmds = rule_changes(&one, &two, NftPlan::default()).to_json()["nftables"].as_array().unwrap().clone();
         let t: Vec<_> = cmds.iter().map(touches).collect();
         let added_chains: BTreeSet<&str> =
             t.iter().filter(|(v, k, _)| v == "add" && k == "chain").map(|(_, _, n)| n.as_str()).collect();
@@ -492,7 +591,7 @@ mod tests {
         assert!(cmds.len() * 5 < ruleset(&two)["nftables"].as_array().unwrap().len() + 50);
 
         // And back: the new policy's chain, counter, group and ipBlock set go, nothing else.
-        let back = rule_changes(&two, &one, Vec::new());
+        let back = rule_changes(&two, &one, NftPlan::default()).to_json()["nftables"].as_array().unwrap().clone();
         let t: Vec<_> = back.iter().map(touches).collect();
         // Only the old group comes back (its pods return to it).
         assert!(

@@ -19,7 +19,7 @@
 //!
 //! Every drop has a named counter (see [`DROP_COUNTERS`]). The node and
 //! peer addresses sit in sets of their own (`nodes4/6`, `vxlan_peers4/6`),
-//! so `apply::nftables` can change just their elements when only nodes
+//! so `apply::weft_table` can change just their elements when only nodes
 //! change.
 
 use std::net::IpAddr;
@@ -27,8 +27,9 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 use serde_json::{Value, json};
 
+use super::nft_plan::{Element, NftPlan, Verb};
+use crate::base::names::{DROP_COUNTERS, HOST_VETH_GLOB, VXLAN_DEV, WEFT_TABLE};
 use crate::config::{Backend, Config};
-use crate::desired::VXLAN_DEV;
 
 /// What the table is built from besides the configuration: the own pod
 /// CIDRs, every node's addresses and the believed peers' underlay
@@ -53,17 +54,6 @@ impl NftTable {
     }
 }
 
-/// weft's table: `nft list table inet weft`.
-pub const TABLE: &str = "weft";
-
-/// The named counters of what weft's table drops, with the reason each
-/// stands for (the `reason` label of `weft_dropped_packets_total`).
-pub const DROP_COUNTERS: [(&str, &str); 3] = [
-    ("spoofed_source", "a pod sent from an address that is not its own"),
-    ("pod_vxlan", "a pod sent to the VXLAN port"),
-    ("vxlan_unknown_peer", "a VXLAN packet came from an address that is no believed peer's"),
-];
-
 /// The name of an address set: `nodes4`, `vxlan_peers6`, …
 pub fn set_name(base: &str, v6: bool) -> String {
     format!("{base}{}", if v6 { "6" } else { "4" })
@@ -74,7 +64,7 @@ fn prefix(net: &IpNetwork) -> Value {
 }
 
 fn set(name: &str, v6: bool, interval: bool, elems: Vec<Value>) -> Value {
-    let mut s = json!({"family": "inet", "table": TABLE, "name": name,
+    let mut s = json!({"family": "inet", "table": WEFT_TABLE, "name": name,
         "type": if v6 { "ipv6_addr" } else { "ipv4_addr" }});
     if interval {
         s["flags"] = json!(["interval"]);
@@ -86,7 +76,7 @@ fn set(name: &str, v6: bool, interval: bool, elems: Vec<Value>) -> Value {
 }
 
 fn rule(chain: &str, expr: Vec<Value>) -> Value {
-    json!({"add": {"rule": {"family": "inet", "table": TABLE, "chain": chain, "expr": expr}}})
+    json!({"add": {"rule": {"family": "inet", "table": WEFT_TABLE, "chain": chain, "expr": expr}}})
 }
 
 fn matches(proto: &str, field: &str, op: &str, right: Value) -> Value {
@@ -94,7 +84,7 @@ fn matches(proto: &str, field: &str, op: &str, right: Value) -> Value {
 }
 
 fn chain(name: &str, kind: &str, hook: &str, prio: i32) -> Value {
-    json!({"add": {"chain": {"family": "inet", "table": TABLE, "name": name,
+    json!({"add": {"chain": {"family": "inet", "table": WEFT_TABLE, "name": name,
         "type": kind, "hook": hook, "prio": prio, "policy": "accept"}}})
 }
 
@@ -115,15 +105,16 @@ pub fn uses_vxlan(cfg: &Config) -> bool {
     cfg.backend != Backend::Routes
 }
 
-/// The complete table for this node, as `nft -j` input.
+/// The complete table for this node, as `nft -j` input. Over 60 lines:
+/// the table reads top to bottom as `nft list table` prints it.
 pub fn ruleset(cfg: &Config, t: &NftTable) -> Value {
     let mut cmds = vec![
-        json!({"add": {"table": {"family": "inet", "name": TABLE}}}),
-        json!({"delete": {"table": {"family": "inet", "name": TABLE}}}),
-        json!({"add": {"table": {"family": "inet", "name": TABLE}}}),
+        json!({"add": {"table": {"family": "inet", "name": WEFT_TABLE}}}),
+        json!({"delete": {"table": {"family": "inet", "name": WEFT_TABLE}}}),
+        json!({"add": {"table": {"family": "inet", "name": WEFT_TABLE}}}),
     ];
     for (name, _) in DROP_COUNTERS {
-        cmds.push(json!({"add": {"counter": {"family": "inet", "table": TABLE, "name": name}}}));
+        cmds.push(json!({"add": {"counter": {"family": "inet", "table": WEFT_TABLE, "name": name}}}));
     }
     for v6 in [false, true] {
         let cluster: Vec<Value> = cfg.cluster_cidrs.iter().filter(|c| c.is_ipv6() == v6).map(prefix).collect();
@@ -138,7 +129,7 @@ pub fn ruleset(cfg: &Config, t: &NftTable) -> Value {
 
     // Before conntrack (raw priority), so a forged packet leaves no state.
     cmds.push(chain("prerouting", "filter", "prerouting", -300));
-    let from_pod = || [meta("iifname", "==", "weft*"), meta("iifname", "!=", VXLAN_DEV)];
+    let from_pod = || [meta("iifname", "==", HOST_VETH_GLOB), meta("iifname", "!=", VXLAN_DEV)];
     let rpf_fails =
         json!({"match": {"op": "==", "left": {"fib": {"result": "oif", "flags": ["saddr", "iif"]}}, "right": false}});
     cmds.push(rule(
@@ -178,9 +169,76 @@ pub fn ruleset(cfg: &Config, t: &NftTable) -> Value {
     json!({"nftables": cmds})
 }
 
+/// Elements of the address sets to add and to delete, as one transaction;
+/// `None` when they are the same. Only valid between tables with the same
+/// own pod CIDRs: nothing else is compared.
+pub fn set_changes(old: &NftTable, new: &NftTable) -> Option<NftPlan> {
+    let mut plan = NftPlan::default();
+    for (base, old, new) in
+        [("nodes", &old.node_ips, &new.node_ips), ("vxlan_peers", &old.vxlan_peers, &new.vxlan_peers)]
+    {
+        let (deleted, added) = sorted_difference(old, new);
+        for (verb, ips) in [(Verb::Delete, deleted), (Verb::Add, added)] {
+            for v6 in [false, true] {
+                let elements = ips.iter().filter(|ip| ip.is_ipv6() == v6).map(|ip| Element::Addr(**ip)).collect();
+                plan.elements(verb, WEFT_TABLE, set_name(base, v6), elements);
+            }
+        }
+    }
+    (!plan.is_empty()).then_some(plan)
+}
+
+/// What only `old` holds and what only `new` holds, both sorted (as
+/// [`NftTable`] keeps them): one merge, no sets, at thousands of nodes.
+fn sorted_difference<'a>(old: &'a [IpAddr], new: &'a [IpAddr]) -> (Vec<&'a IpAddr>, Vec<&'a IpAddr>) {
+    let (mut deleted, mut added) = (Vec::new(), Vec::new());
+    let (mut o, mut n) = (old.iter().peekable(), new.iter().peekable());
+    loop {
+        match (o.peek(), n.peek()) {
+            (Some(a), Some(b)) if a == b => {
+                o.next();
+                n.next();
+            }
+            (Some(a), Some(b)) if a < b => deleted.extend(o.next()),
+            (Some(_), Some(_)) | (None, Some(_)) => added.extend(n.next()),
+            (Some(_), None) => deleted.extend(o.next()),
+            (None, None) => return (deleted, added),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn node_changes_become_element_updates_of_one_transaction() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let own = ["10.244.1.0/24".parse().unwrap()];
+        let old = NftTable::new(
+            &own,
+            &[ip("198.51.100.11"), ip("198.51.100.12"), ip("2001:db8:a::12")],
+            &[ip("198.51.100.12")],
+        );
+        let new = NftTable::new(
+            &own,
+            &[ip("198.51.100.11"), ip("198.51.100.13"), ip("2001:db8:a::12")],
+            &[ip("198.51.100.13")],
+        );
+        let plan = set_changes(&old, &new).unwrap();
+        let d = plan.to_json();
+        serde_json::from_value::<nftables::schema::Nftables>(d.clone()).expect("valid nft JSON");
+        let cmds = d["nftables"].as_array().unwrap();
+        assert_eq!(cmds.len(), 4, "{d}");
+        assert_eq!(cmds[0]["delete"]["element"]["name"], "nodes4");
+        assert_eq!(cmds[0]["delete"]["element"]["elem"], json!(["198.51.100.12"]));
+        assert_eq!(cmds[1]["add"]["element"]["elem"], json!(["198.51.100.13"]));
+        assert_eq!(cmds[2]["delete"]["element"]["name"], "vxlan_peers4");
+        assert_eq!(cmds[3]["add"]["element"]["elem"], json!(["198.51.100.13"]));
+        assert!(set_changes(&old, &old).is_none());
+        // Written over netlink, not by an `nft` process.
+        assert_eq!(plan.element_changes().map(|e| e.len()), Some(4), "element changes only");
+    }
 
     fn cfg(backend: Backend, masquerade: bool) -> Config {
         let mut c = Config::example(backend);
