@@ -147,13 +147,6 @@ struct Agent {
     policy_checked: bool,
 }
 
-/// What wakes the loop, besides the tick and the retry timer.
-struct Triggers {
-    node: Arc<Trigger>,
-    drift: Arc<Trigger>,
-    policy: Arc<Trigger>,
-}
-
 impl Agent {
     /// Starts the watches and the kernel's notification readers; a failed
     /// subscription costs only drift repair between resyncs. With
@@ -163,7 +156,7 @@ impl Agent {
         node_name: String,
         client: Client,
         metrics: Arc<Metrics>,
-    ) -> anyhow::Result<(Agent, Triggers)> {
+    ) -> anyhow::Result<(Agent, Wakers)> {
         let node = Arc::new(Trigger::default());
         let store = watch::spawn(client.clone(), node.clone(), metrics.clone());
         let nl = Netlink::connect()?;
@@ -209,10 +202,11 @@ impl Agent {
             node_name,
             cfg,
         };
-        Ok((agent, Triggers { node, drift, policy: policy_trigger }))
+        Ok((agent, Wakers { node, drift, policy: policy_trigger }))
     }
 }
 
+/// Runs the agent until SIGTERM or Ctrl-C.
 pub async fn run(
     cfg: Config,
     node_name: String,
@@ -220,7 +214,7 @@ pub async fn run(
     metrics: Arc<Metrics>,
     health: Arc<Health>,
 ) -> anyhow::Result<()> {
-    let (mut agent, triggers) = Agent::start(cfg.clone(), node_name.clone(), client, metrics.clone()).await?;
+    let (mut agent, wakers) = Agent::start(cfg.clone(), node_name.clone(), client, metrics.clone()).await?;
     // The first tick one period after the first pass, which checks everything anyway.
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + cfg.resync_period, cfg.resync_period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -233,13 +227,12 @@ pub async fn run(
         _ = tokio::signal::ctrl_c() => return Ok(()),
     }
 
-    let wakers = Wakers { node: &triggers.node, drift: &triggers.drift, policy: &triggers.policy };
     let mut wakeup = Wakeup::Start;
     let mut readiness = Readiness::default();
     loop {
         health.last_loop.store(now_secs(), Ordering::Relaxed);
         let started = Instant::now();
-        let event_at = triggers.node.take_oldest();
+        let event_at = wakers.node.take_oldest();
         metrics.sync_pass(wakeup.label());
         let retry_at = match agent.checked_pass(wakeup).await {
             Outcome::Waiting => None,
@@ -277,13 +270,13 @@ fn report(metrics: &Metrics, node: &str, failures: &[Failure], started: Instant,
 }
 
 /// The triggers that wake the loop besides the tick and the retry timer.
-struct Wakers<'a> {
-    node: &'a Trigger,
-    drift: &'a Trigger,
-    policy: &'a Trigger,
+struct Wakers {
+    node: Arc<Trigger>,
+    drift: Arc<Trigger>,
+    policy: Arc<Trigger>,
 }
 
-impl Wakers<'_> {
+impl Wakers {
     /// Waits for the next reason to run a pass; `None` on SIGTERM or Ctrl-C.
     async fn next(
         &self,

@@ -5,7 +5,7 @@
 //! Node joins or leaves, the elements of the address sets (`nodes4/6`,
 //! `vxlan_peers4/6`) are added and deleted in one transaction instead of
 //! rebuilding a table that holds thousands of them. Named counters are
-//! read back for `/metrics` ([`drop_counts`]).
+//! read back for `/metrics` by `observe::counters`.
 
 use std::sync::Arc;
 

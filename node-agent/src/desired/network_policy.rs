@@ -60,3 +60,55 @@ pub fn compute(
         state,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Backend, DenyLog};
+    use crate::desired::policy::fixtures::{ingress, netpol, ns, pod, sel};
+
+    fn node(name: &str, n: u8) -> Arc<NodeView> {
+        Arc::new(NodeView {
+            name: name.into(),
+            ipv4: None,
+            ipv6: None,
+            pod_cidrs: vec![
+                format!("10.244.{n}.0/24").parse().unwrap(),
+                format!("fd00:10:244:{n}::/64").parse().unwrap(),
+            ],
+            vtep_mac: None,
+            addresses: vec![],
+            created: None,
+            uid: name.into(),
+        })
+    }
+
+    #[test]
+    fn pods_of_refused_peers_are_doubted_and_the_deny_log_comes_from_the_config() {
+        let mut cfg = Config::example(Backend::Vxlan);
+        cfg.deny_log = Some(DenyLog { group: 5, per_second: 10 });
+        let nodes = [node("node1", 1), node("node2", 2), node("node3", 3)];
+        let refused = [Rejected {
+            node: "node3".into(),
+            field: "spec.podCIDRs",
+            value: "10.244.3.0/24".into(),
+            reason: "claimed by another node".into(),
+        }];
+        let views = PolicyViews {
+            pods: vec![
+                pod("a", "srv", "node1", 1, &[("app", "srv")]),
+                pod("a", "cli", "node2", 2, &[]),
+                pod("a", "x", "node3", 3, &[]),
+            ],
+            namespaces: vec![ns("a", &[])],
+            policies: vec![ingress(netpol("a", "deny", sel(&[("app", "srv")])), vec![])],
+        };
+        let want = compute(&cfg, &nodes[0], &nodes, &refused, views);
+        let doubted: HashSet<&str> = want.doubts.iter().map(|d| d.pod.as_str()).collect();
+        assert_eq!(doubted, HashSet::from(["a/x"]), "only the refused node's pod: {:?}", want.doubts);
+        assert_eq!(want.pods.iter().filter(|p| !p.ips.is_empty()).count(), 2);
+        assert_eq!(want.state.deny_log, cfg.deny_log);
+        assert!(want.state.ingress.contains_key(&"10.244.1.1".parse().unwrap()), "the local server is isolated");
+        assert_eq!(want.namespaces.ingress.len(), 1, "its namespace is listed for the plugin");
+    }
+}
