@@ -34,7 +34,7 @@ impl Verb {
 }
 
 /// One element of a set or map, in the forms weft's tables use.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Element {
     /// An address (also a one-address range of an interval set).
     Addr(IpAddr),

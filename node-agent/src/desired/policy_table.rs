@@ -318,6 +318,24 @@ pub fn same_rules(a: &PolicyState, b: &PolicyState) -> bool {
     a.chains == b.chains && a.groups == b.groups && sets(a) == sets(b) && port_sets(a) == port_sets(b)
 }
 
+/// The elements only `old` holds (deleted) and only `new` holds (added)
+/// of peer or named-port set `name`, by family: each element with the
+/// address whose family picks the kernel set.
+fn set_changes(
+    name: &str,
+    old: BTreeSet<(IpAddr, Element)>,
+    new: BTreeSet<(IpAddr, Element)>,
+    (deletes, adds): (&mut NftPlan, &mut NftPlan),
+) {
+    for v6 in [false, true] {
+        let only = |a: &BTreeSet<(IpAddr, Element)>, b: &BTreeSet<(IpAddr, Element)>| -> Vec<Element> {
+            a.difference(b).filter(|(ip, _)| ip.is_ipv6() == v6).map(|(_, e)| e.clone()).collect()
+        };
+        deletes.elements(Verb::Delete, POLICY_TABLE, family_set(name, v6), only(&old, &new));
+        adds.elements(Verb::Add, POLICY_TABLE, family_set(name, v6), only(&new, &old));
+    }
+}
+
 /// The element deletions, then additions, that turn `old`'s elements into
 /// `new`'s (one command per set and verb). `old` and `new` have the same
 /// rules ([`same_rules`]).
@@ -347,30 +365,15 @@ pub fn element_changes(old: &PolicyState, new: &PolicyState) -> NftPlan {
     }
     for (name, new_set) in &new.sets {
         let Some(old_set) = old.sets.get(name) else { continue };
-        let (o, n): (BTreeSet<_>, BTreeSet<_>) = (old_set.ranges.iter().collect(), new_set.ranges.iter().collect());
-        for v6 in [false, true] {
-            let elems = |a: &BTreeSet<&(IpAddr, IpAddr)>, b: &BTreeSet<&(IpAddr, IpAddr)>| -> Vec<Element> {
-                a.difference(b).filter(|(x, _)| x.is_ipv6() == v6).map(|(x, y)| Element::range(*x, *y)).collect()
-            };
-            let (gone, came) = (elems(&o, &n), elems(&n, &o));
-            deletes.elements(Verb::Delete, POLICY_TABLE, family_set(name, v6), gone);
-            adds.elements(Verb::Add, POLICY_TABLE, family_set(name, v6), came);
-        }
+        let range = |(a, b): &(IpAddr, IpAddr)| (*a, Element::range(*a, *b));
+        let (o, n) = (old_set.ranges.iter().map(range), new_set.ranges.iter().map(range));
+        set_changes(name, o.collect(), n.collect(), (&mut deletes, &mut adds));
     }
     for (name, new_set) in &new.port_sets {
         let Some(old_set) = old.port_sets.get(name) else { continue };
-        let (o, n): (BTreeSet<_>, BTreeSet<_>) = (old_set.elements.iter().collect(), new_set.elements.iter().collect());
-        for v6 in [false, true] {
-            let elems = |a: &BTreeSet<&(IpAddr, u16)>, b: &BTreeSet<&(IpAddr, u16)>| -> Vec<Element> {
-                a.difference(b)
-                    .filter(|(ip, _)| ip.is_ipv6() == v6)
-                    .map(|(ip, port)| Element::AddrPort(*ip, *port))
-                    .collect()
-            };
-            let (gone, came) = (elems(&o, &n), elems(&n, &o));
-            deletes.elements(Verb::Delete, POLICY_TABLE, family_set(name, v6), gone);
-            adds.elements(Verb::Add, POLICY_TABLE, family_set(name, v6), came);
-        }
+        let port = |(ip, port): &(IpAddr, u16)| (*ip, Element::AddrPort(*ip, *port));
+        let (o, n) = (old_set.elements.iter().map(port), new_set.elements.iter().map(port));
+        set_changes(name, o.collect(), n.collect(), (&mut deletes, &mut adds));
     }
     deletes.commands.extend(adds.commands);
     deletes

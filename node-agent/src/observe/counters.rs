@@ -81,24 +81,33 @@ pub fn counts_in(counters: &HashMap<String, u64>) -> Counts {
 mod tests {
     use super::*;
 
+    /// `nft -j list counters table inet <table>` with these counters.
+    fn listing(table: &str, counters: &[(&str, u64)]) -> String {
+        let objects: Vec<serde_json::Value> = counters
+            .iter()
+            .enumerate()
+            .map(|(i, (name, packets))| {
+                serde_json::json!({"counter": {"family": "inet", "name": name, "table": table,
+                    "handle": i + 3, "packets": packets, "bytes": packets * 84}})
+            })
+            .collect();
+        let mut all = vec![serde_json::json!({"metainfo": {"json_schema_version": 1}})];
+        all.extend(objects);
+        serde_json::json!({ "nftables": all }).to_string()
+    }
+
     #[test]
     fn drop_counters_are_read_from_the_listing() {
-        let listing = r#"{"nftables": [{"metainfo": {"json_schema_version": 1}},
-            {"counter": {"family": "inet", "name": "spoofed_source", "table": "weft", "handle": 3, "packets": 7, "bytes": 588}},
-            {"counter": {"family": "inet", "name": "pod_vxlan", "table": "weft", "handle": 4, "packets": 0, "bytes": 0}},
-            {"counter": {"family": "inet", "name": "someone_elses", "table": "weft", "handle": 5, "packets": 9, "bytes": 9}}]}"#;
-        let counters = parse_counters(listing);
+        let listing = listing("weft", &[("spoofed_source", 7), ("pod_vxlan", 0), ("someone_elses", 9)]);
+        let counters = parse_counters(&listing);
         assert_eq!(drop_counts_in(&counters), vec![("spoofed_source", 7), ("pod_vxlan", 0)]);
         assert!(parse_counters("not json").is_empty());
     }
 
     #[test]
     fn denied_and_pending_counters_are_read_by_direction() {
-        let listing = r#"{"nftables": [{"metainfo": {"json_schema_version": 1}},
-            {"counter": {"family": "inet", "name": "ingress_denied", "table": "weft-policy", "handle": 3, "packets": 7, "bytes": 588}},
-            {"counter": {"family": "inet", "name": "egress_denied", "table": "weft-policy", "handle": 4, "packets": 2, "bytes": 0}},
-            {"counter": {"family": "inet", "name": "ingress_pending", "table": "weft-policy", "handle": 5, "packets": 3, "bytes": 180}}]}"#;
-        let c = counts_in(&parse_counters(listing));
+        let listing = listing("weft-policy", &[("ingress_denied", 7), ("egress_denied", 2), ("ingress_pending", 3)]);
+        let c = counts_in(&parse_counters(&listing));
         assert_eq!(c.denied, vec![(Direction::Ingress, 7), (Direction::Egress, 2)]);
         assert_eq!(c.pending, vec![(Direction::Ingress, 3)]);
         assert_eq!(counts_in(&parse_counters("")), Counts::default());
