@@ -5,7 +5,10 @@
 //! the underlay and what weft owns in the kernel; [`desired::compute`] is a
 //! pure function of the configuration and that observation; [`apply`] makes
 //! each output (kernel, nftables, files, API) match it. [`agent`] schedules
-//! passes and reports them. [`wire`] is the Node as read off the API.
+//! passes and reports them ([`health`], [`reported`]). [`wire`] and
+//! [`wire_policy`] are the API objects as read, [`config`] the agent's
+//! configuration. [`base`] and [`metrics`] are the bottom layer under all
+//! of them; `tests/layers.rs` keeps every import pointing down.
 
 pub mod agent;
 pub mod apply;

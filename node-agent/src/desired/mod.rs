@@ -6,6 +6,10 @@
 //! which MTU, what to skip) is unit-tested here without a kernel.
 //! [`incremental`] keeps the result between passes and updates it for the
 //! Nodes that changed, equal to [`compute`] by test.
+//! [`network_policy::compute`] is its NetworkPolicy part (believed pods,
+//! the `inet weft-policy` table, the plugin's namespace list), computed
+//! every pass from the observation's policy views; [`nft_plan`] is the one
+//! typed plan of changes to either nftables table.
 
 pub mod files;
 pub mod incremental;
