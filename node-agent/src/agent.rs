@@ -520,7 +520,12 @@ mod tests {
         let f = Failure::from(UnderlayError::NoSuchInterface("eth9".into()));
         assert_eq!(f.output(), "observe");
         assert!(f.to_string().contains("eth9"));
-        let k = Failure::from(kernel::KernelError::Entries { failed: 2, first: "route: EINVAL".into() });
+        let first = kernel::EntryError {
+            what: "route",
+            source: libweft::netlink::NetlinkError::InvalidRequest("no such hop".into()),
+        };
+        let k = Failure::from(kernel::KernelError::Entries { failed: 2, first });
+        assert!(k.to_string().contains("route: invalid request: no such hop"), "{k}");
         assert_eq!(k.output(), "kernel");
     }
 }

@@ -42,7 +42,11 @@ pub enum KernelError {
     },
     /// Some routes, neighbours or FDB entries failed; the others were applied.
     #[error("{failed} entries failed, the first: {first}")]
-    Entries { failed: usize, first: String },
+    Entries {
+        failed: usize,
+        #[source]
+        first: EntryError,
+    },
     /// The VXLAN device's transmit checksum offload could not be read or set.
     #[error("transmit checksum offload on {device}: {source}")]
     Offload {
@@ -50,6 +54,16 @@ pub enum KernelError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// One route, neighbour, FDB entry or address that failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {source}")]
+pub struct EntryError {
+    /// `route`, `neighbour`, `fdb`, `address`.
+    pub what: &'static str,
+    #[source]
+    pub source: NetlinkError,
 }
 
 /// Sets transmit checksum offload on the VXLAN device if it differs.
@@ -76,7 +90,7 @@ pub fn set_tx_checksum_offload(on: bool) -> Result<bool, KernelError> {
 }
 
 /// What one sync did and found.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct Applied {
     /// Objects added, replaced or deleted.
     pub changes: usize,
@@ -86,7 +100,7 @@ pub struct Applied {
     pub neighbours: usize,
     pub fdb: usize,
     /// Per-object failures; the rest of the sync still ran.
-    pub errors: Vec<String>,
+    pub errors: Vec<EntryError>,
 }
 
 fn route_spec(dst: IpNetwork, hop: Hop, underlay: u32, vxlan: Option<u32>) -> Option<RouteSpec> {
@@ -359,7 +373,7 @@ fn record(out: &mut Applied, res: Result<usize, NetlinkError>, what: &'static st
         Err(e) => {
             mirror.mark_stale();
             tracing::warn!("{what}: {e}");
-            out.errors.push(format!("{what}: {e}"));
+            out.errors.push(EntryError { what, source: e });
         }
     }
 }
@@ -445,9 +459,10 @@ pub async fn apply(
         metrics.peers.get_or_create(&BackendLabel { backend: b.as_str().to_string() }).set(n as i64);
     }
     // The rest of the kernel state is in place; the failed entries are retried.
-    match applied.errors.first() {
+    let failed = applied.errors.len();
+    match applied.errors.into_iter().next() {
         None => Ok(()),
-        Some(first) => Err(KernelError::Entries { failed: applied.errors.len(), first: first.clone() }),
+        Some(first) => Err(KernelError::Entries { failed, first }),
     }
 }
 
