@@ -408,7 +408,7 @@ fn denials_are_counted_by_policy_and_logged_through_nflog_at_a_bounded_rate() {
         ),
     ];
     let mut state = policy(&node.name, &pods, &namespaces, &policies);
-    state.deny_log = Some(weft_agent::desired::policy::DenyLog { group: 77, per_second: 10 });
+    state.deny_log = Some(weft_agent::config::DenyLog { group: 77, per_second: 10 });
     load(&node.ns, &state);
 
     // tcpdump reads NFLOG group 77 in the node's namespace, for a bounded time.

@@ -66,10 +66,8 @@ pub struct PolicyState {
     pub port_sets: BTreeMap<String, PortSet>,
     /// Log denied packets through NFLOG (`networkPolicy.logDenied`); set
     /// from the agent's config, never from the API.
-    pub deny_log: Option<DenyLog>,
+    pub deny_log: Option<crate::config::DenyLog>,
 }
-
-pub use crate::config::DenyLog;
 
 /// One policy's rules for one direction.
 #[derive(Debug, Clone, PartialEq, Eq)]
