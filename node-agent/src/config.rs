@@ -114,6 +114,8 @@ pub struct FileConfig {
     pub resync_period_seconds: Option<u64>,
     #[serde(default)]
     pub ipam_gc_period_seconds: Option<u64>,
+    /// Unused since IPAM GC stopped asking the runtime; still accepted so
+    /// that configuration files written for earlier releases load.
     #[serde(default)]
     pub cri_socket: Option<PathBuf>,
     #[serde(default)]
@@ -168,7 +170,6 @@ pub struct Config {
     pub ipam_gc_period: Duration,
     /// Reservations younger than this are never collected (ADDs in flight).
     pub ipam_gc_grace: Duration,
-    pub cri_socket: PathBuf,
     pub cni_conf_dir: PathBuf,
     pub cni_bin_dir: PathBuf,
     pub run_dir: PathBuf,
@@ -289,7 +290,6 @@ impl FileConfig {
             resync_period: Duration::from_secs(resync),
             ipam_gc_period: Duration::from_secs(gc),
             ipam_gc_grace: Duration::from_secs(grace),
-            cri_socket: self.cri_socket.unwrap_or_else(|| "/run/containerd/containerd.sock".into()),
             cni_conf_dir: self.cni_conf_dir.unwrap_or_else(|| "/etc/cni/net.d".into()),
             cni_bin_dir: self.cni_bin_dir.unwrap_or_else(|| "/opt/cni/bin".into()),
             run_dir: self.run_dir.unwrap_or_else(|| "/run/weft".into()),

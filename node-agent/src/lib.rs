@@ -14,7 +14,6 @@ pub mod agent;
 pub mod apply;
 pub mod base;
 pub mod config;
-pub mod cri;
 pub mod desired;
 pub mod health;
 pub mod http;

@@ -172,7 +172,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
             let health = Arc::new(health::Health::default());
             let stale = cfg.resync_period.as_secs() * 3 + 30;
             let server = http::serve(cfg.health_address, cfg.listen_address, health.clone(), metrics.clone(), stale);
-            tokio::spawn(ipam_gc::run(cfg.clone(), metrics.clone()));
+            tokio::spawn(ipam_gc::run(cfg.clone(), client.clone(), args.node_name.clone(), metrics.clone()));
             tokio::select! {
                 r = server => r,
                 r = agent::run(cfg, args.node_name, client, metrics, health) => r,

@@ -248,8 +248,7 @@ impl Node {
 pub const AGENT_HTTP: &str = "127.0.0.1:9959";
 
 /// Writes an agent configuration into `dir`, with every path the agent
-/// writes (run dir, CNI config and bin dirs) inside it and no CRI; returns
-/// its path.
+/// writes (run dir, CNI config and bin dirs) inside it; returns its path.
 pub fn agent_config(dir: &Path, backend: &str, resync_seconds: u64) -> PathBuf {
     let cfg = json!({
         "clusterCIDRs": ["10.244.0.0/16", "fd00:10:244::/56"],
@@ -260,7 +259,6 @@ pub fn agent_config(dir: &Path, backend: &str, resync_seconds: u64) -> PathBuf {
         "runDir": dir.join("run"),
         "cniConfDir": dir.join("net.d"),
         "cniBinDir": dir.join("bin"),
-        "criSocket": dir.join("no-cri.sock"),
     });
     let path = dir.join("config.json");
     std::fs::write(&path, cfg.to_string()).unwrap();

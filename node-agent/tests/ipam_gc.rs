@@ -1,0 +1,97 @@
+//! IPAM GC against the real kernel and the real plugin: pods are wired by
+//! `weft` ADD in a node namespace, and the agent's GC pass decides from the
+//! node's veths (and the Pods the API claims, empty here: the API lags)
+//! which reservations to free. Needs root and `cargo build -p weft-cni`.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use common::Node;
+use ipnetwork::IpNetwork;
+use libweft::ipam::{Allocator, Attachment, DiskStore};
+use libweft::netlink::{Netlink, host_veth_name};
+use libweft::netns::NetNs;
+use libweft::testutil::control_plane::eventually;
+use libweft::testutil::{TestNs, have_privileges};
+use weft_agent::ipam_gc::{Evidence, NETWORK, observe_host_veths, sweep};
+
+fn node() -> Node {
+    Node {
+        name: "node1".into(),
+        ns: TestNs::new("gc-node1"),
+        v4: "198.51.100.11".into(),
+        v6: "2001:db8:a::11".into(),
+        pod_v4: "10.244.1.0/24".into(),
+        pod_v6: "fd00:10:244:1::/64".into(),
+        ipam: tempfile::tempdir().unwrap(),
+    }
+}
+
+fn subnets(node: &Node) -> Vec<IpNetwork> {
+    vec![node.pod_v4.parse().unwrap(), node.pod_v6.parse().unwrap()]
+}
+
+fn held(node: &Node, id: &str) -> Vec<IpAddr> {
+    let alloc = Allocator::new(DiskStore::open(node.ipam.path(), NETWORK).unwrap(), subnets(node)).unwrap();
+    let att = Attachment { container_id: id.into(), ifname: "eth0".into() };
+    alloc.find(&att).unwrap().into_iter().map(|a| a.ip).collect()
+}
+
+/// Two GC passes (an address must be unproven in two in a row) with no
+/// grace period, seeing the node's veths and no Pod in the API; returns
+/// what they freed.
+fn two_passes(node: &Node) -> Vec<IpAddr> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let mut suspects = HashSet::new();
+    let mut freed = Vec::new();
+    for _ in 0..2 {
+        let veths = rt.block_on(async {
+            let nl = Netlink::from_socket(NetNs::open(&node.ns.path()).unwrap().route_socket().unwrap()).unwrap();
+            observe_host_veths(&nl).await.unwrap()
+        });
+        let evidence = Evidence { veths, claimed: HashSet::new() };
+        freed.extend(sweep(node.ipam.path(), subnets(node), &evidence, Duration::ZERO, &mut suspects).unwrap().freed);
+    }
+    freed
+}
+
+#[test]
+#[ignore = "needs root: cargo test -- --ignored"]
+fn a_sandbox_the_api_does_not_list_yet_keeps_its_address() {
+    if !have_privileges() {
+        return;
+    }
+    let node = node();
+    // ADD has returned; no Pod in the API claims the address yet.
+    let (_pod, v4, v6) = node.add_pod("gc-new", 1500);
+    assert!(two_passes(&node).is_empty(), "freed the address of a live sandbox");
+    assert_eq!(held(&node, "gc-new"), [v4.parse::<IpAddr>().unwrap(), v6.parse().unwrap()]);
+}
+
+#[test]
+#[ignore = "needs root: cargo test -- --ignored"]
+fn an_address_whose_veth_is_gone_is_freed() {
+    if !have_privileges() {
+        return;
+    }
+    let node = node();
+    let (live, _, _) = node.add_pod("gc-live", 1500);
+    let (dead, v4, v6) = node.add_pod("gc-dead", 1500);
+    // The sandbox dies without DEL: its namespace goes, and the kernel takes
+    // the veth pair with it (asynchronously, in its netns cleanup work).
+    drop(dead);
+    let veth = host_veth_name("gc-dead", "eth0");
+    let gone = eventually(Duration::from_secs(10), || !node.ns.exec(&["ip", "link", "show", &veth]).status.success());
+    assert!(gone, "{veth} outlived its pod's namespace");
+    let mut freed = two_passes(&node);
+    freed.sort();
+    assert_eq!(freed, [v4.parse::<IpAddr>().unwrap(), v6.parse().unwrap()]);
+    assert!(held(&node, "gc-dead").is_empty());
+    assert_eq!(held(&node, "gc-live").len(), 2, "freed the live pod's addresses too");
+    drop(live);
+}
