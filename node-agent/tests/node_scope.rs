@@ -1,0 +1,192 @@
+//! weft-agent's credentials against a real kube-apiserver: the chart's
+//! ServiceAccount, RBAC and admission policy (rendered by helm from
+//! charts/weft, so this checks what ships), and real tokens from
+//! TokenRequest, bound to a weft pod on node1 as the kubelet's are. The
+//! agent's token may change its own Node's weft.dev/ annotations and
+//! nothing else. Needs root and the Kubernetes binaries (and helm) built by
+//! e2e/build-tools.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use libweft::testutil::control_plane::{ControlPlane, k8s_bin};
+use libweft::testutil::{TestNs, have_privileges};
+use serde_json::{Value, json};
+
+const NAMESPACE: &str = "kube-system";
+const POLICY: &str = "weft-own-node-annotations";
+const API_IP: &str = "198.51.100.2";
+
+fn bin_or_skip() -> Option<PathBuf> {
+    if !have_privileges() {
+        return None;
+    }
+    let bin = k8s_bin().filter(|b| b.join("helm").exists());
+    if bin.is_none() {
+        assert!(std::env::var_os("CI").is_none(), "Kubernetes binaries missing under CI: run e2e setup first");
+        eprintln!("skipping: Kubernetes binaries or helm not built (set WEFT_K8S_BIN)");
+    }
+    bin
+}
+
+/// The chart's objects that give weft its credentials, as a release "weft"
+/// in kube-system renders them.
+fn render_chart(bin: &Path) -> String {
+    let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/weft");
+    let out = Command::new(bin.join("helm"))
+        .args(["template", "weft"])
+        .arg(chart)
+        .args(["--namespace", NAMESPACE, "--kube-version", "1.36.3"])
+        .args(["--show-only", "templates/serviceaccount.yaml"])
+        .args(["--show-only", "templates/rbac.yaml"])
+        .args(["--show-only", "templates/node-policy.yaml"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "helm template: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// kubectl against `cp` as the holder of `token`.
+fn as_token(cp: &ControlPlane, token: &str, args: &[&str]) -> Output {
+    let config = cp.dir.path().join(format!("kubeconfig-{:x}", libweft::netlink::stable_hash(token.bytes())));
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster:\n    server: https://{API_IP}:6443\n    insecure-skip-tls-verify: true\nusers:\n- name: t\n  user:\n    token: {token}\ncontexts:\n- name: t\n  context: {{cluster: t, user: t}}\ncurrent-context: t\n"
+    );
+    std::fs::write(&config, text).unwrap();
+    Command::new("ip")
+        .args(["netns", "exec", cp.ns.name()])
+        .arg(cp.bin.join("kubectl"))
+        .arg("--kubeconfig")
+        .arg(&config)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// The API server's answer: HTTP status and body.
+struct Answer {
+    code: u16,
+    body: String,
+}
+
+/// A merge patch of Node `node` through nodes/status as the holder of
+/// `token`, the request weft-agent sends to publish (the only Node write its
+/// RBAC allows; kubectl would GET first, which the agent never does).
+fn patch_status(cp: &ControlPlane, token: &str, node: &str, patch: &Value) -> Answer {
+    let out = Command::new("ip")
+        .args(["netns", "exec", cp.ns.name(), "curl", "-sk", "--max-time", "10", "-X", "PATCH"])
+        .args(["-H", &format!("Authorization: Bearer {token}")])
+        .args(["-H", "Content-Type: application/merge-patch+json", "-w", "\\n%{http_code}"])
+        .args(["--data", &patch.to_string()])
+        .arg(format!("https://{API_IP}:6443/api/v1/nodes/{node}/status"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    Answer { code: code.trim().parse().unwrap_or(0), body: body.to_string() }
+}
+
+fn assert_allowed(a: &Answer, what: &str) {
+    assert_eq!(a.code, 200, "{what}: refused: {}", a.body);
+}
+
+/// Refused by the policy (RBAC allows every one of these).
+fn refused_by_policy(a: &Answer) -> bool {
+    a.code == 403 && a.body.contains(POLICY) && a.body.contains("denied")
+}
+
+fn assert_refused(a: &Answer, what: &str) {
+    assert!(refused_by_policy(a), "{what}: not refused by {POLICY}: HTTP {} {}", a.code, a.body);
+}
+
+fn weft_annotation(value: &str) -> Value {
+    json!({"metadata": {"annotations": {"weft.dev/public-ip": value}}})
+}
+
+#[test]
+#[ignore = "needs root and the Kubernetes binaries: cargo test -- --ignored"]
+fn the_agent_token_changes_only_its_own_nodes_weft_annotations() {
+    let Some(bin) = bin_or_skip() else { return };
+    let ns = TestNs::new("scope-cp");
+    // An address of its own for the API server to advertise (the kernel here has no dummy links).
+    ns.exec_ok(&["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth1"]);
+    ns.exec_ok(&["ip", "link", "set", "eth0", "up"]);
+    ns.exec_ok(&["ip", "link", "set", "eth1", "up"]);
+    ns.exec_ok(&["ip", "addr", "add", &format!("{API_IP}/24"), "dev", "eth0"]);
+    let cp = ControlPlane::start(ns, API_IP, &bin);
+    cp.create_node("node1", &["10.244.1.0/24"], &["198.51.100.11"]);
+    cp.create_node("node2", &["10.244.2.0/24"], &["198.51.100.12"]);
+    cp.kubectl_stdin(&["apply", "-f", "-"], &render_chart(&bin));
+
+    // The weft pod on node1; a token bound to it, as the kubelet gets for the agent, and one bound to nothing.
+    let pod = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "weft-node1", "namespace": NAMESPACE},
+        "spec": {"nodeName": "node1", "serviceAccountName": "weft", "hostNetwork": true,
+                 "containers": [{"name": "agent", "image": "none"}]}});
+    cp.kubectl_stdin(&["create", "-f", "-"], &pod.to_string());
+    let token = |extra: &[&str]| {
+        let mut args = vec!["create", "token", "weft", "-n", NAMESPACE, "--duration", "1h"];
+        args.extend_from_slice(extra);
+        cp.kubectl_ok(&args).trim().to_string()
+    };
+    let pod_token = token(&["--bound-object-kind", "Pod", "--bound-object-name", "weft-node1"]);
+    let unbound_token = token(&[]);
+
+    // Kubernetes puts the pod's node in the token's extra (ServiceAccountTokenPodNodeInfo).
+    let whoami: Value = serde_json::from_slice(&as_token(&cp, &pod_token, &["auth", "whoami", "-o", "json"]).stdout)
+        .expect("kubectl auth whoami");
+    assert_eq!(
+        whoami["status"]["userInfo"]["extra"]["authentication.kubernetes.io/node-name"],
+        json!(["node1"]),
+        "{whoami}"
+    );
+    // The policy compiles against the Node schema without warnings.
+    let policy: Value =
+        serde_json::from_str(&cp.kubectl_ok(&["get", "validatingadmissionpolicy", POLICY, "-o", "json"])).unwrap();
+    assert!(policy["status"]["typeChecking"]["expressionWarnings"].is_null(), "{:#}", policy["status"]);
+
+    // Policies take effect once the API server's informer has them: wait for the first refusal.
+    let started = std::time::Instant::now();
+    loop {
+        let answer = patch_status(&cp, &pod_token, "node2", &weft_annotation("203.0.113.66"));
+        if refused_by_policy(&answer) {
+            break;
+        }
+        assert_eq!(answer.code, 200, "{}", answer.body);
+        assert!(started.elapsed().as_secs() < 30, "the policy never took effect");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        // Undo what got through, so the checks below start from the Nodes as created.
+        let _ = cp.kubectl(&["annotate", "node", "node2", "weft.dev/public-ip-"]);
+    }
+
+    // Allowed: what weft-agent publishes on its own Node, including removing a key it published before.
+    let publish = json!({"metadata": {"annotations": {
+        "weft.dev/public-ip": "198.51.100.11", "weft.dev/public-ipv6": "2001:db8:a::11", "weft.dev/backend": "vxlan"}}});
+    assert_allowed(&patch_status(&cp, &pod_token, "node1", &publish), "own weft.dev annotations");
+    let unpublish = json!({"metadata": {"annotations": {"weft.dev/public-ipv6": null}}});
+    assert_allowed(&patch_status(&cp, &pod_token, "node1", &unpublish), "removing an own weft.dev annotation");
+    let annotations = cp.kubectl_ok(&["get", "node", "node1", "-o", "jsonpath={.metadata.annotations}"]);
+    assert!(annotations.contains("198.51.100.11") && !annotations.contains("public-ipv6"), "{annotations}");
+
+    // Refused: another Node's annotation, labels and addresses.
+    let label = json!({"metadata": {"labels": {"node-restriction.kubernetes.io/trusted": "yes"}}});
+    let addresses = json!({"status": {"addresses": [{"type": "InternalIP", "address": "203.0.113.66"}]}});
+    let other_annotation = json!({"metadata": {"annotations": {"example.com/owner": "weft"}}});
+    assert_refused(&patch_status(&cp, &pod_token, "node2", &weft_annotation("203.0.113.66")), "node2's annotation");
+    assert_refused(&patch_status(&cp, &pod_token, "node2", &label), "node2's labels");
+    assert_refused(&patch_status(&cp, &pod_token, "node2", &addresses), "node2's addresses");
+    // Refused: its own Node's labels, addresses and annotations outside weft.dev/.
+    assert_refused(&patch_status(&cp, &pod_token, "node1", &label), "own labels");
+    assert_refused(&patch_status(&cp, &pod_token, "node1", &addresses), "own addresses");
+    assert_refused(&patch_status(&cp, &pod_token, "node1", &other_annotation), "own non-weft annotation");
+    // Refused: a token of weft's service account that names no node, even for its weft.dev annotations.
+    assert_refused(&patch_status(&cp, &unbound_token, "node1", &weft_annotation("203.0.113.66")), "unbound token");
+
+    // Nothing refused left a trace.
+    let node2 = cp.kubectl_ok(&["get", "node", "node2", "-o", "json"]);
+    assert!(!node2.contains("203.0.113.66") && !node2.contains("trusted"), "{node2}");
+    let node1 = cp.kubectl_ok(&["get", "node", "node1", "-o", "json"]);
+    assert!(!node1.contains("203.0.113.66") && !node1.contains("trusted") && !node1.contains("example.com"), "{node1}");
+}
