@@ -1,7 +1,8 @@
 //! IPAM GC against the real kernel and the real plugin: pods are wired by
 //! `weft` ADD in a node namespace, and the agent's GC pass decides from the
 //! node's veths (and the Pods the API claims, empty here: the API lags)
-//! which reservations to free. Needs root and `cargo build -p weft-cni`.
+//! which reservations to free. Needs root and `cargo build -p weft-cni`;
+//! the last test also needs the Kubernetes binaries (a real API server).
 
 #![allow(clippy::unwrap_used)]
 
@@ -11,14 +12,15 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use common::Node;
+use common::{Node, create_pod};
 use ipnetwork::IpNetwork;
 use libweft::ipam::{Allocator, Attachment, DiskStore};
 use libweft::netlink::{Netlink, host_veth_name};
 use libweft::netns::NetNs;
 use libweft::testutil::control_plane::eventually;
+use libweft::testutil::control_plane::{ControlPlane, k8s_bin};
 use libweft::testutil::{TestNs, have_privileges};
-use weft_agent::ipam_gc::{Evidence, NETWORK, observe_host_veths, sweep};
+use weft_agent::ipam_gc::{Evidence, NETWORK, observe_claimed_addresses, observe_host_veths, sweep};
 
 fn node() -> Node {
     Node {
@@ -94,4 +96,52 @@ fn an_address_whose_veth_is_gone_is_freed() {
     assert!(held(&node, "gc-dead").is_empty());
     assert_eq!(held(&node, "gc-live").len(), 2, "freed the live pod's addresses too");
     drop(live);
+}
+
+#[test]
+#[ignore = "needs root and the Kubernetes binaries: cargo test -- --ignored"]
+fn only_unfinished_pods_bound_to_the_node_claim_addresses() {
+    if !have_privileges() {
+        return;
+    }
+    let Some(bin) = k8s_bin() else {
+        assert!(std::env::var_os("CI").is_none(), "Kubernetes binaries missing under CI: run e2e setup first");
+        eprintln!("skipping: Kubernetes binaries not built (set WEFT_K8S_BIN)");
+        return;
+    };
+    let ns = TestNs::new("gc-cp");
+    ns.exec_ok(&["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth1"]);
+    ns.exec_ok(&["ip", "link", "set", "eth0", "up"]);
+    ns.exec_ok(&["ip", "link", "set", "eth1", "up"]);
+    ns.exec_ok(&["ip", "addr", "add", "198.51.100.2/24", "dev", "eth0"]);
+    let cp = ControlPlane::start(ns, "198.51.100.2", &bin);
+    create_pod(&cp, "running", "node1", serde_json::json!({}), &["10.244.1.5", "fd00:10:244:1::5"]);
+    create_pod(&cp, "done", "node1", serde_json::json!({}), &["10.244.1.6"]);
+    cp.kubectl_ok(&[
+        "patch",
+        "pod",
+        "done",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"phase":"Succeeded"}}"#,
+    ]);
+    create_pod(&cp, "elsewhere", "node2", serde_json::json!({}), &["10.244.2.7"]);
+
+    // The client's sockets must live in the control plane's namespace: a throwaway thread there.
+    let kubeconfig = cp.kubeconfig();
+    let claimed = NetNs::open(&cp.ns.path())
+        .unwrap()
+        .run(|| {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let file = kube::config::Kubeconfig::read_from(&kubeconfig).unwrap();
+                let config = kube::Config::from_custom_kubeconfig(file, &Default::default()).await.unwrap();
+                observe_claimed_addresses(&kube::Client::try_from(config).unwrap(), "node1").await
+            })
+        })
+        .unwrap()
+        .unwrap();
+    let want: HashSet<IpAddr> = ["10.244.1.5".parse().unwrap(), "fd00:10:244:1::5".parse().unwrap()].into();
+    assert_eq!(claimed, want);
 }
