@@ -12,13 +12,12 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use common::{Node, create_pod};
+use common::{Node, create_pod, k8s_bin_or_skip, lone_control_plane};
 use ipnetwork::IpNetwork;
 use libweft::ipam::{Allocator, Attachment, DiskStore};
 use libweft::netlink::{Netlink, host_veth_name};
 use libweft::netns::NetNs;
 use libweft::testutil::control_plane::eventually;
-use libweft::testutil::control_plane::{ControlPlane, k8s_bin};
 use libweft::testutil::{TestNs, have_privileges};
 use weft_agent::ipam_gc::{Evidence, NETWORK, observe_claimed_addresses, observe_host_veths, sweep};
 
@@ -101,20 +100,8 @@ fn an_address_whose_veth_is_gone_is_freed() {
 #[test]
 #[ignore = "needs root and the Kubernetes binaries: cargo test -- --ignored"]
 fn only_unfinished_pods_bound_to_the_node_claim_addresses() {
-    if !have_privileges() {
-        return;
-    }
-    let Some(bin) = k8s_bin() else {
-        assert!(std::env::var_os("CI").is_none(), "Kubernetes binaries missing under CI: run e2e setup first");
-        eprintln!("skipping: Kubernetes binaries not built (set WEFT_K8S_BIN)");
-        return;
-    };
-    let ns = TestNs::new("gc-cp");
-    ns.exec_ok(&["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth1"]);
-    ns.exec_ok(&["ip", "link", "set", "eth0", "up"]);
-    ns.exec_ok(&["ip", "link", "set", "eth1", "up"]);
-    ns.exec_ok(&["ip", "addr", "add", "198.51.100.2/24", "dev", "eth0"]);
-    let cp = ControlPlane::start(ns, "198.51.100.2", &bin);
+    let Some(bin) = k8s_bin_or_skip() else { return };
+    let cp = lone_control_plane(&bin);
     create_pod(&cp, "running", "node1", serde_json::json!({}), &["10.244.1.5", "fd00:10:244:1::5"]);
     create_pod(&cp, "done", "node1", serde_json::json!({}), &["10.244.1.6"]);
     cp.kubectl_ok(&[

@@ -8,28 +8,17 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::{Command, Output};
 
-use libweft::testutil::control_plane::{ControlPlane, k8s_bin};
-use libweft::testutil::{TestNs, have_privileges};
+use common::{CP_IP, k8s_bin_or_skip, lone_control_plane};
+use libweft::testutil::control_plane::ControlPlane;
 use serde_json::{Value, json};
 
 const NAMESPACE: &str = "kube-system";
 const POLICY: &str = "weft-own-node-annotations";
-const API_IP: &str = "198.51.100.2";
-
-fn bin_or_skip() -> Option<PathBuf> {
-    if !have_privileges() {
-        return None;
-    }
-    let bin = k8s_bin().filter(|b| b.join("helm").exists());
-    if bin.is_none() {
-        assert!(std::env::var_os("CI").is_none(), "Kubernetes binaries missing under CI: run e2e setup first");
-        eprintln!("skipping: Kubernetes binaries or helm not built (set WEFT_K8S_BIN)");
-    }
-    bin
-}
 
 /// The chart's objects that give weft its credentials, as a release "weft"
 /// in kube-system renders them.
@@ -52,7 +41,7 @@ fn render_chart(bin: &Path) -> String {
 fn as_token(cp: &ControlPlane, token: &str, args: &[&str]) -> Output {
     let config = cp.dir.path().join(format!("kubeconfig-{:x}", libweft::netlink::stable_hash(token.bytes())));
     let text = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster:\n    server: https://{API_IP}:6443\n    insecure-skip-tls-verify: true\nusers:\n- name: t\n  user:\n    token: {token}\ncontexts:\n- name: t\n  context: {{cluster: t, user: t}}\ncurrent-context: t\n"
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster:\n    server: https://{CP_IP}:6443\n    insecure-skip-tls-verify: true\nusers:\n- name: t\n  user:\n    token: {token}\ncontexts:\n- name: t\n  context: {{cluster: t, user: t}}\ncurrent-context: t\n"
     );
     std::fs::write(&config, text).unwrap();
     Command::new("ip")
@@ -80,7 +69,7 @@ fn patch_status(cp: &ControlPlane, token: &str, node: &str, patch: &Value) -> An
         .args(["-H", &format!("Authorization: Bearer {token}")])
         .args(["-H", "Content-Type: application/merge-patch+json", "-w", "\\n%{http_code}"])
         .args(["--data", &patch.to_string()])
-        .arg(format!("https://{API_IP}:6443/api/v1/nodes/{node}/status"))
+        .arg(format!("https://{CP_IP}:6443/api/v1/nodes/{node}/status"))
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -108,14 +97,8 @@ fn weft_annotation(value: &str) -> Value {
 #[test]
 #[ignore = "needs root and the Kubernetes binaries: cargo test -- --ignored"]
 fn the_agent_token_changes_only_its_own_nodes_weft_annotations() {
-    let Some(bin) = bin_or_skip() else { return };
-    let ns = TestNs::new("scope-cp");
-    // An address of its own for the API server to advertise (the kernel here has no dummy links).
-    ns.exec_ok(&["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth1"]);
-    ns.exec_ok(&["ip", "link", "set", "eth0", "up"]);
-    ns.exec_ok(&["ip", "link", "set", "eth1", "up"]);
-    ns.exec_ok(&["ip", "addr", "add", &format!("{API_IP}/24"), "dev", "eth0"]);
-    let cp = ControlPlane::start(ns, API_IP, &bin);
+    let Some(bin) = k8s_bin_or_skip() else { return };
+    let cp = lone_control_plane(&bin);
     cp.create_node("node1", &["10.244.1.0/24"], &["198.51.100.11"]);
     cp.create_node("node2", &["10.244.2.0/24"], &["198.51.100.12"]);
     cp.kubectl_stdin(&["apply", "-f", "-"], &render_chart(&bin));

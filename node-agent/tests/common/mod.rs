@@ -291,3 +291,29 @@ pub fn create_pod(cp: &ControlPlane, name: &str, node: &str, labels: serde_json:
     let patch = serde_json::json!({"status": {"podIP": ips[0], "podIPs": pod_ips}}).to_string();
     cp.kubectl_ok(&["patch", "pod", name, "-n", "default", "--subresource=status", "--type=merge", "-p", &patch]);
 }
+
+/// The Kubernetes binaries, or `None` (with a message) when the test must
+/// skip: not root, or the binaries (and helm) not built. Fails under CI.
+pub fn k8s_bin_or_skip() -> Option<PathBuf> {
+    if !libweft::testutil::have_privileges() {
+        return None;
+    }
+    let bin = libweft::testutil::control_plane::k8s_bin().filter(|b| b.join("helm").exists());
+    if bin.is_none() {
+        assert!(std::env::var_os("CI").is_none(), "Kubernetes binaries missing under CI: run e2e setup first");
+        eprintln!("skipping: Kubernetes binaries or helm not built (set WEFT_K8S_BIN)");
+    }
+    bin
+}
+
+/// etcd and kube-apiserver alone in a namespace, at `CP_IP` on a veth of
+/// its own (the kernel here has no dummy links), for tests that need the
+/// API but no node.
+pub fn lone_control_plane(bin: &Path) -> ControlPlane {
+    let ns = TestNs::new("cp");
+    ns.exec_ok(&["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth1"]);
+    ns.exec_ok(&["ip", "link", "set", "eth0", "up"]);
+    ns.exec_ok(&["ip", "link", "set", "eth1", "up"]);
+    ns.exec_ok(&["ip", "addr", "add", &format!("{CP_IP}/24"), "dev", "eth0"]);
+    ControlPlane::start(ns, CP_IP, bin)
+}
