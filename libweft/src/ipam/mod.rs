@@ -401,7 +401,7 @@ impl<S: Store> Allocator<S> {
 
     /// Like [`Allocator::gc`], but spares reservations and indexes written
     /// less than `grace` ago: a caller whose `valid` list may lag behind
-    /// (weft-agent lists sandboxes over CRI) would otherwise free the address
+    /// (weft-agent judges from veths and the API's Pods) would otherwise free the address
     /// of an ADD in flight.
     pub fn gc_older_than(&self, valid: &HashSet<Attachment>, grace: Duration) -> Result<Vec<IpAddr>, IpamError> {
         let now = SystemTime::now();
