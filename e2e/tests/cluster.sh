@@ -27,17 +27,21 @@ for n in node1 node2; do
 done
 pass "both nodes Ready with IPv4 and IPv6 podCIDRs"
 
-# weft-agent runs under the chart's ClusterRole (the nodes' annotations it
-# published show it works), and that role cannot touch a Node's spec,
-# labels or taints: only nodes/status may be patched.
+# weft-agent runs under the chart's ClusterRole and admission policy (the
+# annotations it published show the policy admits what the agent writes with
+# the kubelet's pod-bound token), and that role cannot touch a Node's spec,
+# labels or taints: only nodes/status may be patched, and the policy narrows
+# that to the agent's own Node's weft.dev/ annotations
+# (node-agent/tests/node_scope.rs checks the refusals).
 sa=system:serviceaccount:kube-system:weft
-for verb in get list watch; do
+for verb in list watch; do
   [[ $(K auth can-i "$verb" nodes --as "$sa") == yes ]] || fail "weft's service account cannot $verb nodes"
 done
 [[ $(K auth can-i patch nodes --subresource status --as "$sa") == yes ]] || fail "weft's service account cannot patch nodes/status"
-for verb in patch update delete create; do
+for verb in get patch update delete create; do
   [[ $(K auth can-i "$verb" nodes --as "$sa" 2>/dev/null) == no ]] || fail "weft's service account may $verb nodes (spec, labels, taints)"
 done
+K get validatingadmissionpolicybinding weft-own-node-annotations >/dev/null || fail "the chart's admission policy binding is missing"
 # NetworkPolicy (on by default): list and watch only, on what it reads.
 for res in pods namespaces networkpolicies.networking.k8s.io; do
   for verb in list watch; do
@@ -47,8 +51,11 @@ for res in pods namespaces networkpolicies.networking.k8s.io; do
     [[ $(K auth can-i "$verb" "$res" --all-namespaces --as "$sa" 2>/dev/null) == no ]] || fail "weft's service account may $verb $res"
   done
 done
-[[ -n $(K get node node1 -o jsonpath='{.metadata.annotations.weft\.dev/vtep-mac}') ]] || fail "node1 has no weft.dev/vtep-mac annotation"
-pass "weft-agent works under the chart's ClusterRole, which may patch nodes/status only (not a Node's spec, labels or taints) and only read pods, namespaces and networkpolicies"
+published() { [[ -n $(K get node "$1" -o jsonpath='{.metadata.annotations.weft\.dev/vtep-mac}') ]]; }
+for n in node1 node2; do
+  eventually 30 published "$n" || fail "$n has no weft.dev/vtep-mac annotation (refused by the admission policy? see its agent's log)"
+done
+pass "weft-agent works under the chart's ClusterRole and admission policy: it published both Nodes' annotations, may patch nodes/status only (not a Node's spec, labels or taints) and only read nodes, pods, namespaces and networkpolicies"
 
 deploy_echo echo 4
 eventually 90 all_running echo 4 || { K get pods -o wide; K get events | tail -20; fail "pods not Running"; }
