@@ -2,19 +2,20 @@
 //! ServiceAccount, RBAC and admission policy (rendered by helm from
 //! charts/weft, so this checks what ships), and real tokens from
 //! TokenRequest, bound to a weft pod on node1 as the kubelet's are. The
-//! agent's token may change its own Node's weft.dev/ annotations and
-//! nothing else. Needs root and the Kubernetes binaries (and helm) built by
+//! agent's token may change its own Node's weft.dev/ annotations (the real
+//! agent publishes with it) and nothing else. Needs root and the Kubernetes binaries (and helm) built by
 //! e2e/build-tools.
 
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Duration;
 
-use common::{CP_IP, k8s_bin_or_skip, lone_control_plane};
-use libweft::testutil::control_plane::ControlPlane;
+use common::{CP_IP, Lab, k8s_bin_or_skip};
+use libweft::testutil::control_plane::{ControlPlane, Proc, eventually};
 use serde_json::{Value, json};
 
 const NAMESPACE: &str = "kube-system";
@@ -37,18 +38,23 @@ fn render_chart(bin: &Path) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// kubectl against `cp` as the holder of `token`.
-fn as_token(cp: &ControlPlane, token: &str, args: &[&str]) -> Output {
+/// A kubeconfig for `cp` as the holder of `token`.
+fn token_kubeconfig(cp: &ControlPlane, token: &str) -> PathBuf {
     let config = cp.dir.path().join(format!("kubeconfig-{:x}", libweft::netlink::stable_hash(token.bytes())));
     let text = format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster:\n    server: https://{CP_IP}:6443\n    insecure-skip-tls-verify: true\nusers:\n- name: t\n  user:\n    token: {token}\ncontexts:\n- name: t\n  context: {{cluster: t, user: t}}\ncurrent-context: t\n"
     );
     std::fs::write(&config, text).unwrap();
+    config
+}
+
+/// kubectl against `cp` as the holder of `token`.
+fn as_token(cp: &ControlPlane, token: &str, args: &[&str]) -> Output {
     Command::new("ip")
         .args(["netns", "exec", cp.ns.name()])
         .arg(cp.bin.join("kubectl"))
         .arg("--kubeconfig")
-        .arg(&config)
+        .arg(token_kubeconfig(cp, token))
         .args(args)
         .output()
         .unwrap()
@@ -98,8 +104,10 @@ fn weft_annotation(value: &str) -> Value {
 #[ignore = "needs root and the Kubernetes binaries: cargo test -- --ignored"]
 fn the_agent_token_changes_only_its_own_nodes_weft_annotations() {
     let Some(bin) = k8s_bin_or_skip() else { return };
-    let cp = lone_control_plane(&bin);
-    cp.create_node("node1", &["10.244.1.0/24"], &["198.51.100.11"]);
+    let lab = Lab::new(&['A']);
+    let cp = lab.control_plane(&bin);
+    let node1 = &lab.nodes[0];
+    cp.create_node("node1", &[&node1.pod_v4, &node1.pod_v6], &[&node1.v4, &node1.v6]);
     cp.create_node("node2", &["10.244.2.0/24"], &["198.51.100.12"]);
     cp.kubectl_stdin(&["apply", "-f", "-"], &render_chart(&bin));
 
@@ -144,14 +152,29 @@ fn the_agent_token_changes_only_its_own_nodes_weft_annotations() {
         let _ = cp.kubectl(&["annotate", "node", "node2", "weft.dev/public-ip-"]);
     }
 
-    // Allowed: what weft-agent publishes on its own Node, including removing a key it published before.
-    let publish = json!({"metadata": {"annotations": {
-        "weft.dev/public-ip": "198.51.100.11", "weft.dev/public-ipv6": "2001:db8:a::11", "weft.dev/backend": "vxlan"}}});
-    assert_allowed(&patch_status(&cp, &pod_token, "node1", &publish), "own weft.dev annotations");
+    // Allowed: the real agent on node1, with the pod-bound token as its only credential, publishes its Node.
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::agent_config(dir.path(), "vxlan", 2);
+    let kubeconfig = token_kubeconfig(&cp, &pod_token).display().to_string();
+    let mut agent = Proc::spawn(
+        "agent-node1",
+        &node1.ns,
+        &[common::WEFT, "run", "--node-name", "node1", "--config", &config.display().to_string()],
+        &[("KUBECONFIG", kubeconfig.as_str()), ("WEFT_LOG", "debug")],
+        dir.path(),
+    );
+    let annotations = || cp.kubectl_ok(&["get", "node", "node1", "-o", "jsonpath={.metadata.annotations}"]);
+    let published = eventually(Duration::from_secs(30), || {
+        let a = annotations();
+        a.contains("weft.dev/vtep-mac") && a.contains(&node1.v4) && a.contains(&node1.v6)
+    });
+    assert!(published, "the agent did not publish node1: {}\n{}", annotations(), agent.log_tail());
+    agent.stop();
+    // What it sends when its underlay address goes: the key removed.
     let unpublish = json!({"metadata": {"annotations": {"weft.dev/public-ipv6": null}}});
     assert_allowed(&patch_status(&cp, &pod_token, "node1", &unpublish), "removing an own weft.dev annotation");
-    let annotations = cp.kubectl_ok(&["get", "node", "node1", "-o", "jsonpath={.metadata.annotations}"]);
-    assert!(annotations.contains("198.51.100.11") && !annotations.contains("public-ipv6"), "{annotations}");
+    let after = annotations();
+    assert!(after.contains(&node1.v4) && !after.contains("public-ipv6"), "{after}");
 
     // Refused: another Node's annotation, labels and addresses.
     let label = json!({"metadata": {"labels": {"node-restriction.kubernetes.io/trusted": "yes"}}});
