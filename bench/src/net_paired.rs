@@ -298,7 +298,7 @@ fn counting_table(node1_v4: &str) -> String {
             "  chain {hook} {{ type filter hook {hook} priority {prio}; policy accept;
     ip saddr 10.244.1.0/24 counter comment \"inner\"
     ip6 saddr fd00:10:244:1::/64 counter comment \"inner\"
-    ip saddr {node1_v4} udp dport 8472 counter comment \"outer\" }}\n"
+    ip saddr {node1_v4} udp dport 8472 counter comment \"outer\"\n  }}\n"
         ));
     }
     t.push('}');

@@ -434,6 +434,9 @@ fn paired_section(net: &Net, md: &mut String) {
                 e["error"].as_str().or(e["profile_error"].as_str()).unwrap_or("?")
             );
         }
+        if let Some(e) = g["crossings"]["error"].as_str() {
+            let _ = writeln!(md, "- **Hook crossings not counted:** {}", e.lines().next().unwrap_or(e));
+        }
         if let Some(nodes) = g["crossings"].as_object().filter(|o| !o.contains_key("error")) {
             let _ = writeln!(
                 md,
@@ -561,11 +564,11 @@ fn paired_policies(net: &Net, md: &mut String) -> bool {
         for (key, what, threshold) in [("gbps", "throughput, 1 stream", 0.95), ("conn_per_s", "new connections", 0.9)] {
             if let Some(ci) = group_ci(g, with, "weft", key) {
                 lines.push(format!(
-                    "| {} {} | {what} | {} | ≥ {threshold} ({}) |",
+                    "| {} {} | {what} | {} | ≥ {threshold}: {} |",
                     g["backend"].as_str().unwrap_or("?"),
                     g["family"].as_str().unwrap_or("?"),
                     fmt_ci(Some(ci), target),
-                    verdict(ci, threshold, false).trim_matches('*')
+                    verdict(ci, threshold, false)
                 ));
             }
         }
@@ -1440,7 +1443,7 @@ mod tests {
         let mut md = String::new();
         policy_dataplane(&net, &mut md);
         assert!(md.contains("`weft, 20 policies, pods isolated` over `weft`"), "{md}");
-        assert!(md.contains("| routes IPv4 | throughput, 1 stream | 0.990 [0.990–0.990] | ≥ 0.95 (met) |"), "{md}");
+        assert!(md.contains("| routes IPv4 | throughput, 1 stream | 0.990 [0.990–0.990] | ≥ 0.95: met |"), "{md}");
         let cause = netfilter_cause(&net, "IPv4", "cubic", "gbps_1").expect("a cause from the paired group");
         assert!(
             cause.contains("0.900 [0.900–0.900] `no netfilter`") && cause.contains("20.0% of the profiled CPU"),
