@@ -40,7 +40,7 @@
 //! Prints JSON with every sample; `bench-report` draws it. Never pass/fail.
 //!
 //!   net-bench --weft WEFT --agent WEFT_AGENT --k8s-bin DIR [--secs 2] [--rr-secs 1] [--reps 2]
-//!             [--policies N] [--profile] [--only SETUP] [--pair-budget S] [--quick]
+//!             [--policies N] [--profile] [--only SETUP] [--family IPv4|IPv6] [--pair-budget S] [--quick]
 
 mod net_paired;
 
@@ -146,6 +146,8 @@ struct Args {
     only: Option<String>,
     /// Time for each paired group's rounds (`net_paired::Plan::budget`).
     pair_budget: Duration,
+    /// Only this family (`IPv4` or `IPv6`; trying one out).
+    family: Option<String>,
     quick: bool,
 }
 
@@ -161,6 +163,7 @@ fn parse_args() -> Result<Args, String> {
         profile: false,
         only: None,
         pair_budget: Duration::ZERO,
+        family: None,
         quick: false,
     };
     let mut it = std::env::args().skip(1);
@@ -179,6 +182,10 @@ fn parse_args() -> Result<Args, String> {
             "--pair-budget" => {
                 a.pair_budget = Duration::from_secs(value()?.parse().map_err(|e| format!("--pair-budget: {e}"))?)
             }
+            "--family" => match value()?.as_str() {
+                f @ ("IPv4" | "IPv6") => a.family = Some(f.to_string()),
+                f => return Err(format!("--family: {f} is neither IPv4 nor IPv6")),
+            },
             "--quick" => a.quick = true,
             _ => return Err(format!("unknown flag {flag}")),
         }
@@ -1252,7 +1259,7 @@ fn main() {
     let args = parse_args().unwrap_or_else(|e| {
         eprintln!("net-bench: {e}");
         eprintln!(
-            "usage: net-bench --weft WEFT --agent WEFT_AGENT --k8s-bin DIR [--secs S] [--rr-secs S] [--reps R] [--policies N] [--profile] [--only SETUP] [--pair-budget S] [--quick]"
+            "usage: net-bench --weft WEFT --agent WEFT_AGENT --k8s-bin DIR [--secs S] [--rr-secs S] [--reps R] [--policies N] [--profile] [--only SETUP] [--family IPv4|IPv6] [--pair-budget S] [--quick]"
         );
         std::process::exit(2);
     });
@@ -1261,7 +1268,10 @@ fn main() {
         std::process::exit(2);
     }
     let (secs, rr_secs, reps) = if args.quick { (1, 1, 1) } else { (args.secs, args.rr_secs, args.reps) };
-    let families: &[(usize, &str)] = if args.quick { &[(0, "IPv4")] } else { &[(0, "IPv4"), (1, "IPv6")] };
+    let families: Vec<(usize, &str)> = if args.quick { vec![(0, "IPv4")] } else { vec![(0, "IPv4"), (1, "IPv6")] }
+        .into_iter()
+        .filter(|(_, f)| args.family.as_ref().is_none_or(|only| only == f))
+        .collect();
     // bbr for IPv4 only: what it shows does not depend on the family, and
     // the full run has to fit its time (README).
     let ccs = |family: &str| -> &[&str] { if args.quick || family == "IPv6" { &["cubic"] } else { &["cubic", "bbr"] } };
@@ -1360,7 +1370,7 @@ fn main() {
         if let Setup::Paired(backend, n) = *s {
             match net_paired::freeze(&mut w, &lab.cp) {
                 Ok(rulesets) => {
-                    for &(fi, family) in families {
+                    for &(fi, family) in &families {
                         let dst = w.dst[fi].clone();
                         // Node 1's underlay address on segment A (`Lab::node`).
                         let g = net_paired::group(
@@ -1389,7 +1399,7 @@ fn main() {
             eprintln!("net-bench: {} took {:.0?}", s.label(), started.elapsed());
             continue;
         }
-        for &(fi, family) in families {
+        for &(fi, family) in &families {
             let dst = &w.dst[fi].clone();
             for (ci, cc) in ccs(family).iter().enumerate() {
                 let mut row = json!({"topology": topo.label(), "setup": s.label(), "family": family, "cc": cc,
