@@ -222,7 +222,8 @@ pub(crate) struct Plan {
     pub profile: bool,
 }
 
-fn sample(w: &Wired, dst: &str, plan: &Plan) -> Sample {
+/// The fixed-size transfer of a sample, with `conn_per_s` still 0.
+fn transfer(w: &Wired, dst: &str, plan: &Plan) -> Sample {
     let bytes = plan.bytes.to_string();
     let (v, cpu): (Value, CpuTimes) = iperf_run(w, dst, &["-n", &bytes, "-C", plan.cc], 120);
     let end = &v["end"];
@@ -234,8 +235,13 @@ fn sample(w: &Wired, dst: &str, plan: &Plan) -> Sample {
         gbps: end["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0) / 1e9,
         cpu_s_per_gb: per_gb(procs("host_total") + procs("remote_total") + cpu.irq),
         machine_cpu_s_per_gb: per_gb(cpu.busy),
-        conn_per_s: conn_rate(w, dst, plan.conn_for),
+        conn_per_s: 0.0,
     }
+}
+
+fn sample(w: &Wired, dst: &str, plan: &Plan) -> Sample {
+    let t = transfer(w, dst, plan);
+    Sample { conn_per_s: conn_rate(w, dst, plan.conn_for), ..t }
 }
 
 /// The metrics each ratio is computed for, by their JSON keys.
@@ -427,7 +433,7 @@ pub(crate) fn group(
                 errors.push(json!({"variant": v.label(policies), "error": e}));
                 continue;
             }
-            match profile(|| ("gbps", sample(w, dst, plan).gbps)) {
+            match profile(|| ("gbps", transfer(w, dst, plan).gbps)) {
                 Ok(p) => {
                     profiles.insert(v.label(policies), p);
                 }
