@@ -11,17 +11,14 @@
 //!   with neighbour + FDB entries and the same MTU), weft absent;
 //! - `weft <backend>`: the real `weft-agent` per node (against a real
 //!   kube-apiserver) programs the peers, the real `weft` plugin wires the pods;
-//! - `weft routes, no nftables`: `weft routes` with the agents stopped once
-//!   they programmed, and every `weft*` nftables table deleted in both node
-//!   namespaces: its ratio to `weft routes` is what netfilter costs;
-//! - `weft routes, N policies`: `weft routes` with NetworkPolicy enforced:
-//!   N policies in the API server, one of them isolating both benchmark pods
-//!   and allowing just the benchmark's ports between them, the others
-//!   selecting pods that exist only as API objects on the same nodes (so
-//!   their chains and sets are in the kernel too). Checked before measuring:
-//!   a port the policy does not allow is dropped, the allowed ones connect.
-//!   Each repetition is also taken with the pods unselected (label removed),
-//!   interleaved: the paired baseline, same pods, seconds apart.
+//! - `paired weft routes|vxlan` (`net_paired`): weft with N policies in the
+//!   API server, one isolating both benchmark pods and allowing just the
+//!   benchmark's ports, the others selecting pods that exist only as API
+//!   objects on the same nodes (checked before measuring: a port the policy
+//!   does not allow is dropped, the allowed ones connect); then the agents'
+//!   rulesets are saved, the agents stopped, and weft, its references and
+//!   weft without each part are measured interleaved on the same
+//!   namespaces, each ratio with a 95 % interval.
 //!
 //! Metrics: TCP throughput with 1 and 4 streams (iperf3) under cubic and
 //! bbr, set per socket (`iperf3 -C`, TCP_CONGESTION): a namespace's
@@ -33,10 +30,10 @@
 //! ping-pong, one connection, this program's own client and server), and
 //! the new-connection rate (this program's client opening one connection
 //! after another: connect, send a byte, read it back, close).
-//! In full mode (or with `--profile`), a system-wide CPU profile (`perf
-//! record -a -g`) during one IPv4 cubic 1-stream iperf3 run of the
-//! routes-like setups, its symbols grouped into classes (netfilter, TCP,
-//! copies, forwarding, VXLAN/UDP, other).
+//! In full mode, a system-wide CPU profile (`perf record -a -g`) of one
+//! IPv4 transfer per paired variant (with `--profile`, also of the
+//! routes-like setups outside weft), its symbols grouped into classes
+//! (netfilter, TCP, copies, forwarding, VXLAN/UDP, other).
 //! Prints JSON with every sample; `bench-report` draws it. Never pass/fail.
 //!
 //!   net-bench --weft WEFT --agent WEFT_AGENT --k8s-bin DIR [--secs 2] [--rr-secs 1] [--reps 2]
@@ -344,7 +341,7 @@ impl Selection {
 }
 
 impl Wired {
-    /// Selects or unselects the benchmark pods (the policies setup). If the
+    /// Selects or unselects the benchmark pods (the paired setups). If the
     /// kernels do not follow, the pairing ends: the pods are selected again
     /// for the rest of the setup, and the answer is false (as without a
     /// policies setup).
