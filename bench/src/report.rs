@@ -513,7 +513,7 @@ fn profile_table(net: &Net, md: &mut String) {
     classes.dedup();
     let _ = writeln!(
         md,
-        "| setup: traffic | measured while profiled | under `nf_hook_slow` | {} | top symbols |\n|---|---|---|{}---|",
+        "| setup: traffic | measured while profiled | under `nf_hook_slow` | {} | top symbols | top netfilter symbols |\n|---|---|---|{}---|---|",
         classes.join(" | "),
         "---|".repeat(classes.len())
     );
@@ -522,16 +522,19 @@ fn profile_table(net: &Net, md: &mut String) {
             .iter()
             .map(|c| p["classes"][c].as_f64().map_or("–".into(), |x| format!("{:.1}%", x * 100.0)))
             .collect();
-        let top: Vec<String> = p["top"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .take(4)
-            .map(|t| format!("`{}` {:.1}%", t[0].as_str().unwrap_or("?"), t[1].as_f64().unwrap_or(0.0) * 100.0))
-            .collect();
+        let named = |key: &str| -> String {
+            let names: Vec<String> = p[key]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .take(4)
+                .map(|t| format!("`{}` {:.1}%", t[0].as_str().unwrap_or("?"), t[1].as_f64().unwrap_or(0.0) * 100.0))
+                .collect();
+            if names.is_empty() { "–".into() } else { names.join(", ") }
+        };
         let _ = writeln!(
             md,
-            "| {setup} | {} | {} | {} | {} |",
+            "| {setup} | {} | {} | {} | {} | {} |",
             match (p["gbps"].as_f64(), p["conn_per_s"].as_f64()) {
                 (Some(g), _) => format!("{g:.2} Gbit/s"),
                 (_, Some(c)) => format!("{c:.0} conn/s"),
@@ -539,7 +542,8 @@ fn profile_table(net: &Net, md: &mut String) {
             },
             p["under_nf_hook_slow"].as_f64().map_or("–".into(), |x| format!("{:.1}%", x * 100.0)),
             cells.join(" | "),
-            top.join(", ")
+            named("top"),
+            named("top_netfilter")
         );
     }
     let _ = writeln!(md);
@@ -1448,6 +1452,20 @@ mod tests {
         assert!(
             cause.contains("0.900 [0.900–0.900] `no netfilter`") && cause.contains("20.0% of the profiled CPU"),
             "{cause}"
+        );
+    }
+    #[test]
+    fn paired_profiles_name_their_top_and_their_netfilter_functions() {
+        let mut g = paired_group();
+        g["profiles"] = json!({"weft": {"gbps": 10.0, "under_nf_hook_slow": 0.2, "event": "cpu-clock:ppp",
+            "classes": {"netfilter": 0.1, "other": 0.9},
+            "top": [["_copy_to_iter", 0.25]], "top_netfilter": [["nft_do_chain", 0.05], ["nf_conntrack_in", 0.02]]}});
+        let net = Net { v: json!({"rows": [], "paired": [g]}) };
+        let mut md = String::new();
+        profile_table(&net, &mut md);
+        assert!(
+            md.contains("| paired routes, IPv4: weft: TCP 1 stream | 10.00 Gbit/s | 20.0% | 10.0% | 90.0% | `_copy_to_iter` 25.0% | `nft_do_chain` 5.0%, `nf_conntrack_in` 2.0% |"),
+            "{md}"
         );
     }
 }
