@@ -1291,7 +1291,7 @@ fn main() {
         min_rounds: if args.quick { 2 } else { 3 },
         budget: match args.pair_budget {
             Duration::ZERO if args.quick => Duration::from_secs(15),
-            Duration::ZERO => Duration::from_secs(75),
+            Duration::ZERO => Duration::from_secs(60),
             b => b,
         },
         target: 0.03,
