@@ -19,7 +19,6 @@
 //!               [--backend vxlan|routes] [--idle-seconds S] [--profile] [--json]
 
 mod agent_common;
-mod stats;
 
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
@@ -42,9 +41,9 @@ use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteProtocol};
 use serde_json::{Value, json};
 
 use crate::agent_common::{pass_seconds, proc_stats};
-use crate::stats::percentile;
 use weft_bench::api::client;
 use weft_bench::perf;
+use weft_bench::stats::percentile;
 
 const NODE_IP: &str = "198.18.0.1";
 const CP_IP: &str = "198.18.0.2";

@@ -18,8 +18,6 @@
 //!
 //!   cni-bench WEFT_BINARY [--ipv4] [--pods N] [--rounds R] [--existing N] [--json]
 
-mod stats;
-
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
@@ -30,7 +28,7 @@ use std::time::{Duration, Instant};
 use libweft::testutil::TestNs;
 use serde_json::{Value, json};
 
-use crate::stats::percentile;
+use weft_bench::stats::percentile;
 
 const REF_DIR: &str = "/usr/lib/cni";
 const CONCURRENCY: usize = 16;

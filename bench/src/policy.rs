@@ -34,7 +34,6 @@
 
 mod agent_common;
 mod nft_events;
-mod stats;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -56,7 +55,7 @@ use weft_bench::api::{client, create_namespace, create_running_pod};
 
 use crate::agent_common::{pass_seconds, proc_stats};
 use crate::nft_events::{Change, Transaction};
-use crate::stats::percentile;
+use weft_bench::stats::percentile;
 
 const NODE_IP: &str = "198.18.0.1";
 const CP_IP: &str = "198.18.0.2";

@@ -6,14 +6,13 @@
 //!
 //!   bench-report DATA_DIR OUT_DIR
 
-mod stats;
-
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use serde_json::Value;
+use weft_bench::stats;
 
 const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 const COLORS: [RGBColor; 4] =
@@ -242,6 +241,13 @@ impl Net {
             .into_iter()
             .find(|r| r["topology"] == topo && r["setup"] == setup && r["family"] == family && r["cc"] == cc)
     }
+    /// The paired groups (`net_paired`): one per backend and family.
+    fn paired(&self) -> Vec<&Value> {
+        self.v["paired"].as_array().map(|a| a.iter().collect()).unwrap_or_default()
+    }
+    fn group(&self, backend: &str, family: &str) -> Option<&Value> {
+        self.paired().into_iter().find(|g| g["backend"] == backend && g["family"] == family)
+    }
     fn combos(&self) -> Vec<(String, String)> {
         let mut c: Vec<(String, String)> = Vec::new();
         for r in self.rows() {
@@ -273,29 +279,27 @@ fn ratio_of(a: &Value, b: &Value, key: &str) -> Option<f64> {
 }
 
 /// What this run's data says about weft's cost on the routes path (for a
-/// missed target): netfilter's share of the profiled CPU with weft and by
-/// hand, and what `weft routes` reaches with its nftables tables removed.
-fn netfilter_cause(net: &Net, f: &str, cc: &str, key: &str) -> Option<String> {
-    // The routes path on one segment is where the run isolates it.
-    let topo = "one segment";
+/// missed target): from the paired routes group of family `f`, weft over
+/// no netfilter and over the conntrack reference, with their intervals;
+/// from the profiles, netfilter's share of the CPU with weft and without.
+fn netfilter_cause(net: &Net, f: &str, _cc: &str, key: &str) -> Option<String> {
+    let g = net.group("routes", f)?;
+    let key = if key == "conn_per_s" { key } else { "gbps" };
+    let target = g["target_half_width"].as_f64().unwrap_or(0.03);
     let mut parts = Vec::new();
-    let nf = |s: &str| net.row(topo, s, "IPv4", "cubic")?["profile"]["under_nf_hook_slow"].as_f64();
-    if let (Some(w), Some(h)) = (nf("weft routes"), nf("hand routes")) {
-        parts.push(format!(
-            "on the routes path, netfilter hooks (`nf_hook_slow` and callees) are {:.1}% of the profiled CPU with weft routes vs {:.1}% hand-programmed (one segment, IPv4 cubic 1 stream; profile table below)",
-            w * 100.0,
-            h * 100.0
-        ));
-    }
-    let weft = net.row(topo, "weft routes", f, cc)?;
-    if let Some(no) = net.row(topo, "weft routes, no nftables", f, cc) {
-        let hand = net.row(topo, "hand routes", f, cc);
-        let vs_hand = hand.and_then(|h| ratio_of(no, h, key)).map_or(String::new(), |x| format!(", {x:.3}x hand"));
-        if let Some(x) = ratio_of(no, weft, key) {
-            parts.push(format!(
-                "with weft's nftables tables removed, weft routes ({f}, {cc}) reaches {x:.3}x itself with them{vs_hand}"
-            ));
+    for reference in g["comparisons"].as_array().into_iter().flatten().filter(|c| c[0] == "weft") {
+        let over = reference[1].as_str().unwrap_or("?");
+        if let Some(ci) = group_ci(g, "weft", over, key) {
+            parts.push(format!("paired, weft routes is {} `{over}`", fmt_ci(Some(ci), target)));
         }
+    }
+    let nf = |v: &str| g["profiles"][v]["under_nf_hook_slow"].as_f64();
+    if let (Some(w), Some(none)) = (nf("weft"), nf("no netfilter")) {
+        parts.push(format!(
+            "netfilter hooks (`nf_hook_slow` and callees) are {:.1}% of the profiled CPU with weft's rules vs {:.1}% with none",
+            w * 100.0,
+            none * 100.0
+        ));
     }
     (!parts.is_empty()).then(|| parts.join("; "))
 }
@@ -308,6 +312,151 @@ fn mtu_cost(net: &Net, topo: &str, setup: &str, f: &str, cc: &str, key: &str) ->
     let mtu = ratio_of(small, net.row(topo, "hand routes", f, cc)?, key)?;
     let weft = ratio_of(net.row(topo, setup, f, cc)?, small, key)?;
     Some((mtu, weft))
+}
+
+/// The values of `key` in a paired group, as `(round, variant, value)`.
+fn group_samples<'a>(g: &'a Value, key: &str) -> Vec<(usize, &'a str, f64)> {
+    g["samples"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| Some((s["round"].as_u64()? as usize, s["variant"].as_str()?, s[key].as_f64()?)))
+        .collect()
+}
+
+/// `a` over `b` for `key` in a paired group, with its 95 % interval.
+fn group_ci(g: &Value, a: &str, b: &str, key: &str) -> Option<stats::RatioCi> {
+    stats::paired_ratio_ci(&stats::same_round_pairs(&group_samples(g, key), &a, &b))
+}
+
+/// `0.912 [0.890–0.935]`, marked when wider than the group's target.
+fn fmt_ci(ci: Option<stats::RatioCi>, target: f64) -> String {
+    match ci {
+        Some(c) => format!(
+            "{:.3} [{:.3}–{:.3}]{}",
+            c.ratio,
+            c.low,
+            c.high,
+            if c.half_width() > target { " (wide)" } else { "" }
+        ),
+        None => "–".into(),
+    }
+}
+
+/// Whether a ratio meets `at_least` (or, for CPU per byte, `at_most`),
+/// and whether its interval still straddles the threshold.
+fn verdict(ci: stats::RatioCi, threshold: f64, lower_is_better: bool) -> &'static str {
+    let met = if lower_is_better { ci.ratio <= threshold } else { ci.ratio >= threshold };
+    match (met, ci.low <= threshold && threshold <= ci.high) {
+        (true, false) => "met",
+        (true, true) => "met (interval straddles)",
+        (false, true) => "**missed** (interval straddles)",
+        (false, false) => "**missed**",
+    }
+}
+
+/// The paired groups: per backend and family, each comparison's ratio
+/// with its 95 % interval for throughput, CPU per byte and new
+/// connections; the VXLAN hook crossings; the targets against the
+/// conntrack reference.
+fn paired_section(net: &Net, md: &mut String) {
+    let groups = net.paired();
+    if groups.is_empty() {
+        return;
+    }
+    let _ = writeln!(md, "### Paired: weft against its references, and what each part costs\n");
+    let _ = writeln!(
+        md,
+        "One `weft routes` and one `weft vxlan` setup (agents against the API server, NetworkPolicy on, {} policies loaded and one of them isolating the benchmark pods). Their nftables rulesets are saved with the pods selected and unselected, the agents stopped (they leave the data plane in place), and each variant is loaded atomically in both node namespaces: `no netfilter` (empty ruleset: the kernel objects alone, as `hand routes`/`hand vxlan`), `conntrack only` (empty nat chains at prerouting, output and postrouting, as kube-proxy turns conntrack on), `weft` (the agent's ruleset, pods selected by no policy), and weft without one part at a time (`−`: a rule or chain deleted; conntrack by a `notrack` chain before its hook). Rounds measure every variant once in rotating order (forward, then backward), then the comparison with the widest interval gets extra pairs, alternating order, until every interval is within ±{:.0} % or the group's budget is spent. Each measurement: one iperf3 stream transferring a fixed size (cubic), then sequential new connections. **Ratio**: the geometric mean of the per-round ratios with its 95 % paired log-ratio t interval (`[low–high]`, *(wide)* when wider than the target; `pairs`: rounds holding both). **CPU per GB**: CPU-seconds of both iperf3 processes (getrusage) plus the machine's irq and softirq time (/proc/stat; this VM has no cycle counter for `perf stat`) over the transfer, per GB received; lower is better. The machine-wide busy time per GB is in the JSON (`machine_cpu_s_per_gb`), but on a shared machine it counts other work.\n",
+        groups[0]["policies"],
+        groups[0]["target_half_width"].as_f64().unwrap_or(0.03) * 100.0
+    );
+    let mut targets = Vec::new();
+    for g in &groups {
+        let (b, f) = (g["backend"].as_str().unwrap_or("?"), g["family"].as_str().unwrap_or("?"));
+        let target = g["target_half_width"].as_f64().unwrap_or(0.03);
+        let _ = writeln!(
+            md,
+            "**{b}, {f}** ({} GB per transfer, {} s of new connections; {} rounds + {} adaptive pairs in {:.0} s, budget {:.0} s)\n",
+            g["bytes"].as_f64().unwrap_or(0.0) / 1e9,
+            g["conn_secs"],
+            g["min_rounds"],
+            g["adaptive_pairs"],
+            g["seconds"].as_f64().unwrap_or(0.0),
+            g["budget_s"].as_f64().unwrap_or(0.0)
+        );
+        let _ = writeln!(
+            md,
+            "| variant | over | Gbit/s ratio [95 % CI] | CPU per GB ratio [95 % CI] | conn/s ratio [95 % CI] | pairs | Gbit/s (median) | CPU s/GB (median) |\n|---|---|---|---|---|---|---|---|"
+        );
+        for c in g["comparisons"].as_array().into_iter().flatten() {
+            let (Some(a), Some(over)) = (c[0].as_str(), c[1].as_str()) else { continue };
+            let ci = |k: &str| group_ci(g, a, over, k);
+            let median = |k: &str| {
+                let v: Vec<f64> = group_samples(g, k).iter().filter(|s| s.1 == a).map(|s| s.2).collect();
+                if v.is_empty() { "–".to_string() } else { format!("{:.2}", spread(&v).1) }
+            };
+            let _ = writeln!(
+                md,
+                "| {a} | {over} | {} | {} | {} | {} | {} | {} |",
+                fmt_ci(ci("gbps"), target),
+                fmt_ci(ci("cpu_s_per_gb"), target),
+                fmt_ci(ci("conn_per_s"), target),
+                ci("gbps").map_or(0, |c| c.n),
+                median("gbps"),
+                median("cpu_s_per_gb")
+            );
+            if a == "weft" && over.starts_with("conntrack only") {
+                for (key, what, threshold, lower) in [
+                    ("gbps", "throughput", 0.97, false),
+                    ("cpu_s_per_gb", "CPU per GB", 1.0 / 0.97, true),
+                    ("conn_per_s", "new connections", 0.95, false),
+                ] {
+                    if let Some(x) = ci(key) {
+                        let sign = if lower { "≤" } else { "≥" };
+                        targets.push(format!(
+                            "{b} {f}, {what}: weft {:.3}x conntrack only [{:.3}–{:.3}], target {sign} {threshold:.3}: {}",
+                            x.ratio,
+                            x.low,
+                            x.high,
+                            verdict(x, threshold, lower)
+                        ));
+                    }
+                }
+            }
+        }
+        let _ = writeln!(md);
+        for e in g["errors"].as_array().into_iter().flatten() {
+            let _ = writeln!(
+                md,
+                "- **{}:** {}",
+                e["variant"].as_str().unwrap_or("?"),
+                e["error"].as_str().or(e["profile_error"].as_str()).unwrap_or("?")
+            );
+        }
+        if let Some(e) = g["crossings"]["error"].as_str() {
+            let _ = writeln!(md, "- **Hook crossings not counted:** {}", e.lines().next().unwrap_or(e));
+        }
+        if let Some(nodes) = g["crossings"].as_object().filter(|o| !o.contains_key("error")) {
+            let _ = writeln!(
+                md,
+                "\nNetfilter hooks crossed by one VXLAN transfer with weft's rules (packets counted by a table of counters at priority −500 / +500 in each hook; inner: from the client pod's CIDR, outer: UDP 8472 from node 1's underlay address; segmentation offloads make these counts of GSO/GRO packets, not wire packets):\n\n| node | hook | inner packets | outer packets |\n|---|---|---|---|"
+            );
+            for (node, hooks) in nodes {
+                for h in hooks.as_array().into_iter().flatten() {
+                    let _ = writeln!(md, "| {node} | {} | {} | {} |", h[0].as_str().unwrap_or("?"), h[1], h[2]);
+                }
+            }
+            let _ = writeln!(md);
+        }
+    }
+    if !targets.is_empty() {
+        let _ = writeln!(md, "Targets against the conntrack reference (paired):\n");
+        for t in targets {
+            let _ = writeln!(md, "- {t}");
+        }
+        let _ = writeln!(md);
+    }
 }
 
 /// The CPU profiles of the run (IPv4, cubic, one stream, one segment): per
@@ -323,6 +472,13 @@ fn profile_table(net: &Net, md: &mut String) {
                 let what = if kind == "profile" { "TCP 1 stream" } else { "new connections" };
                 rows.push((format!("{s}: {what}"), &r[kind]));
             }
+        }
+    }
+    // The paired groups: weft, its references and each variant, same namespaces.
+    for g in net.paired() {
+        for (variant, p) in g["profiles"].as_object().into_iter().flatten() {
+            let (b, f) = (g["backend"].as_str().unwrap_or("?"), g["family"].as_str().unwrap_or("?"));
+            rows.push((format!("paired {b}, {f}: {variant}: TCP 1 stream"), p));
         }
     }
     if rows.is_empty() {
@@ -357,7 +513,7 @@ fn profile_table(net: &Net, md: &mut String) {
     classes.dedup();
     let _ = writeln!(
         md,
-        "| setup: traffic | measured while profiled | under `nf_hook_slow` | {} | top symbols |\n|---|---|---|{}---|",
+        "| setup: traffic | measured while profiled | under `nf_hook_slow` | {} | top symbols | top netfilter symbols |\n|---|---|---|{}---|---|",
         classes.join(" | "),
         "---|".repeat(classes.len())
     );
@@ -366,16 +522,19 @@ fn profile_table(net: &Net, md: &mut String) {
             .iter()
             .map(|c| p["classes"][c].as_f64().map_or("–".into(), |x| format!("{:.1}%", x * 100.0)))
             .collect();
-        let top: Vec<String> = p["top"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .take(4)
-            .map(|t| format!("`{}` {:.1}%", t[0].as_str().unwrap_or("?"), t[1].as_f64().unwrap_or(0.0) * 100.0))
-            .collect();
+        let named = |key: &str| -> String {
+            let names: Vec<String> = p[key]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .take(4)
+                .map(|t| format!("`{}` {:.1}%", t[0].as_str().unwrap_or("?"), t[1].as_f64().unwrap_or(0.0) * 100.0))
+                .collect();
+            if names.is_empty() { "–".into() } else { names.join(", ") }
+        };
         let _ = writeln!(
             md,
-            "| {setup} | {} | {} | {} | {} |",
+            "| {setup} | {} | {} | {} | {} | {} |",
             match (p["gbps"].as_f64(), p["conn_per_s"].as_f64()) {
                 (Some(g), _) => format!("{g:.2} Gbit/s"),
                 (_, Some(c)) => format!("{c:.0} conn/s"),
@@ -383,10 +542,55 @@ fn profile_table(net: &Net, md: &mut String) {
             },
             p["under_nf_hook_slow"].as_f64().map_or("–".into(), |x| format!("{:.1}%", x * 100.0)),
             cells.join(" | "),
-            top.join(", ")
+            named("top"),
+            named("top_netfilter")
         );
     }
     let _ = writeln!(md);
+}
+
+/// The NetworkPolicy data-plane targets from the paired groups: weft with
+/// the benchmark pods isolated over weft with them selected by no policy,
+/// same namespaces, interleaved. Whether there was any to show.
+fn paired_policies(net: &Net, md: &mut String) -> bool {
+    let mut lines = Vec::new();
+    for g in net.paired() {
+        let Some(with) = g["variants"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .find(|v| v.ends_with("pods isolated"))
+        else {
+            continue;
+        };
+        let target = g["target_half_width"].as_f64().unwrap_or(0.03);
+        for (key, what, threshold) in [("gbps", "throughput, 1 stream", 0.95), ("conn_per_s", "new connections", 0.9)] {
+            if let Some(ci) = group_ci(g, with, "weft", key) {
+                lines.push(format!(
+                    "| {} {} | {what} | {} | ≥ {threshold}: {} |",
+                    g["backend"].as_str().unwrap_or("?"),
+                    g["family"].as_str().unwrap_or("?"),
+                    fmt_ci(Some(ci), target),
+                    verdict(ci, threshold, false)
+                ));
+            }
+        }
+    }
+    if lines.is_empty() {
+        return false;
+    }
+    let _ = writeln!(
+        md,
+        "From the paired groups (see the data-plane section): `{}` over `weft` with the pods selected by no policy, the same pods and namespaces, interleaved, with the 95 % interval.\n\n| backend, family | metric | ratio [95 % CI] | target |\n|---|---|---|---|\n{}\n",
+        net.paired()
+            .iter()
+            .flat_map(|g| g["variants"].as_array().into_iter().flatten().filter_map(Value::as_str))
+            .find(|v| v.ends_with("pods isolated"))
+            .unwrap_or("weft, N policies"),
+        lines.join("\n")
+    );
+    true
 }
 
 /// The NetworkPolicy data-plane targets: `weft routes, N policies` over
@@ -409,8 +613,9 @@ fn policy_dataplane(net: &Net, md: &mut String) {
                     f["error"].as_str().unwrap_or("?")
                 );
             }
+            None if paired_policies(net, md) => {}
             None => {
-                let _ = writeln!(md, "Not measured in this run (net-bench has no `weft routes, N policies` setup).\n");
+                let _ = writeln!(md, "Not measured in this run (net-bench has no paired group with policies).\n");
             }
         }
         return;
@@ -1057,7 +1262,7 @@ fn run(data: &Path, out: &Path) -> Fallible<()> {
         let net = Net { v };
         let _ = writeln!(
             md,
-            "Two node namespaces on the test underlay (segment A 198.51.100.0/24 as a bridge; for \"two segments\" node 2 on 203.0.113.0/25 behind a router namespace), underlay MTU {}, one pod on each. `bare`: node to node on the underlay. `hand routes` / `hand vxlan`: pods and peers wired by `ip`/`bridge` commands exactly as weft would (veth, /32 + /128, pinned neighbours; host routes, or `weft.vxlan` VNI 1 port 8472 with neighbour + FDB entries, MTU underlay − 50), weft absent. `weft …`: the real `weft-agent` on each node against a real kube-apiserver programs the peers, the real `weft` plugin wires the pods (NetworkPolicy enabled, as by default). `weft routes, no nftables`: the same, then the agents stopped and weft's nftables tables deleted in both nodes, which isolates what netfilter costs. `weft routes, N policies`: the same with N NetworkPolicies enforced (see the NetworkPolicy section). VXLAN transmit checksum offload: the agent's choice on this kernel is {}; \"other offload\" runs weft with the opposite. Congestion control is set per socket (`iperf3 -C`): a test namespace cannot select cubic as its default here, because the machine's `tcp_allowed_congestion_control` (which only its own namespace can change) lists reno and bbr.\n",
+            "Two node namespaces on the test underlay (segment A 198.51.100.0/24 as a bridge; for \"two segments\" node 2 on 203.0.113.0/25 behind a router namespace), underlay MTU {}, one pod on each. `bare`: node to node on the underlay. `hand routes` / `hand vxlan`: pods and peers wired by `ip`/`bridge` commands exactly as weft would (veth, /32 + /128, pinned neighbours; host routes, or `weft.vxlan` VNI 1 port 8472 with neighbour + FDB entries, MTU underlay − 50), weft absent. `weft …`: the real `weft-agent` on each node against a real kube-apiserver programs the peers, the real `weft` plugin wires the pods (NetworkPolicy enabled, as by default). These setups run one after another on fresh namespaces, 2 s x 2 repetitions each: an overview (1 and 4 streams, cubic and bbr, latency). What weft costs over the kernel, and each of its parts, is measured paired on the same namespaces in the next section. VXLAN transmit checksum offload: the agent's choice on this kernel is {}. Congestion control is set per socket (`iperf3 -C`): a test namespace cannot select cubic as its default here, because the machine's `tcp_allowed_congestion_control` (which only its own namespace can change) lists reno and bbr.\n",
             net.v["underlay_mtu"],
             if net.v["chosen_offload"].as_bool() == Some(true) { "on" } else { "off" }
         );
@@ -1075,6 +1280,7 @@ fn run(data: &Path, out: &Path) -> Fallible<()> {
         }
         net_figures(&net, &figures, &mut md)?;
         net_tables(&net, &mut md, busy);
+        paired_section(&net, &mut md);
         profile_table(&net, &mut md);
         let _ = write!(
             md,
@@ -1182,5 +1388,84 @@ mod tests {
         policy_dataplane(&net(None), &mut md);
         assert!(md.contains("| 0.700 | – | – | ≥ 0.95 (**missed**) |"), "{md}");
         assert!(md.contains("0.700x weft routes (target ≥ 0.95)"), "{md}");
+    }
+    /// A paired routes group: weft 0.9x no netfilter every round, 0.95x
+    /// conntrack only with ±1 % of noise, the pods isolated 0.99x weft.
+    fn paired_group() -> Value {
+        let mut samples = Vec::new();
+        for r in 0..4usize {
+            let noise = if r % 2 == 0 { 1.01 } else { 0.99 };
+            for (v, g) in [
+                ("no netfilter", 20.0),
+                ("conntrack only (empty nat chains)", 18.0 / 0.95 / noise),
+                ("weft", 18.0),
+                ("weft, 20 policies, pods isolated", 18.0 * 0.99),
+            ] {
+                samples.push(
+                    json!({"round": r, "variant": v, "gbps": g, "cpu_s_per_gb": 10.0 / g, "conn_per_s": 100.0 * g}),
+                );
+            }
+        }
+        json!({"backend": "routes", "family": "IPv4", "bytes": 2e9, "conn_secs": 0.5, "policies": 20, "min_rounds": 4,
+            "adaptive_pairs": 0, "seconds": 60.0, "budget_s": 75.0, "target_half_width": 0.03,
+            "variants": ["no netfilter", "conntrack only (empty nat chains)", "weft", "weft, 20 policies, pods isolated"],
+            "comparisons": [["weft", "no netfilter"], ["weft", "conntrack only (empty nat chains)"], ["weft, 20 policies, pods isolated", "weft"]],
+            "samples": samples, "profiles": {"weft": {"under_nf_hook_slow": 0.2}, "no netfilter": {"under_nf_hook_slow": 0.05}},
+            "crossings": null, "errors": [{"variant": "weft − masquerade chain", "error": "no chain"}]})
+    }
+
+    #[test]
+    fn paired_rows_show_the_ratio_its_interval_and_the_pairs() {
+        let net = Net { v: json!({"rows": [], "paired": [paired_group()]}) };
+        let mut md = String::new();
+        paired_section(&net, &mut md);
+        // A constant ratio has a zero-width interval; CPU per byte is its inverse.
+        assert!(md.contains("| weft | no netfilter | 0.900 [0.900–0.900] | 1.111 [1.111–1.111] | 0.900 [0.900–0.900] | 4 | 18.00 | 0.56 |"), "{md}");
+        let conntrack = md.lines().find(|l| l.starts_with("| weft | conntrack only")).expect("the conntrack row");
+        assert!(conntrack.contains("| 0.950 [0.9") && conntrack.contains("| 4 |"), "{conntrack}");
+        assert!(md.contains("**weft − masquerade chain:** no chain"), "{md}");
+        assert!(md.contains("routes IPv4, throughput: weft 0.950x conntrack only"), "{md}");
+        assert!(md.contains("target ≥ 0.970: **missed**"), "{md}");
+        // Lower CPU per byte is better: 1/0.95 misses ≤ 1/0.97.
+        assert!(md.contains("CPU per GB: weft 1.053x conntrack only"), "{md}");
+    }
+
+    #[test]
+    fn verdicts_say_when_the_interval_straddles_the_threshold() {
+        let ci = |ratio, low, high| stats::RatioCi { ratio, low, high, n: 5 };
+        assert_eq!(verdict(ci(0.99, 0.98, 1.0), 0.97, false), "met");
+        assert_eq!(verdict(ci(0.98, 0.96, 1.0), 0.97, false), "met (interval straddles)");
+        assert_eq!(verdict(ci(0.96, 0.94, 0.98), 0.97, false), "**missed** (interval straddles)");
+        assert_eq!(verdict(ci(1.10, 1.08, 1.12), 1.0 / 0.97, true), "**missed**");
+        assert_eq!(fmt_ci(Some(ci(0.9, 0.8, 1.0)), 0.03), "0.900 [0.800–1.000] (wide)");
+        assert_eq!(fmt_ci(None, 0.03), "–");
+    }
+
+    #[test]
+    fn the_policy_targets_come_from_the_paired_group_when_the_run_has_one() {
+        let net = Net { v: json!({"rows": [], "paired": [paired_group()]}) };
+        let mut md = String::new();
+        policy_dataplane(&net, &mut md);
+        assert!(md.contains("`weft, 20 policies, pods isolated` over `weft`"), "{md}");
+        assert!(md.contains("| routes IPv4 | throughput, 1 stream | 0.990 [0.990–0.990] | ≥ 0.95: met |"), "{md}");
+        let cause = netfilter_cause(&net, "IPv4", "cubic", "gbps_1").expect("a cause from the paired group");
+        assert!(
+            cause.contains("0.900 [0.900–0.900] `no netfilter`") && cause.contains("20.0% of the profiled CPU"),
+            "{cause}"
+        );
+    }
+    #[test]
+    fn paired_profiles_name_their_top_and_their_netfilter_functions() {
+        let mut g = paired_group();
+        g["profiles"] = json!({"weft": {"gbps": 10.0, "under_nf_hook_slow": 0.2, "event": "cpu-clock:ppp",
+            "classes": {"netfilter": 0.1, "other": 0.9},
+            "top": [["_copy_to_iter", 0.25]], "top_netfilter": [["nft_do_chain", 0.05], ["nf_conntrack_in", 0.02]]}});
+        let net = Net { v: json!({"rows": [], "paired": [g]}) };
+        let mut md = String::new();
+        profile_table(&net, &mut md);
+        assert!(
+            md.contains("| paired routes, IPv4: weft: TCP 1 stream | 10.00 Gbit/s | 20.0% | 10.0% | 90.0% | `_copy_to_iter` 25.0% | `nft_do_chain` 5.0%, `nf_conntrack_in` 2.0% |"),
+            "{md}"
+        );
     }
 }

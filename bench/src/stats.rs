@@ -1,4 +1,4 @@
-//! Statistics shared by both benchmarks.
+//! Statistics shared by the benchmarks and the report.
 
 use std::time::Duration;
 
@@ -9,6 +9,71 @@ pub fn percentile(sorted: &[Duration], q: f64) -> Duration {
         0 => Duration::ZERO,
         n => sorted[((n as f64 - 1.0) * q.clamp(0.0, 1.0)).round() as usize],
     }
+}
+
+/// The 0.975 quantile of Student's t with `df` degrees of freedom: the
+/// factor of a two-sided 95 % interval. Exact to three decimals up to 30,
+/// then the normal approximation with a 1/df correction (within 0.002).
+pub fn t975(df: usize) -> f64 {
+    const TABLE: [f64; 30] = [
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+    ];
+    match df {
+        0 => f64::INFINITY,
+        1..=30 => TABLE[df - 1],
+        _ => 1.960 + 2.4 / df as f64,
+    }
+}
+
+/// A ratio of two setups with its 95 % confidence interval.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RatioCi {
+    /// The geometric mean of the paired ratios.
+    pub ratio: f64,
+    pub low: f64,
+    pub high: f64,
+    /// Pairs it is made of.
+    pub n: usize,
+}
+
+impl RatioCi {
+    /// Half the interval's width relative to the ratio: 0.03 is ± 3 %.
+    pub fn half_width(&self) -> f64 {
+        (self.high - self.low) / 2.0 / self.ratio
+    }
+}
+
+/// The paired log-ratio t interval: each pair (numerator, denominator) was
+/// measured back to back, so drift of the machine hits both; the logs of
+/// the per-pair ratios are treated as normal, their mean ± t·s/√n is
+/// exponentiated. Pairs with a value that is not positive and finite are
+/// left out. `None` with fewer than 2 usable pairs (no spread to estimate).
+pub fn paired_ratio_ci(pairs: &[(f64, f64)]) -> Option<RatioCi> {
+    let logs: Vec<f64> = pairs
+        .iter()
+        .filter(|(a, b)| a.is_finite() && b.is_finite() && *a > 0.0 && *b > 0.0)
+        .map(|(a, b)| (a / b).ln())
+        .collect();
+    let n = logs.len();
+    if n < 2 {
+        return None;
+    }
+    let mean = logs.iter().sum::<f64>() / n as f64;
+    let var = logs.iter().map(|l| (l - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+    let half = t975(n - 1) * (var / n as f64).sqrt();
+    Some(RatioCi { ratio: mean.exp(), low: (mean - half).exp(), high: (mean + half).exp(), n })
+}
+
+/// The pairs (value of `a`, value of `b`) measured in the same round, from
+/// samples `(round, variant, value)`: a round holds at most one sample of
+/// each variant, taken back to back with the others of that round.
+pub fn same_round_pairs<V: PartialEq>(samples: &[(usize, V, f64)], a: &V, b: &V) -> Vec<(f64, f64)> {
+    samples
+        .iter()
+        .filter(|(_, v, _)| v == a)
+        .filter_map(|(r, _, x)| samples.iter().find(|(rb, vb, _)| rb == r && vb == b).map(|(_, _, y)| (*x, *y)))
+        .collect()
 }
 
 #[cfg(test)]
@@ -24,5 +89,55 @@ mod tests {
         assert_eq!(percentile(&v, 0.5), ms(51));
         assert_eq!(percentile(&v, 0.99), ms(99));
         assert_eq!(percentile(&v, 1.0), ms(100));
+    }
+
+    #[test]
+    fn t_quantiles_match_the_table_and_tend_to_the_normal() {
+        assert_eq!(t975(1), 12.706);
+        assert_eq!(t975(9), 2.262);
+        assert_eq!(t975(30), 2.042);
+        assert!((t975(60) - 2.000).abs() < 0.002, "{}", t975(60));
+        assert!((t975(120) - 1.980).abs() < 0.002, "{}", t975(120));
+        assert!(t975(0).is_infinite());
+    }
+
+    #[test]
+    fn a_constant_ratio_has_no_width() {
+        let ci = paired_ratio_ci(&[(9.0, 10.0), (18.0, 20.0), (4.5, 5.0)]).unwrap();
+        assert!((ci.ratio - 0.9).abs() < 1e-12 && (ci.low - 0.9).abs() < 1e-12 && (ci.high - 0.9).abs() < 1e-12);
+        assert_eq!(ci.n, 3);
+        assert!(ci.half_width() < 1e-12);
+    }
+
+    #[test]
+    fn the_interval_is_the_t_interval_of_the_log_ratios() {
+        // log ratios ln 1.1 and ln 0.9: mean m, s = |ln 1.1 − ln 0.9| / √2, n = 2, t = 12.706.
+        let ci = paired_ratio_ci(&[(11.0, 10.0), (9.0, 10.0)]).unwrap();
+        let (a, b) = (1.1f64.ln(), 0.9f64.ln());
+        let m = (a + b) / 2.0;
+        let half = 12.706 * ((a - b).abs() / 2f64.sqrt()) / 2f64.sqrt();
+        assert!((ci.ratio - m.exp()).abs() < 1e-12);
+        assert!((ci.low - (m - half).exp()).abs() < 1e-9 && (ci.high - (m + half).exp()).abs() < 1e-9);
+        assert!(ci.low < ci.ratio && ci.ratio < ci.high);
+        // More pairs with the same spread: a narrower interval.
+        let many: Vec<(f64, f64)> = (0..20).map(|i| (if i % 2 == 0 { 11.0 } else { 9.0 }, 10.0)).collect();
+        assert!(paired_ratio_ci(&many).unwrap().half_width() < ci.half_width() / 5.0);
+    }
+
+    #[test]
+    fn pairs_come_from_the_same_round_only() {
+        let samples = [(0, "weft", 10.0), (0, "ref", 11.0), (1, "ref", 12.0), (2, "weft", 9.0), (2, "ref", 9.5)];
+        assert_eq!(same_round_pairs(&samples, &"weft", &"ref"), vec![(10.0, 11.0), (9.0, 9.5)]);
+        assert_eq!(same_round_pairs(&samples, &"ref", &"weft"), vec![(11.0, 10.0), (9.5, 9.0)]);
+        assert!(same_round_pairs(&samples, &"weft", &"other").is_empty());
+    }
+
+    #[test]
+    fn unusable_pairs_are_left_out_and_too_few_give_none() {
+        assert_eq!(paired_ratio_ci(&[]), None);
+        assert_eq!(paired_ratio_ci(&[(1.0, 2.0)]), None);
+        assert_eq!(paired_ratio_ci(&[(1.0, 2.0), (0.0, 2.0), (1.0, f64::NAN)]), None);
+        let ci = paired_ratio_ci(&[(1.0, 2.0), (2.0, 4.0), (-1.0, 2.0)]).unwrap();
+        assert_eq!(ci.n, 2);
     }
 }

@@ -1,0 +1,515 @@
+//! The paired measurement of net-bench: weft against its references, and
+//! weft without each of its per-packet parts, on the same namespaces.
+//!
+//! The agents wire the pods and program the peers (with N policies, one of
+//! them isolating the benchmark pods), then their rulesets are saved
+//! (`nft list ruleset`, pods selected and unselected) and the agents are
+//! stopped: on SIGTERM the agent leaves the data plane in place, and a
+//! running agent would repair every change within a second. Each variant is
+//! then one ruleset, loaded atomically (`flush ruleset` and the variant in
+//! one `nft -f`) in both node namespaces: the agent's own, minus one part
+//! (a rule or chain deleted by handle), or a reference. Only nftables
+//! differs between variants; routes, devices and pods stay. Variants are
+//! interleaved (rounds in rotating order), so drift of a shared machine
+//! hits all of them, and every ratio is taken from pairs measured in the
+//! same round.
+
+use serde_json::{Value, json};
+
+use std::time::{Duration, Instant};
+
+use libweft::testutil::TestNs;
+use weft_bench::stats;
+
+use super::{CpuTimes, Wired, conn_rate, iperf_run, profile};
+
+/// What the nodes' nftables hold while a variant is measured.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Variant {
+    /// No nftables at all: the kernel objects alone, as `hand routes`.
+    NoNetfilter,
+    /// No weft; connection tracking on as kube-proxy turns it on: empty
+    /// nat chains at prerouting, output and postrouting.
+    ConntrackRef,
+    /// weft's tables as the agent wrote them, the benchmark pods selected
+    /// by no policy (the other policies loaded).
+    Weft,
+    /// weft with the benchmark pods isolated by a policy that allows them.
+    Policies,
+    /// weft, every packet untracked (`notrack` before conntrack's hook):
+    /// what conntrack costs. Rules on `ct state` then see `untracked`.
+    NoConntrack,
+    /// weft without the anti-spoofing `fib saddr . iif oif missing` rule.
+    NoFib,
+    /// weft without the rule dropping pods' packets to the VXLAN port.
+    NoPodVxlanRule,
+    /// weft without the `inet weft-policy` table (its forward chains).
+    NoPolicyTable,
+    /// weft without the masquerade nat chain.
+    NoMasquerade,
+    /// weft without the VXLAN peer filter (the input chain).
+    NoPeerFilter,
+    /// weft with the outer VXLAN packets untracked: what the second
+    /// crossing of netfilter costs in conntrack.
+    OuterUntracked,
+}
+
+use Variant::*;
+
+/// Empty nat base chains, as kube-proxy has them: conntrack for every packet.
+const CONNTRACK_REF: &str = "table inet bench-conntrack {
+  chain prerouting { type nat hook prerouting priority dstnat; policy accept; }
+  chain output { type nat hook output priority -100; policy accept; }
+  chain postrouting { type nat hook postrouting priority srcnat; policy accept; }
+}";
+
+/// Before conntrack (-200) and weft's raw chain (-300): nothing is tracked.
+const NOTRACK: &str = "table inet bench-notrack {
+  chain prerouting { type filter hook prerouting priority -400; policy accept; notrack; }
+  chain output { type filter hook output priority -400; policy accept; notrack; }
+}";
+
+/// The same for the outer VXLAN packets only.
+const OUTER_NOTRACK: &str = "table inet bench-notrack {
+  chain prerouting { type filter hook prerouting priority -400; policy accept; udp dport 8472 notrack; }
+  chain output { type filter hook output priority -400; policy accept; udp dport 8472 notrack; }
+}";
+
+impl Variant {
+    pub(crate) fn label(self, policies: usize) -> String {
+        match self {
+            NoNetfilter => "no netfilter".into(),
+            ConntrackRef => "conntrack only (empty nat chains)".into(),
+            Weft => "weft".into(),
+            Policies => format!("weft, {policies} policies, pods isolated"),
+            NoConntrack => "weft − conntrack (notrack)".into(),
+            NoFib => "weft − fib anti-spoofing rule".into(),
+            NoPodVxlanRule => "weft − pod-to-VXLAN-port rule".into(),
+            NoPolicyTable => "weft − policy table".into(),
+            NoMasquerade => "weft − masquerade chain".into(),
+            NoPeerFilter => "weft − VXLAN peer filter".into(),
+            OuterUntracked => "weft, outer VXLAN packet untracked".into(),
+        }
+    }
+
+    /// The variants of a backend: the VXLAN-only parts exist only there.
+    pub(crate) fn all(vxlan: bool) -> Vec<Variant> {
+        let mut v = vec![NoNetfilter, ConntrackRef, Weft, Policies, NoConntrack, NoFib];
+        if vxlan {
+            v.push(NoPodVxlanRule);
+        }
+        v.extend([NoPolicyTable, NoMasquerade]);
+        if vxlan {
+            v.extend([NoPeerFilter, OuterUntracked]);
+        }
+        v
+    }
+}
+
+/// The ratios the report shows, (numerator, denominator): weft against
+/// both references, what conntrack alone costs, and every other variant
+/// against weft.
+pub(crate) fn comparisons(variants: &[Variant]) -> Vec<(Variant, Variant)> {
+    let mut c = vec![(Weft, NoNetfilter), (Weft, ConntrackRef), (ConntrackRef, NoNetfilter)];
+    c.extend(variants.iter().filter(|v| ![NoNetfilter, ConntrackRef, Weft].contains(v)).map(|v| (*v, Weft)));
+    c.retain(|(a, b)| variants.contains(a) && variants.contains(b));
+    c
+}
+
+/// The agent's rulesets on both nodes, saved before the agents stopped.
+pub(crate) struct Rulesets {
+    /// The benchmark pods selected by no policy.
+    weft: [String; 2],
+    /// The benchmark pods isolated.
+    policies: [String; 2],
+}
+
+fn nft(ns: &TestNs, args: &[&str]) -> Result<String, String> {
+    let mut argv = vec!["nft"];
+    argv.extend_from_slice(args);
+    let out = ns.exec(&argv);
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!("nft {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+/// Replaces the whole ruleset of `ns` by `text`, in one transaction.
+fn load(ns: &TestNs, text: &str) -> Result<(), String> {
+    let mut file = tempfile::NamedTempFile::new().map_err(|e| format!("temp file: {e}"))?;
+    std::io::Write::write_all(&mut file, format!("flush ruleset\n{text}\n").as_bytes())
+        .map_err(|e| format!("write ruleset: {e}"))?;
+    nft(ns, &["-f", &file.path().display().to_string()]).map(drop)
+}
+
+/// Deletes the rules of `table chain` (family inet) whose text contains
+/// `what`; an error when there is none, so a variant never measures an
+/// unchanged ruleset under a name that says otherwise.
+fn delete_rules(ns: &TestNs, table: &str, chain: &str, what: &str) -> Result<(), String> {
+    let listing = nft(ns, &["-a", "list", "chain", "inet", table, chain])?;
+    let handles: Vec<&str> = listing
+        .lines()
+        .filter(|l| l.contains(what))
+        .filter_map(|l| l.rsplit_once("# handle ").map(|(_, h)| h.trim()))
+        .collect();
+    if handles.is_empty() {
+        return Err(format!("no rule with `{what}` in inet {table} {chain}"));
+    }
+    for h in handles {
+        nft(ns, &["delete", "rule", "inet", table, chain, "handle", h])?;
+    }
+    Ok(())
+}
+
+fn delete_chain(ns: &TestNs, table: &str, chain: &str) -> Result<(), String> {
+    nft(ns, &["flush", "chain", "inet", table, chain])?;
+    nft(ns, &["delete", "chain", "inet", table, chain]).map(drop)
+}
+
+/// Puts `v` in force on both nodes.
+fn apply(nodes: &[TestNs], rs: &Rulesets, v: Variant) -> Result<(), String> {
+    for (i, ns) in nodes.iter().enumerate().take(2) {
+        let base: &str = match v {
+            NoNetfilter => "",
+            ConntrackRef => CONNTRACK_REF,
+            Policies => &rs.policies[i],
+            _ => &rs.weft[i],
+        };
+        let extra = match v {
+            NoConntrack => NOTRACK,
+            OuterUntracked => OUTER_NOTRACK,
+            _ => "",
+        };
+        load(ns, &format!("{base}\n{extra}"))?;
+        match v {
+            NoFib => delete_rules(ns, "weft", "prerouting", "fib ")?,
+            NoPodVxlanRule => delete_rules(ns, "weft", "prerouting", "udp dport")?,
+            NoPolicyTable => nft(ns, &["delete", "table", "inet", "weft-policy"]).map(drop)?,
+            NoMasquerade => delete_chain(ns, "weft", "postrouting")?,
+            NoPeerFilter => delete_chain(ns, "weft", "input")?,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// One measurement of a variant: a fixed-size 1-stream transfer and a
+/// connection-rate run.
+#[derive(Clone, Copy)]
+struct Sample {
+    gbps: f64,
+    /// CPU-seconds per GB: both iperf3 processes (getrusage) plus the
+    /// machine's irq and softirq time over the transfer.
+    cpu_s_per_gb: f64,
+    /// CPU-seconds per GB of the whole machine (busy time): other work on
+    /// a shared machine lands here too.
+    machine_cpu_s_per_gb: f64,
+    conn_per_s: f64,
+}
+
+/// How much to measure: per variant and round, and when to stop.
+pub(crate) struct Plan {
+    pub bytes: u64,
+    pub cc: &'static str,
+    pub conn_for: Duration,
+    /// Rounds of every variant before the adaptive pairs.
+    pub min_rounds: usize,
+    /// The group's time for its rounds and adaptive pairs.
+    pub budget: Duration,
+    /// Target half-width of every interval (0.03: ± 3 %).
+    pub target: f64,
+    pub profile: bool,
+}
+
+/// The fixed-size transfer of a sample, with `conn_per_s` still 0.
+fn transfer(w: &Wired, dst: &str, plan: &Plan) -> Sample {
+    let bytes = plan.bytes.to_string();
+    let (v, cpu): (Value, CpuTimes) = iperf_run(w, dst, &["-n", &bytes, "-C", plan.cc], 120);
+    let end = &v["end"];
+    let gb = end["sum_received"]["bytes"].as_f64().unwrap_or(0.0) / 1e9;
+    let secs = end["sum_received"]["seconds"].as_f64().unwrap_or(0.0);
+    let procs = |k: &str| end["cpu_utilization_percent"][k].as_f64().unwrap_or(0.0) / 100.0 * secs;
+    let per_gb = |s: f64| if gb > 0.0 { s / gb } else { 0.0 };
+    Sample {
+        gbps: end["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0) / 1e9,
+        cpu_s_per_gb: per_gb(procs("host_total") + procs("remote_total") + cpu.irq),
+        machine_cpu_s_per_gb: per_gb(cpu.busy),
+        conn_per_s: 0.0,
+    }
+}
+
+fn sample(w: &Wired, dst: &str, plan: &Plan) -> Sample {
+    let t = transfer(w, dst, plan);
+    Sample { conn_per_s: conn_rate(w, dst, plan.conn_for), ..t }
+}
+
+/// The metrics each ratio is computed for, by their JSON keys.
+pub(crate) const METRICS: [&str; 3] = ["gbps", "cpu_s_per_gb", "conn_per_s"];
+
+fn metric(s: &Sample, key: &str) -> f64 {
+    match key {
+        "gbps" => s.gbps,
+        "cpu_s_per_gb" => s.cpu_s_per_gb,
+        "machine_cpu_s_per_gb" => s.machine_cpu_s_per_gb,
+        _ => s.conn_per_s,
+    }
+}
+
+/// The pairs (a, b) of `key` measured in the same round.
+fn pairs(samples: &[(usize, Variant, Sample)], a: Variant, b: Variant, key: &str) -> Vec<(f64, f64)> {
+    let values: Vec<(usize, Variant, f64)> = samples.iter().map(|(r, v, s)| (*r, *v, metric(s, key))).collect();
+    stats::same_round_pairs(&values, &a, &b)
+}
+
+/// The widest interval of a comparison over the metrics (infinite
+/// before it has two pairs).
+fn widest(samples: &[(usize, Variant, Sample)], a: Variant, b: Variant) -> f64 {
+    METRICS
+        .iter()
+        .map(|k| stats::paired_ratio_ci(&pairs(samples, a, b, k)).map_or(f64::INFINITY, |c| c.half_width()))
+        .fold(0.0, f64::max)
+}
+
+/// Saves both nodes' rulesets with the pods selected and unselected, then
+/// stops the agents.
+pub(crate) fn freeze(w: &mut Wired, cp: &super::ControlPlane) -> Result<Rulesets, String> {
+    let save = |w: &Wired| -> Result<[String; 2], String> {
+        Ok([nft(&w.nodes[0], &["list", "ruleset"])?, nft(&w.nodes[1], &["list", "ruleset"])?])
+    };
+    if w.selection.is_none() {
+        return Err("the setup has no policies to select the benchmark pods".into());
+    }
+    w.select(cp, true);
+    let policies = save(w)?;
+    if !w.select(cp, false) {
+        return Err("the benchmark pods did not leave the policy maps".into());
+    }
+    let weft = save(w)?;
+    for a in &mut w.agents {
+        a.stop();
+    }
+    Ok(Rulesets { weft, policies })
+}
+
+/// The counting table of [`crossings`]: per hook, the inner packets from
+/// the client pod's node (`inner`) and the outer VXLAN packets from node
+/// 1's underlay address (`outer`).
+fn counting_table(node1_v4: &str) -> String {
+    let mut t = String::from("table inet bench-count {\n");
+    for (hook, prio) in
+        [("prerouting", -500), ("input", -500), ("forward", -500), ("output", -500), ("postrouting", 500)]
+    {
+        t.push_str(&format!(
+            "  chain {hook} {{ type filter hook {hook} priority {prio}; policy accept;
+    ip saddr 10.244.1.0/24 counter comment \"inner\"
+    ip6 saddr fd00:10:244:1::/64 counter comment \"inner\"
+    ip saddr {node1_v4} udp dport 8472 counter comment \"outer\"\n  }}\n"
+        ));
+    }
+    t.push('}');
+    t
+}
+
+/// Packets counted per hook, `[(hook, inner, outer)]`, from `nft list table`.
+fn read_counts(listing: &str) -> Vec<(String, u64, u64)> {
+    let mut out: Vec<(String, u64, u64)> = Vec::new();
+    for line in listing.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("chain ") {
+            out.push((rest.split_whitespace().next().unwrap_or("").to_string(), 0, 0));
+            continue;
+        }
+        let Some(last) = out.last_mut() else { continue };
+        let packets = line
+            .split_whitespace()
+            .skip_while(|w| *w != "packets")
+            .nth(1)
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0);
+        if line.contains("comment \"inner\"") {
+            last.1 += packets;
+        } else if line.contains("comment \"outer\"") {
+            last.2 += packets;
+        }
+    }
+    out
+}
+
+/// Which netfilter hooks the inner and the outer packets of a VXLAN
+/// transfer cross on each node, counted by a table of counters added to
+/// weft's rules (full ruleset): `{"node1": [[hook, inner, outer], ..], "node2": ..}`.
+fn crossings(w: &Wired, rs: &Rulesets, dst: &str, node1_v4: &str, plan: &Plan) -> Result<Value, String> {
+    apply(&w.nodes, rs, Weft)?;
+    let table = counting_table(node1_v4);
+    for ns in &w.nodes[..2] {
+        let mut file = tempfile::NamedTempFile::new().map_err(|e| format!("temp file: {e}"))?;
+        std::io::Write::write_all(&mut file, table.as_bytes()).map_err(|e| format!("write: {e}"))?;
+        nft(ns, &["-f", &file.path().display().to_string()])?;
+    }
+    let bytes = (plan.bytes / 4).max(1 << 20).to_string();
+    let _ = iperf_run(w, dst, &["-n", &bytes, "-C", plan.cc], 120);
+    let mut out = serde_json::Map::new();
+    for (i, ns) in w.nodes[..2].iter().enumerate() {
+        let counts = read_counts(&nft(ns, &["list", "table", "inet", "bench-count"])?);
+        out.insert(format!("node{}", i + 1), json!(counts));
+        nft(ns, &["delete", "table", "inet", "bench-count"])?;
+    }
+    Ok(Value::Object(out))
+}
+
+/// One group: every variant of a backend for one family, interleaved,
+/// until every ratio's interval is within the target or the budget is
+/// spent; then (if asked) a CPU profile of each variant.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn group(
+    w: &Wired,
+    rs: &Rulesets,
+    backend: &str,
+    family: &str,
+    dst: &str,
+    node1_v4: &str,
+    policies: usize,
+    plan: &Plan,
+) -> Value {
+    let started = Instant::now();
+    let mut variants = Variant::all(backend != "routes");
+    let mut errors = Vec::new();
+    // A variant that cannot be put in force is reported and left out.
+    variants.retain(|v| match apply(&w.nodes, rs, *v) {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("  {backend} / {family}: {} left out: {e}", v.label(policies));
+            errors.push(json!({"variant": v.label(policies), "error": e}));
+            false
+        }
+    });
+    let comps = comparisons(&variants);
+    let mut samples: Vec<(usize, Variant, Sample)> = Vec::new();
+    let measure = |samples: &mut Vec<(usize, Variant, Sample)>, round: usize, v: Variant| {
+        apply(&w.nodes, rs, v).unwrap_or_else(|e| panic!("{}: {e}", v.label(policies)));
+        samples.push((round, v, sample(w, dst, plan)));
+    };
+    let mut round = 0;
+    for r in 0..plan.min_rounds {
+        let mut order = variants.clone();
+        order.rotate_left(r % variants.len().max(1));
+        if r % 2 == 1 {
+            order.reverse();
+        }
+        for v in order {
+            measure(&mut samples, round, v);
+        }
+        round += 1;
+    }
+    // Adaptive: the comparison with the widest interval gets another
+    // pair, in alternating order, until all are narrow or time is up.
+    let mut extra = 0;
+    while started.elapsed() < plan.budget {
+        let Some((a, b, width)) =
+            comps.iter().map(|(a, b)| (*a, *b, widest(&samples, *a, *b))).max_by(|x, y| x.2.total_cmp(&y.2))
+        else {
+            break;
+        };
+        if width <= plan.target {
+            break;
+        }
+        let order = if round.is_multiple_of(2) { [a, b] } else { [b, a] };
+        for v in order {
+            measure(&mut samples, round, v);
+        }
+        round += 1;
+        extra += 1;
+    }
+    let measured_s = started.elapsed().as_secs_f64();
+    eprintln!(
+        "  paired {backend} / {family}: {} variants, {} rounds + {extra} adaptive pairs in {measured_s:.0} s",
+        variants.len(),
+        plan.min_rounds
+    );
+    let mut profiles = serde_json::Map::new();
+    if plan.profile {
+        for v in &variants {
+            if let Err(e) = apply(&w.nodes, rs, *v) {
+                errors.push(json!({"variant": v.label(policies), "error": e}));
+                continue;
+            }
+            match profile(|| ("gbps", transfer(w, dst, plan).gbps)) {
+                Ok(p) => {
+                    profiles.insert(v.label(policies), p);
+                }
+                Err(e) => errors.push(json!({"variant": v.label(policies), "profile_error": e})),
+            }
+        }
+    }
+    let crossing = if backend != "routes" && family == "IPv4" {
+        crossings(w, rs, dst, node1_v4, plan).unwrap_or_else(|e| json!({"error": e}))
+    } else {
+        Value::Null
+    };
+    let samples_json: Vec<Value> = samples
+        .iter()
+        .map(|(r, v, s)| {
+            json!({"round": r, "variant": v.label(policies), "gbps": s.gbps, "cpu_s_per_gb": s.cpu_s_per_gb,
+                "machine_cpu_s_per_gb": s.machine_cpu_s_per_gb, "conn_per_s": s.conn_per_s})
+        })
+        .collect();
+    let comps_json: Vec<Value> = comps.iter().map(|(a, b)| json!([a.label(policies), b.label(policies)])).collect();
+    json!({"backend": backend, "family": family, "cc": plan.cc, "bytes": plan.bytes,
+        "conn_secs": plan.conn_for.as_secs_f64(), "policies": policies, "min_rounds": plan.min_rounds,
+        "adaptive_pairs": extra, "budget_s": plan.budget.as_secs_f64(), "seconds": measured_s,
+        "target_half_width": plan.target, "variants": variants.iter().map(|v| v.label(policies)).collect::<Vec<_>>(),
+        "comparisons": comps_json, "samples": samples_json, "profiles": profiles, "crossings": crossing,
+        "errors": errors})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(gbps: f64) -> Sample {
+        Sample { gbps, cpu_s_per_gb: 1.0 / gbps, machine_cpu_s_per_gb: 1.0, conn_per_s: 100.0 }
+    }
+
+    #[test]
+    fn every_part_is_compared_with_weft_and_weft_with_both_references() {
+        let routes = comparisons(&Variant::all(false));
+        assert_eq!(&routes[..3], &[(Weft, NoNetfilter), (Weft, ConntrackRef), (ConntrackRef, NoNetfilter)]);
+        assert!(routes[3..].iter().all(|(_, b)| *b == Weft));
+        assert!(!routes.iter().any(|(a, _)| [NoPeerFilter, NoPodVxlanRule, OuterUntracked].contains(a)));
+        let vxlan = comparisons(&Variant::all(true));
+        for part in [NoConntrack, NoFib, NoPodVxlanRule, NoPolicyTable, Policies, NoMasquerade, NoPeerFilter] {
+            assert!(vxlan.contains(&(part, Weft)), "{part:?}");
+        }
+        // A variant left out takes its comparisons with it.
+        let without_ref = comparisons(&[Weft, NoFib]);
+        assert_eq!(without_ref, vec![(NoFib, Weft)]);
+    }
+
+    #[test]
+    fn pairs_come_from_the_same_round_only() {
+        let samples = vec![(0, Weft, s(10.0)), (0, NoFib, s(11.0)), (1, NoFib, s(12.0)), (2, Weft, s(9.0))];
+        assert_eq!(pairs(&samples, NoFib, Weft, "gbps"), vec![(11.0, 10.0)]);
+        assert!(widest(&samples, NoFib, Weft).is_infinite());
+        let more = [samples, vec![(3, Weft, s(10.0)), (3, NoFib, s(11.0))]].concat();
+        assert_eq!(widest(&more, NoFib, Weft), 0.0);
+    }
+
+    #[test]
+    fn hook_counters_are_read_per_chain() {
+        let listing = "table inet bench-count {
+	chain prerouting {
+		type filter hook prerouting priority -500; policy accept;
+		ip saddr 10.244.1.0/24 counter packets 10 bytes 900 comment \"inner\"
+		ip6 saddr fd00:10:244:1::/64 counter packets 2 bytes 90 comment \"inner\"
+		ip saddr 198.51.100.11 udp dport 8472 counter packets 0 bytes 0 comment \"outer\"
+	}
+	chain output {
+		type filter hook output priority -500; policy accept;
+		ip saddr 198.51.100.11 udp dport 8472 counter packets 12 bytes 1000 comment \"outer\"
+	}
+}";
+        assert_eq!(read_counts(listing), vec![("prerouting".into(), 12, 0), ("output".into(), 0, 12)]);
+        let t = counting_table("198.51.100.11");
+        assert!(t.contains("hook postrouting") && t.contains("ip saddr 198.51.100.11 udp dport 8472 counter"));
+    }
+}
