@@ -25,6 +25,8 @@ pub struct LinkInfo {
     pub kind: Option<String>,
     /// Interface group (`IFLA_GROUP`; 0 by default, see [`crate::pending`]).
     pub group: u32,
+    /// `IFLA_IFALIAS`, when set (weft's host veths: [`crate::pending::veth_alias`]).
+    pub alias: Option<String>,
 }
 
 impl LinkInfo {
@@ -37,6 +39,7 @@ impl LinkInfo {
             up: msg.header.flags.contains(LinkFlags::Up),
             kind: None,
             group: 0,
+            alias: None,
         };
         for attr in &msg.attributes {
             match attr {
@@ -44,6 +47,7 @@ impl LinkInfo {
                 LinkAttribute::Address(a) => info.mac = a.clone(),
                 LinkAttribute::Mtu(m) => info.mtu = *m,
                 LinkAttribute::Group(g) => info.group = *g,
+                LinkAttribute::IfAlias(a) => info.alias = Some(a.clone()),
                 LinkAttribute::LinkInfo(infos) => {
                     for i in infos {
                         if let NlLinkInfo::Kind(k) = i {
