@@ -817,15 +817,19 @@ fn a_terminating_claimant_of_the_address_never_releases_the_new_pod() {
         "deny-new",
         serde_json::json!({"podSelector": role("new"), "policyTypes": ["Ingress"]}),
     );
-    // Selects no pod, but puts every pod of the namespace in a peer set:
-    // the old pod's address in the table shows the agent has seen its claim.
+    // A witness pod that admits every pod of the namespace: its peer set
+    // holding the old pod's address shows the agent has seen that claim.
+    // Its own address is one the plugin does not hand out this early.
     create_policy(
         &cp,
         "recycle",
-        "peers",
-        serde_json::json!({"podSelector": role("none"), "policyTypes": ["Ingress"],
+        "witness",
+        serde_json::json!({"podSelector": role("witness"), "policyTypes": ["Ingress"],
             "ingress": [{"from": [{"podSelector": {}}]}]}),
     );
+    create_pod_object(&cp, "recycle", "witness", &node.name, serde_json::json!({"labels": {"role": "witness"}}));
+    let witness_v4 = node.pod_v4.replace(".0/24", ".250");
+    set_pod_ips(&cp, "recycle", "witness", &[&witness_v4]);
     assert!(
         eventually(Duration::from_secs(15), || std::fs::read_to_string(&list).is_ok_and(|l| l.contains("\"recycle\""))),
         "the agent never listed the policy namespace:\n{}",

@@ -91,6 +91,7 @@ impl Netlink {
     /// it cannot clash there, and it saves a round trip. The peer cannot be
     /// brought up in the same message (the kernel opens it before the pair is
     /// linked and answers ENOTCONN): the caller sets it up in its namespace.
+    /// The alias, which a creating message cannot carry, takes a second one.
     pub async fn create_veth(&self, spec: &VethSpec<'_>) -> Result<(), NetlinkError> {
         let peer = LinkUnspec::new_with_name(spec.peer_name)
             .mtu(spec.mtu)
@@ -107,12 +108,21 @@ impl Netlink {
             // In the creating message: the veth is never outside its group.
             host = host.link_group(spec.group);
         }
-        if let Some(alias) = &spec.alias {
-            host = host.alias(alias.clone());
-        }
         self.handle.link().add(host.build()).execute().await.map_err(ctx(|| {
             format!("create veth {} <-> {}:{}", spec.host_name, spec.peer_netns.path().display(), spec.peer_name)
-        }))
+        }))?;
+        // The kernel ignores IFLA_IFALIAS in a creating message: set it
+        // after, before the caller writes the routes the agent reads with it.
+        if let Some(alias) = &spec.alias {
+            let named = LinkUnspec::new_with_name(spec.host_name).alias(alias.clone()).build();
+            self.handle
+                .link()
+                .set(named)
+                .execute()
+                .await
+                .map_err(ctx(|| format!("set link {} alias {alias:?}", spec.host_name)))?;
+        }
+        Ok(())
     }
 
     /// Moves a link to interface group `group`.
