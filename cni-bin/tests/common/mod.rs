@@ -98,7 +98,18 @@ impl Call<'_> {
 
     /// Starts the plugin and feeds stdin; the caller waits (or kills it).
     pub fn spawn(&self, host: Option<&TestNs>) -> Child {
-        let mut child = self.command(host).spawn().expect("spawn weft");
+        self.spawn_command(self.command(host))
+    }
+
+    /// [`Call::run`] with `CNI_ARGS`, as a runtime passes the pod's identity.
+    pub fn run_with_args(&self, host: Option<&TestNs>, args: &str) -> Reply {
+        let mut cmd = self.command(host);
+        cmd.env("CNI_ARGS", args);
+        finish(self.spawn_command(cmd))
+    }
+
+    fn spawn_command(&self, mut cmd: Command) -> Child {
+        let mut child = cmd.spawn().expect("spawn weft");
         let mut stdin = child.stdin.take().expect("stdin");
         // The plugin may exit before reading stdin (e.g. on a bad environment).
         let _ = stdin.write_all(self.config.to_string().as_bytes());
