@@ -324,14 +324,7 @@ fn reads_subnets_and_mtu_from_the_node_config() {
         return;
     }
     let node = Node::new();
-    let node_json = node.data_dir.path().join("node.json");
-    std::fs::write(
-        &node_json,
-        json!({"version": 1, "nodeName": "n1", "subnets": ["10.244.7.0/24", "fd00:10:244:7::/64"], "mtu": 1450})
-            .to_string(),
-    )
-    .unwrap();
-    let conf = json!({"cniVersion": "1.1.0", "name": "weft", "type": "weft", "nodeConfig": node_json, "dataDir": node.data_dir.path()});
+    let conf = node.config_from_node_json(&["10.244.7.0/24", "fd00:10:244:7::/64"], 1450);
     let pod = TestNs::new("pod");
     let started = Instant::now();
     let reply = node.call("ADD", "c1", Some(&pod), &conf).expect_ok("ADD");
@@ -353,13 +346,9 @@ fn the_host_veth_records_the_pods_uid_and_nothing_hostile() {
         return;
     }
     let node = Node::new();
-    let node_json = node.data_dir.path().join("node.json");
-    let node_conf =
-        json!({"version": 1, "nodeName": "n1", "subnets": [common::SUBNET_V4, common::SUBNET_V6], "mtu": 1400});
-    std::fs::write(&node_json, node_conf.to_string()).unwrap();
+    let conf = node.config_from_node_json(&[common::SUBNET_V4, common::SUBNET_V6], 1400);
     let list = json!({"version": 1, "ingress": ["locked"], "egress": []});
-    std::fs::write(libweft::pending::path_next_to(&node_json), list.to_string()).unwrap();
-    let conf = json!({"cniVersion": "1.1.0", "name": "weft", "type": "weft", "nodeConfig": node_json, "dataDir": node.data_dir.path()});
+    std::fs::write(node.data_dir.path().join(libweft::pending::FILE_NAME), list.to_string()).unwrap();
     let alias_and_group = |id: &str| {
         let out =
             node.host.exec_ok(&["ip", "-d", "link", "show", "dev", &libweft::netlink::host_veth_name(id, "eth0")]);

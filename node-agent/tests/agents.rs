@@ -573,6 +573,31 @@ fn create_namespace(cp: &ControlPlane, ns: &str) {
     cp.kubectl_ok(&["create", "serviceaccount", "default", "-n", ns]);
 }
 
+/// A one-node cluster with namespaces `namespaces` created.
+fn start_policy_cluster(namespaces: &[&str]) -> Option<(Lab, ControlPlane, Vec<Agent>)> {
+    let (lab, cp, agents) = start_cluster(&['A'], "routes")?;
+    for ns in namespaces {
+        create_namespace(&cp, ns);
+    }
+    Some((lab, cp, agents))
+}
+
+/// The plugin's list of policy namespaces that `agent` writes.
+fn policy_list(agent: &Agent) -> PathBuf {
+    agent.dir.path().join("run/policy-namespaces.json")
+}
+
+/// Waits until `agent` lists `ns` for the plugin, so new pods there start pending.
+fn wait_listed(agent: &Agent, ns: &str) {
+    let list = policy_list(agent);
+    let quoted = format!("\"{ns}\"");
+    assert!(
+        eventually(Duration::from_secs(15), || std::fs::read_to_string(&list).is_ok_and(|l| l.contains(&quoted))),
+        "the agent never listed the policy namespace {ns}:\n{}",
+        agent.log()
+    );
+}
+
 /// A Pod object scheduled on `node` before its sandbox exists, as the
 /// scheduler leaves it; [`set_pod_ips`] is the kubelet's status update
 /// after ADD. Returns its UID, which the runtime passes to ADD.
@@ -699,19 +724,11 @@ fn pending_dropped(ns: &TestNs) -> u64 {
 #[test]
 #[ignore = "needs root and the Kubernetes binaries: cargo test -- --ignored"]
 fn a_new_pod_under_deny_all_is_closed_from_its_first_packet() {
-    let Some((lab, cp, mut agents)) = start_cluster(&['A'], "routes") else { return };
+    let Some((lab, cp, mut agents)) = start_policy_cluster(&["locked", "open"]) else { return };
     let node = &lab.nodes[0];
     let node_json = agents[0].node_json();
-    let list = agents[0].dir.path().join("run/policy-namespaces.json");
-    for ns in ["locked", "open"] {
-        create_namespace(&cp, ns);
-    }
     create_policy(&cp, "locked", "deny-all", serde_json::json!({"podSelector": {}, "policyTypes": ["Ingress"]}));
-    assert!(
-        eventually(Duration::from_secs(15), || std::fs::read_to_string(&list).is_ok_and(|l| l.contains("\"locked\""))),
-        "the agent never listed the policy namespace:\n{}",
-        agents[0].log()
-    );
+    wait_listed(&agents[0], "locked");
     let prober = TestNs::new("prober");
     node.add_k8s_pod(&prober, "prober", "open", None, &node_json);
 
@@ -789,7 +806,8 @@ fn a_new_pod_under_deny_all_is_closed_from_its_first_packet() {
     std::fs::write(&cfg, c.to_string()).unwrap();
     agents[0].proc = Some(common::spawn_agent("agent-nopolicy", node, &cp, &cfg, agents[0].dir.path()));
     assert!(
-        eventually(Duration::from_secs(15), || link_group(&node.ns, &orphan_veth) == "0" && !list.exists()),
+        eventually(Duration::from_secs(15), || link_group(&node.ns, &orphan_veth) == "0"
+            && !policy_list(&agents[0]).exists()),
         "disabling NetworkPolicy left a pod pending or the list in place:\n{}",
         agents[0].log()
     );
@@ -803,13 +821,9 @@ fn a_new_pod_under_deny_all_is_closed_from_its_first_packet() {
 #[test]
 #[ignore = "needs root and the Kubernetes binaries: cargo test -- --ignored"]
 fn a_terminating_claimant_of_the_address_never_releases_the_new_pod() {
-    let Some((lab, cp, agents)) = start_cluster(&['A'], "routes") else { return };
+    let Some((lab, cp, agents)) = start_policy_cluster(&["recycle", "open"]) else { return };
     let node = &lab.nodes[0];
     let node_json = agents[0].node_json();
-    let list = agents[0].dir.path().join("run/policy-namespaces.json");
-    for ns in ["recycle", "open"] {
-        create_namespace(&cp, ns);
-    }
     let role = |r: &str| serde_json::json!({"matchLabels": {"role": r}});
     create_policy(
         &cp,
@@ -830,11 +844,7 @@ fn a_terminating_claimant_of_the_address_never_releases_the_new_pod() {
     create_pod_object(&cp, "recycle", "witness", &node.name, serde_json::json!({"labels": {"role": "witness"}}));
     let witness_v4 = node.pod_v4.replace(".0/24", ".250");
     set_pod_ips(&cp, "recycle", "witness", &[&witness_v4]);
-    assert!(
-        eventually(Duration::from_secs(15), || std::fs::read_to_string(&list).is_ok_and(|l| l.contains("\"recycle\""))),
-        "the agent never listed the policy namespace:\n{}",
-        agents[0].log()
-    );
+    wait_listed(&agents[0], "recycle");
     let prober = TestNs::new("prober");
     node.add_k8s_pod(&prober, "prober", "open", None, &node_json);
 
@@ -901,13 +911,9 @@ fn a_terminating_claimant_of_the_address_never_releases_the_new_pod() {
 #[test]
 #[ignore = "needs root and the Kubernetes binaries: cargo test -- --ignored"]
 fn allowed_pods_open_once_the_agent_knows_them() {
-    let Some((lab, cp, agents)) = start_cluster(&['A'], "routes") else { return };
+    let Some((lab, cp, agents)) = start_policy_cluster(&["shop", "open"]) else { return };
     let node = &lab.nodes[0];
     let node_json = agents[0].node_json();
-    let list = agents[0].dir.path().join("run/policy-namespaces.json");
-    for ns in ["shop", "open"] {
-        create_namespace(&cp, ns);
-    }
     let from_pods =
         serde_json::json!([{"ipBlock": {"cidr": "10.244.0.0/16"}}, {"ipBlock": {"cidr": "fd00:10:244::/56"}}]);
     create_policy(
@@ -916,11 +922,7 @@ fn allowed_pods_open_once_the_agent_knows_them() {
         "from-pods",
         serde_json::json!({"podSelector": {}, "policyTypes": ["Ingress"], "ingress": [{"from": from_pods}]}),
     );
-    assert!(
-        eventually(Duration::from_secs(15), || std::fs::read_to_string(&list).is_ok_and(|l| l.contains("\"shop\""))),
-        "the agent never listed the policy namespace:\n{}",
-        agents[0].log()
-    );
+    wait_listed(&agents[0], "shop");
     let prober = TestNs::new("prober");
     node.add_k8s_pod(&prober, "prober", "open", None, &node_json);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();

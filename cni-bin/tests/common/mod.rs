@@ -149,6 +149,16 @@ impl Node {
         self.config_with(version, &[SUBNET_V4, SUBNET_V6])
     }
 
+    /// A 1.1.0 configuration reading its subnets and MTU from a node.json
+    /// (written here, in the data directory) as the agent writes it.
+    pub fn config_from_node_json(&self, subnets: &[&str], mtu: u32) -> Value {
+        let node_json = self.data_dir.path().join("node.json");
+        let node = json!({"version": 1, "nodeName": "n1", "subnets": subnets, "mtu": mtu});
+        std::fs::write(&node_json, node.to_string()).expect("write node.json");
+        json!({"cniVersion": "1.1.0", "name": "weft", "type": "weft", "nodeConfig": node_json,
+            "dataDir": self.data_dir.path()})
+    }
+
     pub fn config_with(&self, version: &str, subnets: &[&str]) -> Value {
         json!({
             "cniVersion": version,
