@@ -37,8 +37,14 @@ pub async fn create_namespace(client: &Client, name: &str, labels: &Value) -> Re
 pub async fn create_running_pod(client: &Client, pod: &Pod, ips: &[IpAddr]) -> Result<Pod, kube::Error> {
     let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
     let name = pod.metadata.name.as_deref().unwrap_or_default();
+    Api::<Pod>::namespaced(client.clone(), ns).create(&PostParams::default(), pod).await?;
+    set_running(client, ns, name, ips).await
+}
+
+/// Publishes `ips` for an existing pod, as kubelet does once its sandbox
+/// runs (the plugin, given the pod's UID, wired it first).
+pub async fn set_running(client: &Client, ns: &str, name: &str, ips: &[IpAddr]) -> Result<Pod, kube::Error> {
     let api: Api<Pod> = Api::namespaced(client.clone(), ns);
-    api.create(&PostParams::default(), pod).await?;
     let pod_ips: Vec<Value> = ips.iter().map(|ip| json!({"ip": ip.to_string()})).collect();
     let first = ips.first().map(|ip| ip.to_string());
     let status = json!({"status": {"phase": "Running", "podIP": first, "podIPs": pod_ips}});

@@ -58,7 +58,7 @@ use libweft::netns::NetNs;
 use libweft::testutil::TestNs;
 use libweft::testutil::control_plane::{ControlPlane, Proc, eventually};
 use serde_json::{Value, json};
-use weft_bench::api::{client, create_namespace, create_running_pod};
+use weft_bench::api::{client, create_namespace, create_running_pod, set_running};
 use weft_bench::perf;
 
 const CP_IP: &str = "198.51.100.2";
@@ -617,9 +617,15 @@ fn setup(lab: &Lab, args: &Args, tag: &str, topo: Topology, s: Setup, chosen_off
                         list.display(),
                         agent.log_tail()
                     );
-                    p.namespace.as_str()
+                    let name = format!("bench-{}", n.n);
+                    let uid = with_api(&lab.cp, async |c: Client| {
+                        p.create_bench_pod(&c, &names[usize::from(n.n) - 1], &name).await
+                    })
+                    .unwrap_or_else(|e| panic!("{}: create the benchmark pod {name}: {e}", s.label()));
+                    (p.namespace.as_str(), uid)
                 });
-                pods.push(weft_pod(&args.weft, n, tag, &node_json, &dir.path().join("ipam"), pod_ns));
+                let pod = pod_ns.as_ref().map(|(ns, uid)| (*ns, uid.as_str()));
+                pods.push(weft_pod(&args.weft, n, tag, &node_json, &dir.path().join("ipam"), pod));
             }
             let (p2, ip4, ip6) = pods.pop().expect("two pods");
             let (p1, c4, c6) = pods.pop().expect("two pods");
@@ -632,8 +638,8 @@ fn setup(lab: &Lab, args: &Args, tag: &str, topo: Topology, s: Setup, chosen_off
             w.notes.insert("path".into(), json!(path));
             let logs: Vec<&Proc> = agents.iter().collect();
             if let Some(plan) = &policies {
-                let bench_pods = [(&names[0], "bench-1", [&c4, &c6]), (&names[1], "bench-2", [&w.dst[0], &w.dst[1]])];
-                with_api(&lab.cp, async |c: Client| plan.create_bench_pods(&c, &bench_pods).await)
+                let bench_pods = [("bench-1", [&c4, &c6]), ("bench-2", [&w.dst[0], &w.dst[1]])];
+                with_api(&lab.cp, async |c: Client| plan.run_bench_pods(&c, &bench_pods).await)
                     .unwrap_or_else(|e| panic!("{}: create the benchmark pods: {e}", s.label()));
                 // ICMP is not allowed: reachability is the allowed TCP port.
                 wait_tcp(&w, &s.label(), &logs);
@@ -784,11 +790,19 @@ impl PolicyPlan {
         Ok(())
     }
 
-    /// The two benchmark pods, with the addresses the plugin gave them.
-    async fn create_bench_pods(&self, c: &Client, pods: &[(&String, &str, [&String; 2])]) -> Result<(), kube::Error> {
-        for (node, name, ips) in pods {
+    /// A benchmark pod, as the scheduler leaves it before its sandbox
+    /// exists; returns its UID, which the runtime passes to ADD.
+    async fn create_bench_pod(&self, c: &Client, node: &str, name: &str) -> Result<String, kube::Error> {
+        let api: Api<Pod> = Api::namespaced(c.clone(), &self.namespace);
+        let pod = api.create(&PostParams::default(), &self.pod_object(name, node, json!({"app": BENCH_APP}))).await?;
+        Ok(pod.metadata.uid.unwrap_or_default())
+    }
+
+    /// The two benchmark pods' status, with the addresses the plugin gave them.
+    async fn run_bench_pods(&self, c: &Client, pods: &[(&str, [&String; 2])]) -> Result<(), kube::Error> {
+        for (name, ips) in pods {
             let ips: Vec<IpAddr> = ips.iter().map(|ip| ip.parse().expect("a pod address")).collect();
-            create_running_pod(c, &self.pod_object(name, node, json!({"app": BENCH_APP})), &ips).await?;
+            set_running(c, &self.namespace, name, &ips).await?;
         }
         Ok(())
     }
@@ -821,14 +835,15 @@ impl PolicyPlan {
 }
 
 /// ADD through the real plugin, configured as the agent's conflist does;
-/// `pod_ns` becomes `K8S_POD_NAMESPACE` in `CNI_ARGS`, as kubelet passes it.
+/// `k8s_pod` (namespace, UID) becomes `K8S_POD_NAMESPACE` and `K8S_POD_UID` in
+/// `CNI_ARGS`, as kubelet passes them.
 fn weft_pod(
     weft: &Path,
     node: &Node,
     tag: &str,
     node_json: &Path,
     ipam: &Path,
-    pod_ns: Option<&str>,
+    k8s_pod: Option<(&str, &str)>,
 ) -> (TestNs, String, String) {
     let pod = TestNs::new(&format!("{tag}-p{}", node.n));
     let conf = json!({"cniVersion": "1.1.0", "name": "weft", "type": "weft", "nodeConfig": node_json, "dataDir": ipam});
@@ -842,8 +857,8 @@ fn weft_pod(
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    if let Some(ns) = pod_ns {
-        cmd.env("CNI_ARGS", format!("K8S_POD_NAMESPACE={ns};K8S_POD_NAME=bench-{}", node.n));
+    if let Some((ns, uid)) = k8s_pod {
+        cmd.env("CNI_ARGS", format!("K8S_POD_NAMESPACE={ns};K8S_POD_NAME=bench-{};K8S_POD_UID={uid}", node.n));
     }
     let mut child = cmd.spawn().unwrap_or_else(|e| panic!("run {}: {e}", weft.display()));
     let _ = child.stdin.take().expect("stdin").write_all(conf.to_string().as_bytes());

@@ -37,6 +37,9 @@ pub struct Pod<'a> {
     pub mtu: u32,
     /// Interface group of the host veth ([`libweft::pending`]).
     pub group: u32,
+    /// The pod's UID from `CNI_ARGS`, recorded in the host veth's alias:
+    /// the agent releases a pending veth only for the pod with that UID.
+    pub uid: Option<&'a str>,
 }
 
 fn gateway_for(ip: IpAddr) -> IpAddr {
@@ -81,7 +84,7 @@ pub async fn setup(host: &Netlink, pod_nl: &Netlink, pod: &Pod<'_>) -> Result<Ad
         peer_mac: pod_mac,
         mtu: pod.mtu,
         peer_netns: pod.netns,
-        alias: Some(format!("weft pod {}", pod.container_id.get(..12).unwrap_or(pod.container_id))),
+        alias: Some(libweft::pending::veth_alias(pod.container_id, pod.uid)),
         group: pod.group,
     };
     match host.create_veth(&veth).await {

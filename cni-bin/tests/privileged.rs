@@ -324,14 +324,7 @@ fn reads_subnets_and_mtu_from_the_node_config() {
         return;
     }
     let node = Node::new();
-    let node_json = node.data_dir.path().join("node.json");
-    std::fs::write(
-        &node_json,
-        json!({"version": 1, "nodeName": "n1", "subnets": ["10.244.7.0/24", "fd00:10:244:7::/64"], "mtu": 1450})
-            .to_string(),
-    )
-    .unwrap();
-    let conf = json!({"cniVersion": "1.1.0", "name": "weft", "type": "weft", "nodeConfig": node_json, "dataDir": node.data_dir.path()});
+    let conf = node.config_from_node_json(&["10.244.7.0/24", "fd00:10:244:7::/64"], 1450);
     let pod = TestNs::new("pod");
     let started = Instant::now();
     let reply = node.call("ADD", "c1", Some(&pod), &conf).expect_ok("ADD");
@@ -341,4 +334,58 @@ fn reads_subnets_and_mtu_from_the_node_config() {
     assert_eq!(reply.json["interfaces"][1]["mtu"], 1450);
     assert!(pod.exec_ok(&["ip", "link", "show", "eth0"]).contains("mtu 1450"));
     node.call("DEL", "c1", Some(&pod), &conf).expect_ok("DEL");
+}
+
+/// The pod's UID from `CNI_ARGS` is recorded in the host veth's alias (the
+/// agent releases a pending veth only for that pod); a value not of a UID's
+/// form is not recorded, and breaks nothing.
+#[test]
+#[ignore = "needs root (CAP_NET_ADMIN): cargo test -- --ignored"]
+fn the_host_veth_records_the_pods_uid_and_nothing_hostile() {
+    if !have_privileges() {
+        return;
+    }
+    let node = Node::new();
+    let conf = node.config_from_node_json(&[common::SUBNET_V4, common::SUBNET_V6], 1400);
+    let list = json!({"version": 1, "ingress": ["locked"], "egress": []});
+    std::fs::write(node.data_dir.path().join(libweft::pending::FILE_NAME), list.to_string()).unwrap();
+    let alias_and_group = |id: &str| {
+        let out =
+            node.host.exec_ok(&["ip", "-d", "link", "show", "dev", &libweft::netlink::host_veth_name(id, "eth0")]);
+        let alias = out.lines().find_map(|l| l.trim().strip_prefix("alias ")).unwrap_or_default().to_string();
+        let group = out.split_whitespace().skip_while(|w| *w != "group").nth(1).unwrap_or_default().to_string();
+        (alias, group)
+    };
+    let uid = "6f1c9d2e-8a4b-4c3d-9e2f-0a1b2c3d4e5f";
+    let hostile = format!("x uid {uid}");
+    let long = "a".repeat(300);
+    let cases = [
+        ("c-uid", format!("K8S_POD_NAMESPACE=locked;K8S_POD_UID={uid}"), format!("weft pod c-uid uid {uid}")),
+        ("c-none", "K8S_POD_NAMESPACE=locked".to_string(), "weft pod c-none".to_string()),
+        ("c-forged", format!("K8S_POD_NAMESPACE=locked;K8S_POD_UID={hostile}"), "weft pod c-forged".to_string()),
+        ("c-long", format!("K8S_POD_NAMESPACE=locked;K8S_POD_UID={long}"), "weft pod c-long".to_string()),
+        ("c-newline", "K8S_POD_NAMESPACE=locked;K8S_POD_UID=a\nb".to_string(), "weft pod c-newline".to_string()),
+    ];
+    let mut pods = Vec::new();
+    for (id, args, want) in &cases {
+        let pod = TestNs::new(id);
+        let path = pod.path();
+        let call = Call { command: "ADD", container_id: id, netns: Some(&path), ifname: "eth0", config: &conf };
+        let reply = call.run_with_args(Some(&node.host), args);
+        assert!(reply.ok, "{id}: {}{}", reply.json, reply.stderr);
+        let (alias, group) = alias_and_group(id);
+        assert_eq!(&alias, want, "{id}");
+        assert_eq!(group, libweft::pending::PENDING_INGRESS_GROUP.to_string(), "{id}: created pending");
+        assert_eq!(
+            reply.stderr.contains("no valid K8S_POD_UID"),
+            *id != "c-uid",
+            "{id}: warned iff no UID recorded: {}",
+            reply.stderr
+        );
+        pods.push(pod);
+    }
+    for ((id, ..), pod) in cases.iter().zip(&pods) {
+        node.call("DEL", id, Some(pod), &conf).expect_ok("DEL");
+    }
+    assert!(node.host_veths().is_empty(), "{:?}", node.host_veths());
 }

@@ -53,6 +53,37 @@ pub fn is_pending(group: u32) -> bool {
     matches!(group, PENDING_INGRESS_GROUP | PENDING_EGRESS_GROUP | PENDING_BOTH_GROUP)
 }
 
+/// The longest pod UID recorded on a host veth. Kubernetes UIDs are
+/// 36-character UUIDs (a static pod's is a 32-digit hash); the bound keeps
+/// the alias far below the kernel's `IFALIASZ` (256).
+pub const MAX_POD_UID_LEN: usize = 64;
+
+/// Whether `uid` (`K8S_POD_UID` from `CNI_ARGS`) has the form of a pod
+/// UID: 1 to [`MAX_POD_UID_LEN`] ASCII letters, digits and `-`. Anything
+/// else (a runtime's junk, a hostile value) is not recorded, so it can
+/// neither forge the alias's fields nor overflow it.
+pub fn is_pod_uid(uid: &str) -> bool {
+    !uid.is_empty() && uid.len() <= MAX_POD_UID_LEN && uid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+/// The alias of a pod's host veth: `weft pod <container id prefix>`, then
+/// ` uid <pod UID>` when the runtime passed a valid one. The agent releases
+/// a pending veth only for the live pod with that UID ([`alias_pod_uid`]).
+pub fn veth_alias(container_id: &str, pod_uid: Option<&str>) -> String {
+    let cid = container_id.get(..12).unwrap_or(container_id);
+    match pod_uid.filter(|u| is_pod_uid(u)) {
+        Some(uid) => format!("weft pod {cid} uid {uid}"),
+        None => format!("weft pod {cid}"),
+    }
+}
+
+/// The pod UID a host veth's alias records, if it is one of weft's and
+/// records one.
+pub fn alias_pod_uid(alias: &str) -> Option<&str> {
+    let (_, uid) = alias.strip_prefix("weft pod ")?.split_once(" uid ")?;
+    is_pod_uid(uid).then_some(uid)
+}
+
 /// File name of the list, in the directory of `node.json`.
 pub const FILE_NAME: &str = "policy-namespaces.json";
 
@@ -234,6 +265,28 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         std::fs::File::create(&path).unwrap().set_len(5 << 20).unwrap();
         assert!(verdict(&path, Some("x")).unreadable.unwrap().contains("larger than"));
+    }
+
+    #[test]
+    fn the_alias_records_a_valid_pod_uid_and_nothing_else() {
+        let cid = "0123456789abcdef0123";
+        let uid = "6f1c9d2e-8a4b-4c3d-9e2f-0a1b2c3d4e5f";
+        let alias = veth_alias(cid, Some(uid));
+        assert_eq!(alias, format!("weft pod 0123456789ab uid {uid}"));
+        assert_eq!(alias_pod_uid(&alias), Some(uid));
+        // A static pod's UID is a hash without dashes.
+        assert_eq!(alias_pod_uid(&veth_alias(cid, Some("0123456789abcdef0123456789abcdef"))).map(str::len), Some(32));
+        assert_eq!(veth_alias("short", None), "weft pod short");
+        assert_eq!(alias_pod_uid("weft pod short"), None, "no UID recorded");
+        for hostile in
+            ["", "a b", "x uid y", "a\nb", "ü", "a;b", "../x", &"a".repeat(MAX_POD_UID_LEN + 1), &"a".repeat(4096)]
+        {
+            let alias = veth_alias(cid, Some(hostile));
+            assert_eq!(alias, "weft pod 0123456789ab", "{hostile:?} is not recorded");
+            assert_eq!(alias_pod_uid(&format!("weft pod 0123456789ab uid {hostile}")), None, "{hostile:?}");
+        }
+        assert!(veth_alias(&"c".repeat(200), Some(&"u".repeat(MAX_POD_UID_LEN))).len() < 256, "IFALIASZ");
+        assert_eq!(alias_pod_uid(&format!("other uid {uid}")), None, "not weft's alias");
     }
 
     #[test]

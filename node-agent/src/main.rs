@@ -206,7 +206,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
             weft_agent::apply::policy_table::remove().await?;
             // Without the policy table nothing holds pending pods; release them anyway so a
             // reinstall does not find them closed.
-            let released = weft_agent::apply::policy_table::release_pending(&nl, |_| true).await?;
+            let released = weft_agent::apply::policy_table::release_pending(&nl, |_, _| true).await?;
             if released.released > 0 {
                 tracing::info!(released = released.released, "released pending pod interfaces");
             }

@@ -234,6 +234,9 @@ pub struct NamedPort {
 pub struct PodView {
     pub namespace: String,
     pub name: String,
+    /// The UID the runtime passes the plugin as `K8S_POD_UID`: `metadata.uid`,
+    /// or for a static pod's mirror its `kubernetes.io/config.mirror` hash.
+    pub uid: String,
     pub labels: Labels,
     /// `status.podIPs`, parsed.
     pub ips: Vec<IpAddr>,
@@ -282,9 +285,13 @@ impl PodView {
         }
         ports.sort();
         ports.dedup();
+        // kubelet runs a static pod under the UID its mirror records.
+        let annotations = pod.metadata.annotations.as_ref();
+        let uid = annotations.and_then(|a| a.get("kubernetes.io/config.mirror")).or(pod.metadata.uid.as_ref());
         Some(PodView {
             namespace,
             name,
+            uid: uid.cloned().unwrap_or_default(),
             labels: pod.metadata.labels.clone().unwrap_or_default(),
             ips,
             node: spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),

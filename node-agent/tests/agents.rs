@@ -573,14 +573,49 @@ fn create_namespace(cp: &ControlPlane, ns: &str) {
     cp.kubectl_ok(&["create", "serviceaccount", "default", "-n", ns]);
 }
 
+/// A one-node cluster with namespaces `namespaces` created.
+fn start_policy_cluster(namespaces: &[&str]) -> Option<(Lab, ControlPlane, Vec<Agent>)> {
+    let (lab, cp, agents) = start_cluster(&['A'], "routes")?;
+    for ns in namespaces {
+        create_namespace(&cp, ns);
+    }
+    Some((lab, cp, agents))
+}
+
+/// The plugin's list of policy namespaces that `agent` writes.
+fn policy_list(agent: &Agent) -> PathBuf {
+    agent.dir.path().join("run/policy-namespaces.json")
+}
+
+/// Waits until `agent` lists `ns` for the plugin, so new pods there start pending.
+fn wait_listed(agent: &Agent, ns: &str) {
+    let list = policy_list(agent);
+    let quoted = format!("\"{ns}\"");
+    assert!(
+        eventually(Duration::from_secs(15), || std::fs::read_to_string(&list).is_ok_and(|l| l.contains(&quoted))),
+        "the agent never listed the policy namespace {ns}:\n{}",
+        agent.log()
+    );
+}
+
 /// A Pod object scheduled on `node` before its sandbox exists, as the
 /// scheduler leaves it; [`set_pod_ips`] is the kubelet's status update
-/// after ADD.
-fn create_scheduled_pod(cp: &ControlPlane, ns: &str, name: &str, node: &str) {
-    let pod = serde_json::json!({"apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": ns},
+/// after ADD. Returns its UID, which the runtime passes to ADD.
+fn create_scheduled_pod(cp: &ControlPlane, ns: &str, name: &str, node: &str) -> String {
+    create_pod_object(cp, ns, name, node, serde_json::json!({}))
+}
+
+/// [`create_scheduled_pod`] with more `metadata` (labels, finalizers).
+fn create_pod_object(cp: &ControlPlane, ns: &str, name: &str, node: &str, metadata: serde_json::Value) -> String {
+    let mut pod = serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": metadata,
         "spec": {"nodeName": node, "containers": [{"name": "c", "image": "none"}]}});
+    pod["metadata"]["name"] = name.into();
+    pod["metadata"]["namespace"] = ns.into();
     cp.kubectl_stdin(&["create", "-f", "-"], &pod.to_string());
+    let uid = cp.kubectl_ok(&["get", "pod", name, "-n", ns, "-o", "jsonpath={.metadata.uid}"]);
+    assert!(libweft::pending::is_pod_uid(uid.trim()), "pod {ns}/{name} has UID {uid:?}");
+    uid.trim().to_string()
 }
 
 fn set_pod_ips(cp: &ControlPlane, ns: &str, name: &str, ips: &[&str]) {
@@ -689,21 +724,13 @@ fn pending_dropped(ns: &TestNs) -> u64 {
 #[test]
 #[ignore = "needs root and the Kubernetes binaries: cargo test -- --ignored"]
 fn a_new_pod_under_deny_all_is_closed_from_its_first_packet() {
-    let Some((lab, cp, mut agents)) = start_cluster(&['A'], "routes") else { return };
+    let Some((lab, cp, mut agents)) = start_policy_cluster(&["locked", "open"]) else { return };
     let node = &lab.nodes[0];
     let node_json = agents[0].node_json();
-    let list = agents[0].dir.path().join("run/policy-namespaces.json");
-    for ns in ["locked", "open"] {
-        create_namespace(&cp, ns);
-    }
     create_policy(&cp, "locked", "deny-all", serde_json::json!({"podSelector": {}, "policyTypes": ["Ingress"]}));
-    assert!(
-        eventually(Duration::from_secs(15), || std::fs::read_to_string(&list).is_ok_and(|l| l.contains("\"locked\""))),
-        "the agent never listed the policy namespace:\n{}",
-        agents[0].log()
-    );
+    wait_listed(&agents[0], "locked");
     let prober = TestNs::new("prober");
-    node.add_k8s_pod(&prober, "prober", "open", &node_json);
+    node.add_k8s_pod(&prober, "prober", "open", None, &node_json);
 
     // The control, probed the same way: a pod in a namespace without
     // policy is reachable the moment ADD returns, before the agent (or
@@ -711,7 +738,7 @@ fn a_new_pod_under_deny_all_is_closed_from_its_first_packet() {
     let open = TestNs::new("open1");
     listen_early(&open);
     let probe = Prober::start(&prober, &open);
-    node.add_k8s_pod(&open, "open1", "open", &node_json);
+    node.add_k8s_pod(&open, "open1", "open", None, &node_json);
     let added = std::time::Instant::now();
     assert_eq!(link_group(&node.ns, &libweft::netlink::host_veth_name("open1", "eth0")), "0");
     std::thread::sleep(Duration::from_millis(300));
@@ -729,9 +756,9 @@ fn a_new_pod_under_deny_all_is_closed_from_its_first_packet() {
     let veth = libweft::netlink::host_veth_name("locked1", "eth0");
     let locked = TestNs::new("locked1");
     listen_early(&locked);
-    create_scheduled_pod(&cp, "locked", "locked1", &node.name);
+    let uid = create_scheduled_pod(&cp, "locked", "locked1", &node.name);
     let probe = Prober::start(&prober, &locked);
-    let (l4, l6) = node.add_k8s_pod(&locked, "locked1", "locked", &node_json);
+    let (l4, l6) = node.add_k8s_pod(&locked, "locked1", "locked", Some(&uid), &node_json);
     assert_eq!(link_group(&node.ns, &veth), libweft::pending::PENDING_INGRESS_GROUP.to_string(), "ip -d link shows it");
     // Counted while pending (the counter restarts when the table is
     // replaced, as it will be when this pod's chains appear).
@@ -759,7 +786,7 @@ fn a_new_pod_under_deny_all_is_closed_from_its_first_packet() {
 
     // A pod the agent never learns stays pending, whatever else happens.
     let orphan = TestNs::new("orphan");
-    node.add_k8s_pod(&orphan, "orphan", "locked", &node_json);
+    node.add_k8s_pod(&orphan, "orphan", "locked", Some("6f1c9d2e-8a4b-4c3d-9e2f-0a1b2c3d4e5f"), &node_json);
     let orphan_veth = libweft::netlink::host_veth_name("orphan", "eth0");
     cp.kubectl_ok(&["label", "pod", "locked1", "-n", "locked", "touch=1"]);
     assert!(
@@ -779,22 +806,114 @@ fn a_new_pod_under_deny_all_is_closed_from_its_first_packet() {
     std::fs::write(&cfg, c.to_string()).unwrap();
     agents[0].proc = Some(common::spawn_agent("agent-nopolicy", node, &cp, &cfg, agents[0].dir.path()));
     assert!(
-        eventually(Duration::from_secs(15), || link_group(&node.ns, &orphan_veth) == "0" && !list.exists()),
+        eventually(Duration::from_secs(15), || link_group(&node.ns, &orphan_veth) == "0"
+            && !policy_list(&agents[0]).exists()),
         "disabling NetworkPolicy left a pod pending or the list in place:\n{}",
         agents[0].log()
     );
 }
 
+/// A pod's address was freed at DEL and handed to a new pod while the old
+/// Pod object still claims it (terminating, held by a finalizer). The old
+/// pod is open (no policy selects it), the new one is under deny-all: the
+/// new pod's veth records its own UID, so the old claimant never releases
+/// it with its verdict, and it opens only for its own Pod.
+#[test]
+#[ignore = "needs root and the Kubernetes binaries: cargo test -- --ignored"]
+fn a_terminating_claimant_of_the_address_never_releases_the_new_pod() {
+    let Some((lab, cp, agents)) = start_policy_cluster(&["recycle", "open"]) else { return };
+    let node = &lab.nodes[0];
+    let node_json = agents[0].node_json();
+    let role = |r: &str| serde_json::json!({"matchLabels": {"role": r}});
+    create_policy(
+        &cp,
+        "recycle",
+        "deny-new",
+        serde_json::json!({"podSelector": role("new"), "policyTypes": ["Ingress"]}),
+    );
+    // A witness pod that admits every pod of the namespace: its peer set
+    // holding the old pod's address shows the agent has seen that claim.
+    // Its own address is one the plugin does not hand out this early.
+    create_policy(
+        &cp,
+        "recycle",
+        "witness",
+        serde_json::json!({"podSelector": role("witness"), "policyTypes": ["Ingress"],
+            "ingress": [{"from": [{"podSelector": {}}]}]}),
+    );
+    create_pod_object(&cp, "recycle", "witness", &node.name, serde_json::json!({"labels": {"role": "witness"}}));
+    let witness_v4 = node.pod_v4.replace(".0/24", ".250");
+    set_pod_ips(&cp, "recycle", "witness", &[&witness_v4]);
+    wait_listed(&agents[0], "recycle");
+    let prober = TestNs::new("prober");
+    node.add_k8s_pod(&prober, "prober", "open", None, &node_json);
+
+    let old_meta = serde_json::json!({"labels": {"role": "old"}, "finalizers": ["weft.test/hold"]});
+    create_pod_object(&cp, "recycle", "old", &node.name, old_meta);
+    let new_uid = create_pod_object(&cp, "recycle", "new", &node.name, serde_json::json!({"labels": {"role": "new"}}));
+    let new = TestNs::new("new1");
+    listen_early(&new);
+    let probe = Prober::start(&prober, &new);
+    let (v4, v6) = node.add_k8s_pod(&new, "new1", "recycle", Some(&new_uid), &node_json);
+    let veth = libweft::netlink::host_veth_name("new1", "eth0");
+    assert_eq!(link_group(&node.ns, &veth), libweft::pending::PENDING_INGRESS_GROUP.to_string());
+    let alias = node.ns.exec_ok(&["ip", "-d", "link", "show", "dev", &veth]);
+    assert!(alias.contains(&format!("alias weft pod new1 uid {new_uid}")), "{alias}");
+
+    // The old pod claims the new pod's addresses, then terminates.
+    set_pod_ips(&cp, "recycle", "old", &[&v4, &v6]);
+    cp.kubectl_ok(&["delete", "pod", "old", "-n", "recycle", "--wait=false"]);
+    let deleting =
+        cp.kubectl_ok(&["get", "pod", "old", "-n", "recycle", "-o", "jsonpath={.metadata.deletionTimestamp}"]);
+    assert!(!deleting.trim().is_empty(), "the old pod is not terminating");
+    let table =
+        || String::from_utf8_lossy(&node.ns.exec(&["nft", "list", "table", "inet", "weft-policy"]).stdout).into_owned();
+    assert!(
+        eventually(Duration::from_secs(15), || table().contains(&v4)),
+        "the agent never believed the old pod's claim:\n{}",
+        agents[0].log()
+    );
+    let since = passes(&node.ns);
+    assert!(more_passes(&node.ns, since, 2, Duration::from_secs(15)), "no passes:\n{}", agents[0].log());
+    assert_eq!(
+        link_group(&node.ns, &veth),
+        libweft::pending::PENDING_INGRESS_GROUP.to_string(),
+        "the old pod's claim released the new pod:\n{}",
+        agents[0].log()
+    );
+    assert!(metrics(&node.ns).contains("weft_policy_pending_interfaces 1"), "{}", metrics(&node.ns));
+
+    // Its own Pod claims the addresses: released, under its own rules.
+    set_pod_ips(&cp, "recycle", "new", &[&v4, &v6]);
+    assert!(
+        eventually(Duration::from_secs(15), || link_group(&node.ns, &veth) == "0"),
+        "the new pod was never released:\n{}",
+        agents[0].log()
+    );
+    let denied = node.ns.exec_ok(&["nft", "list", "map", "inet", "weft-policy", "ingress4"]);
+    assert!(denied.contains(&v4), "released before its rules were in the map:\n{denied}");
+    std::thread::sleep(Duration::from_millis(500));
+    let log = probe.stop();
+    assert!(log.len() >= 20, "too few probes to mean anything: {}", log.len());
+    assert!(!log.iter().any(|(_, ok)| *ok), "a probe got through to the pod under deny-all");
+    cp.kubectl_ok(&[
+        "patch",
+        "pod",
+        "old",
+        "-n",
+        "recycle",
+        "--type=json",
+        "-p",
+        r#"[{"op":"remove","path":"/metadata/finalizers"}]"#,
+    ]);
+}
+
 #[test]
 #[ignore = "needs root and the Kubernetes binaries: cargo test -- --ignored"]
 fn allowed_pods_open_once_the_agent_knows_them() {
-    let Some((lab, cp, agents)) = start_cluster(&['A'], "routes") else { return };
+    let Some((lab, cp, agents)) = start_policy_cluster(&["shop", "open"]) else { return };
     let node = &lab.nodes[0];
     let node_json = agents[0].node_json();
-    let list = agents[0].dir.path().join("run/policy-namespaces.json");
-    for ns in ["shop", "open"] {
-        create_namespace(&cp, ns);
-    }
     let from_pods =
         serde_json::json!([{"ipBlock": {"cidr": "10.244.0.0/16"}}, {"ipBlock": {"cidr": "fd00:10:244::/56"}}]);
     create_policy(
@@ -803,13 +922,9 @@ fn allowed_pods_open_once_the_agent_knows_them() {
         "from-pods",
         serde_json::json!({"podSelector": {}, "policyTypes": ["Ingress"], "ingress": [{"from": from_pods}]}),
     );
-    assert!(
-        eventually(Duration::from_secs(15), || std::fs::read_to_string(&list).is_ok_and(|l| l.contains("\"shop\""))),
-        "the agent never listed the policy namespace:\n{}",
-        agents[0].log()
-    );
+    wait_listed(&agents[0], "shop");
     let prober = TestNs::new("prober");
-    node.add_k8s_pod(&prober, "prober", "open", &node_json);
+    node.add_k8s_pod(&prober, "prober", "open", None, &node_json);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let nl = {
         let _in_rt = rt.enter();
@@ -829,8 +944,8 @@ fn allowed_pods_open_once_the_agent_knows_them() {
         let veth = libweft::netlink::host_veth_name(&id, "eth0");
         let pod = TestNs::new(&id);
         listen_early(&pod);
-        create_scheduled_pod(&cp, "shop", &id, &node.name);
-        let (v4, v6) = node.add_k8s_pod(&pod, &id, "shop", &node_json);
+        let uid = create_scheduled_pod(&cp, "shop", &id, &node.name);
+        let (v4, v6) = node.add_k8s_pod(&pod, &id, "shop", Some(&uid), &node_json);
         let added = std::time::Instant::now();
         assert_eq!(group(&veth), Some(libweft::pending::PENDING_INGRESS_GROUP), "{id} was not created pending");
         if i == 0 {

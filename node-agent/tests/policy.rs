@@ -138,6 +138,7 @@ fn policies_hold_on_the_kernel_and_the_tracer_predicts_them() {
         let view = PodView {
             namespace: "t".into(),
             name: id.into(),
+            uid: id.into(),
             labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             ips: vec![v4.parse().unwrap(), v6.parse().unwrap()],
             node: node.name.clone(),
@@ -383,6 +384,7 @@ fn denials_are_counted_by_policy_and_logged_through_nflog_at_a_bounded_rate() {
     let view = |id: &str, ips: [&str; 2], labels: &[(&str, &str)]| PodView {
         namespace: "t".into(),
         name: id.into(),
+        uid: id.into(),
         labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         ips: ips.iter().map(|i| i.parse().unwrap()).collect(),
         node: node.name.clone(),

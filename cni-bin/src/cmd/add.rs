@@ -38,6 +38,14 @@ pub fn run(env: &RuntimeEnv, conf: &NetConf, version: CniVersion) -> Result<Valu
     if let Some(why) = &pending.unreadable {
         tracing::warn!("{why}");
     }
+    if pending::is_pending(pending.group) && env.pod_uid.is_none() {
+        // The agent releases a pending veth only for the pod whose UID it
+        // records: an address alone may still be an old pod's.
+        tracing::warn!(
+            container = %env.container_id,
+            "CNI_ARGS has no valid K8S_POD_UID: the pod stays held by NetworkPolicy until it is deleted"
+        );
+    }
 
     let wired = rt.block_on(async {
         let host = Netlink::connect()?;
@@ -50,6 +58,7 @@ pub fn run(env: &RuntimeEnv, conf: &NetConf, version: CniVersion) -> Result<Valu
             ips: &ips,
             mtu: node.mtu,
             group: pending.group,
+            uid: env.pod_uid.as_deref(),
         };
         let result = wiring::setup(&host, &pod_nl, &pod).await;
         if result.is_err()

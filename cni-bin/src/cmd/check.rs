@@ -44,6 +44,7 @@ pub fn run(env: &RuntimeEnv, conf: &NetConf, version: CniVersion) -> Result<(), 
             mtu: node.mtu,
             // CHECK does not look at the group: it changes by design.
             group: 0,
+            uid: None,
         };
         wiring::check(&host, &pod_nl, &pod).await
     })

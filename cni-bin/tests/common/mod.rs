@@ -98,7 +98,18 @@ impl Call<'_> {
 
     /// Starts the plugin and feeds stdin; the caller waits (or kills it).
     pub fn spawn(&self, host: Option<&TestNs>) -> Child {
-        let mut child = self.command(host).spawn().expect("spawn weft");
+        self.spawn_command(self.command(host))
+    }
+
+    /// [`Call::run`] with `CNI_ARGS`, as a runtime passes the pod's identity.
+    pub fn run_with_args(&self, host: Option<&TestNs>, args: &str) -> Reply {
+        let mut cmd = self.command(host);
+        cmd.env("CNI_ARGS", args);
+        finish(self.spawn_command(cmd))
+    }
+
+    fn spawn_command(&self, mut cmd: Command) -> Child {
+        let mut child = cmd.spawn().expect("spawn weft");
         let mut stdin = child.stdin.take().expect("stdin");
         // The plugin may exit before reading stdin (e.g. on a bad environment).
         let _ = stdin.write_all(self.config.to_string().as_bytes());
@@ -136,6 +147,16 @@ impl Node {
     /// A dual-stack config of `version` with the default subnets.
     pub fn config(&self, version: &str) -> Value {
         self.config_with(version, &[SUBNET_V4, SUBNET_V6])
+    }
+
+    /// A 1.1.0 configuration reading its subnets and MTU from a node.json
+    /// (written here, in the data directory) as the agent writes it.
+    pub fn config_from_node_json(&self, subnets: &[&str], mtu: u32) -> Value {
+        let node_json = self.data_dir.path().join("node.json");
+        let node = json!({"version": 1, "nodeName": "n1", "subnets": subnets, "mtu": mtu});
+        std::fs::write(&node_json, node.to_string()).expect("write node.json");
+        json!({"cniVersion": "1.1.0", "name": "weft", "type": "weft", "nodeConfig": node_json,
+            "dataDir": self.data_dir.path()})
     }
 
     pub fn config_with(&self, version: &str, subnets: &[&str]) -> Value {

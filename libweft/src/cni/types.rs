@@ -262,6 +262,9 @@ pub struct RuntimeEnv {
     pub ifname: String,
     /// `K8S_POD_NAMESPACE` from `CNI_ARGS`, when the runtime passed one.
     pub pod_namespace: Option<String>,
+    /// `K8S_POD_UID` from `CNI_ARGS`, when the runtime passed one of the
+    /// form of a UID ([`crate::pending::is_pod_uid`]).
+    pub pod_uid: Option<String>,
 }
 
 impl RuntimeEnv {
@@ -288,6 +291,7 @@ impl RuntimeEnv {
             netns: None,
             ifname: String::new(),
             pod_namespace: None,
+            pod_uid: None,
         };
         if per_container {
             env.container_id = require(&get, "CNI_CONTAINERID")?;
@@ -300,9 +304,11 @@ impl RuntimeEnv {
             }
         }
         // CNI_ARGS is optional pairs a plugin may ignore: weft only looks for
-        // the pod's namespace in it (NetworkPolicy, see `crate::pending`),
-        // and anything malformed is no error.
-        env.pod_namespace = get("CNI_ARGS").as_deref().and_then(|a| cni_arg(a, "K8S_POD_NAMESPACE"));
+        // the pod's namespace and UID in it (NetworkPolicy, see
+        // `crate::pending`), and anything malformed is no error.
+        let args = get("CNI_ARGS").unwrap_or_default();
+        env.pod_namespace = cni_arg(&args, "K8S_POD_NAMESPACE");
+        env.pod_uid = cni_arg(&args, "K8S_POD_UID").filter(|u| crate::pending::is_pod_uid(u));
         Ok(env)
     }
 }
@@ -521,6 +527,19 @@ mod tests {
         assert_eq!(ns("K8S_POD_NAMESPACE"), None);
         assert_eq!(ns("X_K8S_POD_NAMESPACE=b"), None);
         assert_eq!(env(&add).unwrap().pod_namespace, None);
+        let uid = |args: &str| {
+            let mut vars = add.to_vec();
+            vars.push(("CNI_ARGS", args));
+            env(&vars).unwrap().pod_uid
+        };
+        let u = "6f1c9d2e-8a4b-4c3d-9e2f-0a1b2c3d4e5f";
+        assert_eq!(uid(&format!("K8S_POD_NAMESPACE=a;K8S_POD_UID={u}")).as_deref(), Some(u));
+        // Not of a UID's form: not recorded, and no error.
+        for bad in
+            ["K8S_POD_UID=", "K8S_POD_UID=a b", "K8S_POD_UID=x uid y", &format!("K8S_POD_UID={}", "a".repeat(65))]
+        {
+            assert_eq!(uid(bad), None, "{bad:?}");
+        }
     }
 
     fn conf(json: &str) -> Result<NetConf, CniError> {

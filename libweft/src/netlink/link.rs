@@ -25,6 +25,8 @@ pub struct LinkInfo {
     pub kind: Option<String>,
     /// Interface group (`IFLA_GROUP`; 0 by default, see [`crate::pending`]).
     pub group: u32,
+    /// `IFLA_IFALIAS`, when set (weft's host veths: [`crate::pending::veth_alias`]).
+    pub alias: Option<String>,
 }
 
 impl LinkInfo {
@@ -37,6 +39,7 @@ impl LinkInfo {
             up: msg.header.flags.contains(LinkFlags::Up),
             kind: None,
             group: 0,
+            alias: None,
         };
         for attr in &msg.attributes {
             match attr {
@@ -44,6 +47,7 @@ impl LinkInfo {
                 LinkAttribute::Address(a) => info.mac = a.clone(),
                 LinkAttribute::Mtu(m) => info.mtu = *m,
                 LinkAttribute::Group(g) => info.group = *g,
+                LinkAttribute::IfAlias(a) => info.alias = Some(a.clone()),
                 LinkAttribute::LinkInfo(infos) => {
                     for i in infos {
                         if let NlLinkInfo::Kind(k) = i {
@@ -87,6 +91,7 @@ impl Netlink {
     /// it cannot clash there, and it saves a round trip. The peer cannot be
     /// brought up in the same message (the kernel opens it before the pair is
     /// linked and answers ENOTCONN): the caller sets it up in its namespace.
+    /// The alias, which a creating message cannot carry, takes a second one.
     pub async fn create_veth(&self, spec: &VethSpec<'_>) -> Result<(), NetlinkError> {
         let peer = LinkUnspec::new_with_name(spec.peer_name)
             .mtu(spec.mtu)
@@ -103,12 +108,21 @@ impl Netlink {
             // In the creating message: the veth is never outside its group.
             host = host.link_group(spec.group);
         }
-        if let Some(alias) = &spec.alias {
-            host = host.alias(alias.clone());
-        }
         self.handle.link().add(host.build()).execute().await.map_err(ctx(|| {
             format!("create veth {} <-> {}:{}", spec.host_name, spec.peer_netns.path().display(), spec.peer_name)
-        }))
+        }))?;
+        // The kernel ignores IFLA_IFALIAS in a creating message: set it
+        // after, before the caller writes the routes the agent reads with it.
+        if let Some(alias) = &spec.alias {
+            let named = LinkUnspec::new_with_name(spec.host_name).alias(alias.clone()).build();
+            self.handle
+                .link()
+                .set(named)
+                .execute()
+                .await
+                .map_err(ctx(|| format!("set link {} alias {alias:?}", spec.host_name)))?;
+        }
+        Ok(())
     }
 
     /// Moves a link to interface group `group`.

@@ -42,6 +42,7 @@ pub struct PolicyOutputs {
 struct PendingScan {
     local_ips: BTreeSet<IpAddr>,
     waiting: usize,
+    unidentified: usize,
 }
 
 impl PolicyOutputs {
@@ -85,10 +86,18 @@ impl PolicyOutputs {
         list_policy_namespaces(cfg, &namespaces)?;
         let local_ips = pods.iter().filter(|p| p.node == node).flat_map(|p| p.ips.iter().copied()).collect();
         if check != Check::No || self.pending.waiting > 0 || local_ips != self.pending.local_ips {
-            let found = release_pending(nl, |ips| desired::policy::knows_local_pod(node, &pods, ips)).await?;
+            let found = release_pending(nl, |uid, ips| desired::policy::knows_local_pod(node, &pods, uid, ips)).await?;
             metrics.kernel_writes("link_group", found.released);
             metrics.policy_pending_interfaces.set(found.waiting as i64);
-            self.pending = PendingScan { local_ips, waiting: found.waiting };
+            if found.unidentified > self.pending.unidentified {
+                // Said once per new one, not on every pass that finds it still there.
+                tracing::warn!(
+                    veths = found.unidentified,
+                    "pending pod interfaces record no pod UID (the runtime passed no K8S_POD_UID): \
+                     they stay held until their pods are deleted"
+                );
+            }
+            self.pending = PendingScan { local_ips, waiting: found.waiting, unidentified: found.unidentified };
         }
         Ok(Applied { pods: pods.len(), change, synced })
     }
@@ -107,7 +116,7 @@ pub async fn disable(cfg: &Config, nl: &Netlink, metrics: &Metrics) {
         metrics.sync_error("policy");
         tracing::warn!("NetworkPolicy disabled, but {e}");
     }
-    match release_pending(nl, |_| true).await {
+    match release_pending(nl, |_, _| true).await {
         Ok(p) if p.released > 0 => {
             tracing::info!(released = p.released, "NetworkPolicy disabled: released pending pods")
         }

@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use libweft::file::FileError;
 use libweft::netlink::{HOST_VETH_PREFIX, Netlink, NetlinkError, RTPROT_WEFT_POD};
-use libweft::pending::{READY_GROUP, is_pending};
+use libweft::pending::{READY_GROUP, alias_pod_uid, is_pending};
 use serde_json::{Value, json};
 
 use crate::apply::nft_elements::{self, ElementsError};
@@ -238,13 +238,20 @@ pub struct Pending {
     pub released: usize,
     /// Still pending: their pod is not known yet.
     pub waiting: usize,
+    /// Of those waiting, the veths whose alias records no pod UID (the
+    /// runtime passed none in `CNI_ARGS`): held until the pod is deleted.
+    pub unidentified: usize,
 }
 
 /// Moves weft's host veths out of their pending group ([`libweft::pending`])
-/// when `release` says so, given the pod addresses the veth's host routes
-/// (protocol `RTPROT_WEFT_POD`, written by the plugin on ADD) lead to. A veth
-/// whose pod `release` refuses stays pending: fail-closed.
-pub async fn release_pending(nl: &Netlink, release: impl Fn(&[IpAddr]) -> bool) -> Result<Pending, NetlinkError> {
+/// when `release` says so, given the pod UID the veth's alias records
+/// ([`libweft::pending::alias_pod_uid`]) and the pod addresses its host
+/// routes (protocol `RTPROT_WEFT_POD`, written by the plugin on ADD) lead
+/// to. A veth whose pod `release` refuses stays pending: fail-closed.
+pub async fn release_pending(
+    nl: &Netlink,
+    release: impl Fn(Option<&str>, &[IpAddr]) -> bool,
+) -> Result<Pending, NetlinkError> {
     let pending: Vec<_> =
         nl.links().await?.into_iter().filter(|l| is_pending(l.group) && l.name.starts_with(HOST_VETH_PREFIX)).collect();
     if pending.is_empty() {
@@ -261,14 +268,18 @@ pub async fn release_pending(nl: &Netlink, release: impl Fn(&[IpAddr]) -> bool) 
     let mut out = Pending::default();
     for link in pending {
         let ips = addresses.get(&link.index).map(Vec::as_slice).unwrap_or_default();
-        if !release(ips) {
+        let uid = link.alias.as_deref().and_then(alias_pod_uid);
+        if !release(uid, ips) {
             out.waiting += 1;
+            // The plugin sets the alias before it writes the routes: a veth
+            // with routes and no UID will never have one.
+            out.unidentified += usize::from(uid.is_none() && !ips.is_empty());
             continue;
         }
         match nl.set_link_group(link.index, &link.name, READY_GROUP).await {
             Ok(()) => {
                 // The signal an operator (or an e2e test) looks for.
-                tracing::debug!(veth = %link.name, ?ips, group = link.group, "veth left pending: its pod's policy is in the kernel");
+                tracing::debug!(veth = %link.name, ?ips, ?uid, group = link.group, "veth left pending: its pod's policy is in the kernel");
                 out.released += 1;
             }
             // Its pod was deleted meanwhile.

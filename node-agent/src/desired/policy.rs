@@ -240,12 +240,18 @@ pub fn policy_namespaces(policies: &[PolicyView]) -> PolicyNamespaces {
     list
 }
 
-/// Whether every address of an interface belongs to one local pod the
-/// state was computed from: then that pod's rules, or its absence from
-/// every map, are what [`policy`] decided for it.
-pub fn knows_local_pod(node: &str, pods: &[PodView], ips: &[IpAddr]) -> bool {
+/// Whether a pending interface recording pod UID `uid`, whose routes lead
+/// to `ips`, belongs to a live local pod the state was computed from, with
+/// that UID and exactly those addresses: then that pod's rules, or its
+/// absence from every map, are what [`policy`] decided for it. Addresses
+/// alone never do: a terminating pod, or a stale view of a deleted one,
+/// may still claim the address a new pod was given, and its verdict is
+/// not the new pod's. No UID recorded: never (fail-closed).
+pub fn knows_local_pod(node: &str, pods: &[PodView], uid: Option<&str>, ips: &[IpAddr]) -> bool {
+    let Some(uid) = uid else { return false };
+    let exactly = |p: &PodView| p.ips.len() == ips.len() && ips.iter().all(|ip| p.ips.contains(ip));
     !ips.is_empty()
-        && pods.iter().any(|p| p.node == node && is_policy_pod(p) && ips.iter().all(|ip| p.ips.contains(ip)))
+        && pods.iter().any(|p| p.uid == uid && p.node == node && !p.terminating && is_policy_pod(p) && exactly(p))
 }
 
 fn group_prefix(d: Direction) -> &'static str {
@@ -478,6 +484,7 @@ pub mod fixtures {
         PodView {
             namespace: ns.into(),
             name: name.into(),
+            uid: format!("uid-{ns}-{name}"),
             labels: labels(kv),
             ips: vec![
                 format!("10.244.{node_n}.{n}").parse().unwrap(),
@@ -587,14 +594,50 @@ mod tests {
     }
 
     #[test]
-    fn only_a_local_pod_holding_every_address_is_known() {
+    fn only_the_live_local_pod_with_the_recorded_uid_and_exactly_the_addresses_is_known() {
         let pods = [pod("a", "p", "node1", 5, &[]), pod("a", "q", "node2", 6, &[])];
-        let p = &pods[0].ips;
-        assert!(knows_local_pod("node1", &pods, p));
-        assert!(knows_local_pod("node1", &pods, &p[..1]));
-        assert!(!knows_local_pod("node1", &pods, &pods[1].ips), "another node's pod");
-        assert!(!knows_local_pod("node1", &pods, &[p[0], pods[1].ips[0]]), "addresses of two pods");
-        assert!(!knows_local_pod("node1", &pods, &[]), "an interface without addresses");
+        let (p, uid) = (&pods[0].ips, Some(pods[0].uid.as_str()));
+        assert!(knows_local_pod("node1", &pods, uid, p));
+        assert!(!knows_local_pod("node1", &pods, uid, &p[..1]), "not all of the pod's addresses");
+        assert!(!knows_local_pod("node1", &pods, None, p), "no UID recorded: addresses alone never do");
+        assert!(!knows_local_pod("node1", &pods, Some("uid-a-other"), p), "another pod's UID");
+        assert!(!knows_local_pod("node2", &pods, Some(pods[1].uid.as_str()), p), "another pod's addresses");
+        assert!(!knows_local_pod("node1", &pods, Some(pods[1].uid.as_str()), &pods[1].ips), "another node's pod");
+        assert!(!knows_local_pod("node1", &pods, uid, &[p[0], p[1], pods[1].ips[0]]), "addresses of two pods");
+        assert!(!knows_local_pod("node1", &pods, uid, &[]), "an interface without addresses");
+    }
+
+    #[test]
+    fn a_terminating_claimant_of_the_address_never_releases_the_new_pods_veth() {
+        // The old pod is terminating (or its deletion not yet seen); its
+        // address was freed at DEL and handed to a new pod, whose veth is
+        // pending and records the new pod's UID.
+        let mut old = pod("a", "old", "node1", 5, &[]);
+        old.terminating = true;
+        let new = pod("a", "new", "node1", 5, &[]);
+        let (uid, veth_ips) = (new.uid.clone(), new.ips.clone());
+        let veth_uid = Some(uid.as_str());
+        let cidrs: Vec<ipnetwork::IpNetwork> =
+            vec!["10.244.1.0/24".parse().unwrap(), "fd00:10:244:1::/64".parse().unwrap()];
+        let node_cidrs = std::collections::HashMap::from([("node1", cidrs.as_slice())]);
+        let believed = |pods: Vec<PodView>| crate::desired::pod_trust::believe(pods, &node_cidrs).pods;
+
+        // The new pod is not in the API view yet: the old pod alone claims
+        // the address, and is believed for it, but it is not the veth's pod.
+        let view = believed(vec![old.clone()]);
+        assert_eq!(view[0].ips, veth_ips, "the terminating pod's claim is believed");
+        assert!(!knows_local_pod("node1", &view, veth_uid, &veth_ips));
+        // Even were the old pod's deletion not seen at all.
+        let mut stale = old.clone();
+        stale.terminating = false;
+        assert!(!knows_local_pod("node1", &believed(vec![stale]), veth_uid, &veth_ips));
+        // The new pod appears: it keeps the address, and its veth is released.
+        let view = believed(vec![old, new]);
+        assert!(knows_local_pod("node1", &view, veth_uid, &veth_ips));
+        // The new pod itself terminating is not released either: it is on its way out.
+        let mut leaving = view.clone();
+        leaving.iter_mut().for_each(|p| p.terminating = true);
+        assert!(!knows_local_pod("node1", &leaving, veth_uid, &veth_ips));
     }
 
     fn ip(s: &str) -> IpAddr {

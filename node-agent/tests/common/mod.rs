@@ -175,27 +175,34 @@ impl Node {
 
     fn add_pod_with(&self, id: &str, conf: serde_json::Value) -> (TestNs, String, String) {
         let pod = TestNs::new(id);
-        let (v4, v6) = self.add_pod_into(&pod, id, None, conf);
+        let (v4, v6) = self.add_pod_into(&pod, id, "", conf);
         (pod, v4, v6)
     }
 
     /// Wires the existing namespace `pod` as the agent's conflist does, the
-    /// runtime passing the pod's Kubernetes namespace in CNI_ARGS (as
-    /// containerd does); returns (IPv4, IPv6) once ADD has returned.
-    pub fn add_k8s_pod(&self, pod: &TestNs, id: &str, namespace: &str, node_json: &Path) -> (String, String) {
-        let conf = json!({"cniVersion": "1.1.0", "name": "weft", "type": "weft",
-            "nodeConfig": node_json, "dataDir": self.ipam.path()});
-        self.add_pod_into(pod, id, Some(namespace), conf)
-    }
-
-    fn add_pod_into(
+    /// runtime passing the pod's Kubernetes namespace and, for a Pod object
+    /// that exists, its UID in CNI_ARGS (as containerd does); returns
+    /// (IPv4, IPv6) once ADD has returned.
+    pub fn add_k8s_pod(
         &self,
         pod: &TestNs,
         id: &str,
-        namespace: Option<&str>,
-        conf: serde_json::Value,
+        namespace: &str,
+        uid: Option<&str>,
+        node_json: &Path,
     ) -> (String, String) {
-        let args = namespace.map(|ns| format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME={id}"));
+        let conf = json!({"cniVersion": "1.1.0", "name": "weft", "type": "weft",
+            "nodeConfig": node_json, "dataDir": self.ipam.path()});
+        let uid = uid.map(|u| format!(";K8S_POD_UID={u}")).unwrap_or_default();
+        self.add_pod_into(
+            pod,
+            id,
+            &format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={id}{uid}"),
+            conf,
+        )
+    }
+
+    fn add_pod_into(&self, pod: &TestNs, id: &str, cni_args: &str, conf: serde_json::Value) -> (String, String) {
         let mut child = Command::new("ip")
             .args(["netns", "exec", self.ns.name()])
             .arg(weft_cni())
@@ -203,7 +210,7 @@ impl Node {
             .env("CNI_CONTAINERID", id)
             .env("CNI_NETNS", pod.path())
             .env("CNI_IFNAME", "eth0")
-            .env("CNI_ARGS", args.unwrap_or_default())
+            .env("CNI_ARGS", cni_args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
