@@ -87,6 +87,12 @@ cluster_run() {
     --set "config.clusterCIDRs=$cidrs" --set "config.backend=$backend" --set image.pullPolicy=Never \
     --wait --timeout 5m
   kc wait --for=condition=Ready nodes --all --timeout 3m
+  # e2e/build-tools' CoreDNS has the plugins of a cluster's DNS but not the
+  # metrics one that kubeadm's Corefile also names.
+  if kc -n kube-system get configmap coredns -o jsonpath='{.data.Corefile}' | grep -q prometheus; then
+    kc -n kube-system get configmap coredns -o yaml | sed '/^ *prometheus /d' | kc apply -f - >/dev/null
+    kc -n kube-system rollout restart deployment/coredns >/dev/null
+  fi
   kc -n kube-system rollout status deployment/coredns --timeout 3m
 
   # The egress target: a host on the nodes' Docker network, outside the
@@ -164,7 +170,7 @@ if [[ -n $engine ]]; then
 fi
 
 say "tools: Kubernetes $K8S_VERSION, helm, kind $KIND_VERSION, the upstream e2e suite (built once, cached)"
-K8S_BIN=$("$root/e2e/build-tools")
+K8S_BIN=${WEFT_K8S_BIN:-$("$root/e2e/build-tools")}
 if command -v kind >/dev/null && [[ $(kind version) == "kind v$KIND_VERSION "* ]]; then
   KIND_BIN=$(command -v kind)
 else
