@@ -90,7 +90,7 @@ cluster_run() {
   # e2e/build-tools' CoreDNS has the plugins of a cluster's DNS but not the
   # metrics one that kubeadm's Corefile also names.
   if kc -n kube-system get configmap coredns -o jsonpath='{.data.Corefile}' | grep -q prometheus; then
-    kc -n kube-system get configmap coredns -o yaml | sed '/^ *prometheus /d' | kc apply -f - >/dev/null
+    kc -n kube-system get configmap coredns -o yaml | sed "/^ *prometheus /d" | kc replace -f - >/dev/null
     kc -n kube-system rollout restart deployment/coredns >/dev/null
   fi
   kc -n kube-system rollout status deployment/coredns --timeout 3m
