@@ -87,12 +87,13 @@ cluster_run() {
     --set "config.clusterCIDRs=$cidrs" --set "config.backend=$backend" --set image.pullPolicy=Never \
     --wait --timeout 5m
   kc wait --for=condition=Ready nodes --all --timeout 3m
-  # e2e/build-tools' CoreDNS has the plugins of a cluster's DNS but not the
-  # metrics one that kubeadm's Corefile also names.
-  if kc -n kube-system get configmap coredns -o jsonpath='{.data.Corefile}' | grep -q prometheus; then
-    kc -n kube-system get configmap coredns -o yaml | sed "/^ *prometheus /d" | kc replace -f - >/dev/null
-    kc -n kube-system rollout restart deployment/coredns >/dev/null
-  fi
+  # Cluster DNS only: e2e/build-tools' CoreDNS lacks the metrics plugin that
+  # kubeadm's Corefile names, and its forward to the node's resolv.conf
+  # (Docker's resolver on a loopback address) loops back to CoreDNS itself;
+  # without it no query leaves the cluster either.
+  kc -n kube-system get configmap coredns -o yaml |
+    sed -e '/^ *prometheus /d' -e '/^ *forward .*{$/,/^ *}$/d' -e '/^ *forward /d' | kc replace -f - >/dev/null
+  kc -n kube-system rollout restart deployment/coredns >/dev/null
   kc -n kube-system rollout status deployment/coredns --timeout 3m
 
   # The egress target: a host on the nodes' Docker network, outside the
