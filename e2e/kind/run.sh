@@ -60,6 +60,7 @@ cluster_run() {
   local kind=$KIND_BIN bin=$K8S_BIN config node nodes cidrs
   export PATH=$bin:$PATH
   trap cleanup_inside EXIT
+  trap 'exit 143' TERM INT
 
   config=$state/kind-config.yaml
   case $family in
@@ -165,6 +166,8 @@ finish() {
   exit "$rc"
 }
 trap finish EXIT
+# Stopped (timeout, Ctrl-C): still clean up.
+trap 'exit 143' TERM INT
 if [[ -n $engine ]]; then
   host_network >"$state/host-network.before"
   say "starting Docker in a network namespace of its own (e2e/kind/engine)"
@@ -199,6 +202,7 @@ mkdir -p "$echo_root/etc" "$echo_root/tmp"
 "$root/scripts/oci-image" "$echo_root" "$ECHO_IMAGE" "$state/images/echo.tar" /weft-echo >/dev/null
 # The same files as a Docker image, for the egress target outside the cluster.
 ECHO_HOST_IMAGE=weft.local/echo:e2e
+docker rmi "$ECHO_HOST_IMAGE" >/dev/null 2>&1 || true
 tar -C "$echo_root" -c . | docker import - "$ECHO_HOST_IMAGE" >/dev/null
 rm -rf "$echo_root"
 if [[ -n $upstream ]]; then
