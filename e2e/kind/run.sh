@@ -166,8 +166,9 @@ finish() {
   exit "$rc"
 }
 trap finish EXIT
-# Stopped (timeout, Ctrl-C): still clean up.
-trap 'exit 143' TERM INT
+# Stopped (timeout, Ctrl-C): stop the cluster part too, then clean up.
+child=''
+trap '[[ -z $child ]] || kill -TERM "$child" 2>/dev/null; exit 143' TERM INT
 if [[ -n $engine ]]; then
   host_network >"$state/host-network.before"
   say "starting Docker in a network namespace of its own (e2e/kind/engine)"
@@ -214,8 +215,13 @@ export NODE_IMAGE ECHO_IMAGE ECHO_HOST_IMAGE
 args=(--inside --backend "$backend" --ip-family "$family")
 [[ -n $upstream ]] || args+=(--no-upstream)
 [[ -z $keep ]] || args+=(--keep)
+# In the background, so that a TERM or Ctrl-C reaches the trap at once
+# (bash runs traps only between foreground commands); the engine's stop
+# then ends everything in its namespace, the inner run included.
 if [[ -n $engine ]]; then
-  timeout 3000 "$here/engine" exec "$here/run.sh" "${args[@]}"
+  timeout 3000 "$here/engine" exec "$here/run.sh" "${args[@]}" &
 else
-  timeout 3000 "$here/run.sh" "${args[@]}"
+  timeout 3000 "$here/run.sh" "${args[@]}" &
 fi
+child=$!
+wait "$child"
