@@ -19,7 +19,9 @@
 //! made with that key: the kernel keeps the last policy state meanwhile,
 //! rather than evaluate the new policy against labels it cannot see. A
 //! key no policy names any more is dropped from the views as their
-//! objects change, without a re-list. Pod lists come in pages of
+//! objects change, without a re-list. The Pod and Namespace watches
+//! start once the policies are listed, so they list once at start, with
+//! the keys. Pod lists come in pages of
 //! [`POD_PAGE`]: a list is never held whole (watch lists, which stream,
 //! are off by default in Kubernetes 1.33, which the chart supports).
 
@@ -138,13 +140,14 @@ impl Inner {
 pub struct PolicyCache {
     inner: Arc<Mutex<Inner>>,
     /// The label-key generation, for the Pod and Namespace watches to
-    /// re-list when it moves.
-    relist: tokio::sync::watch::Sender<u64>,
+    /// re-list when it moves; `None` until the policies are first listed
+    /// (those watches wait for it, so they list once at start, with the keys).
+    relist: tokio::sync::watch::Sender<Option<u64>>,
 }
 
 impl Default for PolicyCache {
     fn default() -> Self {
-        PolicyCache { inner: Arc::default(), relist: tokio::sync::watch::Sender::new(0) }
+        PolicyCache { inner: Arc::default(), relist: tokio::sync::watch::Sender::new(None) }
     }
 }
 
@@ -184,9 +187,12 @@ impl PolicyCache {
     ) -> bool {
         let Ok(mut inner) = self.inner.lock() else { return false };
         let changed = views(&mut inner).event(event, generation);
-        if changed && let Some(g) = inner.update_keys() {
-            tracing::info!(keys = inner.keys.len(), "a policy names new label keys: re-listing Pods and Namespaces");
-            self.relist.send_replace(g);
+        let grew = if changed { inner.update_keys() } else { None };
+        if let Some(g) = grew {
+            tracing::info!(keys = inner.keys.len(), "policies name new label keys: (re-)listing Pods and Namespaces");
+            self.relist.send_replace(Some(g));
+        } else if inner.policies.synced && self.relist.borrow().is_none() {
+            self.relist.send_replace(Some(inner.keys_generation));
         }
         changed
     }
@@ -300,8 +306,11 @@ fn run<K, V>(
     }
     let mut relist = cache.relist.subscribe();
     tokio::spawn(async move {
+        if watch.relists && relist.wait_for(Option::is_some).await.is_err() {
+            return;
+        }
         loop {
-            let generation = *relist.borrow_and_update();
+            let generation = relist.borrow_and_update().unwrap_or(0);
             // A new watcher starts with a full list.
             let stream = watcher(api.clone(), config.clone()).default_backoff();
             let mut stream = std::pin::pin!(stream);
@@ -410,9 +419,10 @@ mod tests {
             |c: &PolicyCache| vec![(key(&ns), NamespaceView::from_namespace_keeping(&ns, Some(&c.keys())))];
         let cache = PolicyCache::default();
         let mut relist = cache.relist.subscribe();
+        list(&cache, 0, |i| &mut i.policies, vec![]);
+        assert_eq!(*relist.borrow_and_update(), Some(0), "Pods and Namespaces are listed once policies are");
         list(&cache, 0, |i| &mut i.pods, pods(&cache));
         list(&cache, 0, |i| &mut i.namespaces, namespaces(&cache));
-        list(&cache, 0, |i| &mut i.policies, vec![]);
         let seen = cache.snapshot().unwrap();
         assert!(seen.pods[0].labels.is_empty() && seen.namespaces[0].labels.is_empty(), "no policy names a key");
 
@@ -424,7 +434,7 @@ mod tests {
         let view = PolicyView::from_policy(&np, &mut Vec::new());
         assert!(cache.apply(Event::Apply((key(&np), view)), 0, |i| &mut i.policies));
         assert!(relist.has_changed().unwrap(), "the Pod and Namespace watches are told to re-list");
-        let generation = *relist.borrow_and_update();
+        let generation = relist.borrow_and_update().unwrap();
         assert!(cache.snapshot().is_none(), "not evaluated against labels the views do not hold");
         list(&cache, generation, |i| &mut i.pods, pods(&cache));
         assert!(cache.snapshot().is_none(), "the namespaces are not re-listed yet");
