@@ -446,6 +446,12 @@ fn answers(from: &TestNs, dst: &str, port: u16) -> bool {
     !String::from_utf8_lossy(&out.stdout).trim().is_empty()
 }
 
+/// Whether `ip` is a key of the policy table's map `map` in `ns`.
+fn in_policy_map(ns: &TestNs, map: &str, ip: &str) -> bool {
+    let out = ns.exec(&["nft", "list", "map", "inet", "weft-policy", map]);
+    String::from_utf8_lossy(&out.stdout).contains(ip)
+}
+
 /// The handle of the policy table: a new one whenever the table is replaced.
 fn policy_table_handle(ns: &TestNs) -> String {
     let out = ns.exec(&["nft", "-a", "list", "table", "inet", "weft-policy"]);
@@ -472,10 +478,7 @@ fn agents_enforce_network_policy_read_from_the_api() {
                  "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "cli"}}}]}]}});
     cp.kubectl_stdin(&["create", "-f", "-"], &policy.to_string());
     let node0 = &lab.nodes[0].ns;
-    let in_map = |map: &str, ip: &str| {
-        let out = node0.exec(&["nft", "list", "map", "inet", "weft-policy", map]);
-        String::from_utf8_lossy(&out.stdout).contains(ip)
-    };
+    let in_map = |map: &str, ip: &str| in_policy_map(node0, map, ip);
     assert!(
         eventually(Duration::from_secs(10), || in_map("ingress4", &srv4) && in_map("ingress6", &srv6)),
         "the server never entered the ingress maps:\n{}",
@@ -953,10 +956,7 @@ fn hostile_pods_and_a_policy_past_a_cap_neither_exhaust_the_agent_nor_open_its_p
         "the normal policy does not admit its peer:\n{}",
         agents[0].log()
     );
-    let in_map = |map: &str, ip: &str| {
-        let out = node0.exec(&["nft", "list", "map", "inet", "weft-policy", map]);
-        String::from_utf8_lossy(&out.stdout).contains(ip)
-    };
+    let in_map = |map: &str, ip: &str| in_policy_map(node0, map, ip);
     assert!(
         eventually(Duration::from_secs(30), || in_map("ingress4", &db4) && in_map("ingress6", &db6)),
         "the refused policy's pod is not isolated:\n{}",
