@@ -13,6 +13,12 @@
 //!   (d) a namespace relabelled into and out of a namespaceSelector;
 //! - the agent's peak RSS and its CPU while idle.
 //!
+//! `--hostile-pods N` adds N Pods no node can take, each with ~1.5 MB of
+//! labels, and `--hostile-policy` one NetworkPolicy with 2,000 selectors ×
+//! 200 named ports, both created before the agent starts (so its first
+//! list reads them): the report then says whether the agent refused the
+//! policy (`weft_policy_refused_total`) and still ran to the end.
+//!
 //! Kernel arrival is read from nftables' own change notifications (a
 //! NETLINK_NETFILTER listener in the node namespace, [`nft_events`]): each
 //! commit is stamped when its first notification arrives, so there is no
@@ -30,7 +36,8 @@
 //! for the underlay. All of it exists only inside the namespaces.
 //!
 //!   policy-bench --agent WEFT_AGENT --k8s-bin DIR [--pods P] [--policies Q]
-//!                [--namespaces N] [--samples K] [--idle-seconds S] [--json]
+//!                [--namespaces N] [--samples K] [--idle-seconds S]
+//!                [--hostile-pods N] [--hostile-policy] [--json]
 
 mod agent_common;
 mod nft_events;
@@ -80,6 +87,8 @@ struct Args {
     samples: usize,
     idle: Duration,
     json: bool,
+    hostile_pods: usize,
+    hostile_policy: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -92,6 +101,8 @@ fn parse_args() -> Result<Args, String> {
         samples: 50,
         idle: Duration::from_secs(30),
         json: false,
+        hostile_pods: 0,
+        hostile_policy: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -106,6 +117,8 @@ fn parse_args() -> Result<Args, String> {
             "--samples" => a.samples = number(value()?)?,
             "--idle-seconds" => a.idle = Duration::from_secs(number(value()?)? as u64),
             "--json" => a.json = true,
+            "--hostile-pods" => a.hostile_pods = number(value()?)?,
+            "--hostile-policy" => a.hostile_policy = true,
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
@@ -599,13 +612,15 @@ struct Report {
     rss_kib: u64,
     idle_cpu_percent: f64,
     load: String,
+    /// Policies the agent refused for a cap, at the end.
+    refused: u64,
 }
 
 fn main() {
     let args = parse_args().unwrap_or_else(|e| {
         eprintln!("policy-bench: {e}");
         eprintln!(
-            "usage: policy-bench --agent WEFT_AGENT --k8s-bin DIR [--pods P] [--policies Q] [--namespaces N] [--samples K] [--idle-seconds S] [--json]"
+            "usage: policy-bench --agent WEFT_AGENT --k8s-bin DIR [--pods P] [--policies Q] [--namespaces N] [--samples K] [--idle-seconds S] [--hostile-pods N] [--hostile-policy] [--json]"
         );
         std::process::exit(2);
     });
@@ -682,7 +697,60 @@ async fn fill(args: &Args, world: &World, client: &Client) -> f64 {
     .try_collect::<Vec<_>>()
     .await
     .expect("create policies");
+    fill_hostile(args, client).await;
     started.elapsed().as_secs_f64()
+}
+
+/// Labels per hostile pod: ~1.4 MB of JSON, under etcd's 1.5 MiB request limit.
+const HOSTILE_LABELS: usize = 11_500;
+const HOSTILE_POLICY: &str = "hostile";
+
+/// A tenant's hostile objects in a namespace of their own (the model's
+/// pods are elsewhere, so the expected maps stand): Pods no node can take
+/// carrying ~1.4 MB of labels, and one policy with 2,000 selectors × 200
+/// named ports.
+async fn fill_hostile(args: &Args, client: &Client) {
+    if args.hostile_pods == 0 && !args.hostile_policy {
+        return;
+    }
+    eprintln!("creating {} pods of {HOSTILE_LABELS} labels each", args.hostile_pods);
+    let ns = "hostile".to_string();
+    create_namespace(client, &ns, &json!({})).await.expect("create the hostile namespace");
+    futures::stream::iter((0..args.hostile_pods).map(|i| {
+        let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let labels: serde_json::Map<String, Value> =
+            (0..HOSTILE_LABELS).map(|l| (format!("k{l:05}-{}", "x".repeat(50)), json!("v".repeat(60)))).collect();
+        let pod: Pod =
+            serde_json::from_value(json!({"metadata": {"name": format!("hostile-{i:03}"), "labels": labels},
+            "spec": {"nodeSelector": {"weft.dev/nothing": "matches"}, "containers": [{"name": "c", "image": "none"}]}}))
+            .expect("a valid Pod");
+        async move { api.create(&PostParams::default(), &pod).await }
+    }))
+    .buffer_unordered(4)
+    .try_collect::<Vec<_>>()
+    .await
+    .expect("create hostile pods");
+    if args.hostile_policy {
+        let peers: Vec<Value> =
+            (0..2000).map(|i| json!({"podSelector": {"matchLabels": {format!("k{i:05}"): "v"}}})).collect();
+        let ports: Vec<Value> = (0..200).map(|i| json!({"port": format!("p{i}")})).collect();
+        let np: NetworkPolicy = serde_json::from_value(json!({"metadata": {"name": HOSTILE_POLICY},
+            "spec": {"podSelector": {}, "ingress": [{"from": peers, "ports": ports}]}}))
+        .expect("a valid NetworkPolicy");
+        Api::<NetworkPolicy>::namespaced(client.clone(), &ns)
+            .create(&PostParams::default(), &np)
+            .await
+            .expect("create the hostile policy");
+    }
+}
+
+/// The agent's `weft_policy_refused_total`, summed over reasons.
+fn refused_policies(node: &TestNs) -> u64 {
+    node.http_get("127.0.0.1:9959", "/metrics")
+        .lines()
+        .filter(|l| l.starts_with("weft_policy_refused_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
 }
 
 /// Fake node `n` (n > 0) with the podCIDRs its pods' addresses come from
@@ -996,11 +1064,23 @@ async fn run(
     assert!(peak_rss_kib > 0, "the agent exited:\n{}", agent.log_tail());
     let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64;
     let idle_cpu_percent = (t1 - t0) as f64 / hz / clock.elapsed().as_secs_f64() * 100.0;
+    let refused = refused_policies(node);
     drop(agent);
     for (_, s) in &mut series {
         s.samples.sort();
     }
-    Report { setup_seconds, local_pods, cold, cold_changes, series, peak_rss_kib, rss_kib, idle_cpu_percent, load }
+    Report {
+        setup_seconds,
+        local_pods,
+        cold,
+        cold_changes,
+        series,
+        peak_rss_kib,
+        rss_kib,
+        idle_cpu_percent,
+        load,
+        refused,
+    }
 }
 
 /// The agent's mean reconcile pass (ms) since `before`.
@@ -1032,12 +1112,15 @@ fn print_report(args: &Args, r: &Report) {
     rows.push(("peak RSS (MiB)".into(), r.peak_rss_kib as f64 / 1024.0, "< 64"));
     rows.push(("RSS at the end (MiB)".into(), r.rss_kib as f64 / 1024.0, ""));
     rows.push(("idle CPU (% of one core)".into(), r.idle_cpu_percent, ""));
+    rows.push(("agent restarts (it ran to the end)".into(), 0.0, "0"));
+    rows.push(("policies refused for a cap".into(), r.refused as f64, if args.hostile_policy { "1" } else { "0" }));
     if args.json {
         let v: Vec<Value> = rows.iter().map(|(m, x, t)| json!({"metric": m, "value": x, "target": t})).collect();
         println!(
             "{}",
             json!({"kernel": kernel.trim(), "cpus": cpus, "load_average": r.load, "pods": args.pods,
                 "policies": args.policies, "namespaces": args.namespaces, "samples": args.samples,
+                "hostile_pods": args.hostile_pods, "hostile_policy": args.hostile_policy,
                 "local_pods": r.local_pods, "setup_seconds": r.setup_seconds, "results": v})
         );
         return;

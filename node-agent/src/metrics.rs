@@ -108,6 +108,8 @@ pub struct Metrics {
     pub policy_pending_interfaces: Gauge,
     /// Pod addresses NetworkPolicy does not believe (desired::pod_trust).
     pub policy_doubted_pod_addresses: Gauge,
+    /// NetworkPolicies refused for going past a cap, by cap.
+    pub policy_refused: Family<ReasonLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -150,6 +152,7 @@ impl Metrics {
             policy_pending_dropped_packets: Family::default(),
             policy_pending_interfaces: Gauge::default(),
             policy_doubted_pod_addresses: Gauge::default(),
+            policy_refused: Family::default(),
             registry: Registry::default(),
         };
         registry.register("peers", "Peer nodes by the backend used to reach them", m.peers.clone());
@@ -237,6 +240,11 @@ impl Metrics {
             "Pod addresses NetworkPolicy does not believe: outside their node's podCIDRs, or claimed by two live pods (the log names them)",
             m.policy_doubted_pod_addresses.clone(),
         );
+        registry.register(
+            "policy_refused",
+            "NetworkPolicies refused for going past a cap, by cap (their pods stay isolated with no rule; the log names them)",
+            m.policy_refused.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -250,6 +258,11 @@ impl Metrics {
         if n > 0 {
             self.kernel_writes.get_or_create(&KindLabel { kind: kind.to_string() }).inc_by(n as u64);
         }
+    }
+
+    /// Counts one NetworkPolicy refused for the cap `cap`.
+    pub fn policy_refused(&self, cap: &str) {
+        self.policy_refused.get_or_create(&ReasonLabel { reason: cap.to_string() }).inc();
     }
 
     /// Counts one pass woken by `trigger`.

@@ -21,8 +21,14 @@
 //! - Pods that finished (`Succeeded`, `Failed`) are ignored: their IPs may
 //!   already belong to a new pod. Unparsable pod IPs and container ports
 //!   outside 1..=65535 are skipped.
+//! - A policy past one of the [`Cap`]s is refused and fails closed: it keeps
+//!   isolating the pods it selects in the directions it declares, with no
+//!   rule. A `podSelector` that is itself past a cap is read as "every pod
+//!   of the namespace" (only the policy's own namespace is affected).
+//! - Pods and namespaces keep only the labels some policy's selector names
+//!   ([`PolicyView::label_keys`]): a pod's other labels cost nothing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
 
@@ -43,6 +49,56 @@ pub struct Refused {
     /// `namespace/name`.
     pub object: String,
     pub reason: String,
+    /// The cap a refused NetworkPolicy went past.
+    pub cap: Option<Cap>,
+}
+
+/// What one NetworkPolicy may expand to (README "NetworkPolicy"). The
+/// kernel cost of a policy is its accept rules (one per rule, peer and port
+/// form: named ports included); the watches' cost is the label keys its
+/// selectors name, which every pod and namespace then keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Cap {
+    /// Rules per direction.
+    Rules,
+    /// Peers (`from`/`to` entries) per rule.
+    Peers,
+    /// `ports` entries per rule.
+    Ports,
+    /// Accept rules: Σ over its rules of peers × ports (at least 1 each).
+    Accepts,
+    /// Distinct label keys named by all its selectors.
+    LabelKeys,
+    /// Terms of all its selectors: `matchLabels` entries plus the values of
+    /// `matchExpressions` (each expression counts at least 1).
+    SelectorTerms,
+}
+
+impl Cap {
+    pub const ALL: [Cap; 6] = [Cap::Rules, Cap::Peers, Cap::Ports, Cap::Accepts, Cap::LabelKeys, Cap::SelectorTerms];
+
+    pub const fn limit(self) -> usize {
+        match self {
+            Cap::Rules => 100,
+            Cap::Peers => 100,
+            Cap::Ports => 100,
+            Cap::Accepts => 1_000,
+            Cap::LabelKeys => 64,
+            Cap::SelectorTerms => 1_000,
+        }
+    }
+
+    /// The metric label (`weft_policy_refused_total{reason}`).
+    pub const fn label(self) -> &'static str {
+        match self {
+            Cap::Rules => "rules",
+            Cap::Peers => "peers",
+            Cap::Ports => "ports",
+            Cap::Accepts => "accepts",
+            Cap::LabelKeys => "label_keys",
+            Cap::SelectorTerms => "selector_terms",
+        }
+    }
 }
 
 impl fmt::Display for Refused {
@@ -190,6 +246,29 @@ impl Selector {
         self.labels.is_empty() && self.exprs.is_empty()
     }
 
+    /// The label keys it reads.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.labels.iter().map(|(k, _)| k.as_str()).chain(self.exprs.iter().map(|r| match r {
+            Requirement::In(k, _)
+            | Requirement::NotIn(k, _)
+            | Requirement::Exists(k)
+            | Requirement::DoesNotExist(k) => k.as_str(),
+        }))
+    }
+
+    /// Its terms, as [`Cap::SelectorTerms`] counts them.
+    pub fn terms(&self) -> usize {
+        self.labels.len()
+            + self
+                .exprs
+                .iter()
+                .map(|r| match r {
+                    Requirement::In(_, vs) | Requirement::NotIn(_, vs) => vs.len().max(1),
+                    Requirement::Exists(_) | Requirement::DoesNotExist(_) => 1,
+                })
+                .sum::<usize>()
+    }
+
     /// Whether `labels` satisfy every term (all terms are ANDed).
     pub fn matches(&self, labels: &Labels) -> bool {
         self.labels.iter().all(|(k, v)| labels.get(k) == Some(v))
@@ -252,8 +331,15 @@ pub struct PodView {
 }
 
 impl PodView {
-    /// Reads a pod; `None` for pods policy ignores (finished, unnamed).
+    /// Reads a pod with all its labels; `None` for pods policy ignores
+    /// (finished, unnamed).
     pub fn from_pod(pod: &Pod, refused: &mut Vec<Refused>) -> Option<PodView> {
+        PodView::from_pod_keeping(pod, None, refused)
+    }
+
+    /// Reads a pod keeping only the labels whose keys are in `keep` (all
+    /// when `None`).
+    pub fn from_pod_keeping(pod: &Pod, keep: Option<&LabelKeys>, refused: &mut Vec<Refused>) -> Option<PodView> {
         let namespace = pod.metadata.namespace.clone().unwrap_or_default();
         let name = pod.metadata.name.clone()?;
         let status = pod.status.as_ref();
@@ -261,7 +347,8 @@ impl PodView {
             return None;
         }
         let object = format!("{namespace}/{name}");
-        let mut refuse = |reason: String| refused.push(Refused { kind: "Pod", object: object.clone(), reason });
+        let mut refuse =
+            |reason: String| refused.push(Refused { kind: "Pod", object: object.clone(), reason, cap: None });
         let mut ips = Vec::new();
         for ip in status.and_then(|s| s.pod_ips.as_ref()).into_iter().flatten() {
             match ip.ip.parse::<IpAddr>() {
@@ -292,7 +379,7 @@ impl PodView {
             namespace,
             name,
             uid: uid.cloned().unwrap_or_default(),
-            labels: pod.metadata.labels.clone().unwrap_or_default(),
+            labels: kept_labels(pod.metadata.labels.as_ref(), keep),
             ips,
             node: spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
             host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
@@ -316,7 +403,24 @@ pub struct NamespaceView {
 
 impl NamespaceView {
     pub fn from_namespace(ns: &Namespace) -> Option<NamespaceView> {
-        Some(NamespaceView { name: ns.metadata.name.clone()?, labels: ns.metadata.labels.clone().unwrap_or_default() })
+        NamespaceView::from_namespace_keeping(ns, None)
+    }
+
+    /// Reads a namespace keeping only the labels whose keys are in `keep`.
+    pub fn from_namespace_keeping(ns: &Namespace, keep: Option<&LabelKeys>) -> Option<NamespaceView> {
+        Some(NamespaceView { name: ns.metadata.name.clone()?, labels: kept_labels(ns.metadata.labels.as_ref(), keep) })
+    }
+}
+
+/// Label keys some selector names.
+pub type LabelKeys = BTreeSet<String>;
+
+/// The labels whose keys are in `keep` (all when `None`).
+fn kept_labels(labels: Option<&Labels>, keep: Option<&LabelKeys>) -> Labels {
+    let labels = labels.into_iter().flatten();
+    match keep {
+        None => labels.map(|(k, v)| (k.clone(), v.clone())).collect(),
+        Some(keep) => labels.filter(|(k, _)| keep.contains(*k)).map(|(k, v)| (k.clone(), v.clone())).collect(),
     }
 }
 
@@ -412,6 +516,57 @@ impl PolicyView {
         }
     }
 
+    /// Every selector it holds: its `podSelector` first, then its peers'.
+    fn selectors(&self) -> impl Iterator<Item = &Selector> {
+        let peers = self.ingress.iter().chain(&self.egress).flat_map(|r| &r.peers);
+        std::iter::once(&self.pod_selector).chain(peers.flat_map(|p| match p {
+            Peer::Pods { namespaces: Namespaces::Matching(ns), pods } => vec![ns, pods],
+            Peer::Pods { namespaces: Namespaces::Own, pods } => vec![pods],
+            Peer::Block { .. } => vec![],
+        }))
+    }
+
+    /// The label keys its selectors read (pods' and namespaces' alike):
+    /// the labels the watches must keep for it.
+    pub fn label_keys(&self) -> BTreeSet<&str> {
+        self.selectors().flat_map(Selector::keys).collect()
+    }
+
+    /// The first cap it goes past, with its count there.
+    pub fn over_cap(&self) -> Option<(Cap, usize)> {
+        let rules = self.ingress.len().max(self.egress.len());
+        let rules_of = || self.ingress.iter().chain(&self.egress);
+        let counts = [
+            (Cap::Rules, rules),
+            (Cap::Peers, rules_of().map(|r| r.peers.len()).max().unwrap_or(0)),
+            (Cap::Ports, rules_of().map(|r| r.ports.len()).max().unwrap_or(0)),
+            (Cap::Accepts, rules_of().map(|r| r.peers.len().max(1) * r.ports.len().max(1)).sum()),
+            (Cap::LabelKeys, self.label_keys().len()),
+            (Cap::SelectorTerms, self.selectors().map(Selector::terms).sum()),
+        ];
+        counts.into_iter().find(|(cap, n)| *n > cap.limit())
+    }
+
+    /// Refuses a policy past a cap, failing closed: the pods it selects stay
+    /// isolated in the directions it declares, with no rule. A
+    /// `podSelector` alone past a cap selects every pod of the namespace.
+    fn refuse_over_cap(&mut self, refused: &mut Vec<Refused>) {
+        let Some((cap, n)) = self.over_cap() else { return };
+        self.ingress.clear();
+        self.egress.clear();
+        let mut reason = format!(
+            "{n} {} over the cap of {}: refused, the pods it selects stay isolated with no rule",
+            cap.label(),
+            cap.limit()
+        );
+        if self.over_cap().is_some() {
+            self.pod_selector = Selector::everything();
+            reason.push_str(" (its podSelector alone is past the cap: every pod of the namespace)");
+        }
+        let object = format!("{}/{}", self.namespace, self.name);
+        refused.push(Refused { kind: "NetworkPolicy", object, reason, cap: Some(cap) });
+    }
+
     /// Reads a policy; parts weft cannot believe are left out (see the
     /// module header) and reported.
     pub fn from_policy(p: &NetworkPolicy, refused: &mut Vec<Refused>) -> Option<PolicyView> {
@@ -419,7 +574,7 @@ impl PolicyView {
         let name = p.metadata.name.clone()?;
         let object = format!("{namespace}/{name}");
         let mut refuse =
-            |reason: String| refused.push(Refused { kind: "NetworkPolicy", object: object.clone(), reason });
+            |reason: String| refused.push(Refused { kind: "NetworkPolicy", object: object.clone(), reason, cap: None });
         let spec = p.spec.clone().unwrap_or_default();
         let pod_selector = match spec.pod_selector.as_ref().map(Selector::from_label_selector).transpose() {
             Ok(s) => s.unwrap_or_default(),
@@ -441,7 +596,7 @@ impl PolicyView {
         let egress_rules = spec.egress.iter().flatten().map(|r| (r.to.as_deref(), r.ports.as_deref()));
         let ingress = read_rules("ingress", ingress_rules, &mut refuse);
         let egress = read_rules("egress", egress_rules, &mut refuse);
-        Some(PolicyView {
+        let mut view = PolicyView {
             namespace,
             name,
             pod_selector,
@@ -449,7 +604,9 @@ impl PolicyView {
             egress_isolated: types.iter().any(|t| t == "Egress"),
             ingress,
             egress,
-        })
+        };
+        view.refuse_over_cap(refused);
+        Some(view)
     }
 }
 
@@ -728,5 +885,79 @@ mod tests {
         assert_eq!(refused.len(), 2, "{refused:?}");
         assert!(PodView::from_pod(&pod("Succeeded"), &mut refused).is_none());
         assert!(PodView::from_pod(&pod("Failed"), &mut refused).is_none());
+    }
+
+    #[test]
+    fn a_policy_past_a_cap_is_refused_and_keeps_its_pods_isolated() {
+        // 2,000 selectors x 200 named ports: past the peers cap.
+        let peers: Vec<_> =
+            (0..2000).map(|i| json!({"podSelector": {"matchLabels": {format!("k{i}"): "v"}}})).collect();
+        let ports: Vec<_> = (0..200).map(|i| json!({"port": format!("p{i}")})).collect();
+        let (v, refused) = policy(json!({"podSelector": {"matchLabels": {"app": "db"}},
+            "policyTypes": ["Ingress", "Egress"], "ingress": [{"from": peers, "ports": ports}], "egress": [{}]}));
+        let v = v.unwrap();
+        assert!(v.ingress_isolated && v.egress_isolated && v.ingress.is_empty() && v.egress.is_empty(), "{v:?}");
+        assert_eq!(v.pod_selector, selector(json!({"matchLabels": {"app": "db"}})).unwrap(), "the same pods");
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert!(refused[0].contains("2000 peers over the cap of 100"), "{refused:?}");
+        assert_eq!(v.label_keys(), BTreeSet::from(["app"]), "the refused rules' keys are not kept");
+        // Each cap, just past its limit.
+        let many = |n: usize, f: &dyn Fn(usize) -> serde_json::Value| (0..n).map(f).collect::<Vec<_>>();
+        let over = |cap: Cap, spec: serde_json::Value| {
+            let p: NetworkPolicy =
+                serde_json::from_value(json!({"metadata": {"namespace": "ns", "name": "p"}, "spec": spec})).unwrap();
+            let mut refused = Vec::new();
+            let v = PolicyView::from_policy(&p, &mut refused).unwrap();
+            assert_eq!(refused.iter().find_map(|r| r.cap), Some(cap), "{refused:?}");
+            assert!(v.ingress.is_empty() && v.ingress_isolated);
+        };
+        let peer = |i: usize| json!({"podSelector": {"matchLabels": {"app": format!("a{i}")}}});
+        let port = |i: usize| json!({"port": i + 1});
+        over(Cap::Rules, json!({"podSelector": {}, "ingress": many(101, &|i| json!({"from": [peer(i)]}))}));
+        over(Cap::Peers, json!({"podSelector": {}, "ingress": [{"from": many(101, &peer)}]}));
+        over(Cap::Ports, json!({"podSelector": {}, "ingress": [{"ports": many(101, &port)}]}));
+        over(
+            Cap::Accepts,
+            json!({"podSelector": {}, "ingress": [{"from": many(40, &peer), "ports": many(40, &port)}]}),
+        );
+        let key = |i: usize| json!({"podSelector": {"matchLabels": {format!("k{i}"): "v"}}});
+        over(Cap::LabelKeys, json!({"podSelector": {}, "ingress": [{"from": many(65, &key)}]}));
+        let values: Vec<String> = (0..1001).map(|i| format!("v{i}")).collect();
+        over(
+            Cap::SelectorTerms,
+            json!({"podSelector": {}, "ingress": [{"from": [{"podSelector": {"matchExpressions": [{"key": "a", "operator": "In", "values": values}]}}]}]}),
+        );
+        // Within every cap: accepted whole.
+        let (v, refused) =
+            policy(json!({"podSelector": {}, "ingress": [{"from": many(100, &peer), "ports": many(10, &port)}]}));
+        assert!(refused.is_empty() && v.unwrap().ingress[0].peers.len() == 100, "{refused:?}");
+    }
+
+    #[test]
+    fn a_pod_selector_past_a_cap_isolates_the_whole_namespace() {
+        let keys: serde_json::Map<String, serde_json::Value> =
+            (0..100).map(|i| (format!("k{i}"), json!("v"))).collect();
+        let (v, refused) = policy(json!({"podSelector": {"matchLabels": keys}, "ingress": [{}]}));
+        let v = v.unwrap();
+        assert!(v.pod_selector.is_everything() && v.ingress.is_empty() && v.ingress_isolated, "{v:?}");
+        assert!(refused[0].contains("every pod of the namespace"), "{refused:?}");
+    }
+
+    #[test]
+    fn views_keep_only_the_labels_a_selector_names() {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"namespace": "ns", "name": "p", "labels": {"app": "web", "junk1": "x", "junk2": "y"}},
+            "status": {"podIPs": [{"ip": "10.244.1.5"}]}
+        }))
+        .unwrap();
+        let keep = LabelKeys::from(["app".to_string(), "tier".to_string()]);
+        let v = PodView::from_pod_keeping(&pod, Some(&keep), &mut Vec::new()).unwrap();
+        assert_eq!(v.labels, labels(&[("app", "web")]));
+        assert_eq!(PodView::from_pod(&pod, &mut Vec::new()).unwrap().labels.len(), 3, "all without a filter");
+        let (p, _) = policy(json!({"podSelector": {"matchLabels": {"app": "web"}}, "ingress": [{"from": [
+            {"namespaceSelector": {"matchExpressions": [{"key": "team", "operator": "Exists"}]},
+             "podSelector": {"matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["x"]}]}},
+            {"ipBlock": {"cidr": "10.0.0.0/8"}}]}]}));
+        assert_eq!(p.unwrap().label_keys(), BTreeSet::from(["app", "team", "tier"]));
     }
 }

@@ -446,6 +446,12 @@ fn answers(from: &TestNs, dst: &str, port: u16) -> bool {
     !String::from_utf8_lossy(&out.stdout).trim().is_empty()
 }
 
+/// Whether `ip` is a key of the policy table's map `map` in `ns`.
+fn in_policy_map(ns: &TestNs, map: &str, ip: &str) -> bool {
+    let out = ns.exec(&["nft", "list", "map", "inet", "weft-policy", map]);
+    String::from_utf8_lossy(&out.stdout).contains(ip)
+}
+
 /// The handle of the policy table: a new one whenever the table is replaced.
 fn policy_table_handle(ns: &TestNs) -> String {
     let out = ns.exec(&["nft", "-a", "list", "table", "inet", "weft-policy"]);
@@ -472,10 +478,7 @@ fn agents_enforce_network_policy_read_from_the_api() {
                  "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "cli"}}}]}]}});
     cp.kubectl_stdin(&["create", "-f", "-"], &policy.to_string());
     let node0 = &lab.nodes[0].ns;
-    let in_map = |map: &str, ip: &str| {
-        let out = node0.exec(&["nft", "list", "map", "inet", "weft-policy", map]);
-        String::from_utf8_lossy(&out.stdout).contains(ip)
-    };
+    let in_map = |map: &str, ip: &str| in_policy_map(node0, map, ip);
     assert!(
         eventually(Duration::from_secs(10), || in_map("ingress4", &srv4) && in_map("ingress6", &srv6)),
         "the server never entered the ingress maps:\n{}",
@@ -996,4 +999,96 @@ fn allowed_pods_open_once_the_agent_knows_them() {
         load.trim()
     );
     assert!(pct(&mut waits, 50) < Duration::from_secs(3), "the pending window is far too long");
+}
+
+/// Peak resident memory of a process, in MiB (`VmHWM`).
+fn peak_rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+    kib.unwrap_or(0) / 1024
+}
+
+/// A Pod no node can take, carrying `labels` labels of ~125 bytes each
+/// (8,000: ~1 MB), like a tenant's hostile objects.
+fn create_heavy_pod(cp: &ControlPlane, name: &str, labels: usize) {
+    let labels: serde_json::Map<String, serde_json::Value> =
+        (0..labels).map(|i| (format!("k{i:05}-{}", "x".repeat(50)), serde_json::json!("v".repeat(60)))).collect();
+    let pod = serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default", "labels": labels},
+        "spec": {"nodeSelector": {"weft.dev/nothing": "matches"}, "containers": [{"name": "c", "image": "none"}]}});
+    cp.kubectl_stdin(&["create", "-f", "-"], &pod.to_string());
+}
+
+#[test]
+#[ignore = "needs root and the Kubernetes binaries: cargo test -- --ignored"]
+fn hostile_pods_and_a_policy_past_a_cap_neither_exhaust_the_agent_nor_open_its_pods() {
+    let Some((lab, cp, mut agents)) = start_cluster(&['A', 'A'], "vxlan") else { return };
+    let (srv, srv4, srv6) = lab.nodes[0].add_pod_from_node_config("srv", &agents[0].node_json());
+    let (db, db4, db6) = lab.nodes[0].add_pod_from_node_config("db", &agents[0].node_json());
+    let (cli, cli4, cli6) = lab.nodes[1].add_pod_from_node_config("cli", &agents[1].node_json());
+    let _servers = [whoami_server(&srv, agents[0].dir.path(), "srv"), whoami_server(&db, agents[0].dir.path(), "db")];
+    assert!(eventually(Duration::from_secs(5), || listening(&srv, 8080) && listening(&db, 8080)));
+    create_pod(&cp, "srv", &lab.nodes[0].name, serde_json::json!({"app": "srv"}), &[&srv4, &srv6]);
+    create_pod(&cp, "db", &lab.nodes[0].name, serde_json::json!({"app": "db"}), &[&db4, &db6]);
+    create_pod(&cp, "cli", &lab.nodes[1].name, serde_json::json!({"role": "cli"}), &[&cli4, &cli6]);
+
+    // 20 Pods of ~1 MB of labels each; the agent re-lists them on restart.
+    for i in 0..20 {
+        create_heavy_pod(&cp, &format!("heavy-{i}"), 8_000);
+    }
+    agents[0].stop();
+    agents[0].start(&lab, &cp, "vxlan");
+    let node0 = &lab.nodes[0].ns;
+    // A normal policy, then one past the peers cap that would let the client in.
+    create_policy(
+        &cp,
+        "default",
+        "only-cli",
+        serde_json::json!({"podSelector": {"matchLabels": {"app": "srv"}},
+        "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "cli"}}}]}]}),
+    );
+    let mut peers = vec![serde_json::json!({"podSelector": {"matchLabels": {"role": "cli"}}})];
+    peers.extend((0..150).map(|i| serde_json::json!({"podSelector": {"matchLabels": {format!("k{i:05}"): "v"}}})));
+    create_policy(
+        &cp,
+        "default",
+        "hostile",
+        serde_json::json!({"podSelector": {"matchLabels": {"app": "db"}},
+        "ingress": [{"from": peers}]}),
+    );
+    let refused = |ns: &TestNs| metrics(ns).contains("weft_policy_refused_total{reason=\"peers\"} 1");
+    assert!(
+        eventually(Duration::from_secs(30), || refused(node0)),
+        "the hostile policy was not refused: {}\n{}",
+        metrics(node0),
+        agents[0].log()
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || answers(&cli, &srv4, 8080) && answers(&cli, &srv6, 8080)),
+        "the normal policy does not admit its peer:\n{}",
+        agents[0].log()
+    );
+    let in_map = |map: &str, ip: &str| in_policy_map(node0, map, ip);
+    assert!(
+        eventually(Duration::from_secs(30), || in_map("ingress4", &db4) && in_map("ingress6", &db6)),
+        "the refused policy's pod is not isolated:\n{}",
+        agents[0].log()
+    );
+    for dst in [&db4, &db6] {
+        assert!(
+            !eventually(Duration::from_secs(3), || answers(&cli, dst, 8080)),
+            "{dst}: the refused policy let the client in:\n{}",
+            agents[0].log()
+        );
+    }
+    assert!(node0.http_get("127.0.0.1:9959", "/readyz").contains(" 200 "), "not ready:\n{}", agents[0].log());
+    let pid = agents[0].proc.as_ref().and_then(|p| p.pid()).unwrap();
+    let peak = peak_rss_mib(pid);
+    assert!(peak > 0 && peak < 64, "peak RSS {peak} MiB with 20 MB of hostile labels:\n{}", agents[0].log());
+    eprintln!("agent peak RSS with 20 x 1 MB of labels: {peak} MiB");
+    let log = std::fs::read_to_string(&agents[0].proc.as_ref().unwrap().log).unwrap();
+    assert_eq!(log.matches("over the cap").count(), 1, "warned once:\n{}", agents[0].log());
 }

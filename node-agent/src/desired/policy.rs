@@ -435,12 +435,36 @@ fn net_range(n: &IpNetwork) -> (u128, u128) {
     (start, start | host)
 }
 
-/// `cidr` minus every `except` (of the same family) as disjoint ranges.
+/// An `except` in the family of its block. IPv4-mapped IPv6 and IPv4 are
+/// two spellings of the same addresses (Go's parser, which other
+/// implementations use, reads `::ffff:10.0.0.0/104` as 10.0.0.0/8), so an
+/// exception in the other spelling still applies: dropping it would widen
+/// the block. `None` for an exception with no address in the family.
+fn except_in_family(e: &IpNetwork, v6: bool) -> Option<IpNetwork> {
+    const MAPPED: u128 = 0xffff_0000_0000;
+    match (e, v6) {
+        (IpNetwork::V4(_), false) | (IpNetwork::V6(_), true) => Some(*e),
+        (IpNetwork::V4(n), true) => IpNetwork::new(IpAddr::V6(n.network().to_ipv6_mapped()), n.prefix() + 96).ok(),
+        (IpNetwork::V6(n), false) => {
+            let (a, b) = net_range(e);
+            if n.prefix() >= 96 && a >> 32 == MAPPED >> 32 {
+                IpNetwork::new(IpAddr::from(std::net::Ipv4Addr::from(a as u32)), n.prefix() - 96).ok()
+            } else if a <= MAPPED && MAPPED | 0xffff_ffff <= b {
+                IpNetwork::new(IpAddr::from(std::net::Ipv4Addr::UNSPECIFIED), 0).ok()
+            } else {
+                None
+            }
+        }
+    }
+}
+
+/// `cidr` minus every `except` (in its family, [`except_in_family`]) as
+/// disjoint ranges.
 pub fn block_ranges(cidr: &IpNetwork, except: &[IpNetwork]) -> Vec<(IpAddr, IpAddr)> {
     let v6 = cidr.is_ipv6();
     let mut ranges = vec![net_range(cidr)];
-    for e in except.iter().filter(|e| e.is_ipv6() == v6) {
-        let (ea, eb) = net_range(e);
+    for e in except.iter().filter_map(|e| except_in_family(e, v6)) {
+        let (ea, eb) = net_range(&e);
         ranges = ranges
             .into_iter()
             .flat_map(|(a, b)| {
@@ -732,6 +756,20 @@ mod tests {
         assert_eq!(r[1], (ip("fd00:10:244:2::"), ip("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff")));
         assert!(block_ranges(&"10.0.0.0/24".parse().unwrap(), &["10.0.0.0/16".parse().unwrap()]).is_empty());
         assert_eq!(block_ranges(&"0.0.0.0/0".parse().unwrap(), &[]), vec![(ip("0.0.0.0"), ip("255.255.255.255"))]);
+    }
+
+    #[test]
+    fn ipv4_mapped_exceptions_still_apply_and_never_widen_a_block() {
+        let ranges = |cidr: &str, except: &[&str]| {
+            block_ranges(&cidr.parse().unwrap(), &except.iter().map(|e| e.parse().unwrap()).collect::<Vec<_>>())
+        };
+        let v4 = vec![(ip("0.0.0.0"), ip("9.255.255.255")), (ip("11.0.0.0"), ip("255.255.255.255"))];
+        assert_eq!(ranges("0.0.0.0/0", &["::ffff:10.0.0.0/104"]), v4, "mapped except on an IPv4 block");
+        assert!(ranges("10.0.0.0/8", &["::ffff:0:0/96"]).is_empty(), "all of IPv4, spelt mapped");
+        assert!(ranges("10.0.0.0/8", &["::/0"]).is_empty(), "an IPv6 except holding all the mapped space");
+        assert_eq!(ranges("10.0.0.0/8", &["fd00::/8"]), vec![(ip("10.0.0.0"), ip("10.255.255.255"))]);
+        let r = ranges("::ffff:0:0/96", &["10.0.0.0/8"]);
+        assert!(!r.iter().any(|(a, b)| *a <= ip("::ffff:10.1.2.3") && ip("::ffff:10.1.2.3") <= *b), "{r:?}");
     }
 
     #[test]

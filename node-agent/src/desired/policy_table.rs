@@ -13,9 +13,10 @@
 //!   chain ingress { hook forward priority 1; ct state established,related accept;
 //!                   oifgroup { 8701, 8703 } counter name ingress_pending drop; ip daddr vmap @ingress4; ... }
 //!   counter ingress_denied / egress_denied / ingress_pending / egress_pending
+//!   limit deny-log { rate 10/second }   # networkPolicy.logDenied: one for the node, shared by every group
 //!   counter in-pol-<h> / eg-pol-<h>   # packets denied to or from pods this policy isolates
 //!   chain in-<h>     { jump in-pol-<h>; ...;
-//!                      limit rate 10/second log group 100 prefix "weft deny ingress: ns/pol,..";   # networkPolicy.logDenied
+//!                      limit name "deny-log" log group 100 prefix "weft deny ingress: ns/pol,..";   # networkPolicy.logDenied
 //!                      counter name ingress_denied counter name in-pol-<h> ... drop }   # a group: one list of policies
 //!   chain in-pol-<h> { ip saddr @peer-<h>-4 meta l4proto tcp th dport { 80, 443 } accept; ... }
 //! }
@@ -160,6 +161,9 @@ pub fn write_ruleset(state: &PolicyState, out: &mut (impl std::io::Write + ?Size
     out.write_all(b"]}")
 }
 
+/// The named limit every group chain's deny log shares.
+const DENY_LOG_LIMIT: &str = "deny-log";
+
 /// The commands of [`ruleset`], in order, each passed to `out`. Over 60
 /// lines: the table in the order the kernel needs its references.
 fn commands(state: &PolicyState, mut out: impl FnMut(Value)) {
@@ -175,6 +179,12 @@ fn commands(state: &PolicyState, mut out: impl FnMut(Value)) {
     }
     for (name, set) in &state.port_sets {
         port_set(name, set, &mut out);
+    }
+    if let Some(log) = &state.deny_log {
+        // One limit object for the node: a limit statement in each group
+        // chain would allow the rate once per group.
+        out(json!({"add": {"limit": {"family": "inet", "table": POLICY_TABLE, "name": DENY_LOG_LIMIT,
+            "rate": log.per_second, "per": "second", "burst": log.per_second.max(5)}}}));
     }
     for d in [Direction::Egress, Direction::Ingress] {
         out(json!({"add": {"counter": {"family": "inet", "table": POLICY_TABLE, "name": denied_counter(d)}}}));
@@ -295,10 +305,7 @@ fn group_rules(state: &PolicyState, name: &str, policies: &[String], out: &mut i
         let prefix: String = format!("weft deny {d}: {} ", who.join(",")).chars().take(120).collect();
         out(add_rule(
             name,
-            vec![
-                json!({"limit": {"rate": log.per_second, "per": "second", "burst": log.per_second.max(5)}}),
-                json!({"log": {"group": log.group, "prefix": prefix}}),
-            ],
+            vec![json!({"limit": DENY_LOG_LIMIT}), json!({"log": {"group": log.group, "prefix": prefix}})],
             None,
         ));
     }
@@ -544,6 +551,32 @@ mod tests {
             assert_eq!(chain_rules[pending]["expr"][1], json!({"counter": format!("{chain}_pending")}));
             assert!(at("established").unwrap() < pending, "replies of the pod's own connections pass");
             assert!(pending < at("vmap").unwrap(), "{chain}: pending before the maps");
+        }
+    }
+
+    #[test]
+    fn the_deny_log_rate_is_one_limit_for_the_node_not_one_per_group() {
+        let pods = [pod("a", "x", "node1", 1, &[("app", "x")]), pod("a", "y", "node1", 2, &[("app", "y")])];
+        let policies = [
+            ingress(netpol("a", "px", sel(&[("app", "x")])), vec![]),
+            ingress(netpol("a", "py", sel(&[("app", "y")])), vec![]),
+        ];
+        let mut state = policy("node1", &pods, &[ns("a", &[])], &policies);
+        state.deny_log = Some(crate::config::DenyLog { group: 100, per_second: 10 });
+        assert_eq!(state.groups.len(), 2, "two group chains");
+        let r = ruleset(&state);
+        let cmds = r["nftables"].as_array().unwrap();
+        let limits: Vec<&Value> = cmds.iter().filter_map(|c| c["add"].get("limit")).collect();
+        assert_eq!(limits.len(), 1, "{limits:?}");
+        assert_eq!(limits[0]["rate"], 10);
+        let logs: Vec<&Value> = cmds
+            .iter()
+            .filter_map(|c| c["add"].get("rule"))
+            .filter(|r| r["expr"].to_string().contains("\"log\""))
+            .collect();
+        assert_eq!(logs.len(), 2, "a log rule per group");
+        for rule in logs {
+            assert_eq!(rule["expr"][0], json!({"limit": limits[0]["name"]}), "the shared limit: {rule}");
         }
     }
 

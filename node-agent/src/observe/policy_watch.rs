@@ -9,8 +9,23 @@
 //! container restarting changes nothing policy reads). Until all three
 //! lists are complete, [`PolicyCache::snapshot`] returns `None`: a partial
 //! list could isolate pods without their allow rules' peers.
+//!
+//! Pods and namespaces may be hostile too (a pod can carry a megabyte of
+//! labels), so their views keep only the labels whose keys some policy's
+//! selector names ([`PolicyView::label_keys`]). When a policy names a key
+//! the views did not keep, the Pod and Namespace watches re-list (the
+//! labels dropped are gone; keeping a raw copy would keep the megabyte),
+//! and [`PolicyCache::snapshot`] returns `None` until both lists were
+//! made with that key: the kernel keeps the last policy state meanwhile,
+//! rather than evaluate the new policy against labels it cannot see. A
+//! key no policy names any more is dropped from the views as their
+//! objects change, without a re-list. The Pod and Namespace watches
+//! start once the policies are listed, so they list once at start, with
+//! the keys. Pod lists come in pages of
+//! [`POD_PAGE`]: a list is never held whole (watch lists, which stream,
+//! are off by default in Kubernetes 1.33, which the chart supports).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 
@@ -23,7 +38,14 @@ use serde::de::DeserializeOwned;
 
 use super::watch::Trigger;
 use crate::metrics::Metrics;
-use crate::wire_policy::{NamespaceView, PodView, PolicyView, Refused};
+use crate::wire_policy::{LabelKeys, NamespaceView, PodView, PolicyView, Refused};
+
+/// Pods per page of a (re)list. kube reads a page whole and copies it
+/// twice before parsing it: with hostile pods of 1.5 MB, a page costs
+/// about 7 MB per pod while it is read (a page of 10 took the agent's peak
+/// RSS to 98 MiB with 20 pods of 1 MB; a page of 2, 48 MiB). 10,000
+/// ordinary pods take 5,000 short requests.
+pub const POD_PAGE: u32 = 2;
 
 /// The views of one kind.
 struct Views<V> {
@@ -32,17 +54,20 @@ struct Views<V> {
     /// at its end, so objects deleted while the watch was down disappear.
     relisting: Option<HashMap<String, V>>,
     synced: bool,
+    /// The label-key generation `current` was listed with.
+    keys_generation: u64,
 }
 
 impl<V> Default for Views<V> {
     fn default() -> Self {
-        Views { current: HashMap::new(), relisting: None, synced: false }
+        Views { current: HashMap::new(), relisting: None, synced: false, keys_generation: 0 }
     }
 }
 
 impl<V: PartialEq> Views<V> {
-    /// Applies one watch event; returns whether a view changed.
-    fn event(&mut self, event: watcher::Event<(String, Option<V>)>) -> bool {
+    /// Applies one watch event of a watch started at label-key generation
+    /// `generation`; returns whether a view changed.
+    fn event(&mut self, event: watcher::Event<(String, Option<V>)>, generation: u64) -> bool {
         match event {
             watcher::Event::Init => {
                 self.relisting = Some(HashMap::new());
@@ -56,9 +81,10 @@ impl<V: PartialEq> Views<V> {
             }
             watcher::Event::InitDone => {
                 let list = self.relisting.take().unwrap_or_default();
-                let changed = !self.synced || list != self.current;
+                let changed = !self.synced || list != self.current || self.keys_generation != generation;
                 self.current = list;
                 self.synced = true;
+                self.keys_generation = generation;
                 changed
             }
             watcher::Event::Apply((key, Some(v))) => {
@@ -80,12 +106,49 @@ struct Inner {
     pods: Views<PodView>,
     namespaces: Views<NamespaceView>,
     policies: Views<PolicyView>,
+    /// The label keys the policies name: the labels views keep.
+    keys: Arc<LabelKeys>,
+    /// Bumped when `keys` gains a key: views listed before miss it.
+    keys_generation: u64,
+}
+
+impl Inner {
+    /// Recomputes the label keys from the policies; returns the new
+    /// generation when a key was added (the views must re-list).
+    fn update_keys(&mut self) -> Option<u64> {
+        let wanted: LabelKeys =
+            self.policies.current.values().flat_map(|p| p.label_keys()).map(str::to_string).collect();
+        if *self.keys == wanted {
+            return None;
+        }
+        let grew = !wanted.is_subset(&self.keys);
+        self.keys = Arc::new(wanted);
+        grew.then(|| {
+            self.keys_generation += 1;
+            self.keys_generation
+        })
+    }
+
+    /// Whether the pod and namespace views hold every label the policies read.
+    fn labels_complete(&self) -> bool {
+        self.pods.keys_generation == self.keys_generation && self.namespaces.keys_generation == self.keys_generation
+    }
 }
 
 /// What the watches have seen, shared with the loop.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct PolicyCache {
     inner: Arc<Mutex<Inner>>,
+    /// The label-key generation, for the Pod and Namespace watches to
+    /// re-list when it moves; `None` until the policies are first listed
+    /// (those watches wait for it, so they list once at start, with the keys).
+    relist: tokio::sync::watch::Sender<Option<u64>>,
+}
+
+impl Default for PolicyCache {
+    fn default() -> Self {
+        PolicyCache { inner: Arc::default(), relist: tokio::sync::watch::Sender::new(None) }
+    }
 }
 
 /// Copies of every view, for one pass.
@@ -100,7 +163,7 @@ impl PolicyCache {
     /// The views, once every list is complete.
     pub fn snapshot(&self) -> Option<PolicyViews> {
         let inner = self.inner.lock().ok()?;
-        if !(inner.pods.synced && inner.namespaces.synced && inner.policies.synced) {
+        if !(inner.pods.synced && inner.namespaces.synced && inner.policies.synced && inner.labels_complete()) {
             return None;
         }
         Some(PolicyViews {
@@ -108,6 +171,30 @@ impl PolicyCache {
             namespaces: inner.namespaces.current.values().cloned().collect(),
             policies: inner.policies.current.values().cloned().collect(),
         })
+    }
+
+    /// The label keys views keep now.
+    fn keys(&self) -> Arc<LabelKeys> {
+        self.inner.lock().map(|i| i.keys.clone()).unwrap_or_default()
+    }
+
+    /// Applies one event to the views `views` picks; returns whether a view changed.
+    fn apply<V: PartialEq>(
+        &self,
+        event: watcher::Event<(String, Option<V>)>,
+        generation: u64,
+        views: fn(&mut Inner) -> &mut Views<V>,
+    ) -> bool {
+        let Ok(mut inner) = self.inner.lock() else { return false };
+        let changed = views(&mut inner).event(event, generation);
+        let grew = if changed { inner.update_keys() } else { None };
+        if let Some(g) = grew {
+            tracing::info!(keys = inner.keys.len(), "policies name new label keys: (re-)listing Pods and Namespaces");
+            self.relist.send_replace(Some(g));
+        } else if inner.policies.synced && self.relist.borrow().is_none() {
+            self.relist.send_replace(Some(inner.keys_generation));
+        }
+        changed
     }
 }
 
@@ -122,42 +209,67 @@ fn log_refused(refused: Vec<Refused>) {
     }
 }
 
+/// Reports policies refused for a cap: once per policy and cap, at warn,
+/// and counted; again only after the policy was accepted in between.
+#[derive(Default)]
+struct CapReports {
+    refused: HashSet<String>,
+}
+
+impl CapReports {
+    fn report(&mut self, object: &str, refused: &[Refused], metrics: &Metrics) {
+        let Some((r, cap)) = refused.iter().find_map(|r| r.cap.map(|c| (r, c))) else {
+            self.refused.remove(object);
+            return;
+        };
+        if self.refused.insert(object.to_string()) {
+            metrics.policy_refused(cap.label());
+            tracing::warn!("{r}");
+        }
+    }
+}
+
 /// Starts the three watches; the cache fills while their tasks run.
 pub fn spawn(client: Client, trigger: Arc<Trigger>, metrics: Arc<Metrics>) -> PolicyCache {
     let cache = PolicyCache::default();
+    let pod_keys = cache.clone();
     run(
         Api::<Pod>::all(client.clone()),
-        "Pods",
+        Watch { what: "Pods", page: Some(POD_PAGE), relists: true },
         cache.clone(),
         trigger.clone(),
         metrics.clone(),
-        |p: &Pod| {
+        move |p: &Pod| {
             let mut refused = Vec::new();
-            let v = PodView::from_pod(p, &mut refused);
+            let v = PodView::from_pod_keeping(p, Some(&pod_keys.keys()), &mut refused);
             log_refused(refused);
             v
         },
         |i| &mut i.pods,
     );
+    let ns_keys = cache.clone();
     run(
         Api::<Namespace>::all(client.clone()),
-        "Namespaces",
+        Watch { what: "Namespaces", page: None, relists: true },
         cache.clone(),
         trigger.clone(),
         metrics.clone(),
-        NamespaceView::from_namespace,
+        move |n: &Namespace| NamespaceView::from_namespace_keeping(n, Some(&ns_keys.keys())),
         |i| &mut i.namespaces,
     );
+    let policy_metrics = metrics.clone();
+    let mut caps = CapReports::default();
     run(
         Api::<NetworkPolicy>::all(client),
-        "NetworkPolicies",
+        Watch { what: "NetworkPolicies", page: None, relists: false },
         cache.clone(),
         trigger,
         metrics,
-        |p: &NetworkPolicy| {
+        move |p: &NetworkPolicy| {
             let mut refused = Vec::new();
             let v = PolicyView::from_policy(p, &mut refused);
-            for r in &refused {
+            caps.report(&key(p), &refused, &policy_metrics);
+            for r in refused.iter().filter(|r| r.cap.is_none()) {
                 tracing::warn!("NetworkPolicy enforced without what weft cannot read: {r}");
             }
             v
@@ -167,52 +279,79 @@ pub fn spawn(client: Client, trigger: Arc<Trigger>, metrics: Arc<Metrics>) -> Po
     cache
 }
 
+/// How one kind is watched.
+struct Watch {
+    what: &'static str,
+    /// Objects per page of a list (kube's default otherwise).
+    page: Option<u32>,
+    /// Re-list when the policies name a new label key.
+    relists: bool,
+}
+
 fn run<K, V>(
     api: Api<K>,
-    what: &'static str,
+    watch: Watch,
     cache: PolicyCache,
     trigger: Arc<Trigger>,
     metrics: Arc<Metrics>,
-    view: impl Fn(&K) -> Option<V> + Send + 'static,
+    mut view: impl FnMut(&K) -> Option<V> + Send + 'static,
     views: fn(&mut Inner) -> &mut Views<V>,
 ) where
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
     V: PartialEq + Send + 'static,
 {
-    // The full object lives only until its view is made.
-    let stream = watcher(api, watcher::Config::default()).default_backoff().map(move |e| {
-        e.map(|e| {
-            let slim = |o: K| (key(&o), view(&o));
-            match e {
-                watcher::Event::Apply(o) => watcher::Event::Apply(slim(o)),
-                watcher::Event::Delete(o) => watcher::Event::Delete(slim(o)),
-                watcher::Event::Init => watcher::Event::Init,
-                watcher::Event::InitApply(o) => watcher::Event::InitApply(slim(o)),
-                watcher::Event::InitDone => watcher::Event::InitDone,
-            }
-        })
-    });
+    let mut config = watcher::Config::default();
+    if let Some(page) = watch.page {
+        config = config.page_size(page);
+    }
+    let mut relist = cache.relist.subscribe();
     tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(event) = stream.next().await {
-            match event {
-                Ok(e) => {
-                    let changed = match cache.inner.lock() {
-                        Ok(mut inner) => views(&mut inner).event(e),
-                        Err(_) => false,
-                    };
-                    if changed {
-                        trigger.fire();
+        if watch.relists && relist.wait_for(Option::is_some).await.is_err() {
+            return;
+        }
+        loop {
+            let generation = relist.borrow_and_update().unwrap_or(0);
+            // A new watcher starts with a full list.
+            let stream = watcher(api.clone(), config.clone()).default_backoff();
+            let mut stream = std::pin::pin!(stream);
+            loop {
+                let event = tokio::select! {
+                    e = stream.next() => e,
+                    _ = relist.changed(), if watch.relists => break,
+                };
+                let Some(event) = event else { return };
+                match event {
+                    Ok(e) => {
+                        // The full object lives only until its view is made.
+                        let e = slim(e, &mut view);
+                        if cache.apply(e, generation, views) {
+                            trigger.fire();
+                        }
                     }
-                }
-                Err(e) => {
-                    // The backoff retries; the views stay as last seen.
-                    metrics.error("watch");
-                    tracing::warn!("watching {what}: {e}");
+                    Err(e) => {
+                        // The backoff retries; the views stay as last seen.
+                        metrics.error("watch");
+                        tracing::warn!("watching {}: {e}", watch.what);
+                    }
                 }
             }
         }
     });
+}
+
+/// The event with its object replaced by its key and view.
+fn slim<K: Resource, V>(
+    e: watcher::Event<K>,
+    view: &mut impl FnMut(&K) -> Option<V>,
+) -> watcher::Event<(String, Option<V>)> {
+    let mut slim = |o: K| (key(&o), view(&o));
+    match e {
+        watcher::Event::Apply(o) => watcher::Event::Apply(slim(o)),
+        watcher::Event::Delete(o) => watcher::Event::Delete(slim(o)),
+        watcher::Event::Init => watcher::Event::Init,
+        watcher::Event::InitApply(o) => watcher::Event::InitApply(slim(o)),
+        watcher::Event::InitDone => watcher::Event::InitDone,
+    }
 }
 
 #[cfg(test)]
@@ -224,24 +363,91 @@ mod tests {
     fn only_view_changes_fire_and_a_relist_replaces_the_whole_list() {
         let mut v: Views<u32> = Views::default();
         let e = |k: &str, x: Option<u32>| (k.to_string(), x);
-        assert!(!v.event(Event::Init));
-        assert!(!v.event(Event::InitApply(e("a/1", Some(1)))));
-        assert!(!v.event(Event::InitApply(e("a/2", None))), "ignored objects are not kept");
+        assert!(!v.event(Event::Init, 0));
+        assert!(!v.event(Event::InitApply(e("a/1", Some(1))), 0));
+        assert!(!v.event(Event::InitApply(e("a/2", None)), 0), "ignored objects are not kept");
         assert!(!v.synced);
-        assert!(v.event(Event::InitDone), "the first list completes");
+        assert!(v.event(Event::InitDone, 0), "the first list completes");
         assert_eq!(v.current.len(), 1);
-        assert!(!v.event(Event::Apply(e("a/1", Some(1)))), "an update policy does not read");
-        assert!(v.event(Event::Apply(e("a/1", Some(2)))));
-        assert!(!v.event(Event::Apply(e("a/3", None))));
-        assert!(v.event(Event::Apply(e("a/4", Some(4)))));
-        assert!(v.event(Event::Apply(e("a/4", None))), "a pod that finished leaves");
+        assert!(!v.event(Event::Apply(e("a/1", Some(1))), 0), "an update policy does not read");
+        assert!(v.event(Event::Apply(e("a/1", Some(2))), 0));
+        assert!(!v.event(Event::Apply(e("a/3", None)), 0));
+        assert!(v.event(Event::Apply(e("a/4", Some(4))), 0));
+        assert!(v.event(Event::Apply(e("a/4", None)), 0), "a pod that finished leaves");
         // The watch restarts: a/1 was deleted meanwhile.
-        assert!(!v.event(Event::Init));
-        assert!(!v.event(Event::InitApply(e("a/5", Some(5)))));
+        assert!(!v.event(Event::Init, 0));
+        assert!(!v.event(Event::InitApply(e("a/5", Some(5))), 0));
         assert_eq!(v.current.get("a/1"), Some(&2), "kept until the list is complete");
-        assert!(v.event(Event::InitDone));
+        assert!(v.event(Event::InitDone, 0));
         assert_eq!(v.current.keys().collect::<Vec<_>>(), ["a/5"]);
-        assert!(v.event(Event::Delete(e("a/5", Some(5)))));
-        assert!(!v.event(Event::Delete(e("a/5", None))));
+        assert!(v.event(Event::Delete(e("a/5", Some(5))), 0));
+        assert!(!v.event(Event::Delete(e("a/5", None)), 0));
+    }
+
+    fn list<V: PartialEq>(
+        cache: &PolicyCache,
+        generation: u64,
+        views: fn(&mut Inner) -> &mut Views<V>,
+        items: Vec<(String, Option<V>)>,
+    ) {
+        cache.apply(Event::Init, generation, views);
+        for item in items {
+            cache.apply(Event::InitApply(item), generation, views);
+        }
+        cache.apply(Event::InitDone, generation, views);
+    }
+
+    #[test]
+    fn a_policy_naming_a_new_label_key_matches_pods_seen_before_it_after_a_relist() {
+        use k8s_openapi::api::core::v1::{Namespace, Pod};
+        use serde_json::json;
+
+        use crate::desired::policy::selects;
+        use crate::wire_policy::Direction;
+
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"namespace": "a", "name": "db", "labels": {"team": "blue", "junk": "x".repeat(1000)}},
+            "spec": {"nodeName": "n1", "containers": []},
+            "status": {"podIPs": [{"ip": "10.244.1.5"}]}
+        }))
+        .unwrap();
+        let ns: Namespace =
+            serde_json::from_value(json!({"metadata": {"name": "a", "labels": {"env": "prod"}}})).unwrap();
+        let pods =
+            |c: &PolicyCache| vec![(key(&pod), PodView::from_pod_keeping(&pod, Some(&c.keys()), &mut Vec::new()))];
+        let namespaces =
+            |c: &PolicyCache| vec![(key(&ns), NamespaceView::from_namespace_keeping(&ns, Some(&c.keys())))];
+        let cache = PolicyCache::default();
+        let mut relist = cache.relist.subscribe();
+        list(&cache, 0, |i| &mut i.policies, vec![]);
+        assert_eq!(*relist.borrow_and_update(), Some(0), "Pods and Namespaces are listed once policies are");
+        list(&cache, 0, |i| &mut i.pods, pods(&cache));
+        list(&cache, 0, |i| &mut i.namespaces, namespaces(&cache));
+        let seen = cache.snapshot().unwrap();
+        assert!(seen.pods[0].labels.is_empty() && seen.namespaces[0].labels.is_empty(), "no policy names a key");
+
+        // A policy selecting by a key the views dropped.
+        let np: NetworkPolicy = serde_json::from_value(json!({"metadata": {"namespace": "a", "name": "p"},
+            "spec": {"podSelector": {"matchLabels": {"team": "blue"}}, "ingress": [{"from": [
+                {"namespaceSelector": {"matchLabels": {"env": "prod"}}}]}]}}))
+        .unwrap();
+        let view = PolicyView::from_policy(&np, &mut Vec::new());
+        assert!(cache.apply(Event::Apply((key(&np), view)), 0, |i| &mut i.policies));
+        assert!(relist.has_changed().unwrap(), "the Pod and Namespace watches are told to re-list");
+        let generation = relist.borrow_and_update().unwrap();
+        assert!(cache.snapshot().is_none(), "not evaluated against labels the views do not hold");
+        list(&cache, generation, |i| &mut i.pods, pods(&cache));
+        assert!(cache.snapshot().is_none(), "the namespaces are not re-listed yet");
+        list(&cache, generation, |i| &mut i.namespaces, namespaces(&cache));
+
+        let now = cache.snapshot().unwrap();
+        assert!(selects(&now.policies[0], &now.pods[0], Direction::Ingress), "{:?}", now.pods[0]);
+        assert_eq!(now.pods[0].labels.keys().collect::<Vec<_>>(), ["team"], "still no junk");
+        assert_eq!(now.namespaces[0].labels.keys().collect::<Vec<_>>(), ["env"]);
+
+        // The policy goes: its keys are dropped without a re-list.
+        assert!(cache.apply(Event::Delete((key(&np), None)), 0, |i| &mut i.policies));
+        assert!(!relist.has_changed().unwrap());
+        assert!(cache.snapshot().is_some() && cache.keys().is_empty());
     }
 }
