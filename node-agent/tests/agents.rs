@@ -716,10 +716,12 @@ impl Drop for Prober {
     }
 }
 
-fn pending_dropped(ns: &TestNs) -> u64 {
+/// Packets dropped while pending, in `direction` ("ingress" or "egress").
+fn pending_dropped(ns: &TestNs, direction: &str) -> u64 {
+    let prefix = format!("weft_policy_pending_dropped_packets_total{{direction=\"{direction}\"}} ");
     metrics(ns)
         .lines()
-        .find_map(|l| l.strip_prefix("weft_policy_pending_dropped_packets_total{direction=\"ingress\"} "))
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
         .and_then(|v| v.trim().parse::<u64>().ok())
         .unwrap_or(0)
 }
@@ -766,7 +768,7 @@ fn a_new_pod_under_deny_all_is_closed_from_its_first_packet() {
     // Counted while pending (the counter restarts when the table is
     // replaced, as it will be when this pod's chains appear).
     assert!(
-        eventually(Duration::from_secs(15), || pending_dropped(&node.ns) > 0),
+        eventually(Duration::from_secs(15), || pending_dropped(&node.ns, "ingress") > 0),
         "no pending drop counted:\n{}",
         metrics(&node.ns)
     );
@@ -814,6 +816,59 @@ fn a_new_pod_under_deny_all_is_closed_from_its_first_packet() {
         "disabling NetworkPolicy left a pod pending or the list in place:\n{}",
         agents[0].log()
     );
+}
+
+/// Egress too: a new pod in a namespace whose policy isolates egress starts
+/// in the egress pending group, and nothing it sends gets out before the
+/// agent has its egress rules in the kernel (deny-all here, so never).
+/// Without the hold its first packets would leave: until the agent learns
+/// its address, no egress map entry isolates it.
+#[test]
+#[ignore = "needs root and the Kubernetes binaries: cargo test -- --ignored"]
+fn a_new_pod_under_deny_all_egress_sends_nothing_from_its_first_packet() {
+    let Some((lab, cp, agents)) = start_policy_cluster(&["quiet", "open"]) else { return };
+    let node = &lab.nodes[0];
+    let node_json = agents[0].node_json();
+    create_policy(&cp, "quiet", "deny-egress", serde_json::json!({"podSelector": {}, "policyTypes": ["Egress"]}));
+    wait_listed(&agents[0], "quiet");
+    // Anyone may reach this listener: its namespace has no policy.
+    let server = TestNs::new("server");
+    listen_early(&server);
+    node.add_k8s_pod(&server, "server", "open", None, &node_json);
+
+    // Probed from inside the new pod, from before it has an address until
+    // well after the agent has its rules in the kernel.
+    let veth = libweft::netlink::host_veth_name("quiet1", "eth0");
+    let quiet = TestNs::new("quiet1");
+    let uid = create_scheduled_pod(&cp, "quiet", "quiet1", &node.name);
+    let probe = Prober::start(&quiet, &server);
+    let (q4, q6) = node.add_k8s_pod(&quiet, "quiet1", "quiet", Some(&uid), &node_json);
+    assert_eq!(link_group(&node.ns, &veth), libweft::pending::PENDING_EGRESS_GROUP.to_string(), "ip -d link shows it");
+    assert!(
+        eventually(Duration::from_secs(15), || pending_dropped(&node.ns, "egress") > 0),
+        "no egress pending drop counted:\n{}",
+        metrics(&node.ns)
+    );
+    set_pod_ips(&cp, "quiet", "quiet1", &[&q4, &q6]);
+    assert!(
+        eventually(Duration::from_secs(10), || link_group(&node.ns, &veth) == "0"),
+        "the agent never released the pod:\n{}",
+        agents[0].log()
+    );
+    assert!(
+        in_policy_map(&node.ns, "egress4", &q4) && in_policy_map(&node.ns, "egress6", &q6),
+        "released before its egress rules were in the maps"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let log = probe.stop();
+    assert!(log.len() >= 20, "too few probes to mean anything: {}", log.len());
+    assert!(!log.iter().any(|(_, ok)| *ok), "a connection from a pod under deny-all egress got out");
+    // The control: the same probe from a pod without policy gets through.
+    let open = TestNs::new("open1");
+    node.add_k8s_pod(&open, "open1", "open", None, &node_json);
+    let probe = Prober::start(&open, &server);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(probe.stop().iter().any(|(_, ok)| *ok), "the probe never gets through, so it proves nothing");
 }
 
 /// A pod's address was freed at DEL and handed to a new pod while the old
