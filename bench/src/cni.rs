@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use libweft::testutil::TestNs;
 use serde_json::{Value, json};
 
@@ -32,6 +33,30 @@ use weft_bench::stats::percentile;
 
 const REF_DIR: &str = "/usr/lib/cni";
 const CONCURRENCY: usize = 16;
+
+/// cni-bench's command line.
+#[derive(Parser)]
+#[command(name = "cni-bench", about = "Measures weft's CNI plugin against the reference ptp + host-local")]
+struct Args {
+    /// The weft CNI plugin binary.
+    #[arg(value_name = "WEFT_BINARY")]
+    weft: PathBuf,
+    /// Wire IPv4 only (the reference ptp waits for IPv6 duplicate address detection).
+    #[arg(long)]
+    ipv4: bool,
+    /// Pods added and deleted per round.
+    #[arg(long, value_name = "N", default_value_t = 40)]
+    pods: usize,
+    /// Rounds per plugin, alternating between them.
+    #[arg(long, value_name = "R", default_value_t = 3)]
+    rounds: usize,
+    /// Pods of each plugin's own on the node while it is measured.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    existing: usize,
+    /// Print the results as JSON rather than text.
+    #[arg(long)]
+    json: bool,
+}
 
 struct Plugin {
     name: &'static str,
@@ -97,21 +122,7 @@ struct Samples {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let Some(weft) = args.get(1).filter(|a| !a.starts_with("--")) else {
-        eprintln!("usage: cni-bench WEFT_BINARY [--ipv4] [--pods N] [--rounds R] [--existing N] [--json]");
-        std::process::exit(2);
-    };
-    let flag = |name: &str, default: usize| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
-    let (pods, rounds, as_json) = (flag("--pods", 40), flag("--rounds", 3), args.iter().any(|a| a == "--json"));
-    let ipv4_only = args.iter().any(|a| a == "--ipv4");
-    let existing = flag("--existing", 0);
+    let Args { weft, ipv4: ipv4_only, pods, rounds, existing, json: as_json } = Args::parse();
     // /22s: room for the existing pods next to the measured ones.
     if existing + pods.max(CONCURRENCY) > 1000 {
         eprintln!("cni-bench: --existing plus --pods must stay under 1000 (one /22 per plugin)");
@@ -147,7 +158,7 @@ fn main() {
     let plugins = [
         Plugin {
             name: "weft",
-            binary: PathBuf::from(weft),
+            binary: weft,
             config: json!({"cniVersion": "1.1.0", "name": "weft", "type": "weft", "mtu": 1500,
                 "subnets": weft_subnets, "dataDir": work.path().join("weft")}),
             ipam_dir: work.path().join("weft/weft"),
@@ -268,5 +279,34 @@ fn main() {
     println!("{:<28} {:>10} {:>12} {:>8}  target", "metric", "weft", "reference", "ratio");
     for (m, a, b, ratio, t) in rows {
         println!("{m:<28} {a:>10.2} {b:>12.2} {ratio:>7.3}x  {t}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn bench_run_command_line_parses() {
+        Args::command().debug_assert();
+        let a = Args::try_parse_from([
+            "cni-bench",
+            "/bin/weft",
+            "--ipv4",
+            "--pods",
+            "4",
+            "--rounds",
+            "1",
+            "--existing",
+            "10",
+            "--json",
+        ])
+        .unwrap();
+        assert_eq!(
+            (a.weft, a.ipv4, a.pods, a.rounds, a.existing, a.json),
+            (PathBuf::from("/bin/weft"), true, 4, 1, 10, true)
+        );
+        assert!(Args::try_parse_from(["cni-bench", "--pods", "4"]).is_err(), "the plugin binary is required");
     }
 }

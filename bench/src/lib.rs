@@ -1,7 +1,8 @@
 //! What more than one benchmark binary needs: building the API objects of
-//! a benchmark ([`api`]), CPU profiles with `perf` ([`perf`]), and
+//! a benchmark ([`api`]), command-line values ([`cli`]), CPU profiles with `perf` ([`perf`]), and
 //! percentiles and paired confidence intervals ([`stats`]).
 
 pub mod api;
+pub mod cli;
 pub mod perf;
 pub mod stats;

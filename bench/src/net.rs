@@ -49,6 +49,8 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use clap::Parser;
+use clap::builder::RangedU64ValueParser;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -59,6 +61,7 @@ use libweft::testutil::TestNs;
 use libweft::testutil::control_plane::{ControlPlane, Proc, eventually};
 use serde_json::{Value, json};
 use weft_bench::api::{client, create_namespace, create_running_pod, set_running};
+use weft_bench::cli::seconds;
 use weft_bench::perf;
 
 const CP_IP: &str = "198.51.100.2";
@@ -128,72 +131,46 @@ impl Setup {
     }
 }
 
+/// net-bench's command line.
+#[derive(Parser)]
+#[command(name = "net-bench", about = "Measures pod-to-pod traffic through weft against hand-built references")]
 struct Args {
+    /// The weft CNI plugin binary.
+    #[arg(long, value_name = "WEFT")]
     weft: PathBuf,
+    /// The weft-agent binary.
+    #[arg(long, value_name = "WEFT_AGENT")]
     agent: PathBuf,
+    /// The directory holding etcd and kube-apiserver.
+    #[arg(long, value_name = "DIR")]
     k8s_bin: PathBuf,
+    /// Duration of each bulk transfer, in seconds.
+    #[arg(long, value_name = "S", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
     secs: u32,
     /// Duration of each request/response and connection-rate run.
+    #[arg(long, value_name = "S", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     rr_secs: u32,
+    /// Repetitions of each measurement.
+    #[arg(long, value_name = "R", default_value_t = 2, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
     reps: usize,
     /// NetworkPolicies of `weft routes, N policies`; 0: the mode's default.
+    #[arg(long, value_name = "N", default_value_t = 0)]
     policies: usize,
+    /// Record CPU profiles with perf.
+    #[arg(long)]
     profile: bool,
     /// Only the setups whose label contains this (trying one out).
+    #[arg(long, value_name = "SETUP")]
     only: Option<String>,
-    /// Time for each paired group's rounds (`net_paired::Plan::budget`).
+    /// Time for each paired group's rounds (`net_paired::Plan::budget`), in seconds.
+    #[arg(long, value_name = "S", default_value = "0", value_parser = seconds)]
     pair_budget: Duration,
-    /// Only this family (`IPv4` or `IPv6`; trying one out).
+    /// Only this family (trying one out).
+    #[arg(long, value_parser = ["IPv4", "IPv6"])]
     family: Option<String>,
+    /// A short run of every setup (bench/run --quick).
+    #[arg(long)]
     quick: bool,
-}
-
-fn parse_args() -> Result<Args, String> {
-    let mut a = Args {
-        weft: PathBuf::new(),
-        agent: PathBuf::new(),
-        k8s_bin: PathBuf::new(),
-        secs: 2,
-        rr_secs: 1,
-        reps: 2,
-        policies: 0,
-        profile: false,
-        only: None,
-        pair_budget: Duration::ZERO,
-        family: None,
-        quick: false,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--weft" => a.weft = value()?.into(),
-            "--agent" => a.agent = value()?.into(),
-            "--k8s-bin" => a.k8s_bin = value()?.into(),
-            "--secs" => a.secs = value()?.parse().map_err(|e| format!("--secs: {e}"))?,
-            "--rr-secs" => a.rr_secs = value()?.parse().map_err(|e| format!("--rr-secs: {e}"))?,
-            "--reps" => a.reps = value()?.parse().map_err(|e| format!("--reps: {e}"))?,
-            "--policies" => a.policies = value()?.parse().map_err(|e| format!("--policies: {e}"))?,
-            "--profile" => a.profile = true,
-            "--only" => a.only = Some(value()?),
-            "--pair-budget" => {
-                a.pair_budget = Duration::from_secs(value()?.parse().map_err(|e| format!("--pair-budget: {e}"))?)
-            }
-            "--family" => match value()?.as_str() {
-                f @ ("IPv4" | "IPv6") => a.family = Some(f.to_string()),
-                f => return Err(format!("--family: {f} is neither IPv4 nor IPv6")),
-            },
-            "--quick" => a.quick = true,
-            _ => return Err(format!("unknown flag {flag}")),
-        }
-    }
-    if [&a.weft, &a.agent, &a.k8s_bin].iter().any(|p| p.as_os_str().is_empty()) {
-        return Err("--weft, --agent and --k8s-bin are required".into());
-    }
-    if a.secs == 0 || a.rr_secs == 0 || a.reps == 0 {
-        return Err("--secs, --rr-secs and --reps must be at least 1".into());
-    }
-    Ok(a)
 }
 
 /// The lab: both underlay segments and the router between them, and the
@@ -1272,13 +1249,7 @@ fn profile(run: impl FnOnce() -> (&'static str, f64)) -> Result<Value, String> {
 }
 
 fn main() {
-    let args = parse_args().unwrap_or_else(|e| {
-        eprintln!("net-bench: {e}");
-        eprintln!(
-            "usage: net-bench --weft WEFT --agent WEFT_AGENT --k8s-bin DIR [--secs S] [--rr-secs S] [--reps R] [--policies N] [--profile] [--only SETUP] [--family IPv4|IPv6] [--pair-budget S] [--quick]"
-        );
-        std::process::exit(2);
-    });
+    let args = Args::parse();
     if !nix::unistd::geteuid().is_root() {
         eprintln!("net-bench: needs root (network namespaces)");
         std::process::exit(2);
@@ -1498,6 +1469,35 @@ fn main() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bench_run_command_line_parses() {
+        use clap::CommandFactory;
+        Args::command().debug_assert();
+        let a =
+            Args::try_parse_from(["net-bench", "--weft", "w", "--agent", "a", "--k8s-bin", "k", "--quick"]).unwrap();
+        assert!(a.quick);
+        assert_eq!((a.secs, a.rr_secs, a.reps, a.pair_budget, a.family), (2, 1, 2, Duration::ZERO, None));
+        let a = Args::try_parse_from([
+            "net-bench",
+            "--weft",
+            "w",
+            "--agent",
+            "a",
+            "--k8s-bin",
+            "k",
+            "--family",
+            "IPv6",
+            "--pair-budget",
+            "90",
+        ])
+        .unwrap();
+        assert_eq!((a.family.as_deref(), a.pair_budget), (Some("IPv6"), Duration::from_secs(90)));
+        assert!(
+            Args::try_parse_from(["net-bench", "--weft", "w", "--agent", "a", "--k8s-bin", "k", "--reps", "0"])
+                .is_err()
+        );
+    }
 
     #[test]
     fn symbols_fall_into_their_classes() {

@@ -48,6 +48,9 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use clap::builder::RangedU64ValueParser;
+use clap::error::ErrorKind;
+use clap::{CommandFactory, Parser};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -62,6 +65,7 @@ use weft_bench::api::{client, create_namespace, create_running_pod};
 
 use crate::agent_common::{pass_seconds, proc_stats};
 use crate::nft_events::{Change, Transaction};
+use weft_bench::cli::seconds;
 use weft_bench::stats::percentile;
 
 const NODE_IP: &str = "198.18.0.1";
@@ -78,63 +82,53 @@ const PARALLEL: usize = 32;
 const ROLES: [&str; 5] = ["frontend", "backend", "db", "cache", "worker"];
 const ENVS: [&str; 3] = ["prod", "staging", "dev"];
 
+/// policy-bench's command line.
+#[derive(Parser)]
+#[command(name = "policy-bench", about = "Measures weft-agent's NetworkPolicy enforcement against a real API server")]
 struct Args {
+    /// The weft-agent binary to measure.
+    #[arg(long, value_name = "WEFT_AGENT")]
     agent: PathBuf,
+    /// The directory holding etcd and kube-apiserver.
+    #[arg(long, value_name = "DIR")]
     k8s_bin: PathBuf,
+    /// Pods in the API server (at least --namespaces, at most 1000000).
+    #[arg(long, value_name = "P", default_value_t = 10_000)]
     pods: usize,
+    /// NetworkPolicies in the API server.
+    #[arg(long, value_name = "Q", default_value_t = 1_000)]
     policies: usize,
+    /// Namespaces the pods and policies spread over.
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = RangedU64ValueParser::<usize>::new().range(1..=1000))]
     namespaces: usize,
+    /// Single changes measured per kind (each adds pods to the agent's /24).
+    #[arg(long, value_name = "K", default_value_t = 50, value_parser = RangedU64ValueParser::<usize>::new().range(1..=100))]
     samples: usize,
+    /// Idle time measured after the changes, in seconds.
+    #[arg(long = "idle-seconds", value_name = "S", default_value = "30", value_parser = seconds)]
     idle: Duration,
+    /// Print the results as JSON rather than text.
+    #[arg(long)]
     json: bool,
+    /// Pods no node can take, each with ~1.5 MB of labels.
+    #[arg(long, value_name = "N", default_value_t = 0)]
     hostile_pods: usize,
+    /// One NetworkPolicy with 2,000 selectors × 200 named ports.
+    #[arg(long)]
     hostile_policy: bool,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut a = Args {
-        agent: PathBuf::new(),
-        k8s_bin: PathBuf::new(),
-        pods: 10_000,
-        policies: 1_000,
-        namespaces: 100,
-        samples: 50,
-        idle: Duration::from_secs(30),
-        json: false,
-        hostile_pods: 0,
-        hostile_policy: false,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
-        let number = |v: String| v.parse::<usize>().map_err(|e| format!("{flag} {v:?}: {e}"));
-        match flag.as_str() {
-            "--agent" => a.agent = value()?.into(),
-            "--k8s-bin" => a.k8s_bin = value()?.into(),
-            "--pods" => a.pods = number(value()?)?,
-            "--policies" => a.policies = number(value()?)?,
-            "--namespaces" => a.namespaces = number(value()?)?,
-            "--samples" => a.samples = number(value()?)?,
-            "--idle-seconds" => a.idle = Duration::from_secs(number(value()?)? as u64),
-            "--json" => a.json = true,
-            "--hostile-pods" => a.hostile_pods = number(value()?)?,
-            "--hostile-policy" => a.hostile_policy = true,
-            _ => return Err(format!("unknown flag {flag}")),
+impl Args {
+    /// Parses the command line; exits with a usage error on bad input.
+    fn parse_checked() -> Args {
+        let a = Args::parse();
+        if !(a.namespaces..=1_000_000).contains(&a.pods) {
+            Args::command()
+                .error(ErrorKind::ValueValidation, "--pods must be at least --namespaces and at most 1000000")
+                .exit();
         }
+        a
     }
-    if a.agent.as_os_str().is_empty() || a.k8s_bin.as_os_str().is_empty() {
-        return Err("--agent and --k8s-bin are required".into());
-    }
-    if !(1..=1000).contains(&a.namespaces) {
-        return Err("--namespaces must be 1..=1000".into());
-    }
-    if !(a.namespaces..=1_000_000).contains(&a.pods) {
-        return Err("--pods must be at least --namespaces and at most 1000000".into());
-    }
-    if !(1..=100).contains(&a.samples) {
-        return Err("--samples must be 1..=100 (each adds pods to the agent's /24)".into());
-    }
-    Ok(a)
 }
 
 // ---------------------------------------------------------------- the model
@@ -617,13 +611,7 @@ struct Report {
 }
 
 fn main() {
-    let args = parse_args().unwrap_or_else(|e| {
-        eprintln!("policy-bench: {e}");
-        eprintln!(
-            "usage: policy-bench --agent WEFT_AGENT --k8s-bin DIR [--pods P] [--policies Q] [--namespaces N] [--samples K] [--idle-seconds S] [--hostile-pods N] [--hostile-policy] [--json]"
-        );
-        std::process::exit(2);
-    });
+    let args = Args::parse_checked();
     if !nix::unistd::geteuid().is_root() {
         eprintln!("policy-bench: needs root (network namespaces)");
         std::process::exit(2);
@@ -1139,5 +1127,40 @@ fn print_report(args: &Args, r: &Report) {
     println!("{:<66} {:>10}  target", "metric", "value");
     for (m, x, t) in rows {
         println!("{m:<66} {x:>10.1}  {t}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn bench_run_command_line_parses() {
+        Args::command().debug_assert();
+        let a = Args::try_parse_from([
+            "policy-bench",
+            "--agent",
+            "a",
+            "--k8s-bin",
+            "k",
+            "--pods",
+            "200",
+            "--policies",
+            "20",
+            "--namespaces",
+            "10",
+            "--samples",
+            "3",
+            "--hostile-pods",
+            "2",
+            "--hostile-policy",
+            "--json",
+        ])
+        .unwrap();
+        assert_eq!((a.pods, a.policies, a.namespaces, a.samples, a.hostile_pods), (200, 20, 10, 3, 2));
+        assert!(a.hostile_policy && a.json);
+        assert_eq!(a.idle, Duration::from_secs(30));
+        assert!(Args::try_parse_from(["policy-bench", "--agent", "a", "--k8s-bin", "k", "--samples", "101"]).is_err());
     }
 }

@@ -9,6 +9,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use clap::Parser;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use serde_json::Value;
@@ -1201,13 +1202,21 @@ fn pods_section(data: &Path, md: &mut String) {
     }
 }
 
+/// bench-report's command line.
+#[derive(Parser)]
+#[command(name = "bench-report", about = "Writes bench/report.md and its figures from the benchmarks' JSON")]
+struct Args {
+    /// The directory of the benchmarks' JSON (bench/run's data directory).
+    #[arg(value_name = "DATA_DIR")]
+    data: PathBuf,
+    /// Where report.md and report/ are written.
+    #[arg(value_name = "OUT_DIR")]
+    out: PathBuf,
+}
+
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let (Some(data), Some(out)) = (args.get(1), args.get(2)) else {
-        eprintln!("usage: bench-report DATA_DIR OUT_DIR");
-        std::process::exit(2);
-    };
-    if let Err(e) = run(Path::new(data), Path::new(out)) {
+    let args = Args::parse();
+    if let Err(e) = run(&args.data, &args.out) {
         eprintln!("bench-report: {e}");
         std::process::exit(1);
     }
@@ -1354,6 +1363,16 @@ fn run(data: &Path, out: &Path) -> Fallible<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn command_line_takes_two_directories() {
+        use clap::CommandFactory;
+        Args::command().debug_assert();
+        let a = Args::try_parse_from(["bench-report", "data", "out"]).unwrap();
+        assert_eq!((a.data, a.out), (PathBuf::from("data"), PathBuf::from("out")));
+        assert!(Args::try_parse_from(["bench-report", "data"]).is_err());
+    }
+
     use serde_json::json;
 
     fn net(unselected: Option<Value>) -> Net {
