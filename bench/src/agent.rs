@@ -43,6 +43,7 @@ use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteProtocol};
 use serde_json::{Value, json};
 
 use crate::agent_common::{pass_seconds, proc_stats};
+use weft_bench::agent_process::AgentConfig;
 use weft_bench::api::client;
 use weft_bench::cli::seconds;
 use weft_bench::perf;
@@ -319,33 +320,13 @@ async fn run(
     .expect("create Nodes");
     let create_seconds = started.elapsed().as_secs_f64();
 
-    let config = json!({
-        "clusterCIDRs": ["10.0.0.0/8", "fd00:10::/48"],
-        "backend": args.backend,
-        "listenAddress": "127.0.0.1:9959",
-        "runDir": dir.join("run"),
-        "cniConfDir": dir.join("net.d"),
-        "cniBinDir": dir.join("bin"),
-        "criSocket": dir.join("no-cri.sock"),
-        "ipamGcPeriodSeconds": 86400,
-    });
-    let config_path = dir.join("agent.json");
-    std::fs::write(&config_path, config.to_string()).expect("agent config");
     let nl = Netlink::from_socket(node_netns.route_socket().expect("socket")).expect("netlink");
     let events = route_listener(node_netns);
-    let kubeconfig = cp.kubeconfig().display().to_string();
-    // Quiet unless asked: logging thousands of lines would cost the agent time.
-    let log_level = std::env::var("WEFT_LOG").unwrap_or_else(|_| "warn".into());
 
     eprintln!("starting weft-agent ({} backend)", args.backend);
+    let config = AgentConfig::new(dir, ["10.0.0.0/8", "fd00:10::/48"], &args.backend);
     let agent_start = Instant::now();
-    let agent = Proc::spawn(
-        "weft-agent",
-        node,
-        &[&args.agent.display().to_string(), "run", "--node-name", OWN, "--config", &config_path.display().to_string()],
-        &[("KUBECONFIG", kubeconfig.as_str()), ("WEFT_LOG", log_level.as_str())],
-        dir,
-    );
+    let agent = config.spawn("weft-agent", &args.agent, OWN, node, cp, dir);
     let pid = agent.pid().expect("agent pid");
     let recording = args.profile.then(|| perf::record_process(pid, &dir.join("cold.perf")));
     let want = initial.len() * 2;

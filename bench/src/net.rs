@@ -60,6 +60,7 @@ use libweft::netns::NetNs;
 use libweft::testutil::TestNs;
 use libweft::testutil::control_plane::{ControlPlane, Proc, eventually};
 use serde_json::{Value, json};
+use weft_bench::agent_process::{AgentConfig, METRICS_ADDRESS};
 use weft_bench::api::{client, create_namespace, create_running_pod, set_running};
 use weft_bench::cli::seconds;
 use weft_bench::perf;
@@ -522,36 +523,18 @@ fn setup(lab: &Lab, args: &Args, tag: &str, topo: Topology, s: Setup, chosen_off
                 lab.cp.create_node(&name, &[&n.pod_v4, &n.pod_v6], &[&n.v4, &n.v6]);
                 names.push(name.clone());
                 let dir = tempfile::tempdir().expect("tempdir");
-                let mut cfg = json!({
-                    "clusterCIDRs": ["10.244.0.0/16", "fd00:10:244::/56"],
-                    "backend": backend,
-                    "listenAddress": "127.0.0.1:9959",
-                    "healthAddress": "127.0.0.1:9959",
-                    "runDir": dir.path().join("run"),
-                    "cniConfDir": dir.path().join("net.d"),
-                    "cniBinDir": dir.path().join("bin"),
-                    "criSocket": dir.path().join("no-cri.sock"),
-                    "ipamGcPeriodSeconds": 86400,
-                    "networkPolicy": {"enabled": true},
-                });
+                let mut config = AgentConfig::new(dir.path(), ["10.244.0.0/16", "fd00:10:244::/56"], backend)
+                    .with("healthAddress", json!(METRICS_ADDRESS))
+                    .with_network_policy();
                 if !agents_choice {
-                    cfg["vxlan"] = json!({"txChecksumOffload": !chosen_offload});
+                    config = config.with("vxlan", json!({"txChecksumOffload": !chosen_offload}));
                 }
-                let cfg_path = dir.path().join("config.json");
-                std::fs::write(&cfg_path, cfg.to_string()).expect("agent config");
-                let kubeconfig = lab.cp.kubeconfig().display().to_string();
-                agents.push(Proc::spawn(
+                agents.push(config.spawn(
                     &format!("weft-agent-{}", n.n),
+                    &args.agent,
+                    &name,
                     &n.ns,
-                    &[
-                        &args.agent.display().to_string(),
-                        "run",
-                        "--node-name",
-                        &name,
-                        "--config",
-                        &cfg_path.display().to_string(),
-                    ],
-                    &[("KUBECONFIG", kubeconfig.as_str()), ("WEFT_LOG", "warn")],
+                    &lab.cp,
                     dir.path(),
                 ));
                 dirs.push(dir);

@@ -61,6 +61,7 @@ use libweft::testutil::TestNs;
 use libweft::testutil::control_plane::{ControlPlane, Proc};
 use serde_json::{Value, json};
 
+use weft_bench::agent_process::{AgentConfig, METRICS_ADDRESS};
 use weft_bench::api::{client, create_namespace, create_running_pod};
 
 use crate::agent_common::{pass_seconds, proc_stats};
@@ -734,7 +735,7 @@ async fn fill_hostile(args: &Args, client: &Client) {
 
 /// The agent's `weft_policy_refused_total`, summed over reasons.
 fn refused_policies(node: &TestNs) -> u64 {
-    node.http_get("127.0.0.1:9959", "/metrics")
+    node.http_get(METRICS_ADDRESS, "/metrics")
         .lines()
         .filter(|l| l.starts_with("weft_policy_refused_total{"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
@@ -773,22 +774,7 @@ async fn run(
     let setup_seconds = fill(args, &world, &client).await;
     eprintln!("API filled in {setup_seconds:.1} s");
 
-    let config = json!({
-        "clusterCIDRs": ["10.0.0.0/8", "fd00:10::/48"],
-        "backend": "vxlan",
-        "listenAddress": "127.0.0.1:9959",
-        "runDir": dir.join("run"),
-        "cniConfDir": dir.join("net.d"),
-        "cniBinDir": dir.join("bin"),
-        "criSocket": dir.join("no-cri.sock"),
-        "ipamGcPeriodSeconds": 86400,
-        "networkPolicy": {"enabled": true},
-    });
-    let config_path = dir.join("agent.json");
-    std::fs::write(&config_path, config.to_string()).expect("agent config");
     let events = nft_events::listen(node_netns).expect("nftables listener in the node namespace");
-    let kubeconfig = cp.kubeconfig().display().to_string();
-    let log_level = std::env::var("WEFT_LOG").unwrap_or_else(|_| "warn".into());
 
     let (want_in, want_eg) = world.expected_maps();
     let local_pods = world.local().count();
@@ -797,14 +783,9 @@ async fn run(
         want_in.len(),
         want_eg.len()
     );
+    let config = AgentConfig::new(dir, ["10.0.0.0/8", "fd00:10::/48"], "vxlan").with_network_policy();
     let agent_start = Instant::now();
-    let agent = Proc::spawn(
-        "weft-agent",
-        node,
-        &[&args.agent.display().to_string(), "run", "--node-name", OWN, "--config", &config_path.display().to_string()],
-        &[("KUBECONFIG", kubeconfig.as_str()), ("WEFT_LOG", log_level.as_str())],
-        dir,
-    );
+    let agent = config.spawn("weft-agent", &args.agent, OWN, node, cp, dir);
     let pid = agent.pid().expect("agent pid");
     // Cold start: the commit holding every expected verdict map element.
     let (mut seen_in, mut seen_eg) = (HashSet::new(), HashSet::new());
