@@ -18,8 +18,6 @@
 //!   agent-bench --agent WEFT_AGENT --k8s-bin DIR [--nodes N] [--adds K]
 //!               [--backend vxlan|routes] [--idle-seconds S] [--profile] [--json]
 
-mod agent_common;
-
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -42,8 +40,7 @@ use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteProtocol};
 use serde_json::{Value, json};
 
-use crate::agent_common::{pass_seconds, proc_stats};
-use weft_bench::agent_process::AgentConfig;
+use weft_bench::agent_process::{AgentConfig, pass_seconds, proc_stats};
 use weft_bench::api::client;
 use weft_bench::cli::seconds;
 use weft_bench::perf;

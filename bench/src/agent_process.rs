@@ -1,5 +1,7 @@
 //! The weft-agent process a benchmark measures: its configuration and its
-//! start in a node namespace, the same way for every benchmark.
+//! start in a node namespace, the same way for every benchmark, and what
+//! agent-bench and policy-bench read of it: its CPU time and memory, and
+//! its reconcile pass times.
 
 use std::path::Path;
 
@@ -72,6 +74,36 @@ impl AgentConfig {
             dir,
         )
     }
+}
+
+/// (utime + stime) in clock ticks, and VmHWM / VmRSS in KiB.
+pub fn proc_stats(pid: u32) -> (u64, u64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (ticks, kib("VmHWM:"), kib("VmRSS:"))
+}
+
+/// (sum, count) of the agent's `weft_reconcile_duration_seconds`, from its
+/// metrics endpoint ([`METRICS_ADDRESS`] in the node namespace).
+pub fn pass_seconds(node: &TestNs) -> (f64, f64) {
+    let text = node.http_get(METRICS_ADDRESS, "/metrics");
+    let value = |name: &str| {
+        text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse::<f64>().ok())).unwrap_or(0.0)
+    };
+    (value("weft_reconcile_duration_seconds_sum"), value("weft_reconcile_duration_seconds_count"))
 }
 
 #[cfg(test)]

@@ -39,7 +39,6 @@
 //!                [--namespaces N] [--samples K] [--idle-seconds S]
 //!                [--hostile-pods N] [--hostile-policy] [--json]
 
-mod agent_common;
 mod nft_events;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -61,10 +60,9 @@ use libweft::testutil::TestNs;
 use libweft::testutil::control_plane::{ControlPlane, Proc};
 use serde_json::{Value, json};
 
-use weft_bench::agent_process::{AgentConfig, METRICS_ADDRESS};
+use weft_bench::agent_process::{AgentConfig, METRICS_ADDRESS, pass_seconds, proc_stats};
 use weft_bench::api::{client, create_namespace, create_running_pod};
 
-use crate::agent_common::{pass_seconds, proc_stats};
 use crate::nft_events::{Change, Transaction};
 use weft_bench::cli::seconds;
 use weft_bench::stats::percentile;
