@@ -29,6 +29,7 @@ use clap::Parser;
 use libweft::testutil::TestNs;
 use serde_json::{Value, json};
 
+use weft_bench::results::{CniRun, CniSamples, CniSummary};
 use weft_bench::stats::percentile;
 
 const REF_DIR: &str = "/usr/lib/cni";
@@ -240,12 +241,14 @@ fn main() {
             s.add_per_sec[s.add_per_sec.len() / 2],
         )
     };
-    let raw: Vec<Value> = samples
+    let raw: Vec<CniSamples> = samples
         .iter()
         .zip(&plugins)
-        .map(|(s, p)| {
-            json!({"plugin": p.name, "add_ms": s.add.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
-                "del_ms": s.del.iter().map(|d| ms(*d)).collect::<Vec<_>>(), "adds_per_sec": s.add_per_sec})
+        .map(|(s, p)| CniSamples {
+            plugin: p.name.into(),
+            add_ms: s.add.iter().map(|d| ms(*d)).collect(),
+            del_ms: s.del.iter().map(|d| ms(*d)).collect(),
+            adds_per_sec: s.add_per_sec.clone(),
         })
         .collect();
     let [w, r] = &mut samples;
@@ -260,15 +263,26 @@ fn main() {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     if as_json {
-        let v: Vec<Value> = rows
-            .iter()
-            .map(|(m, a, b, ratio, t)| json!({"metric": m, "weft": a, "reference": b, "ratio": ratio, "target": t}))
-            .collect();
-        println!(
-            "{}",
-            json!({"kernel": kernel.trim(), "cpus": cpus, "family": family, "pods": pods, "rounds": rounds,
-                "existing": existing, "results": v, "samples": raw})
-        );
+        let run = CniRun {
+            kernel: kernel.trim().into(),
+            cpus,
+            family: family.into(),
+            pods,
+            rounds,
+            existing,
+            results: rows
+                .iter()
+                .map(|&(metric, weft, reference, ratio, target)| CniSummary {
+                    metric: metric.into(),
+                    weft,
+                    reference,
+                    ratio: ratio.is_finite().then_some(ratio),
+                    target: target.into(),
+                })
+                .collect(),
+            samples: raw,
+        };
+        println!("{}", serde_json::to_string(&run).expect("cni-bench results as JSON"));
         return;
     }
     println!("weft vs ptp+host-local (Debian containernetworking-plugins), {family}, same run");
