@@ -786,38 +786,7 @@ async fn run(
     let agent = config.spawn("weft-agent", &args.agent, OWN, node, cp, dir);
     let pid = agent.pid().expect("agent pid");
     // Cold start: the commit holding every expected verdict map element.
-    let (mut seen_in, mut seen_eg) = (HashSet::new(), HashSet::new());
-    let (cold, cold_changes) = loop {
-        let left = (agent_start + PROGRAM_TIMEOUT).saturating_duration_since(Instant::now());
-        let t = events.recv_timeout(left).unwrap_or_else(|_| {
-            panic!("the policy table was not complete within {PROGRAM_TIMEOUT:?}:\n{}", agent.log_tail())
-        });
-        assert!(!t.lossy, "the nftables listener overflowed during the cold start");
-        for c in &t.changes {
-            match c {
-                Change::DelTable(name) if name == TABLE => {
-                    seen_in.clear();
-                    seen_eg.clear();
-                }
-                Change::Elem { added: true, table, set, key } if table == TABLE && is_map(set) => {
-                    let ip = match key.len() {
-                        4 => IpAddr::from(<[u8; 4]>::try_from(&key[..]).expect("4 bytes")),
-                        16 => IpAddr::from(<[u8; 16]>::try_from(&key[..]).expect("16 bytes")),
-                        _ => continue,
-                    };
-                    if set.starts_with("ingress") {
-                        seen_in.insert(ip)
-                    } else {
-                        seen_eg.insert(ip)
-                    };
-                }
-                _ => {}
-            }
-        }
-        if want_in.iter().all(|ip| seen_in.contains(ip)) && want_eg.iter().all(|ip| seen_eg.contains(ip)) {
-            break (t.at - agent_start, t.changes.len());
-        }
-    };
+    let (cold, cold_changes) = cold_start(&events, &agent, agent_start, &want_in, &want_eg);
     // The listener could be wrong; the kernel has the last word.
     let listed_in: BTreeSet<IpAddr> = ["ingress4", "ingress6"].iter().flat_map(|m| map_keys(node, m)).collect();
     let listed_eg: BTreeSet<IpAddr> = ["egress4", "egress6"].iter().flat_map(|m| map_keys(node, m)).collect();
@@ -826,201 +795,14 @@ async fn run(
     eprintln!("policy table complete {cold:?} after start ({cold_changes} changes in that commit)");
     settle(&events, Duration::from_secs(2), pid);
 
-    let quiet = Duration::from_millis(300);
-    let mut series = Vec::new();
-    let pods_api = |ns: usize| -> Api<Pod> { Api::namespaced(client.clone(), &ns_name(ns)) };
+    let w = Watched { events: &events, agent: &agent, node, pid };
+    // The peer sets live at the start: the changes measured go into and out of them.
     let live = world.live_peers();
-
-    // (a) A remote pod relabelled (role -> frontend and back) into and out of a live peer set.
-    let candidates: Vec<(usize, Labels)> = world
-        .pods
-        .iter()
-        .enumerate()
-        .filter(|(_, p)| p.node != 0)
-        .filter_map(|(i, p)| {
-            let mut l1 = p.labels.clone();
-            l1.insert("role".into(), "frontend".into());
-            let before = World::in_peer(&live, p.ns, &world.ns_labels[p.ns], &p.labels);
-            let after = World::in_peer(&live, p.ns, &world.ns_labels[p.ns], &l1);
-            after.iter().any(|s| !before.contains(s)).then_some((i, l1))
-        })
-        .take(args.samples)
-        .collect();
-    let mut s = Series::default();
-    let (mut s_out, passes0) = (Series::default(), pass_seconds(node));
-    for (i, l1) in &candidates {
-        let p = &world.pods[*i];
-        let key = p.v4.octets().to_vec();
-        for (labels, added) in [(l1, true), (&p.labels, false)] {
-            let patch = json!({"metadata": {"labels": labels}});
-            let t0 = Instant::now();
-            pods_api(p.ns).patch(&p.name, &PatchParams::default(), &Patch::Merge(patch)).await.expect("relabel pod");
-            let what = format!("pod {} relabelled ({})", p.name, if added { "in" } else { "out" });
-            let (d, n) = wait_commit(&events, t0, &agent, &what, |c| elem_in(c, added, "peer-", &key));
-            let target = if added { &mut s } else { &mut s_out };
-            target.samples.push(d);
-            target.sizes.push(n);
-            settle(&events, quiet, pid);
-        }
-    }
-    let pass_ms = pass_delta(node, passes0);
-    s.pass_ms = pass_ms;
-    s_out.pass_ms = pass_ms;
-    eprintln!("(a) {} pods relabelled in and out of a peer set", s.samples.len());
-    series.push(("pod relabelled into a peer set", s));
-    series.push(("pod relabelled out of a peer set", s_out));
-
-    // (b) A new local pod: podIPs published -> verdict map element; deleted -> gone.
-    let template = world
-        .local()
-        .find(|p| {
-            let (i, e) = world.selected(p.ns, &p.labels);
-            i || e
-        })
-        .map(|p| (p.ns, p.labels.clone()));
-    let (mut s, mut s_del, passes0) = (Series::default(), Series::default(), pass_seconds(node));
-    if let Some((ns, labels)) = template {
-        for k in 0..args.samples {
-            let idx = world.add_pod(ns, format!("new-{k:03}"), 0, labels.clone());
-            let p = world.pods[idx].clone();
-            let api = pods_api(ns);
-            api.create(&PostParams::default(), &pod_object(&p)).await.expect("create local pod");
-            settle(&events, quiet, pid);
-            let key = p.v4.octets().to_vec();
-            let t0 = Instant::now();
-            api.patch_status(&p.name, &PatchParams::default(), &Patch::Merge(pod_status(&p)))
-                .await
-                .expect("publish podIPs");
-            let (d, n) = wait_commit(
-                &events,
-                t0,
-                &agent,
-                &format!("{} podIPs", p.name),
-                |c| matches!(c, Change::Elem { added: true, table, set, key: k } if table == TABLE && is_map(set) && *k == key),
-            );
-            s.samples.push(d);
-            s.sizes.push(n);
-            settle(&events, quiet, pid);
-            let t0 = Instant::now();
-            api.delete(&p.name, &DeleteParams { grace_period_seconds: Some(0), ..Default::default() })
-                .await
-                .expect("delete local pod");
-            let (d, n) = wait_commit(
-                &events,
-                t0,
-                &agent,
-                &format!("{} deleted", p.name),
-                |c| matches!(c, Change::Elem { added: false, table, set, key: k } if table == TABLE && is_map(set) && *k == key),
-            );
-            s_del.samples.push(d);
-            s_del.sizes.push(n);
-            settle(&events, quiet, pid);
-        }
-    }
-    let pass_ms = pass_delta(node, passes0);
-    s.pass_ms = pass_ms;
-    s_del.pass_ms = pass_ms;
-    eprintln!("(b) {} local pods added and deleted", s.samples.len());
-    series.push(("local pod's podIPs -> verdict map element", s));
-    series.push(("local pod deleted -> element gone", s_del));
-
-    // (c) A new policy over a local pod's namespace: its chains, groups and sets.
-    let (mut s, mut s_del, passes0) = (Series::default(), Series::default(), pass_seconds(node));
-    let ns = world.local().next().map_or(0, |p| p.ns);
-    let npapi: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns_name(ns));
-    for k in 0..args.samples {
-        let pol = PolicyM {
-            ns,
-            name: format!("bench-new-{k:03}"),
-            pod_sel: Sel::default(),
-            ingress: Some(vec![RuleM {
-                peers: vec![PeerM::Pods { ns: None, pods: Sel::eq("role", "frontend") }],
-                ports: vec![tcp(80)],
-            }]),
-            egress: None,
-        };
-        let marker = format!("{}/{}", ns_name(ns), pol.name).into_bytes();
-        let t0 = Instant::now();
-        npapi.create(&PostParams::default(), &policy_object(&pol)).await.expect("create policy");
-        let (d, n) = wait_commit(
-            &events,
-            t0,
-            &agent,
-            &format!("policy {} created", pol.name),
-            |c| matches!(c, Change::NewRule { table, raw } if table == TABLE && raw.windows(marker.len()).any(|w| w == marker)),
-        );
-        s.samples.push(d);
-        s.sizes.push(n);
-        settle(&events, quiet, pid);
-        let t0 = Instant::now();
-        npapi.delete(&pol.name, &DeleteParams::default()).await.expect("delete policy");
-        let (d, n) = wait_commit(
-            &events,
-            t0,
-            &agent,
-            &format!("policy {} deleted", pol.name),
-            // Its chain removed (or, should the agent fall back to it, the whole table replaced).
-            |c| match c {
-                Change::DelChain { table, name } => table == TABLE && name.starts_with("in-pol-"),
-                Change::NewTable(t) => t == TABLE,
-                _ => false,
-            },
-        );
-        s_del.samples.push(d);
-        s_del.sizes.push(n);
-        settle(&events, quiet, pid);
-    }
-    let pass_ms = pass_delta(node, passes0);
-    s.pass_ms = pass_ms;
-    s_del.pass_ms = pass_ms;
-    eprintln!("(c) {} policies created and deleted", s.samples.len());
-    series.push(("policy created -> its rules in the kernel", s));
-    series.push(("policy deleted -> its chain removed", s_del));
-
-    // (d) A namespace relabelled (env flipped) into and out of a live namespaceSelector.
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let mut ns_candidates = Vec::new();
-    for (i, labels) in world.ns_labels.iter().enumerate() {
-        let mut l1 = labels.clone();
-        let flipped = if labels.get("env").is_some_and(|e| e == "dev") { "prod" } else { "dev" };
-        l1.insert("env".into(), flipped.into());
-        // A pod of this namespace whose peer sets differ between the two labellings.
-        let pod = world.pods.iter().find(|p| {
-            p.ns == i && {
-                let a = World::in_peer(&live, i, labels, &p.labels);
-                let b = World::in_peer(&live, i, &l1, &p.labels);
-                a != b
-            }
-        });
-        if let Some(p) = pod {
-            ns_candidates.push((i, l1, p.v4.octets().to_vec()));
-        }
-    }
-    let (mut s, mut s_back, passes0) = (Series::default(), Series::default(), pass_seconds(node));
-    for k in 0..args.samples {
-        let Some((i, l1, key)) = ns_candidates.get(k % ns_candidates.len().max(1)) else { break };
-        for (labels, target) in [(l1, &mut s), (&world.ns_labels[*i], &mut s_back)] {
-            let patch = json!({"metadata": {"labels": labels}});
-            let t0 = Instant::now();
-            namespaces.patch(&ns_name(*i), &PatchParams::default(), &Patch::Merge(patch)).await.expect("relabel ns");
-            let (d, n) = wait_commit(
-                &events,
-                t0,
-                &agent,
-                &format!("namespace {} relabelled", ns_name(*i)),
-                |c| matches!(c, Change::Elem { table, set, key: k, .. } if table == TABLE && set.starts_with("peer-") && k == key),
-            );
-            target.samples.push(d);
-            target.sizes.push(n);
-            settle(&events, quiet, pid);
-        }
-    }
-    let pass_ms = pass_delta(node, passes0);
-    s.pass_ms = pass_ms;
-    s_back.pass_ms = pass_ms;
-    eprintln!("(d) {} namespace relabellings and back", s.samples.len());
-    series.push(("namespace relabelled (env flipped)", s));
-    series.push(("namespace relabelled back", s_back));
+    let mut series = Vec::new();
+    series.extend(pods_relabelled(&w, &world, &live, &client, args.samples).await);
+    series.extend(local_pods_added(&w, &mut world, &client, args.samples).await);
+    series.extend(policies_created(&w, &world, &client, args.samples).await);
+    series.extend(namespaces_relabelled(&w, &world, &live, &client, args.samples).await);
 
     eprintln!("idle for {:?}", args.idle);
     let load = load_average();
@@ -1048,6 +830,283 @@ async fn run(
         load,
         refused,
     }
+}
+
+/// The running agent and what watches it: what each measured change needs.
+struct Watched<'a> {
+    events: &'a mpsc::Receiver<Transaction>,
+    agent: &'a Proc,
+    node: &'a TestNs,
+    pid: u32,
+}
+
+impl Watched<'_> {
+    /// The commit holding a change `want` accepts, timed from `t0` (see [`wait_commit`]).
+    fn commit(&self, t0: Instant, what: &str, want: impl Fn(&Change) -> bool) -> (Duration, usize) {
+        wait_commit(self.events, t0, self.agent, what, want)
+    }
+
+    /// Waits until the agent is idle between samples (see [`settle`]).
+    fn settle(&self) {
+        settle(self.events, Duration::from_millis(300), self.pid);
+    }
+
+    /// The agent's reconcile pass counters (see [`pass_seconds`]).
+    fn passes(&self) -> (f64, f64) {
+        pass_seconds(self.node)
+    }
+}
+
+/// The cold start: waits for the commit that completes every expected
+/// verdict map element; returns its time after `agent_start` and its size.
+fn cold_start(
+    events: &mpsc::Receiver<Transaction>,
+    agent: &Proc,
+    agent_start: Instant,
+    want_in: &BTreeSet<IpAddr>,
+    want_eg: &BTreeSet<IpAddr>,
+) -> (Duration, usize) {
+    let (mut seen_in, mut seen_eg) = (HashSet::new(), HashSet::new());
+    loop {
+        let left = (agent_start + PROGRAM_TIMEOUT).saturating_duration_since(Instant::now());
+        let t = events.recv_timeout(left).unwrap_or_else(|_| {
+            panic!("the policy table was not complete within {PROGRAM_TIMEOUT:?}:\n{}", agent.log_tail())
+        });
+        assert!(!t.lossy, "the nftables listener overflowed during the cold start");
+        for c in &t.changes {
+            match c {
+                Change::DelTable(name) if name == TABLE => {
+                    seen_in.clear();
+                    seen_eg.clear();
+                }
+                Change::Elem { added: true, table, set, key } if table == TABLE && is_map(set) => {
+                    let ip = match key.len() {
+                        4 => IpAddr::from(<[u8; 4]>::try_from(&key[..]).expect("4 bytes")),
+                        16 => IpAddr::from(<[u8; 16]>::try_from(&key[..]).expect("16 bytes")),
+                        _ => continue,
+                    };
+                    if set.starts_with("ingress") {
+                        seen_in.insert(ip)
+                    } else {
+                        seen_eg.insert(ip)
+                    };
+                }
+                _ => {}
+            }
+        }
+        if want_in.iter().all(|ip| seen_in.contains(ip)) && want_eg.iter().all(|ip| seen_eg.contains(ip)) {
+            return (t.at - agent_start, t.changes.len());
+        }
+    }
+}
+
+/// (a) A remote pod relabelled (role -> frontend and back) into and out of a live peer set.
+async fn pods_relabelled(
+    w: &Watched<'_>,
+    world: &World,
+    live: &[(usize, Option<Sel>, Sel)],
+    client: &Client,
+    samples: usize,
+) -> [(&'static str, Series); 2] {
+    let pods_api = |ns: usize| -> Api<Pod> { Api::namespaced(client.clone(), &ns_name(ns)) };
+    let candidates: Vec<(usize, Labels)> = world
+        .pods
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.node != 0)
+        .filter_map(|(i, p)| {
+            let mut l1 = p.labels.clone();
+            l1.insert("role".into(), "frontend".into());
+            let before = World::in_peer(live, p.ns, &world.ns_labels[p.ns], &p.labels);
+            let after = World::in_peer(live, p.ns, &world.ns_labels[p.ns], &l1);
+            after.iter().any(|s| !before.contains(s)).then_some((i, l1))
+        })
+        .take(samples)
+        .collect();
+    let mut s = Series::default();
+    let (mut s_out, passes0) = (Series::default(), w.passes());
+    for (i, l1) in &candidates {
+        let p = &world.pods[*i];
+        let key = p.v4.octets().to_vec();
+        for (labels, added) in [(l1, true), (&p.labels, false)] {
+            let patch = json!({"metadata": {"labels": labels}});
+            let t0 = Instant::now();
+            pods_api(p.ns).patch(&p.name, &PatchParams::default(), &Patch::Merge(patch)).await.expect("relabel pod");
+            let what = format!("pod {} relabelled ({})", p.name, if added { "in" } else { "out" });
+            let (d, n) = w.commit(t0, &what, |c| elem_in(c, added, "peer-", &key));
+            let target = if added { &mut s } else { &mut s_out };
+            target.samples.push(d);
+            target.sizes.push(n);
+            w.settle();
+        }
+    }
+    let pass_ms = pass_delta(w.node, passes0);
+    s.pass_ms = pass_ms;
+    s_out.pass_ms = pass_ms;
+    eprintln!("(a) {} pods relabelled in and out of a peer set", s.samples.len());
+    [("pod relabelled into a peer set", s), ("pod relabelled out of a peer set", s_out)]
+}
+
+/// (b) A new local pod: podIPs published -> verdict map element; deleted -> gone.
+async fn local_pods_added(
+    w: &Watched<'_>,
+    world: &mut World,
+    client: &Client,
+    samples: usize,
+) -> [(&'static str, Series); 2] {
+    let pods_api = |ns: usize| -> Api<Pod> { Api::namespaced(client.clone(), &ns_name(ns)) };
+    let template = world
+        .local()
+        .find(|p| {
+            let (i, e) = world.selected(p.ns, &p.labels);
+            i || e
+        })
+        .map(|p| (p.ns, p.labels.clone()));
+    let (mut s, mut s_del, passes0) = (Series::default(), Series::default(), w.passes());
+    if let Some((ns, labels)) = template {
+        for k in 0..samples {
+            let idx = world.add_pod(ns, format!("new-{k:03}"), 0, labels.clone());
+            let p = world.pods[idx].clone();
+            let api = pods_api(ns);
+            api.create(&PostParams::default(), &pod_object(&p)).await.expect("create local pod");
+            w.settle();
+            let key = p.v4.octets().to_vec();
+            let t0 = Instant::now();
+            api.patch_status(&p.name, &PatchParams::default(), &Patch::Merge(pod_status(&p)))
+                .await
+                .expect("publish podIPs");
+            let (d, n) = w.commit(
+                t0,
+                &format!("{} podIPs", p.name),
+                |c| matches!(c, Change::Elem { added: true, table, set, key: k } if table == TABLE && is_map(set) && *k == key),
+            );
+            s.samples.push(d);
+            s.sizes.push(n);
+            w.settle();
+            let t0 = Instant::now();
+            api.delete(&p.name, &DeleteParams { grace_period_seconds: Some(0), ..Default::default() })
+                .await
+                .expect("delete local pod");
+            let (d, n) = w.commit(
+                t0,
+                &format!("{} deleted", p.name),
+                |c| matches!(c, Change::Elem { added: false, table, set, key: k } if table == TABLE && is_map(set) && *k == key),
+            );
+            s_del.samples.push(d);
+            s_del.sizes.push(n);
+            w.settle();
+        }
+    }
+    let pass_ms = pass_delta(w.node, passes0);
+    s.pass_ms = pass_ms;
+    s_del.pass_ms = pass_ms;
+    eprintln!("(b) {} local pods added and deleted", s.samples.len());
+    [("local pod's podIPs -> verdict map element", s), ("local pod deleted -> element gone", s_del)]
+}
+
+/// (c) A new policy over a local pod's namespace: its chains, groups and sets.
+async fn policies_created(
+    w: &Watched<'_>,
+    world: &World,
+    client: &Client,
+    samples: usize,
+) -> [(&'static str, Series); 2] {
+    let (mut s, mut s_del, passes0) = (Series::default(), Series::default(), w.passes());
+    let ns = world.local().next().map_or(0, |p| p.ns);
+    let npapi: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns_name(ns));
+    for k in 0..samples {
+        let pol = PolicyM {
+            ns,
+            name: format!("bench-new-{k:03}"),
+            pod_sel: Sel::default(),
+            ingress: Some(vec![RuleM {
+                peers: vec![PeerM::Pods { ns: None, pods: Sel::eq("role", "frontend") }],
+                ports: vec![tcp(80)],
+            }]),
+            egress: None,
+        };
+        let marker = format!("{}/{}", ns_name(ns), pol.name).into_bytes();
+        let t0 = Instant::now();
+        npapi.create(&PostParams::default(), &policy_object(&pol)).await.expect("create policy");
+        let (d, n) = w.commit(
+            t0,
+            &format!("policy {} created", pol.name),
+            |c| matches!(c, Change::NewRule { table, raw } if table == TABLE && raw.windows(marker.len()).any(|w| w == marker)),
+        );
+        s.samples.push(d);
+        s.sizes.push(n);
+        w.settle();
+        let t0 = Instant::now();
+        npapi.delete(&pol.name, &DeleteParams::default()).await.expect("delete policy");
+        let (d, n) = w.commit(
+            t0,
+            &format!("policy {} deleted", pol.name),
+            // Its chain removed (or, should the agent fall back to it, the whole table replaced).
+            |c| match c {
+                Change::DelChain { table, name } => table == TABLE && name.starts_with("in-pol-"),
+                Change::NewTable(t) => t == TABLE,
+                _ => false,
+            },
+        );
+        s_del.samples.push(d);
+        s_del.sizes.push(n);
+        w.settle();
+    }
+    let pass_ms = pass_delta(w.node, passes0);
+    s.pass_ms = pass_ms;
+    s_del.pass_ms = pass_ms;
+    eprintln!("(c) {} policies created and deleted", s.samples.len());
+    [("policy created -> its rules in the kernel", s), ("policy deleted -> its chain removed", s_del)]
+}
+
+/// (d) A namespace relabelled (env flipped) into and out of a live namespaceSelector.
+async fn namespaces_relabelled(
+    w: &Watched<'_>,
+    world: &World,
+    live: &[(usize, Option<Sel>, Sel)],
+    client: &Client,
+    samples: usize,
+) -> [(&'static str, Series); 2] {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let mut ns_candidates = Vec::new();
+    for (i, labels) in world.ns_labels.iter().enumerate() {
+        let mut l1 = labels.clone();
+        let flipped = if labels.get("env").is_some_and(|e| e == "dev") { "prod" } else { "dev" };
+        l1.insert("env".into(), flipped.into());
+        // A pod of this namespace whose peer sets differ between the two labellings.
+        let pod = world.pods.iter().find(|p| {
+            p.ns == i && {
+                let a = World::in_peer(live, i, labels, &p.labels);
+                let b = World::in_peer(live, i, &l1, &p.labels);
+                a != b
+            }
+        });
+        if let Some(p) = pod {
+            ns_candidates.push((i, l1, p.v4.octets().to_vec()));
+        }
+    }
+    let (mut s, mut s_back, passes0) = (Series::default(), Series::default(), w.passes());
+    for k in 0..samples {
+        let Some((i, l1, key)) = ns_candidates.get(k % ns_candidates.len().max(1)) else { break };
+        for (labels, target) in [(l1, &mut s), (&world.ns_labels[*i], &mut s_back)] {
+            let patch = json!({"metadata": {"labels": labels}});
+            let t0 = Instant::now();
+            namespaces.patch(&ns_name(*i), &PatchParams::default(), &Patch::Merge(patch)).await.expect("relabel ns");
+            let (d, n) = w.commit(
+                t0,
+                &format!("namespace {} relabelled", ns_name(*i)),
+                |c| matches!(c, Change::Elem { table, set, key: k, .. } if table == TABLE && set.starts_with("peer-") && k == key),
+            );
+            target.samples.push(d);
+            target.sizes.push(n);
+            w.settle();
+        }
+    }
+    let pass_ms = pass_delta(w.node, passes0);
+    s.pass_ms = pass_ms;
+    s_back.pass_ms = pass_ms;
+    eprintln!("(d) {} namespace relabellings and back", s.samples.len());
+    [("namespace relabelled (env flipped)", s), ("namespace relabelled back", s_back)]
 }
 
 /// The agent's mean reconcile pass (ms) since `before`.
