@@ -1238,13 +1238,11 @@ fn main() {
         std::process::exit(2);
     }
     let (secs, rr_secs, reps) = if args.quick { (1, 1, 1) } else { (args.secs, args.rr_secs, args.reps) };
+    let effort = Effort { secs, rr_secs, reps, quick: args.quick, profile: args.profile };
     let families: Vec<(usize, &str)> = if args.quick { vec![(0, "IPv4")] } else { vec![(0, "IPv4"), (1, "IPv6")] }
         .into_iter()
         .filter(|(_, f)| args.family.as_ref().is_none_or(|only| only == f))
         .collect();
-    // bbr for IPv4 only: what it shows does not depend on the family, and
-    // the full run has to fit its time (README).
-    let ccs = |family: &str| -> &[&str] { if args.quick || family == "IPv6" { &["cubic"] } else { &["cubic", "bbr"] } };
     let policies = match args.policies {
         0 if args.quick => 20,
         0 => 1000,
@@ -1252,7 +1250,6 @@ fn main() {
     };
     // The paired groups profile weft and every variant in full mode; the
     // setups apart only when asked.
-    let profiling = args.profile;
     let pair_plan = |family: &str| net_paired::Plan {
         bytes: if args.quick { 400_000_000 } else { 2_000_000_000 },
         cc: "cubic",
@@ -1266,41 +1263,7 @@ fn main() {
         target: 0.03,
         profile: family == "IPv4" && (!args.quick || args.profile),
     };
-    use Setup::*;
-    // Dropped from the plan as they said nothing new run after run: `weft
-    // vxlan, other offload` (bench/vxlan-offload.sh measures the offload
-    // choice) and bare / weft vxlan on two segments (auto is vxlan there).
-    let plan: Vec<(Topology, Setup)> = if args.quick {
-        [
-            Bare,
-            HandRoutes,
-            Weft("routes", true),
-            HandVxlan,
-            Weft("vxlan", true),
-            Paired("routes", policies),
-            Paired("vxlan", policies),
-        ]
-        .iter()
-        .map(|s| (Topology::OneSegment, *s))
-        .collect()
-    } else {
-        let one = [
-            Bare,
-            HandRoutes,
-            Weft("routes", true),
-            HandVxlan,
-            Weft("vxlan", true),
-            HandRoutesVxlanMtu,
-            Weft("auto", true),
-            Paired("routes", policies),
-            Paired("vxlan", policies),
-        ];
-        let two = [HandVxlan, Weft("auto", true)];
-        one.iter().map(|s| (Topology::OneSegment, *s)).chain(two.iter().map(|s| (Topology::Routed, *s))).collect()
-    };
-
-    let plan: Vec<(Topology, Setup)> =
-        plan.into_iter().filter(|(_, s)| args.only.as_ref().is_none_or(|o| s.label().contains(o.as_str()))).collect();
+    let plan = plan(args.quick, policies, args.only.as_deref());
     eprintln!("net-bench: lab and control plane");
     let lab = Lab::new(&args.k8s_bin);
     // The agent's offload choice is the kernel's default (observe::kernel::offload_default):
@@ -1316,21 +1279,9 @@ fn main() {
     let mut paired_groups: Vec<Value> = Vec::new();
     for (k, (topo, s)) in plan.iter().enumerate() {
         let started = Instant::now();
-        let tag = format!("s{k}");
-        // A setup that cannot be wired (or, with policies, is not enforced)
-        // is reported and skipped; its namespaces go as it unwinds.
-        let wired = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            setup(&lab, &args, &tag, *topo, *s, chosen_offload)
-        }));
-        let mut w = match wired {
+        let mut w = match wire(&lab, &args, &format!("s{k}"), *topo, *s, chosen_offload) {
             Ok(w) => w,
-            Err(e) => {
-                let msg = e
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| e.downcast_ref::<&str>().map(|m| m.to_string()))
-                    .unwrap_or_else(|| "panicked".into());
-                let first = msg.lines().next().unwrap_or("").to_string();
+            Err(first) => {
                 eprintln!("net-bench: {} / {} failed, skipped: {first}", topo.label(), s.label());
                 failed.push(json!({"topology": topo.label(), "setup": s.label(), "error": first}));
                 continue;
@@ -1361,81 +1312,12 @@ fn main() {
                     failed.push(json!({"topology": topo.label(), "setup": s.label(), "error": e}));
                 }
             }
-            for cmd in &w.cleanup {
-                let argv: Vec<&str> = cmd.iter().map(String::as_str).collect();
-                lab.cp.kubectl_ok(&argv);
-            }
-            drop(w);
+            tear_down(&lab, w);
             eprintln!("net-bench: {} took {:.0?}", s.label(), started.elapsed());
             continue;
         }
-        for &(fi, family) in &families {
-            let dst = &w.dst[fi].clone();
-            for (ci, cc) in ccs(family).iter().enumerate() {
-                let mut row = json!({"topology": topo.label(), "setup": s.label(), "family": family, "cc": cc,
-                    "pod_mtu": w.pod_mtu, "offload": w.offload});
-                for (key, v) in &w.notes {
-                    row[key] = v.clone();
-                }
-                for streams in [1u32, 4] {
-                    let (mut g, mut tx, mut rx) = (Vec::new(), Vec::new(), Vec::new());
-                    for _ in 0..reps {
-                        let (a, b, c) = iperf(&w, dst, secs, streams, cc);
-                        g.push(a);
-                        tx.push(b);
-                        rx.push(c);
-                    }
-                    row[format!("gbps_{streams}")] = json!(g);
-                    row[format!("cpu_tx_{streams}")] = json!(tx);
-                    row[format!("cpu_rx_{streams}")] = json!(rx);
-                }
-                // Latency and the connection rate do not depend on the
-                // congestion control of connections that never have more
-                // than 64 bytes in flight: measured once per family (the
-                // namespace's default), listed in the first row.
-                if ci == 0 {
-                    let (p50, p99): (Vec<f64>, Vec<f64>) = (0..reps).map(|_| ping_pong(&w, dst, rr_secs)).unzip();
-                    row["rr_p50_us"] = json!(p50);
-                    row["rr_p99_us"] = json!(p99);
-                    let conns: Vec<f64> =
-                        (0..reps).map(|_| conn_rate(&w, dst, Duration::from_secs(rr_secs.into()))).collect();
-                    row["conn_per_s"] = json!(conns);
-                }
-                if profiling && ci == 0 && fi == 0 && *topo == Topology::OneSegment && s.profiled() {
-                    // Throughput, and new connections: they cross every rule
-                    // that established packets skip.
-                    let runs: [(&str, Box<TrafficRun>); 2] = [
-                        ("profile", Box::new(|| ("gbps", iperf(&w, dst, secs.max(2), 1, cc).0))),
-                        (
-                            "profile_conn",
-                            Box::new(|| ("conn_per_s", conn_rate(&w, dst, Duration::from_secs(secs.max(2).into())))),
-                        ),
-                    ];
-                    for (key, run) in runs {
-                        match profile(run) {
-                            Ok(p) => row[key] = p,
-                            Err(e) => {
-                                eprintln!("  {key} of {}: {e}", s.label());
-                                profile_error.get_or_insert(e);
-                            }
-                        }
-                    }
-                }
-                eprintln!(
-                    "  {} / {} / {family} / {cc}: {} Gbit/s, {} conn/s",
-                    topo.label(),
-                    s.label(),
-                    row["gbps_1"],
-                    row["conn_per_s"]
-                );
-                rows.push(row);
-            }
-        }
-        for cmd in &w.cleanup {
-            let argv: Vec<&str> = cmd.iter().map(String::as_str).collect();
-            lab.cp.kubectl_ok(&argv);
-        }
-        drop(w);
+        rows.extend(measure(&w, *topo, *s, &families, &effort, &mut profile_error));
+        tear_down(&lab, w);
         eprintln!("net-bench: {} / {} took {:.0?}", topo.label(), s.label(), started.elapsed());
     }
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
@@ -1443,15 +1325,182 @@ fn main() {
         "{}",
         json!({"kernel": release.trim(), "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
             "secs": secs, "rr_secs": rr_secs, "reps": reps, "underlay_mtu": UNDERLAY_MTU, "chosen_offload": chosen_offload,
-            "policies": policies, "profiled": profiling, "profile_error": profile_error,
+            "policies": policies, "profiled": args.profile, "profile_error": profile_error,
             "seconds": run_started.elapsed().as_secs_f64(), "loadavg_end": load.trim(), "failed": failed, "rows": rows,
             "paired": paired_groups})
     );
 }
 
+/// The setups to measure, in order: `--quick`'s shorter list, and only
+/// those whose label contains `only` if given.
+fn plan(quick: bool, policies: usize, only: Option<&str>) -> Vec<(Topology, Setup)> {
+    use Setup::*;
+    // Dropped from the plan as they said nothing new run after run: `weft
+    // vxlan, other offload` (bench/vxlan-offload.sh measures the offload
+    // choice) and bare / weft vxlan on two segments (auto is vxlan there).
+    let plan: Vec<(Topology, Setup)> = if quick {
+        [
+            Bare,
+            HandRoutes,
+            Weft("routes", true),
+            HandVxlan,
+            Weft("vxlan", true),
+            Paired("routes", policies),
+            Paired("vxlan", policies),
+        ]
+        .iter()
+        .map(|s| (Topology::OneSegment, *s))
+        .collect()
+    } else {
+        let one = [
+            Bare,
+            HandRoutes,
+            Weft("routes", true),
+            HandVxlan,
+            Weft("vxlan", true),
+            HandRoutesVxlanMtu,
+            Weft("auto", true),
+            Paired("routes", policies),
+            Paired("vxlan", policies),
+        ];
+        let two = [HandVxlan, Weft("auto", true)];
+        one.iter().map(|s| (Topology::OneSegment, *s)).chain(two.iter().map(|s| (Topology::Routed, *s))).collect()
+    };
+
+    plan.into_iter().filter(|(_, s)| only.is_none_or(|o| s.label().contains(o))).collect()
+}
+
+/// Wires setup `s`; a setup that cannot be wired (or, with policies, is
+/// not enforced) gives the first line of its panic, its namespaces gone as
+/// it unwound.
+fn wire(lab: &Lab, args: &Args, tag: &str, topo: Topology, s: Setup, chosen_offload: bool) -> Result<Wired, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| setup(lab, args, tag, topo, s, chosen_offload))).map_err(
+        |e| {
+            let msg = e
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|m| m.to_string()))
+                .unwrap_or_else(|| "panicked".into());
+            msg.lines().next().unwrap_or("").to_string()
+        },
+    )
+}
+
+/// Deletes what the setup created in the API server, then its namespaces.
+fn tear_down(lab: &Lab, w: Wired) {
+    for cmd in &w.cleanup {
+        let argv: Vec<&str> = cmd.iter().map(String::as_str).collect();
+        lab.cp.kubectl_ok(&argv);
+    }
+    drop(w);
+}
+
+/// How long and how often each setup is measured.
+struct Effort {
+    secs: u32,
+    rr_secs: u32,
+    reps: usize,
+    quick: bool,
+    profile: bool,
+}
+
+impl Effort {
+    /// The congestion controls measured: bbr for IPv4 only, as what it shows
+    /// does not depend on the family and the full run has to fit its time (README).
+    fn ccs(&self, family: &str) -> &'static [&'static str] {
+        if self.quick || family == "IPv6" { &["cubic"] } else { &["cubic", "bbr"] }
+    }
+}
+
+/// The rows of one wired setup: throughput with 1 and 4 streams per
+/// family and congestion control, latency and connection rate, and (when
+/// profiling) perf's view; a failed profile is kept in `profile_error`.
+fn measure(
+    w: &Wired,
+    topo: Topology,
+    s: Setup,
+    families: &[(usize, &str)],
+    e: &Effort,
+    profile_error: &mut Option<String>,
+) -> Vec<Value> {
+    let mut rows = Vec::new();
+    for &(fi, family) in families {
+        let dst = &w.dst[fi].clone();
+        for (ci, cc) in e.ccs(family).iter().enumerate() {
+            let mut row = json!({"topology": topo.label(), "setup": s.label(), "family": family, "cc": cc,
+                "pod_mtu": w.pod_mtu, "offload": w.offload});
+            for (key, v) in &w.notes {
+                row[key] = v.clone();
+            }
+            for streams in [1u32, 4] {
+                let (mut g, mut tx, mut rx) = (Vec::new(), Vec::new(), Vec::new());
+                for _ in 0..e.reps {
+                    let (a, b, c) = iperf(w, dst, e.secs, streams, cc);
+                    g.push(a);
+                    tx.push(b);
+                    rx.push(c);
+                }
+                row[format!("gbps_{streams}")] = json!(g);
+                row[format!("cpu_tx_{streams}")] = json!(tx);
+                row[format!("cpu_rx_{streams}")] = json!(rx);
+            }
+            // Latency and the connection rate do not depend on the
+            // congestion control of connections that never have more
+            // than 64 bytes in flight: measured once per family (the
+            // namespace's default), listed in the first row.
+            if ci == 0 {
+                let (p50, p99): (Vec<f64>, Vec<f64>) = (0..e.reps).map(|_| ping_pong(w, dst, e.rr_secs)).unzip();
+                row["rr_p50_us"] = json!(p50);
+                row["rr_p99_us"] = json!(p99);
+                let conns: Vec<f64> =
+                    (0..e.reps).map(|_| conn_rate(w, dst, Duration::from_secs(e.rr_secs.into()))).collect();
+                row["conn_per_s"] = json!(conns);
+            }
+            if e.profile && ci == 0 && fi == 0 && topo == Topology::OneSegment && s.profiled() {
+                // Throughput, and new connections: they cross every rule
+                // that established packets skip.
+                let runs: [(&str, Box<TrafficRun>); 2] = [
+                    ("profile", Box::new(|| ("gbps", iperf(w, dst, e.secs.max(2), 1, cc).0))),
+                    (
+                        "profile_conn",
+                        Box::new(|| ("conn_per_s", conn_rate(w, dst, Duration::from_secs(e.secs.max(2).into())))),
+                    ),
+                ];
+                for (key, run) in runs {
+                    match profile(run) {
+                        Ok(p) => row[key] = p,
+                        Err(e) => {
+                            eprintln!("  {key} of {}: {e}", s.label());
+                            profile_error.get_or_insert(e);
+                        }
+                    }
+                }
+            }
+            eprintln!(
+                "  {} / {} / {family} / {cc}: {} Gbit/s, {} conn/s",
+                topo.label(),
+                s.label(),
+                row["gbps_1"],
+                row["conn_per_s"]
+            );
+            rows.push(row);
+        }
+    }
+    rows
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plan_is_shorter_when_quick_and_filtered_by_label() {
+        assert_eq!(plan(true, 20, None).len(), 7);
+        assert_eq!(plan(false, 1000, None).len(), 11);
+        let paired = plan(false, 1000, Some("paired"));
+        assert_eq!(paired.len(), 2);
+        assert!(paired.iter().all(|(_, s)| matches!(s, Setup::Paired(_, 1000))));
+    }
 
     #[test]
     fn bench_run_command_line_parses() {
