@@ -18,14 +18,14 @@
 //!   agent-bench --agent WEFT_AGENT --k8s-bin DIR [--nodes N] [--adds K]
 //!               [--backend vxlan|routes] [--idle-seconds S] [--profile] [--json]
 
-mod agent_common;
-
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use clap::Parser;
+use clap::builder::RangedU64ValueParser;
 use futures::{StreamExt, TryStreamExt};
 use ipnetwork::IpNetwork;
 use k8s_openapi::api::core::v1::Node;
@@ -40,8 +40,9 @@ use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteProtocol};
 use serde_json::{Value, json};
 
-use crate::agent_common::{pass_seconds, proc_stats};
+use weft_bench::agent_process::{AgentConfig, pass_seconds, proc_stats};
 use weft_bench::api::client;
+use weft_bench::cli::seconds;
 use weft_bench::perf;
 use weft_bench::stats::percentile;
 
@@ -54,54 +55,34 @@ fn program_timeout(nodes: usize) -> Duration {
     Duration::from_secs(120) + Duration::from_millis(20 * nodes.saturating_sub(6000) as u64)
 }
 
+/// agent-bench's command line.
+#[derive(Parser)]
+#[command(name = "agent-bench", about = "Measures one weft-agent against a real API server holding many Nodes")]
 struct Args {
+    /// The weft-agent binary to measure.
+    #[arg(long, value_name = "WEFT_AGENT")]
     agent: PathBuf,
+    /// The directory holding etcd and kube-apiserver.
+    #[arg(long, value_name = "DIR")]
     k8s_bin: PathBuf,
+    /// Nodes in the API server at the agent's start (a /24 each out of 10.0.0.0/8).
+    #[arg(long, value_name = "N", default_value_t = 5000, value_parser = RangedU64ValueParser::<usize>::new().range(1..=60_000))]
     nodes: usize,
+    /// Single-Node changes measured after the cold start.
+    #[arg(long, value_name = "K", default_value_t = 100)]
     adds: usize,
+    /// The agent's backend.
+    #[arg(long, default_value = "vxlan", value_parser = ["vxlan", "routes"])]
     backend: String,
+    /// Idle time measured after the changes, in seconds.
+    #[arg(long = "idle-seconds", value_name = "S", default_value = "60", value_parser = seconds)]
     idle: Duration,
+    /// Also record a CPU profile of the cold start with perf.
+    #[arg(long)]
     profile: bool,
+    /// Print the results as JSON rather than text.
+    #[arg(long)]
     json: bool,
-}
-
-fn parse_args() -> Result<Args, String> {
-    let mut a = Args {
-        agent: PathBuf::new(),
-        k8s_bin: PathBuf::new(),
-        nodes: 5000,
-        adds: 100,
-        backend: "vxlan".into(),
-        idle: Duration::from_secs(60),
-        profile: false,
-        json: false,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
-        let number = |v: String| v.parse::<usize>().map_err(|e| format!("{flag} {v:?}: {e}"));
-        match flag.as_str() {
-            "--agent" => a.agent = value()?.into(),
-            "--k8s-bin" => a.k8s_bin = value()?.into(),
-            "--nodes" => a.nodes = number(value()?)?,
-            "--adds" => a.adds = number(value()?)?,
-            "--backend" => a.backend = value()?,
-            "--idle-seconds" => a.idle = Duration::from_secs(number(value()?)? as u64),
-            "--profile" => a.profile = true,
-            "--json" => a.json = true,
-            _ => return Err(format!("unknown flag {flag}")),
-        }
-    }
-    if a.agent.as_os_str().is_empty() || a.k8s_bin.as_os_str().is_empty() {
-        return Err("--agent and --k8s-bin are required".into());
-    }
-    if !(1..=60_000).contains(&a.nodes) {
-        return Err("--nodes must be 1..=60000 (a /24 each out of 10.0.0.0/8)".into());
-    }
-    if a.backend != "vxlan" && a.backend != "routes" {
-        return Err("--backend must be vxlan or routes".into());
-    }
-    Ok(a)
 }
 
 /// Peer `i` (1-based): its pod CIDRs, underlay addresses and VTEP MAC.
@@ -263,13 +244,7 @@ fn kernel_floor(peers: &[Peer], backend: &str, dir: &Path) -> Duration {
 }
 
 fn main() {
-    let args = parse_args().unwrap_or_else(|e| {
-        eprintln!("agent-bench: {e}");
-        eprintln!(
-            "usage: agent-bench --agent WEFT_AGENT --k8s-bin DIR [--nodes N] [--adds K] [--backend vxlan|routes] [--idle-seconds S] [--json]"
-        );
-        std::process::exit(2);
-    });
+    let args = Args::parse();
     if !nix::unistd::geteuid().is_root() {
         eprintln!("agent-bench: needs root (network namespaces)");
         std::process::exit(2);
@@ -342,33 +317,13 @@ async fn run(
     .expect("create Nodes");
     let create_seconds = started.elapsed().as_secs_f64();
 
-    let config = json!({
-        "clusterCIDRs": ["10.0.0.0/8", "fd00:10::/48"],
-        "backend": args.backend,
-        "listenAddress": "127.0.0.1:9959",
-        "runDir": dir.join("run"),
-        "cniConfDir": dir.join("net.d"),
-        "cniBinDir": dir.join("bin"),
-        "criSocket": dir.join("no-cri.sock"),
-        "ipamGcPeriodSeconds": 86400,
-    });
-    let config_path = dir.join("agent.json");
-    std::fs::write(&config_path, config.to_string()).expect("agent config");
     let nl = Netlink::from_socket(node_netns.route_socket().expect("socket")).expect("netlink");
     let events = route_listener(node_netns);
-    let kubeconfig = cp.kubeconfig().display().to_string();
-    // Quiet unless asked: logging thousands of lines would cost the agent time.
-    let log_level = std::env::var("WEFT_LOG").unwrap_or_else(|_| "warn".into());
 
     eprintln!("starting weft-agent ({} backend)", args.backend);
+    let config = AgentConfig::new(dir, ["10.0.0.0/8", "fd00:10::/48"], &args.backend);
     let agent_start = Instant::now();
-    let agent = Proc::spawn(
-        "weft-agent",
-        node,
-        &[&args.agent.display().to_string(), "run", "--node-name", OWN, "--config", &config_path.display().to_string()],
-        &[("KUBECONFIG", kubeconfig.as_str()), ("WEFT_LOG", log_level.as_str())],
-        dir,
-    );
+    let agent = config.spawn("weft-agent", &args.agent, OWN, node, cp, dir);
     let pid = agent.pid().expect("agent pid");
     let recording = args.profile.then(|| perf::record_process(pid, &dir.join("cold.perf")));
     let want = initial.len() * 2;
@@ -564,5 +519,36 @@ fn print_report(args: &Args, floor: Duration, r: &Report) {
     println!("{:<46} {:>10}  target", "metric", "value");
     for (m, x, t) in rows {
         println!("{m:<46} {x:>10.1}  {t}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn bench_run_command_line_parses() {
+        Args::command().debug_assert();
+        let a = Args::try_parse_from([
+            "agent-bench",
+            "--agent",
+            "a",
+            "--k8s-bin",
+            "k",
+            "--nodes",
+            "50",
+            "--adds",
+            "3",
+            "--idle-seconds",
+            "1",
+            "--profile",
+            "--json",
+        ])
+        .unwrap();
+        assert_eq!((a.nodes, a.adds, a.idle, a.profile, a.json), (50, 3, Duration::from_secs(1), true, true));
+        assert_eq!(a.backend, "vxlan");
+        assert!(Args::try_parse_from(["agent-bench", "--agent", "a", "--k8s-bin", "k", "--nodes", "60001"]).is_err());
+        assert!(Args::try_parse_from(["agent-bench", "--agent", "a", "--k8s-bin", "k", "--backend", "ipip"]).is_err());
     }
 }

@@ -49,6 +49,8 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use clap::Parser;
+use clap::builder::RangedU64ValueParser;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -58,7 +60,9 @@ use libweft::netns::NetNs;
 use libweft::testutil::TestNs;
 use libweft::testutil::control_plane::{ControlPlane, Proc, eventually};
 use serde_json::{Value, json};
+use weft_bench::agent_process::{AgentConfig, METRICS_ADDRESS};
 use weft_bench::api::{client, create_namespace, create_running_pod, set_running};
+use weft_bench::cli::seconds;
 use weft_bench::perf;
 
 const CP_IP: &str = "198.51.100.2";
@@ -128,72 +132,46 @@ impl Setup {
     }
 }
 
+/// net-bench's command line.
+#[derive(Parser)]
+#[command(name = "net-bench", about = "Measures pod-to-pod traffic through weft against hand-built references")]
 struct Args {
+    /// The weft CNI plugin binary.
+    #[arg(long, value_name = "WEFT")]
     weft: PathBuf,
+    /// The weft-agent binary.
+    #[arg(long, value_name = "WEFT_AGENT")]
     agent: PathBuf,
+    /// The directory holding etcd and kube-apiserver.
+    #[arg(long, value_name = "DIR")]
     k8s_bin: PathBuf,
+    /// Duration of each bulk transfer, in seconds.
+    #[arg(long, value_name = "S", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
     secs: u32,
     /// Duration of each request/response and connection-rate run.
+    #[arg(long, value_name = "S", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     rr_secs: u32,
+    /// Repetitions of each measurement.
+    #[arg(long, value_name = "R", default_value_t = 2, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
     reps: usize,
     /// NetworkPolicies of `weft routes, N policies`; 0: the mode's default.
+    #[arg(long, value_name = "N", default_value_t = 0)]
     policies: usize,
+    /// Record CPU profiles with perf.
+    #[arg(long)]
     profile: bool,
     /// Only the setups whose label contains this (trying one out).
+    #[arg(long, value_name = "SETUP")]
     only: Option<String>,
-    /// Time for each paired group's rounds (`net_paired::Plan::budget`).
+    /// Time for each paired group's rounds (`net_paired::Plan::budget`), in seconds.
+    #[arg(long, value_name = "S", default_value = "0", value_parser = seconds)]
     pair_budget: Duration,
-    /// Only this family (`IPv4` or `IPv6`; trying one out).
+    /// Only this family (trying one out).
+    #[arg(long, value_parser = ["IPv4", "IPv6"])]
     family: Option<String>,
+    /// A short run of every setup (bench/run --quick).
+    #[arg(long)]
     quick: bool,
-}
-
-fn parse_args() -> Result<Args, String> {
-    let mut a = Args {
-        weft: PathBuf::new(),
-        agent: PathBuf::new(),
-        k8s_bin: PathBuf::new(),
-        secs: 2,
-        rr_secs: 1,
-        reps: 2,
-        policies: 0,
-        profile: false,
-        only: None,
-        pair_budget: Duration::ZERO,
-        family: None,
-        quick: false,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--weft" => a.weft = value()?.into(),
-            "--agent" => a.agent = value()?.into(),
-            "--k8s-bin" => a.k8s_bin = value()?.into(),
-            "--secs" => a.secs = value()?.parse().map_err(|e| format!("--secs: {e}"))?,
-            "--rr-secs" => a.rr_secs = value()?.parse().map_err(|e| format!("--rr-secs: {e}"))?,
-            "--reps" => a.reps = value()?.parse().map_err(|e| format!("--reps: {e}"))?,
-            "--policies" => a.policies = value()?.parse().map_err(|e| format!("--policies: {e}"))?,
-            "--profile" => a.profile = true,
-            "--only" => a.only = Some(value()?),
-            "--pair-budget" => {
-                a.pair_budget = Duration::from_secs(value()?.parse().map_err(|e| format!("--pair-budget: {e}"))?)
-            }
-            "--family" => match value()?.as_str() {
-                f @ ("IPv4" | "IPv6") => a.family = Some(f.to_string()),
-                f => return Err(format!("--family: {f} is neither IPv4 nor IPv6")),
-            },
-            "--quick" => a.quick = true,
-            _ => return Err(format!("unknown flag {flag}")),
-        }
-    }
-    if [&a.weft, &a.agent, &a.k8s_bin].iter().any(|p| p.as_os_str().is_empty()) {
-        return Err("--weft, --agent and --k8s-bin are required".into());
-    }
-    if a.secs == 0 || a.rr_secs == 0 || a.reps == 0 {
-        return Err("--secs, --rr-secs and --reps must be at least 1".into());
-    }
-    Ok(a)
 }
 
 /// The lab: both underlay segments and the router between them, and the
@@ -545,36 +523,18 @@ fn setup(lab: &Lab, args: &Args, tag: &str, topo: Topology, s: Setup, chosen_off
                 lab.cp.create_node(&name, &[&n.pod_v4, &n.pod_v6], &[&n.v4, &n.v6]);
                 names.push(name.clone());
                 let dir = tempfile::tempdir().expect("tempdir");
-                let mut cfg = json!({
-                    "clusterCIDRs": ["10.244.0.0/16", "fd00:10:244::/56"],
-                    "backend": backend,
-                    "listenAddress": "127.0.0.1:9959",
-                    "healthAddress": "127.0.0.1:9959",
-                    "runDir": dir.path().join("run"),
-                    "cniConfDir": dir.path().join("net.d"),
-                    "cniBinDir": dir.path().join("bin"),
-                    "criSocket": dir.path().join("no-cri.sock"),
-                    "ipamGcPeriodSeconds": 86400,
-                    "networkPolicy": {"enabled": true},
-                });
+                let mut config = AgentConfig::new(dir.path(), ["10.244.0.0/16", "fd00:10:244::/56"], backend)
+                    .with("healthAddress", json!(METRICS_ADDRESS))
+                    .with_network_policy();
                 if !agents_choice {
-                    cfg["vxlan"] = json!({"txChecksumOffload": !chosen_offload});
+                    config = config.with("vxlan", json!({"txChecksumOffload": !chosen_offload}));
                 }
-                let cfg_path = dir.path().join("config.json");
-                std::fs::write(&cfg_path, cfg.to_string()).expect("agent config");
-                let kubeconfig = lab.cp.kubeconfig().display().to_string();
-                agents.push(Proc::spawn(
+                agents.push(config.spawn(
                     &format!("weft-agent-{}", n.n),
+                    &args.agent,
+                    &name,
                     &n.ns,
-                    &[
-                        &args.agent.display().to_string(),
-                        "run",
-                        "--node-name",
-                        &name,
-                        "--config",
-                        &cfg_path.display().to_string(),
-                    ],
-                    &[("KUBECONFIG", kubeconfig.as_str()), ("WEFT_LOG", "warn")],
+                    &lab.cp,
                     dir.path(),
                 ));
                 dirs.push(dir);
@@ -1272,25 +1232,17 @@ fn profile(run: impl FnOnce() -> (&'static str, f64)) -> Result<Value, String> {
 }
 
 fn main() {
-    let args = parse_args().unwrap_or_else(|e| {
-        eprintln!("net-bench: {e}");
-        eprintln!(
-            "usage: net-bench --weft WEFT --agent WEFT_AGENT --k8s-bin DIR [--secs S] [--rr-secs S] [--reps R] [--policies N] [--profile] [--only SETUP] [--family IPv4|IPv6] [--pair-budget S] [--quick]"
-        );
-        std::process::exit(2);
-    });
+    let args = Args::parse();
     if !nix::unistd::geteuid().is_root() {
         eprintln!("net-bench: needs root (network namespaces)");
         std::process::exit(2);
     }
     let (secs, rr_secs, reps) = if args.quick { (1, 1, 1) } else { (args.secs, args.rr_secs, args.reps) };
+    let effort = Effort { secs, rr_secs, reps, quick: args.quick, profile: args.profile };
     let families: Vec<(usize, &str)> = if args.quick { vec![(0, "IPv4")] } else { vec![(0, "IPv4"), (1, "IPv6")] }
         .into_iter()
         .filter(|(_, f)| args.family.as_ref().is_none_or(|only| only == f))
         .collect();
-    // bbr for IPv4 only: what it shows does not depend on the family, and
-    // the full run has to fit its time (README).
-    let ccs = |family: &str| -> &[&str] { if args.quick || family == "IPv6" { &["cubic"] } else { &["cubic", "bbr"] } };
     let policies = match args.policies {
         0 if args.quick => 20,
         0 => 1000,
@@ -1298,7 +1250,6 @@ fn main() {
     };
     // The paired groups profile weft and every variant in full mode; the
     // setups apart only when asked.
-    let profiling = args.profile;
     let pair_plan = |family: &str| net_paired::Plan {
         bytes: if args.quick { 400_000_000 } else { 2_000_000_000 },
         cc: "cubic",
@@ -1312,41 +1263,7 @@ fn main() {
         target: 0.03,
         profile: family == "IPv4" && (!args.quick || args.profile),
     };
-    use Setup::*;
-    // Dropped from the plan as they said nothing new run after run: `weft
-    // vxlan, other offload` (bench/vxlan-offload.sh measures the offload
-    // choice) and bare / weft vxlan on two segments (auto is vxlan there).
-    let plan: Vec<(Topology, Setup)> = if args.quick {
-        [
-            Bare,
-            HandRoutes,
-            Weft("routes", true),
-            HandVxlan,
-            Weft("vxlan", true),
-            Paired("routes", policies),
-            Paired("vxlan", policies),
-        ]
-        .iter()
-        .map(|s| (Topology::OneSegment, *s))
-        .collect()
-    } else {
-        let one = [
-            Bare,
-            HandRoutes,
-            Weft("routes", true),
-            HandVxlan,
-            Weft("vxlan", true),
-            HandRoutesVxlanMtu,
-            Weft("auto", true),
-            Paired("routes", policies),
-            Paired("vxlan", policies),
-        ];
-        let two = [HandVxlan, Weft("auto", true)];
-        one.iter().map(|s| (Topology::OneSegment, *s)).chain(two.iter().map(|s| (Topology::Routed, *s))).collect()
-    };
-
-    let plan: Vec<(Topology, Setup)> =
-        plan.into_iter().filter(|(_, s)| args.only.as_ref().is_none_or(|o| s.label().contains(o.as_str()))).collect();
+    let plan = plan(args.quick, policies, args.only.as_deref());
     eprintln!("net-bench: lab and control plane");
     let lab = Lab::new(&args.k8s_bin);
     // The agent's offload choice is the kernel's default (observe::kernel::offload_default):
@@ -1362,21 +1279,9 @@ fn main() {
     let mut paired_groups: Vec<Value> = Vec::new();
     for (k, (topo, s)) in plan.iter().enumerate() {
         let started = Instant::now();
-        let tag = format!("s{k}");
-        // A setup that cannot be wired (or, with policies, is not enforced)
-        // is reported and skipped; its namespaces go as it unwinds.
-        let wired = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            setup(&lab, &args, &tag, *topo, *s, chosen_offload)
-        }));
-        let mut w = match wired {
+        let mut w = match wire(&lab, &args, &format!("s{k}"), *topo, *s, chosen_offload) {
             Ok(w) => w,
-            Err(e) => {
-                let msg = e
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| e.downcast_ref::<&str>().map(|m| m.to_string()))
-                    .unwrap_or_else(|| "panicked".into());
-                let first = msg.lines().next().unwrap_or("").to_string();
+            Err(first) => {
                 eprintln!("net-bench: {} / {} failed, skipped: {first}", topo.label(), s.label());
                 failed.push(json!({"topology": topo.label(), "setup": s.label(), "error": first}));
                 continue;
@@ -1407,81 +1312,12 @@ fn main() {
                     failed.push(json!({"topology": topo.label(), "setup": s.label(), "error": e}));
                 }
             }
-            for cmd in &w.cleanup {
-                let argv: Vec<&str> = cmd.iter().map(String::as_str).collect();
-                lab.cp.kubectl_ok(&argv);
-            }
-            drop(w);
+            tear_down(&lab, w);
             eprintln!("net-bench: {} took {:.0?}", s.label(), started.elapsed());
             continue;
         }
-        for &(fi, family) in &families {
-            let dst = &w.dst[fi].clone();
-            for (ci, cc) in ccs(family).iter().enumerate() {
-                let mut row = json!({"topology": topo.label(), "setup": s.label(), "family": family, "cc": cc,
-                    "pod_mtu": w.pod_mtu, "offload": w.offload});
-                for (key, v) in &w.notes {
-                    row[key] = v.clone();
-                }
-                for streams in [1u32, 4] {
-                    let (mut g, mut tx, mut rx) = (Vec::new(), Vec::new(), Vec::new());
-                    for _ in 0..reps {
-                        let (a, b, c) = iperf(&w, dst, secs, streams, cc);
-                        g.push(a);
-                        tx.push(b);
-                        rx.push(c);
-                    }
-                    row[format!("gbps_{streams}")] = json!(g);
-                    row[format!("cpu_tx_{streams}")] = json!(tx);
-                    row[format!("cpu_rx_{streams}")] = json!(rx);
-                }
-                // Latency and the connection rate do not depend on the
-                // congestion control of connections that never have more
-                // than 64 bytes in flight: measured once per family (the
-                // namespace's default), listed in the first row.
-                if ci == 0 {
-                    let (p50, p99): (Vec<f64>, Vec<f64>) = (0..reps).map(|_| ping_pong(&w, dst, rr_secs)).unzip();
-                    row["rr_p50_us"] = json!(p50);
-                    row["rr_p99_us"] = json!(p99);
-                    let conns: Vec<f64> =
-                        (0..reps).map(|_| conn_rate(&w, dst, Duration::from_secs(rr_secs.into()))).collect();
-                    row["conn_per_s"] = json!(conns);
-                }
-                if profiling && ci == 0 && fi == 0 && *topo == Topology::OneSegment && s.profiled() {
-                    // Throughput, and new connections: they cross every rule
-                    // that established packets skip.
-                    let runs: [(&str, Box<TrafficRun>); 2] = [
-                        ("profile", Box::new(|| ("gbps", iperf(&w, dst, secs.max(2), 1, cc).0))),
-                        (
-                            "profile_conn",
-                            Box::new(|| ("conn_per_s", conn_rate(&w, dst, Duration::from_secs(secs.max(2).into())))),
-                        ),
-                    ];
-                    for (key, run) in runs {
-                        match profile(run) {
-                            Ok(p) => row[key] = p,
-                            Err(e) => {
-                                eprintln!("  {key} of {}: {e}", s.label());
-                                profile_error.get_or_insert(e);
-                            }
-                        }
-                    }
-                }
-                eprintln!(
-                    "  {} / {} / {family} / {cc}: {} Gbit/s, {} conn/s",
-                    topo.label(),
-                    s.label(),
-                    row["gbps_1"],
-                    row["conn_per_s"]
-                );
-                rows.push(row);
-            }
-        }
-        for cmd in &w.cleanup {
-            let argv: Vec<&str> = cmd.iter().map(String::as_str).collect();
-            lab.cp.kubectl_ok(&argv);
-        }
-        drop(w);
+        rows.extend(measure(&w, *topo, *s, &families, &effort, &mut profile_error));
+        tear_down(&lab, w);
         eprintln!("net-bench: {} / {} took {:.0?}", topo.label(), s.label(), started.elapsed());
     }
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
@@ -1489,15 +1325,211 @@ fn main() {
         "{}",
         json!({"kernel": release.trim(), "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
             "secs": secs, "rr_secs": rr_secs, "reps": reps, "underlay_mtu": UNDERLAY_MTU, "chosen_offload": chosen_offload,
-            "policies": policies, "profiled": profiling, "profile_error": profile_error,
+            "policies": policies, "profiled": args.profile, "profile_error": profile_error,
             "seconds": run_started.elapsed().as_secs_f64(), "loadavg_end": load.trim(), "failed": failed, "rows": rows,
             "paired": paired_groups})
     );
 }
 
+/// The setups to measure, in order: `--quick`'s shorter list, and only
+/// those whose label contains `only` if given.
+fn plan(quick: bool, policies: usize, only: Option<&str>) -> Vec<(Topology, Setup)> {
+    use Setup::*;
+    // Dropped from the plan as they said nothing new run after run: `weft
+    // vxlan, other offload` (bench/vxlan-offload.sh measures the offload
+    // choice) and bare / weft vxlan on two segments (auto is vxlan there).
+    let plan: Vec<(Topology, Setup)> = if quick {
+        [
+            Bare,
+            HandRoutes,
+            Weft("routes", true),
+            HandVxlan,
+            Weft("vxlan", true),
+            Paired("routes", policies),
+            Paired("vxlan", policies),
+        ]
+        .iter()
+        .map(|s| (Topology::OneSegment, *s))
+        .collect()
+    } else {
+        let one = [
+            Bare,
+            HandRoutes,
+            Weft("routes", true),
+            HandVxlan,
+            Weft("vxlan", true),
+            HandRoutesVxlanMtu,
+            Weft("auto", true),
+            Paired("routes", policies),
+            Paired("vxlan", policies),
+        ];
+        let two = [HandVxlan, Weft("auto", true)];
+        one.iter().map(|s| (Topology::OneSegment, *s)).chain(two.iter().map(|s| (Topology::Routed, *s))).collect()
+    };
+
+    plan.into_iter().filter(|(_, s)| only.is_none_or(|o| s.label().contains(o))).collect()
+}
+
+/// Wires setup `s`; a setup that cannot be wired (or, with policies, is
+/// not enforced) gives the first line of its panic, its namespaces gone as
+/// it unwound.
+fn wire(lab: &Lab, args: &Args, tag: &str, topo: Topology, s: Setup, chosen_offload: bool) -> Result<Wired, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| setup(lab, args, tag, topo, s, chosen_offload))).map_err(
+        |e| {
+            let msg = e
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|m| m.to_string()))
+                .unwrap_or_else(|| "panicked".into());
+            msg.lines().next().unwrap_or("").to_string()
+        },
+    )
+}
+
+/// Deletes what the setup created in the API server, then its namespaces.
+fn tear_down(lab: &Lab, w: Wired) {
+    for cmd in &w.cleanup {
+        let argv: Vec<&str> = cmd.iter().map(String::as_str).collect();
+        lab.cp.kubectl_ok(&argv);
+    }
+    drop(w);
+}
+
+/// How long and how often each setup is measured.
+struct Effort {
+    secs: u32,
+    rr_secs: u32,
+    reps: usize,
+    quick: bool,
+    profile: bool,
+}
+
+impl Effort {
+    /// The congestion controls measured: bbr for IPv4 only, as what it shows
+    /// does not depend on the family and the full run has to fit its time (README).
+    fn ccs(&self, family: &str) -> &'static [&'static str] {
+        if self.quick || family == "IPv6" { &["cubic"] } else { &["cubic", "bbr"] }
+    }
+}
+
+/// The rows of one wired setup: throughput with 1 and 4 streams per
+/// family and congestion control, latency and connection rate, and (when
+/// profiling) perf's view; a failed profile is kept in `profile_error`.
+fn measure(
+    w: &Wired,
+    topo: Topology,
+    s: Setup,
+    families: &[(usize, &str)],
+    e: &Effort,
+    profile_error: &mut Option<String>,
+) -> Vec<Value> {
+    let mut rows = Vec::new();
+    for &(fi, family) in families {
+        let dst = &w.dst[fi].clone();
+        for (ci, cc) in e.ccs(family).iter().enumerate() {
+            let mut row = json!({"topology": topo.label(), "setup": s.label(), "family": family, "cc": cc,
+                "pod_mtu": w.pod_mtu, "offload": w.offload});
+            for (key, v) in &w.notes {
+                row[key] = v.clone();
+            }
+            for streams in [1u32, 4] {
+                let (mut g, mut tx, mut rx) = (Vec::new(), Vec::new(), Vec::new());
+                for _ in 0..e.reps {
+                    let (a, b, c) = iperf(w, dst, e.secs, streams, cc);
+                    g.push(a);
+                    tx.push(b);
+                    rx.push(c);
+                }
+                row[format!("gbps_{streams}")] = json!(g);
+                row[format!("cpu_tx_{streams}")] = json!(tx);
+                row[format!("cpu_rx_{streams}")] = json!(rx);
+            }
+            // Latency and the connection rate do not depend on the
+            // congestion control of connections that never have more
+            // than 64 bytes in flight: measured once per family (the
+            // namespace's default), listed in the first row.
+            if ci == 0 {
+                let (p50, p99): (Vec<f64>, Vec<f64>) = (0..e.reps).map(|_| ping_pong(w, dst, e.rr_secs)).unzip();
+                row["rr_p50_us"] = json!(p50);
+                row["rr_p99_us"] = json!(p99);
+                let conns: Vec<f64> =
+                    (0..e.reps).map(|_| conn_rate(w, dst, Duration::from_secs(e.rr_secs.into()))).collect();
+                row["conn_per_s"] = json!(conns);
+            }
+            if e.profile && ci == 0 && fi == 0 && topo == Topology::OneSegment && s.profiled() {
+                // Throughput, and new connections: they cross every rule
+                // that established packets skip.
+                let runs: [(&str, Box<TrafficRun>); 2] = [
+                    ("profile", Box::new(|| ("gbps", iperf(w, dst, e.secs.max(2), 1, cc).0))),
+                    (
+                        "profile_conn",
+                        Box::new(|| ("conn_per_s", conn_rate(w, dst, Duration::from_secs(e.secs.max(2).into())))),
+                    ),
+                ];
+                for (key, run) in runs {
+                    match profile(run) {
+                        Ok(p) => row[key] = p,
+                        Err(e) => {
+                            eprintln!("  {key} of {}: {e}", s.label());
+                            profile_error.get_or_insert(e);
+                        }
+                    }
+                }
+            }
+            eprintln!(
+                "  {} / {} / {family} / {cc}: {} Gbit/s, {} conn/s",
+                topo.label(),
+                s.label(),
+                row["gbps_1"],
+                row["conn_per_s"]
+            );
+            rows.push(row);
+        }
+    }
+    rows
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plan_is_shorter_when_quick_and_filtered_by_label() {
+        assert_eq!(plan(true, 20, None).len(), 7);
+        assert_eq!(plan(false, 1000, None).len(), 11);
+        let paired = plan(false, 1000, Some("paired"));
+        assert_eq!(paired.len(), 2);
+        assert!(paired.iter().all(|(_, s)| matches!(s, Setup::Paired(_, 1000))));
+    }
+
+    #[test]
+    fn bench_run_command_line_parses() {
+        use clap::CommandFactory;
+        Args::command().debug_assert();
+        let a =
+            Args::try_parse_from(["net-bench", "--weft", "w", "--agent", "a", "--k8s-bin", "k", "--quick"]).unwrap();
+        assert!(a.quick);
+        assert_eq!((a.secs, a.rr_secs, a.reps, a.pair_budget, a.family), (2, 1, 2, Duration::ZERO, None));
+        let a = Args::try_parse_from([
+            "net-bench",
+            "--weft",
+            "w",
+            "--agent",
+            "a",
+            "--k8s-bin",
+            "k",
+            "--family",
+            "IPv6",
+            "--pair-budget",
+            "90",
+        ])
+        .unwrap();
+        assert_eq!((a.family.as_deref(), a.pair_budget), (Some("IPv6"), Duration::from_secs(90)));
+        assert!(
+            Args::try_parse_from(["net-bench", "--weft", "w", "--agent", "a", "--k8s-bin", "k", "--reps", "0"])
+                .is_err()
+        );
+    }
 
     #[test]
     fn symbols_fall_into_their_classes() {

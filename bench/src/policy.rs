@@ -39,7 +39,6 @@
 //!                [--namespaces N] [--samples K] [--idle-seconds S]
 //!                [--hostile-pods N] [--hostile-policy] [--json]
 
-mod agent_common;
 mod nft_events;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -48,6 +47,9 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use clap::builder::RangedU64ValueParser;
+use clap::error::ErrorKind;
+use clap::{CommandFactory, Parser};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -58,10 +60,11 @@ use libweft::testutil::TestNs;
 use libweft::testutil::control_plane::{ControlPlane, Proc};
 use serde_json::{Value, json};
 
+use weft_bench::agent_process::{AgentConfig, METRICS_ADDRESS, pass_seconds, proc_stats};
 use weft_bench::api::{client, create_namespace, create_running_pod};
 
-use crate::agent_common::{pass_seconds, proc_stats};
 use crate::nft_events::{Change, Transaction};
+use weft_bench::cli::seconds;
 use weft_bench::stats::percentile;
 
 const NODE_IP: &str = "198.18.0.1";
@@ -78,63 +81,53 @@ const PARALLEL: usize = 32;
 const ROLES: [&str; 5] = ["frontend", "backend", "db", "cache", "worker"];
 const ENVS: [&str; 3] = ["prod", "staging", "dev"];
 
+/// policy-bench's command line.
+#[derive(Parser)]
+#[command(name = "policy-bench", about = "Measures weft-agent's NetworkPolicy enforcement against a real API server")]
 struct Args {
+    /// The weft-agent binary to measure.
+    #[arg(long, value_name = "WEFT_AGENT")]
     agent: PathBuf,
+    /// The directory holding etcd and kube-apiserver.
+    #[arg(long, value_name = "DIR")]
     k8s_bin: PathBuf,
+    /// Pods in the API server (at least --namespaces, at most 1000000).
+    #[arg(long, value_name = "P", default_value_t = 10_000)]
     pods: usize,
+    /// NetworkPolicies in the API server.
+    #[arg(long, value_name = "Q", default_value_t = 1_000)]
     policies: usize,
+    /// Namespaces the pods and policies spread over.
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = RangedU64ValueParser::<usize>::new().range(1..=1000))]
     namespaces: usize,
+    /// Single changes measured per kind (each adds pods to the agent's /24).
+    #[arg(long, value_name = "K", default_value_t = 50, value_parser = RangedU64ValueParser::<usize>::new().range(1..=100))]
     samples: usize,
+    /// Idle time measured after the changes, in seconds.
+    #[arg(long = "idle-seconds", value_name = "S", default_value = "30", value_parser = seconds)]
     idle: Duration,
+    /// Print the results as JSON rather than text.
+    #[arg(long)]
     json: bool,
+    /// Pods no node can take, each with ~1.5 MB of labels.
+    #[arg(long, value_name = "N", default_value_t = 0)]
     hostile_pods: usize,
+    /// One NetworkPolicy with 2,000 selectors × 200 named ports.
+    #[arg(long)]
     hostile_policy: bool,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut a = Args {
-        agent: PathBuf::new(),
-        k8s_bin: PathBuf::new(),
-        pods: 10_000,
-        policies: 1_000,
-        namespaces: 100,
-        samples: 50,
-        idle: Duration::from_secs(30),
-        json: false,
-        hostile_pods: 0,
-        hostile_policy: false,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
-        let number = |v: String| v.parse::<usize>().map_err(|e| format!("{flag} {v:?}: {e}"));
-        match flag.as_str() {
-            "--agent" => a.agent = value()?.into(),
-            "--k8s-bin" => a.k8s_bin = value()?.into(),
-            "--pods" => a.pods = number(value()?)?,
-            "--policies" => a.policies = number(value()?)?,
-            "--namespaces" => a.namespaces = number(value()?)?,
-            "--samples" => a.samples = number(value()?)?,
-            "--idle-seconds" => a.idle = Duration::from_secs(number(value()?)? as u64),
-            "--json" => a.json = true,
-            "--hostile-pods" => a.hostile_pods = number(value()?)?,
-            "--hostile-policy" => a.hostile_policy = true,
-            _ => return Err(format!("unknown flag {flag}")),
+impl Args {
+    /// Parses the command line; exits with a usage error on bad input.
+    fn parse_checked() -> Args {
+        let a = Args::parse();
+        if !(a.namespaces..=1_000_000).contains(&a.pods) {
+            Args::command()
+                .error(ErrorKind::ValueValidation, "--pods must be at least --namespaces and at most 1000000")
+                .exit();
         }
+        a
     }
-    if a.agent.as_os_str().is_empty() || a.k8s_bin.as_os_str().is_empty() {
-        return Err("--agent and --k8s-bin are required".into());
-    }
-    if !(1..=1000).contains(&a.namespaces) {
-        return Err("--namespaces must be 1..=1000".into());
-    }
-    if !(a.namespaces..=1_000_000).contains(&a.pods) {
-        return Err("--pods must be at least --namespaces and at most 1000000".into());
-    }
-    if !(1..=100).contains(&a.samples) {
-        return Err("--samples must be 1..=100 (each adds pods to the agent's /24)".into());
-    }
-    Ok(a)
 }
 
 // ---------------------------------------------------------------- the model
@@ -617,13 +610,7 @@ struct Report {
 }
 
 fn main() {
-    let args = parse_args().unwrap_or_else(|e| {
-        eprintln!("policy-bench: {e}");
-        eprintln!(
-            "usage: policy-bench --agent WEFT_AGENT --k8s-bin DIR [--pods P] [--policies Q] [--namespaces N] [--samples K] [--idle-seconds S] [--hostile-pods N] [--hostile-policy] [--json]"
-        );
-        std::process::exit(2);
-    });
+    let args = Args::parse_checked();
     if !nix::unistd::geteuid().is_root() {
         eprintln!("policy-bench: needs root (network namespaces)");
         std::process::exit(2);
@@ -746,7 +733,7 @@ async fn fill_hostile(args: &Args, client: &Client) {
 
 /// The agent's `weft_policy_refused_total`, summed over reasons.
 fn refused_policies(node: &TestNs) -> u64 {
-    node.http_get("127.0.0.1:9959", "/metrics")
+    node.http_get(METRICS_ADDRESS, "/metrics")
         .lines()
         .filter(|l| l.starts_with("weft_policy_refused_total{"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
@@ -785,22 +772,7 @@ async fn run(
     let setup_seconds = fill(args, &world, &client).await;
     eprintln!("API filled in {setup_seconds:.1} s");
 
-    let config = json!({
-        "clusterCIDRs": ["10.0.0.0/8", "fd00:10::/48"],
-        "backend": "vxlan",
-        "listenAddress": "127.0.0.1:9959",
-        "runDir": dir.join("run"),
-        "cniConfDir": dir.join("net.d"),
-        "cniBinDir": dir.join("bin"),
-        "criSocket": dir.join("no-cri.sock"),
-        "ipamGcPeriodSeconds": 86400,
-        "networkPolicy": {"enabled": true},
-    });
-    let config_path = dir.join("agent.json");
-    std::fs::write(&config_path, config.to_string()).expect("agent config");
     let events = nft_events::listen(node_netns).expect("nftables listener in the node namespace");
-    let kubeconfig = cp.kubeconfig().display().to_string();
-    let log_level = std::env::var("WEFT_LOG").unwrap_or_else(|_| "warn".into());
 
     let (want_in, want_eg) = world.expected_maps();
     let local_pods = world.local().count();
@@ -809,48 +781,12 @@ async fn run(
         want_in.len(),
         want_eg.len()
     );
+    let config = AgentConfig::new(dir, ["10.0.0.0/8", "fd00:10::/48"], "vxlan").with_network_policy();
     let agent_start = Instant::now();
-    let agent = Proc::spawn(
-        "weft-agent",
-        node,
-        &[&args.agent.display().to_string(), "run", "--node-name", OWN, "--config", &config_path.display().to_string()],
-        &[("KUBECONFIG", kubeconfig.as_str()), ("WEFT_LOG", log_level.as_str())],
-        dir,
-    );
+    let agent = config.spawn("weft-agent", &args.agent, OWN, node, cp, dir);
     let pid = agent.pid().expect("agent pid");
     // Cold start: the commit holding every expected verdict map element.
-    let (mut seen_in, mut seen_eg) = (HashSet::new(), HashSet::new());
-    let (cold, cold_changes) = loop {
-        let left = (agent_start + PROGRAM_TIMEOUT).saturating_duration_since(Instant::now());
-        let t = events.recv_timeout(left).unwrap_or_else(|_| {
-            panic!("the policy table was not complete within {PROGRAM_TIMEOUT:?}:\n{}", agent.log_tail())
-        });
-        assert!(!t.lossy, "the nftables listener overflowed during the cold start");
-        for c in &t.changes {
-            match c {
-                Change::DelTable(name) if name == TABLE => {
-                    seen_in.clear();
-                    seen_eg.clear();
-                }
-                Change::Elem { added: true, table, set, key } if table == TABLE && is_map(set) => {
-                    let ip = match key.len() {
-                        4 => IpAddr::from(<[u8; 4]>::try_from(&key[..]).expect("4 bytes")),
-                        16 => IpAddr::from(<[u8; 16]>::try_from(&key[..]).expect("16 bytes")),
-                        _ => continue,
-                    };
-                    if set.starts_with("ingress") {
-                        seen_in.insert(ip)
-                    } else {
-                        seen_eg.insert(ip)
-                    };
-                }
-                _ => {}
-            }
-        }
-        if want_in.iter().all(|ip| seen_in.contains(ip)) && want_eg.iter().all(|ip| seen_eg.contains(ip)) {
-            break (t.at - agent_start, t.changes.len());
-        }
-    };
+    let (cold, cold_changes) = cold_start(&events, &agent, agent_start, &want_in, &want_eg);
     // The listener could be wrong; the kernel has the last word.
     let listed_in: BTreeSet<IpAddr> = ["ingress4", "ingress6"].iter().flat_map(|m| map_keys(node, m)).collect();
     let listed_eg: BTreeSet<IpAddr> = ["egress4", "egress6"].iter().flat_map(|m| map_keys(node, m)).collect();
@@ -859,201 +795,14 @@ async fn run(
     eprintln!("policy table complete {cold:?} after start ({cold_changes} changes in that commit)");
     settle(&events, Duration::from_secs(2), pid);
 
-    let quiet = Duration::from_millis(300);
-    let mut series = Vec::new();
-    let pods_api = |ns: usize| -> Api<Pod> { Api::namespaced(client.clone(), &ns_name(ns)) };
+    let w = Watched { events: &events, agent: &agent, node, pid };
+    // The peer sets live at the start: the changes measured go into and out of them.
     let live = world.live_peers();
-
-    // (a) A remote pod relabelled (role -> frontend and back) into and out of a live peer set.
-    let candidates: Vec<(usize, Labels)> = world
-        .pods
-        .iter()
-        .enumerate()
-        .filter(|(_, p)| p.node != 0)
-        .filter_map(|(i, p)| {
-            let mut l1 = p.labels.clone();
-            l1.insert("role".into(), "frontend".into());
-            let before = World::in_peer(&live, p.ns, &world.ns_labels[p.ns], &p.labels);
-            let after = World::in_peer(&live, p.ns, &world.ns_labels[p.ns], &l1);
-            after.iter().any(|s| !before.contains(s)).then_some((i, l1))
-        })
-        .take(args.samples)
-        .collect();
-    let mut s = Series::default();
-    let (mut s_out, passes0) = (Series::default(), pass_seconds(node));
-    for (i, l1) in &candidates {
-        let p = &world.pods[*i];
-        let key = p.v4.octets().to_vec();
-        for (labels, added) in [(l1, true), (&p.labels, false)] {
-            let patch = json!({"metadata": {"labels": labels}});
-            let t0 = Instant::now();
-            pods_api(p.ns).patch(&p.name, &PatchParams::default(), &Patch::Merge(patch)).await.expect("relabel pod");
-            let what = format!("pod {} relabelled ({})", p.name, if added { "in" } else { "out" });
-            let (d, n) = wait_commit(&events, t0, &agent, &what, |c| elem_in(c, added, "peer-", &key));
-            let target = if added { &mut s } else { &mut s_out };
-            target.samples.push(d);
-            target.sizes.push(n);
-            settle(&events, quiet, pid);
-        }
-    }
-    let pass_ms = pass_delta(node, passes0);
-    s.pass_ms = pass_ms;
-    s_out.pass_ms = pass_ms;
-    eprintln!("(a) {} pods relabelled in and out of a peer set", s.samples.len());
-    series.push(("pod relabelled into a peer set", s));
-    series.push(("pod relabelled out of a peer set", s_out));
-
-    // (b) A new local pod: podIPs published -> verdict map element; deleted -> gone.
-    let template = world
-        .local()
-        .find(|p| {
-            let (i, e) = world.selected(p.ns, &p.labels);
-            i || e
-        })
-        .map(|p| (p.ns, p.labels.clone()));
-    let (mut s, mut s_del, passes0) = (Series::default(), Series::default(), pass_seconds(node));
-    if let Some((ns, labels)) = template {
-        for k in 0..args.samples {
-            let idx = world.add_pod(ns, format!("new-{k:03}"), 0, labels.clone());
-            let p = world.pods[idx].clone();
-            let api = pods_api(ns);
-            api.create(&PostParams::default(), &pod_object(&p)).await.expect("create local pod");
-            settle(&events, quiet, pid);
-            let key = p.v4.octets().to_vec();
-            let t0 = Instant::now();
-            api.patch_status(&p.name, &PatchParams::default(), &Patch::Merge(pod_status(&p)))
-                .await
-                .expect("publish podIPs");
-            let (d, n) = wait_commit(
-                &events,
-                t0,
-                &agent,
-                &format!("{} podIPs", p.name),
-                |c| matches!(c, Change::Elem { added: true, table, set, key: k } if table == TABLE && is_map(set) && *k == key),
-            );
-            s.samples.push(d);
-            s.sizes.push(n);
-            settle(&events, quiet, pid);
-            let t0 = Instant::now();
-            api.delete(&p.name, &DeleteParams { grace_period_seconds: Some(0), ..Default::default() })
-                .await
-                .expect("delete local pod");
-            let (d, n) = wait_commit(
-                &events,
-                t0,
-                &agent,
-                &format!("{} deleted", p.name),
-                |c| matches!(c, Change::Elem { added: false, table, set, key: k } if table == TABLE && is_map(set) && *k == key),
-            );
-            s_del.samples.push(d);
-            s_del.sizes.push(n);
-            settle(&events, quiet, pid);
-        }
-    }
-    let pass_ms = pass_delta(node, passes0);
-    s.pass_ms = pass_ms;
-    s_del.pass_ms = pass_ms;
-    eprintln!("(b) {} local pods added and deleted", s.samples.len());
-    series.push(("local pod's podIPs -> verdict map element", s));
-    series.push(("local pod deleted -> element gone", s_del));
-
-    // (c) A new policy over a local pod's namespace: its chains, groups and sets.
-    let (mut s, mut s_del, passes0) = (Series::default(), Series::default(), pass_seconds(node));
-    let ns = world.local().next().map_or(0, |p| p.ns);
-    let npapi: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns_name(ns));
-    for k in 0..args.samples {
-        let pol = PolicyM {
-            ns,
-            name: format!("bench-new-{k:03}"),
-            pod_sel: Sel::default(),
-            ingress: Some(vec![RuleM {
-                peers: vec![PeerM::Pods { ns: None, pods: Sel::eq("role", "frontend") }],
-                ports: vec![tcp(80)],
-            }]),
-            egress: None,
-        };
-        let marker = format!("{}/{}", ns_name(ns), pol.name).into_bytes();
-        let t0 = Instant::now();
-        npapi.create(&PostParams::default(), &policy_object(&pol)).await.expect("create policy");
-        let (d, n) = wait_commit(
-            &events,
-            t0,
-            &agent,
-            &format!("policy {} created", pol.name),
-            |c| matches!(c, Change::NewRule { table, raw } if table == TABLE && raw.windows(marker.len()).any(|w| w == marker)),
-        );
-        s.samples.push(d);
-        s.sizes.push(n);
-        settle(&events, quiet, pid);
-        let t0 = Instant::now();
-        npapi.delete(&pol.name, &DeleteParams::default()).await.expect("delete policy");
-        let (d, n) = wait_commit(
-            &events,
-            t0,
-            &agent,
-            &format!("policy {} deleted", pol.name),
-            // Its chain removed (or, should the agent fall back to it, the whole table replaced).
-            |c| match c {
-                Change::DelChain { table, name } => table == TABLE && name.starts_with("in-pol-"),
-                Change::NewTable(t) => t == TABLE,
-                _ => false,
-            },
-        );
-        s_del.samples.push(d);
-        s_del.sizes.push(n);
-        settle(&events, quiet, pid);
-    }
-    let pass_ms = pass_delta(node, passes0);
-    s.pass_ms = pass_ms;
-    s_del.pass_ms = pass_ms;
-    eprintln!("(c) {} policies created and deleted", s.samples.len());
-    series.push(("policy created -> its rules in the kernel", s));
-    series.push(("policy deleted -> its chain removed", s_del));
-
-    // (d) A namespace relabelled (env flipped) into and out of a live namespaceSelector.
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let mut ns_candidates = Vec::new();
-    for (i, labels) in world.ns_labels.iter().enumerate() {
-        let mut l1 = labels.clone();
-        let flipped = if labels.get("env").is_some_and(|e| e == "dev") { "prod" } else { "dev" };
-        l1.insert("env".into(), flipped.into());
-        // A pod of this namespace whose peer sets differ between the two labellings.
-        let pod = world.pods.iter().find(|p| {
-            p.ns == i && {
-                let a = World::in_peer(&live, i, labels, &p.labels);
-                let b = World::in_peer(&live, i, &l1, &p.labels);
-                a != b
-            }
-        });
-        if let Some(p) = pod {
-            ns_candidates.push((i, l1, p.v4.octets().to_vec()));
-        }
-    }
-    let (mut s, mut s_back, passes0) = (Series::default(), Series::default(), pass_seconds(node));
-    for k in 0..args.samples {
-        let Some((i, l1, key)) = ns_candidates.get(k % ns_candidates.len().max(1)) else { break };
-        for (labels, target) in [(l1, &mut s), (&world.ns_labels[*i], &mut s_back)] {
-            let patch = json!({"metadata": {"labels": labels}});
-            let t0 = Instant::now();
-            namespaces.patch(&ns_name(*i), &PatchParams::default(), &Patch::Merge(patch)).await.expect("relabel ns");
-            let (d, n) = wait_commit(
-                &events,
-                t0,
-                &agent,
-                &format!("namespace {} relabelled", ns_name(*i)),
-                |c| matches!(c, Change::Elem { table, set, key: k, .. } if table == TABLE && set.starts_with("peer-") && k == key),
-            );
-            target.samples.push(d);
-            target.sizes.push(n);
-            settle(&events, quiet, pid);
-        }
-    }
-    let pass_ms = pass_delta(node, passes0);
-    s.pass_ms = pass_ms;
-    s_back.pass_ms = pass_ms;
-    eprintln!("(d) {} namespace relabellings and back", s.samples.len());
-    series.push(("namespace relabelled (env flipped)", s));
-    series.push(("namespace relabelled back", s_back));
+    let mut series = Vec::new();
+    series.extend(pods_relabelled(&w, &world, &live, &client, args.samples).await);
+    series.extend(local_pods_added(&w, &mut world, &client, args.samples).await);
+    series.extend(policies_created(&w, &world, &client, args.samples).await);
+    series.extend(namespaces_relabelled(&w, &world, &live, &client, args.samples).await);
 
     eprintln!("idle for {:?}", args.idle);
     let load = load_average();
@@ -1081,6 +830,283 @@ async fn run(
         load,
         refused,
     }
+}
+
+/// The running agent and what watches it: what each measured change needs.
+struct Watched<'a> {
+    events: &'a mpsc::Receiver<Transaction>,
+    agent: &'a Proc,
+    node: &'a TestNs,
+    pid: u32,
+}
+
+impl Watched<'_> {
+    /// The commit holding a change `want` accepts, timed from `t0` (see [`wait_commit`]).
+    fn commit(&self, t0: Instant, what: &str, want: impl Fn(&Change) -> bool) -> (Duration, usize) {
+        wait_commit(self.events, t0, self.agent, what, want)
+    }
+
+    /// Waits until the agent is idle between samples (see [`settle`]).
+    fn settle(&self) {
+        settle(self.events, Duration::from_millis(300), self.pid);
+    }
+
+    /// The agent's reconcile pass counters (see [`pass_seconds`]).
+    fn passes(&self) -> (f64, f64) {
+        pass_seconds(self.node)
+    }
+}
+
+/// The cold start: waits for the commit that completes every expected
+/// verdict map element; returns its time after `agent_start` and its size.
+fn cold_start(
+    events: &mpsc::Receiver<Transaction>,
+    agent: &Proc,
+    agent_start: Instant,
+    want_in: &BTreeSet<IpAddr>,
+    want_eg: &BTreeSet<IpAddr>,
+) -> (Duration, usize) {
+    let (mut seen_in, mut seen_eg) = (HashSet::new(), HashSet::new());
+    loop {
+        let left = (agent_start + PROGRAM_TIMEOUT).saturating_duration_since(Instant::now());
+        let t = events.recv_timeout(left).unwrap_or_else(|_| {
+            panic!("the policy table was not complete within {PROGRAM_TIMEOUT:?}:\n{}", agent.log_tail())
+        });
+        assert!(!t.lossy, "the nftables listener overflowed during the cold start");
+        for c in &t.changes {
+            match c {
+                Change::DelTable(name) if name == TABLE => {
+                    seen_in.clear();
+                    seen_eg.clear();
+                }
+                Change::Elem { added: true, table, set, key } if table == TABLE && is_map(set) => {
+                    let ip = match key.len() {
+                        4 => IpAddr::from(<[u8; 4]>::try_from(&key[..]).expect("4 bytes")),
+                        16 => IpAddr::from(<[u8; 16]>::try_from(&key[..]).expect("16 bytes")),
+                        _ => continue,
+                    };
+                    if set.starts_with("ingress") {
+                        seen_in.insert(ip)
+                    } else {
+                        seen_eg.insert(ip)
+                    };
+                }
+                _ => {}
+            }
+        }
+        if want_in.iter().all(|ip| seen_in.contains(ip)) && want_eg.iter().all(|ip| seen_eg.contains(ip)) {
+            return (t.at - agent_start, t.changes.len());
+        }
+    }
+}
+
+/// (a) A remote pod relabelled (role -> frontend and back) into and out of a live peer set.
+async fn pods_relabelled(
+    w: &Watched<'_>,
+    world: &World,
+    live: &[(usize, Option<Sel>, Sel)],
+    client: &Client,
+    samples: usize,
+) -> [(&'static str, Series); 2] {
+    let pods_api = |ns: usize| -> Api<Pod> { Api::namespaced(client.clone(), &ns_name(ns)) };
+    let candidates: Vec<(usize, Labels)> = world
+        .pods
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.node != 0)
+        .filter_map(|(i, p)| {
+            let mut l1 = p.labels.clone();
+            l1.insert("role".into(), "frontend".into());
+            let before = World::in_peer(live, p.ns, &world.ns_labels[p.ns], &p.labels);
+            let after = World::in_peer(live, p.ns, &world.ns_labels[p.ns], &l1);
+            after.iter().any(|s| !before.contains(s)).then_some((i, l1))
+        })
+        .take(samples)
+        .collect();
+    let mut s = Series::default();
+    let (mut s_out, passes0) = (Series::default(), w.passes());
+    for (i, l1) in &candidates {
+        let p = &world.pods[*i];
+        let key = p.v4.octets().to_vec();
+        for (labels, added) in [(l1, true), (&p.labels, false)] {
+            let patch = json!({"metadata": {"labels": labels}});
+            let t0 = Instant::now();
+            pods_api(p.ns).patch(&p.name, &PatchParams::default(), &Patch::Merge(patch)).await.expect("relabel pod");
+            let what = format!("pod {} relabelled ({})", p.name, if added { "in" } else { "out" });
+            let (d, n) = w.commit(t0, &what, |c| elem_in(c, added, "peer-", &key));
+            let target = if added { &mut s } else { &mut s_out };
+            target.samples.push(d);
+            target.sizes.push(n);
+            w.settle();
+        }
+    }
+    let pass_ms = pass_delta(w.node, passes0);
+    s.pass_ms = pass_ms;
+    s_out.pass_ms = pass_ms;
+    eprintln!("(a) {} pods relabelled in and out of a peer set", s.samples.len());
+    [("pod relabelled into a peer set", s), ("pod relabelled out of a peer set", s_out)]
+}
+
+/// (b) A new local pod: podIPs published -> verdict map element; deleted -> gone.
+async fn local_pods_added(
+    w: &Watched<'_>,
+    world: &mut World,
+    client: &Client,
+    samples: usize,
+) -> [(&'static str, Series); 2] {
+    let pods_api = |ns: usize| -> Api<Pod> { Api::namespaced(client.clone(), &ns_name(ns)) };
+    let template = world
+        .local()
+        .find(|p| {
+            let (i, e) = world.selected(p.ns, &p.labels);
+            i || e
+        })
+        .map(|p| (p.ns, p.labels.clone()));
+    let (mut s, mut s_del, passes0) = (Series::default(), Series::default(), w.passes());
+    if let Some((ns, labels)) = template {
+        for k in 0..samples {
+            let idx = world.add_pod(ns, format!("new-{k:03}"), 0, labels.clone());
+            let p = world.pods[idx].clone();
+            let api = pods_api(ns);
+            api.create(&PostParams::default(), &pod_object(&p)).await.expect("create local pod");
+            w.settle();
+            let key = p.v4.octets().to_vec();
+            let t0 = Instant::now();
+            api.patch_status(&p.name, &PatchParams::default(), &Patch::Merge(pod_status(&p)))
+                .await
+                .expect("publish podIPs");
+            let (d, n) = w.commit(
+                t0,
+                &format!("{} podIPs", p.name),
+                |c| matches!(c, Change::Elem { added: true, table, set, key: k } if table == TABLE && is_map(set) && *k == key),
+            );
+            s.samples.push(d);
+            s.sizes.push(n);
+            w.settle();
+            let t0 = Instant::now();
+            api.delete(&p.name, &DeleteParams { grace_period_seconds: Some(0), ..Default::default() })
+                .await
+                .expect("delete local pod");
+            let (d, n) = w.commit(
+                t0,
+                &format!("{} deleted", p.name),
+                |c| matches!(c, Change::Elem { added: false, table, set, key: k } if table == TABLE && is_map(set) && *k == key),
+            );
+            s_del.samples.push(d);
+            s_del.sizes.push(n);
+            w.settle();
+        }
+    }
+    let pass_ms = pass_delta(w.node, passes0);
+    s.pass_ms = pass_ms;
+    s_del.pass_ms = pass_ms;
+    eprintln!("(b) {} local pods added and deleted", s.samples.len());
+    [("local pod's podIPs -> verdict map element", s), ("local pod deleted -> element gone", s_del)]
+}
+
+/// (c) A new policy over a local pod's namespace: its chains, groups and sets.
+async fn policies_created(
+    w: &Watched<'_>,
+    world: &World,
+    client: &Client,
+    samples: usize,
+) -> [(&'static str, Series); 2] {
+    let (mut s, mut s_del, passes0) = (Series::default(), Series::default(), w.passes());
+    let ns = world.local().next().map_or(0, |p| p.ns);
+    let npapi: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns_name(ns));
+    for k in 0..samples {
+        let pol = PolicyM {
+            ns,
+            name: format!("bench-new-{k:03}"),
+            pod_sel: Sel::default(),
+            ingress: Some(vec![RuleM {
+                peers: vec![PeerM::Pods { ns: None, pods: Sel::eq("role", "frontend") }],
+                ports: vec![tcp(80)],
+            }]),
+            egress: None,
+        };
+        let marker = format!("{}/{}", ns_name(ns), pol.name).into_bytes();
+        let t0 = Instant::now();
+        npapi.create(&PostParams::default(), &policy_object(&pol)).await.expect("create policy");
+        let (d, n) = w.commit(
+            t0,
+            &format!("policy {} created", pol.name),
+            |c| matches!(c, Change::NewRule { table, raw } if table == TABLE && raw.windows(marker.len()).any(|w| w == marker)),
+        );
+        s.samples.push(d);
+        s.sizes.push(n);
+        w.settle();
+        let t0 = Instant::now();
+        npapi.delete(&pol.name, &DeleteParams::default()).await.expect("delete policy");
+        let (d, n) = w.commit(
+            t0,
+            &format!("policy {} deleted", pol.name),
+            // Its chain removed (or, should the agent fall back to it, the whole table replaced).
+            |c| match c {
+                Change::DelChain { table, name } => table == TABLE && name.starts_with("in-pol-"),
+                Change::NewTable(t) => t == TABLE,
+                _ => false,
+            },
+        );
+        s_del.samples.push(d);
+        s_del.sizes.push(n);
+        w.settle();
+    }
+    let pass_ms = pass_delta(w.node, passes0);
+    s.pass_ms = pass_ms;
+    s_del.pass_ms = pass_ms;
+    eprintln!("(c) {} policies created and deleted", s.samples.len());
+    [("policy created -> its rules in the kernel", s), ("policy deleted -> its chain removed", s_del)]
+}
+
+/// (d) A namespace relabelled (env flipped) into and out of a live namespaceSelector.
+async fn namespaces_relabelled(
+    w: &Watched<'_>,
+    world: &World,
+    live: &[(usize, Option<Sel>, Sel)],
+    client: &Client,
+    samples: usize,
+) -> [(&'static str, Series); 2] {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let mut ns_candidates = Vec::new();
+    for (i, labels) in world.ns_labels.iter().enumerate() {
+        let mut l1 = labels.clone();
+        let flipped = if labels.get("env").is_some_and(|e| e == "dev") { "prod" } else { "dev" };
+        l1.insert("env".into(), flipped.into());
+        // A pod of this namespace whose peer sets differ between the two labellings.
+        let pod = world.pods.iter().find(|p| {
+            p.ns == i && {
+                let a = World::in_peer(live, i, labels, &p.labels);
+                let b = World::in_peer(live, i, &l1, &p.labels);
+                a != b
+            }
+        });
+        if let Some(p) = pod {
+            ns_candidates.push((i, l1, p.v4.octets().to_vec()));
+        }
+    }
+    let (mut s, mut s_back, passes0) = (Series::default(), Series::default(), w.passes());
+    for k in 0..samples {
+        let Some((i, l1, key)) = ns_candidates.get(k % ns_candidates.len().max(1)) else { break };
+        for (labels, target) in [(l1, &mut s), (&world.ns_labels[*i], &mut s_back)] {
+            let patch = json!({"metadata": {"labels": labels}});
+            let t0 = Instant::now();
+            namespaces.patch(&ns_name(*i), &PatchParams::default(), &Patch::Merge(patch)).await.expect("relabel ns");
+            let (d, n) = w.commit(
+                t0,
+                &format!("namespace {} relabelled", ns_name(*i)),
+                |c| matches!(c, Change::Elem { table, set, key: k, .. } if table == TABLE && set.starts_with("peer-") && k == key),
+            );
+            target.samples.push(d);
+            target.sizes.push(n);
+            w.settle();
+        }
+    }
+    let pass_ms = pass_delta(w.node, passes0);
+    s.pass_ms = pass_ms;
+    s_back.pass_ms = pass_ms;
+    eprintln!("(d) {} namespace relabellings and back", s.samples.len());
+    [("namespace relabelled (env flipped)", s), ("namespace relabelled back", s_back)]
 }
 
 /// The agent's mean reconcile pass (ms) since `before`.
@@ -1139,5 +1165,40 @@ fn print_report(args: &Args, r: &Report) {
     println!("{:<66} {:>10}  target", "metric", "value");
     for (m, x, t) in rows {
         println!("{m:<66} {x:>10.1}  {t}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn bench_run_command_line_parses() {
+        Args::command().debug_assert();
+        let a = Args::try_parse_from([
+            "policy-bench",
+            "--agent",
+            "a",
+            "--k8s-bin",
+            "k",
+            "--pods",
+            "200",
+            "--policies",
+            "20",
+            "--namespaces",
+            "10",
+            "--samples",
+            "3",
+            "--hostile-pods",
+            "2",
+            "--hostile-policy",
+            "--json",
+        ])
+        .unwrap();
+        assert_eq!((a.pods, a.policies, a.namespaces, a.samples, a.hostile_pods), (200, 20, 10, 3, 2));
+        assert!(a.hostile_policy && a.json);
+        assert_eq!(a.idle, Duration::from_secs(30));
+        assert!(Args::try_parse_from(["policy-bench", "--agent", "a", "--k8s-bin", "k", "--samples", "101"]).is_err());
     }
 }

@@ -9,9 +9,11 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use clap::Parser;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use serde_json::Value;
+use weft_bench::results::{CniRun, CniSamples};
 use weft_bench::stats;
 
 const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
@@ -38,6 +40,13 @@ fn nums(v: &Value) -> Vec<f64> {
 
 fn read_json(path: &Path) -> Option<Value> {
     serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
+}
+
+/// A benchmark's result file read as its type: one that is there but does
+/// not fit the schema fails the report rather than leaving figures out.
+fn read_typed<T: serde::de::DeserializeOwned>(path: &Path) -> Fallible<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("read {}: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn fmt_spread(v: &[f64], digits: usize) -> String {
@@ -1096,26 +1105,20 @@ fn agent_section(data: &Path, out: &Path, md: &mut String) -> Fallible<()> {
 }
 
 fn cni_section(data: &Path, out: &Path, md: &mut String) -> Fallible<()> {
-    let mut runs: Vec<Value> = std::fs::read_dir(data)
+    let mut runs: Vec<CniRun> = std::fs::read_dir(data)
         .map_err(|e| format!("read {}: {e}", data.display()))?
         .filter_map(|e| e.ok())
         .filter(|e| e.file_name().to_string_lossy().starts_with("cni-"))
-        .filter_map(|e| read_json(&e.path()))
-        .collect();
-    runs.sort_by_key(|r| r["existing"].as_u64().unwrap_or(0));
-    if runs.is_empty() {
+        .map(|e| read_typed(&e.path()))
+        .collect::<Fallible<_>>()?;
+    runs.sort_by_key(|r| r.existing);
+    let Some(first) = runs.first() else {
         let _ = writeln!(md, "No cni-bench results in this run.\n");
         return Ok(());
-    }
-    let pods = runs[0]["pods"].as_u64().unwrap_or(0);
-    let rounds = runs[0]["rounds"].as_u64().unwrap_or(0);
-    let family = runs[0]["family"].as_str().unwrap_or("").to_string();
-    let samples = |r: &Value, plugin: &str, key: &str| {
-        r["samples"]
-            .as_array()
-            .and_then(|a| a.iter().find(|s| s["plugin"] == plugin))
-            .map(|s| nums(&s[key]))
-            .unwrap_or_default()
+    };
+    let (pods, rounds, family) = (first.pods, first.rounds, first.family.clone());
+    let samples = |r: &CniRun, plugin: &str, key: fn(&CniSamples) -> &Vec<f64>| {
+        r.samples_of(plugin).map(|s| key(s).clone()).unwrap_or_default()
     };
     let name = "cni-add-vs-pods.png";
     let caption = format!(
@@ -1125,10 +1128,7 @@ fn cni_section(data: &Path, out: &Path, md: &mut String) -> Fallible<()> {
         let series: Vec<XySeries> = ["weft", "ptp+host-local"]
             .iter()
             .map(|pl| {
-                (
-                    pl.to_string(),
-                    runs.iter().map(|r| (r["existing"].as_f64().unwrap_or(0.0), samples(r, pl, "add_ms"))).collect(),
-                )
+                (pl.to_string(), runs.iter().map(|r| (r.existing as f64, samples(r, pl, |s| &s.add_ms))).collect())
             })
             .collect();
         xy_panel(&p[0], "ADD latency vs pods already on the node", "pods already on the node", "ms", false, &series)
@@ -1142,13 +1142,13 @@ fn cni_section(data: &Path, out: &Path, md: &mut String) -> Fallible<()> {
         let _ = writeln!(
             md,
             "| {} | {} | {} | {} | {} | {} | {} |",
-            r["existing"],
-            fmt_spread(&samples(r, "weft", "add_ms"), 1),
-            fmt_spread(&samples(r, "ptp+host-local", "add_ms"), 1),
-            fmt_spread(&samples(r, "weft", "del_ms"), 1),
-            fmt_spread(&samples(r, "ptp+host-local", "del_ms"), 1),
-            fmt_spread(&samples(r, "weft", "adds_per_sec"), 0),
-            fmt_spread(&samples(r, "ptp+host-local", "adds_per_sec"), 0),
+            r.existing,
+            fmt_spread(&samples(r, "weft", |s| &s.add_ms), 1),
+            fmt_spread(&samples(r, "ptp+host-local", |s| &s.add_ms), 1),
+            fmt_spread(&samples(r, "weft", |s| &s.del_ms), 1),
+            fmt_spread(&samples(r, "ptp+host-local", |s| &s.del_ms), 1),
+            fmt_spread(&samples(r, "weft", |s| &s.adds_per_sec), 0),
+            fmt_spread(&samples(r, "ptp+host-local", |s| &s.adds_per_sec), 0),
         );
     }
     let _ = writeln!(md);
@@ -1201,13 +1201,21 @@ fn pods_section(data: &Path, md: &mut String) {
     }
 }
 
+/// bench-report's command line.
+#[derive(Parser)]
+#[command(name = "bench-report", about = "Writes bench/report.md and its figures from the benchmarks' JSON")]
+struct Args {
+    /// The directory of the benchmarks' JSON (bench/run's data directory).
+    #[arg(value_name = "DATA_DIR")]
+    data: PathBuf,
+    /// Where report.md and report/ are written.
+    #[arg(value_name = "OUT_DIR")]
+    out: PathBuf,
+}
+
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let (Some(data), Some(out)) = (args.get(1), args.get(2)) else {
-        eprintln!("usage: bench-report DATA_DIR OUT_DIR");
-        std::process::exit(2);
-    };
-    if let Err(e) = run(Path::new(data), Path::new(out)) {
+    let args = Args::parse();
+    if let Err(e) = run(&args.data, &args.out) {
         eprintln!("bench-report: {e}");
         std::process::exit(1);
     }
@@ -1354,6 +1362,16 @@ fn run(data: &Path, out: &Path) -> Fallible<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn command_line_takes_two_directories() {
+        use clap::CommandFactory;
+        Args::command().debug_assert();
+        let a = Args::try_parse_from(["bench-report", "data", "out"]).unwrap();
+        assert_eq!((a.data, a.out), (PathBuf::from("data"), PathBuf::from("out")));
+        assert!(Args::try_parse_from(["bench-report", "data"]).is_err());
+    }
+
     use serde_json::json;
 
     fn net(unselected: Option<Value>) -> Net {
