@@ -122,7 +122,11 @@ pub async fn observe_claimed_addresses(client: &kube::Client, node: &str) -> Res
     let api: Api<Pod> = Api::all(client.clone());
     let fields = format!("spec.nodeName={node}");
     match streamed_claims(&api, &fields).await {
-        Err(GcError::Api(e)) if refuses_streaming(&e) => Ok(paged_claims(&api, &fields).await?),
+        // Refused, or forbidden by a ClusterRole older than the streamed
+        // list (list on Pods without watch, with NetworkPolicy off).
+        Err(GcError::Api(e)) if refuses_streaming(&e) || matches!(&e, kube::Error::Api(s) if s.code == 403) => {
+            Ok(paged_claims(&api, &fields).await?)
+        }
         claimed => claimed,
     }
 }

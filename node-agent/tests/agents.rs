@@ -249,10 +249,18 @@ fn vxlan_agents_connect_pods_survive_restarts_and_forget_deleted_nodes() {
     assert!(conn.echo("before restart"));
     let before = routes(&lab.nodes[0].ns);
     agents[0].stop();
+    // Rewritten once the restarted agent has applied its first complete
+    // policy lists (streamed, they end up to a second after they start).
+    std::fs::remove_file(policy_list(&agents[0])).unwrap();
     agents[0].start(&lab, &cp, "vxlan");
     assert!(
         more_passes(&lab.nodes[0].ns, 0, 1, Duration::from_secs(15)),
         "no pass after restart:\n{}",
+        agents[0].log()
+    );
+    assert!(
+        eventually(Duration::from_secs(15), || policy_list(&agents[0]).exists()),
+        "the restarted agent never applied its policy lists:\n{}",
         agents[0].log()
     );
     assert!(conn.echo("after restart"), "connection broke across an agent restart:\n{}", agents[0].log());
@@ -468,16 +476,34 @@ fn policy_table_handle(ns: &TestNs) -> String {
     text.lines().next().and_then(|l| l.split("# handle ").nth(1)).unwrap_or("").trim().to_string()
 }
 
-#[test]
-#[ignore = "needs root and the Kubernetes binaries: cargo test -- --ignored"]
-fn agents_enforce_network_policy_read_from_the_api() {
-    let Some((lab, cp, agents)) = start_cluster(&['A', 'A'], "vxlan") else { return };
+/// A server pod (`app=srv`, answering on 8080) on node 0 and a client pod
+/// on node 1, both in the API.
+struct SrvCli {
+    srv: TestNs,
+    srv4: String,
+    srv6: String,
+    cli: TestNs,
+    cli4: String,
+    cli6: String,
+    _servers: Vec<Proc>,
+}
+
+fn srv_and_cli(lab: &Lab, cp: &ControlPlane, agents: &[Agent], cli_labels: serde_json::Value) -> SrvCli {
     let (srv, srv4, srv6) = lab.nodes[0].add_pod_from_node_config("srv", &agents[0].node_json());
     let (cli, cli4, cli6) = lab.nodes[1].add_pod_from_node_config("cli", &agents[1].node_json());
     let _servers = whoami_server(&srv, agents[0].dir.path(), "srv");
     assert!(eventually(Duration::from_secs(5), || listening(&srv, 8080)));
-    create_pod(&cp, "srv", &lab.nodes[0].name, serde_json::json!({"app": "srv"}), &[&srv4, &srv6]);
-    create_pod(&cp, "cli", &lab.nodes[1].name, serde_json::json!({"role": "other"}), &[&cli4, &cli6]);
+    create_pod(cp, "srv", &lab.nodes[0].name, serde_json::json!({"app": "srv"}), &[&srv4, &srv6]);
+    create_pod(cp, "cli", &lab.nodes[1].name, cli_labels, &[&cli4, &cli6]);
+    SrvCli { srv, srv4, srv6, cli, cli4, cli6, _servers }
+}
+
+#[test]
+#[ignore = "needs root and the Kubernetes binaries: cargo test -- --ignored"]
+fn agents_enforce_network_policy_read_from_the_api() {
+    let Some((lab, cp, agents)) = start_cluster(&['A', 'A'], "vxlan") else { return };
+    let SrvCli { srv: _srv, srv4, srv6, cli, cli4, cli6, _servers } =
+        srv_and_cli(&lab, &cp, &agents, serde_json::json!({"role": "other"}));
     assert_eq!(ask(&cli, &srv4, 8080), cli4, "no policy: open");
 
     // Only role=cli may reach app=srv: for this client, a deny-all.
@@ -1107,12 +1133,8 @@ fn hostile_pods_and_a_policy_past_a_cap_neither_exhaust_the_agent_nor_open_its_p
 #[ignore = "needs root and the Kubernetes binaries: cargo test -- --ignored"]
 fn lists_fall_back_to_pages_where_the_api_server_refuses_streaming() {
     let Some((lab, cp, agents)) = start_cluster_with_flags(&['A', 'A'], "vxlan", &[NO_WATCH_LIST]) else { return };
-    let (srv, srv4, srv6) = lab.nodes[0].add_pod_from_node_config("srv", &agents[0].node_json());
-    let (cli, cli4, cli6) = lab.nodes[1].add_pod_from_node_config("cli", &agents[1].node_json());
-    let _servers = whoami_server(&srv, agents[0].dir.path(), "srv");
-    assert!(eventually(Duration::from_secs(5), || listening(&srv, 8080)));
-    create_pod(&cp, "srv", &lab.nodes[0].name, serde_json::json!({"app": "srv"}), &[&srv4, &srv6]);
-    create_pod(&cp, "cli", &lab.nodes[1].name, serde_json::json!({"role": "cli"}), &[&cli4, &cli6]);
+    let SrvCli { srv: _srv, srv4, srv6, cli, cli4: _, cli6: _, _servers } =
+        srv_and_cli(&lab, &cp, &agents, serde_json::json!({"role": "cli"}));
     // The policy names label keys the views did not keep: the paged Pod list is made again.
     create_policy(
         &cp,
