@@ -662,6 +662,13 @@ fn set_pod_ips(cp: &ControlPlane, ns: &str, name: &str, ips: &[&str]) {
     cp.kubectl_ok(&["patch", "pod", name, "-n", ns, "--subresource=status", "--type=merge", "-p", &patch]);
 }
 
+/// `default/only-cli`: only `role=cli` pods may reach `app=srv` pods.
+fn create_only_cli_policy(cp: &ControlPlane) {
+    let spec = serde_json::json!({"podSelector": {"matchLabels": {"app": "srv"}},
+        "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "cli"}}}]}]});
+    create_policy(cp, "default", "only-cli", spec);
+}
+
 fn create_policy(cp: &ControlPlane, ns: &str, name: &str, spec: serde_json::Value) {
     let policy = serde_json::json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
         "metadata": {"name": name, "namespace": ns}, "spec": spec});
@@ -1078,13 +1085,7 @@ fn hostile_pods_and_a_policy_past_a_cap_neither_exhaust_the_agent_nor_open_its_p
     agents[0].start(&lab, &cp, "vxlan");
     let node0 = &lab.nodes[0].ns;
     // A normal policy, then one past the peers cap that would let the client in.
-    create_policy(
-        &cp,
-        "default",
-        "only-cli",
-        serde_json::json!({"podSelector": {"matchLabels": {"app": "srv"}},
-        "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "cli"}}}]}]}),
-    );
+    create_only_cli_policy(&cp);
     let mut peers = vec![serde_json::json!({"podSelector": {"matchLabels": {"role": "cli"}}})];
     peers.extend((0..150).map(|i| serde_json::json!({"podSelector": {"matchLabels": {format!("k{i:05}"): "v"}}})));
     create_policy(
@@ -1136,13 +1137,7 @@ fn lists_fall_back_to_pages_where_the_api_server_refuses_streaming() {
     let SrvCli { srv: _srv, srv4, srv6, cli, cli4: _, cli6: _, _servers } =
         srv_and_cli(&lab, &cp, &agents, serde_json::json!({"role": "cli"}));
     // The policy names label keys the views did not keep: the paged Pod list is made again.
-    create_policy(
-        &cp,
-        "default",
-        "only-cli",
-        serde_json::json!({"podSelector": {"matchLabels": {"app": "srv"}},
-        "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "cli"}}}]}]}),
-    );
+    create_only_cli_policy(&cp);
     let node0 = &lab.nodes[0].ns;
     assert!(
         eventually(Duration::from_secs(30), || in_policy_map(node0, "ingress4", &srv4)),
