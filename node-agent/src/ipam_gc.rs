@@ -11,9 +11,9 @@
 //!   a live sandbox's namespace holds the other end of the pair, so the
 //!   kernel keeps the veth exactly as long as the sandbox lives;
 //! - no Pod bound to this node claims the address in `status.podIPs`, in a
-//!   complete, fresh list from the API (a paginated LIST without a
-//!   resourceVersion, i.e. a consistent read; a pass whose list fails frees
-//!   nothing);
+//!   complete, fresh list from the API (a consistent read: a streamed
+//!   list, or a paginated LIST where the server refuses streaming, both
+//!   without a resourceVersion; a pass whose list fails frees nothing);
 //! - and the first three held in two consecutive passes.
 //!
 //! Why not ask the runtime: that needs containerd's socket in the agent,
@@ -29,9 +29,10 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 
+use futures::TryStreamExt;
 use ipnetwork::IpNetwork;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ListParams};
+use kube::api::{Api, ListParams, WatchEvent, WatchParams};
 use libweft::cni::SubnetsError;
 use libweft::ipam::{Allocator, Attachment, DiskStore, IpamError, SubnetUsage};
 use libweft::netlink::{HOST_VETH_PREFIX, Netlink, NetlinkError, host_veth_name};
@@ -40,13 +41,21 @@ use libweft::node_config::NodeConfig;
 use crate::config::Config;
 use crate::desired::files::node_config_path;
 use crate::metrics::{Metrics, SubnetLabel};
+use crate::observe::list_mode::refuses_streaming;
 
 /// The plugin's network name (the conflist's `name`).
 pub const NETWORK: &str = "weft";
 
-/// Pods per page of the node's pod list: small, so that tenants' pods with
-/// huge labels cannot make one page outgrow the agent's memory.
-const POD_PAGE: u32 = 20;
+/// Pods per page of the node's pod list where the server refuses streamed
+/// lists. kube holds a page whole, about 7 MB per pod with a tenant's 1.5 MB
+/// of labels (see `policy_watch::POD_PAGE`), and a tenant can put ~110 pods
+/// on a node: a page of 2 keeps a pass near 15 MB, for ~55 short requests
+/// every `ipam_gc_period` (5 minutes by default). Streamed, a pass is one
+/// request and one pod in memory.
+const POD_PAGE: u32 = 2;
+
+/// How long the API server may take to stream the node's pods.
+const STREAM_TIMEOUT_SECONDS: u32 = 60;
 
 /// Runs GC every `ipam_gc_period` forever.
 pub async fn run(cfg: Config, client: kube::Client, node: String, metrics: Arc<Metrics>) {
@@ -73,6 +82,8 @@ pub enum GcError {
     Netlink(#[from] NetlinkError),
     #[error("list the Pods bound to this node: {0}")]
     Api(#[from] kube::Error),
+    #[error("list the Pods bound to this node: the stream ended before the list was complete")]
+    ListIncomplete,
     #[error("node.json: {0}")]
     Subnets(#[from] SubnetsError),
     #[error("IPAM store: {0}")]
@@ -103,27 +114,72 @@ pub async fn observe_host_veths(nl: &Netlink) -> Result<HashSet<String>, Netlink
     Ok(nl.links().await?.into_iter().map(|l| l.name).filter(|n| n.starts_with(HOST_VETH_PREFIX)).collect())
 }
 
-/// Addresses claimed by the Pods bound to `node`, from one complete list.
-/// Pods that have finished (Succeeded, Failed) no longer hold a sandbox,
-/// though the API keeps their addresses: their claim does not count.
-pub async fn observe_claimed_addresses(client: &kube::Client, node: &str) -> Result<HashSet<IpAddr>, kube::Error> {
+/// Addresses claimed by the Pods bound to `node`, from one complete list:
+/// streamed, in pages where the server refuses that (it does not say
+/// which it serves, and asking costs a request too: one refused watch
+/// per pass is as cheap).
+pub async fn observe_claimed_addresses(client: &kube::Client, node: &str) -> Result<HashSet<IpAddr>, GcError> {
     let api: Api<Pod> = Api::all(client.clone());
-    let mut params = ListParams::default().fields(&format!("spec.nodeName={node}")).limit(POD_PAGE);
+    let fields = format!("spec.nodeName={node}");
+    match streamed_claims(&api, &fields).await {
+        // Refused, or forbidden by a ClusterRole older than the streamed
+        // list (list on Pods without watch, with NetworkPolicy off).
+        Err(GcError::Api(e)) if refuses_streaming(&e) || matches!(&e, kube::Error::Api(s) if s.code == 403) => {
+            Ok(paged_claims(&api, &fields).await?)
+        }
+        claimed => claimed,
+    }
+}
+
+/// The claims from a streamed list: a watch with `sendInitialEvents`, read
+/// up to the bookmark that ends its initial events.
+async fn streamed_claims(api: &Api<Pod>, fields: &str) -> Result<HashSet<IpAddr>, GcError> {
+    let params = WatchParams::streaming_lists().fields(fields).timeout(STREAM_TIMEOUT_SECONDS);
+    // No resourceVersion: a consistent read, as fresh as a LIST without one.
+    let mut events = std::pin::pin!(api.watch(&params, "").await?);
+    let mut claimed = HashSet::new();
+    while let Some(event) = events.try_next().await? {
+        match event {
+            WatchEvent::Added(pod) | WatchEvent::Modified(pod) => claim(&mut claimed, pod),
+            WatchEvent::Bookmark(b) if b.metadata.annotations.contains_key(INITIAL_EVENTS_END) => {
+                return Ok(claimed);
+            }
+            WatchEvent::Error(status) => return Err(kube::Error::Api(status).into()),
+            WatchEvent::Bookmark(_) | WatchEvent::Deleted(_) => {}
+        }
+    }
+    Err(GcError::ListIncomplete)
+}
+
+/// The annotation of the bookmark that ends a streamed list's objects.
+const INITIAL_EVENTS_END: &str = "k8s.io/initial-events-end";
+
+/// The claims from a paginated LIST.
+async fn paged_claims(api: &Api<Pod>, fields: &str) -> Result<HashSet<IpAddr>, kube::Error> {
+    let mut params = ListParams::default().fields(fields).limit(POD_PAGE);
     let mut claimed = HashSet::new();
     loop {
         let page = api.list(&params).await?;
-        for status in page.items.into_iter().filter_map(|p| p.status) {
-            if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
-                continue;
-            }
-            let ips = status.pod_ips.into_iter().flatten().map(|p| p.ip).chain(status.pod_ip);
-            claimed.extend(ips.filter_map(|ip| ip.parse::<IpAddr>().ok()));
+        for pod in page.items {
+            claim(&mut claimed, pod);
         }
         match page.metadata.continue_ {
             Some(token) if !token.is_empty() => params = params.continue_token(&token),
             _ => return Ok(claimed),
         }
     }
+}
+
+/// Adds the addresses `pod` claims. Pods that have finished (Succeeded,
+/// Failed) no longer hold a sandbox, though the API keeps their
+/// addresses: their claim does not count.
+fn claim(claimed: &mut HashSet<IpAddr>, pod: Pod) {
+    let Some(status) = pod.status else { return };
+    if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
+        return;
+    }
+    let ips = status.pod_ips.into_iter().flatten().map(|p| p.ip).chain(status.pod_ip);
+    claimed.extend(ips.filter_map(|ip| ip.parse::<IpAddr>().ok()));
 }
 
 /// What one pass keeps: every attachment except those nothing proved alive

@@ -110,6 +110,8 @@ pub struct Metrics {
     pub policy_doubted_pod_addresses: Gauge,
     /// NetworkPolicies refused for going past a cap, by cap.
     pub policy_refused: Family<ReasonLabel, Counter>,
+    /// 1 when lists stream through watches (WatchList), 0 when paged.
+    pub list_streaming: Gauge,
 }
 
 impl Default for Metrics {
@@ -153,6 +155,7 @@ impl Metrics {
             policy_pending_interfaces: Gauge::default(),
             policy_doubted_pod_addresses: Gauge::default(),
             policy_refused: Family::default(),
+            list_streaming: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("peers", "Peer nodes by the backend used to reach them", m.peers.clone());
@@ -244,6 +247,11 @@ impl Metrics {
             "policy_refused",
             "NetworkPolicies refused for going past a cap, by cap (their pods stay isolated with no rule; the log names them)",
             m.policy_refused.clone(),
+        );
+        registry.register(
+            "list_streaming",
+            "1 when weft-agent lists Pods, Namespaces and NetworkPolicies as streamed watches (one request, one object in memory), 0 when in pages because the API server refused streaming",
+            m.list_streaming.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{EXTERNAL_V4, EXTERNAL_V6, Lab, create_pod};
+use common::{EXTERNAL_V4, EXTERNAL_V6, Lab, NO_WATCH_LIST, create_pod};
 use libweft::netlink::format_mac;
 use libweft::testutil::control_plane::{ControlPlane, Proc, eventually, k8s_bin};
 use libweft::testutil::{TestNs, have_privileges};
@@ -187,9 +187,18 @@ fn whoami_server(ns: &TestNs, dir: &std::path::Path, name: &str) -> Vec<Proc> {
 }
 
 fn start_cluster(segments: &[char], backend: &str) -> Option<(Lab, ControlPlane, Vec<Agent>)> {
+    start_cluster_with_flags(segments, backend, &[])
+}
+
+/// [`start_cluster`] with extra kube-apiserver flags.
+fn start_cluster_with_flags(
+    segments: &[char],
+    backend: &str,
+    apiserver_flags: &[&str],
+) -> Option<(Lab, ControlPlane, Vec<Agent>)> {
     let bin = bin_or_skip()?;
     let lab = Lab::new(segments);
-    let cp = lab.control_plane(&bin);
+    let cp = lab.control_plane_with_flags(&bin, apiserver_flags);
     for n in &lab.nodes {
         cp.create_node(&n.name, &[&n.pod_v4, &n.pod_v6], &[&n.v4, &n.v6]);
     }
@@ -240,10 +249,18 @@ fn vxlan_agents_connect_pods_survive_restarts_and_forget_deleted_nodes() {
     assert!(conn.echo("before restart"));
     let before = routes(&lab.nodes[0].ns);
     agents[0].stop();
+    // Rewritten once the restarted agent has applied its first complete
+    // policy lists (streamed, they end up to a second after they start).
+    std::fs::remove_file(policy_list(&agents[0])).unwrap();
     agents[0].start(&lab, &cp, "vxlan");
     assert!(
         more_passes(&lab.nodes[0].ns, 0, 1, Duration::from_secs(15)),
         "no pass after restart:\n{}",
+        agents[0].log()
+    );
+    assert!(
+        eventually(Duration::from_secs(15), || policy_list(&agents[0]).exists()),
+        "the restarted agent never applied its policy lists:\n{}",
         agents[0].log()
     );
     assert!(conn.echo("after restart"), "connection broke across an agent restart:\n{}", agents[0].log());
@@ -459,16 +476,34 @@ fn policy_table_handle(ns: &TestNs) -> String {
     text.lines().next().and_then(|l| l.split("# handle ").nth(1)).unwrap_or("").trim().to_string()
 }
 
-#[test]
-#[ignore = "needs root and the Kubernetes binaries: cargo test -- --ignored"]
-fn agents_enforce_network_policy_read_from_the_api() {
-    let Some((lab, cp, agents)) = start_cluster(&['A', 'A'], "vxlan") else { return };
+/// A server pod (`app=srv`, answering on 8080) on node 0 and a client pod
+/// on node 1, both in the API.
+struct SrvCli {
+    srv: TestNs,
+    srv4: String,
+    srv6: String,
+    cli: TestNs,
+    cli4: String,
+    cli6: String,
+    _servers: Vec<Proc>,
+}
+
+fn srv_and_cli(lab: &Lab, cp: &ControlPlane, agents: &[Agent], cli_labels: serde_json::Value) -> SrvCli {
     let (srv, srv4, srv6) = lab.nodes[0].add_pod_from_node_config("srv", &agents[0].node_json());
     let (cli, cli4, cli6) = lab.nodes[1].add_pod_from_node_config("cli", &agents[1].node_json());
     let _servers = whoami_server(&srv, agents[0].dir.path(), "srv");
     assert!(eventually(Duration::from_secs(5), || listening(&srv, 8080)));
-    create_pod(&cp, "srv", &lab.nodes[0].name, serde_json::json!({"app": "srv"}), &[&srv4, &srv6]);
-    create_pod(&cp, "cli", &lab.nodes[1].name, serde_json::json!({"role": "other"}), &[&cli4, &cli6]);
+    create_pod(cp, "srv", &lab.nodes[0].name, serde_json::json!({"app": "srv"}), &[&srv4, &srv6]);
+    create_pod(cp, "cli", &lab.nodes[1].name, cli_labels, &[&cli4, &cli6]);
+    SrvCli { srv, srv4, srv6, cli, cli4, cli6, _servers }
+}
+
+#[test]
+#[ignore = "needs root and the Kubernetes binaries: cargo test -- --ignored"]
+fn agents_enforce_network_policy_read_from_the_api() {
+    let Some((lab, cp, agents)) = start_cluster(&['A', 'A'], "vxlan") else { return };
+    let SrvCli { srv: _srv, srv4, srv6, cli, cli4, cli6, _servers } =
+        srv_and_cli(&lab, &cp, &agents, serde_json::json!({"role": "other"}));
     assert_eq!(ask(&cli, &srv4, 8080), cli4, "no policy: open");
 
     // Only role=cli may reach app=srv: for this client, a deny-all.
@@ -625,6 +660,13 @@ fn set_pod_ips(cp: &ControlPlane, ns: &str, name: &str, ips: &[&str]) {
     let pod_ips: Vec<_> = ips.iter().map(|ip| serde_json::json!({"ip": ip})).collect();
     let patch = serde_json::json!({"status": {"podIP": ips[0], "podIPs": pod_ips}}).to_string();
     cp.kubectl_ok(&["patch", "pod", name, "-n", ns, "--subresource=status", "--type=merge", "-p", &patch]);
+}
+
+/// `default/only-cli`: only `role=cli` pods may reach `app=srv` pods.
+fn create_only_cli_policy(cp: &ControlPlane) {
+    let spec = serde_json::json!({"podSelector": {"matchLabels": {"app": "srv"}},
+        "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "cli"}}}]}]});
+    create_policy(cp, "default", "only-cli", spec);
 }
 
 fn create_policy(cp: &ControlPlane, ns: &str, name: &str, spec: serde_json::Value) {
@@ -1098,13 +1140,7 @@ fn hostile_pods_and_a_policy_past_a_cap_neither_exhaust_the_agent_nor_open_its_p
     agents[0].start(&lab, &cp, "vxlan");
     let node0 = &lab.nodes[0].ns;
     // A normal policy, then one past the peers cap that would let the client in.
-    create_policy(
-        &cp,
-        "default",
-        "only-cli",
-        serde_json::json!({"podSelector": {"matchLabels": {"app": "srv"}},
-        "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "cli"}}}]}]}),
-    );
+    create_only_cli_policy(&cp);
     let mut peers = vec![serde_json::json!({"podSelector": {"matchLabels": {"role": "cli"}}})];
     peers.extend((0..150).map(|i| serde_json::json!({"podSelector": {"matchLabels": {format!("k{i:05}"): "v"}}})));
     create_policy(
@@ -1140,10 +1176,35 @@ fn hostile_pods_and_a_policy_past_a_cap_neither_exhaust_the_agent_nor_open_its_p
         );
     }
     assert!(node0.http_get("127.0.0.1:9959", "/readyz").contains(" 200 "), "not ready:\n{}", agents[0].log());
+    assert!(metrics(node0).contains("weft_list_streaming 1"), "lists did not stream:\n{}", agents[0].log());
     let pid = agents[0].proc.as_ref().and_then(|p| p.pid()).unwrap();
     let peak = peak_rss_mib(pid);
     assert!(peak > 0 && peak < 64, "peak RSS {peak} MiB with 20 MB of hostile labels:\n{}", agents[0].log());
     eprintln!("agent peak RSS with 20 x 1 MB of labels: {peak} MiB");
     let log = std::fs::read_to_string(&agents[0].proc.as_ref().unwrap().log).unwrap();
     assert_eq!(log.matches("over the cap").count(), 1, "warned once:\n{}", agents[0].log());
+}
+
+#[test]
+#[ignore = "needs root and the Kubernetes binaries: cargo test -- --ignored"]
+fn lists_fall_back_to_pages_where_the_api_server_refuses_streaming() {
+    let Some((lab, cp, agents)) = start_cluster_with_flags(&['A', 'A'], "vxlan", &[NO_WATCH_LIST]) else { return };
+    let SrvCli { srv: _srv, srv4, srv6, cli, cli4: _, cli6: _, _servers } =
+        srv_and_cli(&lab, &cp, &agents, serde_json::json!({"role": "cli"}));
+    // The policy names label keys the views did not keep: the paged Pod list is made again.
+    create_only_cli_policy(&cp);
+    let node0 = &lab.nodes[0].ns;
+    assert!(
+        eventually(Duration::from_secs(30), || in_policy_map(node0, "ingress4", &srv4)),
+        "the policy's pod is not isolated:\n{}",
+        agents[0].log()
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || answers(&cli, &srv4, 8080) && answers(&cli, &srv6, 8080)),
+        "the policy does not admit its peer, listed in pages:\n{}",
+        agents[0].log()
+    );
+    assert!(metrics(node0).contains("weft_list_streaming 0"), "{}", metrics(node0));
+    let log = std::fs::read_to_string(&agents[0].proc.as_ref().unwrap().log).unwrap();
+    assert_eq!(log.matches("refuses streamed lists").count(), 1, "logged once:\n{}", agents[0].log());
 }

@@ -12,7 +12,7 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use common::{Node, create_pod, k8s_bin_or_skip, lone_control_plane};
+use common::{NO_WATCH_LIST, Node, create_pod, k8s_bin_or_skip, lone_control_plane};
 use ipnetwork::IpNetwork;
 use libweft::ipam::{Allocator, Attachment, DiskStore};
 use libweft::netlink::{Netlink, host_veth_name};
@@ -101,34 +101,39 @@ fn an_address_whose_veth_is_gone_is_freed() {
 #[ignore = "needs root and the Kubernetes binaries: cargo test -- --ignored"]
 fn only_unfinished_pods_bound_to_the_node_claim_addresses() {
     let Some(bin) = k8s_bin_or_skip() else { return };
-    let cp = lone_control_plane(&bin);
-    create_pod(&cp, "running", "node1", serde_json::json!({}), &["10.244.1.5", "fd00:10:244:1::5"]);
-    create_pod(&cp, "done", "node1", serde_json::json!({}), &["10.244.1.6"]);
-    cp.kubectl_ok(&[
-        "patch",
-        "pod",
-        "done",
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        r#"{"status":{"phase":"Succeeded"}}"#,
-    ]);
-    create_pod(&cp, "elsewhere", "node2", serde_json::json!({}), &["10.244.2.7"]);
+    // Streamed where the server allows it, in pages (three pods: two pages) where it refuses.
+    for flags in [&[][..], &[NO_WATCH_LIST]] {
+        let cp = lone_control_plane(&bin, flags);
+        create_pod(&cp, "running", "node1", serde_json::json!({}), &["10.244.1.5", "fd00:10:244:1::5"]);
+        create_pod(&cp, "done", "node1", serde_json::json!({}), &["10.244.1.6"]);
+        create_pod(&cp, "running-too", "node1", serde_json::json!({}), &["10.244.1.8"]);
+        cp.kubectl_ok(&[
+            "patch",
+            "pod",
+            "done",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"phase":"Succeeded"}}"#,
+        ]);
+        create_pod(&cp, "elsewhere", "node2", serde_json::json!({}), &["10.244.2.7"]);
 
-    // The client's sockets must live in the control plane's namespace: a throwaway thread there.
-    let kubeconfig = cp.kubeconfig();
-    let claimed = NetNs::open(&cp.ns.path())
-        .unwrap()
-        .run(|| {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async {
-                let file = kube::config::Kubeconfig::read_from(&kubeconfig).unwrap();
-                let config = kube::Config::from_custom_kubeconfig(file, &Default::default()).await.unwrap();
-                observe_claimed_addresses(&kube::Client::try_from(config).unwrap(), "node1").await
+        // The client's sockets must live in the control plane's namespace: a throwaway thread there.
+        let kubeconfig = cp.kubeconfig();
+        let claimed = NetNs::open(&cp.ns.path())
+            .unwrap()
+            .run(|| {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                rt.block_on(async {
+                    let file = kube::config::Kubeconfig::read_from(&kubeconfig).unwrap();
+                    let config = kube::Config::from_custom_kubeconfig(file, &Default::default()).await.unwrap();
+                    observe_claimed_addresses(&kube::Client::try_from(config).unwrap(), "node1").await
+                })
             })
-        })
-        .unwrap()
-        .unwrap();
-    let want: HashSet<IpAddr> = ["10.244.1.5".parse().unwrap(), "fd00:10:244:1::5".parse().unwrap()].into();
-    assert_eq!(claimed, want);
+            .unwrap()
+            .unwrap();
+        let want: HashSet<IpAddr> =
+            ["10.244.1.5", "fd00:10:244:1::5", "10.244.1.8"].iter().map(|a| a.parse().unwrap()).collect();
+        assert_eq!(claimed, want, "apiserver flags {flags:?}");
+    }
 }

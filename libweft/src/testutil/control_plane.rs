@@ -95,12 +95,21 @@ pub struct ControlPlane {
     pub ip: String,
     etcd: Proc,
     apiserver: Proc,
+    /// Extra kube-apiserver flags, kept for restarts.
+    apiserver_flags: Vec<String>,
 }
 
 impl ControlPlane {
     /// Starts etcd and kube-apiserver in `ns`, which holds `ip` on an
     /// interface its clients reach, and waits until the API server is ready.
     pub fn start(ns: TestNs, ip: &str, bin: &Path) -> ControlPlane {
+        Self::start_with_flags(ns, ip, bin, &[])
+    }
+
+    /// [`ControlPlane::start`] with extra kube-apiserver flags (such as
+    /// `--feature-gates=WatchList=false`, an older server's default).
+    pub fn start_with_flags(ns: TestNs, ip: &str, bin: &Path, apiserver_flags: &[&str]) -> ControlPlane {
+        let apiserver_flags: Vec<String> = apiserver_flags.iter().map(|f| f.to_string()).collect();
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let sa_key = d.join("sa.key");
@@ -133,51 +142,47 @@ impl ControlPlane {
             &[],
             d,
         );
-        let apiserver = Self::spawn_apiserver(&ns, ip, bin, d);
+        let apiserver = Self::spawn_apiserver(&ns, ip, bin, d, &apiserver_flags);
         let kubeconfig = format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster:\n    server: https://{ip}:6443\n    insecure-skip-tls-verify: true\nusers:\n- name: t\n  user:\n    token: {TOKEN}\ncontexts:\n- name: t\n  context: {{cluster: t, user: t}}\ncurrent-context: t\n"
         );
         std::fs::write(d.join("kubeconfig"), kubeconfig).unwrap();
-        let cp = ControlPlane { ns, dir, bin: bin.to_path_buf(), ip: ip.into(), etcd, apiserver };
+        let cp = ControlPlane { ns, dir, bin: bin.to_path_buf(), ip: ip.into(), etcd, apiserver, apiserver_flags };
         cp.wait_ready();
         cp
     }
 
-    fn spawn_apiserver(ns: &TestNs, ip: &str, bin: &Path, d: &Path) -> Proc {
+    fn spawn_apiserver(ns: &TestNs, ip: &str, bin: &Path, d: &Path, flags: &[String]) -> Proc {
         let s = |p: &Path| p.display().to_string();
-        Proc::spawn(
-            "kube-apiserver",
-            ns,
-            &[
-                &s(&bin.join("kube-apiserver")),
-                "--etcd-servers",
-                "http://127.0.0.1:2379",
-                "--bind-address",
-                "0.0.0.0",
-                "--secure-port",
-                "6443",
-                "--advertise-address",
-                ip,
-                "--cert-dir",
-                &s(&d.join("certs")),
-                "--token-auth-file",
-                &s(&d.join("tokens.csv")),
-                "--authorization-mode",
-                "RBAC",
-                "--service-account-issuer",
-                "https://kubernetes.default.svc",
-                "--service-account-key-file",
-                &s(&d.join("sa.pub")),
-                "--service-account-signing-key-file",
-                &s(&d.join("sa.key")),
-                "--service-cluster-ip-range",
-                "10.96.0.0/16",
-                "--enable-priority-and-fairness=false",
-                "--v=1",
-            ],
-            &[],
-            d,
-        )
+        let base: &[&str] = &[
+            &s(&bin.join("kube-apiserver")),
+            "--etcd-servers",
+            "http://127.0.0.1:2379",
+            "--bind-address",
+            "0.0.0.0",
+            "--secure-port",
+            "6443",
+            "--advertise-address",
+            ip,
+            "--cert-dir",
+            &s(&d.join("certs")),
+            "--token-auth-file",
+            &s(&d.join("tokens.csv")),
+            "--authorization-mode",
+            "RBAC",
+            "--service-account-issuer",
+            "https://kubernetes.default.svc",
+            "--service-account-key-file",
+            &s(&d.join("sa.pub")),
+            "--service-account-signing-key-file",
+            &s(&d.join("sa.key")),
+            "--service-cluster-ip-range",
+            "10.96.0.0/16",
+            "--enable-priority-and-fairness=false",
+            "--v=1",
+        ];
+        let args: Vec<&str> = base.iter().copied().chain(flags.iter().map(String::as_str)).collect();
+        Proc::spawn("kube-apiserver", ns, &args, &[], d)
     }
 
     /// Stops kube-apiserver (agents see connection errors).
@@ -187,7 +192,7 @@ impl ControlPlane {
 
     /// Starts kube-apiserver again with the same arguments and waits for it.
     pub fn apiserver_restart_for_test(&mut self) {
-        self.apiserver = Self::spawn_apiserver(&self.ns, &self.ip, &self.bin, self.dir.path());
+        self.apiserver = Self::spawn_apiserver(&self.ns, &self.ip, &self.bin, self.dir.path(), &self.apiserver_flags);
         self.wait_ready();
     }
 

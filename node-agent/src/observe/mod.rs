@@ -5,6 +5,7 @@
 pub mod counters;
 pub mod events;
 pub mod kernel;
+pub mod list_mode;
 pub mod node_views;
 pub mod policy_watch;
 pub mod underlay;

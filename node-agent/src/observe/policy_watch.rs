@@ -21,9 +21,10 @@
 //! key no policy names any more is dropped from the views as their
 //! objects change, without a re-list. The Pod and Namespace watches
 //! start once the policies are listed, so they list once at start, with
-//! the keys. Pod lists come in pages of
-//! [`POD_PAGE`]: a list is never held whole (watch lists, which stream,
-//! are off by default in Kubernetes 1.33, which the chart supports).
+//! the keys. Lists stream through the watch where the API server allows
+//! it ([`ListMode`]): one request per list, one object in memory at a
+//! time. Where it refuses, Pod lists come in pages of [`POD_PAGE`], so a
+//! list is never held whole.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Debug;
@@ -36,15 +37,17 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
+use super::list_mode::{ListMode, watcher_refuses_streaming};
 use super::watch::Trigger;
 use crate::metrics::Metrics;
 use crate::wire_policy::{LabelKeys, NamespaceView, PodView, PolicyView, Refused};
 
-/// Pods per page of a (re)list. kube reads a page whole and copies it
-/// twice before parsing it: with hostile pods of 1.5 MB, a page costs
-/// about 7 MB per pod while it is read (a page of 10 took the agent's peak
-/// RSS to 98 MiB with 20 pods of 1 MB; a page of 2, 48 MiB). 10,000
-/// ordinary pods take 5,000 short requests.
+/// Pods per page of a (re)list when the server refuses streamed lists.
+/// kube reads a page whole and copies it twice before parsing it: with
+/// hostile pods of 1.5 MB, a page costs about 7 MB per pod while it is
+/// read (a page of 10 took the agent's peak RSS to 98 MiB with 20 pods of
+/// 1 MB; a page of 2, 48 MiB). 10,000 ordinary pods take 5,000 short
+/// requests: the price of a server without WatchList.
 pub const POD_PAGE: u32 = 2;
 
 /// The views of one kind.
@@ -232,10 +235,12 @@ impl CapReports {
 /// Starts the three watches; the cache fills while their tasks run.
 pub fn spawn(client: Client, trigger: Arc<Trigger>, metrics: Arc<Metrics>) -> PolicyCache {
     let cache = PolicyCache::default();
+    // The policies' watch starts first and settles the mode for the others.
+    let mode = Arc::new(ListMode::default());
     let pod_keys = cache.clone();
     run(
         Api::<Pod>::all(client.clone()),
-        Watch { what: "Pods", page: Some(POD_PAGE), relists: true },
+        Watch { what: "Pods", page: Some(POD_PAGE), mode: mode.clone(), relists: true },
         cache.clone(),
         trigger.clone(),
         metrics.clone(),
@@ -250,7 +255,7 @@ pub fn spawn(client: Client, trigger: Arc<Trigger>, metrics: Arc<Metrics>) -> Po
     let ns_keys = cache.clone();
     run(
         Api::<Namespace>::all(client.clone()),
-        Watch { what: "Namespaces", page: None, relists: true },
+        Watch { what: "Namespaces", page: None, mode: mode.clone(), relists: true },
         cache.clone(),
         trigger.clone(),
         metrics.clone(),
@@ -261,7 +266,7 @@ pub fn spawn(client: Client, trigger: Arc<Trigger>, metrics: Arc<Metrics>) -> Po
     let mut caps = CapReports::default();
     run(
         Api::<NetworkPolicy>::all(client),
-        Watch { what: "NetworkPolicies", page: None, relists: false },
+        Watch { what: "NetworkPolicies", page: None, mode: mode.clone(), relists: false },
         cache.clone(),
         trigger,
         metrics,
@@ -282,8 +287,9 @@ pub fn spawn(client: Client, trigger: Arc<Trigger>, metrics: Arc<Metrics>) -> Po
 /// How one kind is watched.
 struct Watch {
     what: &'static str,
-    /// Objects per page of a list (kube's default otherwise).
+    /// Objects per page of a paged list (kube's default otherwise).
     page: Option<u32>,
+    mode: Arc<ListMode>,
     /// Re-list when the policies name a new label key.
     relists: bool,
 }
@@ -300,9 +306,10 @@ fn run<K, V>(
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
     V: PartialEq + Send + 'static,
 {
-    let mut config = watcher::Config::default();
+    let streamed = watcher::Config::default().streaming_lists();
+    let mut paged = watcher::Config::default();
     if let Some(page) = watch.page {
-        config = config.page_size(page);
+        paged = paged.page_size(page);
     }
     let mut relist = cache.relist.subscribe();
     tokio::spawn(async move {
@@ -311,8 +318,10 @@ fn run<K, V>(
         }
         loop {
             let generation = relist.borrow_and_update().unwrap_or(0);
+            let streaming = watch.mode.streaming();
+            let config = if streaming { streamed.clone() } else { paged.clone() };
             // A new watcher starts with a full list.
-            let stream = watcher(api.clone(), config.clone()).default_backoff();
+            let stream = watcher(api.clone(), config).default_backoff();
             let mut stream = std::pin::pin!(stream);
             loop {
                 let event = tokio::select! {
@@ -322,11 +331,19 @@ fn run<K, V>(
                 let Some(event) = event else { return };
                 match event {
                     Ok(e) => {
+                        if streaming && matches!(e, watcher::Event::InitDone) {
+                            watch.mode.streamed(&metrics);
+                        }
                         // The full object lives only until its view is made.
                         let e = slim(e, &mut view);
                         if cache.apply(e, generation, views) {
                             trigger.fire();
                         }
+                    }
+                    Err(e) if streaming && watcher_refuses_streaming(&e) => {
+                        // Before the watcher's Init: the views are untouched.
+                        watch.mode.refused(&metrics, &e);
+                        break;
                     }
                     Err(e) => {
                         // The backoff retries; the views stay as last seen.

@@ -139,6 +139,11 @@ pub const CP_IP: &str = "198.51.100.2";
 impl Lab {
     /// etcd and kube-apiserver in a control-plane namespace on segment A.
     pub fn control_plane(&self, bin: &std::path::Path) -> ControlPlane {
+        self.control_plane_with_flags(bin, &[])
+    }
+
+    /// [`Lab::control_plane`] with extra kube-apiserver flags.
+    pub fn control_plane_with_flags(&self, bin: &std::path::Path, apiserver_flags: &[&str]) -> ControlPlane {
         let ns = TestNs::new("cp");
         veth(&self.lab, "brA-cp", &ns, "eth0");
         self.lab.exec_ok(&["ip", "link", "set", "brA-cp", "master", "brA", "up"]);
@@ -146,7 +151,7 @@ impl Lab {
         ns.exec_ok(&["ip", "addr", "add", &format!("{CP_IP}/24"), "dev", "eth0"]);
         // Nodes on segment B reach the API server through the lab router.
         ns.exec_ok(&["ip", "route", "add", "203.0.113.0/25", "via", "198.51.100.1"]);
-        ControlPlane::start(ns, CP_IP, bin)
+        ControlPlane::start_with_flags(ns, CP_IP, bin, apiserver_flags)
     }
 }
 
@@ -315,12 +320,15 @@ pub fn k8s_bin_or_skip() -> Option<PathBuf> {
 
 /// etcd and kube-apiserver alone in a namespace, at `CP_IP` on a veth of
 /// its own (the kernel here has no dummy links), for tests that need the
-/// API but no node.
-pub fn lone_control_plane(bin: &Path) -> ControlPlane {
+/// API but no node; `apiserver_flags` are added to kube-apiserver's.
+pub fn lone_control_plane(bin: &Path, apiserver_flags: &[&str]) -> ControlPlane {
     let ns = TestNs::new("cp");
     ns.exec_ok(&["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth1"]);
     ns.exec_ok(&["ip", "link", "set", "eth0", "up"]);
     ns.exec_ok(&["ip", "link", "set", "eth1", "up"]);
     ns.exec_ok(&["ip", "addr", "add", &format!("{CP_IP}/24"), "dev", "eth0"]);
-    ControlPlane::start(ns, CP_IP, bin)
+    ControlPlane::start_with_flags(ns, CP_IP, bin, apiserver_flags)
 }
+
+/// kube-apiserver's flag that refuses streamed lists, as 1.33 does by default.
+pub const NO_WATCH_LIST: &str = "--feature-gates=WatchList=false";
