@@ -42,17 +42,10 @@ use crate::config::Config;
 use crate::desired::files::node_config_path;
 use crate::metrics::{Metrics, SubnetLabel};
 use crate::observe::list_mode::refuses_streaming;
+use crate::observe::policy_watch::POD_PAGE;
 
 /// The plugin's network name (the conflist's `name`).
 pub const NETWORK: &str = "weft";
-
-/// Pods per page of the node's pod list where the server refuses streamed
-/// lists. kube holds a page whole, about 7 MB per pod with a tenant's 1.5 MB
-/// of labels (see `policy_watch::POD_PAGE`), and a tenant can put ~110 pods
-/// on a node: a page of 2 keeps a pass near 15 MB, for ~55 short requests
-/// every `ipam_gc_period` (5 minutes by default). Streamed, a pass is one
-/// request and one pod in memory.
-const POD_PAGE: u32 = 2;
 
 /// How long the API server may take to stream the node's pods.
 const STREAM_TIMEOUT_SECONDS: u32 = 60;
@@ -154,7 +147,11 @@ async fn streamed_claims(api: &Api<Pod>, fields: &str) -> Result<HashSet<IpAddr>
 /// The annotation of the bookmark that ends a streamed list's objects.
 const INITIAL_EVENTS_END: &str = "k8s.io/initial-events-end";
 
-/// The claims from a paginated LIST.
+/// The claims from a paginated LIST, in pages of the policy watch's
+/// [`POD_PAGE`]: kube holds a page whole, about 7 MB per pod with a tenant's
+/// 1.5 MB of labels, and a tenant can put ~110 pods on a node, so a pass
+/// stays near 15 MB for ~55 short requests every `ipam_gc_period` (5 minutes
+/// by default). Streamed, a pass is one request and one pod in memory.
 async fn paged_claims(api: &Api<Pod>, fields: &str) -> Result<HashSet<IpAddr>, kube::Error> {
     let mut params = ListParams::default().fields(fields).limit(POD_PAGE);
     let mut claimed = HashSet::new();
