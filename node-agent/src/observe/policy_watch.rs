@@ -33,6 +33,7 @@ use std::sync::{Arc, Mutex};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
@@ -40,6 +41,7 @@ use serde::de::DeserializeOwned;
 use super::list_mode::{ListMode, watcher_refuses_streaming};
 use super::watch::Trigger;
 use crate::metrics::Metrics;
+use crate::wire_cluster_policy::{self as cnp, ClusterPolicyView};
 use crate::wire_policy::{LabelKeys, NamespaceView, PodView, PolicyView, Refused};
 
 /// Pods per page of a (re)list when the server refuses streamed lists.
@@ -109,6 +111,7 @@ struct Inner {
     pods: Views<PodView>,
     namespaces: Views<NamespaceView>,
     policies: Views<PolicyView>,
+    cluster_policies: Views<ClusterPolicyView>,
     /// The label keys the policies name: the labels views keep.
     keys: Arc<LabelKeys>,
     /// Bumped when `keys` gains a key: views listed before miss it.
@@ -119,8 +122,9 @@ impl Inner {
     /// Recomputes the label keys from the policies; returns the new
     /// generation when a key was added (the views must re-list).
     fn update_keys(&mut self) -> Option<u64> {
+        let cluster = self.cluster_policies.current.values().flat_map(|p| p.label_keys());
         let wanted: LabelKeys =
-            self.policies.current.values().flat_map(|p| p.label_keys()).map(str::to_string).collect();
+            self.policies.current.values().flat_map(|p| p.label_keys()).chain(cluster).map(str::to_string).collect();
         if *self.keys == wanted {
             return None;
         }
@@ -160,19 +164,22 @@ pub struct PolicyViews {
     pub pods: Vec<PodView>,
     pub namespaces: Vec<NamespaceView>,
     pub policies: Vec<PolicyView>,
+    pub cluster_policies: Vec<ClusterPolicyView>,
 }
 
 impl PolicyCache {
     /// The views, once every list is complete.
     pub fn snapshot(&self) -> Option<PolicyViews> {
         let inner = self.inner.lock().ok()?;
-        if !(inner.pods.synced && inner.namespaces.synced && inner.policies.synced && inner.labels_complete()) {
+        let policies_synced = inner.policies.synced && inner.cluster_policies.synced;
+        if !(inner.pods.synced && inner.namespaces.synced && policies_synced && inner.labels_complete()) {
             return None;
         }
         Some(PolicyViews {
             pods: inner.pods.current.values().cloned().collect(),
             namespaces: inner.namespaces.current.values().cloned().collect(),
             policies: inner.policies.current.values().cloned().collect(),
+            cluster_policies: inner.cluster_policies.current.values().cloned().collect(),
         })
     }
 
@@ -194,7 +201,7 @@ impl PolicyCache {
         if let Some(g) = grew {
             tracing::info!(keys = inner.keys.len(), "policies name new label keys: (re-)listing Pods and Namespaces");
             self.relist.send_replace(Some(g));
-        } else if inner.policies.synced && self.relist.borrow().is_none() {
+        } else if inner.policies.synced && inner.cluster_policies.synced && self.relist.borrow().is_none() {
             self.relist.send_replace(Some(inner.keys_generation));
         }
         changed
@@ -232,15 +239,22 @@ impl CapReports {
     }
 }
 
-/// Starts the three watches; the cache fills while their tasks run.
-pub fn spawn(client: Client, trigger: Arc<Trigger>, metrics: Arc<Metrics>) -> PolicyCache {
+/// Starts the watches (ClusterNetworkPolicies' only with `cluster`); the
+/// cache fills while their tasks run.
+pub fn spawn(client: Client, trigger: Arc<Trigger>, metrics: Arc<Metrics>, cluster: bool) -> PolicyCache {
     let cache = PolicyCache::default();
     // The policies' watch starts first and settles the mode for the others.
     let mode = Arc::new(ListMode::default());
+    if cluster {
+        spawn_cluster_policies(&client, &cache, &trigger, &metrics, mode.clone());
+    } else {
+        cache.apply(watcher::Event::Init, 0, |i| &mut i.cluster_policies);
+        cache.apply(watcher::Event::InitDone, 0, |i| &mut i.cluster_policies);
+    }
     let pod_keys = cache.clone();
     run(
         Api::<Pod>::all(client.clone()),
-        Watch { what: "Pods", page: Some(POD_PAGE), mode: mode.clone(), relists: true },
+        Watch { what: "Pods", page: Some(POD_PAGE), mode: mode.clone(), relists: true, optional: false },
         cache.clone(),
         trigger.clone(),
         metrics.clone(),
@@ -255,7 +269,7 @@ pub fn spawn(client: Client, trigger: Arc<Trigger>, metrics: Arc<Metrics>) -> Po
     let ns_keys = cache.clone();
     run(
         Api::<Namespace>::all(client.clone()),
-        Watch { what: "Namespaces", page: None, mode: mode.clone(), relists: true },
+        Watch { what: "Namespaces", page: None, mode: mode.clone(), relists: true, optional: false },
         cache.clone(),
         trigger.clone(),
         metrics.clone(),
@@ -266,7 +280,7 @@ pub fn spawn(client: Client, trigger: Arc<Trigger>, metrics: Arc<Metrics>) -> Po
     let mut caps = CapReports::default();
     run(
         Api::<NetworkPolicy>::all(client),
-        Watch { what: "NetworkPolicies", page: None, mode: mode.clone(), relists: false },
+        Watch { what: "NetworkPolicies", page: None, mode: mode.clone(), relists: false, optional: false },
         cache.clone(),
         trigger,
         metrics,
@@ -284,6 +298,50 @@ pub fn spawn(client: Client, trigger: Arc<Trigger>, metrics: Arc<Metrics>) -> Po
     cache
 }
 
+/// The ClusterNetworkPolicy watch: read as dynamic objects, whose `spec`
+/// is turned into the view ([`ClusterPolicyView::from_spec`]).
+fn spawn_cluster_policies(
+    client: &Client,
+    cache: &PolicyCache,
+    trigger: &Arc<Trigger>,
+    metrics: &Arc<Metrics>,
+    mode: Arc<ListMode>,
+) {
+    let gvk = GroupVersionKind::gvk(cnp::GROUP, cnp::VERSION, cnp::KIND);
+    let resource = ApiResource::from_gvk_with_plural(&gvk, cnp::PLURAL);
+    let policy_metrics = metrics.clone();
+    let mut caps = CapReports::default();
+    run(
+        Api::<DynamicObject>::all_with(client.clone(), &resource),
+        Watch { what: "ClusterNetworkPolicies", page: None, mode, relists: false, optional: true },
+        cache.clone(),
+        trigger.clone(),
+        metrics.clone(),
+        move |o: &DynamicObject| {
+            let mut refused = Vec::new();
+            let v = ClusterPolicyView::from_spec(&o.name_any(), o.data.get("spec"), &mut refused);
+            caps.report(&key(o), &refused, &policy_metrics);
+            for r in refused.iter().filter(|r| r.cap.is_none()) {
+                tracing::warn!("ClusterNetworkPolicy enforced as the API's fail-closed rules say: {r}");
+            }
+            v
+        },
+        |i| &mut i.cluster_policies,
+    );
+}
+
+/// Whether a watch failed because the resource does not exist (a CRD not
+/// installed): 404 from the list or the watch.
+fn not_found(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::InitialListFailed(e) | watcher::Error::WatchStartFailed(e) => {
+            matches!(e, kube::Error::Api(s) if s.code == 404)
+        }
+        watcher::Error::WatchError(s) => s.code == 404,
+        _ => false,
+    }
+}
+
 /// How one kind is watched.
 struct Watch {
     what: &'static str,
@@ -292,6 +350,9 @@ struct Watch {
     mode: Arc<ListMode>,
     /// Re-list when the policies name a new label key.
     relists: bool,
+    /// The resource may not exist (a CRD not installed): a 404 reads as
+    /// an empty list, said once; the watcher's backoff keeps retrying.
+    optional: bool,
 }
 
 fn run<K, V>(
@@ -312,6 +373,7 @@ fn run<K, V>(
         paged = paged.page_size(page);
     }
     let mut relist = cache.relist.subscribe();
+    let mut said_absent = false;
     tokio::spawn(async move {
         if watch.relists && relist.wait_for(Option::is_some).await.is_err() {
             return;
@@ -344,6 +406,17 @@ fn run<K, V>(
                         // Before the watcher's Init: the views are untouched.
                         watch.mode.refused(&metrics, &e);
                         break;
+                    }
+                    Err(e) if watch.optional && not_found(&e) => {
+                        if !std::mem::replace(&mut said_absent, true) {
+                            tracing::info!("no {} in the API (CRD not installed): none enforced", watch.what);
+                        }
+                        // No resource, no objects: an empty list.
+                        let changed = cache.apply(watcher::Event::Init, generation, views)
+                            | cache.apply(watcher::Event::InitDone, generation, views);
+                        if changed {
+                            trigger.fire();
+                        }
                     }
                     Err(e) => {
                         // The backoff retries; the views stay as last seen.
@@ -436,6 +509,8 @@ mod tests {
             |c: &PolicyCache| vec![(key(&ns), NamespaceView::from_namespace_keeping(&ns, Some(&c.keys())))];
         let cache = PolicyCache::default();
         let mut relist = cache.relist.subscribe();
+        list::<ClusterPolicyView>(&cache, 0, |i| &mut i.cluster_policies, vec![]);
+        assert_eq!(*relist.borrow(), None, "NetworkPolicies are not listed yet");
         list(&cache, 0, |i| &mut i.policies, vec![]);
         assert_eq!(*relist.borrow_and_update(), Some(0), "Pods and Namespaces are listed once policies are");
         list(&cache, 0, |i| &mut i.pods, pods(&cache));
