@@ -579,7 +579,8 @@ mod tests {
     #[test]
     fn a_policy_past_a_cap_denies_its_subjects_in_the_directions_it_has_rules() {
         let peers: Vec<serde_json::Value> = (0..101).map(|i| json!({"networks": [format!("10.0.{i}.0/24")]})).collect();
-        let (v, refused) = read(json!({"tier": "Admin", "priority": 5, "subject": {"namespaces": {"matchLabels": {"a": "b"}}},
+        let (v, refused) =
+            read(json!({"tier": "Admin", "priority": 5, "subject": {"namespaces": {"matchLabels": {"a": "b"}}},
             "ingress": [{"action": "Accept", "from": peers}]}));
         let v = v.unwrap();
         assert_eq!(v.ingress, vec![ClusterRule::deny_all("weft: refused over a cap")]);

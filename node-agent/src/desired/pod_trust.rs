@@ -199,6 +199,9 @@ mod tests {
         assert_eq!(state.egress.keys().collect::<Vec<_>>(), [&local]);
         let (gin, geg) = (&state.ingress[&local], &state.egress[&local]);
         assert!(gin.starts_with("in-") && geg.starts_with("eg-"), "{gin} {geg}");
-        assert!(state.groups[gin] == Group::isolated_by(vec![]) && state.groups[geg] == state.groups[gin], "no policy allows anything");
+        assert!(
+            state.groups[gin] == Group::isolated_by(vec![]) && state.groups[geg] == state.groups[gin],
+            "no policy allows anything"
+        );
     }
 }

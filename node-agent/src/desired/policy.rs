@@ -211,8 +211,15 @@ pub fn peer_selects(
 pub(super) enum SetKey<'a> {
     /// Pods matching `pods` in namespace `namespace` or in the namespaces
     /// matching `namespaces`.
-    Pods { namespace: Option<&'a str>, namespaces: Option<&'a Selector>, pods: &'a Selector },
-    Block { cidr: &'a IpNetwork, except: &'a [IpNetwork] },
+    Pods {
+        namespace: Option<&'a str>,
+        namespaces: Option<&'a Selector>,
+        pods: &'a Selector,
+    },
+    Block {
+        cidr: &'a IpNetwork,
+        except: &'a [IpNetwork],
+    },
     /// A ClusterNetworkPolicy's `networks`.
     Networks(&'a [IpNetwork]),
 }
@@ -278,8 +285,7 @@ pub fn policy_with_tiers(
             }
             state.groups.insert(name, group);
         }
-        let used: BTreeSet<String> =
-            state.groups.values().flat_map(|g| g.policies.iter().flatten()).cloned().collect();
+        let used: BTreeSet<String> = state.groups.values().flat_map(|g| g.policies.iter().flatten()).cloned().collect();
         for p in &policies {
             let name = policy_chain_name(p, direction);
             if !used.contains(&name) {

@@ -38,8 +38,8 @@ use std::net::IpAddr;
 
 use serde_json::{Value, json};
 
-use super::nft_plan::{Element, NftPlan, Verb};
 use super::cluster_policy::ClusterChain;
+use super::nft_plan::{Element, NftPlan, Verb};
 use super::policy::{AddressSet, Allow, Group, PeerMatch, PolicyChain, PolicyState, PortSet, PortsMatch};
 use crate::base::names::{POLICY_TABLE, denied_counter, pending_counter};
 use crate::wire_cluster_policy::{Action, Tier};

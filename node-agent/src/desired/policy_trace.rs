@@ -79,7 +79,10 @@ impl fmt::Display for Verdict {
                     (Action::Accept, _) => "allowed",
                 };
                 let name = if name.is_empty() { String::new() } else { format!(" ({name})") };
-                write!(f, "{said} by {tier} tier ClusterNetworkPolicy {policy} rule {rule}{name} {action} (peer: {peer})")
+                write!(
+                    f,
+                    "{said} by {tier} tier ClusterNetworkPolicy {policy} rule {rule}{name} {action} (peer: {peer})"
+                )
             }
             Verdict::Default { passed } => match passed {
                 Some(by) => write!(f, "allowed: {by}, and no NetworkPolicy or Baseline rule decides (default)"),
