@@ -404,17 +404,7 @@ fn policy_trace_reads_the_api_and_explains_the_verdict() {
             &status.to_string(),
         ]);
     }
-    let trace = |from: &str, to: &str, port: &str| {
-        let out = std::process::Command::new("ip")
-            .args(["netns", "exec", lab.nodes[0].ns.name(), common::WEFT, "policy", "trace"])
-            .args(["--from", from, "--to", to, "--port", port])
-            .env("KUBECONFIG", cp.kubeconfig())
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
-        text
-    };
+    let trace = |from: &str, to: &str, port: &str| common::policy_trace(&lab.nodes[0].ns, &cp, from, to, port);
     let allowed = trace("shop/cli", "shop/web", "8080/TCP");
     assert_eq!(allowed.matches("allowed by shop/web-from-cli rule 0").count(), 2, "both families:\n{allowed}");
     assert_eq!(allowed.matches("verdict: ALLOWED").count(), 2, "{allowed}");
