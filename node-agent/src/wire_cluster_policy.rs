@@ -209,7 +209,7 @@ impl ClusterPolicyView {
     pub fn from_spec(name: &str, spec: Option<&serde_json::Value>, refused: &mut Vec<Refused>) -> Option<Self> {
         let mut refuse =
             |reason: String| refused.push(Refused { kind: REFUSED_KIND, object: name.to_string(), reason, cap: None });
-        let raw: RawSpec = match spec.map(|s| RawSpec::deserialize(s)) {
+        let raw: RawSpec = match spec.map(RawSpec::deserialize) {
             Some(Ok(raw)) => raw,
             Some(Err(e)) => {
                 refuse(format!("spec: {}; the policy is ignored", bounded(&e.to_string())));

@@ -555,4 +555,41 @@ mod tests {
         // No cluster policy: exactly NetworkPolicy's state.
         assert_eq!(policy_with_tiers("node1", &pods, &nss, &pols, &[]), policy("node1", &pods, &nss, &pols));
     }
+
+    #[test]
+    fn the_table_orders_tiers_as_chains_and_parses_as_nft_json() {
+        let (pods, nss, pols, cnps) = cluster();
+        let state = policy_with_tiers("node1", &pods, &nss, &pols, &cnps);
+        let r = crate::desired::policy_table::ruleset(&state);
+        let cmds = r["nftables"].as_array().unwrap();
+        let rules = |chain: &str| -> Vec<String> {
+            cmds.iter()
+                .filter_map(|c| c["add"].get("rule"))
+                .filter(|r| r["chain"] == chain)
+                .map(|r| r["expr"].to_string())
+                .collect()
+        };
+        // prod/web: the Admin tier, then NetworkPolicy's policy, then its drop.
+        let web = &state.groups[&state.ingress[&"10.244.1.10".parse::<IpAddr>().unwrap()]];
+        let group = rules(&web.name("in"));
+        let tier = web.admin.as_ref().unwrap();
+        assert!(group[0].contains(tier.as_str()), "{group:?}");
+        assert!(group[1].contains(&web.policies.as_ref().unwrap()[0]) && group[2].contains("drop"), "{group:?}");
+        assert_eq!(group.len(), 3, "the Baseline tier is never reached: {group:?}");
+        // The tier: a-named, a-mon, a-pass-dev with its Pass repeated to return, a-deny-dev.
+        let tier_rules = rules(tier);
+        let jump_pass = tier_rules.iter().position(|r| r.contains(&chain_name(&cnps[1], I))).unwrap();
+        let jump_deny = tier_rules.iter().position(|r| r.contains(&chain_name(&cnps[2], I))).unwrap();
+        let between = &tier_rules[jump_pass + 1..jump_deny];
+        assert!(between.len() == 2 && between.iter().all(|r| r.contains("\"return\"")), "one per family: {between:?}");
+        let pass_chain = rules(&chain_name(&cnps[1], I));
+        assert!(pass_chain.iter().all(|r| r.contains("\"return\"")), "Admin Pass returns: {pass_chain:?}");
+        let deny_chain = rules(&chain_name(&cnps[2], I));
+        assert!(deny_chain.iter().all(|r| r.contains("ingress_denied") && r.contains("drop")), "{deny_chain:?}");
+        let baseline_pass = rules(&chain_name(&cnps[8], I));
+        assert!(baseline_pass.iter().all(|r| r.contains("accept")), "Baseline Pass is the default: {baseline_pass:?}");
+        // The nftables crate knows no verdict maps: the rest must fit its schema.
+        let rest: Vec<&Value> = cmds.iter().filter(|c| !c["add"]["map"].is_object()).collect();
+        serde_json::from_value::<nftables::schema::Nftables>(json!({"nftables": rest})).expect("valid nft JSON");
+    }
 }
