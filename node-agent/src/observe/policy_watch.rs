@@ -1,14 +1,17 @@
-//! The Pod, Namespace and NetworkPolicy watches, for NetworkPolicy. Each is
-//! a kube-rs watcher whose objects are turned into their slim view
-//! ([`PodView`], [`NamespaceView`], [`PolicyView`]) as they arrive and
+//! The Pod, Namespace, NetworkPolicy and ClusterNetworkPolicy watches, for
+//! policy. Each is a kube-rs watcher whose objects are turned into their
+//! slim view ([`PodView`], [`NamespaceView`], [`PolicyView`],
+//! [`ClusterPolicyView`]) as they arrive and
 //! dropped: only the views are kept, keyed by `namespace/name`, so a
 //! pod's spec and status never stay in memory. Pods of every node are
 //! watched: they are the peers that policies' address sets hold.
 //!
 //! An event fires the trigger only when it changes a view (a pod's
-//! container restarting changes nothing policy reads). Until all three
-//! lists are complete, [`PolicyCache::snapshot`] returns `None`: a partial
-//! list could isolate pods without their allow rules' peers.
+//! container restarting changes nothing policy reads). Until every list is
+//! complete, [`PolicyCache::snapshot`] returns `None`: a partial list could
+//! isolate pods without their allow rules' peers. ClusterNetworkPolicy is a
+//! CRD that may not be installed: a 404 is an empty list (said once), and
+//! the watcher's backoff keeps asking.
 //!
 //! Pods and namespaces may be hostile too (a pod can carry a megabyte of
 //! labels), so their views keep only the labels whose keys some policy's
