@@ -193,9 +193,9 @@ mod tests {
     use super::*;
     use crate::desired::policy::fixtures::*;
     use crate::desired::policy::{policy, policy_namespaces, policy_with_tiers};
-    use crate::desired::policy_trace::{Probe, Verdict, trace_with_tiers, walk};
+    use crate::desired::policy_trace::{Probe, Verdict, oracle, trace_with_tiers, walk};
     use crate::wire_cluster_policy::ClusterPeer;
-    use crate::wire_policy::{PolicyView, PortMatch, Protocol::*};
+    use crate::wire_policy::{PolicyView, Protocol::*};
 
     fn cnp(name: &str, tier: &str, priority: u32, subject: Value, ingress: Value, egress: Value) -> ClusterPolicyView {
         let spec =
@@ -449,16 +449,7 @@ mod tests {
                     }
                     ClusterPeer::Networks(nets) => nets.iter().any(|n| n.contains(ip(peer))),
                 });
-            let port_ok = r.ports.is_empty()
-                || r.ports.iter().any(|x| {
-                    x.protocol == p.protocol
-                        && match &x.port {
-                            PortMatch::All => true,
-                            PortMatch::Range(a, b) => (*a..=*b).contains(&p.port),
-                            PortMatch::Named(n) => !p.to.host_network && p.to.named_port(n, p.protocol) == Some(p.port),
-                        }
-                });
-            peer_ok && port_ok
+            peer_ok && oracle::ports_ok(&r.ports, p)
         };
         let side_ok = |d: Direction, own: &PodView, peer: &PodView| -> bool {
             let ordered = in_order(cnps);
@@ -484,12 +475,7 @@ mod tests {
             }
             tier(Tier::Baseline).into_iter().find(|r| rule_ok(r, peer)).is_none_or(|r| r.action != Action::Deny)
         };
-        let same_node = p.from.node == p.to.node;
-        let egress =
-            p.from.host_network || (p.to.host_network && same_node) || side_ok(Direction::Egress, p.from, p.to);
-        let ingress =
-            p.to.host_network || (p.from.host_network && same_node) || side_ok(Direction::Ingress, p.to, p.from);
-        egress && ingress
+        oracle::connection_ok(p, side_ok)
     }
 
     #[test]

@@ -226,10 +226,44 @@ fn matches(
 }
 
 #[cfg(test)]
+pub mod oracle {
+    //! Pieces of the API semantics written out directly, shared by the
+    //! tests that check the desired state against them.
+
+    use super::{Direction, PodView, Probe};
+    use crate::wire_policy::{Port, PortMatch};
+
+    /// Whether a rule's `ports` (empty: all) admit the probe.
+    pub fn ports_ok(ports: &[Port], p: Probe) -> bool {
+        ports.is_empty()
+            || ports.iter().any(|x| {
+                x.protocol == p.protocol
+                    && match &x.port {
+                        PortMatch::All => true,
+                        PortMatch::Range(a, b) => (*a..=*b).contains(&p.port),
+                        PortMatch::Named(n) => !p.to.host_network && p.to.named_port(n, p.protocol) == Some(p.port),
+                    }
+            })
+    }
+
+    /// Whether the connection passes, given each side's verdict
+    /// (`side_ok(direction, own pod, peer)`): host traffic of a pod's own
+    /// node never meets the policy chains.
+    pub fn connection_ok(p: Probe, side_ok: impl Fn(Direction, &PodView, &PodView) -> bool) -> bool {
+        let same_node = p.from.node == p.to.node;
+        let egress =
+            p.from.host_network || (p.to.host_network && same_node) || side_ok(Direction::Egress, p.from, p.to);
+        let ingress =
+            p.to.host_network || (p.from.host_network && same_node) || side_ok(Direction::Ingress, p.to, p.from);
+        egress && ingress
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::desired::policy::fixtures::*;
-    use crate::wire_policy::{Peer, PortMatch, Protocol::*, Rule};
+    use crate::wire_policy::{Peer, Protocol::*, Rule};
 
     /// A cluster with every selector form, ipBlock with except, named ports
     /// with different numbers per pod, endPort, additive policies, egress
@@ -335,7 +369,6 @@ mod tests {
     /// The API's semantics written out directly over the policies, with no
     /// sets, groups or chains: what the desired state must agree with.
     fn oracle(nss: &[NamespaceView], pols: &[PolicyView], p: Probe) -> bool {
-        let same_node = p.from.node == p.to.node;
         let ip = |pod: &PodView| pod.ips.iter().copied().find(|i| i.is_ipv6() == p.ipv6).unwrap();
         let rule_ok = |pol: &PolicyView, r: &Rule, peer: &PodView| {
             let peer_ok = r.peers.is_empty()
@@ -353,16 +386,7 @@ mod tests {
                         cidr.contains(ip(peer)) && !except.iter().any(|e| e.contains(ip(peer)))
                     }
                 });
-            let port_ok = r.ports.is_empty()
-                || r.ports.iter().any(|x| {
-                    x.protocol == p.protocol
-                        && match &x.port {
-                            PortMatch::All => true,
-                            PortMatch::Range(a, b) => (*a..=*b).contains(&p.port),
-                            PortMatch::Named(n) => !p.to.host_network && p.to.named_port(n, p.protocol) == Some(p.port),
-                        }
-                });
-            peer_ok && port_ok
+            peer_ok && oracle::ports_ok(&r.ports, p)
         };
         let side_ok = |d: Direction, own: &PodView, peer: &PodView| {
             let selecting: Vec<&PolicyView> = pols
@@ -371,11 +395,7 @@ mod tests {
                 .collect();
             selecting.is_empty() || selecting.iter().any(|x| x.rules(d).iter().any(|r| rule_ok(x, r, peer)))
         };
-        let egress =
-            p.from.host_network || (p.to.host_network && same_node) || side_ok(Direction::Egress, p.from, p.to);
-        let ingress =
-            p.to.host_network || (p.from.host_network && same_node) || side_ok(Direction::Ingress, p.to, p.from);
-        egress && ingress
+        oracle::connection_ok(p, side_ok)
     }
 
     #[test]
