@@ -176,7 +176,9 @@ fn policies_hold_on_the_kernel_and_the_tracer_predicts_them() {
     // families against the expectation and against the tracer.
     let mut check =
         |stage: &str, policies: &[PolicyView], cluster: &[ClusterPolicyView], cases: &[(&Pod, &Pod, u16, bool)]| {
-            let want = policy_with_tiers(&node.name, &pods, &namespaces, policies, cluster);
+            let mut want = policy_with_tiers(&node.name, &pods, &namespaces, policies, cluster);
+            // Denials logged too: the log rules must load and change like the rest.
+            want.deny_log = Some(weft_agent::config::DenyLog { group: 100, per_second: 10 });
             match last.replace(want.clone()) {
                 None => load(&node.ns, &want),
                 Some(was) => {

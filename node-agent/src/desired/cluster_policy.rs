@@ -572,6 +572,21 @@ mod tests {
         assert!(pass_chain.iter().all(|r| r.contains("\"return\"")), "Admin Pass returns: {pass_chain:?}");
         let deny_chain = rules(&chain_name(&cnps[2], I));
         assert!(deny_chain.iter().all(|r| r.contains("ingress_denied") && r.contains("drop")), "{deny_chain:?}");
+        let logged = {
+            let mut st = state.clone();
+            st.deny_log = Some(crate::config::DenyLog { group: 100, per_second: 10 });
+            crate::desired::policy_table::ruleset(&st)
+        };
+        let deny_rules: Vec<String> = logged["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|c| c["add"].get("rule"))
+            .filter(|r| r["chain"] == chain_name(&cnps[2], I).as_str())
+            .map(|r| r["expr"].to_string())
+            .collect();
+        assert_eq!(deny_rules.len(), 2 * deny_chain.len(), "logDenied: a log rule before each Deny: {deny_rules:?}");
+        assert!(deny_rules[0].contains("ClusterNetworkPolicy/a-deny-dev") && deny_rules[1].contains("drop"));
         let baseline_pass = rules(&chain_name(&cnps[8], I));
         assert!(baseline_pass.iter().all(|r| r.contains("accept")), "Baseline Pass is the default: {baseline_pass:?}");
         // The nftables crate knows no verdict maps: the rest must fit its schema.

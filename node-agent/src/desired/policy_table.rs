@@ -42,6 +42,7 @@ use super::cluster_policy::ClusterChain;
 use super::nft_plan::{Element, NftPlan, Verb};
 use super::policy::{AddressSet, Allow, Group, PeerMatch, PolicyChain, PolicyState, PortSet, PortsMatch};
 use crate::base::names::{POLICY_TABLE, denied_counter, pending_counter};
+use crate::config::DenyLog;
 use crate::wire_cluster_policy::{Action, Tier};
 use crate::wire_policy::Direction;
 
@@ -208,7 +209,7 @@ fn commands(state: &PolicyState, mut out: impl FnMut(Value)) {
         // Counts what this ClusterNetworkPolicy's Deny rules dropped.
         out(object("add", "counter", name));
         out(chain(name));
-        cluster_rules(name, c, &mut out);
+        cluster_rules(state.deny_log.as_ref(), name, c, &mut out);
     }
     for (name, chains) in &state.tiers {
         out(chain(name));
@@ -351,12 +352,25 @@ fn cluster_verdict(action: Action, tier: Tier, d: Direction, chain: &str) -> Vec
     }
 }
 
-/// The rules of cluster chain `name`, in the policy's rule order.
-fn cluster_rules(name: &str, c: &ClusterChain, out: &mut impl FnMut(Value)) {
+/// The rules of cluster chain `name`, in the policy's rule order; with
+/// `deny_log`, each Deny is logged by a rule of its own before it (an
+/// exhausted limit ends the rule, and the drop must not depend on it).
+fn cluster_rules(deny_log: Option<&DenyLog>, name: &str, c: &ClusterChain, out: &mut impl FnMut(Value)) {
     for m in &c.rules {
         let rule_name = if m.name.is_empty() { String::new() } else { format!(" {}", m.name) };
         let comment = format!("{} {}[{}]{rule_name} {}", c.policy, c.direction, m.rule, m.action);
         for mut expr in match_exprs(&m.peer, &m.ports, c.direction) {
+            if let (Some(log), Action::Deny) = (deny_log, m.action) {
+                // NFLOG carries at most 127 bytes of prefix.
+                let prefix: String = format!("weft deny {}: ClusterNetworkPolicy/{} ", c.direction, c.policy)
+                    .chars()
+                    .take(120)
+                    .collect();
+                let mut logged = expr.clone();
+                logged.push(json!({"limit": DENY_LOG_LIMIT}));
+                logged.push(json!({"log": {"group": log.group, "prefix": prefix}}));
+                out(add_rule(name, logged, None));
+            }
             expr.extend(cluster_verdict(m.action, c.tier, c.direction, name));
             out(add_rule(name, expr, Some(comment.clone())));
         }
@@ -499,7 +513,7 @@ pub fn rule_changes(old: &PolicyState, new: &PolicyState, elements: NftPlan) -> 
             Some(was) if was != c => out(object("flush", "chain", name)),
             Some(_) => continue,
         }
-        cluster_rules(name, c, &mut out);
+        cluster_rules(new.deny_log.as_ref(), name, c, &mut out);
     }
     // Tier and group chains are named by what they hold: never edited in place.
     for (name, chains) in new.tiers.iter().filter(|(n, _)| !old.tiers.contains_key(*n)) {
