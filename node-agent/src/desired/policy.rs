@@ -259,6 +259,9 @@ pub fn policy_with_tiers(
         // The chains of the policies that select a local pod: no other
         // policy matters on this node.
         let mut used_cluster: BTreeSet<&str> = BTreeSet::new();
+        // Pods selected by the same Admin policies share a tier chain, whose
+        // name hashes their Pass rules: computed once per list.
+        let mut tier_names: BTreeMap<Vec<&str>, Option<String>> = BTreeMap::new();
         for pod in &local {
             let chains: Vec<String> = policies
                 .iter()
@@ -267,7 +270,10 @@ pub fn policy_with_tiers(
                 .collect();
             let tiers = cluster_policy::selecting(&cluster, pod, direction, &all_ns);
             let group = Group {
-                admin: cluster_policy::admin_tier(&tiers.admin, direction, &mut state),
+                admin: tier_names
+                    .entry(tiers.admin.iter().map(|c| c.name.as_str()).collect())
+                    .or_insert_with(|| cluster_policy::admin_tier(&tiers.admin, direction, &mut state))
+                    .clone(),
                 policies: (!chains.is_empty()).then_some(chains),
                 baseline: tiers.baseline.iter().map(|c| cluster_policy::chain_name(c, direction)).collect(),
             };
