@@ -365,12 +365,9 @@ fn read_subject(s: &RawSubject) -> Result<Subject, ClusterReadError> {
 }
 
 fn read_peer(p: &RawPeer) -> Result<ClusterPeer, ClusterReadError> {
-    let set = [p.namespaces.is_some(), p.pods.is_some(), p.networks.is_some(), p.nodes.is_some()]
-        .into_iter()
-        .filter(|s| *s)
-        .count()
-        + usize::from(p.domain_names.is_some());
-    if set != 1 {
+    let given =
+        [p.namespaces.is_some(), p.pods.is_some(), p.networks.is_some(), p.nodes.is_some(), p.domain_names.is_some()];
+    if given.into_iter().filter(|g| *g).count() != 1 {
         return Err(ClusterReadError::OneOf("namespaces, pods, networks (nodes, domainNames)"));
     }
     if p.nodes.is_some() {
