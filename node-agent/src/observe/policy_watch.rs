@@ -10,7 +10,8 @@
 //! container restarting changes nothing policy reads). Until every list is
 //! complete, [`PolicyCache::snapshot`] returns `None`: a partial list could
 //! isolate pods without their allow rules' peers. ClusterNetworkPolicy is a
-//! CRD that may not be installed: a 404 is an empty list (said once), and
+//! CRD that may not be installed, or not granted to the agent: a 404 or 403
+//! is an empty list (said once), so NetworkPolicy is still enforced, and
 //! the watcher's backoff keeps asking.
 //!
 //! Pods and namespaces may be hostile too (a pod can carry a megabyte of
@@ -333,16 +334,17 @@ fn spawn_cluster_policies(
     );
 }
 
-/// Whether a watch failed because the resource does not exist (a CRD not
-/// installed): 404 from the list or the watch.
-fn not_found(e: &watcher::Error) -> bool {
-    match e {
-        watcher::Error::InitialListFailed(e) | watcher::Error::WatchStartFailed(e) => {
-            matches!(e, kube::Error::Api(s) if s.code == 404)
-        }
-        watcher::Error::WatchError(s) => s.code == 404,
-        _ => false,
-    }
+/// Why an optional resource cannot be read: the HTTP status of a watch
+/// that failed with 404 (no such resource: a CRD not installed) or 403
+/// (the agent may not list it: RBAC without it).
+fn unreadable(e: &watcher::Error) -> Option<u16> {
+    let code = match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s)) => s.code,
+        watcher::Error::WatchError(s) => s.code,
+        _ => return None,
+    };
+    matches!(code, 403 | 404).then_some(code)
 }
 
 /// How one kind is watched.
@@ -353,8 +355,9 @@ struct Watch {
     mode: Arc<ListMode>,
     /// Re-list when the policies name a new label key.
     relists: bool,
-    /// The resource may not exist (a CRD not installed): a 404 reads as
-    /// an empty list, said once; the watcher's backoff keeps retrying.
+    /// The resource may not exist (a CRD not installed) or be readable (RBAC
+    /// without it): a 404 or 403 reads as an empty list, said once, so the
+    /// other policy is enforced; the watcher's backoff keeps retrying.
     optional: bool,
 }
 
@@ -410,11 +413,18 @@ fn run<K, V>(
                         watch.mode.refused(&metrics, &e);
                         break;
                     }
-                    Err(e) if watch.optional && not_found(&e) => {
+                    Err(e) if watch.optional && unreadable(&e).is_some() => {
                         if !std::mem::replace(&mut said_absent, true) {
-                            tracing::info!("no {} in the API (CRD not installed): none enforced", watch.what);
+                            if unreadable(&e) == Some(404) {
+                                tracing::info!("no {} in the API (CRD not installed): none enforced", watch.what);
+                            } else {
+                                tracing::warn!(
+                                    "may not list {}: none enforced (grant list/watch, or turn them off): {e}",
+                                    watch.what
+                                );
+                            }
                         }
-                        // No resource, no objects: an empty list.
+                        // Nothing to read: an empty list, so the rest of policy goes on.
                         let changed = cache.apply(watcher::Event::Init, generation, views)
                             | cache.apply(watcher::Event::InitDone, generation, views);
                         if changed {
@@ -475,6 +485,19 @@ mod tests {
         assert_eq!(v.current.keys().collect::<Vec<_>>(), ["a/5"]);
         assert!(v.event(Event::Delete(e("a/5", Some(5))), 0));
         assert!(!v.event(Event::Delete(e("a/5", None)), 0));
+    }
+
+    #[test]
+    fn only_a_missing_or_forbidden_resource_reads_as_empty() {
+        let status = |code: u16| {
+            let json = serde_json::json!({"status": "Failure", "code": code, "reason": "x", "message": "m"});
+            kube::Error::Api(Box::new(serde_json::from_value(json).unwrap()))
+        };
+        assert_eq!(unreadable(&watcher::Error::InitialListFailed(status(404))), Some(404), "CRD not installed");
+        assert_eq!(unreadable(&watcher::Error::WatchStartFailed(status(403))), Some(403), "RBAC without it");
+        for code in [401, 422, 500, 503] {
+            assert_eq!(unreadable(&watcher::Error::InitialListFailed(status(code))), None, "{code}: retried as is");
+        }
     }
 
     fn list<V: PartialEq>(
