@@ -167,9 +167,13 @@ pub fn chain(
 /// Adds to `list` the namespaces some policy's subject may select, in the
 /// directions it has rules for: the plugin holds new pods there until
 /// their rules are in place. Which pods a `pods` subject selects depends
-/// on labels the plugin cannot know, so the whole namespace counts.
+/// on labels the plugin cannot know, so the whole namespace counts. A
+/// namespace the agent has not seen yet may be selected too (its labels are
+/// unknown), so pods of unseen namespaces are held in those directions.
 pub fn subject_namespaces(cluster: &[ClusterPolicyView], namespaces: &[NamespaceView], list: &mut PolicyNamespaces) {
     for c in cluster {
+        list.unseen.ingress |= !c.ingress.is_empty();
+        list.unseen.egress |= !c.egress.is_empty();
         let sel = match &c.subject {
             Subject::Namespaces(ns) | Subject::Pods { namespaces: ns, .. } => ns,
         };
@@ -181,6 +185,9 @@ pub fn subject_namespaces(cluster: &[ClusterPolicyView], namespaces: &[Namespace
                 list.egress.insert(ns.name.clone());
             }
         }
+    }
+    if !list.unseen.is_open() {
+        list.seen = namespaces.iter().map(|n| n.name.clone()).collect();
     }
 }
 
@@ -538,6 +545,11 @@ mod tests {
         let list = policy_namespaces(&pols, &cnps, &nss);
         assert!(list.ingress.contains("staging") && list.ingress.contains("mon"), "{list:?}");
         assert!(list.egress.contains("dev") && list.egress.contains("locked") && !list.egress.contains("mon"));
+        // A namespace created after the agent's view may match a subject's selector: held until learnt.
+        assert!(list.unseen.ingress && list.unseen.egress && !list.seen.contains("brand-new"), "{list:?}");
+        assert_eq!(list.group_for("brand-new"), libweft::pending::PENDING_BOTH_GROUP);
+        assert!(nss.iter().all(|n| list.seen.contains(&n.name)));
+        assert!(policy_namespaces(&pols, &[], &nss).unseen.is_open(), "NetworkPolicy alone never holds unseen namespaces");
         // No cluster policy: exactly NetworkPolicy's state.
         assert_eq!(policy_with_tiers("node1", &pods, &nss, &pols, &[]), policy("node1", &pods, &nss, &pols));
     }
