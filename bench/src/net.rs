@@ -64,6 +64,7 @@ use weft_bench::agent_process::{AgentConfig, METRICS_ADDRESS};
 use weft_bench::api::{client, create_namespace, create_running_pod, set_running};
 use weft_bench::cli::seconds;
 use weft_bench::perf;
+use weft_bench::results::{self, FailedSetup, NetRow, NetRun, NetSamples, PairedGroup, SetupNotes, SystemProfile};
 
 const CP_IP: &str = "198.51.100.2";
 const UNDERLAY_MTU: u32 = 1500;
@@ -274,7 +275,7 @@ struct Wired {
     offload: Option<bool>,
     /// What the setup did beyond wiring (tables removed, policies in the
     /// kernel, the enforcement check), copied into its rows.
-    notes: serde_json::Map<String, Value>,
+    notes: SetupNotes,
     nodes: Vec<TestNs>,
     agents: Vec<Proc>,
     _dirs: Vec<tempfile::TempDir>,
@@ -330,7 +331,7 @@ impl Wired {
             return true;
         }
         eprintln!("  the benchmark pods did not follow their label in 30 s: no paired measurement");
-        self.notes.insert("paired_error".into(), json!("the pods' verdict-map elements did not follow their label"));
+        self.notes.paired_error = Some("the pods' verdict-map elements did not follow their label".into());
         sel.set(cp, &self.nodes, true);
         false
     }
@@ -470,7 +471,7 @@ fn setup(lab: &Lab, args: &Args, tag: &str, topo: Topology, s: Setup, chosen_off
         dst,
         pod_mtu,
         offload,
-        notes: serde_json::Map::new(),
+        notes: SetupNotes::default(),
         nodes: Vec::new(),
         agents: Vec::new(),
         _dirs: Vec::new(),
@@ -595,7 +596,7 @@ fn setup(lab: &Lab, args: &Args, tag: &str, topo: Topology, s: Setup, chosen_off
             // what `auto` chose for the peer.
             let path: Vec<String> = [&ip4, &ip6].iter().map(|ip| route_dev(&n1.ns, ip)).collect();
             let mut w = empty(p1, p2, [ip4, ip6], pod_mtu, offload);
-            w.notes.insert("path".into(), json!(path));
+            w.notes.path = Some(path);
             let logs: Vec<&Proc> = agents.iter().collect();
             if let Some(plan) = &policies {
                 let bench_pods = [("bench-1", [&c4, &c6]), ("bench-2", [&w.dst[0], &w.dst[1]])];
@@ -616,9 +617,9 @@ fn setup(lab: &Lab, args: &Args, tag: &str, topo: Topology, s: Setup, chosen_off
                 }
                 let check = check_enforced(&w).unwrap_or_else(|e| panic!("{}: {e}", s.label()));
                 eprintln!("  enforcement check: {check}");
-                w.notes.insert("enforcement".into(), json!(check));
-                w.notes.insert("policies".into(), json!(plan.policies));
-                w.notes.insert("policy_chains".into(), json!([policy_chains(&n1.ns), policy_chains(&n2.ns)]));
+                w.notes.enforcement = Some(check);
+                w.notes.policies = Some(plan.policies);
+                w.notes.policy_chains = Some(vec![policy_chains(&n1.ns), policy_chains(&n2.ns)]);
                 w.selection = Some(Selection {
                     namespace: plan.namespace.clone(),
                     client: c4.clone(),
@@ -1144,8 +1145,14 @@ fn class_of(sym: &str) -> &'static str {
     }
 }
 
-/// Traffic to profile: says what it measured, and the value.
-type TrafficRun<'a> = dyn FnOnce() -> (&'static str, f64) + 'a;
+/// What a profiled run of traffic measured.
+enum Measured {
+    Gbps(f64),
+    ConnPerS(f64),
+}
+
+/// Traffic to profile.
+type TrafficRun<'a> = dyn FnOnce() -> Measured + 'a;
 
 /// A system-wide CPU profile (`perf record -a -g`) while `run` generates
 /// the traffic (one 1-stream iperf3 run, or a connection-rate run): per
@@ -1155,15 +1162,15 @@ type TrafficRun<'a> = dyn FnOnce() -> (&'static str, f64) + 'a;
 /// `nf_hook_slow` (every netfilter hook's work, callees included: what the
 /// call graph adds to the by-name classes, which miss work charged to lock
 /// and irq-enable points); the top symbols; the sampling event; and what
-/// `run` measured, under the key it names.
-fn profile(run: impl FnOnce() -> (&'static str, f64)) -> Result<Value, String> {
+/// `run` measured.
+fn profile(run: impl FnOnce() -> Measured) -> Result<SystemProfile, String> {
     let dir = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
     let mut recording = perf::Recording::start(&["-a", "-g", "-F", "1999"], &dir.path().join("perf.data"))?;
     std::thread::sleep(Duration::from_millis(500));
     if let Some(refused) = recording.exited() {
         return Err(refused);
     }
-    let (key, measured) = run();
+    let measured = run();
     let data = recording.stop()?;
     let out = Command::new("timeout")
         .args(["180", "perf", "report", "--children", "--sort", "comm,symbol", "--stdio", "-g", "none", "-i"])
@@ -1220,15 +1227,23 @@ fn profile(run: impl FnOnce() -> (&'static str, f64)) -> Result<Value, String> {
         return Err("perf report held no samples of iperf3, ksoftirqd or softirq work".into());
     }
     top.sort_by(|a, b| b.1.total_cmp(&a.1));
-    let shares: serde_json::Map<String, Value> =
-        CLASSES.iter().zip(&classes).map(|(c, p)| (c.to_string(), json!(p / ours))).collect();
-    // The netfilter functions apart: the copies and irq-enable points
-    // that lead the list are the same in every setup.
-    let top_netfilter: Vec<Value> =
-        top.iter().filter(|(s, _)| class_of(s) == "netfilter").take(5).map(|(s, p)| json!([s, p / ours])).collect();
-    let top: Vec<Value> = top.iter().take(12).map(|(s, p)| json!([s, p / ours])).collect();
-    Ok(json!({key: measured, "share_of_all_samples": ours / all.max(1e-9), "classes": shares,
-        "under_nf_hook_slow": under_nf_hook / ours, "top": top, "top_netfilter": top_netfilter, "event": event}))
+    let share = |(s, p): &(String, f64)| (s.clone(), p / ours);
+    let (gbps, conn_per_s) = match measured {
+        Measured::Gbps(g) => (Some(g), None),
+        Measured::ConnPerS(c) => (None, Some(c)),
+    };
+    Ok(SystemProfile {
+        gbps,
+        conn_per_s,
+        share_of_all_samples: ours / all.max(1e-9),
+        classes: CLASSES.iter().zip(&classes).map(|(c, p)| (c.to_string(), p / ours)).collect(),
+        under_nf_hook_slow: Some(under_nf_hook / ours),
+        top: top.iter().take(12).map(share).collect(),
+        // The netfilter functions apart: the copies and irq-enable points
+        // that lead the list are the same in every setup.
+        top_netfilter: top.iter().filter(|(s, _)| class_of(s) == "netfilter").take(5).map(share).collect(),
+        event,
+    })
 }
 
 fn main() {
@@ -1275,15 +1290,15 @@ fn main() {
     let run_started = Instant::now();
     let mut rows = Vec::new();
     let mut profile_error = None;
-    let mut failed: Vec<Value> = Vec::new();
-    let mut paired_groups: Vec<Value> = Vec::new();
+    let mut failed: Vec<FailedSetup> = Vec::new();
+    let mut paired_groups: Vec<PairedGroup> = Vec::new();
     for (k, (topo, s)) in plan.iter().enumerate() {
         let started = Instant::now();
         let mut w = match wire(&lab, &args, &format!("s{k}"), *topo, *s, chosen_offload) {
             Ok(w) => w,
             Err(first) => {
                 eprintln!("net-bench: {} / {} failed, skipped: {first}", topo.label(), s.label());
-                failed.push(json!({"topology": topo.label(), "setup": s.label(), "error": first}));
+                failed.push(FailedSetup { topology: topo.label().into(), setup: s.label(), error: first });
                 continue;
             }
         };
@@ -1309,7 +1324,7 @@ fn main() {
                 }
                 Err(e) => {
                     eprintln!("net-bench: {} failed, skipped: {e}", s.label());
-                    failed.push(json!({"topology": topo.label(), "setup": s.label(), "error": e}));
+                    failed.push(FailedSetup { topology: topo.label().into(), setup: s.label(), error: e });
                 }
             }
             tear_down(&lab, w);
@@ -1321,14 +1336,24 @@ fn main() {
         eprintln!("net-bench: {} / {} took {:.0?}", topo.label(), s.label(), started.elapsed());
     }
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    println!(
-        "{}",
-        json!({"kernel": release.trim(), "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-            "secs": secs, "rr_secs": rr_secs, "reps": reps, "underlay_mtu": UNDERLAY_MTU, "chosen_offload": chosen_offload,
-            "policies": policies, "profiled": args.profile, "profile_error": profile_error,
-            "seconds": run_started.elapsed().as_secs_f64(), "loadavg_end": load.trim(), "failed": failed, "rows": rows,
-            "paired": paired_groups})
-    );
+    let (kernel, cpus) = results::machine();
+    results::print_json(&NetRun {
+        kernel,
+        cpus,
+        secs,
+        rr_secs: Some(rr_secs),
+        reps,
+        underlay_mtu: UNDERLAY_MTU,
+        chosen_offload,
+        policies,
+        profiled: args.profile,
+        profile_error,
+        seconds: run_started.elapsed().as_secs_f64(),
+        loadavg_end: load.trim().into(),
+        failed,
+        rows,
+        paired: paired_groups,
+    });
 }
 
 /// The setups to measure, in order: `--quick`'s shorter list, and only
@@ -1422,71 +1447,80 @@ fn measure(
     families: &[(usize, &str)],
     e: &Effort,
     profile_error: &mut Option<String>,
-) -> Vec<Value> {
+) -> Vec<NetRow> {
     let mut rows = Vec::new();
     for &(fi, family) in families {
         let dst = &w.dst[fi].clone();
         for (ci, cc) in e.ccs(family).iter().enumerate() {
-            let mut row = json!({"topology": topo.label(), "setup": s.label(), "family": family, "cc": cc,
-                "pod_mtu": w.pod_mtu, "offload": w.offload});
-            for (key, v) in &w.notes {
-                row[key] = v.clone();
-            }
-            for streams in [1u32, 4] {
-                let (mut g, mut tx, mut rx) = (Vec::new(), Vec::new(), Vec::new());
-                for _ in 0..e.reps {
-                    let (a, b, c) = iperf(w, dst, e.secs, streams, cc);
-                    g.push(a);
-                    tx.push(b);
-                    rx.push(c);
-                }
-                row[format!("gbps_{streams}")] = json!(g);
-                row[format!("cpu_tx_{streams}")] = json!(tx);
-                row[format!("cpu_rx_{streams}")] = json!(rx);
-            }
-            // Latency and the connection rate do not depend on the
-            // congestion control of connections that never have more
-            // than 64 bytes in flight: measured once per family (the
-            // namespace's default), listed in the first row.
-            if ci == 0 {
-                let (p50, p99): (Vec<f64>, Vec<f64>) = (0..e.reps).map(|_| ping_pong(w, dst, e.rr_secs)).unzip();
-                row["rr_p50_us"] = json!(p50);
-                row["rr_p99_us"] = json!(p99);
-                let conns: Vec<f64> =
-                    (0..e.reps).map(|_| conn_rate(w, dst, Duration::from_secs(e.rr_secs.into()))).collect();
-                row["conn_per_s"] = json!(conns);
-            }
+            let mut row = NetRow {
+                topology: topo.label().into(),
+                setup: s.label(),
+                family: family.into(),
+                cc: cc.to_string(),
+                pod_mtu: w.pod_mtu,
+                offload: w.offload,
+                // Latency and the connection rate do not depend on the
+                // congestion control of connections that never have more
+                // than 64 bytes in flight: measured once per family (the
+                // namespace's default), listed in the first row.
+                samples: measure_samples(w, dst, cc, e, ci == 0),
+                notes: w.notes.clone(),
+                profile: None,
+                profile_conn: None,
+                unselected: None,
+            };
             if e.profile && ci == 0 && fi == 0 && topo == Topology::OneSegment && s.profiled() {
-                // Throughput, and new connections: they cross every rule
-                // that established packets skip.
-                let runs: [(&str, Box<TrafficRun>); 2] = [
-                    ("profile", Box::new(|| ("gbps", iperf(w, dst, e.secs.max(2), 1, cc).0))),
-                    (
-                        "profile_conn",
-                        Box::new(|| ("conn_per_s", conn_rate(w, dst, Duration::from_secs(e.secs.max(2).into())))),
-                    ),
-                ];
-                for (key, run) in runs {
-                    match profile(run) {
-                        Ok(p) => row[key] = p,
-                        Err(e) => {
-                            eprintln!("  {key} of {}: {e}", s.label());
-                            profile_error.get_or_insert(e);
-                        }
-                    }
-                }
+                profile_row(&mut row, w, dst, e, profile_error);
             }
             eprintln!(
-                "  {} / {} / {family} / {cc}: {} Gbit/s, {} conn/s",
-                topo.label(),
-                s.label(),
-                row["gbps_1"],
-                row["conn_per_s"]
+                "  {} / {} / {family} / {cc}: {:?} Gbit/s, {:?} conn/s",
+                row.topology, row.setup, row.samples.gbps_1, row.samples.conn_per_s
             );
             rows.push(row);
         }
     }
     rows
+}
+
+/// Every repetition of throughput (1 and 4 streams) with congestion
+/// control `cc`, and with `latency`, of request/response and the
+/// connection rate.
+fn measure_samples(w: &Wired, dst: &str, cc: &str, e: &Effort, latency: bool) -> NetSamples {
+    let mut m = NetSamples::default();
+    for (streams, gbps, tx, rx) in
+        [(1u32, &mut m.gbps_1, &mut m.cpu_tx_1, &mut m.cpu_rx_1), (4, &mut m.gbps_4, &mut m.cpu_tx_4, &mut m.cpu_rx_4)]
+    {
+        for _ in 0..e.reps {
+            let (g, t, r) = iperf(w, dst, e.secs, streams, cc);
+            gbps.push(g);
+            tx.push(t);
+            rx.push(r);
+        }
+    }
+    if latency {
+        (m.rr_p50_us, m.rr_p99_us) = (0..e.reps).map(|_| ping_pong(w, dst, e.rr_secs)).unzip();
+        m.conn_per_s = (0..e.reps).map(|_| conn_rate(w, dst, Duration::from_secs(e.rr_secs.into()))).collect();
+    }
+    m
+}
+
+/// perf's view of a row's setup (cubic): throughput, and new connections,
+/// which cross every rule that established packets skip.
+fn profile_row(row: &mut NetRow, w: &Wired, dst: &str, e: &Effort, profile_error: &mut Option<String>) {
+    let secs = e.secs.max(2);
+    let cc = row.cc.clone();
+    let throughput: Box<TrafficRun> = Box::new(|| Measured::Gbps(iperf(w, dst, secs, 1, &cc).0));
+    let conns: Box<TrafficRun> = Box::new(|| Measured::ConnPerS(conn_rate(w, dst, Duration::from_secs(secs.into()))));
+    for (key, run) in [("profile", throughput), ("profile_conn", conns)] {
+        match profile(run) {
+            Ok(p) if key == "profile" => row.profile = Some(p),
+            Ok(p) => row.profile_conn = Some(p),
+            Err(err) => {
+                eprintln!("  {key} of {}: {err}", row.setup);
+                profile_error.get_or_insert(err);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -65,6 +65,7 @@ use weft_bench::api::{client, create_namespace, create_running_pod};
 
 use crate::nft_events::{Change, Transaction};
 use weft_bench::cli::seconds;
+use weft_bench::results::{self, MetricRow, PolicyRun};
 use weft_bench::stats::percentile;
 
 const NODE_IP: &str = "198.18.0.1";
@@ -1117,55 +1118,59 @@ fn pass_delta(node: &TestNs, before: (f64, f64)) -> f64 {
 
 fn print_report(args: &Args, r: &Report) {
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-    let mut rows: Vec<(String, f64, &str)> = vec![
-        ("start to policy table complete (ms)".into(), ms(r.cold), ""),
-        ("changes in that commit".into(), r.cold_changes as f64, ""),
+    let (kernel, cpus) = results::machine();
+    let mut rows = vec![
+        MetricRow::new("start to policy table complete (ms)", ms(r.cold), ""),
+        MetricRow::new("changes in that commit", r.cold_changes as f64, ""),
     ];
     for (name, s) in &r.series {
         if s.samples.is_empty() {
-            rows.push((format!("{name}: not measured (no candidate)"), 0.0, ""));
+            rows.push(MetricRow::new(format!("{name}: not measured (no candidate)"), 0.0, ""));
             continue;
         }
-        rows.push((format!("{name}, p50 (ms)"), ms(percentile(&s.samples, 0.5)), ""));
-        rows.push((format!("{name}, p99 (ms)"), ms(percentile(&s.samples, 0.99)), "< 100"));
-        rows.push((format!("{name}, max (ms)"), ms(percentile(&s.samples, 1.0)), ""));
+        rows.push(MetricRow::new(format!("{name}, p50 (ms)"), ms(percentile(&s.samples, 0.5)), ""));
+        rows.push(MetricRow::new(format!("{name}, p99 (ms)"), ms(percentile(&s.samples, 0.99)), "< 100"));
+        rows.push(MetricRow::new(format!("{name}, max (ms)"), ms(percentile(&s.samples, 1.0)), ""));
         let mean_size = s.sizes.iter().sum::<usize>() as f64 / s.sizes.len() as f64;
-        rows.push((format!("{name}, changes per commit"), mean_size, ""));
-        rows.push((format!("{name}, agent's mean pass (ms)"), s.pass_ms, ""));
+        rows.push(MetricRow::new(format!("{name}, changes per commit"), mean_size, ""));
+        rows.push(MetricRow::new(format!("{name}, agent's mean pass (ms)"), s.pass_ms, ""));
     }
-    rows.push(("peak RSS (MiB)".into(), r.peak_rss_kib as f64 / 1024.0, "< 64"));
-    rows.push(("RSS at the end (MiB)".into(), r.rss_kib as f64 / 1024.0, ""));
-    rows.push(("idle CPU (% of one core)".into(), r.idle_cpu_percent, ""));
-    rows.push(("agent restarts (it ran to the end)".into(), 0.0, "0"));
-    rows.push(("policies refused for a cap".into(), r.refused as f64, if args.hostile_policy { "1" } else { "0" }));
+    rows.push(MetricRow::new("peak RSS (MiB)", r.peak_rss_kib as f64 / 1024.0, "< 64"));
+    rows.push(MetricRow::new("RSS at the end (MiB)", r.rss_kib as f64 / 1024.0, ""));
+    rows.push(MetricRow::new("idle CPU (% of one core)", r.idle_cpu_percent, ""));
+    rows.push(MetricRow::new("agent restarts (it ran to the end)", 0.0, "0"));
+    let refused_target = if args.hostile_policy { "1" } else { "0" };
+    rows.push(MetricRow::new("policies refused for a cap", r.refused as f64, refused_target));
+    let run = PolicyRun {
+        kernel,
+        cpus,
+        load_average: r.load.clone(),
+        pods: args.pods,
+        policies: args.policies,
+        namespaces: args.namespaces,
+        samples: args.samples,
+        hostile_pods: args.hostile_pods,
+        hostile_policy: args.hostile_policy,
+        local_pods: r.local_pods,
+        setup_seconds: r.setup_seconds,
+        results: rows,
+    };
     if args.json {
-        let v: Vec<Value> = rows.iter().map(|(m, x, t)| json!({"metric": m, "value": x, "target": t})).collect();
-        println!(
-            "{}",
-            json!({"kernel": kernel.trim(), "cpus": cpus, "load_average": r.load, "pods": args.pods,
-                "policies": args.policies, "namespaces": args.namespaces, "samples": args.samples,
-                "hostile_pods": args.hostile_pods, "hostile_policy": args.hostile_policy,
-                "local_pods": r.local_pods, "setup_seconds": r.setup_seconds, "results": v})
-        );
+        results::print_json(&run);
         return;
     }
     println!(
         "weft-agent NetworkPolicy: {} pods ({} local), {} policies, {} namespaces; kernel {}, {cpus} CPUs, load {}; {} samples per change; API filled in {:.1} s",
-        args.pods,
-        r.local_pods,
-        args.policies,
-        args.namespaces,
-        kernel.trim(),
-        r.load,
-        args.samples,
-        r.setup_seconds
+        run.pods,
+        run.local_pods,
+        run.policies,
+        run.namespaces,
+        run.kernel,
+        run.load_average,
+        run.samples,
+        run.setup_seconds
     );
-    println!("{:<66} {:>10}  target", "metric", "value");
-    for (m, x, t) in rows {
-        println!("{m:<66} {x:>10.1}  {t}");
-    }
+    results::print_metric_rows(&run.results, 66);
 }
 
 #[cfg(test)]
