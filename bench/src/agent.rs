@@ -328,27 +328,7 @@ async fn run(
     let pid = agent.pid().expect("agent pid");
     let recording = args.profile.then(|| perf::record_process(pid, &dir.join("cold.perf")));
     let want = initial.len() * 2;
-    let mut seen = HashSet::new();
-    let programmed = loop {
-        match events.recv_timeout(Duration::from_millis(200)) {
-            Ok((at, true, dst)) => {
-                seen.insert(dst);
-                if seen.len() >= want {
-                    break at - agent_start;
-                }
-            }
-            Ok(_) => {}
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(e) => panic!("route listener: {e}"),
-        }
-        assert!(
-            agent_start.elapsed() < program_timeout(args.nodes),
-            "the agent programmed {} of {want} routes in {:?}:\n{}",
-            seen.len(),
-            program_timeout(args.nodes),
-            agent.log_tail()
-        );
-    };
+    let programmed = wait_programmed(&events, want, agent_start, program_timeout(args.nodes), &agent);
     // The listener could have missed a message; the kernel has the last word.
     let in_kernel = count_peer_routes(&nl).await;
     assert_eq!(in_kernel, want, "routes in the kernel after programming");
@@ -358,15 +338,7 @@ async fn run(
     // events it caused (its own Node annotations, the new device) bring a
     // pass or two more: wait until passes stop, so the mean below covers
     // only the single-Node changes.
-    let mut last = (Instant::now(), 0.0);
-    let quiet = eventually(Duration::from_secs(60), || {
-        let count = pass_seconds(node).1;
-        if count != last.1 {
-            last = (Instant::now(), count);
-        }
-        count >= 1.0 && last.0.elapsed() > Duration::from_millis(500)
-    });
-    assert!(quiet, "the agent's passes did not settle after its start:\n{}", agent.log_tail());
+    assert!(passes_settle(node), "the agent's passes did not settle after its start:\n{}", agent.log_tail());
     let cold_profile =
         match recording.map(|r| r.and_then(|r| r.stop()).and_then(|data| perf::process_profile(&data, 15))) {
             Some(Ok(p)) => Some(p),
@@ -377,24 +349,7 @@ async fn run(
             None => None,
         };
     let passes_before = pass_seconds(node);
-    let mut add = Vec::new();
-    let mut del = Vec::new();
-    // Each change is measured alone: the agent has finished the previous
-    // pass (its nftables update comes after the routes) before the next.
-    let settle = Duration::from_millis(300);
-    for p in extra {
-        tokio::time::sleep(settle).await;
-        while events.try_recv().is_ok() {}
-        let t0 = Instant::now();
-        nodes.create(&PostParams::default(), &node_object(p)).await.expect("create Node");
-        add.push(wait_route(&events, p.v4, true, t0, &agent));
-        tokio::time::sleep(settle).await;
-        let t0 = Instant::now();
-        nodes.delete(&p.name, &DeleteParams::default()).await.expect("delete Node");
-        del.push(wait_route(&events, p.v4, false, t0, &agent));
-    }
-    add.sort();
-    del.sort();
+    let (add, del) = single_node_changes(&nodes, extra, &events, &agent).await;
     let passes_after = pass_seconds(node);
     let pass_ms = (passes_after.0 - passes_before.0) / (passes_after.1 - passes_before.1).max(1.0) * 1000.0;
 
@@ -420,6 +375,79 @@ async fn run(
         slowest_pass,
         cold_profile,
     }
+}
+
+/// Waits until the agent has programmed `want` routes (the listener's
+/// events); the time from `start`. Fails after `timeout`.
+fn wait_programmed(
+    events: &mpsc::Receiver<RouteEvent>,
+    want: usize,
+    start: Instant,
+    timeout: Duration,
+    agent: &Proc,
+) -> Duration {
+    let mut seen = HashSet::new();
+    loop {
+        match events.recv_timeout(Duration::from_millis(200)) {
+            Ok((at, true, dst)) => {
+                seen.insert(dst);
+                if seen.len() >= want {
+                    return at - start;
+                }
+            }
+            Ok(_) => {}
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(e) => panic!("route listener: {e}"),
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "the agent programmed {} of {want} routes in {timeout:?}:\n{}",
+            seen.len(),
+            agent.log_tail()
+        );
+    }
+}
+
+/// Whether the agent's pass count stopped moving for half a second
+/// (within a minute), after at least one pass.
+fn passes_settle(node: &TestNs) -> bool {
+    let mut last = (Instant::now(), 0.0);
+    eventually(Duration::from_secs(60), || {
+        let count = pass_seconds(node).1;
+        if count != last.1 {
+            last = (Instant::now(), count);
+        }
+        count >= 1.0 && last.0.elapsed() > Duration::from_millis(500)
+    })
+}
+
+/// Creates and deletes each of `extra` through the API, one at a time:
+/// API request to route in the kernel and to route gone, sorted.
+async fn single_node_changes(
+    nodes: &Api<Node>,
+    extra: &[Peer],
+    events: &mpsc::Receiver<RouteEvent>,
+    agent: &Proc,
+) -> (Vec<Duration>, Vec<Duration>) {
+    let mut add = Vec::new();
+    let mut del = Vec::new();
+    // Each change is measured alone: the agent has finished the previous
+    // pass (its nftables update comes after the routes) before the next.
+    let settle = Duration::from_millis(300);
+    for p in extra {
+        tokio::time::sleep(settle).await;
+        while events.try_recv().is_ok() {}
+        let t0 = Instant::now();
+        nodes.create(&PostParams::default(), &node_object(p)).await.expect("create Node");
+        add.push(wait_route(events, p.v4, true, t0, agent));
+        tokio::time::sleep(settle).await;
+        let t0 = Instant::now();
+        nodes.delete(&p.name, &DeleteParams::default()).await.expect("delete Node");
+        del.push(wait_route(events, p.v4, false, t0, agent));
+    }
+    add.sort();
+    del.sort();
+    (add, del)
 }
 
 /// The agent's passes from its debug log (WEFT_LOG with

@@ -464,178 +464,234 @@ fn wait_reachable(from: &TestNs, dst: &[String; 2], what: &str, logs: &[&Proc]) 
 
 fn setup(lab: &Lab, args: &Args, tag: &str, topo: Topology, s: Setup, chosen_offload: bool) -> Wired {
     let routed = topo == Topology::Routed;
-    let (n1, n2) = (lab.node(tag, 1, routed), lab.node(tag, 2, routed));
-    let empty = |client, server, dst, pod_mtu, offload| Wired {
-        client,
-        server,
-        dst,
-        pod_mtu,
-        offload,
-        notes: SetupNotes::default(),
-        nodes: Vec::new(),
-        agents: Vec::new(),
-        _dirs: Vec::new(),
-        cleanup: Vec::new(),
-        selection: None,
-    };
+    let nodes = [lab.node(tag, 1, routed), lab.node(tag, 2, routed)];
     match s {
         Setup::Bare => {
+            let [n1, n2] = nodes;
             let dst = [n2.v4.clone(), n2.v6.clone()];
-            let w = empty(n1.ns, n2.ns, dst, UNDERLAY_MTU, None);
+            let w = Wired::new(n1.ns, n2.ns, dst, UNDERLAY_MTU, None);
             wait_reachable(&w.client, &w.dst, "bare", &[]);
             w
         }
-        Setup::HandRoutes | Setup::HandRoutesVxlanMtu | Setup::HandVxlan => {
-            let vxlan = s == Setup::HandVxlan;
-            let mtu = if s == Setup::HandRoutes { UNDERLAY_MTU } else { UNDERLAY_MTU - 50 };
-            let (p1, _, _) = hand_pod(&n1, tag, mtu);
-            let (p2, ip4, ip6) = hand_pod(&n2, tag, mtu);
-            for (me, peer) in [(&n1, &n2), (&n2, &n1)] {
-                if vxlan {
-                    hand_vxlan(me, peer, chosen_offload);
-                } else {
-                    me.ns.exec_ok(&["ip", "route", "add", &peer.pod_v4, "via", &peer.v4, "dev", "eth0"]);
-                    me.ns.exec_ok(&["ip", "-6", "route", "add", &peer.pod_v6, "via", &peer.v6, "dev", "eth0"]);
-                }
-            }
-            let offload = read_offload(&n1.ns);
-            let mut w = empty(p1, p2, [ip4, ip6], mtu, offload);
-            wait_reachable(&w.client, &w.dst, &s.label(), &[]);
-            w.nodes = vec![n1.ns, n2.ns];
-            w
+        Setup::HandRoutes | Setup::HandRoutesVxlanMtu | Setup::HandVxlan => hand_setup(nodes, tag, s, chosen_offload),
+        // "other offload": VXLAN transmit checksum offload against the agent's choice.
+        Setup::Weft(backend, agents_choice) => {
+            weft_setup(lab, args, tag, s, nodes, (!agents_choice).then_some(!chosen_offload), backend)
         }
-        Setup::Weft(..) | Setup::Paired(..) => {
-            let (backend, agents_choice) = match s {
-                Setup::Weft(b, c) => (b, c),
-                Setup::Paired(b, _) => (b, true),
-                _ => unreachable!("a weft setup"),
-            };
-            let policies = match s {
-                Setup::Paired(_, n) => {
-                    Some(PolicyPlan::new(tag, n, if args.quick { OTHER_PODS_QUICK } else { OTHER_PODS }))
-                }
-                _ => None,
-            };
-            let mut agents = Vec::new();
-            let mut dirs = Vec::new();
-            let mut names = Vec::new();
-            for n in [&n1, &n2] {
-                let name = format!("{tag}-node{}", n.n);
-                lab.cp.create_node(&name, &[&n.pod_v4, &n.pod_v6], &[&n.v4, &n.v6]);
-                names.push(name.clone());
-                let dir = tempfile::tempdir().expect("tempdir");
-                let mut config = AgentConfig::new(dir.path(), ["10.244.0.0/16", "fd00:10:244::/56"], backend)
-                    .with("healthAddress", json!(METRICS_ADDRESS))
-                    .with_network_policy();
-                if !agents_choice {
-                    config = config.with("vxlan", json!({"txChecksumOffload": !chosen_offload}));
-                }
-                agents.push(config.spawn(
-                    &format!("weft-agent-{}", n.n),
-                    &args.agent,
-                    &name,
-                    &n.ns,
-                    &lab.cp,
-                    dir.path(),
-                ));
-                dirs.push(dir);
-            }
-            let mut cleanup: Vec<Vec<String>> =
-                names.iter().map(|n| vec!["delete".into(), "node".into(), n.clone(), "--wait=false".into()]).collect();
-            if let Some(plan) = &policies {
-                let started = Instant::now();
-                with_api(&lab.cp, async |c: Client| plan.create(&c, &names).await)
-                    .unwrap_or_else(|e| panic!("{}: create the policies and pods: {e}", s.label()));
-                eprintln!(
-                    "  {} policies and {} API-only pods created in {:.1?}",
-                    plan.policies,
-                    2 * plan.other_pods,
-                    started.elapsed()
-                );
-                cleanup.extend(plan.cleanup());
-            }
-            let mut pods = Vec::new();
-            for (n, dir) in [&n1, &n2].into_iter().zip(&dirs) {
-                let node_json = dir.path().join("run/node.json");
-                let agent = &agents[usize::from(n.n) - 1];
-                assert!(
-                    eventually(Duration::from_secs(60), || node_json.exists()),
-                    "weft-agent on node {} wrote no node.json in 60 s:\n{}",
-                    n.n,
-                    agent.log_tail()
-                );
-                // The plugin reads which namespaces have policies on ADD
-                // (libweft::pending): wait until the agent listed the
-                // benchmark's, so the pods start closed as in a cluster.
-                let pod_ns = policies.as_ref().map(|p| {
-                    let list = dir.path().join("run").join(libweft::pending::FILE_NAME);
-                    assert!(
-                        eventually(Duration::from_secs(60), || std::fs::read_to_string(&list)
-                            .is_ok_and(|t| t.contains(&p.namespace))),
-                        "weft-agent on node {} did not list namespace {} in {} in 60 s:\n{}",
-                        n.n,
-                        p.namespace,
-                        list.display(),
-                        agent.log_tail()
-                    );
-                    let name = format!("bench-{}", n.n);
-                    let uid = with_api(&lab.cp, async |c: Client| {
-                        p.create_bench_pod(&c, &names[usize::from(n.n) - 1], &name).await
-                    })
-                    .unwrap_or_else(|e| panic!("{}: create the benchmark pod {name}: {e}", s.label()));
-                    (p.namespace.as_str(), uid)
-                });
-                let pod = pod_ns.as_ref().map(|(ns, uid)| (*ns, uid.as_str()));
-                pods.push(weft_pod(&args.weft, n, tag, &node_json, &dir.path().join("ipam"), pod));
-            }
-            let (p2, ip4, ip6) = pods.pop().expect("two pods");
-            let (p1, c4, c6) = pods.pop().expect("two pods");
-            let pod_mtu = read_mtu(&p1, "eth0");
-            let offload = read_offload(&n1.ns);
-            // Which device node 1 forwards the peer pod's traffic to: shows
-            // what `auto` chose for the peer.
-            let path: Vec<String> = [&ip4, &ip6].iter().map(|ip| route_dev(&n1.ns, ip)).collect();
-            let mut w = empty(p1, p2, [ip4, ip6], pod_mtu, offload);
-            w.notes.path = Some(path);
-            let logs: Vec<&Proc> = agents.iter().collect();
-            if let Some(plan) = &policies {
-                let bench_pods = [("bench-1", [&c4, &c6]), ("bench-2", [&w.dst[0], &w.dst[1]])];
-                with_api(&lab.cp, async |c: Client| plan.run_bench_pods(&c, &bench_pods).await)
-                    .unwrap_or_else(|e| panic!("{}: create the benchmark pods: {e}", s.label()));
-                // ICMP is not allowed: reachability is the allowed TCP port.
-                wait_tcp(&w, &s.label(), &logs);
-                for (node, n) in [(&n1, 1), (&n2, 2)] {
-                    let chains = policy_chains(&node.ns);
-                    let ok = eventually(Duration::from_secs(120), || policy_chains(&node.ns) >= plan.policies);
-                    assert!(
-                        ok,
-                        "{}: node {n} holds {chains} policy chains, not {} after 120 s:\n{}",
-                        s.label(),
-                        plan.policies,
-                        logs[n - 1].log_tail()
-                    );
-                }
-                let check = check_enforced(&w).unwrap_or_else(|e| panic!("{}: {e}", s.label()));
-                eprintln!("  enforcement check: {check}");
-                w.notes.enforcement = Some(check);
-                w.notes.policies = Some(plan.policies);
-                w.notes.policy_chains = Some(vec![policy_chains(&n1.ns), policy_chains(&n2.ns)]);
-                w.selection = Some(Selection {
-                    namespace: plan.namespace.clone(),
-                    client: c4.clone(),
-                    server: w.dst[0].clone(),
-                    selected: true,
-                });
-            } else {
-                wait_reachable(&w.client, &w.dst, &s.label(), &logs);
-            }
-            w.nodes = vec![n1.ns, n2.ns];
-            w.agents = agents;
-            w._dirs = dirs;
-            w.cleanup = cleanup;
-            w
+        Setup::Paired(backend, _) => weft_setup(lab, args, tag, s, nodes, None, backend),
+    }
+}
+
+impl Wired {
+    /// A setup of `client` sending to `server` at `dst`, nothing else kept yet.
+    fn new(client: TestNs, server: TestNs, dst: [String; 2], pod_mtu: u32, offload: Option<bool>) -> Wired {
+        Wired {
+            client,
+            server,
+            dst,
+            pod_mtu,
+            offload,
+            notes: SetupNotes::default(),
+            nodes: Vec::new(),
+            agents: Vec::new(),
+            _dirs: Vec::new(),
+            cleanup: Vec::new(),
+            selection: None,
         }
     }
+}
+
+/// `hand routes`, `hand routes, VXLAN MTU` and `hand vxlan`: pods and
+/// peers wired by `ip` and `bridge` commands as weft would, weft absent.
+fn hand_setup([n1, n2]: [Node; 2], tag: &str, s: Setup, chosen_offload: bool) -> Wired {
+    let vxlan = s == Setup::HandVxlan;
+    let mtu = if s == Setup::HandRoutes { UNDERLAY_MTU } else { UNDERLAY_MTU - 50 };
+    let (p1, _, _) = hand_pod(&n1, tag, mtu);
+    let (p2, ip4, ip6) = hand_pod(&n2, tag, mtu);
+    for (me, peer) in [(&n1, &n2), (&n2, &n1)] {
+        if vxlan {
+            hand_vxlan(me, peer, chosen_offload);
+        } else {
+            me.ns.exec_ok(&["ip", "route", "add", &peer.pod_v4, "via", &peer.v4, "dev", "eth0"]);
+            me.ns.exec_ok(&["ip", "-6", "route", "add", &peer.pod_v6, "via", &peer.v6, "dev", "eth0"]);
+        }
+    }
+    let offload = read_offload(&n1.ns);
+    let mut w = Wired::new(p1, p2, [ip4, ip6], mtu, offload);
+    wait_reachable(&w.client, &w.dst, &s.label(), &[]);
+    w.nodes = vec![n1.ns, n2.ns];
+    w
+}
+
+/// The weft-agents of a weft setup, one per node, with their directories
+/// and Node names.
+struct Agents {
+    procs: Vec<Proc>,
+    dirs: Vec<tempfile::TempDir>,
+    names: Vec<String>,
+}
+
+/// Creates both Nodes and starts their agents; `tx_offload` sets VXLAN
+/// transmit checksum offload instead of leaving it to the agent.
+fn start_agents(
+    lab: &Lab,
+    args: &Args,
+    tag: &str,
+    nodes: &[Node; 2],
+    backend: &str,
+    tx_offload: Option<bool>,
+) -> Agents {
+    let mut a = Agents { procs: Vec::new(), dirs: Vec::new(), names: Vec::new() };
+    for n in nodes {
+        let name = format!("{tag}-node{}", n.n);
+        lab.cp.create_node(&name, &[&n.pod_v4, &n.pod_v6], &[&n.v4, &n.v6]);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = AgentConfig::new(dir.path(), ["10.244.0.0/16", "fd00:10:244::/56"], backend)
+            .with("healthAddress", json!(METRICS_ADDRESS))
+            .with_network_policy();
+        if let Some(on) = tx_offload {
+            config = config.with("vxlan", json!({"txChecksumOffload": on}));
+        }
+        a.procs.push(config.spawn(&format!("weft-agent-{}", n.n), &args.agent, &name, &n.ns, &lab.cp, dir.path()));
+        a.names.push(name);
+        a.dirs.push(dir);
+    }
+    a
+}
+
+/// `weft <backend>` and the paired setups: the real agents against the API
+/// server program the peers, the real plugin wires the pods; with
+/// policies (the paired setups), the policies and their pods are created
+/// and enforced first. `tx_offload`: see [`start_agents`].
+fn weft_setup(
+    lab: &Lab,
+    args: &Args,
+    tag: &str,
+    s: Setup,
+    nodes: [Node; 2],
+    tx_offload: Option<bool>,
+    backend: &str,
+) -> Wired {
+    let policies = match s {
+        Setup::Paired(_, n) => Some(PolicyPlan::new(tag, n, if args.quick { OTHER_PODS_QUICK } else { OTHER_PODS })),
+        _ => None,
+    };
+    let agents = start_agents(lab, args, tag, &nodes, backend, tx_offload);
+    let mut cleanup: Vec<Vec<String>> =
+        agents.names.iter().map(|n| vec!["delete".into(), "node".into(), n.clone(), "--wait=false".into()]).collect();
+    if let Some(plan) = &policies {
+        let started = Instant::now();
+        with_api(&lab.cp, async |c: Client| plan.create(&c, &agents.names).await)
+            .unwrap_or_else(|e| panic!("{}: create the policies and pods: {e}", s.label()));
+        eprintln!(
+            "  {} policies and {} API-only pods created in {:.1?}",
+            plan.policies,
+            2 * plan.other_pods,
+            started.elapsed()
+        );
+        cleanup.extend(plan.cleanup());
+    }
+    let mut pods: Vec<(TestNs, String, String)> =
+        nodes.iter().map(|n| agent_pod(lab, args, tag, s, n, &agents, policies.as_ref())).collect();
+    let (p2, ip4, ip6) = pods.pop().expect("two pods");
+    let (p1, c4, c6) = pods.pop().expect("two pods");
+    let [n1, n2] = nodes;
+    let pod_mtu = read_mtu(&p1, "eth0");
+    let offload = read_offload(&n1.ns);
+    // Which device node 1 forwards the peer pod's traffic to: shows
+    // what `auto` chose for the peer.
+    let path: Vec<String> = [&ip4, &ip6].iter().map(|ip| route_dev(&n1.ns, ip)).collect();
+    let mut w = Wired::new(p1, p2, [ip4, ip6], pod_mtu, offload);
+    w.notes.path = Some(path);
+    w.nodes = vec![n1.ns, n2.ns];
+    let logs: Vec<&Proc> = agents.procs.iter().collect();
+    match &policies {
+        Some(plan) => enforce(lab, &mut w, plan, s, [&c4, &c6], &logs),
+        None => wait_reachable(&w.client, &w.dst, &s.label(), &logs),
+    }
+    w.agents = agents.procs;
+    w._dirs = agents.dirs;
+    w.cleanup = cleanup;
+    w
+}
+
+/// Wires node `n`'s pod with the plugin once its agent wrote node.json
+/// (and, with policies, listed the benchmark's namespace and the pod's
+/// object exists): (pod namespace, IPv4, IPv6).
+fn agent_pod(
+    lab: &Lab,
+    args: &Args,
+    tag: &str,
+    s: Setup,
+    n: &Node,
+    agents: &Agents,
+    policies: Option<&PolicyPlan>,
+) -> (TestNs, String, String) {
+    let i = usize::from(n.n) - 1;
+    let (dir, agent) = (&agents.dirs[i], &agents.procs[i]);
+    let node_json = dir.path().join("run/node.json");
+    assert!(
+        eventually(Duration::from_secs(60), || node_json.exists()),
+        "weft-agent on node {} wrote no node.json in 60 s:\n{}",
+        n.n,
+        agent.log_tail()
+    );
+    // The plugin reads which namespaces have policies on ADD
+    // (libweft::pending): wait until the agent listed the
+    // benchmark's, so the pods start closed as in a cluster.
+    let pod_ns = policies.map(|p| {
+        let list = dir.path().join("run").join(libweft::pending::FILE_NAME);
+        assert!(
+            eventually(Duration::from_secs(60), || std::fs::read_to_string(&list)
+                .is_ok_and(|t| t.contains(&p.namespace))),
+            "weft-agent on node {} did not list namespace {} in {} in 60 s:\n{}",
+            n.n,
+            p.namespace,
+            list.display(),
+            agent.log_tail()
+        );
+        let name = format!("bench-{}", n.n);
+        let uid = with_api(&lab.cp, async |c: Client| p.create_bench_pod(&c, &agents.names[i], &name).await)
+            .unwrap_or_else(|e| panic!("{}: create the benchmark pod {name}: {e}", s.label()));
+        (p.namespace.as_str(), uid)
+    });
+    let pod = pod_ns.as_ref().map(|(ns, uid)| (*ns, uid.as_str()));
+    weft_pod(&args.weft, n, tag, &node_json, &dir.path().join("ipam"), pod)
+}
+
+/// With the policies: the benchmark pods running, the allowed port
+/// reachable, every policy's chains in both kernels, and a port the
+/// policy does not allow checked to be dropped; the pods then start
+/// selected. `client`: the client pod's addresses.
+fn enforce(lab: &Lab, w: &mut Wired, plan: &PolicyPlan, s: Setup, client: [&String; 2], logs: &[&Proc]) {
+    let bench_pods = [("bench-1", client), ("bench-2", [&w.dst[0], &w.dst[1]])];
+    with_api(&lab.cp, async |c: Client| plan.run_bench_pods(&c, &bench_pods).await)
+        .unwrap_or_else(|e| panic!("{}: create the benchmark pods: {e}", s.label()));
+    // ICMP is not allowed: reachability is the allowed TCP port.
+    wait_tcp(w, &s.label(), logs);
+    for (i, node) in w.nodes.iter().enumerate() {
+        let chains = policy_chains(node);
+        let ok = eventually(Duration::from_secs(120), || policy_chains(node) >= plan.policies);
+        assert!(
+            ok,
+            "{}: node {} holds {chains} policy chains, not {} after 120 s:\n{}",
+            s.label(),
+            i + 1,
+            plan.policies,
+            logs[i].log_tail()
+        );
+    }
+    let check = check_enforced(w).unwrap_or_else(|e| panic!("{}: {e}", s.label()));
+    eprintln!("  enforcement check: {check}");
+    w.notes.enforcement = Some(check);
+    w.notes.policies = Some(plan.policies);
+    w.notes.policy_chains = Some(w.nodes.iter().map(policy_chains).collect());
+    w.selection = Some(Selection {
+        namespace: plan.namespace.clone(),
+        client: client[0].clone(),
+        server: w.dst[0].clone(),
+        selected: true,
+    });
 }
 
 /// The per-policy chains (`in-pol-…`, one per policy with ingress rules)
@@ -1154,6 +1210,13 @@ enum Measured {
 /// Traffic to profile.
 type TrafficRun<'a> = dyn FnOnce() -> Measured + 'a;
 
+/// The sampling event of a perf recording (`cpu-clock:ppp` where the
+/// machine has no hardware PMU).
+fn perf_event(data: &Path) -> String {
+    let out = Command::new("timeout").args(["60", "perf", "evlist", "-i"]).arg(data).output();
+    String::from_utf8_lossy(&out.map(|o| o.stdout).unwrap_or_default()).lines().next().unwrap_or("").to_string()
+}
+
 /// A system-wide CPU profile (`perf record -a -g`) while `run` generates
 /// the traffic (one 1-stream iperf3 run, or a connection-rate run): per
 /// class, its share of the samples taken in iperf3, this program (the
@@ -1181,18 +1244,7 @@ fn profile(run: impl FnOnce() -> Measured) -> Result<SystemProfile, String> {
     if !out.status.success() {
         return Err(format!("perf report failed ({})", out.status));
     }
-    let event = String::from_utf8_lossy(
-        &Command::new("timeout")
-            .args(["60", "perf", "evlist", "-i"])
-            .arg(&data)
-            .output()
-            .map(|o| o.stdout)
-            .unwrap_or_default(),
-    )
-    .lines()
-    .next()
-    .unwrap_or("")
-    .to_string();
+    let event = perf_event(&data);
     let mut classes = vec![0.0f64; CLASSES.len()];
     let (mut ours, mut all, mut under_nf_hook) = (0.0, 0.0, 0.0);
     let mut top: Vec<(String, f64)> = Vec::new();
@@ -1263,21 +1315,6 @@ fn main() {
         0 => 1000,
         n => n,
     };
-    // The paired groups profile weft and every variant in full mode; the
-    // setups apart only when asked.
-    let pair_plan = |family: &str| net_paired::Plan {
-        bytes: if args.quick { 400_000_000 } else { 2_000_000_000 },
-        cc: "cubic",
-        conn_for: Duration::from_millis(if args.quick { 300 } else { 500 }),
-        min_rounds: if args.quick { 2 } else { 3 },
-        budget: match args.pair_budget {
-            Duration::ZERO if args.quick => Duration::from_secs(15),
-            Duration::ZERO => Duration::from_secs(60),
-            b => b,
-        },
-        target: 0.03,
-        profile: family == "IPv4" && (!args.quick || args.profile),
-    };
     let plan = plan(args.quick, policies, args.only.as_deref());
     eprintln!("net-bench: lab and control plane");
     let lab = Lab::new(&args.k8s_bin);
@@ -1304,24 +1341,8 @@ fn main() {
         };
         prepare_client(&w.client);
         if let Setup::Paired(backend, n) = *s {
-            match net_paired::freeze(&mut w, &lab.cp) {
-                Ok(rulesets) => {
-                    for &(fi, family) in &families {
-                        let dst = w.dst[fi].clone();
-                        // Node 1's underlay address on segment A (`Lab::node`).
-                        let g = net_paired::group(
-                            &w,
-                            &rulesets,
-                            backend,
-                            family,
-                            &dst,
-                            "198.51.100.11",
-                            n,
-                            &pair_plan(family),
-                        );
-                        paired_groups.push(g);
-                    }
-                }
+            match measure_paired(&lab, &mut w, backend, n, &families, &args) {
+                Ok(groups) => paired_groups.extend(groups),
                 Err(e) => {
                     eprintln!("net-bench: {} failed, skipped: {e}", s.label());
                     failed.push(FailedSetup { topology: topo.label().into(), setup: s.label(), error: e });
@@ -1354,6 +1375,43 @@ fn main() {
         rows,
         paired: paired_groups,
     });
+}
+
+/// The paired groups of a paired setup, one per family: its rulesets
+/// saved and its agents stopped first.
+fn measure_paired(
+    lab: &Lab,
+    w: &mut Wired,
+    backend: &str,
+    policies: usize,
+    families: &[(usize, &str)],
+    args: &Args,
+) -> Result<Vec<PairedGroup>, String> {
+    let rulesets = net_paired::freeze(w, &lab.cp)?;
+    let groups = families.iter().map(|&(fi, family)| {
+        let dst = w.dst[fi].clone();
+        // Node 1's underlay address on segment A (`Lab::node`).
+        net_paired::group(w, &rulesets, backend, family, &dst, "198.51.100.11", policies, &pair_plan(args, family))
+    });
+    Ok(groups.collect())
+}
+
+/// How much a paired group measures. The paired groups profile weft and
+/// every variant in full mode; the setups apart only when asked.
+fn pair_plan(args: &Args, family: &str) -> net_paired::Plan {
+    net_paired::Plan {
+        bytes: if args.quick { 400_000_000 } else { 2_000_000_000 },
+        cc: "cubic",
+        conn_for: Duration::from_millis(if args.quick { 300 } else { 500 }),
+        min_rounds: if args.quick { 2 } else { 3 },
+        budget: match args.pair_budget {
+            Duration::ZERO if args.quick => Duration::from_secs(15),
+            Duration::ZERO => Duration::from_secs(60),
+            b => b,
+        },
+        target: 0.03,
+        profile: family == "IPv4" && (!args.quick || args.profile),
+    }
 }
 
 /// The setups to measure, in order: `--quick`'s shorter list, and only

@@ -350,26 +350,28 @@ fn pod_labels(ns: usize, m: usize) -> Labels {
 
 /// Ten shapes of policy seen in real clusters; `k` varies their selectors.
 fn policy_shape(ns: usize, k: usize, shape: usize, name: String) -> PolicyM {
-    let own = |pods: Sel| PeerM::Pods { ns: None, pods };
-    let rule = |peers: Vec<PeerM>, ports: Vec<Value>| RuleM { peers, ports };
+    let (pod_sel, ingress, egress, tag) =
+        if [1, 5, 8, 9].contains(&shape) { egress_shape(ns, k, shape) } else { ingress_shape(ns, k, shape) };
+    PolicyM { ns, name: format!("{name}-{tag}"), pod_sel, ingress, egress }
+}
+
+/// A policy's pod selector, ingress and egress rules (none: that
+/// direction is not isolated), and the tag of its name.
+type Shape = (Sel, Option<Vec<RuleM>>, Option<Vec<RuleM>>, &'static str);
+
+fn own(pods: Sel) -> PeerM {
+    PeerM::Pods { ns: None, pods }
+}
+
+fn rule(peers: Vec<PeerM>, ports: Vec<Value>) -> RuleM {
+    RuleM { peers, ports }
+}
+
+/// The shapes that isolate ingress only: 0, 2, 3, 4, 6 and 7.
+fn ingress_shape(ns: usize, k: usize, shape: usize) -> Shape {
     let app = Sel::eq("app", format!("app-{}", k % 8));
-    let (pod_sel, ingress, egress, tag) = match shape {
+    match shape {
         0 => (Sel::default(), Some(vec![]), None, "default-deny"),
-        1 => (
-            Sel::default(),
-            None,
-            Some(vec![
-                rule(
-                    vec![PeerM::Pods {
-                        ns: Some(Sel::eq("kubernetes.io/metadata.name", "kube-system")),
-                        pods: Sel::eq("k8s-app", "kube-dns"),
-                    }],
-                    vec![json!({"protocol": "UDP", "port": 53}), tcp(53)],
-                ),
-                rule(vec![own(Sel::eq("role", "db"))], vec![tcp(5432)]),
-            ]),
-            "egress-dns-db",
-        ),
         2 => (
             app,
             Some(vec![rule(vec![own(Sel::eq("role", "frontend"))], vec![json!({"port": "http"})])]),
@@ -400,18 +402,6 @@ fn policy_shape(ns: usize, k: usize, shape: usize, name: String) -> PolicyM {
             None,
             "ipblock",
         ),
-        5 => (
-            Sel::eq("role", "frontend"),
-            None,
-            Some(vec![rule(
-                vec![
-                    PeerM::Block("0.0.0.0/0", vec!["10.0.0.0/8".into()]),
-                    PeerM::Block("::/0", vec!["fd00::/8".into()]),
-                ],
-                vec![tcp(443)],
-            )]),
-            "egress-internet",
-        ),
         6 => (
             Sel { labels: vec![], any_in: vec![("role", vec!["backend", "worker"])] },
             Some(vec![rule(
@@ -424,7 +414,7 @@ fn policy_shape(ns: usize, k: usize, shape: usize, name: String) -> PolicyM {
             None,
             "from-prod-staging",
         ),
-        7 => (
+        _ => (
             Sel::default(),
             Some(vec![rule(
                 vec![PeerM::Pods { ns: Some(Sel::default()), pods: Sel::eq("app", "app-7") }],
@@ -432,6 +422,40 @@ fn policy_shape(ns: usize, k: usize, shape: usize, name: String) -> PolicyM {
             )]),
             None,
             "monitoring",
+        ),
+    }
+}
+
+/// The shapes with egress rules: 1, 5, 8 and 9.
+fn egress_shape(ns: usize, k: usize, shape: usize) -> Shape {
+    let app = Sel::eq("app", format!("app-{}", k % 8));
+    match shape {
+        1 => (
+            Sel::default(),
+            None,
+            Some(vec![
+                rule(
+                    vec![PeerM::Pods {
+                        ns: Some(Sel::eq("kubernetes.io/metadata.name", "kube-system")),
+                        pods: Sel::eq("k8s-app", "kube-dns"),
+                    }],
+                    vec![json!({"protocol": "UDP", "port": 53}), tcp(53)],
+                ),
+                rule(vec![own(Sel::eq("role", "db"))], vec![tcp(5432)]),
+            ]),
+            "egress-dns-db",
+        ),
+        5 => (
+            Sel::eq("role", "frontend"),
+            None,
+            Some(vec![rule(
+                vec![
+                    PeerM::Block("0.0.0.0/0", vec!["10.0.0.0/8".into()]),
+                    PeerM::Block("::/0", vec!["fd00::/8".into()]),
+                ],
+                vec![tcp(443)],
+            )]),
+            "egress-internet",
         ),
         8 => (
             app,
@@ -451,8 +475,7 @@ fn policy_shape(ns: usize, k: usize, shape: usize, name: String) -> PolicyM {
             Some(vec![]),
             "db-lockdown",
         ),
-    };
-    PolicyM { ns, name: format!("{name}-{tag}"), pod_sel, ingress, egress }
+    }
 }
 
 fn rule_json(r: &RuleM, ingress: bool) -> Value {
