@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 
+pub mod agent;
 pub mod control_plane;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);

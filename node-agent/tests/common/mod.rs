@@ -11,6 +11,7 @@ use std::process::{Command, Stdio};
 use libweft::netlink::Netlink;
 use libweft::netns::NetNs;
 use libweft::testutil::TestNs;
+use libweft::testutil::agent::{self, AgentConfig};
 use libweft::testutil::control_plane::{ControlPlane, Proc};
 use serde_json::json;
 
@@ -257,37 +258,21 @@ impl Node {
 }
 
 /// The address of an agent's probes and metrics inside its node namespace.
-pub const AGENT_HTTP: &str = "127.0.0.1:9959";
+pub use libweft::testutil::agent::AGENT_HTTP;
 
 /// Writes an agent configuration into `dir`, with every path the agent
 /// writes (run dir, CNI config and bin dirs) inside it; returns its path.
 pub fn agent_config(dir: &Path, backend: &str, resync_seconds: u64) -> PathBuf {
-    let cfg = json!({
-        "clusterCIDRs": ["10.244.0.0/16", "fd00:10:244::/56"],
-        "backend": backend,
-        "resyncPeriodSeconds": resync_seconds,
-        "listenAddress": AGENT_HTTP,
-        "healthAddress": AGENT_HTTP,
-        "runDir": dir.join("run"),
-        "cniConfDir": dir.join("net.d"),
-        "cniBinDir": dir.join("bin"),
-    });
-    let path = dir.join("config.json");
-    std::fs::write(&path, cfg.to_string()).unwrap();
-    path
+    AgentConfig::new(dir, ["10.244.0.0/16", "fd00:10:244::/56"], backend)
+        .with("resyncPeriodSeconds", json!(resync_seconds))
+        .with("healthAddress", json!(AGENT_HTTP))
+        .write(&dir.join("config.json"))
 }
 
 /// Starts weft-agent for `node` with the configuration at `config`,
-/// logging at debug level into `<dir>/<name>.log`.
-pub fn spawn_agent(name: &str, node: &Node, cp: &ControlPlane, config: &Path, dir: &Path) -> Proc {
-    let kubeconfig = cp.kubeconfig().display().to_string();
-    Proc::spawn(
-        name,
-        &node.ns,
-        &[WEFT, "run", "--node-name", &node.name, "--config", &config.display().to_string()],
-        &[("KUBECONFIG", kubeconfig.as_str()), ("WEFT_LOG", "debug")],
-        dir,
-    )
+/// logging at debug level into `<name>.log` beside it.
+pub fn spawn_agent(name: &str, node: &Node, cp: &ControlPlane, config: &Path) -> Proc {
+    agent::spawn_agent(name, Path::new(WEFT), &node.name, &node.ns, &cp.kubeconfig(), config, "debug")
 }
 
 /// A Pod object as the kubelet would leave it: scheduled on `node`, with
