@@ -879,6 +879,27 @@ impl Watched<'_> {
     fn passes(&self) -> (f64, f64) {
         pass_seconds(self.node)
     }
+
+    /// Adds the commit `want` accepts (timed from `t0`) to `series`, then
+    /// waits until the agent is idle again.
+    fn record(&self, series: &mut Series, t0: Instant, what: &str, want: impl Fn(&Change) -> bool) {
+        let (d, n) = self.commit(t0, what, want);
+        series.samples.push(d);
+        series.sizes.push(n);
+        self.settle();
+    }
+
+    /// Two series measured together, each with the agent's mean pass
+    /// since `passes0` (the pass counters before them).
+    fn pair(
+        &self,
+        passes0: (f64, f64),
+        [(a, mut sa), (b, mut sb)]: [(&'static str, Series); 2],
+    ) -> [(&'static str, Series); 2] {
+        let pass_ms = pass_delta(self.node, passes0);
+        (sa.pass_ms, sb.pass_ms) = (pass_ms, pass_ms);
+        [(a, sa), (b, sb)]
+    }
 }
 
 /// The cold start: waits for the commit that completes every expected
@@ -957,18 +978,12 @@ async fn pods_relabelled(
             let t0 = Instant::now();
             pods_api(p.ns).patch(&p.name, &PatchParams::default(), &Patch::Merge(patch)).await.expect("relabel pod");
             let what = format!("pod {} relabelled ({})", p.name, if added { "in" } else { "out" });
-            let (d, n) = w.commit(t0, &what, |c| elem_in(c, added, "peer-", &key));
             let target = if added { &mut s } else { &mut s_out };
-            target.samples.push(d);
-            target.sizes.push(n);
-            w.settle();
+            w.record(target, t0, &what, |c| elem_in(c, added, "peer-", &key));
         }
     }
-    let pass_ms = pass_delta(w.node, passes0);
-    s.pass_ms = pass_ms;
-    s_out.pass_ms = pass_ms;
     eprintln!("(a) {} pods relabelled in and out of a peer set", s.samples.len());
-    [("pod relabelled into a peer set", s), ("pod relabelled out of a peer set", s_out)]
+    w.pair(passes0, [("pod relabelled into a peer set", s), ("pod relabelled out of a peer set", s_out)])
 }
 
 /// (b) A new local pod: podIPs published -> verdict map element; deleted -> gone.
@@ -999,33 +1014,26 @@ async fn local_pods_added(
             api.patch_status(&p.name, &PatchParams::default(), &Patch::Merge(pod_status(&p)))
                 .await
                 .expect("publish podIPs");
-            let (d, n) = w.commit(
+            w.record(
+                &mut s,
                 t0,
                 &format!("{} podIPs", p.name),
                 |c| matches!(c, Change::Elem { added: true, table, set, key: k } if table == TABLE && is_map(set) && *k == key),
             );
-            s.samples.push(d);
-            s.sizes.push(n);
-            w.settle();
             let t0 = Instant::now();
             api.delete(&p.name, &DeleteParams { grace_period_seconds: Some(0), ..Default::default() })
                 .await
                 .expect("delete local pod");
-            let (d, n) = w.commit(
+            w.record(
+                &mut s_del,
                 t0,
                 &format!("{} deleted", p.name),
                 |c| matches!(c, Change::Elem { added: false, table, set, key: k } if table == TABLE && is_map(set) && *k == key),
             );
-            s_del.samples.push(d);
-            s_del.sizes.push(n);
-            w.settle();
         }
     }
-    let pass_ms = pass_delta(w.node, passes0);
-    s.pass_ms = pass_ms;
-    s_del.pass_ms = pass_ms;
     eprintln!("(b) {} local pods added and deleted", s.samples.len());
-    [("local pod's podIPs -> verdict map element", s), ("local pod deleted -> element gone", s_del)]
+    w.pair(passes0, [("local pod's podIPs -> verdict map element", s), ("local pod deleted -> element gone", s_del)])
 }
 
 /// (c) A new policy over a local pod's namespace: its chains, groups and sets.
@@ -1052,17 +1060,16 @@ async fn policies_created(
         let marker = format!("{}/{}", ns_name(ns), pol.name).into_bytes();
         let t0 = Instant::now();
         npapi.create(&PostParams::default(), &policy_object(&pol)).await.expect("create policy");
-        let (d, n) = w.commit(
+        w.record(
+            &mut s,
             t0,
             &format!("policy {} created", pol.name),
             |c| matches!(c, Change::NewRule { table, raw } if table == TABLE && raw.windows(marker.len()).any(|w| w == marker)),
         );
-        s.samples.push(d);
-        s.sizes.push(n);
-        w.settle();
         let t0 = Instant::now();
         npapi.delete(&pol.name, &DeleteParams::default()).await.expect("delete policy");
-        let (d, n) = w.commit(
+        w.record(
+            &mut s_del,
             t0,
             &format!("policy {} deleted", pol.name),
             // Its chain removed (or, should the agent fall back to it, the whole table replaced).
@@ -1072,15 +1079,9 @@ async fn policies_created(
                 _ => false,
             },
         );
-        s_del.samples.push(d);
-        s_del.sizes.push(n);
-        w.settle();
     }
-    let pass_ms = pass_delta(w.node, passes0);
-    s.pass_ms = pass_ms;
-    s_del.pass_ms = pass_ms;
     eprintln!("(c) {} policies created and deleted", s.samples.len());
-    [("policy created -> its rules in the kernel", s), ("policy deleted -> its chain removed", s_del)]
+    w.pair(passes0, [("policy created -> its rules in the kernel", s), ("policy deleted -> its chain removed", s_del)])
 }
 
 /// (d) A namespace relabelled (env flipped) into and out of a live namespaceSelector.
@@ -1116,21 +1117,16 @@ async fn namespaces_relabelled(
             let patch = json!({"metadata": {"labels": labels}});
             let t0 = Instant::now();
             namespaces.patch(&ns_name(*i), &PatchParams::default(), &Patch::Merge(patch)).await.expect("relabel ns");
-            let (d, n) = w.commit(
+            w.record(
+                target,
                 t0,
                 &format!("namespace {} relabelled", ns_name(*i)),
                 |c| matches!(c, Change::Elem { table, set, key: k, .. } if table == TABLE && set.starts_with("peer-") && k == key),
             );
-            target.samples.push(d);
-            target.sizes.push(n);
-            w.settle();
         }
     }
-    let pass_ms = pass_delta(w.node, passes0);
-    s.pass_ms = pass_ms;
-    s_back.pass_ms = pass_ms;
     eprintln!("(d) {} namespace relabellings and back", s.samples.len());
-    [("namespace relabelled (env flipped)", s), ("namespace relabelled back", s_back)]
+    w.pair(passes0, [("namespace relabelled (env flipped)", s), ("namespace relabelled back", s_back)])
 }
 
 /// The agent's mean reconcile pass (ms) since `before`.
