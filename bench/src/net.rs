@@ -59,6 +59,7 @@ use kube::{Api, Client};
 use libweft::netns::NetNs;
 use libweft::testutil::TestNs;
 use libweft::testutil::control_plane::{ControlPlane, Proc, eventually};
+use libweft::testutil::lab::Segments;
 use serde_json::{Value, json};
 use weft_bench::agent_process::{AgentConfig, METRICS_ADDRESS};
 use weft_bench::api::{client, create_namespace, create_running_pod, set_running};
@@ -66,7 +67,6 @@ use weft_bench::cli::seconds;
 use weft_bench::perf;
 use weft_bench::results::{self, FailedSetup, NetRow, NetRun, NetSamples, PairedGroup, SetupNotes, SystemProfile};
 
-const CP_IP: &str = "198.51.100.2";
 const UNDERLAY_MTU: u32 = 1500;
 const IPERF_PORT: u16 = 5201;
 const RR_PORT: u16 = 7011;
@@ -178,40 +178,15 @@ struct Args {
 /// The lab: both underlay segments and the router between them, and the
 /// API server on segment A. Node namespaces come and go per setup.
 struct Lab {
-    lab: TestNs,
-    _router: TestNs,
+    segments: Segments,
     cp: ControlPlane,
-}
-
-fn veth(a: &TestNs, a_name: &str, b: &TestNs, b_name: &str) {
-    a.exec_ok(&["ip", "link", "add", a_name, "type", "veth", "peer", "name", b_name, "netns", b.name()]);
 }
 
 impl Lab {
     fn new(k8s_bin: &Path) -> Lab {
-        let lab = TestNs::new("nb-lab");
-        let router = TestNs::new("nb-router");
-        for (br, gw4, gw6) in
-            [("brA", "198.51.100.1/24", "2001:db8:a::1/64"), ("brB", "203.0.113.1/25", "2001:db8:b::1/64")]
-        {
-            lab.exec_ok(&["ip", "link", "add", br, "type", "bridge"]);
-            lab.exec_ok(&["ip", "link", "set", br, "up"]);
-            let (a, b) = (format!("r-{br}"), format!("{br}-r"));
-            veth(&router, &a, &lab, &b);
-            lab.exec_ok(&["ip", "link", "set", &b, "master", br, "up"]);
-            router.exec_ok(&["ip", "link", "set", &a, "up"]);
-            router.exec_ok(&["ip", "addr", "add", gw4, "dev", &a]);
-            router.exec_ok(&["ip", "addr", "add", gw6, "dev", &a, "nodad"]);
-        }
-        router.enable_forwarding();
-        let cp_ns = TestNs::new("nb-cp");
-        veth(&lab, "brA-cp", &cp_ns, "eth0");
-        lab.exec_ok(&["ip", "link", "set", "brA-cp", "master", "brA", "up"]);
-        cp_ns.exec_ok(&["ip", "link", "set", "eth0", "up"]);
-        cp_ns.exec_ok(&["ip", "addr", "add", &format!("{CP_IP}/24"), "dev", "eth0"]);
-        cp_ns.exec_ok(&["ip", "route", "add", "203.0.113.0/25", "via", "198.51.100.1"]);
-        let cp = ControlPlane::start(cp_ns, CP_IP, k8s_bin);
-        Lab { lab, _router: router, cp }
+        let segments = Segments::new("nb-lab", "nb-router");
+        let cp = segments.control_plane("nb-cp", k8s_bin, &[]);
+        Lab { segments, cp }
     }
 
     /// Node `n` (1 or 2) of setup `tag`, on segment A, or B when `routed`
@@ -242,9 +217,7 @@ impl Lab {
                 "2001:db8:b::/64",
             )
         };
-        let port = format!("{tag}-{n}");
-        veth(&ns, "eth0", &self.lab, &port);
-        self.lab.exec_ok(&["ip", "link", "set", &port, "master", br, "up"]);
+        self.segments.plug(&ns, "eth0", br, &format!("{tag}-{n}"));
         ns.exec_ok(&["ip", "link", "set", "eth0", "mtu", &UNDERLAY_MTU.to_string(), "up"]);
         ns.exec_ok(&["ip", "addr", "add", &format!("{v4}/{plen4}"), "dev", "eth0"]);
         ns.exec_ok(&["ip", "addr", "add", &format!("{v6}/64"), "dev", "eth0", "nodad"]);

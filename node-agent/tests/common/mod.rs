@@ -13,6 +13,7 @@ use libweft::netns::NetNs;
 use libweft::testutil::TestNs;
 use libweft::testutil::agent::{self, AgentConfig};
 use libweft::testutil::control_plane::{ControlPlane, Proc};
+use libweft::testutil::lab::{Segments, veth};
 use serde_json::json;
 
 pub const WEFT: &str = env!("CARGO_BIN_EXE_weft-agent");
@@ -27,8 +28,8 @@ pub fn weft_cni() -> PathBuf {
 }
 
 pub struct Lab {
-    pub lab: TestNs,
-    pub router: TestNs,
+    /// Segments A and B, and the router between them.
+    pub underlay: Segments,
     /// An "external" host behind the router, outside the cluster: 203.0.113.200, 2001:db8:e::200.
     pub external: TestNs,
     pub nodes: Vec<Node>,
@@ -50,23 +51,10 @@ pub struct Node {
 impl Lab {
     /// `segments[i]` is 'A' or 'B' for node i+1.
     pub fn new(segments: &[char]) -> Lab {
-        let lab = TestNs::new("lab");
-        let router = TestNs::new("router");
-        for (br, gw4, gw6) in
-            [("brA", "198.51.100.1/24", "2001:db8:a::1/64"), ("brB", "203.0.113.1/25", "2001:db8:b::1/64")]
-        {
-            lab.exec_ok(&["ip", "link", "add", br, "type", "bridge"]);
-            lab.exec_ok(&["ip", "link", "set", br, "up"]);
-            let (a, b) = (format!("r-{br}"), format!("{br}-r"));
-            veth(&router, &a, &lab, &b);
-            lab.exec_ok(&["ip", "link", "set", &b, "master", br, "up"]);
-            router.exec_ok(&["ip", "link", "set", &a, "up"]);
-            router.exec_ok(&["ip", "addr", "add", gw4, "dev", &a]);
-            router.exec_ok(&["ip", "addr", "add", gw6, "dev", &a, "nodad"]);
-        }
-        router.enable_forwarding();
+        let underlay = Segments::new("lab", "router");
+        let router = &underlay.router;
         let external = TestNs::new("ext");
-        veth(&router, "r-ext", &external, "eth0");
+        veth(router, "r-ext", &external, "eth0");
         router.exec_ok(&["ip", "link", "set", "r-ext", "up"]);
         router.exec_ok(&["ip", "addr", "add", "203.0.113.129/25", "dev", "r-ext"]);
         router.exec_ok(&["ip", "addr", "add", "2001:db8:e::1/64", "dev", "r-ext", "nodad"]);
@@ -108,9 +96,7 @@ impl Lab {
                 )
             };
             let br = if *seg == 'A' { "brA" } else { "brB" };
-            let port = format!("{br}-n{n}");
-            veth(&ns, "eth0", &lab, &port);
-            lab.exec_ok(&["ip", "link", "set", &port, "master", br, "up"]);
+            underlay.plug(&ns, "eth0", br, &format!("{br}-n{n}"));
             ns.exec_ok(&["ip", "link", "set", "eth0", "up"]);
             ns.exec_ok(&["ip", "addr", "add", &format!("{v4}/{plen4}"), "dev", "eth0"]);
             ns.exec_ok(&["ip", "addr", "add", &format!("{v6}/64"), "dev", "eth0", "nodad"]);
@@ -130,12 +116,12 @@ impl Lab {
                 ipam: tempfile::tempdir().unwrap(),
             });
         }
-        Lab { lab, router, external, nodes }
+        Lab { underlay, external, nodes }
     }
 }
 
 /// The API server's address on segment A.
-pub const CP_IP: &str = "198.51.100.2";
+pub use libweft::testutil::lab::CP_IP;
 
 impl Lab {
     /// etcd and kube-apiserver in a control-plane namespace on segment A.
@@ -145,19 +131,8 @@ impl Lab {
 
     /// [`Lab::control_plane`] with extra kube-apiserver flags.
     pub fn control_plane_with_flags(&self, bin: &std::path::Path, apiserver_flags: &[&str]) -> ControlPlane {
-        let ns = TestNs::new("cp");
-        veth(&self.lab, "brA-cp", &ns, "eth0");
-        self.lab.exec_ok(&["ip", "link", "set", "brA-cp", "master", "brA", "up"]);
-        ns.exec_ok(&["ip", "link", "set", "eth0", "up"]);
-        ns.exec_ok(&["ip", "addr", "add", &format!("{CP_IP}/24"), "dev", "eth0"]);
-        // Nodes on segment B reach the API server through the lab router.
-        ns.exec_ok(&["ip", "route", "add", "203.0.113.0/25", "via", "198.51.100.1"]);
-        ControlPlane::start_with_flags(ns, CP_IP, bin, apiserver_flags)
+        self.underlay.control_plane("cp", bin, apiserver_flags)
     }
-}
-
-fn veth(a: &TestNs, a_name: &str, b: &TestNs, b_name: &str) {
-    a.exec_ok(&["ip", "link", "add", a_name, "type", "veth", "peer", "name", b_name, "netns", b.name()]);
 }
 
 impl Node {
