@@ -63,3 +63,45 @@ pub fn machine() -> (String, usize) {
 pub fn print_json<T: Serialize>(result: &T) {
     println!("{}", serde_json::to_string(result).expect("a benchmark result serializes"));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::de::DeserializeOwned;
+
+    fn read<T: DeserializeOwned>(name: &str) -> T {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("report").join(name);
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    /// The committed report's results (bench/report/*.json) read as their types.
+    #[test]
+    fn the_committed_results_read_as_their_types() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("report");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+            match name.split(['-', '.']).next() {
+                _ if !name.ends_with(".json") => continue,
+                Some("agent") => assert!(!read::<AgentRun>(&name).results.is_empty(), "{name}"),
+                Some("cni") => assert!(!read::<CniRun>(&name).samples.is_empty(), "{name}"),
+                Some("policy") => assert!(!read::<PolicyRun>(&name).results.is_empty(), "{name}"),
+                Some("net") => assert!(!read::<NetRun>(&name).rows.is_empty(), "{name}"),
+                Some("meta") => assert!(!read::<RunMeta>(&name).date.is_empty(), "{name}"),
+                Some("pods") => assert!(read::<PodStartup>(&name).cnis.contains_key("weft"), "{name}"),
+                _ => panic!("{name}: a result file of no known type"),
+            }
+            seen += 1;
+        }
+        assert!(seen >= 6, "only {seen} result files in {}", dir.display());
+    }
+
+    #[test]
+    fn metric_rows_are_found_by_prefix() {
+        let rows =
+            [MetricRow::new("peak RSS (MiB)", 30.0, "< 32"), MetricRow::new("idle CPU (% of one core)", 0.5, "")];
+        assert_eq!(metric_value(&rows, "idle CPU"), Some(0.5));
+        assert_eq!(metric_value(&rows, "cold start"), None);
+    }
+}
