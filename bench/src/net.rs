@@ -59,7 +59,7 @@ use kube::{Api, Client};
 use libweft::netns::NetNs;
 use libweft::testutil::TestNs;
 use libweft::testutil::control_plane::{ControlPlane, Proc, eventually};
-use libweft::testutil::lab::Segments;
+use libweft::testutil::lab::{NodeUnderlay, Segment, Segments};
 use serde_json::{Value, json};
 use weft_bench::agent_process::{AgentConfig, METRICS_ADDRESS};
 use weft_bench::api::{client, create_namespace, create_running_pod, set_running};
@@ -193,37 +193,9 @@ impl Lab {
     /// and n == 2: underlay on `eth0`, the other segment via the router.
     fn node(&self, tag: &str, n: u8, routed: bool) -> Node {
         let ns = TestNs::new(&format!("{tag}-n{n}"));
-        let on_b = routed && n == 2;
-        let (v4, v6, plen4, br, gw4, gw6, other4, other6) = if on_b {
-            (
-                format!("203.0.113.{}", 10 + n),
-                format!("2001:db8:b::{}", 10 + n),
-                25,
-                "brB",
-                "203.0.113.1",
-                "2001:db8:b::1",
-                "198.51.100.0/24",
-                "2001:db8:a::/64",
-            )
-        } else {
-            (
-                format!("198.51.100.{}", 10 + n),
-                format!("2001:db8:a::{}", 10 + n),
-                24,
-                "brA",
-                "198.51.100.1",
-                "2001:db8:a::1",
-                "203.0.113.0/25",
-                "2001:db8:b::/64",
-            )
-        };
-        self.segments.plug(&ns, "eth0", br, &format!("{tag}-{n}"));
-        ns.exec_ok(&["ip", "link", "set", "eth0", "mtu", &UNDERLAY_MTU.to_string(), "up"]);
-        ns.exec_ok(&["ip", "addr", "add", &format!("{v4}/{plen4}"), "dev", "eth0"]);
-        ns.exec_ok(&["ip", "addr", "add", &format!("{v6}/64"), "dev", "eth0", "nodad"]);
-        ns.exec_ok(&["ip", "route", "add", other4, "via", gw4]);
-        ns.exec_ok(&["ip", "-6", "route", "add", other6, "via", gw6]);
-        ns.enable_forwarding();
+        let segment = if routed && n == 2 { Segment::B } else { Segment::A };
+        let NodeUnderlay { v4, v6, .. } =
+            self.segments.attach_node(&ns, segment, 10 + n, &format!("{tag}-{n}"), Some(UNDERLAY_MTU));
         Node { ns, v4, v6, pod_v4: format!("10.244.{n}.0/24"), pod_v6: format!("fd00:10:244:{n}::/64"), n }
     }
 }

@@ -59,6 +59,63 @@ impl Segments {
     }
 }
 
+/// Segment A or B of the underlay.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Segment {
+    A,
+    B,
+}
+
+/// A node's addresses on its segment, and the router's there.
+pub struct NodeUnderlay {
+    pub v4: String,
+    pub v6: String,
+    pub gw4: &'static str,
+    pub gw6: &'static str,
+}
+
+impl Segments {
+    /// Wires `ns` as host `host` of `segment` on its `eth0` (bridge port
+    /// `port` in the lab): both addresses, the link up (at `mtu` if given),
+    /// only the other segment routed via the router (no default route:
+    /// nothing leaves the lab), forwarding on.
+    pub fn attach_node(&self, ns: &TestNs, segment: Segment, host: u8, port: &str, mtu: Option<u32>) -> NodeUnderlay {
+        let (v4, v6, plen4, br, gw4, gw6, other4, other6) = match segment {
+            Segment::A => (
+                format!("198.51.100.{host}"),
+                format!("2001:db8:a::{host}"),
+                24,
+                "brA",
+                "198.51.100.1",
+                "2001:db8:a::1",
+                "203.0.113.0/25",
+                "2001:db8:b::/64",
+            ),
+            Segment::B => (
+                format!("203.0.113.{host}"),
+                format!("2001:db8:b::{host}"),
+                25,
+                "brB",
+                "203.0.113.1",
+                "2001:db8:b::1",
+                "198.51.100.0/24",
+                "2001:db8:a::/64",
+            ),
+        };
+        self.plug(ns, "eth0", br, port);
+        match mtu {
+            Some(mtu) => ns.exec_ok(&["ip", "link", "set", "eth0", "mtu", &mtu.to_string(), "up"]),
+            None => ns.exec_ok(&["ip", "link", "set", "eth0", "up"]),
+        };
+        ns.exec_ok(&["ip", "addr", "add", &format!("{v4}/{plen4}"), "dev", "eth0"]);
+        ns.exec_ok(&["ip", "addr", "add", &format!("{v6}/64"), "dev", "eth0", "nodad"]);
+        ns.exec_ok(&["ip", "route", "add", other4, "via", gw4]);
+        ns.exec_ok(&["ip", "-6", "route", "add", other6, "via", gw6]);
+        ns.enable_forwarding();
+        NodeUnderlay { v4, v6, gw4, gw6 }
+    }
+}
+
 /// A veth pair: `a_name` in `a`, `b_name` in `b`.
 pub fn veth(a: &TestNs, a_name: &str, b: &TestNs, b_name: &str) {
     a.exec_ok(&["ip", "link", "add", a_name, "type", "veth", "peer", "name", b_name, "netns", b.name()]);

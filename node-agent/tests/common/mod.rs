@@ -13,7 +13,7 @@ use libweft::netns::NetNs;
 use libweft::testutil::TestNs;
 use libweft::testutil::agent::{self, AgentConfig};
 use libweft::testutil::control_plane::{ControlPlane, Proc};
-use libweft::testutil::lab::{Segments, veth};
+use libweft::testutil::lab::{NodeUnderlay, Segment, Segments, veth};
 use serde_json::json;
 
 pub const WEFT: &str = env!("CARGO_BIN_EXE_weft-agent");
@@ -74,38 +74,12 @@ impl Lab {
             let n = i + 1;
             let name = format!("node{n}");
             let ns = TestNs::new(&name);
-            let (v4, v6, plen4, gw4, gw6, other4, other6) = if *seg == 'A' {
-                (
-                    format!("198.51.100.{}", 10 + n),
-                    format!("2001:db8:a::{}", 10 + n),
-                    24,
-                    "198.51.100.1",
-                    "2001:db8:a::1",
-                    "203.0.113.0/25",
-                    "2001:db8:b::/64",
-                )
-            } else {
-                (
-                    format!("203.0.113.{}", 10 + n),
-                    format!("2001:db8:b::{}", 10 + n),
-                    25,
-                    "203.0.113.1",
-                    "2001:db8:b::1",
-                    "198.51.100.0/24",
-                    "2001:db8:a::/64",
-                )
-            };
-            let br = if *seg == 'A' { "brA" } else { "brB" };
-            underlay.plug(&ns, "eth0", br, &format!("{br}-n{n}"));
-            ns.exec_ok(&["ip", "link", "set", "eth0", "up"]);
-            ns.exec_ok(&["ip", "addr", "add", &format!("{v4}/{plen4}"), "dev", "eth0"]);
-            ns.exec_ok(&["ip", "addr", "add", &format!("{v6}/64"), "dev", "eth0", "nodad"]);
-            // Only the other segment is routed, via the lab router: no default route, nothing can leave the lab.
-            ns.exec_ok(&["ip", "route", "add", other4, "via", gw4]);
-            ns.exec_ok(&["ip", "-6", "route", "add", other6, "via", gw6]);
+            let (segment, br) = if *seg == 'A' { (Segment::A, "brA") } else { (Segment::B, "brB") };
+            let NodeUnderlay { v4, v6, gw4, gw6 } =
+                underlay.attach_node(&ns, segment, 10 + n as u8, &format!("{br}-n{n}"), None);
+            // The external host, behind the router too.
             ns.exec_ok(&["ip", "route", "add", "203.0.113.128/25", "via", gw4]);
             ns.exec_ok(&["ip", "-6", "route", "add", "2001:db8:e::/64", "via", gw6]);
-            ns.enable_forwarding();
             nodes.push(Node {
                 name,
                 ns,
