@@ -43,7 +43,7 @@ impl Agent {
         let node = &lab.nodes[self.node];
         let cfg = common::agent_config(self.dir.path(), backend, 2);
         let name = format!("agent-{}-{}", node.name, backend);
-        self.proc = Some(common::spawn_agent(&name, node, cp, &cfg, self.dir.path()));
+        self.proc = Some(common::spawn_agent(&name, node, cp, &cfg));
     }
 
     fn stop(&mut self) {
@@ -988,7 +988,7 @@ fn a_new_pod_under_deny_all_is_closed_from_its_first_packet() {
     let mut c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
     c["networkPolicy"] = serde_json::json!({"enabled": false});
     std::fs::write(&cfg, c.to_string()).unwrap();
-    agents[0].proc = Some(common::spawn_agent("agent-nopolicy", node, &cp, &cfg, agents[0].dir.path()));
+    agents[0].proc = Some(common::spawn_agent("agent-nopolicy", node, &cp, &cfg));
     assert!(
         eventually(Duration::from_secs(15), || link_group(&node.ns, &orphan_veth) == "0"
             && !policy_list(&agents[0]).exists()),

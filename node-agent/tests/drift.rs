@@ -58,7 +58,7 @@ impl TwoNodes {
             .zip(&dirs)
             .map(|(n, dir)| {
                 let cfg = common::agent_config(dir.path(), "vxlan", RESYNC_SECONDS);
-                common::spawn_agent(&format!("agent-{}", n.name), n, &cp, &cfg, dir.path())
+                common::spawn_agent(&format!("agent-{}", n.name), n, &cp, &cfg)
             })
             .collect();
         Some(TwoNodes { agents, dirs, cp, lab })
