@@ -17,7 +17,11 @@
 //! - A packet from a pod's host veth must carry that pod's address: strict
 //!   reverse-path filtering by `fib`, one static rule for every `weft*`
 //!   veth, so the ADD path adds no rule. A pod that takes another pod's
-//!   (or any other) address is dropped before conntrack sees it.
+//!   (or any other) address is dropped before conntrack sees it. Checked
+//!   on every packet, not only on new connections: conntrack finds an
+//!   entry by its addresses and ports alone, not by the interface, so a
+//!   pod forging another pod's established 5-tuple (a DNS answer to it,
+//!   say) would be `established` and pass.
 //! - With VXLAN in use, the VXLAN port takes packets only from the underlay
 //!   addresses of believed peers, and pods may not send to that port at
 //!   all: a pod could otherwise inject frames into another node's overlay,
