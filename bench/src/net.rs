@@ -101,7 +101,7 @@ enum Setup {
     Bare,
     HandRoutes,
     /// `hand routes` with the pods at the VXLAN MTU (underlay − 50), as
-    /// `auto` gives them: what that MTU alone costs on the routes path.
+    /// `vxlan` gives them: what that MTU alone costs on the routes path.
     HandRoutesVxlanMtu,
     HandVxlan,
     /// Backend, and whether VXLAN transmit checksum offload is the agent's choice.

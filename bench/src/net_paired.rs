@@ -53,6 +53,8 @@ pub(crate) enum Variant {
     /// weft with the outer VXLAN packets untracked: what the second
     /// crossing of netfilter costs in conntrack.
     OuterUntracked,
+    /// weft without the MSS clamp (the forward chain).
+    NoMssClamp,
 }
 
 use Variant::*;
@@ -90,6 +92,7 @@ impl Variant {
             NoMasquerade => "weft − masquerade chain".into(),
             NoPeerFilter => "weft − VXLAN peer filter".into(),
             OuterUntracked => "weft, outer VXLAN packet untracked".into(),
+            NoMssClamp => "weft − MSS clamp".into(),
         }
     }
 
@@ -101,7 +104,7 @@ impl Variant {
         }
         v.extend([NoPolicyTable, NoMasquerade]);
         if vxlan {
-            v.extend([NoPeerFilter, OuterUntracked]);
+            v.extend([NoPeerFilter, OuterUntracked, NoMssClamp]);
         }
         v
     }
@@ -185,10 +188,11 @@ fn apply(nodes: &[TestNs], rs: &Rulesets, v: Variant) -> Result<(), String> {
         load(ns, &format!("{base}\n{extra}"))?;
         match v {
             NoFib => delete_rules(ns, "weft", "prerouting", "fib ")?,
-            NoPodVxlanRule => delete_rules(ns, "weft", "prerouting", "udp dport")?,
+            NoPodVxlanRule => delete_rules(ns, "weft", "prerouting", "pod_vxlan")?,
             NoPolicyTable => nft(ns, &["delete", "table", "inet", "weft-policy"]).map(drop)?,
             NoMasquerade => delete_chain(ns, "weft", "postrouting")?,
             NoPeerFilter => delete_chain(ns, "weft", "input")?,
+            NoMssClamp => delete_chain(ns, "weft", "forward")?,
             _ => {}
         }
     }
@@ -473,9 +477,11 @@ mod tests {
         let routes = comparisons(&Variant::all(false));
         assert_eq!(&routes[..3], &[(Weft, NoNetfilter), (Weft, ConntrackRef), (ConntrackRef, NoNetfilter)]);
         assert!(routes[3..].iter().all(|(_, b)| *b == Weft));
-        assert!(!routes.iter().any(|(a, _)| [NoPeerFilter, NoPodVxlanRule, OuterUntracked].contains(a)));
+        assert!(!routes.iter().any(|(a, _)| [NoPeerFilter, NoPodVxlanRule, OuterUntracked, NoMssClamp].contains(a)));
         let vxlan = comparisons(&Variant::all(true));
-        for part in [NoConntrack, NoFib, NoPodVxlanRule, NoPolicyTable, Policies, NoMasquerade, NoPeerFilter] {
+        for part in
+            [NoConntrack, NoFib, NoPodVxlanRule, NoPolicyTable, Policies, NoMasquerade, NoPeerFilter, NoMssClamp]
+        {
             assert!(vxlan.contains(&(part, Weft)), "{part:?}");
         }
         // A variant left out takes its comparisons with it.

@@ -37,7 +37,7 @@ pub(crate) fn net_section(net: &NetRun, figures: &Path, md: &mut String, busy: b
 fn mtu_paragraph(net: &NetRun, md: &mut String) {
     let _ = write!(
         md,
-        "**MTU.** Pods get one MTU for every destination. With `auto`, a node that may reach any peer over VXLAN gives its pods the VXLAN MTU (underlay − 50), even on one segment where every peer is routed directly{}. `hand routes, VXLAN MTU` is `hand routes` with the pods at that MTU, which measures what the smaller MTU alone costs.",
+        "**MTU.** Pods get one MTU for every destination: with `auto`, the underlay's (a peer behind VXLAN is reached through the MSS clamp and the route's MTU){}. `hand routes, VXLAN MTU` is `hand routes` with the pods at the VXLAN MTU (underlay − 50), which measures what that smaller MTU alone would cost.",
         net.rows
             .iter()
             .find(|r| r.topology == "one segment" && r.setup == "weft auto")
@@ -49,12 +49,20 @@ fn mtu_paragraph(net: &NetRun, md: &mut String) {
     );
     for (f, cc) in net.combos() {
         for (key, streams) in [(RowMetric::Gbps1, "1 stream"), (RowMetric::Gbps4, "4 streams")] {
+            let auto_mtu = net.row("one segment", "weft auto", &f, &cc).map(|r| r.pod_mtu);
+            // Only a run whose `auto` pods had the VXLAN MTU compares them at it.
+            let auto_small = auto_mtu.is_some_and(|m| m != net.underlay_mtu);
             if let Some((mtu, weft)) = mtu_cost(net, "one segment", "weft auto", &f, &cc, key) {
                 let _ = write!(
                     md,
-                    " {f} {cc} {streams}: hand routes at the VXLAN MTU {mtu:.3}x hand routes at {}; weft auto {weft:.3}x hand routes at the VXLAN MTU.",
+                    " {f} {cc} {streams}: hand routes at the VXLAN MTU {mtu:.3}x hand routes at {}",
                     net.underlay_mtu
                 );
+                let _ = if auto_small {
+                    write!(md, "; weft auto {weft:.3}x hand routes at the VXLAN MTU.")
+                } else {
+                    write!(md, ".")
+                };
             }
         }
     }
