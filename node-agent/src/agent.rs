@@ -23,7 +23,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::api::core::v1::Node;
-use kube::runtime::reflector::Store;
 use kube::{Api, Client};
 use libweft::netlink::Netlink;
 
@@ -36,10 +35,9 @@ use crate::desired::incremental::{Incremental, NodeChange, Scope};
 use crate::desired::{self, network_policy, vtep_mac_for};
 use crate::health::{Health, Readiness, now_secs};
 use crate::metrics::{FieldLabel, Metrics};
-use crate::observe::node_views::Views;
 use crate::observe::policy_watch::{self, PolicyCache};
 use crate::observe::underlay::{self, UnderlayError};
-use crate::observe::watch::{self, Trigger};
+use crate::observe::watch::{self, NodeStore, Trigger};
 use crate::observe::{Observation, events, kernel as observe_kernel};
 use crate::reported::{Doubts, Refusals};
 use crate::wire::{NodeView, WatchedNode};
@@ -125,13 +123,12 @@ pub enum Outcome {
 struct Agent {
     cfg: Config,
     node_name: String,
-    store: Store<WatchedNode>,
+    store: NodeStore,
     nodes_api: Api<Node>,
     nl: Netlink,
     vtep_mac: [u8; 6],
     metrics: Arc<Metrics>,
     nft: Nftables,
-    views: Views,
     /// The desired state of the last pass, updated for the Nodes that changed.
     desired: Incremental,
     /// The kernel mirror and what else the notification readers share.
@@ -158,7 +155,7 @@ impl Agent {
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<(Agent, Wakers)> {
         let node = Arc::new(Trigger::default());
-        let store = watch::spawn(client.clone(), node.clone(), metrics.clone());
+        let store = watch::spawn(client.clone(), &node_name, &cfg.cluster_cidrs, node.clone(), metrics.clone());
         let nl = Netlink::connect()?;
         let drift = Arc::new(Trigger::default());
         let shared = Arc::new(events::Shared::default());
@@ -197,7 +194,6 @@ impl Agent {
             nl,
             store,
             nft,
-            views: Views::default(),
             desired: Incremental::default(),
             shared,
             refusals: Refusals::default(),
@@ -227,7 +223,7 @@ pub async fn run(
 
     tracing::info!(node = %node_name, backend = cfg.backend.as_str(), "waiting for the Node list");
     tokio::select! {
-        r = agent.store.wait_until_ready() => r?,
+        r = agent.store.wait_until_listed() => r?,
         _ = term.recv() => return Ok(()),
         _ = tokio::signal::ctrl_c() => return Ok(()),
     }
@@ -345,15 +341,15 @@ impl Agent {
     /// underlay and, once listed, the policy views. `Ok(None)`: not ready
     /// to program yet (own node unknown or without podCIDR).
     async fn observe(&mut self) -> Result<Option<(Observation, Arc<WatchedNode>, Vec<NodeChange>)>, UnderlayError> {
-        let objects = self.store.state();
-        self.metrics.nodes.set(objects.len() as i64);
-        let (nodes, rejected, changes) = self.views.update(&objects, &self.cfg.cluster_cidrs);
+        let snapshot = self.store.take();
+        self.metrics.nodes.set(snapshot.views.len() as i64);
+        let (nodes, rejected, changes) = (snapshot.views, snapshot.rejected, snapshot.changes);
         for r in self.refusals.fresh(&rejected) {
             self.metrics.rejected_annotations.get_or_create(&FieldLabel { field: r.field.to_string() }).inc();
             tracing::warn!(node = %r.node, field = r.field, value = %r.value, "ignored invalid value: {}", r.reason);
         }
         let node_name = self.node_name.as_str();
-        let Some(own_object) = objects.iter().find(|n| n.metadata.name.as_deref() == Some(node_name)) else {
+        let Some(own_object) = snapshot.own else {
             tracing::warn!(node = %node_name, "own Node not found in the API (is NODE_NAME right?)");
             return Ok(None);
         };
@@ -376,7 +372,7 @@ impl Agent {
             portmap_installed: desired::files::portmap_installed(&self.cfg),
             policy: self.policy.as_ref().and_then(|(cache, _)| cache.snapshot()),
         };
-        Ok(Some((obs, own_object.clone(), changes)))
+        Ok(Some((obs, own_object, changes)))
     }
 
     /// One pass: observe, compute, apply every output. A failed output is

@@ -221,6 +221,10 @@ impl Incremental {
         {
             return (self.desired.as_ref().expect("set above"), Scope::Entries(touched));
         }
+        // Dropped before computing: old and new side by side would double
+        // the peak memory of every full pass (megabytes per thousand Nodes).
+        self.cache = None;
+        self.desired = None;
         let d = compute(config, obs);
         self.cache = Cache::seed(config, obs, &d);
         (self.desired.insert(d), Scope::All)

@@ -1,58 +1,161 @@
-//! The Node views a pass computes from: each Node object the watch holds,
-//! read into a [`NodeView`] once per version of the object.
+//! The Node views a pass computes from. The watch turns each Node into its
+//! [`NodeView`] as it arrives and keeps only that (a few hundred bytes),
+//! never the object: at 20,000 Nodes the objects, their metadata and a
+//! store's keys cost more than everything else the agent holds. Only the
+//! own Node's object is kept whole, for its InternalIPs and weft's own
+//! annotations. Between passes the views remember which Nodes changed, so
+//! a pass for one Node event works on that Node alone.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use ipnetwork::IpNetwork;
+use kube::runtime::watcher;
 
-use crate::wire::{NodeView, Rejected, WatchedNode};
+use crate::wire::{NodeView, Rejected, WatchedNode, strip};
 
 /// A Node added or changed (its new view) or deleted (`None`) since the last pass.
 pub type NodeChange = (String, Option<Arc<NodeView>>);
 
-/// The Node views of the last pass, each with the object it was read from:
-/// the watch replaces an object when it changes, so an unchanged one
-/// (the same `Arc`) is not parsed again.
-#[derive(Default)]
-pub struct Views {
-    by_name: HashMap<String, View>,
+/// One Node: its view and what was refused in it.
+#[derive(Debug, Clone, PartialEq)]
+struct Entry {
+    view: Arc<NodeView>,
+    rejected: Vec<Rejected>,
 }
 
-/// One Node's object, its view, and what was refused in it.
-type View = (Arc<WatchedNode>, Arc<NodeView>, Vec<Rejected>);
+/// What a pass reads: every view, what was refused in them, the Nodes
+/// changed since the last pass, and the own Node's object.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub views: Vec<Arc<NodeView>>,
+    pub rejected: Vec<Rejected>,
+    pub changes: Vec<NodeChange>,
+    pub own: Option<Arc<WatchedNode>>,
+}
+
+/// The views of every Node, as the watch's events leave them.
+#[derive(Debug)]
+pub struct Views {
+    own_name: String,
+    cluster_cidrs: Vec<IpNetwork>,
+    by_name: HashMap<String, Entry>,
+    /// The list under way after a (re)list: it replaces `by_name` whole at
+    /// its end, so Nodes deleted while the watch was down disappear.
+    relisting: Option<HashMap<String, Entry>>,
+    own: Option<Arc<WatchedNode>>,
+    /// The Nodes changed since the last [`Views::take`], with their latest view.
+    changes: HashMap<String, Option<Arc<NodeView>>>,
+    listed: bool,
+}
 
 impl Views {
-    /// Every object's view, what was refused in them, and the Nodes
-    /// added, changed or deleted since the last call.
-    pub fn update(
-        &mut self,
-        objects: &[Arc<WatchedNode>],
-        cluster_cidrs: &[IpNetwork],
-    ) -> (Vec<Arc<NodeView>>, Vec<Rejected>, Vec<NodeChange>) {
-        let mut by_name = HashMap::with_capacity(objects.len());
-        let mut views = Vec::with_capacity(objects.len());
-        let mut rejected = Vec::new();
-        let mut changes = Vec::new();
-        for object in objects {
-            let name = object.metadata.name.as_deref().unwrap_or_default();
-            let (name, entry) = match self.by_name.remove_entry(name) {
-                Some((name, e)) if Arc::ptr_eq(&e.0, object) => (name, e),
-                _ => {
-                    let mut refused = Vec::new();
-                    let view = Arc::new(NodeView::from_node(object, cluster_cidrs, &mut refused));
-                    changes.push((name.to_string(), Some(view.clone())));
-                    (name.to_string(), (object.clone(), view, refused))
-                }
-            };
-            views.push(entry.1.clone());
-            rejected.extend(entry.2.iter().cloned());
-            by_name.insert(name, entry);
+    /// Views of the Nodes as seen by the node `own_name`; a pod CIDR
+    /// outside `cluster_cidrs` is refused.
+    pub fn new(own_name: &str, cluster_cidrs: &[IpNetwork]) -> Views {
+        Views {
+            own_name: own_name.to_string(),
+            cluster_cidrs: cluster_cidrs.to_vec(),
+            by_name: HashMap::new(),
+            relisting: None,
+            own: None,
+            changes: HashMap::new(),
+            listed: false,
         }
-        // What is left was deleted.
-        changes.extend(self.by_name.drain().map(|(name, _)| (name, None)));
-        self.by_name = by_name;
-        (views, rejected, changes)
+    }
+
+    /// Whether the first list is complete.
+    pub fn listed(&self) -> bool {
+        self.listed
+    }
+
+    fn entry(&mut self, mut node: WatchedNode) -> (String, Entry) {
+        strip(&mut node);
+        let mut rejected = Vec::new();
+        let view = NodeView::from_node(&node, &self.cluster_cidrs, &mut rejected);
+        let name = view.name.clone();
+        if name == self.own_name {
+            self.own = Some(Arc::new(node));
+        }
+        (name, Entry { view: Arc::new(view), rejected })
+    }
+
+    /// Records `entry` as the Node's current state; returns whether it changed.
+    fn set(&mut self, name: String, entry: Entry) -> bool {
+        if self.by_name.get(&name) == Some(&entry) {
+            return false;
+        }
+        self.changes.insert(name.clone(), Some(entry.view.clone()));
+        self.by_name.insert(name, entry);
+        true
+    }
+
+    fn remove(&mut self, name: &str) -> bool {
+        if name == self.own_name {
+            self.own = None;
+        }
+        if self.by_name.remove(name).is_none() {
+            return false;
+        }
+        self.changes.insert(name.to_string(), None);
+        true
+    }
+
+    /// Applies one watch event; returns whether a pass is needed (a view
+    /// changed, the own Node changed, or the first list completed).
+    pub fn event(&mut self, event: watcher::Event<WatchedNode>) -> bool {
+        match event {
+            watcher::Event::Init => {
+                self.relisting = Some(HashMap::new());
+                false
+            }
+            watcher::Event::InitApply(node) => {
+                let (name, entry) = self.entry(node);
+                if let Some(list) = self.relisting.as_mut() {
+                    list.insert(name, entry);
+                }
+                false
+            }
+            watcher::Event::InitDone => {
+                let mut list = self.relisting.take().unwrap_or_default();
+                let gone: Vec<String> = self.by_name.keys().filter(|n| !list.contains_key(*n)).cloned().collect();
+                let mut changed = !self.listed;
+                for name in gone {
+                    changed |= self.remove(&name);
+                }
+                if !list.contains_key(&self.own_name) {
+                    self.own = None;
+                }
+                for (name, entry) in list.drain() {
+                    changed |= self.set(name, entry);
+                }
+                self.listed = true;
+                changed
+            }
+            watcher::Event::Apply(node) => {
+                let (name, entry) = self.entry(node);
+                // The own Node's annotations are not in its view: any change counts.
+                let own = name == self.own_name;
+                self.set(name, entry) || own
+            }
+            watcher::Event::Delete(node) => self.remove(node.metadata.name.as_deref().unwrap_or_default()),
+        }
+    }
+
+    /// Every view, what was refused in them, the own Node, and the Nodes
+    /// changed since the last call.
+    pub fn take(&mut self) -> Snapshot {
+        let mut s = Snapshot {
+            views: Vec::with_capacity(self.by_name.len()),
+            changes: self.changes.drain().collect(),
+            own: self.own.clone(),
+            ..Snapshot::default()
+        };
+        for entry in self.by_name.values() {
+            s.views.push(entry.view.clone());
+            s.rejected.extend(entry.rejected.iter().cloned());
+        }
+        s
     }
 }
 
@@ -60,33 +163,81 @@ impl Views {
 mod tests {
     use super::*;
 
+    fn object(name: &str, cidr: &str) -> WatchedNode {
+        let n = serde_json::json!({"metadata": {"name": name, "annotations": {"weft.dev/backend": "vxlan", "other": "x"}},
+            "spec": {"podCIDRs": [cidr]}});
+        serde_json::from_value(n).expect("a Node")
+    }
+
+    fn names(c: &[NodeChange]) -> Vec<(String, bool)> {
+        let mut names: Vec<_> = c.iter().map(|(n, v)| (n.clone(), v.is_some())).collect();
+        names.sort();
+        names
+    }
+
     #[test]
-    fn only_changed_nodes_are_parsed_again() {
-        let object = |name: &str, cidr: &str| -> Arc<WatchedNode> {
-            let n = serde_json::json!({"metadata": {"name": name}, "spec": {"podCIDRs": [cidr]}});
-            Arc::new(serde_json::from_value(n).expect("a Node"))
-        };
+    fn only_changed_nodes_are_reported_and_views_are_shared() {
         let cluster: Vec<IpNetwork> = vec!["10.244.0.0/16".parse().expect("valid")];
-        let (n1, n2) = (object("n1", "10.244.1.0/24"), object("n2", "10.0.0.0/24"));
-        let mut views = Views::default();
-        let (first, rejected, changes) = views.update(&[n1.clone(), n2.clone()], &cluster);
-        assert_eq!(rejected.len(), 1, "n2's CIDR is outside the cluster");
-        let names = |c: &[NodeChange]| c.iter().map(|(n, v)| (n.clone(), v.is_some())).collect::<Vec<_>>();
-        assert_eq!(names(&changes), [("n1".into(), true), ("n2".into(), true)]);
-        let (again, rejected_again, changes) = views.update(&[n1.clone(), n2.clone()], &cluster);
-        assert!(Arc::ptr_eq(&first[0], &again[0]) && Arc::ptr_eq(&first[1], &again[1]), "reused");
-        assert_eq!(rejected_again, rejected, "refusals are kept with their view");
-        assert!(changes.is_empty(), "nothing changed");
-        // n2 changed: a new object from the watch.
-        let (changed, rejected, changes) = views.update(&[n1.clone(), object("n2", "10.244.2.0/24")], &cluster);
-        assert!(Arc::ptr_eq(&first[0], &changed[0]));
-        assert_eq!(changed[1].pod_cidrs, ["10.244.2.0/24".parse::<IpNetwork>().expect("valid")]);
-        assert!(rejected.is_empty());
-        assert_eq!(names(&changes), [("n2".into(), true)]);
-        // n2 deleted.
-        let (left, _, changes) = views.update(std::slice::from_ref(&n1), &cluster);
-        assert_eq!(left.len(), 1);
-        assert_eq!(names(&changes), [("n2".into(), false)]);
-        assert_eq!(views.by_name.len(), 1);
+        let mut views = Views::new("n1", &cluster);
+        assert!(!views.event(watcher::Event::Init));
+        assert!(!views.event(watcher::Event::InitApply(object("n1", "10.244.1.0/24"))));
+        assert!(!views.event(watcher::Event::InitApply(object("n2", "10.0.0.0/24"))));
+        assert!(!views.listed(), "not before the list ends");
+        assert!(views.event(watcher::Event::InitDone));
+        assert!(views.listed());
+        let first = views.take();
+        assert_eq!(first.views.len(), 2);
+        assert_eq!(first.rejected.len(), 1, "n2's CIDR is outside the cluster");
+        assert_eq!(names(&first.changes), [("n1".into(), true), ("n2".into(), true)]);
+        let own = first.own.clone().expect("the own Node's object is kept");
+        assert_eq!(own.weft.backend.as_deref(), Some("vxlan"));
+        assert!(own.metadata.annotations.is_none(), "stripped");
+
+        // The same n2 again: no change, no pass.
+        assert!(!views.event(watcher::Event::Apply(object("n2", "10.0.0.0/24"))));
+        let again = views.take();
+        assert!(again.changes.is_empty());
+        assert_eq!(again.rejected, first.rejected, "refusals stay with their view");
+        let n1 = |s: &Snapshot| s.views.iter().find(|v| v.name == "n1").cloned().expect("n1");
+        assert!(Arc::ptr_eq(&n1(&first), &n1(&again)), "an unchanged view is shared, not copied");
+
+        // The own Node always counts: its annotations are not in the view.
+        assert!(views.event(watcher::Event::Apply(object("n1", "10.244.1.0/24"))));
+        assert!(views.event(watcher::Event::Apply(object("n2", "10.244.2.0/24"))));
+        let changed = views.take();
+        assert_eq!(names(&changed.changes), [("n2".into(), true)]);
+        assert!(changed.rejected.is_empty());
+
+        assert!(views.event(watcher::Event::Delete(object("n2", "10.244.2.0/24"))));
+        assert!(!views.event(watcher::Event::Delete(object("n9", "10.244.9.0/24"))), "unknown");
+        let left = views.take();
+        assert_eq!(left.views.len(), 1);
+        assert_eq!(names(&left.changes), [("n2".into(), false)]);
+    }
+
+    #[test]
+    fn a_relist_replaces_the_views_and_reports_the_difference() {
+        let cluster: Vec<IpNetwork> = vec!["10.244.0.0/16".parse().expect("valid")];
+        let mut views = Views::new("n1", &cluster);
+        views.event(watcher::Event::Init);
+        for (n, c) in [("n1", "10.244.1.0/24"), ("n2", "10.244.2.0/24"), ("n3", "10.244.3.0/24")] {
+            views.event(watcher::Event::InitApply(object(n, c)));
+        }
+        views.event(watcher::Event::InitDone);
+        views.take();
+        // The watch was down: n3 went, n2 changed, n4 came, and the own Node went too.
+        views.event(watcher::Event::Init);
+        for (n, c) in [("n2", "10.244.22.0/24"), ("n4", "10.244.4.0/24")] {
+            views.event(watcher::Event::InitApply(object(n, c)));
+        }
+        assert_eq!(views.take().views.len(), 3, "the old views serve until the list ends");
+        assert!(views.event(watcher::Event::InitDone));
+        let s = views.take();
+        assert_eq!(
+            names(&s.changes),
+            [("n1".into(), false), ("n2".into(), true), ("n3".into(), false), ("n4".into(), true)]
+        );
+        assert_eq!(s.views.len(), 2);
+        assert!(s.own.is_none());
     }
 }

@@ -1,22 +1,24 @@
-//! The Node watch: a kube-rs reflector over Nodes whose objects are
+//! The Node watch: a kube-rs watcher over Nodes whose objects are
 //! deserialized straight into [`WatchedNode`], what weft reads of a Node
-//! and nothing else, and stripped further as they arrive ([`strip`]). A
-//! Node's images, conditions, capacity and system info are never even
-//! allocated, so memory stays flat at thousands of nodes. Every event wakes
-//! the agent through a coalescing trigger: many events while a pass runs
-//! cause exactly one more pass (no debounce, which could hide updates).
+//! and nothing else (a Node's images, conditions, capacity and system info
+//! are never even allocated), and turned into their views as they arrive
+//! ([`Views`]): no reflector store keeps the objects, so memory per Node
+//! is its view's. Every event that changes a view wakes the agent through
+//! a coalescing trigger: many events while a pass runs cause exactly one
+//! more pass (no debounce, which could hide updates).
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use futures::StreamExt;
-use kube::runtime::reflector::{self, Store};
+use ipnetwork::IpNetwork;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use tokio::sync::Notify;
 
+use super::node_views::{Snapshot, Views};
 use crate::metrics::Metrics;
-use crate::wire::{WatchedNode, strip};
+use crate::wire::WatchedNode;
 
 /// Wakes the reconciler; remembers when the oldest unhandled event arrived.
 #[derive(Default)]
@@ -44,19 +46,56 @@ impl Trigger {
     }
 }
 
-/// Starts the watch; the store fills only while the returned task runs.
-pub fn spawn(client: Client, trigger: Arc<Trigger>, metrics: Arc<Metrics>) -> Store<WatchedNode> {
-    let (reader, writer) = reflector::store();
+/// The Node views the watch keeps current, shared with the agent's passes.
+#[derive(Clone)]
+pub struct NodeStore {
+    views: Arc<Mutex<Views>>,
+    listed: tokio::sync::watch::Receiver<bool>,
+}
+
+impl NodeStore {
+    /// Waits until the first list is complete.
+    pub async fn wait_until_listed(&mut self) -> Result<(), tokio::sync::watch::error::RecvError> {
+        self.listed.wait_for(|listed| *listed).await.map(|_| ())
+    }
+
+    /// The views, and the Nodes changed since the last call.
+    pub fn take(&self) -> Snapshot {
+        // A panic while holding the lock leaves whole views: keep using them.
+        self.views.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+/// Starts the watch for the node `own_name`; the views fill only while the
+/// returned task runs. A pod CIDR outside `cluster_cidrs` is refused.
+pub fn spawn(
+    client: Client,
+    own_name: &str,
+    cluster_cidrs: &[IpNetwork],
+    trigger: Arc<Trigger>,
+    metrics: Arc<Metrics>,
+) -> NodeStore {
+    let views = Arc::new(Mutex::new(Views::new(own_name, cluster_cidrs)));
+    let (listed_tx, listed) = tokio::sync::watch::channel(false);
     let api: Api<WatchedNode> = Api::all(client);
-    let stream = watcher(api, watcher::Config::default()).default_backoff().modify(strip).reflect(writer);
+    let stream = watcher(api, watcher::Config::default()).default_backoff();
+    let writer = views.clone();
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(event) = stream.next().await {
             match event {
-                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
-                Ok(_) => trigger.fire(),
+                Ok(event) => {
+                    let (changed, done) = {
+                        let mut views = writer.lock().unwrap_or_else(|p| p.into_inner());
+                        (views.event(event), views.listed())
+                    };
+                    listed_tx.send_if_modified(|l| !std::mem::replace(l, done) && done);
+                    if changed {
+                        trigger.fire();
+                    }
+                }
                 Err(e) => {
-                    // The backoff retries; the store keeps the last known nodes,
+                    // The backoff retries; the views stay as last known,
                     // so the data plane stays as it is while the API is away.
                     metrics.error("watch");
                     tracing::warn!("watching Nodes: {e}");
@@ -64,5 +103,5 @@ pub fn spawn(client: Client, trigger: Arc<Trigger>, metrics: Arc<Metrics>) -> St
             }
         }
     });
-    reader
+    NodeStore { views, listed }
 }
