@@ -549,7 +549,10 @@ mod tests {
         assert!(list.unseen.ingress && list.unseen.egress && !list.seen.contains("brand-new"), "{list:?}");
         assert_eq!(list.group_for("brand-new"), libweft::pending::PENDING_BOTH_GROUP);
         assert!(nss.iter().all(|n| list.seen.contains(&n.name)));
-        assert!(policy_namespaces(&pols, &[], &nss).unseen.is_open(), "NetworkPolicy alone never holds unseen namespaces");
+        assert!(
+            policy_namespaces(&pols, &[], &nss).unseen.is_open(),
+            "NetworkPolicy alone never holds unseen namespaces"
+        );
         // No cluster policy: exactly NetworkPolicy's state.
         assert_eq!(policy_with_tiers("node1", &pods, &nss, &pols, &[]), policy("node1", &pods, &nss, &pols));
     }
