@@ -25,7 +25,7 @@
 # The suite probes each pod's first address (status.podIP), so on a
 # dual-stack cluster it checks the IPv4 family, on an IPv6-only one IPv6.
 #
-# Bounded (go test's own 25-minute timeout, then a hard one); removes the
+# Bounded (go test's own 40-minute timeout, then a hard one at 42); removes the
 # suite's namespaces and ClusterNetworkPolicies on exit, also on failure.
 # Prints "N passed, M failed, K skipped" and fails if any test failed.
 set -Eeuo pipefail
@@ -75,8 +75,8 @@ echo "cnp-conformance: sigs.k8s.io/network-policy-api v$NETWORK_POLICY_API_VERSI
 started=$SECONDS
 rc=0
 # From the control plane's namespace, as e2e/upstream/run does.
-timeout 1620 ip netns exec "$prefix-cp" env KUBECONFIG="$kubeconfig" "$POLICY/conformance.test" \
-  -test.v -test.run "$run" -test.timeout 25m \
+timeout 2520 ip netns exec "$prefix-cp" env KUBECONFIG="$kubeconfig" "$POLICY/conformance.test" \
+  -test.v -test.run "$run" -test.timeout 40m \
   -supported-features "$SUPPORTED" -exempt-features "$EXEMPT" -cleanup-base-resources=true \
   >"$OUT/conformance.log" 2>&1 || rc=$?
 echo "cnp-conformance: finished in $((SECONDS - started)) s (exit $rc)"
