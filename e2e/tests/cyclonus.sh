@@ -58,7 +58,7 @@ PROTOCOLS=TCP,UDP
 args=(generate --server-protocol "$PROTOCOLS" --cleanup-namespaces
   --pod-creation-timeout-seconds 180 --perturbation-wait-seconds 5 --job-timeout-seconds 3 --retries 1
   --junit-results-file "$OUT/junit.xml")
-limit=14400
+limit=21600
 if [[ $mode == subset ]]; then
   args+=(--include "$SUBSET" --exclude "$SUBSET_EXCLUDE")
   limit=600
