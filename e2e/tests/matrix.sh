@@ -18,8 +18,10 @@
 #     come back with addresses, none doubled, none leaked;
 #   - `helm upgrade` from vxlan to routes converges with no VXLAN state left;
 #   - `helm uninstall` plus `weft-agent cleanup` leave no weft state behind.
-# With --upstream, the upstream Kubernetes e2e tests (e2e/upstream/run) run
-# on the "auto, 2 segments, dual" cluster too, instead of on one of their own.
+# With --upstream, the upstream Kubernetes e2e tests (e2e/upstream/run), the
+# ClusterNetworkPolicy conformance suite (e2e/tests/cnp-conformance.sh) and
+# the cyclonus subset (e2e/tests/cyclonus.sh --subset) run on the "auto,
+# 2 segments, dual" cluster too, instead of on one of their own.
 # Bounded; tears the cluster down on exit.
 set -Eeuo pipefail
 E2E=$(cd "$(dirname "$0")/.." && pwd)
@@ -298,7 +300,11 @@ for cfg in "${configs[@]}"; do
   "$E2E/tests/connectivity.sh"
   # The soak's short run (the full 2,000 cycles: e2e/tests/soak.sh alone).
   if [[ $backend == routes && $family == dual ]]; then "$E2E/tests/soak.sh" --cycles 100; fi
-  if ((upstream)) && [[ $backend == auto && $segments == 2 && $family == dual ]]; then "$E2E/upstream/run"; fi
+  if ((upstream)) && [[ $backend == auto && $segments == 2 && $family == dual ]]; then
+    "$E2E/upstream/run"
+    "$E2E/tests/cnp-conformance.sh"
+    "$E2E/tests/cyclonus.sh" --subset
+  fi
   if [[ $backend == vxlan ]]; then
     agent_restart_keeps_tcp
     deleted_node_routes_vanish
