@@ -129,6 +129,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub ipam_gc_grace_seconds: Option<u64>,
     #[serde(default)]
+    pub policy_liveness_seconds: Option<u64>,
+    #[serde(default)]
     pub network_policy: Option<NetworkPolicyConfig>,
 }
 
@@ -170,6 +172,10 @@ pub struct Config {
     pub ipam_gc_period: Duration,
     /// Reservations younger than this are never collected (ADDs in flight).
     pub ipam_gc_grace: Duration,
+    /// How long after its agent last had a fresh view of the API the
+    /// policy table keeps admitting new connections of isolated pods
+    /// (`desired::liveness`).
+    pub policy_liveness: Duration,
     pub cni_conf_dir: PathBuf,
     pub cni_bin_dir: PathBuf,
     pub run_dir: PathBuf,
@@ -257,6 +263,13 @@ impl FileConfig {
         if !(5..=3600).contains(&grace) {
             return Err(err("ipamGcGraceSeconds", format!("{grace} is outside 5..=3600")));
         }
+        let liveness = self.policy_liveness_seconds.unwrap_or(DEFAULT_POLICY_LIVENESS_SECONDS);
+        if !(MIN_POLICY_LIVENESS_SECONDS..=86400).contains(&liveness) {
+            return Err(err(
+                "policyLivenessSeconds",
+                format!("{liveness} is outside {MIN_POLICY_LIVENESS_SECONDS}..=86400"),
+            ));
+        }
         if let Some(i) = &self.underlay_interface
             && libweft::cni::validate_ifname(i).is_err()
         {
@@ -290,10 +303,30 @@ impl FileConfig {
             resync_period: Duration::from_secs(resync),
             ipam_gc_period: Duration::from_secs(gc),
             ipam_gc_grace: Duration::from_secs(grace),
+            policy_liveness: Duration::from_secs(liveness),
             cni_conf_dir: self.cni_conf_dir.unwrap_or_else(|| "/etc/cni/net.d".into()),
             cni_bin_dir: self.cni_bin_dir.unwrap_or_else(|| "/opt/cni/bin".into()),
             run_dir: self.run_dir.unwrap_or_else(|| "/run/weft".into()),
         })
+    }
+}
+
+/// `policyLivenessSeconds` by default.
+pub const DEFAULT_POLICY_LIVENESS_SECONDS: u64 = 300;
+/// Its least value: above the minute between the API server's bookmarks
+/// to an idle watch, with room for one late one.
+pub const MIN_POLICY_LIVENESS_SECONDS: u64 = 90;
+/// How much longer than the policy liveness IPAM quarantines a released
+/// address: the time a deletion may take to reach the other agents' watches
+/// (the plugin's DEL runs before the Pod object goes, and the API server
+/// delivers it to watches after that).
+pub const QUARANTINE_MARGIN: Duration = Duration::from_secs(30);
+
+impl Config {
+    /// How long IPAM keeps a released address out of use: longer than any
+    /// node's policy table may still allow its former pod.
+    pub fn address_quarantine(&self) -> Duration {
+        self.policy_liveness + QUARANTINE_MARGIN
     }
 }
 
@@ -319,6 +352,8 @@ mod tests {
         assert_eq!(c.vxlan, VxlanConfig { vni: 1, port: 8472, tx_checksum_offload: None });
         assert!(c.masquerade);
         assert_eq!(c.resync_period, Duration::from_secs(60));
+        assert_eq!(c.policy_liveness, Duration::from_secs(300));
+        assert_eq!(c.address_quarantine(), Duration::from_secs(330), "longer than the liveness, by construction");
         assert_eq!(c.listen_address, "127.0.0.1:9959".parse().unwrap());
         assert_eq!(c.health_address, "127.0.0.1:9958".parse().unwrap());
         assert!(c.network_policy, "NetworkPolicy is enforced unless disabled");
@@ -348,6 +383,7 @@ mod tests {
             (r#"{"clusterCIDRs":["10.244.0.0/16"],"networkPolicy":{"enable":false}}"#, "enable"),
             (r#"{"clusterCIDRs":["10.244.0.0/16"],"networkPolicy":{"logPerSecond":0}}"#, "logPerSecond"),
             (r#"{"clusterCIDRs":["10.244.0.0/16"],"cniVersion":"2.0.0"}"#, "cniVersion"),
+            (r#"{"clusterCIDRs":["10.244.0.0/16"],"policyLivenessSeconds":30}"#, "policyLivenessSeconds"),
         ];
         for (json, key) in cases {
             let e = parse(json).unwrap_err();
