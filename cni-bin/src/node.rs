@@ -56,7 +56,11 @@ fn quarantine_of(node: Option<&NodeConfig>) -> Duration {
 /// The IPAM allocator for this network, keeping released addresses out of
 /// use for `quarantine` (only allocation and GC read it: a release records
 /// its time whatever it is).
-pub fn allocator(conf: &NetConf, subnets: Vec<IpNetwork>, quarantine: Duration) -> Result<Allocator<DiskStore>, CniError> {
+pub fn allocator(
+    conf: &NetConf,
+    subnets: Vec<IpNetwork>,
+    quarantine: Duration,
+) -> Result<Allocator<DiskStore>, CniError> {
     let store = DiskStore::open(&conf.data_dir(), &conf.name)?;
     Ok(Allocator::new(store, subnets)?.with_quarantine(quarantine))
 }

@@ -18,7 +18,7 @@ use libweft::netns::NetNs;
 use libweft::testutil::{TestNs, have_privileges};
 use weft_agent::base::names::POLICY_TABLE as TABLE;
 use weft_agent::desired::policy::{PolicyState, policy};
-use weft_agent::desired::policy_table::{element_changes, rule_changes, ruleset};
+use weft_agent::desired::policy_table::{element_changes, liveness_renewal, rule_changes, ruleset};
 use weft_agent::desired::policy_trace::{Probe, trace};
 use weft_agent::wire_policy::*;
 
@@ -58,8 +58,10 @@ fn connects(from: &TestNs, to: IpAddr, port: u16) -> bool {
     NetNs::open(&from.path()).unwrap().run(attempt).unwrap().is_ok_and(|s| s == "ok")
 }
 
+/// The whole table for `state`, its liveness gate open (as a fresh agent keeps it).
 fn load(node: &TestNs, state: &PolicyState) {
     nft_json(node, &ruleset(state));
+    nft_json(node, &liveness_renewal(Duration::from_secs(3600)).unwrap());
 }
 
 fn nft_json(ns: &TestNs, cmds: &serde_json::Value) {
@@ -76,7 +78,7 @@ fn table_content(ns: &TestNs) -> (Vec<String>, BTreeMap<String, Vec<String>>) {
         match v {
             serde_json::Value::Object(m) => {
                 m.remove("handle");
-                for k in ["packets", "bytes"] {
+                for k in ["packets", "bytes", "expires"] {
                     if m.contains_key(k) {
                         m.insert(k.into(), 0.into());
                     }

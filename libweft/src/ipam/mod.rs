@@ -555,7 +555,8 @@ impl<S: Store> Allocator<S> {
                 .filter(|(ip, at)| !reserved.contains(ip) && self.quarantine_left(*at, now).is_some())
                 .map(|(ip, _)| ip)
                 .collect();
-            let count = |p: &Pool, ips: &mut dyn Iterator<Item = IpAddr>| ips.filter(|ip| p.contains(*ip)).count() as u128;
+            let count =
+                |p: &Pool, ips: &mut dyn Iterator<Item = IpAddr>| ips.filter(|ip| p.contains(*ip)).count() as u128;
             Ok(self
                 .pools
                 .iter()

@@ -346,7 +346,10 @@ fn a_longer_quarantine_holds_addresses_released_before_it() {
     let (_now, clock) = manual_clock();
     let mem = MemStore::default();
     let open = |q| {
-        Allocator::new(mem.clone(), vec![net("10.0.0.0/30")]).expect("allocator").with_quarantine(q).with_clock(clock.clone())
+        Allocator::new(mem.clone(), vec![net("10.0.0.0/30")])
+            .expect("allocator")
+            .with_quarantine(q)
+            .with_clock(clock.clone())
     };
     // Released by a DEL that knew no quarantine (its allocator has none) ...
     let del = open(Duration::ZERO);

@@ -13,6 +13,7 @@
 
 pub mod files;
 pub mod incremental;
+pub mod liveness;
 pub mod network_policy;
 pub mod nft_plan;
 pub mod pod_trust;

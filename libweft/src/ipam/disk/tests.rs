@@ -282,7 +282,9 @@ fn an_unused_store_is_removed_and_a_used_one_kept() {
 fn quarantine_outlives_the_process_that_released_and_ends_on_time() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let open = |q: u64| {
-        Allocator::new(store(tmp.path()), vec![net("10.244.1.0/30")]).expect("allocator").with_quarantine(Duration::from_secs(q))
+        Allocator::new(store(tmp.path()), vec![net("10.244.1.0/30")])
+            .expect("allocator")
+            .with_quarantine(Duration::from_secs(q))
     };
     open(0).allocate(&att("c1")).expect("allocate");
     open(0).allocate(&att("c2")).expect("allocate");
