@@ -542,7 +542,7 @@ impl Agent {
         let now = Instant::now();
         let open_for = self.liveness.open_for(cache.freshness(), now);
         self.metrics.policy_liveness_seconds.set(open_for.map_or(0.0, |d| d.as_secs_f64()));
-        let Some(open_for) = open_for.filter(|_| self.liveness.due(now)) else { return };
+        let Some(open_for) = open_for.filter(|d| self.liveness.due(now, *d)) else { return };
         match outputs.table().renew_gate(open_for).await {
             Ok(true) => self.liveness.written(now, open_for),
             Ok(false) => {}

@@ -313,9 +313,12 @@ impl FileConfig {
 
 /// `policyLivenessSeconds` by default.
 pub const DEFAULT_POLICY_LIVENESS_SECONDS: u64 = 300;
-/// Its least value: above the minute between the API server's bookmarks
-/// to an idle watch, with room for one late one.
-pub const MIN_POLICY_LIVENESS_SECONDS: u64 = 90;
+/// Its least value. kube-apiserver 1.36 sends an idle watch its first
+/// bookmark about 120 s after the watch starts (kube's watcher starts a new
+/// one every 290 s), then one a minute: an idle agent's views can be 122 s
+/// old (measured), and its gate must outlast that with the renewal's slack
+/// (`desired::liveness`).
+pub const MIN_POLICY_LIVENESS_SECONDS: u64 = 180;
 /// How much longer than the policy liveness IPAM quarantines a released
 /// address: the time a deletion may take to reach the other agents' watches
 /// (the plugin's DEL runs before the Pod object goes, and the API server
@@ -383,7 +386,7 @@ mod tests {
             (r#"{"clusterCIDRs":["10.244.0.0/16"],"networkPolicy":{"enable":false}}"#, "enable"),
             (r#"{"clusterCIDRs":["10.244.0.0/16"],"networkPolicy":{"logPerSecond":0}}"#, "logPerSecond"),
             (r#"{"clusterCIDRs":["10.244.0.0/16"],"cniVersion":"2.0.0"}"#, "cniVersion"),
-            (r#"{"clusterCIDRs":["10.244.0.0/16"],"policyLivenessSeconds":30}"#, "policyLivenessSeconds"),
+            (r#"{"clusterCIDRs":["10.244.0.0/16"],"policyLivenessSeconds":120}"#, "policyLivenessSeconds"),
         ];
         for (json, key) in cases {
             let e = parse(json).unwrap_err();

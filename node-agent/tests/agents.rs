@@ -1233,7 +1233,7 @@ fn lists_fall_back_to_pages_where_the_api_server_refuses_streaming() {
 // table's liveness gate (desired::liveness) and IPAM's quarantine.
 
 /// `policyLivenessSeconds` for these tests: the least the agent accepts.
-const LIVENESS_S: u64 = 90;
+const LIVENESS_S: u64 = 180;
 
 /// Seconds until the policy gate of the agent in `ns` closes, as it reports them.
 fn liveness_remaining(ns: &TestNs) -> f64 {
@@ -1279,11 +1279,13 @@ fn an_idle_agent_keeps_its_policy_gate_open_past_the_period() {
         "the allowed client never got in:\n{}",
         agents[0].log()
     );
-    // Nothing changes in the API for more than two periods: only bookmarks
-    // tell the agent its watches are alive, and they must be enough.
+    // Nothing changes in the API for more than two periods, through the
+    // watches' restart at 290 s and the two minutes without a bookmark that
+    // follow it: only bookmarks tell the agent its watches are alive, and
+    // they must be enough.
     let idle = Instant::now();
     let mut least = f64::MAX;
-    while idle.elapsed() < Duration::from_secs(2 * LIVENESS_S + 20) {
+    while idle.elapsed() < Duration::from_secs(2 * LIVENESS_S + 80) {
         let left = liveness_remaining(&node.ns);
         assert!(left > 0.0 && gate_open(&node.ns), "the gate closed on an idle, healthy agent:\n{}", agents[0].log());
         least = least.min(left);
@@ -1352,6 +1354,8 @@ fn a_recycled_address_never_inherits_the_old_pods_allowances() {
         "node2's gate never closed while its agent was away"
     );
     assert!(!reaches(&ctl, &srv4), "a closed gate let a new connection in");
+    // (Read now: the returning agent rewrites its table, counters included.)
+    assert!(stale_dropped(&n2.ns) > 0, "the closed gate counted no drops");
     // Once the quarantine is over, B gets A's addresses.
     let mut result = serde_json::Value::Null;
     let deadline = released + quarantine + Duration::from_secs(30);
@@ -1388,5 +1392,4 @@ fn a_recycled_address_never_inherits_the_old_pods_allowances() {
     assert!(after_wiring > 100, "too few probes from B once it was wired: {after_wiring}");
     let through = probes.iter().filter(|(_, through)| *through).count();
     assert_eq!(through, 0, "B reached the protected pod {through} times with A's address:\n{}", agents[1].log());
-    assert!(stale_dropped(&n2.ns) > 0, "the closed gate counted no drops");
 }
