@@ -31,7 +31,8 @@ impl Heard {
         self.0.lock().map(|t| *t).unwrap_or(None)
     }
 
-    fn mark(&self) {
+    /// Records a frame read now.
+    pub(crate) fn mark(&self) {
         if let Ok(mut t) = self.0.lock() {
             *t = Some(Instant::now());
         }

@@ -473,6 +473,37 @@ mod tests {
         assert!(!v.event(Event::Delete(e("a/5", None)), 0));
     }
 
+    #[test]
+    fn views_are_as_fresh_as_the_last_frame_heard_and_a_relist_as_its_start() {
+        let mut v: Views<u32> = Views::default();
+        let e = |k: &str, x: u32| (k.to_string(), Some(x));
+        let pause = || std::thread::sleep(std::time::Duration::from_millis(2));
+        assert_eq!(v.as_of(), None, "before the first list");
+        let before = Instant::now();
+        v.event(Event::Init, 0);
+        v.event(Event::InitApply(e("a/1", 1)), 0);
+        v.heard.mark(); // the list's pages
+        pause();
+        v.event(Event::InitDone, 0);
+        let listed = v.as_of().unwrap();
+        assert!(listed >= before && listed < v.heard.last().unwrap(), "as of the list's start, not its last page");
+        // A bookmark (or any frame) read after the list: fresh up to it.
+        pause();
+        v.heard.mark();
+        assert_eq!(v.as_of(), v.heard.last());
+        let heard = v.as_of();
+        // A re-list (the watch was down): as fresh as before it, whatever it reads meanwhile ...
+        pause();
+        v.event(Event::Init, 0);
+        v.heard.mark();
+        assert_eq!(v.as_of(), heard);
+        // ... until it completes: then as of its start.
+        let relist_started = Instant::now();
+        pause();
+        v.event(Event::InitDone, 0);
+        assert!(v.as_of().unwrap() > heard.unwrap() && v.as_of().unwrap() <= relist_started);
+    }
+
     fn list<V: PartialEq>(
         cache: &PolicyCache,
         generation: u64,
