@@ -383,17 +383,7 @@ fn denials_are_counted_by_policy_and_logged_through_nflog_at_a_bounded_rate() {
     }
     let lab = Lab::new(&['A']);
     let node = &lab.nodes[0];
-    let view = |id: &str, ips: [&str; 2], labels: &[(&str, &str)]| PodView {
-        namespace: "t".into(),
-        name: id.into(),
-        uid: id.into(),
-        labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-        ips: ips.iter().map(|i| i.parse().unwrap()).collect(),
-        node: node.name.clone(),
-        host_network: false,
-        terminating: false,
-        ports: vec![],
-    };
+    let view = |id: &str, ips: [&str; 2], labels: &[(&str, &str)]| pod_in_t(&node.name, id, ips, labels);
     let (cli, c4, c6) = node.add_pod("log-cli", 1500);
     let (_srv, s4, s6) = node.add_pod("log-srv", 1500);
     let pods = vec![view("cli", [&c4, &c6], &[]), view("srv", [&s4, &s6], &[("app", "srv")])];
@@ -468,6 +458,21 @@ fn denials_are_counted_by_policy_and_logged_through_nflog_at_a_bounded_rate() {
     assert!(logged.contains(&format!("> {s4}.5000")), "{logged}");
 }
 
+/// Pod `id` of namespace `t` on `node`, as the watches would see it.
+fn pod_in_t(node: &str, id: &str, ips: [&str; 2], labels: &[(&str, &str)]) -> PodView {
+    PodView {
+        namespace: "t".into(),
+        name: id.into(),
+        uid: id.into(),
+        labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        ips: ips.iter().map(|i| i.parse().unwrap()).collect(),
+        node: node.to_string(),
+        host_network: false,
+        terminating: false,
+        ports: vec![],
+    }
+}
+
 /// A server in `pod` on `port` echoing every byte, one thread per connection.
 fn echo(pod: &TestNs, port: u16) {
     let l = NetNs::open(&pod.path()).unwrap().run(|| TcpListener::bind(("::", port))).unwrap().unwrap();
@@ -500,17 +505,7 @@ fn an_expired_liveness_gate_holds_new_connections_of_isolated_pods_only() {
     }
     let lab = Lab::new(&['A']);
     let node = &lab.nodes[0];
-    let view = |id: &str, ips: [&str; 2], labels: &[(&str, &str)]| PodView {
-        namespace: "t".into(),
-        name: id.into(),
-        uid: id.into(),
-        labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-        ips: ips.iter().map(|i| i.parse().unwrap()).collect(),
-        node: node.name.clone(),
-        host_network: false,
-        terminating: false,
-        ports: vec![],
-    };
+    let view = |id: &str, ips: [&str; 2], labels: &[(&str, &str)]| pod_in_t(&node.name, id, ips, labels);
     let (cli, c4, c6) = node.add_pod("gate-cli", 1500);
     let (srv, s4, s6) = node.add_pod("gate-srv", 1500);
     let (free, f4, f6) = node.add_pod("gate-free", 1500);
