@@ -106,6 +106,34 @@ pub struct PolicyNamespaces {
     pub ingress: BTreeSet<String>,
     /// Namespaces with an egress-isolating policy.
     pub egress: BTreeSet<String>,
+    /// The directions in which a pod of a namespace the agent has not seen
+    /// yet starts pending: a ClusterNetworkPolicy's namespace selector may
+    /// select a namespace created after the agent's last view of them.
+    /// Written only when some direction is held.
+    #[serde(default, skip_serializing_if = "Unseen::is_open")]
+    pub unseen: Unseen,
+    /// Every namespace the agent had seen when it wrote the file (those not
+    /// listed above are selected by no policy); written with `unseen`.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub seen: BTreeSet<String>,
+}
+
+/// Whether pods of namespaces outside [`PolicyNamespaces::seen`] start
+/// pending, by direction.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Unseen {
+    /// Held for ingress.
+    pub ingress: bool,
+    /// Held for egress.
+    pub egress: bool,
+}
+
+impl Unseen {
+    /// Neither direction held.
+    pub fn is_open(&self) -> bool {
+        !self.ingress && !self.egress
+    }
 }
 
 /// What the plugin makes of the file for one pod.
@@ -136,7 +164,11 @@ impl PolicyNamespaces {
 
     /// The group of a new pod in `namespace`.
     pub fn group_for(&self, namespace: &str) -> u32 {
-        pending_group(self.ingress.contains(namespace), self.egress.contains(namespace))
+        let unseen = !self.seen.contains(namespace);
+        pending_group(
+            self.ingress.contains(namespace) || (unseen && self.unseen.ingress),
+            self.egress.contains(namespace) || (unseen && self.unseen.egress),
+        )
     }
 
     /// Writes the file atomically unless it already holds this list;
@@ -197,7 +229,21 @@ mod tests {
             version: VERSION,
             ingress: ingress.iter().map(|s| s.to_string()).collect(),
             egress: egress.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
         }
+    }
+
+    #[test]
+    fn namespaces_the_agent_has_not_seen_are_held_when_a_cluster_policy_may_select_them() {
+        let mut l = list(&["a"], &[]);
+        l.unseen = Unseen { ingress: false, egress: true };
+        l.seen = ["a", "b"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(l.group_for("a"), PENDING_INGRESS_GROUP, "seen, listed for ingress only");
+        assert_eq!(l.group_for("b"), READY_GROUP, "seen and selected by nothing");
+        assert_eq!(l.group_for("new"), PENDING_EGRESS_GROUP, "not seen yet: held where a policy may select it");
+        assert_eq!(PolicyNamespaces::from_json(&l.to_json()).unwrap(), l);
+        // Without cluster policies the written form is the older one.
+        assert!(!String::from_utf8(list(&["a"], &[]).to_json()).unwrap().contains("unseen"));
     }
 
     #[test]

@@ -183,7 +183,12 @@ impl Agent {
         };
         let policy_trigger = Arc::new(Trigger::default());
         let policy = if cfg.network_policy {
-            let cache = policy_watch::spawn(client.clone(), policy_trigger.clone(), metrics.clone());
+            let cache = policy_watch::spawn(
+                client.clone(),
+                policy_trigger.clone(),
+                metrics.clone(),
+                cfg.cluster_network_policy,
+            );
             Some((cache, PolicyOutputs::new(policy_sync)))
         } else {
             apply_policy::disable(&cfg, &nl, &metrics).await;

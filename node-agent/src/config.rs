@@ -146,11 +146,20 @@ pub struct NetworkPolicyConfig {
     pub log_denied: bool,
     pub log_group: u16,
     pub log_per_second: u32,
+    /// Also watch and enforce ClusterNetworkPolicy
+    /// (`policy.networking.k8s.io`); a cluster without its CRD has none.
+    pub cluster_network_policy: bool,
 }
 
 impl Default for NetworkPolicyConfig {
     fn default() -> Self {
-        NetworkPolicyConfig { enabled: true, log_denied: false, log_group: 100, log_per_second: 10 }
+        NetworkPolicyConfig {
+            enabled: true,
+            log_denied: false,
+            log_group: 100,
+            log_per_second: 10,
+            cluster_network_policy: true,
+        }
     }
 }
 
@@ -186,6 +195,8 @@ pub struct Config {
     pub network_policy: bool,
     /// Log denied packets through NFLOG (`networkPolicy.logDenied`).
     pub deny_log: Option<DenyLog>,
+    /// Enforce ClusterNetworkPolicy too (`networkPolicy.clusterNetworkPolicy`).
+    pub cluster_network_policy: bool,
 }
 
 impl Config {
@@ -289,6 +300,7 @@ impl FileConfig {
         let deny_log = np.log_denied.then_some(DenyLog { group: np.log_group, per_second: np.log_per_second });
         Ok(Config {
             network_policy: np.enabled,
+            cluster_network_policy: np.cluster_network_policy,
             deny_log,
             cni_version,
             cluster_cidrs,
@@ -362,6 +374,9 @@ mod tests {
         assert!(c.network_policy, "NetworkPolicy is enforced unless disabled");
         let off = parse(r#"{"clusterCIDRs":["10.244.0.0/16"],"networkPolicy":{"enabled":false}}"#).unwrap();
         assert!(!off.network_policy);
+        assert!(c.cluster_network_policy, "ClusterNetworkPolicy is watched unless disabled");
+        let no_cnp = r#"{"clusterCIDRs":["10.244.0.0/16"],"networkPolicy":{"clusterNetworkPolicy":false}}"#;
+        assert!(!parse(no_cnp).unwrap().cluster_network_policy);
         assert_eq!(c.deny_log, None, "denials are not logged unless asked");
         let log =
             parse(r#"{"clusterCIDRs":["10.244.0.0/16"],"networkPolicy":{"logDenied":true,"logGroup":7}}"#).unwrap();

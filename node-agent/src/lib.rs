@@ -23,4 +23,5 @@ pub mod observe;
 pub mod reported;
 pub mod trace_cmd;
 pub mod wire;
+pub mod wire_cluster_policy;
 pub mod wire_policy;

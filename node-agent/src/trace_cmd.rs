@@ -1,6 +1,7 @@
-//! `weft-agent policy trace`: reads Pods, Namespaces and NetworkPolicies
-//! once from the API and prints what [`crate::desired::policy_trace`] says
-//! the data plane does with a connection.
+//! `weft-agent policy trace`: reads Pods, Namespaces, NetworkPolicies and
+//! ClusterNetworkPolicies (none when their CRD is not installed) once from
+//! the API and prints what [`crate::desired::policy_trace`] says the data
+//! plane does with a connection.
 
 use anyhow::{Context, anyhow, bail};
 use std::collections::HashMap;
@@ -8,11 +9,12 @@ use std::collections::HashMap;
 use ipnetwork::IpNetwork;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::Api;
-use kube::api::ListParams;
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams};
+use kube::{Api, ResourceExt};
 
-use crate::desired::policy_trace::{Probe, trace};
-use crate::wire_policy::{NamespaceView, PodView, PolicyView, Protocol};
+use crate::desired::policy_trace::{Probe, trace_with_tiers};
+use crate::wire_cluster_policy::{self as cnp, ClusterPolicyView};
+use crate::wire_policy::{NamespaceView, PodView, PolicyView, Protocol, Refused};
 
 /// `80/TCP`, `53/UDP`, or `80` (TCP).
 pub fn parse_port(s: &str) -> anyhow::Result<(u16, Protocol)> {
@@ -29,6 +31,23 @@ fn split_pod(s: &str) -> anyhow::Result<(&str, &str)> {
         .ok_or_else(|| anyhow!("{s:?} is not NAMESPACE/POD"))
 }
 
+/// Every ClusterNetworkPolicy as the agents read it; none when the API
+/// has no such resource (its CRD is not installed).
+async fn cluster_policies(client: kube::Client, refused: &mut Vec<Refused>) -> anyhow::Result<Vec<ClusterPolicyView>> {
+    let gvk = GroupVersionKind::gvk(cnp::GROUP, cnp::VERSION, cnp::KIND);
+    let api = Api::<DynamicObject>::all_with(client, &ApiResource::from_gvk_with_plural(&gvk, cnp::PLURAL));
+    let list = match api.list(&ListParams::default()).await {
+        Ok(list) => list,
+        Err(kube::Error::Api(s)) if s.code == 404 => return Ok(vec![]),
+        Err(e) => return Err(e).context("list clusternetworkpolicies"),
+    };
+    Ok(list
+        .items
+        .iter()
+        .filter_map(|o| ClusterPolicyView::from_spec(&o.name_any(), o.data.get("spec"), refused))
+        .collect())
+}
+
 /// Lists everything once and prints one explanation per address family
 /// both pods have (or only `ipv6`'s, if given).
 pub async fn run(client: kube::Client, from: &str, to: &str, port: &str, ipv6: Option<bool>) -> anyhow::Result<String> {
@@ -39,8 +58,9 @@ pub async fn run(client: kube::Client, from: &str, to: &str, port: &str, ipv6: O
     let pods = Api::<Pod>::all(client.clone()).list(&lp).await.context("list pods")?;
     let nss = Api::<Namespace>::all(client.clone()).list(&lp).await.context("list namespaces")?;
     let pols = Api::<NetworkPolicy>::all(client.clone()).list(&lp).await.context("list networkpolicies")?;
-    let nodes = Api::<Node>::all(client).list(&lp).await.context("list nodes")?;
+    let nodes = Api::<Node>::all(client.clone()).list(&lp).await.context("list nodes")?;
     let mut refused = Vec::new();
+    let cluster = cluster_policies(client, &mut refused).await?;
     let pods: Vec<PodView> = pods.items.iter().filter_map(|p| PodView::from_pod(p, &mut refused)).collect();
     // The agents believe only some pod addresses (desired::pod_trust); so
     // does the tracer. (The agents' peer rules, which may refuse a whole
@@ -66,7 +86,7 @@ pub async fn run(client: kube::Client, from: &str, to: &str, port: &str, ipv6: O
     };
     let (src, dst) = (find(from_ns, from_name)?, find(to_ns, to_name)?);
     let mut out = String::new();
-    for r in refused.iter().filter(|r| r.kind == "NetworkPolicy") {
+    for r in refused.iter().filter(|r| r.kind == "NetworkPolicy" || r.kind == "ClusterNetworkPolicy") {
         out.push_str(&format!("note: weft ignores part of {r}\n"));
     }
     for d in believed.doubts.iter().filter(|d| d.pod == from || d.pod == to) {
@@ -83,7 +103,7 @@ pub async fn run(client: kube::Client, from: &str, to: &str, port: &str, ipv6: O
         bail!("{from} and {to} share no address family");
     }
     for v6 in families {
-        let e = trace(&pods, &nss, &pols, Probe { from: src, to: dst, ipv6: v6, protocol, port })?;
+        let e = trace_with_tiers(&pods, &nss, &pols, &cluster, Probe { from: src, to: dst, ipv6: v6, protocol, port })?;
         out.push_str(&format!("{from} -> {to} {port}/{protocol}: {e}\n"));
     }
     Ok(out)

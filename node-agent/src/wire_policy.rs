@@ -657,7 +657,7 @@ fn read_peer(p: &NetworkPolicyPeer) -> Result<Peer, ReadError> {
     }
 }
 
-fn parse_cidr(s: &str) -> Result<IpNetwork, ReadError> {
+pub fn parse_cidr(s: &str) -> Result<IpNetwork, ReadError> {
     if !s.contains('/') {
         return Err(ReadError::NotCidr(bounded(s)));
     }

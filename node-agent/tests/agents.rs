@@ -617,6 +617,141 @@ fn agents_enforce_network_policy_read_from_the_api() {
     assert_eq!(ask(&cli, &srv6, 8080), cli6.parse::<std::net::IpAddr>().unwrap().to_string());
 }
 
+/// A ClusterNetworkPolicy in the `default` namespace's pods (`v1beta1`).
+fn create_cnp(cp: &ControlPlane, name: &str, tier: &str, priority: u32, spec: serde_json::Value) {
+    let mut cnp = serde_json::json!({"apiVersion": "policy.networking.k8s.io/v1beta1", "kind": "ClusterNetworkPolicy",
+        "metadata": {"name": name}, "spec": spec});
+    cnp["spec"]["tier"] = tier.into();
+    cnp["spec"]["priority"] = priority.into();
+    cp.kubectl_stdin(&["create", "-f", "-"], &cnp.to_string());
+}
+
+/// `{"pods": ...}` selecting pods labelled `kv` in every namespace.
+fn pods_anywhere(kv: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({"pods": {"namespaceSelector": {}, "podSelector": {"matchLabels": kv}}})
+}
+
+#[test]
+#[ignore = "needs root and the Kubernetes binaries: cargo test -- --ignored"]
+fn agents_enforce_cluster_network_policy_tiers_around_network_policy() {
+    let Some((lab, cp, agents)) = start_cluster(&['A', 'A'], "vxlan") else { return };
+    let Some(crd) = common::cluster_network_policy_crd() else { return };
+    let SrvCli { srv: _srv, srv4, srv6, cli, cli4, cli6, _servers } =
+        srv_and_cli(&lab, &cp, &agents, serde_json::json!({"role": "cli"}));
+    let _cli_servers = whoami_server(&cli, agents[1].dir.path(), "cli");
+    assert!(eventually(Duration::from_secs(5), || listening(&cli, 8080)));
+    let (srv_ns, other4, other6) = lab.nodes[0].add_pod_from_node_config("other", &agents[0].node_json());
+    create_pod(&cp, "other", &lab.nodes[0].name, serde_json::json!({}), &[&other4, &other6]);
+    // Both agents run without the CRD first: NetworkPolicy alone, no crash.
+    create_only_cli_policy(&cp);
+    assert!(
+        eventually(Duration::from_secs(10), || answers(&cli, &srv4, 8080) && !answers(&srv_ns, &srv4, 8080)),
+        "default/only-cli is not enforced:\n{}",
+        agents[0].log()
+    );
+    let whole_log = || std::fs::read_to_string(&agents[0].proc.as_ref().unwrap().log).unwrap_or_default();
+    assert!(whole_log().contains("no ClusterNetworkPolicies in the API"), "{}", agents[0].log());
+    cp.kubectl_ok(&["create", "-f", &crd.display().to_string()]);
+    cp.kubectl_ok(&[
+        "wait",
+        "--for=condition=established",
+        "--timeout=30s",
+        "crd/clusternetworkpolicies.policy.networking.k8s.io",
+    ]);
+
+    // Each stage: both families as expected, and the tracer agrees with each packet.
+    let check = |stage: &str, from: (&TestNs, &str), to: (&str, &str, &str), want: bool, why: &str| {
+        for dst in [to.1, to.2] {
+            assert!(
+                eventually(Duration::from_secs(60), || answers(from.0, dst, 8080) == want),
+                "{stage}: {} -> {dst}:8080 should be {}:\n{}\n{}",
+                from.1,
+                if want { "allowed" } else { "denied" },
+                agents[0].log(),
+                agents[1].log()
+            );
+        }
+        let text = common::policy_trace(&lab.nodes[0].ns, &cp, from.1, to.0, "8080/TCP");
+        let verdict = if want { "verdict: ALLOWED" } else { "verdict: DENIED" };
+        assert_eq!(text.matches(verdict).count(), 2, "{stage}: the tracer disagrees with the packets:\n{text}");
+        assert!(text.contains(why), "{stage}: the trace does not say {why:?}:\n{text}");
+    };
+    let (cli_pod, srv_pod) = ("default/cli", ("default/srv", srv4.as_str(), srv6.as_str()));
+
+    // An Admin Deny beats the NetworkPolicy that allows role=cli.
+    create_cnp(
+        &cp,
+        "deny-cli",
+        "Admin",
+        20,
+        serde_json::json!({"subject": pods_anywhere(serde_json::json!({"app": "srv"})),
+        "ingress": [{"name": "no-cli", "action": "Deny", "from": [pods_anywhere(serde_json::json!({"role": "cli"}))],
+                     "protocols": [{"tcp": {"destinationPort": {"number": 8080}}}]}]}),
+    );
+    check(
+        "admin deny",
+        (&cli, cli_pod),
+        srv_pod,
+        false,
+        "DENIED by Admin tier ClusterNetworkPolicy deny-cli rule 0 (no-cli) Deny",
+    );
+    // A Pass before it: NetworkPolicy decides, and allows.
+    create_cnp(
+        &cp,
+        "pass-cli",
+        "Admin",
+        10,
+        serde_json::json!({"subject": pods_anywhere(serde_json::json!({"app": "srv"})),
+        "ingress": [{"action": "Pass", "from": [{"namespaces": {"matchLabels": {"kubernetes.io/metadata.name": "default"}}}]}]}),
+    );
+    check("admin pass", (&cli, cli_pod), srv_pod, true, "allowed by default/only-cli rule 0");
+    // A Baseline Deny of all ingress: the client, which no NetworkPolicy
+    // isolates, is closed; the server, which one does, is not.
+    create_cnp(
+        &cp,
+        "baseline-deny",
+        "Baseline",
+        0,
+        serde_json::json!({"subject": {"namespaces": {}},
+        "ingress": [{"action": "Deny", "from": [{"namespaces": {}}]}]}),
+    );
+    check(
+        "baseline deny",
+        (&srv_ns, "default/other"),
+        ("default/cli", &cli4, &cli6),
+        false,
+        "DENIED by Baseline tier ClusterNetworkPolicy baseline-deny rule 0",
+    );
+    check("baseline skipped", (&cli, cli_pod), srv_pod, true, "allowed by default/only-cli rule 0");
+    // The client loses its label: the Deny no longer matches, the Pass (any
+    // pod of the namespace) hands it to NetworkPolicy, which denies it; an
+    // Admin Accept before the Pass beats NetworkPolicy's deny.
+    cp.kubectl_ok(&["label", "pod", "cli", "-n", "default", "--overwrite", "role=other"]);
+    check("relabelled", (&cli, cli_pod), srv_pod, false, "DENIED: selected by default/only-cli");
+    create_cnp(
+        &cp,
+        "accept-other",
+        "Admin",
+        5,
+        serde_json::json!({"subject": pods_anywhere(serde_json::json!({"app": "srv"})),
+        "ingress": [{"action": "Accept", "from": [pods_anywhere(serde_json::json!({"role": "other"}))]}]}),
+    );
+    check(
+        "admin accept",
+        (&cli, cli_pod),
+        srv_pod,
+        true,
+        "allowed by Admin tier ClusterNetworkPolicy accept-other rule 0 Accept",
+    );
+    // The Admin Deny's drops were counted for it.
+    let node0 = &lab.nodes[0].ns;
+    assert!(
+        eventually(Duration::from_secs(15), || metrics(node0).contains("policy=\"ClusterNetworkPolicy/deny-cli\"")),
+        "{}",
+        metrics(node0)
+    );
+}
+
 // NetworkPolicy from a pod's first packet (libweft::pending): the plugin
 // starts a pod whose namespace has policies in a pending interface group,
 // the policy table drops new connections to it, and the agent releases it

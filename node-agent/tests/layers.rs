@@ -6,7 +6,7 @@
 //! | layer   | modules                                   | may import          |
 //! |---------|-------------------------------------------|---------------------|
 //! | bottom  | `base::*`, `metrics`                      | bottom              |
-//! | inputs  | `config`, `wire`, `wire_policy`           | bottom, inputs      |
+//! | inputs  | `config`, `wire`, `wire_policy`, `wire_cluster_policy` | bottom, inputs      |
 //! | observe | `observe::*`                              | + inputs            |
 //! | desired | `desired::*`                              | + observe's types   |
 //! | apply   | `apply::*`                                | + desired, not observe |
@@ -30,7 +30,7 @@ enum Layer {
 fn layer_of(module: &str) -> Layer {
     match module {
         "base" | "metrics" => Layer::Bottom,
-        "config" | "wire" | "wire_policy" => Layer::Inputs,
+        "config" | "wire" | "wire_policy" | "wire_cluster_policy" => Layer::Inputs,
         "observe" => Layer::Observe,
         "desired" => Layer::Desired,
         "apply" => Layer::Apply,

@@ -16,10 +16,12 @@ use std::time::Duration;
 use common::Lab;
 use libweft::netns::NetNs;
 use libweft::testutil::{TestNs, have_privileges};
+use serde_json::{Value, json};
 use weft_agent::base::names::POLICY_TABLE as TABLE;
-use weft_agent::desired::policy::{PolicyState, policy};
+use weft_agent::desired::policy::{PolicyState, policy, policy_with_tiers};
 use weft_agent::desired::policy_table::{element_changes, liveness_renewal, rule_changes, ruleset};
-use weft_agent::desired::policy_trace::{Probe, trace};
+use weft_agent::desired::policy_trace::{Probe, trace_with_tiers};
+use weft_agent::wire_cluster_policy::ClusterPolicyView;
 use weft_agent::wire_policy::*;
 
 struct Pod {
@@ -163,8 +165,9 @@ fn policies_hold_on_the_kernel_and_the_tracer_predicts_them() {
         serve(&s.ns, 9090);
     }
     serve(&a.ns, 8080);
+    serve(&b.ns, 8080);
     let pods: Vec<PodView> = [&a, &b, &srv1, &srv2].iter().map(|p| p.view.clone()).collect();
-    let namespaces = vec![NamespaceView { name: "t".into(), labels: Default::default() }];
+    let namespaces = vec![NamespaceView { name: "t".into(), labels: [("env".into(), "t".into())].into() }];
 
     // A namespace where each stage's whole table is loaded afresh: the
     // node's table, changed from stage to stage as the agent changes it,
@@ -173,38 +176,43 @@ fn policies_hold_on_the_kernel_and_the_tracer_predicts_them() {
     let mut last: Option<PolicyState> = None;
     // Loads the policies, then checks every (from, to, port) in both
     // families against the expectation and against the tracer.
-    let mut check = |stage: &str, policies: &[PolicyView], cases: &[(&Pod, &Pod, u16, bool)]| {
-        let want = policy(&node.name, &pods, &namespaces, policies);
-        match last.replace(want.clone()) {
-            None => load(&node.ns, &want),
-            Some(was) => {
-                // What the agent writes when a policy is added, edited or deleted.
-                let cmds = rule_changes(&was, &want, element_changes(&was, &want));
-                nft_json(&node.ns, &cmds.to_json());
-                load(&fresh, &want);
-                assert_eq!(table_content(&node.ns), table_content(&fresh), "{stage}: changed table != fresh table");
+    let mut check =
+        |stage: &str, policies: &[PolicyView], cluster: &[ClusterPolicyView], cases: &[(&Pod, &Pod, u16, bool)]| {
+            let mut want = policy_with_tiers(&node.name, &pods, &namespaces, policies, cluster);
+            // Denials logged too: the log rules must load and change like the rest.
+            want.deny_log = Some(weft_agent::config::DenyLog { group: 100, per_second: 10 });
+            match last.replace(want.clone()) {
+                None => load(&node.ns, &want),
+                Some(was) => {
+                    // What the agent writes when a policy is added, edited or deleted.
+                    let cmds = rule_changes(&was, &want, element_changes(&was, &want));
+                    nft_json(&node.ns, &cmds.to_json());
+                    load(&fresh, &want);
+                    assert_eq!(table_content(&node.ns), table_content(&fresh), "{stage}: changed table != fresh table");
+                }
             }
-        }
-        for (from, to, port, want) in cases {
-            for v6 in [false, true] {
-                let got = connects(&from.ns, to.ip(v6), *port);
-                let probe = Probe { from: &from.view, to: &to.view, ipv6: v6, protocol: Protocol::Tcp, port: *port };
-                let e = trace(&pods, &namespaces, policies, probe).unwrap();
-                let what = format!("{stage}: {} -> {}:{port} v6={v6}", from.view.name, to.view.name);
-                assert_eq!(got, *want, "{what}: kernel\n{e}");
-                assert_eq!(e.allowed(), got, "{what}: the tracer disagrees with the kernel\n{e}");
+            for (from, to, port, want) in cases {
+                for v6 in [false, true] {
+                    let got = connects(&from.ns, to.ip(v6), *port);
+                    let probe =
+                        Probe { from: &from.view, to: &to.view, ipv6: v6, protocol: Protocol::Tcp, port: *port };
+                    let e = trace_with_tiers(&pods, &namespaces, policies, cluster, probe).unwrap();
+                    let what = format!("{stage}: {} -> {}:{port} v6={v6}", from.view.name, to.view.name);
+                    assert_eq!(got, *want, "{what}: kernel\n{e}");
+                    assert_eq!(e.allowed(), got, "{what}: the tracer disagrees with the kernel\n{e}");
+                }
             }
-        }
-    };
+        };
 
     // No policy: everything passes, the table is loaded but empty of verdicts.
-    check("none", &[], &[(&a, &srv1, 8080, true), (&b, &srv2, 9090, true)]);
+    check("none", &[], &[], &[(&a, &srv1, 8080, true), (&b, &srv2, 9090, true)]);
 
     // Deny-all ingress to app=srv: only srv1 is isolated.
     let deny_srv = pol("deny-srv", sel(&[("app", "srv")]), Some(vec![]), None);
     check(
         "deny-all",
         std::slice::from_ref(&deny_srv),
+        &[],
         &[(&a, &srv1, 8080, false), (&b, &srv1, 9090, false), (&a, &srv2, 8080, true)],
     );
     // The node itself (kubelet probes) still reaches the isolated pod.
@@ -239,6 +247,7 @@ fn policies_hold_on_the_kernel_and_the_tracer_predicts_them() {
     check(
         "allow",
         &policies,
+        &[],
         &[
             (&a, &srv1, 8080, true),
             (&a, &srv1, 9090, false),
@@ -264,6 +273,7 @@ fn policies_hold_on_the_kernel_and_the_tracer_predicts_them() {
     check(
         "egress",
         &policies,
+        &[],
         &[(&a, &srv2, 9090, true), (&a, &srv1, 8080, false), (&srv2, &a, 8080, false), (&b, &srv1, 8080, false)],
     );
 
@@ -276,11 +286,75 @@ fn policies_hold_on_the_kernel_and_the_tracer_predicts_them() {
     check(
         "edited",
         &policies,
+        &[],
         &[(&a, &srv1, 8080, true), (&a, &srv2, 9090, false), (&a, &srv1, 9090, false), (&srv2, &a, 8080, false)],
     );
 
+    // ClusterNetworkPolicy over the same pods and NetworkPolicies: srv1 is
+    // isolated (deny-srv, srv-from-cli), srv2 too (db-from-subnet), b is not.
+    let pods_of = |kv: Value| json!({"pods": {"namespaceSelector": {"matchLabels": {"env": "t"}}, "podSelector": {"matchLabels": kv}}});
+    let cnp = |name: &str, tier: &str, prio: u32, subject: Value, ingress: Value, egress: Value| {
+        let spec = json!({"tier": tier, "priority": prio, "subject": subject, "ingress": ingress, "egress": egress});
+        ClusterPolicyView::from_spec(name, Some(&spec), &mut Vec::new()).unwrap()
+    };
+    let tcp = |n: u16| json!([{"tcp": {"destinationPort": {"number": n}}}]);
+    // An Admin Deny beats the NetworkPolicy allowing role=cli to srv1's http.
+    let deny_cli = cnp(
+        "deny-cli",
+        "Admin",
+        20,
+        pods_of(json!({"app": "srv"})),
+        json!([{"action": "Deny", "from": [pods_of(json!({"role": "cli"}))], "protocols": tcp(8080)}]),
+        json!([]),
+    );
+    let only_deny = std::slice::from_ref(&deny_cli);
+    check("admin-deny", &policies, only_deny, &[(&a, &srv1, 8080, false), (&srv1, &srv2, 9090, true)]);
+    // A Pass before it (lower priority number): NetworkPolicy decides again.
+    let pass_cli = cnp(
+        "pass-cli",
+        "Admin",
+        10,
+        pods_of(json!({"app": "srv"})),
+        json!([{"action": "Pass", "from": [pods_of(json!({"role": "cli"}))]}]),
+        json!([]),
+    );
+    let mut cluster = vec![deny_cli, pass_cli];
+    check("admin-pass", &policies, &cluster, &[(&a, &srv1, 8080, true), (&a, &srv1, 9090, false)]);
+    // Baseline Deny of everything to every pod: only pods no NetworkPolicy
+    // isolates are affected (b; srv1's fate stays NetworkPolicy's).
+    cluster.push(cnp(
+        "baseline-deny",
+        "Baseline",
+        0,
+        json!({"namespaces": {}}),
+        json!([{"action": "Deny", "from": [{"namespaces": {}}]}]),
+        json!([]),
+    ));
+    check(
+        "baseline",
+        &policies,
+        &cluster,
+        &[(&srv2, &b, 8080, false), (&a, &srv1, 8080, true), (&srv1, &srv2, 9090, true), (&b, &srv1, 8080, false)],
+    );
+    // An Admin Accept beats the NetworkPolicy that denies b, and the
+    // Baseline Deny; egress to srv2's addresses as a CIDR peer is denied
+    // (in both families) though its NetworkPolicy allows srv1.
+    let mut nets = vec![format!("{}/32", srv2.ip(false)), format!("{}/128", srv2.ip(true))];
+    nets.sort();
+    cluster.push(cnp("accept-b", "Admin", 30, json!({"namespaces": {"matchLabels": {"env": "t"}}}),
+        json!([{"action": "Accept", "from": [pods_of(json!({"app": "none"})), pods_of(json!({}))], "protocols": tcp(8080)}]),
+        json!([{"action": "Deny", "to": [{"networks": nets}]}])));
+    check(
+        "admin-accept",
+        &policies,
+        &cluster,
+        &[(&b, &srv1, 8080, true), (&srv1, &srv2, 9090, false), (&srv2, &b, 8080, true), (&b, &srv1, 9090, false)],
+    );
+    // Every cluster policy deleted: NetworkPolicy alone again.
+    check("cnp-cleared", &policies, &[], &[(&a, &srv1, 8080, true), (&b, &srv1, 8080, false), (&srv2, &b, 8080, true)]);
+
     // Every policy deleted: back to no policy.
-    check("cleared", &[], &[(&b, &srv1, 8080, true), (&srv2, &a, 8080, true)]);
+    check("cleared", &[], &[], &[(&b, &srv1, 8080, true), (&srv2, &a, 8080, true)]);
 }
 
 /// `weft-agent policy trace` against a real API server: it lists Pods,
@@ -334,17 +408,7 @@ fn policy_trace_reads_the_api_and_explains_the_verdict() {
             &status.to_string(),
         ]);
     }
-    let trace = |from: &str, to: &str, port: &str| {
-        let out = std::process::Command::new("ip")
-            .args(["netns", "exec", lab.nodes[0].ns.name(), common::WEFT, "policy", "trace"])
-            .args(["--from", from, "--to", to, "--port", port])
-            .env("KUBECONFIG", cp.kubeconfig())
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
-        text
-    };
+    let trace = |from: &str, to: &str, port: &str| common::policy_trace(&lab.nodes[0].ns, &cp, from, to, port);
     let allowed = trace("shop/cli", "shop/web", "8080/TCP");
     assert_eq!(allowed.matches("allowed by shop/web-from-cli rule 0").count(), 2, "both families:\n{allowed}");
     assert_eq!(allowed.matches("verdict: ALLOWED").count(), 2, "{allowed}");
@@ -387,7 +451,7 @@ fn denials_are_counted_by_policy_and_logged_through_nflog_at_a_bounded_rate() {
     let (cli, c4, c6) = node.add_pod("log-cli", 1500);
     let (_srv, s4, s6) = node.add_pod("log-srv", 1500);
     let pods = vec![view("cli", [&c4, &c6], &[]), view("srv", [&s4, &s6], &[("app", "srv")])];
-    let namespaces = vec![NamespaceView { name: "t".into(), labels: Default::default() }];
+    let namespaces = vec![NamespaceView { name: "t".into(), labels: [("env".into(), "t".into())].into() }];
     // Two policies isolate srv for ingress; neither allows cli.
     let policies = vec![
         pol("deny-srv", sel(&[("app", "srv")]), Some(vec![]), None),

@@ -83,9 +83,15 @@ impl PolicyOutputs {
         metrics.kernel_writes("policy", change.writes());
         // Policy chains (and so their counters) change only with rules or the whole table.
         if let (PolicyChange::Rules(_) | PolicyChange::Table, Some(written)) = (change, self.table.last()) {
-            metrics.set_policy_counters(written.chains.iter().map(|(name, c)| {
+            let np = written.chains.iter().map(|(name, c)| {
                 (name.clone(), PolicyLabel { direction: c.direction.to_string(), policy: c.policy.clone() })
-            }));
+            });
+            // A ClusterNetworkPolicy's counter counts its Deny rules' drops.
+            let cnp = written.cluster_chains.iter().map(|(name, c)| {
+                let policy = format!("ClusterNetworkPolicy/{}", c.policy);
+                (name.clone(), PolicyLabel { direction: c.direction.to_string(), policy })
+            });
+            metrics.set_policy_counters(np.chain(cnp));
         }
         // The table holds pending pods closed: only now may the plugin make some.
         list_policy_namespaces(cfg, &namespaces)?;

@@ -183,7 +183,7 @@ impl PolicySync {
                 want = write_table(want, self.live_for, self.writers.clone()).await?;
                 tracing::info!(
                     table = POLICY_TABLE,
-                    chains = want.chains.len() + want.groups.len(),
+                    chains = want.chains.len() + want.cluster_chains.len() + want.tiers.len() + want.groups.len(),
                     ingress_pods = want.ingress.len(),
                     egress_pods = want.egress.len(),
                     "replaced policy table"

@@ -11,6 +11,7 @@
 //! every pass from the observation's policy views; [`nft_plan`] is the one
 //! typed plan of changes to either nftables table.
 
+pub mod cluster_policy;
 pub mod files;
 pub mod incremental;
 pub mod liveness;

@@ -50,11 +50,17 @@ pub fn compute(
         .map(|n| (n.name.as_str(), n.pod_cidrs.as_slice()))
         .collect();
     let believed = pod_trust::believe(std::mem::take(&mut views.pods), &cidrs);
-    let mut state = policy::policy(&local.name, &believed.pods, &views.namespaces, &views.policies);
+    let mut state = policy::policy_with_tiers(
+        &local.name,
+        &believed.pods,
+        &views.namespaces,
+        &views.policies,
+        &views.cluster_policies,
+    );
     pod_trust::hold_contested(&mut state, &believed.contested, &local.pod_cidrs);
     state.deny_log = config.deny_log;
     DesiredPolicy {
-        namespaces: policy::policy_namespaces(&views.policies),
+        namespaces: policy::policy_namespaces(&views.policies, &views.cluster_policies, &views.namespaces),
         pods: believed.pods,
         doubts: believed.doubts,
         state,
@@ -102,6 +108,7 @@ mod tests {
             ],
             namespaces: vec![ns("a", &[])],
             policies: vec![ingress(netpol("a", "deny", sel(&[("app", "srv")])), vec![])],
+            cluster_policies: vec![],
         };
         let want = compute(&cfg, &nodes[0], &nodes, &refused, views);
         let doubted: HashSet<&str> = want.doubts.iter().map(|d| d.pod.as_str()).collect();

@@ -24,7 +24,7 @@ use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 
-use crate::desired::policy::{PolicyState, stable_name};
+use crate::desired::policy::{Group, PolicyState};
 use crate::wire_policy::PodView;
 
 /// An address of a pod that weft does not believe, and why.
@@ -100,10 +100,10 @@ pub fn hold_contested(state: &mut PolicyState, contested: &BTreeSet<IpAddr>, loc
     if local.is_empty() {
         return;
     }
-    let none: Vec<String> = Vec::new();
+    // A group isolated by no policy: a chain that only drops.
+    let none = Group::isolated_by(vec![]);
     for (prefix, map) in [("in", &mut state.ingress), ("eg", &mut state.egress)] {
-        // The name a group of no policies would get: a chain that only drops.
-        let group = stable_name(prefix, &none);
+        let group = none.name(prefix);
         for ip in &local {
             map.insert(*ip, group.clone());
         }
@@ -199,6 +199,9 @@ mod tests {
         assert_eq!(state.egress.keys().collect::<Vec<_>>(), [&local]);
         let (gin, geg) = (&state.ingress[&local], &state.egress[&local]);
         assert!(gin.starts_with("in-") && geg.starts_with("eg-"), "{gin} {geg}");
-        assert!(state.groups[gin].is_empty() && state.groups[geg].is_empty(), "no policy allows anything");
+        assert!(
+            state.groups[gin] == Group::isolated_by(vec![]) && state.groups[geg] == state.groups[gin],
+            "no policy allows anything"
+        );
     }
 }

@@ -44,8 +44,10 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 use libweft::pending::PolicyNamespaces;
 
+use super::cluster_policy::{self, ClusterChain};
+use crate::wire_cluster_policy::ClusterPolicyView;
 use crate::wire_policy::{
-    Direction, NamespaceView, Namespaces, Peer, PodView, PolicyView, PortMatch, Protocol, Selector,
+    Direction, NamespaceView, Namespaces, Peer, PodView, PolicyView, Port, PortMatch, Protocol, Selector,
 };
 
 /// What this node's data plane enforces. Every collection is sorted, so
@@ -56,10 +58,15 @@ pub struct PolicyState {
     pub ingress: BTreeMap<IpAddr, String>,
     /// Verdict map: local pod address → group chain, for traffic from it.
     pub egress: BTreeMap<IpAddr, String>,
-    /// Group chains: the policy chains to try in order, then drop.
-    pub groups: BTreeMap<String, Vec<String>>,
+    /// Group chains: what decides for the pods mapped to each.
+    pub groups: BTreeMap<String, Group>,
     /// Policy chains.
     pub chains: BTreeMap<String, PolicyChain>,
+    /// ClusterNetworkPolicy chains, one per policy and direction.
+    pub cluster_chains: BTreeMap<String, ClusterChain>,
+    /// Admin tier chains: the cluster chains to try in order. A chain of
+    /// its own so that a Pass can return from the whole tier at once.
+    pub tiers: BTreeMap<String, Vec<String>>,
     /// Peer address sets.
     pub sets: BTreeMap<String, AddressSet>,
     /// Named-port sets.
@@ -67,6 +74,37 @@ pub struct PolicyState {
     /// Log denied packets through NFLOG (`networkPolicy.logDenied`); set
     /// from the agent's config, never from the API.
     pub deny_log: Option<crate::config::DenyLog>,
+}
+
+/// A group chain: the Admin tier (a tier chain), then NetworkPolicy when
+/// it isolates the pods (its policy chains, then drop), then the Baseline
+/// tier (cluster chains in order), then the default: allowed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Group {
+    /// The Admin tier chain, if any Admin policy selects the pods.
+    pub admin: Option<String>,
+    /// The NetworkPolicy chains, when some isolate the pods (`Some(vec![])`:
+    /// isolated with nothing allowed).
+    pub policies: Option<Vec<String>>,
+    /// The Baseline cluster chains, in order; never reached when
+    /// `policies` is `Some`.
+    pub baseline: Vec<String>,
+}
+
+impl Group {
+    /// A group of NetworkPolicies alone.
+    pub fn isolated_by(policies: Vec<String>) -> Group {
+        Group { admin: None, policies: Some(policies), baseline: vec![] }
+    }
+
+    /// Its name in direction-prefix `prefix`: a group of NetworkPolicies
+    /// alone keeps the name it had before tiers existed.
+    pub fn name(&self, prefix: &str) -> String {
+        match (&self.admin, &self.policies, self.baseline.is_empty()) {
+            (None, Some(p), true) => stable_name(prefix, p),
+            _ => stable_name(prefix, &(&self.admin, &self.policies, &self.baseline)),
+        }
+    }
 }
 
 /// One policy's rules for one direction.
@@ -144,7 +182,7 @@ pub fn stable_name(prefix: &str, what: &impl Debug) -> String {
 }
 
 /// Whether a pod takes part in policy at all, as a target or as a peer.
-fn is_policy_pod(p: &PodView) -> bool {
+pub(super) fn is_policy_pod(p: &PodView) -> bool {
     !p.host_network && !p.ips.is_empty()
 }
 
@@ -170,47 +208,90 @@ pub fn peer_selects(
 
 /// The key a peer's address set is named after: equal keys share a set.
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum SetKey<'a> {
-    Pods { namespace: Option<&'a str>, namespaces: Option<&'a Selector>, pods: &'a Selector },
-    Block { cidr: &'a IpNetwork, except: &'a [IpNetwork] },
+pub(super) enum SetKey<'a> {
+    /// Pods matching `pods` in namespace `namespace` or in the namespaces
+    /// matching `namespaces`.
+    Pods {
+        namespace: Option<&'a str>,
+        namespaces: Option<&'a Selector>,
+        pods: &'a Selector,
+    },
+    Block {
+        cidr: &'a IpNetwork,
+        except: &'a [IpNetwork],
+    },
+    /// A ClusterNetworkPolicy's `networks`.
+    Networks(&'a [IpNetwork]),
 }
 
-/// The desired policy state of node `node`.
+/// The desired policy state of node `node` under NetworkPolicies alone.
 pub fn policy(node: &str, pods: &[PodView], namespaces: &[NamespaceView], policies: &[PolicyView]) -> PolicyState {
+    policy_with_tiers(node, pods, namespaces, policies, &[])
+}
+
+/// The pods of each namespace that take part in policy: a peer set looks
+/// only in the namespaces it may select, not at every pod.
+pub(super) type PodsByNamespace<'a> = BTreeMap<&'a str, Vec<&'a PodView>>;
+
+/// The desired policy state of node `node`: ClusterNetworkPolicies'
+/// Admin tier, NetworkPolicy, then their Baseline tier
+/// ([`super::cluster_policy`]).
+pub fn policy_with_tiers(
+    node: &str,
+    pods: &[PodView],
+    namespaces: &[NamespaceView],
+    policies: &[PolicyView],
+    cluster: &[ClusterPolicyView],
+) -> PolicyState {
     let all_ns: BTreeMap<&str, &NamespaceView> = namespaces.iter().map(|n| (n.name.as_str(), n)).collect();
     let mut policies: Vec<&PolicyView> = policies.iter().collect();
     policies.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    let cluster = cluster_policy::in_order(cluster);
     let local: Vec<&PodView> = pods.iter().filter(|p| p.node == node && is_policy_pod(p)).collect();
-    // A peer set looks only in the namespaces it may select, not at every pod.
-    let mut by_ns: BTreeMap<&str, Vec<&PodView>> = BTreeMap::new();
+    let mut by_ns: PodsByNamespace = BTreeMap::new();
     for pod in pods.iter().filter(|p| is_policy_pod(p)) {
         by_ns.entry(pod.namespace.as_str()).or_default().push(pod);
     }
     let mut state = PolicyState::default();
 
     for direction in [Direction::Ingress, Direction::Egress] {
+        let prefix = group_prefix(direction);
         // The chains of the policies that select a local pod: no other
         // policy matters on this node.
+        let mut used_cluster: BTreeSet<&str> = BTreeSet::new();
+        // Pods selected by the same Admin policies share a tier chain, whose
+        // name hashes their Pass rules: computed once per list.
+        let mut tier_names: BTreeMap<Vec<&str>, Option<String>> = BTreeMap::new();
         for pod in &local {
             let chains: Vec<String> = policies
                 .iter()
                 .filter(|p| selects(p, pod, direction))
                 .map(|p| policy_chain_name(p, direction))
                 .collect();
-            if chains.is_empty() {
+            let tiers = cluster_policy::selecting(&cluster, pod, direction, &all_ns);
+            let group = Group {
+                admin: tier_names
+                    .entry(tiers.admin.iter().map(|c| c.name.as_str()).collect())
+                    .or_insert_with(|| cluster_policy::admin_tier(&tiers.admin, direction, &mut state))
+                    .clone(),
+                policies: (!chains.is_empty()).then_some(chains),
+                baseline: tiers.baseline.iter().map(|c| cluster_policy::chain_name(c, direction)).collect(),
+            };
+            if group == Group::default() {
                 continue;
             }
-            let group = stable_name(group_prefix(direction), &chains);
+            used_cluster.extend(tiers.admin.iter().chain(&tiers.baseline).map(|c| c.name.as_str()));
+            let name = group.name(prefix);
             let map = match direction {
                 Direction::Ingress => &mut state.ingress,
                 Direction::Egress => &mut state.egress,
             };
             for ip in &pod.ips {
-                map.insert(*ip, group.clone());
+                map.insert(*ip, name.clone());
             }
-            state.groups.insert(group, chains);
+            state.groups.insert(name, group);
         }
-        let used: BTreeSet<String> = state.groups.values().flatten().cloned().collect();
+        let used: BTreeSet<String> = state.groups.values().flat_map(|g| g.policies.iter().flatten()).cloned().collect();
         for p in &policies {
             let name = policy_chain_name(p, direction);
             if !used.contains(&name) {
@@ -218,6 +299,10 @@ pub fn policy(node: &str, pods: &[PodView], namespaces: &[NamespaceView], polici
             }
             let chain = policy_chain(p, direction, pods, &by_ns, &all_ns, &mut state);
             state.chains.insert(name, chain);
+        }
+        for c in cluster.iter().filter(|c| used_cluster.contains(c.name.as_str())) {
+            let chain = cluster_policy::chain(c, direction, pods, &by_ns, &all_ns, &mut state);
+            state.cluster_chains.insert(cluster_policy::chain_name(c, direction), chain);
         }
     }
     state
@@ -227,8 +312,16 @@ pub fn policy(node: &str, pods: &[PodView], namespaces: &[NamespaceView], polici
 /// the plugin starts new pods there pending ([`libweft::pending`]). Any
 /// isolating policy counts, whatever it selects: which pods it selects
 /// depends on labels the plugin cannot know.
-pub fn policy_namespaces(policies: &[PolicyView]) -> PolicyNamespaces {
+///
+/// Namespaces some ClusterNetworkPolicy's subject may select count too, in
+/// the directions it has rules for.
+pub fn policy_namespaces(
+    policies: &[PolicyView],
+    cluster: &[ClusterPolicyView],
+    namespaces: &[NamespaceView],
+) -> PolicyNamespaces {
     let mut list = PolicyNamespaces { version: libweft::pending::VERSION, ..Default::default() };
+    cluster_policy::subject_namespaces(cluster, namespaces, &mut list);
     for p in policies {
         if p.ingress_isolated {
             list.ingress.insert(p.namespace.clone());
@@ -254,7 +347,7 @@ pub fn knows_local_pod(node: &str, pods: &[PodView], uid: Option<&str>, ips: &[I
         && pods.iter().any(|p| p.uid == uid && p.node == node && !p.terminating && is_policy_pod(p) && exactly(p))
 }
 
-fn group_prefix(d: Direction) -> &'static str {
+pub(super) fn group_prefix(d: Direction) -> &'static str {
     match d {
         Direction::Ingress => "in",
         Direction::Egress => "eg",
@@ -279,9 +372,9 @@ fn policy_chain(
         let peers: Vec<PeerMatch> = if rule.peers.is_empty() {
             vec![PeerMatch::Any]
         } else {
-            rule.peers.iter().map(|peer| PeerMatch::Set(peer_set(p, peer, by_ns, all_ns, state))).collect()
+            rule.peers.iter().map(|peer| PeerMatch::Set(peer_set(np_set_key(p, peer), by_ns, all_ns, state))).collect()
         };
-        let ports = ports_matches(rule, pods, state);
+        let ports = ports_matches(&rule.ports, pods, state);
         for peer in &peers {
             for ports in &ports {
                 allows.push(Allow { rule: i, peer: peer.clone(), ports: ports.clone() });
@@ -291,15 +384,9 @@ fn policy_chain(
     PolicyChain { policy: format!("{}/{}", p.namespace, p.name), direction, allows }
 }
 
-/// The address set of one peer (computed once per distinct key).
-fn peer_set(
-    p: &PolicyView,
-    peer: &Peer,
-    by_ns: &BTreeMap<&str, Vec<&PodView>>,
-    all_ns: &BTreeMap<&str, &NamespaceView>,
-    state: &mut PolicyState,
-) -> String {
-    let key = match peer {
+/// The set key of a NetworkPolicy peer.
+fn np_set_key<'a>(p: &'a PolicyView, peer: &'a Peer) -> SetKey<'a> {
+    match peer {
         Peer::Pods { namespaces: Namespaces::Own, pods } => {
             SetKey::Pods { namespace: Some(&p.namespace), namespaces: None, pods }
         }
@@ -307,33 +394,44 @@ fn peer_set(
             SetKey::Pods { namespace: None, namespaces: Some(ns), pods }
         }
         Peer::Block { cidr, except } => SetKey::Block { cidr, except },
-    };
+    }
+}
+
+/// The address set of one peer (computed once per distinct key).
+pub(super) fn peer_set(
+    key: SetKey,
+    by_ns: &PodsByNamespace,
+    all_ns: &BTreeMap<&str, &NamespaceView>,
+    state: &mut PolicyState,
+) -> String {
     let name = stable_name("peer", &key);
     if state.sets.contains_key(&name) {
         return name;
     }
-    let set = match peer {
-        Peer::Pods { namespaces, pods: sel } => {
-            let in_scope = |ns: &str| match namespaces {
-                Namespaces::Own => ns == p.namespace,
-                Namespaces::Matching(s) => all_ns.get(ns).is_some_and(|n| s.matches(&n.labels)),
+    let set = match key {
+        SetKey::Pods { namespace, namespaces, pods: sel } => {
+            let in_scope = |ns: &str| match (namespace, namespaces) {
+                (Some(own), _) => ns == own,
+                (None, Some(s)) => all_ns.get(ns).is_some_and(|n| s.matches(&n.labels)),
+                (None, None) => false,
             };
             let mut ips: Vec<IpAddr> = by_ns
                 .iter()
                 .filter(|(ns, _)| in_scope(ns))
                 .flat_map(|(_, pods)| pods.iter())
-                .filter(|pod| peer_selects(namespaces, sel, &p.namespace, pod, all_ns))
+                .filter(|pod| sel.matches(&pod.labels))
                 .flat_map(|pod| pod.ips.iter().copied())
                 .collect();
             ips.sort();
             ips.dedup();
-            let about = match namespaces {
-                Namespaces::Own => format!("pods {sel} in namespace {}", p.namespace),
-                Namespaces::Matching(ns) => format!("pods {sel} in namespaces {ns}"),
+            let about = match (namespace, namespaces) {
+                (Some(own), _) => format!("pods {sel} in namespace {own}"),
+                (None, Some(ns)) => format!("pods {sel} in namespaces {ns}"),
+                (None, None) => format!("pods {sel} nowhere"),
             };
             AddressSet { about, ranges: ips.into_iter().map(|ip| (ip, ip)).collect(), intervals: false }
         }
-        Peer::Block { cidr, except } => {
+        SetKey::Block { cidr, except } => {
             let ex: Vec<String> = except.iter().map(|e| e.to_string()).collect();
             let about = if ex.is_empty() {
                 format!("ipBlock {cidr}")
@@ -342,21 +440,42 @@ fn peer_set(
             };
             AddressSet { about, ranges: block_ranges(cidr, except), intervals: true }
         }
+        SetKey::Networks(nets) => {
+            let about = format!("networks {}", nets.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(","));
+            let ranges = merge_addresses(nets.iter().flat_map(|n| block_ranges(n, &[])).collect());
+            AddressSet { about, ranges, intervals: true }
+        }
     };
     state.sets.insert(name.clone(), set);
     name
 }
 
+/// Sorts and merges overlapping or adjacent address ranges (an interval
+/// set refuses overlapping elements), each family apart.
+fn merge_addresses(mut r: Vec<(IpAddr, IpAddr)>) -> Vec<(IpAddr, IpAddr)> {
+    r.sort();
+    let mut out: Vec<(IpAddr, IpAddr)> = Vec::new();
+    for (a, b) in r {
+        match out.last_mut() {
+            Some(last) if last.1.is_ipv6() == a.is_ipv6() && to_num(a) <= to_num(last.1).saturating_add(1) => {
+                last.1 = last.1.max(b)
+            }
+            _ => out.push((a, b)),
+        }
+    }
+    out
+}
+
 /// The rule's ports as match forms: one per protocol for numbers (ranges
 /// merged), one per named port.
-fn ports_matches(rule: &crate::wire_policy::Rule, pods: &[PodView], state: &mut PolicyState) -> Vec<PortsMatch> {
-    if rule.ports.is_empty() {
+pub(super) fn ports_matches(ports: &[Port], pods: &[PodView], state: &mut PolicyState) -> Vec<PortsMatch> {
+    if ports.is_empty() {
         return vec![PortsMatch::Any];
     }
     let mut whole: BTreeSet<Protocol> = BTreeSet::new();
     let mut ranges: BTreeMap<Protocol, Vec<(u16, u16)>> = BTreeMap::new();
     let mut named: BTreeSet<(Protocol, &str)> = BTreeSet::new();
-    for port in &rule.ports {
+    for port in ports {
         match &port.port {
             PortMatch::All => {
                 whole.insert(port.protocol);
@@ -608,13 +727,13 @@ mod tests {
             egress(ingress(netpol("c", "both", sel(&[])), vec![]), vec![]),
             netpol("d", "isolates-nothing", sel(&[])),
         ];
-        let list = policy_namespaces(&policies);
+        let list = policy_namespaces(&policies, &[], &[]);
         let names = |s: &std::collections::BTreeSet<String>| s.iter().cloned().collect::<Vec<_>>();
         assert_eq!(names(&list.ingress), ["a", "c"]);
         assert_eq!(names(&list.egress), ["b", "c"]);
         assert_eq!(list.group_for("c"), libweft::pending::PENDING_BOTH_GROUP);
         assert_eq!(list.group_for("d"), libweft::pending::READY_GROUP);
-        assert_eq!(policy_namespaces(&[]).to_json(), b"{\"version\":1,\"ingress\":[],\"egress\":[]}\n");
+        assert_eq!(policy_namespaces(&[], &[], &[]).to_json(), b"{\"version\":1,\"ingress\":[],\"egress\":[]}\n");
     }
 
     #[test]

@@ -53,9 +53,12 @@ use std::net::IpAddr;
 
 use serde_json::{Value, json};
 
+use super::cluster_policy::ClusterChain;
 use super::nft_plan::{Element, NftPlan, Verb};
-use super::policy::{AddressSet, Allow, PeerMatch, PolicyChain, PolicyState, PortSet, PortsMatch};
+use super::policy::{AddressSet, Allow, Group, PeerMatch, PolicyChain, PolicyState, PortSet, PortsMatch};
 use crate::base::names::{LIVENESS_SET, POLICY_TABLE, STALE_COUNTER, denied_counter, pending_counter};
+use crate::config::DenyLog;
+use crate::wire_cluster_policy::{Action, Tier};
 use crate::wire_policy::Direction;
 
 /// Priority of the `egress` base chain; `ingress` runs right after it.
@@ -224,9 +227,19 @@ fn commands(state: &PolicyState, live_for: Option<std::time::Duration>, mut out:
         out(chain(name));
         policy_rules(name, c, &mut out);
     }
-    for (name, policies) in &state.groups {
+    for (name, c) in &state.cluster_chains {
+        // Counts what this ClusterNetworkPolicy's Deny rules dropped.
+        out(object("add", "counter", name));
         out(chain(name));
-        group_rules(state, name, policies, &mut out);
+        cluster_rules(state.deny_log.as_ref(), name, c, &mut out);
+    }
+    for (name, chains) in &state.tiers {
+        out(chain(name));
+        tier_rules(state, name, chains, &mut out);
+    }
+    for (name, group) in &state.groups {
+        out(chain(name));
+        group_rules(state, name, group, &mut out);
     }
     for d in [Direction::Egress, Direction::Ingress] {
         for (v6, _) in FAMILIES {
@@ -313,10 +326,21 @@ fn policy_rules(name: &str, c: &PolicyChain, out: &mut impl FnMut(Value)) {
     }
 }
 
-/// The rules of group chain `name`: a jump to each of its policies, then
-/// the optional log and the counted drop.
-fn group_rules(state: &PolicyState, name: &str, policies: &[String], out: &mut impl FnMut(Value)) {
+/// The rules of group chain `name`: the liveness gate; the Admin tier chain; then, when
+/// NetworkPolicy isolates the pods, a jump to each of its policies, the
+/// optional log and the counted drop; else the Baseline policies. What
+/// falls through is allowed (the base chain's policy).
+fn group_rules(state: &PolicyState, name: &str, group: &Group, out: &mut impl FnMut(Value)) {
     out(add_rule(name, liveness_rule(), Some("weft-agent's view of the API is stale".into())));
+    if let Some(tier) = &group.admin {
+        out(add_rule(name, vec![json!({"jump": {"target": tier}})], Some("Admin tier".into())));
+    }
+    let Some(policies) = &group.policies else {
+        for c in &group.baseline {
+            out(add_rule(name, vec![json!({"jump": {"target": c}})], None));
+        }
+        return;
+    };
     for p in policies {
         out(add_rule(name, vec![json!({"jump": {"target": p}})], None));
     }
@@ -378,6 +402,61 @@ pub fn liveness_renewal(live_for: std::time::Duration) -> Option<Value> {
     ]}))
 }
 
+/// The verdict of a cluster rule: Accept accepts; Deny drops, counted for
+/// the direction and the policy; Pass returns from the Admin tier (to
+/// NetworkPolicy) and, in the Baseline tier, leads to the default: accept.
+fn cluster_verdict(action: Action, tier: Tier, d: Direction, chain: &str) -> Vec<Value> {
+    match (action, tier) {
+        (Action::Accept, _) | (Action::Pass, Tier::Baseline) => vec![json!({"accept": null})],
+        (Action::Deny, _) => {
+            vec![json!({"counter": denied_counter(d)}), json!({"counter": chain}), json!({"drop": null})]
+        }
+        (Action::Pass, Tier::Admin) => vec![json!({"return": null})],
+    }
+}
+
+/// The rules of cluster chain `name`, in the policy's rule order; with
+/// `deny_log`, each Deny is logged by a rule of its own before it (an
+/// exhausted limit ends the rule, and the drop must not depend on it).
+fn cluster_rules(deny_log: Option<&DenyLog>, name: &str, c: &ClusterChain, out: &mut impl FnMut(Value)) {
+    for m in &c.rules {
+        let rule_name = if m.name.is_empty() { String::new() } else { format!(" {}", m.name) };
+        let comment = format!("{} {}[{}]{rule_name} {}", c.policy, c.direction, m.rule, m.action);
+        for mut expr in match_exprs(&m.peer, &m.ports, c.direction) {
+            if let (Some(log), Action::Deny) = (deny_log, m.action) {
+                // NFLOG carries at most 127 bytes of prefix.
+                let prefix: String = format!("weft deny {}: ClusterNetworkPolicy/{} ", c.direction, c.policy)
+                    .chars()
+                    .take(120)
+                    .collect();
+                let mut logged = expr.clone();
+                logged.push(json!({"limit": DENY_LOG_LIMIT}));
+                logged.push(json!({"log": {"group": log.group, "prefix": prefix}}));
+                out(add_rule(name, logged, None));
+            }
+            expr.extend(cluster_verdict(m.action, c.tier, c.direction, name));
+            out(add_rule(name, expr, Some(comment.clone())));
+        }
+    }
+}
+
+/// The rules of Admin tier chain `name`: each policy's chain in order,
+/// each followed by its Pass rules again with `return` (a policy chain
+/// returns for a Pass and for no match alike; see
+/// [`super::cluster_policy`]).
+fn tier_rules(state: &PolicyState, name: &str, chains: &[String], out: &mut impl FnMut(Value)) {
+    for cn in chains {
+        out(add_rule(name, vec![json!({"jump": {"target": cn}})], None));
+        let Some(c) = state.cluster_chains.get(cn) else { continue };
+        for m in c.rules.iter().filter(|m| m.action == Action::Pass) {
+            for mut expr in match_exprs(&m.peer, &m.ports, c.direction) {
+                expr.push(json!({"return": null}));
+                out(add_rule(name, expr, Some(format!("{} {}[{}] Pass", c.policy, c.direction, m.rule))));
+            }
+        }
+    }
+}
+
 /// Whether two states have the same chains, rules and sets, so that only
 /// elements differ.
 pub fn same_rules(a: &PolicyState, b: &PolicyState) -> bool {
@@ -385,7 +464,12 @@ pub fn same_rules(a: &PolicyState, b: &PolicyState) -> bool {
         |s: &PolicyState| s.sets.iter().map(|(n, v)| (n.clone(), v.about.clone(), v.intervals)).collect::<Vec<_>>();
     let port_sets =
         |s: &PolicyState| s.port_sets.iter().map(|(n, v)| (n.clone(), v.name.clone(), v.protocol)).collect::<Vec<_>>();
-    a.chains == b.chains && a.groups == b.groups && sets(a) == sets(b) && port_sets(a) == port_sets(b)
+    a.chains == b.chains
+        && a.groups == b.groups
+        && a.cluster_chains == b.cluster_chains
+        && a.tiers == b.tiers
+        && sets(a) == sets(b)
+        && port_sets(a) == port_sets(b)
 }
 
 /// The elements only `old` holds (deleted) and only `new` holds (added)
@@ -483,15 +567,38 @@ pub fn rule_changes(old: &PolicyState, new: &PolicyState, elements: NftPlan) -> 
         }
         policy_rules(name, c, &mut out);
     }
-    for (name, policies) in new.groups.iter().filter(|(n, _)| !old.groups.contains_key(*n)) {
+    for (name, c) in &new.cluster_chains {
+        match old.cluster_chains.get(name) {
+            None => {
+                out(object("add", "counter", name));
+                out(chain(name));
+            }
+            Some(was) if was != c => out(object("flush", "chain", name)),
+            Some(_) => continue,
+        }
+        cluster_rules(new.deny_log.as_ref(), name, c, &mut out);
+    }
+    // Tier and group chains are named by what they hold: never edited in place.
+    for (name, chains) in new.tiers.iter().filter(|(n, _)| !old.tiers.contains_key(*n)) {
         out(chain(name));
-        group_rules(new, name, policies, &mut out);
+        tier_rules(new, name, chains, &mut out);
+    }
+    for (name, group) in new.groups.iter().filter(|(n, _)| !old.groups.contains_key(*n)) {
+        out(chain(name));
+        group_rules(new, name, group, &mut out);
     }
     plan.commands.extend(elements.commands);
     let mut out = |c: Value| plan.object(c);
-    for name in old.groups.keys().filter(|n| !new.groups.contains_key(*n)) {
+    let gone_groups = old.groups.keys().filter(|n| !new.groups.contains_key(*n));
+    let gone_tiers = old.tiers.keys().filter(|n| !new.tiers.contains_key(*n));
+    for name in gone_groups.chain(gone_tiers) {
         out(object("flush", "chain", name));
         out(object("delete", "chain", name));
+    }
+    for name in old.cluster_chains.keys().filter(|n| !new.cluster_chains.contains_key(*n)) {
+        out(object("flush", "chain", name));
+        out(object("delete", "chain", name));
+        out(object("delete", "counter", name));
     }
     for name in old.chains.keys().filter(|n| !new.chains.contains_key(*n)) {
         out(object("flush", "chain", name));
@@ -508,18 +615,25 @@ pub fn rule_changes(old: &PolicyState, new: &PolicyState, elements: NftPlan) -> 
     plan
 }
 
-/// The expressions of one allow, one list per nft rule: rules naming an
-/// address set need one rule per family.
+/// The expressions of one allow, one list per nft rule.
 fn allow_exprs(allow: &Allow, d: Direction) -> Vec<Vec<Value>> {
+    let mut out = match_exprs(&allow.peer, &allow.ports, d);
+    out.iter_mut().for_each(|e| e.push(json!({"accept": null})));
+    out
+}
+
+/// The match expressions of a peer and port form, one list per nft rule
+/// (without verdict): rules naming an address set need one rule per family.
+fn match_exprs(peer: &PeerMatch, ports: &PortsMatch, d: Direction) -> Vec<Vec<Value>> {
     let peer_field = if d == Direction::Ingress { "saddr" } else { "daddr" };
-    let per_family = matches!(allow.peer, PeerMatch::Set(_)) || matches!(allow.ports, PortsMatch::Named(..));
+    let per_family = matches!(peer, PeerMatch::Set(_)) || matches!(ports, PortsMatch::Named(..));
     let mut out = Vec::new();
     for (v6, proto) in FAMILIES {
         let mut expr = Vec::new();
-        if let PeerMatch::Set(s) = &allow.peer {
+        if let PeerMatch::Set(s) = peer {
             expr.push(eq(payload(proto, peer_field), json!(format!("@{}", family_set(s, v6)))));
         }
-        match &allow.ports {
+        match ports {
             PortsMatch::Any => {}
             PortsMatch::Protocol(p) => expr.push(eq(json!({"meta": {"key": "l4proto"}}), json!(p.nft()))),
             PortsMatch::Ranges(p, ranges) => {
@@ -536,7 +650,6 @@ fn allow_exprs(allow: &Allow, d: Direction) -> Vec<Vec<Value>> {
                 ));
             }
         }
-        expr.push(json!({"accept": null}));
         out.push(expr);
         if !per_family {
             break;

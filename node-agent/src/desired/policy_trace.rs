@@ -1,13 +1,15 @@
 //! The policy tracer: why a connection from one pod to another is allowed
-//! or dropped. It computes [`super::policy::policy`] for the source's and
-//! the destination's node and walks that output the way the kernel walks
-//! the rendered rules (verdict map → group chain → policy chains → accept
-//! rules → drop), so the tracer and the data plane cannot disagree.
+//! or dropped. It computes [`super::policy::policy_with_tiers`] for the
+//! source's and the destination's node and walks that output the way the
+//! kernel walks the rendered rules (verdict map → group chain → Admin tier
+//! → NetworkPolicy's policy chains → accept rules → drop, or → Baseline
+//! tier → default), so the tracer and the data plane cannot disagree.
 
 use std::fmt;
 use std::net::IpAddr;
 
-use super::policy::{PeerMatch, PolicyState, PortsMatch, policy};
+use super::policy::{PeerMatch, PolicyState, PortsMatch, policy_with_tiers};
+use crate::wire_cluster_policy::{Action, ClusterPolicyView, Tier};
 use crate::wire_policy::{Direction, NamespaceView, PodView, PolicyView, Protocol};
 
 /// A connection's first packet: source and destination pods, the address
@@ -32,11 +34,17 @@ pub enum Verdict {
     Allowed { policy: String, rule: usize, peer: String },
     /// The pod is selected by these policies and none of their rules match.
     Denied { policies: Vec<String> },
+    /// A ClusterNetworkPolicy rule decided: Accept or Deny (or, in the
+    /// Baseline tier, Pass: to the default, allowed).
+    Cluster { tier: Tier, policy: String, rule: usize, name: String, action: Action, peer: String },
+    /// ClusterNetworkPolicies select the pod, none decided, and no
+    /// NetworkPolicy isolates it: the default.
+    Default { passed: Option<String> },
 }
 
 impl Verdict {
     pub fn passes(&self) -> bool {
-        !matches!(self, Verdict::Denied { .. })
+        !matches!(self, Verdict::Denied { .. } | Verdict::Cluster { action: Action::Deny, .. })
     }
 }
 
@@ -64,6 +72,22 @@ impl fmt::Display for Verdict {
             Verdict::Denied { policies } => {
                 write!(f, "DENIED: selected by {} and no rule of them matches", policies.join(", "))
             }
+            Verdict::Cluster { tier, policy, rule, name, action, peer } => {
+                let said = match (action, tier) {
+                    (Action::Deny, _) => "DENIED",
+                    (Action::Pass, _) => "allowed (Pass: to the default)",
+                    (Action::Accept, _) => "allowed",
+                };
+                let name = if name.is_empty() { String::new() } else { format!(" ({name})") };
+                write!(
+                    f,
+                    "{said} by {tier} tier ClusterNetworkPolicy {policy} rule {rule}{name} {action} (peer: {peer})"
+                )
+            }
+            Verdict::Default { passed } => match passed {
+                Some(by) => write!(f, "allowed: {by}, and no NetworkPolicy or Baseline rule decides (default)"),
+                None => write!(f, "allowed: no rule of the ClusterNetworkPolicies selecting the pod matches (default)"),
+            },
         }
     }
 }
@@ -92,11 +116,22 @@ fn address(p: &PodView, ipv6: bool) -> Result<IpAddr, TraceError> {
     })
 }
 
-/// Explains what the data plane does with `probe`.
+/// Explains what the data plane does with `probe` under NetworkPolicies alone.
 pub fn trace(
     pods: &[PodView],
     namespaces: &[NamespaceView],
     policies: &[PolicyView],
+    probe: Probe,
+) -> Result<Explanation, TraceError> {
+    trace_with_tiers(pods, namespaces, policies, &[], probe)
+}
+
+/// Explains what the data plane does with `probe`.
+pub fn trace_with_tiers(
+    pods: &[PodView],
+    namespaces: &[NamespaceView],
+    policies: &[PolicyView],
+    cluster: &[ClusterPolicyView],
     probe: Probe,
 ) -> Result<Explanation, TraceError> {
     let (src, dst) = (address(probe.from, probe.ipv6)?, address(probe.to, probe.ipv6)?);
@@ -105,7 +140,7 @@ pub fn trace(
     } else if probe.to.host_network && probe.from.node == probe.to.node {
         Verdict::NotEnforced("traffic to the pod's own node is not forwarded, so never filtered")
     } else {
-        let state = policy(&probe.from.node, pods, namespaces, policies);
+        let state = policy_with_tiers(&probe.from.node, pods, namespaces, policies, cluster);
         walk(&state, Direction::Egress, src, dst, probe)
     };
     let ingress = if probe.to.host_network {
@@ -113,7 +148,7 @@ pub fn trace(
     } else if probe.from.host_network && probe.from.node == probe.to.node {
         Verdict::NotEnforced("traffic from the pod's own node is always allowed")
     } else {
-        let state = policy(&probe.to.node, pods, namespaces, policies);
+        let state = policy_with_tiers(&probe.to.node, pods, namespaces, policies, cluster);
         walk(&state, Direction::Ingress, dst, src, probe)
     };
     Ok(Explanation { src, dst, egress, ingress })
@@ -126,39 +161,109 @@ pub fn walk(state: &PolicyState, direction: Direction, own: IpAddr, other: IpAdd
         Direction::Ingress => &state.ingress,
         Direction::Egress => &state.egress,
     };
-    let Some(group) = map.get(&own) else { return Verdict::NotIsolated };
+    let Some(group) = map.get(&own).and_then(|g| state.groups.get(g)) else { return Verdict::NotIsolated };
     let dst = if direction == Direction::Ingress { own } else { other };
-    let chains = state.groups.get(group).map(Vec::as_slice).unwrap_or_default();
-    for chain in chains.iter().filter_map(|c| state.chains.get(c)) {
-        for allow in &chain.allows {
-            let peer = match &allow.peer {
-                PeerMatch::Any => Some("any".to_string()),
-                PeerMatch::Set(s) => state.sets.get(s).filter(|set| set.contains(other)).map(|set| set.about.clone()),
-            };
-            let ports = match &allow.ports {
-                PortsMatch::Any => true,
-                PortsMatch::Protocol(p) => *p == probe.protocol,
-                PortsMatch::Ranges(p, r) => {
-                    *p == probe.protocol && r.iter().any(|(a, b)| (*a..=*b).contains(&probe.port))
+    let matched = |peer: &PeerMatch, ports: &PortsMatch| matches(state, peer, ports, other, dst, probe);
+    let mut passed = None;
+    let tier = group.admin.as_ref().and_then(|t| state.tiers.get(t)).map(Vec::as_slice).unwrap_or_default();
+    'admin: for chain in tier.iter().filter_map(|c| state.cluster_chains.get(c)) {
+        for m in &chain.rules {
+            let Some(peer) = matched(&m.peer, &m.ports) else { continue };
+            if m.action == Action::Pass {
+                passed = Some(format!("Admin tier ClusterNetworkPolicy {} rule {} passed", chain.policy, m.rule));
+                break 'admin;
+            }
+            let (policy, name) = (chain.policy.clone(), m.name.clone());
+            return Verdict::Cluster { tier: Tier::Admin, policy, rule: m.rule, name, action: m.action, peer };
+        }
+    }
+    if let Some(policies) = &group.policies {
+        for chain in policies.iter().filter_map(|c| state.chains.get(c)) {
+            for allow in &chain.allows {
+                if let Some(peer) = matched(&allow.peer, &allow.ports) {
+                    return Verdict::Allowed { policy: chain.policy.clone(), rule: allow.rule, peer };
                 }
-                PortsMatch::Named(p, s) => {
-                    *p == probe.protocol
-                        && state.port_sets.get(s).is_some_and(|set| set.elements.contains(&(dst, probe.port)))
-                }
-            };
-            if let (Some(peer), true) = (peer, ports) {
-                return Verdict::Allowed { policy: chain.policy.clone(), rule: allow.rule, peer };
+            }
+        }
+        return Verdict::Denied {
+            policies: policies.iter().filter_map(|c| state.chains.get(c)).map(|c| c.policy.clone()).collect(),
+        };
+    }
+    for chain in group.baseline.iter().filter_map(|c| state.cluster_chains.get(c)) {
+        for m in &chain.rules {
+            if let Some(peer) = matched(&m.peer, &m.ports) {
+                let (policy, name) = (chain.policy.clone(), m.name.clone());
+                return Verdict::Cluster { tier: Tier::Baseline, policy, rule: m.rule, name, action: m.action, peer };
             }
         }
     }
-    Verdict::Denied { policies: chains.iter().filter_map(|c| state.chains.get(c)).map(|c| c.policy.clone()).collect() }
+    Verdict::Default { passed }
+}
+
+/// What the peer matched (for people) if a rule with `peer` and `ports`
+/// matches a packet to `dst` whose other side is `other`.
+fn matches(
+    state: &PolicyState,
+    peer: &PeerMatch,
+    ports: &PortsMatch,
+    other: IpAddr,
+    dst: IpAddr,
+    probe: Probe,
+) -> Option<String> {
+    let peer = match peer {
+        PeerMatch::Any => Some("any".to_string()),
+        PeerMatch::Set(s) => state.sets.get(s).filter(|set| set.contains(other)).map(|set| set.about.clone()),
+    };
+    let ports = match ports {
+        PortsMatch::Any => true,
+        PortsMatch::Protocol(p) => *p == probe.protocol,
+        PortsMatch::Ranges(p, r) => *p == probe.protocol && r.iter().any(|(a, b)| (*a..=*b).contains(&probe.port)),
+        PortsMatch::Named(p, s) => {
+            *p == probe.protocol && state.port_sets.get(s).is_some_and(|set| set.elements.contains(&(dst, probe.port)))
+        }
+    };
+    peer.filter(|_| ports)
+}
+
+#[cfg(test)]
+pub mod oracle {
+    //! Pieces of the API semantics written out directly, shared by the
+    //! tests that check the desired state against them.
+
+    use super::{Direction, PodView, Probe};
+    use crate::wire_policy::{Port, PortMatch};
+
+    /// Whether a rule's `ports` (empty: all) admit the probe.
+    pub fn ports_ok(ports: &[Port], p: Probe) -> bool {
+        ports.is_empty()
+            || ports.iter().any(|x| {
+                x.protocol == p.protocol
+                    && match &x.port {
+                        PortMatch::All => true,
+                        PortMatch::Range(a, b) => (*a..=*b).contains(&p.port),
+                        PortMatch::Named(n) => !p.to.host_network && p.to.named_port(n, p.protocol) == Some(p.port),
+                    }
+            })
+    }
+
+    /// Whether the connection passes, given each side's verdict
+    /// (`side_ok(direction, own pod, peer)`): host traffic of a pod's own
+    /// node never meets the policy chains.
+    pub fn connection_ok(p: Probe, side_ok: impl Fn(Direction, &PodView, &PodView) -> bool) -> bool {
+        let same_node = p.from.node == p.to.node;
+        let egress =
+            p.from.host_network || (p.to.host_network && same_node) || side_ok(Direction::Egress, p.from, p.to);
+        let ingress =
+            p.to.host_network || (p.from.host_network && same_node) || side_ok(Direction::Ingress, p.to, p.from);
+        egress && ingress
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::desired::policy::fixtures::*;
-    use crate::wire_policy::{Peer, PortMatch, Protocol::*, Rule};
+    use crate::wire_policy::{Peer, Protocol::*, Rule};
 
     /// A cluster with every selector form, ipBlock with except, named ports
     /// with different numbers per pod, endPort, additive policies, egress
@@ -264,7 +369,6 @@ mod tests {
     /// The API's semantics written out directly over the policies, with no
     /// sets, groups or chains: what the desired state must agree with.
     fn oracle(nss: &[NamespaceView], pols: &[PolicyView], p: Probe) -> bool {
-        let same_node = p.from.node == p.to.node;
         let ip = |pod: &PodView| pod.ips.iter().copied().find(|i| i.is_ipv6() == p.ipv6).unwrap();
         let rule_ok = |pol: &PolicyView, r: &Rule, peer: &PodView| {
             let peer_ok = r.peers.is_empty()
@@ -282,16 +386,7 @@ mod tests {
                         cidr.contains(ip(peer)) && !except.iter().any(|e| e.contains(ip(peer)))
                     }
                 });
-            let port_ok = r.ports.is_empty()
-                || r.ports.iter().any(|x| {
-                    x.protocol == p.protocol
-                        && match &x.port {
-                            PortMatch::All => true,
-                            PortMatch::Range(a, b) => (*a..=*b).contains(&p.port),
-                            PortMatch::Named(n) => !p.to.host_network && p.to.named_port(n, p.protocol) == Some(p.port),
-                        }
-                });
-            peer_ok && port_ok
+            peer_ok && oracle::ports_ok(&r.ports, p)
         };
         let side_ok = |d: Direction, own: &PodView, peer: &PodView| {
             let selecting: Vec<&PolicyView> = pols
@@ -300,11 +395,7 @@ mod tests {
                 .collect();
             selecting.is_empty() || selecting.iter().any(|x| x.rules(d).iter().any(|r| rule_ok(x, r, peer)))
         };
-        let egress =
-            p.from.host_network || (p.to.host_network && same_node) || side_ok(Direction::Egress, p.from, p.to);
-        let ingress =
-            p.to.host_network || (p.from.host_network && same_node) || side_ok(Direction::Ingress, p.to, p.from);
-        egress && ingress
+        oracle::connection_ok(p, side_ok)
     }
 
     #[test]

@@ -1,14 +1,18 @@
-//! The Pod, Namespace and NetworkPolicy watches, for NetworkPolicy. Each is
-//! a kube-rs watcher whose objects are turned into their slim view
-//! ([`PodView`], [`NamespaceView`], [`PolicyView`]) as they arrive and
+//! The Pod, Namespace, NetworkPolicy and ClusterNetworkPolicy watches, for
+//! policy. Each is a kube-rs watcher whose objects are turned into their
+//! slim view ([`PodView`], [`NamespaceView`], [`PolicyView`],
+//! [`ClusterPolicyView`]) as they arrive and
 //! dropped: only the views are kept, keyed by `namespace/name`, so a
 //! pod's spec and status never stay in memory. Pods of every node are
 //! watched: they are the peers that policies' address sets hold.
 //!
 //! An event fires the trigger only when it changes a view (a pod's
-//! container restarting changes nothing policy reads). Until all three
-//! lists are complete, [`PolicyCache::snapshot`] returns `None`: a partial
-//! list could isolate pods without their allow rules' peers.
+//! container restarting changes nothing policy reads). Until every list is
+//! complete, [`PolicyCache::snapshot`] returns `None`: a partial list could
+//! isolate pods without their allow rules' peers. ClusterNetworkPolicy is a
+//! CRD that may not be installed, or not granted to the agent: a 404 or 403
+//! is an empty list (said once), so NetworkPolicy is still enforced, and
+//! the watcher's backoff keeps asking.
 //!
 //! Pods and namespaces may be hostile too (a pod can carry a megabyte of
 //! labels), so their views keep only the labels whose keys some policy's
@@ -40,6 +44,7 @@ use std::time::Instant;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
@@ -48,6 +53,7 @@ use super::heard::{Heard, hearing};
 use super::list_mode::{ListMode, watcher_refuses_streaming};
 use super::watch::Trigger;
 use crate::metrics::Metrics;
+use crate::wire_cluster_policy::{self as cnp, ClusterPolicyView};
 use crate::wire_policy::{LabelKeys, NamespaceView, PodView, PolicyView, Refused};
 
 /// Pods per page of a (re)list when the server refuses streamed lists.
@@ -151,20 +157,24 @@ struct Inner {
     pods: Views<PodView>,
     namespaces: Views<NamespaceView>,
     policies: Views<PolicyView>,
+    cluster_policies: Views<ClusterPolicyView>,
     /// The label keys the policies name: the labels views keep.
     keys: Arc<LabelKeys>,
     /// Bumped when `keys` gains a key: views listed before miss it.
     keys_generation: u64,
     /// Bumped whenever a view changes.
     changes: u64,
+    /// ClusterNetworkPolicies are not watched: their views stay an empty list.
+    cluster_policies_off: bool,
 }
 
 impl Inner {
     /// Recomputes the label keys from the policies; returns the new
     /// generation when a key was added (the views must re-list).
     fn update_keys(&mut self) -> Option<u64> {
+        let cluster = self.cluster_policies.current.values().flat_map(|p| p.label_keys());
         let wanted: LabelKeys =
-            self.policies.current.values().flat_map(|p| p.label_keys()).map(str::to_string).collect();
+            self.policies.current.values().flat_map(|p| p.label_keys()).chain(cluster).map(str::to_string).collect();
         if *self.keys == wanted {
             return None;
         }
@@ -213,19 +223,22 @@ pub struct PolicyViews {
     pub pods: Vec<PodView>,
     pub namespaces: Vec<NamespaceView>,
     pub policies: Vec<PolicyView>,
+    pub cluster_policies: Vec<ClusterPolicyView>,
 }
 
 impl PolicyCache {
     /// The views, once every list is complete.
     pub fn snapshot(&self) -> Option<PolicyViews> {
         let inner = self.inner.lock().ok()?;
-        if !(inner.pods.synced && inner.namespaces.synced && inner.policies.synced && inner.labels_complete()) {
+        let policies_synced = inner.policies.synced && inner.cluster_policies.synced;
+        if !(inner.pods.synced && inner.namespaces.synced && policies_synced && inner.labels_complete()) {
             return None;
         }
         Some(PolicyViews {
             pods: inner.pods.current.values().cloned().collect(),
             namespaces: inner.namespaces.current.values().cloned().collect(),
             policies: inner.policies.current.values().cloned().collect(),
+            cluster_policies: inner.cluster_policies.current.values().cloned().collect(),
         })
     }
 
@@ -233,7 +246,11 @@ impl PolicyCache {
     /// what the snapshot holds is then at least as recent.
     pub fn freshness(&self) -> Freshness {
         let Ok(inner) = self.inner.lock() else { return Freshness::default() };
-        let kinds = [inner.pods.as_of(), inner.namespaces.as_of(), inner.policies.as_of()];
+        let mut kinds = vec![inner.pods.as_of(), inner.namespaces.as_of(), inner.policies.as_of()];
+        // Unwatched (turned off), ClusterNetworkPolicies are an empty list that never ages.
+        if !inner.cluster_policies_off {
+            kinds.push(inner.cluster_policies.as_of());
+        }
         let as_of = kinds.into_iter().collect::<Option<Vec<Instant>>>().and_then(|all| all.into_iter().min());
         Freshness { changes: inner.changes, as_of }
     }
@@ -266,7 +283,7 @@ impl PolicyCache {
         if let Some(g) = grew {
             tracing::info!(keys = inner.keys.len(), "policies name new label keys: (re-)listing Pods and Namespaces");
             self.relist.send_replace(Some(g));
-        } else if inner.policies.synced && self.relist.borrow().is_none() {
+        } else if inner.policies.synced && inner.cluster_policies.synced && self.relist.borrow().is_none() {
             self.relist.send_replace(Some(inner.keys_generation));
         }
         changed
@@ -304,15 +321,25 @@ impl CapReports {
     }
 }
 
-/// Starts the three watches; the cache fills while their tasks run.
-pub fn spawn(client: Client, trigger: Arc<Trigger>, metrics: Arc<Metrics>) -> PolicyCache {
+/// Starts the watches (ClusterNetworkPolicies' only with `cluster`); the
+/// cache fills while their tasks run.
+pub fn spawn(client: Client, trigger: Arc<Trigger>, metrics: Arc<Metrics>, cluster: bool) -> PolicyCache {
     let cache = PolicyCache::default();
     // The policies' watch starts first and settles the mode for the others.
     let mode = Arc::new(ListMode::default());
+    if cluster {
+        spawn_cluster_policies(&client, &cache, &trigger, &metrics, mode.clone());
+    } else {
+        cache.apply(watcher::Event::Init, 0, |i| &mut i.cluster_policies);
+        cache.apply(watcher::Event::InitDone, 0, |i| &mut i.cluster_policies);
+        if let Ok(mut inner) = cache.inner.lock() {
+            inner.cluster_policies_off = true;
+        }
+    }
     let pod_keys = cache.clone();
     run(
         Api::<Pod>::all(cache.hearing_client(&client, |i| &mut i.pods)),
-        Watch { what: "Pods", page: Some(POD_PAGE), mode: mode.clone(), relists: true },
+        Watch { what: "Pods", page: Some(POD_PAGE), mode: mode.clone(), relists: true, optional: false },
         cache.clone(),
         trigger.clone(),
         metrics.clone(),
@@ -327,7 +354,7 @@ pub fn spawn(client: Client, trigger: Arc<Trigger>, metrics: Arc<Metrics>) -> Po
     let ns_keys = cache.clone();
     run(
         Api::<Namespace>::all(cache.hearing_client(&client, |i| &mut i.namespaces)),
-        Watch { what: "Namespaces", page: None, mode: mode.clone(), relists: true },
+        Watch { what: "Namespaces", page: None, mode: mode.clone(), relists: true, optional: false },
         cache.clone(),
         trigger.clone(),
         metrics.clone(),
@@ -338,7 +365,7 @@ pub fn spawn(client: Client, trigger: Arc<Trigger>, metrics: Arc<Metrics>) -> Po
     let mut caps = CapReports::default();
     run(
         Api::<NetworkPolicy>::all(cache.hearing_client(&client, |i| &mut i.policies)),
-        Watch { what: "NetworkPolicies", page: None, mode: mode.clone(), relists: false },
+        Watch { what: "NetworkPolicies", page: None, mode: mode.clone(), relists: false, optional: false },
         cache.clone(),
         trigger,
         metrics,
@@ -356,6 +383,51 @@ pub fn spawn(client: Client, trigger: Arc<Trigger>, metrics: Arc<Metrics>) -> Po
     cache
 }
 
+/// The ClusterNetworkPolicy watch: read as dynamic objects, whose `spec`
+/// is turned into the view ([`ClusterPolicyView::from_spec`]).
+fn spawn_cluster_policies(
+    client: &Client,
+    cache: &PolicyCache,
+    trigger: &Arc<Trigger>,
+    metrics: &Arc<Metrics>,
+    mode: Arc<ListMode>,
+) {
+    let gvk = GroupVersionKind::gvk(cnp::GROUP, cnp::VERSION, cnp::KIND);
+    let resource = ApiResource::from_gvk_with_plural(&gvk, cnp::PLURAL);
+    let policy_metrics = metrics.clone();
+    let mut caps = CapReports::default();
+    run(
+        Api::<DynamicObject>::all_with(cache.hearing_client(client, |i| &mut i.cluster_policies), &resource),
+        Watch { what: "ClusterNetworkPolicies", page: None, mode, relists: false, optional: true },
+        cache.clone(),
+        trigger.clone(),
+        metrics.clone(),
+        move |o: &DynamicObject| {
+            let mut refused = Vec::new();
+            let v = ClusterPolicyView::from_spec(&o.name_any(), o.data.get("spec"), &mut refused);
+            caps.report(&key(o), &refused, &policy_metrics);
+            for r in refused.iter().filter(|r| r.cap.is_none()) {
+                tracing::warn!("ClusterNetworkPolicy enforced as the API's fail-closed rules say: {r}");
+            }
+            v
+        },
+        |i| &mut i.cluster_policies,
+    );
+}
+
+/// Why an optional resource cannot be read: the HTTP status of a watch
+/// that failed with 404 (no such resource: a CRD not installed) or 403
+/// (the agent may not list it: RBAC without it).
+fn unreadable(e: &watcher::Error) -> Option<u16> {
+    let code = match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s)) => s.code,
+        watcher::Error::WatchError(s) => s.code,
+        _ => return None,
+    };
+    matches!(code, 403 | 404).then_some(code)
+}
+
 /// How one kind is watched.
 struct Watch {
     what: &'static str,
@@ -364,6 +436,10 @@ struct Watch {
     mode: Arc<ListMode>,
     /// Re-list when the policies name a new label key.
     relists: bool,
+    /// The resource may not exist (a CRD not installed) or be readable (RBAC
+    /// without it): a 404 or 403 reads as an empty list, said once, so the
+    /// other policy is enforced; the watcher's backoff keeps retrying.
+    optional: bool,
 }
 
 fn run<K, V>(
@@ -384,6 +460,7 @@ fn run<K, V>(
         paged = paged.page_size(page);
     }
     let mut relist = cache.relist.subscribe();
+    let mut said_absent = false;
     tokio::spawn(async move {
         if watch.relists && relist.wait_for(Option::is_some).await.is_err() {
             return;
@@ -416,6 +493,24 @@ fn run<K, V>(
                         // Before the watcher's Init: the views are untouched.
                         watch.mode.refused(&metrics, &e);
                         break;
+                    }
+                    Err(e) if watch.optional && unreadable(&e).is_some() => {
+                        if !std::mem::replace(&mut said_absent, true) {
+                            if unreadable(&e) == Some(404) {
+                                tracing::info!("no {} in the API (CRD not installed): none enforced", watch.what);
+                            } else {
+                                tracing::warn!(
+                                    "may not list {}: none enforced (grant list/watch, or turn them off): {e}",
+                                    watch.what
+                                );
+                            }
+                        }
+                        // Nothing to read: an empty list, so the rest of policy goes on.
+                        let changed = cache.apply(watcher::Event::Init, generation, views)
+                            | cache.apply(watcher::Event::InitDone, generation, views);
+                        if changed {
+                            trigger.fire();
+                        }
                     }
                     Err(e) => {
                         // The backoff retries; the views stay as last seen.
@@ -504,6 +599,19 @@ mod tests {
         assert!(v.as_of().unwrap() > heard.unwrap() && v.as_of().unwrap() <= relist_started);
     }
 
+    #[test]
+    fn only_a_missing_or_forbidden_resource_reads_as_empty() {
+        let status = |code: u16| {
+            let json = serde_json::json!({"status": "Failure", "code": code, "reason": "x", "message": "m"});
+            kube::Error::Api(Box::new(serde_json::from_value(json).unwrap()))
+        };
+        assert_eq!(unreadable(&watcher::Error::InitialListFailed(status(404))), Some(404), "CRD not installed");
+        assert_eq!(unreadable(&watcher::Error::WatchStartFailed(status(403))), Some(403), "RBAC without it");
+        for code in [401, 422, 500, 503] {
+            assert_eq!(unreadable(&watcher::Error::InitialListFailed(status(code))), None, "{code}: retried as is");
+        }
+    }
+
     fn list<V: PartialEq>(
         cache: &PolicyCache,
         generation: u64,
@@ -539,6 +647,8 @@ mod tests {
             |c: &PolicyCache| vec![(key(&ns), NamespaceView::from_namespace_keeping(&ns, Some(&c.keys())))];
         let cache = PolicyCache::default();
         let mut relist = cache.relist.subscribe();
+        list::<ClusterPolicyView>(&cache, 0, |i| &mut i.cluster_policies, vec![]);
+        assert_eq!(*relist.borrow(), None, "NetworkPolicies are not listed yet");
         list(&cache, 0, |i| &mut i.policies, vec![]);
         assert_eq!(*relist.borrow_and_update(), Some(0), "Pods and Namespaces are listed once policies are");
         list(&cache, 0, |i| &mut i.pods, pods(&cache));

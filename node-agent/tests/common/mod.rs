@@ -347,3 +347,46 @@ pub fn lone_control_plane(bin: &Path, apiserver_flags: &[&str]) -> ControlPlane 
 
 /// kube-apiserver's flag that refuses streamed lists, as 1.33 does by default.
 pub const NO_WATCH_LIST: &str = "--feature-gates=WatchList=false";
+
+/// `weft-agent policy trace` run in node namespace `node` against `cp`'s
+/// API: its output (both families).
+pub fn policy_trace(node: &TestNs, cp: &ControlPlane, from: &str, to: &str, port: &str) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", node.name(), WEFT, "policy", "trace"])
+        .args(["--from", from, "--to", to, "--port", port])
+        .env("KUBECONFIG", cp.kubeconfig())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    text
+}
+
+/// The pinned network-policy-api module, whose CRDs weft implements.
+pub const NETWORK_POLICY_API: &str = "sigs.k8s.io/network-policy-api@v0.3.0";
+
+/// The ClusterNetworkPolicy CRD of the module's standard channel, read
+/// from the Go module cache (downloaded there through the Go proxy when
+/// missing). `None` with a loud message when Go cannot provide it (a
+/// failure under CI).
+pub fn cluster_network_policy_crd() -> Option<PathBuf> {
+    let file = "config/crd/standard/policy.networking.k8s.io_clusternetworkpolicies.yaml";
+    let go = |args: &[&str]| {
+        let tmp = tempfile::tempdir().ok()?;
+        let out = Command::new("go").args(args).current_dir(tmp.path()).env("GOFLAGS", "-mod=mod").output().ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let cached = go(&["env", "GOMODCACHE"]).map(|c| Path::new(c.trim()).join(NETWORK_POLICY_API).join(file));
+    let crd = match cached {
+        Some(p) if p.exists() => Some(p),
+        _ => go(&["mod", "download", "-json", NETWORK_POLICY_API])
+            .and_then(|j| serde_json::from_str::<serde_json::Value>(&j).ok())
+            .and_then(|j| j["Dir"].as_str().map(|d| Path::new(d).join(file)))
+            .filter(|p| p.exists()),
+    };
+    if crd.is_none() {
+        assert!(std::env::var_os("CI").is_none(), "no {NETWORK_POLICY_API} CRD under CI: is Go installed?");
+        eprintln!("SKIPPING: `go mod download {NETWORK_POLICY_API}` failed: no ClusterNetworkPolicy CRD to install");
+    }
+    crd
+}
