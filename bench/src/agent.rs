@@ -18,7 +18,7 @@
 //!   agent-bench --agent WEFT_AGENT --k8s-bin DIR [--nodes N] [--adds K]
 //!               [--backend vxlan|routes] [--idle-seconds S] [--profile] [--json]
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -38,12 +38,13 @@ use libweft::testutil::control_plane::{ControlPlane, Proc, eventually};
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteProtocol};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use weft_bench::agent_process::{AgentConfig, pass_seconds, proc_stats};
 use weft_bench::api::client;
 use weft_bench::cli::seconds;
 use weft_bench::perf;
+use weft_bench::results::{self, AgentRun, MetricRow, Pass, PassSummary, ProcessProfile, SlowestPass, WakeupCount};
 use weft_bench::stats::percentile;
 
 const NODE_IP: &str = "198.18.0.1";
@@ -276,7 +277,7 @@ fn main() {
             rt.block_on(run(&args, &cp, &node, &node_netns, initial, extra, dir.path()))
         })
         .expect("bench thread");
-    print_report(&args, floor, &report);
+    print_report(&args, floor, report);
 }
 
 struct Report {
@@ -290,9 +291,9 @@ struct Report {
     rss_kib: u64,
     idle_cpu_percent: f64,
     /// The agent's slowest and median reconcile pass, split by stage (from its debug log).
-    slowest_pass: Value,
-    /// perf's view of the cold start (`--profile`), or null.
-    cold_profile: Value,
+    slowest_pass: Option<SlowestPass>,
+    /// perf's view of the cold start (`--profile`).
+    cold_profile: Option<ProcessProfile>,
 }
 
 async fn run(
@@ -327,27 +328,7 @@ async fn run(
     let pid = agent.pid().expect("agent pid");
     let recording = args.profile.then(|| perf::record_process(pid, &dir.join("cold.perf")));
     let want = initial.len() * 2;
-    let mut seen = HashSet::new();
-    let programmed = loop {
-        match events.recv_timeout(Duration::from_millis(200)) {
-            Ok((at, true, dst)) => {
-                seen.insert(dst);
-                if seen.len() >= want {
-                    break at - agent_start;
-                }
-            }
-            Ok(_) => {}
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(e) => panic!("route listener: {e}"),
-        }
-        assert!(
-            agent_start.elapsed() < program_timeout(args.nodes),
-            "the agent programmed {} of {want} routes in {:?}:\n{}",
-            seen.len(),
-            program_timeout(args.nodes),
-            agent.log_tail()
-        );
-    };
+    let programmed = wait_programmed(&events, want, agent_start, program_timeout(args.nodes), &agent);
     // The listener could have missed a message; the kernel has the last word.
     let in_kernel = count_peer_routes(&nl).await;
     assert_eq!(in_kernel, want, "routes in the kernel after programming");
@@ -357,43 +338,18 @@ async fn run(
     // events it caused (its own Node annotations, the new device) bring a
     // pass or two more: wait until passes stop, so the mean below covers
     // only the single-Node changes.
-    let mut last = (Instant::now(), 0.0);
-    let quiet = eventually(Duration::from_secs(60), || {
-        let count = pass_seconds(node).1;
-        if count != last.1 {
-            last = (Instant::now(), count);
-        }
-        count >= 1.0 && last.0.elapsed() > Duration::from_millis(500)
-    });
-    assert!(quiet, "the agent's passes did not settle after its start:\n{}", agent.log_tail());
+    assert!(passes_settle(node), "the agent's passes did not settle after its start:\n{}", agent.log_tail());
     let cold_profile =
         match recording.map(|r| r.and_then(|r| r.stop()).and_then(|data| perf::process_profile(&data, 15))) {
-            Some(Ok(v)) => v,
+            Some(Ok(p)) => Some(p),
             Some(Err(e)) => {
                 eprintln!("no profile: {e}");
-                Value::Null
+                None
             }
-            None => Value::Null,
+            None => None,
         };
     let passes_before = pass_seconds(node);
-    let mut add = Vec::new();
-    let mut del = Vec::new();
-    // Each change is measured alone: the agent has finished the previous
-    // pass (its nftables update comes after the routes) before the next.
-    let settle = Duration::from_millis(300);
-    for p in extra {
-        tokio::time::sleep(settle).await;
-        while events.try_recv().is_ok() {}
-        let t0 = Instant::now();
-        nodes.create(&PostParams::default(), &node_object(p)).await.expect("create Node");
-        add.push(wait_route(&events, p.v4, true, t0, &agent));
-        tokio::time::sleep(settle).await;
-        let t0 = Instant::now();
-        nodes.delete(&p.name, &DeleteParams::default()).await.expect("delete Node");
-        del.push(wait_route(&events, p.v4, false, t0, &agent));
-    }
-    add.sort();
-    del.sort();
+    let (add, del) = single_node_changes(&nodes, extra, &events, &agent).await;
     let passes_after = pass_seconds(node);
     let pass_ms = (passes_after.0 - passes_before.0) / (passes_after.1 - passes_before.1).max(1.0) * 1000.0;
 
@@ -421,45 +377,112 @@ async fn run(
     }
 }
 
-/// The slowest `pass` line of the agent's debug log (WEFT_LOG with
-/// `weft_agent::agent=debug`), its `key=value` fields as numbers; null when
-/// the agent did not log passes.
-fn slowest_pass(log: &Path) -> Value {
+/// Waits until the agent has programmed `want` routes (the listener's
+/// events); the time from `start`. Fails after `timeout`.
+fn wait_programmed(
+    events: &mpsc::Receiver<RouteEvent>,
+    want: usize,
+    start: Instant,
+    timeout: Duration,
+    agent: &Proc,
+) -> Duration {
+    let mut seen = HashSet::new();
+    loop {
+        match events.recv_timeout(Duration::from_millis(200)) {
+            Ok((at, true, dst)) => {
+                seen.insert(dst);
+                if seen.len() >= want {
+                    return at - start;
+                }
+            }
+            Ok(_) => {}
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(e) => panic!("route listener: {e}"),
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "the agent programmed {} of {want} routes in {timeout:?}:\n{}",
+            seen.len(),
+            agent.log_tail()
+        );
+    }
+}
+
+/// Whether the agent's pass count stopped moving for half a second
+/// (within a minute), after at least one pass.
+fn passes_settle(node: &TestNs) -> bool {
+    let mut last = (Instant::now(), 0.0);
+    eventually(Duration::from_secs(60), || {
+        let count = pass_seconds(node).1;
+        if count != last.1 {
+            last = (Instant::now(), count);
+        }
+        count >= 1.0 && last.0.elapsed() > Duration::from_millis(500)
+    })
+}
+
+/// Creates and deletes each of `extra` through the API, one at a time:
+/// API request to route in the kernel and to route gone, sorted.
+async fn single_node_changes(
+    nodes: &Api<Node>,
+    extra: &[Peer],
+    events: &mpsc::Receiver<RouteEvent>,
+    agent: &Proc,
+) -> (Vec<Duration>, Vec<Duration>) {
+    let mut add = Vec::new();
+    let mut del = Vec::new();
+    // Each change is measured alone: the agent has finished the previous
+    // pass (its nftables update comes after the routes) before the next.
+    let settle = Duration::from_millis(300);
+    for p in extra {
+        tokio::time::sleep(settle).await;
+        while events.try_recv().is_ok() {}
+        let t0 = Instant::now();
+        nodes.create(&PostParams::default(), &node_object(p)).await.expect("create Node");
+        add.push(wait_route(events, p.v4, true, t0, agent));
+        tokio::time::sleep(settle).await;
+        let t0 = Instant::now();
+        nodes.delete(&p.name, &DeleteParams::default()).await.expect("delete Node");
+        del.push(wait_route(events, p.v4, false, t0, agent));
+    }
+    add.sort();
+    del.sort();
+    (add, del)
+}
+
+/// The agent's passes from its debug log (WEFT_LOG with
+/// `weft_agent::agent=debug`): the slowest, the median and the count, and
+/// every pass by what woke it; none when the agent did not log passes.
+fn slowest_pass(log: &Path) -> Option<SlowestPass> {
     let text = std::fs::read_to_string(log).unwrap_or_default();
-    let mut passes: Vec<(u64, serde_json::Map<String, Value>)> = text
+    let mut passes: Vec<(u64, Pass)> = text
         .lines()
         // The NetworkPolicy part of a pass logs a `policy pass` line of its own.
         .filter(|l| (l.contains(" pass ") || l.ends_with(" pass")) && !l.contains("policy pass"))
         .map(|line| {
-            let fields: serde_json::Map<String, Value> = line
-                .split_whitespace()
-                .filter_map(|kv| kv.split_once('='))
-                .filter_map(|(k, v)| match v.parse::<u64>() {
-                    Ok(n) => Some((k.to_string(), json!(n))),
-                    // What woke the pass, and what it checked (Debug names).
-                    Err(_) if k == "wakeup" || k == "check" => Some((k.to_string(), json!(v))),
-                    Err(_) => None,
-                })
-                .collect();
-            let total = fields.iter().filter(|(k, _)| k.ends_with("_us")).filter_map(|(_, v)| v.as_u64()).sum();
-            (total, fields)
+            let pass = Pass::from_log_line(line);
+            (pass.total_us(), pass)
         })
         .collect();
     passes.sort_by_key(|(total, _)| *total);
     // Count and mean duration of the passes by what woke them.
-    let mut by_wakeup = serde_json::Map::new();
-    for (total, f) in &passes {
-        let key = f.get("wakeup").and_then(Value::as_str).unwrap_or("unknown").to_string();
-        let e = by_wakeup.entry(key).or_insert_with(|| json!({"passes": 0, "total_us": 0}));
-        e["passes"] = json!(e["passes"].as_u64().unwrap_or(0) + 1);
-        e["total_us"] = json!(e["total_us"].as_u64().unwrap_or(0) + total);
+    let mut by_wakeup: BTreeMap<String, WakeupCount> = BTreeMap::new();
+    for (total, p) in &passes {
+        let e = by_wakeup.entry(p.wakeup.clone().unwrap_or_else(|| "unknown".into())).or_default();
+        e.passes += 1;
+        e.total_us += total;
     }
-    match passes.len() {
-        0 => Value::Null,
-        // The slowest (the cold pass), and the median one (a steady-state
-        // pass for one Node change).
-        n => json!({"slowest": passes[n - 1].1, "median": passes[n / 2].1, "passes": n, "by_wakeup": by_wakeup}),
-    }
+    let n = passes.len();
+    // The slowest (the cold pass), and the median one (a steady-state
+    // pass for one Node change).
+    (n > 0).then(|| {
+        SlowestPass::Summary(PassSummary {
+            slowest: passes[n - 1].1.clone(),
+            median: passes[n / 2].1.clone(),
+            passes: n,
+            by_wakeup,
+        })
+    })
 }
 
 fn wait_route(events: &mpsc::Receiver<RouteEvent>, dst: IpNetwork, added: bool, t0: Instant, agent: &Proc) -> Duration {
@@ -478,48 +501,47 @@ fn wait_route(events: &mpsc::Receiver<RouteEvent>, dst: IpNetwork, added: bool, 
     }
 }
 
-fn print_report(args: &Args, floor: Duration, r: &Report) {
+fn print_report(args: &Args, floor: Duration, r: Report) {
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-    let rows = [
-        ("start to all routes programmed (ms)", ms(r.programmed), "< 2000"),
-        ("reference: ip -batch of the same state (ms)", ms(floor), ""),
-        ("ratio to the reference", r.programmed.as_secs_f64() / floor.as_secs_f64(), ""),
-        ("Node added -> route in kernel, p50 (ms)", ms(percentile(&r.add, 0.5)), ""),
-        ("Node added -> route in kernel, p99 (ms)", ms(percentile(&r.add, 0.99)), "< 100"),
-        ("Node deleted -> route gone, p50 (ms)", ms(percentile(&r.del, 0.5)), ""),
-        ("Node deleted -> route gone, p99 (ms)", ms(percentile(&r.del, 0.99)), ""),
-        ("agent's mean reconcile pass meanwhile (ms)", r.pass_ms, ""),
-        ("peak RSS (MiB)", r.peak_rss_kib as f64 / 1024.0, "< 32"),
-        ("RSS at the end (MiB)", r.rss_kib as f64 / 1024.0, ""),
-        ("idle CPU (% of one core)", r.idle_cpu_percent, ""),
+    let (kernel, cpus) = results::machine();
+    let results = vec![
+        MetricRow::new("start to all routes programmed (ms)", ms(r.programmed), "< 2000"),
+        MetricRow::new("reference: ip -batch of the same state (ms)", ms(floor), ""),
+        MetricRow::new("ratio to the reference", r.programmed.as_secs_f64() / floor.as_secs_f64(), ""),
+        MetricRow::new("Node added -> route in kernel, p50 (ms)", ms(percentile(&r.add, 0.5)), ""),
+        MetricRow::new("Node added -> route in kernel, p99 (ms)", ms(percentile(&r.add, 0.99)), "< 100"),
+        MetricRow::new("Node deleted -> route gone, p50 (ms)", ms(percentile(&r.del, 0.5)), ""),
+        MetricRow::new("Node deleted -> route gone, p99 (ms)", ms(percentile(&r.del, 0.99)), ""),
+        MetricRow::new("agent's mean reconcile pass meanwhile (ms)", r.pass_ms, ""),
+        MetricRow::new("peak RSS (MiB)", r.peak_rss_kib as f64 / 1024.0, "< 32"),
+        MetricRow::new("RSS at the end (MiB)", r.rss_kib as f64 / 1024.0, ""),
+        MetricRow::new("idle CPU (% of one core)", r.idle_cpu_percent, ""),
     ];
+    let run = AgentRun {
+        kernel,
+        cpus,
+        nodes: args.nodes,
+        backend: args.backend.clone(),
+        adds: args.adds,
+        create_nodes_seconds: r.create_seconds,
+        results,
+        programmed_ms: ms(r.programmed),
+        floor_ms: ms(floor),
+        add_ms: r.add.iter().map(|d| ms(*d)).collect(),
+        del_ms: r.del.iter().map(|d| ms(*d)).collect(),
+        peak_rss_kib: r.peak_rss_kib,
+        slowest_pass: r.slowest_pass,
+        cold_profile: r.cold_profile,
+    };
     if args.json {
-        let v: Vec<Value> = rows.iter().map(|(m, x, t)| json!({"metric": m, "value": x, "target": t})).collect();
-        println!(
-            "{}",
-            json!({"kernel": kernel.trim(), "cpus": cpus, "nodes": args.nodes, "backend": args.backend,
-                "adds": args.adds, "create_nodes_seconds": r.create_seconds, "results": v,
-                "programmed_ms": ms(r.programmed), "floor_ms": ms(floor),
-                "add_ms": r.add.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
-                "del_ms": r.del.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
-                "peak_rss_kib": r.peak_rss_kib, "slowest_pass": r.slowest_pass, "cold_profile": r.cold_profile})
-        );
+        results::print_json(&run);
         return;
     }
     println!(
         "weft-agent, {} Nodes (dual-stack podCIDRs), {} backend, kernel {}, {cpus} CPUs; {} single-Node changes; Nodes created in {:.1} s",
-        args.nodes,
-        args.backend,
-        kernel.trim(),
-        args.adds,
-        r.create_seconds
+        run.nodes, run.backend, run.kernel, run.adds, run.create_nodes_seconds
     );
-    println!("{:<46} {:>10}  target", "metric", "value");
-    for (m, x, t) in rows {
-        println!("{m:<46} {x:>10.1}  {t}");
-    }
+    results::print_metric_rows(&run.results, 46);
 }
 
 #[cfg(test)]

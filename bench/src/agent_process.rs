@@ -6,35 +6,30 @@
 use std::path::Path;
 
 use libweft::testutil::TestNs;
+use libweft::testutil::agent::{self, AGENT_HTTP};
 use libweft::testutil::control_plane::{ControlPlane, Proc};
 use serde_json::{Value, json};
 
 /// Where the measured agent serves its metrics, inside its node namespace.
-pub const METRICS_ADDRESS: &str = "127.0.0.1:9959";
+pub const METRICS_ADDRESS: &str = AGENT_HTTP;
 
-/// A weft-agent configuration with every path the agent writes inside one
-/// directory, no container runtime to ask, and no IPAM garbage collection
-/// during the run (it would add unmeasured work).
-pub struct AgentConfig(Value);
+/// The shared weft-agent configuration (`libweft::testutil::agent`) with
+/// no container runtime to ask, and no IPAM garbage collection during the
+/// run (it would add unmeasured work).
+pub struct AgentConfig(agent::AgentConfig);
 
 impl AgentConfig {
     pub fn new(dir: &Path, cluster_cidrs: [&str; 2], backend: &str) -> AgentConfig {
-        AgentConfig(json!({
-            "clusterCIDRs": cluster_cidrs,
-            "backend": backend,
-            "listenAddress": METRICS_ADDRESS,
-            "runDir": dir.join("run"),
-            "cniConfDir": dir.join("net.d"),
-            "cniBinDir": dir.join("bin"),
-            "criSocket": dir.join("no-cri.sock"),
-            "ipamGcPeriodSeconds": 86400,
-        }))
+        AgentConfig(
+            agent::AgentConfig::new(dir, cluster_cidrs, backend)
+                .with("criSocket", json!(dir.join("no-cri.sock")))
+                .with("ipamGcPeriodSeconds", json!(86400)),
+        )
     }
 
     /// Sets one more top-level key of the configuration.
-    pub fn with(mut self, key: &str, value: Value) -> AgentConfig {
-        self.0[key] = value;
-        self
+    pub fn with(self, key: &str, value: Value) -> AgentConfig {
+        AgentConfig(self.0.with(key, value))
     }
 
     /// With NetworkPolicy enforcement on.
@@ -55,24 +50,9 @@ impl AgentConfig {
         cp: &ControlPlane,
         dir: &Path,
     ) -> Proc {
-        let config = dir.join(format!("{name}.json"));
-        std::fs::write(&config, self.0.to_string()).expect("write the agent config");
-        let kubeconfig = cp.kubeconfig().display().to_string();
+        let config = self.0.write(&dir.join(format!("{name}.json")));
         let log_level = std::env::var("WEFT_LOG").unwrap_or_else(|_| "warn".into());
-        Proc::spawn(
-            name,
-            ns,
-            &[
-                &binary.display().to_string(),
-                "run",
-                "--node-name",
-                node_name,
-                "--config",
-                &config.display().to_string(),
-            ],
-            &[("KUBECONFIG", kubeconfig.as_str()), ("WEFT_LOG", log_level.as_str())],
-            dir,
-        )
+        agent::spawn_agent(name, binary, node_name, ns, &cp.kubeconfig(), &config, &log_level)
     }
 }
 
@@ -114,6 +94,7 @@ mod tests {
     fn config_keeps_every_written_path_in_its_directory() {
         let dir = Path::new("/tmp/bench-x");
         let c = AgentConfig::new(dir, ["10.0.0.0/8", "fd00:10::/48"], "routes").with_network_policy().0;
+        let c = c.json();
         assert_eq!(c["backend"], "routes");
         assert_eq!(c["clusterCIDRs"], json!(["10.0.0.0/8", "fd00:10::/48"]));
         assert_eq!(c["networkPolicy"]["enabled"], true);

@@ -59,13 +59,14 @@ use kube::{Api, Client};
 use libweft::netns::NetNs;
 use libweft::testutil::TestNs;
 use libweft::testutil::control_plane::{ControlPlane, Proc, eventually};
+use libweft::testutil::lab::{NodeUnderlay, Segment, Segments};
 use serde_json::{Value, json};
 use weft_bench::agent_process::{AgentConfig, METRICS_ADDRESS};
 use weft_bench::api::{client, create_namespace, create_running_pod, set_running};
 use weft_bench::cli::seconds;
 use weft_bench::perf;
+use weft_bench::results::{self, FailedSetup, NetRow, NetRun, NetSamples, PairedGroup, SetupNotes, SystemProfile};
 
-const CP_IP: &str = "198.51.100.2";
 const UNDERLAY_MTU: u32 = 1500;
 const IPERF_PORT: u16 = 5201;
 const RR_PORT: u16 = 7011;
@@ -100,7 +101,7 @@ enum Setup {
     Bare,
     HandRoutes,
     /// `hand routes` with the pods at the VXLAN MTU (underlay − 50), as
-    /// `auto` gives them: what that MTU alone costs on the routes path.
+    /// `vxlan` gives them: what that MTU alone costs on the routes path.
     HandRoutesVxlanMtu,
     HandVxlan,
     /// Backend, and whether VXLAN transmit checksum offload is the agent's choice.
@@ -177,79 +178,24 @@ struct Args {
 /// The lab: both underlay segments and the router between them, and the
 /// API server on segment A. Node namespaces come and go per setup.
 struct Lab {
-    lab: TestNs,
-    _router: TestNs,
+    segments: Segments,
     cp: ControlPlane,
-}
-
-fn veth(a: &TestNs, a_name: &str, b: &TestNs, b_name: &str) {
-    a.exec_ok(&["ip", "link", "add", a_name, "type", "veth", "peer", "name", b_name, "netns", b.name()]);
 }
 
 impl Lab {
     fn new(k8s_bin: &Path) -> Lab {
-        let lab = TestNs::new("nb-lab");
-        let router = TestNs::new("nb-router");
-        for (br, gw4, gw6) in
-            [("brA", "198.51.100.1/24", "2001:db8:a::1/64"), ("brB", "203.0.113.1/25", "2001:db8:b::1/64")]
-        {
-            lab.exec_ok(&["ip", "link", "add", br, "type", "bridge"]);
-            lab.exec_ok(&["ip", "link", "set", br, "up"]);
-            let (a, b) = (format!("r-{br}"), format!("{br}-r"));
-            veth(&router, &a, &lab, &b);
-            lab.exec_ok(&["ip", "link", "set", &b, "master", br, "up"]);
-            router.exec_ok(&["ip", "link", "set", &a, "up"]);
-            router.exec_ok(&["ip", "addr", "add", gw4, "dev", &a]);
-            router.exec_ok(&["ip", "addr", "add", gw6, "dev", &a, "nodad"]);
-        }
-        router.enable_forwarding();
-        let cp_ns = TestNs::new("nb-cp");
-        veth(&lab, "brA-cp", &cp_ns, "eth0");
-        lab.exec_ok(&["ip", "link", "set", "brA-cp", "master", "brA", "up"]);
-        cp_ns.exec_ok(&["ip", "link", "set", "eth0", "up"]);
-        cp_ns.exec_ok(&["ip", "addr", "add", &format!("{CP_IP}/24"), "dev", "eth0"]);
-        cp_ns.exec_ok(&["ip", "route", "add", "203.0.113.0/25", "via", "198.51.100.1"]);
-        let cp = ControlPlane::start(cp_ns, CP_IP, k8s_bin);
-        Lab { lab, _router: router, cp }
+        let segments = Segments::new("nb-lab", "nb-router");
+        let cp = segments.control_plane("nb-cp", k8s_bin, &[]);
+        Lab { segments, cp }
     }
 
     /// Node `n` (1 or 2) of setup `tag`, on segment A, or B when `routed`
     /// and n == 2: underlay on `eth0`, the other segment via the router.
     fn node(&self, tag: &str, n: u8, routed: bool) -> Node {
         let ns = TestNs::new(&format!("{tag}-n{n}"));
-        let on_b = routed && n == 2;
-        let (v4, v6, plen4, br, gw4, gw6, other4, other6) = if on_b {
-            (
-                format!("203.0.113.{}", 10 + n),
-                format!("2001:db8:b::{}", 10 + n),
-                25,
-                "brB",
-                "203.0.113.1",
-                "2001:db8:b::1",
-                "198.51.100.0/24",
-                "2001:db8:a::/64",
-            )
-        } else {
-            (
-                format!("198.51.100.{}", 10 + n),
-                format!("2001:db8:a::{}", 10 + n),
-                24,
-                "brA",
-                "198.51.100.1",
-                "2001:db8:a::1",
-                "203.0.113.0/25",
-                "2001:db8:b::/64",
-            )
-        };
-        let port = format!("{tag}-{n}");
-        veth(&ns, "eth0", &self.lab, &port);
-        self.lab.exec_ok(&["ip", "link", "set", &port, "master", br, "up"]);
-        ns.exec_ok(&["ip", "link", "set", "eth0", "mtu", &UNDERLAY_MTU.to_string(), "up"]);
-        ns.exec_ok(&["ip", "addr", "add", &format!("{v4}/{plen4}"), "dev", "eth0"]);
-        ns.exec_ok(&["ip", "addr", "add", &format!("{v6}/64"), "dev", "eth0", "nodad"]);
-        ns.exec_ok(&["ip", "route", "add", other4, "via", gw4]);
-        ns.exec_ok(&["ip", "-6", "route", "add", other6, "via", gw6]);
-        ns.enable_forwarding();
+        let segment = if routed && n == 2 { Segment::B } else { Segment::A };
+        let NodeUnderlay { v4, v6, .. } =
+            self.segments.attach_node(&ns, segment, 10 + n, &format!("{tag}-{n}"), Some(UNDERLAY_MTU));
         Node { ns, v4, v6, pod_v4: format!("10.244.{n}.0/24"), pod_v6: format!("fd00:10:244:{n}::/64"), n }
     }
 }
@@ -274,7 +220,7 @@ struct Wired {
     offload: Option<bool>,
     /// What the setup did beyond wiring (tables removed, policies in the
     /// kernel, the enforcement check), copied into its rows.
-    notes: serde_json::Map<String, Value>,
+    notes: SetupNotes,
     nodes: Vec<TestNs>,
     agents: Vec<Proc>,
     _dirs: Vec<tempfile::TempDir>,
@@ -330,7 +276,7 @@ impl Wired {
             return true;
         }
         eprintln!("  the benchmark pods did not follow their label in 30 s: no paired measurement");
-        self.notes.insert("paired_error".into(), json!("the pods' verdict-map elements did not follow their label"));
+        self.notes.paired_error = Some("the pods' verdict-map elements did not follow their label".into());
         sel.set(cp, &self.nodes, true);
         false
     }
@@ -463,178 +409,234 @@ fn wait_reachable(from: &TestNs, dst: &[String; 2], what: &str, logs: &[&Proc]) 
 
 fn setup(lab: &Lab, args: &Args, tag: &str, topo: Topology, s: Setup, chosen_offload: bool) -> Wired {
     let routed = topo == Topology::Routed;
-    let (n1, n2) = (lab.node(tag, 1, routed), lab.node(tag, 2, routed));
-    let empty = |client, server, dst, pod_mtu, offload| Wired {
-        client,
-        server,
-        dst,
-        pod_mtu,
-        offload,
-        notes: serde_json::Map::new(),
-        nodes: Vec::new(),
-        agents: Vec::new(),
-        _dirs: Vec::new(),
-        cleanup: Vec::new(),
-        selection: None,
-    };
+    let nodes = [lab.node(tag, 1, routed), lab.node(tag, 2, routed)];
     match s {
         Setup::Bare => {
+            let [n1, n2] = nodes;
             let dst = [n2.v4.clone(), n2.v6.clone()];
-            let w = empty(n1.ns, n2.ns, dst, UNDERLAY_MTU, None);
+            let w = Wired::new(n1.ns, n2.ns, dst, UNDERLAY_MTU, None);
             wait_reachable(&w.client, &w.dst, "bare", &[]);
             w
         }
-        Setup::HandRoutes | Setup::HandRoutesVxlanMtu | Setup::HandVxlan => {
-            let vxlan = s == Setup::HandVxlan;
-            let mtu = if s == Setup::HandRoutes { UNDERLAY_MTU } else { UNDERLAY_MTU - 50 };
-            let (p1, _, _) = hand_pod(&n1, tag, mtu);
-            let (p2, ip4, ip6) = hand_pod(&n2, tag, mtu);
-            for (me, peer) in [(&n1, &n2), (&n2, &n1)] {
-                if vxlan {
-                    hand_vxlan(me, peer, chosen_offload);
-                } else {
-                    me.ns.exec_ok(&["ip", "route", "add", &peer.pod_v4, "via", &peer.v4, "dev", "eth0"]);
-                    me.ns.exec_ok(&["ip", "-6", "route", "add", &peer.pod_v6, "via", &peer.v6, "dev", "eth0"]);
-                }
-            }
-            let offload = read_offload(&n1.ns);
-            let mut w = empty(p1, p2, [ip4, ip6], mtu, offload);
-            wait_reachable(&w.client, &w.dst, &s.label(), &[]);
-            w.nodes = vec![n1.ns, n2.ns];
-            w
+        Setup::HandRoutes | Setup::HandRoutesVxlanMtu | Setup::HandVxlan => hand_setup(nodes, tag, s, chosen_offload),
+        // "other offload": VXLAN transmit checksum offload against the agent's choice.
+        Setup::Weft(backend, agents_choice) => {
+            weft_setup(lab, args, tag, s, nodes, (!agents_choice).then_some(!chosen_offload), backend)
         }
-        Setup::Weft(..) | Setup::Paired(..) => {
-            let (backend, agents_choice) = match s {
-                Setup::Weft(b, c) => (b, c),
-                Setup::Paired(b, _) => (b, true),
-                _ => unreachable!("a weft setup"),
-            };
-            let policies = match s {
-                Setup::Paired(_, n) => {
-                    Some(PolicyPlan::new(tag, n, if args.quick { OTHER_PODS_QUICK } else { OTHER_PODS }))
-                }
-                _ => None,
-            };
-            let mut agents = Vec::new();
-            let mut dirs = Vec::new();
-            let mut names = Vec::new();
-            for n in [&n1, &n2] {
-                let name = format!("{tag}-node{}", n.n);
-                lab.cp.create_node(&name, &[&n.pod_v4, &n.pod_v6], &[&n.v4, &n.v6]);
-                names.push(name.clone());
-                let dir = tempfile::tempdir().expect("tempdir");
-                let mut config = AgentConfig::new(dir.path(), ["10.244.0.0/16", "fd00:10:244::/56"], backend)
-                    .with("healthAddress", json!(METRICS_ADDRESS))
-                    .with_network_policy();
-                if !agents_choice {
-                    config = config.with("vxlan", json!({"txChecksumOffload": !chosen_offload}));
-                }
-                agents.push(config.spawn(
-                    &format!("weft-agent-{}", n.n),
-                    &args.agent,
-                    &name,
-                    &n.ns,
-                    &lab.cp,
-                    dir.path(),
-                ));
-                dirs.push(dir);
-            }
-            let mut cleanup: Vec<Vec<String>> =
-                names.iter().map(|n| vec!["delete".into(), "node".into(), n.clone(), "--wait=false".into()]).collect();
-            if let Some(plan) = &policies {
-                let started = Instant::now();
-                with_api(&lab.cp, async |c: Client| plan.create(&c, &names).await)
-                    .unwrap_or_else(|e| panic!("{}: create the policies and pods: {e}", s.label()));
-                eprintln!(
-                    "  {} policies and {} API-only pods created in {:.1?}",
-                    plan.policies,
-                    2 * plan.other_pods,
-                    started.elapsed()
-                );
-                cleanup.extend(plan.cleanup());
-            }
-            let mut pods = Vec::new();
-            for (n, dir) in [&n1, &n2].into_iter().zip(&dirs) {
-                let node_json = dir.path().join("run/node.json");
-                let agent = &agents[usize::from(n.n) - 1];
-                assert!(
-                    eventually(Duration::from_secs(60), || node_json.exists()),
-                    "weft-agent on node {} wrote no node.json in 60 s:\n{}",
-                    n.n,
-                    agent.log_tail()
-                );
-                // The plugin reads which namespaces have policies on ADD
-                // (libweft::pending): wait until the agent listed the
-                // benchmark's, so the pods start closed as in a cluster.
-                let pod_ns = policies.as_ref().map(|p| {
-                    let list = dir.path().join("run").join(libweft::pending::FILE_NAME);
-                    assert!(
-                        eventually(Duration::from_secs(60), || std::fs::read_to_string(&list)
-                            .is_ok_and(|t| t.contains(&p.namespace))),
-                        "weft-agent on node {} did not list namespace {} in {} in 60 s:\n{}",
-                        n.n,
-                        p.namespace,
-                        list.display(),
-                        agent.log_tail()
-                    );
-                    let name = format!("bench-{}", n.n);
-                    let uid = with_api(&lab.cp, async |c: Client| {
-                        p.create_bench_pod(&c, &names[usize::from(n.n) - 1], &name).await
-                    })
-                    .unwrap_or_else(|e| panic!("{}: create the benchmark pod {name}: {e}", s.label()));
-                    (p.namespace.as_str(), uid)
-                });
-                let pod = pod_ns.as_ref().map(|(ns, uid)| (*ns, uid.as_str()));
-                pods.push(weft_pod(&args.weft, n, tag, &node_json, &dir.path().join("ipam"), pod));
-            }
-            let (p2, ip4, ip6) = pods.pop().expect("two pods");
-            let (p1, c4, c6) = pods.pop().expect("two pods");
-            let pod_mtu = read_mtu(&p1, "eth0");
-            let offload = read_offload(&n1.ns);
-            // Which device node 1 forwards the peer pod's traffic to: shows
-            // what `auto` chose for the peer.
-            let path: Vec<String> = [&ip4, &ip6].iter().map(|ip| route_dev(&n1.ns, ip)).collect();
-            let mut w = empty(p1, p2, [ip4, ip6], pod_mtu, offload);
-            w.notes.insert("path".into(), json!(path));
-            let logs: Vec<&Proc> = agents.iter().collect();
-            if let Some(plan) = &policies {
-                let bench_pods = [("bench-1", [&c4, &c6]), ("bench-2", [&w.dst[0], &w.dst[1]])];
-                with_api(&lab.cp, async |c: Client| plan.run_bench_pods(&c, &bench_pods).await)
-                    .unwrap_or_else(|e| panic!("{}: create the benchmark pods: {e}", s.label()));
-                // ICMP is not allowed: reachability is the allowed TCP port.
-                wait_tcp(&w, &s.label(), &logs);
-                for (node, n) in [(&n1, 1), (&n2, 2)] {
-                    let chains = policy_chains(&node.ns);
-                    let ok = eventually(Duration::from_secs(120), || policy_chains(&node.ns) >= plan.policies);
-                    assert!(
-                        ok,
-                        "{}: node {n} holds {chains} policy chains, not {} after 120 s:\n{}",
-                        s.label(),
-                        plan.policies,
-                        logs[n - 1].log_tail()
-                    );
-                }
-                let check = check_enforced(&w).unwrap_or_else(|e| panic!("{}: {e}", s.label()));
-                eprintln!("  enforcement check: {check}");
-                w.notes.insert("enforcement".into(), json!(check));
-                w.notes.insert("policies".into(), json!(plan.policies));
-                w.notes.insert("policy_chains".into(), json!([policy_chains(&n1.ns), policy_chains(&n2.ns)]));
-                w.selection = Some(Selection {
-                    namespace: plan.namespace.clone(),
-                    client: c4.clone(),
-                    server: w.dst[0].clone(),
-                    selected: true,
-                });
-            } else {
-                wait_reachable(&w.client, &w.dst, &s.label(), &logs);
-            }
-            w.nodes = vec![n1.ns, n2.ns];
-            w.agents = agents;
-            w._dirs = dirs;
-            w.cleanup = cleanup;
-            w
+        Setup::Paired(backend, _) => weft_setup(lab, args, tag, s, nodes, None, backend),
+    }
+}
+
+impl Wired {
+    /// A setup of `client` sending to `server` at `dst`, nothing else kept yet.
+    fn new(client: TestNs, server: TestNs, dst: [String; 2], pod_mtu: u32, offload: Option<bool>) -> Wired {
+        Wired {
+            client,
+            server,
+            dst,
+            pod_mtu,
+            offload,
+            notes: SetupNotes::default(),
+            nodes: Vec::new(),
+            agents: Vec::new(),
+            _dirs: Vec::new(),
+            cleanup: Vec::new(),
+            selection: None,
         }
     }
+}
+
+/// `hand routes`, `hand routes, VXLAN MTU` and `hand vxlan`: pods and
+/// peers wired by `ip` and `bridge` commands as weft would, weft absent.
+fn hand_setup([n1, n2]: [Node; 2], tag: &str, s: Setup, chosen_offload: bool) -> Wired {
+    let vxlan = s == Setup::HandVxlan;
+    let mtu = if s == Setup::HandRoutes { UNDERLAY_MTU } else { UNDERLAY_MTU - 50 };
+    let (p1, _, _) = hand_pod(&n1, tag, mtu);
+    let (p2, ip4, ip6) = hand_pod(&n2, tag, mtu);
+    for (me, peer) in [(&n1, &n2), (&n2, &n1)] {
+        if vxlan {
+            hand_vxlan(me, peer, chosen_offload);
+        } else {
+            me.ns.exec_ok(&["ip", "route", "add", &peer.pod_v4, "via", &peer.v4, "dev", "eth0"]);
+            me.ns.exec_ok(&["ip", "-6", "route", "add", &peer.pod_v6, "via", &peer.v6, "dev", "eth0"]);
+        }
+    }
+    let offload = read_offload(&n1.ns);
+    let mut w = Wired::new(p1, p2, [ip4, ip6], mtu, offload);
+    wait_reachable(&w.client, &w.dst, &s.label(), &[]);
+    w.nodes = vec![n1.ns, n2.ns];
+    w
+}
+
+/// The weft-agents of a weft setup, one per node, with their directories
+/// and Node names.
+struct Agents {
+    procs: Vec<Proc>,
+    dirs: Vec<tempfile::TempDir>,
+    names: Vec<String>,
+}
+
+/// Creates both Nodes and starts their agents; `tx_offload` sets VXLAN
+/// transmit checksum offload instead of leaving it to the agent.
+fn start_agents(
+    lab: &Lab,
+    args: &Args,
+    tag: &str,
+    nodes: &[Node; 2],
+    backend: &str,
+    tx_offload: Option<bool>,
+) -> Agents {
+    let mut a = Agents { procs: Vec::new(), dirs: Vec::new(), names: Vec::new() };
+    for n in nodes {
+        let name = format!("{tag}-node{}", n.n);
+        lab.cp.create_node(&name, &[&n.pod_v4, &n.pod_v6], &[&n.v4, &n.v6]);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = AgentConfig::new(dir.path(), ["10.244.0.0/16", "fd00:10:244::/56"], backend)
+            .with("healthAddress", json!(METRICS_ADDRESS))
+            .with_network_policy();
+        if let Some(on) = tx_offload {
+            config = config.with("vxlan", json!({"txChecksumOffload": on}));
+        }
+        a.procs.push(config.spawn(&format!("weft-agent-{}", n.n), &args.agent, &name, &n.ns, &lab.cp, dir.path()));
+        a.names.push(name);
+        a.dirs.push(dir);
+    }
+    a
+}
+
+/// `weft <backend>` and the paired setups: the real agents against the API
+/// server program the peers, the real plugin wires the pods; with
+/// policies (the paired setups), the policies and their pods are created
+/// and enforced first. `tx_offload`: see [`start_agents`].
+fn weft_setup(
+    lab: &Lab,
+    args: &Args,
+    tag: &str,
+    s: Setup,
+    nodes: [Node; 2],
+    tx_offload: Option<bool>,
+    backend: &str,
+) -> Wired {
+    let policies = match s {
+        Setup::Paired(_, n) => Some(PolicyPlan::new(tag, n, if args.quick { OTHER_PODS_QUICK } else { OTHER_PODS })),
+        _ => None,
+    };
+    let agents = start_agents(lab, args, tag, &nodes, backend, tx_offload);
+    let mut cleanup: Vec<Vec<String>> =
+        agents.names.iter().map(|n| vec!["delete".into(), "node".into(), n.clone(), "--wait=false".into()]).collect();
+    if let Some(plan) = &policies {
+        let started = Instant::now();
+        with_api(&lab.cp, async |c: Client| plan.create(&c, &agents.names).await)
+            .unwrap_or_else(|e| panic!("{}: create the policies and pods: {e}", s.label()));
+        eprintln!(
+            "  {} policies and {} API-only pods created in {:.1?}",
+            plan.policies,
+            2 * plan.other_pods,
+            started.elapsed()
+        );
+        cleanup.extend(plan.cleanup());
+    }
+    let mut pods: Vec<(TestNs, String, String)> =
+        nodes.iter().map(|n| agent_pod(lab, args, tag, s, n, &agents, policies.as_ref())).collect();
+    let (p2, ip4, ip6) = pods.pop().expect("two pods");
+    let (p1, c4, c6) = pods.pop().expect("two pods");
+    let [n1, n2] = nodes;
+    let pod_mtu = read_mtu(&p1, "eth0");
+    let offload = read_offload(&n1.ns);
+    // Which device node 1 forwards the peer pod's traffic to: shows
+    // what `auto` chose for the peer.
+    let path: Vec<String> = [&ip4, &ip6].iter().map(|ip| route_dev(&n1.ns, ip)).collect();
+    let mut w = Wired::new(p1, p2, [ip4, ip6], pod_mtu, offload);
+    w.notes.path = Some(path);
+    w.nodes = vec![n1.ns, n2.ns];
+    let logs: Vec<&Proc> = agents.procs.iter().collect();
+    match &policies {
+        Some(plan) => enforce(lab, &mut w, plan, s, [&c4, &c6], &logs),
+        None => wait_reachable(&w.client, &w.dst, &s.label(), &logs),
+    }
+    w.agents = agents.procs;
+    w._dirs = agents.dirs;
+    w.cleanup = cleanup;
+    w
+}
+
+/// Wires node `n`'s pod with the plugin once its agent wrote node.json
+/// (and, with policies, listed the benchmark's namespace and the pod's
+/// object exists): (pod namespace, IPv4, IPv6).
+fn agent_pod(
+    lab: &Lab,
+    args: &Args,
+    tag: &str,
+    s: Setup,
+    n: &Node,
+    agents: &Agents,
+    policies: Option<&PolicyPlan>,
+) -> (TestNs, String, String) {
+    let i = usize::from(n.n) - 1;
+    let (dir, agent) = (&agents.dirs[i], &agents.procs[i]);
+    let node_json = dir.path().join("run/node.json");
+    assert!(
+        eventually(Duration::from_secs(60), || node_json.exists()),
+        "weft-agent on node {} wrote no node.json in 60 s:\n{}",
+        n.n,
+        agent.log_tail()
+    );
+    // The plugin reads which namespaces have policies on ADD
+    // (libweft::pending): wait until the agent listed the
+    // benchmark's, so the pods start closed as in a cluster.
+    let pod_ns = policies.map(|p| {
+        let list = dir.path().join("run").join(libweft::pending::FILE_NAME);
+        assert!(
+            eventually(Duration::from_secs(60), || std::fs::read_to_string(&list)
+                .is_ok_and(|t| t.contains(&p.namespace))),
+            "weft-agent on node {} did not list namespace {} in {} in 60 s:\n{}",
+            n.n,
+            p.namespace,
+            list.display(),
+            agent.log_tail()
+        );
+        let name = format!("bench-{}", n.n);
+        let uid = with_api(&lab.cp, async |c: Client| p.create_bench_pod(&c, &agents.names[i], &name).await)
+            .unwrap_or_else(|e| panic!("{}: create the benchmark pod {name}: {e}", s.label()));
+        (p.namespace.as_str(), uid)
+    });
+    let pod = pod_ns.as_ref().map(|(ns, uid)| (*ns, uid.as_str()));
+    weft_pod(&args.weft, n, tag, &node_json, &dir.path().join("ipam"), pod)
+}
+
+/// With the policies: the benchmark pods running, the allowed port
+/// reachable, every policy's chains in both kernels, and a port the
+/// policy does not allow checked to be dropped; the pods then start
+/// selected. `client`: the client pod's addresses.
+fn enforce(lab: &Lab, w: &mut Wired, plan: &PolicyPlan, s: Setup, client: [&String; 2], logs: &[&Proc]) {
+    let bench_pods = [("bench-1", client), ("bench-2", [&w.dst[0], &w.dst[1]])];
+    with_api(&lab.cp, async |c: Client| plan.run_bench_pods(&c, &bench_pods).await)
+        .unwrap_or_else(|e| panic!("{}: create the benchmark pods: {e}", s.label()));
+    // ICMP is not allowed: reachability is the allowed TCP port.
+    wait_tcp(w, &s.label(), logs);
+    for (i, node) in w.nodes.iter().enumerate() {
+        let chains = policy_chains(node);
+        let ok = eventually(Duration::from_secs(120), || policy_chains(node) >= plan.policies);
+        assert!(
+            ok,
+            "{}: node {} holds {chains} policy chains, not {} after 120 s:\n{}",
+            s.label(),
+            i + 1,
+            plan.policies,
+            logs[i].log_tail()
+        );
+    }
+    let check = check_enforced(w).unwrap_or_else(|e| panic!("{}: {e}", s.label()));
+    eprintln!("  enforcement check: {check}");
+    w.notes.enforcement = Some(check);
+    w.notes.policies = Some(plan.policies);
+    w.notes.policy_chains = Some(w.nodes.iter().map(policy_chains).collect());
+    w.selection = Some(Selection {
+        namespace: plan.namespace.clone(),
+        client: client[0].clone(),
+        server: w.dst[0].clone(),
+        selected: true,
+    });
 }
 
 /// The per-policy chains (`in-pol-…`, one per policy with ingress rules)
@@ -1144,8 +1146,21 @@ fn class_of(sym: &str) -> &'static str {
     }
 }
 
-/// Traffic to profile: says what it measured, and the value.
-type TrafficRun<'a> = dyn FnOnce() -> (&'static str, f64) + 'a;
+/// What a profiled run of traffic measured.
+enum Measured {
+    Gbps(f64),
+    ConnPerS(f64),
+}
+
+/// Traffic to profile.
+type TrafficRun<'a> = dyn FnOnce() -> Measured + 'a;
+
+/// The sampling event of a perf recording (`cpu-clock:ppp` where the
+/// machine has no hardware PMU).
+fn perf_event(data: &Path) -> String {
+    let out = Command::new("timeout").args(["60", "perf", "evlist", "-i"]).arg(data).output();
+    String::from_utf8_lossy(&out.map(|o| o.stdout).unwrap_or_default()).lines().next().unwrap_or("").to_string()
+}
 
 /// A system-wide CPU profile (`perf record -a -g`) while `run` generates
 /// the traffic (one 1-stream iperf3 run, or a connection-rate run): per
@@ -1155,15 +1170,15 @@ type TrafficRun<'a> = dyn FnOnce() -> (&'static str, f64) + 'a;
 /// `nf_hook_slow` (every netfilter hook's work, callees included: what the
 /// call graph adds to the by-name classes, which miss work charged to lock
 /// and irq-enable points); the top symbols; the sampling event; and what
-/// `run` measured, under the key it names.
-fn profile(run: impl FnOnce() -> (&'static str, f64)) -> Result<Value, String> {
+/// `run` measured.
+fn profile(run: impl FnOnce() -> Measured) -> Result<SystemProfile, String> {
     let dir = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
     let mut recording = perf::Recording::start(&["-a", "-g", "-F", "1999"], &dir.path().join("perf.data"))?;
     std::thread::sleep(Duration::from_millis(500));
     if let Some(refused) = recording.exited() {
         return Err(refused);
     }
-    let (key, measured) = run();
+    let measured = run();
     let data = recording.stop()?;
     let out = Command::new("timeout")
         .args(["180", "perf", "report", "--children", "--sort", "comm,symbol", "--stdio", "-g", "none", "-i"])
@@ -1174,18 +1189,7 @@ fn profile(run: impl FnOnce() -> (&'static str, f64)) -> Result<Value, String> {
     if !out.status.success() {
         return Err(format!("perf report failed ({})", out.status));
     }
-    let event = String::from_utf8_lossy(
-        &Command::new("timeout")
-            .args(["60", "perf", "evlist", "-i"])
-            .arg(&data)
-            .output()
-            .map(|o| o.stdout)
-            .unwrap_or_default(),
-    )
-    .lines()
-    .next()
-    .unwrap_or("")
-    .to_string();
+    let event = perf_event(&data);
     let mut classes = vec![0.0f64; CLASSES.len()];
     let (mut ours, mut all, mut under_nf_hook) = (0.0, 0.0, 0.0);
     let mut top: Vec<(String, f64)> = Vec::new();
@@ -1220,15 +1224,23 @@ fn profile(run: impl FnOnce() -> (&'static str, f64)) -> Result<Value, String> {
         return Err("perf report held no samples of iperf3, ksoftirqd or softirq work".into());
     }
     top.sort_by(|a, b| b.1.total_cmp(&a.1));
-    let shares: serde_json::Map<String, Value> =
-        CLASSES.iter().zip(&classes).map(|(c, p)| (c.to_string(), json!(p / ours))).collect();
-    // The netfilter functions apart: the copies and irq-enable points
-    // that lead the list are the same in every setup.
-    let top_netfilter: Vec<Value> =
-        top.iter().filter(|(s, _)| class_of(s) == "netfilter").take(5).map(|(s, p)| json!([s, p / ours])).collect();
-    let top: Vec<Value> = top.iter().take(12).map(|(s, p)| json!([s, p / ours])).collect();
-    Ok(json!({key: measured, "share_of_all_samples": ours / all.max(1e-9), "classes": shares,
-        "under_nf_hook_slow": under_nf_hook / ours, "top": top, "top_netfilter": top_netfilter, "event": event}))
+    let share = |(s, p): &(String, f64)| (s.clone(), p / ours);
+    let (gbps, conn_per_s) = match measured {
+        Measured::Gbps(g) => (Some(g), None),
+        Measured::ConnPerS(c) => (None, Some(c)),
+    };
+    Ok(SystemProfile {
+        gbps,
+        conn_per_s,
+        share_of_all_samples: ours / all.max(1e-9),
+        classes: CLASSES.iter().zip(&classes).map(|(c, p)| (c.to_string(), p / ours)).collect(),
+        under_nf_hook_slow: Some(under_nf_hook / ours),
+        top: top.iter().take(12).map(share).collect(),
+        // The netfilter functions apart: the copies and irq-enable points
+        // that lead the list are the same in every setup.
+        top_netfilter: top.iter().filter(|(s, _)| class_of(s) == "netfilter").take(5).map(share).collect(),
+        event,
+    })
 }
 
 fn main() {
@@ -1248,21 +1260,6 @@ fn main() {
         0 => 1000,
         n => n,
     };
-    // The paired groups profile weft and every variant in full mode; the
-    // setups apart only when asked.
-    let pair_plan = |family: &str| net_paired::Plan {
-        bytes: if args.quick { 400_000_000 } else { 2_000_000_000 },
-        cc: "cubic",
-        conn_for: Duration::from_millis(if args.quick { 300 } else { 500 }),
-        min_rounds: if args.quick { 2 } else { 3 },
-        budget: match args.pair_budget {
-            Duration::ZERO if args.quick => Duration::from_secs(15),
-            Duration::ZERO => Duration::from_secs(60),
-            b => b,
-        },
-        target: 0.03,
-        profile: family == "IPv4" && (!args.quick || args.profile),
-    };
     let plan = plan(args.quick, policies, args.only.as_deref());
     eprintln!("net-bench: lab and control plane");
     let lab = Lab::new(&args.k8s_bin);
@@ -1275,41 +1272,25 @@ fn main() {
     let run_started = Instant::now();
     let mut rows = Vec::new();
     let mut profile_error = None;
-    let mut failed: Vec<Value> = Vec::new();
-    let mut paired_groups: Vec<Value> = Vec::new();
+    let mut failed: Vec<FailedSetup> = Vec::new();
+    let mut paired_groups: Vec<PairedGroup> = Vec::new();
     for (k, (topo, s)) in plan.iter().enumerate() {
         let started = Instant::now();
         let mut w = match wire(&lab, &args, &format!("s{k}"), *topo, *s, chosen_offload) {
             Ok(w) => w,
             Err(first) => {
                 eprintln!("net-bench: {} / {} failed, skipped: {first}", topo.label(), s.label());
-                failed.push(json!({"topology": topo.label(), "setup": s.label(), "error": first}));
+                failed.push(FailedSetup { topology: topo.label().into(), setup: s.label(), error: first });
                 continue;
             }
         };
         prepare_client(&w.client);
         if let Setup::Paired(backend, n) = *s {
-            match net_paired::freeze(&mut w, &lab.cp) {
-                Ok(rulesets) => {
-                    for &(fi, family) in &families {
-                        let dst = w.dst[fi].clone();
-                        // Node 1's underlay address on segment A (`Lab::node`).
-                        let g = net_paired::group(
-                            &w,
-                            &rulesets,
-                            backend,
-                            family,
-                            &dst,
-                            "198.51.100.11",
-                            n,
-                            &pair_plan(family),
-                        );
-                        paired_groups.push(g);
-                    }
-                }
+            match measure_paired(&lab, &mut w, backend, n, &families, &args) {
+                Ok(groups) => paired_groups.extend(groups),
                 Err(e) => {
                     eprintln!("net-bench: {} failed, skipped: {e}", s.label());
-                    failed.push(json!({"topology": topo.label(), "setup": s.label(), "error": e}));
+                    failed.push(FailedSetup { topology: topo.label().into(), setup: s.label(), error: e });
                 }
             }
             tear_down(&lab, w);
@@ -1321,14 +1302,61 @@ fn main() {
         eprintln!("net-bench: {} / {} took {:.0?}", topo.label(), s.label(), started.elapsed());
     }
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    println!(
-        "{}",
-        json!({"kernel": release.trim(), "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-            "secs": secs, "rr_secs": rr_secs, "reps": reps, "underlay_mtu": UNDERLAY_MTU, "chosen_offload": chosen_offload,
-            "policies": policies, "profiled": args.profile, "profile_error": profile_error,
-            "seconds": run_started.elapsed().as_secs_f64(), "loadavg_end": load.trim(), "failed": failed, "rows": rows,
-            "paired": paired_groups})
-    );
+    let (kernel, cpus) = results::machine();
+    results::print_json(&NetRun {
+        kernel,
+        cpus,
+        secs,
+        rr_secs: Some(rr_secs),
+        reps,
+        underlay_mtu: UNDERLAY_MTU,
+        chosen_offload,
+        policies,
+        profiled: args.profile,
+        profile_error,
+        seconds: run_started.elapsed().as_secs_f64(),
+        loadavg_end: load.trim().into(),
+        failed,
+        rows,
+        paired: paired_groups,
+    });
+}
+
+/// The paired groups of a paired setup, one per family: its rulesets
+/// saved and its agents stopped first.
+fn measure_paired(
+    lab: &Lab,
+    w: &mut Wired,
+    backend: &str,
+    policies: usize,
+    families: &[(usize, &str)],
+    args: &Args,
+) -> Result<Vec<PairedGroup>, String> {
+    let rulesets = net_paired::freeze(w, &lab.cp)?;
+    let groups = families.iter().map(|&(fi, family)| {
+        let dst = w.dst[fi].clone();
+        // Node 1's underlay address on segment A (`Lab::node`).
+        net_paired::group(w, &rulesets, backend, family, &dst, "198.51.100.11", policies, &pair_plan(args, family))
+    });
+    Ok(groups.collect())
+}
+
+/// How much a paired group measures. The paired groups profile weft and
+/// every variant in full mode; the setups apart only when asked.
+fn pair_plan(args: &Args, family: &str) -> net_paired::Plan {
+    net_paired::Plan {
+        bytes: if args.quick { 400_000_000 } else { 2_000_000_000 },
+        cc: "cubic",
+        conn_for: Duration::from_millis(if args.quick { 300 } else { 500 }),
+        min_rounds: if args.quick { 2 } else { 3 },
+        budget: match args.pair_budget {
+            Duration::ZERO if args.quick => Duration::from_secs(15),
+            Duration::ZERO => Duration::from_secs(60),
+            b => b,
+        },
+        target: 0.03,
+        profile: family == "IPv4" && (!args.quick || args.profile),
+    }
 }
 
 /// The setups to measure, in order: `--quick`'s shorter list, and only
@@ -1422,71 +1450,80 @@ fn measure(
     families: &[(usize, &str)],
     e: &Effort,
     profile_error: &mut Option<String>,
-) -> Vec<Value> {
+) -> Vec<NetRow> {
     let mut rows = Vec::new();
     for &(fi, family) in families {
         let dst = &w.dst[fi].clone();
         for (ci, cc) in e.ccs(family).iter().enumerate() {
-            let mut row = json!({"topology": topo.label(), "setup": s.label(), "family": family, "cc": cc,
-                "pod_mtu": w.pod_mtu, "offload": w.offload});
-            for (key, v) in &w.notes {
-                row[key] = v.clone();
-            }
-            for streams in [1u32, 4] {
-                let (mut g, mut tx, mut rx) = (Vec::new(), Vec::new(), Vec::new());
-                for _ in 0..e.reps {
-                    let (a, b, c) = iperf(w, dst, e.secs, streams, cc);
-                    g.push(a);
-                    tx.push(b);
-                    rx.push(c);
-                }
-                row[format!("gbps_{streams}")] = json!(g);
-                row[format!("cpu_tx_{streams}")] = json!(tx);
-                row[format!("cpu_rx_{streams}")] = json!(rx);
-            }
-            // Latency and the connection rate do not depend on the
-            // congestion control of connections that never have more
-            // than 64 bytes in flight: measured once per family (the
-            // namespace's default), listed in the first row.
-            if ci == 0 {
-                let (p50, p99): (Vec<f64>, Vec<f64>) = (0..e.reps).map(|_| ping_pong(w, dst, e.rr_secs)).unzip();
-                row["rr_p50_us"] = json!(p50);
-                row["rr_p99_us"] = json!(p99);
-                let conns: Vec<f64> =
-                    (0..e.reps).map(|_| conn_rate(w, dst, Duration::from_secs(e.rr_secs.into()))).collect();
-                row["conn_per_s"] = json!(conns);
-            }
+            let mut row = NetRow {
+                topology: topo.label().into(),
+                setup: s.label(),
+                family: family.into(),
+                cc: cc.to_string(),
+                pod_mtu: w.pod_mtu,
+                offload: w.offload,
+                // Latency and the connection rate do not depend on the
+                // congestion control of connections that never have more
+                // than 64 bytes in flight: measured once per family (the
+                // namespace's default), listed in the first row.
+                samples: measure_samples(w, dst, cc, e, ci == 0),
+                notes: w.notes.clone(),
+                profile: None,
+                profile_conn: None,
+                unselected: None,
+            };
             if e.profile && ci == 0 && fi == 0 && topo == Topology::OneSegment && s.profiled() {
-                // Throughput, and new connections: they cross every rule
-                // that established packets skip.
-                let runs: [(&str, Box<TrafficRun>); 2] = [
-                    ("profile", Box::new(|| ("gbps", iperf(w, dst, e.secs.max(2), 1, cc).0))),
-                    (
-                        "profile_conn",
-                        Box::new(|| ("conn_per_s", conn_rate(w, dst, Duration::from_secs(e.secs.max(2).into())))),
-                    ),
-                ];
-                for (key, run) in runs {
-                    match profile(run) {
-                        Ok(p) => row[key] = p,
-                        Err(e) => {
-                            eprintln!("  {key} of {}: {e}", s.label());
-                            profile_error.get_or_insert(e);
-                        }
-                    }
-                }
+                profile_row(&mut row, w, dst, e, profile_error);
             }
             eprintln!(
-                "  {} / {} / {family} / {cc}: {} Gbit/s, {} conn/s",
-                topo.label(),
-                s.label(),
-                row["gbps_1"],
-                row["conn_per_s"]
+                "  {} / {} / {family} / {cc}: {:?} Gbit/s, {:?} conn/s",
+                row.topology, row.setup, row.samples.gbps_1, row.samples.conn_per_s
             );
             rows.push(row);
         }
     }
     rows
+}
+
+/// Every repetition of throughput (1 and 4 streams) with congestion
+/// control `cc`, and with `latency`, of request/response and the
+/// connection rate.
+fn measure_samples(w: &Wired, dst: &str, cc: &str, e: &Effort, latency: bool) -> NetSamples {
+    let mut m = NetSamples::default();
+    for (streams, gbps, tx, rx) in
+        [(1u32, &mut m.gbps_1, &mut m.cpu_tx_1, &mut m.cpu_rx_1), (4, &mut m.gbps_4, &mut m.cpu_tx_4, &mut m.cpu_rx_4)]
+    {
+        for _ in 0..e.reps {
+            let (g, t, r) = iperf(w, dst, e.secs, streams, cc);
+            gbps.push(g);
+            tx.push(t);
+            rx.push(r);
+        }
+    }
+    if latency {
+        (m.rr_p50_us, m.rr_p99_us) = (0..e.reps).map(|_| ping_pong(w, dst, e.rr_secs)).unzip();
+        m.conn_per_s = (0..e.reps).map(|_| conn_rate(w, dst, Duration::from_secs(e.rr_secs.into()))).collect();
+    }
+    m
+}
+
+/// perf's view of a row's setup (cubic): throughput, and new connections,
+/// which cross every rule that established packets skip.
+fn profile_row(row: &mut NetRow, w: &Wired, dst: &str, e: &Effort, profile_error: &mut Option<String>) {
+    let secs = e.secs.max(2);
+    let cc = row.cc.clone();
+    let throughput: Box<TrafficRun> = Box::new(|| Measured::Gbps(iperf(w, dst, secs, 1, &cc).0));
+    let conns: Box<TrafficRun> = Box::new(|| Measured::ConnPerS(conn_rate(w, dst, Duration::from_secs(secs.into()))));
+    for (key, run) in [("profile", throughput), ("profile_conn", conns)] {
+        match profile(run) {
+            Ok(p) if key == "profile" => row.profile = Some(p),
+            Ok(p) => row.profile_conn = Some(p),
+            Err(err) => {
+                eprintln!("  {key} of {}: {err}", row.setup);
+                profile_error.get_or_insert(err);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

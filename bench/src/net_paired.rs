@@ -14,11 +14,12 @@
 //! hits all of them, and every ratio is taken from pairs measured in the
 //! same round.
 
-use serde_json::{Value, json};
-
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use libweft::testutil::TestNs;
+use serde_json::Value;
+use weft_bench::results::{Crossings, Measurement, PairedGroup, PairedMetric, PairedSample, VariantError};
 use weft_bench::stats;
 
 use super::{CpuTimes, Wired, conn_rate, iperf_run, profile};
@@ -52,6 +53,8 @@ pub(crate) enum Variant {
     /// weft with the outer VXLAN packets untracked: what the second
     /// crossing of netfilter costs in conntrack.
     OuterUntracked,
+    /// weft without the MSS clamp (the forward chain).
+    NoMssClamp,
 }
 
 use Variant::*;
@@ -89,6 +92,7 @@ impl Variant {
             NoMasquerade => "weft − masquerade chain".into(),
             NoPeerFilter => "weft − VXLAN peer filter".into(),
             OuterUntracked => "weft, outer VXLAN packet untracked".into(),
+            NoMssClamp => "weft − MSS clamp".into(),
         }
     }
 
@@ -100,7 +104,7 @@ impl Variant {
         }
         v.extend([NoPolicyTable, NoMasquerade]);
         if vxlan {
-            v.extend([NoPeerFilter, OuterUntracked]);
+            v.extend([NoPeerFilter, OuterUntracked, NoMssClamp]);
         }
         v
     }
@@ -184,28 +188,15 @@ fn apply(nodes: &[TestNs], rs: &Rulesets, v: Variant) -> Result<(), String> {
         load(ns, &format!("{base}\n{extra}"))?;
         match v {
             NoFib => delete_rules(ns, "weft", "prerouting", "fib ")?,
-            NoPodVxlanRule => delete_rules(ns, "weft", "prerouting", "udp dport")?,
+            NoPodVxlanRule => delete_rules(ns, "weft", "prerouting", "pod_vxlan")?,
             NoPolicyTable => nft(ns, &["delete", "table", "inet", "weft-policy"]).map(drop)?,
             NoMasquerade => delete_chain(ns, "weft", "postrouting")?,
             NoPeerFilter => delete_chain(ns, "weft", "input")?,
+            NoMssClamp => delete_chain(ns, "weft", "forward")?,
             _ => {}
         }
     }
     Ok(())
-}
-
-/// One measurement of a variant: a fixed-size 1-stream transfer and a
-/// connection-rate run.
-#[derive(Clone, Copy)]
-struct Sample {
-    gbps: f64,
-    /// CPU-seconds per GB: both iperf3 processes (getrusage) plus the
-    /// machine's irq and softirq time over the transfer.
-    cpu_s_per_gb: f64,
-    /// CPU-seconds per GB of the whole machine (busy time): other work on
-    /// a shared machine lands here too.
-    machine_cpu_s_per_gb: f64,
-    conn_per_s: f64,
 }
 
 /// How much to measure: per variant and round, and when to stop.
@@ -223,7 +214,7 @@ pub(crate) struct Plan {
 }
 
 /// The fixed-size transfer of a sample, with `conn_per_s` still 0.
-fn transfer(w: &Wired, dst: &str, plan: &Plan) -> Sample {
+fn transfer(w: &Wired, dst: &str, plan: &Plan) -> Measurement {
     let bytes = plan.bytes.to_string();
     let (v, cpu): (Value, CpuTimes) = iperf_run(w, dst, &["-n", &bytes, "-C", plan.cc], 120);
     let end = &v["end"];
@@ -231,7 +222,7 @@ fn transfer(w: &Wired, dst: &str, plan: &Plan) -> Sample {
     let secs = end["sum_received"]["seconds"].as_f64().unwrap_or(0.0);
     let procs = |k: &str| end["cpu_utilization_percent"][k].as_f64().unwrap_or(0.0) / 100.0 * secs;
     let per_gb = |s: f64| if gb > 0.0 { s / gb } else { 0.0 };
-    Sample {
+    Measurement {
         gbps: end["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0) / 1e9,
         cpu_s_per_gb: per_gb(procs("host_total") + procs("remote_total") + cpu.irq),
         machine_cpu_s_per_gb: per_gb(cpu.busy),
@@ -239,35 +230,26 @@ fn transfer(w: &Wired, dst: &str, plan: &Plan) -> Sample {
     }
 }
 
-fn sample(w: &Wired, dst: &str, plan: &Plan) -> Sample {
+fn sample(w: &Wired, dst: &str, plan: &Plan) -> Measurement {
     let t = transfer(w, dst, plan);
-    Sample { conn_per_s: conn_rate(w, dst, plan.conn_for), ..t }
+    Measurement { conn_per_s: conn_rate(w, dst, plan.conn_for), ..t }
 }
 
-/// The metrics each ratio is computed for, by their JSON keys.
-pub(crate) const METRICS: [&str; 3] = ["gbps", "cpu_s_per_gb", "conn_per_s"];
+/// The samples of a group so far: `(round, variant, measurement)`.
+type Samples = Vec<(usize, Variant, Measurement)>;
 
-fn metric(s: &Sample, key: &str) -> f64 {
-    match key {
-        "gbps" => s.gbps,
-        "cpu_s_per_gb" => s.cpu_s_per_gb,
-        "machine_cpu_s_per_gb" => s.machine_cpu_s_per_gb,
-        _ => s.conn_per_s,
-    }
-}
-
-/// The pairs (a, b) of `key` measured in the same round.
-fn pairs(samples: &[(usize, Variant, Sample)], a: Variant, b: Variant, key: &str) -> Vec<(f64, f64)> {
-    let values: Vec<(usize, Variant, f64)> = samples.iter().map(|(r, v, s)| (*r, *v, metric(s, key))).collect();
+/// The pairs (a, b) of `m` measured in the same round.
+fn pairs(samples: &Samples, a: Variant, b: Variant, m: PairedMetric) -> Vec<(f64, f64)> {
+    let values: Vec<(usize, Variant, f64)> = samples.iter().map(|(r, v, s)| (*r, *v, s.get(m))).collect();
     stats::same_round_pairs(&values, &a, &b)
 }
 
 /// The widest interval of a comparison over the metrics (infinite
 /// before it has two pairs).
-fn widest(samples: &[(usize, Variant, Sample)], a: Variant, b: Variant) -> f64 {
-    METRICS
+fn widest(samples: &Samples, a: Variant, b: Variant) -> f64 {
+    PairedMetric::ALL
         .iter()
-        .map(|k| stats::paired_ratio_ci(&pairs(samples, a, b, k)).map_or(f64::INFINITY, |c| c.half_width()))
+        .map(|m| stats::paired_ratio_ci(&pairs(samples, a, b, *m)).map_or(f64::INFINITY, |c| c.half_width()))
         .fold(0.0, f64::max)
 }
 
@@ -337,8 +319,8 @@ fn read_counts(listing: &str) -> Vec<(String, u64, u64)> {
 
 /// Which netfilter hooks the inner and the outer packets of a VXLAN
 /// transfer cross on each node, counted by a table of counters added to
-/// weft's rules (full ruleset): `{"node1": [[hook, inner, outer], ..], "node2": ..}`.
-fn crossings(w: &Wired, rs: &Rulesets, dst: &str, node1_v4: &str, plan: &Plan) -> Result<Value, String> {
+/// weft's rules (full ruleset), per node (`node1`, `node2`).
+fn crossings(w: &Wired, rs: &Rulesets, dst: &str, node1_v4: &str, plan: &Plan) -> Result<Crossings, String> {
     apply(&w.nodes, rs, Weft)?;
     let table = counting_table(node1_v4);
     for ns in &w.nodes[..2] {
@@ -348,13 +330,13 @@ fn crossings(w: &Wired, rs: &Rulesets, dst: &str, node1_v4: &str, plan: &Plan) -
     }
     let bytes = (plan.bytes / 4).max(1 << 20).to_string();
     let _ = iperf_run(w, dst, &["-n", &bytes, "-C", plan.cc], 120);
-    let mut out = serde_json::Map::new();
+    let mut out = BTreeMap::new();
     for (i, ns) in w.nodes[..2].iter().enumerate() {
         let counts = read_counts(&nft(ns, &["list", "table", "inet", "bench-count"])?);
-        out.insert(format!("node{}", i + 1), json!(counts));
+        out.insert(format!("node{}", i + 1), counts);
         nft(ns, &["delete", "table", "inet", "bench-count"])?;
     }
-    Ok(Value::Object(out))
+    Ok(Crossings::Counted(out))
 }
 
 /// One group: every variant of a backend for one family, interleaved,
@@ -370,39 +352,98 @@ pub(crate) fn group(
     node1_v4: &str,
     policies: usize,
     plan: &Plan,
-) -> Value {
+) -> PairedGroup {
     let started = Instant::now();
     let mut variants = Variant::all(backend != "routes");
     let mut errors = Vec::new();
+    let error =
+        |v: Variant, e: String| VariantError { variant: v.label(policies), error: Some(e), profile_error: None };
     // A variant that cannot be put in force is reported and left out.
     variants.retain(|v| match apply(&w.nodes, rs, *v) {
         Ok(()) => true,
         Err(e) => {
             eprintln!("  {backend} / {family}: {} left out: {e}", v.label(policies));
-            errors.push(json!({"variant": v.label(policies), "error": e}));
+            errors.push(error(*v, e));
             false
         }
     });
     let comps = comparisons(&variants);
-    let mut samples: Vec<(usize, Variant, Sample)> = Vec::new();
-    let measure = |samples: &mut Vec<(usize, Variant, Sample)>, round: usize, v: Variant| {
+    let measure = |v: Variant| {
         apply(&w.nodes, rs, v).unwrap_or_else(|e| panic!("{}: {e}", v.label(policies)));
-        samples.push((round, v, sample(w, dst, plan)));
+        sample(w, dst, plan)
     };
+    let (samples, extra) = rounds(&variants, &comps, plan, started, measure);
+    let measured_s = started.elapsed().as_secs_f64();
+    eprintln!(
+        "  paired {backend} / {family}: {} variants, {} rounds + {extra} adaptive pairs in {measured_s:.0} s",
+        variants.len(),
+        plan.min_rounds
+    );
+    let mut profiles = BTreeMap::new();
+    if plan.profile {
+        for v in &variants {
+            if let Err(e) = apply(&w.nodes, rs, *v) {
+                errors.push(error(*v, e));
+                continue;
+            }
+            match profile(|| super::Measured::Gbps(transfer(w, dst, plan).gbps)) {
+                Ok(p) => {
+                    profiles.insert(v.label(policies), p);
+                }
+                Err(e) => errors.push(VariantError { variant: v.label(policies), error: None, profile_error: Some(e) }),
+            }
+        }
+    }
+    let crossings = (backend != "routes" && family == "IPv4")
+        .then(|| crossings(w, rs, dst, node1_v4, plan).unwrap_or_else(|error| Crossings::Failed { error }));
+    PairedGroup {
+        backend: backend.into(),
+        family: family.into(),
+        cc: plan.cc.into(),
+        bytes: plan.bytes,
+        conn_secs: plan.conn_for.as_secs_f64(),
+        policies,
+        min_rounds: plan.min_rounds,
+        adaptive_pairs: extra,
+        budget_s: plan.budget.as_secs_f64(),
+        seconds: measured_s,
+        target_half_width: plan.target,
+        variants: variants.iter().map(|v| v.label(policies)).collect(),
+        comparisons: comps.iter().map(|(a, b)| (a.label(policies), b.label(policies))).collect(),
+        samples: samples
+            .into_iter()
+            .map(|(round, v, m)| PairedSample { round, variant: v.label(policies), m })
+            .collect(),
+        profiles,
+        crossings,
+        errors,
+    }
+}
+
+/// The rounds of a group: every variant once per round in rotating order
+/// (forward, then backward), then the comparison with the widest interval
+/// gets another pair, in alternating order, until all are narrow or time
+/// is up. The samples, and how many adaptive pairs were measured.
+fn rounds(
+    variants: &[Variant],
+    comps: &[(Variant, Variant)],
+    plan: &Plan,
+    started: Instant,
+    mut measure: impl FnMut(Variant) -> Measurement,
+) -> (Samples, usize) {
+    let mut samples = Samples::new();
     let mut round = 0;
     for r in 0..plan.min_rounds {
-        let mut order = variants.clone();
+        let mut order = variants.to_vec();
         order.rotate_left(r % variants.len().max(1));
         if r % 2 == 1 {
             order.reverse();
         }
         for v in order {
-            measure(&mut samples, round, v);
+            samples.push((round, v, measure(v)));
         }
         round += 1;
     }
-    // Adaptive: the comparison with the widest interval gets another
-    // pair, in alternating order, until all are narrow or time is up.
     let mut extra = 0;
     while started.elapsed() < plan.budget {
         let Some((a, b, width)) =
@@ -415,59 +456,20 @@ pub(crate) fn group(
         }
         let order = if round.is_multiple_of(2) { [a, b] } else { [b, a] };
         for v in order {
-            measure(&mut samples, round, v);
+            samples.push((round, v, measure(v)));
         }
         round += 1;
         extra += 1;
     }
-    let measured_s = started.elapsed().as_secs_f64();
-    eprintln!(
-        "  paired {backend} / {family}: {} variants, {} rounds + {extra} adaptive pairs in {measured_s:.0} s",
-        variants.len(),
-        plan.min_rounds
-    );
-    let mut profiles = serde_json::Map::new();
-    if plan.profile {
-        for v in &variants {
-            if let Err(e) = apply(&w.nodes, rs, *v) {
-                errors.push(json!({"variant": v.label(policies), "error": e}));
-                continue;
-            }
-            match profile(|| ("gbps", transfer(w, dst, plan).gbps)) {
-                Ok(p) => {
-                    profiles.insert(v.label(policies), p);
-                }
-                Err(e) => errors.push(json!({"variant": v.label(policies), "profile_error": e})),
-            }
-        }
-    }
-    let crossing = if backend != "routes" && family == "IPv4" {
-        crossings(w, rs, dst, node1_v4, plan).unwrap_or_else(|e| json!({"error": e}))
-    } else {
-        Value::Null
-    };
-    let samples_json: Vec<Value> = samples
-        .iter()
-        .map(|(r, v, s)| {
-            json!({"round": r, "variant": v.label(policies), "gbps": s.gbps, "cpu_s_per_gb": s.cpu_s_per_gb,
-                "machine_cpu_s_per_gb": s.machine_cpu_s_per_gb, "conn_per_s": s.conn_per_s})
-        })
-        .collect();
-    let comps_json: Vec<Value> = comps.iter().map(|(a, b)| json!([a.label(policies), b.label(policies)])).collect();
-    json!({"backend": backend, "family": family, "cc": plan.cc, "bytes": plan.bytes,
-        "conn_secs": plan.conn_for.as_secs_f64(), "policies": policies, "min_rounds": plan.min_rounds,
-        "adaptive_pairs": extra, "budget_s": plan.budget.as_secs_f64(), "seconds": measured_s,
-        "target_half_width": plan.target, "variants": variants.iter().map(|v| v.label(policies)).collect::<Vec<_>>(),
-        "comparisons": comps_json, "samples": samples_json, "profiles": profiles, "crossings": crossing,
-        "errors": errors})
+    (samples, extra)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn s(gbps: f64) -> Sample {
-        Sample { gbps, cpu_s_per_gb: 1.0 / gbps, machine_cpu_s_per_gb: 1.0, conn_per_s: 100.0 }
+    fn s(gbps: f64) -> Measurement {
+        Measurement { gbps, cpu_s_per_gb: 1.0 / gbps, machine_cpu_s_per_gb: 1.0, conn_per_s: 100.0 }
     }
 
     #[test]
@@ -475,9 +477,11 @@ mod tests {
         let routes = comparisons(&Variant::all(false));
         assert_eq!(&routes[..3], &[(Weft, NoNetfilter), (Weft, ConntrackRef), (ConntrackRef, NoNetfilter)]);
         assert!(routes[3..].iter().all(|(_, b)| *b == Weft));
-        assert!(!routes.iter().any(|(a, _)| [NoPeerFilter, NoPodVxlanRule, OuterUntracked].contains(a)));
+        assert!(!routes.iter().any(|(a, _)| [NoPeerFilter, NoPodVxlanRule, OuterUntracked, NoMssClamp].contains(a)));
         let vxlan = comparisons(&Variant::all(true));
-        for part in [NoConntrack, NoFib, NoPodVxlanRule, NoPolicyTable, Policies, NoMasquerade, NoPeerFilter] {
+        for part in
+            [NoConntrack, NoFib, NoPodVxlanRule, NoPolicyTable, Policies, NoMasquerade, NoPeerFilter, NoMssClamp]
+        {
             assert!(vxlan.contains(&(part, Weft)), "{part:?}");
         }
         // A variant left out takes its comparisons with it.
@@ -488,7 +492,7 @@ mod tests {
     #[test]
     fn pairs_come_from_the_same_round_only() {
         let samples = vec![(0, Weft, s(10.0)), (0, NoFib, s(11.0)), (1, NoFib, s(12.0)), (2, Weft, s(9.0))];
-        assert_eq!(pairs(&samples, NoFib, Weft, "gbps"), vec![(11.0, 10.0)]);
+        assert_eq!(pairs(&samples, NoFib, Weft, PairedMetric::Gbps), vec![(11.0, 10.0)]);
         assert!(widest(&samples, NoFib, Weft).is_infinite());
         let more = [samples, vec![(3, Weft, s(10.0)), (3, NoFib, s(11.0))]].concat();
         assert_eq!(widest(&more, NoFib, Weft), 0.0);

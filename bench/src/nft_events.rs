@@ -61,26 +61,7 @@ pub struct Transaction {
 
 /// Starts the listener in `ns`; transactions arrive on the receiver.
 pub fn listen(ns: &NetNs) -> std::io::Result<mpsc::Receiver<Transaction>> {
-    let mut socket =
-        ns.run(|| netlink_sys::Socket::new(NETLINK_NETFILTER)).map_err(|e| std::io::Error::other(e.to_string()))??;
-    socket.bind(&netlink_sys::SocketAddr::new(0, 0))?;
-    socket.add_membership(NFNLGRP_NFTABLES)?;
-    // A whole-table rewrite notifies every element: 512 MiB of room, which
-    // costs only what is queued (as root, past net.core.rmem_max).
-    let size: libc::c_int = 512 << 20;
-    // SAFETY: a valid socket and a c_int option of the size given.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            std::ptr::from_ref(&size).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    let socket = subscribe(ns)?;
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let mut buf = vec![0u8; 1 << 20];
@@ -110,57 +91,84 @@ pub fn listen(ns: &NetNs) -> std::io::Result<mpsc::Receiver<Transaction>> {
                     continue;
                 }
                 let t = current.get_or_insert_with(|| Transaction { at, changes: vec![], lossy: false });
-                // nlmsghdr (16) + nfgenmsg (4), then attributes.
-                let attrs = &msg[20..];
-                match ty & 0xff {
-                    NFT_MSG_NEWGEN => {
-                        if let Some(t) = current.take()
-                            && tx.send(t).is_err()
-                        {
-                            return;
-                        }
-                    }
-                    NFT_MSG_NEWTABLE => t.changes.push(Change::NewTable(string_attr(attrs, 1))),
-                    NFT_MSG_DELTABLE => t.changes.push(Change::DelTable(string_attr(attrs, 1))),
-                    NFT_MSG_DELCHAIN => {
-                        t.changes.push(Change::DelChain { table: string_attr(attrs, 1), name: string_attr(attrs, 3) })
-                    }
-                    NFT_MSG_NEWRULE => {
-                        t.changes.push(Change::NewRule { table: string_attr(attrs, 1), raw: msg.to_vec() })
-                    }
-                    m @ (NFT_MSG_NEWSETELEM | NFT_MSG_DELSETELEM) => {
-                        let (table, set) = (string_attr(attrs, 1), string_attr(attrs, 2));
-                        for (ty, list) in nla(attrs) {
-                            if ty != 3 {
-                                continue;
-                            }
-                            for (_, elem) in nla(list) {
-                                let mut key = None;
-                                let mut interval_end = false;
-                                for (ty, v) in nla(elem) {
-                                    match ty {
-                                        1 => key = nla(v).find(|(t, _)| *t == 1).map(|(_, k)| k.to_vec()),
-                                        3 => interval_end = v.get(3).is_some_and(|f| f & 1 != 0),
-                                        _ => {}
-                                    }
-                                }
-                                if let Some(key) = key.filter(|_| !interval_end) {
-                                    t.changes.push(Change::Elem {
-                                        added: m == NFT_MSG_NEWSETELEM,
-                                        table: table.clone(),
-                                        set: set.clone(),
-                                        key,
-                                    });
-                                }
-                            }
-                        }
-                    }
-                    _ => {}
+                if ty & 0xff != NFT_MSG_NEWGEN {
+                    t.changes.extend(changes(ty & 0xff, msg));
+                    continue;
+                }
+                // The commit: the transaction is complete.
+                if let Some(t) = current.take()
+                    && tx.send(t).is_err()
+                {
+                    return;
                 }
             }
         }
     });
     Ok(rx)
+}
+
+/// The changes one nftables message (type `ty`) announces.
+fn changes(ty: u16, msg: &[u8]) -> Vec<Change> {
+    // nlmsghdr (16) + nfgenmsg (4), then attributes.
+    let attrs = &msg[20..];
+    match ty {
+        NFT_MSG_NEWTABLE => vec![Change::NewTable(string_attr(attrs, 1))],
+        NFT_MSG_DELTABLE => vec![Change::DelTable(string_attr(attrs, 1))],
+        NFT_MSG_DELCHAIN => vec![Change::DelChain { table: string_attr(attrs, 1), name: string_attr(attrs, 3) }],
+        NFT_MSG_NEWRULE => vec![Change::NewRule { table: string_attr(attrs, 1), raw: msg.to_vec() }],
+        NFT_MSG_NEWSETELEM | NFT_MSG_DELSETELEM => elements(attrs, ty == NFT_MSG_NEWSETELEM),
+        _ => vec![],
+    }
+}
+
+/// The elements a set-element message adds or deletes; the ends of
+/// intervals are left out.
+fn elements(attrs: &[u8], added: bool) -> Vec<Change> {
+    let (table, set) = (string_attr(attrs, 1), string_attr(attrs, 2));
+    let mut out = Vec::new();
+    for (_, list) in nla(attrs).filter(|(ty, _)| *ty == 3) {
+        for (_, elem) in nla(list) {
+            let mut key = None;
+            let mut interval_end = false;
+            for (ty, v) in nla(elem) {
+                match ty {
+                    1 => key = nla(v).find(|(t, _)| *t == 1).map(|(_, k)| k.to_vec()),
+                    3 => interval_end = v.get(3).is_some_and(|f| f & 1 != 0),
+                    _ => {}
+                }
+            }
+            if let Some(key) = key.filter(|_| !interval_end) {
+                out.push(Change::Elem { added, table: table.clone(), set: set.clone(), key });
+            }
+        }
+    }
+    out
+}
+
+/// A netlink socket in `ns` on the nftables multicast group, with room
+/// for a whole-table rewrite.
+fn subscribe(ns: &NetNs) -> std::io::Result<netlink_sys::Socket> {
+    let mut socket =
+        ns.run(|| netlink_sys::Socket::new(NETLINK_NETFILTER)).map_err(|e| std::io::Error::other(e.to_string()))??;
+    socket.bind(&netlink_sys::SocketAddr::new(0, 0))?;
+    socket.add_membership(NFNLGRP_NFTABLES)?;
+    // A whole-table rewrite notifies every element: 512 MiB of room, which
+    // costs only what is queued (as root, past net.core.rmem_max).
+    let size: libc::c_int = 512 << 20;
+    // SAFETY: a valid socket and a c_int option of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            std::ptr::from_ref(&size).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(socket)
 }
 
 /// The netlink attributes in `b`: (type without flags, payload).

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::results::{ProcessProfile, ProfiledFunction};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use serde_json::{Value, json};
 
 /// A running `perf record`, its output and log beside `data`.
 pub struct Recording {
@@ -69,9 +69,8 @@ pub fn record_process(pid: u32, data: &Path) -> Result<Recording, String> {
 }
 
 /// The functions of a [`record_process`] recording above 0.5 % of the
-/// samples, in the program and in the kernel on its behalf:
-/// `{"kernel_percent", "top": [{"percent", "dso", "symbol", "kernel"}]}`.
-pub fn process_profile(data: &Path, top: usize) -> Result<Value, String> {
+/// samples, in the program and in the kernel on its behalf.
+pub fn process_profile(data: &Path, top: usize) -> Result<ProcessProfile, String> {
     let out = Command::new("timeout")
         .args(["120", "perf", "report", "-q", "--stdio", "--no-children", "--sort", "dso,symbol"])
         .args(["--percent-limit", "0.5", "-i"])
@@ -82,13 +81,13 @@ pub fn process_profile(data: &Path, top: usize) -> Result<Value, String> {
     if !out.status.success() {
         return Err(format!("perf report failed on {} ({})", data.display(), out.status));
     }
-    let v = summarise(&String::from_utf8_lossy(&out.stdout), top);
-    if v.is_null() { Err(format!("perf report of {} held no samples", data.display())) } else { Ok(v) }
+    summarise(&String::from_utf8_lossy(&out.stdout), top)
+        .ok_or_else(|| format!("perf report of {} held no samples", data.display()))
 }
 
 /// Parses `perf report -q --sort dso,symbol` lines such as
 /// `  19.51%  weft-agent  [.] weft_agent::desired::peers` (`[k]`: kernel).
-fn summarise(text: &str, top: usize) -> Value {
+fn summarise(text: &str, top: usize) -> Option<ProcessProfile> {
     let rows: Vec<(f64, &str, &str, bool)> = text
         .lines()
         .filter_map(|l| {
@@ -102,15 +101,19 @@ fn summarise(text: &str, top: usize) -> Value {
         })
         .collect();
     if rows.is_empty() {
-        return Value::Null;
+        return None;
     }
-    let kernel: f64 = rows.iter().filter(|r| r.3).map(|r| r.0).sum();
-    let listed: Vec<Value> = rows
+    let top = rows
         .iter()
         .take(top)
-        .map(|(percent, dso, symbol, kernel)| json!({"percent": percent, "dso": dso, "symbol": symbol, "kernel": kernel}))
+        .map(|&(percent, dso, symbol, kernel)| ProfiledFunction {
+            percent,
+            dso: dso.into(),
+            symbol: symbol.into(),
+            kernel,
+        })
         .collect();
-    json!({"kernel_percent": kernel, "top": listed})
+    Some(ProcessProfile { kernel_percent: rows.iter().filter(|r| r.3).map(|r| r.0).sum(), top })
 }
 
 #[cfg(test)]
@@ -123,11 +126,11 @@ mod tests {
                     \x20   10.00%  [kernel.kallsyms]  [k] copy_user_generic\n\
                     \x20    5.50%  [kernel.kallsyms]  [k] fib_table_insert\n\
                     not a row\n";
-        let v = summarise(text, 2);
-        assert_eq!(v["kernel_percent"], json!(15.5));
-        assert_eq!(v["top"].as_array().unwrap().len(), 2);
-        assert_eq!(v["top"][0]["symbol"], "weft_agent::desired::peers::compute");
-        assert_eq!(v["top"][1]["kernel"], true);
-        assert!(summarise("", 5).is_null());
+        let p = summarise(text, 2).expect("a profile");
+        assert_eq!(p.kernel_percent, 15.5);
+        assert_eq!(p.top.len(), 2);
+        assert_eq!(p.top[0].symbol, "weft_agent::desired::peers::compute");
+        assert!(p.top[1].kernel && !p.top[0].kernel);
+        assert!(summarise("", 5).is_none());
     }
 }

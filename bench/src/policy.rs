@@ -65,6 +65,7 @@ use weft_bench::api::{client, create_namespace, create_running_pod};
 
 use crate::nft_events::{Change, Transaction};
 use weft_bench::cli::seconds;
+use weft_bench::results::{self, MetricRow, PolicyRun};
 use weft_bench::stats::percentile;
 
 const NODE_IP: &str = "198.18.0.1";
@@ -349,26 +350,28 @@ fn pod_labels(ns: usize, m: usize) -> Labels {
 
 /// Ten shapes of policy seen in real clusters; `k` varies their selectors.
 fn policy_shape(ns: usize, k: usize, shape: usize, name: String) -> PolicyM {
-    let own = |pods: Sel| PeerM::Pods { ns: None, pods };
-    let rule = |peers: Vec<PeerM>, ports: Vec<Value>| RuleM { peers, ports };
+    let (pod_sel, ingress, egress, tag) =
+        if [1, 5, 8, 9].contains(&shape) { egress_shape(ns, k, shape) } else { ingress_shape(ns, k, shape) };
+    PolicyM { ns, name: format!("{name}-{tag}"), pod_sel, ingress, egress }
+}
+
+/// A policy's pod selector, ingress and egress rules (none: that
+/// direction is not isolated), and the tag of its name.
+type Shape = (Sel, Option<Vec<RuleM>>, Option<Vec<RuleM>>, &'static str);
+
+fn own(pods: Sel) -> PeerM {
+    PeerM::Pods { ns: None, pods }
+}
+
+fn rule(peers: Vec<PeerM>, ports: Vec<Value>) -> RuleM {
+    RuleM { peers, ports }
+}
+
+/// The shapes that isolate ingress only: 0, 2, 3, 4, 6 and 7.
+fn ingress_shape(ns: usize, k: usize, shape: usize) -> Shape {
     let app = Sel::eq("app", format!("app-{}", k % 8));
-    let (pod_sel, ingress, egress, tag) = match shape {
+    match shape {
         0 => (Sel::default(), Some(vec![]), None, "default-deny"),
-        1 => (
-            Sel::default(),
-            None,
-            Some(vec![
-                rule(
-                    vec![PeerM::Pods {
-                        ns: Some(Sel::eq("kubernetes.io/metadata.name", "kube-system")),
-                        pods: Sel::eq("k8s-app", "kube-dns"),
-                    }],
-                    vec![json!({"protocol": "UDP", "port": 53}), tcp(53)],
-                ),
-                rule(vec![own(Sel::eq("role", "db"))], vec![tcp(5432)]),
-            ]),
-            "egress-dns-db",
-        ),
         2 => (
             app,
             Some(vec![rule(vec![own(Sel::eq("role", "frontend"))], vec![json!({"port": "http"})])]),
@@ -399,18 +402,6 @@ fn policy_shape(ns: usize, k: usize, shape: usize, name: String) -> PolicyM {
             None,
             "ipblock",
         ),
-        5 => (
-            Sel::eq("role", "frontend"),
-            None,
-            Some(vec![rule(
-                vec![
-                    PeerM::Block("0.0.0.0/0", vec!["10.0.0.0/8".into()]),
-                    PeerM::Block("::/0", vec!["fd00::/8".into()]),
-                ],
-                vec![tcp(443)],
-            )]),
-            "egress-internet",
-        ),
         6 => (
             Sel { labels: vec![], any_in: vec![("role", vec!["backend", "worker"])] },
             Some(vec![rule(
@@ -423,7 +414,7 @@ fn policy_shape(ns: usize, k: usize, shape: usize, name: String) -> PolicyM {
             None,
             "from-prod-staging",
         ),
-        7 => (
+        _ => (
             Sel::default(),
             Some(vec![rule(
                 vec![PeerM::Pods { ns: Some(Sel::default()), pods: Sel::eq("app", "app-7") }],
@@ -431,6 +422,40 @@ fn policy_shape(ns: usize, k: usize, shape: usize, name: String) -> PolicyM {
             )]),
             None,
             "monitoring",
+        ),
+    }
+}
+
+/// The shapes with egress rules: 1, 5, 8 and 9.
+fn egress_shape(ns: usize, k: usize, shape: usize) -> Shape {
+    let app = Sel::eq("app", format!("app-{}", k % 8));
+    match shape {
+        1 => (
+            Sel::default(),
+            None,
+            Some(vec![
+                rule(
+                    vec![PeerM::Pods {
+                        ns: Some(Sel::eq("kubernetes.io/metadata.name", "kube-system")),
+                        pods: Sel::eq("k8s-app", "kube-dns"),
+                    }],
+                    vec![json!({"protocol": "UDP", "port": 53}), tcp(53)],
+                ),
+                rule(vec![own(Sel::eq("role", "db"))], vec![tcp(5432)]),
+            ]),
+            "egress-dns-db",
+        ),
+        5 => (
+            Sel::eq("role", "frontend"),
+            None,
+            Some(vec![rule(
+                vec![
+                    PeerM::Block("0.0.0.0/0", vec!["10.0.0.0/8".into()]),
+                    PeerM::Block("::/0", vec!["fd00::/8".into()]),
+                ],
+                vec![tcp(443)],
+            )]),
+            "egress-internet",
         ),
         8 => (
             app,
@@ -450,8 +475,7 @@ fn policy_shape(ns: usize, k: usize, shape: usize, name: String) -> PolicyM {
             Some(vec![]),
             "db-lockdown",
         ),
-    };
-    PolicyM { ns, name: format!("{name}-{tag}"), pod_sel, ingress, egress }
+    }
 }
 
 fn rule_json(r: &RuleM, ingress: bool) -> Value {
@@ -855,6 +879,27 @@ impl Watched<'_> {
     fn passes(&self) -> (f64, f64) {
         pass_seconds(self.node)
     }
+
+    /// Adds the commit `want` accepts (timed from `t0`) to `series`, then
+    /// waits until the agent is idle again.
+    fn record(&self, series: &mut Series, t0: Instant, what: &str, want: impl Fn(&Change) -> bool) {
+        let (d, n) = self.commit(t0, what, want);
+        series.samples.push(d);
+        series.sizes.push(n);
+        self.settle();
+    }
+
+    /// Two series measured together, each with the agent's mean pass
+    /// since `passes0` (the pass counters before them).
+    fn pair(
+        &self,
+        passes0: (f64, f64),
+        [(a, mut sa), (b, mut sb)]: [(&'static str, Series); 2],
+    ) -> [(&'static str, Series); 2] {
+        let pass_ms = pass_delta(self.node, passes0);
+        (sa.pass_ms, sb.pass_ms) = (pass_ms, pass_ms);
+        [(a, sa), (b, sb)]
+    }
 }
 
 /// The cold start: waits for the commit that completes every expected
@@ -933,18 +978,12 @@ async fn pods_relabelled(
             let t0 = Instant::now();
             pods_api(p.ns).patch(&p.name, &PatchParams::default(), &Patch::Merge(patch)).await.expect("relabel pod");
             let what = format!("pod {} relabelled ({})", p.name, if added { "in" } else { "out" });
-            let (d, n) = w.commit(t0, &what, |c| elem_in(c, added, "peer-", &key));
             let target = if added { &mut s } else { &mut s_out };
-            target.samples.push(d);
-            target.sizes.push(n);
-            w.settle();
+            w.record(target, t0, &what, |c| elem_in(c, added, "peer-", &key));
         }
     }
-    let pass_ms = pass_delta(w.node, passes0);
-    s.pass_ms = pass_ms;
-    s_out.pass_ms = pass_ms;
     eprintln!("(a) {} pods relabelled in and out of a peer set", s.samples.len());
-    [("pod relabelled into a peer set", s), ("pod relabelled out of a peer set", s_out)]
+    w.pair(passes0, [("pod relabelled into a peer set", s), ("pod relabelled out of a peer set", s_out)])
 }
 
 /// (b) A new local pod: podIPs published -> verdict map element; deleted -> gone.
@@ -975,33 +1014,26 @@ async fn local_pods_added(
             api.patch_status(&p.name, &PatchParams::default(), &Patch::Merge(pod_status(&p)))
                 .await
                 .expect("publish podIPs");
-            let (d, n) = w.commit(
+            w.record(
+                &mut s,
                 t0,
                 &format!("{} podIPs", p.name),
                 |c| matches!(c, Change::Elem { added: true, table, set, key: k } if table == TABLE && is_map(set) && *k == key),
             );
-            s.samples.push(d);
-            s.sizes.push(n);
-            w.settle();
             let t0 = Instant::now();
             api.delete(&p.name, &DeleteParams { grace_period_seconds: Some(0), ..Default::default() })
                 .await
                 .expect("delete local pod");
-            let (d, n) = w.commit(
+            w.record(
+                &mut s_del,
                 t0,
                 &format!("{} deleted", p.name),
                 |c| matches!(c, Change::Elem { added: false, table, set, key: k } if table == TABLE && is_map(set) && *k == key),
             );
-            s_del.samples.push(d);
-            s_del.sizes.push(n);
-            w.settle();
         }
     }
-    let pass_ms = pass_delta(w.node, passes0);
-    s.pass_ms = pass_ms;
-    s_del.pass_ms = pass_ms;
     eprintln!("(b) {} local pods added and deleted", s.samples.len());
-    [("local pod's podIPs -> verdict map element", s), ("local pod deleted -> element gone", s_del)]
+    w.pair(passes0, [("local pod's podIPs -> verdict map element", s), ("local pod deleted -> element gone", s_del)])
 }
 
 /// (c) A new policy over a local pod's namespace: its chains, groups and sets.
@@ -1028,17 +1060,16 @@ async fn policies_created(
         let marker = format!("{}/{}", ns_name(ns), pol.name).into_bytes();
         let t0 = Instant::now();
         npapi.create(&PostParams::default(), &policy_object(&pol)).await.expect("create policy");
-        let (d, n) = w.commit(
+        w.record(
+            &mut s,
             t0,
             &format!("policy {} created", pol.name),
             |c| matches!(c, Change::NewRule { table, raw } if table == TABLE && raw.windows(marker.len()).any(|w| w == marker)),
         );
-        s.samples.push(d);
-        s.sizes.push(n);
-        w.settle();
         let t0 = Instant::now();
         npapi.delete(&pol.name, &DeleteParams::default()).await.expect("delete policy");
-        let (d, n) = w.commit(
+        w.record(
+            &mut s_del,
             t0,
             &format!("policy {} deleted", pol.name),
             // Its chain removed (or, should the agent fall back to it, the whole table replaced).
@@ -1048,15 +1079,9 @@ async fn policies_created(
                 _ => false,
             },
         );
-        s_del.samples.push(d);
-        s_del.sizes.push(n);
-        w.settle();
     }
-    let pass_ms = pass_delta(w.node, passes0);
-    s.pass_ms = pass_ms;
-    s_del.pass_ms = pass_ms;
     eprintln!("(c) {} policies created and deleted", s.samples.len());
-    [("policy created -> its rules in the kernel", s), ("policy deleted -> its chain removed", s_del)]
+    w.pair(passes0, [("policy created -> its rules in the kernel", s), ("policy deleted -> its chain removed", s_del)])
 }
 
 /// (d) A namespace relabelled (env flipped) into and out of a live namespaceSelector.
@@ -1092,21 +1117,16 @@ async fn namespaces_relabelled(
             let patch = json!({"metadata": {"labels": labels}});
             let t0 = Instant::now();
             namespaces.patch(&ns_name(*i), &PatchParams::default(), &Patch::Merge(patch)).await.expect("relabel ns");
-            let (d, n) = w.commit(
+            w.record(
+                target,
                 t0,
                 &format!("namespace {} relabelled", ns_name(*i)),
                 |c| matches!(c, Change::Elem { table, set, key: k, .. } if table == TABLE && set.starts_with("peer-") && k == key),
             );
-            target.samples.push(d);
-            target.sizes.push(n);
-            w.settle();
         }
     }
-    let pass_ms = pass_delta(w.node, passes0);
-    s.pass_ms = pass_ms;
-    s_back.pass_ms = pass_ms;
     eprintln!("(d) {} namespace relabellings and back", s.samples.len());
-    [("namespace relabelled (env flipped)", s), ("namespace relabelled back", s_back)]
+    w.pair(passes0, [("namespace relabelled (env flipped)", s), ("namespace relabelled back", s_back)])
 }
 
 /// The agent's mean reconcile pass (ms) since `before`.
@@ -1117,55 +1137,59 @@ fn pass_delta(node: &TestNs, before: (f64, f64)) -> f64 {
 
 fn print_report(args: &Args, r: &Report) {
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-    let mut rows: Vec<(String, f64, &str)> = vec![
-        ("start to policy table complete (ms)".into(), ms(r.cold), ""),
-        ("changes in that commit".into(), r.cold_changes as f64, ""),
+    let (kernel, cpus) = results::machine();
+    let mut rows = vec![
+        MetricRow::new("start to policy table complete (ms)", ms(r.cold), ""),
+        MetricRow::new("changes in that commit", r.cold_changes as f64, ""),
     ];
     for (name, s) in &r.series {
         if s.samples.is_empty() {
-            rows.push((format!("{name}: not measured (no candidate)"), 0.0, ""));
+            rows.push(MetricRow::new(format!("{name}: not measured (no candidate)"), 0.0, ""));
             continue;
         }
-        rows.push((format!("{name}, p50 (ms)"), ms(percentile(&s.samples, 0.5)), ""));
-        rows.push((format!("{name}, p99 (ms)"), ms(percentile(&s.samples, 0.99)), "< 100"));
-        rows.push((format!("{name}, max (ms)"), ms(percentile(&s.samples, 1.0)), ""));
+        rows.push(MetricRow::new(format!("{name}, p50 (ms)"), ms(percentile(&s.samples, 0.5)), ""));
+        rows.push(MetricRow::new(format!("{name}, p99 (ms)"), ms(percentile(&s.samples, 0.99)), "< 100"));
+        rows.push(MetricRow::new(format!("{name}, max (ms)"), ms(percentile(&s.samples, 1.0)), ""));
         let mean_size = s.sizes.iter().sum::<usize>() as f64 / s.sizes.len() as f64;
-        rows.push((format!("{name}, changes per commit"), mean_size, ""));
-        rows.push((format!("{name}, agent's mean pass (ms)"), s.pass_ms, ""));
+        rows.push(MetricRow::new(format!("{name}, changes per commit"), mean_size, ""));
+        rows.push(MetricRow::new(format!("{name}, agent's mean pass (ms)"), s.pass_ms, ""));
     }
-    rows.push(("peak RSS (MiB)".into(), r.peak_rss_kib as f64 / 1024.0, "< 64"));
-    rows.push(("RSS at the end (MiB)".into(), r.rss_kib as f64 / 1024.0, ""));
-    rows.push(("idle CPU (% of one core)".into(), r.idle_cpu_percent, ""));
-    rows.push(("agent restarts (it ran to the end)".into(), 0.0, "0"));
-    rows.push(("policies refused for a cap".into(), r.refused as f64, if args.hostile_policy { "1" } else { "0" }));
+    rows.push(MetricRow::new("peak RSS (MiB)", r.peak_rss_kib as f64 / 1024.0, "< 64"));
+    rows.push(MetricRow::new("RSS at the end (MiB)", r.rss_kib as f64 / 1024.0, ""));
+    rows.push(MetricRow::new("idle CPU (% of one core)", r.idle_cpu_percent, ""));
+    rows.push(MetricRow::new("agent restarts (it ran to the end)", 0.0, "0"));
+    let refused_target = if args.hostile_policy { "1" } else { "0" };
+    rows.push(MetricRow::new("policies refused for a cap", r.refused as f64, refused_target));
+    let run = PolicyRun {
+        kernel,
+        cpus,
+        load_average: r.load.clone(),
+        pods: args.pods,
+        policies: args.policies,
+        namespaces: args.namespaces,
+        samples: args.samples,
+        hostile_pods: args.hostile_pods,
+        hostile_policy: args.hostile_policy,
+        local_pods: r.local_pods,
+        setup_seconds: r.setup_seconds,
+        results: rows,
+    };
     if args.json {
-        let v: Vec<Value> = rows.iter().map(|(m, x, t)| json!({"metric": m, "value": x, "target": t})).collect();
-        println!(
-            "{}",
-            json!({"kernel": kernel.trim(), "cpus": cpus, "load_average": r.load, "pods": args.pods,
-                "policies": args.policies, "namespaces": args.namespaces, "samples": args.samples,
-                "hostile_pods": args.hostile_pods, "hostile_policy": args.hostile_policy,
-                "local_pods": r.local_pods, "setup_seconds": r.setup_seconds, "results": v})
-        );
+        results::print_json(&run);
         return;
     }
     println!(
         "weft-agent NetworkPolicy: {} pods ({} local), {} policies, {} namespaces; kernel {}, {cpus} CPUs, load {}; {} samples per change; API filled in {:.1} s",
-        args.pods,
-        r.local_pods,
-        args.policies,
-        args.namespaces,
-        kernel.trim(),
-        r.load,
-        args.samples,
-        r.setup_seconds
+        run.pods,
+        run.local_pods,
+        run.policies,
+        run.namespaces,
+        run.kernel,
+        run.load_average,
+        run.samples,
+        run.setup_seconds
     );
-    println!("{:<66} {:>10}  target", "metric", "value");
-    for (m, x, t) in rows {
-        println!("{m:<66} {x:>10.1}  {t}");
-    }
+    results::print_metric_rows(&run.results, 66);
 }
 
 #[cfg(test)]

@@ -117,6 +117,7 @@ pub async fn setup(host: &Netlink, pod_nl: &Netlink, pod: &Pod<'_>) -> Result<Ad
                 // 169.254.1.1 is on no connected subnet of the pod; fe80::/64 is.
                 onlink: ip.is_ipv4(),
                 protocol: RTPROT_WEFT_POD,
+                mtu: None,
             })));
         }
         try_join_all(steps).await.map(|_| ())
@@ -139,6 +140,7 @@ pub async fn setup(host: &Netlink, pod_nl: &Netlink, pod: &Pod<'_>) -> Result<Ad
                 oif: link.index,
                 onlink: false,
                 protocol: RTPROT_WEFT_POD,
+                mtu: None,
             })));
         }
         try_join_all(steps).await.map(|_| ())

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Every path a pod uses, over IPv4 and (with FAMILY=dual) IPv6: pod to pod on
 # the same node and across nodes (ICMP, TCP, UDP, and a DF-marked datagram as
-# large as the pod MTU allows), node to pod and pod to node, a host-network
+# large as the pod MTU allows, which crosses, or, to a peer behind VXLAN with
+# `auto`, draws a path-MTU error and crosses at that size), node to pod and
+# pod to node, a host-network
 # pod to a pod on another node, a ClusterIP Service with endpoints on other
 # nodes, a NodePort from another node, the client pod's own address as seen
 # by pods, and, when EXTERNAL_V4 is set, egress masqueraded to the node's
@@ -111,7 +113,7 @@ for f in "${families[@]}"; do
   read -r oname _ _ _ <<<"$other"
   oip=$(awk -v c="$col" '{print $c}' <<<"$other")
   payload=$((mtu - (f == 4 ? 28 : 48)))
-  check "IPv$f a ${payload}-byte DF datagram crosses nodes (pod MTU $mtu)" answers "$oname " "$a" "$oip" 8080 udp-df "$payload"
+  check "IPv$f a ${payload}-byte DF datagram crosses nodes, at the path MTU if smaller (pod MTU $mtu)" answers "$oname " "$a" "$oip" 8080 udp-df "$payload"
   check "IPv$f node -> pod on another node (host-network pod $host_a)" answers "$oname " "$host_a" "$oip" 8080 tcp
   check "IPv$f pod -> node $node_b (the node sees the pod's address)" saw "$src" "$a" "$nodeb" 18080 tcp
   check "IPv$f host-network pod on $node_b -> pod $a" answers "$a " "$host_b" "$(awk -v c="$col" '{print $c}' <<<"${pods[0]}")" 8080 tcp

@@ -50,7 +50,7 @@ impl Agent {
             std::fs::write(&cfg, c.to_string()).unwrap();
         }
         let name = format!("agent-{}-{}", node.name, backend);
-        self.proc = Some(common::spawn_agent(&name, node, cp, &cfg, self.dir.path()));
+        self.proc = Some(common::spawn_agent(&name, node, cp, &cfg));
     }
 
     fn stop(&mut self) {
@@ -1006,7 +1006,7 @@ fn a_new_pod_under_deny_all_is_closed_from_its_first_packet() {
     let mut c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
     c["networkPolicy"] = serde_json::json!({"enabled": false});
     std::fs::write(&cfg, c.to_string()).unwrap();
-    agents[0].proc = Some(common::spawn_agent("agent-nopolicy", node, &cp, &cfg, agents[0].dir.path()));
+    agents[0].proc = Some(common::spawn_agent("agent-nopolicy", node, &cp, &cfg));
     assert!(
         eventually(Duration::from_secs(15), || link_group(&node.ns, &orphan_veth) == "0"
             && !policy_list(&agents[0]).exists()),
@@ -1398,6 +1398,88 @@ fn reaches(from: &TestNs, ip: &str) -> bool {
     ns.run(|| std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()).unwrap_or(false)
 }
 
+/// A TCP and UDP server for the MTU test: TCP `up N` reads N bytes and
+/// answers their count, `down N` sends N bytes; UDP answers each datagram
+/// with its length. Both families, ports 7100 (TCP) and 7101 (UDP).
+const SIZE_SERVER: &str = r#"
+import socket, threading
+def tcp(fam, addr):
+    s = socket.socket(fam, socket.SOCK_STREAM); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if fam == socket.AF_INET6: s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    s.bind((addr, 7100)); s.listen(8)
+    while True:
+        c, _ = s.accept(); f = c.makefile('rb'); verb, n = f.readline().split(); n = int(n)
+        if verb == b'up':
+            got = 0
+            while got < n:
+                b = f.read1(65536)
+                if not b: break
+                got += len(b)
+            c.sendall(b'%d\n' % got)
+        else:
+            c.sendall(b'w' * n)
+        c.shutdown(socket.SHUT_WR); f.close(); c.close()
+def udp(fam, addr):
+    s = socket.socket(fam, socket.SOCK_DGRAM)
+    if fam == socket.AF_INET6: s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    s.bind((addr, 7101))
+    while True:
+        d, peer = s.recvfrom(65535); s.sendto(b'%d' % len(d), peer)
+for fam, addr in [(socket.AF_INET, '0.0.0.0'), (socket.AF_INET6, '::')]:
+    for f in (tcp, udp): threading.Thread(target=f, args=(fam, addr), daemon=True).start()
+threading.Event().wait()
+"#;
+
+/// Uploads and downloads `n` bytes over TCP to `dst`; prints `ok` when both
+/// arrive whole within 20 s.
+const TCP_CLIENT: &str = r#"
+import socket, sys
+dst, n = sys.argv[1], int(sys.argv[2])
+fam = socket.AF_INET6 if ':' in dst else socket.AF_INET
+def conn():
+    c = socket.socket(fam, socket.SOCK_STREAM); c.settimeout(20); c.connect((dst, 7100)); return c
+c = conn(); c.sendall(b'up %d\n' % n + b'u' * n); up = c.makefile('rb').readline().strip(); c.close()
+c = conn(); c.sendall(b'down %d\n' % n); got = 0
+while True:
+    b = c.recv(65536)
+    if not b: break
+    got += len(b)
+print('ok' if up == b'%d' % n and got == n else 'short up=%s down=%d' % (up, got))
+"#;
+
+/// Sends one UDP datagram filling the pod's MTU to `dst`, don't-fragment
+/// set (IPv4) as IPv6 always is. No answer within 2 s, or EMSGSIZE: reads
+/// the path MTU the kernel learnt and retries once at that size. Prints
+/// `first <len>` or `retry <len> pmtu <mtu>` with the length the server
+/// received, or `lost`.
+const UDP_CLIENT: &str = r#"
+import socket, sys
+dst, mtu = sys.argv[1], int(sys.argv[2])
+v6 = ':' in dst
+fam, hdr = (socket.AF_INET6, 48) if v6 else (socket.AF_INET, 28)
+s = socket.socket(fam, socket.SOCK_DGRAM); s.settimeout(2)
+if v6: s.setsockopt(socket.IPPROTO_IPV6, 23, 2)   # IPV6_MTU_DISCOVER = IPV6_PMTUDISC_DO
+else: s.setsockopt(socket.IPPROTO_IP, 10, 2)      # IP_MTU_DISCOVER = IP_PMTUDISC_DO
+s.connect((dst, 7101))
+def send(size):
+    try:
+        s.send(b'x' * size); return s.recv(64).decode()
+    except (socket.timeout, OSError):
+        return None
+got = send(mtu - hdr)
+if got: print('first', got); sys.exit()
+pmtu = s.getsockopt(socket.IPPROTO_IPV6, 24) if v6 else s.getsockopt(socket.IPPROTO_IP, 14)  # IPV6_MTU / IP_MTU
+got = send(pmtu - hdr)
+print('retry', got, 'pmtu', pmtu) if got else print('lost pmtu', pmtu)
+"#;
+
+/// Path-MTU errors a node sent: ICMP "fragmentation needed" and ICMPv6
+/// "packet too big".
+fn too_big_sent(node: &TestNs) -> u64 {
+    let out = node.exec_ok(&["nstat", "-asz", "IcmpMsgOutType3", "Icmp6OutPktTooBigs"]);
+    out.lines().filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()).sum()
+}
+
 #[test]
 #[ignore = "needs root and the Kubernetes binaries: cargo test -- --ignored"]
 fn an_idle_agent_keeps_its_policy_gate_open_past_the_period() {
@@ -1527,4 +1609,64 @@ fn a_recycled_address_never_inherits_the_old_pods_allowances() {
     assert!(after_wiring > 100, "too few probes from B once it was wired: {after_wiring}");
     let through = probes.iter().filter(|(_, through)| *through).count();
     assert_eq!(through, 0, "B reached the protected pod {through} times with A's address:\n{}", agents[1].log());
+}
+
+#[test]
+#[ignore = "needs root and the Kubernetes binaries: cargo test -- --ignored"]
+fn pods_at_the_underlay_mtu_reach_a_vxlan_peer_at_full_size() {
+    let Some(bin) = bin_or_skip() else { return };
+    // auto: node2 shares node1's segment (direct), node3 is behind the router (VXLAN).
+    let lab = Lab::new(&['A', 'A', 'B']);
+    let cp = lab.control_plane(&bin);
+    let mut agents: Vec<Agent> =
+        (0..3).map(|i| Agent { proc: None, dir: tempfile::tempdir().unwrap(), node: i, liveness: None }).collect();
+    let join = |agent: &mut Agent| {
+        let n = &lab.nodes[agent.node];
+        cp.create_node(&n.name, &[&n.pod_v4, &n.pod_v6], &[&n.v4, &n.v6]);
+        agent.start(&lab, &cp, "auto");
+        assert!(eventually(Duration::from_secs(30), || agent.node_json().exists()), "no node.json:\n{}", agent.log());
+    };
+    join(&mut agents[0]);
+    join(&mut agents[1]);
+    // A pod created while every peer is direct gets the underlay's MTU.
+    let (p1, _, _) = lab.nodes[0].add_pod_from_node_config("mtu-p1", &agents[0].node_json());
+    assert!(p1.exec_ok(&["ip", "link", "show", "eth0"]).contains("mtu 1500"), "auto gives pods the underlay MTU");
+
+    join(&mut agents[2]);
+    let (p3, p3v4, p3v6) = lab.nodes[2].add_pod_from_node_config("mtu-p3", &agents[2].node_json());
+    let (n1, n3) = (&lab.nodes[0].ns, &lab.nodes[2].ns);
+    // Routes through the tunnel carry its MTU, both families, on both ends.
+    // (The device's MTU alone already yields the path-MTU errors below on
+    // this kernel; the route states the tunnel's MTU where `ip route get`
+    // shows it, and what the MSS clamp's `rt mtu` reads.)
+    let tunnel_route = |ns: &TestNs, dst: &str| {
+        routes(ns).lines().any(|l| l.starts_with(dst) && l.contains("dev weft.vxlan") && l.contains("mtu 1450"))
+    };
+    for (ns, v4, v6) in [(n1, "10.244.3.0/24", "fd00:10:244:3::/64"), (n3, "10.244.1.0/24", "fd00:10:244:1::/64")] {
+        assert!(eventually(Duration::from_secs(10), || tunnel_route(ns, v4) && tunnel_route(ns, v6)), "{}", routes(ns));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let _server = Proc::spawn("size-server", &p3, &["python3", "-c", SIZE_SERVER], &[], dir.path());
+    assert!(eventually(Duration::from_secs(5), || listening(&p3, 7100)));
+    assert!(eventually(Duration::from_secs(10), || p1.ping(&p3v4) && p1.ping(&p3v6)), "{}", agents[0].log());
+
+    // TCP at full size both ways: the SYN's MSS (clamped by node1) sizes
+    // p3's segments, the SYN-ACK's (clamped by node3) p1's. Segments that
+    // fit the tunnel from the start: neither node drops one and sends a
+    // path-MTU error for it.
+    let before = too_big_sent(n1) + too_big_sent(n3);
+    for dst in [&p3v4, &p3v6] {
+        let out = p1.exec_ok(&["timeout", "60", "python3", "-c", TCP_CLIENT, dst, "4000000"]);
+        assert_eq!(out.trim(), "ok", "TCP transfer with {dst}");
+    }
+    assert_eq!(too_big_sent(n1) + too_big_sent(n3), before, "a TCP segment did not fit the tunnel: MSS not clamped");
+
+    // A datagram too big for the tunnel, never fragmented on the way (DF on
+    // IPv4, and IPv6): the node answers with a path-MTU error carrying the
+    // tunnel's MTU, and the retry at that size arrives. No blackhole.
+    for (dst, hdr) in [(&p3v4, 28), (&p3v6, 48)] {
+        let out = p1.exec_ok(&["timeout", "30", "python3", "-c", UDP_CLIENT, dst, "1500"]);
+        let want = format!("retry {} pmtu 1450", 1450 - hdr);
+        assert_eq!(out.trim(), want, "UDP to {dst}");
+    }
 }

@@ -58,7 +58,7 @@ impl TwoNodes {
             .zip(&dirs)
             .map(|(n, dir)| {
                 let cfg = common::agent_config(dir.path(), "vxlan", RESYNC_SECONDS);
-                common::spawn_agent(&format!("agent-{}", n.name), n, &cp, &cfg, dir.path())
+                common::spawn_agent(&format!("agent-{}", n.name), n, &cp, &cfg)
             })
             .collect();
         Some(TwoNodes { agents, dirs, cp, lab })
@@ -128,10 +128,11 @@ fn drift_is_repaired_within_a_second_by_the_notified_pass() {
     let log = || two.agents[0].log_tail();
     // Programmed: a VXLAN route to node2 in both families, its FDB entry, the table.
     let complete = |s: &str| {
-        s.contains("10.244.2.0/24 via 10.244.2.0 dev weft.vxlan onlink")
+        s.contains("10.244.2.0/24 via 10.244.2.0 dev weft.vxlan onlink mtu 1450")
             && s.contains("fd00:10:244:2::/64 via fd00:10:244:2:: dev weft.vxlan")
             && s.contains("dst 198.51.100.12")
             && s.contains("masquerade")
+            && s.contains("maxseg")
     };
     assert!(
         eventually(Duration::from_secs(40), || complete(&state(ns))),
@@ -150,8 +151,13 @@ fn drift_is_repaired_within_a_second_by_the_notified_pass() {
     assert_eq!(passes(ns, "resync"), 0, "a resync ran: the test cannot tell who repaired");
 
     type Break = fn(&TestNs);
-    let cases: [(&str, Break); 6] = [
+    let cases: [(&str, Break); 8] = [
         ("delete one peer route", |ns| drop(ns.exec_ok(&["ip", "route", "del", "10.244.2.0/24"]))),
+        ("take a peer route's MTU", |ns| {
+            let route = ["10.244.2.0/24", "via", "10.244.2.0", "dev", "weft.vxlan", "onlink", "proto", "88"];
+            drop(ns.exec_ok(&[&["ip", "route", "replace"][..], &route[..]].concat()))
+        }),
+        ("delete the MSS clamp", |ns| drop(ns.exec_ok(&["nft", "flush", "chain", "inet", "weft", "forward"]))),
         ("flush the FDB of weft.vxlan", flush_fdb),
         ("delete weft.vxlan", |ns| drop(ns.exec_ok(&["ip", "link", "del", "weft.vxlan"]))),
         ("delete the inet weft table", |ns| drop(ns.exec_ok(&["nft", "delete", "table", "inet", "weft"]))),

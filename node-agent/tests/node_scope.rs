@@ -15,7 +15,8 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::{CP_IP, Lab, k8s_bin_or_skip};
-use libweft::testutil::control_plane::{ControlPlane, Proc, eventually};
+use libweft::testutil::agent::spawn_agent;
+use libweft::testutil::control_plane::{ControlPlane, eventually};
 use serde_json::{Value, json};
 
 const NAMESPACE: &str = "kube-system";
@@ -155,14 +156,9 @@ fn the_agent_token_changes_only_its_own_nodes_weft_annotations() {
     // Allowed: the real agent on node1, with the pod-bound token as its only credential, publishes its Node.
     let dir = tempfile::tempdir().unwrap();
     let config = common::agent_config(dir.path(), "vxlan", 2);
-    let kubeconfig = token_kubeconfig(&cp, &pod_token).display().to_string();
-    let mut agent = Proc::spawn(
-        "agent-node1",
-        &node1.ns,
-        &[common::WEFT, "run", "--node-name", "node1", "--config", &config.display().to_string()],
-        &[("KUBECONFIG", kubeconfig.as_str()), ("WEFT_LOG", "debug")],
-        dir.path(),
-    );
+    let kubeconfig = token_kubeconfig(&cp, &pod_token);
+    let weft = Path::new(common::WEFT);
+    let mut agent = spawn_agent("agent-node1", weft, "node1", &node1.ns, &kubeconfig, &config, "debug");
     let annotations = || cp.kubectl_ok(&["get", "node", "node1", "-o", "jsonpath={.metadata.annotations}"]);
     let published = eventually(Duration::from_secs(30), || {
         let a = annotations();

@@ -5,7 +5,9 @@ use std::net::IpAddr;
 use futures::TryStreamExt;
 use ipnetwork::IpNetwork;
 use netlink_packet_route::AddressFamily;
-use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteMetric, RouteProtocol, RouteScope,
+};
 use rtnetlink::RouteMessageBuilder;
 
 use super::{Netlink, NetlinkError, ctx, tolerate_gone};
@@ -24,6 +26,8 @@ pub struct RouteSpec {
     pub onlink: bool,
     /// Route protocol number (weft's are [`super::RTPROT_WEFT_POD`]).
     pub protocol: u8,
+    /// Path MTU of the route (`mtu` metric), if it has one; else the device's.
+    pub mtu: Option<u32>,
 }
 
 /// A route read back from the kernel.
@@ -37,6 +41,8 @@ pub struct RouteEntry {
     pub oif: u32,
     /// Route protocol number.
     pub protocol: u8,
+    /// Its `mtu` metric, if set.
+    pub mtu: Option<u32>,
 }
 
 fn route_message(spec: &RouteSpec) -> RouteMessage {
@@ -55,6 +61,9 @@ fn route_message(spec: &RouteSpec) -> RouteMessage {
         b = b.onlink();
     }
     let mut msg = b.build();
+    if let Some(mtu) = spec.mtu {
+        msg.attributes.push(RouteAttribute::Metrics(vec![RouteMetric::Mtu(mtu)]));
+    }
     // The builder's `protocol()` may map well-known numbers to named variants; keep ours verbatim.
     msg.header.protocol = RouteProtocol::from(spec.protocol);
     msg
@@ -108,7 +117,8 @@ impl Netlink {
 fn describe(verb: &str, spec: &RouteSpec) -> String {
     let via = spec.gateway.map(|g| format!(" via {g}")).unwrap_or_default();
     let onlink = if spec.onlink { " onlink" } else { "" };
-    format!("{verb} route {}{via} dev {}{onlink} proto {}", spec.dst, spec.oif, spec.protocol)
+    let mtu = spec.mtu.map(|m| format!(" mtu {m}")).unwrap_or_default();
+    format!("{verb} route {}{via} dev {}{onlink} proto {}{mtu}", spec.dst, spec.oif, spec.protocol)
 }
 
 impl RouteEntry {
@@ -131,17 +141,24 @@ fn entry_from_message(m: &RouteMessage) -> Option<RouteEntry> {
     let mut dst_ip: Option<IpAddr> = None;
     let mut gateway = None;
     let mut oif = 0;
+    let mut mtu = None;
     for a in &m.attributes {
         match a {
             RouteAttribute::Destination(addr) => dst_ip = route_addr(addr),
             RouteAttribute::Gateway(addr) => gateway = route_addr(addr),
             RouteAttribute::Oif(i) => oif = *i,
+            RouteAttribute::Metrics(metrics) => {
+                mtu = metrics.iter().find_map(|m| match m {
+                    RouteMetric::Mtu(v) if *v > 0 => Some(*v),
+                    _ => None,
+                })
+            }
             _ => {}
         }
     }
     let dst_ip = dst_ip.unwrap_or(if ipv6 { IpAddr::from([0u16; 8]) } else { IpAddr::from([0u8; 4]) });
     let dst = IpNetwork::new(dst_ip, m.header.destination_prefix_length).ok()?;
-    Some(RouteEntry { dst, gateway, oif, protocol: u8::from(m.header.protocol) })
+    Some(RouteEntry { dst, gateway, oif, protocol: u8::from(m.header.protocol), mtu })
 }
 
 fn route_addr(a: &RouteAddress) -> Option<IpAddr> {

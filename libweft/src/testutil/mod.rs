@@ -10,7 +10,9 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 
+pub mod agent;
 pub mod control_plane;
+pub mod lab;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 

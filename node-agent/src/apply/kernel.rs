@@ -103,16 +103,32 @@ pub struct Applied {
     pub errors: Vec<EntryError>,
 }
 
-fn route_spec(dst: IpNetwork, hop: Hop, underlay: u32, vxlan: Option<u32>) -> Option<RouteSpec> {
+/// The route for `dst` via `hop`. `vxlan`: the VXLAN device's index and
+/// MTU, when it exists. A VXLAN route carries that MTU: pods have the
+/// underlay's, so the route is where the smaller path MTU is known, for
+/// path-MTU errors and for the MSS clamp (`rt mtu`) in `inet weft`.
+fn route_spec(dst: IpNetwork, hop: Hop, underlay: u32, vxlan: Option<(u32, u32)>) -> Option<RouteSpec> {
+    let peer = |gateway, oif, onlink, mtu| RouteSpec {
+        dst,
+        gateway: Some(gateway),
+        oif,
+        onlink,
+        protocol: RTPROT_WEFT_PEER,
+        mtu,
+    };
     Some(match hop {
-        Hop::Direct { gateway } => {
-            RouteSpec { dst, gateway: Some(gateway), oif: underlay, onlink: false, protocol: RTPROT_WEFT_PEER }
-        }
+        Hop::Direct { gateway } => peer(gateway, underlay, false, None),
         // The peer's VTEP address is on no connected subnet: onlink says "just send it out of this device".
         Hop::Vxlan { gateway } => {
-            RouteSpec { dst, gateway: Some(gateway), oif: vxlan?, onlink: true, protocol: RTPROT_WEFT_PEER }
+            let (index, mtu) = vxlan?;
+            peer(gateway, index, true, Some(mtu))
         }
     })
+}
+
+/// The mirror's key of a route weft writes.
+fn hop_of(spec: &RouteSpec) -> mirror::Hop {
+    (spec.gateway, spec.oif, spec.mtu)
 }
 
 /// One reconcile pass. Fails only when the VXLAN device itself cannot be
@@ -166,27 +182,31 @@ pub async fn sync(
             None
         }
     };
+    let vxlan_route = vxlan.zip(d.vxlan.as_ref().map(|v| v.mtu));
     let mut only = only;
     if mirror.is_stale() || mirror.read(|s| s.vxlan_index) != vxlan {
         dump(nl, vxlan, mirror).await?;
         only = None;
     }
 
-    let plan = mirror.read(|present| match only {
-        None => {
-            let wanted: Vec<RouteSpec> =
-                d.routes.iter().filter_map(|(dst, hop)| route_spec(*dst, *hop, underlay, vxlan)).collect();
-            Plan::new(present, d, &wanted, vxlan.is_some())
+    let plan = mirror.read(|present| {
+        match only {
+            None => {
+                let wanted: Vec<RouteSpec> =
+                    d.routes.iter().filter_map(|(dst, hop)| route_spec(*dst, *hop, underlay, vxlan_route)).collect();
+                Plan::new(present, d, &wanted, vxlan.is_some())
+            }
+            Some(keys) => Plan::only(present, d, keys, underlay, vxlan_route),
         }
-        Some(keys) => Plan::only(present, d, keys, underlay, vxlan),
+        .replacing_in_place(present)
     });
 
     // Stale routes go first.
-    for (dst, (gateway, oif)) in plan.stale_routes {
+    for (dst, (gateway, oif, mtu)) in plan.stale_routes {
         mirror.record(|s| {
-            s.remove_route(&dst, (gateway, oif));
+            s.remove_route(&dst, (gateway, oif, mtu));
         });
-        let spec = RouteSpec { dst, gateway, oif, onlink: false, protocol: RTPROT_WEFT_PEER };
+        let spec = RouteSpec { dst, gateway, oif, onlink: false, protocol: RTPROT_WEFT_PEER, mtu: None };
         let res = nl.delete_route(&spec).await.map(|gone| gone as usize);
         record(&mut out, res, "route", mirror);
     }
@@ -222,7 +242,7 @@ pub async fn sync(
     let mut failed = 0;
     for w in plan.missing_routes {
         mirror.record(|s| {
-            s.add_route(w.dst, (w.gateway, w.oif), true);
+            s.add_route(w.dst, hop_of(&w), true);
         });
         let res = nl.replace_route(w).await;
         failed += usize::from(res.is_err());
@@ -239,7 +259,7 @@ async fn dump(nl: &Netlink, vxlan: Option<u32>, mirror: &Mirror) -> Result<(), N
     let read = async {
         let mut s = Snapshot { vxlan_index: vxlan, ..Snapshot::default() };
         for r in mirror::peer_routes(nl).await? {
-            s.add_route(r.dst, (r.gateway, r.oif), false);
+            s.add_route(r.dst, mirror::route_key(&r).1, false);
         }
         if let Some(index) = vxlan {
             s.fdb = mirror::vxlan_fdb(nl, index).await?;
@@ -282,7 +302,7 @@ impl Plan {
     fn new(present: &Snapshot, d: &KernelState, wanted: &[RouteSpec], vxlan: bool) -> Plan {
         let mut plan = Plan::default();
         // Hash lookups both ways: thousands of peers must not cost a quadratic diff.
-        let wanted_keys: HashSet<_> = wanted.iter().map(|w| (w.dst, (w.gateway, w.oif))).collect();
+        let wanted_keys: HashSet<_> = wanted.iter().map(|w| (w.dst, hop_of(w))).collect();
         for (dst, hops) in &present.routes {
             for hop in hops {
                 if !wanted_keys.contains(&(*dst, *hop)) {
@@ -290,8 +310,7 @@ impl Plan {
                 }
             }
         }
-        plan.missing_routes =
-            wanted.iter().filter(|w| !present.has_route(&w.dst, (w.gateway, w.oif))).copied().collect();
+        plan.missing_routes = wanted.iter().filter(|w| !present.has_route(&w.dst, hop_of(w))).copied().collect();
         if vxlan {
             plan.stale_fdb = present.fdb.iter().filter(|(mac, dst)| d.fdb.get(mac) != Some(dst)).copied().collect();
             plan.missing_fdb =
@@ -314,18 +333,28 @@ impl Plan {
 }
 
 impl Plan {
+    /// Leaves a destination's only route to the replace that writes its
+    /// wanted one (a new MTU, gateway or device), instead of deleting it
+    /// first: the destination is never without a route.
+    fn replacing_in_place(mut self, present: &Snapshot) -> Plan {
+        let replaced: HashSet<IpNetwork> = self.missing_routes.iter().map(|w| w.dst).collect();
+        self.stale_routes
+            .retain(|(dst, _)| !(replaced.contains(dst) && present.routes.get(dst).map(Vec::len) == Some(1)));
+        self
+    }
+
     /// The plan for the entries in `keys` alone.
-    fn only(present: &Snapshot, d: &KernelState, keys: &Touched, underlay: u32, vxlan: Option<u32>) -> Plan {
+    fn only(present: &Snapshot, d: &KernelState, keys: &Touched, underlay: u32, vxlan: Option<(u32, u32)>) -> Plan {
         let mut plan = Plan::default();
         for dst in &keys.routes {
             let wanted = d.routes.get(dst).and_then(|hop| route_spec(*dst, *hop, underlay, vxlan));
-            let wanted_hop = wanted.map(|w| (w.gateway, w.oif));
+            let wanted_hop = wanted.as_ref().map(hop_of);
             for hop in present.routes.get(dst).into_iter().flatten() {
                 if Some(*hop) != wanted_hop {
                     plan.stale_routes.push((*dst, *hop));
                 }
             }
-            plan.missing_routes.extend(wanted.filter(|w| !present.has_route(dst, (w.gateway, w.oif))));
+            plan.missing_routes.extend(wanted.filter(|w| !present.has_route(dst, hop_of(w))));
         }
         if vxlan.is_some() {
             // The FDB is a set of pairs: a pass over it, no I/O, for a handful of MACs.
@@ -470,7 +499,14 @@ pub async fn apply(
 pub async fn remove_all(nl: &Netlink) -> Result<usize, NetlinkError> {
     let mut removed = usize::from(nl.delete_link(VXLAN_DEV).await?);
     for r in mirror::peer_routes(nl).await? {
-        let spec = RouteSpec { dst: r.dst, gateway: r.gateway, oif: r.oif, onlink: false, protocol: RTPROT_WEFT_PEER };
+        let spec = RouteSpec {
+            dst: r.dst,
+            gateway: r.gateway,
+            oif: r.oif,
+            onlink: false,
+            protocol: RTPROT_WEFT_PEER,
+            mtu: None,
+        };
         removed += usize::from(nl.delete_route(&spec).await?);
     }
     Ok(removed)

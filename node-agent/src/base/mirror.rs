@@ -28,8 +28,9 @@ use std::sync::{Mutex, MutexGuard};
 use ipnetwork::IpNetwork;
 use libweft::netlink::{Netlink, NetlinkError, RTPROT_WEFT_PEER, RouteEntry};
 
-/// `(gateway, output interface)` of one peer route.
-pub type Hop = (Option<IpAddr>, u32);
+/// `(gateway, output interface, mtu metric)` of one peer route: a route
+/// whose MTU differs is not the one weft wants.
+pub type Hop = (Option<IpAddr>, u32, Option<u32>);
 
 /// What weft owns in the kernel, as last seen.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -235,7 +236,7 @@ pub fn mac(lladdr: &[u8]) -> [u8; 6] {
 
 /// A route notification's destination and hop, for the mirror.
 pub fn route_key(r: &RouteEntry) -> (IpNetwork, Hop) {
-    (r.dst, (r.gateway, r.oif))
+    (r.dst, (r.gateway, r.oif, r.mtu))
 }
 
 /// Every route with weft-agent's protocol number, both families.
@@ -264,7 +265,7 @@ mod tests {
     }
 
     fn hop(gw: &str, oif: u32) -> Hop {
-        (Some(gw.parse().unwrap()), oif)
+        (Some(gw.parse().unwrap()), oif, None)
     }
 
     #[test]

@@ -4,14 +4,24 @@
 //! - Pod traffic to anything outside the cluster CIDRs, the nodes' own
 //!   addresses and `nonMasqueradeCIDRs` leaves with the node's address.
 //! - Pod-to-pod and pod-to-node traffic keeps the pod's source address.
-//! - No forward chain: an accept in weft's own table could not override a
-//!   drop in another table (an accept ends only its own chain), and a
-//!   base chain that only accepts still costs every forwarded packet its
-//!   hook (net-bench: about 10 % of pod-to-pod throughput on this kernel).
+//! - No forward chain to accept pod traffic: an accept in weft's own table
+//!   could not override a drop in another table (an accept ends only its
+//!   own chain), and a base chain that only accepts still costs every
+//!   forwarded packet its hook (net-bench: about 10 % of pod-to-pod
+//!   throughput on this kernel).
+//! - With VXLAN in use, one forward chain clamps the MSS of TCP SYNs that
+//!   leave through the VXLAN device to its route's MTU: pods have the
+//!   underlay's MTU (see `desired::kernel_base`), and a connection to a
+//!   peer behind the tunnel then starts with segments that fit, instead of
+//!   losing its first full-size ones to path-MTU discovery.
 //! - A packet from a pod's host veth must carry that pod's address: strict
 //!   reverse-path filtering by `fib`, one static rule for every `weft*`
 //!   veth, so the ADD path adds no rule. A pod that takes another pod's
-//!   (or any other) address is dropped before conntrack sees it.
+//!   (or any other) address is dropped before conntrack sees it. Checked
+//!   on every packet, not only on new connections: conntrack finds an
+//!   entry by its addresses and ports alone, not by the interface, so a
+//!   pod forging another pod's established 5-tuple (a DNS answer to it,
+//!   say) would be `established` and pass.
 //! - With VXLAN in use, the VXLAN port takes packets only from the underlay
 //!   addresses of believed peers, and pods may not send to that port at
 //!   all: a pod could otherwise inject frames into another node's overlay,
@@ -100,6 +110,19 @@ fn addresses(ips: &[IpAddr], v6: bool) -> Vec<Value> {
     ips.iter().filter(|ip| ip.is_ipv6() == v6).map(|ip| json!(ip.to_string())).collect()
 }
 
+/// `oifname "weft.vxlan" tcp flags syn / syn,rst tcp option maxseg size
+/// set rt mtu`: SYN and SYN-ACK, both families, the route's MTU less the
+/// IP and TCP headers.
+fn mss_clamp() -> Vec<Value> {
+    let syn = json!({"match": {"op": "==",
+        "left": {"&": [{"payload": {"protocol": "tcp", "field": "flags"}}, ["syn", "rst"]]}, "right": "syn"}});
+    vec![
+        meta("oifname", "==", VXLAN_DEV),
+        syn,
+        json!({"mangle": {"key": {"tcp option": {"name": "maxseg", "field": "size"}}, "value": {"rt": {"key": "mtu"}}}}),
+    ]
+}
+
 /// Whether the table filters VXLAN: when any peer may be reached over it.
 pub fn uses_vxlan(cfg: &Config) -> bool {
     cfg.backend != Backend::Routes
@@ -142,6 +165,9 @@ pub fn ruleset(cfg: &Config, t: &NftTable) -> Value {
             "prerouting",
             [from_pod().to_vec(), vec![vxlan_port.clone()], count_and_drop("pod_vxlan").to_vec()].concat(),
         ));
+        // Mangle priority (-150), as MSS clamping conventionally runs.
+        cmds.push(chain("forward", "filter", "forward", -150));
+        cmds.push(rule("forward", mss_clamp()));
         cmds.push(chain("input", "filter", "input", 0));
         for (proto, v6) in [("ip", false), ("ip6", true)] {
             let unknown = matches(proto, "saddr", "!=", json!(format!("@{}", set_name("vxlan_peers", v6))));
@@ -279,7 +305,9 @@ mod tests {
         assert!(masq.iter().all(|m| m.contains("masquerade") && m.contains("@keep_source") && m.contains("@nodes")));
         let off = ruleset(&cfg(Backend::Auto, false), &table()).to_string();
         assert!(!off.contains("masquerade") && off.contains("spoofed_source"));
-        assert!(!text.contains(r#""hook":"forward""#), "no chain on every forwarded packet that decides nothing");
+        // No chain on every forwarded packet that decides nothing: forward holds the MSS clamp alone.
+        let forward = rules(&r, "forward");
+        assert!(forward.len() == 1 && !forward[0].contains("accept"), "{forward:?}");
     }
 
     #[test]
@@ -314,9 +342,14 @@ mod tests {
                 x.contains(set) && x.contains(r#""op":"!=""#) && x.contains("4789") && x.contains("vxlan_unknown_peer")
             );
         }
+        // SYNs leaving through the tunnel get the route's MTU as their MSS.
+        let forward = rules(&r, "forward");
+        assert_eq!(forward.len(), 1, "{forward:?}");
+        assert!(forward[0].contains(r#""right":"weft.vxlan""#) && forward[0].contains(r#""rt":{"key":"mtu"}"#));
         // With direct routes only, nothing listens on the VXLAN port: pods keep it.
         let routes = ruleset(&cfg(Backend::Routes, true), &table());
         assert!(rules(&routes, "input").is_empty() && !routes.to_string().contains("pod_vxlan\"},"));
+        assert!(rules(&routes, "forward").is_empty(), "no forward hook without a tunnel");
         serde_json::from_value::<nftables::schema::Nftables>(routes).expect("valid nft JSON");
     }
 }

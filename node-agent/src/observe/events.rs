@@ -371,7 +371,7 @@ impl RouteFilter {
 
     /// Whether a peer route in the mirror leaves through link `index`.
     fn routes_through(&self, index: u32) -> bool {
-        self.shared.mirror.read(|s| s.routes.values().flatten().any(|(_, oif)| *oif == index))
+        self.shared.mirror.read(|s| s.routes.values().flatten().any(|(_, oif, _)| *oif == index))
     }
 }
 
@@ -575,7 +575,7 @@ mod tests {
         r.attributes.push(RouteAttribute::Gateway(RouteAddress::Inet("10.244.2.0".parse().unwrap())));
         r.attributes.push(RouteAttribute::Oif(7));
         let dst = "10.244.2.0/24".parse().unwrap();
-        let hop = (Some("10.244.2.0".parse().unwrap()), 7);
+        let hop = (Some("10.244.2.0".parse().unwrap()), 7, None);
         // The agent records its write, then the kernel's notification comes.
         shared.mirror.record(|s| {
             s.add_route(dst, hop, true);

@@ -11,7 +11,9 @@ use std::process::{Command, Stdio};
 use libweft::netlink::Netlink;
 use libweft::netns::NetNs;
 use libweft::testutil::TestNs;
+use libweft::testutil::agent::{self, AgentConfig};
 use libweft::testutil::control_plane::{ControlPlane, Proc};
+use libweft::testutil::lab::{NodeUnderlay, Segment, Segments, veth};
 use serde_json::json;
 
 pub const WEFT: &str = env!("CARGO_BIN_EXE_weft-agent");
@@ -26,8 +28,8 @@ pub fn weft_cni() -> PathBuf {
 }
 
 pub struct Lab {
-    pub lab: TestNs,
-    pub router: TestNs,
+    /// Segments A and B, and the router between them.
+    pub underlay: Segments,
     /// An "external" host behind the router, outside the cluster: 203.0.113.200, 2001:db8:e::200.
     pub external: TestNs,
     pub nodes: Vec<Node>,
@@ -49,23 +51,10 @@ pub struct Node {
 impl Lab {
     /// `segments[i]` is 'A' or 'B' for node i+1.
     pub fn new(segments: &[char]) -> Lab {
-        let lab = TestNs::new("lab");
-        let router = TestNs::new("router");
-        for (br, gw4, gw6) in
-            [("brA", "198.51.100.1/24", "2001:db8:a::1/64"), ("brB", "203.0.113.1/25", "2001:db8:b::1/64")]
-        {
-            lab.exec_ok(&["ip", "link", "add", br, "type", "bridge"]);
-            lab.exec_ok(&["ip", "link", "set", br, "up"]);
-            let (a, b) = (format!("r-{br}"), format!("{br}-r"));
-            veth(&router, &a, &lab, &b);
-            lab.exec_ok(&["ip", "link", "set", &b, "master", br, "up"]);
-            router.exec_ok(&["ip", "link", "set", &a, "up"]);
-            router.exec_ok(&["ip", "addr", "add", gw4, "dev", &a]);
-            router.exec_ok(&["ip", "addr", "add", gw6, "dev", &a, "nodad"]);
-        }
-        router.enable_forwarding();
+        let underlay = Segments::new("lab", "router");
+        let router = &underlay.router;
         let external = TestNs::new("ext");
-        veth(&router, "r-ext", &external, "eth0");
+        veth(router, "r-ext", &external, "eth0");
         router.exec_ok(&["ip", "link", "set", "r-ext", "up"]);
         router.exec_ok(&["ip", "addr", "add", "203.0.113.129/25", "dev", "r-ext"]);
         router.exec_ok(&["ip", "addr", "add", "2001:db8:e::1/64", "dev", "r-ext", "nodad"]);
@@ -85,40 +74,12 @@ impl Lab {
             let n = i + 1;
             let name = format!("node{n}");
             let ns = TestNs::new(&name);
-            let (v4, v6, plen4, gw4, gw6, other4, other6) = if *seg == 'A' {
-                (
-                    format!("198.51.100.{}", 10 + n),
-                    format!("2001:db8:a::{}", 10 + n),
-                    24,
-                    "198.51.100.1",
-                    "2001:db8:a::1",
-                    "203.0.113.0/25",
-                    "2001:db8:b::/64",
-                )
-            } else {
-                (
-                    format!("203.0.113.{}", 10 + n),
-                    format!("2001:db8:b::{}", 10 + n),
-                    25,
-                    "203.0.113.1",
-                    "2001:db8:b::1",
-                    "198.51.100.0/24",
-                    "2001:db8:a::/64",
-                )
-            };
-            let br = if *seg == 'A' { "brA" } else { "brB" };
-            let port = format!("{br}-n{n}");
-            veth(&ns, "eth0", &lab, &port);
-            lab.exec_ok(&["ip", "link", "set", &port, "master", br, "up"]);
-            ns.exec_ok(&["ip", "link", "set", "eth0", "up"]);
-            ns.exec_ok(&["ip", "addr", "add", &format!("{v4}/{plen4}"), "dev", "eth0"]);
-            ns.exec_ok(&["ip", "addr", "add", &format!("{v6}/64"), "dev", "eth0", "nodad"]);
-            // Only the other segment is routed, via the lab router: no default route, nothing can leave the lab.
-            ns.exec_ok(&["ip", "route", "add", other4, "via", gw4]);
-            ns.exec_ok(&["ip", "-6", "route", "add", other6, "via", gw6]);
+            let (segment, br) = if *seg == 'A' { (Segment::A, "brA") } else { (Segment::B, "brB") };
+            let NodeUnderlay { v4, v6, gw4, gw6 } =
+                underlay.attach_node(&ns, segment, 10 + n as u8, &format!("{br}-n{n}"), None);
+            // The external host, behind the router too.
             ns.exec_ok(&["ip", "route", "add", "203.0.113.128/25", "via", gw4]);
             ns.exec_ok(&["ip", "-6", "route", "add", "2001:db8:e::/64", "via", gw6]);
-            ns.enable_forwarding();
             nodes.push(Node {
                 name,
                 ns,
@@ -129,12 +90,12 @@ impl Lab {
                 ipam: tempfile::tempdir().unwrap(),
             });
         }
-        Lab { lab, router, external, nodes }
+        Lab { underlay, external, nodes }
     }
 }
 
 /// The API server's address on segment A.
-pub const CP_IP: &str = "198.51.100.2";
+pub use libweft::testutil::lab::CP_IP;
 
 impl Lab {
     /// etcd and kube-apiserver in a control-plane namespace on segment A.
@@ -144,19 +105,8 @@ impl Lab {
 
     /// [`Lab::control_plane`] with extra kube-apiserver flags.
     pub fn control_plane_with_flags(&self, bin: &std::path::Path, apiserver_flags: &[&str]) -> ControlPlane {
-        let ns = TestNs::new("cp");
-        veth(&self.lab, "brA-cp", &ns, "eth0");
-        self.lab.exec_ok(&["ip", "link", "set", "brA-cp", "master", "brA", "up"]);
-        ns.exec_ok(&["ip", "link", "set", "eth0", "up"]);
-        ns.exec_ok(&["ip", "addr", "add", &format!("{CP_IP}/24"), "dev", "eth0"]);
-        // Nodes on segment B reach the API server through the lab router.
-        ns.exec_ok(&["ip", "route", "add", "203.0.113.0/25", "via", "198.51.100.1"]);
-        ControlPlane::start_with_flags(ns, CP_IP, bin, apiserver_flags)
+        self.underlay.control_plane("cp", bin, apiserver_flags)
     }
-}
-
-fn veth(a: &TestNs, a_name: &str, b: &TestNs, b_name: &str) {
-    a.exec_ok(&["ip", "link", "add", a_name, "type", "veth", "peer", "name", b_name, "netns", b.name()]);
 }
 
 impl Node {
@@ -272,37 +222,21 @@ impl Node {
 }
 
 /// The address of an agent's probes and metrics inside its node namespace.
-pub const AGENT_HTTP: &str = "127.0.0.1:9959";
+pub use libweft::testutil::agent::AGENT_HTTP;
 
 /// Writes an agent configuration into `dir`, with every path the agent
 /// writes (run dir, CNI config and bin dirs) inside it; returns its path.
 pub fn agent_config(dir: &Path, backend: &str, resync_seconds: u64) -> PathBuf {
-    let cfg = json!({
-        "clusterCIDRs": ["10.244.0.0/16", "fd00:10:244::/56"],
-        "backend": backend,
-        "resyncPeriodSeconds": resync_seconds,
-        "listenAddress": AGENT_HTTP,
-        "healthAddress": AGENT_HTTP,
-        "runDir": dir.join("run"),
-        "cniConfDir": dir.join("net.d"),
-        "cniBinDir": dir.join("bin"),
-    });
-    let path = dir.join("config.json");
-    std::fs::write(&path, cfg.to_string()).unwrap();
-    path
+    AgentConfig::new(dir, ["10.244.0.0/16", "fd00:10:244::/56"], backend)
+        .with("resyncPeriodSeconds", json!(resync_seconds))
+        .with("healthAddress", json!(AGENT_HTTP))
+        .write(&dir.join("config.json"))
 }
 
 /// Starts weft-agent for `node` with the configuration at `config`,
-/// logging at debug level into `<dir>/<name>.log`.
-pub fn spawn_agent(name: &str, node: &Node, cp: &ControlPlane, config: &Path, dir: &Path) -> Proc {
-    let kubeconfig = cp.kubeconfig().display().to_string();
-    Proc::spawn(
-        name,
-        &node.ns,
-        &[WEFT, "run", "--node-name", &node.name, "--config", &config.display().to_string()],
-        &[("KUBECONFIG", kubeconfig.as_str()), ("WEFT_LOG", "debug")],
-        dir,
-    )
+/// logging at debug level into `<name>.log` beside it.
+pub fn spawn_agent(name: &str, node: &Node, cp: &ControlPlane, config: &Path) -> Proc {
+    agent::spawn_agent(name, Path::new(WEFT), &node.name, &node.ns, &cp.kubeconfig(), config, "debug")
 }
 
 /// A Pod object as the kubelet would leave it: scheduled on `node`, with

@@ -5,7 +5,9 @@
 //!
 //! `weft-echo client HOST PORT [tcp|udp|udp-df SIZE]` connects and prints
 //! the answer (the address the server saw), for tests run from inside pods;
-//! `udp-df` sends SIZE bytes with fragmentation forbidden.
+//! `udp-df` sends SIZE bytes with fragmentation forbidden and, as an
+//! application doing path-MTU discovery would, once more at the path MTU
+//! the kernel learnt if that is smaller (a peer behind VXLAN).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -70,7 +72,8 @@ fn server(port: u16) -> std::io::Result<()> {
 }
 
 /// Forbids fragmentation, so a datagram larger than the path MTU fails
-/// instead of being split: `udp-df SIZE` proves the pod MTU fits the path.
+/// instead of being split: `udp-df SIZE` proves the path takes what the
+/// kernel says it takes, with no blackhole.
 fn set_dont_fragment(sock: &UdpSocket, v6: bool) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     let (level, opt, val) = if v6 {
@@ -85,6 +88,17 @@ fn set_dont_fragment(sock: &UdpSocket, v6: bool) -> std::io::Result<()> {
     if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
+/// The path MTU the kernel knows for the connected socket `sock`.
+fn path_mtu(sock: &UdpSocket, v6: bool) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let (level, opt) = if v6 { (libc::IPPROTO_IPV6, libc::IPV6_MTU) } else { (libc::IPPROTO_IP, libc::IP_MTU) };
+    let mut mtu: i32 = 0;
+    let mut len = std::mem::size_of::<i32>() as u32;
+    // SAFETY: getsockopt on our own socket into a correctly sized int.
+    let rc = unsafe { libc::getsockopt(sock.as_raw_fd(), level, opt, (&mut mtu as *mut i32).cast(), &mut len) };
+    if rc == 0 { Ok(mtu.max(0) as usize) } else { Err(std::io::Error::last_os_error()) }
+}
+
 fn client(host: &str, port: u16, proto: &str, size: usize) -> std::io::Result<String> {
     let target = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
     let timeout = Duration::from_secs(5);
@@ -93,12 +107,28 @@ fn client(host: &str, port: u16, proto: &str, size: usize) -> std::io::Result<St
         sock.set_read_timeout(Some(timeout))?;
         let mut payload = vec![b'w'; size.max(4)];
         payload[..4].copy_from_slice(b"who\n");
+        sock.connect(&target)?;
+        let v6 = host.contains(':');
         if proto == "udp-df" {
-            set_dont_fragment(&sock, host.contains(':'))?;
+            set_dont_fragment(&sock, v6)?;
         }
-        sock.send_to(&payload, &target)?;
         let mut buf = [0u8; 1024];
-        let n = sock.recv(&mut buf)?;
+        let first = sock.send(&payload).and_then(|_| sock.recv(&mut buf));
+        let n = match first {
+            Ok(n) => n,
+            // Too big for the path: the node's path-MTU error set the socket's path MTU.
+            Err(e) if proto == "udp-df" => {
+                let header = if v6 { 48 } else { 28 };
+                let fits = path_mtu(&sock, v6)?.saturating_sub(header);
+                if fits >= payload.len() {
+                    return Err(e);
+                }
+                payload.truncate(fits.max(4));
+                sock.send(&payload)?;
+                sock.recv(&mut buf)?
+            }
+            Err(e) => return Err(e),
+        };
         return Ok(String::from_utf8_lossy(&buf[..n]).trim().to_string());
     }
     let addr = std::net::ToSocketAddrs::to_socket_addrs(&target)?.next().ok_or(std::io::ErrorKind::NotFound)?;

@@ -1,6 +1,4 @@
-//! The benchmarks' JSON results, one type per benchmark, written by the
-//! benchmark and read by bench-report: the schema lives here once.
-//! cni-bench's is the first; the others still go through `serde_json::Value`.
+//! cni-bench's result.
 
 use serde::{Deserialize, Serialize};
 

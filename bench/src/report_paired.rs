@@ -1,0 +1,304 @@
+//! bench-report's view of net-bench's paired groups (`net_paired`): each
+//! comparison's ratio with its 95 % interval, the hook crossings, and the
+//! targets judged on them.
+
+use std::fmt::Write as _;
+
+use weft_bench::results::{Crossings, NetRun, PairedGroup, PairedMetric, RowMetric};
+use weft_bench::stats;
+
+use crate::report_plot::spread;
+
+/// `a` over `b` for `m` in a paired group, with its 95 % interval.
+pub(crate) fn group_ci(g: &PairedGroup, a: &str, b: &str, m: PairedMetric) -> Option<stats::RatioCi> {
+    stats::paired_ratio_ci(&stats::same_round_pairs(&g.values(m), &a, &b))
+}
+
+/// `0.912 [0.890–0.935]`, marked when wider than the group's target.
+pub(crate) fn fmt_ci(ci: Option<stats::RatioCi>, target: f64) -> String {
+    match ci {
+        Some(c) => format!(
+            "{:.3} [{:.3}–{:.3}]{}",
+            c.ratio,
+            c.low,
+            c.high,
+            if c.half_width() > target { " (wide)" } else { "" }
+        ),
+        None => "–".into(),
+    }
+}
+
+/// Whether a ratio meets `at_least` (or, for CPU per byte, `at_most`),
+/// and whether its interval still straddles the threshold.
+pub(crate) fn verdict(ci: stats::RatioCi, threshold: f64, lower_is_better: bool) -> &'static str {
+    let met = if lower_is_better { ci.ratio <= threshold } else { ci.ratio >= threshold };
+    match (met, ci.low <= threshold && threshold <= ci.high) {
+        (true, false) => "met",
+        (true, true) => "met (interval straddles)",
+        (false, true) => "**missed** (interval straddles)",
+        (false, false) => "**missed**",
+    }
+}
+
+/// What this run's data says about weft's cost on the routes path (for a
+/// missed target): from the paired routes group of family `f`, weft over
+/// no netfilter and over the conntrack reference, with their intervals;
+/// from the profiles, netfilter's share of the CPU with weft and without.
+pub(crate) fn netfilter_cause(net: &NetRun, f: &str, key: RowMetric) -> Option<String> {
+    let g = net.group("routes", f)?;
+    let m = if key == RowMetric::ConnPerS { PairedMetric::ConnPerS } else { PairedMetric::Gbps };
+    let mut parts = Vec::new();
+    for (_, over) in g.comparisons.iter().filter(|(a, _)| a == "weft") {
+        if let Some(ci) = group_ci(g, "weft", over, m) {
+            parts.push(format!("paired, weft routes is {} `{over}`", fmt_ci(Some(ci), g.target_half_width)));
+        }
+    }
+    let nf = |v: &str| g.profiles.get(v).and_then(|p| p.under_nf_hook_slow);
+    if let (Some(w), Some(none)) = (nf("weft"), nf("no netfilter")) {
+        parts.push(format!(
+            "netfilter hooks (`nf_hook_slow` and callees) are {:.1}% of the profiled CPU with weft's rules vs {:.1}% with none",
+            w * 100.0,
+            none * 100.0
+        ));
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
+}
+
+/// The paired groups: per backend and family, each comparison's ratio
+/// with its 95 % interval for throughput, CPU per byte and new
+/// connections; the VXLAN hook crossings; the targets against the
+/// conntrack reference.
+pub(crate) fn paired_section(net: &NetRun, md: &mut String) {
+    let Some(first) = net.paired.first() else { return };
+    let _ = writeln!(md, "### Paired: weft against its references, and what each part costs\n");
+    let _ = writeln!(
+        md,
+        "One `weft routes` and one `weft vxlan` setup (agents against the API server, NetworkPolicy on, {} policies loaded and one of them isolating the benchmark pods). Their nftables rulesets are saved with the pods selected and unselected, the agents stopped (they leave the data plane in place), and each variant is loaded atomically in both node namespaces: `no netfilter` (empty ruleset: the kernel objects alone, as `hand routes`/`hand vxlan`), `conntrack only` (empty nat chains at prerouting, output and postrouting, as kube-proxy turns conntrack on), `weft` (the agent's ruleset, pods selected by no policy), and weft without one part at a time (`−`: a rule or chain deleted; conntrack by a `notrack` chain before its hook). Rounds measure every variant once in rotating order (forward, then backward), then the comparison with the widest interval gets extra pairs, alternating order, until every interval is within ±{:.0} % or the group's budget is spent. Each measurement: one iperf3 stream transferring a fixed size (cubic), then sequential new connections. **Ratio**: the geometric mean of the per-round ratios with its 95 % paired log-ratio t interval (`[low–high]`, *(wide)* when wider than the target; `pairs`: rounds holding both). **CPU per GB**: CPU-seconds of both iperf3 processes (getrusage) plus the machine's irq and softirq time (/proc/stat; this VM has no cycle counter for `perf stat`) over the transfer, per GB received; lower is better. The machine-wide busy time per GB is in the JSON (`machine_cpu_s_per_gb`), but on a shared machine it counts other work.\n",
+        first.policies,
+        first.target_half_width * 100.0
+    );
+    let mut targets = Vec::new();
+    for g in &net.paired {
+        group_table(g, md, &mut targets);
+        group_notes(g, md);
+    }
+    if !targets.is_empty() {
+        let _ = writeln!(md, "Targets against the conntrack reference (paired):\n");
+        for t in targets {
+            let _ = writeln!(md, "- {t}");
+        }
+        let _ = writeln!(md);
+    }
+}
+
+/// One group's table of comparisons; the verdicts of weft over the
+/// conntrack reference go to `targets`.
+fn group_table(g: &PairedGroup, md: &mut String, targets: &mut Vec<String>) {
+    let (b, f, target) = (&g.backend, &g.family, g.target_half_width);
+    let _ = writeln!(
+        md,
+        "**{b}, {f}** ({} GB per transfer, {} s of new connections; {} rounds + {} adaptive pairs in {:.0} s, budget {:.0} s)\n",
+        g.bytes as f64 / 1e9,
+        g.conn_secs,
+        g.min_rounds,
+        g.adaptive_pairs,
+        g.seconds,
+        g.budget_s
+    );
+    let _ = writeln!(
+        md,
+        "| variant | over | Gbit/s ratio [95 % CI] | CPU per GB ratio [95 % CI] | conn/s ratio [95 % CI] | pairs | Gbit/s (median) | CPU s/GB (median) |\n|---|---|---|---|---|---|---|---|"
+    );
+    for (a, over) in &g.comparisons {
+        let ci = |m| group_ci(g, a, over, m);
+        let median = |m| {
+            let v: Vec<f64> = g.values(m).iter().filter(|s| s.1 == a).map(|s| s.2).collect();
+            if v.is_empty() { "–".to_string() } else { format!("{:.2}", spread(&v).1) }
+        };
+        let _ = writeln!(
+            md,
+            "| {a} | {over} | {} | {} | {} | {} | {} | {} |",
+            fmt_ci(ci(PairedMetric::Gbps), target),
+            fmt_ci(ci(PairedMetric::CpuSPerGb), target),
+            fmt_ci(ci(PairedMetric::ConnPerS), target),
+            ci(PairedMetric::Gbps).map_or(0, |c| c.n),
+            median(PairedMetric::Gbps),
+            median(PairedMetric::CpuSPerGb)
+        );
+        if a != "weft" || !over.starts_with("conntrack only") {
+            continue;
+        }
+        for (m, what, threshold, lower) in [
+            (PairedMetric::Gbps, "throughput", 0.97, false),
+            (PairedMetric::CpuSPerGb, "CPU per GB", 1.0 / 0.97, true),
+            (PairedMetric::ConnPerS, "new connections", 0.95, false),
+        ] {
+            if let Some(x) = ci(m) {
+                let sign = if lower { "≤" } else { "≥" };
+                targets.push(format!(
+                    "{b} {f}, {what}: weft {:.3}x conntrack only [{:.3}–{:.3}], target {sign} {threshold:.3}: {}",
+                    x.ratio,
+                    x.low,
+                    x.high,
+                    verdict(x, threshold, lower)
+                ));
+            }
+        }
+    }
+    let _ = writeln!(md);
+}
+
+/// A group's variants left out, and the hooks its VXLAN transfer crossed.
+fn group_notes(g: &PairedGroup, md: &mut String) {
+    for e in &g.errors {
+        let _ =
+            writeln!(md, "- **{}:** {}", e.variant, e.error.as_deref().or(e.profile_error.as_deref()).unwrap_or("?"));
+    }
+    match &g.crossings {
+        Some(Crossings::Failed { error }) => {
+            let _ = writeln!(md, "- **Hook crossings not counted:** {}", error.lines().next().unwrap_or(error));
+        }
+        Some(Crossings::Counted(nodes)) => {
+            let _ = writeln!(
+                md,
+                "\nNetfilter hooks crossed by one VXLAN transfer with weft's rules (packets counted by a table of counters at priority −500 / +500 in each hook; inner: from the client pod's CIDR, outer: UDP 8472 from node 1's underlay address; segmentation offloads make these counts of GSO/GRO packets, not wire packets):\n\n| node | hook | inner packets | outer packets |\n|---|---|---|---|"
+            );
+            for (node, hooks) in nodes {
+                for (hook, inner, outer) in hooks {
+                    let _ = writeln!(md, "| {node} | {hook} | {inner} | {outer} |");
+                }
+            }
+            let _ = writeln!(md);
+        }
+        None => {}
+    }
+}
+
+/// The NetworkPolicy data-plane targets from the paired groups: weft with
+/// the benchmark pods isolated over weft with them selected by no policy,
+/// same namespaces, interleaved. Whether there was any to show.
+pub(crate) fn paired_policies(net: &NetRun, md: &mut String) -> bool {
+    let isolated = |g: &PairedGroup| g.variants.iter().find(|v| v.ends_with("pods isolated")).cloned();
+    let mut lines = Vec::new();
+    for g in &net.paired {
+        let Some(with) = isolated(g) else { continue };
+        for (m, what, threshold) in
+            [(PairedMetric::Gbps, "throughput, 1 stream", 0.95), (PairedMetric::ConnPerS, "new connections", 0.9)]
+        {
+            if let Some(ci) = group_ci(g, &with, "weft", m) {
+                lines.push(format!(
+                    "| {} {} | {what} | {} | ≥ {threshold}: {} |",
+                    g.backend,
+                    g.family,
+                    fmt_ci(Some(ci), g.target_half_width),
+                    verdict(ci, threshold, false)
+                ));
+            }
+        }
+    }
+    if lines.is_empty() {
+        return false;
+    }
+    let _ = writeln!(
+        md,
+        "From the paired groups (see the data-plane section): `{}` over `weft` with the pods selected by no policy, the same pods and namespaces, interleaved, with the 95 % interval.\n\n| backend, family | metric | ratio [95 % CI] | target |\n|---|---|---|---|\n{}\n",
+        net.paired.iter().find_map(isolated).unwrap_or_else(|| "weft, N policies".into()),
+        lines.join("\n")
+    );
+    true
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A paired routes group: weft 0.9x no netfilter every round, 0.95x
+    /// conntrack only with ±1 % of noise, the pods isolated 0.99x weft.
+    pub(crate) fn paired_group() -> PairedGroup {
+        let mut samples = Vec::new();
+        for r in 0..4usize {
+            let noise = if r % 2 == 0 { 1.01 } else { 0.99 };
+            for (v, g) in [
+                ("no netfilter", 20.0),
+                ("conntrack only (empty nat chains)", 18.0 / 0.95 / noise),
+                ("weft", 18.0),
+                ("weft, 20 policies, pods isolated", 18.0 * 0.99),
+            ] {
+                samples.push(
+                    json!({"round": r, "variant": v, "gbps": g, "cpu_s_per_gb": 10.0 / g, "conn_per_s": 100.0 * g}),
+                );
+            }
+        }
+        serde_json::from_value(json!({"backend": "routes", "family": "IPv4", "cc": "cubic", "bytes": 2_000_000_000u64,
+            "conn_secs": 0.5, "policies": 20, "min_rounds": 4, "adaptive_pairs": 0, "seconds": 60.0, "budget_s": 75.0,
+            "target_half_width": 0.03,
+            "variants": ["no netfilter", "conntrack only (empty nat chains)", "weft", "weft, 20 policies, pods isolated"],
+            "comparisons": [["weft", "no netfilter"], ["weft", "conntrack only (empty nat chains)"], ["weft, 20 policies, pods isolated", "weft"]],
+            "samples": samples, "profiles": {"weft": {"under_nf_hook_slow": 0.2}, "no netfilter": {"under_nf_hook_slow": 0.05}},
+            "crossings": null, "errors": [{"variant": "weft − masquerade chain", "error": "no chain"}]}))
+        .unwrap()
+    }
+
+    pub(crate) fn run_of(groups: Vec<PairedGroup>) -> NetRun {
+        NetRun { paired: groups, ..Default::default() }
+    }
+
+    #[test]
+    fn paired_rows_show_the_ratio_its_interval_and_the_pairs() {
+        let mut md = String::new();
+        paired_section(&run_of(vec![paired_group()]), &mut md);
+        // A constant ratio has a zero-width interval; CPU per byte is its inverse.
+        assert!(md.contains("| weft | no netfilter | 0.900 [0.900–0.900] | 1.111 [1.111–1.111] | 0.900 [0.900–0.900] | 4 | 18.00 | 0.56 |"), "{md}");
+        let conntrack = md.lines().find(|l| l.starts_with("| weft | conntrack only")).expect("the conntrack row");
+        assert!(conntrack.contains("| 0.950 [0.9") && conntrack.contains("| 4 |"), "{conntrack}");
+        assert!(md.contains("**weft − masquerade chain:** no chain"), "{md}");
+        assert!(md.contains("routes IPv4, throughput: weft 0.950x conntrack only"), "{md}");
+        assert!(md.contains("target ≥ 0.970: **missed**"), "{md}");
+        // Lower CPU per byte is better: 1/0.95 misses ≤ 1/0.97.
+        assert!(md.contains("CPU per GB: weft 1.053x conntrack only"), "{md}");
+        assert!(
+            md.contains(
+                "(2 GB per transfer, 0.5 s of new connections; 4 rounds + 0 adaptive pairs in 60 s, budget 75 s)"
+            ),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn hook_crossings_are_listed_per_node_or_their_error_said() {
+        let mut g = paired_group();
+        g.crossings = Some(
+            serde_json::from_value(json!({"node1": [["prerouting", 10, 2]], "node2": [["input", 0, 3]]})).unwrap(),
+        );
+        let mut md = String::new();
+        paired_section(&run_of(vec![g.clone()]), &mut md);
+        assert!(md.contains("| node1 | prerouting | 10 | 2 |\n| node2 | input | 0 | 3 |"), "{md}");
+        g.crossings = Some(Crossings::Failed { error: "nft failed\\nmore".into() });
+        let mut md = String::new();
+        paired_section(&run_of(vec![g]), &mut md);
+        assert!(md.contains("- **Hook crossings not counted:** nft failed"), "{md}");
+    }
+
+    #[test]
+    fn verdicts_say_when_the_interval_straddles_the_threshold() {
+        let ci = |ratio, low, high| stats::RatioCi { ratio, low, high, n: 5 };
+        assert_eq!(verdict(ci(0.99, 0.98, 1.0), 0.97, false), "met");
+        assert_eq!(verdict(ci(0.98, 0.96, 1.0), 0.97, false), "met (interval straddles)");
+        assert_eq!(verdict(ci(0.96, 0.94, 0.98), 0.97, false), "**missed** (interval straddles)");
+        assert_eq!(verdict(ci(1.10, 1.08, 1.12), 1.0 / 0.97, true), "**missed**");
+        assert_eq!(fmt_ci(Some(ci(0.9, 0.8, 1.0)), 0.03), "0.900 [0.800–1.000] (wide)");
+        assert_eq!(fmt_ci(None, 0.03), "–");
+    }
+
+    #[test]
+    fn the_cause_of_a_miss_comes_from_the_paired_routes_group() {
+        let net = run_of(vec![paired_group()]);
+        let cause = netfilter_cause(&net, "IPv4", RowMetric::Gbps1).expect("a cause from the paired group");
+        assert!(
+            cause.contains("0.900 [0.900–0.900] `no netfilter`") && cause.contains("20.0% of the profiled CPU"),
+            "{cause}"
+        );
+        assert_eq!(netfilter_cause(&net, "IPv6", RowMetric::Gbps1), None);
+    }
+}
