@@ -221,7 +221,20 @@ fn exhaustion_is_a_clear_error_and_leaks_nothing() {
     let status = node.call("STATUS", "", None, &conf);
     assert_eq!(status.code(), 50);
     node.call("DEL", "c0", Some(&pods[0]), &conf).expect_ok("DEL");
-    node.call("ADD", "c2", Some(&pods[2]), &conf).expect_ok("ADD after a DEL");
+    // Other nodes' policy sets may still allow c0 at its address: quarantined.
+    let held = node.call("ADD", "c2", Some(&pods[2]), &conf);
+    assert_eq!(held.code(), 11, "try again later: {}", held.json);
+    assert!(held.json["msg"].as_str().unwrap().contains("1 released addresses are quarantined"), "{}", held.json);
+    let status = node.call("STATUS", "", None, &conf);
+    assert_eq!(status.code(), 50, "{}", status.json);
+    assert!(status.json["msg"].as_str().unwrap().contains("1 quarantined"), "{}", status.json);
+    // The agent's node.json sets the quarantine; none here, so the address is free again.
+    let node_json = node.data_dir.path().join("node.json");
+    let no_quarantine = json!({"version": 1, "subnets": ["10.244.9.0/30"], "mtu": 1400, "addressQuarantineSeconds": 0});
+    std::fs::write(&node_json, no_quarantine.to_string()).unwrap();
+    let mut conf = conf;
+    conf["nodeConfig"] = json!(node_json);
+    node.call("ADD", "c2", Some(&pods[2]), &conf).expect_ok("ADD after a DEL, without quarantine");
     let status = node.call("STATUS", "", None, &conf);
     assert_eq!(status.code(), 50, "full again: {}", status.json);
     node.call("DEL", "c1", Some(&pods[1]), &conf).expect_ok("DEL");

@@ -5,6 +5,7 @@
 //! only channel means the plugin never calls the agent or the API server.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
@@ -14,6 +15,11 @@ use crate::file::FileError;
 
 /// Format version written in the file; readers reject newer ones.
 pub const NODE_CONFIG_VERSION: u32 = 1;
+
+/// How long a released address stays quarantined when node.json does not
+/// say (written by an agent older than the key): weft-agent's default
+/// `policyLivenessSeconds` (300) plus its margin (30).
+pub const DEFAULT_ADDRESS_QUARANTINE_SECONDS: u64 = 330;
 
 /// Errors reading or writing the node config; each names the file.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +67,11 @@ pub struct NodeConfig {
     /// The cluster's pod CIDRs (informational for the plugin).
     #[serde(default)]
     pub cluster_cidrs: Vec<String>,
+    /// How long IPAM keeps a released address out of use: longer than any
+    /// node's policy sets may still allow its former pod (the agent's
+    /// `policyLivenessSeconds` plus a margin).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address_quarantine_seconds: Option<u64>,
 }
 
 impl NodeConfig {
@@ -89,6 +100,11 @@ impl NodeConfig {
         cfg.subnets().map_err(|e| e.to_string())?;
         crate::cni::validate_mtu(cfg.mtu, "mtu").map_err(|e| e.to_string())?;
         Ok(cfg)
+    }
+
+    /// How long IPAM keeps a released address out of use.
+    pub fn address_quarantine(&self) -> Duration {
+        Duration::from_secs(self.address_quarantine_seconds.unwrap_or(DEFAULT_ADDRESS_QUARANTINE_SECONDS))
     }
 
     /// The pod subnets, parsed.
@@ -127,6 +143,7 @@ mod tests {
             subnets: vec!["10.244.1.0/24".into(), "fd00:10:244:1::/64".into()],
             mtu: 1450,
             cluster_cidrs: vec!["10.244.0.0/16".into()],
+            address_quarantine_seconds: Some(90),
         }
     }
 
@@ -141,6 +158,7 @@ mod tests {
         changed.mtu = 1400;
         assert!(changed.write_if_changed(&path).unwrap());
         assert_eq!(NodeConfig::load(&path).unwrap().mtu, 1400);
+        assert_eq!(NodeConfig::load(&path).unwrap().address_quarantine(), Duration::from_secs(90));
         // No temp files left behind.
         assert_eq!(std::fs::read_dir(path.parent().unwrap()).unwrap().count(), 1);
     }
@@ -154,6 +172,9 @@ mod tests {
         let err = NodeConfig::load(&path).unwrap_err();
         assert!(matches!(err, NodeConfigError::Invalid { .. }));
         assert!(err.to_string().contains("node.json"));
+        std::fs::write(&path, r#"{"version":1,"subnets":["10.0.0.0/24"],"mtu":1500}"#).unwrap();
+        let old_agent = NodeConfig::load(&path).unwrap();
+        assert_eq!(old_agent.address_quarantine(), Duration::from_secs(DEFAULT_ADDRESS_QUARANTINE_SECONDS));
         std::fs::write(&path, r#"{"version":1,"subnets":["10.0.0.1/24"],"mtu":1500}"#).unwrap();
         assert!(NodeConfig::load(&path).unwrap_err().to_string().contains("host bits"));
         std::fs::write(&path, r#"{"version":9,"subnets":["10.0.0.0/24"],"mtu":1500}"#).unwrap();

@@ -27,15 +27,16 @@ use kube::{Api, Client};
 use libweft::netlink::Netlink;
 
 use crate::apply::policy::{self as apply_policy, PolicyOutputs};
-use crate::apply::policy_table::{PolicyError, PolicySync};
+use crate::apply::policy_table::{PolicyChange, PolicyError, PolicySync};
 use crate::apply::weft_table::{self as nft, NftChange, NftError, Nftables};
 use crate::apply::{api, files, kernel};
 use crate::config::Config;
 use crate::desired::incremental::{Incremental, NodeChange, Scope};
+use crate::desired::liveness::Liveness;
 use crate::desired::{self, network_policy, vtep_mac_for};
 use crate::health::{Health, Readiness, now_secs};
 use crate::metrics::{FieldLabel, Metrics};
-use crate::observe::policy_watch::{self, PolicyCache};
+use crate::observe::policy_watch::{self, Freshness, PolicyCache};
 use crate::observe::underlay::{self, UnderlayError};
 use crate::observe::watch::{self, NodeStore, Trigger};
 use crate::observe::{Observation, events, kernel as observe_kernel};
@@ -142,6 +143,10 @@ struct Agent {
     pod_doubts: Doubts,
     /// Whether the last pass got as far as syncing the policy table.
     policy_checked: bool,
+    /// The policy table's liveness gate.
+    liveness: Liveness,
+    /// How current the policy views this pass read were.
+    seen: Freshness,
 }
 
 impl Agent {
@@ -189,6 +194,8 @@ impl Agent {
         let agent = Agent {
             policy,
             policy_checked: false,
+            liveness: Liveness::new(cfg.policy_liveness),
+            seen: Freshness::default(),
             vtep_mac: vtep_mac_for(&node_name),
             nodes_api: Api::all(client),
             nl,
@@ -219,6 +226,8 @@ pub async fn run(
     // The first tick one period after the first pass, which checks everything anyway.
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + cfg.resync_period, cfg.resync_period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut liveness_tick = tokio::time::interval(agent.liveness.tick());
+    liveness_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
 
     tracing::info!(node = %node_name, backend = cfg.backend.as_str(), "waiting for the Node list");
@@ -242,7 +251,15 @@ pub async fn run(
                 readiness.report(&health, ok, &node_name, started.elapsed()).map(|d| tokio::time::Instant::now() + d)
             }
         };
-        match wakers.next(&mut tick, retry_at, &mut term).await {
+        agent.renew_gate().await;
+        // The gate is renewed between passes too: an idle agent runs none.
+        let next = loop {
+            tokio::select! {
+                next = wakers.next(&mut tick, retry_at, &mut term) => break next,
+                _ = liveness_tick.tick() => agent.renew_gate().await,
+            }
+        };
+        match next {
             Some(w) => wakeup = w,
             None => break,
         }
@@ -370,7 +387,11 @@ impl Agent {
             vtep_mac: self.vtep_mac,
             offload_default: observe_kernel::offload_default(),
             portmap_installed: desired::files::portmap_installed(&self.cfg),
-            policy: self.policy.as_ref().and_then(|(cache, _)| cache.snapshot()),
+            policy: self.policy.as_ref().and_then(|(cache, _)| {
+                // Before the snapshot: what it holds is at least this fresh.
+                self.seen = cache.freshness();
+                cache.snapshot()
+            }),
         };
         Ok(Some((obs, own_object, changes)))
     }
@@ -488,7 +509,20 @@ impl Agent {
         self.policy_checked = true;
         self.pod_doubts.report(&want.doubts);
         self.metrics.policy_doubted_pod_addresses.set(want.doubts.len() as i64);
-        let applied = outputs.apply(&self.cfg, &self.nl, &self.metrics, &self.node_name, want, check).await?;
+        let now = Instant::now();
+        let live_for = self.liveness.open_for_applying(self.seen, now);
+        outputs.table().open_gate_for(live_for);
+        let applied = match outputs.apply(&self.cfg, &self.nl, &self.metrics, &self.node_name, want, check).await {
+            Ok(a) => a,
+            Err(e) => {
+                self.liveness.failed();
+                return Err(e);
+            }
+        };
+        self.liveness.applied(self.seen);
+        if let (PolicyChange::Table, Some(open_for)) = (applied.change, live_for) {
+            self.liveness.written(now, open_for);
+        }
         tracing::debug!(
             pods = applied.pods,
             compute_us = computed.as_micros() as u64,
@@ -498,6 +532,26 @@ impl Agent {
             "policy pass"
         );
         Ok(())
+    }
+}
+
+impl Agent {
+    /// Renews the policy table's liveness gate when it is due and the
+    /// views allow it open ([`Liveness`]); reports how long it stays open.
+    async fn renew_gate(&mut self) {
+        let Some((cache, outputs)) = &mut self.policy else { return };
+        let now = Instant::now();
+        let open_for = self.liveness.open_for(cache.freshness(), now);
+        self.metrics.policy_liveness_seconds.set(open_for.map_or(0.0, |d| d.as_secs_f64()));
+        let Some(open_for) = open_for.filter(|d| self.liveness.due(now, *d)) else { return };
+        match outputs.table().renew_gate(open_for).await {
+            Ok(true) => self.liveness.written(now, open_for),
+            Ok(false) => {}
+            Err(e) => {
+                self.metrics.sync_error("policy");
+                tracing::warn!("renewing the policy table's liveness gate: {e}");
+            }
+        }
     }
 }
 

@@ -129,6 +129,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub ipam_gc_grace_seconds: Option<u64>,
     #[serde(default)]
+    pub policy_liveness_seconds: Option<u64>,
+    #[serde(default)]
     pub network_policy: Option<NetworkPolicyConfig>,
 }
 
@@ -179,6 +181,10 @@ pub struct Config {
     pub ipam_gc_period: Duration,
     /// Reservations younger than this are never collected (ADDs in flight).
     pub ipam_gc_grace: Duration,
+    /// How long after its agent last had a fresh view of the API the
+    /// policy table keeps admitting new connections of isolated pods
+    /// (`desired::liveness`).
+    pub policy_liveness: Duration,
     pub cni_conf_dir: PathBuf,
     pub cni_bin_dir: PathBuf,
     pub run_dir: PathBuf,
@@ -268,6 +274,13 @@ impl FileConfig {
         if !(5..=3600).contains(&grace) {
             return Err(err("ipamGcGraceSeconds", format!("{grace} is outside 5..=3600")));
         }
+        let liveness = self.policy_liveness_seconds.unwrap_or(DEFAULT_POLICY_LIVENESS_SECONDS);
+        if !(MIN_POLICY_LIVENESS_SECONDS..=86400).contains(&liveness) {
+            return Err(err(
+                "policyLivenessSeconds",
+                format!("{liveness} is outside {MIN_POLICY_LIVENESS_SECONDS}..=86400"),
+            ));
+        }
         if let Some(i) = &self.underlay_interface
             && libweft::cni::validate_ifname(i).is_err()
         {
@@ -302,10 +315,33 @@ impl FileConfig {
             resync_period: Duration::from_secs(resync),
             ipam_gc_period: Duration::from_secs(gc),
             ipam_gc_grace: Duration::from_secs(grace),
+            policy_liveness: Duration::from_secs(liveness),
             cni_conf_dir: self.cni_conf_dir.unwrap_or_else(|| "/etc/cni/net.d".into()),
             cni_bin_dir: self.cni_bin_dir.unwrap_or_else(|| "/opt/cni/bin".into()),
             run_dir: self.run_dir.unwrap_or_else(|| "/run/weft".into()),
         })
+    }
+}
+
+/// `policyLivenessSeconds` by default.
+pub const DEFAULT_POLICY_LIVENESS_SECONDS: u64 = 300;
+/// Its least value. kube-apiserver 1.36 sends an idle watch its first
+/// bookmark about 120 s after the watch starts (kube's watcher starts a new
+/// one every 290 s), then one a minute: an idle agent's views can be 122 s
+/// old (measured), and its gate must outlast that with the renewal's slack
+/// (`desired::liveness`).
+pub const MIN_POLICY_LIVENESS_SECONDS: u64 = 180;
+/// How much longer than the policy liveness IPAM quarantines a released
+/// address: the time a deletion may take to reach the other agents' watches
+/// (the plugin's DEL runs before the Pod object goes, and the API server
+/// delivers it to watches after that).
+pub const QUARANTINE_MARGIN: Duration = Duration::from_secs(30);
+
+impl Config {
+    /// How long IPAM keeps a released address out of use: longer than any
+    /// node's policy table may still allow its former pod.
+    pub fn address_quarantine(&self) -> Duration {
+        self.policy_liveness + QUARANTINE_MARGIN
     }
 }
 
@@ -331,6 +367,8 @@ mod tests {
         assert_eq!(c.vxlan, VxlanConfig { vni: 1, port: 8472, tx_checksum_offload: None });
         assert!(c.masquerade);
         assert_eq!(c.resync_period, Duration::from_secs(60));
+        assert_eq!(c.policy_liveness, Duration::from_secs(300));
+        assert_eq!(c.address_quarantine(), Duration::from_secs(330), "longer than the liveness, by construction");
         assert_eq!(c.listen_address, "127.0.0.1:9959".parse().unwrap());
         assert_eq!(c.health_address, "127.0.0.1:9958".parse().unwrap());
         assert!(c.network_policy, "NetworkPolicy is enforced unless disabled");
@@ -363,6 +401,7 @@ mod tests {
             (r#"{"clusterCIDRs":["10.244.0.0/16"],"networkPolicy":{"enable":false}}"#, "enable"),
             (r#"{"clusterCIDRs":["10.244.0.0/16"],"networkPolicy":{"logPerSecond":0}}"#, "logPerSecond"),
             (r#"{"clusterCIDRs":["10.244.0.0/16"],"cniVersion":"2.0.0"}"#, "cniVersion"),
+            (r#"{"clusterCIDRs":["10.244.0.0/16"],"policyLivenessSeconds":120}"#, "policyLivenessSeconds"),
         ];
         for (json, key) in cases {
             let e = parse(json).unwrap_err();

@@ -209,15 +209,16 @@ pub struct Swept {
 }
 
 /// Frees, in the store under `dir`, what [`keep`] does not keep and is
-/// older than `grace` (blocking file I/O).
+/// older than `grace` (blocking file I/O). What it frees is quarantined;
+/// quarantines older than `quarantine` end.
 pub fn sweep(
     dir: &Path,
-    subnets: Vec<IpNetwork>,
+    (subnets, quarantine): (Vec<IpNetwork>, std::time::Duration),
     evidence: &Evidence,
     grace: std::time::Duration,
     suspects: &mut HashSet<Attachment>,
 ) -> Result<Swept, IpamError> {
-    let alloc = Allocator::new(DiskStore::open(dir, NETWORK)?, subnets)?;
+    let alloc = Allocator::new(DiskStore::open(dir, NETWORK)?, subnets)?.with_quarantine(quarantine);
     let mut reserved = Vec::new();
     for att in alloc.attachments()? {
         let ips = alloc.find(&att)?.into_iter().map(|a| a.ip).collect();
@@ -241,6 +242,8 @@ pub async fn gc_once(
         return Ok(0); // node not configured yet: the plugin has allocated nothing
     };
     let subnets = node_config.subnets()?;
+    // The plugin's own reading, so both end a quarantine at the same time.
+    let quarantine = node_config.address_quarantine();
     // Observed before the store is read: a sandbox born after this is
     // younger than the grace period, so it is spared anyway.
     let veths = observe_host_veths(&Netlink::connect()?).await?;
@@ -250,7 +253,7 @@ pub async fn gc_once(
     let grace = cfg.ipam_gc_grace;
     let mut previous = std::mem::take(suspects);
     let (swept, unproven) = tokio::task::spawn_blocking(move || {
-        let swept = sweep(&dir, subnets, &evidence, grace, &mut previous)?;
+        let swept = sweep(&dir, (subnets, quarantine), &evidence, grace, &mut previous)?;
         Ok::<_, IpamError>((swept, previous))
     })
     .await??;
@@ -259,6 +262,7 @@ pub async fn gc_once(
         let label = SubnetLabel { subnet: u.subnet.to_string() };
         metrics.ipam_in_use.get_or_create(&label).set(u.used as f64);
         metrics.ipam_capacity.get_or_create(&label).set(u.capacity as f64);
+        metrics.ipam_quarantined.get_or_create(&label).set(u.quarantined as f64);
     }
     metrics.ipam_gc_freed.inc_by(swept.freed.len() as u64);
     if !swept.freed.is_empty() {

@@ -76,6 +76,8 @@ pub struct Metrics {
     pub refused_peers: Family<FieldLabel, Counter>,
     pub ipam_in_use: Family<SubnetLabel, Gauge<f64, AtomicU64>>,
     pub ipam_capacity: Family<SubnetLabel, Gauge<f64, AtomicU64>>,
+    /// Released addresses not handed out again yet (libweft::ipam's quarantine).
+    pub ipam_quarantined: Family<SubnetLabel, Gauge<f64, AtomicU64>>,
     pub ipam_gc_freed: Counter,
     pub tx_checksum_offload: Gauge,
     pub nodes: Gauge,
@@ -106,6 +108,8 @@ pub struct Metrics {
     pub policy_pending_dropped_packets: Family<DirectionLabel, Counter>,
     /// Host veths of this node still in a pending group.
     pub policy_pending_interfaces: Gauge,
+    /// Seconds until the policy table's liveness gate closes; 0 while closed.
+    pub policy_liveness_seconds: Gauge<f64, AtomicU64>,
     /// Pod addresses NetworkPolicy does not believe (desired::pod_trust).
     pub policy_doubted_pod_addresses: Gauge,
     /// NetworkPolicies refused for going past a cap, by cap.
@@ -138,6 +142,7 @@ impl Metrics {
             refused_peers: Family::default(),
             ipam_in_use: Family::default(),
             ipam_capacity: Family::default(),
+            ipam_quarantined: Family::default(),
             ipam_gc_freed: Counter::default(),
             tx_checksum_offload: Gauge::default(),
             nodes: Gauge::default(),
@@ -153,6 +158,7 @@ impl Metrics {
             kernel_counter_last: Default::default(),
             policy_pending_dropped_packets: Family::default(),
             policy_pending_interfaces: Gauge::default(),
+            policy_liveness_seconds: Gauge::default(),
             policy_doubted_pod_addresses: Gauge::default(),
             policy_refused: Family::default(),
             list_streaming: Gauge::default(),
@@ -181,6 +187,11 @@ impl Metrics {
         );
         registry.register("ipam_addresses_in_use", "Pod addresses allocated on this node", m.ipam_in_use.clone());
         registry.register("ipam_addresses_capacity", "Pod addresses this node can allocate", m.ipam_capacity.clone());
+        registry.register(
+            "ipam_addresses_quarantined",
+            "Released pod addresses not handed out again until other nodes' policy tables cannot allow their former pods",
+            m.ipam_quarantined.clone(),
+        );
         registry.register(
             "ipam_gc_freed",
             "Leaked pod addresses reclaimed by garbage collection",
@@ -237,6 +248,11 @@ impl Metrics {
             "policy_pending_interfaces",
             "Pod interfaces held closed until weft-agent has their pod's NetworkPolicy in the kernel",
             m.policy_pending_interfaces.clone(),
+        );
+        registry.register(
+            "policy_liveness_remaining_seconds",
+            "Seconds until the policy table stops admitting new connections of isolated pods, unless weft-agent's view of the API is refreshed; 0 while it does not",
+            m.policy_liveness_seconds.clone(),
         );
         registry.register(
             "policy_doubted_pod_addresses",

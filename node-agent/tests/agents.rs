@@ -11,7 +11,7 @@ mod common;
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{EXTERNAL_V4, EXTERNAL_V6, Lab, NO_WATCH_LIST, create_pod};
 use libweft::netlink::format_mac;
@@ -36,12 +36,19 @@ struct Agent {
     proc: Option<Proc>,
     dir: tempfile::TempDir,
     node: usize,
+    /// `policyLivenessSeconds`, when not the default.
+    liveness: Option<u64>,
 }
 
 impl Agent {
     fn start(&mut self, lab: &Lab, cp: &ControlPlane, backend: &str) {
         let node = &lab.nodes[self.node];
         let cfg = common::agent_config(self.dir.path(), backend, 2);
+        if let Some(secs) = self.liveness {
+            let mut c: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg).unwrap()).unwrap();
+            c["policyLivenessSeconds"] = secs.into();
+            std::fs::write(&cfg, c.to_string()).unwrap();
+        }
         let name = format!("agent-{}-{}", node.name, backend);
         self.proc = Some(common::spawn_agent(&name, node, cp, &cfg));
     }
@@ -196,14 +203,25 @@ fn start_cluster_with_flags(
     backend: &str,
     apiserver_flags: &[&str],
 ) -> Option<(Lab, ControlPlane, Vec<Agent>)> {
+    start_cluster_configured(segments, backend, apiserver_flags, None)
+}
+
+/// [`start_cluster_with_flags`] with the agents' `policyLivenessSeconds`.
+fn start_cluster_configured(
+    segments: &[char],
+    backend: &str,
+    apiserver_flags: &[&str],
+    liveness: Option<u64>,
+) -> Option<(Lab, ControlPlane, Vec<Agent>)> {
     let bin = bin_or_skip()?;
     let lab = Lab::new(segments);
     let cp = lab.control_plane_with_flags(&bin, apiserver_flags);
     for n in &lab.nodes {
         cp.create_node(&n.name, &[&n.pod_v4, &n.pod_v6], &[&n.v4, &n.v6]);
     }
-    let mut agents: Vec<Agent> =
-        (0..lab.nodes.len()).map(|i| Agent { proc: None, dir: tempfile::tempdir().unwrap(), node: i }).collect();
+    let mut agents: Vec<Agent> = (0..lab.nodes.len())
+        .map(|i| Agent { proc: None, dir: tempfile::tempdir().unwrap(), node: i, liveness })
+        .collect();
     for a in agents.iter_mut() {
         a.start(&lab, &cp, backend);
     }
@@ -1346,6 +1364,40 @@ fn lists_fall_back_to_pages_where_the_api_server_refuses_streaming() {
     assert_eq!(log.matches("refuses streamed lists").count(), 1, "logged once:\n{}", agents[0].log());
 }
 
+// A recycled address never inherits another pod's allowances: the policy
+// table's liveness gate (desired::liveness) and IPAM's quarantine.
+
+/// `policyLivenessSeconds` for these tests: the least the agent accepts.
+const LIVENESS_S: u64 = 180;
+
+/// Seconds until the policy gate of the agent in `ns` closes, as it reports them.
+fn liveness_remaining(ns: &TestNs) -> f64 {
+    metrics(ns)
+        .lines()
+        .find_map(|l| l.strip_prefix("weft_policy_liveness_remaining_seconds "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Whether the policy table in `ns` has its liveness gate open.
+fn gate_open(ns: &TestNs) -> bool {
+    let out = ns.exec(&["nft", "list", "set", "inet", "weft-policy", "liveness"]);
+    String::from_utf8_lossy(&out.stdout).contains("ipv4")
+}
+
+/// Packets the closed gate of the policy table in `ns` dropped.
+fn stale_dropped(ns: &TestNs) -> u64 {
+    let out = ns.exec_ok(&["nft", "list", "counter", "inet", "weft-policy", "policy_stale"]);
+    out.split_whitespace().skip_while(|w| *w != "packets").nth(1).and_then(|n| n.parse().ok()).unwrap_or(0)
+}
+
+/// Whether a TCP handshake from `from` to PROBE_PORT at `ip` completes within a second.
+fn reaches(from: &TestNs, ip: &str) -> bool {
+    let addr = std::net::SocketAddr::new(ip.parse().unwrap(), PROBE_PORT);
+    let ns = libweft::netns::NetNs::open(&from.path()).unwrap();
+    ns.run(|| std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()).unwrap_or(false)
+}
+
 /// A TCP and UDP server for the MTU test: TCP `up N` reads N bytes and
 /// answers their count, `down N` sends N bytes; UDP answers each datagram
 /// with its length. Both families, ports 7100 (TCP) and 7101 (UDP).
@@ -1430,13 +1482,144 @@ fn too_big_sent(node: &TestNs) -> u64 {
 
 #[test]
 #[ignore = "needs root and the Kubernetes binaries: cargo test -- --ignored"]
+fn an_idle_agent_keeps_its_policy_gate_open_past_the_period() {
+    let Some((lab, cp, agents)) = start_cluster_configured(&['A'], "routes", &[], Some(LIVENESS_S)) else { return };
+    let node = &lab.nodes[0];
+    let (srv, srv4, srv6) = node.add_pod_from_node_config("srv", &agents[0].node_json());
+    listen_early(&srv);
+    let (cli, cli4, cli6) = node.add_pod_from_node_config("cli", &agents[0].node_json());
+    create_pod(&cp, "srv", &node.name, serde_json::json!({"app": "srv"}), &[&srv4, &srv6]);
+    create_pod(&cp, "cli", &node.name, serde_json::json!({"role": "cli"}), &[&cli4, &cli6]);
+    create_only_cli_policy(&cp);
+    assert!(
+        eventually(Duration::from_secs(20), || in_policy_map(&node.ns, "ingress4", &srv4) && reaches(&cli, &srv4)),
+        "the allowed client never got in:\n{}",
+        agents[0].log()
+    );
+    // Nothing changes in the API for more than two periods, through the
+    // watches' restart at 290 s and the two minutes without a bookmark that
+    // follow it: only bookmarks tell the agent its watches are alive, and
+    // they must be enough.
+    let idle = Instant::now();
+    let mut least = f64::MAX;
+    while idle.elapsed() < Duration::from_secs(2 * LIVENESS_S + 80) {
+        let left = liveness_remaining(&node.ns);
+        assert!(left > 0.0 && gate_open(&node.ns), "the gate closed on an idle, healthy agent:\n{}", agents[0].log());
+        least = least.min(left);
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    // The measurement behind policyLivenessSeconds' least value (not asserted).
+    eprintln!("idle agent: its views were at most {:.0} s old (bookmarks)", LIVENESS_S as f64 - least);
+    assert!(reaches(&cli, &srv4) && reaches(&cli, &srv6), "allowed client denied after the idle time");
+    assert_eq!(stale_dropped(&node.ns), 0, "the gate dropped packets of a healthy agent");
+}
+
+/// `cidr` ("10.244.1.0/24") with the prefix length `len`: a small pool inside it.
+fn small_pool(cidr: &str, len: u8) -> String {
+    format!("{}/{len}", cidr.split('/').next().unwrap())
+}
+
+/// Over 60 lines: one story, told in order.
+#[test]
+#[ignore = "needs root and the Kubernetes binaries: cargo test -- --ignored"]
+fn a_recycled_address_never_inherits_the_old_pods_allowances() {
+    let Some((lab, cp, mut agents)) = start_cluster_configured(&['A', 'A'], "routes", &[], Some(LIVENESS_S)) else {
+        return;
+    };
+    let quarantine = Duration::from_secs(LIVENESS_S + 30);
+    let (n1, n2) = (&lab.nodes[0], &lab.nodes[1]);
+    // The protected pod on node2: only role=cli may reach it.
+    let (srv, srv4, srv6) = n2.add_pod_from_node_config("srv", &agents[1].node_json());
+    listen_early(&srv);
+    create_pod(&cp, "srv", &n2.name, serde_json::json!({"app": "srv"}), &[&srv4, &srv6]);
+    create_only_cli_policy(&cp);
+    // On node1, a pool of two addresses per family, so a new pod must take a released one.
+    let small = serde_json::json!({"cniVersion": "1.1.0", "name": "weft", "type": "weft",
+        "nodeConfig": agents[0].node_json(), "dataDir": n1.ipam.path(),
+        "subnets": [small_pool(&n1.pod_v4, 30), small_pool(&n1.pod_v6, 126)]});
+    let (a, a4, a6) = n1.add_pod_with("a", small.clone());
+    let (filler, f4, f6) = n1.add_pod_with("filler", small.clone());
+    create_pod(&cp, "a", &n1.name, serde_json::json!({"role": "cli"}), &[&a4, &a6]);
+    create_pod(&cp, "filler", &n1.name, serde_json::json!({"role": "other"}), &[&f4, &f6]);
+    // An allowed control from node1's usual pool: it shows whether node2's gate is open.
+    let (ctl, ctl4, ctl6) = n1.add_pod_from_node_config("ctl", &agents[0].node_json());
+    create_pod(&cp, "ctl", &n1.name, serde_json::json!({"role": "cli"}), &[&ctl4, &ctl6]);
+    assert!(
+        eventually(Duration::from_secs(20), || reaches(&a, &srv4) && reaches(&a, &srv6) && reaches(&ctl, &srv4)),
+        "pod A is not allowed in:\n{}",
+        agents[1].log()
+    );
+    assert!(!reaches(&filler, &srv4), "the policy is not enforced");
+
+    // node2's agent goes away; then A is deleted and its sandbox torn down.
+    agents[1].stop();
+    cp.kubectl_ok(&["delete", "pod", "a", "-n", "default", "--grace-period=0", "--force"]);
+    let (deleted, del) = n1.cni("DEL", &a, "a", "", &small);
+    assert!(deleted, "DEL a: {del}");
+    drop(a);
+    let released = Instant::now();
+    // Pod B on node1 probes the protected pod from the moment it has an address.
+    let b = TestNs::new("b");
+    let prober = Prober::start(&b, &srv);
+    let (added, refused) = n1.cni("ADD", &b, "b", "", &small);
+    assert!(!added && refused["code"] == 11, "A's address was handed out at once: {refused}");
+    assert!(refused["msg"].as_str().unwrap_or("").contains("quarantined"), "{refused}");
+
+    // node2's stale table still lets A's address in, until its gate closes.
+    assert!(
+        eventually(Duration::from_secs(LIVENESS_S + 30), || !gate_open(&n2.ns)),
+        "node2's gate never closed while its agent was away"
+    );
+    assert!(!reaches(&ctl, &srv4), "a closed gate let a new connection in");
+    // (Read now: the returning agent rewrites its table, counters included.)
+    assert!(stale_dropped(&n2.ns) > 0, "the closed gate counted no drops");
+    // Once the quarantine is over, B gets A's addresses.
+    let mut result = serde_json::Value::Null;
+    let deadline = released + quarantine + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let (added, r) = n1.cni("ADD", &b, "b", "", &small);
+        if added {
+            result = r;
+            break;
+        }
+        assert_eq!(r["code"], 11, "{r}");
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    let b_ips: Vec<&str> = result["ips"]
+        .as_array()
+        .expect("B never got an address")
+        .iter()
+        .filter_map(|i| i["address"].as_str())
+        .collect();
+    assert_eq!(b_ips, [format!("{a4}/32"), format!("{a6}/128")], "B did not get A's addresses");
+    let wired = Instant::now();
+    create_pod(&cp, "b", &n1.name, serde_json::json!({"role": "other"}), &[&a4, &a6]);
+    // B is held by node2's closed gate while its agent is away ...
+    std::thread::sleep(Duration::from_secs(5));
+    // ... and denied by its fresh view once it is back: A is gone, B is not allowed.
+    agents[1].start(&lab, &cp, "routes");
+    assert!(
+        eventually(Duration::from_secs(30), || reaches(&ctl, &srv4) && reaches(&ctl, &srv6)),
+        "node2's gate did not reopen for the allowed control:\n{}",
+        agents[1].log()
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    let probes = prober.stop();
+    let after_wiring = probes.iter().filter(|(at, _)| *at > wired).count();
+    assert!(after_wiring > 100, "too few probes from B once it was wired: {after_wiring}");
+    let through = probes.iter().filter(|(_, through)| *through).count();
+    assert_eq!(through, 0, "B reached the protected pod {through} times with A's address:\n{}", agents[1].log());
+}
+
+#[test]
+#[ignore = "needs root and the Kubernetes binaries: cargo test -- --ignored"]
 fn pods_at_the_underlay_mtu_reach_a_vxlan_peer_at_full_size() {
     let Some(bin) = bin_or_skip() else { return };
     // auto: node2 shares node1's segment (direct), node3 is behind the router (VXLAN).
     let lab = Lab::new(&['A', 'A', 'B']);
     let cp = lab.control_plane(&bin);
     let mut agents: Vec<Agent> =
-        (0..3).map(|i| Agent { proc: None, dir: tempfile::tempdir().unwrap(), node: i }).collect();
+        (0..3).map(|i| Agent { proc: None, dir: tempfile::tempdir().unwrap(), node: i, liveness: None }).collect();
     let join = |agent: &mut Agent| {
         let n = &lab.nodes[agent.node];
         cp.create_node(&n.name, &[&n.pod_v4, &n.pod_v6], &[&n.v4, &n.v6]);

@@ -285,13 +285,17 @@ fn lost_notifications_make_the_next_pass_compare_everything() {
 }
 
 /// The `inet weft-policy` table in `ns`, in a form that ignores order
-/// (empty when it is missing).
+/// (empty when it is missing) and the liveness gate's timeouts, which the
+/// agent renews and the kernel counts down.
 fn policy_state(ns: &TestNs) -> String {
     let out = ns.exec(&["nft", "list", "table", "inet", "weft-policy"]);
-    let mut tokens: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .split(|c: char| c.is_whitespace() || c == ',')
-        .filter(|t| !t.is_empty())
-        .map(str::to_string)
+    let text = String::from_utf8_lossy(&out.stdout);
+    let all: Vec<&str> = text.split(|c: char| c.is_whitespace() || c == ',').filter(|t| !t.is_empty()).collect();
+    let mut tokens: Vec<String> = all
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i == 0 || !matches!(all[i - 1], "timeout" | "expires"))
+        .map(|(_, t)| t.to_string())
         .collect();
     tokens.sort();
     tokens.join(" ")

@@ -56,7 +56,11 @@ fn two_passes(node: &Node) -> Vec<IpAddr> {
             observe_host_veths(&nl).await.unwrap()
         });
         let evidence = Evidence { veths, claimed: HashSet::new() };
-        freed.extend(sweep(node.ipam.path(), subnets(node), &evidence, Duration::ZERO, &mut suspects).unwrap().freed);
+        freed.extend(
+            sweep(node.ipam.path(), (subnets(node), Duration::ZERO), &evidence, Duration::ZERO, &mut suspects)
+                .unwrap()
+                .freed,
+        );
     }
     freed
 }

@@ -19,7 +19,7 @@ use libweft::testutil::{TestNs, have_privileges};
 use serde_json::{Value, json};
 use weft_agent::base::names::POLICY_TABLE as TABLE;
 use weft_agent::desired::policy::{PolicyState, policy, policy_with_tiers};
-use weft_agent::desired::policy_table::{element_changes, rule_changes, ruleset};
+use weft_agent::desired::policy_table::{element_changes, liveness_renewal, rule_changes, ruleset};
 use weft_agent::desired::policy_trace::{Probe, trace_with_tiers};
 use weft_agent::wire_cluster_policy::ClusterPolicyView;
 use weft_agent::wire_policy::*;
@@ -60,8 +60,10 @@ fn connects(from: &TestNs, to: IpAddr, port: u16) -> bool {
     NetNs::open(&from.path()).unwrap().run(attempt).unwrap().is_ok_and(|s| s == "ok")
 }
 
+/// The whole table for `state`, its liveness gate open (as a fresh agent keeps it).
 fn load(node: &TestNs, state: &PolicyState) {
     nft_json(node, &ruleset(state));
+    nft_json(node, &liveness_renewal(Duration::from_secs(3600)).unwrap());
 }
 
 fn nft_json(ns: &TestNs, cmds: &serde_json::Value) {
@@ -78,7 +80,7 @@ fn table_content(ns: &TestNs) -> (Vec<String>, BTreeMap<String, Vec<String>>) {
         match v {
             serde_json::Value::Object(m) => {
                 m.remove("handle");
-                for k in ["packets", "bytes"] {
+                for k in ["packets", "bytes", "expires"] {
                     if m.contains_key(k) {
                         m.insert(k.into(), 0.into());
                     }
@@ -445,17 +447,7 @@ fn denials_are_counted_by_policy_and_logged_through_nflog_at_a_bounded_rate() {
     }
     let lab = Lab::new(&['A']);
     let node = &lab.nodes[0];
-    let view = |id: &str, ips: [&str; 2], labels: &[(&str, &str)]| PodView {
-        namespace: "t".into(),
-        name: id.into(),
-        uid: id.into(),
-        labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-        ips: ips.iter().map(|i| i.parse().unwrap()).collect(),
-        node: node.name.clone(),
-        host_network: false,
-        terminating: false,
-        ports: vec![],
-    };
+    let view = |id: &str, ips: [&str; 2], labels: &[(&str, &str)]| pod_in_t(&node.name, id, ips, labels);
     let (cli, c4, c6) = node.add_pod("log-cli", 1500);
     let (_srv, s4, s6) = node.add_pod("log-srv", 1500);
     let pods = vec![view("cli", [&c4, &c6], &[]), view("srv", [&s4, &s6], &[("app", "srv")])];
@@ -528,4 +520,95 @@ fn denials_are_counted_by_policy_and_logged_through_nflog_at_a_bounded_rate() {
     assert!(lines >= 10, "NFLOG saw {lines} packets:\n{logged}\n{stderr}");
     assert!(lines <= bound, "NFLOG saw {lines} packets, more than the rate allows ({bound})");
     assert!(logged.contains(&format!("> {s4}.5000")), "{logged}");
+}
+
+/// Pod `id` of namespace `t` on `node`, as the watches would see it.
+fn pod_in_t(node: &str, id: &str, ips: [&str; 2], labels: &[(&str, &str)]) -> PodView {
+    PodView {
+        namespace: "t".into(),
+        name: id.into(),
+        uid: id.into(),
+        labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        ips: ips.iter().map(|i| i.parse().unwrap()).collect(),
+        node: node.to_string(),
+        host_network: false,
+        terminating: false,
+        ports: vec![],
+    }
+}
+
+/// A server in `pod` on `port` echoing every byte, one thread per connection.
+fn echo(pod: &TestNs, port: u16) {
+    let l = NetNs::open(&pod.path()).unwrap().run(|| TcpListener::bind(("::", port))).unwrap().unwrap();
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut c = c;
+                let mut buf = [0u8; 64];
+                while let Ok(n @ 1..) = c.read(&mut buf) {
+                    if c.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// Whether `conn` still carries a round trip.
+fn round_trip(conn: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 4];
+    conn.write_all(b"ping").is_ok() && conn.read_exact(&mut buf).is_ok() && &buf == b"ping"
+}
+
+#[test]
+#[ignore = "needs root (CAP_NET_ADMIN): cargo test -- --ignored"]
+fn an_expired_liveness_gate_holds_new_connections_of_isolated_pods_only() {
+    if !have_privileges() {
+        return;
+    }
+    let lab = Lab::new(&['A']);
+    let node = &lab.nodes[0];
+    let view = |id: &str, ips: [&str; 2], labels: &[(&str, &str)]| pod_in_t(&node.name, id, ips, labels);
+    let (cli, c4, c6) = node.add_pod("gate-cli", 1500);
+    let (srv, s4, s6) = node.add_pod("gate-srv", 1500);
+    let (free, f4, f6) = node.add_pod("gate-free", 1500);
+    for pod in [&srv, &free] {
+        serve(pod, 8080);
+    }
+    echo(&srv, 9000);
+    let pods = vec![
+        view("cli", [&c4, &c6], &[("role", "cli")]),
+        view("srv", [&s4, &s6], &[("app", "srv")]),
+        view("free", [&f4, &f6], &[]),
+    ];
+    let namespaces = vec![NamespaceView { name: "t".into(), labels: Default::default() }];
+    // srv is isolated and admits role=cli; free is isolated by nothing.
+    let allow_cli =
+        Rule { peers: vec![Peer::Pods { namespaces: Namespaces::Own, pods: sel(&[("role", "cli")]) }], ports: vec![] };
+    let policies = vec![pol("srv-from-cli", sel(&[("app", "srv")]), Some(vec![allow_cli]), None)];
+    load(&node.ns, &policy(&node.name, &pods, &namespaces, &policies));
+    let (srv4, srv6, free4): (IpAddr, IpAddr, IpAddr) = (s4.parse().unwrap(), s6.parse().unwrap(), f4.parse().unwrap());
+    assert!(connects(&cli, srv4, 8080) && connects(&cli, srv6, 8080), "the open gate admits allowed peers");
+    let addr = SocketAddr::new(srv4, 9000);
+    let mut held = NetNs::open(&cli.path())
+        .unwrap()
+        .run(|| TcpStream::connect_timeout(&addr, Duration::from_secs(1)))
+        .unwrap()
+        .unwrap();
+    held.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    assert!(round_trip(&mut held));
+
+    // The agent stops renewing: the gate expires.
+    nft_json(&node.ns, &liveness_renewal(Duration::from_secs(1)).unwrap());
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(!connects(&cli, srv4, 8080) && !connects(&cli, srv6, 8080), "a closed gate admitted a new connection");
+    let stale = node.ns.exec_ok(&["nft", "list", "counter", "inet", TABLE, "policy_stale"]);
+    assert!(!stale.contains("packets 0 "), "drops not counted: {stale}");
+    assert!(round_trip(&mut held), "an established connection was cut");
+    assert!(connects(&cli, free4, 8080) && connects(&srv, free4, 8080), "an unisolated pod was held");
+
+    // Renewed: open again.
+    nft_json(&node.ns, &liveness_renewal(Duration::from_secs(3600)).unwrap());
+    assert!(connects(&cli, srv4, 8080) && connects(&cli, srv6, 8080), "the renewed gate stayed closed");
 }

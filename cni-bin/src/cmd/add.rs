@@ -28,7 +28,7 @@ pub fn run(env: &RuntimeEnv, conf: &NetConf, version: CniVersion) -> Result<Valu
     let netns = NetNs::open(netns_path)?;
     let rt = runtime()?;
     let att = attachment(&env.container_id, &env.ifname);
-    let ipam = allocator(conf, node.subnets)?;
+    let ipam = allocator(conf, node.subnets, node.quarantine)?;
     let ips: Vec<IpAddr> = ipam.allocate(&att)?.into_iter().map(|a| a.ip).collect();
     let host_veth = host_veth_name(&env.container_id, &env.ifname);
     // NetworkPolicy from the first packet: a pod whose namespace has

@@ -20,7 +20,8 @@ pub fn run(env: &RuntimeEnv, conf: &NetConf, version: CniVersion) -> Result<(), 
 
     let node = NodeSettings::load(conf)?;
     let att = attachment(&env.container_id, &env.ifname);
-    let mut held: Vec<IpAddr> = allocator(conf, node.subnets)?.find(&att)?.into_iter().map(|a| a.ip).collect();
+    let mut held: Vec<IpAddr> =
+        allocator(conf, node.subnets, node.quarantine)?.find(&att)?.into_iter().map(|a| a.ip).collect();
     expected.sort();
     held.sort();
     if expected != held {

@@ -102,7 +102,8 @@ impl From<IpamError> for CniError {
     fn from(e: IpamError) -> Self {
         match e {
             IpamError::Exhausted { .. } => CniError::PoolExhausted(e.to_string()),
-            IpamError::LockTimeout { .. } => CniError::TryAgainLater(e.to_string()),
+            // Free again once the quarantine is over.
+            IpamError::LockTimeout { .. } | IpamError::Quarantined { .. } => CniError::TryAgainLater(e.to_string()),
             IpamError::SubnetTooSmall { .. } | IpamError::OverlappingSubnets { .. } => {
                 CniError::InvalidConfig(e.to_string())
             }
@@ -176,6 +177,10 @@ mod tests {
         let exhausted: CniError = IpamError::Exhausted { subnet }.into();
         assert_eq!(exhausted.code(), 101);
         assert!(exhausted.to_string().contains("10.244.1.0/30"));
+        let quarantined: CniError =
+            IpamError::Quarantined { subnet, quarantined: 2, free_in: std::time::Duration::from_secs(5) }.into();
+        assert_eq!(quarantined.code(), 11);
+        assert!(quarantined.to_string().contains("free again in 6s"), "{quarantined}");
         let timeout: CniError =
             IpamError::LockTimeout { path: "/x/lock".into(), waited: std::time::Duration::from_secs(10) }.into();
         assert_eq!(timeout.code(), 11);

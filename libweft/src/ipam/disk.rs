@@ -8,6 +8,7 @@
 //!   fd00:10:244:1::5                    (IPv6 likewise)
 //!   attach-<container id>@<ifname>      index: the attachment's addresses, one per line
 //!   cursor-10.244.1.0_24                the subnet's last handed-out address
+//!   quarantine-10.244.1.7               a released address: when (CLOCK_BOOTTIME, ms)
 //!   .tmp-<pid>-<n>                      a write in progress, or a crash's leftover
 //! ```
 //!
@@ -21,7 +22,9 @@
 //! Nothing is fsync'ed: records only have to outlive the plugin process, not
 //! the machine. After a reboot the boot-ID stamp differs and the records are
 //! discarded anyway (every pod died with the machine), so a power cut cannot
-//! resurrect a half-persisted one. The usual `dataDir` is a tmpfs besides.
+//! resurrect a half-persisted one: their addresses are quarantined from the
+//! new boot's first open, since other nodes may still allow the pods that
+//! held them. The usual `dataDir` is a tmpfs besides.
 
 use std::fs::{DirBuilder, File};
 use std::io::ErrorKind;
@@ -33,7 +36,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use ipnetwork::IpNetwork;
 
-use super::{Attachment, AttachmentIndex, IpamError, Reservation, Store};
+use super::{Attachment, AttachmentIndex, IpamError, Reservation, Store, boottime};
 use crate::cni::{check_container_id, check_ifname};
 use crate::file;
 
@@ -47,6 +50,7 @@ const LOCK: &str = "lock";
 const BOOT_ID: &str = "boot_id";
 const INDEX_PREFIX: &str = "attach-";
 const CURSOR_PREFIX: &str = "cursor-";
+const QUARANTINE_PREFIX: &str = "quarantine-";
 const TMP_PREFIX: &str = ".tmp-";
 /// Linux `NAME_MAX`.
 const MAX_FILE_NAME: usize = 255;
@@ -120,9 +124,16 @@ impl DiskStore {
         })
     }
 
-    /// Deletes every reservation, index, cursor and temp file.
+    /// Deletes every reservation, index, cursor and temp file, quarantining
+    /// every address reserved or quarantined before (from now: the old
+    /// boot's clock means nothing in this one).
     fn wipe(&self) -> Result<(), IpamError> {
+        let now = boottime();
         for name in self.file_names()? {
+            let released = parse_ip_name(&name).or_else(|| parse_quarantine_name(&name));
+            if let Some(ip) = released {
+                self.quarantine(ip, now)?;
+            }
             let ours = parse_ip_name(&name).is_some()
                 || [INDEX_PREFIX, CURSOR_PREFIX, TMP_PREFIX].iter().any(|p| name.starts_with(p));
             if ours {
@@ -166,6 +177,10 @@ impl DiskStore {
     fn index_path(&self, att: &Attachment) -> Result<PathBuf, IpamError> {
         check_attachment(att)?;
         Ok(self.dir.join(index_name(att)))
+    }
+
+    fn quarantine_path(&self, ip: IpAddr) -> PathBuf {
+        self.dir.join(format!("{QUARANTINE_PREFIX}{ip}"))
     }
 
     fn cursor_path(&self, subnet: &IpNetwork) -> PathBuf {
@@ -236,6 +251,22 @@ pub fn format_index(ips: &[IpAddr]) -> String {
 /// The addresses an index file lists; lines that are not an address are skipped.
 pub fn parse_index(text: &str) -> Vec<IpAddr> {
     text.lines().filter_map(|l| l.parse().ok()).collect()
+}
+
+/// The address a quarantine record is named after.
+pub fn parse_quarantine_name(name: &str) -> Option<IpAddr> {
+    parse_ip_name(name.strip_prefix(QUARANTINE_PREFIX)?)
+}
+
+/// A quarantine record's content: the time of release in milliseconds.
+pub fn format_released(at: Duration) -> String {
+    format!("{}\n", at.as_millis())
+}
+
+/// The time of release a quarantine record holds. Garbage reads as "just
+/// released" (`now`): it keeps the address out of use until it expires.
+pub fn parse_released(text: &str, now: Duration) -> Duration {
+    text.trim().parse::<u64>().map_or(now, Duration::from_millis)
 }
 
 /// The address a cursor file holds, or `None` if it is garbage.
@@ -373,6 +404,28 @@ impl Store for DiskStore {
             }
         }
         Ok(())
+    }
+
+    fn released_at(&self, ip: IpAddr) -> Result<Option<Duration>, IpamError> {
+        Ok(read_optional(&self.quarantine_path(ip))?.map(|text| parse_released(&text, boottime())))
+    }
+
+    fn quarantine(&self, ip: IpAddr, at: Duration) -> Result<(), IpamError> {
+        self.replace(&self.quarantine_path(ip), format_released(at).as_bytes())
+    }
+
+    fn unquarantine(&self, ip: IpAddr) -> Result<(), IpamError> {
+        remove_if_exists(&self.quarantine_path(ip))
+    }
+
+    fn quarantined(&self) -> Result<Vec<(IpAddr, Duration)>, IpamError> {
+        let mut out = Vec::new();
+        for ip in self.file_names()?.iter().filter_map(|n| parse_quarantine_name(n)) {
+            if let Some(at) = self.released_at(ip)? {
+                out.push((ip, at));
+            }
+        }
+        Ok(out)
     }
 }
 

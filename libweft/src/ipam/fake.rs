@@ -5,7 +5,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::rc::Rc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use ipnetwork::IpNetwork;
 
@@ -17,6 +17,7 @@ pub struct State {
     pub reservations: BTreeMap<IpAddr, Attachment>,
     pub indexes: BTreeMap<Attachment, Vec<IpAddr>>,
     pub cursors: BTreeMap<IpNetwork, IpAddr>,
+    pub quarantine: BTreeMap<IpAddr, Duration>,
 }
 
 /// An in-memory store; clones share one state, like processes sharing a directory.
@@ -76,6 +77,20 @@ impl Store for MemStore {
     }
     fn sweep(&self) -> Result<(), IpamError> {
         Ok(())
+    }
+    fn released_at(&self, ip: IpAddr) -> Result<Option<Duration>, IpamError> {
+        Ok(self.state.borrow().quarantine.get(&ip).copied())
+    }
+    fn quarantine(&self, ip: IpAddr, at: Duration) -> Result<(), IpamError> {
+        self.state.borrow_mut().quarantine.insert(ip, at);
+        Ok(())
+    }
+    fn unquarantine(&self, ip: IpAddr) -> Result<(), IpamError> {
+        self.state.borrow_mut().quarantine.remove(&ip);
+        Ok(())
+    }
+    fn quarantined(&self) -> Result<Vec<(IpAddr, Duration)>, IpamError> {
+        Ok(self.state.borrow().quarantine.iter().map(|(ip, at)| (*ip, *at)).collect())
     }
 }
 
@@ -150,5 +165,19 @@ impl<S: Store> Store for CrashAt<S> {
     fn sweep(&self) -> Result<(), IpamError> {
         self.write()?;
         self.inner.sweep()
+    }
+    fn released_at(&self, ip: IpAddr) -> Result<Option<Duration>, IpamError> {
+        self.inner.released_at(ip)
+    }
+    fn quarantine(&self, ip: IpAddr, at: Duration) -> Result<(), IpamError> {
+        self.write()?;
+        self.inner.quarantine(ip, at)
+    }
+    fn unquarantine(&self, ip: IpAddr) -> Result<(), IpamError> {
+        self.write()?;
+        self.inner.unquarantine(ip)
+    }
+    fn quarantined(&self) -> Result<Vec<(IpAddr, Duration)>, IpamError> {
+        self.inner.quarantined()
     }
 }

@@ -29,6 +29,19 @@
 //! No step lets two attachments hold one address: a listed but unreserved
 //! address belongs to nobody, and a reserved one is never touched on behalf of
 //! anyone but its owner.
+//!
+//! # Quarantine
+//!
+//! A released address is not handed out again for the allocator's
+//! quarantine period (weft-agent's `addressQuarantineSeconds` in node.json):
+//! other nodes' NetworkPolicy sets may still hold it for its former pod
+//! until their agents see the deletion, and a new pod at that address must
+//! not inherit the old pod's allowances. Each release writes a *quarantine
+//! record* (the time of release) **before** it removes the reservation, so
+//! no crash leaves an address free without one. Times are `CLOCK_BOOTTIME`
+//! ([`boottime`]): monotonic, shared by every process of one boot, blind to
+//! wall-clock steps. A reboot discards the reservations of its pods, so the
+//! store quarantines them instead (see [`DiskStore`]).
 
 pub mod disk;
 #[cfg(test)]
@@ -89,6 +102,21 @@ pub enum IpamError {
         /// The other.
         second: IpNetwork,
     },
+    /// Every usable address of the subnet is reserved or quarantined, and
+    /// some are quarantined: the pool is churning faster than it may.
+    #[error(
+        "no free address left in {subnet}: {quarantined} released addresses are quarantined \
+         (other nodes may still allow their former pods), the first is free again in {}s",
+        free_in.as_secs() + 1
+    )]
+    Quarantined {
+        /// The subnet, as configured.
+        subnet: IpNetwork,
+        /// How many of its addresses are quarantined.
+        quarantined: u128,
+        /// How long until the first of them may be handed out.
+        free_in: Duration,
+    },
     /// The CNI network name cannot be used as a directory name.
     #[error("network name {name:?} cannot name an IPAM directory (empty, '.', '..' or contains '/')")]
     BadNetworkName {
@@ -147,6 +175,8 @@ pub struct SubnetUsage {
     pub subnet: IpNetwork,
     /// Reserved usable addresses.
     pub used: u128,
+    /// Unreserved addresses still quarantined after their release.
+    pub quarantined: u128,
     /// Usable addresses: all but the network address and, for IPv4, the broadcast address.
     pub capacity: u128,
 }
@@ -207,7 +237,31 @@ pub trait Store {
     fn set_cursor(&self, subnet: &IpNetwork, ip: IpAddr) -> Result<(), IpamError>;
     /// Deletes what interrupted writes left behind (temporary files).
     fn sweep(&self) -> Result<(), IpamError>;
+    /// When `ip` was last released ([`boottime`]), if its quarantine record is still kept.
+    fn released_at(&self, ip: IpAddr) -> Result<Option<Duration>, IpamError>;
+    /// Records that `ip` was released at `at` (replacing an older record).
+    fn quarantine(&self, ip: IpAddr, at: Duration) -> Result<(), IpamError>;
+    /// Deletes `ip`'s quarantine record; no error if there is none.
+    fn unquarantine(&self, ip: IpAddr) -> Result<(), IpamError>;
+    /// Every quarantine record: address and time of release.
+    fn quarantined(&self) -> Result<Vec<(IpAddr, Duration)>, IpamError>;
 }
+
+/// `CLOCK_BOOTTIME`: time since boot, suspend included. Monotonic and the
+/// same for every process of one boot, so a quarantine recorded by one
+/// plugin process is measured right by the next, whatever the wall clock
+/// does; a reboot resets it, and the store's boot stamp with it.
+pub fn boottime() -> Duration {
+    match nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME) {
+        Ok(t) => Duration::new(t.tv_sec().max(0) as u64, t.tv_nsec().clamp(0, 999_999_999) as u32),
+        // Linux always has it; if not, a release is stamped "now" forever
+        // after and its quarantine never ends, which is the safe side.
+        Err(_) => Duration::MAX,
+    }
+}
+
+/// Reads the clock the quarantine is measured with.
+pub type Clock = std::sync::Arc<dyn Fn() -> Duration + Send + Sync>;
 
 /// The usable addresses of one subnet, as the integer range
 /// `first .. first + size`; never materialised, so a /64 costs nothing.
@@ -269,6 +323,9 @@ impl Pool {
 pub struct Allocator<S: Store> {
     store: S,
     pools: Vec<Pool>,
+    /// How long a released address stays out of use.
+    quarantine: Duration,
+    clock: Clock,
 }
 
 impl<S: Store> Allocator<S> {
@@ -287,7 +344,33 @@ impl<S: Store> Allocator<S> {
             }
         }
         let pools = subnets.into_iter().map(Pool::new).collect::<Result<_, _>>()?;
-        Ok(Allocator { store, pools })
+        Ok(Allocator { store, pools, quarantine: Duration::ZERO, clock: std::sync::Arc::new(boottime) })
+    }
+
+    /// Keeps released addresses out of use for `quarantine` (none by
+    /// default; releases record their time all the same, so a later
+    /// allocator with a longer quarantine honours it).
+    pub fn with_quarantine(mut self, quarantine: Duration) -> Self {
+        self.quarantine = quarantine;
+        self
+    }
+
+    /// Measures the quarantine with `clock` instead of [`boottime`] (tests).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// How much longer an address released at `at` stays quarantined, if at all.
+    fn quarantine_left(&self, at: Duration, now: Duration) -> Option<Duration> {
+        self.quarantine.checked_sub(now.saturating_sub(at)).filter(|left| !left.is_zero())
+    }
+
+    /// Frees `ip`: the quarantine record first, so that no crash leaves it
+    /// free without one.
+    fn free(&self, ip: IpAddr, now: Duration) -> Result<(), IpamError> {
+        self.store.quarantine(ip, now)?;
+        self.store.unreserve(ip)
     }
 
     /// One address per subnet for this attachment, in subnet order.
@@ -308,7 +391,7 @@ impl<S: Store> Allocator<S> {
                     // A second address in one pool, or one no configured subnet
                     // allows (the subnets changed): give it back. It is still
                     // listed until the index below is written, as it must be.
-                    _ if owner.is_some() => self.store.unreserve(ip)?,
+                    _ if owner.is_some() => self.free(ip, (self.clock)())?,
                     _ => {}
                 }
             }
@@ -330,6 +413,8 @@ impl<S: Store> Allocator<S> {
                 // Only a newly chosen address moves the cursor: moving it back to
                 // an old one would soon hand out addresses just freed after it.
                 if new {
+                    // Reserved first: a crash in between leaves only an expired record.
+                    self.store.unquarantine(ip)?;
                     self.store.set_cursor(&pool.subnet, ip)?;
                 }
                 out.push(Allocation { subnet: pool.subnet, ip });
@@ -338,24 +423,36 @@ impl<S: Store> Allocator<S> {
         })
     }
 
-    /// The first unreserved address after the pool's cursor, wrapping around.
+    /// The first address after the pool's cursor that is neither reserved
+    /// nor quarantined, wrapping around.
     fn next_free(&self, pool: &Pool) -> Result<IpAddr, IpamError> {
         let start = match self.store.cursor(&pool.subnet)? {
             Some(c) => pool.offset(c).map_or(0, |off| (off + 1) % pool.size),
             None => 0,
         };
-        // Every miss is a distinct reserved address, so this ends after at most
-        // (reserved addresses + 1) probes, whatever the size of the subnet; it
-        // makes the full pass only when the subnet is full.
+        let now = (self.clock)();
+        let (mut quarantined, mut free_in) = (0u128, Duration::MAX);
+        // Every miss is a distinct reserved or quarantined address, so this
+        // ends after at most (those addresses + 1) probes, whatever the size
+        // of the subnet; it makes the full pass only when none is left.
         let mut offset = start;
         for _ in 0..pool.size {
             let ip = pool.nth(offset);
             if self.store.owner(ip)?.is_none() {
-                return Ok(ip);
+                match self.store.released_at(ip)?.and_then(|at| self.quarantine_left(at, now)) {
+                    Some(left) => {
+                        quarantined += 1;
+                        free_in = free_in.min(left);
+                    }
+                    None => return Ok(ip),
+                }
             }
             offset = if offset + 1 == pool.size { 0 } else { offset + 1 };
         }
-        Err(IpamError::Exhausted { subnet: pool.subnet })
+        Err(match quarantined {
+            0 => IpamError::Exhausted { subnet: pool.subnet },
+            _ => IpamError::Quarantined { subnet: pool.subnet, quarantined, free_in },
+        })
     }
 
     /// Addresses currently held by this attachment (empty if none). Used by CHECK.
@@ -380,10 +477,11 @@ impl<S: Store> Allocator<S> {
     }
 
     fn release_locked(&self, att: &Attachment) -> Result<Vec<IpAddr>, IpamError> {
+        let now = (self.clock)();
         let mut freed = Vec::new();
         for ip in dedup(self.store.index(att)?) {
             if self.store.owner(ip)?.as_ref() == Some(att) {
-                self.store.unreserve(ip)?;
+                self.free(ip, now)?;
                 freed.push(ip);
             }
         }
@@ -393,8 +491,9 @@ impl<S: Store> Allocator<S> {
     }
 
     /// CNI 1.1 GC: frees every allocation whose attachment is not in `valid`,
-    /// plus any orphaned or temporary files a crash left behind. Returns the
-    /// freed addresses.
+    /// plus any orphaned or temporary files a crash left behind, and drops
+    /// quarantine records that have expired (never one still running).
+    /// Returns the freed addresses (quarantined from now on).
     pub fn gc(&self, valid: &HashSet<Attachment>) -> Result<Vec<IpAddr>, IpamError> {
         self.gc_older_than(valid, Duration::ZERO)
     }
@@ -420,10 +519,16 @@ impl<S: Store> Allocator<S> {
             }
             // What is left unlisted was not made by this allocator's ordering
             // (or its index was just released): free it.
+            let clock = (self.clock)();
             for r in self.store.reservations()? {
                 if !young(r.since) && !listed.contains(&(r.ip, r.owner)) {
-                    self.store.unreserve(r.ip)?;
+                    self.free(r.ip, clock)?;
                     freed.insert(r.ip);
+                }
+            }
+            for (ip, at) in self.store.quarantined()? {
+                if self.quarantine_left(at, clock).is_none() {
+                    self.store.unquarantine(ip)?;
                 }
             }
             Ok(freed.into_iter().collect())
@@ -441,12 +546,24 @@ impl<S: Store> Allocator<S> {
     pub fn usage(&self) -> Result<Vec<SubnetUsage>, IpamError> {
         self.store.locked(|| {
             let reservations = self.store.reservations()?;
+            let reserved: HashSet<IpAddr> = reservations.iter().map(|r| r.ip).collect();
+            let now = (self.clock)();
+            let quarantined: Vec<IpAddr> = self
+                .store
+                .quarantined()?
+                .into_iter()
+                .filter(|(ip, at)| !reserved.contains(ip) && self.quarantine_left(*at, now).is_some())
+                .map(|(ip, _)| ip)
+                .collect();
+            let count =
+                |p: &Pool, ips: &mut dyn Iterator<Item = IpAddr>| ips.filter(|ip| p.contains(*ip)).count() as u128;
             Ok(self
                 .pools
                 .iter()
                 .map(|p| SubnetUsage {
                     subnet: p.subnet,
-                    used: reservations.iter().filter(|r| p.contains(r.ip)).count() as u128,
+                    used: count(p, &mut reserved.iter().copied()),
+                    quarantined: count(p, &mut quarantined.iter().copied()),
                     capacity: p.size,
                 })
                 .collect())

@@ -283,3 +283,79 @@ fn randomized_no_address_is_ever_held_twice() {
         random_interleavings(seed, 4000, &open);
     }
 }
+
+/// A clock the test moves by hand, in seconds.
+fn manual_clock() -> (std::sync::Arc<std::sync::atomic::AtomicU64>, super::Clock) {
+    let secs = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(1000));
+    let read = secs.clone();
+    (secs, std::sync::Arc::new(move || std::time::Duration::from_secs(read.load(std::sync::atomic::Ordering::SeqCst))))
+}
+
+#[test]
+fn a_released_address_is_handed_out_again_only_after_its_quarantine() {
+    use std::sync::atomic::Ordering::SeqCst;
+    use std::time::Duration;
+    let (now, clock) = manual_clock();
+    let a = alloc(&["10.0.0.0/29"]).with_quarantine(Duration::from_secs(100)).with_clock(clock);
+    for i in 0..6 {
+        first_ip(&a, &format!("c{i}"));
+    }
+    assert_eq!(a.release(&att("c2")).expect("release"), [ip("10.0.0.3")]);
+    now.fetch_add(99, SeqCst);
+    let err = a.allocate(&att("c6")).expect_err("the only free address is quarantined");
+    assert!(
+        matches!(err, IpamError::Quarantined { quarantined: 1, free_in, .. } if free_in == Duration::from_secs(1)),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("1 released addresses are quarantined"), "{err}");
+    assert_eq!(a.usage().expect("usage")[0].quarantined, 1);
+    now.fetch_add(1, SeqCst);
+    assert_eq!(first_ip(&a, "c6"), ip("10.0.0.3"), "free again once the quarantine is over");
+    assert_eq!(a.usage().expect("usage")[0].quarantined, 0);
+    // With nothing released the pool is plainly exhausted.
+    assert!(matches!(a.allocate(&att("c7")), Err(IpamError::Exhausted { .. })));
+}
+
+#[test]
+fn an_address_freed_by_gc_is_quarantined_and_gc_drops_only_expired_records() {
+    use std::sync::atomic::Ordering::SeqCst;
+    use std::time::Duration;
+    let (now, clock) = manual_clock();
+    let mem = MemStore::default();
+    let a = Allocator::new(mem.clone(), vec![net("10.0.0.0/30")])
+        .expect("allocator")
+        .with_quarantine(Duration::from_secs(100))
+        .with_clock(clock);
+    first_ip(&a, "keep");
+    first_ip(&a, "gone");
+    assert_eq!(a.gc(&[att("keep")].into()).expect("gc"), [ip("10.0.0.2")]);
+    assert!(matches!(a.allocate(&att("new")), Err(IpamError::Quarantined { .. })));
+    now.fetch_add(50, SeqCst);
+    a.gc(&[att("keep")].into()).expect("gc");
+    assert!(mem.state.borrow().quarantine.contains_key(&ip("10.0.0.2")), "GC never reclaims a running quarantine");
+    assert!(matches!(a.allocate(&att("new")), Err(IpamError::Quarantined { .. })));
+    now.fetch_add(50, SeqCst);
+    a.gc(&[att("keep")].into()).expect("gc");
+    assert!(mem.state.borrow().quarantine.is_empty(), "expired records are dropped");
+    assert_eq!(first_ip(&a, "new"), ip("10.0.0.2"));
+}
+
+#[test]
+fn a_longer_quarantine_holds_addresses_released_before_it() {
+    use std::time::Duration;
+    let (_now, clock) = manual_clock();
+    let mem = MemStore::default();
+    let open = |q| {
+        Allocator::new(mem.clone(), vec![net("10.0.0.0/30")])
+            .expect("allocator")
+            .with_quarantine(q)
+            .with_clock(clock.clone())
+    };
+    // Released by a DEL that knew no quarantine (its allocator has none) ...
+    let del = open(Duration::ZERO);
+    first_ip(&del, "a");
+    first_ip(&del, "b");
+    del.release(&att("a")).expect("release");
+    // ... the next ADD's quarantine still applies to it.
+    assert!(matches!(open(Duration::from_secs(60)).allocate(&att("c")), Err(IpamError::Quarantined { .. })));
+}

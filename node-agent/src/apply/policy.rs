@@ -50,6 +50,11 @@ impl PolicyOutputs {
         PolicyOutputs { table, pending: PendingScan::default() }
     }
 
+    /// The table's sync, for its liveness gate ([`PolicySync::open_gate_for`], [`PolicySync::renew_gate`]).
+    pub fn table(&mut self) -> &mut PolicySync {
+        &mut self.table
+    }
+
     /// Brings every policy output in line with `want` for node `node`;
     /// `check` also compares the table with weft's last write. Over 60
     /// lines: the order of the outputs is what keeps pods closed, so it

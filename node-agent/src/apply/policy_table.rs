@@ -36,7 +36,7 @@ use crate::base::names::POLICY_TABLE;
 use crate::base::netfilter::{self, NftWriters, run_nft, run_nft_writing};
 use crate::desired::nft_plan::NftPlan;
 use crate::desired::policy::PolicyState;
-use crate::desired::policy_table::{element_changes, rule_changes, same_rules, write_ruleset};
+use crate::desired::policy_table::{element_changes, liveness_renewal, rule_changes, same_rules, write_ruleset};
 
 /// A failed `nft` transaction on the policy table.
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +94,8 @@ pub struct PolicySync {
     /// Whether weft wrote the table since the last resync that took no
     /// reference digest (see [`PolicySync::sync`]).
     wrote_since_resync: bool,
+    /// How long a whole-table write opens the liveness gate for (closed: `None`).
+    live_for: Option<std::time::Duration>,
 }
 
 impl PolicySync {
@@ -105,6 +107,22 @@ impl PolicySync {
     /// The state weft last wrote, while it trusts the table.
     pub fn last(&self) -> Option<&PolicyState> {
         self.last.as_ref()
+    }
+
+    /// Sets how long the next whole-table write opens the liveness gate for.
+    pub fn open_gate_for(&mut self, live_for: Option<std::time::Duration>) {
+        self.live_for = live_for;
+    }
+
+    /// Renews the liveness gate of the table weft wrote for `live_for`;
+    /// returns whether it wrote (not before weft's first table, nor for
+    /// less than a second). The digest leaves out the gate's timeouts, so
+    /// a renewal is no change to it; reopening an expired gate is, and the
+    /// next resync that compares digests rewrites the table once.
+    pub async fn renew_gate(&self, live_for: std::time::Duration) -> Result<bool, PolicyError> {
+        let Some(renewal) = self.last.as_ref().and_then(|_| liveness_renewal(live_for)) else { return Ok(false) };
+        self.apply(&renewal).await?;
+        Ok(true)
     }
 
     /// Brings the table in line with `want`; `check` also compares the
@@ -162,7 +180,7 @@ impl PolicySync {
                 // Forget the last write first: if this one fails, the next pass must not trust the table.
                 self.last = None;
                 self.digest = None;
-                want = write_table(want, self.writers.clone()).await?;
+                want = write_table(want, self.live_for, self.writers.clone()).await?;
                 tracing::info!(
                     table = POLICY_TABLE,
                     chains = want.chains.len() + want.cluster_chains.len() + want.tiers.len() + want.groups.len(),
@@ -219,10 +237,14 @@ async fn apply_text(payload: Vec<u8>, writers: Option<Arc<NftWriters>>) -> Resul
 
 /// Replaces the whole table with `want`'s, its text streamed into `nft` as
 /// it is made: 2.5 MB at 10,000 pods and 1,000 policies, kept nowhere.
-/// Returns `want` for the caller to keep.
-async fn write_table(want: PolicyState, writers: Option<Arc<NftWriters>>) -> Result<PolicyState, PolicyError> {
+/// The liveness gate is open for `live_for`. Returns `want` for the caller to keep.
+async fn write_table(
+    want: PolicyState,
+    live_for: Option<std::time::Duration>,
+    writers: Option<Arc<NftWriters>>,
+) -> Result<PolicyState, PolicyError> {
     let (want, written) = tokio::task::spawn_blocking(move || {
-        let written = run_nft_writing(|stdin| write_ruleset(&want, stdin), writers.as_deref());
+        let written = run_nft_writing(|stdin| write_ruleset(&want, live_for, stdin), writers.as_deref());
         (want, written)
     })
     .await

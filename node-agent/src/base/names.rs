@@ -20,6 +20,14 @@ pub const WEFT_TABLE: &str = "weft";
 /// The NetworkPolicy table: `nft list table inet weft-policy`.
 pub const POLICY_TABLE: &str = "weft-policy";
 
+/// The policy table's liveness gate: a set whose one element (per family)
+/// expires unless weft-agent, with a fresh view of the API, keeps renewing it.
+pub const LIVENESS_SET: &str = "liveness";
+
+/// The named counter in `inet weft-policy` of new connections of isolated
+/// pods dropped while the liveness gate is closed.
+pub const STALE_COUNTER: &str = "policy_stale";
+
 /// weft's VXLAN device. It carries both pod families over one underlay
 /// family (IPv4 when the node has it), so an IPv6 pod network needs no
 /// second device.

@@ -251,7 +251,8 @@ pub fn stateless_digest(listing: &str) -> u64 {
 }
 
 /// Feeds one JSON value's tokens to the digest, leaving out the values of
-/// `packets` and `bytes` keys.
+/// `packets` and `bytes` keys, and of `timeout` and `expires` (the policy
+/// table's liveness gate is renewed with a new timeout, then counts down).
 struct Tokens<'a>(&'a mut StableHasher);
 
 impl<'de> serde::de::DeserializeSeed<'de> for Tokens<'_> {
@@ -303,7 +304,7 @@ impl<'de> serde::de::Visitor<'de> for Tokens<'_> {
         let d = self.0;
         d.feed(b"{");
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            if key == "packets" || key == "bytes" {
+            if ["packets", "bytes", "timeout", "expires"].contains(&key.as_ref()) {
                 map.next_value::<serde::de::IgnoredAny>()?;
                 continue;
             }
@@ -338,6 +339,10 @@ mod tests {
         assert_eq!(digest(r#"{"elem": ["10.0.0.1", "10.0.0.2"]}"#), digest(r#"{ "elem":["10.0.0.1","10.0.0.2"] }"#));
         assert_ne!(digest(r#"{"elem": ["10.0.0.1", "10.0.0.2"]}"#), digest(r#"{"elem": ["10.0.0.2", "10.0.0.1"]}"#));
         assert_ne!(digest(r#"["ab", "c"]"#), digest(r#"["a", "bc"]"#));
+        // The liveness gate's element, renewed and counting down, is no change.
+        let live =
+            |t: u64, e: u64| format!(r#"{{"elem": [{{"elem": {{"val": "ipv4", "timeout": {t}, "expires": {e}}}}}]}}"#);
+        assert_eq!(digest(&live(300, 299)), digest(&live(290, 12)));
         assert_ne!(digest(r#"{"elem": [1]}"#), digest(r#"{"elem": [1]"#), "not JSON is digested as text");
     }
 }

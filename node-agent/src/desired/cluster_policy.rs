@@ -570,9 +570,11 @@ mod tests {
                 .map(|r| r["expr"].to_string())
                 .collect()
         };
-        // prod/web: the Admin tier, then NetworkPolicy's policy, then its drop.
+        // prod/web: the liveness gate, the Admin tier, then NetworkPolicy's policy, then its drop.
         let web = &state.groups[&state.ingress[&"10.244.1.10".parse::<IpAddr>().unwrap()]];
         let group = rules(&web.name("in"));
+        assert_eq!(group[0], json!(crate::desired::policy_table::liveness_rule()).to_string(), "{group:?}");
+        let group = &group[1..];
         let tier = web.admin.as_ref().unwrap();
         assert!(group[0].contains(tier.as_str()), "{group:?}");
         assert!(group[1].contains(&web.policies.as_ref().unwrap()[0]) && group[2].contains("drop"), "{group:?}");
@@ -604,8 +606,9 @@ mod tests {
         assert!(deny_rules[0].contains("ClusterNetworkPolicy/a-deny-dev") && deny_rules[1].contains("drop"));
         let baseline_pass = rules(&chain_name(&cnps[8], I));
         assert!(baseline_pass.iter().all(|r| r.contains("accept")), "Baseline Pass is the default: {baseline_pass:?}");
-        // The nftables crate knows no verdict maps: the rest must fit its schema.
-        let rest: Vec<&Value> = cmds.iter().filter(|c| !c["add"]["map"].is_object()).collect();
+        // The nftables crate knows no verdict maps nor the liveness gate's nf_proto set: the rest must fit its schema.
+        let rest: Vec<&Value> =
+            cmds.iter().filter(|c| !c["add"]["map"].is_object() && c["add"]["set"]["type"] != "nf_proto").collect();
         serde_json::from_value::<nftables::schema::Nftables>(json!({"nftables": rest})).expect("valid nft JSON");
     }
 }

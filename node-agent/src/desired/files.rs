@@ -58,6 +58,7 @@ pub fn node_config(cfg: &Config, name: &str, subnets: &[IpNetwork], mtu: u32) ->
         subnets: subnets.iter().map(ToString::to_string).collect(),
         mtu,
         cluster_cidrs: cfg.cluster_cidrs.iter().map(ToString::to_string).collect(),
+        address_quarantine_seconds: Some(cfg.address_quarantine().as_secs()),
     }
 }
 

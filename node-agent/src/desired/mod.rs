@@ -14,6 +14,7 @@
 pub mod cluster_policy;
 pub mod files;
 pub mod incremental;
+pub mod liveness;
 pub mod network_policy;
 pub mod nft_plan;
 pub mod pod_trust;

@@ -21,6 +21,21 @@
 //!   chain in-pol-<h> { ip saddr @peer-<h>-4 meta l4proto tcp th dport { 80, 443 } accept; ... }
 //! }
 //! ```
+//! Every group chain starts with the liveness gate ([`liveness_rule`]):
+//!
+//! ```text
+//!   set liveness { type nf_proto; flags timeout; elements = { ipv4 timeout 5m, ipv6 timeout 5m } }
+//!   chain in-<h> { meta nfproto != @liveness counter name policy_stale drop; jump in-pol-<h>; ... }
+//! ```
+//! Its elements expire unless weft-agent renews them, which it does only
+//! while its view of the API is fresh and applied (`desired::liveness`).
+//! Peer sets hold the addresses of pods on other nodes, and an agent that
+//! cannot see the API cannot remove a deleted pod's: once the gate closes,
+//! new connections to and from isolated pods are dropped rather than judged
+//! by such sets, so a pod that gets the address later (after IPAM's
+//! quarantine, which outlasts the gate) never inherits the old pod's
+//! allowances. Established connections and unisolated pods are untouched.
+//!
 //! Egress and ingress are two base chains on the forward hook: an accept in
 //! `egress` ends only that chain, so a packet between two local pods must
 //! also pass `ingress`; a drop in either is final. The node's own traffic
@@ -41,7 +56,7 @@ use serde_json::{Value, json};
 use super::cluster_policy::ClusterChain;
 use super::nft_plan::{Element, NftPlan, Verb};
 use super::policy::{AddressSet, Allow, Group, PeerMatch, PolicyChain, PolicyState, PortSet, PortsMatch};
-use crate::base::names::{POLICY_TABLE, denied_counter, pending_counter};
+use crate::base::names::{LIVENESS_SET, POLICY_TABLE, STALE_COUNTER, denied_counter, pending_counter};
 use crate::config::DenyLog;
 use crate::wire_cluster_policy::{Action, Tier};
 use crate::wire_policy::Direction;
@@ -135,21 +150,27 @@ fn map_elems(state: &PolicyState, d: Direction, v6: bool) -> impl Iterator<Item 
     map.iter().filter(move |(ip, _)| ip.is_ipv6() == v6).map(|(ip, group)| map_elem(*ip, group))
 }
 
-/// The complete table, replacing any previous one in one transaction.
+/// The complete table, replacing any previous one in one transaction,
+/// with its liveness gate closed ([`liveness_renewal`] opens it).
 pub fn ruleset(state: &PolicyState) -> Value {
     let mut cmds = Vec::new();
-    commands(state, |c| cmds.push(c));
+    commands(state, None, |c| cmds.push(c));
     json!({"nftables": cmds})
 }
 
 /// Writes [`ruleset`] to `out` as `nft -j` input text, one command at a
 /// time: the whole table as one `Value` tree is several times the size of
-/// its text (tens of MB at 10,000 pods and 1,000 policies).
-pub fn write_ruleset(state: &PolicyState, out: &mut (impl std::io::Write + ?Sized)) -> std::io::Result<()> {
+/// its text (tens of MB at 10,000 pods and 1,000 policies). The liveness
+/// gate is open for `live_for`, closed for `None`.
+pub fn write_ruleset(
+    state: &PolicyState,
+    live_for: Option<std::time::Duration>,
+    out: &mut (impl std::io::Write + ?Sized),
+) -> std::io::Result<()> {
     out.write_all(b"{\"nftables\":[")?;
     let mut first = true;
     let mut result = Ok(());
-    commands(state, |c| {
+    commands(state, live_for, |c| {
         if result.is_err() {
             return;
         }
@@ -169,7 +190,7 @@ const DENY_LOG_LIMIT: &str = "deny-log";
 
 /// The commands of [`ruleset`], in order, each passed to `out`. Over 60
 /// lines: the table in the order the kernel needs its references.
-fn commands(state: &PolicyState, mut out: impl FnMut(Value)) {
+fn commands(state: &PolicyState, live_for: Option<std::time::Duration>, mut out: impl FnMut(Value)) {
     for cmd in [
         json!({"add": {"table": {"family": "inet", "name": POLICY_TABLE}}}),
         json!({"delete": {"table": {"family": "inet", "name": POLICY_TABLE}}}),
@@ -189,6 +210,7 @@ fn commands(state: &PolicyState, mut out: impl FnMut(Value)) {
         out(json!({"add": {"limit": {"family": "inet", "table": POLICY_TABLE, "name": DENY_LOG_LIMIT,
             "rate": log.per_second, "per": "second", "burst": log.per_second.max(5)}}}));
     }
+    liveness_gate(live_for, &mut out);
     for d in [Direction::Egress, Direction::Ingress] {
         out(json!({"add": {"counter": {"family": "inet", "table": POLICY_TABLE, "name": denied_counter(d)}}}));
         out(json!({"add": {"counter": {"family": "inet", "table": POLICY_TABLE, "name": pending_counter(d)}}}));
@@ -304,11 +326,12 @@ fn policy_rules(name: &str, c: &PolicyChain, out: &mut impl FnMut(Value)) {
     }
 }
 
-/// The rules of group chain `name`: the Admin tier chain; then, when
+/// The rules of group chain `name`: the liveness gate; the Admin tier chain; then, when
 /// NetworkPolicy isolates the pods, a jump to each of its policies, the
 /// optional log and the counted drop; else the Baseline policies. What
 /// falls through is allowed (the base chain's policy).
 fn group_rules(state: &PolicyState, name: &str, group: &Group, out: &mut impl FnMut(Value)) {
+    out(add_rule(name, liveness_rule(), Some("weft-agent's view of the API is stale".into())));
     if let Some(tier) = &group.admin {
         out(add_rule(name, vec![json!({"jump": {"target": tier}})], Some("Admin tier".into())));
     }
@@ -337,6 +360,46 @@ fn group_rules(state: &PolicyState, name: &str, group: &Group, out: &mut impl Fn
     expr.extend(policies.iter().map(|p| json!({"counter": p})));
     expr.push(json!({"drop": null}));
     out(add_rule(name, expr, Some("no policy allows".into())));
+}
+
+/// The liveness gate's set and counter, its elements open for `live_for`.
+fn liveness_gate(live_for: Option<std::time::Duration>, out: &mut impl FnMut(Value)) {
+    out(json!({"add": {"set": {"family": "inet", "table": POLICY_TABLE, "name": LIVENESS_SET,
+        "type": "nf_proto", "flags": ["timeout"]}}}));
+    out(object("add", "counter", STALE_COUNTER));
+    if let Some(elem) = live_for.and_then(liveness_elements) {
+        out(element("add", LIVENESS_SET, elem));
+    }
+}
+
+/// The gate's elements, expiring after `live_for` (whole seconds, as the
+/// JSON takes them; `None` under one second: closed).
+fn liveness_elements(live_for: std::time::Duration) -> Option<Vec<Value>> {
+    let secs = live_for.as_secs();
+    (secs > 0).then(|| ["ipv4", "ipv6"].map(|p| json!({"elem": {"val": p, "timeout": secs}})).to_vec())
+}
+
+/// The first rule of every group chain: a new connection of an isolated
+/// pod is dropped (and counted) while the gate is closed.
+pub fn liveness_rule() -> Vec<Value> {
+    vec![
+        json!({"match": {"op": "!=", "left": {"meta": {"key": "nfproto"}}, "right": format!("@{LIVENESS_SET}")}}),
+        json!({"counter": STALE_COUNTER}),
+        json!({"drop": null}),
+    ]
+}
+
+/// One transaction renewing the gate for `live_for` (`None`: under a
+/// second, nothing to write). A re-added element keeps its old timeout, so
+/// it is added (in case it expired), deleted and added again with the new one.
+pub fn liveness_renewal(live_for: std::time::Duration) -> Option<Value> {
+    let elem = liveness_elements(live_for)?;
+    let keys: Vec<Value> = ["ipv4", "ipv6"].map(Value::from).to_vec();
+    Some(json!({"nftables": [
+        element("add", LIVENESS_SET, keys.clone()),
+        element("delete", LIVENESS_SET, keys),
+        element("add", LIVENESS_SET, elem),
+    ]}))
 }
 
 /// The verdict of a cluster rule: Accept accepts; Deny drops, counted for
@@ -792,16 +855,20 @@ mod tests {
         let r = ruleset(&state);
         let text = |state: &PolicyState| {
             let mut text = Vec::new();
-            write_ruleset(state, &mut text).unwrap();
+            write_ruleset(state, None, &mut text).unwrap();
             serde_json::from_slice::<Value>(&text).unwrap()
         };
         assert_eq!(text(&state), r, "the text form is the same rule set");
         assert_eq!(text(&PolicyState::default()), ruleset(&PolicyState::default()));
         let cmds = r["nftables"].as_array().unwrap();
-        // The nftables crate knows no "verdict" set type, so the maps are checked by shape; everything else
-        // must fit its schema (the privileged test loads all of it into a real kernel).
-        let (maps, rest): (Vec<&Value>, Vec<&Value>) = cmds.iter().partition(|c| c["add"]["map"].is_object());
-        assert_eq!(maps.len(), 4);
+        // The nftables crate knows no "verdict" set type nor "nf_proto", so the maps and the liveness
+        // gate are checked by shape; everything else must fit its schema (the privileged test loads
+        // all of it into a real kernel).
+        let (maps, rest): (Vec<&Value>, Vec<&Value>) =
+            cmds.iter().partition(|c| c["add"]["map"].is_object() || c["add"]["set"]["name"] == LIVENESS_SET);
+        assert_eq!(maps.len(), 5);
+        assert!(maps.iter().any(|m| m["add"]["set"]["type"] == "nf_proto"));
+        let maps: Vec<&Value> = maps.into_iter().filter(|m| m["add"]["map"].is_object()).collect();
         assert!(maps.iter().all(|m| m["add"]["map"]["map"] == "verdict"));
         let rest = json!({"nftables": rest});
         serde_json::from_value::<nftables::schema::Nftables>(rest).expect("valid nft JSON");
@@ -841,5 +908,41 @@ mod tests {
         let set = r["nftables"].as_array().unwrap().iter().position(|c| c["add"]["set"]["name"] == "peers-4");
         let first = r["nftables"].as_array().unwrap().iter().position(|c| c["add"]["element"]["name"] == "peers-4");
         assert!(set < first, "the set exists before its elements");
+    }
+
+    #[test]
+    fn every_group_chain_starts_at_the_liveness_gate_and_renewals_replace_its_timeout() {
+        let pods = [pod("a", "srv", "node1", 1, &[("app", "srv")]), pod("a", "cli", "node2", 2, &[])];
+        let policies =
+            [ingress(netpol("a", "p", sel(&[("app", "srv")])), vec![rule(vec![pods_in_own(sel(&[]))], vec![])])];
+        let state = policy("node1", &pods, &[ns("a", &[])], &policies);
+        assert!(!state.groups.is_empty());
+        let cmds = ruleset(&state);
+        let cmds = cmds["nftables"].as_array().unwrap();
+        for group in state.groups.keys() {
+            let first = cmds.iter().find(|c| c["add"]["rule"]["chain"] == group.as_str()).unwrap();
+            assert_eq!(first["add"]["rule"]["expr"], json!(liveness_rule()), "{group}");
+        }
+        let elements = |c: &[Value]| c.iter().filter(|c| c["add"]["element"]["name"] == LIVENESS_SET).count();
+        assert_eq!(elements(cmds), 0, "closed unless opened");
+        let mut text = Vec::new();
+        write_ruleset(&state, Some(std::time::Duration::from_secs(90)), &mut text).unwrap();
+        let open: Value = serde_json::from_slice(&text).unwrap();
+        let open = open["nftables"].as_array().unwrap();
+        assert_eq!(elements(open), 1);
+        let elem =
+            &open.iter().find(|c| c["add"]["element"]["name"] == LIVENESS_SET).unwrap()["add"]["element"]["elem"];
+        assert_eq!(elem[1], json!({"elem": {"val": "ipv6", "timeout": 90}}));
+
+        let renewal = liveness_renewal(std::time::Duration::from_millis(30_900)).unwrap();
+        let verbs: Vec<&str> = renewal["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_object().unwrap().keys().next().unwrap().as_str())
+            .collect();
+        assert_eq!(verbs, ["add", "delete", "add"]);
+        assert_eq!(renewal["nftables"][2]["add"]["element"]["elem"][0]["elem"]["timeout"], 30);
+        assert!(liveness_renewal(std::time::Duration::from_millis(999)).is_none(), "under a second: closed");
     }
 }

@@ -29,10 +29,17 @@
 //! it ([`ListMode`]): one request per list, one object in memory at a
 //! time. Where it refuses, Pod lists come in pages of [`POD_PAGE`], so a
 //! list is never held whole.
+//!
+//! [`PolicyCache::freshness`] says since when the views are known to be
+//! current: each watch's client times the frames it reads
+//! ([`super::heard`]), bookmarks included; while a kind re-lists, its
+//! views are as current as when the re-list began, and a completed list
+//! as when it began.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
@@ -42,6 +49,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
+use super::heard::{Heard, hearing};
 use super::list_mode::{ListMode, watcher_refuses_streaming};
 use super::watch::Trigger;
 use crate::metrics::Metrics;
@@ -65,11 +73,41 @@ struct Views<V> {
     synced: bool,
     /// The label-key generation `current` was listed with.
     keys_generation: u64,
+    /// When the watch last read a frame from the API server.
+    heard: Heard,
+    /// When the list `current` came from began, and what had been heard
+    /// when it completed: `current` is as recent as the list's start until
+    /// the watch hears more.
+    listed: Option<(Instant, Option<Instant>)>,
+    /// During a re-list: how recent `current` was when it began.
+    current_as_of: Option<Instant>,
 }
 
 impl<V> Default for Views<V> {
     fn default() -> Self {
-        Views { current: HashMap::new(), relisting: None, synced: false, keys_generation: 0 }
+        Views {
+            current: HashMap::new(),
+            relisting: None,
+            synced: false,
+            keys_generation: 0,
+            heard: Heard::default(),
+            listed: None,
+            current_as_of: None,
+        }
+    }
+}
+
+impl<V> Views<V> {
+    /// Since when `current` is known to hold every change: `None` before the first list.
+    fn as_of(&self) -> Option<Instant> {
+        if self.relisting.is_some() {
+            return self.current_as_of;
+        }
+        let (began, heard_at_end) = self.listed?;
+        match self.heard.last() {
+            Some(h) if Some(h) != heard_at_end => Some(h.max(began)),
+            _ => Some(began),
+        }
     }
 }
 
@@ -79,7 +117,9 @@ impl<V: PartialEq> Views<V> {
     fn event(&mut self, event: watcher::Event<(String, Option<V>)>, generation: u64) -> bool {
         match event {
             watcher::Event::Init => {
+                self.current_as_of = self.as_of();
                 self.relisting = Some(HashMap::new());
+                self.listed = Some((Instant::now(), None));
                 false
             }
             watcher::Event::InitApply((key, view)) => {
@@ -89,6 +129,8 @@ impl<V: PartialEq> Views<V> {
                 false
             }
             watcher::Event::InitDone => {
+                let began = self.listed.map_or_else(Instant::now, |(began, _)| began);
+                self.listed = Some((began, self.heard.last()));
                 let list = self.relisting.take().unwrap_or_default();
                 let changed = !self.synced || list != self.current || self.keys_generation != generation;
                 self.current = list;
@@ -120,6 +162,10 @@ struct Inner {
     keys: Arc<LabelKeys>,
     /// Bumped when `keys` gains a key: views listed before miss it.
     keys_generation: u64,
+    /// Bumped whenever a view changes.
+    changes: u64,
+    /// ClusterNetworkPolicies are not watched: their views stay an empty list.
+    cluster_policies_off: bool,
 }
 
 impl Inner {
@@ -162,6 +208,15 @@ impl Default for PolicyCache {
     }
 }
 
+/// How current the views are: the count of view changes so far, and since
+/// when the oldest kind's views are known to hold every change (`None`
+/// until every kind is listed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Freshness {
+    pub changes: u64,
+    pub as_of: Option<Instant>,
+}
+
 /// Copies of every view, for one pass.
 #[derive(Debug, Clone, Default)]
 pub struct PolicyViews {
@@ -187,6 +242,28 @@ impl PolicyCache {
         })
     }
 
+    /// How current the views are now. Read it before [`PolicyCache::snapshot`]:
+    /// what the snapshot holds is then at least as recent.
+    pub fn freshness(&self) -> Freshness {
+        let Ok(inner) = self.inner.lock() else { return Freshness::default() };
+        let mut kinds = vec![inner.pods.as_of(), inner.namespaces.as_of(), inner.policies.as_of()];
+        // Unwatched (turned off), ClusterNetworkPolicies are an empty list that never ages.
+        if !inner.cluster_policies_off {
+            kinds.push(inner.cluster_policies.as_of());
+        }
+        let as_of = kinds.into_iter().collect::<Option<Vec<Instant>>>().and_then(|all| all.into_iter().min());
+        Freshness { changes: inner.changes, as_of }
+    }
+
+    /// A client for the watch of the views `views` picks, timing what it hears.
+    fn hearing_client<V>(&self, client: &Client, views: fn(&mut Inner) -> &mut Views<V>) -> Client {
+        let heard = Heard::default();
+        if let Ok(mut inner) = self.inner.lock() {
+            views(&mut inner).heard = heard.clone();
+        }
+        hearing(client, heard)
+    }
+
     /// The label keys views keep now.
     fn keys(&self) -> Arc<LabelKeys> {
         self.inner.lock().map(|i| i.keys.clone()).unwrap_or_default()
@@ -201,6 +278,7 @@ impl PolicyCache {
     ) -> bool {
         let Ok(mut inner) = self.inner.lock() else { return false };
         let changed = views(&mut inner).event(event, generation);
+        inner.changes += u64::from(changed);
         let grew = if changed { inner.update_keys() } else { None };
         if let Some(g) = grew {
             tracing::info!(keys = inner.keys.len(), "policies name new label keys: (re-)listing Pods and Namespaces");
@@ -254,10 +332,13 @@ pub fn spawn(client: Client, trigger: Arc<Trigger>, metrics: Arc<Metrics>, clust
     } else {
         cache.apply(watcher::Event::Init, 0, |i| &mut i.cluster_policies);
         cache.apply(watcher::Event::InitDone, 0, |i| &mut i.cluster_policies);
+        if let Ok(mut inner) = cache.inner.lock() {
+            inner.cluster_policies_off = true;
+        }
     }
     let pod_keys = cache.clone();
     run(
-        Api::<Pod>::all(client.clone()),
+        Api::<Pod>::all(cache.hearing_client(&client, |i| &mut i.pods)),
         Watch { what: "Pods", page: Some(POD_PAGE), mode: mode.clone(), relists: true, optional: false },
         cache.clone(),
         trigger.clone(),
@@ -272,7 +353,7 @@ pub fn spawn(client: Client, trigger: Arc<Trigger>, metrics: Arc<Metrics>, clust
     );
     let ns_keys = cache.clone();
     run(
-        Api::<Namespace>::all(client.clone()),
+        Api::<Namespace>::all(cache.hearing_client(&client, |i| &mut i.namespaces)),
         Watch { what: "Namespaces", page: None, mode: mode.clone(), relists: true, optional: false },
         cache.clone(),
         trigger.clone(),
@@ -283,7 +364,7 @@ pub fn spawn(client: Client, trigger: Arc<Trigger>, metrics: Arc<Metrics>, clust
     let policy_metrics = metrics.clone();
     let mut caps = CapReports::default();
     run(
-        Api::<NetworkPolicy>::all(client),
+        Api::<NetworkPolicy>::all(cache.hearing_client(&client, |i| &mut i.policies)),
         Watch { what: "NetworkPolicies", page: None, mode: mode.clone(), relists: false, optional: false },
         cache.clone(),
         trigger,
@@ -316,7 +397,7 @@ fn spawn_cluster_policies(
     let policy_metrics = metrics.clone();
     let mut caps = CapReports::default();
     run(
-        Api::<DynamicObject>::all_with(client.clone(), &resource),
+        Api::<DynamicObject>::all_with(cache.hearing_client(client, |i| &mut i.cluster_policies), &resource),
         Watch { what: "ClusterNetworkPolicies", page: None, mode, relists: false, optional: true },
         cache.clone(),
         trigger.clone(),
@@ -485,6 +566,37 @@ mod tests {
         assert_eq!(v.current.keys().collect::<Vec<_>>(), ["a/5"]);
         assert!(v.event(Event::Delete(e("a/5", Some(5))), 0));
         assert!(!v.event(Event::Delete(e("a/5", None)), 0));
+    }
+
+    #[test]
+    fn views_are_as_fresh_as_the_last_frame_heard_and_a_relist_as_its_start() {
+        let mut v: Views<u32> = Views::default();
+        let e = |k: &str, x: u32| (k.to_string(), Some(x));
+        let pause = || std::thread::sleep(std::time::Duration::from_millis(2));
+        assert_eq!(v.as_of(), None, "before the first list");
+        let before = Instant::now();
+        v.event(Event::Init, 0);
+        v.event(Event::InitApply(e("a/1", 1)), 0);
+        v.heard.mark(); // the list's pages
+        pause();
+        v.event(Event::InitDone, 0);
+        let listed = v.as_of().unwrap();
+        assert!(listed >= before && listed < v.heard.last().unwrap(), "as of the list's start, not its last page");
+        // A bookmark (or any frame) read after the list: fresh up to it.
+        pause();
+        v.heard.mark();
+        assert_eq!(v.as_of(), v.heard.last());
+        let heard = v.as_of();
+        // A re-list (the watch was down): as fresh as before it, whatever it reads meanwhile ...
+        pause();
+        v.event(Event::Init, 0);
+        v.heard.mark();
+        assert_eq!(v.as_of(), heard);
+        // ... until it completes: then as of its start.
+        let relist_started = Instant::now();
+        pause();
+        v.event(Event::InitDone, 0);
+        assert!(v.as_of().unwrap() > heard.unwrap() && v.as_of().unwrap() <= relist_started);
     }
 
     #[test]

@@ -128,7 +128,8 @@ impl Node {
         )
     }
 
-    fn add_pod_with(&self, id: &str, conf: serde_json::Value) -> (TestNs, String, String) {
+    /// Wires a pod with the real plugin and the network config `conf`.
+    pub fn add_pod_with(&self, id: &str, conf: serde_json::Value) -> (TestNs, String, String) {
         let pod = TestNs::new(id);
         let (v4, v6) = self.add_pod_into(&pod, id, "", conf);
         (pod, v4, v6)
@@ -157,11 +158,20 @@ impl Node {
         )
     }
 
-    fn add_pod_into(&self, pod: &TestNs, id: &str, cni_args: &str, conf: serde_json::Value) -> (String, String) {
+    /// Runs the plugin's `command` for container `id` in `pod` with `conf`;
+    /// returns whether it succeeded and what it printed.
+    pub fn cni(
+        &self,
+        command: &str,
+        pod: &TestNs,
+        id: &str,
+        cni_args: &str,
+        conf: &serde_json::Value,
+    ) -> (bool, serde_json::Value) {
         let mut child = Command::new("ip")
             .args(["netns", "exec", self.ns.name()])
             .arg(weft_cni())
-            .env("CNI_COMMAND", "ADD")
+            .env("CNI_COMMAND", command)
             .env("CNI_CONTAINERID", id)
             .env("CNI_NETNS", pod.path())
             .env("CNI_IFNAME", "eth0")
@@ -172,8 +182,13 @@ impl Node {
             .unwrap();
         child.stdin.take().unwrap().write_all(conf.to_string().as_bytes()).unwrap();
         let out = child.wait_with_output().unwrap();
-        let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert!(out.status.success(), "ADD {id}: {result}");
+        let result = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        (out.status.success(), result)
+    }
+
+    fn add_pod_into(&self, pod: &TestNs, id: &str, cni_args: &str, conf: serde_json::Value) -> (String, String) {
+        let (ok, result) = self.cni("ADD", pod, id, cni_args, &conf);
+        assert!(ok, "ADD {id}: {result}");
         let ips: Vec<String> = result["ips"]
             .as_array()
             .unwrap()

@@ -168,16 +168,18 @@ fn names_that_would_escape_the_directory_are_refused() {
 }
 
 #[test]
-fn a_new_boot_discards_every_record() {
+fn a_new_boot_discards_every_record_and_quarantines_the_addresses_it_held() {
     let tmp = tempfile::tempdir().expect("tempdir");
     allocator(tmp.path()).allocate(&att("c1")).expect("allocate");
     std::fs::write(tmp.path().join("weft/.tmp-1-1"), "x").expect("write");
     let reboot = || DiskStore::open_with_boot_id(tmp.path(), "weft", "boot-2").expect("open");
-    let after = Allocator::new(reboot(), subnets()).expect("allocator");
-    assert_eq!(files(tmp.path()), vec![BOOT_ID.to_string(), LOCK.to_string()]);
+    let after = Allocator::new(reboot(), subnets()).expect("allocator").with_quarantine(Duration::from_secs(3600));
+    let quarantined = ["quarantine-10.244.1.1", "quarantine-fd00:10:244:1::1"];
+    assert_eq!(files(tmp.path()), [BOOT_ID, LOCK, quarantined[0], quarantined[1]]);
     assert_eq!(read(tmp.path().join("weft/boot_id")), "boot-2\n");
     assert!(after.find(&att("c1")).expect("find").is_empty());
-    assert_eq!(ips(&after.allocate(&att("c9")).expect("allocate"))[0], ip("10.244.1.1"));
+    // Other nodes may still allow c1 at .1: the next pod gets .2.
+    assert_eq!(ips(&after.allocate(&att("c9")).expect("allocate"))[0], ip("10.244.1.2"));
     // Opening again in the same boot changes nothing.
     assert_eq!(Allocator::new(reboot(), subnets()).expect("allocator").find(&att("c9")).expect("find").len(), 2);
 }
@@ -274,4 +276,31 @@ fn an_unused_store_is_removed_and_a_used_one_kept() {
     a.release(&att("c1")).expect("release");
     assert!(store(tmp.path()).remove_if_unused().expect("remove"));
     assert!(!tmp.path().join("weft").exists());
+}
+
+#[test]
+fn quarantine_outlives_the_process_that_released_and_ends_on_time() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let open = |q: u64| {
+        Allocator::new(store(tmp.path()), vec![net("10.244.1.0/30")])
+            .expect("allocator")
+            .with_quarantine(Duration::from_secs(q))
+    };
+    open(0).allocate(&att("c1")).expect("allocate");
+    open(0).allocate(&att("c2")).expect("allocate");
+    // A DEL process releases .1; later plugin processes find its record.
+    open(0).release(&att("c1")).expect("release");
+    assert!(files(tmp.path()).contains(&"quarantine-10.244.1.1".to_string()));
+    let err = open(3600).allocate(&att("c3")).expect_err("quarantined");
+    assert!(matches!(err, IpamError::Quarantined { quarantined: 1, .. }), "{err:?}");
+    assert!(err.to_string().starts_with("no free address left in 10.244.1.0/30: 1 released"), "{err}");
+    // GC of a later process keeps the running quarantine.
+    open(3600).gc(&[att("c2")].into()).expect("gc");
+    assert!(files(tmp.path()).contains(&"quarantine-10.244.1.1".to_string()));
+    // Garbage in a record reads as "just released": still held.
+    std::fs::write(tmp.path().join("weft/quarantine-10.244.1.1"), "junk").expect("write");
+    assert!(matches!(open(3600).allocate(&att("c3")), Err(IpamError::Quarantined { .. })));
+    // Once the quarantine is over, the address is handed out and its record goes.
+    assert_eq!(ips(&open(0).allocate(&att("c3")).expect("allocate")), [ip("10.244.1.1")]);
+    assert!(!files(tmp.path()).iter().any(|f| f.starts_with("quarantine-")), "{:?}", files(tmp.path()));
 }
