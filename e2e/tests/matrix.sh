@@ -29,7 +29,8 @@ ROOT=$(dirname "$E2E")
 # shellcheck disable=SC1091
 . "$E2E/lib.sh"
 export EXTERNAL_V4=203.0.113.200 EXTERNAL_V6=2001:db8:e::200
-trap '"$E2E/cluster" down >/dev/null 2>&1 || true' EXIT
+cnp_pid=
+trap '[[ -z $cnp_pid ]] || kill "$cnp_pid" 2>/dev/null; "$E2E/cluster" down >/dev/null 2>&1 || true' EXIT
 started=$SECONDS
 upstream=0
 case ${1:-} in
@@ -301,8 +302,23 @@ for cfg in "${configs[@]}"; do
   # The soak's short run (the full 2,000 cycles: e2e/tests/soak.sh alone).
   if [[ $backend == routes && $family == dual ]]; then "$E2E/tests/soak.sh" --cycles 100; fi
   if ((upstream)) && [[ $backend == auto && $segments == 2 && $family == dual ]]; then
-    "$E2E/upstream/run"
-    "$E2E/tests/cnp-conformance.sh"
+    # The ClusterNetworkPolicy conformance suite runs beside the upstream
+    # e2e run, in a process of its own: it mostly waits out denied probes,
+    # and its policies select only its own namespaces (network-policy-
+    # conformance-*), which no upstream test uses. cyclonus comes after
+    # both: its truth tables assume no cluster-wide policy.
+    cnp_log=$(mktemp)
+    "$E2E/tests/cnp-conformance.sh" >"$cnp_log" 2>&1 &
+    cnp_pid=$!
+    upstream_rc=0
+    "$E2E/upstream/run" || upstream_rc=$?
+    cnp_rc=0
+    wait "$cnp_pid" || cnp_rc=$?
+    cnp_pid=
+    cat "$cnp_log"
+    rm -f "$cnp_log"
+    ((upstream_rc == 0)) || fail "the upstream e2e run failed (exit $upstream_rc)"
+    ((cnp_rc == 0)) || fail "the ClusterNetworkPolicy conformance suite failed (exit $cnp_rc)"
     "$E2E/tests/cyclonus.sh" --subset
   fi
   if [[ $backend == vxlan ]]; then
