@@ -17,7 +17,7 @@ use ipnetwork::IpNetwork;
 use libweft::ipam::{Allocator, Attachment, DiskStore};
 use libweft::netlink::{Netlink, host_veth_name};
 use libweft::netns::NetNs;
-use libweft::testutil::control_plane::eventually;
+use libweft::testutil::control_plane::{ControlPlane, eventually};
 use libweft::testutil::{TestNs, have_privileges};
 use weft_agent::ipam_gc::{Evidence, NETWORK, observe_claimed_addresses, observe_host_veths, sweep};
 
@@ -105,39 +105,76 @@ fn an_address_whose_veth_is_gone_is_freed() {
 #[ignore = "needs root and the Kubernetes binaries: cargo test -- --ignored"]
 fn only_unfinished_pods_bound_to_the_node_claim_addresses() {
     let Some(bin) = k8s_bin_or_skip() else { return };
-    // Streamed where the server allows it, in pages (three pods: two pages) where it refuses.
-    for flags in [&[][..], &[NO_WATCH_LIST]] {
+    let want: HashSet<IpAddr> =
+        ["10.244.1.5", "fd00:10:244:1::5", "10.244.1.8"].iter().map(|a| a.parse().unwrap()).collect();
+    // Streamed where the server allows it; in pages (three pods: two pages)
+    // where it refuses, or where RBAC grants `list` without `watch` (a
+    // ClusterRole from before the streamed list, with NetworkPolicy off).
+    for (flags, user) in [(&[][..], None), (&[NO_WATCH_LIST][..], None), (&[][..], Some(LIST_ONLY_USER))] {
         let cp = lone_control_plane(&bin, flags);
-        create_pod(&cp, "running", "node1", serde_json::json!({}), &["10.244.1.5", "fd00:10:244:1::5"]);
-        create_pod(&cp, "done", "node1", serde_json::json!({}), &["10.244.1.6"]);
-        create_pod(&cp, "running-too", "node1", serde_json::json!({}), &["10.244.1.8"]);
-        cp.kubectl_ok(&[
-            "patch",
-            "pod",
-            "done",
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            r#"{"status":{"phase":"Succeeded"}}"#,
-        ]);
-        create_pod(&cp, "elsewhere", "node2", serde_json::json!({}), &["10.244.2.7"]);
-
-        // The client's sockets must live in the control plane's namespace: a throwaway thread there.
-        let kubeconfig = cp.kubeconfig();
-        let claimed = NetNs::open(&cp.ns.path())
-            .unwrap()
-            .run(|| {
-                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-                rt.block_on(async {
-                    let file = kube::config::Kubeconfig::read_from(&kubeconfig).unwrap();
-                    let config = kube::Config::from_custom_kubeconfig(file, &Default::default()).await.unwrap();
-                    observe_claimed_addresses(&kube::Client::try_from(config).unwrap(), "node1").await
-                })
-            })
-            .unwrap()
-            .unwrap();
-        let want: HashSet<IpAddr> =
-            ["10.244.1.5", "fd00:10:244:1::5", "10.244.1.8"].iter().map(|a| a.parse().unwrap()).collect();
-        assert_eq!(claimed, want, "apiserver flags {flags:?}");
+        create_gc_pods(&cp);
+        let claimed = claimed_on_node1(&cp, user).unwrap();
+        assert_eq!(claimed, want, "apiserver flags {flags:?}, user {user:?}");
     }
+}
+
+#[test]
+#[ignore = "needs root and the Kubernetes binaries: cargo test -- --ignored"]
+fn gc_without_a_complete_list_of_pods_claims_fail_closed() {
+    let Some(bin) = k8s_bin_or_skip() else { return };
+    let cp = lone_control_plane(&bin, &[]);
+    create_gc_pods(&cp);
+    // Neither a watch nor a list is allowed: the pass must fail, never
+    // report an empty set of claims (which would free live addresses).
+    let err = claimed_on_node1(&cp, Some("weft-gc-nothing")).expect_err("claims read without any permission");
+    assert!(err.to_string().contains("403") || err.to_string().to_lowercase().contains("forbidden"), "{err}");
+}
+
+/// A user the tests impersonate, bound to `list` on Pods and nothing else.
+const LIST_ONLY_USER: &str = "weft-gc-list-only";
+
+/// Pods on node1 (two unfinished, one Succeeded) and one on node2, and the
+/// list-only user's ClusterRole and binding.
+fn create_gc_pods(cp: &ControlPlane) {
+    create_pod(cp, "running", "node1", serde_json::json!({}), &["10.244.1.5", "fd00:10:244:1::5"]);
+    create_pod(cp, "done", "node1", serde_json::json!({}), &["10.244.1.6"]);
+    create_pod(cp, "running-too", "node1", serde_json::json!({}), &["10.244.1.8"]);
+    cp.kubectl_ok(&[
+        "patch",
+        "pod",
+        "done",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"phase":"Succeeded"}}"#,
+    ]);
+    create_pod(cp, "elsewhere", "node2", serde_json::json!({}), &["10.244.2.7"]);
+    cp.kubectl_ok(&["create", "clusterrole", "weft-gc-list-only", "--verb=list", "--resource=pods"]);
+    cp.kubectl_ok(&[
+        "create",
+        "clusterrolebinding",
+        "weft-gc-list-only",
+        "--clusterrole=weft-gc-list-only",
+        &format!("--user={LIST_ONLY_USER}"),
+    ]);
+}
+
+/// GC's view of the Pods claiming addresses on node1, read by the admin or,
+/// with `user`, by the admin impersonating that user.
+fn claimed_on_node1(cp: &ControlPlane, user: Option<&str>) -> Result<HashSet<IpAddr>, weft_agent::ipam_gc::GcError> {
+    // The client's sockets must live in the control plane's namespace: a throwaway thread there.
+    let kubeconfig = cp.kubeconfig();
+    let user = user.map(str::to_owned);
+    NetNs::open(&cp.ns.path())
+        .unwrap()
+        .run(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let file = kube::config::Kubeconfig::read_from(&kubeconfig).unwrap();
+                let mut config = kube::Config::from_custom_kubeconfig(file, &Default::default()).await.unwrap();
+                config.auth_info.impersonate = user;
+                observe_claimed_addresses(&kube::Client::try_from(config).unwrap(), "node1").await
+            })
+        })
+        .unwrap()
 }
