@@ -22,8 +22,8 @@ use serde_json::{Value, json};
 const NAMESPACE: &str = "kube-system";
 const POLICY: &str = "weft-own-node-annotations";
 
-/// The chart's objects that give weft its credentials, as a release "weft"
-/// in kube-system renders them.
+/// The chart's objects that give weft its credentials (and the CRD they
+/// name), as a release "weft" in kube-system renders them.
 fn render_chart(bin: &Path) -> String {
     common::render_chart(
         bin,
@@ -33,6 +33,7 @@ fn render_chart(bin: &Path) -> String {
             "templates/rbac.yaml",
             "templates/node-policy.yaml",
             "templates/policy-status.yaml",
+            "templates/clusternetworkpolicy-crd.yaml",
         ],
     )
 }
@@ -189,6 +190,7 @@ fn the_agent_token_changes_only_its_own_nodes_weft_annotations() {
         String::from_utf8_lossy(&as_token(&cp, &pod_token, &all).stdout).trim().to_string()
     };
     let cnp = "clusternetworkpolicies.policy.networking.k8s.io";
+    cp.kubectl_ok(&["wait", "--for=condition=established", "--timeout=30s", &format!("crd/{cnp}")]);
     let lease = "leases.coordination.k8s.io/weft-policy-verdicts";
     for (args, want) in [
         (vec!["patch", cnp, "--subresource=status"], "yes"),
