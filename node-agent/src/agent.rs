@@ -436,6 +436,7 @@ impl Agent {
         let policy = obs.policy.take().map(|views| {
             // Handed over, never waited for: the writer has a task of its own.
             if let Some(writer) = &self.verdicts {
+                writer.bid(verdicts::bids_for_writer(&self.node_name, obs.nodes.iter().map(|n| n.name.as_str())));
                 writer.offer(verdicts::verdicts(&views));
             }
             network_policy::compute(&self.cfg, &obs.local, &obs.nodes, &d.kernel.refused, views)

@@ -8,9 +8,11 @@
 //! through `kube-lease-manager`: renewed every 25 s, taken over 30 s after
 //! its holder stops renewing) writes them. N agents writing would be N
 //! requests for every policy change (20,000 at the largest cluster weft
-//! claims) racing on the same objects. Verdicts being a pure function of
-//! the specs, two holders for a moment (a lease taken over while the old
-//! holder still writes) write the same thing.
+//! claims) racing on the same objects; N bidders would read the Lease N
+//! times a period, so only a few nodes bid ([`VerdictWriter::bid`]).
+//! Verdicts being a pure function of the specs, two holders for a moment
+//! (a lease taken over while the old holder still writes) write the same
+//! thing.
 //!
 //! The writer never slows a pass: the loop hands it the latest verdicts
 //! ([`VerdictWriter::offer`], a watch channel of one: older unwritten
@@ -55,6 +57,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// The loop's handle on the writer task.
 pub struct VerdictWriter {
     latest: watch::Sender<Arc<Verdicts>>,
+    /// Whether this agent bids for the Lease (`desired::verdicts::bids_for_writer`).
+    bidding: watch::Sender<bool>,
 }
 
 impl VerdictWriter {
@@ -62,9 +66,16 @@ impl VerdictWriter {
     /// node name: one agent a node).
     pub fn spawn(client: Client, identity: &str, metrics: Arc<Metrics>) -> VerdictWriter {
         let (latest, verdicts) = watch::channel(Arc::new(Verdicts::default()));
-        let holder = hold_lease(client.clone(), identity.to_string(), metrics.clone());
+        let (bidding, bids) = watch::channel(false);
+        let holder = hold_lease(client.clone(), identity.to_string(), bids, metrics.clone());
         tokio::spawn(write_loop(Writer::new(client, identity, metrics), verdicts, holder));
-        VerdictWriter { latest }
+        VerdictWriter { latest, bidding }
+    }
+
+    /// Whether this agent is to bid for the Lease; a holder told to stop
+    /// bidding releases it.
+    pub fn bid(&self, bids: bool) {
+        self.bidding.send_if_modified(|b| std::mem::replace(b, bids) != bids);
     }
 
     /// Hands a pass's verdicts to the writer; never waits.
@@ -79,16 +90,26 @@ impl VerdictWriter {
     }
 }
 
-/// Bids for the Lease for as long as the agent runs; the receiver says
-/// whether this agent holds it. Failures (no RBAC for Leases: 403) are
-/// logged and retried with backoff; meanwhile this agent writes nothing.
-fn hold_lease(client: Client, identity: String, metrics: Arc<Metrics>) -> watch::Receiver<bool> {
+/// Bids for the Lease while `bids` says so; the receiver says whether this
+/// agent holds it. Failures (no RBAC for Leases: 403) are logged and
+/// retried with backoff; meanwhile this agent writes nothing. The chart
+/// creates the Lease; the manager creates it only where it is missing and
+/// may (a cluster without the chart's objects, the tests).
+fn hold_lease(
+    client: Client,
+    identity: String,
+    mut bids: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
+) -> watch::Receiver<bool> {
     let (held_tx, held) = watch::channel(false);
     tokio::spawn(async move {
         let namespace = client.default_namespace().to_string();
         let mut backoff = Backoff::default();
         let mut said = false;
         loop {
+            if bids.wait_for(|b| *b).await.is_err() {
+                return;
+            }
             let built = LeaseManagerBuilder::new(client.clone(), LEASE)
                 .with_namespace(namespace.as_str())
                 .with_identity(identity.as_str())
@@ -115,16 +136,21 @@ fn hold_lease(client: Client, identity: String, metrics: Arc<Metrics>) -> watch:
                 if held_tx.send_replace(now) != now {
                     tracing::info!(lease = LEASE, holder = now, "policy verdict writer lease changed hands");
                 }
-                if holding.changed().await.is_err() {
-                    break;
+                tokio::select! {
+                    r = holding.changed() => if r.is_err() { break },
+                    // No longer a candidate: dropping the receiver makes the manager release the Lease.
+                    _ = bids.wait_for(|b| !*b) => break,
                 }
             }
-            // The manager retries its own errors: it ends only on a broken channel.
+            drop(holding);
             held_tx.send_replace(false);
+            // The manager retries its own errors: it ends on release, or on a broken channel.
             if let Ok(Err(e)) = task.await {
                 tracing::warn!("the policy verdict writer's lease manager stopped: {e}");
             }
-            tokio::time::sleep(backoff.next()).await;
+            if *bids.borrow() {
+                tokio::time::sleep(backoff.next()).await;
+            }
         }
     });
     held

@@ -116,6 +116,24 @@ pub fn verdicts(views: &PolicyViews) -> Verdicts {
     Verdicts { conditions, events }
 }
 
+/// How many agents bid for the writer's Lease. One writer needs a few
+/// candidates (one may be down), not all: every candidate that does not
+/// hold the Lease reads it again each time it could expire, so 20,000
+/// bidders would cost the API server more than the writes they save.
+pub const WRITER_CANDIDATES: usize = 3;
+
+/// Whether node `own` is one of the [`WRITER_CANDIDATES`] nodes that bid
+/// for the writer's Lease: those whose names hash lowest (by hash, so that
+/// nodes named alike, say of one rack or zone, are not all the candidates).
+/// Every agent computes the same set from the same Node list; when a
+/// candidate's Node is deleted, the next node joins.
+pub fn bids_for_writer<'a>(own: &str, nodes: impl IntoIterator<Item = &'a str>) -> bool {
+    let key = |n: &'a str| (libweft::netlink::stable_hash(n.bytes()), n);
+    let own_hash = libweft::netlink::stable_hash(own.bytes());
+    let before = nodes.into_iter().filter(|n| *n != own && key(n) < (own_hash, own)).count();
+    before < WRITER_CANDIDATES
+}
+
 #[cfg(test)]
 mod tests {
     use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -161,6 +179,31 @@ mod tests {
         assert!(e.message.contains("peers over the cap of 100"), "{}", e.message);
         assert_eq!(e.event_name(), "weft-refused.u-h.2.capexceeded");
         assert_eq!(verdicts(&views), v, "a pure function of the views");
+    }
+
+    #[test]
+    fn three_nodes_bid_for_the_writer_whatever_the_order_of_the_list() {
+        let names: Vec<String> = (0..1000).map(|i| format!("node-{i}")).collect();
+        let bidders = |names: &[String]| -> Vec<String> {
+            let all = || names.iter().map(String::as_str);
+            names.iter().filter(|n| bids_for_writer(n, all())).cloned().collect()
+        };
+        let mut bidding = bidders(&names);
+        assert_eq!(bidding.len(), WRITER_CANDIDATES);
+        let mut reversed = names.clone();
+        reversed.reverse();
+        let mut again = bidders(&reversed);
+        bidding.sort();
+        again.sort();
+        assert_eq!(bidding, again, "the same set from any order");
+        // A candidate's Node is deleted: another joins, the others stay.
+        let rest: Vec<String> = names.iter().filter(|n| **n != bidding[0]).cloned().collect();
+        let next = bidders(&rest);
+        assert_eq!(next.len(), WRITER_CANDIDATES);
+        assert!(bidding[1..].iter().all(|b| next.contains(b)), "{bidding:?} {next:?}");
+        // Small clusters: everyone bids; a node not in the list yet bids only among the first.
+        assert!(bids_for_writer("a", ["a", "b"]));
+        assert!(bids_for_writer("a", []));
     }
 
     #[test]
