@@ -101,13 +101,7 @@ fn one_agent_tells_authors_whether_weft_accepted_their_policies() {
         "templates/policy-status.yaml",
     ];
     cp.kubectl_stdin(&["apply", "-f", "-"], &common::render_chart(&bin, NAMESPACE, &templates));
-    cp.kubectl_ok(&["create", "-f", &crd.display().to_string()]);
-    cp.kubectl_ok(&[
-        "wait",
-        "--for=condition=established",
-        "--timeout=30s",
-        "crd/clusternetworkpolicies.policy.networking.k8s.io",
-    ]);
+    common::install_cnp_crd(&cp, &crd);
     let _ = cp.kubectl(&["create", "serviceaccount", "default", "-n", "default"]);
 
     // Both agents, each with a token bound to a weft pod on its node: the chart's grants and nothing more.

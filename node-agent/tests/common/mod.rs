@@ -366,3 +366,10 @@ pub fn weft_pod_token(cp: &ControlPlane, namespace: &str, node: &str) -> String 
     args.extend(["--bound-object-name", &pod_name]);
     cp.kubectl_ok(&args).trim().to_string()
 }
+
+/// Creates the ClusterNetworkPolicy CRD at `crd` and waits until the API serves it.
+pub fn install_cnp_crd(cp: &ControlPlane, crd: &Path) {
+    cp.kubectl_ok(&["create", "-f", &crd.display().to_string()]);
+    let name = "crd/clusternetworkpolicies.policy.networking.k8s.io";
+    cp.kubectl_ok(&["wait", "--for=condition=established", "--timeout=30s", name]);
+}
