@@ -105,7 +105,9 @@ fn hold_lease(
     tokio::spawn(async move {
         let namespace = client.default_namespace().to_string();
         let mut backoff = Backoff::default();
-        let mut said = false;
+        // Failed bids in a row: the first few are expected at install (Helm
+        // creates the Lease after the DaemonSet), so the warning waits for a third.
+        let mut failed = 0u32;
         loop {
             if bids.wait_for(|b| *b).await.is_err() {
                 return;
@@ -120,16 +122,19 @@ fn hold_lease(
                 Ok(m) => m,
                 Err(e) => {
                     metrics.sync_error("verdicts");
-                    if !std::mem::replace(&mut said, true) {
+                    failed += 1;
+                    if failed == 3 {
                         tracing::warn!(
                             "cannot bid for Lease {namespace}/{LEASE}: policy verdicts are not written from this node: {e}"
                         );
+                    } else {
+                        tracing::debug!("bid for Lease {namespace}/{LEASE}: {e}");
                     }
                     tokio::time::sleep(backoff.next()).await;
                     continue;
                 }
             };
-            backoff = Backoff::default();
+            (backoff, failed) = (Backoff::default(), 0);
             let (mut holding, task) = manager.watch().await;
             loop {
                 let now = *holding.borrow_and_update();
