@@ -220,6 +220,7 @@ impl Backoff {
 }
 
 /// How one write went.
+#[derive(Debug, PartialEq, Eq)]
 enum Outcome {
     /// Written, or already right: nothing more to do for this verdict.
     Done,
@@ -362,31 +363,37 @@ impl Writer {
         }
     }
 
-    /// Reports a failed request: 404 (gone) and 422 (invalid) drop the
-    /// verdict, anything else (403 included) is retried.
+    /// Reports a failed request ([`after_failure`] says what follows).
     fn failed(&mut self, what: &str, e: kube::Error) -> Outcome {
         let code = match &e {
             kube::Error::Api(s) => Some(s.code),
             _ => None,
         };
+        let outcome = after_failure(code);
         match code {
-            Some(404) => {
-                tracing::debug!("{what}: gone: {e}");
-                return Outcome::Dropped;
-            }
-            Some(422) => {
-                self.metrics.sync_error("verdicts");
-                tracing::warn!("{what}: refused as invalid, not retried: {e}");
-                return Outcome::Dropped;
-            }
+            Some(404) => tracing::debug!("{what}: gone: {e}"),
+            Some(422) => tracing::warn!("{what}: refused as invalid, not retried: {e}"),
             Some(403) if !std::mem::replace(&mut self.said_forbidden, true) => {
                 tracing::warn!("{what}: forbidden (the chart's RBAC grants it): {e}");
             }
             Some(403) => tracing::debug!("{what}: {e}"),
             _ => tracing::warn!("{what}: {e}"),
         }
-        self.metrics.sync_error("verdicts");
-        Outcome::Failed
+        if code != Some(404) {
+            self.metrics.sync_error("verdicts");
+        }
+        outcome
+    }
+}
+
+/// What follows a failed request with HTTP status `code` (`None`: no
+/// answer): 404 (the object or its CRD gone) and 422 (invalid: retrying
+/// cannot help) drop the verdict; anything else, 403 (RBAC without the
+/// grant, which an operator may add) included, is retried after the backoff.
+fn after_failure(code: Option<u16>) -> Outcome {
+    match code {
+        Some(404 | 422) => Outcome::Dropped,
+        _ => Outcome::Failed,
     }
 }
 
@@ -494,6 +501,15 @@ mod tests {
         );
         assert_eq!((ev.type_.as_deref(), ev.reason.as_deref()), (Some("Warning"), Some("CapExceeded")));
         assert_eq!(ev.message.as_deref(), Some("generation 2: 101 peers over the cap of 100: refused"));
+    }
+
+    #[test]
+    fn a_missing_object_or_crd_drops_the_verdict_and_a_forbidden_write_is_retried() {
+        assert_eq!(after_failure(Some(404)), Outcome::Dropped, "policy or CRD gone");
+        assert_eq!(after_failure(Some(422)), Outcome::Dropped, "invalid: retrying cannot help");
+        for code in [Some(403), Some(409), Some(500), Some(503), None] {
+            assert_eq!(after_failure(code), Outcome::Failed, "{code:?}: retried after the backoff");
+        }
     }
 
     #[test]
