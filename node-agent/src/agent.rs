@@ -28,12 +28,13 @@ use libweft::netlink::Netlink;
 
 use crate::apply::policy::{self as apply_policy, PolicyOutputs};
 use crate::apply::policy_table::{PolicyChange, PolicyError, PolicySync};
+use crate::apply::verdicts::VerdictWriter;
 use crate::apply::weft_table::{self as nft, NftChange, NftError, Nftables};
 use crate::apply::{api, files, kernel};
 use crate::config::Config;
 use crate::desired::incremental::{Incremental, NodeChange, Scope};
 use crate::desired::liveness::Liveness;
-use crate::desired::{self, network_policy, vtep_mac_for};
+use crate::desired::{self, network_policy, verdicts, vtep_mac_for};
 use crate::health::{Health, Readiness, now_secs};
 use crate::metrics::{FieldLabel, Metrics};
 use crate::observe::policy_watch::{self, Freshness, PolicyCache};
@@ -139,6 +140,8 @@ struct Agent {
     peer_refusals: Refusals,
     /// NetworkPolicy: the watches' views and the policy outputs; `None` when disabled.
     policy: Option<(PolicyCache, PolicyOutputs)>,
+    /// Writes policies' acceptance to the API (when this agent holds its Lease).
+    verdicts: Option<VerdictWriter>,
     /// Pod addresses not believed for NetworkPolicy (logged when new).
     pod_doubts: Doubts,
     /// Whether the last pass got as far as syncing the policy table.
@@ -191,8 +194,11 @@ impl Agent {
             apply_policy::disable(&cfg, &nl, &metrics).await;
             None
         };
+        let verdicts = (policy.is_some() && cfg.report_status)
+            .then(|| VerdictWriter::spawn(client.clone(), &node_name, metrics.clone()));
         let agent = Agent {
             policy,
+            verdicts,
             policy_checked: false,
             liveness: Liveness::new(cfg.policy_liveness),
             seen: Freshness::default(),
@@ -427,10 +433,14 @@ impl Agent {
         let mut desired = std::mem::take(&mut self.desired);
         let (d, scope) = desired.update(&self.cfg, &obs, (!full).then_some(changes.as_slice()));
         let routing_computed = started.elapsed();
-        let policy = obs
-            .policy
-            .take()
-            .map(|views| network_policy::compute(&self.cfg, &obs.local, &obs.nodes, &d.kernel.refused, views));
+        let policy = obs.policy.take().map(|views| {
+            // Handed over, never waited for: the writer has a task of its own.
+            if let Some(writer) = &self.verdicts {
+                writer.bid(verdicts::bids_for_writer(&self.node_name, obs.nodes.iter().map(|n| n.name.as_str())));
+                writer.offer(verdicts::verdicts(&views));
+            }
+            network_policy::compute(&self.cfg, &obs.local, &obs.nodes, &d.kernel.refused, views)
+        });
         let computed = started.elapsed();
         let policy_compute = computed - routing_computed;
         let only = match (&scope, wakeup) {

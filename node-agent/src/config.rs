@@ -149,6 +149,10 @@ pub struct NetworkPolicyConfig {
     /// Also watch and enforce ClusterNetworkPolicy
     /// (`policy.networking.k8s.io`); a cluster without its CRD has none.
     pub cluster_network_policy: bool,
+    /// Say whether weft accepted each policy: an `Accepted` condition on
+    /// every ClusterNetworkPolicy, a Warning Event on every NetworkPolicy it
+    /// refused (one agent writes them, the holder of a Lease).
+    pub report_status: bool,
 }
 
 impl Default for NetworkPolicyConfig {
@@ -159,6 +163,7 @@ impl Default for NetworkPolicyConfig {
             log_group: 100,
             log_per_second: 10,
             cluster_network_policy: true,
+            report_status: true,
         }
     }
 }
@@ -197,6 +202,8 @@ pub struct Config {
     pub deny_log: Option<DenyLog>,
     /// Enforce ClusterNetworkPolicy too (`networkPolicy.clusterNetworkPolicy`).
     pub cluster_network_policy: bool,
+    /// Write policies' acceptance to the API (`networkPolicy.reportStatus`).
+    pub report_status: bool,
 }
 
 impl Config {
@@ -301,6 +308,7 @@ impl FileConfig {
         Ok(Config {
             network_policy: np.enabled,
             cluster_network_policy: np.cluster_network_policy,
+            report_status: np.report_status,
             deny_log,
             cni_version,
             cluster_cidrs,
@@ -377,6 +385,9 @@ mod tests {
         assert!(c.cluster_network_policy, "ClusterNetworkPolicy is watched unless disabled");
         let no_cnp = r#"{"clusterCIDRs":["10.244.0.0/16"],"networkPolicy":{"clusterNetworkPolicy":false}}"#;
         assert!(!parse(no_cnp).unwrap().cluster_network_policy);
+        assert!(c.report_status, "policies' acceptance is written unless disabled");
+        let quiet = r#"{"clusterCIDRs":["10.244.0.0/16"],"networkPolicy":{"reportStatus":false}}"#;
+        assert!(!parse(quiet).unwrap().report_status);
         assert_eq!(c.deny_log, None, "denials are not logged unless asked");
         let log =
             parse(r#"{"clusterCIDRs":["10.244.0.0/16"],"networkPolicy":{"logDenied":true,"logGroup":7}}"#).unwrap();

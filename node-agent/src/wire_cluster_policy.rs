@@ -28,7 +28,9 @@ use ipnetwork::IpNetwork;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde::Deserialize;
 
-use crate::wire_policy::{Cap, Direction, Port, PortMatch, Protocol, ReadError, Refused, Selector, parse_cidr};
+use crate::wire_policy::{
+    Acceptance, Cap, Direction, Port, PortMatch, Protocol, ReadError, Refused, Selector, parse_cidr,
+};
 
 /// The API group, version and plural weft watches. v0.3.0's CRD serves
 /// v1alpha2 and v1beta1 with the same schema and stores v1beta1; objects
@@ -125,6 +127,8 @@ pub struct ClusterPolicyView {
     pub subject: Subject,
     pub ingress: Vec<ClusterRule>,
     pub egress: Vec<ClusterRule>,
+    /// Whether weft enforces it as written (its `Accepted` condition).
+    pub acceptance: Acceptance,
 }
 
 impl ClusterPolicyView {
@@ -207,6 +211,7 @@ impl ClusterPolicyView {
     /// read are handled as the module header says and reported. `None`:
     /// the policy is ignored (reported).
     pub fn from_spec(name: &str, spec: Option<&serde_json::Value>, refused: &mut Vec<Refused>) -> Option<Self> {
+        let first = refused.len();
         let mut refuse =
             |reason: String| refused.push(Refused { kind: REFUSED_KIND, object: name.to_string(), reason, cap: None });
         let raw: RawSpec = match spec.map(RawSpec::deserialize) {
@@ -243,9 +248,19 @@ impl ClusterPolicyView {
         let ingress = read(Direction::Ingress, &raw.ingress);
         let egress = read(Direction::Egress, &raw.egress);
         let priority = u32::try_from(raw.priority.clamp(0, 1000)).unwrap_or(1000);
-        let mut view = ClusterPolicyView { name: name.to_string(), tier, priority, subject, ingress, egress };
+        let acceptance = Acceptance::default();
+        let mut view =
+            ClusterPolicyView { name: name.to_string(), tier, priority, subject, ingress, egress, acceptance };
         view.refuse_over_cap(refused);
+        view.acceptance = Acceptance::judge("", 0, &refused[first..]);
         Some(view)
+    }
+
+    /// The view as the object `uid` at `generation` (what its condition is about).
+    pub fn identified(mut self, uid: &str, generation: i64) -> Self {
+        self.acceptance.uid = uid.to_string();
+        self.acceptance.generation = generation;
+        self
     }
 }
 
@@ -340,6 +355,7 @@ pub enum ClusterReadError {
     Read(#[from] ReadError),
     #[error("exactly one of {0} must be set")]
     OneOf(&'static str),
+    /// Ends with [`wire_policy::NOT_IMPLEMENTED`](crate::wire_policy::NOT_IMPLEMENTED).
     #[error("the {0} peer is not implemented by weft")]
     NotImplemented(&'static str),
     #[error("{0} is no port number")]
@@ -584,5 +600,35 @@ mod tests {
         assert!(v.egress.is_empty(), "no egress rules: egress untouched");
         assert_eq!(v.subject, Subject::Namespaces(sel(&[("a", "b")])), "the subject stays");
         assert_eq!(refused[0].cap, Some(Cap::Peers));
+    }
+
+    #[test]
+    fn its_acceptance_says_what_was_refused_first_a_cap_then_what_weft_lacks() {
+        use crate::wire_policy::Refusal;
+        let with = |peers: Vec<serde_json::Value>, action: &str| {
+            let (v, _) = read(json!({"tier": "Admin", "priority": 1, "subject": {"namespaces": {}},
+                "egress": [{"name": "r", "action": action, "to": peers}]}));
+            let a = v.unwrap().identified("u-1", 7).acceptance;
+            assert_eq!((a.uid.as_str(), a.generation), ("u-1", 7));
+            a.refusal
+        };
+        assert_eq!(with(vec![json!({"namespaces": {}})], "Accept"), None, "accepted as written");
+        let r = with(vec![json!({"nodes": {"matchLabels": {"a": "b"}}})], "Deny").unwrap();
+        assert_eq!(r.reason, Refusal::NOT_IMPLEMENTED);
+        assert!(r.message.contains("the nodes peer is not implemented by weft: read as Deny all"), "{}", r.message);
+        let r = with(vec![json!({"domainNames": ["example.com"]})], "Accept").unwrap();
+        assert_eq!(r.reason, Refusal::NOT_IMPLEMENTED);
+        assert!(r.message.contains("domainNames") && r.message.contains("matches nothing"), "{}", r.message);
+        assert_eq!(with(vec![json!({"namespaces": {}})], "Allow").unwrap().reason, Refusal::UNREADABLE);
+        let peers: Vec<serde_json::Value> = (0..101).map(|i| json!({"networks": [format!("10.0.{i}.0/24")]})).collect();
+        let (v, _) = read(json!({"tier": "Admin", "priority": 1, "subject": {"namespaces": {}},
+            "egress": [{"action": "Deny", "to": [{"nodes": {}}]}, {"action": "Accept", "to": peers}]}));
+        let r = v.unwrap().acceptance.refusal.unwrap();
+        assert_eq!(r.reason, Refusal::CAP_EXCEEDED, "a cap decides how it is enforced: it comes first");
+        assert!(r.message.starts_with("101 peers over the cap of 100: refused"), "{}", r.message);
+        // Hostile text is bounded.
+        let long = "x".repeat(5000);
+        let r = with(vec![json!({"networks": [long]})], "Deny").unwrap();
+        assert!(r.message.chars().count() <= 1024, "{}", r.message.len());
     }
 }

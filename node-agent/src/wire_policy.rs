@@ -53,6 +53,70 @@ pub struct Refused {
     pub cap: Option<Cap>,
 }
 
+/// What weft made of a policy, for its author to see (a ClusterNetworkPolicy
+/// condition, an Event on a NetworkPolicy): a pure function of the object's
+/// spec and identity, so every agent judges a policy alike and whichever
+/// writes it writes the same thing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Acceptance {
+    /// `metadata.uid` and `metadata.generation` of the object judged.
+    pub uid: String,
+    pub generation: i64,
+    /// Why it is not enforced as written; `None`: accepted.
+    pub refusal: Option<Refusal>,
+}
+
+/// Why a policy is not enforced as written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// CamelCase, a condition's or Event's `reason`: one of [`Refusal::REASONS`].
+    pub reason: &'static str,
+    /// What was refused and how weft enforces the policy instead (bounded).
+    pub message: String,
+}
+
+/// The words [`ReadError`]s of parts weft does not implement end with
+/// (`wire_cluster_policy`'s `nodes` and `domainNames` peers).
+pub const NOT_IMPLEMENTED: &str = "is not implemented by weft";
+
+impl Refusal {
+    /// Past a cap (the policy is refused whole and fails closed).
+    pub const CAP_EXCEEDED: &'static str = "CapExceeded";
+    /// A part weft does not implement (read fail-closed).
+    pub const NOT_IMPLEMENTED: &'static str = "NotImplemented";
+    /// A part weft cannot read (left out or read fail-closed).
+    pub const UNREADABLE: &'static str = "Unreadable";
+    pub const REASONS: [&'static str; 3] = [Self::CAP_EXCEEDED, Self::NOT_IMPLEMENTED, Self::UNREADABLE];
+    /// The longest message: a condition allows 32 KiB, but a user reads the first lines.
+    const MESSAGE_CHARS: usize = 1024;
+}
+
+impl Acceptance {
+    /// Judges object `uid` at `generation` from what reading it refused (every
+    /// entry of `refused` is about it): a cap first, then a part not
+    /// implemented, then anything unreadable.
+    pub fn judge(uid: &str, generation: i64, refused: &[Refused]) -> Acceptance {
+        let reason = if refused.iter().any(|r| r.cap.is_some()) {
+            Some(Refusal::CAP_EXCEEDED)
+        } else if refused.iter().any(|r| r.reason.contains(NOT_IMPLEMENTED)) {
+            Some(Refusal::NOT_IMPLEMENTED)
+        } else {
+            (!refused.is_empty()).then_some(Refusal::UNREADABLE)
+        };
+        let refusal = reason.map(|reason| {
+            // The cap's refusal first: it decides how the policy is enforced.
+            let mut parts: Vec<&str> = refused.iter().filter(|r| r.cap.is_some()).map(|r| r.reason.as_str()).collect();
+            parts.extend(refused.iter().filter(|r| r.cap.is_none()).map(|r| r.reason.as_str()));
+            let mut message = parts.join("; ");
+            if message.chars().count() > Refusal::MESSAGE_CHARS {
+                message = message.chars().take(Refusal::MESSAGE_CHARS - 4).collect::<String>() + " ...";
+            }
+            Refusal { reason, message }
+        });
+        Acceptance { uid: uid.to_string(), generation, refusal }
+    }
+}
+
 /// What one NetworkPolicy may expand to (README "NetworkPolicy"). The
 /// kernel cost of a policy is its accept rules (one per rule, peer and port
 /// form: named ports included); the watches' cost is the label keys its
@@ -498,6 +562,8 @@ pub struct PolicyView {
     pub egress_isolated: bool,
     pub ingress: Vec<Rule>,
     pub egress: Vec<Rule>,
+    /// Whether weft enforces it as written (an Event when not).
+    pub acceptance: Acceptance,
 }
 
 impl PolicyView {
@@ -573,6 +639,7 @@ impl PolicyView {
         let namespace = p.metadata.namespace.clone().unwrap_or_default();
         let name = p.metadata.name.clone()?;
         let object = format!("{namespace}/{name}");
+        let first = refused.len();
         let mut refuse =
             |reason: String| refused.push(Refused { kind: "NetworkPolicy", object: object.clone(), reason, cap: None });
         let spec = p.spec.clone().unwrap_or_default();
@@ -604,8 +671,11 @@ impl PolicyView {
             egress_isolated: types.iter().any(|t| t == "Egress"),
             ingress,
             egress,
+            acceptance: Acceptance::default(),
         };
         view.refuse_over_cap(refused);
+        let (uid, generation) = (p.metadata.uid.as_deref().unwrap_or_default(), p.metadata.generation.unwrap_or(0));
+        view.acceptance = Acceptance::judge(uid, generation, &refused[first..]);
         Some(view)
     }
 }
@@ -931,6 +1001,26 @@ mod tests {
         let (v, refused) =
             policy(json!({"podSelector": {}, "ingress": [{"from": many(100, &peer), "ports": many(10, &port)}]}));
         assert!(refused.is_empty() && v.unwrap().ingress[0].peers.len() == 100, "{refused:?}");
+    }
+
+    #[test]
+    fn a_refused_policy_is_judged_for_its_object_and_generation() {
+        let peers: Vec<_> = (0..101).map(|i| json!({"podSelector": {"matchLabels": {"a": format!("{i}")}}})).collect();
+        let p: NetworkPolicy = serde_json::from_value(json!({
+            "metadata": {"namespace": "ns", "name": "p", "uid": "u-1", "generation": 3},
+            "spec": {"podSelector": {}, "ingress": [{"from": peers}]}}))
+        .unwrap();
+        let a = PolicyView::from_policy(&p, &mut Vec::new()).unwrap().acceptance;
+        assert_eq!((a.uid.as_str(), a.generation), ("u-1", 3));
+        let r = a.refusal.unwrap();
+        assert_eq!(r.reason, Refusal::CAP_EXCEEDED);
+        assert!(r.message.starts_with("101 peers over the cap of 100: refused"), "{}", r.message);
+        let (ok, _) = policy(json!({"podSelector": {}, "ingress": [{"from": [{"podSelector": {}}]}]}));
+        assert_eq!(ok.unwrap().acceptance.refusal, None, "accepted");
+        let (partly, _) =
+            policy(json!({"podSelector": {}, "ingress": [{"ports": [{"protocol": "XTP"}, {"port": 80}]}]}));
+        let r = partly.unwrap().acceptance.refusal.unwrap();
+        assert_eq!(r.reason, Refusal::UNREADABLE, "enforced without what weft cannot read: {}", r.message);
     }
 
     #[test]

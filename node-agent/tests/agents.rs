@@ -651,13 +651,7 @@ fn agents_enforce_cluster_network_policy_tiers_around_network_policy() {
     );
     let whole_log = || std::fs::read_to_string(&agents[0].proc.as_ref().unwrap().log).unwrap_or_default();
     assert!(whole_log().contains("no ClusterNetworkPolicies in the API"), "{}", agents[0].log());
-    cp.kubectl_ok(&["create", "-f", &crd.display().to_string()]);
-    cp.kubectl_ok(&[
-        "wait",
-        "--for=condition=established",
-        "--timeout=30s",
-        "crd/clusternetworkpolicies.policy.networking.k8s.io",
-    ]);
+    common::install_cnp_crd(&cp, &crd);
 
     // Each stage: both families as expected, and the tracer agrees with each packet.
     let check = |stage: &str, from: (&TestNs, &str), to: (&str, &str, &str), want: bool, why: &str| {

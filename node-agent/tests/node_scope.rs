@@ -22,31 +22,25 @@ use serde_json::{Value, json};
 const NAMESPACE: &str = "kube-system";
 const POLICY: &str = "weft-own-node-annotations";
 
-/// The chart's objects that give weft its credentials, as a release "weft"
-/// in kube-system renders them.
+/// The chart's objects that give weft its credentials (and the CRD they
+/// name), as a release "weft" in kube-system renders them.
 fn render_chart(bin: &Path) -> String {
-    let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/weft");
-    let out = Command::new(bin.join("helm"))
-        .args(["template", "weft"])
-        .arg(chart)
-        .args(["--namespace", NAMESPACE, "--kube-version", "1.36.3"])
-        .args(["--show-only", "templates/serviceaccount.yaml"])
-        .args(["--show-only", "templates/rbac.yaml"])
-        .args(["--show-only", "templates/node-policy.yaml"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "helm template: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
+    common::render_chart(
+        bin,
+        NAMESPACE,
+        &[
+            "templates/serviceaccount.yaml",
+            "templates/rbac.yaml",
+            "templates/node-policy.yaml",
+            "templates/policy-status.yaml",
+            "templates/clusternetworkpolicy-crd.yaml",
+        ],
+    )
 }
 
 /// A kubeconfig for `cp` as the holder of `token`.
 fn token_kubeconfig(cp: &ControlPlane, token: &str) -> PathBuf {
-    let config = cp.dir.path().join(format!("kubeconfig-{:x}", libweft::netlink::stable_hash(token.bytes())));
-    let text = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster:\n    server: https://{CP_IP}:6443\n    insecure-skip-tls-verify: true\nusers:\n- name: t\n  user:\n    token: {token}\ncontexts:\n- name: t\n  context: {{cluster: t, user: t}}\ncurrent-context: t\n"
-    );
-    std::fs::write(&config, text).unwrap();
-    config
+    common::token_kubeconfig(cp, token, NAMESPACE)
 }
 
 /// kubectl against `cp` as the holder of `token`.
@@ -185,6 +179,40 @@ fn the_agent_token_changes_only_its_own_nodes_weft_annotations() {
     assert_refused(&patch_status(&cp, &pod_token, "node1", &other_annotation), "own non-weft annotation");
     // Refused: a token of weft's service account that names no node, even for its weft.dev annotations.
     assert_refused(&patch_status(&cp, &unbound_token, "node1", &weft_annotation("203.0.113.66")), "unbound token");
+
+    // Beside its Node, the token may write policies' acceptance and nothing
+    // else of theirs: a ClusterNetworkPolicy's status (never its spec),
+    // Events (create only), and the verdict writer's one Lease (which the
+    // chart creates: no Lease can be created, no other renewed).
+    let can = |args: &[&str]| {
+        let mut all = vec!["auth", "can-i"];
+        all.extend_from_slice(args);
+        String::from_utf8_lossy(&as_token(&cp, &pod_token, &all).stdout).trim().to_string()
+    };
+    let cnp = "clusternetworkpolicies.policy.networking.k8s.io";
+    cp.kubectl_ok(&["wait", "--for=condition=established", "--timeout=30s", &format!("crd/{cnp}")]);
+    let lease = "leases.coordination.k8s.io/weft-policy-verdicts";
+    for (args, want) in [
+        (vec!["patch", cnp, "--subresource=status"], "yes"),
+        (vec!["get", cnp], "yes"),
+        (vec!["patch", cnp], "no"),
+        (vec!["update", cnp], "no"),
+        (vec!["delete", cnp], "no"),
+        (vec!["create", "events", "-n", "default"], "yes"),
+        (vec!["patch", "events", "-n", "default"], "no"),
+        (vec!["delete", "events", "-n", "default"], "no"),
+        (vec!["get", lease, "-n", NAMESPACE], "yes"),
+        (vec!["patch", lease, "-n", NAMESPACE], "yes"),
+        (vec!["delete", lease, "-n", NAMESPACE], "no"),
+        (vec!["create", "leases.coordination.k8s.io", "-n", NAMESPACE], "no"),
+        (vec!["patch", "leases.coordination.k8s.io/kube-controller-manager", "-n", NAMESPACE], "no"),
+        (vec!["patch", "networkpolicies.networking.k8s.io", "-n", "default"], "no"),
+        (vec!["patch", "networkpolicies.networking.k8s.io", "-n", "default", "--subresource=status"], "no"),
+    ] {
+        assert_eq!(can(&args), want, "can-i {args:?}");
+    }
+    let lease_object = cp.kubectl_ok(&["get", "lease", "weft-policy-verdicts", "-n", NAMESPACE, "-o", "name"]);
+    assert_eq!(lease_object.trim(), "lease.coordination.k8s.io/weft-policy-verdicts", "the chart creates it");
 
     // Nothing refused left a trace.
     let node2 = cp.kubectl_ok(&["get", "node", "node2", "-o", "json"]);

@@ -122,6 +122,7 @@ fn pol(name: &str, pods: Selector, ingress: Option<Vec<Rule>>, egress: Option<Ve
         egress_isolated: egress.is_some(),
         ingress: ingress.unwrap_or_default(),
         egress: egress.unwrap_or_default(),
+        acceptance: Default::default(),
     }
 }
 

@@ -9,4 +9,5 @@ pub mod kernel;
 pub mod nft_elements;
 pub mod policy;
 pub mod policy_table;
+pub mod verdicts;
 pub mod weft_table;

@@ -21,6 +21,7 @@ pub mod pod_trust;
 pub mod policy;
 pub mod policy_table;
 pub mod policy_trace;
+pub mod verdicts;
 pub mod weft_table;
 
 use std::borrow::Borrow;

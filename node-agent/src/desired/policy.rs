@@ -662,6 +662,7 @@ pub mod fixtures {
             egress_isolated: false,
             ingress: vec![],
             egress: vec![],
+            acceptance: Default::default(),
         }
     }
 

@@ -404,7 +404,9 @@ fn spawn_cluster_policies(
         metrics.clone(),
         move |o: &DynamicObject| {
             let mut refused = Vec::new();
-            let v = ClusterPolicyView::from_spec(&o.name_any(), o.data.get("spec"), &mut refused);
+            let v = ClusterPolicyView::from_spec(&o.name_any(), o.data.get("spec"), &mut refused).map(|v| {
+                v.identified(o.metadata.uid.as_deref().unwrap_or_default(), o.metadata.generation.unwrap_or(0))
+            });
             caps.report(&key(o), &refused, &policy_metrics);
             for r in refused.iter().filter(|r| r.cap.is_none()) {
                 tracing::warn!("ClusterNetworkPolicy enforced as the API's fail-closed rules say: {r}");

@@ -324,3 +324,52 @@ pub fn cluster_network_policy_crd() -> Option<PathBuf> {
     }
     crd
 }
+
+/// The chart's templates `templates` (e.g. `templates/rbac.yaml`) as a
+/// release "weft" in `namespace` renders them: what ships, by helm.
+pub fn render_chart(bin: &Path, namespace: &str, templates: &[&str]) -> String {
+    let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/weft");
+    let mut helm = Command::new(bin.join("helm"));
+    helm.args(["template", "weft"]).arg(chart).args(["--namespace", namespace, "--kube-version", "1.36.3"]);
+    for t in templates {
+        helm.args(["--show-only", t]);
+    }
+    let out = helm.output().unwrap();
+    assert!(out.status.success(), "helm template: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A kubeconfig for `cp` as the holder of `token`, whose default namespace
+/// is `namespace` (an agent's, in a pod: its service account's).
+pub fn token_kubeconfig(cp: &ControlPlane, token: &str, namespace: &str) -> PathBuf {
+    let name = format!("kubeconfig-{:x}", libweft::netlink::stable_hash(token.bytes().chain(namespace.bytes())));
+    let config = cp.dir.path().join(name);
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster:\n    server: https://{CP_IP}:6443\n    insecure-skip-tls-verify: true\nusers:\n- name: t\n  user:\n    token: {token}\ncontexts:\n- name: t\n  context: {{cluster: t, user: t, namespace: {namespace}}}\ncurrent-context: t\n"
+    );
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
+/// A pod of weft's service account on `node` in `namespace` (it never
+/// runs), and a token bound to it as the kubelet gets for the agent: it
+/// carries the node's name.
+pub fn weft_pod_token(cp: &ControlPlane, namespace: &str, node: &str) -> String {
+    let pod_name = format!("weft-{node}");
+    let pod = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": pod_name, "namespace": namespace},
+        "spec": {"nodeName": node, "serviceAccountName": "weft", "hostNetwork": true,
+                 "containers": [{"name": "agent", "image": "none"}]}});
+    cp.kubectl_stdin(&["create", "-f", "-"], &pod.to_string());
+    let args = ["create", "token", "weft", "-n", namespace, "--duration", "1h", "--bound-object-kind", "Pod"];
+    let mut args = args.to_vec();
+    args.extend(["--bound-object-name", &pod_name]);
+    cp.kubectl_ok(&args).trim().to_string()
+}
+
+/// Creates the ClusterNetworkPolicy CRD at `crd` and waits until the API serves it.
+pub fn install_cnp_crd(cp: &ControlPlane, crd: &Path) {
+    cp.kubectl_ok(&["create", "-f", &crd.display().to_string()]);
+    let name = "crd/clusternetworkpolicies.policy.networking.k8s.io";
+    cp.kubectl_ok(&["wait", "--for=condition=established", "--timeout=30s", name]);
+}
