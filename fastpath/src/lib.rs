@@ -180,16 +180,27 @@ impl Fastpath {
 
     /// The program's counters.
     pub fn stats(&self) -> Result<Stats> {
-        let map = self.map(STATS_MAP)?;
-        let sum = |index: u32| -> Result<u64> {
-            let per_cpu = map
-                .lookup_percpu(&index.to_ne_bytes(), MapFlags::ANY)
-                .map_err(|source| FastpathError::Map { map: STATS_MAP, source })?
-                .unwrap_or_default();
-            Ok(per_cpu.iter().filter_map(|v| Some(u64::from_ne_bytes(v.get(..8)?.try_into().ok()?))).sum())
-        };
-        Ok(Stats { to_pod: sum(0)?, to_node: sum(1)?, slow: sum(2)? })
+        read_stats(&self.map(STATS_MAP)?)
     }
+}
+
+/// The counters of the program whose maps are pinned in `pin_dir`, read
+/// without loading anything (e.g. by a test or an operator's tool).
+pub fn pinned_stats(pin_dir: &Path) -> Result<Stats> {
+    let map = libbpf_rs::MapHandle::from_pinned_path(pin_dir.join(STATS_MAP))
+        .map_err(|source| FastpathError::Map { map: STATS_MAP, source })?;
+    read_stats(&map)
+}
+
+fn read_stats(map: &impl MapCore) -> Result<Stats> {
+    let sum = |index: u32| -> Result<u64> {
+        let per_cpu = map
+            .lookup_percpu(&index.to_ne_bytes(), MapFlags::ANY)
+            .map_err(|source| FastpathError::Map { map: STATS_MAP, source })?
+            .unwrap_or_default();
+        Ok(per_cpu.iter().filter_map(|v| Some(u64::from_ne_bytes(v.get(..8)?.try_into().ok()?))).sum())
+    };
+    Ok(Stats { to_pod: sum(0)?, to_node: sum(1)?, slow: sum(2)? })
 }
 
 /// A hook on ingress of `ifindex` with weft's handle and priority. The

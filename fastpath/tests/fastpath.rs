@@ -17,36 +17,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use libweft::netns::NetNs;
+use libweft::testutil::bpffs::BpfFs;
 use libweft::testutil::lab::{Segment, Segments};
 use libweft::testutil::{TestNs, have_privileges};
 use weft_fastpath::{Fastpath, Hook, Stats};
-
-/// A bpf filesystem mounted on a temporary directory for this test's pins
-/// (the machine's /sys/fs/bpf is not touched), unmounted on drop.
-struct BpfFs {
-    dir: PathBuf,
-}
-
-impl BpfFs {
-    fn new() -> BpfFs {
-        let dir = std::env::temp_dir().join(format!("weft-fastpath-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let status = std::process::Command::new("mount").args(["-t", "bpf", "bpf"]).arg(&dir).status().unwrap();
-        assert!(status.success(), "mount bpffs on {}", dir.display());
-        BpfFs { dir }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
-    }
-}
-
-impl Drop for BpfFs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.dir).status();
-        let _ = std::fs::remove_dir(&self.dir);
-    }
-}
 
 struct Pod {
     ns: TestNs,
@@ -282,14 +256,14 @@ fn established_flows_bypass_netfilter_and_policy_still_decides() {
     if !have_privileges() {
         return;
     }
-    let bpffs = BpfFs::new();
+    let bpffs = BpfFs::new("fastpath");
     let segments = Segments::new("fplab", "fprt");
     let mut n1 = Node::new(&segments, "fpn1", 11, &[("10.244.1.2", "wv1a"), ("10.244.1.3", "wv1b")]);
     let mut n2 = Node::new(&segments, "fpn2", 12, &[("10.244.2.2", "wv2a")]);
     n1.ns.exec_ok(&["ip", "route", "add", "10.244.2.0/24", "via", "198.51.100.12"]);
     n2.ns.exec_ok(&["ip", "route", "add", "10.244.1.0/24", "via", "198.51.100.11"]);
-    n1.attach(&bpffs.path("n1"));
-    n2.attach(&bpffs.path("n2"));
+    n1.attach(&bpffs.path().join("n1"));
+    n2.attach(&bpffs.path().join("n2"));
     assert!(n1.pods[0].ns.ping("10.244.2.2"), "pods reach each other across nodes with the program attached");
 
     for (what, from, to, port) in
