@@ -26,7 +26,7 @@ use std::net::IpAddr;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
-use libbpf_rs::{ErrorKind, MapCore, MapFlags, Object, ObjectBuilder, TC_INGRESS, TcHook};
+use libbpf_rs::{ErrorKind, MapCore, MapFlags, Object, ObjectBuilder, PrintLevel, TC_INGRESS, TcHook};
 
 /// The program, compiled by build.rs; empty when clang was missing.
 const OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/fastpath.bpf.o"));
@@ -101,6 +101,25 @@ impl std::fmt::Debug for Fastpath {
     }
 }
 
+/// Sends libbpf's messages to `tracing` instead of stderr: its warnings
+/// as warnings, except the kernel's extended acks of a tc query or detach
+/// that finds nothing (every pass asks about links without weft's filter),
+/// which are debug like the rest. The verifier's log of a failed load is
+/// among the warnings.
+fn route_libbpf_messages() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        fn print(level: PrintLevel, msg: String) {
+            let msg = msg.trim_end();
+            match level {
+                PrintLevel::Warn if !msg.contains("Kernel error message") => tracing::warn!("libbpf: {msg}"),
+                _ => tracing::debug!("libbpf: {msg}"),
+            }
+        }
+        libbpf_rs::set_print(Some((PrintLevel::Debug, print)));
+    });
+}
+
 /// True when this build carries the BPF program.
 pub fn built() -> bool {
     !OBJECT.is_empty()
@@ -114,6 +133,7 @@ impl Fastpath {
         if !built() {
             return Err(FastpathError::NotBuilt);
         }
+        route_libbpf_messages();
         std::fs::create_dir_all(pin_dir)
             .map_err(|source| FastpathError::PinDir { path: pin_dir.to_owned(), source })?;
         let mut open = ObjectBuilder::default().open_memory(OBJECT).map_err(FastpathError::Load)?;
@@ -221,6 +241,7 @@ fn is_absent(e: &libbpf_rs::Error) -> bool {
 /// The id of the program weft's filter runs at ingress of `ifindex`, if
 /// any (in the calling thread's netns).
 pub fn attached(ifindex: u32) -> Result<Option<u32>> {
+    route_libbpf_messages();
     let null = File::open("/dev/null").map_err(|source| FastpathError::PinDir { path: "/dev/null".into(), source })?;
     match tc_hook(null.as_fd(), ifindex).query() {
         Ok(id) => Ok(Some(id)),
@@ -233,6 +254,7 @@ pub fn attached(ifindex: u32) -> Result<Option<u32>> {
 /// thread's netns), leaving the clsact qdisc and anyone else's filters.
 /// Nothing there is fine.
 pub fn detach(ifindex: u32) -> Result<()> {
+    route_libbpf_messages();
     let null = File::open("/dev/null").map_err(|source| FastpathError::PinDir { path: "/dev/null".into(), source })?;
     match tc_hook(null.as_fd(), ifindex).detach() {
         Err(e) if !is_absent(&e) => Err(FastpathError::Tc { verb: "detach", ifindex, source: e }),

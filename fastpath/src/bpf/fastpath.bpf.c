@@ -170,9 +170,39 @@ static __always_inline int forward(struct __sk_buff *skb, struct bpf_fib_lookup 
 	return bpf_redirect_neigh(fib->ifindex, &nh, sizeof(nh), 0);
 }
 
-static __always_inline int fib_usable(int rc)
+/* The ports of a TCP segment without SYN, FIN or RST, or of a UDP
+ * datagram; 0 for anything else. */
+static __always_inline int l4_ports(void *l4, void *data_end, __u8 proto, __be16 *sport, __be16 *dport)
 {
-	return rc == BPF_FIB_LKUP_RET_SUCCESS || rc == BPF_FIB_LKUP_RET_NO_NEIGH;
+	if (proto == IPPROTO_TCP) {
+		struct tcphdr *tcp = l4;
+		if ((void *)(tcp + 1) > data_end || tcp->syn || tcp->fin || tcp->rst)
+			return 0;
+		*sport = tcp->source;
+		*dport = tcp->dest;
+		return 1;
+	}
+	if (proto == IPPROTO_UDP) {
+		struct udphdr *udp = l4;
+		if ((void *)(udp + 1) > data_end)
+			return 0;
+		*sport = udp->source;
+		*dport = udp->dest;
+		return 1;
+	}
+	return 0;
+}
+
+/* The FIB's answer for an established flow (BPF_FIB_LKUP_RET_SUCCESS, or
+ * NO_NEIGH for bpf_redirect_neigh to resolve); -1 when the packet must
+ * take the slow path. */
+static __always_inline int route(struct __sk_buff *skb, struct bpf_sock_tuple *tuple, __u32 tuple_len, __u8 proto,
+				 struct bpf_fib_lookup *fib)
+{
+	if (!established(skb, tuple, tuple_len, proto))
+		return -1;
+	int rc = bpf_fib_lookup(skb, fib, sizeof(*fib), 0);
+	return rc == BPF_FIB_LKUP_RET_SUCCESS || rc == BPF_FIB_LKUP_RET_NO_NEIGH ? rc : -1;
 }
 
 static __always_inline int handle_ipv4(struct __sk_buff *skb, int from_pod)
@@ -191,23 +221,8 @@ static __always_inline int handle_ipv4(struct __sk_buff *skb, int from_pod)
 	tuple.ipv4.saddr = ip->saddr;
 	tuple.ipv4.daddr = ip->daddr;
 	__u8 proto = ip->protocol;
-	if (proto == IPPROTO_TCP) {
-		struct tcphdr *tcp = (void *)(ip + 1);
-		if ((void *)(tcp + 1) > data_end)
-			return slow();
-		if (tcp->syn || tcp->fin || tcp->rst)
-			return slow();
-		tuple.ipv4.sport = tcp->source;
-		tuple.ipv4.dport = tcp->dest;
-	} else if (proto == IPPROTO_UDP) {
-		struct udphdr *udp = (void *)(ip + 1);
-		if ((void *)(udp + 1) > data_end)
-			return slow();
-		tuple.ipv4.sport = udp->source;
-		tuple.ipv4.dport = udp->dest;
-	} else {
+	if (!l4_ports(ip + 1, data_end, proto, &tuple.ipv4.sport, &tuple.ipv4.dport))
 		return slow();
-	}
 
 	struct bpf_fib_lookup fib = {
 		.family = AF_INET,
@@ -218,11 +233,8 @@ static __always_inline int handle_ipv4(struct __sk_buff *skb, int from_pod)
 		.ifindex = skb->ingress_ifindex,
 	};
 	__be32 daddr = ip->daddr;
-
-	if (!established(skb, &tuple, sizeof(tuple.ipv4), proto))
-		return slow();
-	int rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
-	if (!fib_usable(rc))
+	int rc = route(skb, &tuple, sizeof(tuple.ipv4), proto, &fib);
+	if (rc < 0)
 		return slow();
 
 	/* The kfunc and helper calls invalidated packet pointers: reload. */
@@ -255,23 +267,8 @@ static __always_inline int handle_ipv6(struct __sk_buff *skb, int from_pod)
 	__builtin_memcpy(tuple.ipv6.saddr, &ip6->saddr, 16);
 	__builtin_memcpy(tuple.ipv6.daddr, &ip6->daddr, 16);
 	__u8 proto = ip6->nexthdr;
-	if (proto == IPPROTO_TCP) {
-		struct tcphdr *tcp = (void *)(ip6 + 1);
-		if ((void *)(tcp + 1) > data_end)
-			return slow();
-		if (tcp->syn || tcp->fin || tcp->rst)
-			return slow();
-		tuple.ipv6.sport = tcp->source;
-		tuple.ipv6.dport = tcp->dest;
-	} else if (proto == IPPROTO_UDP) {
-		struct udphdr *udp = (void *)(ip6 + 1);
-		if ((void *)(udp + 1) > data_end)
-			return slow();
-		tuple.ipv6.sport = udp->source;
-		tuple.ipv6.dport = udp->dest;
-	} else {
+	if (!l4_ports(ip6 + 1, data_end, proto, &tuple.ipv6.sport, &tuple.ipv6.dport))
 		return slow();
-	}
 
 	struct bpf_fib_lookup fib = {
 		.family = AF_INET6,
@@ -282,11 +279,8 @@ static __always_inline int handle_ipv6(struct __sk_buff *skb, int from_pod)
 	__builtin_memcpy(fib.ipv6_dst, &ip6->daddr, 16);
 	__u8 daddr[16];
 	__builtin_memcpy(daddr, &ip6->daddr, 16);
-
-	if (!established(skb, &tuple, sizeof(tuple.ipv6), proto))
-		return slow();
-	int rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
-	if (!fib_usable(rc))
+	int rc = route(skb, &tuple, sizeof(tuple.ipv6), proto, &fib);
+	if (rc < 0)
 		return slow();
 
 	data = (void *)(long)skb->data;
