@@ -4,7 +4,8 @@
 //! weft's (a forward counter, anti-spoofing per veth, a policy that denies
 //! one port), and the program attached on every pod veth and uplink.
 //!
-//! What must hold: established TCP flows on one node and across nodes carry
+//! What must hold: established TCP flows on one node and across nodes (IPv4,
+//! and IPv6 across nodes) carry
 //! their data while the forward counter stands still and the program's
 //! counters grow; a pod forging another pod's established flow is still
 //! dropped by netfilter; a new connection the policy denies is still denied.
@@ -25,6 +26,7 @@ use weft_fastpath::{Fastpath, Hook, Stats};
 struct Pod {
     ns: TestNs,
     ip: &'static str,
+    ip6: String,
     host_if: &'static str,
 }
 
@@ -38,8 +40,11 @@ fn ifindex(ns: &TestNs, ifname: &str) -> u32 {
     ns.exec_ok(&["cat", &format!("/sys/class/net/{ifname}/ifindex")]).trim().parse().unwrap()
 }
 
-/// Wires a pod the way the weft plugin does (IPv4 part).
+/// Wires a pod the way the weft plugin does: 10.244.N.M/32 and
+/// fd00:10:244:N::M/128, link-local gateways with permanent neighbours.
 fn add_pod(node: &TestNs, tag: &str, ip: &'static str, host_if: &'static str) -> Pod {
+    let [_, _, n, m]: [u8; 4] = ip.parse::<std::net::Ipv4Addr>().unwrap().octets();
+    let ip6 = format!("fd00:10:244:{n}::{m}");
     let ns = TestNs::new(tag);
     libweft::testutil::lab::veth(&ns, "eth0", node, host_if);
     node.exec_ok(&["ip", "link", "set", host_if, "up"]);
@@ -50,7 +55,11 @@ fn add_pod(node: &TestNs, tag: &str, ip: &'static str, host_if: &'static str) ->
     ns.exec_ok(&["ip", "route", "add", "169.254.1.1", "dev", "eth0", "scope", "link"]);
     ns.exec_ok(&["ip", "route", "add", "default", "via", "169.254.1.1", "dev", "eth0"]);
     ns.exec_ok(&["ip", "neigh", "add", "169.254.1.1", "lladdr", mac.trim(), "dev", "eth0", "nud", "permanent"]);
-    Pod { ns, ip, host_if }
+    ns.exec_ok(&["ip", "-6", "addr", "add", &format!("{ip6}/128"), "dev", "eth0", "nodad"]);
+    ns.exec_ok(&["ip", "-6", "neigh", "add", "fe80::1", "lladdr", mac.trim(), "dev", "eth0", "nud", "permanent"]);
+    ns.exec_ok(&["ip", "-6", "route", "add", "default", "via", "fe80::1", "dev", "eth0"]);
+    node.exec_ok(&["ip", "-6", "route", "add", &format!("{ip6}/128"), "dev", host_if]);
+    Pod { ns, ip, ip6, host_if }
 }
 
 /// Netfilter standing in for weft's table: every forwarded packet counted,
@@ -102,8 +111,16 @@ impl Node {
         let fastpath = Fastpath::load(pins).expect("load the fast path");
         let net = NetNs::open(&self.ns.path()).unwrap();
         let uplink = ifindex(&self.ns, "eth0");
-        let veths: Vec<(u32, IpAddr)> =
-            self.pods.iter().map(|p| (ifindex(&self.ns, p.host_if), p.ip.parse().unwrap())).collect();
+        let veths: Vec<(u32, IpAddr)> = self
+            .pods
+            .iter()
+            .flat_map(|p| {
+                [
+                    (ifindex(&self.ns, p.host_if), p.ip.parse().unwrap()),
+                    (ifindex(&self.ns, p.host_if), p.ip6.parse().unwrap()),
+                ]
+            })
+            .collect();
         net.run(|| {
             fastpath.attach(uplink, Hook::Uplink).unwrap();
             for (veth, _) in &veths {
@@ -161,8 +178,8 @@ struct Flow {
 }
 
 impl Flow {
-    fn open(from: &Pod, to: &Pod, port: u16) -> Flow {
-        let addr = SocketAddr::new(to.ip.parse().unwrap(), port);
+    fn open(from: &Pod, to: &Pod, dst: &str, port: u16) -> Flow {
+        let addr = SocketAddr::new(dst.parse().unwrap(), port);
         let listener = NetNs::open(&to.ns.path()).unwrap().run(|| TcpListener::bind(addr)).unwrap().unwrap();
         let server = std::thread::spawn(move || {
             let (mut conn, _) = listener.accept().unwrap();
@@ -262,14 +279,22 @@ fn established_flows_bypass_netfilter_and_policy_still_decides() {
     let mut n2 = Node::new(&segments, "fpn2", 12, &[("10.244.2.2", "wv2a")]);
     n1.ns.exec_ok(&["ip", "route", "add", "10.244.2.0/24", "via", "198.51.100.12"]);
     n2.ns.exec_ok(&["ip", "route", "add", "10.244.1.0/24", "via", "198.51.100.11"]);
+    n1.ns.exec_ok(&["ip", "-6", "route", "add", "fd00:10:244:2::/64", "via", "2001:db8:a::12"]);
+    n2.ns.exec_ok(&["ip", "-6", "route", "add", "fd00:10:244:1::/64", "via", "2001:db8:a::11"]);
     n1.attach(&bpffs.path().join("n1"));
     n2.attach(&bpffs.path().join("n2"));
     assert!(n1.pods[0].ns.ping("10.244.2.2"), "pods reach each other across nodes with the program attached");
+    assert!(
+        libweft::testutil::control_plane::eventually(Duration::from_secs(5), || n1.pods[0].ns.ping("fd00:10:244:2::2")),
+        "and over IPv6"
+    );
 
-    for (what, from, to, port) in
-        [("one node", &n1.pods[0], &n1.pods[1], 5000), ("across nodes", &n1.pods[0], &n2.pods[0], 5000)]
-    {
-        let mut flow = Flow::open(from, to, port);
+    for (what, from, to, dst, port) in [
+        ("one node", &n1.pods[0], &n1.pods[1], n1.pods[1].ip.to_string(), 5000),
+        ("across nodes", &n1.pods[0], &n2.pods[0], n2.pods[0].ip.to_string(), 5000),
+        ("IPv6 across nodes", &n1.pods[0], &n2.pods[0], n2.pods[0].ip6.clone(), 5003),
+    ] {
+        let mut flow = Flow::open(from, to, &dst, port);
         flow.send(64 * 1024);
         std::thread::sleep(Duration::from_millis(200));
         let (fwd1, fwd2) = (counter(&n1.ns, "forwarded"), counter(&n2.ns, "forwarded"));
@@ -303,7 +328,7 @@ fn established_flows_bypass_netfilter_and_policy_still_decides() {
     drop(listener);
 
     // Pod 1b's established flow to 10.244.2.2:5000, forged by pod 1a.
-    let victim = Flow::open(&n1.pods[1], &n2.pods[0], 5002);
+    let victim = Flow::open(&n1.pods[1], &n2.pods[0], n2.pods[0].ip, 5002);
     let victim_src = victim.client.local_addr().unwrap();
     n1.pods[0].ns.exec_ok(&["ip", "addr", "add", "10.244.1.3/32", "dev", "eth0"]);
     let (spoofed, to_node) = (counter(&n1.ns, "spoofed"), n1.stats().to_node);
