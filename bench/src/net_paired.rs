@@ -55,6 +55,10 @@ pub(crate) enum Variant {
     OuterUntracked,
     /// weft without the MSS clamp (the forward chain).
     NoMssClamp,
+    /// weft's tables with the BPF fast path (`dataplane: bpf`) on the
+    /// pods' host veths and the uplinks of both nodes: established flows
+    /// skip netfilter and the host's routing.
+    WeftBpf,
 }
 
 use Variant::*;
@@ -93,6 +97,7 @@ impl Variant {
             NoPeerFilter => "weft − VXLAN peer filter".into(),
             OuterUntracked => "weft, outer VXLAN packet untracked".into(),
             NoMssClamp => "weft − MSS clamp".into(),
+            WeftBpf => "weft + BPF fast path".into(),
         }
     }
 
@@ -105,6 +110,9 @@ impl Variant {
         v.extend([NoPolicyTable, NoMasquerade]);
         if vxlan {
             v.extend([NoPeerFilter, OuterUntracked, NoMssClamp]);
+        } else {
+            // The fast path has no program on weft.vxlan: routes only.
+            v.push(WeftBpf);
         }
         v
     }
@@ -114,7 +122,7 @@ impl Variant {
 /// both references, what conntrack alone costs, and every other variant
 /// against weft.
 pub(crate) fn comparisons(variants: &[Variant]) -> Vec<(Variant, Variant)> {
-    let mut c = vec![(Weft, NoNetfilter), (Weft, ConntrackRef), (ConntrackRef, NoNetfilter)];
+    let mut c = vec![(Weft, NoNetfilter), (Weft, ConntrackRef), (ConntrackRef, NoNetfilter), (WeftBpf, NoNetfilter)];
     c.extend(variants.iter().filter(|v| ![NoNetfilter, ConntrackRef, Weft].contains(v)).map(|v| (*v, Weft)));
     c.retain(|(a, b)| variants.contains(a) && variants.contains(b));
     c
@@ -126,6 +134,88 @@ pub(crate) struct Rulesets {
     weft: [String; 2],
     /// The benchmark pods isolated.
     policies: [String; 2],
+    /// The BPF fast path loaded for both nodes, attached only for
+    /// [`WeftBpf`]; `None` (with why) when it cannot be loaded here.
+    fastpath: Result<FastpathNodes, String>,
+}
+
+/// The fast path of each node: programs loaded with their maps pinned on
+/// a bpffs of the benchmark's own, the pod map filled from the plugin's pod
+/// routes, attached and detached as variants change.
+pub(crate) struct FastpathNodes {
+    nodes: Vec<NodeFastpath>,
+    _bpffs: libweft::testutil::bpffs::BpfFs,
+}
+
+struct NodeFastpath {
+    fastpath: weft_fastpath::Fastpath,
+    netns: libweft::netns::NetNs,
+    uplink: u32,
+    veths: Vec<u32>,
+}
+
+fn ifindex(ns: &TestNs, dev: &str) -> Result<u32, String> {
+    let out = ns.exec(&["cat", &format!("/sys/class/net/{dev}/ifindex")]);
+    String::from_utf8_lossy(&out.stdout).trim().parse().map_err(|e| format!("ifindex of {dev}: {e}"))
+}
+
+impl FastpathNodes {
+    fn load(nodes: &[TestNs]) -> Result<FastpathNodes, String> {
+        let bpffs = libweft::testutil::bpffs::BpfFs::new("net-bench");
+        let mut out = Vec::new();
+        for (i, ns) in nodes.iter().enumerate().take(2) {
+            let fastpath =
+                weft_fastpath::Fastpath::load(&bpffs.path().join(i.to_string())).map_err(|e| e.to_string())?;
+            let mut veths = Vec::new();
+            for family in ["-4", "-6"] {
+                let routes: Value =
+                    serde_json::from_str(&run_in(ns, &["ip", "-j", family, "route", "show", "proto", "87"])?)
+                        .map_err(|e| format!("ip -j route: {e}"))?;
+                for r in routes.as_array().into_iter().flatten() {
+                    let (Some(dst), Some(dev)) = (r["dst"].as_str(), r["dev"].as_str()) else { continue };
+                    let veth = ifindex(ns, dev)?;
+                    let addr = dst.split('/').next().unwrap_or(dst).parse().map_err(|e| format!("{dst}: {e}"))?;
+                    fastpath.insert_pod(veth, addr).map_err(|e| e.to_string())?;
+                    veths.push(veth);
+                }
+            }
+            veths.sort_unstable();
+            veths.dedup();
+            // Netfilter no longer sees the middle of a fast-pathed flow (README).
+            run_in(ns, &["sysctl", "-qw", "net.netfilter.nf_conntrack_tcp_be_liberal=1"])?;
+            let netns = libweft::netns::NetNs::open(&ns.path()).map_err(|e| e.to_string())?;
+            out.push(NodeFastpath { fastpath, netns, uplink: ifindex(ns, "eth0")?, veths });
+        }
+        Ok(FastpathNodes { nodes: out, _bpffs: bpffs })
+    }
+
+    /// Attaches (`on`) or detaches the fast path on every node.
+    fn set(&self, on: bool) -> Result<(), String> {
+        for n in &self.nodes {
+            let links = std::iter::once((n.uplink, weft_fastpath::Hook::Uplink))
+                .chain(n.veths.iter().map(|v| (*v, weft_fastpath::Hook::Pod)));
+            let links: Vec<_> = links.collect();
+            n.netns
+                .run(|| {
+                    links.iter().try_for_each(|(link, hook)| {
+                        if on { n.fastpath.attach(*link, *hook) } else { weft_fastpath::detach(*link) }
+                    })
+                })
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs a command in `ns`; its stdout, or its stderr as the error.
+fn run_in(ns: &TestNs, argv: &[&str]) -> Result<String, String> {
+    let out = ns.exec(argv);
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!("{}: {}", argv.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+    }
 }
 
 fn nft(ns: &TestNs, args: &[&str]) -> Result<String, String> {
@@ -186,6 +276,13 @@ fn apply(nodes: &[TestNs], rs: &Rulesets, v: Variant) -> Result<(), String> {
             _ => "",
         };
         load(ns, &format!("{base}\n{extra}"))?;
+        if i == 0 {
+            match (&rs.fastpath, v) {
+                (Ok(f), _) => f.set(v == WeftBpf)?,
+                (Err(e), WeftBpf) => return Err(e.clone()),
+                (Err(_), _) => {}
+            }
+        }
         match v {
             NoFib => delete_rules(ns, "weft", "prerouting", "fib ")?,
             NoPodVxlanRule => delete_rules(ns, "weft", "prerouting", "pod_vxlan")?,
@@ -271,7 +368,8 @@ pub(crate) fn freeze(w: &mut Wired, cp: &super::ControlPlane) -> Result<Rulesets
     for a in &mut w.agents {
         a.stop();
     }
-    Ok(Rulesets { weft, policies })
+    let fastpath = FastpathNodes::load(&w.nodes);
+    Ok(Rulesets { weft, policies, fastpath })
 }
 
 /// The counting table of [`crossings`]: per hook, the inner packets from
@@ -476,7 +574,9 @@ mod tests {
     fn every_part_is_compared_with_weft_and_weft_with_both_references() {
         let routes = comparisons(&Variant::all(false));
         assert_eq!(&routes[..3], &[(Weft, NoNetfilter), (Weft, ConntrackRef), (ConntrackRef, NoNetfilter)]);
-        assert!(routes[3..].iter().all(|(_, b)| *b == Weft));
+        assert_eq!(routes[3], (WeftBpf, NoNetfilter), "the fast path against the kernel floor");
+        assert!(routes[4..].iter().all(|(_, b)| *b == Weft));
+        assert!(routes.contains(&(WeftBpf, Weft)));
         assert!(!routes.iter().any(|(a, _)| [NoPeerFilter, NoPodVxlanRule, OuterUntracked, NoMssClamp].contains(a)));
         let vxlan = comparisons(&Variant::all(true));
         for part in

@@ -26,12 +26,13 @@ use k8s_openapi::api::core::v1::Node;
 use kube::{Api, Client};
 use libweft::netlink::Netlink;
 
+use crate::apply::fastpath::{self as apply_fastpath, FastpathApplyError, FastpathOutput};
 use crate::apply::policy::{self as apply_policy, PolicyOutputs};
 use crate::apply::policy_table::{PolicyChange, PolicyError, PolicySync};
 use crate::apply::verdicts::VerdictWriter;
 use crate::apply::weft_table::{self as nft, NftChange, NftError, Nftables};
 use crate::apply::{api, files, kernel};
-use crate::config::Config;
+use crate::config::{Config, Dataplane};
 use crate::desired::incremental::{Incremental, NodeChange, Scope};
 use crate::desired::liveness::Liveness;
 use crate::desired::{self, network_policy, verdicts, vtep_mac_for};
@@ -40,7 +41,7 @@ use crate::metrics::{FieldLabel, Metrics};
 use crate::observe::policy_watch::{self, Freshness, PolicyCache};
 use crate::observe::underlay::{self, UnderlayError};
 use crate::observe::watch::{self, NodeStore, Trigger};
-use crate::observe::{Observation, events, kernel as observe_kernel};
+use crate::observe::{Observation, events, fastpath as observe_fastpath, kernel as observe_kernel};
 use crate::reported::{Doubts, Refusals};
 use crate::wire::{NodeView, WatchedNode};
 
@@ -59,6 +60,8 @@ pub enum Failure {
     Api(#[from] api::ApiError),
     #[error("NetworkPolicy table: {0}")]
     Policy(#[from] PolicyError),
+    #[error("BPF fast path: {0}")]
+    Fastpath(#[from] FastpathApplyError),
 }
 
 impl Failure {
@@ -71,6 +74,7 @@ impl Failure {
             Failure::Files(_) => "files",
             Failure::Api(_) => "api",
             Failure::Policy(_) => "policy",
+            Failure::Fastpath(_) => "fastpath",
         }
     }
 }
@@ -150,6 +154,9 @@ struct Agent {
     liveness: Liveness,
     /// How current the policy views this pass read were.
     seen: Freshness,
+    /// The BPF fast path's programs (`dataplane: bpf`), loaded by the
+    /// first pass that applies it.
+    fastpath: Option<FastpathOutput>,
 }
 
 impl Agent {
@@ -196,7 +203,11 @@ impl Agent {
         };
         let verdicts = (policy.is_some() && cfg.report_status)
             .then(|| VerdictWriter::spawn(client.clone(), &node_name, metrics.clone()));
+        if cfg.dataplane == Dataplane::Nftables {
+            remove_fastpath(&cfg, &nl, &metrics).await;
+        }
         let agent = Agent {
+            fastpath: None,
             policy,
             verdicts,
             policy_checked: false,
@@ -272,6 +283,28 @@ pub async fn run(
     }
     tracing::info!("SIGTERM: leaving the data plane in place");
     Ok(())
+}
+
+/// With `dataplane: nftables`, takes away what a `bpf` run left: weft's
+/// filters and the pins. Failing costs only speed: the program forwards
+/// nothing but flows netfilter accepted.
+async fn remove_fastpath(cfg: &Config, nl: &Netlink, metrics: &Metrics) {
+    let links = match nl.links().await {
+        Ok(links) => links.into_iter().map(|l| l.index),
+        Err(e) => {
+            metrics.sync_error("fastpath");
+            tracing::warn!("dataplane nftables, but listing links to remove the BPF fast path failed: {e}");
+            return;
+        }
+    };
+    match apply_fastpath::remove(links, &cfg.bpf_pin_dir) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(filters = n, "dataplane nftables: removed the BPF fast path"),
+        Err(e) => {
+            metrics.sync_error("fastpath");
+            tracing::warn!("dataplane nftables, but removing the BPF fast path failed: {e}");
+        }
+    }
 }
 
 /// Counts and logs the failures of a finished pass, and the timing of a
@@ -482,6 +515,9 @@ impl Agent {
         if let Some(want) = policy {
             failures.extend(self.apply_policy(want, policy_compute, policy_check).await.err().map(Failure::from));
         }
+        if self.cfg.dataplane == Dataplane::Bpf {
+            failures.extend(self.apply_fastpath(obs.underlay.ifindex, full).await.err().map(Failure::from));
+        }
         // Last: the plugin may now serve pods on this node.
         if data_plane_ok && let Err(e) = files::write(&self.cfg, &d.node_config, &d.conflist) {
             failures.push(e.into());
@@ -504,6 +540,28 @@ impl Agent {
             "pass"
         );
         Outcome::Done(failures)
+    }
+
+    /// The BPF fast path, after the tables: it only speeds up flows they
+    /// accepted. `check_all`: also look for stale filters on every link.
+    async fn apply_fastpath(&mut self, uplink: u32, check_all: bool) -> Result<(), FastpathApplyError> {
+        let view = observe_fastpath::observe(&self.nl).await.map_err(FastpathApplyError::Observe)?;
+        let want = desired::fastpath::compute(&view, uplink);
+        let fastpath = match &mut self.fastpath {
+            Some(f) => f,
+            None => self.fastpath.insert(FastpathOutput::load(&self.cfg.bpf_pin_dir)?),
+        };
+        let changes = fastpath.sync(&want, check_all)?;
+        self.metrics.kernel_writes("fastpath", changes.total());
+        if changes.total() > 0 {
+            tracing::info!(
+                attached = changes.attached,
+                detached = changes.detached,
+                pod_addresses = changes.pods,
+                "BPF fast path synced"
+            );
+        }
+        Ok(())
     }
 
     /// The NetworkPolicy outputs, once the watches have listed everything

@@ -49,6 +49,19 @@ impl FromStr for Backend {
     }
 }
 
+/// What carries established flows. The first packets of every flow go
+/// through netfilter either way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dataplane {
+    /// The kernel's routing and netfilter, for every packet.
+    #[default]
+    Nftables,
+    /// The tc BPF fast path (`weft-fastpath`) for established, un-NATed
+    /// flows; opt-in.
+    Bpf,
+}
+
 /// An unusable configuration; every variant names the file or the key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -132,6 +145,12 @@ pub struct FileConfig {
     pub policy_liveness_seconds: Option<u64>,
     #[serde(default)]
     pub network_policy: Option<NetworkPolicyConfig>,
+    #[serde(default)]
+    pub dataplane: Option<Dataplane>,
+    /// Where the BPF fast path pins its maps (a directory on a bpf
+    /// filesystem); `/sys/fs/bpf/weft` by default.
+    #[serde(default)]
+    pub bpf_pin_dir: Option<PathBuf>,
 }
 
 /// NetworkPolicy enforcement.
@@ -204,6 +223,10 @@ pub struct Config {
     pub cluster_network_policy: bool,
     /// Write policies' acceptance to the API (`networkPolicy.reportStatus`).
     pub report_status: bool,
+    /// nftables only, or the BPF fast path for established flows.
+    pub dataplane: Dataplane,
+    /// The BPF fast path's pin directory.
+    pub bpf_pin_dir: PathBuf,
 }
 
 impl Config {
@@ -305,7 +328,13 @@ impl FileConfig {
             return Err(err("networkPolicy.logPerSecond", format!("{} is outside 1..=10000", np.log_per_second)));
         }
         let deny_log = np.log_denied.then_some(DenyLog { group: np.log_group, per_second: np.log_per_second });
+        let bpf_pin_dir = self.bpf_pin_dir.unwrap_or_else(|| crate::base::names::BPF_PIN_DIR.into());
+        if !bpf_pin_dir.is_absolute() || bpf_pin_dir.parent().is_none() {
+            return Err(err("bpfPinDir", format!("{} is not an absolute directory below /", bpf_pin_dir.display())));
+        }
         Ok(Config {
+            dataplane: self.dataplane.unwrap_or_default(),
+            bpf_pin_dir,
             network_policy: np.enabled,
             cluster_network_policy: np.cluster_network_policy,
             report_status: np.report_status,
@@ -389,6 +418,10 @@ mod tests {
         let quiet = r#"{"clusterCIDRs":["10.244.0.0/16"],"networkPolicy":{"reportStatus":false}}"#;
         assert!(!parse(quiet).unwrap().report_status);
         assert_eq!(c.deny_log, None, "denials are not logged unless asked");
+        assert_eq!(c.dataplane, Dataplane::Nftables, "the BPF fast path is opt-in");
+        assert_eq!(c.bpf_pin_dir, Path::new("/sys/fs/bpf/weft"));
+        let bpf = parse(r#"{"clusterCIDRs":["10.244.0.0/16"],"dataplane":"bpf"}"#).unwrap();
+        assert_eq!(bpf.dataplane, Dataplane::Bpf);
         let log =
             parse(r#"{"clusterCIDRs":["10.244.0.0/16"],"networkPolicy":{"logDenied":true,"logGroup":7}}"#).unwrap();
         assert_eq!(log.deny_log, Some(DenyLog { group: 7, per_second: 10 }));
@@ -413,6 +446,9 @@ mod tests {
             (r#"{"clusterCIDRs":["10.244.0.0/16"],"networkPolicy":{"logPerSecond":0}}"#, "logPerSecond"),
             (r#"{"clusterCIDRs":["10.244.0.0/16"],"cniVersion":"2.0.0"}"#, "cniVersion"),
             (r#"{"clusterCIDRs":["10.244.0.0/16"],"policyLivenessSeconds":120}"#, "policyLivenessSeconds"),
+            (r#"{"clusterCIDRs":["10.244.0.0/16"],"dataplane":"xdp"}"#, "xdp"),
+            (r#"{"clusterCIDRs":["10.244.0.0/16"],"bpfPinDir":"weft"}"#, "bpfPinDir"),
+            (r#"{"clusterCIDRs":["10.244.0.0/16"],"bpfPinDir":"/"}"#, "bpfPinDir"),
         ];
         for (json, key) in cases {
             let e = parse(json).unwrap_err();

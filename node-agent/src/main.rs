@@ -202,6 +202,11 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
             let cfg = config.load()?;
             let nl = libweft::netlink::Netlink::connect()?;
             let removed = kernel::remove_all(&nl).await?;
+            let links = nl.links().await?.into_iter().map(|l| l.index);
+            let filters = weft_agent::apply::fastpath::remove(links, &cfg.bpf_pin_dir)?;
+            if filters > 0 {
+                tracing::info!(filters, "removed the BPF fast path's filters and pins");
+            }
             weft_table::remove().await?;
             weft_agent::apply::policy_table::remove().await?;
             // Without the policy table nothing holds pending pods; release them anyway so a

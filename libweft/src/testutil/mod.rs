@@ -11,6 +11,7 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 pub mod agent;
+pub mod bpffs;
 pub mod control_plane;
 pub mod lab;
 

@@ -4,6 +4,7 @@
 //! the own Node's annotations through the API.
 
 pub mod api;
+pub mod fastpath;
 pub mod files;
 pub mod kernel;
 pub mod nft_elements;

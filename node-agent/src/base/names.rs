@@ -13,6 +13,12 @@ pub use libweft::netlink::RTPROT_WEFT_POD;
 /// (8701 ingress, 8702 egress, 8703 both; 0 once released).
 pub use libweft::pending::{PENDING_BOTH_GROUP, PENDING_EGRESS_GROUP, PENDING_INGRESS_GROUP, READY_GROUP};
 
+/// Where the BPF fast path pins its maps unless `bpfPinDir` says otherwise
+/// (`ls /sys/fs/bpf/weft`); its filters sit at tc ingress of the pod veths
+/// and the uplink with handle and priority 0x7765 (`tc filter show dev
+/// <veth> ingress`).
+pub const BPF_PIN_DIR: &str = "/sys/fs/bpf/weft";
+
 /// The routing table: `nft list table inet weft` (masquerade, forward
 /// accept, anti-spoofing, the node address sets).
 pub const WEFT_TABLE: &str = "weft";

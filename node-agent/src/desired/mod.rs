@@ -12,6 +12,7 @@
 //! typed plan of changes to either nftables table.
 
 pub mod cluster_policy;
+pub mod fastpath;
 pub mod files;
 pub mod incremental;
 pub mod liveness;

@@ -4,6 +4,7 @@
 
 pub mod counters;
 pub mod events;
+pub mod fastpath;
 pub mod heard;
 pub mod kernel;
 pub mod list_mode;
