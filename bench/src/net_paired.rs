@@ -53,8 +53,9 @@ pub(crate) enum Variant {
     /// weft with the outer VXLAN packets untracked: what the second
     /// crossing of netfilter costs in conntrack.
     OuterUntracked,
-    /// weft without the MSS clamp (the forward chain).
-    NoMssClamp,
+    /// weft with the MSS clamp toward VXLAN peers that `auto` renders
+    /// (pods above the tunnel's MTU); `vxlan` has none, its pods fit.
+    WithMssClamp,
 }
 
 use Variant::*;
@@ -70,6 +71,13 @@ const CONNTRACK_REF: &str = "table inet bench-conntrack {
 const NOTRACK: &str = "table inet bench-notrack {
   chain prerouting { type filter hook prerouting priority -400; policy accept; notrack; }
   chain output { type filter hook output priority -400; policy accept; notrack; }
+}";
+
+/// The MSS clamp as `inet weft` has it where pods have a larger MTU
+/// than the tunnel (`desired::weft_table::mss_clamp`).
+const MSS_CLAMP: &str = "table inet weft {
+  chain forward { type filter hook forward priority -150; policy accept;
+    oifname \"weft.vxlan\" tcp flags & (syn | rst) == syn tcp option maxseg size set rt mtu; }
 }";
 
 /// The same for the outer VXLAN packets only.
@@ -92,7 +100,7 @@ impl Variant {
             NoMasquerade => "weft − masquerade chain".into(),
             NoPeerFilter => "weft − VXLAN peer filter".into(),
             OuterUntracked => "weft, outer VXLAN packet untracked".into(),
-            NoMssClamp => "weft − MSS clamp".into(),
+            WithMssClamp => "weft + MSS clamp (as auto has it)".into(),
         }
     }
 
@@ -104,7 +112,7 @@ impl Variant {
         }
         v.extend([NoPolicyTable, NoMasquerade]);
         if vxlan {
-            v.extend([NoPeerFilter, OuterUntracked, NoMssClamp]);
+            v.extend([NoPeerFilter, OuterUntracked, WithMssClamp]);
         }
         v
     }
@@ -183,6 +191,7 @@ fn apply(nodes: &[TestNs], rs: &Rulesets, v: Variant) -> Result<(), String> {
         let extra = match v {
             NoConntrack => NOTRACK,
             OuterUntracked => OUTER_NOTRACK,
+            WithMssClamp => MSS_CLAMP,
             _ => "",
         };
         load(ns, &format!("{base}\n{extra}"))?;
@@ -192,7 +201,6 @@ fn apply(nodes: &[TestNs], rs: &Rulesets, v: Variant) -> Result<(), String> {
             NoPolicyTable => nft(ns, &["delete", "table", "inet", "weft-policy"]).map(drop)?,
             NoMasquerade => delete_chain(ns, "weft", "postrouting")?,
             NoPeerFilter => delete_chain(ns, "weft", "input")?,
-            NoMssClamp => delete_chain(ns, "weft", "forward")?,
             _ => {}
         }
     }
@@ -477,10 +485,10 @@ mod tests {
         let routes = comparisons(&Variant::all(false));
         assert_eq!(&routes[..3], &[(Weft, NoNetfilter), (Weft, ConntrackRef), (ConntrackRef, NoNetfilter)]);
         assert!(routes[3..].iter().all(|(_, b)| *b == Weft));
-        assert!(!routes.iter().any(|(a, _)| [NoPeerFilter, NoPodVxlanRule, OuterUntracked, NoMssClamp].contains(a)));
+        assert!(!routes.iter().any(|(a, _)| [NoPeerFilter, NoPodVxlanRule, OuterUntracked, WithMssClamp].contains(a)));
         let vxlan = comparisons(&Variant::all(true));
         for part in
-            [NoConntrack, NoFib, NoPodVxlanRule, NoPolicyTable, Policies, NoMasquerade, NoPeerFilter, NoMssClamp]
+            [NoConntrack, NoFib, NoPodVxlanRule, NoPolicyTable, Policies, NoMasquerade, NoPeerFilter, WithMssClamp]
         {
             assert!(vxlan.contains(&(part, Weft)), "{part:?}");
         }
