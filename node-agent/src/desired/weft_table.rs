@@ -24,11 +24,23 @@
 //!   on every packet, not only on new connections: conntrack finds an
 //!   entry by its addresses and ports alone, not by the interface, so a
 //!   pod forging another pod's established 5-tuple (a DNS answer to it,
-//!   say) would be `established` and pass.
+//!   say) would be `established` and pass. The `fib` lookup stays: the
+//!   whole rule measured within net-bench's noise (about ±10 %), so an
+//!   exact-match set of (veth, address), which the agent would have to keep
+//!   per pod, had nothing to win; nor had matching an interface group
+//!   instead of the name wildcard.
 //! - With VXLAN in use, the VXLAN port takes packets only from the underlay
 //!   addresses of believed peers, and pods may not send to that port at
 //!   all: a pod could otherwise inject frames into another node's overlay,
 //!   directly or through masquerade (which gives it this node's address).
+//! - No chain here after conntrack sees a pod's forwarded packet but the
+//!   MSS clamp (whose first match, the output device, ends it for the
+//!   rest), so there is no `ct state established accept` to put first; the
+//!   prerouting rules run before conntrack and must see every packet.
+//!   VXLAN's outer packets stay tracked: leaving them untracked measured
+//!   no cheaper (net-bench, about ±5 % here), costs an output hook of its
+//!   own, and would turn a host firewall's `ct state new udp dport 8472
+//!   accept` into a drop.
 //!
 //! Every drop has a named counter (see [`DROP_COUNTERS`]). The node and
 //! peer addresses sit in sets of their own (`nodes4/6`, `vxlan_peers4/6`),
