@@ -37,7 +37,8 @@
 //! Prints JSON with every sample; `bench-report` draws it. Never pass/fail.
 //!
 //!   net-bench --weft WEFT --agent WEFT_AGENT --k8s-bin DIR [--secs 2] [--rr-secs 1] [--reps 2]
-//!             [--policies N] [--profile] [--only SETUP] [--family IPv4|IPv6] [--pair-budget S] [--quick]
+//!             [--policies N] [--profile] [--only SETUP] [--family IPv4|IPv6] [--pair-budget S]
+//!             [--variants LABEL,...] [--quick]
 
 mod net_paired;
 
@@ -170,6 +171,10 @@ struct Args {
     /// Only this family (trying one out).
     #[arg(long, value_parser = ["IPv4", "IPv6"])]
     family: Option<String>,
+    /// Only the paired variants whose label contains one of these
+    /// (comma-separated), beside `weft`: a few parts measured closely.
+    #[arg(long, value_name = "LABELS", value_delimiter = ',')]
+    variants: Vec<String>,
     /// A short run of every setup (bench/run --quick).
     #[arg(long)]
     quick: bool,
@@ -1356,6 +1361,7 @@ fn pair_plan(args: &Args, family: &str) -> net_paired::Plan {
         },
         target: 0.03,
         profile: family == "IPv4" && (!args.quick || args.profile),
+        only_variants: args.variants.clone(),
     }
 }
 

@@ -53,12 +53,19 @@ pub(crate) enum Variant {
     /// weft with the outer VXLAN packets untracked: what the second
     /// crossing of netfilter costs in conntrack.
     OuterUntracked,
-    /// weft without the MSS clamp (the forward chain).
-    NoMssClamp,
+    /// weft with the MSS clamp toward VXLAN peers that `auto` renders
+    /// (pods above the tunnel's MTU); `vxlan` has none, its pods fit.
+    WithMssClamp,
     /// weft's tables with the BPF fast path (`dataplane: bpf`) on the
     /// pods' host veths and the uplinks of both nodes: established flows
     /// skip netfilter and the host's routing.
     WeftBpf,
+    /// weft with anti-spoofing by an exact-match set of the node's pod
+    /// (host veth, address) pairs instead of the `fib` lookup.
+    AntiSpoofSet,
+    /// weft with pod veths matched by an interface group instead of the
+    /// `"weft*"` name wildcard.
+    VethGroup,
 }
 
 use Variant::*;
@@ -75,6 +82,20 @@ const NOTRACK: &str = "table inet bench-notrack {
   chain prerouting { type filter hook prerouting priority -400; policy accept; notrack; }
   chain output { type filter hook output priority -400; policy accept; notrack; }
 }";
+
+/// The MSS clamp as `inet weft` has it where pods have a larger MTU
+/// than the tunnel (`desired::weft_table::mss_clamp`).
+const MSS_CLAMP: &str = "table inet weft {
+  chain forward { type filter hook forward priority -150; policy accept;
+    oifname \"weft.vxlan\" tcp flags & (syn | rst) == syn tcp option maxseg size set rt mtu; }
+}";
+
+/// The interface group [`VethGroup`] puts the pods' host veths in (not
+/// one of weft's pending groups).
+const VETH_GROUP: u32 = 8700;
+
+/// How weft's prerouting rules pick packets from pods.
+const FROM_POD: &str = "iifname \"weft*\" iifname != \"weft.vxlan\"";
 
 /// The same for the outer VXLAN packets only.
 const OUTER_NOTRACK: &str = "table inet bench-notrack {
@@ -96,23 +117,30 @@ impl Variant {
             NoMasquerade => "weft − masquerade chain".into(),
             NoPeerFilter => "weft − VXLAN peer filter".into(),
             OuterUntracked => "weft, outer VXLAN packet untracked".into(),
-            NoMssClamp => "weft − MSS clamp".into(),
+            WithMssClamp => "weft + MSS clamp (as auto has it)".into(),
             WeftBpf => "weft + BPF fast path".into(),
+            AntiSpoofSet => "weft, anti-spoofing by (iif, saddr) set".into(),
+            VethGroup => "weft, pod veths by interface group".into(),
         }
     }
 
     /// The variants of a backend: the VXLAN-only parts exist only there.
-    pub(crate) fn all(vxlan: bool) -> Vec<Variant> {
+    /// `candidates`: also the cuts tried and not taken (only measured when
+    /// named by `--variants`: they would lengthen every full run).
+    pub(crate) fn all(vxlan: bool, candidates: bool) -> Vec<Variant> {
         let mut v = vec![NoNetfilter, ConntrackRef, Weft, Policies, NoConntrack, NoFib];
         if vxlan {
             v.push(NoPodVxlanRule);
         }
         v.extend([NoPolicyTable, NoMasquerade]);
         if vxlan {
-            v.extend([NoPeerFilter, OuterUntracked, NoMssClamp]);
+            v.extend([NoPeerFilter, OuterUntracked, WithMssClamp]);
         } else {
             // The fast path has no program on weft.vxlan: routes only.
             v.push(WeftBpf);
+        }
+        if candidates {
+            v.extend([AntiSpoofSet, VethGroup]);
         }
         v
     }
@@ -261,19 +289,73 @@ fn delete_chain(ns: &TestNs, table: &str, chain: &str) -> Result<(), String> {
     nft(ns, &["delete", "chain", "inet", table, chain]).map(drop)
 }
 
+/// The pods of `ns` as weft's plugin wired them: (host veth, address),
+/// from the pod routes (protocol 87), both families.
+fn pod_veths(ns: &TestNs) -> Result<Vec<(String, String)>, String> {
+    let mut pods = Vec::new();
+    for family in ["-4", "-6"] {
+        let out = ns.exec(&["ip", family, "-o", "route", "show", "proto", "87"]);
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            if let Some(i) = words.iter().position(|w| *w == "dev") {
+                pods.push((words[i + 1].to_string(), words[0].trim_end_matches("/32").trim_end_matches("/128").into()));
+            }
+        }
+    }
+    if pods.is_empty() { Err("no pod routes (proto 87)".into()) } else { Ok(pods) }
+}
+
+/// weft's table with its `fib` anti-spoofing rule replaced by lookups of
+/// (input interface, source address) in sets of the node's pods; IPv6
+/// link-local sources (a pod's router solicitations) are left alone, as
+/// the `fib` rule finds them on-link.
+fn anti_spoof_set(ns: &TestNs) -> Result<String, String> {
+    let pods = pod_veths(ns)?;
+    let elems = |v6: bool| {
+        let e: Vec<String> =
+            pods.iter().filter(|(_, ip)| ip.contains(':') == v6).map(|(dev, ip)| format!("\"{dev}\" . {ip}")).collect();
+        e.join(", ")
+    };
+    Ok(format!(
+        "table inet weft {{
+  set pod_src4 {{ type iface_index . ipv4_addr; elements = {{ {} }} }}
+  set pod_src6 {{ type iface_index . ipv6_addr; elements = {{ {} }} }}
+  chain prerouting {{
+    {FROM_POD} meta nfproto ipv4 iif . ip saddr != @pod_src4 counter name \"spoofed_source\" drop
+    {FROM_POD} meta nfproto ipv6 ip6 saddr != fe80::/10 iif . ip6 saddr != @pod_src6 counter name \"spoofed_source\" drop
+  }}
+}}",
+        elems(false),
+        elems(true)
+    ))
+}
+
+/// `text` with every `from` replaced by `to`; an error when there is none.
+fn replaced(text: &str, from: &str, to: &str) -> Result<String, String> {
+    if text.contains(from) { Ok(text.replace(from, to)) } else { Err(format!("no `{from}` in the ruleset")) }
+}
+
 /// Puts `v` in force on both nodes.
 fn apply(nodes: &[TestNs], rs: &Rulesets, v: Variant) -> Result<(), String> {
     for (i, ns) in nodes.iter().enumerate().take(2) {
-        let base: &str = match v {
-            NoNetfilter => "",
-            ConntrackRef => CONNTRACK_REF,
-            Policies => &rs.policies[i],
-            _ => &rs.weft[i],
+        let mut base: String = match v {
+            NoNetfilter => String::new(),
+            ConntrackRef => CONNTRACK_REF.into(),
+            Policies => rs.policies[i].clone(),
+            _ => rs.weft[i].clone(),
         };
+        if v == VethGroup {
+            for (dev, _) in pod_veths(ns)? {
+                ns.exec(&["ip", "link", "set", "dev", &dev, "group", &VETH_GROUP.to_string()]);
+            }
+            base = replaced(&base, FROM_POD, &format!("iifgroup {VETH_GROUP}"))?;
+        }
         let extra = match v {
-            NoConntrack => NOTRACK,
-            OuterUntracked => OUTER_NOTRACK,
-            _ => "",
+            NoConntrack => NOTRACK.into(),
+            OuterUntracked => OUTER_NOTRACK.into(),
+            WithMssClamp => MSS_CLAMP.into(),
+            AntiSpoofSet => anti_spoof_set(ns)?,
+            _ => String::new(),
         };
         load(ns, &format!("{base}\n{extra}"))?;
         if i == 0 {
@@ -289,7 +371,7 @@ fn apply(nodes: &[TestNs], rs: &Rulesets, v: Variant) -> Result<(), String> {
             NoPolicyTable => nft(ns, &["delete", "table", "inet", "weft-policy"]).map(drop)?,
             NoMasquerade => delete_chain(ns, "weft", "postrouting")?,
             NoPeerFilter => delete_chain(ns, "weft", "input")?,
-            NoMssClamp => delete_chain(ns, "weft", "forward")?,
+            AntiSpoofSet => delete_rules(ns, "weft", "prerouting", "fib ")?,
             _ => {}
         }
     }
@@ -308,6 +390,9 @@ pub(crate) struct Plan {
     /// Target half-width of every interval (0.03: ± 3 %).
     pub target: f64,
     pub profile: bool,
+    /// Only the variants whose label contains one of these, and `weft`
+    /// (measuring a few parts closely); every variant when empty.
+    pub only_variants: Vec<String>,
 }
 
 /// The fixed-size transfer of a sample, with `conn_per_s` still 0.
@@ -452,7 +537,10 @@ pub(crate) fn group(
     plan: &Plan,
 ) -> PairedGroup {
     let started = Instant::now();
-    let mut variants = Variant::all(backend != "routes");
+    let mut variants = Variant::all(backend != "routes", !plan.only_variants.is_empty());
+    if !plan.only_variants.is_empty() {
+        variants.retain(|v| *v == Weft || plan.only_variants.iter().any(|o| v.label(policies).contains(o.as_str())));
+    }
     let mut errors = Vec::new();
     let error =
         |v: Variant, e: String| VariantError { variant: v.label(policies), error: Some(e), profile_error: None };
@@ -572,18 +660,27 @@ mod tests {
 
     #[test]
     fn every_part_is_compared_with_weft_and_weft_with_both_references() {
-        let routes = comparisons(&Variant::all(false));
+        let routes = comparisons(&Variant::all(false, false));
         assert_eq!(&routes[..3], &[(Weft, NoNetfilter), (Weft, ConntrackRef), (ConntrackRef, NoNetfilter)]);
         assert_eq!(routes[3], (WeftBpf, NoNetfilter), "the fast path against the kernel floor");
         assert!(routes[4..].iter().all(|(_, b)| *b == Weft));
         assert!(routes.contains(&(WeftBpf, Weft)));
-        assert!(!routes.iter().any(|(a, _)| [NoPeerFilter, NoPodVxlanRule, OuterUntracked, NoMssClamp].contains(a)));
-        let vxlan = comparisons(&Variant::all(true));
-        for part in
-            [NoConntrack, NoFib, NoPodVxlanRule, NoPolicyTable, Policies, NoMasquerade, NoPeerFilter, NoMssClamp]
-        {
+        assert!(!routes.iter().any(|(a, _)| [NoPeerFilter, NoPodVxlanRule, OuterUntracked, WithMssClamp].contains(a)));
+        let vxlan = comparisons(&Variant::all(true, true));
+        for part in [
+            NoConntrack,
+            NoFib,
+            NoPodVxlanRule,
+            NoPolicyTable,
+            Policies,
+            NoMasquerade,
+            NoPeerFilter,
+            WithMssClamp,
+            AntiSpoofSet,
+        ] {
             assert!(vxlan.contains(&(part, Weft)), "{part:?}");
         }
+        assert!(!Variant::all(true, false).contains(&VethGroup), "candidates only when asked for");
         // A variant left out takes its comparisons with it.
         let without_ref = comparisons(&[Weft, NoFib]);
         assert_eq!(without_ref, vec![(NoFib, Weft)]);

@@ -523,6 +523,12 @@ fn agents_enforce_network_policy_read_from_the_api() {
     let SrvCli { srv: _srv, srv4, srv6, cli, cli4, cli6, _servers } =
         srv_and_cli(&lab, &cp, &agents, serde_json::json!({"role": "other"}));
     assert_eq!(ask(&cli, &srv4, 8080), cli4, "no policy: open");
+    let node0 = &lab.nodes[0].ns;
+    // No policy anywhere: the policy table is on no hook, so forwarded packets never enter it.
+    let hooked =
+        || String::from_utf8_lossy(&node0.exec(&["nft", "list", "table", "inet", "weft-policy"]).stdout).into_owned();
+    assert!(eventually(Duration::from_secs(10), || hooked().contains("table inet weft-policy")), "no policy table");
+    assert!(!hooked().contains("hook forward"), "{}", hooked());
 
     // Only role=cli may reach app=srv: for this client, a deny-all.
     let policy = serde_json::json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
@@ -530,7 +536,6 @@ fn agents_enforce_network_policy_read_from_the_api() {
         "spec": {"podSelector": {"matchLabels": {"app": "srv"}}, "policyTypes": ["Ingress"],
                  "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "cli"}}}]}]}});
     cp.kubectl_stdin(&["create", "-f", "-"], &policy.to_string());
-    let node0 = &lab.nodes[0].ns;
     let in_map = |map: &str, ip: &str| in_policy_map(node0, map, ip);
     assert!(
         eventually(Duration::from_secs(10), || in_map("ingress4", &srv4) && in_map("ingress6", &srv6)),
@@ -544,6 +549,7 @@ fn agents_enforce_network_policy_read_from_the_api() {
             agents[0].log()
         );
     }
+    assert_eq!(hooked().matches("hook forward").count(), 2, "{}", hooked());
     assert!(metrics(node0).contains("weft_network_policies 1"), "{}", metrics(node0));
     let denied = |ns: &TestNs| {
         metrics(ns)

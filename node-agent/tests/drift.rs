@@ -16,8 +16,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Lab, create_pod};
+use libweft::testutil::agent::AgentConfig;
 use libweft::testutil::control_plane::{ControlPlane, Proc, eventually, k8s_bin};
 use libweft::testutil::{TestNs, have_privileges};
+use serde_json::json;
 
 /// Far longer than the test: a resync cannot repair anything here.
 const RESYNC_SECONDS: u64 = 300;
@@ -25,7 +27,8 @@ const RESYNC_SECONDS: u64 = 300;
 const REPAIR: Duration = Duration::from_secs(1);
 
 /// Two nodes on one segment, both registered in a real API server, each
-/// with a vxlan agent (node2's publishes what node1 needs to program it).
+/// with a vxlan agent (node2's publishes what node1 needs to program it),
+/// pods configured at the underlay's MTU.
 /// Fields drop in order: agents, their directories, the API server, the lab.
 struct TwoNodes {
     agents: Vec<Proc>,
@@ -57,7 +60,13 @@ impl TwoNodes {
             .iter()
             .zip(&dirs)
             .map(|(n, dir)| {
-                let cfg = common::agent_config(dir.path(), "vxlan", RESYNC_SECONDS);
+                // Pods above the tunnel's MTU, as `auto` gives them: the
+                // table then has its MSS clamp (for `vxlan` alone it has none).
+                let cfg = AgentConfig::new(dir.path(), ["10.244.0.0/16", "fd00:10:244::/56"], "vxlan")
+                    .with("resyncPeriodSeconds", json!(RESYNC_SECONDS))
+                    .with("healthAddress", json!(common::AGENT_HTTP))
+                    .with("mtu", json!(1500))
+                    .write(&dir.path().join("config.json"));
                 common::spawn_agent(&format!("agent-{}", n.name), n, &cp, &cfg)
             })
             .collect();

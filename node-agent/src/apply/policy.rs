@@ -72,10 +72,11 @@ impl PolicyOutputs {
         let selecting: BTreeSet<&str> = want.state.chains.values().map(|c| c.policy.as_str()).collect();
         metrics.network_policies.set(selecting.len() as i64);
         let DesiredPolicy { pods, state, namespaces, .. } = want;
-        if self.table.last().is_some() {
-            // weft wrote the table, so its pending rules are in place: list a namespace's
-            // first policy before writing its rules, so a pod created
-            // meanwhile starts pending instead of open.
+        if self.table.last().is_some_and(|t| !t.idle) {
+            // weft wrote the table with its hooks, so its pending rules are
+            // in place: list a namespace's first policy before writing its
+            // rules, so a pod created meanwhile starts pending instead of
+            // open. An idle table has no hooks: it gets them first.
             list_policy_namespaces(cfg, &namespaces)?;
         }
         let change = self.table.sync(state, check).await?;

@@ -161,7 +161,8 @@ impl PolicySync {
                     }
                 }
             }
-            Some(last) if intact && last.deny_log == want.deny_log => {
+            // The base chains come and go with the whole table.
+            Some(last) if intact && last.deny_log == want.deny_log && last.idle == want.idle => {
                 let plan = rule_changes(last, &want, element_changes(last, &want));
                 let n = plan.len();
                 match self.apply(&plan.to_json()).await {

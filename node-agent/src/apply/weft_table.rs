@@ -37,7 +37,7 @@ pub enum NftError {
 }
 
 /// Keeps the table in line with its inputs: the whole table when it is
-/// new, the own pod CIDRs changed, or (`check`) the table is not as weft
+/// new, its rules changed (own pod CIDRs, MSS clamp), or (`check`) the table is not as weft
 /// last left it: someone else flushed or edited it. Only the node sets'
 /// elements when just the nodes changed. Comparing inputs, not rendered
 /// JSON, keeps a pass over thousands of nodes from building a rule set it
@@ -97,7 +97,7 @@ impl Nftables {
             return Ok(NftChange::None);
         }
         let delta = match &self.last {
-            Some(last) if intact && last.own_cidrs == want.own_cidrs => set_changes(last, want),
+            Some(last) if intact && last.same_rules(want) => set_changes(last, want),
             _ => None,
         };
         // A delta that fails (the table was changed behind our back) falls back to the whole table.

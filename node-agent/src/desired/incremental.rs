@@ -203,6 +203,7 @@ impl Cache {
                 own_cidrs: d.nft.own_cidrs.clone(),
                 node_ips: node_ips.collect(),
                 vxlan_peers: vxlan_peers.collect(),
+                mss_clamp: d.nft.mss_clamp,
             };
         }
         Some(touched)

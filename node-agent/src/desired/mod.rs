@@ -76,8 +76,10 @@ pub fn compute(config: &Config, obs: &Observation) -> Desired {
         .filter(|n| n.name != obs.local.name && !refused.contains(&n.name.as_str()))
         .flat_map(|n| [n.ip(false), n.ip(true)].into_iter().flatten())
         .collect();
+    // Only SYNs that could be too big for the tunnel are clamped.
+    let mss_clamp = kernel.vxlan.as_ref().is_some_and(|v| kernel.pod_mtu > v.mtu);
     Desired {
-        nft: NftTable::new(&obs.local.pod_cidrs, &node_ips, &vxlan_peers),
+        nft: NftTable { mss_clamp, ..NftTable::new(&obs.local.pod_cidrs, &node_ips, &vxlan_peers) },
         node_config: files::node_config(config, &obs.local.name, &obs.local.pod_cidrs, kernel.pod_mtu),
         conflist: files::conflist(config, obs.portmap_installed),
         annotations: own_annotations(&underlay, obs.vtep_mac, config.backend),
@@ -918,6 +920,23 @@ mod tests {
         assert_eq!(a[ANN_PUBLIC_IPV6], "2001:db8:a::11");
         assert_eq!(a[ANN_VTEP_MAC], libweft::netlink::format_mac(&vtep_mac_for("n1")));
         assert_eq!(a[ANN_BACKEND], "auto");
+    }
+
+    #[test]
+    fn the_mss_clamp_exists_only_where_pods_outgrow_the_tunnel() {
+        let clamp = |c: &Config| super::compute(c, &observation(false)).nft.mss_clamp;
+        assert!(clamp(&config("auto")), "auto: pods have the underlay's 1500, the tunnel 1450");
+        assert!(!clamp(&config("vxlan")), "vxlan: pods already fit the tunnel");
+        assert!(!clamp(&config("routes")), "routes: no tunnel");
+        let mut c = config("vxlan");
+        c.mtu = Some(1500);
+        assert!(clamp(&c), "vxlan with pods configured above the tunnel's MTU");
+        let mut c = config("auto");
+        c.mtu = Some(1450);
+        assert!(!clamp(&c), "auto with pods configured at the tunnel's MTU");
+        // Without an underlay address for the tunnel there is no VXLAN device to clamp toward.
+        let obs = Observation { underlay: Underlay { v4: None, v6: None, ..underlay() }, ..observation(false) };
+        assert!(!super::compute(&config("auto"), &obs).nft.mss_clamp);
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //! from the policy views of the observation: the pods believed (only
 //! addresses in their node's podCIDRs, each claimed once: [`pod_trust`]),
 //! the `inet weft-policy` table's content ([`policy`], with contested
-//! addresses held and the configured deny log), and the namespaces the
-//! plugin keeps new pods pending in.
+//! addresses held and the configured deny log, and idle when nothing on
+//! the node needs its hooks), and the namespaces the plugin keeps new pods
+//! pending in.
 //!
 //! [`pod_trust`]: super::pod_trust
 //! [`policy`]: super::policy::policy
@@ -59,12 +60,17 @@ pub fn compute(
     );
     pod_trust::hold_contested(&mut state, &believed.contested, &local.pod_cidrs);
     state.deny_log = config.deny_log;
-    DesiredPolicy {
-        namespaces: policy::policy_namespaces(&views.policies, &views.cluster_policies, &views.namespaces),
-        pods: believed.pods,
-        doubts: believed.doubts,
-        state,
-    }
+    let namespaces = policy::policy_namespaces(&views.policies, &views.cluster_policies, &views.namespaces);
+    // A pod the plugin may create pending needs the pending rules on the
+    // hook. A pod still pending from an earlier list is no reason: with no
+    // isolating policy anywhere, the agent would release it as soon as it
+    // knows it.
+    state.idle = state.ingress.is_empty()
+        && state.egress.is_empty()
+        && namespaces.ingress.is_empty()
+        && namespaces.egress.is_empty()
+        && namespaces.unseen.is_open();
+    DesiredPolicy { namespaces, pods: believed.pods, doubts: believed.doubts, state }
 }
 
 #[cfg(test)]
@@ -117,5 +123,27 @@ mod tests {
         assert_eq!(want.state.deny_log, cfg.deny_log);
         assert!(want.state.ingress.contains_key(&"10.244.1.1".parse().unwrap()), "the local server is isolated");
         assert_eq!(want.namespaces.ingress.len(), 1, "its namespace is listed for the plugin");
+        assert!(!want.state.idle);
+    }
+
+    #[test]
+    fn the_table_is_idle_only_while_no_pod_can_be_isolated_or_pending() {
+        let cfg = Config::example(Backend::Vxlan);
+        let nodes = [node("node1", 1), node("node2", 2)];
+        let views = |policies| PolicyViews {
+            pods: vec![pod("a", "srv", "node1", 1, &[("app", "srv")]), pod("b", "x", "node2", 2, &[])],
+            namespaces: vec![ns("a", &[]), ns("b", &[])],
+            policies,
+            cluster_policies: vec![],
+        };
+        let idle = |policies| compute(&cfg, &nodes[0], &nodes, &[], views(policies)).state.idle;
+        assert!(idle(vec![]), "no policy anywhere");
+        // A policy isolating a pod of this node: its group chain needs the hook.
+        assert!(!idle(vec![ingress(netpol("a", "deny", sel(&[("app", "srv")])), vec![])]));
+        // A policy over no local pod still lists its namespace: a pod created here would start pending.
+        let elsewhere =
+            compute(&cfg, &nodes[0], &nodes, &[], views(vec![ingress(netpol("b", "deny", sel(&[])), vec![])]));
+        assert!(elsewhere.state.ingress.is_empty() && !elsewhere.namespaces.ingress.is_empty());
+        assert!(!elsewhere.state.idle);
     }
 }

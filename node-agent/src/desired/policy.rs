@@ -74,6 +74,11 @@ pub struct PolicyState {
     /// Log denied packets through NFLOG (`networkPolicy.logDenied`); set
     /// from the agent's config, never from the API.
     pub deny_log: Option<crate::config::DenyLog>,
+    /// No local pod is isolated and none can start pending (no namespace
+    /// has isolating policies): the table then has no base chains, so
+    /// forwarded packets cross no hook of it (set by
+    /// `network_policy::compute`).
+    pub idle: bool,
 }
 
 /// A group chain: the Admin tier (a tier chain), then NetworkPolicy when

@@ -40,6 +40,10 @@
 //! `egress` ends only that chain, so a packet between two local pods must
 //! also pass `ingress`; a drop in either is final. The node's own traffic
 //! to its pods leaves through the output hook and is never filtered here.
+//! While no local pod is isolated and no namespace has isolating policies
+//! (`PolicyState::idle`), the two base chains are left out: every
+//! verdict would be "allowed", and a base chain costs each forwarded
+//! packet its hook even when its first rule accepts it.
 //!
 //! The `*_pending` rules hold new pods closed until their rules are here:
 //! the plugin creates the host veth of a pod whose namespace has isolating
@@ -245,6 +249,10 @@ fn commands(state: &PolicyState, live_for: Option<std::time::Duration>, mut out:
         for (v6, _) in FAMILIES {
             add_elements(&map_name(d, v6), map_elems(state, d, v6), &mut out);
         }
+    }
+    if state.idle {
+        // Nothing to decide: no hook, so forwarded packets never enter the table.
+        return;
     }
     for (d, prio, field) in [(Direction::Egress, PRIO_EGRESS, "saddr"), (Direction::Ingress, PRIO_EGRESS + 1, "daddr")]
     {
@@ -464,7 +472,8 @@ pub fn same_rules(a: &PolicyState, b: &PolicyState) -> bool {
         |s: &PolicyState| s.sets.iter().map(|(n, v)| (n.clone(), v.about.clone(), v.intervals)).collect::<Vec<_>>();
     let port_sets =
         |s: &PolicyState| s.port_sets.iter().map(|(n, v)| (n.clone(), v.name.clone(), v.protocol)).collect::<Vec<_>>();
-    a.chains == b.chains
+    a.idle == b.idle
+        && a.chains == b.chains
         && a.groups == b.groups
         && a.cluster_chains == b.cluster_chains
         && a.tiers == b.tiers
@@ -728,6 +737,19 @@ mod tests {
             assert!(at("established").unwrap() < pending, "replies of the pod's own connections pass");
             assert!(pending < at("vmap").unwrap(), "{chain}: pending before the maps");
         }
+    }
+
+    #[test]
+    fn an_idle_table_has_no_hook_and_coming_out_of_idle_is_a_change_of_rules() {
+        let hooked = ruleset(&PolicyState::default()).to_string();
+        assert_eq!(hooked.matches(r#""hook":"forward""#).count(), 2, "{hooked}");
+        let idle = PolicyState { idle: true, ..PolicyState::default() };
+        let r = ruleset(&idle);
+        let text = r.to_string();
+        assert!(!text.contains(r#""hook""#), "no base chain: {text}");
+        // The maps and the liveness gate stay, for the elements the next pass may add.
+        assert!(text.contains(r#""name":"ingress4""#) && text.contains(LIVENESS_SET), "{text}");
+        assert!(!same_rules(&idle, &PolicyState::default()), "the base chains come with the whole table");
     }
 
     #[test]

@@ -9,11 +9,14 @@
 //!   own chain), and a base chain that only accepts still costs every
 //!   forwarded packet its hook (net-bench: about 10 % of pod-to-pod
 //!   throughput on this kernel).
-//! - With VXLAN in use, one forward chain clamps the MSS of TCP SYNs that
-//!   leave through the VXLAN device to its route's MTU: pods have the
-//!   underlay's MTU (see `desired::kernel_base`), and a connection to a
-//!   peer behind the tunnel then starts with segments that fit, instead of
-//!   losing its first full-size ones to path-MTU discovery.
+//! - When pods have a larger MTU than the tunnel (`auto`: they get the
+//!   underlay's, see `desired::kernel_base`), one forward chain clamps the
+//!   MSS of TCP SYNs that leave through the VXLAN device to its route's
+//!   MTU, so a connection to a peer behind the tunnel starts with segments
+//!   that fit instead of losing its first full-size ones to path-MTU
+//!   discovery. With `vxlan` pods already have the tunnel's MTU: the chain
+//!   could never change a SYN, yet its hook would cost every forwarded
+//!   packet, so it is not rendered.
 //! - A packet from a pod's host veth must carry that pod's address: strict
 //!   reverse-path filtering by `fib`, one static rule for every `weft*`
 //!   veth, so the ADD path adds no rule. A pod that takes another pod's
@@ -21,11 +24,23 @@
 //!   on every packet, not only on new connections: conntrack finds an
 //!   entry by its addresses and ports alone, not by the interface, so a
 //!   pod forging another pod's established 5-tuple (a DNS answer to it,
-//!   say) would be `established` and pass.
+//!   say) would be `established` and pass. The `fib` lookup stays: the
+//!   whole rule measured within net-bench's noise (about ±10 %), so an
+//!   exact-match set of (veth, address), which the agent would have to keep
+//!   per pod, had nothing to win; nor had matching an interface group
+//!   instead of the name wildcard.
 //! - With VXLAN in use, the VXLAN port takes packets only from the underlay
 //!   addresses of believed peers, and pods may not send to that port at
 //!   all: a pod could otherwise inject frames into another node's overlay,
 //!   directly or through masquerade (which gives it this node's address).
+//! - No chain here after conntrack sees a pod's forwarded packet but the
+//!   MSS clamp (whose first match, the output device, ends it for the
+//!   rest), so there is no `ct state established accept` to put first; the
+//!   prerouting rules run before conntrack and must see every packet.
+//!   VXLAN's outer packets stay tracked: leaving them untracked measured
+//!   no cheaper (net-bench, about ±5 % here), costs an output hook of its
+//!   own, and would turn a host firewall's `ct state new udp dport 8472
+//!   accept` into a drop.
 //!
 //! Every drop has a named counter (see [`DROP_COUNTERS`]). The node and
 //! peer addresses sit in sets of their own (`nodes4/6`, `vxlan_peers4/6`),
@@ -50,6 +65,9 @@ pub struct NftTable {
     pub node_ips: Vec<IpAddr>,
     /// Where VXLAN packets may come from.
     pub vxlan_peers: Vec<IpAddr>,
+    /// Whether SYNs toward the tunnel need their MSS clamped: pods have a
+    /// larger MTU than the VXLAN device.
+    pub mss_clamp: bool,
 }
 
 impl NftTable {
@@ -60,7 +78,18 @@ impl NftTable {
             ips.dedup();
             ips
         };
-        NftTable { own_cidrs: own_cidrs.to_vec(), node_ips: sorted(node_ips), vxlan_peers: sorted(vxlan_peers) }
+        NftTable {
+            own_cidrs: own_cidrs.to_vec(),
+            node_ips: sorted(node_ips),
+            vxlan_peers: sorted(vxlan_peers),
+            mss_clamp: false,
+        }
+    }
+
+    /// Whether `other` has the same chains and rules, so that the two
+    /// differ at most in the elements of the address sets.
+    pub fn same_rules(&self, other: &NftTable) -> bool {
+        self.own_cidrs == other.own_cidrs && self.mss_clamp == other.mss_clamp
     }
 }
 
@@ -165,9 +194,11 @@ pub fn ruleset(cfg: &Config, t: &NftTable) -> Value {
             "prerouting",
             [from_pod().to_vec(), vec![vxlan_port.clone()], count_and_drop("pod_vxlan").to_vec()].concat(),
         ));
-        // Mangle priority (-150), as MSS clamping conventionally runs.
-        cmds.push(chain("forward", "filter", "forward", -150));
-        cmds.push(rule("forward", mss_clamp()));
+        if t.mss_clamp {
+            // Mangle priority (-150), as MSS clamping conventionally runs.
+            cmds.push(chain("forward", "filter", "forward", -150));
+            cmds.push(rule("forward", mss_clamp()));
+        }
         cmds.push(chain("input", "filter", "input", 0));
         for (proto, v6) in [("ip", false), ("ip6", true)] {
             let unknown = matches(proto, "saddr", "!=", json!(format!("@{}", set_name("vxlan_peers", v6))));
@@ -197,7 +228,7 @@ pub fn ruleset(cfg: &Config, t: &NftTable) -> Value {
 
 /// Elements of the address sets to add and to delete, as one transaction;
 /// `None` when they are the same. Only valid between tables with the same
-/// own pod CIDRs: nothing else is compared.
+/// rules ([`NftTable::same_rules`]): nothing else is compared.
 pub fn set_changes(old: &NftTable, new: &NftTable) -> Option<NftPlan> {
     let mut plan = NftPlan::default();
     for (base, old, new) in
@@ -262,6 +293,8 @@ mod tests {
         assert_eq!(cmds[2]["delete"]["element"]["name"], "vxlan_peers4");
         assert_eq!(cmds[3]["add"]["element"]["elem"], json!(["198.51.100.13"]));
         assert!(set_changes(&old, &old).is_none());
+        // A clamp coming or going is a change of rules: the whole table, not elements.
+        assert!(old.same_rules(&new) && !old.same_rules(&NftTable { mss_clamp: true, ..new.clone() }));
         // Written over netlink, not by an `nft` process.
         assert_eq!(plan.element_changes().map(|e| e.len()), Some(4), "element changes only");
     }
@@ -305,8 +338,11 @@ mod tests {
         assert!(masq.iter().all(|m| m.contains("masquerade") && m.contains("@keep_source") && m.contains("@nodes")));
         let off = ruleset(&cfg(Backend::Auto, false), &table()).to_string();
         assert!(!off.contains("masquerade") && off.contains("spoofed_source"));
-        // No chain on every forwarded packet that decides nothing: forward holds the MSS clamp alone.
-        let forward = rules(&r, "forward");
+        // No chain on every forwarded packet that decides nothing: no forward chain without the MSS clamp,
+        // and with it the clamp alone.
+        assert!(rules(&r, "forward").is_empty() && !text.contains(r#""hook":"forward""#), "{text}");
+        let clamped = ruleset(&cfg(Backend::Auto, true), &NftTable { mss_clamp: true, ..table() });
+        let forward = rules(&clamped, "forward");
         assert!(forward.len() == 1 && !forward[0].contains("accept"), "{forward:?}");
     }
 
@@ -342,12 +378,16 @@ mod tests {
                 x.contains(set) && x.contains(r#""op":"!=""#) && x.contains("4789") && x.contains("vxlan_unknown_peer")
             );
         }
-        // SYNs leaving through the tunnel get the route's MTU as their MSS.
-        let forward = rules(&r, "forward");
+        // SYNs leaving through the tunnel get the route's MTU as their MSS,
+        // where pods have a larger MTU than the tunnel; otherwise no forward hook.
+        assert!(rules(&r, "forward").is_empty(), "pods fit the tunnel: no clamp");
+        let clamped = ruleset(&c, &NftTable { mss_clamp: true, ..table() });
+        let forward = rules(&clamped, "forward");
         assert_eq!(forward.len(), 1, "{forward:?}");
         assert!(forward[0].contains(r#""right":"weft.vxlan""#) && forward[0].contains(r#""rt":{"key":"mtu"}"#));
+        serde_json::from_value::<nftables::schema::Nftables>(clamped).expect("valid nft JSON");
         // With direct routes only, nothing listens on the VXLAN port: pods keep it.
-        let routes = ruleset(&cfg(Backend::Routes, true), &table());
+        let routes = ruleset(&cfg(Backend::Routes, true), &NftTable { mss_clamp: true, ..table() });
         assert!(rules(&routes, "input").is_empty() && !routes.to_string().contains("pod_vxlan\"},"));
         assert!(rules(&routes, "forward").is_empty(), "no forward hook without a tunnel");
         serde_json::from_value::<nftables::schema::Nftables>(routes).expect("valid nft JSON");
