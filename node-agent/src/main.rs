@@ -136,6 +136,7 @@ impl ConfigArgs {
 }
 
 fn main() -> std::process::ExitCode {
+    one_malloc_arena();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG").unwrap_or_else(|_| "info".into()))
         .with_target(false)
@@ -154,6 +155,18 @@ fn main() -> std::process::ExitCode {
             tracing::error!("{e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// One glibc malloc arena for every thread. The blocking threads that
+/// read `nft` listings and write tables would each get an arena of their
+/// own, whose freed megabytes no other thread reuses; the agent's
+/// threads seldom allocate at once, so one arena costs no contention.
+fn one_malloc_arena() {
+    // SAFETY: mallopt only sets a tunable of the C allocator; called
+    // before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
     }
 }
 

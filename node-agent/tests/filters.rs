@@ -16,7 +16,7 @@ use serde_json::Value;
 use weft_agent::apply::kernel;
 use weft_agent::base::mirror::Mirror;
 use weft_agent::config::Config;
-use weft_agent::desired::weft_table::{NftTable, ruleset};
+use weft_agent::desired::weft_table::{NftTable, write_ruleset};
 use weft_agent::desired::{self, vtep_mac_for};
 use weft_agent::observe::underlay;
 use weft_agent::wire::NodeView;
@@ -52,7 +52,10 @@ fn load_table(node: &Node, peers: &[&Node], cfg: &Config) {
     }
     node_ips.extend(vxlan_peers.iter().copied());
     let own = [node.pod_v4.parse().unwrap(), node.pod_v6.parse().unwrap()];
-    nft_file(&node.ns, &ruleset(cfg, &NftTable::new(&own, &node_ips, &vxlan_peers)).to_string(), true);
+    // As the agent writes it.
+    let mut text = Vec::new();
+    write_ruleset(cfg, &NftTable::new(&own, &node_ips, &vxlan_peers), &mut text).unwrap();
+    nft_file(&node.ns, std::str::from_utf8(&text).unwrap(), true);
 }
 
 fn nft_file(ns: &TestNs, text: &str, json: bool) {

@@ -13,11 +13,11 @@ use serde_json::{Value, json};
 
 use crate::apply::nft_elements::{self, ElementsError};
 use crate::base::names::WEFT_TABLE;
-use crate::base::netfilter::{self, NftWriters, run_nft};
+use crate::base::netfilter::{self, NftWriters, run_nft, run_nft_writing};
 use crate::config::Config;
 use crate::desired::NftTable;
 use crate::desired::nft_plan::NftPlan;
-use crate::desired::weft_table::{ruleset, set_changes};
+use crate::desired::weft_table::{set_changes, write_ruleset};
 
 /// A failed `nft` transaction.
 #[derive(Debug, thiserror::Error)]
@@ -110,16 +110,17 @@ impl Nftables {
             None => false,
         };
         let change = if applied_delta {
+            self.last = Some(want.clone());
             NftChange::Elements
         } else {
             // Forget the last write first: if this one fails, the next pass must not trust the table.
             self.last = None;
             self.digest = None;
-            self.apply(ruleset(cfg, want)).await?;
+            let written = write_table(cfg.clone(), want.clone(), self.writers.clone()).await?;
             tracing::info!(table = WEFT_TABLE, node_addresses = want.node_ips.len(), "replaced nftables table");
+            self.last = Some(written);
             NftChange::Table
         };
-        self.last = Some(want.clone());
         // After a whole table, always a reference: should weft's own write
         // ever look foreign, the next pass finds the table intact instead of
         // replacing it again, and again. Element updates are frequent and
@@ -144,6 +145,19 @@ impl Nftables {
             None => self.apply(delta.to_json()).await,
         }
     }
+}
+
+/// Replaces the whole table with `want`'s, its text streamed into `nft`
+/// as it is made ([`write_ruleset`]). Returns `want` for the caller to keep.
+async fn write_table(cfg: Config, want: NftTable, writers: Option<Arc<NftWriters>>) -> Result<NftTable, NftError> {
+    let (want, written) = tokio::task::spawn_blocking(move || {
+        let written = run_nft_writing(|stdin| write_ruleset(&cfg, &want, stdin), writers.as_deref());
+        (want, written)
+    })
+    .await
+    .map_err(NftError::Task)?;
+    written.map_err(NftError::Nft)?;
+    Ok(want)
 }
 
 /// Runs one `nft -j -f -` transaction, recording the process in `writers`

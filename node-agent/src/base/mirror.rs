@@ -150,10 +150,14 @@ impl Mirror {
         inner.stale || !inner.live
     }
 
-    /// A dump starts: notifications that change the mirror from now until
-    /// [`Mirror::finish_dump`] leave it stale.
+    /// A dump starts: the mirror it replaces is dropped now, not after the
+    /// dump has built the new one beside it (7 MiB at 20,000 Nodes). Every
+    /// notification from now until [`Mirror::finish_dump`] is drift and
+    /// leaves the mirror stale: the emptied mirror cannot tell whether it
+    /// changed anything.
     pub fn begin_dump(&self) {
         let mut inner = self.lock();
+        inner.snapshot = Snapshot::default();
         inner.dumping = true;
         inner.touched = false;
     }
@@ -206,10 +210,10 @@ impl Mirror {
             }
             Update::Neighbour { ip, mac: None } => inner.snapshot.neighbours.remove(&ip).is_some(),
         };
-        if changed && inner.dumping {
+        if inner.dumping {
             inner.touched = true;
         }
-        changed || inner.stale
+        changed || inner.stale || inner.dumping
     }
 }
 
@@ -326,9 +330,14 @@ mod tests {
         assert!(m.notify(Update::Stale));
         assert!(m.is_stale());
 
-        // A notification that changed the mirror during the dump: dump again.
+        // Any notification during the dump: drift, and dump again (the
+        // mirror was emptied for the dump, so it cannot tell what changed).
+        m.record(|s| {
+            s.add_route(dst, hop("10.244.2.0", 7), true);
+        });
         m.begin_dump();
-        m.notify(route(true));
+        assert_eq!(m.read(Snapshot::route_count), 0, "dropped before the dump builds the new one");
+        assert!(m.notify(route(false)));
         m.finish_dump(Snapshot::default());
         assert!(m.is_stale());
         m.begin_dump();

@@ -14,13 +14,14 @@
 //! below check that both ways give the same state for random sequences of
 //! Node changes.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::borrow::Borrow;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use ipnetwork::IpNetwork;
 
-use super::{Claims, Desired, NftTable, PeerEntries, compute, peer_entries};
+use super::{Claims, Desired, Held, NftTable, PeerEntries, compute, peer_entries};
 use crate::config::Config;
 use crate::observe::{Observation, Underlay};
 use crate::wire::NodeView;
@@ -97,16 +98,44 @@ impl Basis {
 }
 
 /// Per-peer state, kept while no peer is refused (so every peer is believed).
+/// A peer's entries are not kept: they are a function of its view and the
+/// basis, and computed again when it changes.
 struct Cache {
     basis: Basis,
     /// The underlay as `compute` believes it.
     underlay: Underlay,
-    peers: HashMap<String, (Arc<NodeView>, PeerEntries)>,
-    claims: Claims<String>,
+    /// Whether the VXLAN device is wanted (`peer_entries`' `vxlan`).
+    vxlan: bool,
+    peers: HashSet<Peer>,
+    claims: Claims<Held>,
     /// How many believed nodes have each address (`NftTable::node_ips`).
     node_ips: BTreeMap<IpAddr, usize>,
     /// How many believed peers have each underlay address (`NftTable::vxlan_peers`).
     vxlan_peers: BTreeMap<IpAddr, usize>,
+}
+
+/// A believed peer's view, found by its name.
+struct Peer(Arc<NodeView>);
+
+impl Borrow<str> for Peer {
+    fn borrow(&self) -> &str {
+        &self.0.name
+    }
+}
+
+impl PartialEq for Peer {
+    fn eq(&self, other: &Peer) -> bool {
+        self.0.name == other.0.name
+    }
+}
+
+impl Eq for Peer {}
+
+impl std::hash::Hash for Peer {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // As `str` hashes: lookups go by `&str` (`Borrow`).
+        self.0.name.as_str().hash(state);
+    }
 }
 
 fn count(counts: &mut BTreeMap<IpAddr, usize>, ips: impl IntoIterator<Item = IpAddr>, add: bool) {
@@ -136,23 +165,27 @@ impl Cache {
         let underlay = obs.underlay.believed(&obs.local.addresses);
         let local = &obs.local;
         let mut c = Cache {
-            claims: Claims::local(local, &underlay, local.name.clone()),
+            claims: Claims::local(local, &underlay, Held),
             basis: Basis::of(config, obs),
-            peers: HashMap::with_capacity(obs.nodes.len()),
+            peers: HashSet::with_capacity(obs.nodes.len()),
             node_ips: BTreeMap::new(),
             vxlan_peers: BTreeMap::new(),
             underlay,
+            vxlan: d.kernel.vxlan.is_some(),
         };
         count(&mut c.node_ips, local.addresses.iter().copied(), true);
-        let vxlan = d.kernel.vxlan.is_some();
         for peer in obs.nodes.iter().filter(|n| n.name != local.name) {
-            c.claims.take(peer, peer.name.clone());
+            c.claims.take(peer, Held);
             count(&mut c.node_ips, peer.addresses.iter().copied(), true);
             count(&mut c.vxlan_peers, underlay_ips(peer), true);
-            let entries = peer_entries(config, &c.underlay, vxlan, peer);
-            c.peers.insert(peer.name.clone(), (peer.clone(), entries));
+            c.peers.insert(Peer(peer.clone()));
         }
         Some(c)
+    }
+
+    /// What `peer` adds to the kernel state, as `compute` made it.
+    fn entries(&self, config: &Config, peer: &NodeView) -> PeerEntries {
+        peer_entries(config, &self.underlay, self.vxlan, peer)
     }
 
     /// Applies the changed peers to `d`; `None` when one of them is refused
@@ -165,7 +198,8 @@ impl Cache {
         // Every old claim goes first: changed peers may trade addresses.
         let mut skipped_changed = false;
         for name in changes.keys() {
-            let Some((old, entries)) = self.peers.remove(*name) else { continue };
+            let Some(Peer(old)) = self.peers.take(name.as_str()) else { continue };
+            let entries = self.entries(config, &old);
             self.claims.release(&old);
             count(&mut self.node_ips, old.addresses.iter().copied(), false);
             count(&mut self.vxlan_peers, underlay_ips(&old), false);
@@ -176,20 +210,19 @@ impl Cache {
             }
             touched.add(&entries);
         }
-        let vxlan = d.kernel.vxlan.is_some();
         for (name, new) in changes {
             let Some(new) = new else { continue };
             if self.claims.refusal(new).is_some() {
                 return None;
             }
-            self.claims.take(new, (*name).clone());
+            self.claims.take(new, Held);
             count(&mut self.node_ips, new.addresses.iter().copied(), true);
             count(&mut self.vxlan_peers, underlay_ips(new), true);
-            let entries = peer_entries(config, &self.underlay, vxlan, new);
+            let entries = self.entries(config, new);
             d.kernel.add_peer(name, &entries);
             skipped_changed |= !entries.skipped.is_empty();
             touched.add(&entries);
-            self.peers.insert((*name).clone(), (new.clone(), entries));
+            self.peers.replace(Peer(new.clone()));
         }
         if skipped_changed {
             // Few peers are ever skipped; this keeps `compute`'s order.

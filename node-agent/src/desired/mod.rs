@@ -318,6 +318,18 @@ struct Claims<N> {
     macs: HashMap<[u8; 6], N>,
 }
 
+/// The holder of a claim when only whether something is held matters:
+/// the cache between passes (`incremental`), where any conflict sends the
+/// pass back to [`compute`], keeps no name per claim (five per peer).
+#[derive(Debug, Clone, Copy)]
+struct Held;
+
+impl std::fmt::Display for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("another node")
+    }
+}
+
 impl<N> Default for Claims<N> {
     fn default() -> Self {
         Claims { cidrs: BTreeMap::new(), ips: HashMap::new(), macs: HashMap::new() }

@@ -58,7 +58,7 @@ use std::net::IpAddr;
 use serde_json::{Value, json};
 
 use super::cluster_policy::ClusterChain;
-use super::nft_plan::{Element, NftPlan, Verb};
+use super::nft_plan::{self, Element, NftPlan, Verb, write_commands};
 use super::policy::{AddressSet, Allow, Group, PeerMatch, PolicyChain, PolicyState, PortSet, PortsMatch};
 use crate::base::names::{LIVENESS_SET, POLICY_TABLE, STALE_COUNTER, denied_counter, pending_counter};
 use crate::config::DenyLog;
@@ -171,22 +171,7 @@ pub fn write_ruleset(
     live_for: Option<std::time::Duration>,
     out: &mut (impl std::io::Write + ?Sized),
 ) -> std::io::Result<()> {
-    out.write_all(b"{\"nftables\":[")?;
-    let mut first = true;
-    let mut result = Ok(());
-    commands(state, live_for, |c| {
-        if result.is_err() {
-            return;
-        }
-        if !std::mem::take(&mut first) {
-            result = out.write_all(b",");
-        }
-        if result.is_ok() {
-            result = serde_json::to_writer(&mut *out, &c).map_err(std::io::Error::from);
-        }
-    });
-    result?;
-    out.write_all(b"]}")
+    write_commands(out, |out| commands(state, live_for, out))
 }
 
 /// The named limit every group chain's deny log shares.
@@ -299,19 +284,9 @@ fn address_set(name: &str, set: &AddressSet, out: &mut impl FnMut(Value)) {
     }
 }
 
-/// Elements per `add element` command of a whole-table write.
-const ELEMENTS_PER_COMMAND: usize = 1000;
-
-/// Adds `elem` to set or map `name`, in commands of at most
-/// [`ELEMENTS_PER_COMMAND`]: as `Value`s a named-port element is a map of
-/// its own, and 10,000 of them in one command raised the agent's peak RSS
-/// by 14 MiB.
+/// Adds `elem` to set or map `name` of the table.
 fn add_elements(name: &str, elem: impl Iterator<Item = Value>, out: &mut impl FnMut(Value)) {
-    let mut elem = elem.peekable();
-    while elem.peek().is_some() {
-        let chunk: Vec<Value> = elem.by_ref().take(ELEMENTS_PER_COMMAND).collect();
-        out(element("add", name, chunk));
-    }
+    nft_plan::add_elements(POLICY_TABLE, name, elem, out);
 }
 
 /// Adds named-port set `name` (both families) with its elements.
@@ -672,6 +647,7 @@ mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
+    use crate::desired::nft_plan::ELEMENTS_PER_COMMAND;
     use crate::desired::policy::fixtures::*;
     use crate::desired::policy::policy;
     use crate::wire_policy::Protocol;

@@ -52,7 +52,7 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 use serde_json::{Value, json};
 
-use super::nft_plan::{Element, NftPlan, Verb};
+use super::nft_plan::{Element, NftPlan, Verb, add_elements, write_commands};
 use crate::base::names::{DROP_COUNTERS, HOST_VETH_GLOB, VXLAN_DEV, WEFT_TABLE};
 use crate::config::{Backend, Config};
 
@@ -135,8 +135,8 @@ fn count_and_drop(counter: &str) -> [Value; 2] {
     [json!({"counter": counter}), json!({"drop": null})]
 }
 
-fn addresses(ips: &[IpAddr], v6: bool) -> Vec<Value> {
-    ips.iter().filter(|ip| ip.is_ipv6() == v6).map(|ip| json!(ip.to_string())).collect()
+fn addresses(ips: &[IpAddr], v6: bool) -> impl Iterator<Item = Value> {
+    ips.iter().filter(move |ip| ip.is_ipv6() == v6).map(|ip| json!(ip.to_string()))
 }
 
 /// `oifname "weft.vxlan" tcp flags syn / syn,rst tcp option maxseg size
@@ -157,62 +157,80 @@ pub fn uses_vxlan(cfg: &Config) -> bool {
     cfg.backend != Backend::Routes
 }
 
-/// The complete table for this node, as `nft -j` input. Over 60 lines:
-/// the table reads top to bottom as `nft list table` prints it.
+/// The complete table for this node, as `nft -j` input.
 pub fn ruleset(cfg: &Config, t: &NftTable) -> Value {
-    let mut cmds = vec![
+    let mut cmds = Vec::new();
+    commands(cfg, t, |c| cmds.push(c));
+    json!({"nftables": cmds})
+}
+
+/// Writes [`ruleset`] to `out` as `nft -j` input text, one command at a
+/// time: at 20,000 Nodes the node sets hold 80,000 addresses, and the
+/// table as one `Value` tree, checked against the nftables schema and
+/// serialized again, raised the agent's peak RSS by 12.7 MiB.
+pub fn write_ruleset(cfg: &Config, t: &NftTable, out: &mut (impl std::io::Write + ?Sized)) -> std::io::Result<()> {
+    write_commands(out, |out| commands(cfg, t, out))
+}
+
+/// The commands of [`ruleset`], in order, each passed to `out`. Over 60
+/// lines: the table reads top to bottom as `nft list table` prints it.
+fn commands(cfg: &Config, t: &NftTable, mut out: impl FnMut(Value)) {
+    for cmd in [
         json!({"add": {"table": {"family": "inet", "name": WEFT_TABLE}}}),
         json!({"delete": {"table": {"family": "inet", "name": WEFT_TABLE}}}),
         json!({"add": {"table": {"family": "inet", "name": WEFT_TABLE}}}),
-    ];
+    ] {
+        out(cmd);
+    }
     for (name, _) in DROP_COUNTERS {
-        cmds.push(json!({"add": {"counter": {"family": "inet", "table": WEFT_TABLE, "name": name}}}));
+        out(json!({"add": {"counter": {"family": "inet", "table": WEFT_TABLE, "name": name}}}));
     }
     for v6 in [false, true] {
         let cluster: Vec<Value> = cfg.cluster_cidrs.iter().filter(|c| c.is_ipv6() == v6).map(prefix).collect();
         // Destinations that keep the pod's address: the cluster, what the operator listed, and the nodes.
         let mut keep: Vec<Value> = cluster.clone();
         keep.extend(cfg.non_masquerade_cidrs.iter().filter(|c| c.is_ipv6() == v6).map(prefix));
-        cmds.push(set(&set_name("cluster", v6), v6, true, cluster));
-        cmds.push(set(&set_name("keep_source", v6), v6, true, keep));
-        cmds.push(set(&set_name("nodes", v6), v6, false, addresses(&t.node_ips, v6)));
-        cmds.push(set(&set_name("vxlan_peers", v6), v6, false, addresses(&t.vxlan_peers, v6)));
+        out(set(&set_name("cluster", v6), v6, true, cluster));
+        out(set(&set_name("keep_source", v6), v6, true, keep));
+        // One per node: thousands, in bounded commands of their own.
+        for (base, ips) in [("nodes", &t.node_ips), ("vxlan_peers", &t.vxlan_peers)] {
+            let name = set_name(base, v6);
+            out(set(&name, v6, false, Vec::new()));
+            add_elements(WEFT_TABLE, &name, addresses(ips, v6), &mut out);
+        }
     }
 
     // Before conntrack (raw priority), so a forged packet leaves no state.
-    cmds.push(chain("prerouting", "filter", "prerouting", -300));
+    out(chain("prerouting", "filter", "prerouting", -300));
     let from_pod = || [meta("iifname", "==", HOST_VETH_GLOB), meta("iifname", "!=", VXLAN_DEV)];
     let rpf_fails =
         json!({"match": {"op": "==", "left": {"fib": {"result": "oif", "flags": ["saddr", "iif"]}}, "right": false}});
-    cmds.push(rule(
-        "prerouting",
-        [from_pod().to_vec(), vec![rpf_fails], count_and_drop("spoofed_source").to_vec()].concat(),
-    ));
+    out(rule("prerouting", [from_pod().to_vec(), vec![rpf_fails], count_and_drop("spoofed_source").to_vec()].concat()));
     if uses_vxlan(cfg) {
         let vxlan_port = matches("udp", "dport", "==", json!(cfg.vxlan.port));
-        cmds.push(rule(
+        out(rule(
             "prerouting",
             [from_pod().to_vec(), vec![vxlan_port.clone()], count_and_drop("pod_vxlan").to_vec()].concat(),
         ));
         if t.mss_clamp {
             // Mangle priority (-150), as MSS clamping conventionally runs.
-            cmds.push(chain("forward", "filter", "forward", -150));
-            cmds.push(rule("forward", mss_clamp()));
+            out(chain("forward", "filter", "forward", -150));
+            out(rule("forward", mss_clamp()));
         }
-        cmds.push(chain("input", "filter", "input", 0));
+        out(chain("input", "filter", "input", 0));
         for (proto, v6) in [("ip", false), ("ip6", true)] {
             let unknown = matches(proto, "saddr", "!=", json!(format!("@{}", set_name("vxlan_peers", v6))));
-            cmds.push(rule(
+            out(rule(
                 "input",
                 [vec![vxlan_port.clone(), unknown], count_and_drop("vxlan_unknown_peer").to_vec()].concat(),
             ));
         }
     }
     if cfg.masquerade {
-        cmds.push(chain("postrouting", "nat", "postrouting", 100));
+        out(chain("postrouting", "nat", "postrouting", 100));
         for own in &t.own_cidrs {
             let (proto, fam) = if own.is_ipv6() { ("ip6", "6") } else { ("ip", "4") };
-            cmds.push(rule(
+            out(rule(
                 "postrouting",
                 vec![
                     matches(proto, "saddr", "==", prefix(own)),
@@ -223,7 +241,6 @@ pub fn ruleset(cfg: &Config, t: &NftTable) -> Value {
             ));
         }
     }
-    json!({"nftables": cmds})
 }
 
 /// Elements of the address sets to add and to delete, as one transaction;
@@ -324,6 +341,41 @@ mod tests {
             .collect()
     }
 
+    /// The elements added to set `name`, in the order written.
+    fn elements(r: &Value, name: &str) -> Vec<String> {
+        r["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["add"]["element"]["name"] == name)
+            .flat_map(|c| c["add"]["element"]["elem"].as_array().unwrap())
+            .map(|e| e.as_str().unwrap().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn thousands_of_nodes_are_written_as_text_in_bounded_element_commands() {
+        let own: Vec<IpNetwork> = vec!["10.244.1.0/24".parse().unwrap()];
+        let ips: Vec<IpAddr> = (0..2500u32).map(|i| IpAddr::V4((0xc612_0000u32 + i).into())).collect();
+        let t = NftTable::new(&own, &ips, &ips[1..]);
+        let c = cfg(Backend::Vxlan, true);
+        let r = ruleset(&c, &t);
+        let mut text = Vec::new();
+        write_ruleset(&c, &t, &mut text).unwrap();
+        assert_eq!(serde_json::from_slice::<Value>(&text).unwrap(), r, "the text form is the same rule set");
+        serde_json::from_value::<nftables::schema::Nftables>(r.clone()).expect("valid nft JSON");
+        let cmds = r["nftables"].as_array().unwrap();
+        let adds = cmds.iter().filter(|c| c["add"]["element"]["name"] == "nodes4").count();
+        assert_eq!(adds, 3, "2,500 elements in commands of at most {}", crate::desired::nft_plan::ELEMENTS_PER_COMMAND);
+        let want: Vec<String> = ips.iter().map(IpAddr::to_string).collect();
+        assert_eq!(elements(&r, "nodes4"), want);
+        assert_eq!(elements(&r, "vxlan_peers4"), want[1..]);
+        assert!(elements(&r, "nodes6").is_empty());
+        let set = cmds.iter().position(|c| c["add"]["set"]["name"] == "nodes4");
+        let first = cmds.iter().position(|c| c["add"]["element"]["name"] == "nodes4");
+        assert!(set < first, "the set exists before its elements");
+    }
+
     #[test]
     fn ruleset_parses_as_nft_json_and_masquerades_only_own_pods_leaving_the_cluster() {
         let r = ruleset(&cfg(Backend::Auto, true), &table());
@@ -365,9 +417,7 @@ mod tests {
         c.vxlan.port = 4789;
         let r = ruleset(&c, &table());
         let text = r.to_string();
-        let set4 =
-            r["nftables"].as_array().unwrap().iter().find(|c| c["add"]["set"]["name"] == "vxlan_peers4").unwrap();
-        assert_eq!(set4["add"]["set"]["elem"], json!(["198.51.100.13"]), "{text}");
+        assert_eq!(elements(&r, "vxlan_peers4"), ["198.51.100.13"], "{text}");
         let pre = rules(&r, "prerouting");
         let pod = pre.iter().find(|x| x.contains("pod_vxlan")).expect("pods' VXLAN dropped");
         assert!(pod.contains(r#""field":"dport","protocol":"udp"}},"op":"==","right":4789"#), "{pod}");
