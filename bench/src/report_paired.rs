@@ -205,7 +205,39 @@ pub(crate) fn paired_policies(net: &NetRun, md: &mut String) -> bool {
         net.paired.iter().find_map(isolated).unwrap_or_else(|| "weft, N policies".into()),
         lines.join("\n")
     );
+    paired_cluster_policies(net, md);
     true
+}
+
+/// Issue 25's data-plane target from the paired groups: the data plane
+/// with the NetworkPolicies and ClusterNetworkPolicies loaded and the
+/// benchmark pods selected by both over weft without its policy table.
+fn paired_cluster_policies(net: &NetRun, md: &mut String) {
+    let both = |g: &PairedGroup| g.variants.iter().find(|v| v.ends_with("pods selected by both")).cloned();
+    let mut lines = Vec::new();
+    for g in &net.paired {
+        let Some(with) = both(g) else { continue };
+        for (m, what) in [(PairedMetric::Gbps, "throughput, 1 stream"), (PairedMetric::ConnPerS, "new connections")] {
+            if let Some(ci) = group_ci(g, &with, "weft − policy table", m) {
+                lines.push(format!(
+                    "| {} {} | {what} | {} | ≥ 0.97: {} |",
+                    g.backend,
+                    g.family,
+                    fmt_ci(Some(ci), g.target_half_width),
+                    verdict(ci, 0.97, false)
+                ));
+            }
+        }
+    }
+    if lines.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "ClusterNetworkPolicy: `{}` over `weft − policy table` (no policy table at all, a little less than weft with no policies, which keeps the table's empty base chains), same pods and namespaces, interleaved. The pods are selected by the isolating NetworkPolicy and by an Admin (a Deny rule they do not match, then Pass) and a Baseline ClusterNetworkPolicy; the other policies of both kinds select API-only pods on the same nodes, so their chains and sets are in both kernels. The issue's target: ≥ 0.97×.\n\n| backend, family | metric | ratio [95 % CI] | target |\n|---|---|---|---|\n{}\n",
+        net.paired.iter().find_map(both).unwrap_or_default(),
+        lines.join("\n")
+    );
 }
 
 #[cfg(test)]
@@ -278,6 +310,35 @@ pub(crate) mod tests {
         let mut md = String::new();
         paired_section(&run_of(vec![g]), &mut md);
         assert!(md.contains("- **Hook crossings not counted:** nft failed"), "{md}");
+    }
+
+    #[test]
+    fn the_cluster_policy_target_is_judged_over_no_policy_table() {
+        let mut g = paired_group();
+        let with = "weft, 20 policies + 5 cluster policies, pods selected by both";
+        for r in 0..4usize {
+            for (v, gbps) in [(with, 17.0), ("weft − policy table", 18.0)] {
+                g.samples.push(
+                    serde_json::from_value(
+                        json!({"round": r, "variant": v, "gbps": gbps, "cpu_s_per_gb": 10.0 / gbps, "conn_per_s": 100.0 * gbps}),
+                    )
+                    .unwrap(),
+                );
+            }
+        }
+        g.variants.extend([with.to_string(), "weft − policy table".to_string()]);
+        g.comparisons.push((with.into(), "weft − policy table".into()));
+        let mut md = String::new();
+        assert!(paired_policies(&run_of(vec![g.clone()]), &mut md));
+        assert!(md.contains(&format!("ClusterNetworkPolicy: `{with}` over `weft − policy table`")), "{md}");
+        assert!(
+            md.contains("| routes IPv4 | throughput, 1 stream | 0.944 [0.944–0.944] | ≥ 0.97: **missed** |"),
+            "{md}"
+        );
+        // A group without cluster policies shows only the NetworkPolicy table.
+        let mut md = String::new();
+        assert!(paired_policies(&run_of(vec![paired_group()]), &mut md));
+        assert!(!md.contains("ClusterNetworkPolicy"), "{md}");
     }
 
     #[test]
