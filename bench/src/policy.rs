@@ -522,7 +522,8 @@ fn egress_shape(ns: usize, k: usize, shape: usize) -> Shape {
 /// policies tie:
 /// 0. Admin: Deny SSH from the next team's namespaces (rule `flip`);
 /// 1. Admin: Deny egress to the metadata address from prod databases;
-/// 2. Admin: Accept the team's monitoring pods on the named port `metrics`;
+/// 2. Admin: Accept the team's monitoring pods on the metrics port (9090;
+///    named ports are only in the experimental channel's CRD);
 /// 3. Admin: Pass the team's own traffic into staging namespaces to
 ///    NetworkPolicy;
 /// 4. Baseline: Deny ingress from every namespace (a default NetworkPolicy
@@ -554,7 +555,7 @@ fn cluster_shape(i: usize) -> ClusterM {
             None,
             json!([{"name": "monitoring", "action": "Accept",
                     "from": [{"pods": {"namespaceSelector": team(k).json(), "podSelector": Sel::eq("app", "app-7").json()}}],
-                    "protocols": [{"destinationNamedPort": "metrics"}]}]),
+                    "protocols": [{"tcp": {"destinationPort": {"number": 9090}}}]}]),
             json!([]),
         ),
         3 => (
