@@ -728,8 +728,8 @@ fn with_api<T: Send>(cp: &ControlPlane, work: impl AsyncFnOnce(Client) -> T + Se
 ///   pod, so every policy's chains are in both kernels;
 /// - M ClusterNetworkPolicies (`<tag>-…`, subjects in that namespace only):
 ///   two over the benchmark pods once they carry `cnp: bench`, an Admin one
-///   (per direction a Deny rule for addresses they do not use, then a Pass
-///   for each other, so NetworkPolicy decides) and a Baseline default deny
+///   (per direction a Deny rule for peers they are not, then a Pass for
+///   each other, so NetworkPolicy decides) and a Baseline default deny
 ///   (never reached: NetworkPolicy isolates them); and M − 2 over the
 ///   API-only pods as the other NetworkPolicies are, alternately Admin and
 ///   Baseline, so their chains are in both kernels too.
@@ -758,13 +758,16 @@ impl PolicyPlan {
         let own_ns = json!({"matchLabels": {"kubernetes.io/metadata.name": self.namespace}});
         let pods = |kv: Value| json!({"pods": {"namespaceSelector": own_ns, "podSelector": {"matchLabels": kv}}});
         let bench = pods(json!({CNP_LABEL: "bench"}));
+        // Peers the benchmark pods are not: a namespace label nobody has
+        // (ingress peers have no `networks`), addresses nobody uses.
+        let no_ns = json!({"namespaces": {"matchLabels": {"bench": "nobody"}}});
         let unused = json!({"networks": ["100.64.0.0/10", "fd00:dead::/32"]});
         let tag = self.namespace.trim_end_matches("-net");
         let mut specs = vec![
             (
                 format!("{tag}-bench-admin"),
                 json!({"tier": "Admin", "priority": 10, "subject": bench,
-                    "ingress": [{"name": "deny-unused", "action": "Deny", "from": [unused]},
+                    "ingress": [{"name": "deny-unused", "action": "Deny", "from": [no_ns]},
                                 {"name": "to-netpol", "action": "Pass", "from": [bench]}],
                     "egress": [{"name": "deny-unused", "action": "Deny", "to": [unused]},
                                {"name": "to-netpol", "action": "Pass", "to": [bench]}]}),
