@@ -179,23 +179,9 @@ fn group_notes(g: &PairedGroup, md: &mut String) {
 /// same namespaces, interleaved. Whether there was any to show.
 pub(crate) fn paired_policies(net: &NetRun, md: &mut String) -> bool {
     let isolated = |g: &PairedGroup| g.variants.iter().find(|v| v.ends_with("pods isolated")).cloned();
-    let mut lines = Vec::new();
-    for g in &net.paired {
-        let Some(with) = isolated(g) else { continue };
-        for (m, what, threshold) in
-            [(PairedMetric::Gbps, "throughput, 1 stream", 0.95), (PairedMetric::ConnPerS, "new connections", 0.9)]
-        {
-            if let Some(ci) = group_ci(g, &with, "weft", m) {
-                lines.push(format!(
-                    "| {} {} | {what} | {} | ≥ {threshold}: {} |",
-                    g.backend,
-                    g.family,
-                    fmt_ci(Some(ci), g.target_half_width),
-                    verdict(ci, threshold, false)
-                ));
-            }
-        }
-    }
+    let targets =
+        [(PairedMetric::Gbps, "throughput, 1 stream", 0.95), (PairedMetric::ConnPerS, "new connections", 0.9)];
+    let lines = target_rows(net, isolated, "weft", &targets);
     if lines.is_empty() {
         return false;
     }
@@ -209,26 +195,41 @@ pub(crate) fn paired_policies(net: &NetRun, md: &mut String) -> bool {
     true
 }
 
+/// The table rows of a target: per paired group holding the variant
+/// `pick` finds, its ratio over `reference` for each `(metric, what,
+/// threshold)`, judged against the threshold (higher is better).
+fn target_rows(
+    net: &NetRun,
+    pick: impl Fn(&PairedGroup) -> Option<String>,
+    reference: &str,
+    targets: &[(PairedMetric, &str, f64)],
+) -> Vec<String> {
+    let mut lines = Vec::new();
+    for g in &net.paired {
+        let Some(with) = pick(g) else { continue };
+        for (m, what, threshold) in targets {
+            if let Some(ci) = group_ci(g, &with, reference, *m) {
+                lines.push(format!(
+                    "| {} {} | {what} | {} | ≥ {threshold}: {} |",
+                    g.backend,
+                    g.family,
+                    fmt_ci(Some(ci), g.target_half_width),
+                    verdict(ci, *threshold, false)
+                ));
+            }
+        }
+    }
+    lines
+}
+
 /// Issue 25's data-plane target from the paired groups: the data plane
 /// with the NetworkPolicies and ClusterNetworkPolicies loaded and the
 /// benchmark pods selected by both over weft without its policy table.
 fn paired_cluster_policies(net: &NetRun, md: &mut String) {
     let both = |g: &PairedGroup| g.variants.iter().find(|v| v.ends_with("pods selected by both")).cloned();
-    let mut lines = Vec::new();
-    for g in &net.paired {
-        let Some(with) = both(g) else { continue };
-        for (m, what) in [(PairedMetric::Gbps, "throughput, 1 stream"), (PairedMetric::ConnPerS, "new connections")] {
-            if let Some(ci) = group_ci(g, &with, "weft − policy table", m) {
-                lines.push(format!(
-                    "| {} {} | {what} | {} | ≥ 0.97: {} |",
-                    g.backend,
-                    g.family,
-                    fmt_ci(Some(ci), g.target_half_width),
-                    verdict(ci, 0.97, false)
-                ));
-            }
-        }
-    }
+    let targets =
+        [(PairedMetric::Gbps, "throughput, 1 stream", 0.97), (PairedMetric::ConnPerS, "new connections", 0.97)];
+    let lines = target_rows(net, both, "weft − policy table", &targets);
     if lines.is_empty() {
         return;
     }
