@@ -63,7 +63,10 @@ use libweft::testutil::control_plane::{ControlPlane, Proc, eventually};
 use libweft::testutil::lab::{NodeUnderlay, Segment, Segments};
 use serde_json::{Value, json};
 use weft_bench::agent_process::{AgentConfig, METRICS_ADDRESS};
-use weft_bench::api::{client, create_namespace, create_running_pod, set_running};
+use weft_bench::api::{
+    CNP_CRD_TEMPLATE, client, cluster_policies, cluster_policy, create_namespace, create_running_pod,
+    install_cluster_policy_crd, set_running,
+};
 use weft_bench::cli::seconds;
 use weft_bench::perf;
 use weft_bench::results::{self, FailedSetup, NetRow, NetRun, NetSamples, PairedGroup, SetupNotes, SystemProfile};
@@ -76,6 +79,9 @@ const CONN_PORT: u16 = 7012;
 const DENIED_PORT: u16 = 7013;
 /// The label of both benchmark pods, which the benchmark policy selects.
 const BENCH_APP: &str = "bench-net";
+/// The label (`cnp: bench`) that puts the benchmark pods under the two
+/// ClusterNetworkPolicies over them.
+const CNP_LABEL: &str = "cnp";
 /// Pods that exist only as API objects, per node, for the other policies to select.
 const OTHER_PODS: usize = 20;
 const OTHER_PODS_QUICK: usize = 4;
@@ -159,6 +165,10 @@ struct Args {
     /// NetworkPolicies of `weft routes, N policies`; 0: the mode's default.
     #[arg(long, value_name = "N", default_value_t = 0)]
     policies: usize,
+    /// ClusterNetworkPolicies of the paired setups (at least 2); 0: the
+    /// mode's default (100; 5 with --quick).
+    #[arg(long, value_name = "M", default_value_t = 0)]
+    cluster_policies: usize,
     /// Record CPU profiles with perf.
     #[arg(long)]
     profile: bool,
@@ -236,63 +246,90 @@ struct Wired {
     selection: Option<Selection>,
 }
 
-/// Whether the isolating policy selects the two benchmark pods, flipped by
-/// their label, so that one setup measures the same pods both ways,
-/// interleaved: two setups run a minute apart differ by more on 2 cores
-/// than the policies cost.
+/// Which policies select the two benchmark pods, by their labels.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Selected {
+    /// No policy (the others stay loaded).
+    Nothing,
+    /// `app: bench-net`: the isolating NetworkPolicy `bench-allow`.
+    NetworkPolicy,
+    /// `app: bench-net` and `cnp: bench`: also the two
+    /// ClusterNetworkPolicies over them (Admin and Baseline tier).
+    AlsoCluster,
+}
+
+/// Which policies select the two benchmark pods, changed by their labels,
+/// so that one setup measures the same pods every way, interleaved: two
+/// setups run a minute apart differ by more on 2 cores than the policies
+/// cost.
 struct Selection {
     namespace: String,
     /// Client pod's IPv4 address, in node 1's egress map while selected;
     /// the server pod's, in node 2's ingress map.
     client: String,
     server: String,
-    selected: bool,
+    selected: Selected,
 }
 
 impl Selection {
     /// `nodes`: node 1's and node 2's namespaces.
     /// Whether the kernels followed within 30 s.
-    fn set(&mut self, cp: &ControlPlane, nodes: &[TestNs], selected: bool) -> bool {
-        if self.selected == selected {
+    fn set(&mut self, cp: &ControlPlane, nodes: &[TestNs], to: Selected) -> bool {
+        if self.selected == to {
             return true;
         }
-        let label = if selected { format!("app={BENCH_APP}") } else { "app-".to_string() };
+        let app = (to != Selected::Nothing).then_some(BENCH_APP);
+        let cnp = (to == Selected::AlsoCluster).then_some("bench");
+        // A merge patch: null removes a label whether or not it is there.
+        let patch = json!({"metadata": {"labels": {"app": app, CNP_LABEL: cnp}}}).to_string();
         for pod in ["bench-1", "bench-2"] {
-            cp.kubectl_ok(&["label", "pod", "-n", &self.namespace, pod, &label, "--overwrite"]);
+            cp.kubectl_ok(&["patch", "pod", "-n", &self.namespace, pod, "--type=merge", "-p", &patch]);
         }
         let ok = eventually(Duration::from_secs(30), || {
-            map_holds(&nodes[0], "egress4", &self.client) == selected
-                && map_holds(&nodes[1], "ingress4", &self.server) == selected
+            follows(&nodes[0], "egress4", &self.client, to) && follows(&nodes[1], "ingress4", &self.server, to)
         });
-        self.selected = selected;
+        self.selected = to;
         ok
     }
 }
 
 impl Wired {
-    /// Selects or unselects the benchmark pods (the paired setups). If the
-    /// kernels do not follow, the pairing ends: the pods are selected again
-    /// for the rest of the setup, and the answer is false (as without a
-    /// policies setup).
-    fn select(&mut self, cp: &ControlPlane, selected: bool) -> bool {
+    /// Changes which policies select the benchmark pods (the paired
+    /// setups). If the kernels do not follow, the pairing ends: the pods
+    /// are selected by the NetworkPolicy again for the rest of the setup,
+    /// and the answer is false (as without a policies setup).
+    pub(crate) fn select(&mut self, cp: &ControlPlane, to: Selected) -> bool {
         let Some(mut sel) = self.selection.take() else { return false };
-        if sel.set(cp, &self.nodes, selected) {
+        if sel.set(cp, &self.nodes, to) {
             self.selection = Some(sel);
             return true;
         }
-        eprintln!("  the benchmark pods did not follow their label in 30 s: no paired measurement");
-        self.notes.paired_error = Some("the pods' verdict-map elements did not follow their label".into());
-        sel.set(cp, &self.nodes, true);
+        eprintln!("  the benchmark pods did not follow their labels in 30 s: no paired measurement");
+        self.notes.paired_error = Some("the pods' verdict-map elements did not follow their labels".into());
+        sel.set(cp, &self.nodes, Selected::NetworkPolicy);
         false
     }
 }
 
-/// Whether verdict map `map` of weft's policy table holds `ip`.
-fn map_holds(ns: &TestNs, map: &str, ip: &str) -> bool {
+/// Whether `ip`'s element in verdict map `map` of weft's policy table is
+/// as `to` says: absent for no policy; present for the NetworkPolicy,
+/// its group chain jumping to an Admin tier chain (`in-adm-…`,
+/// `eg-adm-…`) exactly when the ClusterNetworkPolicies select it too.
+fn follows(ns: &TestNs, map: &str, ip: &str, to: Selected) -> bool {
     let out = ns.exec(&["nft", "list", "map", "inet", "weft-policy", map]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    let words: Vec<&str> = text.split_whitespace().collect();
-    words.windows(2).any(|w| w[0].trim_start_matches('{') == ip && w[1] == ":")
+    let Some(group) = map_group(&String::from_utf8_lossy(&out.stdout), ip) else { return to == Selected::Nothing };
+    let chain = ns.exec(&["nft", "list", "chain", "inet", "weft-policy", &group]);
+    let admin = String::from_utf8_lossy(&chain.stdout).contains("-adm-");
+    to != Selected::Nothing && admin == (to == Selected::AlsoCluster)
+}
+
+/// The group chain `ip` jumps to in a verdict map's listing (`nft list map`).
+fn map_group(listing: &str, ip: &str) -> Option<String> {
+    let words: Vec<&str> = listing.split_whitespace().collect();
+    words
+        .windows(4)
+        .find(|w| w[0].trim_start_matches('{') == ip && w[1] == ":" && w[2] == "jump")
+        .map(|w| w[3].trim_end_matches(['}', ',']).to_string())
 }
 
 fn read_mtu(ns: &TestNs, dev: &str) -> u32 {
@@ -523,7 +560,9 @@ fn weft_setup(
     backend: &str,
 ) -> Wired {
     let policies = match s {
-        Setup::Paired(_, n) => Some(PolicyPlan::new(tag, n, if args.quick { OTHER_PODS_QUICK } else { OTHER_PODS })),
+        Setup::Paired(_, n) => {
+            Some(PolicyPlan::new(tag, n, cluster_count(args), if args.quick { OTHER_PODS_QUICK } else { OTHER_PODS }))
+        }
         _ => None,
     };
     let agents = start_agents(lab, args, tag, &nodes, backend, tx_offload);
@@ -534,8 +573,9 @@ fn weft_setup(
         with_api(&lab.cp, async |c: Client| plan.create(&c, &agents.names).await)
             .unwrap_or_else(|e| panic!("{}: create the policies and pods: {e}", s.label()));
         eprintln!(
-            "  {} policies and {} API-only pods created in {:.1?}",
+            "  {} policies, {} cluster network policies and {} API-only pods created in {:.1?}",
             plan.policies,
+            plan.cluster_policies,
             2 * plan.other_pods,
             started.elapsed()
         );
@@ -619,14 +659,20 @@ fn enforce(lab: &Lab, w: &mut Wired, plan: &PolicyPlan, s: Setup, client: [&Stri
         .unwrap_or_else(|e| panic!("{}: create the benchmark pods: {e}", s.label()));
     // ICMP is not allowed: reachability is the allowed TCP port.
     wait_tcp(w, &s.label(), logs);
+    // The cluster policies over the API-only pods: the two over the
+    // benchmark pods come in when their label does.
+    let cluster_chains = plan.cluster_policies.saturating_sub(2);
     for (i, node) in w.nodes.iter().enumerate() {
-        let chains = policy_chains(node);
-        let ok = eventually(Duration::from_secs(120), || policy_chains(node) >= plan.policies);
+        let ok = eventually(Duration::from_secs(120), || {
+            policy_chains(node) >= plan.policies && chains_named(node, "in-cnp-") >= cluster_chains
+        });
         assert!(
             ok,
-            "{}: node {} holds {chains} policy chains, not {} after 120 s:\n{}",
+            "{}: node {} holds {} policy chains and {} cluster policy chains, not {} and {cluster_chains} after 120 s:\n{}",
             s.label(),
             i + 1,
+            policy_chains(node),
+            chains_named(node, "in-cnp-"),
             plan.policies,
             logs[i].log_tail()
         );
@@ -640,15 +686,30 @@ fn enforce(lab: &Lab, w: &mut Wired, plan: &PolicyPlan, s: Setup, client: [&Stri
         namespace: plan.namespace.clone(),
         client: client[0].clone(),
         server: w.dst[0].clone(),
-        selected: true,
+        selected: Selected::NetworkPolicy,
     });
 }
 
 /// The per-policy chains (`in-pol-…`, one per policy with ingress rules)
 /// in a node's policy table.
 fn policy_chains(ns: &TestNs) -> usize {
+    chains_named(ns, "in-pol-")
+}
+
+/// The chains of a node's policy table whose name starts with `prefix`.
+fn chains_named(ns: &TestNs, prefix: &str) -> usize {
     let out = ns.exec(&["nft", "list", "table", "inet", "weft-policy"]);
-    String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.trim().starts_with("chain in-pol-")).count()
+    let head = format!("chain {prefix}");
+    String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.trim().starts_with(&head)).count()
+}
+
+/// The ClusterNetworkPolicies of a paired setup (`--cluster-policies`).
+fn cluster_count(args: &Args) -> usize {
+    match args.cluster_policies {
+        0 if args.quick => 5,
+        0 => 100,
+        n => n.max(2),
+    }
 }
 
 /// Runs `work` with a kube client on a thread inside the control-plane
@@ -669,16 +730,70 @@ fn with_api<T: Send>(cp: &ControlPlane, work: impl AsyncFnOnce(Client) -> T + Se
 /// - N − 1 others, each selecting one label `app: other-<k mod P>` of the
 ///   P API-only pods on each node, with an ingress rule (and every fourth an
 ///   egress rule) of its own; on both nodes every policy selects a local
-///   pod, so every policy's chains are in both kernels.
+///   pod, so every policy's chains are in both kernels;
+/// - M ClusterNetworkPolicies (`<tag>-…`, subjects in that namespace only):
+///   two over the benchmark pods once they carry `cnp: bench`, an Admin one
+///   (per direction a Deny rule for peers they are not, then a Pass for
+///   each other, so NetworkPolicy decides) and a Baseline default deny
+///   (never reached: NetworkPolicy isolates them); and M − 2 over the
+///   API-only pods as the other NetworkPolicies are, alternately Admin and
+///   Baseline, so their chains are in both kernels too.
 struct PolicyPlan {
     namespace: String,
     policies: usize,
+    cluster_policies: usize,
     other_pods: usize,
 }
 
 impl PolicyPlan {
-    fn new(tag: &str, policies: usize, other_pods: usize) -> PolicyPlan {
-        PolicyPlan { namespace: format!("{tag}-net"), policies: policies.max(1), other_pods: other_pods.clamp(1, 50) }
+    fn new(tag: &str, policies: usize, cluster_policies: usize, other_pods: usize) -> PolicyPlan {
+        PolicyPlan {
+            namespace: format!("{tag}-net"),
+            policies: policies.max(1),
+            cluster_policies,
+            other_pods: other_pods.clamp(1, 50),
+        }
+    }
+
+    /// The ClusterNetworkPolicies, `(name, spec)`.
+    fn cluster_policy_specs(&self) -> Vec<(String, Value)> {
+        if self.cluster_policies == 0 {
+            return vec![];
+        }
+        let own_ns = json!({"matchLabels": {"kubernetes.io/metadata.name": self.namespace}});
+        let pods = |kv: Value| json!({"pods": {"namespaceSelector": own_ns, "podSelector": {"matchLabels": kv}}});
+        let bench = pods(json!({CNP_LABEL: "bench"}));
+        // Peers the benchmark pods are not: a namespace label nobody has
+        // (ingress peers have no `networks`), addresses nobody uses.
+        let no_ns = json!({"namespaces": {"matchLabels": {"bench": "nobody"}}});
+        let unused = json!({"networks": ["100.64.0.0/10", "fd00:dead::/32"]});
+        let tag = self.namespace.trim_end_matches("-net");
+        let mut specs = vec![
+            (
+                format!("{tag}-bench-admin"),
+                json!({"tier": "Admin", "priority": 10, "subject": bench,
+                    "ingress": [{"name": "deny-unused", "action": "Deny", "from": [no_ns]},
+                                {"name": "to-netpol", "action": "Pass", "from": [bench]}],
+                    "egress": [{"name": "deny-unused", "action": "Deny", "to": [unused]},
+                               {"name": "to-netpol", "action": "Pass", "to": [bench]}]}),
+            ),
+            (
+                format!("{tag}-bench-baseline"),
+                json!({"tier": "Baseline", "priority": 10, "subject": bench,
+                    "ingress": [{"name": "default-deny", "action": "Deny", "from": [{"namespaces": {}}]}]}),
+            ),
+        ];
+        for k in 2..self.cluster_policies {
+            let (tier, action) = if k.is_multiple_of(2) { ("Admin", "Deny") } else { ("Baseline", "Accept") };
+            let from = pods(json!({"role": format!("client-{}", k % 13)}));
+            specs.push((
+                format!("{tag}-other-{k:03}"),
+                json!({"tier": tier, "priority": 20 + k, "subject": pods(json!({"app": format!("other-{}", k % self.other_pods)})),
+                    "ingress": [{"name": "r", "action": action, "from": [from],
+                                 "protocols": [{"tcp": {"destinationPort": {"number": 10000 + k}}}]}]}),
+            ));
+        }
+        specs
     }
 
     fn policy_objects(&self) -> Vec<NetworkPolicy> {
@@ -734,6 +849,14 @@ impl PolicyPlan {
         .buffer_unordered(PARALLEL)
         .try_collect::<Vec<_>>()
         .await?;
+        let cnps = cluster_policies(c);
+        futures::stream::iter(self.cluster_policy_specs().into_iter().map(|(name, spec)| {
+            let cnps = cnps.clone();
+            async move { cnps.create(&PostParams::default(), &cluster_policy(&name, spec)).await }
+        }))
+        .buffer_unordered(PARALLEL)
+        .try_collect::<Vec<_>>()
+        .await?;
         let mut pods = Vec::new();
         for (ni, node) in nodes.iter().enumerate() {
             let n = ni + 1;
@@ -778,26 +901,32 @@ impl PolicyPlan {
     /// delete a namespace's contents, no kubelet to confirm pod deletion).
     fn cleanup(&self) -> Vec<Vec<String>> {
         let ns = self.namespace.clone();
-        vec![
-            vec![
-                "delete".into(),
-                "networkpolicies".into(),
-                "--all".into(),
-                "-n".into(),
-                ns.clone(),
-                "--wait=false".into(),
-            ],
-            vec![
-                "delete".into(),
-                "pods".into(),
-                "--all".into(),
-                "-n".into(),
-                ns,
-                "--grace-period=0".into(),
-                "--force".into(),
-                "--wait=false".into(),
-            ],
-        ]
+        let cnps = self.cluster_policy_specs().into_iter().map(|(name, _)| name);
+        let delete_cnps =
+            ["delete", "clusternetworkpolicies", "--wait=false"].map(String::from).into_iter().chain(cnps);
+        let cnps: Vec<Vec<String>> = (self.cluster_policies > 0).then(|| delete_cnps.collect()).into_iter().collect();
+        cnps.into_iter()
+            .chain(vec![
+                vec![
+                    "delete".into(),
+                    "networkpolicies".into(),
+                    "--all".into(),
+                    "-n".into(),
+                    ns.clone(),
+                    "--wait=false".into(),
+                ],
+                vec![
+                    "delete".into(),
+                    "pods".into(),
+                    "--all".into(),
+                    "-n".into(),
+                    ns,
+                    "--grace-period=0".into(),
+                    "--force".into(),
+                    "--wait=false".into(),
+                ],
+            ])
+            .collect()
     }
 }
 
@@ -1268,6 +1397,10 @@ fn main() {
     let plan = plan(args.quick, policies, args.only.as_deref());
     eprintln!("net-bench: lab and control plane");
     let lab = Lab::new(&args.k8s_bin);
+    if plan.iter().any(|(_, s)| matches!(s, Setup::Paired(..))) {
+        // As a cluster running weft has it (the chart installs it).
+        install_cluster_policy_crd(&lab.cp, Path::new(CNP_CRD_TEMPLATE));
+    }
     // The agent's offload choice is the kernel's default (observe::kernel::offload_default):
     // on from 5.7. Hand-made VXLAN uses the same; "other offload" the opposite.
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
@@ -1337,11 +1470,12 @@ fn measure_paired(
     families: &[(usize, &str)],
     args: &Args,
 ) -> Result<Vec<PairedGroup>, String> {
-    let rulesets = net_paired::freeze(w, &lab.cp)?;
+    let loaded = net_paired::Loaded { policies, cluster: cluster_count(args) };
+    let rulesets = net_paired::freeze(w, &lab.cp, loaded.cluster > 0)?;
     let groups = families.iter().map(|&(fi, family)| {
         let dst = w.dst[fi].clone();
         // Node 1's underlay address on segment A (`Lab::node`).
-        net_paired::group(w, &rulesets, backend, family, &dst, "198.51.100.11", policies, &pair_plan(args, family))
+        net_paired::group(w, &rulesets, backend, family, &dst, "198.51.100.11", loaded, &pair_plan(args, family))
     });
     Ok(groups.collect())
 }
@@ -1535,6 +1669,33 @@ fn profile_row(row: &mut NetRow, w: &Wired, dst: &str, e: &Effort, profile_error
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pods_group_chain_is_read_from_the_verdict_map() {
+        let listing = "table inet weft-policy {
+	map egress4 {
+		type ipv4_addr : verdict
+		elements = { 10.244.1.2 : jump eg-3f2a, 10.244.1.200 : jump eg-77 }
+	}
+}";
+        assert_eq!(map_group(listing, "10.244.1.2").as_deref(), Some("eg-3f2a"));
+        assert_eq!(map_group(listing, "10.244.1.200").as_deref(), Some("eg-77"));
+        assert_eq!(map_group(listing, "10.244.1.3"), None);
+        let plan = PolicyPlan::new("s9", 20, 5, 4);
+        let specs = plan.cluster_policy_specs();
+        assert_eq!(specs.len(), 5);
+        assert_eq!((specs[0].0.as_str(), &specs[0].1["tier"]), ("s9-bench-admin", &json!("Admin")));
+        assert_eq!(specs[0].1["subject"]["pods"]["podSelector"]["matchLabels"][CNP_LABEL], "bench");
+        assert_eq!(specs[1].1["tier"], "Baseline");
+        assert_eq!(
+            specs[4].1["subject"]["pods"]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"], "s9-net",
+            "subjects stay in the setup's namespace"
+        );
+        let cleanup = plan.cleanup();
+        assert_eq!(cleanup[0][..2], ["delete", "clusternetworkpolicies"]);
+        assert_eq!(cleanup[0].len(), 3 + 5);
+        assert_eq!(PolicyPlan::new("s9", 20, 0, 4).cleanup().len(), 2, "no cluster policies: none to delete");
+    }
 
     #[test]
     fn plan_is_shorter_when_quick_and_filtered_by_label() {

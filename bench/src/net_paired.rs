@@ -2,8 +2,10 @@
 //! weft without each of its per-packet parts, on the same namespaces.
 //!
 //! The agents wire the pods and program the peers (with N policies, one of
-//! them isolating the benchmark pods), then their rulesets are saved
-//! (`nft list ruleset`, pods selected and unselected) and the agents are
+//! them isolating the benchmark pods, and M ClusterNetworkPolicies, two of
+//! them selecting the benchmark pods), then their rulesets are saved
+//! (`nft list ruleset`: the pods selected by both kinds, by the
+//! NetworkPolicy alone, and by neither) and the agents are
 //! stopped: on SIGTERM the agent leaves the data plane in place, and a
 //! running agent would repair every change within a second. Each variant is
 //! then one ruleset, loaded atomically (`flush ruleset` and the variant in
@@ -22,7 +24,7 @@ use serde_json::Value;
 use weft_bench::results::{Crossings, Measurement, PairedGroup, PairedMetric, PairedSample, VariantError};
 use weft_bench::stats;
 
-use super::{CpuTimes, Wired, conn_rate, iperf_run, profile};
+use super::{CpuTimes, Selected, Wired, conn_rate, iperf_run, profile};
 
 /// What the nodes' nftables hold while a variant is measured.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -37,6 +39,10 @@ pub(crate) enum Variant {
     Weft,
     /// weft with the benchmark pods isolated by a policy that allows them.
     Policies,
+    /// `Policies`, and the pods also selected by an Admin-tier
+    /// ClusterNetworkPolicy (a Deny rule they do not match, then a Pass
+    /// to NetworkPolicy) and a Baseline one.
+    ClusterPolicies,
     /// weft, every packet untracked (`notrack` before conntrack's hook):
     /// what conntrack costs. Rules on `ct state` then see `untracked`.
     NoConntrack,
@@ -103,13 +109,26 @@ const OUTER_NOTRACK: &str = "table inet bench-notrack {
   chain output { type filter hook output priority -400; policy accept; udp dport 8472 notrack; }
 }";
 
+/// The policies in the API server of a paired setup.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Loaded {
+    /// NetworkPolicies.
+    pub policies: usize,
+    /// ClusterNetworkPolicies (0: none, no `ClusterPolicies` variant).
+    pub cluster: usize,
+}
+
 impl Variant {
-    pub(crate) fn label(self, policies: usize) -> String {
+    pub(crate) fn label(self, loaded: Loaded) -> String {
         match self {
             NoNetfilter => "no netfilter".into(),
             ConntrackRef => "conntrack only (empty nat chains)".into(),
             Weft => "weft".into(),
-            Policies => format!("weft, {policies} policies, pods isolated"),
+            Policies => format!("weft, {} policies, pods isolated", loaded.policies),
+            ClusterPolicies => format!(
+                "weft, {} policies + {} cluster policies, pods selected by both",
+                loaded.policies, loaded.cluster
+            ),
             NoConntrack => "weft − conntrack (notrack)".into(),
             NoFib => "weft − fib anti-spoofing rule".into(),
             NoPodVxlanRule => "weft − pod-to-VXLAN-port rule".into(),
@@ -124,11 +143,16 @@ impl Variant {
         }
     }
 
-    /// The variants of a backend: the VXLAN-only parts exist only there.
+    /// The variants of a backend: the VXLAN-only parts exist only there,
+    /// `ClusterPolicies` only with ClusterNetworkPolicies loaded.
     /// `candidates`: also the cuts tried and not taken (only measured when
     /// named by `--variants`: they would lengthen every full run).
-    pub(crate) fn all(vxlan: bool, candidates: bool) -> Vec<Variant> {
-        let mut v = vec![NoNetfilter, ConntrackRef, Weft, Policies, NoConntrack, NoFib];
+    pub(crate) fn all(vxlan: bool, candidates: bool, cluster: bool) -> Vec<Variant> {
+        let mut v = vec![NoNetfilter, ConntrackRef, Weft, Policies];
+        if cluster {
+            v.push(ClusterPolicies);
+        }
+        v.extend([NoConntrack, NoFib]);
         if vxlan {
             v.push(NoPodVxlanRule);
         }
@@ -147,11 +171,13 @@ impl Variant {
 }
 
 /// The ratios the report shows, (numerator, denominator): weft against
-/// both references, what conntrack alone costs, and every other variant
-/// against weft.
+/// both references, what conntrack alone costs, every other variant
+/// against weft, and the policies of both kinds against no policy table
+/// at all (issue 25's "with them loaded over without").
 pub(crate) fn comparisons(variants: &[Variant]) -> Vec<(Variant, Variant)> {
     let mut c = vec![(Weft, NoNetfilter), (Weft, ConntrackRef), (ConntrackRef, NoNetfilter), (WeftBpf, NoNetfilter)];
     c.extend(variants.iter().filter(|v| ![NoNetfilter, ConntrackRef, Weft].contains(v)).map(|v| (*v, Weft)));
+    c.push((ClusterPolicies, NoPolicyTable));
     c.retain(|(a, b)| variants.contains(a) && variants.contains(b));
     c
 }
@@ -160,11 +186,14 @@ pub(crate) fn comparisons(variants: &[Variant]) -> Vec<(Variant, Variant)> {
 pub(crate) struct Rulesets {
     /// The benchmark pods selected by no policy.
     weft: [String; 2],
-    /// The benchmark pods isolated.
+    /// The benchmark pods isolated by the NetworkPolicy.
     policies: [String; 2],
     /// The BPF fast path loaded for both nodes, attached only for
     /// [`WeftBpf`]; `None` (with why) when it cannot be loaded here.
     fastpath: Result<FastpathNodes, String>,
+    /// The benchmark pods selected by the ClusterNetworkPolicies too (none
+    /// loaded: `None`).
+    cluster: Option<[String; 2]>,
 }
 
 /// The fast path of each node: programs loaded with their maps pinned on
@@ -342,6 +371,7 @@ fn apply(nodes: &[TestNs], rs: &Rulesets, v: Variant) -> Result<(), String> {
             NoNetfilter => String::new(),
             ConntrackRef => CONNTRACK_REF.into(),
             Policies => rs.policies[i].clone(),
+            ClusterPolicies => rs.cluster.as_ref().ok_or("no cluster network policies loaded")?[i].clone(),
             _ => rs.weft[i].clone(),
         };
         if v == VethGroup {
@@ -435,18 +465,29 @@ fn widest(samples: &Samples, a: Variant, b: Variant) -> f64 {
         .fold(0.0, f64::max)
 }
 
-/// Saves both nodes' rulesets with the pods selected and unselected, then
-/// stops the agents.
-pub(crate) fn freeze(w: &mut Wired, cp: &super::ControlPlane) -> Result<Rulesets, String> {
+/// Saves both nodes' rulesets with the pods selected by both kinds of
+/// policy (when ClusterNetworkPolicies are loaded), by the NetworkPolicy
+/// alone, and by none, then stops the agents.
+pub(crate) fn freeze(w: &mut Wired, cp: &super::ControlPlane, cluster: bool) -> Result<Rulesets, String> {
     let save = |w: &Wired| -> Result<[String; 2], String> {
         Ok([nft(&w.nodes[0], &["list", "ruleset"])?, nft(&w.nodes[1], &["list", "ruleset"])?])
     };
     if w.selection.is_none() {
         return Err("the setup has no policies to select the benchmark pods".into());
     }
-    w.select(cp, true);
+    let cluster = if cluster {
+        if !w.select(cp, Selected::AlsoCluster) {
+            return Err("the benchmark pods' groups did not take the Admin tier".into());
+        }
+        Some(save(w)?)
+    } else {
+        None
+    };
+    if !w.select(cp, Selected::NetworkPolicy) {
+        return Err("the benchmark pods' groups did not follow their labels".into());
+    }
     let policies = save(w)?;
-    if !w.select(cp, false) {
+    if !w.select(cp, Selected::Nothing) {
         return Err("the benchmark pods did not leave the policy maps".into());
     }
     let weft = save(w)?;
@@ -454,7 +495,7 @@ pub(crate) fn freeze(w: &mut Wired, cp: &super::ControlPlane) -> Result<Rulesets
         a.stop();
     }
     let fastpath = FastpathNodes::load(&w.nodes);
-    Ok(Rulesets { weft, policies, fastpath })
+    Ok(Rulesets { weft, policies, cluster, fastpath })
 }
 
 /// The counting table of [`crossings`]: per hook, the inner packets from
@@ -533,29 +574,28 @@ pub(crate) fn group(
     family: &str,
     dst: &str,
     node1_v4: &str,
-    policies: usize,
+    loaded: Loaded,
     plan: &Plan,
 ) -> PairedGroup {
     let started = Instant::now();
-    let mut variants = Variant::all(backend != "routes", !plan.only_variants.is_empty());
+    let mut variants = Variant::all(backend != "routes", !plan.only_variants.is_empty(), rs.cluster.is_some());
     if !plan.only_variants.is_empty() {
-        variants.retain(|v| *v == Weft || plan.only_variants.iter().any(|o| v.label(policies).contains(o.as_str())));
+        variants.retain(|v| *v == Weft || plan.only_variants.iter().any(|o| v.label(loaded).contains(o.as_str())));
     }
     let mut errors = Vec::new();
-    let error =
-        |v: Variant, e: String| VariantError { variant: v.label(policies), error: Some(e), profile_error: None };
+    let error = |v: Variant, e: String| VariantError { variant: v.label(loaded), error: Some(e), profile_error: None };
     // A variant that cannot be put in force is reported and left out.
     variants.retain(|v| match apply(&w.nodes, rs, *v) {
         Ok(()) => true,
         Err(e) => {
-            eprintln!("  {backend} / {family}: {} left out: {e}", v.label(policies));
+            eprintln!("  {backend} / {family}: {} left out: {e}", v.label(loaded));
             errors.push(error(*v, e));
             false
         }
     });
     let comps = comparisons(&variants);
     let measure = |v: Variant| {
-        apply(&w.nodes, rs, v).unwrap_or_else(|e| panic!("{}: {e}", v.label(policies)));
+        apply(&w.nodes, rs, v).unwrap_or_else(|e| panic!("{}: {e}", v.label(loaded)));
         sample(w, dst, plan)
     };
     let (samples, extra) = rounds(&variants, &comps, plan, started, measure);
@@ -574,9 +614,9 @@ pub(crate) fn group(
             }
             match profile(|| super::Measured::Gbps(transfer(w, dst, plan).gbps)) {
                 Ok(p) => {
-                    profiles.insert(v.label(policies), p);
+                    profiles.insert(v.label(loaded), p);
                 }
-                Err(e) => errors.push(VariantError { variant: v.label(policies), error: None, profile_error: Some(e) }),
+                Err(e) => errors.push(VariantError { variant: v.label(loaded), error: None, profile_error: Some(e) }),
             }
         }
     }
@@ -588,18 +628,16 @@ pub(crate) fn group(
         cc: plan.cc.into(),
         bytes: plan.bytes,
         conn_secs: plan.conn_for.as_secs_f64(),
-        policies,
+        policies: loaded.policies,
+        cluster_policies: loaded.cluster,
         min_rounds: plan.min_rounds,
         adaptive_pairs: extra,
         budget_s: plan.budget.as_secs_f64(),
         seconds: measured_s,
         target_half_width: plan.target,
-        variants: variants.iter().map(|v| v.label(policies)).collect(),
-        comparisons: comps.iter().map(|(a, b)| (a.label(policies), b.label(policies))).collect(),
-        samples: samples
-            .into_iter()
-            .map(|(round, v, m)| PairedSample { round, variant: v.label(policies), m })
-            .collect(),
+        variants: variants.iter().map(|v| v.label(loaded)).collect(),
+        comparisons: comps.iter().map(|(a, b)| (a.label(loaded), b.label(loaded))).collect(),
+        samples: samples.into_iter().map(|(round, v, m)| PairedSample { round, variant: v.label(loaded), m }).collect(),
         profiles,
         crossings,
         errors,
@@ -660,19 +698,20 @@ mod tests {
 
     #[test]
     fn every_part_is_compared_with_weft_and_weft_with_both_references() {
-        let routes = comparisons(&Variant::all(false, false));
+        let routes = comparisons(&Variant::all(false, false, false));
         assert_eq!(&routes[..3], &[(Weft, NoNetfilter), (Weft, ConntrackRef), (ConntrackRef, NoNetfilter)]);
         assert_eq!(routes[3], (WeftBpf, NoNetfilter), "the fast path against the kernel floor");
         assert!(routes[4..].iter().all(|(_, b)| *b == Weft));
         assert!(routes.contains(&(WeftBpf, Weft)));
         assert!(!routes.iter().any(|(a, _)| [NoPeerFilter, NoPodVxlanRule, OuterUntracked, WithMssClamp].contains(a)));
-        let vxlan = comparisons(&Variant::all(true, true));
+        let vxlan = comparisons(&Variant::all(true, true, true));
         for part in [
             NoConntrack,
             NoFib,
             NoPodVxlanRule,
             NoPolicyTable,
             Policies,
+            ClusterPolicies,
             NoMasquerade,
             NoPeerFilter,
             WithMssClamp,
@@ -680,7 +719,9 @@ mod tests {
         ] {
             assert!(vxlan.contains(&(part, Weft)), "{part:?}");
         }
-        assert!(!Variant::all(true, false).contains(&VethGroup), "candidates only when asked for");
+        assert!(!Variant::all(true, false, true).contains(&VethGroup), "candidates only when asked for");
+        assert!(!routes.iter().any(|(a, _)| *a == ClusterPolicies), "no cluster policies loaded: no such variant");
+        assert!(vxlan.contains(&(ClusterPolicies, NoPolicyTable)), "with them loaded over without any policy table");
         // A variant left out takes its comparisons with it.
         let without_ref = comparisons(&[Weft, NoFib]);
         assert_eq!(without_ref, vec![(NoFib, Weft)]);

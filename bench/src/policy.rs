@@ -11,6 +11,10 @@
 //!   map element, and the pod deleted -> element gone; (c) a policy
 //!   selecting local pods created and deleted (its chains added and removed);
 //!   (d) a namespace relabelled into and out of a namespaceSelector;
+//!   (e) with `--cluster-policies M` (the ClusterNetworkPolicy CRD
+//!   installed from the chart, M policies of five shapes in both tiers),
+//!   an Admin policy's Deny rule flipped to Accept and back -> the commit
+//!   holding the rule with its new action;
 //! - the agent's peak RSS and its CPU while idle.
 //!
 //! `--hostile-pods N` adds N Pods no node can take, each with ~1.5 MB of
@@ -36,8 +40,8 @@
 //! for the underlay. All of it exists only inside the namespaces.
 //!
 //!   policy-bench --agent WEFT_AGENT --k8s-bin DIR [--pods P] [--policies Q]
-//!                [--namespaces N] [--samples K] [--idle-seconds S]
-//!                [--hostile-pods N] [--hostile-policy] [--json]
+//!                [--cluster-policies M] [--namespaces N] [--samples K]
+//!                [--idle-seconds S] [--hostile-pods N] [--hostile-policy] [--json]
 
 mod nft_events;
 
@@ -61,7 +65,10 @@ use libweft::testutil::control_plane::{ControlPlane, Proc};
 use serde_json::{Value, json};
 
 use weft_bench::agent_process::{AgentConfig, METRICS_ADDRESS, pass_seconds, proc_stats};
-use weft_bench::api::{client, create_namespace, create_running_pod};
+use weft_bench::api::{
+    CNP_CRD_TEMPLATE, client, cluster_policies, cluster_policy, create_namespace, create_running_pod,
+    install_cluster_policy_crd,
+};
 
 use crate::nft_events::{Change, Transaction};
 use weft_bench::cli::seconds;
@@ -98,6 +105,9 @@ struct Args {
     /// NetworkPolicies in the API server.
     #[arg(long, value_name = "Q", default_value_t = 1_000)]
     policies: usize,
+    /// ClusterNetworkPolicies in the API server (0: the CRD is not installed).
+    #[arg(long, value_name = "M", default_value_t = 100, value_parser = RangedU64ValueParser::<usize>::new().range(0..=1000))]
+    cluster_policies: usize,
     /// Namespaces the pods and policies spread over.
     #[arg(long, value_name = "N", default_value_t = 100, value_parser = RangedU64ValueParser::<usize>::new().range(1..=1000))]
     namespaces: usize,
@@ -197,10 +207,33 @@ struct PodM {
     ports: Vec<Value>,
 }
 
+/// A ClusterNetworkPolicy of the model: its subject (pods matching
+/// `pods`, every pod when `None`, in namespaces matching `ns`), whether
+/// it has rules in each direction, and its spec.
+#[derive(Clone)]
+struct ClusterM {
+    name: String,
+    ns: Sel,
+    pods: Option<Sel>,
+    ingress: bool,
+    egress: bool,
+    spec: Value,
+    /// An Admin policy whose ingress rule 0, named `flip`, is a Deny:
+    /// what change (e) flips to Accept and back.
+    flippable: bool,
+}
+
+impl ClusterM {
+    fn selects(&self, ns_labels: &Labels, labels: &Labels) -> bool {
+        self.ns.matches(ns_labels) && self.pods.as_ref().is_none_or(|p| p.matches(labels))
+    }
+}
+
 struct World {
     ns_labels: Vec<Labels>,
     pods: Vec<PodM>,
     policies: Vec<PolicyM>,
+    cluster: Vec<ClusterM>,
     /// Pods placed on each node so far (the next address).
     per_node: Vec<usize>,
 }
@@ -220,7 +253,7 @@ fn tcp(port: u16) -> Value {
 }
 
 impl World {
-    fn new(n_ns: usize, n_pods: usize, n_pol: usize) -> World {
+    fn new(n_ns: usize, n_pods: usize, n_pol: usize, n_cluster: usize) -> World {
         // About 100 pods a node, as on a busy real node; node 0 is the agent's.
         let nodes = n_pods.div_ceil(100).max(2);
         let ns_labels = (0..n_ns)
@@ -231,7 +264,8 @@ impl World {
                     .collect()
             })
             .collect();
-        let mut w = World { ns_labels, pods: Vec::new(), policies: Vec::new(), per_node: vec![0; nodes] };
+        let cluster = (0..n_cluster).map(cluster_shape).collect();
+        let mut w = World { ns_labels, pods: Vec::new(), policies: Vec::new(), cluster, per_node: vec![0; nodes] };
         for j in 0..n_pods {
             let (ns, m) = (j % n_ns, j / n_ns);
             // Pod m of each namespace on node m mod nodes: one pod of every namespace is local.
@@ -269,12 +303,17 @@ impl World {
         self.pods.iter().filter(|p| p.node == 0)
     }
 
-    /// The policies in `ns` selecting a pod with `labels`, per direction.
+    /// Whether some policy (NetworkPolicy in `ns`, or ClusterNetworkPolicy)
+    /// selects a pod with `labels` there, per direction.
     fn selected(&self, ns: usize, labels: &Labels) -> (bool, bool) {
         let mut r = (false, false);
         for p in self.policies.iter().filter(|p| p.ns == ns && p.pod_sel.matches(labels)) {
             r.0 |= p.ingress.is_some();
             r.1 |= p.egress.is_some();
+        }
+        for c in self.cluster.iter().filter(|c| c.selects(&self.ns_labels[ns], labels)) {
+            r.0 |= c.ingress;
+            r.1 |= c.egress;
         }
         r
     }
@@ -478,6 +517,83 @@ fn egress_shape(ns: usize, k: usize, shape: usize) -> Shape {
     }
 }
 
+/// ClusterNetworkPolicy `i` (`cnp-<i>`), one of five shapes an operator
+/// writes, over team `(i / 5) % 10`'s namespaces; priority `i`, so no two
+/// policies tie:
+/// 0. Admin: Deny SSH from the next team's namespaces (rule `flip`);
+/// 1. Admin: Deny egress to the metadata address from prod databases;
+/// 2. Admin: Accept the team's monitoring pods on the metrics port (9090;
+///    named ports are only in the experimental channel's CRD);
+/// 3. Admin: Pass the team's own traffic into staging namespaces to
+///    NetworkPolicy;
+/// 4. Baseline: Deny ingress from every namespace (a default NetworkPolicy
+///    may open), and Accept egress to cluster DNS.
+fn cluster_shape(i: usize) -> ClusterM {
+    let team = |k: usize| Sel::eq("team", format!("team-{}", k % 10));
+    let k = i / 5;
+    let any_ns = || json!({"namespaces": Sel::default().json()});
+    let (tier, ns, pods, ingress, egress) = match i % 5 {
+        0 => (
+            "Admin",
+            team(k),
+            None,
+            json!([{"name": "flip", "action": "Deny", "from": [{"namespaces": team(k + 1).json()}],
+                    "protocols": [{"tcp": {"destinationPort": {"number": 22}}}]}]),
+            json!([]),
+        ),
+        1 => (
+            "Admin",
+            Sel::eq("env", "prod"),
+            Some(Sel::eq("role", "db")),
+            json!([]),
+            json!([{"name": "no-metadata", "action": "Deny",
+                    "to": [{"networks": ["169.254.169.254/32", "fd00:ec2::254/128"]}]}]),
+        ),
+        2 => (
+            "Admin",
+            team(k),
+            None,
+            json!([{"name": "monitoring", "action": "Accept",
+                    "from": [{"pods": {"namespaceSelector": team(k).json(), "podSelector": Sel::eq("app", "app-7").json()}}],
+                    "protocols": [{"tcp": {"destinationPort": {"number": 9090}}}]}]),
+            json!([]),
+        ),
+        3 => (
+            "Admin",
+            Sel { labels: vec![], any_in: vec![("env", vec!["staging"])] },
+            None,
+            json!([{"name": "to-netpol", "action": "Pass", "from": [{"namespaces": team(k).json()}]}]),
+            json!([]),
+        ),
+        _ => (
+            "Baseline",
+            team(k),
+            None,
+            json!([{"name": "default-deny", "action": "Deny", "from": [any_ns()]}]),
+            json!([{"name": "dns", "action": "Accept",
+                    "to": [{"pods": {"namespaceSelector": Sel::eq("kubernetes.io/metadata.name", "kube-system").json(),
+                                     "podSelector": Sel::eq("k8s-app", "kube-dns").json()}}],
+                    "protocols": [{"udp": {"destinationPort": {"number": 53}}}]}]),
+        ),
+    };
+    let subject = match &pods {
+        None => json!({"namespaces": ns.json()}),
+        Some(p) => json!({"pods": {"namespaceSelector": ns.json(), "podSelector": p.json()}}),
+    };
+    let has_rules = |rules: &Value| rules.as_array().is_some_and(|r| !r.is_empty());
+    let (has_in, has_eg) = (has_rules(&ingress), has_rules(&egress));
+    let spec = json!({"tier": tier, "priority": i, "subject": subject, "ingress": ingress, "egress": egress});
+    ClusterM {
+        name: format!("cnp-{i:03}"),
+        ns,
+        pods,
+        ingress: has_in,
+        egress: has_eg,
+        spec,
+        flippable: i.is_multiple_of(5),
+    }
+}
+
 fn rule_json(r: &RuleM, ingress: bool) -> Value {
     let peers: Vec<Value> = r
         .peers
@@ -640,7 +756,7 @@ fn main() {
         std::process::exit(2);
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let world = World::new(args.namespaces, args.pods, args.policies);
+    let world = World::new(args.namespaces, args.pods, args.policies, args.cluster_policies);
 
     let node = TestNs::new("node");
     node.exec_ok(&["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0-peer"]);
@@ -671,11 +787,12 @@ fn main() {
 async fn fill(args: &Args, world: &World, client: &Client) -> f64 {
     let started = Instant::now();
     eprintln!(
-        "creating {} namespaces, {} pods ({} on the agent's node), {} policies",
+        "creating {} namespaces, {} pods ({} on the agent's node), {} policies, {} cluster network policies",
         args.namespaces,
         world.pods.len(),
         world.local().count(),
-        world.policies.len()
+        world.policies.len(),
+        world.cluster.len()
     );
     futures::stream::iter(
         world
@@ -708,6 +825,15 @@ async fn fill(args: &Args, world: &World, client: &Client) -> f64 {
     .try_collect::<Vec<_>>()
     .await
     .expect("create policies");
+    let cnps = cluster_policies(client);
+    futures::stream::iter(world.cluster.iter().map(|c| {
+        let cnps = cnps.clone();
+        async move { cnps.create(&PostParams::default(), &cluster_policy(&c.name, c.spec.clone())).await }
+    }))
+    .buffer_unordered(PARALLEL)
+    .try_collect::<Vec<_>>()
+    .await
+    .expect("create cluster network policies");
     fill_hostile(args, client).await;
     started.elapsed().as_secs_f64()
 }
@@ -793,6 +919,9 @@ async fn run(
     dir: &Path,
 ) -> Report {
     let client = client(cp).await;
+    if args.cluster_policies > 0 {
+        install_cluster_policy_crd(cp, Path::new(CNP_CRD_TEMPLATE));
+    }
     let setup_seconds = fill(args, &world, &client).await;
     eprintln!("API filled in {setup_seconds:.1} s");
 
@@ -827,6 +956,9 @@ async fn run(
     series.extend(local_pods_added(&w, &mut world, &client, args.samples).await);
     series.extend(policies_created(&w, &world, &client, args.samples).await);
     series.extend(namespaces_relabelled(&w, &world, &live, &client, args.samples).await);
+    if args.cluster_policies > 0 {
+        series.extend(cluster_policies_flipped(&w, &world, &client, args.samples).await);
+    }
 
     eprintln!("idle for {:?}", args.idle);
     let load = load_average();
@@ -1129,6 +1261,50 @@ async fn namespaces_relabelled(
     w.pair(passes0, [("namespace relabelled (env flipped)", s), ("namespace relabelled back", s_back)])
 }
 
+/// (e) An Admin ClusterNetworkPolicy's Deny rule (`flip`) flipped to
+/// Accept and back: the commit holding the rule with its new action,
+/// found by its comment (`<policy> ingress[0] flip <action>`). The
+/// policies flipped select local pods, so their chains are on this node.
+async fn cluster_policies_flipped(
+    w: &Watched<'_>,
+    world: &World,
+    client: &Client,
+    samples: usize,
+) -> [(&'static str, Series); 2] {
+    let api = cluster_policies(client);
+    let candidates: Vec<&ClusterM> = world
+        .cluster
+        .iter()
+        .filter(|c| c.flippable && world.local().any(|p| c.selects(&world.ns_labels[p.ns], &p.labels)))
+        .collect();
+    let (mut s, mut s_back, passes0) = (Series::default(), Series::default(), w.passes());
+    for k in 0..samples {
+        let Some(c) = candidates.get(k % candidates.len().max(1)) else { break };
+        for (action, target) in [("Accept", &mut s), ("Deny", &mut s_back)] {
+            let mut ingress = c.spec["ingress"].clone();
+            ingress[0]["action"] = json!(action);
+            let patch = json!({"spec": {"ingress": ingress}});
+            let marker = format!("{} ingress[0] flip {action}", c.name).into_bytes();
+            let t0 = Instant::now();
+            api.patch(&c.name, &PatchParams::default(), &Patch::Merge(patch)).await.expect("patch a cluster policy");
+            w.record(
+                target,
+                t0,
+                &format!("cluster network policy {} rule flip -> {action}", c.name),
+                |ch| matches!(ch, Change::NewRule { table, raw } if table == TABLE && raw.windows(marker.len()).any(|w| w == marker)),
+            );
+        }
+    }
+    eprintln!("(e) {} cluster network policy rules flipped and back", s.samples.len());
+    w.pair(
+        passes0,
+        [
+            ("ClusterNetworkPolicy Admin rule Deny -> Accept", s),
+            ("ClusterNetworkPolicy Admin rule Accept -> Deny", s_back),
+        ],
+    )
+}
+
 /// The agent's mean reconcile pass (ms) since `before`.
 fn pass_delta(node: &TestNs, before: (f64, f64)) -> f64 {
     let after = pass_seconds(node);
@@ -1166,6 +1342,7 @@ fn print_report(args: &Args, r: &Report) {
         load_average: r.load.clone(),
         pods: args.pods,
         policies: args.policies,
+        cluster_policies: args.cluster_policies,
         namespaces: args.namespaces,
         samples: args.samples,
         hostile_pods: args.hostile_pods,
@@ -1179,10 +1356,11 @@ fn print_report(args: &Args, r: &Report) {
         return;
     }
     println!(
-        "weft-agent NetworkPolicy: {} pods ({} local), {} policies, {} namespaces; kernel {}, {cpus} CPUs, load {}; {} samples per change; API filled in {:.1} s",
+        "weft-agent NetworkPolicy: {} pods ({} local), {} policies, {} cluster network policies, {} namespaces; kernel {}, {cpus} CPUs, load {}; {} samples per change; API filled in {:.1} s",
         run.pods,
         run.local_pods,
         run.policies,
+        run.cluster_policies,
         run.namespaces,
         run.kernel,
         run.load_average,
@@ -1210,6 +1388,8 @@ mod tests {
             "200",
             "--policies",
             "20",
+            "--cluster-policies",
+            "5",
             "--namespaces",
             "10",
             "--samples",
@@ -1220,9 +1400,34 @@ mod tests {
             "--json",
         ])
         .unwrap();
-        assert_eq!((a.pods, a.policies, a.namespaces, a.samples, a.hostile_pods), (200, 20, 10, 3, 2));
+        assert_eq!((a.pods, a.policies, a.cluster_policies, a.namespaces, a.samples), (200, 20, 5, 10, 3));
+        assert_eq!(a.hostile_pods, 2);
         assert!(a.hostile_policy && a.json);
         assert_eq!(a.idle, Duration::from_secs(30));
         assert!(Args::try_parse_from(["policy-bench", "--agent", "a", "--k8s-bin", "k", "--samples", "101"]).is_err());
+        let d = Args::try_parse_from(["policy-bench", "--agent", "a", "--k8s-bin", "k"]).unwrap();
+        assert_eq!((d.pods, d.policies, d.cluster_policies), (10_000, 1_000, 100), "the issue's setup by default");
+    }
+
+    #[test]
+    fn cluster_policies_select_local_pods_and_some_can_be_flipped() {
+        let w = World::new(10, 200, 20, 10);
+        let (want_in, want_eg) = w.expected_maps();
+        let without = World::new(10, 200, 20, 0).expected_maps();
+        assert!(want_in.is_superset(&without.0) && want_eg.is_superset(&without.1));
+        assert!(want_in.len() > without.0.len(), "Admin/Baseline subjects add local pods to the ingress maps");
+        // Shape 1 (prod databases' egress) selects a local pod only if one is a prod db; the maps hold what the model says.
+        let flippable: Vec<&ClusterM> = w
+            .cluster
+            .iter()
+            .filter(|c| c.flippable && w.local().any(|p| c.selects(&w.ns_labels[p.ns], &p.labels)))
+            .collect();
+        assert_eq!(flippable.len(), 2, "cnp-000 and cnp-005 select local pods");
+        let c = &w.cluster[0];
+        assert_eq!(c.spec["ingress"][0]["name"], "flip");
+        assert_eq!(c.spec["ingress"][0]["action"], "Deny");
+        assert_eq!((c.spec["tier"].as_str(), c.spec["priority"].as_u64()), (Some("Admin"), Some(0)));
+        assert_eq!(w.cluster[4].spec["tier"], "Baseline");
+        assert!(!w.cluster[1].ingress && w.cluster[1].egress);
     }
 }

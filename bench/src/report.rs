@@ -297,8 +297,8 @@ fn policy_section(v: Option<&PolicyRun>, md: &mut String) {
     let _ = writeln!(md, "### Programming policy changes\n");
     let _ = writeln!(
         md,
-        "`policy-bench`: one weft-agent against a real kube-apiserver holding {} pods ({} on the agent's node) in {} namespaces and {} policies (API filled in {:.0} s); each change made alone, {} samples per kind, timed from the API request to the nftables commit seen by a netlink listener in the node namespace. Method: bench/POLICY.md.\n",
-        v.pods, v.local_pods, v.namespaces, v.policies, v.setup_seconds, v.samples
+        "`policy-bench`: one weft-agent against a real kube-apiserver holding {} pods ({} on the agent's node) in {} namespaces, {} NetworkPolicies and {} ClusterNetworkPolicies (API filled in {:.0} s); each change made alone, {} samples per kind, timed from the API request to the nftables commit seen by a netlink listener in the node namespace. Method: bench/POLICY.md.\n",
+        v.pods, v.local_pods, v.namespaces, v.policies, v.cluster_policies, v.setup_seconds, v.samples
     );
     let _ = writeln!(md, "| metric | value | target |\n|---|---|---|");
     for r in &v.results {

@@ -179,6 +179,9 @@ pub struct PairedGroup {
     /// Seconds of new connections per sample.
     pub conn_secs: f64,
     pub policies: usize,
+    /// ClusterNetworkPolicies loaded (0: none; groups before them).
+    #[serde(default)]
+    pub cluster_policies: usize,
     pub min_rounds: usize,
     pub adaptive_pairs: usize,
     pub budget_s: f64,

@@ -5,7 +5,8 @@ use serde::{Deserialize, Serialize};
 use super::MetricRow;
 
 /// One policy-bench run (`policy-bench --json`): one weft-agent enforcing
-/// `policies` NetworkPolicies over `pods` pods.
+/// `policies` NetworkPolicies and `cluster_policies` ClusterNetworkPolicies
+/// over `pods` pods.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PolicyRun {
     pub kernel: String,
@@ -14,6 +15,9 @@ pub struct PolicyRun {
     pub load_average: String,
     pub pods: usize,
     pub policies: usize,
+    /// ClusterNetworkPolicies (0: none, and no CRD; results before them).
+    #[serde(default)]
+    pub cluster_policies: usize,
     pub namespaces: usize,
     /// Samples per kind of change.
     pub samples: usize,
