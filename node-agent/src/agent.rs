@@ -493,10 +493,8 @@ impl Agent {
             // Handed over, never waited for: the writer has a task of its own.
             // Recomputed only when their inputs changed: both are linear in them.
             if let Some(writer) = &self.verdicts {
-                let names = self.node_names.generation();
-                let nodes = || obs.nodes.iter().map(|n| n.name.as_str());
-                if let Some(bids) = self.bid_at.recompute(names, || verdicts::bids_for_writer(&self.node_name, nodes()))
-                {
+                let bid = || verdicts::bids_for_writer(&self.node_name, obs.nodes.iter().map(|n| n.name.as_str()));
+                if let Some(bids) = self.bid_at.recompute(self.node_names.generation(), bid) {
                     writer.bid(bids);
                 }
                 if let Some(v) = self.verdicts_at.recompute(views.policies_generation, || verdicts::verdicts(&views)) {
