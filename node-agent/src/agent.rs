@@ -35,9 +35,11 @@ use crate::apply::{api, files, kernel};
 use crate::config::{Config, Dataplane};
 use crate::desired::incremental::{Incremental, NodeChange, Scope};
 use crate::desired::liveness::Liveness;
+use crate::desired::verdicts::ComputedAt;
 use crate::desired::{self, network_policy, verdicts, vtep_mac_for};
 use crate::health::{Health, Readiness, now_secs};
 use crate::metrics::{FieldLabel, Metrics};
+use crate::observe::node_names::NodeNames;
 use crate::observe::policy_watch::{self, Freshness, PolicyCache};
 use crate::observe::underlay::{self, UnderlayError};
 use crate::observe::watch::{self, NodeStore, Trigger};
@@ -146,6 +148,11 @@ struct Agent {
     policy: Option<(PolicyCache, PolicyOutputs)>,
     /// Writes policies' acceptance to the API (when this agent holds its Lease).
     verdicts: Option<VerdictWriter>,
+    /// The generation of the set of Node names, which the writer's bid depends on.
+    node_names: NodeNames,
+    /// The inputs the writer's bid and verdicts were last computed from.
+    bid_at: ComputedAt,
+    verdicts_at: ComputedAt,
     /// Pod addresses not believed for NetworkPolicy (logged when new).
     pod_doubts: Doubts,
     /// Whether the last pass got as far as syncing the policy table.
@@ -210,6 +217,9 @@ impl Agent {
             fastpath: None,
             policy,
             verdicts,
+            node_names: NodeNames::default(),
+            bid_at: ComputedAt::default(),
+            verdicts_at: ComputedAt::default(),
             policy_checked: false,
             liveness: Liveness::new(cfg.policy_liveness),
             seen: Freshness::default(),
@@ -410,6 +420,8 @@ impl Agent {
     async fn observe(&mut self) -> Result<Option<(Observation, Arc<WatchedNode>, Vec<NodeChange>)>, UnderlayError> {
         let snapshot = self.store.take();
         self.metrics.nodes.set(snapshot.views.len() as i64);
+        // Every snapshot, before any early return: its changes are not seen again.
+        self.node_names.observe(&snapshot.changes, snapshot.views.len());
         let (nodes, rejected, changes) = (snapshot.views, snapshot.rejected, snapshot.changes);
         for r in self.refusals.fresh(&rejected) {
             self.metrics.rejected_annotations.get_or_create(&FieldLabel { field: r.field.to_string() }).inc();
@@ -479,9 +491,15 @@ impl Agent {
         let routing_computed = started.elapsed();
         let policy = obs.policy.take().map(|views| {
             // Handed over, never waited for: the writer has a task of its own.
+            // Recomputed only when their inputs changed: both are linear in them.
             if let Some(writer) = &self.verdicts {
-                writer.bid(verdicts::bids_for_writer(&self.node_name, obs.nodes.iter().map(|n| n.name.as_str())));
-                writer.offer(verdicts::verdicts(&views));
+                let bid = || verdicts::bids_for_writer(&self.node_name, obs.nodes.iter().map(|n| n.name.as_str()));
+                if let Some(bids) = self.bid_at.recompute(self.node_names.generation(), bid) {
+                    writer.bid(bids);
+                }
+                if let Some(v) = self.verdicts_at.recompute(views.policies_generation, || verdicts::verdicts(&views)) {
+                    writer.offer(v);
+                }
             }
             network_policy::compute(&self.cfg, &obs.local, &obs.nodes, &d.kernel.refused, views)
         });

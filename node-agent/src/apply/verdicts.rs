@@ -15,8 +15,9 @@
 //! thing.
 //!
 //! The writer never slows a pass: the loop hands it the latest verdicts
-//! ([`VerdictWriter::offer`], a watch channel of one: older unwritten
-//! verdicts are replaced) and a task of its own writes what changed. It
+//! when the policies changed ([`VerdictWriter::offer`], a watch channel of
+//! one: older unwritten verdicts are replaced) and a task of its own
+//! writes what changed. It
 //! reads each ClusterNetworkPolicy before writing its condition, so a
 //! condition already right (written by an earlier holder) is not written
 //! again and `lastTransitionTime` moves only when the status does. An

@@ -115,6 +115,7 @@ mod tests {
             namespaces: vec![ns("a", &[])],
             policies: vec![ingress(netpol("a", "deny", sel(&[("app", "srv")])), vec![])],
             cluster_policies: vec![],
+            ..PolicyViews::default()
         };
         let want = compute(&cfg, &nodes[0], &nodes, &refused, views);
         let doubted: HashSet<&str> = want.doubts.iter().map(|d| d.pod.as_str()).collect();
@@ -135,6 +136,7 @@ mod tests {
             namespaces: vec![ns("a", &[]), ns("b", &[])],
             policies,
             cluster_policies: vec![],
+            ..PolicyViews::default()
         };
         let idle = |policies| compute(&cfg, &nodes[0], &nodes, &[], views(policies)).state.idle;
         assert!(idle(vec![]), "no policy anywhere");

@@ -5,7 +5,8 @@
 //! [`Acceptance`] depends on the object's spec alone: every agent computes
 //! the same verdicts, so whichever holds the writer's lease
 //! (`apply::verdicts`) writes the same thing, and a change of holder
-//! rewrites nothing.
+//! rewrites nothing. The loop recomputes them (and the writer's bid) only
+//! when their inputs changed ([`ComputedAt`]).
 //!
 //! The network-policy-api (v0.3.0) leaves a ClusterNetworkPolicy's
 //! conditions to the implementation: weft sets one, of type `Accepted`
@@ -134,6 +135,27 @@ pub fn bids_for_writer<'a>(own: &str, nodes: impl IntoIterator<Item = &'a str>) 
     before < WRITER_CANDIDATES
 }
 
+/// The generation of the inputs a result was last computed from. The loop
+/// recomputes the verdicts when the policies' generation moves
+/// (`PolicyViews::policies_generation`) and the bid when the set of Node
+/// names' does (`observe::node_names`): both are linear in what they read
+/// (every policy, every Node name), so a pass that changed neither does
+/// no work for them.
+#[derive(Debug, Default)]
+pub struct ComputedAt(Option<u64>);
+
+impl ComputedAt {
+    /// `compute()` when `generation` is not the one last computed at;
+    /// `None`, computing nothing, when it is.
+    pub fn recompute<T>(&mut self, generation: u64, compute: impl FnOnce() -> T) -> Option<T> {
+        if self.0 == Some(generation) {
+            return None;
+        }
+        self.0 = Some(generation);
+        Some(compute())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -204,6 +226,69 @@ mod tests {
         // Small clusters: everyone bids; a node not in the list yet bids only among the first.
         assert!(bids_for_writer("a", ["a", "b"]));
         assert!(bids_for_writer("a", []));
+    }
+
+    #[test]
+    fn a_pass_with_the_same_inputs_computes_nothing_and_a_change_recomputes() {
+        use std::cell::Cell;
+        use std::sync::Arc;
+
+        use ipnetwork::IpNetwork;
+        use kube::runtime::watcher::Event;
+
+        use crate::observe::node_names::NodeNames;
+        use crate::observe::node_views::Views;
+        use crate::wire::WatchedNode;
+
+        let node = |name: &str, cidr: &str| -> WatchedNode {
+            serde_json::from_value(json!({"metadata": {"name": name}, "spec": {"podCIDRs": [cidr]}})).unwrap()
+        };
+        let cluster: Vec<IpNetwork> = vec!["10.244.0.0/16".parse().unwrap()];
+        let mut watched = Views::new("n1", &cluster);
+        for e in [Event::Init, Event::InitApply(node("n1", "10.244.1.0/24")), Event::InitDone] {
+            watched.event(e);
+        }
+        let mut names = NodeNames::default();
+        let (mut bid_at, mut verdicts_at) = (ComputedAt::default(), ComputedAt::default());
+        let (bids_computed, verdicts_computed) = (Cell::new(0), Cell::new(0));
+        let mut policies = PolicyViews {
+            policies: vec![netpol("huge", "u-h", 101)],
+            policies_generation: 1,
+            ..PolicyViews::default()
+        };
+        // One pass of the loop: what it hands the writer.
+        let mut pass = |watched: &mut Views, views: &PolicyViews| {
+            let snapshot = watched.take();
+            let generation = names.observe(&snapshot.changes, snapshot.views.len());
+            let nodes: Vec<Arc<crate::wire::NodeView>> = snapshot.views;
+            let bid = bid_at.recompute(generation, || {
+                bids_computed.set(bids_computed.get() + 1);
+                bids_for_writer("n1", nodes.iter().map(|n| n.name.as_str()))
+            });
+            let offered = verdicts_at.recompute(views.policies_generation, || {
+                verdicts_computed.set(verdicts_computed.get() + 1);
+                verdicts(views)
+            });
+            (bid, offered.map(|v| v.events.len()))
+        };
+
+        assert_eq!(pass(&mut watched, &policies), (Some(true), Some(1)), "the first pass computes both");
+        assert_eq!(pass(&mut watched, &policies), (None, None), "unchanged inputs");
+        watched.event(Event::Apply(node("n1", "10.244.1.0/24")));
+        assert_eq!(pass(&mut watched, &policies), (None, None), "a Node event that adds or deletes none");
+        assert_eq!((bids_computed.get(), verdicts_computed.get()), (1, 1), "computed once each");
+
+        watched.event(Event::Apply(node("n2", "10.244.2.0/24")));
+        assert_eq!(pass(&mut watched, &policies), (Some(bids_for_writer("n1", ["n1", "n2"])), None), "a Node added");
+        watched.event(Event::Delete(node("n2", "10.244.2.0/24")));
+        assert_eq!(pass(&mut watched, &policies), (Some(true), None), "a Node deleted");
+        assert_eq!((bids_computed.get(), verdicts_computed.get()), (3, 1));
+
+        policies.policies.push(netpol("huge-too", "u-h2", 102));
+        policies.policies_generation += 1;
+        assert_eq!(pass(&mut watched, &policies), (None, Some(2)), "a policy changed");
+        assert_eq!(pass(&mut watched, &policies), (None, None));
+        assert_eq!((bids_computed.get(), verdicts_computed.get()), (3, 2));
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod fastpath;
 pub mod heard;
 pub mod kernel;
 pub mod list_mode;
+pub mod node_names;
 pub mod node_views;
 pub mod policy_watch;
 pub mod underlay;

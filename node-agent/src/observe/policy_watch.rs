@@ -81,6 +81,8 @@ struct Views<V> {
     listed: Option<(Instant, Option<Instant>)>,
     /// During a re-list: how recent `current` was when it began.
     current_as_of: Option<Instant>,
+    /// Bumped whenever `current` changes: its generation.
+    generation: u64,
 }
 
 impl<V> Default for Views<V> {
@@ -93,6 +95,7 @@ impl<V> Default for Views<V> {
             heard: Heard::default(),
             listed: None,
             current_as_of: None,
+            generation: 0,
         }
     }
 }
@@ -224,6 +227,10 @@ pub struct PolicyViews {
     pub namespaces: Vec<NamespaceView>,
     pub policies: Vec<PolicyView>,
     pub cluster_policies: Vec<ClusterPolicyView>,
+    /// Moves whenever `policies` or `cluster_policies` change, and not
+    /// for Pods or Namespaces: what is computed from the policies alone
+    /// (their verdicts) is recomputed only when it moves.
+    pub policies_generation: u64,
 }
 
 impl PolicyCache {
@@ -239,6 +246,8 @@ impl PolicyCache {
             namespaces: inner.namespaces.current.values().cloned().collect(),
             policies: inner.policies.current.values().cloned().collect(),
             cluster_policies: inner.cluster_policies.current.values().cloned().collect(),
+            // A sum of counters that only grow: it moves when either does.
+            policies_generation: inner.policies.generation + inner.cluster_policies.generation,
         })
     }
 
@@ -277,7 +286,9 @@ impl PolicyCache {
         views: fn(&mut Inner) -> &mut Views<V>,
     ) -> bool {
         let Ok(mut inner) = self.inner.lock() else { return false };
-        let changed = views(&mut inner).event(event, generation);
+        let kind = views(&mut inner);
+        let changed = kind.event(event, generation);
+        kind.generation += u64::from(changed);
         inner.changes += u64::from(changed);
         let grew = if changed { inner.update_keys() } else { None };
         if let Some(g) = grew {
@@ -625,6 +636,49 @@ mod tests {
             cache.apply(Event::InitApply(item), generation, views);
         }
         cache.apply(Event::InitDone, generation, views);
+    }
+
+    #[test]
+    fn the_policies_generation_moves_with_the_policies_not_with_pods() {
+        use k8s_openapi::api::core::v1::Pod;
+        use serde_json::json;
+
+        let cache = PolicyCache::default();
+        list::<ClusterPolicyView>(&cache, 0, |i| &mut i.cluster_policies, vec![]);
+        list::<PolicyView>(&cache, 0, |i| &mut i.policies, vec![]);
+        list::<PodView>(&cache, 0, |i| &mut i.pods, vec![]);
+        list::<NamespaceView>(&cache, 0, |i| &mut i.namespaces, vec![]);
+        let generation = || cache.snapshot().expect("listed").policies_generation;
+        let listed = generation();
+        assert_eq!(generation(), listed, "nothing happened");
+
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"namespace": "a", "name": "db"},
+            "spec": {"nodeName": "n1", "containers": []},
+            "status": {"podIPs": [{"ip": "10.244.1.5"}]}
+        }))
+        .unwrap();
+        let pod_view = PodView::from_pod_keeping(&pod, Some(&cache.keys()), &mut Vec::new());
+        assert!(cache.apply(Event::Apply((key(&pod), pod_view)), 0, |i| &mut i.pods));
+        assert_eq!(generation(), listed, "a pod is not a policy");
+
+        let np: NetworkPolicy = serde_json::from_value(json!({"metadata": {"namespace": "a", "name": "p"},
+            "spec": {"podSelector": {}, "ingress": [{}]}}))
+        .unwrap();
+        let np_view = PolicyView::from_policy(&np, &mut Vec::new());
+        assert!(cache.apply(Event::Apply((key(&np), np_view.clone())), 0, |i| &mut i.policies));
+        let with_np = generation();
+        assert_ne!(with_np, listed, "a NetworkPolicy added");
+        assert!(!cache.apply(Event::Apply((key(&np), np_view)), 0, |i| &mut i.policies));
+        assert_eq!(generation(), with_np, "the same NetworkPolicy again");
+
+        let spec = json!({"tier": "Admin", "priority": 1, "subject": {"namespaces": {}}, "ingress": []});
+        let cnp = ClusterPolicyView::from_spec("c", Some(&spec), &mut Vec::new()).map(|v| v.identified("u", 1));
+        assert!(cache.apply(Event::Apply(("/c".to_string(), cnp)), 0, |i| &mut i.cluster_policies));
+        let with_cnp = generation();
+        assert_ne!(with_cnp, with_np, "a ClusterNetworkPolicy added");
+        assert!(cache.apply(Event::Delete(("/c".to_string(), None)), 0, |i| &mut i.cluster_policies));
+        assert_ne!(generation(), with_cnp, "and deleted");
     }
 
     #[test]
