@@ -9,6 +9,22 @@ ECHO_IMAGE=${ECHO_IMAGE:-registry.weft.test/weft-echo:e2e}
 fail() { echo "FAIL: $*" >&2; exit 1; }
 pass() { echo "ok: $*"; }
 
+# What a failed check on a node needs to be understood from CI's output alone:
+# its pods, the agent's and the plugin's last words, kubelet's last errors.
+node_report() { # node
+  local n=$1 dir=${WEFT_CLUSTER_DIR:-/var/tmp/weft-cluster}
+  {
+    echo "--- pods on $n"
+    K get pods -A -o wide --field-selector "spec.nodeName=$n" 2>&1 | head -30
+    echo "--- weft-agent on $n (last 25 lines)"
+    K -n kube-system logs --tail 25 "$(K -n kube-system get pods -l app.kubernetes.io/name=weft --field-selector "spec.nodeName=$n" -o name 2>/dev/null | head -1)" 2>&1
+    echo "--- weft CNI log on $n (last 10 lines)"
+    tail -n 10 "$dir/nodes/$n/var/log/weft/cni.log" 2>&1
+    echo "--- kubelet errors on $n (last 10)"
+    grep '^E' "$dir/logs/kubelet-$n.log" 2>/dev/null | tail -n 10 | cut -c1-400
+  } >&2
+}
+
 # Polls a command until it succeeds, at most $1 seconds.
 eventually() { # seconds cmd…
   local deadline=$((SECONDS + $1)); shift

@@ -159,8 +159,10 @@ node_reboot_recovers() {
   "$E2E/cluster" reboot $n >/dev/null
   # The store was wiped with /run: reservations equal to the pods' reported
   # addresses prove every pod on the node got a fresh ADD after the reboot.
-  eventually 180 settled_after_reboot $n ||
+  eventually 180 settled_after_reboot $n || {
+    node_report $n
     fail "after the reboot of $n: reserved $(reservations $n | tr '\n' ' ') vs pods $(pod_ips_on $n | tr '\n' ' ')"
+  }
   dup=$(K get pods -A -o go-template='{{range .items}}{{if not .spec.hostNetwork}}{{range .status.podIPs}}{{.ip}}{{"\n"}}{{end}}{{end}}{{end}}' | sort | uniq -d)
   [[ -z $dup ]] || fail "addresses held by two pods after the reboot: $dup"
   mapfile -t rows < <(pod_table boot)
