@@ -13,16 +13,25 @@ pass() { echo "ok: $*"; }
 # its pods, the agent's and the plugin's last words, kubelet's last errors.
 node_report() { # node
   local n=$1 dir=${WEFT_CLUSTER_DIR:-/var/tmp/weft-cluster}
-  {
+  # A subshell without errexit: a report that stops at its first empty grep
+  # would also swallow the failure message after it.
+  (
+    set +e +o pipefail
     echo "--- pods on $n"
     K get pods -A -o wide --field-selector "spec.nodeName=$n" 2>&1 | head -30
-    echo "--- weft-agent on $n (last 25 lines)"
-    K -n kube-system logs --tail 25 "$(K -n kube-system get pods -l app.kubernetes.io/name=weft --field-selector "spec.nodeName=$n" -o name 2>/dev/null | head -1)" 2>&1
+    local agent
+    agent=$(K -n kube-system get pods -l app.kubernetes.io/name=weft --field-selector "spec.nodeName=$n" -o name 2>/dev/null | head -1)
+    echo "--- weft-agent $agent on $n (last 25 lines; then its previous run's last 10)"
+    K -n kube-system logs --tail 25 "$agent" 2>&1
+    K -n kube-system logs --previous --tail 10 "$agent" 2>&1
     echo "--- weft CNI log on $n (last 10 lines)"
     tail -n 10 "$dir/nodes/$n/var/log/weft/cni.log" 2>&1
     echo "--- kubelet errors on $n (last 10)"
-    grep '^E' "$dir/logs/kubelet-$n.log" 2>/dev/null | tail -n 10 | cut -c1-400
-  } >&2
+    grep '^E' "$dir/logs/kubelet-$n.log" 2>/dev/null | grep -Ev 'eviction_manager|cri_stats_provider' | tail -n 10 | cut -c1-400
+    echo "--- containerd errors on $n (last 5)"
+    grep 'level=error' "$dir/logs/containerd-$n.log" 2>/dev/null | tail -n 5 | cut -c1-400
+  ) >&2
+  return 0
 }
 
 # Polls a command until it succeeds, at most $1 seconds.
