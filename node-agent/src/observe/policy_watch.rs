@@ -193,6 +193,12 @@ impl Inner {
     fn labels_complete(&self) -> bool {
         self.pods.keys_generation == self.keys_generation && self.namespaces.keys_generation == self.keys_generation
     }
+
+    /// Whether every kind is listed, with every label the policies read.
+    fn complete(&self) -> bool {
+        let policies_synced = self.policies.synced && self.cluster_policies.synced;
+        self.pods.synced && self.namespaces.synced && policies_synced && self.labels_complete()
+    }
 }
 
 /// What the watches have seen, shared with the loop.
@@ -237,8 +243,7 @@ impl PolicyCache {
     /// The views, once every list is complete.
     pub fn snapshot(&self) -> Option<PolicyViews> {
         let inner = self.inner.lock().ok()?;
-        let policies_synced = inner.policies.synced && inner.cluster_policies.synced;
-        if !(inner.pods.synced && inner.namespaces.synced && policies_synced && inner.labels_complete()) {
+        if !inner.complete() {
             return None;
         }
         Some(PolicyViews {
@@ -249,6 +254,16 @@ impl PolicyCache {
             // A sum of counters that only grow: it moves when either does.
             policies_generation: inner.policies.generation + inner.cluster_policies.generation,
         })
+    }
+
+    /// The generation of every view, without copying any: it moves
+    /// whenever a view of any kind changes (a re-list for new label keys
+    /// included). `None` when [`PolicyCache::snapshot`] would be. Read it
+    /// before the snapshot: the snapshot is then at least this recent, so
+    /// a later pass that reads the same generation saw the same views.
+    pub fn generation(&self) -> Option<u64> {
+        let inner = self.inner.lock().ok()?;
+        inner.complete().then_some(inner.changes)
     }
 
     /// How current the views are now. Read it before [`PolicyCache::snapshot`]:
@@ -639,6 +654,57 @@ mod tests {
     }
 
     #[test]
+    fn the_views_generation_moves_with_any_view_and_only_once_every_kind_is_listed() {
+        use k8s_openapi::api::core::v1::{Namespace, Pod};
+        use serde_json::json;
+
+        let cache = PolicyCache::default();
+        list::<ClusterPolicyView>(&cache, 0, |i| &mut i.cluster_policies, vec![]);
+        list::<PolicyView>(&cache, 0, |i| &mut i.policies, vec![]);
+        list::<PodView>(&cache, 0, |i| &mut i.pods, vec![]);
+        assert_eq!(cache.generation(), None, "the Namespaces are not listed yet");
+        list::<NamespaceView>(&cache, 0, |i| &mut i.namespaces, vec![]);
+        let listed = cache.generation().expect("listed");
+        assert_eq!(cache.generation(), Some(listed), "nothing happened");
+
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"namespace": "a", "name": "db"},
+            "spec": {"nodeName": "n1", "containers": []},
+            "status": {"podIPs": [{"ip": "10.244.1.5"}]}
+        }))
+        .unwrap();
+        let pod_view = || PodView::from_pod_keeping(&pod, Some(&cache.keys()), &mut Vec::new());
+        assert!(cache.apply(Event::Apply((key(&pod), pod_view())), 0, |i| &mut i.pods));
+        let with_pod = cache.generation().expect("listed");
+        assert_ne!(with_pod, listed, "a Pod added");
+        assert!(!cache.apply(Event::Apply((key(&pod), pod_view())), 0, |i| &mut i.pods));
+        assert_eq!(cache.generation(), Some(with_pod), "the same Pod again");
+
+        let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "a"}})).unwrap();
+        let ns_view = NamespaceView::from_namespace_keeping(&ns, Some(&cache.keys()));
+        assert!(cache.apply(Event::Apply((key(&ns), ns_view)), 0, |i| &mut i.namespaces));
+        let with_ns = cache.generation().expect("listed");
+        assert_ne!(with_ns, with_pod, "a Namespace added");
+
+        let np: NetworkPolicy = serde_json::from_value(json!({"metadata": {"namespace": "a", "name": "p"},
+            "spec": {"podSelector": {}, "ingress": [{}]}}))
+        .unwrap();
+        assert!(
+            cache
+                .apply(Event::Apply((key(&np), PolicyView::from_policy(&np, &mut Vec::new()))), 0, |i| &mut i.policies)
+        );
+        let with_np = cache.generation().expect("listed");
+        assert_ne!(with_np, with_ns, "a NetworkPolicy added");
+
+        let spec = json!({"tier": "Admin", "priority": 1, "subject": {"namespaces": {}}, "ingress": []});
+        let cnp = ClusterPolicyView::from_spec("c", Some(&spec), &mut Vec::new()).map(|v| v.identified("u", 1));
+        assert!(cache.apply(Event::Apply(("/c".to_string(), cnp)), 0, |i| &mut i.cluster_policies));
+        assert_ne!(cache.generation(), Some(with_np), "a ClusterNetworkPolicy added");
+        assert!(cache.apply(Event::Delete((key(&pod), None)), 0, |i| &mut i.pods));
+        assert_ne!(cache.generation(), Some(with_np), "a Pod deleted");
+    }
+
+    #[test]
     fn the_policies_generation_moves_with_the_policies_not_with_pods() {
         use k8s_openapi::api::core::v1::Pod;
         use serde_json::json;
@@ -722,10 +788,12 @@ mod tests {
         assert!(relist.has_changed().unwrap(), "the Pod and Namespace watches are told to re-list");
         let generation = relist.borrow_and_update().unwrap();
         assert!(cache.snapshot().is_none(), "not evaluated against labels the views do not hold");
+        assert_eq!(cache.generation(), None, "nor is their generation");
         list(&cache, generation, |i| &mut i.pods, pods(&cache));
         assert!(cache.snapshot().is_none(), "the namespaces are not re-listed yet");
         list(&cache, generation, |i| &mut i.namespaces, namespaces(&cache));
 
+        assert!(cache.generation().is_some(), "listed with the new key");
         let now = cache.snapshot().unwrap();
         assert!(selects(&now.policies[0], &now.pods[0], Direction::Ingress), "{:?}", now.pods[0]);
         assert_eq!(now.pods[0].labels.keys().collect::<Vec<_>>(), ["team"], "still no junk");
