@@ -603,6 +603,7 @@ impl Agent {
         {
             writer.offer(v);
         }
+        self.metrics.policy_computes.inc();
         Some(Some(network_policy::compute(&self.cfg, &obs.local, &obs.nodes, refused, views)))
     }
 
