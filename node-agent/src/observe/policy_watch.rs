@@ -654,7 +654,7 @@ mod tests {
     }
 
     #[test]
-    fn the_views_generation_moves_with_any_view_and_only_once_every_kind_is_listed() {
+    fn the_views_generation_moves_with_every_view_and_the_policies_generation_with_policies_only() {
         use k8s_openapi::api::core::v1::{Namespace, Pod};
         use serde_json::json;
 
@@ -664,8 +664,11 @@ mod tests {
         list::<PodView>(&cache, 0, |i| &mut i.pods, vec![]);
         assert_eq!(cache.generation(), None, "the Namespaces are not listed yet");
         list::<NamespaceView>(&cache, 0, |i| &mut i.namespaces, vec![]);
-        let listed = cache.generation().expect("listed");
-        assert_eq!(cache.generation(), Some(listed), "nothing happened");
+        // (every view's, the policies')
+        let generations =
+            || (cache.generation().expect("listed"), cache.snapshot().expect("listed").policies_generation);
+        let listed = generations();
+        assert_eq!(generations(), listed, "nothing happened");
 
         let pod: Pod = serde_json::from_value(json!({
             "metadata": {"namespace": "a", "name": "db"},
@@ -675,76 +678,39 @@ mod tests {
         .unwrap();
         let pod_view = || PodView::from_pod_keeping(&pod, Some(&cache.keys()), &mut Vec::new());
         assert!(cache.apply(Event::Apply((key(&pod), pod_view())), 0, |i| &mut i.pods));
-        let with_pod = cache.generation().expect("listed");
-        assert_ne!(with_pod, listed, "a Pod added");
+        let with_pod = generations();
+        assert_ne!(with_pod.0, listed.0, "a Pod added");
+        assert_eq!(with_pod.1, listed.1, "a Pod is not a policy");
         assert!(!cache.apply(Event::Apply((key(&pod), pod_view())), 0, |i| &mut i.pods));
-        assert_eq!(cache.generation(), Some(with_pod), "the same Pod again");
+        assert_eq!(generations(), with_pod, "the same Pod again");
 
         let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "a"}})).unwrap();
         let ns_view = NamespaceView::from_namespace_keeping(&ns, Some(&cache.keys()));
         assert!(cache.apply(Event::Apply((key(&ns), ns_view)), 0, |i| &mut i.namespaces));
-        let with_ns = cache.generation().expect("listed");
-        assert_ne!(with_ns, with_pod, "a Namespace added");
-
-        let np: NetworkPolicy = serde_json::from_value(json!({"metadata": {"namespace": "a", "name": "p"},
-            "spec": {"podSelector": {}, "ingress": [{}]}}))
-        .unwrap();
-        assert!(
-            cache
-                .apply(Event::Apply((key(&np), PolicyView::from_policy(&np, &mut Vec::new()))), 0, |i| &mut i.policies)
-        );
-        let with_np = cache.generation().expect("listed");
-        assert_ne!(with_np, with_ns, "a NetworkPolicy added");
-
-        let spec = json!({"tier": "Admin", "priority": 1, "subject": {"namespaces": {}}, "ingress": []});
-        let cnp = ClusterPolicyView::from_spec("c", Some(&spec), &mut Vec::new()).map(|v| v.identified("u", 1));
-        assert!(cache.apply(Event::Apply(("/c".to_string(), cnp)), 0, |i| &mut i.cluster_policies));
-        assert_ne!(cache.generation(), Some(with_np), "a ClusterNetworkPolicy added");
-        assert!(cache.apply(Event::Delete((key(&pod), None)), 0, |i| &mut i.pods));
-        assert_ne!(cache.generation(), Some(with_np), "a Pod deleted");
-    }
-
-    #[test]
-    fn the_policies_generation_moves_with_the_policies_not_with_pods() {
-        use k8s_openapi::api::core::v1::Pod;
-        use serde_json::json;
-
-        let cache = PolicyCache::default();
-        list::<ClusterPolicyView>(&cache, 0, |i| &mut i.cluster_policies, vec![]);
-        list::<PolicyView>(&cache, 0, |i| &mut i.policies, vec![]);
-        list::<PodView>(&cache, 0, |i| &mut i.pods, vec![]);
-        list::<NamespaceView>(&cache, 0, |i| &mut i.namespaces, vec![]);
-        let generation = || cache.snapshot().expect("listed").policies_generation;
-        let listed = generation();
-        assert_eq!(generation(), listed, "nothing happened");
-
-        let pod: Pod = serde_json::from_value(json!({
-            "metadata": {"namespace": "a", "name": "db"},
-            "spec": {"nodeName": "n1", "containers": []},
-            "status": {"podIPs": [{"ip": "10.244.1.5"}]}
-        }))
-        .unwrap();
-        let pod_view = PodView::from_pod_keeping(&pod, Some(&cache.keys()), &mut Vec::new());
-        assert!(cache.apply(Event::Apply((key(&pod), pod_view)), 0, |i| &mut i.pods));
-        assert_eq!(generation(), listed, "a pod is not a policy");
+        let with_ns = generations();
+        assert_ne!(with_ns.0, with_pod.0, "a Namespace added");
+        assert_eq!(with_ns.1, listed.1, "a Namespace is not a policy");
 
         let np: NetworkPolicy = serde_json::from_value(json!({"metadata": {"namespace": "a", "name": "p"},
             "spec": {"podSelector": {}, "ingress": [{}]}}))
         .unwrap();
         let np_view = PolicyView::from_policy(&np, &mut Vec::new());
         assert!(cache.apply(Event::Apply((key(&np), np_view.clone())), 0, |i| &mut i.policies));
-        let with_np = generation();
-        assert_ne!(with_np, listed, "a NetworkPolicy added");
+        let with_np = generations();
+        assert!(with_np.0 != with_ns.0 && with_np.1 != listed.1, "a NetworkPolicy added");
         assert!(!cache.apply(Event::Apply((key(&np), np_view)), 0, |i| &mut i.policies));
-        assert_eq!(generation(), with_np, "the same NetworkPolicy again");
+        assert_eq!(generations(), with_np, "the same NetworkPolicy again");
 
         let spec = json!({"tier": "Admin", "priority": 1, "subject": {"namespaces": {}}, "ingress": []});
         let cnp = ClusterPolicyView::from_spec("c", Some(&spec), &mut Vec::new()).map(|v| v.identified("u", 1));
         assert!(cache.apply(Event::Apply(("/c".to_string(), cnp)), 0, |i| &mut i.cluster_policies));
-        let with_cnp = generation();
-        assert_ne!(with_cnp, with_np, "a ClusterNetworkPolicy added");
+        let with_cnp = generations();
+        assert!(with_cnp.0 != with_np.0 && with_cnp.1 != with_np.1, "a ClusterNetworkPolicy added");
         assert!(cache.apply(Event::Delete(("/c".to_string(), None)), 0, |i| &mut i.cluster_policies));
-        assert_ne!(generation(), with_cnp, "and deleted");
+        let deleted = generations();
+        assert!(deleted.0 != with_cnp.0 && deleted.1 != with_cnp.1, "and deleted");
+        assert!(cache.apply(Event::Delete((key(&pod), None)), 0, |i| &mut i.pods));
+        assert_ne!(generations().0, deleted.0, "a Pod deleted");
     }
 
     #[test]
