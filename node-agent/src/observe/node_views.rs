@@ -25,13 +25,19 @@ struct Entry {
 }
 
 /// What a pass reads: every view, what was refused in them, the Nodes
-/// changed since the last pass, and the own Node's object.
+/// changed since the last pass, the own Node's object, and the generation
+/// of the Nodes' pod CIDRs.
 #[derive(Debug, Default)]
 pub struct Snapshot {
     pub views: Vec<Arc<NodeView>>,
     pub rejected: Vec<Rejected>,
     pub changes: Vec<NodeChange>,
     pub own: Option<Arc<WatchedNode>>,
+    /// Moves when a Node is added or deleted or its pod CIDRs change, and
+    /// not for its other fields: what reads only the Nodes' names and pod
+    /// CIDRs (which pod addresses NetworkPolicy believes) is recomputed
+    /// only when it moves.
+    pub pod_cidrs_generation: u64,
 }
 
 /// The views of every Node, as the watch's events leave them.
@@ -47,6 +53,8 @@ pub struct Views {
     /// The Nodes changed since the last [`Views::take`], with their latest view.
     changes: HashMap<String, Option<Arc<NodeView>>>,
     listed: bool,
+    /// Bumped when a Node is added or deleted or its pod CIDRs change.
+    pod_cidrs_generation: u64,
 }
 
 impl Views {
@@ -61,6 +69,7 @@ impl Views {
             own: None,
             changes: HashMap::new(),
             listed: false,
+            pod_cidrs_generation: 0,
         }
     }
 
@@ -82,8 +91,12 @@ impl Views {
 
     /// Records `entry` as the Node's current state; returns whether it changed.
     fn set(&mut self, name: String, entry: Entry) -> bool {
-        if self.by_name.get(&name) == Some(&entry) {
+        let old = self.by_name.get(&name);
+        if old == Some(&entry) {
             return false;
+        }
+        if old.is_none_or(|o| o.view.pod_cidrs != entry.view.pod_cidrs) {
+            self.pod_cidrs_generation += 1;
         }
         self.changes.insert(name.clone(), Some(entry.view.clone()));
         self.by_name.insert(name, entry);
@@ -97,6 +110,7 @@ impl Views {
         if self.by_name.remove(name).is_none() {
             return false;
         }
+        self.pod_cidrs_generation += 1;
         self.changes.insert(name.to_string(), None);
         true
     }
@@ -149,6 +163,7 @@ impl Views {
             views: Vec::with_capacity(self.by_name.len()),
             changes: self.changes.drain().collect(),
             own: self.own.clone(),
+            pod_cidrs_generation: self.pod_cidrs_generation,
             ..Snapshot::default()
         };
         for entry in self.by_name.values() {
@@ -213,6 +228,58 @@ mod tests {
         let left = views.take();
         assert_eq!(left.views.len(), 1);
         assert_eq!(names(&left.changes), [("n2".into(), false)]);
+    }
+
+    #[test]
+    fn the_pod_cidrs_generation_moves_only_when_a_node_comes_goes_or_changes_pod_cidrs() {
+        let cluster: Vec<IpNetwork> = vec!["10.244.0.0/16".parse().expect("valid")];
+        let mut views = Views::new("n1", &cluster);
+        let generation = |views: &mut Views, events: Vec<watcher::Event<WatchedNode>>| {
+            for e in events {
+                views.event(e);
+            }
+            views.take().pod_cidrs_generation
+        };
+        let listed = generation(
+            &mut views,
+            vec![
+                watcher::Event::Init,
+                watcher::Event::InitApply(object("n1", "10.244.1.0/24")),
+                watcher::Event::InitApply(object("n2", "10.244.2.0/24")),
+                watcher::Event::InitDone,
+            ],
+        );
+        assert_ne!(listed, 0, "the first list");
+        assert_eq!(generation(&mut views, vec![]), listed, "nothing happened");
+        // A new address is a new view, with the same pod CIDRs.
+        let mut addressed = object("n2", "10.244.2.0/24");
+        addressed.status = serde_json::from_value(serde_json::json!({"addresses": [
+            {"type": "InternalIP", "address": "198.51.100.12"}]}))
+        .expect("a status");
+        assert!(views.event(watcher::Event::Apply(addressed)), "the view changed");
+        assert_eq!(generation(&mut views, vec![]), listed, "not its pod CIDRs");
+
+        let renumbered = generation(&mut views, vec![watcher::Event::Apply(object("n2", "10.244.22.0/24"))]);
+        assert_ne!(renumbered, listed, "n2's pod CIDR changed");
+        let added = generation(&mut views, vec![watcher::Event::Apply(object("n3", "10.244.3.0/24"))]);
+        assert_ne!(added, renumbered, "n3 added");
+        let deleted = generation(&mut views, vec![watcher::Event::Delete(object("n3", "10.244.3.0/24"))]);
+        assert_ne!(deleted, added, "n3 deleted");
+        let relisted = generation(
+            &mut views,
+            vec![
+                watcher::Event::Init,
+                watcher::Event::InitApply(object("n1", "10.244.1.0/24")),
+                watcher::Event::InitDone,
+            ],
+        );
+        assert_ne!(relisted, deleted, "n2 gone while the watch was down");
+        let again = vec![
+            watcher::Event::Init,
+            watcher::Event::InitApply(object("n1", "10.244.1.0/24")),
+            watcher::Event::InitDone,
+        ];
+        assert_eq!(generation(&mut views, again), relisted, "the same list again");
     }
 
     #[test]
