@@ -35,6 +35,7 @@ use crate::apply::{api, files, kernel};
 use crate::config::{Config, Dataplane};
 use crate::desired::incremental::{Incremental, NodeChange, Scope};
 use crate::desired::liveness::Liveness;
+use crate::desired::network_policy::{DesiredPolicy, PolicyInputs};
 use crate::desired::verdicts::ComputedAt;
 use crate::desired::{self, network_policy, verdicts, vtep_mac_for};
 use crate::health::{Health, Readiness, now_secs};
@@ -45,7 +46,7 @@ use crate::observe::underlay::{self, UnderlayError};
 use crate::observe::watch::{self, NodeStore, Trigger};
 use crate::observe::{Observation, events, fastpath as observe_fastpath, kernel as observe_kernel};
 use crate::reported::{Doubts, Refusals};
-use crate::wire::{NodeView, WatchedNode};
+use crate::wire::{NodeView, Rejected, WatchedNode};
 
 /// One output that failed in a pass.
 #[derive(Debug, thiserror::Error)]
@@ -153,6 +154,10 @@ struct Agent {
     /// The inputs the writer's bid and verdicts were last computed from.
     bid_at: ComputedAt,
     verdicts_at: ComputedAt,
+    /// The inputs the policy state was last computed from, and the Nodes'
+    /// pod CIDRs' generation (one of them) as of the last Node snapshot.
+    policy_at: ComputedAt<PolicyInputs>,
+    pod_cidrs_generation: u64,
     /// Pod addresses not believed for NetworkPolicy (logged when new).
     pod_doubts: Doubts,
     /// Whether the last pass got as far as syncing the policy table.
@@ -220,6 +225,8 @@ impl Agent {
             node_names: NodeNames::default(),
             bid_at: ComputedAt::default(),
             verdicts_at: ComputedAt::default(),
+            policy_at: ComputedAt::default(),
+            pod_cidrs_generation: 0,
             policy_checked: false,
             liveness: Liveness::new(cfg.policy_liveness),
             seen: Freshness::default(),
@@ -414,14 +421,15 @@ impl Agent {
         outcome
     }
 
-    /// Observe: the Node views (reporting new refusals), the own Node, the
-    /// underlay and, once listed, the policy views. `Ok(None)`: not ready
-    /// to program yet (own node unknown or without podCIDR).
+    /// Observe: the Node views (reporting new refusals), the own Node and
+    /// the underlay (the policy views are read by [`Agent::compute_policy`]).
+    /// `Ok(None)`: not ready to program yet (own node unknown or without podCIDR).
     async fn observe(&mut self) -> Result<Option<(Observation, Arc<WatchedNode>, Vec<NodeChange>)>, UnderlayError> {
         let snapshot = self.store.take();
         self.metrics.nodes.set(snapshot.views.len() as i64);
         // Every snapshot, before any early return: its changes are not seen again.
         self.node_names.observe(&snapshot.changes, snapshot.views.len());
+        self.pod_cidrs_generation = snapshot.pod_cidrs_generation;
         let (nodes, rejected, changes) = (snapshot.views, snapshot.rejected, snapshot.changes);
         for r in self.refusals.fresh(&rejected) {
             self.metrics.rejected_annotations.get_or_create(&FieldLabel { field: r.field.to_string() }).inc();
@@ -449,11 +457,6 @@ impl Agent {
             vtep_mac: self.vtep_mac,
             offload_default: observe_kernel::offload_default(),
             portmap_installed: desired::files::portmap_installed(&self.cfg),
-            policy: self.policy.as_ref().and_then(|(cache, _)| {
-                // Before the snapshot: what it holds is at least this fresh.
-                self.seen = cache.freshness();
-                cache.snapshot()
-            }),
         };
         Ok(Some((obs, own_object, changes)))
     }
@@ -470,7 +473,7 @@ impl Agent {
     async fn pass(&mut self, check: nft::Check, policy_check: nft::Check, wakeup: Wakeup) -> Outcome {
         self.policy_checked = false;
         let started = Instant::now();
-        let (mut obs, own_object, changes) = match self.observe().await {
+        let (obs, own_object, changes) = match self.observe().await {
             Ok(Some(o)) => o,
             // The Node changes seen are not in the desired state yet.
             Ok(None) => {
@@ -489,20 +492,7 @@ impl Agent {
         let mut desired = std::mem::take(&mut self.desired);
         let (d, scope) = desired.update(&self.cfg, &obs, (!full).then_some(changes.as_slice()));
         let routing_computed = started.elapsed();
-        let policy = obs.policy.take().map(|views| {
-            // Handed over, never waited for: the writer has a task of its own.
-            // Recomputed only when their inputs changed: both are linear in them.
-            if let Some(writer) = &self.verdicts {
-                let bid = || verdicts::bids_for_writer(&self.node_name, obs.nodes.iter().map(|n| n.name.as_str()));
-                if let Some(bids) = self.bid_at.recompute(self.node_names.generation(), bid) {
-                    writer.bid(bids);
-                }
-                if let Some(v) = self.verdicts_at.recompute(views.policies_generation, || verdicts::verdicts(&views)) {
-                    writer.offer(v);
-                }
-            }
-            network_policy::compute(&self.cfg, &obs.local, &obs.nodes, &d.kernel.refused, views)
-        });
+        let policy = self.compute_policy(&obs, &d.kernel.refused);
         let computed = started.elapsed();
         let policy_compute = computed - routing_computed;
         let only = match (&scope, wakeup) {
@@ -574,6 +564,49 @@ impl Agent {
         Outcome::Done(failures)
     }
 
+    /// The policy part of the desired state, once the watches have listed
+    /// everything: `Some(None)` when none of its inputs changed since the
+    /// last apply that succeeded (which is then applied again), without
+    /// copying the views. Also hands the verdict writer its bid and the
+    /// verdicts, when theirs changed.
+    fn compute_policy(&mut self, obs: &Observation, refused: &[Rejected]) -> Option<Option<DesiredPolicy>> {
+        let Some((cache, outputs)) = &self.policy else { return None };
+        // Before the views: what they hold is at least this fresh.
+        self.seen = cache.freshness();
+        let Some(generation) = cache.generation() else {
+            // Not every list is complete: the kernel keeps the last state.
+            self.policy_at.forget();
+            return None;
+        };
+        if !outputs.can_reapply() {
+            self.policy_at.forget();
+        }
+        // Handed over, never waited for: the writer has a task of its own.
+        // Recomputed only when their inputs changed: both are linear in them.
+        if let Some(writer) = &self.verdicts {
+            let bid = || verdicts::bids_for_writer(&self.node_name, obs.nodes.iter().map(|n| n.name.as_str()));
+            if let Some(bids) = self.bid_at.recompute(self.node_names.generation(), bid) {
+                writer.bid(bids);
+            }
+        }
+        let inputs = PolicyInputs::new(&self.cfg, generation, self.pod_cidrs_generation, refused);
+        let Some(snapshot) = self.policy_at.recompute(inputs, || cache.snapshot()) else {
+            return Some(None);
+        };
+        let Some(views) = snapshot else {
+            // A re-list began since the generation was read.
+            self.policy_at.forget();
+            return None;
+        };
+        if let Some(writer) = &self.verdicts
+            && let Some(v) = self.verdicts_at.recompute(views.policies_generation, || verdicts::verdicts(&views))
+        {
+            writer.offer(v);
+        }
+        self.metrics.policy_computes.inc();
+        Some(Some(network_policy::compute(&self.cfg, &obs.local, &obs.nodes, refused, views)))
+    }
+
     /// The BPF fast path, after the tables: it only speeds up flows they
     /// accepted. `check_all`: also look for stale filters on every link.
     async fn apply_fastpath(&mut self, uplink: u32, check_all: bool) -> Result<(), FastpathApplyError> {
@@ -596,19 +629,22 @@ impl Agent {
         Ok(())
     }
 
-    /// The NetworkPolicy outputs, once the watches have listed everything
-    /// (the observation then carries their views).
+    /// The NetworkPolicy outputs, once the watches have listed everything:
+    /// `want`, or (`None`) the last state applied again.
     /// `computed`: how long computing its desired state took.
     async fn apply_policy(
         &mut self,
-        want: network_policy::DesiredPolicy,
+        want: Option<DesiredPolicy>,
         computed: Duration,
         check: nft::Check,
     ) -> Result<(), PolicyError> {
         let Some((_, outputs)) = &mut self.policy else { return Ok(()) };
         self.policy_checked = true;
-        self.pod_doubts.report(&want.doubts);
-        self.metrics.policy_doubted_pod_addresses.set(want.doubts.len() as i64);
+        let recomputed = want.is_some();
+        if let Some(want) = &want {
+            self.pod_doubts.report(&want.doubts);
+            self.metrics.policy_doubted_pod_addresses.set(want.doubts.len() as i64);
+        }
         let now = Instant::now();
         let live_for = self.liveness.open_for_applying(self.seen, now);
         outputs.table().open_gate_for(live_for);
@@ -616,6 +652,8 @@ impl Agent {
             Ok(a) => a,
             Err(e) => {
                 self.liveness.failed();
+                // Computed again next time, whatever its inputs: a retry redoes it whole.
+                self.policy_at.forget();
                 return Err(e);
             }
         };
@@ -625,6 +663,7 @@ impl Agent {
         }
         tracing::debug!(
             pods = applied.pods,
+            recomputed,
             compute_us = computed.as_micros() as u64,
             sync_us = applied.synced.as_micros() as u64,
             change = ?applied.change,

@@ -112,6 +112,9 @@ pub struct Metrics {
     pub policy_liveness_seconds: Gauge<f64, AtomicU64>,
     /// Pod addresses NetworkPolicy does not believe (desired::pod_trust).
     pub policy_doubted_pod_addresses: Gauge,
+    /// Passes that computed the NetworkPolicy state (the others had the
+    /// same inputs and applied the last state again).
+    pub policy_computes: Counter,
     /// NetworkPolicies refused for going past a cap, by cap.
     pub policy_refused: Family<ReasonLabel, Counter>,
     /// 1 when lists stream through watches (WatchList), 0 when paged.
@@ -160,6 +163,7 @@ impl Metrics {
             policy_pending_interfaces: Gauge::default(),
             policy_liveness_seconds: Gauge::default(),
             policy_doubted_pod_addresses: Gauge::default(),
+            policy_computes: Counter::default(),
             policy_refused: Family::default(),
             list_streaming: Gauge::default(),
             registry: Registry::default(),
@@ -258,6 +262,11 @@ impl Metrics {
             "policy_doubted_pod_addresses",
             "Pod addresses NetworkPolicy does not believe: outside their node's podCIDRs, or claimed by two live pods (the log names them)",
             m.policy_doubted_pod_addresses.clone(),
+        );
+        registry.register(
+            "policy_computes",
+            "Passes that computed the NetworkPolicy state; the others found its inputs unchanged and applied the last state again",
+            m.policy_computes.clone(),
         );
         registry.register(
             "policy_refused",

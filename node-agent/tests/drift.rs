@@ -383,6 +383,8 @@ fn policy_table_drift_is_repaired_within_a_second_by_the_notified_pass() {
         ("flush the policy's chain", vec![format!("flush chain inet weft-policy {policy_chain}")]),
         ("delete the policy table", vec!["delete table inet weft-policy".into()]),
     ];
+    let computes = counter(ns, "weft_policy_computes_total");
+    assert!(computes > 0, "the policy state was never computed?");
     let mut report = Vec::new();
     for (what, commands) in cases {
         let (drift_before, writes_before) = (passes(ns, "drift"), kernel_writes(ns));
@@ -401,6 +403,8 @@ fn policy_table_drift_is_repaired_within_a_second_by_the_notified_pass() {
         );
         assert!(passes(ns, "drift") > drift_before, "{what}: no pass was woken by drift");
         assert_eq!(passes(ns, "resync"), 0, "{what}: a resync ran");
+        // Nothing policy reads changed: repaired from the state last applied, not computed again.
+        assert_eq!(counter(ns, "weft_policy_computes_total"), computes, "{what}: the policy state was computed again");
     }
     eprintln!("repairs: {report:?}");
 }

@@ -6,6 +6,7 @@
 //! exists" and "already gone" uniformly.
 
 mod addr;
+mod dump;
 mod link;
 mod neigh;
 mod route;
@@ -18,6 +19,7 @@ pub use netlink_packet_route::link::LinkMessage;
 use rtnetlink::Handle;
 
 pub use self::addr::AddressEntry;
+pub use self::dump::split;
 pub use self::link::{HOST_VETH_PREFIX, LinkInfo, VethSpec, host_veth_name};
 pub use self::neigh::neighbour_entry;
 pub use self::route::{RouteEntry, RouteSpec};
@@ -45,6 +47,14 @@ pub enum NetlinkError {
     /// The netlink socket could not be set up.
     #[error("open netlink socket: {0}")]
     Socket(#[source] std::io::Error),
+    /// Sending or receiving on a socket of weft's own failed.
+    #[error("{op}: {source}")]
+    Io {
+        /// E.g. `list IPv4 routes`.
+        op: String,
+        #[source]
+        source: std::io::Error,
+    },
     /// A link weft just created was gone when it looked it up again:
     /// something else deleted it (or its namespace) in between.
     #[error(
@@ -107,14 +117,17 @@ pub(crate) fn tolerate_gone(
 #[derive(Clone)]
 pub struct Netlink {
     handle: Handle,
+    /// A socket of its own for dumps, in the same namespace ([`dump`]).
+    dumps: Option<dump::Dumps>,
 }
 
 impl Netlink {
     /// A connection in the calling thread's namespace.
     pub fn connect() -> Result<Netlink, NetlinkError> {
+        let dumps = dump::DumpSocket::open().map_err(NetlinkError::Socket)?;
         let (conn, handle, _) = rtnetlink::new_connection().map_err(NetlinkError::Socket)?;
         tokio::spawn(conn);
-        Ok(Netlink { handle })
+        Ok(Netlink { handle, dumps: Some(std::sync::Arc::new(tokio::sync::Mutex::new(dumps))) })
     }
 
     /// A connection over a socket opened elsewhere (typically in another
@@ -126,7 +139,7 @@ impl Netlink {
         let socket = unsafe { netlink_sys::TokioSocket::from_raw_fd(socket.into_raw_fd()) };
         let (conn, handle, _) = rtnetlink::from_socket(socket);
         tokio::spawn(conn);
-        Ok(Netlink { handle })
+        Ok(Netlink { handle, dumps: None })
     }
 
     /// The link called `name`, or `None`.

@@ -2,12 +2,11 @@
 
 use std::net::IpAddr;
 
-use futures::TryStreamExt;
 use ipnetwork::IpNetwork;
-use netlink_packet_route::AddressFamily;
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteMetric, RouteProtocol, RouteScope,
 };
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::RouteMessageBuilder;
 
 use super::{Netlink, NetlinkError, ctx, tolerate_gone};
@@ -96,21 +95,31 @@ impl Netlink {
 
     /// Routes of one family in the main table, optionally only one protocol's.
     pub async fn routes(&self, ipv6: bool, protocol: Option<u8>) -> Result<Vec<RouteEntry>, NetlinkError> {
+        let mut routes = Vec::new();
+        self.each_route(ipv6, protocol, |r| routes.push(r)).await?;
+        Ok(routes)
+    }
+
+    /// Hands each route of [`Netlink::routes`] to `f` as the dump is read
+    /// ([`super::dump`]): a caller that keeps them in a table of its own
+    /// never holds a list of them, nor all the messages, as well.
+    pub async fn each_route(
+        &self,
+        ipv6: bool,
+        protocol: Option<u8>,
+        mut f: impl FnMut(RouteEntry),
+    ) -> Result<(), NetlinkError> {
         let mut query = RouteMessageBuilder::<IpAddr>::new().build();
         query.header.address_family = if ipv6 { AddressFamily::Inet6 } else { AddressFamily::Inet };
-        // Filtered as the dump streams in: a node with thousands of routes
-        // never holds all the raw messages at once.
-        self.handle
-            .route()
-            .get(query)
-            .execute()
-            .try_filter_map(|m| {
-                let entry = RouteEntry::from_message(&m).filter(|e| protocol.is_none_or(|p| e.protocol == p));
-                futures::future::ready(Ok(entry))
-            })
-            .try_collect()
-            .await
-            .map_err(ctx(|| format!("list IPv{} routes", if ipv6 { 6 } else { 4 })))
+        let what = || format!("list IPv{} routes", if ipv6 { 6 } else { 4 });
+        self.dump(RouteNetlinkMessage::GetRoute(query), what, |m| {
+            if let RouteNetlinkMessage::NewRoute(m) = m
+                && let Some(entry) = RouteEntry::from_message(&m).filter(|e| protocol.is_none_or(|p| e.protocol == p))
+            {
+                f(entry);
+            }
+        })
+        .await
     }
 }
 

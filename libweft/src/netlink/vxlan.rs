@@ -8,11 +8,11 @@
 use std::net::IpAddr;
 
 use futures::TryStreamExt;
-use netlink_packet_route::AddressFamily;
 use netlink_packet_route::link::{InfoData, InfoVxlan, LinkAttribute, LinkInfo as NlLinkInfo, LinkMessage};
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::{LinkUnspec, LinkVxlan};
 
 use super::{Netlink, NetlinkError, ctx, format_mac, tolerate_gone};
@@ -125,17 +125,29 @@ impl Netlink {
 
     /// Permanent FDB entries on a VXLAN device: `(mac, remote underlay address)`.
     pub async fn fdb_entries(&self, index: u32) -> Result<Vec<([u8; 6], IpAddr)>, NetlinkError> {
-        self.handle
-            .neighbours()
-            .get()
-            .set_address_family(AddressFamily::Bridge)
-            .execute()
-            .try_filter_map(|m| {
-                futures::future::ready(Ok((m.header.ifindex == index).then(|| fdb_entry(&m)).flatten()))
-            })
-            .try_collect()
-            .await
-            .map_err(ctx(|| "list FDB".into()))
+        let mut entries = Vec::new();
+        self.each_fdb_entry(index, |e| entries.push(e)).await?;
+        Ok(entries)
+    }
+
+    /// Hands each entry of [`Netlink::fdb_entries`] to `f` as the dump is
+    /// read ([`super::dump`]).
+    pub async fn each_fdb_entry(&self, index: u32, mut f: impl FnMut(([u8; 6], IpAddr))) -> Result<(), NetlinkError> {
+        let mut query = netlink_packet_route::neighbour::NeighbourMessage::default();
+        query.header.family = AddressFamily::Bridge;
+        self.dump(
+            RouteNetlinkMessage::GetNeighbour(query),
+            || "list FDB".into(),
+            |m| {
+                if let RouteNetlinkMessage::NewNeighbour(m) = m
+                    && m.header.ifindex == index
+                    && let Some(entry) = fdb_entry(&m)
+                {
+                    f(entry);
+                }
+            },
+        )
+        .await
     }
 
     /// Adds or replaces `mac -> dst` in a VXLAN device's FDB (`bridge fdb replace … self permanent`).

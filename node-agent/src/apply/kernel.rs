@@ -251,20 +251,8 @@ pub async fn sync(
 
 /// Dumps what weft owns into the mirror.
 async fn dump(nl: &Netlink, vxlan: Option<u32>, mirror: &Mirror) -> Result<(), NetlinkError> {
-    mirror.begin_dump();
-    let read = async {
-        let mut s = Snapshot { vxlan_index: vxlan, ..Snapshot::default() };
-        for r in mirror::peer_routes(nl).await? {
-            s.add_route(r.dst, mirror::route_key(&r).1, false);
-        }
-        if let Some(index) = vxlan {
-            s.fdb = mirror::vxlan_fdb(nl, index).await?;
-            let neighbours = mirror::vxlan_neighbours(nl, index).await?;
-            s.neighbours = neighbours.into_iter().map(|(ip, lladdr)| (ip, mirror::mac(&lladdr))).collect();
-        }
-        Ok::<_, NetlinkError>(s)
-    };
-    match read.await {
+    let room = mirror.begin_dump();
+    match mirror::dump(nl, vxlan, room).await {
         Ok(s) => {
             tracing::debug!(
                 routes = s.route_count(),

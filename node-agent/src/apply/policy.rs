@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::desired;
 use crate::desired::network_policy::DesiredPolicy;
 use crate::metrics::{Metrics, PolicyLabel};
+use crate::wire_policy::PodView;
 
 /// What [`PolicyOutputs::apply`] did, for the pass's log.
 #[derive(Debug)]
@@ -33,6 +34,18 @@ pub struct Applied {
 pub struct PolicyOutputs {
     table: PolicySync,
     pending: PendingScan,
+    /// What the last successful apply needs, besides the table's state
+    /// ([`PolicySync::last`]), to apply its state again.
+    kept: Option<Kept>,
+}
+
+/// The small part of an applied [`DesiredPolicy`] kept for applying it
+/// again: not every pod, only this node's (for its pending interfaces).
+struct Kept {
+    namespaces: PolicyNamespaces,
+    local_pods: Vec<PodView>,
+    /// How many pods were believed, for the pass's log.
+    pods: usize,
 }
 
 /// When a pass looks for pending pod interfaces: a link dump is not free,
@@ -47,7 +60,13 @@ struct PendingScan {
 
 impl PolicyOutputs {
     pub fn new(table: PolicySync) -> PolicyOutputs {
-        PolicyOutputs { table, pending: PendingScan::default() }
+        PolicyOutputs { table, pending: PendingScan::default(), kept: None }
+    }
+
+    /// Whether [`PolicyOutputs::apply`] can apply the last state again
+    /// (`want` `None`): the last apply succeeded.
+    pub fn can_reapply(&self) -> bool {
+        self.kept.is_some() && self.table.last().is_some()
     }
 
     /// The table's sync, for its liveness gate ([`PolicySync::open_gate_for`], [`PolicySync::renew_gate`]).
@@ -55,29 +74,41 @@ impl PolicyOutputs {
         &mut self.table
     }
 
-    /// Brings every policy output in line with `want` for node `node`;
-    /// `check` also compares the table with weft's last write. Over 60
-    /// lines: the order of the outputs is what keeps pods closed, so it
-    /// reads in one place.
+    /// Brings every policy output in line with `want` for node `node`
+    /// (`None`: the state of the last successful apply, its inputs
+    /// unchanged; outside changes are still repaired and pending pods
+    /// still released); `check` also compares the table with weft's last
+    /// write. Over 60 lines: the order of the outputs is what keeps pods
+    /// closed, so it reads in one place.
     pub async fn apply(
         &mut self,
         cfg: &Config,
         nl: &Netlink,
         metrics: &Metrics,
         node: &str,
-        want: DesiredPolicy,
+        want: Option<DesiredPolicy>,
         check: Check,
     ) -> Result<Applied, PolicyError> {
         let started = Instant::now();
-        let selecting: BTreeSet<&str> = want.state.chains.values().map(|c| c.policy.as_str()).collect();
-        metrics.network_policies.set(selecting.len() as i64);
-        let DesiredPolicy { pods, state, namespaces, .. } = want;
+        // Taken: after a failure there is nothing to apply again, and the next pass computes.
+        let last = self.kept.take();
+        let (state, kept) = match want {
+            Some(want) => {
+                let selecting: BTreeSet<&str> = want.state.chains.values().map(|c| c.policy.as_str()).collect();
+                metrics.network_policies.set(selecting.len() as i64);
+                let DesiredPolicy { pods, state, namespaces, .. } = want;
+                let local_pods = pods.iter().filter(|p| p.node == node).cloned().collect();
+                (Some(state), Kept { namespaces, local_pods, pods: pods.len() })
+            }
+            None => (None, last.ok_or(PolicyError::NoLastState)?),
+        };
+        let Kept { namespaces, local_pods, .. } = &kept;
         if self.table.last().is_some_and(|t| !t.idle) {
             // weft wrote the table with its hooks, so its pending rules are
             // in place: list a namespace's first policy before writing its
             // rules, so a pod created meanwhile starts pending instead of
             // open. An idle table has no hooks: it gets them first.
-            list_policy_namespaces(cfg, &namespaces)?;
+            list_policy_namespaces(cfg, namespaces)?;
         }
         let change = self.table.sync(state, check).await?;
         let synced = started.elapsed();
@@ -95,10 +126,11 @@ impl PolicyOutputs {
             metrics.set_policy_counters(np.chain(cnp));
         }
         // The table holds pending pods closed: only now may the plugin make some.
-        list_policy_namespaces(cfg, &namespaces)?;
-        let local_ips = pods.iter().filter(|p| p.node == node).flat_map(|p| p.ips.iter().copied()).collect();
+        list_policy_namespaces(cfg, namespaces)?;
+        let local_ips = local_pods.iter().flat_map(|p| p.ips.iter().copied()).collect();
         if check != Check::No || self.pending.waiting > 0 || local_ips != self.pending.local_ips {
-            let found = release_pending(nl, |uid, ips| desired::policy::knows_local_pod(node, &pods, uid, ips)).await?;
+            let found =
+                release_pending(nl, |uid, ips| desired::policy::knows_local_pod(node, local_pods, uid, ips)).await?;
             metrics.kernel_writes("link_group", found.released);
             metrics.policy_pending_interfaces.set(found.waiting as i64);
             if found.unidentified > self.pending.unidentified {
@@ -111,7 +143,9 @@ impl PolicyOutputs {
             }
             self.pending = PendingScan { local_ips, waiting: found.waiting, unidentified: found.unidentified };
         }
-        Ok(Applied { pods: pods.len(), change, synced })
+        let pods = kept.pods;
+        self.kept = Some(kept);
+        Ok(Applied { pods, change, synced })
     }
 }
 

@@ -56,6 +56,9 @@ pub enum PolicyError {
     /// Finding or releasing pending pod interfaces.
     #[error("pending pod interfaces: {0}")]
     Pending(#[from] NetlinkError),
+    /// Asked to apply the last state again when none was applied.
+    #[error("no policy state applied before to apply again")]
+    NoLastState,
 }
 
 /// What one sync did to the table.
@@ -125,11 +128,12 @@ impl PolicySync {
         Ok(true)
     }
 
-    /// Brings the table in line with `want`; `check` also compares the
-    /// table itself with weft's last write. Over 60 lines: the three sizes
-    /// of write (elements, rules, the whole table), each falling back to
-    /// the next, read best as one ladder.
-    pub async fn sync(&mut self, mut want: PolicyState, check: Check) -> Result<PolicyChange, PolicyError> {
+    /// Brings the table in line with `want` (`None`: the state last
+    /// written, unchanged); `check` also compares the table itself with
+    /// weft's last write. Over 60 lines: the three sizes of write
+    /// (elements, rules, the whole table), each falling back to the next,
+    /// read best as one ladder.
+    pub async fn sync(&mut self, want: Option<PolicyState>, check: Check) -> Result<PolicyChange, PolicyError> {
         let trusted = self.writers.is_some() && self.last.is_some();
         // Trusting the table, a resync without a reference digest lists it
         // (2.6 MB, about 0.5 s at 10,000 pods and 1,000 policies, events
@@ -145,6 +149,12 @@ impl PolicySync {
         if !intact && self.last.is_some() {
             tracing::info!(table = POLICY_TABLE, "policy table differs from weft's last write; replacing it");
         }
+        let mut want = match want {
+            Some(want) => want,
+            None if intact && self.last.is_some() => return Ok(PolicyChange::None),
+            // Taken: the table is replaced whole, as for a new state equal to it.
+            None => self.last.take().ok_or(PolicyError::NoLastState)?,
+        };
         if self.last.as_ref() == Some(&want) && intact {
             return Ok(PolicyChange::None);
         }

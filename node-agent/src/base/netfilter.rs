@@ -12,6 +12,8 @@ use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
 use libweft::netlink::StableHasher;
+/// The netlink messages of one datagram (shared with the rtnetlink readers).
+pub use libweft::netlink::split;
 
 // linux/netfilter/nfnetlink.h and nf_tables.h.
 pub const NFNL_SUBSYS_NFTABLES: u16 = 10;
@@ -78,22 +80,6 @@ pub fn message(kind: u16, flags: u16, family: u8, res_id: u16, payload: &[u8]) -
     m.extend(res_id.to_be_bytes());
     m.extend(payload);
     m
-}
-
-/// The netlink messages of one datagram, each with its header. A truncated
-/// last message is returned as it is, for the parser to reject.
-pub fn split(buf: &[u8]) -> impl Iterator<Item = &[u8]> {
-    let mut rest = buf;
-    std::iter::from_fn(move || {
-        if rest.len() < 16 {
-            return None;
-        }
-        let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-        let len = len.clamp(16, rest.len());
-        let msg = &rest[..len];
-        rest = &rest[len.next_multiple_of(4).min(rest.len())..];
-        Some(msg)
-    })
 }
 
 /// Process ids of the `nft` processes weft started lately, and port ids of

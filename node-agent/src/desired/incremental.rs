@@ -376,7 +376,6 @@ mod tests {
             vtep_mac: vtep_mac_for("n1"),
             offload_default: true,
             portmap_installed: false,
-            policy: None,
         }
     }
 

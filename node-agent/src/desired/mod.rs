@@ -818,7 +818,6 @@ mod tests {
                     vtep_mac: vtep_mac_for("n1"),
                     offload_default: true,
                     portmap_installed: false,
-                    policy: None,
                 };
                 let d = super::compute(&cfg, &obs);
                 let k = &d.kernel;
@@ -901,7 +900,6 @@ mod tests {
             vtep_mac: vtep_mac_for("n1"),
             offload_default: true,
             portmap_installed: portmap,
-            policy: None,
         }
     }
 

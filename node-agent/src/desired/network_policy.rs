@@ -1,10 +1,11 @@
-//! The NetworkPolicy part of the desired state, computed on every pass
-//! from the policy views of the observation: the pods believed (only
-//! addresses in their node's podCIDRs, each claimed once: [`pod_trust`]),
-//! the `inet weft-policy` table's content ([`policy`], with contested
-//! addresses held and the configured deny log, and idle when nothing on
-//! the node needs its hooks), and the namespaces the plugin keeps new pods
-//! pending in.
+//! The NetworkPolicy part of the desired state, computed from the policy
+//! views: the pods believed (only addresses in their node's podCIDRs, each
+//! claimed once: [`pod_trust`]), the `inet weft-policy` table's content
+//! ([`policy`], with contested addresses held and the configured deny log,
+//! and idle when nothing on the node needs its hooks), and the namespaces
+//! the plugin keeps new pods pending in. Computing it copies and reads
+//! every Pod, so a pass computes it only when one of its inputs changed
+//! ([`PolicyInputs`]); other passes apply the last one again.
 //!
 //! [`pod_trust`]: super::pod_trust
 //! [`policy`]: super::policy::policy
@@ -16,7 +17,7 @@ use libweft::pending::PolicyNamespaces;
 
 use super::pod_trust::{self, Doubt};
 use super::policy::{self, PolicyState};
-use crate::config::Config;
+use crate::config::{Config, DenyLog};
 use crate::observe::policy_watch::PolicyViews;
 use crate::wire::{NodeView, Rejected};
 use crate::wire_policy::PodView;
@@ -32,6 +33,32 @@ pub struct DesiredPolicy {
     pub state: PolicyState,
     /// The namespaces with isolating policies, for the plugin.
     pub namespaces: PolicyNamespaces,
+}
+
+/// Everything [`compute`] reads, as a key cheap to compare: equal keys,
+/// equal results. Nothing in it is time-based: holds and the liveness gate
+/// are applied, not computed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyInputs {
+    /// Every Pod, Namespace, NetworkPolicy and ClusterNetworkPolicy view
+    /// (`PolicyCache::generation`).
+    views: u64,
+    /// Every Node's name and pod CIDRs, the local one's included
+    /// (`Snapshot::pod_cidrs_generation`); the local name never changes.
+    pod_cidrs: u64,
+    /// The peers the routing part refused, by name: few, compared whole.
+    refused: Vec<String>,
+    /// The only configuration read; fixed for the agent's life, compared anyway.
+    deny_log: Option<DenyLog>,
+}
+
+impl PolicyInputs {
+    pub fn new(config: &Config, views: u64, pod_cidrs: u64, refused: &[Rejected]) -> PolicyInputs {
+        let mut refused: Vec<String> = refused.iter().map(|r| r.node.clone()).collect();
+        refused.sort_unstable();
+        refused.dedup();
+        PolicyInputs { views, pod_cidrs, refused, deny_log: config.deny_log }
+    }
 }
 
 /// The policy part of the desired state for node `local`, given every
@@ -147,5 +174,98 @@ mod tests {
             compute(&cfg, &nodes[0], &nodes, &[], views(vec![ingress(netpol("b", "deny", sel(&[])), vec![])]));
         assert!(elsewhere.state.ingress.is_empty() && !elsewhere.namespaces.ingress.is_empty());
         assert!(!elsewhere.state.idle);
+    }
+
+    #[test]
+    fn a_pass_computes_the_policy_only_when_one_of_its_inputs_changed() {
+        use std::cell::{Cell, RefCell};
+
+        use ipnetwork::IpNetwork;
+        use kube::runtime::watcher::Event;
+        use serde_json::json;
+
+        use crate::desired::verdicts::ComputedAt;
+        use crate::observe::node_views::Views;
+        use crate::wire::WatchedNode;
+
+        let object = |name: &str, n: u8, address: &str| -> WatchedNode {
+            serde_json::from_value(json!({"metadata": {"name": name},
+                "spec": {"podCIDRs": [format!("10.244.{n}.0/24"), format!("fd00:10:244:{n}::/64")]},
+                "status": {"addresses": [{"type": "InternalIP", "address": address}]}}))
+            .unwrap()
+        };
+        let cluster: Vec<IpNetwork> = vec!["10.244.0.0/16".parse().unwrap(), "fd00:10:244::/56".parse().unwrap()];
+        let mut watched = Views::new("node1", &cluster);
+        for e in [
+            Event::Init,
+            Event::InitApply(object("node1", 1, "198.51.100.11")),
+            Event::InitApply(object("node2", 2, "198.51.100.12")),
+            Event::InitDone,
+        ] {
+            watched.event(e);
+        }
+        let views = || PolicyViews {
+            pods: vec![pod("a", "srv", "node1", 1, &[("app", "srv")]), pod("a", "cli", "node2", 2, &[])],
+            namespaces: vec![ns("a", &[])],
+            policies: vec![ingress(netpol("a", "deny", sel(&[("app", "srv")])), vec![])],
+            ..PolicyViews::default()
+        };
+        let refused_node2 = || Rejected {
+            node: "node2".into(),
+            field: "spec.podCIDRs",
+            value: "10.244.2.0/24".into(),
+            reason: "claimed by another node".into(),
+        };
+        let mut cfg = Config::example(Backend::Vxlan);
+        let at = RefCell::new(ComputedAt::<PolicyInputs>::default());
+        let computed = Cell::new(0);
+        let last = RefCell::new(None);
+        // One pass of the agent's policy part: its inputs' key, and `compute`
+        // behind the gate. `views_generation` stands for `PolicyCache::generation`
+        // (its own tests show it moves with every view).
+        let pass = |watched: &mut Views, cfg: &Config, views_generation: u64, refused: &[Rejected]| {
+            let snapshot = watched.take();
+            let inputs = PolicyInputs::new(cfg, views_generation, snapshot.pod_cidrs_generation, refused);
+            let local = snapshot.views.iter().find(|n| n.name == "node1").map(|n| NodeView::clone(n)).unwrap();
+            let state = || compute(cfg, &local, &snapshot.views, refused, views()).state;
+            let recomputed = at.borrow_mut().recompute(inputs, || {
+                computed.set(computed.get() + 1);
+                state()
+            });
+            // What the gate skips is what computing would have given.
+            let now = state();
+            if let Some(s) = &recomputed {
+                last.replace(Some(s.clone()));
+            }
+            assert_eq!(last.borrow().as_ref(), Some(&now), "the state applied is the inputs' state");
+            recomputed.is_some()
+        };
+
+        assert!(pass(&mut watched, &cfg, 1, &[]), "the first pass computes");
+        assert!(!pass(&mut watched, &cfg, 1, &[]), "a pass with nothing new (the resync, drift)");
+        watched.event(Event::Apply(object("node2", 2, "198.51.100.22")));
+        assert!(!pass(&mut watched, &cfg, 1, &[]), "a Node event that changes no pod CIDR");
+        assert_eq!(computed.get(), 1, "computed once");
+
+        assert!(pass(&mut watched, &cfg, 2, &[]), "a Pod, Namespace or policy view changed");
+        assert!(!pass(&mut watched, &cfg, 2, &[]));
+        watched.event(Event::Apply(object("node2", 3, "198.51.100.22")));
+        assert!(pass(&mut watched, &cfg, 2, &[]), "a Node's pod CIDRs changed");
+        watched.event(Event::Apply(object("node3", 4, "198.51.100.13")));
+        assert!(pass(&mut watched, &cfg, 2, &[]), "a Node added");
+        watched.event(Event::Delete(object("node3", 4, "198.51.100.13")));
+        assert!(pass(&mut watched, &cfg, 2, &[]), "a Node deleted");
+        assert!(pass(&mut watched, &cfg, 2, &[refused_node2()]), "a peer refused");
+        assert!(!pass(&mut watched, &cfg, 2, &[refused_node2(), refused_node2()]), "the same peer, twice");
+        assert!(pass(&mut watched, &cfg, 2, &[]), "believed again");
+        cfg.deny_log = Some(DenyLog { group: 5, per_second: 10 });
+        assert!(pass(&mut watched, &cfg, 2, &[]), "the deny log");
+        assert!(!pass(&mut watched, &cfg, 2, &[]));
+        assert_eq!(computed.get(), 8);
+
+        // An apply that failed: the retry computes again, with the same inputs.
+        at.borrow_mut().forget();
+        assert!(pass(&mut watched, &cfg, 2, &[]), "after a failed apply");
+        assert!(!pass(&mut watched, &cfg, 2, &[]));
     }
 }

@@ -137,22 +137,35 @@ pub fn bids_for_writer<'a>(own: &str, nodes: impl IntoIterator<Item = &'a str>) 
 
 /// The generation of the inputs a result was last computed from. The loop
 /// recomputes the verdicts when the policies' generation moves
-/// (`PolicyViews::policies_generation`) and the bid when the set of Node
-/// names' does (`observe::node_names`): both are linear in what they read
-/// (every policy, every Node name), so a pass that changed neither does
-/// no work for them.
-#[derive(Debug, Default)]
-pub struct ComputedAt(Option<u64>);
+/// (`PolicyViews::policies_generation`), the bid when the set of Node
+/// names' does (`observe::node_names`), and the policy state when any of
+/// its inputs do (`network_policy::PolicyInputs`): each is linear in what
+/// it reads (every policy, every Node name, every Pod), so a pass that
+/// changed none of it does no work for them.
+#[derive(Debug)]
+pub struct ComputedAt<K = u64>(Option<K>);
 
-impl ComputedAt {
+impl<K> Default for ComputedAt<K> {
+    fn default() -> Self {
+        ComputedAt(None)
+    }
+}
+
+impl<K: PartialEq> ComputedAt<K> {
     /// `compute()` when `generation` is not the one last computed at;
     /// `None`, computing nothing, when it is.
-    pub fn recompute<T>(&mut self, generation: u64, compute: impl FnOnce() -> T) -> Option<T> {
-        if self.0 == Some(generation) {
+    pub fn recompute<T>(&mut self, generation: K, compute: impl FnOnce() -> T) -> Option<T> {
+        if self.0.as_ref() == Some(&generation) {
             return None;
         }
         self.0 = Some(generation);
         Some(compute())
+    }
+
+    /// Forgets the generation: the next call computes, whatever its
+    /// inputs. For a result that did not take effect (its apply failed).
+    pub fn forget(&mut self) {
+        self.0 = None;
     }
 }
 

@@ -35,7 +35,4 @@ pub struct Observation {
     pub offload_default: bool,
     /// The `portmap` plugin is installed: the conflist chains it.
     pub portmap_installed: bool,
-    /// The Pod, Namespace and NetworkPolicy views, once every watch has
-    /// listed; `None` while they list and when NetworkPolicy is disabled.
-    pub policy: Option<policy_watch::PolicyViews>,
 }

@@ -6,7 +6,9 @@
 //! annotations. Between passes the views remember which Nodes changed, so
 //! a pass for one Node event works on that Node alone.
 
-use std::collections::HashMap;
+use std::borrow::Borrow;
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use ipnetwork::IpNetwork;
@@ -17,21 +19,57 @@ use crate::wire::{NodeView, Rejected, WatchedNode, strip};
 /// A Node added or changed (its new view) or deleted (`None`) since the last pass.
 pub type NodeChange = (String, Option<Arc<NodeView>>);
 
-/// One Node: its view and what was refused in it.
-#[derive(Debug, Clone, PartialEq)]
+/// One Node: its view and what was refused in it (nearly always nothing).
+/// In a set it is found, and equal to another, by the Node's name: the
+/// view's own, not a second copy as a map's key.
+#[derive(Debug, Clone)]
 struct Entry {
     view: Arc<NodeView>,
-    rejected: Vec<Rejected>,
+    rejected: Box<[Rejected]>,
+}
+
+impl Entry {
+    /// Whether the Node looks the same in both.
+    fn same(&self, other: &Entry) -> bool {
+        self.view == other.view && self.rejected == other.rejected
+    }
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, other: &Entry) -> bool {
+        self.view.name == other.view.name
+    }
+}
+
+impl Eq for Entry {}
+
+impl Borrow<str> for Entry {
+    fn borrow(&self) -> &str {
+        &self.view.name
+    }
+}
+
+impl Hash for Entry {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // As `str` hashes: lookups go by `&str` (`Borrow`).
+        self.view.name.as_str().hash(state);
+    }
 }
 
 /// What a pass reads: every view, what was refused in them, the Nodes
-/// changed since the last pass, and the own Node's object.
+/// changed since the last pass, the own Node's object, and the generation
+/// of the Nodes' pod CIDRs.
 #[derive(Debug, Default)]
 pub struct Snapshot {
     pub views: Vec<Arc<NodeView>>,
     pub rejected: Vec<Rejected>,
     pub changes: Vec<NodeChange>,
     pub own: Option<Arc<WatchedNode>>,
+    /// Moves when a Node is added or deleted or its pod CIDRs change, and
+    /// not for its other fields: what reads only the Nodes' names and pod
+    /// CIDRs (which pod addresses NetworkPolicy believes) is recomputed
+    /// only when it moves.
+    pub pod_cidrs_generation: u64,
 }
 
 /// The views of every Node, as the watch's events leave them.
@@ -39,14 +77,16 @@ pub struct Snapshot {
 pub struct Views {
     own_name: String,
     cluster_cidrs: Vec<IpNetwork>,
-    by_name: HashMap<String, Entry>,
+    by_name: HashSet<Entry>,
     /// The list under way after a (re)list: it replaces `by_name` whole at
     /// its end, so Nodes deleted while the watch was down disappear.
-    relisting: Option<HashMap<String, Entry>>,
+    relisting: Option<HashSet<Entry>>,
     own: Option<Arc<WatchedNode>>,
     /// The Nodes changed since the last [`Views::take`], with their latest view.
     changes: HashMap<String, Option<Arc<NodeView>>>,
     listed: bool,
+    /// Bumped when a Node is added or deleted or its pod CIDRs change.
+    pod_cidrs_generation: u64,
 }
 
 impl Views {
@@ -56,11 +96,12 @@ impl Views {
         Views {
             own_name: own_name.to_string(),
             cluster_cidrs: cluster_cidrs.to_vec(),
-            by_name: HashMap::new(),
+            by_name: HashSet::new(),
             relisting: None,
             own: None,
             changes: HashMap::new(),
             listed: false,
+            pod_cidrs_generation: 0,
         }
     }
 
@@ -69,24 +110,27 @@ impl Views {
         self.listed
     }
 
-    fn entry(&mut self, mut node: WatchedNode) -> (String, Entry) {
+    fn entry(&mut self, mut node: WatchedNode) -> Entry {
         strip(&mut node);
         let mut rejected = Vec::new();
         let view = NodeView::from_node(&node, &self.cluster_cidrs, &mut rejected);
-        let name = view.name.clone();
-        if name == self.own_name {
+        if view.name == self.own_name {
             self.own = Some(Arc::new(node));
         }
-        (name, Entry { view: Arc::new(view), rejected })
+        Entry { view: Arc::new(view), rejected: rejected.into_boxed_slice() }
     }
 
     /// Records `entry` as the Node's current state; returns whether it changed.
-    fn set(&mut self, name: String, entry: Entry) -> bool {
-        if self.by_name.get(&name) == Some(&entry) {
+    fn set(&mut self, entry: Entry) -> bool {
+        let old = self.by_name.get(entry.view.name.as_str());
+        if old.is_some_and(|old| old.same(&entry)) {
             return false;
         }
-        self.changes.insert(name.clone(), Some(entry.view.clone()));
-        self.by_name.insert(name, entry);
+        if old.is_none_or(|o| o.view.pod_cidrs != entry.view.pod_cidrs) {
+            self.pod_cidrs_generation += 1;
+        }
+        self.changes.insert(entry.view.name.clone(), Some(entry.view.clone()));
+        self.by_name.replace(entry);
         true
     }
 
@@ -94,9 +138,10 @@ impl Views {
         if name == self.own_name {
             self.own = None;
         }
-        if self.by_name.remove(name).is_none() {
+        if !self.by_name.remove(name) {
             return false;
         }
+        self.pod_cidrs_generation += 1;
         self.changes.insert(name.to_string(), None);
         true
     }
@@ -106,37 +151,38 @@ impl Views {
     pub fn event(&mut self, event: watcher::Event<WatchedNode>) -> bool {
         match event {
             watcher::Event::Init => {
-                self.relisting = Some(HashMap::new());
+                self.relisting = Some(HashSet::new());
                 false
             }
             watcher::Event::InitApply(node) => {
-                let (name, entry) = self.entry(node);
+                let entry = self.entry(node);
                 if let Some(list) = self.relisting.as_mut() {
-                    list.insert(name, entry);
+                    list.replace(entry);
                 }
                 false
             }
             watcher::Event::InitDone => {
-                let mut list = self.relisting.take().unwrap_or_default();
-                let gone: Vec<String> = self.by_name.keys().filter(|n| !list.contains_key(*n)).cloned().collect();
+                let list = self.relisting.take().unwrap_or_default();
+                let gone: Vec<String> =
+                    self.by_name.iter().map(|e| &e.view.name).filter(|n| !list.contains(n.as_str())).cloned().collect();
                 let mut changed = !self.listed;
                 for name in gone {
                     changed |= self.remove(&name);
                 }
-                if !list.contains_key(&self.own_name) {
+                if !list.contains(self.own_name.as_str()) {
                     self.own = None;
                 }
-                for (name, entry) in list.drain() {
-                    changed |= self.set(name, entry);
+                for entry in list {
+                    changed |= self.set(entry);
                 }
                 self.listed = true;
                 changed
             }
             watcher::Event::Apply(node) => {
-                let (name, entry) = self.entry(node);
+                let entry = self.entry(node);
                 // The own Node's annotations are not in its view: any change counts.
-                let own = name == self.own_name;
-                self.set(name, entry) || own
+                let own = entry.view.name == self.own_name;
+                self.set(entry) || own
             }
             watcher::Event::Delete(node) => self.remove(node.metadata.name.as_deref().unwrap_or_default()),
         }
@@ -147,11 +193,14 @@ impl Views {
     pub fn take(&mut self) -> Snapshot {
         let mut s = Snapshot {
             views: Vec::with_capacity(self.by_name.len()),
-            changes: self.changes.drain().collect(),
+            // Taken whole, not drained: after the first list it held every
+            // Node, and a drained map would keep that room for good.
+            changes: std::mem::take(&mut self.changes).into_iter().collect(),
             own: self.own.clone(),
+            pod_cidrs_generation: self.pod_cidrs_generation,
             ..Snapshot::default()
         };
-        for entry in self.by_name.values() {
+        for entry in &self.by_name {
             s.views.push(entry.view.clone());
             s.rejected.extend(entry.rejected.iter().cloned());
         }
@@ -206,6 +255,7 @@ mod tests {
         assert!(views.event(watcher::Event::Apply(object("n2", "10.244.2.0/24"))));
         let changed = views.take();
         assert_eq!(names(&changed.changes), [("n2".into(), true)]);
+        assert_eq!(changed.views.len(), 2, "the new view replaced the old one");
         assert!(changed.rejected.is_empty());
 
         assert!(views.event(watcher::Event::Delete(object("n2", "10.244.2.0/24"))));
@@ -213,6 +263,58 @@ mod tests {
         let left = views.take();
         assert_eq!(left.views.len(), 1);
         assert_eq!(names(&left.changes), [("n2".into(), false)]);
+    }
+
+    #[test]
+    fn the_pod_cidrs_generation_moves_only_when_a_node_comes_goes_or_changes_pod_cidrs() {
+        let cluster: Vec<IpNetwork> = vec!["10.244.0.0/16".parse().expect("valid")];
+        let mut views = Views::new("n1", &cluster);
+        let generation = |views: &mut Views, events: Vec<watcher::Event<WatchedNode>>| {
+            for e in events {
+                views.event(e);
+            }
+            views.take().pod_cidrs_generation
+        };
+        let listed = generation(
+            &mut views,
+            vec![
+                watcher::Event::Init,
+                watcher::Event::InitApply(object("n1", "10.244.1.0/24")),
+                watcher::Event::InitApply(object("n2", "10.244.2.0/24")),
+                watcher::Event::InitDone,
+            ],
+        );
+        assert_ne!(listed, 0, "the first list");
+        assert_eq!(generation(&mut views, vec![]), listed, "nothing happened");
+        // A new address is a new view, with the same pod CIDRs.
+        let mut addressed = object("n2", "10.244.2.0/24");
+        addressed.status = serde_json::from_value(serde_json::json!({"addresses": [
+            {"type": "InternalIP", "address": "198.51.100.12"}]}))
+        .expect("a status");
+        assert!(views.event(watcher::Event::Apply(addressed)), "the view changed");
+        assert_eq!(generation(&mut views, vec![]), listed, "not its pod CIDRs");
+
+        let renumbered = generation(&mut views, vec![watcher::Event::Apply(object("n2", "10.244.22.0/24"))]);
+        assert_ne!(renumbered, listed, "n2's pod CIDR changed");
+        let added = generation(&mut views, vec![watcher::Event::Apply(object("n3", "10.244.3.0/24"))]);
+        assert_ne!(added, renumbered, "n3 added");
+        let deleted = generation(&mut views, vec![watcher::Event::Delete(object("n3", "10.244.3.0/24"))]);
+        assert_ne!(deleted, added, "n3 deleted");
+        let relisted = generation(
+            &mut views,
+            vec![
+                watcher::Event::Init,
+                watcher::Event::InitApply(object("n1", "10.244.1.0/24")),
+                watcher::Event::InitDone,
+            ],
+        );
+        assert_ne!(relisted, deleted, "n2 gone while the watch was down");
+        let again = vec![
+            watcher::Event::Init,
+            watcher::Event::InitApply(object("n1", "10.244.1.0/24")),
+            watcher::Event::InitDone,
+        ];
+        assert_eq!(generation(&mut views, again), relisted, "the same list again");
     }
 
     #[test]

@@ -193,6 +193,12 @@ impl Inner {
     fn labels_complete(&self) -> bool {
         self.pods.keys_generation == self.keys_generation && self.namespaces.keys_generation == self.keys_generation
     }
+
+    /// Whether every kind is listed, with every label the policies read.
+    fn complete(&self) -> bool {
+        let policies_synced = self.policies.synced && self.cluster_policies.synced;
+        self.pods.synced && self.namespaces.synced && policies_synced && self.labels_complete()
+    }
 }
 
 /// What the watches have seen, shared with the loop.
@@ -237,8 +243,7 @@ impl PolicyCache {
     /// The views, once every list is complete.
     pub fn snapshot(&self) -> Option<PolicyViews> {
         let inner = self.inner.lock().ok()?;
-        let policies_synced = inner.policies.synced && inner.cluster_policies.synced;
-        if !(inner.pods.synced && inner.namespaces.synced && policies_synced && inner.labels_complete()) {
+        if !inner.complete() {
             return None;
         }
         Some(PolicyViews {
@@ -249,6 +254,16 @@ impl PolicyCache {
             // A sum of counters that only grow: it moves when either does.
             policies_generation: inner.policies.generation + inner.cluster_policies.generation,
         })
+    }
+
+    /// The generation of every view, without copying any: it moves
+    /// whenever a view of any kind changes (a re-list for new label keys
+    /// included). `None` when [`PolicyCache::snapshot`] would be. Read it
+    /// before the snapshot: the snapshot is then at least this recent, so
+    /// a later pass that reads the same generation saw the same views.
+    pub fn generation(&self) -> Option<u64> {
+        let inner = self.inner.lock().ok()?;
+        inner.complete().then_some(inner.changes)
     }
 
     /// How current the views are now. Read it before [`PolicyCache::snapshot`]:
@@ -639,18 +654,21 @@ mod tests {
     }
 
     #[test]
-    fn the_policies_generation_moves_with_the_policies_not_with_pods() {
-        use k8s_openapi::api::core::v1::Pod;
+    fn the_views_generation_moves_with_every_view_and_the_policies_generation_with_policies_only() {
+        use k8s_openapi::api::core::v1::{Namespace, Pod};
         use serde_json::json;
 
         let cache = PolicyCache::default();
         list::<ClusterPolicyView>(&cache, 0, |i| &mut i.cluster_policies, vec![]);
         list::<PolicyView>(&cache, 0, |i| &mut i.policies, vec![]);
         list::<PodView>(&cache, 0, |i| &mut i.pods, vec![]);
+        assert_eq!(cache.generation(), None, "the Namespaces are not listed yet");
         list::<NamespaceView>(&cache, 0, |i| &mut i.namespaces, vec![]);
-        let generation = || cache.snapshot().expect("listed").policies_generation;
-        let listed = generation();
-        assert_eq!(generation(), listed, "nothing happened");
+        // (every view's, the policies')
+        let generations =
+            || (cache.generation().expect("listed"), cache.snapshot().expect("listed").policies_generation);
+        let listed = generations();
+        assert_eq!(generations(), listed, "nothing happened");
 
         let pod: Pod = serde_json::from_value(json!({
             "metadata": {"namespace": "a", "name": "db"},
@@ -658,27 +676,41 @@ mod tests {
             "status": {"podIPs": [{"ip": "10.244.1.5"}]}
         }))
         .unwrap();
-        let pod_view = PodView::from_pod_keeping(&pod, Some(&cache.keys()), &mut Vec::new());
-        assert!(cache.apply(Event::Apply((key(&pod), pod_view)), 0, |i| &mut i.pods));
-        assert_eq!(generation(), listed, "a pod is not a policy");
+        let pod_view = || PodView::from_pod_keeping(&pod, Some(&cache.keys()), &mut Vec::new());
+        assert!(cache.apply(Event::Apply((key(&pod), pod_view())), 0, |i| &mut i.pods));
+        let with_pod = generations();
+        assert_ne!(with_pod.0, listed.0, "a Pod added");
+        assert_eq!(with_pod.1, listed.1, "a Pod is not a policy");
+        assert!(!cache.apply(Event::Apply((key(&pod), pod_view())), 0, |i| &mut i.pods));
+        assert_eq!(generations(), with_pod, "the same Pod again");
+
+        let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "a"}})).unwrap();
+        let ns_view = NamespaceView::from_namespace_keeping(&ns, Some(&cache.keys()));
+        assert!(cache.apply(Event::Apply((key(&ns), ns_view)), 0, |i| &mut i.namespaces));
+        let with_ns = generations();
+        assert_ne!(with_ns.0, with_pod.0, "a Namespace added");
+        assert_eq!(with_ns.1, listed.1, "a Namespace is not a policy");
 
         let np: NetworkPolicy = serde_json::from_value(json!({"metadata": {"namespace": "a", "name": "p"},
             "spec": {"podSelector": {}, "ingress": [{}]}}))
         .unwrap();
         let np_view = PolicyView::from_policy(&np, &mut Vec::new());
         assert!(cache.apply(Event::Apply((key(&np), np_view.clone())), 0, |i| &mut i.policies));
-        let with_np = generation();
-        assert_ne!(with_np, listed, "a NetworkPolicy added");
+        let with_np = generations();
+        assert!(with_np.0 != with_ns.0 && with_np.1 != listed.1, "a NetworkPolicy added");
         assert!(!cache.apply(Event::Apply((key(&np), np_view)), 0, |i| &mut i.policies));
-        assert_eq!(generation(), with_np, "the same NetworkPolicy again");
+        assert_eq!(generations(), with_np, "the same NetworkPolicy again");
 
         let spec = json!({"tier": "Admin", "priority": 1, "subject": {"namespaces": {}}, "ingress": []});
         let cnp = ClusterPolicyView::from_spec("c", Some(&spec), &mut Vec::new()).map(|v| v.identified("u", 1));
         assert!(cache.apply(Event::Apply(("/c".to_string(), cnp)), 0, |i| &mut i.cluster_policies));
-        let with_cnp = generation();
-        assert_ne!(with_cnp, with_np, "a ClusterNetworkPolicy added");
+        let with_cnp = generations();
+        assert!(with_cnp.0 != with_np.0 && with_cnp.1 != with_np.1, "a ClusterNetworkPolicy added");
         assert!(cache.apply(Event::Delete(("/c".to_string(), None)), 0, |i| &mut i.cluster_policies));
-        assert_ne!(generation(), with_cnp, "and deleted");
+        let deleted = generations();
+        assert!(deleted.0 != with_cnp.0 && deleted.1 != with_cnp.1, "and deleted");
+        assert!(cache.apply(Event::Delete((key(&pod), None)), 0, |i| &mut i.pods));
+        assert_ne!(generations().0, deleted.0, "a Pod deleted");
     }
 
     #[test]
@@ -722,10 +754,12 @@ mod tests {
         assert!(relist.has_changed().unwrap(), "the Pod and Namespace watches are told to re-list");
         let generation = relist.borrow_and_update().unwrap();
         assert!(cache.snapshot().is_none(), "not evaluated against labels the views do not hold");
+        assert_eq!(cache.generation(), None, "nor is their generation");
         list(&cache, generation, |i| &mut i.pods, pods(&cache));
         assert!(cache.snapshot().is_none(), "the namespaces are not re-listed yet");
         list(&cache, generation, |i| &mut i.namespaces, namespaces(&cache));
 
+        assert!(cache.generation().is_some(), "listed with the new key");
         let now = cache.snapshot().unwrap();
         assert!(selects(&now.policies[0], &now.pods[0], Direction::Ingress), "{:?}", now.pods[0]);
         assert_eq!(now.pods[0].labels.keys().collect::<Vec<_>>(), ["team"], "still no junk");
