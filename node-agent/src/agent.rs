@@ -40,7 +40,6 @@ use crate::desired::verdicts::ComputedAt;
 use crate::desired::{self, network_policy, verdicts, vtep_mac_for};
 use crate::health::{Health, Readiness, now_secs};
 use crate::metrics::{FieldLabel, Metrics};
-use crate::observe::node_names::NodeNames;
 use crate::observe::policy_watch::{self, Freshness, PolicyCache};
 use crate::observe::underlay::{self, UnderlayError};
 use crate::observe::watch::{self, NodeStore, Trigger};
@@ -149,8 +148,9 @@ struct Agent {
     policy: Option<(PolicyCache, PolicyOutputs)>,
     /// Writes policies' acceptance to the API (when this agent holds its Lease).
     verdicts: Option<VerdictWriter>,
-    /// The generation of the set of Node names, which the writer's bid depends on.
-    node_names: NodeNames,
+    /// The generation of the set of Node names, which the writer's bid
+    /// depends on, as of the last Node snapshot.
+    names_generation: u64,
     /// The inputs the writer's bid and verdicts were last computed from.
     bid_at: ComputedAt,
     verdicts_at: ComputedAt,
@@ -222,7 +222,7 @@ impl Agent {
             fastpath: None,
             policy,
             verdicts,
-            node_names: NodeNames::default(),
+            names_generation: 0,
             bid_at: ComputedAt::default(),
             verdicts_at: ComputedAt::default(),
             policy_at: ComputedAt::default(),
@@ -427,8 +427,7 @@ impl Agent {
     async fn observe(&mut self) -> Result<Option<(Observation, Arc<WatchedNode>, Vec<NodeChange>)>, UnderlayError> {
         let snapshot = self.store.take();
         self.metrics.nodes.set(snapshot.views.len() as i64);
-        // Every snapshot, before any early return: its changes are not seen again.
-        self.node_names.observe(&snapshot.changes, snapshot.views.len());
+        self.names_generation = snapshot.names_generation;
         self.pod_cidrs_generation = snapshot.pod_cidrs_generation;
         let (nodes, rejected, changes) = (snapshot.views, snapshot.rejected, snapshot.changes);
         for r in self.refusals.fresh(&rejected) {
@@ -585,7 +584,7 @@ impl Agent {
         // Recomputed only when their inputs changed: both are linear in them.
         if let Some(writer) = &self.verdicts {
             let bid = || verdicts::bids_for_writer(&self.node_name, obs.nodes.iter().map(|n| n.name.as_str()));
-            if let Some(bids) = self.bid_at.recompute(self.node_names.generation(), bid) {
+            if let Some(bids) = self.bid_at.recompute(self.names_generation, bid) {
                 writer.bid(bids);
             }
         }

@@ -138,7 +138,7 @@ pub fn bids_for_writer<'a>(own: &str, nodes: impl IntoIterator<Item = &'a str>) 
 /// The generation of the inputs a result was last computed from. The loop
 /// recomputes the verdicts when the policies' generation moves
 /// (`PolicyViews::policies_generation`), the bid when the set of Node
-/// names' does (`observe::node_names`), and the policy state when any of
+/// names' does (`node_views::Snapshot::names_generation`), and the policy state when any of
 /// its inputs do (`network_policy::PolicyInputs`): each is linear in what
 /// it reads (every policy, every Node name, every Pod), so a pass that
 /// changed none of it does no work for them.
@@ -249,7 +249,6 @@ mod tests {
         use ipnetwork::IpNetwork;
         use kube::runtime::watcher::Event;
 
-        use crate::observe::node_names::NodeNames;
         use crate::observe::node_views::Views;
         use crate::wire::WatchedNode;
 
@@ -261,7 +260,6 @@ mod tests {
         for e in [Event::Init, Event::InitApply(node("n1", "10.244.1.0/24")), Event::InitDone] {
             watched.event(e);
         }
-        let mut names = NodeNames::default();
         let (mut bid_at, mut verdicts_at) = (ComputedAt::default(), ComputedAt::default());
         let (bids_computed, verdicts_computed) = (Cell::new(0), Cell::new(0));
         let mut policies = PolicyViews {
@@ -272,7 +270,7 @@ mod tests {
         // One pass of the loop: what it hands the writer.
         let mut pass = |watched: &mut Views, views: &PolicyViews| {
             let snapshot = watched.take();
-            let generation = names.observe(&snapshot.changes, snapshot.views.len());
+            let generation = snapshot.names_generation;
             let nodes: Vec<Arc<crate::wire::NodeView>> = snapshot.views;
             let bid = bid_at.recompute(generation, || {
                 bids_computed.set(bids_computed.get() + 1);

@@ -8,7 +8,6 @@ pub mod fastpath;
 pub mod heard;
 pub mod kernel;
 pub mod list_mode;
-pub mod node_names;
 pub mod node_views;
 pub mod policy_watch;
 pub mod underlay;

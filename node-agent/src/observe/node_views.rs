@@ -57,8 +57,8 @@ impl Hash for Entry {
 }
 
 /// What a pass reads: every view, what was refused in them, the Nodes
-/// changed since the last pass, the own Node's object, and the generation
-/// of the Nodes' pod CIDRs.
+/// changed since the last pass, the own Node's object, and the
+/// generations of the Nodes' names and pod CIDRs.
 #[derive(Debug, Default)]
 pub struct Snapshot {
     pub views: Vec<Arc<NodeView>>,
@@ -70,6 +70,10 @@ pub struct Snapshot {
     /// CIDRs (which pod addresses NetworkPolicy believes) is recomputed
     /// only when it moves.
     pub pod_cidrs_generation: u64,
+    /// Moves when a Node is added or deleted, not when one changes: what
+    /// reads only the names (the verdict writer's bid, which hashes every
+    /// one) is recomputed only when it moves.
+    pub names_generation: u64,
 }
 
 /// The views of every Node, as the watch's events leave them.
@@ -87,6 +91,8 @@ pub struct Views {
     listed: bool,
     /// Bumped when a Node is added or deleted or its pod CIDRs change.
     pod_cidrs_generation: u64,
+    /// Bumped when a Node is added or deleted.
+    names_generation: u64,
 }
 
 impl Views {
@@ -102,6 +108,7 @@ impl Views {
             changes: HashMap::new(),
             listed: false,
             pod_cidrs_generation: 0,
+            names_generation: 0,
         }
     }
 
@@ -126,6 +133,9 @@ impl Views {
         if old.is_some_and(|old| old.same(&entry)) {
             return false;
         }
+        if old.is_none() {
+            self.names_generation += 1;
+        }
         if old.is_none_or(|o| o.view.pod_cidrs != entry.view.pod_cidrs) {
             self.pod_cidrs_generation += 1;
         }
@@ -142,6 +152,7 @@ impl Views {
             return false;
         }
         self.pod_cidrs_generation += 1;
+        self.names_generation += 1;
         self.changes.insert(name.to_string(), None);
         true
     }
@@ -198,6 +209,7 @@ impl Views {
             changes: std::mem::take(&mut self.changes).into_iter().collect(),
             own: self.own.clone(),
             pod_cidrs_generation: self.pod_cidrs_generation,
+            names_generation: self.names_generation,
             ..Snapshot::default()
         };
         for entry in &self.by_name {
@@ -263,6 +275,44 @@ mod tests {
         let left = views.take();
         assert_eq!(left.views.len(), 1);
         assert_eq!(names(&left.changes), [("n2".into(), false)]);
+    }
+
+    #[test]
+    fn the_names_generation_moves_only_when_a_node_is_added_or_deleted() {
+        let cluster: Vec<IpNetwork> = vec!["10.244.0.0/16".parse().expect("valid")];
+        let mut views = Views::new("n1", &cluster);
+        let generation = |views: &mut Views, events: Vec<watcher::Event<WatchedNode>>| {
+            for e in events {
+                views.event(e);
+            }
+            views.take().names_generation
+        };
+        let listed = generation(
+            &mut views,
+            vec![
+                watcher::Event::Init,
+                watcher::Event::InitApply(object("n1", "10.244.1.0/24")),
+                watcher::Event::InitApply(object("n2", "10.244.2.0/24")),
+                watcher::Event::InitDone,
+            ],
+        );
+        assert_ne!(listed, 0, "the first list is a change");
+        assert_eq!(generation(&mut views, vec![]), listed, "a pass without events");
+        let changed = vec![watcher::Event::Apply(object("n2", "10.244.22.0/24"))];
+        assert_eq!(generation(&mut views, changed), listed, "a Node changed, its name did not");
+
+        let added = generation(&mut views, vec![watcher::Event::Apply(object("n3", "10.244.3.0/24"))]);
+        assert_ne!(added, listed, "a Node added");
+        let deleted = generation(&mut views, vec![watcher::Event::Delete(object("n3", "10.244.3.0/24"))]);
+        assert_ne!(deleted, added, "a Node deleted");
+        // One gone and one come between two passes: the count is the same, the set is not.
+        let swapped = vec![
+            watcher::Event::Delete(object("n2", "10.244.22.0/24")),
+            watcher::Event::Apply(object("n4", "10.244.4.0/24")),
+        ];
+        let after_swap = generation(&mut views, swapped);
+        assert_ne!(after_swap, deleted, "a Node replaced by another");
+        assert_eq!(generation(&mut views, vec![]), after_swap);
     }
 
     #[test]
