@@ -277,17 +277,19 @@ mod tests {
         assert_eq!(names(&left.changes), [("n2".into(), false)]);
     }
 
-    #[test]
-    fn the_names_generation_moves_only_when_a_node_is_added_or_deleted() {
+    /// The snapshot after `events`.
+    fn take_after(views: &mut Views, events: Vec<watcher::Event<WatchedNode>>) -> Snapshot {
+        for e in events {
+            views.event(e);
+        }
+        views.take()
+    }
+
+    /// Views of n1 and n2 as first listed, and `read` of their first snapshot.
+    fn two_listed(read: impl Fn(&Snapshot) -> u64) -> (Views, u64) {
         let cluster: Vec<IpNetwork> = vec!["10.244.0.0/16".parse().expect("valid")];
         let mut views = Views::new("n1", &cluster);
-        let generation = |views: &mut Views, events: Vec<watcher::Event<WatchedNode>>| {
-            for e in events {
-                views.event(e);
-            }
-            views.take().names_generation
-        };
-        let listed = generation(
+        let listed = take_after(
             &mut views,
             vec![
                 watcher::Event::Init,
@@ -296,6 +298,13 @@ mod tests {
                 watcher::Event::InitDone,
             ],
         );
+        (views, read(&listed))
+    }
+
+    #[test]
+    fn the_names_generation_moves_only_when_a_node_is_added_or_deleted() {
+        let generation = |views: &mut Views, events| take_after(views, events).names_generation;
+        let (mut views, listed) = two_listed(|s| s.names_generation);
         assert_ne!(listed, 0, "the first list is a change");
         assert_eq!(generation(&mut views, vec![]), listed, "a pass without events");
         let changed = vec![watcher::Event::Apply(object("n2", "10.244.22.0/24"))];
@@ -317,23 +326,8 @@ mod tests {
 
     #[test]
     fn the_pod_cidrs_generation_moves_only_when_a_node_comes_goes_or_changes_pod_cidrs() {
-        let cluster: Vec<IpNetwork> = vec!["10.244.0.0/16".parse().expect("valid")];
-        let mut views = Views::new("n1", &cluster);
-        let generation = |views: &mut Views, events: Vec<watcher::Event<WatchedNode>>| {
-            for e in events {
-                views.event(e);
-            }
-            views.take().pod_cidrs_generation
-        };
-        let listed = generation(
-            &mut views,
-            vec![
-                watcher::Event::Init,
-                watcher::Event::InitApply(object("n1", "10.244.1.0/24")),
-                watcher::Event::InitApply(object("n2", "10.244.2.0/24")),
-                watcher::Event::InitDone,
-            ],
-        );
+        let generation = |views: &mut Views, events| take_after(views, events).pod_cidrs_generation;
+        let (mut views, listed) = two_listed(|s| s.pod_cidrs_generation);
         assert_ne!(listed, 0, "the first list");
         assert_eq!(generation(&mut views, vec![]), listed, "nothing happened");
         // A new address is a new view, with the same pod CIDRs.
