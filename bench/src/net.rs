@@ -1009,9 +1009,42 @@ impl CpuTimes {
 /// (`-J`, with `how`: duration or size, streams, congestion control),
 /// retried until the server is up: its JSON, and the machine's CPU time
 /// over the client's run.
+/// The CPUs the client and the server of every measurement run on, when
+/// the machine has two or more. Left to the scheduler, the two ends of one
+/// transfer land on the same CPU in some repetitions and on two in others,
+/// and the same setup then measures up to 3x apart (`bare` read 13 and
+/// 38 Gbit/s in one run): fixed, every setup and variant is measured with
+/// the same placement. The softirq work of a transfer runs mostly on the
+/// sending CPU (veth hands packets to the backlog of the CPU it runs on).
+const CLIENT_CPU: usize = 0;
+const SERVER_CPU: usize = 1;
+
+/// Whether the machine has the two CPUs [`CLIENT_CPU`] and [`SERVER_CPU`].
+fn pinned() -> bool {
+    std::thread::available_parallelism().is_ok_and(|n| n.get() > SERVER_CPU)
+}
+
+/// Binds the calling thread to `cpu` (when [`pinned`]).
+fn pin_thread(cpu: usize) {
+    if !pinned() {
+        return;
+    }
+    let mut set = nix::sched::CpuSet::new();
+    if set.set(cpu).is_ok() {
+        // Best effort: an unpinned measurement is still a measurement.
+        let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
+    }
+}
+
+/// `iperf3 -A`: the CPU of one end, for its command line.
+fn iperf_affinity(cpu: usize) -> Vec<String> {
+    if pinned() { vec!["-A".into(), cpu.to_string()] } else { vec![] }
+}
+
 fn iperf_run(w: &Wired, dst: &str, how: &[&str], timeout_s: u32) -> (Value, CpuTimes) {
     let mut server = Command::new("ip")
         .args(["netns", "exec", w.server.name(), "iperf3", "-s", "-1"])
+        .args(iperf_affinity(SERVER_CPU))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -1020,7 +1053,9 @@ fn iperf_run(w: &Wired, dst: &str, how: &[&str], timeout_s: u32) -> (Value, CpuT
     let timeout = timeout_s.to_string();
     for _ in 0..20 {
         std::thread::sleep(Duration::from_millis(150));
+        let affinity = iperf_affinity(CLIENT_CPU);
         let mut argv = vec!["timeout", &timeout, "iperf3", "-c", dst, "-J"];
+        argv.extend(affinity.iter().map(String::as_str));
         argv.extend_from_slice(how);
         let before = CpuTimes::now();
         let o = w.client.exec(&argv);
@@ -1056,6 +1091,7 @@ fn ping_pong(w: &Wired, dst: &str, secs: u32) -> (f64, f64) {
     // Sockets are made on threads inside the namespaces and used from here.
     let listener = server_ns.run(|| TcpListener::bind(addr)).expect("thread").expect("bind");
     let echo = std::thread::spawn(move || {
+        pin_thread(SERVER_CPU);
         let Ok((mut c, _)) = listener.accept() else { return };
         let _ = c.set_nodelay(true);
         let mut buf = [0u8; 64];
@@ -1069,14 +1105,20 @@ fn ping_pong(w: &Wired, dst: &str, secs: u32) -> (f64, f64) {
     let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
     let mut buf = [7u8; 64];
     let mut rtts = Vec::new();
-    let end = Instant::now() + Duration::from_secs(secs.into());
-    while Instant::now() < end {
-        let t = Instant::now();
-        if c.write_all(&buf).is_err() || c.read_exact(&mut buf).is_err() {
-            break;
-        }
-        rtts.push(t.elapsed());
-    }
+    // The client on its own pinned thread, not this one (which runs on).
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            pin_thread(CLIENT_CPU);
+            let end = Instant::now() + Duration::from_secs(secs.into());
+            while Instant::now() < end {
+                let t = Instant::now();
+                if c.write_all(&buf).is_err() || c.read_exact(&mut buf).is_err() {
+                    break;
+                }
+                rtts.push(t.elapsed());
+            }
+        });
+    });
     drop(c);
     let _ = echo.join();
     rtts.sort();
@@ -1103,6 +1145,7 @@ impl EchoServer {
         let listener = Arc::new(listener);
         let l = Arc::clone(&listener);
         let thread = std::thread::spawn(move || {
+            pin_thread(SERVER_CPU);
             while let Ok((mut c, _)) = l.accept() {
                 let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
                 let mut b = [0u8; 1];
@@ -1192,6 +1235,7 @@ fn conn_rate(w: &Wired, dst: &str, run_for: Duration) -> f64 {
     let client = NetNs::open(&w.client.path()).expect("client namespace");
     let (n, took, err) = client
         .run(|| {
+            pin_thread(CLIENT_CPU);
             let start = Instant::now();
             let end = start + run_for;
             let mut n = 0u64;
@@ -1448,6 +1492,7 @@ fn main() {
         rr_secs: Some(rr_secs),
         reps,
         underlay_mtu: UNDERLAY_MTU,
+        pinned_cpus: pinned().then_some([CLIENT_CPU, SERVER_CPU]),
         chosen_offload,
         policies,
         profiled: args.profile,

@@ -15,9 +15,10 @@ use crate::report_plot::{Fallible, Series, category_panel, figure, fmt_spread, s
 pub(crate) fn net_section(net: &NetRun, figures: &Path, md: &mut String, busy: bool) -> Fallible<()> {
     let _ = writeln!(
         md,
-        "Two node namespaces on the test underlay (segment A 198.51.100.0/24 as a bridge; for \"two segments\" node 2 on 203.0.113.0/25 behind a router namespace), underlay MTU {}, one pod on each. `bare`: node to node on the underlay. `hand routes` / `hand vxlan`: pods and peers wired by `ip`/`bridge` commands exactly as weft would (veth, /32 + /128, pinned neighbours; host routes, or `weft.vxlan` VNI 1 port 8472 with neighbour + FDB entries, MTU underlay − 50), weft absent. `weft …`: the real `weft-agent` on each node against a real kube-apiserver programs the peers, the real `weft` plugin wires the pods (NetworkPolicy enabled, as by default). These setups run one after another on fresh namespaces, 2 s x 2 repetitions each: an overview (1 and 4 streams, cubic and bbr, latency). What weft costs over the kernel, and each of its parts, is measured paired on the same namespaces in the next section. VXLAN transmit checksum offload: the agent's choice on this kernel is {}. Congestion control is set per socket (`iperf3 -C`): a test namespace cannot select cubic as its default here, because the machine's `tcp_allowed_congestion_control` (which only its own namespace can change) lists reno and bbr.\n",
+        "Two node namespaces on the test underlay (segment A 198.51.100.0/24 as a bridge; for \"two segments\" node 2 on 203.0.113.0/25 behind a router namespace), underlay MTU {}, one pod on each. `bare`: node to node on the underlay. `hand routes` / `hand vxlan`: pods and peers wired by `ip`/`bridge` commands exactly as weft would (veth, /32 + /128, pinned neighbours; host routes, or `weft.vxlan` VNI 1 port 8472 with neighbour + FDB entries, MTU underlay − 50), weft absent. `weft …`: the real `weft-agent` on each node against a real kube-apiserver programs the peers, the real `weft` plugin wires the pods (NetworkPolicy enabled, as by default). These setups run one after another on fresh namespaces, 2 s x 2 repetitions each: an overview (1 and 4 streams, cubic and bbr, latency). What weft costs over the kernel, and each of its parts, is measured paired on the same namespaces in the next section. VXLAN transmit checksum offload: the agent's choice on this kernel is {}. Congestion control is set per socket (`iperf3 -C`): a test namespace cannot select cubic as its default here, because the machine's `tcp_allowed_congestion_control` (which only its own namespace can change) lists reno and bbr. {}\n",
         net.underlay_mtu,
-        if net.chosen_offload { "on" } else { "off" }
+        if net.chosen_offload { "on" } else { "off" },
+        placement(net)
     );
     for f in &net.failed {
         let _ = writeln!(md, "- **Setup failed and was skipped:** {} / {}: {}", f.topology, f.setup, f.error);
@@ -31,6 +32,16 @@ pub(crate) fn net_section(net: &NetRun, figures: &Path, md: &mut String, busy: b
     profile_table(net, md);
     mtu_paragraph(net, md);
     Ok(())
+}
+
+/// Where the two ends of every measurement ran.
+fn placement(net: &NetRun) -> String {
+    match net.pinned_cpus {
+        Some([client, server]) => format!(
+            "Every client (iperf3, the connection and latency loops) ran bound to CPU {client} and every server to CPU {server} (`iperf3 -A`, `sched_setaffinity`), so all setups share one placement: left to the scheduler, the two ends share a CPU in some repetitions and not in others, which moved one setup up to 3x."
+        ),
+        None => "Clients and servers ran where the scheduler put them (fewer than two CPUs, or an older run): some of the spread is their placement.".into(),
+    }
 }
 
 /// What the pods' one MTU costs where every peer is routed directly.

@@ -18,6 +18,9 @@ pub struct NetRun {
     pub rr_secs: Option<u32>,
     pub reps: usize,
     pub underlay_mtu: u32,
+    /// The CPUs the client and the server end of every measurement were
+    /// bound to, `[client, server]`; `None`: left to the scheduler.
+    pub pinned_cpus: Option<[usize; 2]>,
     /// Whether the agent turns VXLAN transmit checksum offload on here.
     pub chosen_offload: bool,
     /// NetworkPolicies of the paired setups.
