@@ -72,6 +72,10 @@ pub(crate) enum Variant {
     /// weft with pod veths matched by an interface group instead of the
     /// `"weft*"` name wildcard.
     VethGroup,
+    /// weft plus [`EMPTY_CHAINS`]: what a base chain costs by itself, the
+    /// price of each of weft's own (it has one to three at every hook a
+    /// packet crosses).
+    EmptyChains,
 }
 
 use Variant::*;
@@ -99,6 +103,23 @@ const MSS_CLAMP: &str = "table inet weft {
 /// The interface group [`VethGroup`] puts the pods' host veths in (not
 /// one of weft's pending groups).
 const VETH_GROUP: u32 = 8700;
+
+/// Four base chains without rules at every hook a forwarded packet
+/// crosses ([`EmptyChains`]).
+const EMPTY_CHAINS: &str = "table inet bench-empty {
+  chain pre1 { type filter hook prerouting priority 10; policy accept; }
+  chain pre2 { type filter hook prerouting priority 11; policy accept; }
+  chain fwd1 { type filter hook forward priority 10; policy accept; }
+  chain fwd2 { type filter hook forward priority 11; policy accept; }
+  chain post1 { type filter hook postrouting priority 10; policy accept; }
+  chain post2 { type filter hook postrouting priority 11; policy accept; }
+  chain pre3 { type filter hook prerouting priority 12; policy accept; }
+  chain pre4 { type filter hook prerouting priority 13; policy accept; }
+  chain fwd3 { type filter hook forward priority 12; policy accept; }
+  chain fwd4 { type filter hook forward priority 13; policy accept; }
+  chain post3 { type filter hook postrouting priority 12; policy accept; }
+  chain post4 { type filter hook postrouting priority 13; policy accept; }
+}";
 
 /// How weft's prerouting rules pick packets from pods.
 const FROM_POD: &str = "iifname \"weft*\" iifname != \"weft.vxlan\"";
@@ -140,6 +161,7 @@ impl Variant {
             WeftBpf => "weft + BPF fast path".into(),
             AntiSpoofSet => "weft, anti-spoofing by (iif, saddr) set".into(),
             VethGroup => "weft, pod veths by interface group".into(),
+            EmptyChains => "weft + 4 empty base chains at each forwarding hook".into(),
         }
     }
 
@@ -164,7 +186,7 @@ impl Variant {
             v.push(WeftBpf);
         }
         if candidates {
-            v.extend([AntiSpoofSet, VethGroup]);
+            v.extend([AntiSpoofSet, VethGroup, EmptyChains]);
         }
         v
     }
@@ -385,6 +407,7 @@ fn apply(nodes: &[TestNs], rs: &Rulesets, v: Variant) -> Result<(), String> {
             OuterUntracked => OUTER_NOTRACK.into(),
             WithMssClamp => MSS_CLAMP.into(),
             AntiSpoofSet => anti_spoof_set(ns)?,
+            EmptyChains => EMPTY_CHAINS.into(),
             _ => String::new(),
         };
         load(ns, &format!("{base}\n{extra}"))?;
