@@ -7,18 +7,20 @@
 # `agnhost connect` through `kubectl exec` (the API server's exec), and
 # compares what passed with the truth table it computes from the policies.
 #
-#   e2e/tests/cyclonus.sh --subset | --full [--part ingress|egress|other]
+#   e2e/tests/cyclonus.sh --subset | --full [--part ingress|multi-peer|egress|other]
 #                         [--kubeconfig FILE]
 #
 # --full: every case `cyclonus generate` makes (cyclonus's own default
 # leaves out multi-peer, upstream-e2e, example, end-port and
 # namespaces-by-default-label; this runs them too), except SCTP: this
 # kernel has no SCTP, so the servers are TCP and UDP only. The 216 cases
-# run as three parts that split them by tag, each its own cyclonus run
+# run as four parts that split them by tag, each its own cyclonus run
 # with its own results file, so a run cut short keeps the parts it
-# finished: ingress (96 cases with an ingress rule and no egress rule),
-# egress (96 with an egress rule) and other (24 with neither: targets,
-# deny-all and allow-all, cluster changes). --part runs one of them.
+# finished: ingress (51 cases with an ingress rule, one peer, no egress
+# rule), multi-peer (45 with several peers and no egress rule; all have
+# an ingress rule), egress (96 with an egress rule) and other (24 with
+# neither: targets, deny-all and allow-all, cluster changes). --part runs
+# one of them.
 # --subset: the fixed subset scripts/test-all runs (about 6 minutes): the
 # cases carrying any tag of SUBSET below, without the multi-peer ones.
 #
@@ -40,15 +42,16 @@ NAMESPACES=(x y z y-2 w)
 # The parts of --full: cyclonus selects by tag only (--include: any of
 # these; --exclude: none of these), so the split is by direction.
 declare -A PART_SELECT=(
-  [ingress]="--include ingress --exclude egress,$EXCLUDE"
+  [ingress]="--include ingress --exclude egress,multi-peer,$EXCLUDE"
+  [multi-peer]="--include multi-peer --exclude egress,$EXCLUDE"
   [egress]="--include egress --exclude $EXCLUDE"
   [other]="--exclude ingress,egress,$EXCLUDE"
 )
 # Bounds per part (s): about 45-70 s a case; 6 hours in all.
-declare -A PART_LIMIT=([ingress]=9000 [egress]=9000 [other]=3600)
-FULL_PARTS=(ingress egress other)
+declare -A PART_LIMIT=([ingress]=4800 [multi-peer]=4200 [egress]=9000 [other]=3600)
+FULL_PARTS=(ingress multi-peer egress other)
 mode="" parts=() kubeconfig=$STATE/pki/admin.kubeconfig
-usage="usage: $0 --subset | --full [--part ingress|egress|other] [--kubeconfig FILE]"
+usage="usage: $0 --subset | --full [--part ingress|multi-peer|egress|other] [--kubeconfig FILE]"
 while (($#)); do
   case $1 in
     --subset | --full) mode=${1#--}; shift ;;
