@@ -185,6 +185,10 @@ struct Args {
     /// (comma-separated), beside `weft`: a few parts measured closely.
     #[arg(long, value_name = "LABELS", value_delimiter = ',')]
     variants: Vec<String>,
+    /// The CPUs of the client and the server end of every measurement
+    /// (`CLIENT,SERVER`; the same CPU twice puts both ends on one).
+    #[arg(long, value_delimiter = ',', default_values_t = [DEFAULT_CPUS[0], DEFAULT_CPUS[1]])]
+    cpus: Vec<usize>,
     /// A short run of every setup (bench/run --quick).
     #[arg(long)]
     quick: bool,
@@ -1016,12 +1020,26 @@ impl CpuTimes {
 /// 38 Gbit/s in one run): fixed, every setup and variant is measured with
 /// the same placement. The softirq work of a transfer runs mostly on the
 /// sending CPU (veth hands packets to the backlog of the CPU it runs on).
-const CLIENT_CPU: usize = 0;
-const SERVER_CPU: usize = 1;
+const DEFAULT_CPUS: [usize; 2] = [0, 1];
 
-/// Whether the machine has the two CPUs [`CLIENT_CPU`] and [`SERVER_CPU`].
+/// The placement in force (`--cpus`), set once at start.
+static CPUS: std::sync::OnceLock<[usize; 2]> = std::sync::OnceLock::new();
+
+fn placement() -> [usize; 2] {
+    *CPUS.get().unwrap_or(&DEFAULT_CPUS)
+}
+
+fn client_cpu() -> usize {
+    placement()[0]
+}
+
+fn server_cpu() -> usize {
+    placement()[1]
+}
+
+/// Whether the machine has the CPUs of the placement.
 fn pinned() -> bool {
-    std::thread::available_parallelism().is_ok_and(|n| n.get() > SERVER_CPU)
+    std::thread::available_parallelism().is_ok_and(|n| n.get() > client_cpu().max(server_cpu()))
 }
 
 /// Binds the calling thread to `cpu` (when [`pinned`]).
@@ -1044,7 +1062,7 @@ fn iperf_affinity(cpu: usize) -> Vec<String> {
 fn iperf_run(w: &Wired, dst: &str, how: &[&str], timeout_s: u32) -> (Value, CpuTimes) {
     let mut server = Command::new("ip")
         .args(["netns", "exec", w.server.name(), "iperf3", "-s", "-1"])
-        .args(iperf_affinity(SERVER_CPU))
+        .args(iperf_affinity(server_cpu()))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -1053,7 +1071,7 @@ fn iperf_run(w: &Wired, dst: &str, how: &[&str], timeout_s: u32) -> (Value, CpuT
     let timeout = timeout_s.to_string();
     for _ in 0..20 {
         std::thread::sleep(Duration::from_millis(150));
-        let affinity = iperf_affinity(CLIENT_CPU);
+        let affinity = iperf_affinity(client_cpu());
         let mut argv = vec!["timeout", &timeout, "iperf3", "-c", dst, "-J"];
         argv.extend(affinity.iter().map(String::as_str));
         argv.extend_from_slice(how);
@@ -1091,7 +1109,7 @@ fn ping_pong(w: &Wired, dst: &str, secs: u32) -> (f64, f64) {
     // Sockets are made on threads inside the namespaces and used from here.
     let listener = server_ns.run(|| TcpListener::bind(addr)).expect("thread").expect("bind");
     let echo = std::thread::spawn(move || {
-        pin_thread(SERVER_CPU);
+        pin_thread(server_cpu());
         let Ok((mut c, _)) = listener.accept() else { return };
         let _ = c.set_nodelay(true);
         let mut buf = [0u8; 64];
@@ -1108,7 +1126,7 @@ fn ping_pong(w: &Wired, dst: &str, secs: u32) -> (f64, f64) {
     // The client on its own pinned thread, not this one (which runs on).
     std::thread::scope(|scope| {
         scope.spawn(|| {
-            pin_thread(CLIENT_CPU);
+            pin_thread(client_cpu());
             let end = Instant::now() + Duration::from_secs(secs.into());
             while Instant::now() < end {
                 let t = Instant::now();
@@ -1145,7 +1163,7 @@ impl EchoServer {
         let listener = Arc::new(listener);
         let l = Arc::clone(&listener);
         let thread = std::thread::spawn(move || {
-            pin_thread(SERVER_CPU);
+            pin_thread(server_cpu());
             while let Ok((mut c, _)) = l.accept() {
                 let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
                 let mut b = [0u8; 1];
@@ -1235,7 +1253,7 @@ fn conn_rate(w: &Wired, dst: &str, run_for: Duration) -> f64 {
     let client = NetNs::open(&w.client.path()).expect("client namespace");
     let (n, took, err) = client
         .run(|| {
-            pin_thread(CLIENT_CPU);
+            pin_thread(client_cpu());
             let start = Instant::now();
             let end = start + run_for;
             let mut n = 0u64;
@@ -1423,6 +1441,11 @@ fn profile(run: impl FnOnce() -> Measured) -> Result<SystemProfile, String> {
 
 fn main() {
     let args = Args::parse();
+    let [client, server] = args.cpus[..] else {
+        eprintln!("net-bench: --cpus takes two CPUs, CLIENT,SERVER, not {:?}", args.cpus);
+        std::process::exit(2);
+    };
+    let _ = CPUS.set([client, server]);
     if !nix::unistd::geteuid().is_root() {
         eprintln!("net-bench: needs root (network namespaces)");
         std::process::exit(2);
@@ -1492,7 +1515,7 @@ fn main() {
         rr_secs: Some(rr_secs),
         reps,
         underlay_mtu: UNDERLAY_MTU,
-        pinned_cpus: pinned().then_some([CLIENT_CPU, SERVER_CPU]),
+        pinned_cpus: pinned().then_some(placement()),
         chosen_offload,
         policies,
         profiled: args.profile,
