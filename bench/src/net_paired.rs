@@ -72,7 +72,7 @@ pub(crate) enum Variant {
     /// weft with pod veths matched by an interface group instead of the
     /// `"weft*"` name wildcard.
     VethGroup,
-    /// weft plus [`EMPTY_CHAINS`]: what a base chain costs by itself, the
+    /// weft plus [`empty_chains`]: what a base chain costs by itself, the
     /// price of each of weft's own (it has one to three at every hook a
     /// packet crosses).
     EmptyChains,
@@ -106,20 +106,19 @@ const VETH_GROUP: u32 = 8700;
 
 /// Four base chains without rules at every hook a forwarded packet
 /// crosses ([`EmptyChains`]).
-const EMPTY_CHAINS: &str = "table inet bench-empty {
-  chain pre1 { type filter hook prerouting priority 10; policy accept; }
-  chain pre2 { type filter hook prerouting priority 11; policy accept; }
-  chain fwd1 { type filter hook forward priority 10; policy accept; }
-  chain fwd2 { type filter hook forward priority 11; policy accept; }
-  chain post1 { type filter hook postrouting priority 10; policy accept; }
-  chain post2 { type filter hook postrouting priority 11; policy accept; }
-  chain pre3 { type filter hook prerouting priority 12; policy accept; }
-  chain pre4 { type filter hook prerouting priority 13; policy accept; }
-  chain fwd3 { type filter hook forward priority 12; policy accept; }
-  chain fwd4 { type filter hook forward priority 13; policy accept; }
-  chain post3 { type filter hook postrouting priority 12; policy accept; }
-  chain post4 { type filter hook postrouting priority 13; policy accept; }
-}";
+fn empty_chains() -> String {
+    let mut t = String::from("table inet bench-empty {\n");
+    for hook in ["prerouting", "forward", "postrouting"] {
+        for i in 0..4 {
+            t.push_str(&format!(
+                "  chain {hook}{i} {{ type filter hook {hook} priority {}; policy accept; }}\n",
+                10 + i
+            ));
+        }
+    }
+    t.push('}');
+    t
+}
 
 /// How weft's prerouting rules pick packets from pods.
 const FROM_POD: &str = "iifname \"weft*\" iifname != \"weft.vxlan\"";
@@ -407,7 +406,7 @@ fn apply(nodes: &[TestNs], rs: &Rulesets, v: Variant) -> Result<(), String> {
             OuterUntracked => OUTER_NOTRACK.into(),
             WithMssClamp => MSS_CLAMP.into(),
             AntiSpoofSet => anti_spoof_set(ns)?,
-            EmptyChains => EMPTY_CHAINS.into(),
+            EmptyChains => empty_chains(),
             _ => String::new(),
         };
         load(ns, &format!("{base}\n{extra}"))?;
@@ -757,6 +756,15 @@ mod tests {
         assert!(widest(&samples, NoFib, Weft).is_infinite());
         let more = [samples, vec![(3, Weft, s(10.0)), (3, NoFib, s(11.0))]].concat();
         assert_eq!(widest(&more, NoFib, Weft), 0.0);
+    }
+
+    #[test]
+    fn empty_chains_are_four_at_each_forwarding_hook() {
+        let t = empty_chains();
+        for hook in ["prerouting", "forward", "postrouting"] {
+            assert_eq!(t.matches(&format!("hook {hook} ")).count(), 4, "{hook}");
+        }
+        assert!(!t.contains("notrack") && !t.contains("drop"), "the chains have no rules");
     }
 
     #[test]
