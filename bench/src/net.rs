@@ -187,7 +187,7 @@ struct Args {
     variants: Vec<String>,
     /// The CPUs of the client and the server end of every measurement
     /// (`CLIENT,SERVER`; the same CPU twice puts both ends on one).
-    #[arg(long, value_delimiter = ',', default_values_t = [DEFAULT_CPUS[0], DEFAULT_CPUS[1]])]
+    #[arg(long, value_delimiter = ',', default_values_t = [0, 1])]
     cpus: Vec<usize>,
     /// A short run of every setup (bench/run --quick).
     #[arg(long)]
@@ -1009,60 +1009,44 @@ impl CpuTimes {
     }
 }
 
-/// One iperf3 client run against a one-off server in the peer namespace
-/// (`-J`, with `how`: duration or size, streams, congestion control),
-/// retried until the server is up: its JSON, and the machine's CPU time
-/// over the client's run.
-/// The CPUs the client and the server of every measurement run on, when
-/// the machine has two or more. Left to the scheduler, the two ends of one
-/// transfer land on the same CPU in some repetitions and on two in others,
-/// and the same setup then measures up to 3x apart (`bare` read 13 and
-/// 38 Gbit/s in one run): fixed, every setup and variant is measured with
-/// the same placement. The softirq work of a transfer runs mostly on the
-/// sending CPU (veth hands packets to the backlog of the CPU it runs on).
-const DEFAULT_CPUS: [usize; 2] = [0, 1];
+/// Which end of a measurement: an index into the placement.
+const CLIENT: usize = 0;
+const SERVER: usize = 1;
 
-/// The placement in force (`--cpus`), set once at start.
-static CPUS: std::sync::OnceLock<[usize; 2]> = std::sync::OnceLock::new();
+/// The CPUs of the client and the server end of every measurement
+/// (`--cpus`), set once at start; `None` when the machine lacks one of
+/// them, and the scheduler places both ends. A fixed placement removes one
+/// variable; it does not remove the spread of throughput on a 2-CPU VM
+/// (bench/README.md, "CPU placement").
+static PLACEMENT: std::sync::OnceLock<Option<[usize; 2]>> = std::sync::OnceLock::new();
 
-fn placement() -> [usize; 2] {
-    *CPUS.get().unwrap_or(&DEFAULT_CPUS)
+fn placement() -> Option<[usize; 2]> {
+    PLACEMENT.get().copied().flatten()
 }
 
-fn client_cpu() -> usize {
-    placement()[0]
-}
-
-fn server_cpu() -> usize {
-    placement()[1]
-}
-
-/// Whether the machine has the CPUs of the placement.
-fn pinned() -> bool {
-    std::thread::available_parallelism().is_ok_and(|n| n.get() > client_cpu().max(server_cpu()))
-}
-
-/// Binds the calling thread to `cpu` (when [`pinned`]).
-fn pin_thread(cpu: usize) {
-    if !pinned() {
-        return;
-    }
+/// Binds the calling thread to the CPU of `end` ([`CLIENT`] or [`SERVER`]).
+fn pin_thread(end: usize) {
+    let Some(cpus) = placement() else { return };
     let mut set = nix::sched::CpuSet::new();
-    if set.set(cpu).is_ok() {
+    if set.set(cpus[end]).is_ok() {
         // Best effort: an unpinned measurement is still a measurement.
         let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
     }
 }
 
-/// `iperf3 -A`: the CPU of one end, for its command line.
-fn iperf_affinity(cpu: usize) -> Vec<String> {
-    if pinned() { vec!["-A".into(), cpu.to_string()] } else { vec![] }
+/// `iperf3 -A`: the CPU of `end`, for its command line.
+fn iperf_affinity(end: usize) -> Vec<String> {
+    placement().map_or_else(Vec::new, |cpus| vec!["-A".into(), cpus[end].to_string()])
 }
 
+/// One iperf3 client run against a one-off server in the peer namespace
+/// (`-J`, with `how`: duration or size, streams, congestion control),
+/// retried until the server is up: its JSON, and the machine's CPU time
+/// over the client's run.
 fn iperf_run(w: &Wired, dst: &str, how: &[&str], timeout_s: u32) -> (Value, CpuTimes) {
     let mut server = Command::new("ip")
         .args(["netns", "exec", w.server.name(), "iperf3", "-s", "-1"])
-        .args(iperf_affinity(server_cpu()))
+        .args(iperf_affinity(SERVER))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -1071,7 +1055,7 @@ fn iperf_run(w: &Wired, dst: &str, how: &[&str], timeout_s: u32) -> (Value, CpuT
     let timeout = timeout_s.to_string();
     for _ in 0..20 {
         std::thread::sleep(Duration::from_millis(150));
-        let affinity = iperf_affinity(client_cpu());
+        let affinity = iperf_affinity(CLIENT);
         let mut argv = vec!["timeout", &timeout, "iperf3", "-c", dst, "-J"];
         argv.extend(affinity.iter().map(String::as_str));
         argv.extend_from_slice(how);
@@ -1109,7 +1093,7 @@ fn ping_pong(w: &Wired, dst: &str, secs: u32) -> (f64, f64) {
     // Sockets are made on threads inside the namespaces and used from here.
     let listener = server_ns.run(|| TcpListener::bind(addr)).expect("thread").expect("bind");
     let echo = std::thread::spawn(move || {
-        pin_thread(server_cpu());
+        pin_thread(SERVER);
         let Ok((mut c, _)) = listener.accept() else { return };
         let _ = c.set_nodelay(true);
         let mut buf = [0u8; 64];
@@ -1126,7 +1110,7 @@ fn ping_pong(w: &Wired, dst: &str, secs: u32) -> (f64, f64) {
     // The client on its own pinned thread, not this one (which runs on).
     std::thread::scope(|scope| {
         scope.spawn(|| {
-            pin_thread(client_cpu());
+            pin_thread(CLIENT);
             let end = Instant::now() + Duration::from_secs(secs.into());
             while Instant::now() < end {
                 let t = Instant::now();
@@ -1163,7 +1147,7 @@ impl EchoServer {
         let listener = Arc::new(listener);
         let l = Arc::clone(&listener);
         let thread = std::thread::spawn(move || {
-            pin_thread(server_cpu());
+            pin_thread(SERVER);
             while let Ok((mut c, _)) = l.accept() {
                 let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
                 let mut b = [0u8; 1];
@@ -1253,7 +1237,7 @@ fn conn_rate(w: &Wired, dst: &str, run_for: Duration) -> f64 {
     let client = NetNs::open(&w.client.path()).expect("client namespace");
     let (n, took, err) = client
         .run(|| {
-            pin_thread(client_cpu());
+            pin_thread(CLIENT);
             let start = Instant::now();
             let end = start + run_for;
             let mut n = 0u64;
@@ -1445,7 +1429,8 @@ fn main() {
         eprintln!("net-bench: --cpus takes two CPUs, CLIENT,SERVER, not {:?}", args.cpus);
         std::process::exit(2);
     };
-    let _ = CPUS.set([client, server]);
+    let has = |cpu: usize| std::thread::available_parallelism().is_ok_and(|n| n.get() > cpu);
+    let _ = PLACEMENT.set((has(client) && has(server)).then_some([client, server]));
     if !nix::unistd::geteuid().is_root() {
         eprintln!("net-bench: needs root (network namespaces)");
         std::process::exit(2);
@@ -1515,7 +1500,7 @@ fn main() {
         rr_secs: Some(rr_secs),
         reps,
         underlay_mtu: UNDERLAY_MTU,
-        pinned_cpus: pinned().then_some(placement()),
+        pinned_cpus: placement(),
         chosen_offload,
         policies,
         profiled: args.profile,

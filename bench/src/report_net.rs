@@ -40,7 +40,7 @@ fn placement(net: &NetRun) -> String {
         Some([client, server]) => format!(
             "Every client (iperf3, the connection and latency loops) ran bound to CPU {client} and every server to CPU {server} (`iperf3 -A`, `sched_setaffinity`), one placement for every setup. It fixes one variable but not the spread: on the 2-CPU VM this report is made on, one setup's transfers fall into a slow and a fast mode whatever the placement (bench/README.md, \"CPU placement\"), while its new-connection rate does not."
         ),
-        None => "Clients and servers ran where the scheduler put them (fewer than two CPUs, or an older run): some of the spread is their placement.".into(),
+        None => "Clients and servers ran where the scheduler put them (the machine lacks the CPUs `--cpus` names, or the run predates placement).".into(),
     }
 }
 
