@@ -40,7 +40,8 @@ SUBSET=peer-ipblock,update-policy
 SUBSET_EXCLUDE=$EXCLUDE,multi-peer,upstream-e2e
 NAMESPACES=(x y z y-2 w)
 # The parts of --full: cyclonus selects by tag only (--include: any of
-# these; --exclude: none of these), so the split is by direction.
+# these; --exclude: none of these), so the split is by direction, and the
+# ingress cases by whether a rule has several peers.
 declare -A PART_SELECT=(
   [ingress]="--include ingress --exclude egress,multi-peer,$EXCLUDE"
   [multi-peer]="--include multi-peer --exclude egress,$EXCLUDE"
@@ -121,13 +122,9 @@ run_part() {
   fi
 }
 
-incomplete=0
+incomplete=0 results=()
 for part in "${parts[@]}"; do
-  run_part "$part" || incomplete=1
-done
-results=()
-for part in "${parts[@]}"; do
-  [[ -s $OUT/$part/junit.xml ]] && results+=("$part=$OUT/$part/junit.xml")
+  if run_part "$part"; then results+=("$part=$OUT/$part/junit.xml"); else incomplete=1; fi
 done
 ((${#results[@]})) || exit 1
 python3 - "$incomplete" "${results[@]}" <<'PY'
