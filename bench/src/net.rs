@@ -1540,7 +1540,9 @@ fn pair_plan(args: &Args, family: &str) -> net_paired::Plan {
         bytes: if args.quick { 400_000_000 } else { 2_000_000_000 },
         cc: "cubic",
         conn_for: Duration::from_millis(if args.quick { 300 } else { 500 }),
-        min_rounds: if args.quick { 2 } else { 3 },
+        // Five transfers a variant: the fewest a throughput quantile is
+        // estimated from (`stats::QUANTILE_MIN_SAMPLES`).
+        min_rounds: if args.quick { 2 } else { weft_bench::stats::QUANTILE_MIN_SAMPLES },
         budget: match args.pair_budget {
             Duration::ZERO if args.quick => Duration::from_secs(15),
             Duration::ZERO => Duration::from_secs(60),

@@ -2,6 +2,9 @@
 
 use std::time::Duration;
 
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
 /// The `q` quantile (0..=1) of `sorted` by nearest rank; zero when empty
 /// (a run that measured nothing reports 0, not a panic).
 pub fn percentile(sorted: &[Duration], q: f64) -> Duration {
@@ -76,6 +79,66 @@ pub fn same_round_pairs<V: PartialEq>(samples: &[(usize, V, f64)], a: &V, b: &V)
         .collect()
 }
 
+/// How a comparison's ratio and interval are estimated.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Estimator {
+    /// [`paired_ratio_ci`] of the same-round pairs: for a metric whose
+    /// samples scatter around one value, so drift cancels within a round.
+    Paired,
+    /// [`quantile_ratio_ci`] at this quantile of each variant's samples:
+    /// for a metric with modes (throughput on 2 cores), where a per-round
+    /// ratio is often a ratio of two modes and averaging them measures
+    /// the modes' mix, not the variants.
+    Quantile(f64),
+}
+
+/// `a` over `b` from samples `(round, variant, value)`, by `e`.
+pub fn ratio_ci<V: PartialEq>(samples: &[(usize, V, f64)], a: &V, b: &V, e: Estimator) -> Option<RatioCi> {
+    match e {
+        Estimator::Paired => paired_ratio_ci(&same_round_pairs(samples, a, b)),
+        Estimator::Quantile(q) => {
+            let of = |v: &V| -> Vec<f64> { samples.iter().filter(|s| &s.1 == v).map(|s| s.2).collect() };
+            quantile_ratio_ci(&of(a), &of(b), q)
+        }
+    }
+}
+
+/// The `q` quantile (0..=1) of `values`, interpolated between the closest
+/// ranks; `None` when empty.
+pub fn quantile(values: &[f64], q: f64) -> Option<f64> {
+    let mut v: Vec<f64> = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let last = v.len().checked_sub(1)?;
+    let pos = last as f64 * q.clamp(0.0, 1.0);
+    let (lo, frac) = (pos.floor() as usize, pos.fract());
+    Some(v[lo] + (v[(lo + 1).min(last)] - v[lo]) * frac)
+}
+
+/// Samples each side needs before [`quantile_ratio_ci`] gives a ratio.
+pub const QUANTILE_MIN_SAMPLES: usize = 5;
+
+/// The ratio of the `q` quantiles of `a` and `b` with its 95 % percentile
+/// bootstrap interval: each side resampled with replacement, apart (a
+/// transfer's mode does not follow its round), 2,000 times from a fixed
+/// seed, so the same samples always give the same interval. Values that
+/// are not positive and finite are left out; `None` with fewer than
+/// [`QUANTILE_MIN_SAMPLES`] on either side. `n` is the smaller side.
+pub fn quantile_ratio_ci(a: &[f64], b: &[f64], q: f64) -> Option<RatioCi> {
+    const RESAMPLES: usize = 2000;
+    let usable = |v: &[f64]| -> Vec<f64> { v.iter().copied().filter(|x| x.is_finite() && *x > 0.0).collect() };
+    let (a, b) = (usable(a), usable(b));
+    if a.len() < QUANTILE_MIN_SAMPLES || b.len() < QUANTILE_MIN_SAMPLES {
+        return None;
+    }
+    let ratio = quantile(&a, q)? / quantile(&b, q)?;
+    let mut rng = StdRng::seed_from_u64(0x7765_6674);
+    let mut resample = |v: &[f64]| -> Vec<f64> { (0..v.len()).map(|_| v[rng.random_range(..v.len())]).collect() };
+    let ratios: Vec<f64> = (0..RESAMPLES)
+        .filter_map(|_| Some(quantile(&resample(&a), q)? / quantile(&resample(&b), q)?))
+        .collect();
+    Some(RatioCi { ratio, low: quantile(&ratios, 0.025)?, high: quantile(&ratios, 0.975)?, n: a.len().min(b.len()) })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,5 +202,52 @@ mod tests {
         assert_eq!(paired_ratio_ci(&[(1.0, 2.0), (0.0, 2.0), (1.0, f64::NAN)]), None);
         let ci = paired_ratio_ci(&[(1.0, 2.0), (2.0, 4.0), (-1.0, 2.0)]).unwrap();
         assert_eq!(ci.n, 2);
+    }
+
+    #[test]
+    fn quantiles_interpolate_between_ranks() {
+        assert_eq!(quantile(&[], 0.5), None);
+        assert_eq!(quantile(&[3.0], 0.9), Some(3.0));
+        assert_eq!(quantile(&[4.0, 1.0, 3.0, 2.0, 5.0], 0.5), Some(3.0));
+        assert_eq!(quantile(&[1.0, 2.0, 3.0, 4.0, 5.0], 0.9), Some(4.6));
+        assert_eq!(quantile(&[1.0, 2.0], 1.0), Some(2.0));
+    }
+
+    #[test]
+    fn the_quantile_ratio_compares_the_fast_modes_and_ignores_their_mix() {
+        // Both variants flip between a slow and a fast mode, in different
+        // proportions; a is 0.9x b in each mode.
+        let b: Vec<f64> = (0..20).map(|i| if i % 4 == 0 { 12.0 } else { 30.0 + (i % 3) as f64 * 0.1 }).collect();
+        let a: Vec<f64> = (0..20).map(|i| if i % 2 == 0 { 12.0 * 0.9 } else { 27.0 + (i % 3) as f64 * 0.09 }).collect();
+        let ci = quantile_ratio_ci(&a, &b, 0.9).unwrap();
+        assert!((ci.ratio - 0.9).abs() < 0.005, "{ci:?}");
+        assert!(ci.low <= ci.ratio && ci.ratio <= ci.high && ci.half_width() < 0.03, "{ci:?}");
+        assert_eq!(ci.n, 20);
+        // The same samples give the same interval.
+        assert_eq!(quantile_ratio_ci(&a, &b, 0.9), Some(ci));
+        // The paired mean of the same data mixes the modes: far from 0.9.
+        let pairs: Vec<(f64, f64)> = a.iter().copied().zip(b.iter().copied()).collect();
+        assert!((paired_ratio_ci(&pairs).unwrap().ratio - 0.9).abs() > 0.05);
+    }
+
+    #[test]
+    fn quantile_ratios_need_enough_usable_samples_on_each_side() {
+        let five = [1.0, 2.0, 3.0, 4.0, 5.0];
+        assert!(quantile_ratio_ci(&five, &five, 0.9).is_some());
+        assert_eq!(quantile_ratio_ci(&five[..4], &five, 0.9), None);
+        assert_eq!(quantile_ratio_ci(&five, &[1.0, 2.0, 3.0, 4.0, f64::NAN, 0.0], 0.9), None);
+        let ci = quantile_ratio_ci(&five, &five, 0.5).unwrap();
+        assert_eq!(ci.ratio, 1.0);
+    }
+
+    #[test]
+    fn ratio_ci_picks_pairs_or_each_variants_samples() {
+        let samples: Vec<(usize, &str, f64)> =
+            (0..6).flat_map(|r| [(r, "a", 9.0 + r as f64), (r, "b", 10.0 + r as f64)]).collect();
+        let paired = ratio_ci(&samples, &"a", &"b", Estimator::Paired).unwrap();
+        assert_eq!(paired.n, 6);
+        let q = ratio_ci(&samples, &"a", &"b", Estimator::Quantile(1.0)).unwrap();
+        assert!((q.ratio - 14.0 / 15.0).abs() < 1e-12, "{q:?}");
+        assert_eq!(ratio_ci(&samples, &"a", &"c", Estimator::Quantile(0.9)), None);
     }
 }

@@ -239,6 +239,20 @@ pub enum PairedMetric {
 
 impl PairedMetric {
     pub const ALL: [PairedMetric; 3] = [PairedMetric::Gbps, PairedMetric::CpuSPerGb, PairedMetric::ConnPerS];
+
+    /// How this metric's ratios are estimated. One stream's throughput on
+    /// 2 cores is bimodal whatever the CPU placement (bench/README.md,
+    /// "CPU placement"), so it is compared by the fast mode: the 90th
+    /// percentile of each variant's transfers; CPU per byte by its most
+    /// efficient transfers, the 10th percentile. New connections scatter
+    /// around one rate: same-round pairs.
+    pub fn estimator(self) -> crate::stats::Estimator {
+        match self {
+            PairedMetric::Gbps => crate::stats::Estimator::Quantile(0.9),
+            PairedMetric::CpuSPerGb => crate::stats::Estimator::Quantile(0.1),
+            PairedMetric::ConnPerS => crate::stats::Estimator::Paired,
+        }
+    }
 }
 
 impl Measurement {
@@ -300,6 +314,11 @@ impl PairedGroup {
     /// The values of `m`, as `(round, variant, value)`.
     pub fn values(&self, m: PairedMetric) -> Vec<(usize, &str, f64)> {
         self.samples.iter().map(|s| (s.round, s.variant.as_str(), s.m.get(m))).collect()
+    }
+
+    /// `a` over `b` for `m`, with its 95 % interval, by `m`'s estimator.
+    pub fn ratio_ci(&self, a: &str, b: &str, m: PairedMetric) -> Option<crate::stats::RatioCi> {
+        crate::stats::ratio_ci(&self.values(m), &a, &b, m.estimator())
     }
 }
 
