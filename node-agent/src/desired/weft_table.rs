@@ -25,10 +25,11 @@
 //!   entry by its addresses and ports alone, not by the interface, so a
 //!   pod forging another pod's established 5-tuple (a DNS answer to it,
 //!   say) would be `established` and pass. The `fib` lookup stays: the
-//!   whole rule measured within net-bench's noise (about ±10 %), so an
-//!   exact-match set of (veth, address), which the agent would have to keep
-//!   per pod, had nothing to win; nor had matching an interface group
-//!   instead of the name wildcard.
+//!   whole rule costs 2.9 % of CPU per GB [−0.4–4.0], and an exact-match
+//!   set of (veth, address), which the agent would have to keep per pod,
+//!   2.2 % [0.1–6.0] (net-bench's paired routes group, IPv4, ±3 %
+//!   intervals; bench/README.md): nothing to win. Nor has matching an
+//!   interface group instead of the name wildcard.
 //! - With VXLAN in use, the VXLAN port takes packets only from the underlay
 //!   addresses of believed peers, and pods may not send to that port at
 //!   all: a pod could otherwise inject frames into another node's overlay,
