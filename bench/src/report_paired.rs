@@ -289,7 +289,10 @@ pub(crate) mod tests {
         // Throughput by the fast mode: weft's 18 over the reference's
         // 90th percentile, its faster rounds (18 / 0.95 / 0.99).
         let conntrack = md.lines().find(|l| l.starts_with("| weft | conntrack only")).expect("the conntrack row");
-        assert!(conntrack.starts_with("| weft | conntrack only (empty nat chains) | 0.940 [0.940–0.950] |"), "{conntrack}");
+        assert!(
+            conntrack.starts_with("| weft | conntrack only (empty nat chains) | 0.940 [0.940–0.950] |"),
+            "{conntrack}"
+        );
         assert!(conntrack.contains("| 0.950 [0.939–0.961] | 6 | 6 |"), "{conntrack}");
         assert!(md.contains("**weft − masquerade chain:** no chain"), "{md}");
         assert!(md.contains("routes IPv4, throughput: weft 0.940x conntrack only"), "{md}");

@@ -133,9 +133,8 @@ pub fn quantile_ratio_ci(a: &[f64], b: &[f64], q: f64) -> Option<RatioCi> {
     let ratio = quantile(&a, q)? / quantile(&b, q)?;
     let mut rng = StdRng::seed_from_u64(0x7765_6674);
     let mut resample = |v: &[f64]| -> Vec<f64> { (0..v.len()).map(|_| v[rng.random_range(..v.len())]).collect() };
-    let ratios: Vec<f64> = (0..RESAMPLES)
-        .filter_map(|_| Some(quantile(&resample(&a), q)? / quantile(&resample(&b), q)?))
-        .collect();
+    let ratios: Vec<f64> =
+        (0..RESAMPLES).filter_map(|_| Some(quantile(&resample(&a), q)? / quantile(&resample(&b), q)?)).collect();
     Some(RatioCi { ratio, low: quantile(&ratios, 0.025)?, high: quantile(&ratios, 0.975)?, n: a.len().min(b.len()) })
 }
 
