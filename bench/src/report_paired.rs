@@ -9,11 +9,6 @@ use weft_bench::stats;
 
 use crate::report_plot::spread;
 
-/// `a` over `b` for `m` in a paired group, with its 95 % interval.
-pub(crate) fn group_ci(g: &PairedGroup, a: &str, b: &str, m: PairedMetric) -> Option<stats::RatioCi> {
-    g.ratio_ci(a, b, m)
-}
-
 /// `0.912 [0.890–0.935]`, marked when wider than the group's target.
 pub(crate) fn fmt_ci(ci: Option<stats::RatioCi>, target: f64) -> String {
     match ci {
@@ -49,7 +44,7 @@ pub(crate) fn netfilter_cause(net: &NetRun, f: &str, key: RowMetric) -> Option<S
     let m = if key == RowMetric::ConnPerS { PairedMetric::ConnPerS } else { PairedMetric::Gbps };
     let mut parts = Vec::new();
     for (_, over) in g.comparisons.iter().filter(|(a, _)| a == "weft") {
-        if let Some(ci) = group_ci(g, "weft", over, m) {
+        if let Some(ci) = g.ratio_ci("weft", over, m) {
             parts.push(format!("paired, weft routes is {} `{over}`", fmt_ci(Some(ci), g.target_half_width)));
         }
     }
@@ -110,7 +105,7 @@ fn group_table(g: &PairedGroup, md: &mut String, targets: &mut Vec<String>) {
         "| variant | over | Gbit/s p90 ratio [95 % CI] | CPU per GB p10 ratio [95 % CI] | conn/s ratio [95 % CI] | pairs | transfers | Gbit/s (median) | CPU s/GB (median) |\n|---|---|---|---|---|---|---|---|---|"
     );
     for (a, over) in &g.comparisons {
-        let ci = |m| group_ci(g, a, over, m);
+        let ci = |m| g.ratio_ci(a, over, m);
         let median = |m| {
             let v: Vec<f64> = g.values(m).iter().filter(|s| s.1 == a).map(|s| s.2).collect();
             if v.is_empty() { "–".to_string() } else { format!("{:.2}", spread(&v).1) }
@@ -210,7 +205,7 @@ fn target_rows(
     for g in &net.paired {
         let Some(with) = pick(g) else { continue };
         for (m, what, threshold) in targets {
-            if let Some(ci) = group_ci(g, &with, reference, *m) {
+            if let Some(ci) = g.ratio_ci(&with, reference, *m) {
                 lines.push(format!(
                     "| {} {} | {what} | {} | ≥ {threshold}: {} |",
                     g.backend,
