@@ -181,7 +181,7 @@ if command -v kind >/dev/null && [[ $(kind version) == "kind v$KIND_VERSION "* ]
   KIND_BIN=$(command -v kind)
 else
   KIND_BIN=$cache/kind-v$KIND_VERSION/kind
-  [[ -x $KIND_BIN ]] || GOBIN=$(dirname "$KIND_BIN") GOTOOLCHAIN=local go install "sigs.k8s.io/kind@v$KIND_VERSION"
+  [[ -x $KIND_BIN ]] || "$root/e2e/build-tools" --with-kind >/dev/null
 fi
 E2E_BIN=
 [[ -z $upstream ]] || E2E_BIN=$("$root/e2e/upstream/build")
