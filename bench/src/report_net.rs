@@ -402,7 +402,9 @@ fn hand_causes(net: &NetRun, c: &Combo, setup: &str, r: &NetRow, h: &NetRow, key
     // MTU and offload explain a row by themselves; otherwise say
     // what the run measured of weft's nftables cost.
     if unexplained || causes.iter().all(|c| c.starts_with("the min–max")) {
-        match netfilter_cause(net, c.family, key) {
+        // `auto` on one segment reaches every peer directly: the routes path.
+        let backend = if setup.contains("vxlan") { "vxlan" } else { "routes" };
+        match netfilter_cause(net, backend, c.family, key) {
             Some(cause) => causes.push(format!("not MTU or offload: {cause}")),
             None if causes.is_empty() => causes.push("not MTU or offload: weft's forward path also crosses its nftables tables (masquerade and policy chains), which the hand setup lacks; not isolated in this run".to_string()),
             None => {}
