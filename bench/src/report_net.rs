@@ -336,8 +336,37 @@ fn combo_table(net: &NetRun, c: &Combo, md: &mut String, busy: bool, targets: &m
                 }
             }
         }
+        if let Some(h) = reference {
+            rr_p99_target(&format!("{topo}, {f}, {setup}"), r, h, targets);
+        }
     }
     let _ = writeln!(md);
+}
+
+/// The latency target: weft's request/response p99 no worse than
+/// its hand-programmed reference's (rows without latency, the bbr ones,
+/// have none to judge).
+fn rr_p99_target(what: &str, r: &NetRow, h: &NetRow, targets: &mut Targets) {
+    let (w, hand) = (r.samples.values(RowMetric::RrP99), h.samples.values(RowMetric::RrP99));
+    if w.is_empty() || hand.is_empty() {
+        return;
+    }
+    let line = format!(
+        "{what}, request/response p99: {:.0} µs against the hand-programmed {:.0} µs (target: no worse)",
+        med(w),
+        med(hand)
+    );
+    if med(w) <= med(hand) {
+        targets.met.push(line);
+        return;
+    }
+    let ((lo, _, hi), (hlo, _, hhi)) = (spread(w), spread(hand));
+    let cause = if lo <= hhi && hlo <= hi {
+        "the min–max ranges overlap (within this run's noise)"
+    } else {
+        "each round trip crosses weft's chains in both nodes, twice; the paired groups price those parts per byte and per new connection, not per round trip"
+    };
+    targets.missed.push(format!("{line}; {cause}"));
 }
 
 /// One setup's line of an overview table.
@@ -677,6 +706,26 @@ mod tests {
             md.contains("weft auto, 1 stream: 0.400x hand-programmed (target ≥ 0.97); pod MTU 1450 vs the reference's 1500: hand routes at MTU 1450 reach 0.600x hand routes at 1500 in this run, and weft auto 0.667x hand routes at 1450"),
             "{md}"
         );
+    }
+
+    #[test]
+    fn request_response_p99_is_judged_against_the_reference_with_its_noise() {
+        let row = |setup: &str, p99: &[f64]| json!({"topology": "one segment", "setup": setup, "family": "IPv4", "cc": "cubic", "gbps_1": [10.0], "rr_p99_us": p99});
+        let net = rows(vec![row("hand routes", &[100.0, 120.0]), row("weft routes", &[130.0, 140.0])]);
+        let mut md = String::new();
+        net_tables(&net, &mut md, false);
+        assert!(
+            md.contains("one segment, IPv4, weft routes, request/response p99: 135 µs against the hand-programmed 110 µs (target: no worse); each round trip crosses"),
+            "{md}"
+        );
+        let net = rows(vec![row("hand routes", &[100.0, 130.0]), row("weft routes", &[110.0, 140.0])]);
+        let mut md = String::new();
+        net_tables(&net, &mut md, false);
+        assert!(md.contains("(target: no worse); the min–max ranges overlap"), "{md}");
+        let net = rows(vec![row("hand routes", &[100.0]), row("weft routes", &[90.0])]);
+        let mut md = String::new();
+        net_tables(&net, &mut md, false);
+        assert!(md.contains("- one segment, IPv4, weft routes, request/response p99: 90 µs against the hand-programmed 100 µs (target: no worse)\n"), "{md}");
     }
 
     #[test]
