@@ -194,7 +194,7 @@ fn miss_cause(g: &PairedGroup, variant: &str, m: PairedMetric, lower_is_better: 
     parts.sort_by(|x, y| y.0.total_cmp(&x.0));
     let listed: Vec<String> = parts.into_iter().map(|(_, p)| p).collect();
     format!(
-        "what each part gives back when removed from weft (+: better without it; ratio interval): {}; the rest is weft's base chains themselves (about 1 % of CPU per GB each in bench/README.md's focused run)",
+        "what each part gives back when removed from weft, one at a time (+: better without it; ratio interval): {}; each of weft's base chains also costs about 1 % of CPU per GB by itself (bench/README.md's focused run)",
         listed.join(", ")
     )
 }
